@@ -1,0 +1,165 @@
+//! The crate's error type, and the mapping from `errno` values to it.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in goalkeeper.
+///
+/// Contention outcomes ([`Error::Busy`], [`Error::HeldByThisProcess`],
+/// [`Error::TimedOut`]) are variants too, so that `?` works, but they are
+/// expected results rather than faults: see [`Error::is_contention`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A path given to the library is not an acceptable store path.
+    #[error("invalid store path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path as given (lossily converted for display).
+        path: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// An argument other than a path is out of range or inconsistent.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The lock is held by another process (or another open file description).
+    #[error("{} is locked by another process", path.display())]
+    Busy {
+        /// The store path whose lock is held.
+        path: PathBuf,
+    },
+    /// The lock is already held inside this process (G5: never a silent
+    /// re-acquisition, never a self-block).
+    #[error("{} is already locked by this process ({owner})", path.display())]
+    HeldByThisProcess {
+        /// The store path.
+        path: PathBuf,
+        /// Who holds it in this process.
+        owner: crate::lock::Owner,
+    },
+    /// A blocking acquisition reached its deadline without the lock.
+    #[error("timed out after {waited_ms} ms waiting for the lock on {}", path.display())]
+    TimedOut {
+        /// The store path that was still busy.
+        path: PathBuf,
+        /// How long the caller waited.
+        waited_ms: u64,
+    },
+    /// `EACCES`/`EPERM` opening or modifying a lock file.
+    #[error("{}: permission denied ({op})", path.display())]
+    PermissionDenied {
+        /// The lock file.
+        path: PathBuf,
+        /// The operation that failed.
+        op: &'static str,
+    },
+    /// `ELOOP`: the lock file is a symbolic link; it is never followed (`O_NOFOLLOW`).
+    #[error("{}: is a symbolic link; refusing to follow it (O_NOFOLLOW)", path.display())]
+    Symlink {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// `ENAMETOOLONG`: a path component is longer than the file system allows.
+    #[error("{}: file name too long", path.display())]
+    NameTooLong {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// `ENOSPC`/`EDQUOT`: the store is full.
+    #[error("{}: no space left on device ({op})", path.display())]
+    NoSpace {
+        /// The lock file.
+        path: PathBuf,
+        /// The operation that failed.
+        op: &'static str,
+    },
+    /// `EDEADLK`: the kernel refused a blocking lock because it would deadlock.
+    #[error("{}: the kernel reports that waiting for this lock would deadlock (EDEADLK)", path.display())]
+    Deadlock {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The lock file kept being deleted by its holders; the bounded re-open loop gave up.
+    #[error("{}: lock file was deleted under us {attempts} times in a row; giving up", path.display())]
+    StaleRetriesExhausted {
+        /// The lock file.
+        path: PathBuf,
+        /// How many times it was re-opened.
+        attempts: u32,
+    },
+    /// The store directory is writable by other users without the sticky bit,
+    /// so any of them could replace lock files.
+    #[error("store directory {} has mode {mode:04o}: writable by others without the sticky bit; refusing to lock there", dir.display())]
+    InsecureStore {
+        /// The store directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The object was created by another process (this process is a fork child).
+    #[error("{0} belongs to process {1}; this process is a fork child and does not hold its parent's locks")]
+    WrongProcess(&'static str, u32),
+    /// A call that is not allowed in the object's current state.
+    #[error("{0}")]
+    InvalidState(String),
+    /// A ledger invariant does not hold (G6).
+    #[error("invariant violation: {0}")]
+    Invariant(String),
+    /// The scheduler cannot make progress: goals remain but nothing is
+    /// runnable, running, or waited on.
+    #[error("scheduler deadlock: nothing is runnable, running or waited on, but these goals remain: {0}")]
+    SchedulerDeadlock(String),
+    /// A required pointer argument was null (C ABI).
+    #[error("{0} must not be NULL")]
+    NullPointer(&'static str),
+    /// A handle that is stale, freed, forged, or of the wrong kind (C ABI).
+    #[error("{0}")]
+    StaleHandle(String),
+    /// An output buffer is too small; `needed` bytes are required (C ABI).
+    #[error("buffer too small: {needed} bytes needed")]
+    BufferTooSmall {
+        /// The size required, terminating NULs included.
+        needed: usize,
+    },
+    /// Any other system error.
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The operation that failed.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// `true` for the expected outcomes of contention (busy, held by this
+    /// process, timed out), `false` for real errors.
+    pub fn is_contention(&self) -> bool {
+        matches!(
+            self,
+            Error::Busy { .. } | Error::HeldByThisProcess { .. } | Error::TimedOut { .. }
+        )
+    }
+
+    /// Maps an OS error from operation `op` on `path` to the most specific variant.
+    pub fn from_io(path: impl Into<PathBuf>, op: &'static str, err: io::Error) -> Error {
+        let path = path.into();
+        match err.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied { path, op },
+            Some(libc::ELOOP) => Error::Symlink { path },
+            Some(libc::ENAMETOOLONG) => Error::NameTooLong { path },
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace { path, op },
+            Some(libc::EDEADLK) => Error::Deadlock { path },
+            _ => Error::Io {
+                path,
+                op,
+                source: err,
+            },
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,69 @@
+//! Test-only fault injection. In release builds (`debug_assertions` off) every
+//! hook is a constant `None` and compiles away.
+//!
+//! In debug builds a fault is armed for the whole process by
+//! [`arm`], or for a process tree through the environment variable
+//! `GOALKEEPER_FAULTS`, a comma-separated list of point names
+//! (`token-write-enospc`).
+
+use std::io;
+
+/// Where a fault can be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Point {
+    /// Writing the deletion token `"d"` fails with `ENOSPC`.
+    TokenWrite = 1,
+}
+
+#[cfg(debug_assertions)]
+mod imp {
+    use super::Point;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Once;
+
+    static ARMED: AtomicU32 = AtomicU32::new(0);
+    static ENV: Once = Once::new();
+
+    pub(super) fn armed(p: Point) -> bool {
+        ENV.call_once(|| {
+            if let Ok(v) = std::env::var("GOALKEEPER_FAULTS") {
+                for name in v.split(',') {
+                    if name.trim() == "token-write-enospc" {
+                        ARMED.fetch_or(Point::TokenWrite as u32, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        ARMED.load(Ordering::Relaxed) & p as u32 != 0
+    }
+
+    pub(super) fn arm(p: Point, on: bool) {
+        if on {
+            ARMED.fetch_or(p as u32, Ordering::Relaxed);
+        } else {
+            ARMED.fetch_and(!(p as u32), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The error to inject at `p`, if that fault is armed.
+#[inline(always)]
+pub(crate) fn injected(p: Point) -> Option<io::Error> {
+    #[cfg(debug_assertions)]
+    if imp::armed(p) {
+        return Some(io::Error::from_raw_os_error(match p {
+            Point::TokenWrite => libc::ENOSPC,
+        }));
+    }
+    let _ = p;
+    None
+}
+
+/// Arms or disarms fault `p` in this process (debug builds only; a no-op in
+/// release builds).
+pub fn arm(p: Point, on: bool) {
+    #[cfg(debug_assertions)]
+    imp::arm(p, on);
+    let _ = (p, on);
+}

@@ -1,0 +1,280 @@
+//! The lock-set half of the C ABI.
+
+use std::ffi::c_char;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use super::args;
+use super::boundary::call;
+use super::handle::HANDLES;
+use super::status::gk_status::{self, GK_OK};
+use crate::error::{Error, Result};
+use crate::lock::{self, Backend, LockSet, StorePath, WaitMode};
+
+/// An opaque handle to a lock set held by this process. 0 is never a valid handle.
+#[allow(non_camel_case_types)]
+pub type gk_lockset = u64;
+
+/// Which kernel lock a store uses. Pass one of these as a `uint32_t backend`.
+/// Never mix backends on one store: `flock` and `fcntl` locks do not exclude
+/// each other on Linux.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_backend {
+    /// OFD record locks, the default: they exclude guix-daemon's POSIX `fcntl` locks.
+    GK_BACKEND_OFD = 0,
+    /// `flock(2)`, for stores shared with current Nix.
+    GK_BACKEND_FLOCK = 1,
+}
+
+/// Converts a C backend value.
+pub(crate) fn backend_from_c(v: u32) -> Result<Backend> {
+    match v {
+        0 => Ok(Backend::Ofd),
+        1 => Ok(Backend::Flock),
+        _ => Err(Error::InvalidArgument(format!(
+            "backend {v} is neither GK_BACKEND_OFD (0) nor GK_BACKEND_FLOCK (1)"
+        ))),
+    }
+}
+
+fn acquire_into(
+    paths: Vec<StorePath>,
+    backend: u32,
+    wait: WaitMode,
+    out: &mut gk_lockset,
+) -> Result<gk_status> {
+    let backend = backend_from_c(backend)?;
+    let set = LockSet::acquire_normalized(paths, backend, wait)?;
+    *out = HANDLES.with(|h| h.locksets.insert(set));
+    Ok(GK_OK)
+}
+
+/// Tries to lock every path in `paths[0..n_paths]` without blocking, all or
+/// nothing, in sorted order; duplicates are merged.
+///
+/// On `GK_OK`, `*out` is the new lock set. `GK_BUSY`: another process holds
+/// one of the paths (nothing is held). `GK_HELD_BY_THIS_PROCESS`: this
+/// process already holds one (nothing more is taken). Paths must be
+/// absolute; `backend` is a `gk_backend`. On any other status `*out` is 0.
+///
+/// # Safety
+/// `paths` must point to `n_paths` NUL-terminated strings; `out` must be
+/// valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_lockset_try_acquire(
+    paths: *const *const c_char,
+    n_paths: usize,
+    backend: u32,
+    out: *mut gk_lockset,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        // SAFETY: as above.
+        let paths = unsafe { args::path_array(paths, n_paths) }?;
+        acquire_into(paths, backend, WaitMode::Try, out)
+    })
+}
+
+/// Locks every path in `paths[0..n_paths]`, blocking until all are held.
+///
+/// It never holds one lock while blocking on another (G2): on contention it
+/// releases what it has and blocks on the busy path alone. Returns
+/// `GK_HELD_BY_THIS_PROCESS` at once instead of blocking on itself.
+///
+/// # Safety
+/// As `gk_lockset_try_acquire`.
+#[no_mangle]
+pub unsafe extern "C" fn gk_lockset_acquire(
+    paths: *const *const c_char,
+    n_paths: usize,
+    backend: u32,
+    out: *mut gk_lockset,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        // SAFETY: as above.
+        let paths = unsafe { args::path_array(paths, n_paths) }?;
+        acquire_into(paths, backend, WaitMode::Forever, out)
+    })
+}
+
+/// Like `gk_lockset_acquire`, but gives up after `timeout_ms` milliseconds
+/// with `GK_TIMED_OUT`, holding nothing. A timeout of 0 is a try.
+///
+/// # Safety
+/// As `gk_lockset_try_acquire`.
+#[no_mangle]
+pub unsafe extern "C" fn gk_lockset_acquire_timeout(
+    paths: *const *const c_char,
+    n_paths: usize,
+    backend: u32,
+    timeout_ms: u64,
+    out: *mut gk_lockset,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        // SAFETY: as above.
+        let paths = unsafe { args::path_array(paths, n_paths) }?;
+        acquire_into(paths, backend, wait_mode(timeout_ms as i64), out)
+    })
+}
+
+fn wait_mode(timeout_ms: i64) -> WaitMode {
+    match timeout_ms {
+        t if t < 0 => WaitMode::Forever,
+        0 => WaitMode::Try,
+        t => WaitMode::Timeout(Duration::from_millis(t as u64)),
+    }
+}
+
+/// Locks the paths packed in `buf[0..len]`, each terminated by a NUL byte
+/// (`"/s/a\0/s/b\0"`). This is the batch entry point for bindings, which
+/// can pass one buffer instead of marshalling each path. `timeout_ms`: a
+/// negative value blocks without limit, 0 tries, a positive value bounds the
+/// wait. Results as `gk_lockset_try_acquire`.
+///
+/// # Safety
+/// `buf` must point to `len` readable bytes; `out` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_lockset_acquire_packed(
+    buf: *const u8,
+    len: usize,
+    backend: u32,
+    timeout_ms: i64,
+    out: *mut gk_lockset,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        // SAFETY: as above.
+        let paths = unsafe { args::packed_paths(buf, len) }?;
+        acquire_into(paths, backend, wait_mode(timeout_ms), out)
+    })
+}
+
+/// Asks that releasing `set` delete its lock files (`delete` true), which is
+/// allowed once the paths are valid. The default is false.
+#[no_mangle]
+pub extern "C" fn gk_lockset_set_deletion(set: gk_lockset, delete: bool) -> gk_status {
+    call(|| {
+        HANDLES.with(|h| {
+            let s = h.locksets.get(set)?;
+            s.check()?;
+            s.set_deletion(delete);
+            Ok(GK_OK)
+        })
+    })
+}
+
+/// Releases every lock of `set` (deleting the lock files if asked) and makes
+/// the handle stale. The locks are released even when an error is returned:
+/// `GK_ERROR_NO_SPACE`/`GK_ERROR_IO` then mean a lock file could not be
+/// deleted and was left in place, unlocked. A second release of the same
+/// handle returns `GK_ERROR_STALE_HANDLE`.
+#[no_mangle]
+pub extern "C" fn gk_lockset_release(set: gk_lockset) -> gk_status {
+    call(|| {
+        let s = HANDLES.with(|h| h.locksets.remove(set))?;
+        let checked = s.check();
+        let released = s.release();
+        checked?;
+        released?;
+        Ok(GK_OK)
+    })
+}
+
+/// Checks the ledger invariants of `set` (G6): it belongs to this process,
+/// each path is registered to it, and each descriptor is open.
+#[no_mangle]
+pub extern "C" fn gk_lockset_check(set: gk_lockset) -> gk_status {
+    call(|| {
+        HANDLES
+            .with(|h| h.locksets.get(set)?.check())
+            .map(|()| GK_OK)
+    })
+}
+
+/// Writes the paths of `set`, sorted, each NUL-terminated, into
+/// `buf[0..cap]`, and their total size into `*len_out`. With too small a
+/// buffer (`cap` may be 0 and `buf` NULL) it returns
+/// `GK_ERROR_BUFFER_TOO_SMALL` and the size needed in `*len_out`.
+///
+/// # Safety
+/// `buf` must be valid for `cap` bytes of writes; `len_out` for one `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn gk_lockset_paths(
+    set: gk_lockset,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> gk_status {
+    call(|| {
+        HANDLES.with(|h| {
+            let s = h.locksets.get(set)?;
+            s.check()?;
+            let items = s.paths().map(|p| p.as_path().as_os_str().as_bytes());
+            // SAFETY: forwarded from this function's contract.
+            unsafe { args::write_list(buf, cap, len_out, items) }?;
+            Ok(GK_OK)
+        })
+    })
+}
+
+/// Stores in `*out` whether this process holds the lock on `path` (through a
+/// lock set or a scheduler goal).
+///
+/// # Safety
+/// `path` must be a NUL-terminated string; `out` valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_path_is_locked_by_me(path: *const c_char, out: *mut bool) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        // SAFETY: as above.
+        let p = unsafe { args::store_path(path, "path") }?;
+        *out = lock::is_held_by_me(&p);
+        Ok(GK_OK)
+    })
+}
+
+/// Writes every store path this process holds, sorted, each NUL-terminated,
+/// into `buf[0..cap]`; sizes as `gk_lockset_paths`.
+///
+/// # Safety
+/// As `gk_lockset_paths`.
+#[no_mangle]
+pub unsafe extern "C" fn gk_held_paths(
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> gk_status {
+    call(|| {
+        let held = lock::held_paths();
+        let items = held.iter().map(|(p, _)| p.as_os_str().as_bytes());
+        // SAFETY: forwarded from this function's contract.
+        unsafe { args::write_list(buf, cap, len_out, items) }?;
+        Ok(GK_OK)
+    })
+}
+
+/// Stores in `*out` the number of store paths this process holds.
+///
+/// # Safety
+/// `out` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_held_count(out: *mut usize) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        *unsafe { args::out(out, "out") }? = lock::held_count();
+        Ok(GK_OK)
+    })
+}

@@ -1,0 +1,155 @@
+//! The status codes every exported function returns.
+
+use crate::error::Error;
+
+/// The result of every goalkeeper call.
+///
+/// `GK_OK` is success. `GK_BUSY`, `GK_HELD_BY_THIS_PROCESS` and
+/// `GK_TIMED_OUT` are expected outcomes of contention, not faults. Every
+/// other value is an error; `gk_last_error_message()` then says what
+/// happened, naming the path, handle or goal concerned.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum gk_status {
+    /// Success.
+    GK_OK = 0,
+    /// A lock is held by another process (or another open file description).
+    GK_BUSY = 1,
+    /// A lock is already held by this process (never granted twice, never a self-block).
+    GK_HELD_BY_THIS_PROCESS = 2,
+    /// A blocking call reached its timeout.
+    GK_TIMED_OUT = 3,
+    /// A required pointer argument was NULL.
+    GK_ERROR_NULL_POINTER = 10,
+    /// A path is not absolute, contains NUL or a `.`/`..` component, is the
+    /// root, or is too long for `PATH_MAX`.
+    GK_ERROR_INVALID_PATH = 11,
+    /// Another argument is out of range (empty set, unknown enum value, …).
+    GK_ERROR_INVALID_ARGUMENT = 12,
+    /// The handle is stale (released or freed), forged, or of another kind.
+    GK_ERROR_STALE_HANDLE = 13,
+    /// The handle was created by the parent of this fork child.
+    GK_ERROR_WRONG_PROCESS = 14,
+    /// An output buffer is too small; the needed size was stored.
+    GK_ERROR_BUFFER_TOO_SMALL = 15,
+    /// The call is not allowed in the object's current state.
+    GK_ERROR_INVALID_STATE = 16,
+    /// Any other system error.
+    GK_ERROR_IO = 20,
+    /// `EACCES`/`EPERM` on a lock file.
+    GK_ERROR_PERMISSION_DENIED = 21,
+    /// The lock file is a symbolic link (`ELOOP`); it is never followed.
+    GK_ERROR_SYMLINK = 22,
+    /// `ENAMETOOLONG`.
+    GK_ERROR_NAME_TOO_LONG = 23,
+    /// `ENOSPC`/`EDQUOT`.
+    GK_ERROR_NO_SPACE = 24,
+    /// `EDEADLK` from the kernel.
+    GK_ERROR_DEADLOCK = 25,
+    /// The lock file kept being deleted under us; the bounded retry gave up.
+    GK_ERROR_STALE_LOCK_FILE = 26,
+    /// The store directory is writable by others without the sticky bit.
+    GK_ERROR_INSECURE_STORE = 27,
+    /// A ledger invariant does not hold (a lock without a live owner, a
+    /// finished goal holding a lock, …). The message names goal and path.
+    GK_ERROR_INVARIANT_VIOLATION = 30,
+    /// The scheduler cannot progress; the message names the stuck goals.
+    GK_ERROR_SCHEDULER_DEADLOCK = 31,
+    /// An internal error (a caught panic). Please report it.
+    GK_ERROR_PANIC = 99,
+}
+
+impl gk_status {
+    /// Every status, for `gk_status_name` and tests.
+    pub(crate) const ALL: [gk_status; 22] = [
+        gk_status::GK_OK,
+        gk_status::GK_BUSY,
+        gk_status::GK_HELD_BY_THIS_PROCESS,
+        gk_status::GK_TIMED_OUT,
+        gk_status::GK_ERROR_NULL_POINTER,
+        gk_status::GK_ERROR_INVALID_PATH,
+        gk_status::GK_ERROR_INVALID_ARGUMENT,
+        gk_status::GK_ERROR_STALE_HANDLE,
+        gk_status::GK_ERROR_WRONG_PROCESS,
+        gk_status::GK_ERROR_BUFFER_TOO_SMALL,
+        gk_status::GK_ERROR_INVALID_STATE,
+        gk_status::GK_ERROR_IO,
+        gk_status::GK_ERROR_PERMISSION_DENIED,
+        gk_status::GK_ERROR_SYMLINK,
+        gk_status::GK_ERROR_NAME_TOO_LONG,
+        gk_status::GK_ERROR_NO_SPACE,
+        gk_status::GK_ERROR_DEADLOCK,
+        gk_status::GK_ERROR_STALE_LOCK_FILE,
+        gk_status::GK_ERROR_INSECURE_STORE,
+        gk_status::GK_ERROR_INVARIANT_VIOLATION,
+        gk_status::GK_ERROR_SCHEDULER_DEADLOCK,
+        gk_status::GK_ERROR_PANIC,
+    ];
+
+    /// The enumerator's name, e.g. `"GK_BUSY"`.
+    pub fn name(self) -> &'static str {
+        self.name_c().to_str().unwrap_or("GK_?")
+    }
+
+    /// The enumerator's name as a C string.
+    pub fn name_c(self) -> &'static std::ffi::CStr {
+        match self {
+            gk_status::GK_OK => c"GK_OK",
+            gk_status::GK_BUSY => c"GK_BUSY",
+            gk_status::GK_HELD_BY_THIS_PROCESS => c"GK_HELD_BY_THIS_PROCESS",
+            gk_status::GK_TIMED_OUT => c"GK_TIMED_OUT",
+            gk_status::GK_ERROR_NULL_POINTER => c"GK_ERROR_NULL_POINTER",
+            gk_status::GK_ERROR_INVALID_PATH => c"GK_ERROR_INVALID_PATH",
+            gk_status::GK_ERROR_INVALID_ARGUMENT => c"GK_ERROR_INVALID_ARGUMENT",
+            gk_status::GK_ERROR_STALE_HANDLE => c"GK_ERROR_STALE_HANDLE",
+            gk_status::GK_ERROR_WRONG_PROCESS => c"GK_ERROR_WRONG_PROCESS",
+            gk_status::GK_ERROR_BUFFER_TOO_SMALL => c"GK_ERROR_BUFFER_TOO_SMALL",
+            gk_status::GK_ERROR_INVALID_STATE => c"GK_ERROR_INVALID_STATE",
+            gk_status::GK_ERROR_IO => c"GK_ERROR_IO",
+            gk_status::GK_ERROR_PERMISSION_DENIED => c"GK_ERROR_PERMISSION_DENIED",
+            gk_status::GK_ERROR_SYMLINK => c"GK_ERROR_SYMLINK",
+            gk_status::GK_ERROR_NAME_TOO_LONG => c"GK_ERROR_NAME_TOO_LONG",
+            gk_status::GK_ERROR_NO_SPACE => c"GK_ERROR_NO_SPACE",
+            gk_status::GK_ERROR_DEADLOCK => c"GK_ERROR_DEADLOCK",
+            gk_status::GK_ERROR_STALE_LOCK_FILE => c"GK_ERROR_STALE_LOCK_FILE",
+            gk_status::GK_ERROR_INSECURE_STORE => c"GK_ERROR_INSECURE_STORE",
+            gk_status::GK_ERROR_INVARIANT_VIOLATION => c"GK_ERROR_INVARIANT_VIOLATION",
+            gk_status::GK_ERROR_SCHEDULER_DEADLOCK => c"GK_ERROR_SCHEDULER_DEADLOCK",
+            gk_status::GK_ERROR_PANIC => c"GK_ERROR_PANIC",
+        }
+    }
+
+    /// The status for an integer from C, if it is one.
+    pub fn from_raw(v: i64) -> Option<gk_status> {
+        Self::ALL.iter().copied().find(|s| *s as i64 == v)
+    }
+}
+
+impl From<&Error> for gk_status {
+    fn from(e: &Error) -> gk_status {
+        use gk_status::*;
+        match e {
+            Error::InvalidPath { .. } => GK_ERROR_INVALID_PATH,
+            Error::InvalidArgument(_) => GK_ERROR_INVALID_ARGUMENT,
+            Error::Busy { .. } => GK_BUSY,
+            Error::HeldByThisProcess { .. } => GK_HELD_BY_THIS_PROCESS,
+            Error::TimedOut { .. } => GK_TIMED_OUT,
+            Error::PermissionDenied { .. } => GK_ERROR_PERMISSION_DENIED,
+            Error::Symlink { .. } => GK_ERROR_SYMLINK,
+            Error::NameTooLong { .. } => GK_ERROR_NAME_TOO_LONG,
+            Error::NoSpace { .. } => GK_ERROR_NO_SPACE,
+            Error::Deadlock { .. } => GK_ERROR_DEADLOCK,
+            Error::StaleRetriesExhausted { .. } => GK_ERROR_STALE_LOCK_FILE,
+            Error::InsecureStore { .. } => GK_ERROR_INSECURE_STORE,
+            Error::WrongProcess(..) => GK_ERROR_WRONG_PROCESS,
+            Error::InvalidState(_) => GK_ERROR_INVALID_STATE,
+            Error::Invariant(_) => GK_ERROR_INVARIANT_VIOLATION,
+            Error::SchedulerDeadlock(_) => GK_ERROR_SCHEDULER_DEADLOCK,
+            Error::NullPointer(_) => GK_ERROR_NULL_POINTER,
+            Error::StaleHandle(_) => GK_ERROR_STALE_HANDLE,
+            Error::BufferTooSmall { .. } => GK_ERROR_BUFFER_TOO_SMALL,
+            Error::Io { .. } => GK_ERROR_IO,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! goalkeeper: store path locks and a goal scheduler for Nix/Guix-style build
+//! daemons, whose locks are released when their goal finishes, on every path,
+//! before any waiter is woken (Guix bug #31785).
+//!
+//! * [`lock`]: lock files, lock sets, and the in-process registry.
+//! * [`ffi`]: the C ABI (`include/goalkeeper.h`).
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod error;
+pub mod fault;
+pub mod ffi;
+pub mod lock;
+
+pub use error::{Error, Result};
+pub use lock::{Backend, LockSet, StorePath, WaitMode};

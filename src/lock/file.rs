@@ -1,0 +1,205 @@
+//! One lock file `P.lock`, following the daemon's lock-file protocol.
+
+use std::io;
+use std::os::unix::io::RawFd;
+
+use super::backend::Backend;
+use super::path::StorePath;
+use super::process::{self, ensure_atfork, generation, STATE};
+use crate::error::{Error, Result};
+
+/// How many times a lock file may turn out stale (deleted by its previous
+/// holder) in a row before acquisition reports an error instead of spinning.
+pub const MAX_STALE_ATTEMPTS: u32 = 1000;
+
+/// Whether an acquisition may block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Fail with "busy" at once.
+    Try,
+    /// Block in the kernel until the lock is free (retrying on `EINTR`).
+    Block,
+}
+
+/// An open, locked lock file. Dropping it releases the lock without deletion;
+/// [`LockFile::release`] is the explicit way.
+#[derive(Debug)]
+pub(crate) struct LockFile {
+    fd: RawFd,
+    backend: Backend,
+    generation: u64,
+}
+
+impl LockFile {
+    /// Takes the lock on `path.lock`. `Ok(None)` means busy (only with [`Wait::Try`]).
+    ///
+    /// After the kernel grants the lock, the file is checked with `fstat`: if
+    /// it has been unlinked (`st_nlink == 0`) or carries the deletion token
+    /// (`st_size != 0`), its previous holder deleted it, so it is closed,
+    /// re-opened and locked again, at most [`MAX_STALE_ATTEMPTS`] times.
+    pub(crate) fn acquire(path: &StorePath, backend: Backend, wait: Wait) -> Result<Option<Self>> {
+        for _ in 0..MAX_STALE_ATTEMPTS {
+            let fd = open_lock_file(path)?;
+            let locked = match wait {
+                Wait::Try => backend.try_lock(fd),
+                Wait::Block => lock_blocking(backend, fd).map(|()| true),
+            };
+            match locked {
+                Ok(true) => {}
+                Ok(false) => {
+                    close_fd(fd);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    close_fd(fd);
+                    return Err(Error::from_io(path.lock_path(), "lock", e));
+                }
+            }
+            match is_stale(fd) {
+                Ok(false) => {
+                    return Ok(Some(LockFile {
+                        fd,
+                        backend,
+                        generation: generation(),
+                    }))
+                }
+                Ok(true) => {
+                    let _ = backend.unlock(fd);
+                    close_fd(fd);
+                }
+                Err(e) => {
+                    let _ = backend.unlock(fd);
+                    close_fd(fd);
+                    return Err(Error::from_io(path.lock_path(), "fstat", e));
+                }
+            }
+        }
+        Err(Error::StaleRetriesExhausted {
+            path: path.lock_path().to_path_buf(),
+            attempts: MAX_STALE_ATTEMPTS,
+        })
+    }
+
+    /// The descriptor (for tests and diagnostics).
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// `true` if this object was created in the current process (not inherited by a fork).
+    pub(crate) fn is_ours(&self) -> bool {
+        self.generation == generation()
+    }
+
+    /// Releases the lock. With `delete`, the lock file is deleted first in a
+    /// way that no peer can mistake for a live lock: the token `"d"` is
+    /// written, then the file is unlinked, then unlocked and closed.
+    ///
+    /// The token goes *before* the unlink (the C++ daemon does the reverse):
+    /// while we hold the lock nobody can observe the order, but if the write
+    /// fails (ENOSPC) we simply keep the file, whereas an unlinked empty inode
+    /// would look live to old peers that only check `st_size` (L9). If the
+    /// unlink fails, the token is truncated away again.
+    ///
+    /// The lock is always released, even when an error is returned; the error
+    /// then says that the file could not be deleted.
+    pub(crate) fn release(mut self, path: &StorePath, delete: bool) -> Result<()> {
+        let fd = std::mem::replace(&mut self.fd, -1);
+        if self.generation != generation() {
+            // Inherited through fork: the atfork handler closed it already.
+            return Ok(());
+        }
+        let mut result = Ok(());
+        if delete {
+            result = delete_lock_file(fd, path);
+        }
+        let _ = self.backend.unlock(fd);
+        close_fd(fd);
+        result
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        if self.fd >= 0 && self.generation == generation() {
+            let _ = self.backend.unlock(self.fd);
+            close_fd(self.fd);
+        }
+    }
+}
+
+fn delete_lock_file(fd: RawFd, path: &StorePath) -> Result<()> {
+    if let Some(e) = crate::fault::injected(crate::fault::Point::TokenWrite) {
+        return Err(Error::from_io(path.lock_path(), "write deletion token", e));
+    }
+    // SAFETY: writing one byte from a static buffer to an fd we own.
+    let n = unsafe { libc::write(fd, b"d".as_ptr().cast(), 1) };
+    if n != 1 {
+        let e = if n < 0 {
+            io::Error::last_os_error()
+        } else {
+            io::Error::from_raw_os_error(libc::EIO)
+        };
+        return Err(Error::from_io(path.lock_path(), "write deletion token", e));
+    }
+    // SAFETY: the path is a valid NUL-terminated string.
+    if unsafe { libc::unlink(path.lock_cstr().as_ptr()) } == -1 {
+        let e = io::Error::last_os_error();
+        // Undo the token so the file stays usable as a live lock file.
+        // SAFETY: plain syscall on an fd we own.
+        unsafe { libc::ftruncate(fd, 0) };
+        return Err(Error::from_io(path.lock_path(), "unlink", e));
+    }
+    Ok(())
+}
+
+fn lock_blocking(backend: Backend, fd: RawFd) -> io::Result<()> {
+    loop {
+        match backend.lock_wait(fd) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue, // L6
+            r => return r,
+        }
+    }
+}
+
+fn is_stale(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: an all-zero `stat` is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer.
+    if unsafe { libc::fstat(fd, &mut st) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_nlink == 0 || st.st_size != 0)
+}
+
+/// Opens (creating if needed) `path.lock` with `O_RDWR|O_CREAT|O_CLOEXEC|O_NOFOLLOW`,
+/// mode 0600, after checking the store directory, and tracks the descriptor
+/// so that fork children close it.
+pub(crate) fn open_lock_file(path: &StorePath) -> Result<RawFd> {
+    ensure_atfork();
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // Open under the process lock so that a concurrent fork either sees the
+    // descriptor tracked or does not inherit it at all.
+    STATE.with(|st| {
+        super::store_dir::check_cached(st, path.store_dir())?;
+        // SAFETY: the path is NUL-terminated; mode is passed as the variadic argument.
+        let fd = unsafe { libc::open(path.lock_cstr().as_ptr(), flags, 0o600 as libc::c_uint) };
+        if fd < 0 {
+            return Err(Error::from_io(
+                path.lock_path(),
+                "open",
+                io::Error::last_os_error(),
+            ));
+        }
+        process::track_fd(st, fd);
+        Ok(fd)
+    })
+}
+
+/// Untracks and closes a lock descriptor.
+pub(crate) fn close_fd(fd: RawFd) {
+    STATE.with(|st| {
+        st.fds.remove(&fd);
+        // SAFETY: closing a descriptor this library opened and still owns.
+        unsafe { libc::close(fd) };
+    });
+}

@@ -1,0 +1,176 @@
+//! Validation and normalisation of store paths, and their lock-file names.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// The suffix that turns store path `P` into its lock file `P.lock`.
+pub const LOCK_SUFFIX: &str = ".lock";
+
+/// `PATH_MAX` of the platform, counting the terminating NUL.
+pub const PATH_MAX: usize = libc::PATH_MAX as usize;
+
+/// A validated, normalised absolute store path, with its lock-file name
+/// precomputed (the lock hot path does no allocation for it).
+///
+/// Normalisation collapses repeated slashes and drops a trailing slash, so
+/// `/s//x/` and `/s/x` name the same lock. `.` and `..` components, NUL
+/// bytes, relative paths, the root itself, and names whose lock file would
+/// exceed `PATH_MAX` are refused.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StorePath {
+    /// `P.lock` followed by NUL; the store path is the prefix without the suffix.
+    lock: CString,
+}
+
+impl StorePath {
+    /// Validates and normalises `path`.
+    pub fn new(path: impl AsRef<OsStr>) -> Result<StorePath> {
+        Self::from_bytes(path.as_ref().as_bytes())
+    }
+
+    /// Validates and normalises a path given as raw bytes (no NUL terminator).
+    pub fn from_bytes(bytes: &[u8]) -> Result<StorePath> {
+        let refuse = |reason| Error::InvalidPath {
+            path: String::from_utf8_lossy(bytes).into_owned(),
+            reason,
+        };
+        if bytes.is_empty() {
+            return Err(refuse("empty path"));
+        }
+        if bytes.contains(&0) {
+            return Err(refuse("contains a NUL byte"));
+        }
+        if bytes[0] != b'/' {
+            return Err(refuse("not absolute"));
+        }
+        let mut out = Vec::with_capacity(bytes.len() + LOCK_SUFFIX.len() + 1);
+        for comp in bytes.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            if comp == b"." || comp == b".." {
+                return Err(refuse("contains a '.' or '..' component"));
+            }
+            out.push(b'/');
+            out.extend_from_slice(comp);
+        }
+        if out.is_empty() {
+            return Err(refuse("is the root directory"));
+        }
+        out.extend_from_slice(LOCK_SUFFIX.as_bytes());
+        if out.len() + 1 > PATH_MAX {
+            return Err(refuse("its lock file name would exceed PATH_MAX"));
+        }
+        // SAFETY-free: NULs were refused above, so this cannot fail.
+        let lock = CString::new(out).map_err(|_| refuse("contains a NUL byte"))?;
+        Ok(StorePath { lock })
+    }
+
+    /// The normalised store path.
+    pub fn as_path(&self) -> &Path {
+        let b = self.lock.as_bytes();
+        Path::new(OsStr::from_bytes(&b[..b.len() - LOCK_SUFFIX.len()]))
+    }
+
+    /// The lock file `P.lock`, as a C string ready for `open(2)`.
+    pub fn lock_cstr(&self) -> &CStr {
+        &self.lock
+    }
+
+    /// The lock file `P.lock`.
+    pub fn lock_path(&self) -> &Path {
+        Path::new(OsStr::from_bytes(self.lock.as_bytes()))
+    }
+
+    /// The directory holding the path and its lock file (the store directory).
+    pub fn store_dir(&self) -> &Path {
+        self.as_path().parent().unwrap_or(Path::new("/"))
+    }
+}
+
+impl fmt::Debug for StorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_path(), f)
+    }
+}
+
+impl fmt::Display for StorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.as_path().display(), f)
+    }
+}
+
+/// Validates, normalises, sorts and deduplicates a set of store paths.
+/// An empty set is refused: locking nothing is always a caller bug.
+pub fn normalize_set<I, P>(paths: I) -> Result<Vec<StorePath>>
+where
+    I: IntoIterator<Item = P>,
+    P: AsRef<OsStr>,
+{
+    let mut v = paths
+        .into_iter()
+        .map(StorePath::new)
+        .collect::<Result<Vec<_>>>()?;
+    if v.is_empty() {
+        return Err(Error::InvalidArgument("empty set of paths".into()));
+    }
+    v.sort_unstable();
+    v.dedup();
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_slashes() {
+        let p = StorePath::new("/s//x/").unwrap();
+        assert_eq!(p.as_path(), Path::new("/s/x"));
+        assert_eq!(p.lock_path(), Path::new("/s/x.lock"));
+        assert_eq!(p.store_dir(), Path::new("/s"));
+    }
+
+    #[test]
+    fn refuses_bad_paths() {
+        for bad in ["", "rel/x", "/", "//", "/s/../x", "/s/./x", "/a\0b"] {
+            assert!(
+                matches!(StorePath::new(bad), Err(Error::InvalidPath { .. })),
+                "{bad:?} accepted"
+            );
+        }
+        let long = format!("/{}", "a/".repeat(PATH_MAX / 2));
+        assert!(matches!(
+            StorePath::new(long),
+            Err(Error::InvalidPath { .. })
+        ));
+    }
+
+    #[test]
+    fn longest_accepted_path_fits_path_max() {
+        let n = PATH_MAX - 1 - LOCK_SUFFIX.len();
+        let ok = format!("/{}", "a".repeat(n - 1));
+        assert_eq!(
+            StorePath::new(&ok)
+                .unwrap()
+                .lock_cstr()
+                .to_bytes_with_nul()
+                .len(),
+            PATH_MAX
+        );
+        let over = format!("/{}", "a".repeat(n));
+        assert!(StorePath::new(over).is_err());
+    }
+
+    #[test]
+    fn set_is_sorted_and_deduplicated() {
+        let v = normalize_set(["/s/b", "/s/a", "/s//b"]).unwrap();
+        assert_eq!(v.len(), 2);
+        assert!(v[0] < v[1]);
+        assert!(matches!(
+            normalize_set(Vec::<&str>::new()),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}

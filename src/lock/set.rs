@@ -1,0 +1,323 @@
+//! Lock sets: a sorted, deduplicated set of store paths, locked all or nothing.
+
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::backend::Backend;
+use super::file::{LockFile, Wait};
+use super::path::{normalize_set, StorePath};
+use super::process::{self, generation, STATE};
+use super::registry::{check_free, Owner};
+use super::wait::LockWait;
+use crate::error::{Error, Result};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Allocates a process-unique lock-set id.
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The locks on a set of store paths, all held.
+///
+/// Acquisition is all or nothing, in sorted path order (G2): a try that finds
+/// path *k* busy releases paths 1..*k*−1 before it returns, and a blocking
+/// acquisition gives up everything it holds before it blocks.
+///
+/// [`LockSet::release`] is the way to release. `Drop` releases too, as a
+/// safety net, never with deletion.
+#[derive(Debug)]
+pub struct LockSet {
+    id: u64,
+    owner: Owner,
+    backend: Backend,
+    locks: Vec<(StorePath, LockFile)>,
+    delete: bool,
+    generation: u64,
+    pid: u32,
+}
+
+/// How long an acquisition may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Never block: report [`Error::Busy`] at once.
+    Try,
+    /// Block until every lock is held.
+    Forever,
+    /// Block at most this long, then report [`Error::TimedOut`].
+    Timeout(Duration),
+}
+
+impl LockSet {
+    /// Tries to lock every path in `paths` without blocking.
+    ///
+    /// Errors: [`Error::Busy`] (another process holds one), [`Error::HeldByThisProcess`],
+    /// [`Error::InvalidPath`], [`Error::InvalidArgument`] (empty set), and the I/O errors.
+    pub fn try_acquire<I, P>(paths: I, backend: Backend) -> Result<LockSet>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<OsStr>,
+    {
+        Self::acquire(paths, backend, WaitMode::Try)
+    }
+
+    /// Locks every path in `paths`, waiting as `wait` allows.
+    pub fn acquire<I, P>(paths: I, backend: Backend, wait: WaitMode) -> Result<LockSet>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<OsStr>,
+    {
+        Self::acquire_normalized(normalize_set(paths)?, backend, wait)
+    }
+
+    /// Like [`LockSet::acquire`], for paths already validated, sorted and
+    /// deduplicated (see [`normalize_set`]).
+    pub fn acquire_normalized(
+        paths: Vec<StorePath>,
+        backend: Backend,
+        wait: WaitMode,
+    ) -> Result<LockSet> {
+        let id = next_id();
+        let owner = Owner::lockset(id);
+        let start = Instant::now();
+        let deadline = match wait {
+            WaitMode::Timeout(d) => Some(start + d),
+            _ => None,
+        };
+        let mut in_hand = None;
+        let mut paths = paths;
+        loop {
+            match try_once(id, owner, paths, backend, in_hand.take())? {
+                Ok(set) => return Ok(set),
+                Err((returned, k)) => {
+                    paths = returned;
+                    let busy = &paths[k];
+                    let waited_ms = |_: ()| start.elapsed().as_millis() as u64;
+                    in_hand = Some(match (wait, deadline) {
+                        (WaitMode::Try, _) => {
+                            return Err(Error::Busy {
+                                path: busy.as_path().to_path_buf(),
+                            })
+                        }
+                        (WaitMode::Forever, _) => (
+                            k,
+                            LockFile::acquire(busy, backend, Wait::Block)?
+                                .expect("a blocking acquisition never reports busy"),
+                        ),
+                        (WaitMode::Timeout(_), Some(deadline)) => {
+                            let w = LockWait::spawn(busy.clone(), backend, None)?;
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            match w.wait_timeout(left) {
+                                Some(r) => (k, r?),
+                                None => {
+                                    return Err(Error::TimedOut {
+                                        path: busy.as_path().to_path_buf(),
+                                        waited_ms: waited_ms(()),
+                                    })
+                                }
+                            }
+                        }
+                        (WaitMode::Timeout(_), None) => unreachable!("deadline set above"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Builds a lock set for a scheduler goal: one non-blocking pass over
+    /// `paths` (sorted, deduplicated), with `in_hand` (index, lock) already
+    /// granted by a [`LockWait`]. On contention, everything is released and
+    /// `Ok(Err((paths, k)))` names the busy index; the paths are handed back.
+    pub(crate) fn try_for_owner(
+        owner: Owner,
+        paths: Vec<StorePath>,
+        backend: Backend,
+        in_hand: Option<(usize, LockFile)>,
+    ) -> Result<std::result::Result<LockSet, (Vec<StorePath>, usize)>> {
+        try_once(owner.lockset, owner, paths, backend, in_hand)
+    }
+
+    /// The set's process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Who holds the set (for registry entries and messages).
+    pub fn owner(&self) -> Owner {
+        self.owner
+    }
+
+    /// The backend the set was taken with.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The locked store paths, sorted.
+    pub fn paths(&self) -> impl ExactSizeIterator<Item = &StorePath> + Clone {
+        self.locks.iter().map(|(p, _)| p)
+    }
+
+    /// Number of paths in the set.
+    pub fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// `true` if the set holds no path (only after release).
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    /// Whether release will delete the lock files (allowed once the paths are valid).
+    pub fn set_deletion(&mut self, delete: bool) {
+        self.delete = delete;
+    }
+
+    /// Whether release will delete the lock files.
+    pub fn deletion(&self) -> bool {
+        self.delete
+    }
+
+    /// Releases every lock, deleting the lock files if [`LockSet::set_deletion`]
+    /// asked for it. The locks are always released; an error reports a lock
+    /// file that could not be deleted (it is then left in place, unlocked).
+    pub fn release(mut self) -> Result<()> {
+        if self.generation != generation() {
+            self.locks.clear(); // the atfork handler closed the descriptors
+            return Err(Error::WrongProcess("lock set", self.pid));
+        }
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<()> {
+        let delete = self.delete;
+        let mut first_err = None;
+        let locks = std::mem::take(&mut self.locks);
+        let id = self.id;
+        let mut paths = Vec::with_capacity(locks.len());
+        for (p, f) in locks {
+            if let Err(e) = f.release(&p, delete) {
+                first_err.get_or_insert(e);
+            }
+            paths.push(p);
+        }
+        // Kernel locks first, then the registry: the registry never claims a
+        // path is free while the kernel lock is still held.
+        STATE.with(|st| {
+            for p in &paths {
+                if st.held.get(p).is_some_and(|o| o.lockset == id) {
+                    st.held.remove(p);
+                }
+            }
+        });
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Checks this set's ledger invariants (G6): the set belongs to this
+    /// process, every path is registered to this set, and every descriptor
+    /// is tracked as open. O(paths in the set).
+    pub fn check(&self) -> Result<()> {
+        if self.generation != generation() {
+            return Err(Error::WrongProcess("lock set", self.pid));
+        }
+        STATE.with(|st| {
+            for (p, f) in &self.locks {
+                match st.held.get(p) {
+                    Some(o) if o.lockset == self.id => {}
+                    Some(o) => {
+                        return Err(Error::Invariant(format!(
+                            "{p} is held by lock set {} but the registry names {o}",
+                            self.id
+                        )))
+                    }
+                    None => {
+                        return Err(Error::Invariant(format!(
+                            "{p} is held by lock set {} but missing from the registry",
+                            self.id
+                        )))
+                    }
+                }
+                if !st.fds.contains(&f.fd()) {
+                    return Err(Error::Invariant(format!(
+                        "{p}: descriptor {} of lock set {} is not open",
+                        f.fd(),
+                        self.id
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Drop for LockSet {
+    fn drop(&mut self) {
+        if !self.locks.is_empty() && self.generation == generation() {
+            self.delete = false;
+            let _ = self.release_inner();
+        }
+    }
+}
+
+/// One all-or-nothing pass. Reserves the paths in the registry (G5), then
+/// try-locks them in order. On the first busy path `k`, releases 0..k and
+/// returns `Ok(Err((paths, k)))`.
+#[allow(clippy::type_complexity)]
+fn try_once(
+    id: u64,
+    owner: Owner,
+    paths: Vec<StorePath>,
+    backend: Backend,
+    mut in_hand: Option<(usize, LockFile)>,
+) -> Result<std::result::Result<LockSet, (Vec<StorePath>, usize)>> {
+    let pid = process::pid();
+    STATE.with(|st| {
+        check_free(st, &paths)?;
+        for p in &paths {
+            st.held.insert(p.clone(), owner);
+        }
+        Ok::<_, Error>(())
+    })?;
+    let unregister = |paths: &[StorePath]| {
+        STATE.with(|st| {
+            for p in paths {
+                if st.held.get(p).is_some_and(|o| o.lockset == id) {
+                    st.held.remove(p);
+                }
+            }
+        })
+    };
+    let mut got: Vec<LockFile> = Vec::with_capacity(paths.len());
+    for (i, p) in paths.iter().enumerate() {
+        if let Some((k, _)) = &in_hand {
+            if *k == i {
+                got.push(in_hand.take().expect("checked").1);
+                continue;
+            }
+        }
+        match LockFile::acquire(p, backend, Wait::Try) {
+            Ok(Some(f)) => got.push(f),
+            Ok(None) => {
+                drop(got); // L8: release 1..k-1 (without deletion)
+                drop(in_hand);
+                unregister(&paths);
+                return Ok(Err((paths, i)));
+            }
+            Err(e) => {
+                drop(got);
+                drop(in_hand);
+                unregister(&paths);
+                return Err(e);
+            }
+        }
+    }
+    Ok(Ok(LockSet {
+        id,
+        owner,
+        backend,
+        locks: paths.into_iter().zip(got).collect(),
+        delete: false,
+        generation: generation(),
+        pid,
+    }))
+}

@@ -1,0 +1,42 @@
+//! The store directory check: refuse to lock in a directory that other users
+//! may write to without the sticky bit, since any of them could then unlink
+//! or replace our lock files. `/gnu/store` is `1775 root:guixbuild` (group
+//! writable, sticky), and `/tmp` is `1777`; both are accepted.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use super::process::State;
+use crate::error::{Error, Result};
+
+/// Checks `dir` once per process; successful checks are cached in `st`.
+pub(crate) fn check_cached(st: &mut State, dir: &Path) -> Result<()> {
+    if st.checked_dirs.contains(dir) {
+        return Ok(());
+    }
+    check(dir)?;
+    st.checked_dirs.insert(dir.to_path_buf());
+    Ok(())
+}
+
+/// Checks the permissions of `dir` (following symlinks, as `open` does for
+/// directories on the way).
+pub fn check(dir: &Path) -> Result<()> {
+    let meta =
+        std::fs::metadata(dir).map_err(|e| Error::from_io(dir, "stat store directory", e))?;
+    if !meta.is_dir() {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            op: "stat store directory",
+            source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(Error::InsecureStore {
+            dir: dir.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
