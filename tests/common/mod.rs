@@ -1,0 +1,171 @@
+//! Support shared by the integration tests: private temporary stores, the
+//! built shared library, compiling C and C++ programs against it, and
+//! bounded waits. Each test binary includes it with `mod common;`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A private temporary store directory (mode 0700), removed on drop.
+pub struct TempStore {
+    dir: PathBuf,
+}
+
+impl TempStore {
+    /// Creates a fresh store under the system temporary directory.
+    pub fn new() -> TempStore {
+        let dir = std::env::temp_dir().join(format!(
+            "gk-store-{}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            Instant::now().elapsed().as_nanos() ^ (std::ptr::addr_of!(SEQ) as u128)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp store");
+        TempStore { dir }
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The store path `<store>/<name>` as a string.
+    pub fn path(&self, name: &str) -> String {
+        self.dir
+            .join(name)
+            .to_str()
+            .expect("UTF-8 temp dir")
+            .to_string()
+    }
+
+    /// The lock file of `<store>/<name>`.
+    pub fn lock_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.lock"))
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The directory of the test executable's profile (`target/debug`), where
+/// cargo put `libgoalkeeper.so`. Ensures the soname link `libgoalkeeper.so.0`
+/// exists beside it, so programs linked with `-lgoalkeeper` can start.
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    let so = dir.join("libgoalkeeper.so");
+    assert!(
+        so.exists(),
+        "{} missing: cargo test builds the cdylib",
+        so.display()
+    );
+    let major = env!("CARGO_PKG_VERSION_MAJOR");
+    let link = dir.join(format!("libgoalkeeper.so.{major}"));
+    if std::fs::read_link(&link).is_err() {
+        let _ = std::os::unix::fs::symlink("libgoalkeeper.so", &link);
+    }
+    dir
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where tests put the programs they compile.
+pub fn build_dir() -> PathBuf {
+    let d = lib_dir().join("gk-test-programs");
+    std::fs::create_dir_all(&d).expect("create build dir");
+    d
+}
+
+/// Compiles C (`cpp == false`) or C++ sources into an executable linked with
+/// the built `libgoalkeeper.so`, with `-Wall -Wextra -Werror`, using the
+/// compiler the `cc` crate finds. Returns the executable's path.
+pub fn compile(name: &str, sources: &[PathBuf], cpp: bool, extra: &[&str]) -> PathBuf {
+    let target = "x86_64-unknown-linux-gnu";
+    let tool = cc::Build::new()
+        .cpp(cpp)
+        .target(target)
+        .host(target)
+        .opt_level(1)
+        .cargo_metadata(false)
+        .get_compiler();
+    let out = build_dir().join(name);
+    let lib = lib_dir();
+    let mut cmd = tool.to_command();
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-g"])
+        .arg(if cpp { "-std=c++17" } else { "-std=c11" })
+        .arg("-I")
+        .arg(root().join("include"))
+        .args(sources)
+        .args(extra)
+        .arg("-o")
+        .arg(&out)
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lgoalkeeper");
+    let o = cmd.output().expect("run the C compiler");
+    assert!(
+        o.status.success(),
+        "compiling {name} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// Runs `cmd` with a hard time limit; a hang becomes a failure with a message.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    // Drain pipes on threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().expect("stdout");
+    let mut se = child.stderr.take().expect("stderr");
+    let t1 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut so, &mut v).ok();
+        v
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut se, &mut v).ok();
+        v
+    });
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return std::process::Output {
+                status,
+                stdout: t1.join().unwrap(),
+                stderr: t2.join().unwrap(),
+            };
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{:?} did not finish within {limit:?} (killed)\nstdout:\n{}\nstderr:\n{}",
+                cmd,
+                String::from_utf8_lossy(&t1.join().unwrap()),
+                String::from_utf8_lossy(&t2.join().unwrap())
+            );
+        }
+        // Bounded polling of a child's exit status; not used for synchronisation.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
