@@ -131,6 +131,7 @@ impl<T> HandleTable<T> {
     }
 
     /// Number of live objects.
+    #[allow(dead_code)]
     pub(crate) fn len(&self) -> usize {
         self.live
     }

@@ -85,11 +85,6 @@ impl LockFile {
         self.fd
     }
 
-    /// `true` if this object was created in the current process (not inherited by a fork).
-    pub(crate) fn is_ours(&self) -> bool {
-        self.generation == generation()
-    }
-
     /// Releases the lock. With `delete`, the lock file is deleted first in a
     /// way that no peer can mistake for a live lock: the token `"d"` is
     /// written, then the file is unlinked, then unlocked and closed.

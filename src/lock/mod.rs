@@ -19,8 +19,12 @@ pub use path::{normalize_set, StorePath, LOCK_SUFFIX, PATH_MAX};
 pub use registry::{held_count, held_paths, is_held_by_me, owner_of, Owner};
 pub use set::{LockSet, WaitMode};
 
+// Used by the scheduler (src/sched), which builds on the lock layer's internals.
+#[allow(unused_imports)]
 pub(crate) use file::LockFile;
+#[allow(unused_imports)]
 pub(crate) use set::next_id;
+#[allow(unused_imports)]
 pub(crate) use wait::{LockWait, Notify};
 
 /// The number of lock descriptors this process has open, including those of

@@ -68,11 +68,10 @@ impl<T> ForkMutex<T> {
         unsafe { libc::pthread_mutex_unlock(self.raw.get()) };
     }
 
-    /// # Safety
-    /// Only from the atfork child handler, while `lock_raw` is in effect.
-    unsafe fn data_unchecked(&self) -> &mut T {
-        // SAFETY: guaranteed by the caller.
-        unsafe { &mut *self.data.get() }
+    /// The guarded data, for the atfork child handler, which holds the
+    /// mutex through `lock_raw` in `prepare` rather than through `with`.
+    fn data_ptr(&self) -> *mut T {
+        self.data.get()
     }
 }
 
@@ -119,7 +118,7 @@ extern "C" fn parent() {
 extern "C" fn child() {
     // SAFETY: `prepare` locked STATE in the thread that forked, which is the
     // only thread of the child.
-    let st = unsafe { STATE.data_unchecked() };
+    let st = unsafe { &mut *STATE.data_ptr() };
     for &fd in st.fds.iter() {
         // SAFETY: closing an inherited descriptor number that this library
         // opened; no unlock, since the parent still holds the lock through its

@@ -129,6 +129,7 @@ impl LockSet {
     /// `paths` (sorted, deduplicated), with `in_hand` (index, lock) already
     /// granted by a [`LockWait`]. On contention, everything is released and
     /// `Ok(Err((paths, k)))` names the busy index; the paths are handed back.
+    #[allow(dead_code)] // used by the scheduler
     pub(crate) fn try_for_owner(
         owner: Owner,
         paths: Vec<StorePath>,

@@ -31,12 +31,14 @@ struct Shared {
 }
 
 /// A pending wait for the lock of one store path.
+#[allow(dead_code)] // the scheduler uses all of it; lock sets only part
 pub(crate) struct LockWait {
     shared: Arc<Shared>,
     path: StorePath,
     started: Instant,
 }
 
+#[allow(dead_code)]
 impl LockWait {
     /// Starts a thread that blocks until `path`'s lock is granted, then calls `notify`.
     pub(crate) fn spawn(
