@@ -95,9 +95,10 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
-    /// The object was created by another process (this process is a fork child).
-    #[error("{0} belongs to process {1}; this process is a fork child and does not hold its parent's locks")]
-    WrongProcess(&'static str, u32),
+    /// The object was created by another process: this process is a fork
+    /// child, and a fork child never holds or releases its parent's locks.
+    #[error("{0} was created by the parent process before fork(); a fork child does not hold its parent's locks")]
+    WrongProcess(&'static str),
     /// A call that is not allowed in the object's current state.
     #[error("{0}")]
     InvalidState(String),

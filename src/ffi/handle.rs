@@ -106,7 +106,7 @@ impl<T> HandleTable<T> {
         let i = self.slot_of(handle)?;
         let (value, fork_gen) = self.slots[i].value.as_mut().expect("checked in slot_of");
         if *fork_gen != process_generation() {
-            return Err(Error::WrongProcess(kind_name(self.kind), 0));
+            return Err(Error::WrongProcess(kind_name(self.kind)));
         }
         Ok(value)
     }
@@ -125,7 +125,7 @@ impl<T> HandleTable<T> {
         } // else: retire the slot, so a handle is never reissued
         if fork_gen != process_generation() {
             drop(value);
-            return Err(Error::WrongProcess(kind_name(self.kind), 0));
+            return Err(Error::WrongProcess(kind_name(self.kind)));
         }
         Ok(value)
     }

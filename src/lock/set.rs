@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::file::{LockFile, Wait};
 use super::path::{normalize_set, StorePath};
-use super::process::{self, generation, STATE};
+use super::process::{generation, STATE};
 use super::registry::{check_free, Owner};
 use super::wait::LockWait;
 use crate::error::{Error, Result};
@@ -35,7 +35,6 @@ pub struct LockSet {
     locks: Vec<(StorePath, LockFile)>,
     delete: bool,
     generation: u64,
-    pid: u32,
 }
 
 /// How long an acquisition may wait.
@@ -185,7 +184,7 @@ impl LockSet {
     pub fn release(mut self) -> Result<()> {
         if self.generation != generation() {
             self.locks.clear(); // the atfork handler closed the descriptors
-            return Err(Error::WrongProcess("lock set", self.pid));
+            return Err(Error::WrongProcess("this lock set"));
         }
         self.release_inner()
     }
@@ -219,7 +218,7 @@ impl LockSet {
     /// is tracked as open. O(paths in the set).
     pub fn check(&self) -> Result<()> {
         if self.generation != generation() {
-            return Err(Error::WrongProcess("lock set", self.pid));
+            return Err(Error::WrongProcess("this lock set"));
         }
         STATE.with(|st| {
             for (p, f) in &self.locks {
@@ -271,7 +270,6 @@ fn try_once(
     backend: Backend,
     mut in_hand: Option<(usize, LockFile)>,
 ) -> Result<std::result::Result<LockSet, (Vec<StorePath>, usize)>> {
-    let pid = process::pid();
     STATE.with(|st| {
         check_free(st, &paths)?;
         for p in &paths {
@@ -319,6 +317,5 @@ fn try_once(
         locks: paths.into_iter().zip(got).collect(),
         delete: false,
         generation: generation(),
-        pid,
     }))
 }
