@@ -6,6 +6,7 @@
 
 mod backend;
 mod file;
+pub mod holder;
 mod path;
 mod process;
 pub mod registry;
