@@ -1,0 +1,208 @@
+//! `goalkeeper hold --store DIR PATH... -- CMD...`: run a command while
+//! holding the locks of store paths.
+//!
+//! The locks are taken all or nothing (sorted, as every goalkeeper lock
+//! set), then CMD runs; when it exits the locks are released and its exit
+//! status becomes ours (128 + N if it was killed by signal N). The lock
+//! descriptors are `O_CLOEXEC`, so CMD does not inherit them. While CMD runs:
+//! SIGTERM and SIGHUP sent to us are forwarded to it; SIGINT and SIGQUIT are
+//! left to it (a terminal sends them to both of us); and CMD gets SIGKILL if
+//! we die (`PR_SET_PDEATHSIG`), so it never runs on without the locks.
+
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use goalkeeper::lock::{holder, Backend, LockSet, StorePath, WaitMode};
+use goalkeeper::Error;
+
+use crate::args::{self, fail, usage, Failure};
+
+/// Exit status when a lock is busy (`--no-wait`) or the wait timed out (sysexits' EX_TEMPFAIL).
+const EXIT_BUSY: u8 = 75;
+
+pub(crate) fn main(argv: &[String]) -> Result<u8, Failure> {
+    let mut store = None;
+    let mut backend = Backend::Ofd;
+    let mut wait = WaitMode::Forever;
+    let mut paths = Vec::new();
+    let mut i = 0;
+    let mut command: Option<&[String]> = None;
+    while i < argv.len() {
+        if argv[i] == "--" {
+            command = Some(&argv[i + 1..]);
+            break;
+        } else if let Some(v) = args::value(argv, &mut i, "--store")? {
+            store = Some(v);
+        } else if let Some(v) = args::value(argv, &mut i, "--backend")? {
+            backend = match v.as_str() {
+                "ofd" => Backend::Ofd,
+                "flock" => Backend::Flock,
+                _ => return Err(usage(format!("--backend must be ofd or flock, not {v:?}"))),
+            };
+        } else if let Some(v) = args::value(argv, &mut i, "--timeout")? {
+            let secs: f64 = v
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| usage(format!("--timeout needs seconds, not {v:?}")))?;
+            wait = WaitMode::Timeout(Duration::from_secs_f64(secs));
+        } else if argv[i] == "--no-wait" {
+            wait = WaitMode::Try;
+        } else if argv[i].starts_with("--") {
+            return Err(usage(format!("hold: unknown option {:?}", argv[i])));
+        } else {
+            paths.push(argv[i].clone());
+        }
+        i += 1;
+    }
+    let command = match command {
+        Some(c) if !c.is_empty() => c,
+        _ => return Err(usage("hold: expected `-- CMD [ARG...]` after the paths")),
+    };
+    if paths.is_empty() {
+        return Err(usage("hold: expected at least one store path"));
+    }
+    let store = args::store(store)?;
+    let store =
+        std::path::absolute(&store).map_err(|e| fail(format!("{}: {e}", store.display())))?;
+    let paths = paths
+        .iter()
+        .map(|p| resolve(&store, p))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let set = match acquire(&paths, backend, wait) {
+        Ok(set) => set,
+        Err(e) if e.is_contention() => {
+            eprintln!("goalkeeper: {e}{}", holder_note(&e));
+            return Ok(EXIT_BUSY);
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let status = run(command);
+    // Release whatever happened to the command.
+    if let Err(e) = set.release() {
+        eprintln!("goalkeeper: warning: releasing the locks: {e}");
+    }
+    match status {
+        Ok(s) => Ok(match (s.code(), s.signal()) {
+            (Some(c), _) => c as u8,
+            (None, Some(sig)) => 128u8.saturating_add(sig as u8),
+            _ => 1,
+        }),
+        Err(e) => {
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!("goalkeeper: cannot run {:?}: {e}", command[0]);
+            Ok(code)
+        }
+    }
+}
+
+/// A store path argument: absolute and directly inside the store, or a name
+/// relative to it.
+fn resolve(store: &Path, p: &str) -> Result<StorePath, Failure> {
+    let full = if p.starts_with('/') {
+        PathBuf::from(p)
+    } else {
+        store.join(p)
+    };
+    let sp = StorePath::new(&full).map_err(|e| fail(e.to_string()))?;
+    let dir = StorePath::new(store.join("x")).map_err(|e| fail(e.to_string()))?;
+    if sp.store_dir() != dir.store_dir() {
+        return Err(fail(format!(
+            "{} is not in the store {}",
+            sp,
+            dir.store_dir().display()
+        )));
+    }
+    Ok(sp)
+}
+
+/// Takes the locks; before blocking, says who holds the busy one.
+fn acquire(paths: &[StorePath], backend: Backend, wait: WaitMode) -> goalkeeper::Result<LockSet> {
+    let all = || paths.iter().map(|p| p.as_path().as_os_str().to_owned());
+    match LockSet::try_acquire(all(), backend) {
+        Err(e @ Error::Busy { .. }) if wait != WaitMode::Try => {
+            eprintln!("goalkeeper: waiting: {e}{}", holder_note(&e));
+            LockSet::acquire(all(), backend, wait)
+        }
+        r => r,
+    }
+}
+
+/// `" (held by pid N (cmd), ofd lock)"` for a busy path, when `/proc` says.
+fn holder_note(e: &Error) -> String {
+    let path = match e {
+        Error::Busy { path } | Error::TimedOut { path, .. } => path,
+        _ => return String::new(),
+    };
+    let Ok(sp) = StorePath::new(path) else {
+        return String::new();
+    };
+    holder::describe_holders(sp.lock_path())
+        .map(|h| format!(" (held by {h})"))
+        .unwrap_or_default()
+}
+
+/// The command's pid while it runs, for the signal forwarder (0: none).
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; pid is our own child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+extern "C" fn ignore(_sig: libc::c_int) {}
+
+fn set_handler(sig: libc::c_int, h: extern "C" fn(libc::c_int)) {
+    // SAFETY: an all-zero sigaction is valid; we fill handler and flags.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = h as usize;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: installs a handler that only calls async-signal-safe functions.
+    unsafe {
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+fn run(command: &[String]) -> io::Result<std::process::ExitStatus> {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes async-signal-safe system calls (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // We died before the death signal was armed.
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    // Handlers are reset to the default in the child at exec.
+    set_handler(libc::SIGTERM, forward);
+    set_handler(libc::SIGHUP, forward);
+    set_handler(libc::SIGINT, ignore);
+    set_handler(libc::SIGQUIT, ignore);
+    let mut child = cmd.spawn()?;
+    CHILD.store(child.id() as i32, Ordering::Relaxed);
+    let status = child.wait();
+    CHILD.store(0, Ordering::Relaxed);
+    status
+}

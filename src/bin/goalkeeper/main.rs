@@ -1,0 +1,63 @@
+//! `goalkeeper`: the operator's view of store path locks.
+//!
+//! ```text
+//! goalkeeper locks --store DIR [--json]
+//! goalkeeper hold --store DIR [--backend ofd|flock] [--no-wait | --timeout SECS] PATH... -- CMD [ARG...]
+//! ```
+//!
+//! `locks` lists every `*.lock` file in the store: held, free or stale, who
+//! holds it (pid and command, from `/proc`), the kernel lock kind, and who
+//! waits and for how long when the kernel lets us know. `hold` runs a
+//! command while holding the locks of the given paths.
+//!
+//! Arguments are parsed by hand: two subcommands with a handful of options
+//! do not justify a CLI framework dependency in a library crate.
+
+mod args;
+mod hold;
+mod json;
+mod locks;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: goalkeeper locks --store DIR [--json]
+       goalkeeper hold --store DIR [--backend ofd|flock] [--no-wait | --timeout SECS] PATH... -- CMD [ARG...]
+
+  locks   list every *.lock file in the store: held, free or stale; the holder's
+          pid and command, the lock kind (posix, ofd, flock), and the waiters
+  hold    run CMD while holding the locks of PATH... (store paths, absolute or
+          relative to the store); the locks are released when CMD exits, and
+          CMD's exit status is goalkeeper's. Exit status 75 when a lock is busy
+          (--no-wait) or the wait timed out (--timeout).
+";
+
+/// Exit status for usage errors.
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let result = match argv.first().map(String::as_str) {
+        Some("locks") => locks::main(&argv[1..]),
+        Some("hold") => hold::main(&argv[1..]),
+        Some("-h") | Some("--help") | Some("help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("--version") => {
+            println!("goalkeeper {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => Err(args::usage("expected a command: locks or hold")),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("goalkeeper: {}", e.message);
+            if e.code == EXIT_USAGE {
+                eprint!("{USAGE}");
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The lock inspector and `goalkeeper hold`, against real processes: lock
+//! files held through goalkeeper's OFD locks (by `goalkeeper hold`), by a C
+//! program's classic POSIX `fcntl` lock and by its `flock`, waiters blocked
+//! on them, free and stale lock files; checked in text and in `--json`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{compile, root, run_bounded, TempStore};
+use goalkeeper::lock::holder::{Inspector, LockKind};
+use goalkeeper::lock::{Backend, LockSet};
+use goalkeeper::Error;
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn gk() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_goalkeeper"))
+}
+
+fn holder_exe() -> std::path::PathBuf {
+    compile(
+        "inspector-holder",
+        &[root().join("tests/c/holder.c")],
+        false,
+        &[],
+    )
+}
+
+/// A running process that signals readiness with a first line on stdout and
+/// keeps going until its stdin is closed.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            stdin,
+            lines: rx,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded) for the next line of output.
+    fn line(&self) -> String {
+        self.lines.recv_timeout(LIMIT).unwrap_or_else(|e| {
+            panic!(
+                "process {} printed no line within {LIMIT:?}: {e}",
+                self.pid()
+            )
+        })
+    }
+
+    /// `true` if the process has printed nothing more (without waiting).
+    fn silent(&self) -> bool {
+        self.lines.try_recv().is_err()
+    }
+
+    /// Closes its stdin and waits (bounded) for it to exit; returns the status and stderr.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        drop(self.stdin.take());
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    std::io::Read::read_to_string(&mut e, &mut err).ok();
+                }
+                return (st, err);
+            }
+            if start.elapsed() > LIMIT {
+                let _ = self.child.kill();
+                panic!("process {} did not exit within {LIMIT:?}", self.child.id());
+            }
+            // Bounded polling of an exit status, not synchronisation.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `goalkeeper hold` running `sh -c SCRIPT` on `paths`.
+fn hold(store: &TempStore, extra: &[&str], paths: &[&str], script: &str) -> Proc {
+    let mut c = gk();
+    c.arg("hold")
+        .arg("--store")
+        .arg(store.dir())
+        .args(extra)
+        .args(paths);
+    c.args(["--", "sh", "-c", script]);
+    Proc::spawn(&mut c)
+}
+
+/// Waits until the kernel lists `n` waiters on `lock_file` (a blocked waiter
+/// is not observable any other way), bounded.
+fn await_waiters(lock_file: &Path, n: usize) {
+    let start = Instant::now();
+    loop {
+        let info = Inspector::new().unwrap().inspect(lock_file).unwrap();
+        if info.waiters.len() >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "{} never had {n} waiters: {info:?}",
+            lock_file.display()
+        );
+        std::thread::yield_now();
+    }
+}
+
+fn locks_json(store: &TempStore) -> Value {
+    let o = run_bounded(
+        gk().args(["locks", "--json", "--store"]).arg(store.dir()),
+        LIMIT,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("valid JSON")
+}
+
+fn entry<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing from {v:#}"))
+}
+
+#[test]
+fn locks_reports_held_free_stale_and_waiters() {
+    let s = TempStore::new();
+    let exe = holder_exe();
+    // Held through goalkeeper's OFD lock, by `goalkeeper hold`.
+    let ofd = hold(&s, &[], &["aaa-ofd"], "echo held; read x; true");
+    assert_eq!(ofd.line(), "held");
+    // Held by classic POSIX fcntl and by flock, from C.
+    let posix = Proc::spawn(
+        Command::new(&exe)
+            .arg("posix")
+            .arg(s.lock_file("bbb-posix")),
+    );
+    assert_eq!(posix.line(), "locked");
+    let flock = Proc::spawn(
+        Command::new(&exe)
+            .arg("flock")
+            .arg(s.lock_file("ccc-flock")),
+    );
+    assert_eq!(flock.line(), "locked");
+    // Free, and stale (deletion token left in the directory).
+    std::fs::write(s.lock_file("ddd-free"), b"").unwrap();
+    std::fs::write(s.lock_file("eee-stale"), b"d").unwrap();
+    // Waiters: another `hold` blocked on the OFD lock, a C POSIX waiter.
+    let ofd_waiter = hold(&s, &[], &["aaa-ofd"], "echo got-it");
+    let posix_waiter = Proc::spawn(
+        Command::new(&exe)
+            .arg("posix-wait")
+            .arg(s.lock_file("bbb-posix")),
+    );
+    await_waiters(&s.lock_file("aaa-ofd"), 1);
+    await_waiters(&s.lock_file("bbb-posix"), 1);
+
+    let v = locks_json(&s);
+    assert_eq!(v["summary"]["total"], 5, "{v:#}");
+    assert_eq!(v["summary"]["held"], 3);
+    assert_eq!(v["summary"]["free"], 1);
+    assert_eq!(v["summary"]["stale"], 1);
+    assert_eq!(v["summary"]["waiters"], 2);
+
+    let a = entry(&v, "aaa-ofd.lock");
+    assert_eq!(a["state"], "held");
+    assert_eq!(a["kind"], "ofd");
+    let holders = a["holders"].as_array().unwrap();
+    assert_eq!(
+        holders.len(),
+        1,
+        "only `hold` holds it, not its command: {a:#}"
+    );
+    assert_eq!(holders[0]["pid"], ofd.pid());
+    assert!(
+        holders[0]["command"].as_str().unwrap().contains("hold"),
+        "{a:#}"
+    );
+    let w = &a["waiters"].as_array().unwrap()[0];
+    assert_eq!(
+        w["pid"],
+        ofd_waiter.pid(),
+        "OFD waiter found through /proc/PID/task: {a:#}"
+    );
+    assert_eq!(w["kind"], "ofd");
+    assert!(w["blocked_ms"].as_f64().unwrap() >= 0.0, "{a:#}");
+
+    let b = entry(&v, "bbb-posix.lock");
+    assert_eq!(b["state"], "held");
+    assert_eq!(b["kind"], "posix");
+    assert_eq!(b["holders"][0]["pid"], posix.pid());
+    assert!(b["holders"][0]["command"]
+        .as_str()
+        .unwrap()
+        .contains("inspector-holder posix"));
+    assert_eq!(b["waiters"][0]["pid"], posix_waiter.pid());
+    assert_eq!(b["waiters"][0]["kind"], "posix");
+
+    let c = entry(&v, "ccc-flock.lock");
+    assert_eq!(c["state"], "held");
+    assert_eq!(c["kind"], "flock");
+    assert_eq!(c["holders"][0]["pid"], flock.pid());
+    assert!(c["waiters"].as_array().unwrap().is_empty());
+
+    let d = entry(&v, "ddd-free.lock");
+    assert_eq!(d["state"], "free");
+    assert_eq!(d["kind"], Value::Null);
+    assert!(d["holders"].as_array().unwrap().is_empty());
+
+    let e = entry(&v, "eee-stale.lock");
+    assert_eq!(e["state"], "stale");
+    assert_eq!(e["stale_token"], true);
+    assert_eq!(e["size"], 1);
+
+    // The same in text.
+    let o = run_bounded(gk().args(["locks", "--store"]).arg(s.dir()), LIMIT);
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no line for {name} in:\n{text}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        line("aaa-ofd.lock")[1..4],
+        ["held", "ofd", &ofd.pid().to_string()]
+    );
+    assert_eq!(
+        line("bbb-posix.lock")[1..4],
+        ["held", "posix", &posix.pid().to_string()]
+    );
+    assert_eq!(
+        line("ccc-flock.lock")[1..4],
+        ["held", "flock", &flock.pid().to_string()]
+    );
+    assert_eq!(line("ddd-free.lock")[1], "free");
+    assert_eq!(line("eee-stale.lock")[1], "stale");
+    let waiter_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("waiter"))
+        .collect();
+    assert_eq!(waiter_lines.len(), 2, "{text}");
+    assert!(
+        waiter_lines[0].contains(&ofd_waiter.pid().to_string()),
+        "{text}"
+    );
+    assert!(waiter_lines[0].contains("blocked "), "{text}");
+    assert!(
+        waiter_lines[1].contains(&posix_waiter.pid().to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains("5 lock files: 3 held, 1 free, 1 stale; 2 waiting"),
+        "{text}"
+    );
+
+    // Releasing the OFD holder hands the lock to the waiting `hold`.
+    let (st, _) = ofd.finish();
+    assert!(st.success());
+    assert_eq!(ofd_waiter.line(), "got-it");
+    let (st, err) = ofd_waiter.finish();
+    assert!(st.success(), "{err}");
+    drop((posix_waiter, posix, flock));
+}
+
+#[test]
+fn library_names_the_holder_for_diagnostics() {
+    let s = TempStore::new();
+    let h = hold(&s, &[], &["x"], "echo held; read x; true");
+    assert_eq!(h.line(), "held");
+    let lock_file = s.lock_file("x");
+    assert_eq!(
+        goalkeeper::lock::holder::holder_pids(&lock_file),
+        vec![h.pid()]
+    );
+    let d = goalkeeper::lock::holder::describe_holders(&lock_file).unwrap();
+    assert!(
+        d.starts_with(&format!("pid {} (", h.pid())) && d.ends_with("ofd lock"),
+        "{d}"
+    );
+    let info = Inspector::new().unwrap().inspect(&lock_file).unwrap();
+    assert_eq!(info.holders[0].kind, LockKind::Ofd);
+    drop(h);
+    // A free or missing file has no holder.
+    std::fs::write(s.lock_file("free"), b"").unwrap();
+    assert!(goalkeeper::lock::holder::holder_pids(&s.lock_file("free")).is_empty());
+    assert!(goalkeeper::lock::holder::describe_holders(&s.lock_file("missing")).is_none());
+}
+
+#[test]
+fn hold_excludes_others_while_the_command_runs() {
+    let s = TempStore::new();
+    let fds = s.dir().join("fds.txt");
+    let script = format!(
+        "for f in /proc/$$/fd/*; do readlink $f; done > {}; echo running; read x; exit 3",
+        fds.display()
+    );
+    let h = hold(&s, &[], &["p1", "p2"], &script);
+    assert_eq!(h.line(), "running");
+    // The command does not inherit the lock descriptors (O_CLOEXEC).
+    let open = std::fs::read_to_string(&fds).unwrap();
+    assert!(
+        !open.contains(".lock"),
+        "lock descriptors leaked into the command:\n{open}"
+    );
+    // This process (OFD through the library) is excluded, on either path.
+    for p in ["p1", "p2"] {
+        let e = LockSet::try_acquire([s.path(p)], Backend::Ofd).unwrap_err();
+        assert!(matches!(e, Error::Busy { .. }), "{e}");
+    }
+    // Another `hold` is excluded, told who holds the lock, and exits 75.
+    let o = run_bounded(
+        gk().args(["hold", "--no-wait", "--store"])
+            .arg(s.dir())
+            .args(["p2", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(o.status.code(), Some(75));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("held by pid {}", h.pid())), "{err}");
+    let o = run_bounded(
+        gk().args(["hold", "--timeout", "0.05", "--store"])
+            .arg(s.dir())
+            .args(["p1", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The command's exit status is propagated, and the locks are released.
+    let (st, _) = h.finish();
+    assert_eq!(st.code(), Some(3));
+    LockSet::try_acquire([s.path("p1"), s.path("p2")], Backend::Ofd)
+        .unwrap()
+        .release()
+        .unwrap();
+}
+
+#[test]
+fn a_waiting_hold_runs_its_command_only_after_the_release() {
+    let s = TempStore::new();
+    let first = hold(&s, &[], &["q"], "echo first; read x; true");
+    assert_eq!(first.line(), "first");
+    let second = hold(&s, &[], &["q"], "echo second");
+    await_waiters(&s.lock_file("q"), 1);
+    assert!(
+        second.silent(),
+        "the second command ran while the lock was held"
+    );
+    assert!(first.silent());
+    let (st, _) = first.finish();
+    assert!(st.success());
+    assert_eq!(second.line(), "second");
+    let (st, err) = second.finish();
+    assert!(st.success());
+    assert!(
+        err.contains("waiting") && err.contains("held by pid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hold_forwards_sigterm_and_reports_the_signal() {
+    let s = TempStore::new();
+    let h = hold(&s, &[], &["t"], "echo running; read x; true");
+    assert_eq!(h.line(), "running");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(h.pid() as i32, libc::SIGTERM) }, 0);
+    let mut h = h;
+    let stdin = h.stdin.take(); // keep the command's stdin open: only the signal ends it
+    let (st, _) = {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = h.child.try_wait().unwrap() {
+                break (st, ());
+            }
+            assert!(start.elapsed() < LIMIT, "hold did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    drop(stdin);
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM));
+    LockSet::try_acquire([s.path("t")], Backend::Ofd)
+        .unwrap()
+        .release()
+        .unwrap();
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec!["hold", "--store", "/tmp", "x"],
+        vec!["hold", "--store", "/tmp", "--", "true"],
+        vec!["locks"],
+        vec!["frobnicate"],
+    ] {
+        let o = run_bounded(gk().args(&args), LIMIT);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+    }
+    let _ = std::io::stdout().flush();
+}
