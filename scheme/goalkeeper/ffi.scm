@@ -1,0 +1,444 @@
+;;; goalkeeper --- store path locks and a goal scheduler
+;;; Copyright © 2025 The goalkeeper authors
+;;;
+;;; This file is part of goalkeeper.
+;;;
+;;; goalkeeper is free software; you can redistribute it and/or modify it
+;;; under the terms of the GNU General Public License as published by
+;;; the Free Software Foundation; either version 3 of the License, or (at
+;;; your option) any later version.
+
+(define-module (goalkeeper ffi)
+  #:use-module (system foreign)
+  #:use-module (system foreign-library)
+  #:use-module (ice-9 exceptions)
+  #:use-module (ice-9 control)
+  #:use-module (ice-9 match)
+  #:use-module (rnrs bytevectors)
+  #:use-module (srfi srfi-1)
+  #:use-module (srfi srfi-9)
+  #:export (%goalkeeper-abi-version
+            goalkeeper-library-file
+            goalkeeper-version
+            goalkeeper-abi-version
+
+            &goalkeeper-error
+            goalkeeper-error?
+            goalkeeper-error-status
+            goalkeeper-error-message
+            raise-goalkeeper-error
+
+            define-goalkeeper-procedure
+            status->symbol
+            status-error
+            check-status
+            last-error-message
+            %gk-ok
+            %gk-busy
+            %gk-held-by-this-process
+            %gk-timed-out
+            %gk-wrong-process
+            backend->c
+
+            pack-paths
+            unpack-paths
+            make-size-t-box
+            size-t-box-pointer
+            size-t-box-ref
+            read-list
+
+            %gk-lockset-acquire-packed
+            %gk-lockset-set-deletion
+            %gk-lockset-release
+            %gk-lockset-check
+            %gk-lockset-paths
+            %gk-path-is-locked-by-me
+            %gk-held-paths
+            %gk-held-count))
+
+;;; Commentary:
+;;;
+;;; Raw bindings to libgoalkeeper, the C ABI of goalkeeper's Rust core,
+;;; made with (system foreign).  Nothing here is meant for users: the
+;;; procedures named %gk-* take and return C values, status integers
+;;; included.  (goalkeeper locks) and (goalkeeper scheduler) build the
+;;; public API on top of them, and never let an integer status out.
+;;;
+;;; The library is loaded on first use, not when this module is loaded, so
+;;; that modules can be compiled without it.  It is looked for, in order:
+;;;
+;;;   1. in the file named by the GOALKEEPER_LIBRARY environment variable;
+;;;      when set, it is the only candidate, so a wrong value is reported
+;;;      rather than silently replaced by another copy of the library;
+;;;   2. in the file substituted into (goalkeeper config) by 'make install'
+;;;      (or by 'make' for the build tree), if that module exists;
+;;;   3. by name, through the dynamic linker.
+;;;
+;;; A candidate that cannot be loaded, or whose gk_abi_version differs from
+;;; %goalkeeper-abi-version, is skipped; when none fits, ONE error names
+;;; every candidate tried and why it was rejected.  A function missing
+;;; from an older library is an error when it is called, not at load time,
+;;; as in Guile-Git.
+;;;
+;;; Code:
+
+(define %goalkeeper-abi-version
+  ;; The ABI version these bindings were written for (GK_ABI_VERSION).
+  1)
+
+
+;;;
+;;; Errors.
+;;;
+
+(define &goalkeeper-error
+  (make-exception-type '&goalkeeper-error &error '(status message)))
+
+(define make-goalkeeper-error
+  (record-constructor &goalkeeper-error))
+
+(define goalkeeper-error?
+  (exception-predicate &goalkeeper-error))
+
+(define goalkeeper-error-status
+  (exception-accessor &goalkeeper-error
+                      (record-accessor &goalkeeper-error 'status)))
+
+(define goalkeeper-error-message
+  (exception-accessor &goalkeeper-error
+                      (record-accessor &goalkeeper-error 'message)))
+
+(define* (raise-goalkeeper-error status message #:optional origin)
+  "Raise a non-continuable &goalkeeper-error exception with STATUS, a
+symbol such as 'invalid-path, and MESSAGE, a string.  ORIGIN, if given, is
+the name of the Scheme procedure that failed.  The exception also carries
+&message and &origin, so generic handlers can print it."
+  (raise-exception
+   (make-exception (make-goalkeeper-error status message)
+                   (make-exception-with-message message)
+                   (make-exception-with-origin origin))))
+
+
+;;;
+;;; Finding and loading the library.
+;;;
+
+(define-record-type <library>
+  (make-library file foreign abi version)
+  library?
+  (file    library-file)                          ;string, as given to dlopen
+  (foreign library-foreign)                       ;<foreign-library>
+  (abi     library-abi)                           ;integer
+  (version library-version))                      ;string
+
+(define (exception->string exception)
+  "Return a one-line description of EXCEPTION, as raised by
+load-foreign-library or dlsym."
+  (let ((message   (and (exception-with-message? exception)
+                        (exception-message exception)))
+        (irritants (if (exception-with-irritants? exception)
+                       (exception-irritants exception)
+                       '())))
+    (cond ((not message)
+           (object->string exception))
+          ((and (string-prefix? "file" message)
+                (string-contains message "message")
+                (= 2 (length irritants))
+                (string? (second irritants)))
+           ;; load-foreign-library's "file not found" and dlopen errors:
+           ;; "file: ~S, message: ~S" and "file ~S, message ~S".
+           (second irritants))
+          (else
+           (catch #t
+             (lambda () (apply format #f message irritants))
+             (lambda _ message))))))
+
+(define (installed-library-file)
+  "Return the library file recorded in (goalkeeper config), or #f when that
+module does not exist (an unconfigured source tree)."
+  (false-if-exception
+   (let ((file (module-ref (resolve-interface '(goalkeeper config))
+                           '%goalkeeper-library)))
+     (and (string? file) (not (string-null? file)) file))))
+
+(define (library-candidates)
+  "Return the list of (ORIGIN . FILE) pairs to try, in order."
+  (match (getenv "GOALKEEPER_LIBRARY")
+    ((or #f "")
+     `(,@(match (installed-library-file)
+           (#f '())
+           (file `(("the installed library" . ,file))))
+       ("the dynamic linker" . "libgoalkeeper.so.0")
+       ("the dynamic linker" . "libgoalkeeper")))
+    (file
+     `(("GOALKEEPER_LIBRARY" . ,file)))))
+
+(define (try-library file)
+  "Try to load FILE as libgoalkeeper.  Return a <library> record, or a pair
+(STATUS . REASON) saying why FILE does not fit: STATUS is
+'library-not-found or 'abi-mismatch, REASON a string."
+  (let/ec return
+   (let ()
+    (define (fail status fmt . args)
+      (return (cons status (apply format #f fmt args))))
+    (define foreign
+      (with-exception-handler
+          (lambda (e)
+            (fail 'library-not-found "~a" (exception->string e)))
+        (lambda () (load-foreign-library file #:lazy? #t))
+        #:unwind? #t))
+    (define (function name return-type)
+      (with-exception-handler
+          (lambda (e)
+            (fail 'library-not-found
+                  "it does not export ~a, so it is not libgoalkeeper" name))
+        (lambda ()
+          (foreign-library-function foreign name #:return-type return-type))
+        #:unwind? #t))
+    (let ((found ((function "gk_abi_version" uint32))))
+      (if (= found %goalkeeper-abi-version)
+          (make-library file foreign found
+                        (pointer->string ((function "gk_version" '*))
+                                         -1 "UTF-8"))
+          (fail 'abi-mismatch "it has ABI version ~a, but these bindings \
+expect ABI version ~a" found %goalkeeper-abi-version))))))
+
+(define (find-library)
+  "Load the first candidate library that fits, or raise one
+&goalkeeper-error that names every candidate tried.  Its status is
+'abi-mismatch if some candidate was rejected for its ABI version,
+'library-not-found otherwise."
+  (let loop ((candidates (library-candidates))
+             (rejected '()))                    ;list of (ORIGIN FILE STATUS REASON)
+    (match candidates
+      (()
+       (raise-goalkeeper-error
+        (if (any (match-lambda
+                   ((_ _ status _) (eq? status 'abi-mismatch)))
+                 rejected)
+            'abi-mismatch
+            'library-not-found)
+        (format #f "could not load libgoalkeeper (ABI version ~a expected); \
+tried ~a"
+                %goalkeeper-abi-version
+                (string-join (map (match-lambda
+                                    ((origin file _ reason)
+                                     (format #f "~a (~a): ~a"
+                                             file origin reason)))
+                                  (reverse rejected))
+                             "; "))
+        'goalkeeper-library))
+      (((origin . file) . rest)
+       (match (try-library file)
+         ((? library? library) library)
+         ((status . reason)
+          (loop rest (cons (list origin file status reason) rejected))))))))
+
+(define %library
+  (delay (find-library)))
+
+(define (library)
+  (force %library))
+
+(define (goalkeeper-library-file)
+  "Load libgoalkeeper if needed and return the file name it was loaded
+from.  Raise a &goalkeeper-error if it cannot be found."
+  (library-file (library)))
+
+(define (goalkeeper-version)
+  "Return the version of the loaded libgoalkeeper, a string such as
+\"0.1.0\"."
+  (library-version (library)))
+
+(define (goalkeeper-abi-version)
+  "Return the ABI version of the loaded libgoalkeeper, an integer equal to
+%goalkeeper-abi-version."
+  (library-abi (library)))
+
+(define (library-procedure name return-type arg-types)
+  "Return a procedure calling NAME in libgoalkeeper.  When NAME is missing
+from the library (an older libgoalkeeper), return a procedure that raises a
+&goalkeeper-error when called, so that only its callers fail."
+  (let ((lib (library)))
+    (with-exception-handler
+        (lambda (e)
+          (lambda args
+            (raise-goalkeeper-error
+             'missing-symbol
+             (format #f "~a is not exported by ~a (libgoalkeeper ~a, ABI ~a): \
+the library is older than these bindings"
+                     name (library-file lib) (library-version lib)
+                     (library-abi lib))
+             (string->symbol name))))
+      (lambda ()
+        (foreign-library-function (library-foreign lib) name
+                                  #:return-type return-type
+                                  #:arg-types arg-types))
+      #:unwind? #t)))
+
+(define-syntax-rule (define-goalkeeper-procedure (name formals ...)
+                      c-name return-type (arg-types ...))
+  "Define NAME as a procedure of FORMALS calling C-NAME in libgoalkeeper.
+The library and the symbol are looked up on the first call."
+  (define name
+    (let ((proc (delay (library-procedure c-name return-type
+                                          (list arg-types ...)))))
+      (lambda (formals ...)
+        ((force proc) formals ...)))))
+
+
+;;;
+;;; Statuses.
+;;;
+
+(define-goalkeeper-procedure (%gk-last-error-message)
+  "gk_last_error_message" '* ())
+(define-goalkeeper-procedure (%gk-status-name status)
+  "gk_status_name" '* (int32))
+
+(define (last-error-message)
+  "Return the message of the last failed goalkeeper call on this thread."
+  (pointer->string (%gk-last-error-message) -1 "UTF-8"))
+
+(define %status-symbols
+  ;; Cache of status integer -> symbol.
+  (make-hash-table))
+
+(define (status->symbol status)
+  "Return the symbol naming STATUS, an integer gk_status: GK_BUSY becomes
+'busy, GK_ERROR_INVALID_PATH becomes 'invalid-path, and so on."
+  (or (hashv-ref %status-symbols status)
+      (let* ((name (pointer->string (%gk-status-name status) -1 "UTF-8"))
+             (bare (cond ((string-prefix? "GK_ERROR_" name)
+                          (string-drop name 9))
+                         ((string-prefix? "GK_" name)
+                          (string-drop name 3))
+                         (else name)))
+             (symbol (string->symbol
+                      (string-map (lambda (c) (if (char=? c #\_) #\- c))
+                                  (string-downcase bare)))))
+        (hashv-set! %status-symbols status symbol)
+        symbol)))
+
+(define (status-error status origin)
+  "Raise a &goalkeeper-error for STATUS, a non-zero gk_status integer
+just returned by a call made by ORIGIN, with the library's message."
+  (raise-goalkeeper-error (status->symbol status) (last-error-message)
+                          origin))
+
+(define-syntax-rule (check-status expr origin)
+  "Evaluate EXPR, a call returning a gk_status; raise a &goalkeeper-error
+unless it is GK_OK."
+  (let ((status expr))
+    (unless (zero? status)
+      (status-error status origin))))
+
+
+;;;
+;;; Marshalling.
+;;;
+
+;; The gk_status values the bindings treat as outcomes rather than errors.
+(define %gk-ok 0)
+(define %gk-busy 1)
+(define %gk-held-by-this-process 2)
+(define %gk-timed-out 3)
+(define %gk-wrong-process 14)
+
+(define (backend->c backend origin)
+  "Return the gk_backend value for BACKEND, 'ofd or 'flock."
+  (match backend
+    ('ofd 0)
+    ('flock 1)
+    (_ (raise-goalkeeper-error
+        'invalid-argument
+        (format #f "unknown lock backend ~s; expected 'ofd or 'flock" backend)
+        origin))))
+
+(define (pack-paths paths origin)
+  "Return a bytevector holding PATHS, a non-empty list of strings, each
+encoded in UTF-8 and terminated by NUL: the packed form taken by
+gk_lockset_acquire_packed.  Raise a &goalkeeper-error naming ORIGIN for
+anything else, and for a string containing NUL, which the packed form
+cannot carry."
+  (define (bad status fmt . args)
+    (raise-goalkeeper-error status (apply format #f fmt args) origin))
+  (unless (and (list? paths) (pair? paths))
+    (bad 'invalid-argument "expected a non-empty list of store paths, \
+got ~s" paths))
+  (for-each (lambda (path)
+              (unless (string? path)
+                (bad 'invalid-argument "store path ~s is not a string" path))
+              (when (string-index path #\nul)
+                (bad 'invalid-path "store path ~s contains a NUL character"
+                     path)))
+            paths)
+  ;; One join and one encoding for the whole batch (DESIGN.md section 6).
+  (string->utf8 (string-join paths "\0" 'suffix)))
+
+(define (unpack-paths bv len)
+  "Return the list of strings packed in the first LEN bytes of BV, each
+terminated by NUL."
+  (if (zero? len)
+      '()
+      (let ((text (utf8->string (if (= len (bytevector-length bv))
+                                    bv
+                                    (let ((copy (make-bytevector len)))
+                                      (bytevector-copy! bv 0 copy 0 len)
+                                      copy)))))
+        ;; Drop the empty string after the final NUL.
+        (drop-right (string-split text #\nul) 1))))
+
+(define (make-size-t-box)
+  "Return a fresh, zeroed size_t out-parameter."
+  (make-bytevector (sizeof size_t) 0))
+
+(define (size-t-box-pointer box)
+  (bytevector->pointer box))
+
+(define (size-t-box-ref box)
+  (bytevector-uint-ref box 0 (native-endianness) (sizeof size_t)))
+
+(define %buffer-too-small 15)                     ;GK_ERROR_BUFFER_TOO_SMALL
+
+(define (read-list call origin)
+  "Return the list of strings written by CALL, a procedure of a buffer
+pointer, a capacity and a size_t out-pointer following the gk_held_paths
+convention: first probe the size, then fetch, retrying if the list grew."
+  (let loop ((capacity 0))
+    (let* ((buffer (and (positive? capacity) (make-bytevector capacity)))
+           (box    (make-size-t-box))
+           (status (call (if buffer (bytevector->pointer buffer) %null-pointer)
+                         capacity (size-t-box-pointer box)))
+           (needed (size-t-box-ref box)))
+      (cond ((zero? status)
+             (if buffer (unpack-paths buffer needed) '()))
+            ((= status %buffer-too-small)
+             (loop (max needed (* 2 capacity))))
+            (else
+             (status-error status origin))))))
+
+
+;;;
+;;; Lock sets.
+;;;
+
+(define-goalkeeper-procedure (%gk-lockset-acquire-packed buf len backend
+                                                         timeout-ms out)
+  "gk_lockset_acquire_packed" int32 ('* size_t uint32 int64 '*))
+(define-goalkeeper-procedure (%gk-lockset-set-deletion set delete?)
+  "gk_lockset_set_deletion" int32 (uint64 uint8))
+(define-goalkeeper-procedure (%gk-lockset-release set)
+  "gk_lockset_release" int32 (uint64))
+(define-goalkeeper-procedure (%gk-lockset-check set)
+  "gk_lockset_check" int32 (uint64))
+(define-goalkeeper-procedure (%gk-lockset-paths set buf cap len-out)
+  "gk_lockset_paths" int32 (uint64 '* size_t '*))
+(define-goalkeeper-procedure (%gk-path-is-locked-by-me path out)
+  "gk_path_is_locked_by_me" int32 ('* '*))
+(define-goalkeeper-procedure (%gk-held-paths buf cap len-out)
+  "gk_held_paths" int32 ('* size_t '*))
+(define-goalkeeper-procedure (%gk-held-count out)
+  "gk_held_count" int32 ('*))
+
+;;; ffi.scm ends here

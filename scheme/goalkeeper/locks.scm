@@ -1,0 +1,302 @@
+;;; goalkeeper --- store path locks and a goal scheduler
+;;; Copyright © 2025 The goalkeeper authors
+;;;
+;;; This file is part of goalkeeper.
+;;;
+;;; goalkeeper is free software; you can redistribute it and/or modify it
+;;; under the terms of the GNU General Public License as published by
+;;; the Free Software Foundation; either version 3 of the License, or (at
+;;; your option) any later version.
+
+(define-module (goalkeeper locks)
+  #:use-module (goalkeeper ffi)
+  #:use-module (system foreign)
+  #:use-module (rnrs bytevectors)
+  #:use-module (srfi srfi-1)
+  #:use-module (srfi srfi-9)
+  #:use-module (srfi srfi-9 gnu)
+  #:use-module (ice-9 match)
+  #:re-export (&goalkeeper-error
+               goalkeeper-error?
+               goalkeeper-error-status
+               goalkeeper-error-message
+               %goalkeeper-abi-version
+               goalkeeper-abi-version
+               goalkeeper-version
+               goalkeeper-library-file)
+  #:export (lockset?
+            lockset-paths
+            lockset-backend
+            lockset-released?
+            lock-paths
+            lockset-release!
+            lockset-delete-on-release!
+            lockset-check
+            call-with-path-locks
+            with-path-locks
+            path-locked-by-me?
+            held-paths
+            held-path-count))
+
+;;; Commentary:
+;;;
+;;; Store path locks, compatible with the build daemon's lock files: the
+;;; lock of /gnu/store/…-foo is /gnu/store/…-foo.lock.  A lock set holds the
+;;; locks of several paths, all or nothing, taken in sorted order.
+;;;
+;;; Explicit release is the API: 'with-path-locks' (released on normal
+;;; return, on exceptions and on any other non-local exit) or
+;;; 'lockset-release!'.  A lock set that becomes garbage while still held
+;;; is NOT released by the collector (that is the bug class of Guix bug
+;;; #31785); it is reported on the current error port after the next GC,
+;;; and its locks stay held until the process exits.
+;;;
+;;; Expected outcomes of contention are values: 'lock-paths' returns #f
+;;; when a path is busy (#:wait? #f) or the timeout passed.  Everything
+;;; else is a &goalkeeper-error exception.
+;;;
+;;; Code:
+
+(define-record-type <lockset>
+  (%make-lockset handle requested backend paths)
+  lockset?
+  (handle    lockset-handle set-lockset-handle!)   ;integer; 0 once released
+  (requested lockset-requested)                    ;list of strings
+  (backend   lockset-backend)                      ;'ofd or 'flock
+  (paths     lockset-cached-paths set-lockset-cached-paths!)) ;#f or list
+
+(set-record-type-printer! <lockset>
+  (lambda (lockset port)
+    (format port "#<lockset ~a ~a>"
+            (if (lockset-released? lockset) "released" "held")
+            (string-join (lockset-requested lockset)))))
+
+(define (lockset-released? lockset)
+  "Return #t if LOCKSET has been released, #f while it holds its locks."
+  (zero? (lockset-handle lockset)))
+
+(define (assert-lockset object origin)
+  (unless (lockset? object)
+    (raise-goalkeeper-error 'invalid-argument
+                            (format #f "~s is not a lock set" object)
+                            origin)))
+
+(define (live-handle lockset origin)
+  "Return the handle of LOCKSET, raising a &goalkeeper-error with status
+'stale-handle if it was released."
+  (assert-lockset lockset origin)
+  (let ((handle (lockset-handle lockset)))
+    (when (zero? handle)
+      (raise-goalkeeper-error
+       'stale-handle
+       (format #f "lock set ~s was already released" (lockset-requested lockset))
+       origin))
+    handle))
+
+
+;;;
+;;; Reporting lock sets collected while held.
+;;;
+
+(define %lockset-guardian
+  ;; Every lock set, so that one that becomes unreachable while still held
+  ;; can be reported.  The report never releases anything: a GC-driven
+  ;; release is exactly the #31785 bug class.
+  (make-guardian))
+
+(define (report-collected-locksets)
+  (let loop ()
+    (match (%lockset-guardian)
+      (#f #t)
+      (lockset
+       (unless (lockset-released? lockset)
+         (format (current-error-port)
+                 "goalkeeper: warning: lock set ~s became garbage while still \
+held; it is NOT released by the garbage collector and stays held until the \
+process exits; release lock sets with 'lockset-release!' or \
+'with-path-locks'~%"
+                 (lockset-requested lockset)))
+       (loop)))))
+
+(add-hook! after-gc-hook report-collected-locksets)
+
+
+;;;
+;;; Acquisition and release.
+;;;
+
+(define %int64-max (- (expt 2 63) 1))
+
+(define (timeout->milliseconds wait? timeout origin)
+  "Return the timeout_ms argument of gk_lockset_acquire_packed: 0 to try,
+-1 to wait without limit, a positive number of milliseconds otherwise."
+  (cond ((not wait?) 0)
+        ((not timeout) -1)
+        ((and (real? timeout) (>= timeout 0))
+         (min %int64-max (inexact->exact (ceiling (* 1000 timeout)))))
+        (else
+         (raise-goalkeeper-error
+          'invalid-argument
+          (format #f "timeout ~s is not a non-negative number of seconds"
+                  timeout)
+          origin))))
+
+(define* (lock-paths paths #:key (wait? #t) (timeout #f) (backend 'ofd))
+  "Lock every store path in PATHS, a non-empty list of absolute file names,
+all or nothing, and return a lock set.  The lock of path P is the file
+P.lock in the same directory.
+
+When WAIT? is true (the default), wait until every path can be locked,
+holding none of them while waiting; when TIMEOUT is a number of seconds,
+return #f if that time passed first.  When WAIT? is #f, try once and return
+#f if another process holds one of the paths.
+
+BACKEND is 'ofd (the default, which excludes the C++ guix-daemon's locks)
+or 'flock (for stores shared with Nix); never mix them on one store.
+
+Raise a &goalkeeper-error with status 'held-by-this-process if this process
+already holds one of PATHS, and for invalid arguments ('invalid-path,
+'invalid-argument) or system errors."
+  (let* ((packed  (pack-paths paths 'lock-paths))
+         (backend* (backend->c backend 'lock-paths))
+         (ms      (timeout->milliseconds wait? timeout 'lock-paths))
+         (out     (make-bytevector 8 0))
+         (status  (%gk-lockset-acquire-packed (bytevector->pointer packed)
+                                              (bytevector-length packed)
+                                              backend* ms
+                                              (bytevector->pointer out))))
+    (cond ((= status %gk-ok)
+           (let ((lockset (%make-lockset (bytevector-u64-native-ref out 0)
+                                         paths backend #f)))
+             (%lockset-guardian lockset)
+             lockset))
+          ((or (= status %gk-busy) (= status %gk-timed-out))
+           #f)
+          (else
+           (status-error status 'lock-paths)))))
+
+(define (lockset-release! lockset)
+  "Release the locks of LOCKSET, deleting their lock files if
+'lockset-delete-on-release!' asked for it.  Releasing a lock set that was
+already released does nothing, so this may be called from several cleanup
+paths.  In a child process created by 'primitive-fork', an inherited lock
+set is not held (the child never holds its parent's locks); releasing it
+there only marks it released.
+
+Raise a &goalkeeper-error if a lock file could not be deleted; the locks
+are released even then."
+  (assert-lockset lockset 'lockset-release!)
+  (let ((handle (lockset-handle lockset)))
+    (unless (zero? handle)
+      (set-lockset-handle! lockset 0)
+      (let ((status (%gk-lockset-release handle)))
+        (unless (or (= status %gk-ok) (= status %gk-wrong-process))
+          (status-error status 'lockset-release!))))))
+
+(define* (lockset-delete-on-release! lockset #:optional (delete? #t))
+  "Ask that releasing LOCKSET delete its lock files when DELETE? is true
+(the default), or not.  Deleting is allowed once the paths are valid.
+Raise a &goalkeeper-error with status 'stale-handle if LOCKSET was already
+released."
+  (check-status (%gk-lockset-set-deletion
+                 (live-handle lockset 'lockset-delete-on-release!)
+                 (if delete? 1 0))
+                'lockset-delete-on-release!))
+
+(define (lockset-check lockset)
+  "Check the ledger invariants of LOCKSET: it belongs to this process and
+each of its paths is registered to it with an open descriptor.  Return #t,
+or raise a &goalkeeper-error saying what does not hold."
+  (check-status (%gk-lockset-check (live-handle lockset 'lockset-check))
+                'lockset-check)
+  #t)
+
+(define (lockset-paths lockset)
+  "Return the store paths of LOCKSET, sorted and without duplicates, as the
+library normalised them."
+  (assert-lockset lockset 'lockset-paths)
+  (or (lockset-cached-paths lockset)
+      (if (lockset-released? lockset)
+          (sort (delete-duplicates (lockset-requested lockset)) string<?)
+          (let ((paths (read-list (lambda (buf cap len-out)
+                                    (%gk-lockset-paths (lockset-handle lockset)
+                                                       buf cap len-out))
+                                  'lockset-paths)))
+            (set-lockset-cached-paths! lockset paths)
+            paths))))
+
+(define* (call-with-path-locks paths thunk
+                               #:key (timeout #f) (backend 'ofd)
+                               (delete-on-success? #f))
+  "Call THUNK with every store path in PATHS locked, and return its values.
+The locks are released when THUNK returns, raises an exception, or exits
+non-locally in any other way (continuations, 'abort-to-prompt'); they are
+taken again if THUNK's continuation is re-entered.
+
+Wait for the locks without limit, or for TIMEOUT seconds, after which raise
+a &goalkeeper-error with status 'timed-out.  When DELETE-ON-SUCCESS? is
+true, the lock files are deleted if THUNK returns normally (the paths are
+then valid).  BACKEND is as for 'lock-paths'."
+  (let ((lockset #f)
+        (success? #f))
+    (dynamic-wind
+      (lambda ()
+        (set! success? #f)
+        (set! lockset
+          (or (lock-paths paths #:timeout timeout #:backend backend)
+              (raise-goalkeeper-error
+               'timed-out
+               (format #f "could not lock ~s within ~a s" paths timeout)
+               'call-with-path-locks))))
+      (lambda ()
+        (call-with-values thunk
+          (lambda results
+            (set! success? #t)
+            (apply values results))))
+      (lambda ()
+        (let ((held lockset))
+          (set! lockset #f)
+          (when (and held (not (lockset-released? held)))
+            (when (and success? delete-on-success?)
+              (lockset-delete-on-release! held))
+            (lockset-release! held)))))))
+
+(define-syntax-rule (with-path-locks paths exp ...)
+  "Evaluate EXP... with every store path in PATHS locked, releasing the
+locks however control leaves EXP..., as with 'call-with-path-locks'."
+  (call-with-path-locks paths (lambda () exp ...)))
+
+
+;;;
+;;; Introspection.
+;;;
+
+(define (path-locked-by-me? path)
+  "Return #t if this process holds the lock on store path PATH, through a
+lock set or a scheduler goal, #f otherwise."
+  (unless (string? path)
+    (raise-goalkeeper-error 'invalid-argument
+                            (format #f "store path ~s is not a string" path)
+                            'path-locked-by-me?))
+  (when (string-index path #\nul)
+    (raise-goalkeeper-error 'invalid-path
+                            (format #f "store path ~s contains a NUL character"
+                                    path)
+                            'path-locked-by-me?))
+  (let ((out (make-bytevector 1 0)))
+    (check-status (%gk-path-is-locked-by-me (string->pointer path "UTF-8")
+                                            (bytevector->pointer out))
+                  'path-locked-by-me?)
+    (not (zero? (bytevector-u8-ref out 0)))))
+
+(define (held-paths)
+  "Return the sorted list of store paths whose locks this process holds."
+  (read-list %gk-held-paths 'held-paths))
+
+(define (held-path-count)
+  "Return the number of store paths whose locks this process holds."
+  (let ((box (make-size-t-box)))
+    (check-status (%gk-held-count (size-t-box-pointer box)) 'held-path-count)
+    (size-t-box-ref box)))
+
+;;; locks.scm ends here

@@ -1,0 +1,170 @@
+;;; goalkeeper --- store path locks and a goal scheduler
+;;; Copyright © 2025 The goalkeeper authors
+;;;
+;;; This file is part of goalkeeper.
+;;;
+;;; goalkeeper is free software; you can redistribute it and/or modify it
+;;; under the terms of the GNU General Public License as published by
+;;; the Free Software Foundation; either version 3 of the License, or (at
+;;; your option) any later version.
+
+(define-module (test-library)
+  #:use-module (goalkeeper)
+  #:use-module (gk-test)
+  #:use-module (ice-9 match)
+  #:use-module (ice-9 popen)
+  #:use-module (ice-9 rdelim)
+  #:use-module (srfi srfi-64))
+
+;;; Finding and loading libgoalkeeper: GOALKEEPER_LIBRARY pointing at a
+;;; missing file, at something that is not a library, at a library of the
+;;; wrong ABI version, and at an older library that lacks a function.  Each
+;;; case runs in a fresh Guile process, since a process loads the library
+;;; once.
+
+(define %guile
+  ;; The Guile to run; tests/scheme.rs sets GUILE.
+  (or (getenv "GUILE") "guile"))
+
+(define %real-library
+  (getenv "GOALKEEPER_LIBRARY"))
+
+(define (probe library expression)
+  "Run EXPRESSION in a fresh Guile that uses (goalkeeper), with
+GOALKEEPER_LIBRARY set to LIBRARY (unset if LIBRARY is #f).  Return
+(ok VALUE), (error STATUS MESSAGE) for a &goalkeeper-error, or
+(other TEXT)."
+  (let* ((program
+          (object->string
+           `(begin
+              (use-modules (goalkeeper) (ice-9 exceptions))
+              (write
+               (with-exception-handler
+                   (lambda (e)
+                     (if (goalkeeper-error? e)
+                         (list 'error (goalkeeper-error-status e)
+                               (goalkeeper-error-message e))
+                         (list 'other (object->string e))))
+                 (lambda () (list 'ok ,expression))
+                 #:unwind? #t)))))
+         (env  (if library
+                   (list "env" (string-append "GOALKEEPER_LIBRARY=" library))
+                   (list "env" "-u" "GOALKEEPER_LIBRARY")))
+         (pipe (apply open-pipe* OPEN_READ
+                      (append env (list %guile "--no-auto-compile"
+                                        "-c" program))))
+         (text (read-string pipe)))
+    (close-pipe pipe)
+    (call-with-input-string text read)))
+
+(define %fake-library-source "
+/* A stand-in for libgoalkeeper with a chosen ABI version.  */
+unsigned int gk_abi_version (void) { return ABI; }
+const char *gk_version (void) { return \"0.0.1-fake\"; }
+int gk_held_count (unsigned long *out) { *out = 42; return 0; }
+")
+
+(define (probe-error library expression)
+  "Return (STATUS MESSAGE) of the &goalkeeper-error raised by EXPRESSION
+under LIBRARY, or (unexpected RESULT)."
+  (match (probe library expression)
+    (('error status message) (list status message))
+    (result (list 'unexpected (object->string result)))))
+
+(define (compile-fake-library directory name abi)
+  "Compile a shared object exporting gk_abi_version () = ABI; return its
+file name."
+  (let ((source (string-append directory "/fake.c"))
+        (output (string-append directory "/" name)))
+    (call-with-output-file source
+      (lambda (port) (display %fake-library-source port)))
+    (unless (zero? (system* (or (getenv "CC") "cc") "-shared" "-fPIC"
+                            (string-append "-DABI=" (number->string abi))
+                            "-o" output source))
+      (error "could not compile" output))
+    output))
+
+(test-begin "library")
+
+(call-with-temporary-store
+ (lambda (directory)
+   (define missing (string-append directory "/does-not-exist.so"))
+   (define not-elf (string-append directory "/not-a-library.so"))
+   (define wrong-abi (compile-fake-library directory "libwrong.so" 999))
+   (define older (compile-fake-library directory "libolder.so" 1))
+
+   (call-with-output-file not-elf
+     (lambda (port)
+       (display (make-string 200 #\x) port)))
+
+   (test-equal "the real library loads through GOALKEEPER_LIBRARY"
+     `(ok (1 ,%real-library))
+     (probe %real-library
+            '(list (goalkeeper-abi-version) (goalkeeper-library-file))))
+
+   (test-assert "its version is a dotted version string"
+     (match (probe %real-library '(goalkeeper-version))
+       (('ok (? string? version))
+        (= 3 (length (string-split version #\.))))
+       (_ #f)))
+
+   (match (probe-error missing '(held-path-count))
+     ((status message)
+      (test-equal "a missing file: the modules load, the first call raises"
+        'library-not-found
+        status)
+      (test-assert "…naming the file and where it came from"
+        (and (string-contains message missing)
+             (string-contains message "GOALKEEPER_LIBRARY")))
+      (test-assert "…and the ABI version expected"
+        (string-contains message "ABI version 1 expected"))
+      (test-assert "…without falling back to another copy of the library"
+        (not (string-contains message "dynamic linker")))))
+
+   (match (probe-error not-elf '(held-path-count))
+     ((status message)
+      (test-equal "a file that is not a library is not found"
+        'library-not-found
+        status)
+      (test-assert "…with the dynamic loader's reason"
+        (and (string-contains message not-elf)
+             (string-contains message "invalid ELF header")))))
+
+   (match (probe-error wrong-abi '(held-path-count))
+     ((status message)
+      (test-equal "a library of the wrong ABI version is refused"
+        'abi-mismatch
+        status)
+      (test-assert "…naming the file, the version found and the one expected"
+        (and (string-contains message wrong-abi)
+             (string-contains message "ABI version 999")
+             (string-contains message "expect ABI version 1")))))
+
+   (test-equal "goalkeeper-abi-version raises the same error"
+     'abi-mismatch
+     (car (probe-error wrong-abi '(goalkeeper-abi-version))))
+
+   (test-equal "an older library: what it exports works"
+     '(ok 42)
+     (probe older '(held-path-count)))
+
+   (match (probe-error older '(lock-paths (list "/gk-test/x")))
+     ((status message)
+      (test-equal "…and a function it lacks fails when called, not at load"
+        'missing-symbol
+        status)
+      (test-assert "…naming the function and the library's version"
+        (and (string-contains message "gk_lockset_acquire_packed")
+             (string-contains message "0.0.1-fake")))))
+
+   (test-equal "without GOALKEEPER_LIBRARY, the dynamic linker finds it"
+     '(ok 1)
+     (let ((saved (getenv "LD_LIBRARY_PATH")))
+       (setenv "LD_LIBRARY_PATH" (dirname %real-library))
+       (let ((result (probe #f '(goalkeeper-abi-version))))
+         (if saved
+             (setenv "LD_LIBRARY_PATH" saved)
+             (unsetenv "LD_LIBRARY_PATH"))
+         result)))))
+
+(test-end "library")
