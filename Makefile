@@ -51,3 +51,92 @@ uninstall:
 
 clean:
 	$(CARGO) clean
+
+# ---------------------------------------------------------------------------
+# Guile bindings (scheme/).  'make' compiles the modules into target/guile and
+# writes pre-inst-env and the build tree's (goalkeeper config); 'make install'
+# installs the .scm files under Guile's site directory and the .go files
+# under its site-ccache directory.  Under a PREFIX other than Guile's own,
+# the same layout is used below PREFIX (then add it to GUILE_LOAD_PATH and
+# GUILE_LOAD_COMPILED_PATH); GUILE_SITE_DIR and GUILE_SITE_CCACHE_DIR
+# override both.  Without guild, the bindings are skipped with a note.
+
+GUILE ?= guile
+GUILD ?= guild
+GUILD_WARNINGS = -Wunbound-variable -Warity-mismatch -Wformat
+GUILE_PREFIX = $(shell $(GUILE) -c "(display (assq-ref %guile-build-info 'prefix))" 2>/dev/null)
+GUILE_SITE_DIR ?= $(patsubst $(GUILE_PREFIX)/%,$(PREFIX)/%,$(shell $(GUILE) -c '(display (%site-dir))' 2>/dev/null))
+GUILE_SITE_CCACHE_DIR ?= $(patsubst $(GUILE_PREFIX)/%,$(PREFIX)/%,$(shell $(GUILE) -c '(display (%site-ccache-dir))' 2>/dev/null))
+
+GUILE_MODULES = goalkeeper.scm goalkeeper/ffi.scm goalkeeper/locks.scm
+GUILE_GO_DIR = target/guile
+GUILE_GO = $(GUILE_MODULES:%.scm=$(GUILE_GO_DIR)/%.go) $(GUILE_GO_DIR)/goalkeeper/config.go
+GUILE_INSTALL_STAGE = target/guile-install
+
+.PHONY: guile install-guile uninstall-guile clean-guile no-guile-note print-guile-dirs
+
+ifneq ($(shell command -v $(GUILD) 2>/dev/null),)
+all: guile
+install: install-guile
+else
+all install: no-guile-note
+endif
+uninstall: uninstall-guile
+clean: clean-guile
+
+no-guile-note:
+	@echo "note: $(GUILD) not found; the Guile bindings are not built or installed"
+
+guile: pre-inst-env scheme/goalkeeper/config.scm $(GUILE_GO)
+
+# Compile one module; any warning is an error.
+$(GUILE_GO_DIR)/%.go: scheme/%.scm
+	@mkdir -p $(@D)
+	@echo "  GUILEC   $<"
+	@GUILE_AUTO_COMPILE=0 GUILE_LOAD_COMPILED_PATH=$(GUILE_GO_DIR) \
+	  $(GUILD) compile $(GUILD_WARNINGS) -L scheme -o $@ $< 2> $@.log; \
+	  status=$$?; cat $@.log >&2; \
+	  if [ $$status -ne 0 ] || grep -q warning $@.log; then rm -f $@ $@.log; exit 1; fi; \
+	  rm -f $@.log
+
+# Modules are compiled after those they use: (goalkeeper ffi)'s macros are
+# expanded into its users.
+$(GUILE_GO_DIR)/goalkeeper/locks.go: $(GUILE_GO_DIR)/goalkeeper/ffi.go
+$(GUILE_GO_DIR)/goalkeeper.go: $(GUILE_GO_DIR)/goalkeeper/locks.go
+
+# The build tree's configuration: the library 'make' builds.
+scheme/goalkeeper/config.scm: scheme/goalkeeper/config.scm.in Makefile
+	sed -e 's|@GOALKEEPER_LIBRARY@|$(CURDIR)/$(RELEASE_LIB)|' $< > $@
+
+pre-inst-env: pre-inst-env.in Makefile
+	sed -e 's|@abs_top_srcdir@|$(CURDIR)|' -e 's|@RELEASE_LIB@|$(RELEASE_LIB)|' $< > $@
+	chmod +x $@
+
+install-guile: guile
+	install -d $(GUILE_INSTALL_STAGE)/goalkeeper \
+	  $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper
+	sed -e 's|@GOALKEEPER_LIBRARY@|$(LIBDIR)/libgoalkeeper.so.$(MAJOR)|' \
+	  scheme/goalkeeper/config.scm.in > $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm
+	GUILE_AUTO_COMPILE=0 $(GUILD) compile $(GUILD_WARNINGS) \
+	  -o $(GUILE_INSTALL_STAGE)/goalkeeper/config.go $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm
+	install -m 0644 scheme/goalkeeper.scm $(DESTDIR)$(GUILE_SITE_DIR)/
+	install -m 0644 scheme/goalkeeper/ffi.scm scheme/goalkeeper/locks.scm \
+	  $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm \
+	  $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/
+	install -m 0644 $(GUILE_GO_DIR)/goalkeeper.go $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/
+	install -m 0644 $(GUILE_GO_DIR)/goalkeeper/ffi.go $(GUILE_GO_DIR)/goalkeeper/locks.go \
+	  $(GUILE_INSTALL_STAGE)/goalkeeper/config.go \
+	  $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/
+
+uninstall-guile:
+	rm -f $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper.scm $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper.go
+	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/,ffi.scm locks.scm scheduler.scm config.scm)
+	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/,ffi.go locks.go scheduler.go config.go)
+	-rmdir $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper 2>/dev/null
+
+# For scripts: the two install directories, separated by a space.
+print-guile-dirs:
+	@echo $(GUILE_SITE_DIR) $(GUILE_SITE_CCACHE_DIR)
+
+clean-guile:
+	rm -f scheme/goalkeeper/config.scm pre-inst-env

@@ -29,11 +29,15 @@
 (define %real-library
   (getenv "GOALKEEPER_LIBRARY"))
 
-(define (probe library expression)
+(define* (probe library expression
+                #:key (load-path (getenv "GUILE_LOAD_PATH"))
+                (linker-path #f))
   "Run EXPRESSION in a fresh Guile that uses (goalkeeper), with
-GOALKEEPER_LIBRARY set to LIBRARY (unset if LIBRARY is #f).  Return
-(ok VALUE), (error STATUS MESSAGE) for a &goalkeeper-error, or
-(other TEXT)."
+GOALKEEPER_LIBRARY set to LIBRARY (unset if LIBRARY is #f), GUILE_LOAD_PATH
+set to LOAD-PATH (the compiled modules come from GUILE_LOAD_COMPILED_PATH,
+so LOAD-PATH need not contain their sources) and LD_LIBRARY_PATH set to
+LINKER-PATH (unset if #f).  Return (ok VALUE), (error STATUS MESSAGE) for a
+&goalkeeper-error, or (other TEXT)."
   (let* ((program
           (object->string
            `(begin
@@ -47,9 +51,17 @@ GOALKEEPER_LIBRARY set to LIBRARY (unset if LIBRARY is #f).  Return
                          (list 'other (object->string e))))
                  (lambda () (list 'ok ,expression))
                  #:unwind? #t)))))
-         (env  (if library
-                   (list "env" (string-append "GOALKEEPER_LIBRARY=" library))
-                   (list "env" "-u" "GOALKEEPER_LIBRARY")))
+         ;; env(1) takes its -u options before its assignments.
+         (env  `("env"
+                 ,@(if library '() '("-u" "GOALKEEPER_LIBRARY"))
+                 ,@(if linker-path '() '("-u" "LD_LIBRARY_PATH"))
+                 ,@(if library
+                       (list (string-append "GOALKEEPER_LIBRARY=" library))
+                       '())
+                 ,@(if linker-path
+                       (list (string-append "LD_LIBRARY_PATH=" linker-path))
+                       '())
+                 ,(string-append "GUILE_LOAD_PATH=" load-path)))
          (pipe (apply open-pipe* OPEN_READ
                       (append env (list %guile "--no-auto-compile"
                                         "-c" program))))
@@ -57,19 +69,33 @@ GOALKEEPER_LIBRARY set to LIBRARY (unset if LIBRARY is #f).  Return
     (close-pipe pipe)
     (call-with-input-string text read)))
 
+(define (make-config-directory directory name library)
+  "Create DIRECTORY/NAME/goalkeeper/config.scm, as 'make install' would,
+recording LIBRARY; return DIRECTORY/NAME, for GUILE_LOAD_PATH."
+  (let ((root (string-append directory "/" name)))
+    (mkdir root)
+    (mkdir (string-append root "/goalkeeper"))
+    (call-with-output-file (string-append root "/goalkeeper/config.scm")
+      (lambda (port)
+        (write '(define-module (goalkeeper config)
+                  #:export (%goalkeeper-library))
+               port)
+        (write `(define %goalkeeper-library ,library) port)))
+    root))
+
+(define (probe-error library expression . options)
+  "Return (STATUS MESSAGE) of the &goalkeeper-error raised by EXPRESSION
+under LIBRARY, or (unexpected RESULT)."
+  (match (apply probe library expression options)
+    (('error status message) (list status message))
+    (result (list 'unexpected (object->string result)))))
+
 (define %fake-library-source "
 /* A stand-in for libgoalkeeper with a chosen ABI version.  */
 unsigned int gk_abi_version (void) { return ABI; }
 const char *gk_version (void) { return \"0.0.1-fake\"; }
 int gk_held_count (unsigned long *out) { *out = 42; return 0; }
 ")
-
-(define (probe-error library expression)
-  "Return (STATUS MESSAGE) of the &goalkeeper-error raised by EXPRESSION
-under LIBRARY, or (unexpected RESULT)."
-  (match (probe library expression)
-    (('error status message) (list status message))
-    (result (list 'unexpected (object->string result)))))
 
 (define (compile-fake-library directory name abi)
   "Compile a shared object exporting gk_abi_version () = ABI; return its
@@ -157,14 +183,42 @@ file name."
         (and (string-contains message "gk_lockset_acquire_packed")
              (string-contains message "0.0.1-fake")))))
 
-   (test-equal "without GOALKEEPER_LIBRARY, the dynamic linker finds it"
-     '(ok 1)
-     (let ((saved (getenv "LD_LIBRARY_PATH")))
-       (setenv "LD_LIBRARY_PATH" (dirname %real-library))
-       (let ((result (probe #f '(goalkeeper-abi-version))))
-         (if saved
-             (setenv "LD_LIBRARY_PATH" saved)
-             (unsetenv "LD_LIBRARY_PATH"))
-         result)))))
+   ;; The lookup order: GOALKEEPER_LIBRARY, then the path substituted
+   ;; into (goalkeeper config), then the dynamic linker.
+   (let ((configured (make-config-directory directory "configured"
+                                            %real-library))
+         (stale      (make-config-directory directory "stale" missing))
+         (linker     (dirname %real-library)))
+     (test-equal "without GOALKEEPER_LIBRARY, the configured path is used"
+       `(ok ,%real-library)
+       (probe #f '(goalkeeper-library-file) #:load-path configured))
+
+     (test-equal "GOALKEEPER_LIBRARY comes before the configured path"
+       `(ok ,%real-library)
+       (probe %real-library '(goalkeeper-library-file) #:load-path stale))
+
+     (test-assert "a configured path that is gone falls back to the dynamic linker"
+       (match (probe #f '(goalkeeper-library-file)
+                     #:load-path stale #:linker-path linker)
+         (('ok file) (string-prefix? "libgoalkeeper" file))
+         (_ #f)))
+
+     (test-assert "without a (goalkeeper config), the dynamic linker finds it"
+       (match (probe #f '(goalkeeper-abi-version)
+                     #:load-path "" #:linker-path linker)
+         (('ok 1) #t)
+         (_ #f)))
+
+     (match (probe-error #f '(held-path-count) #:load-path stale)
+       ((status message)
+        (test-equal "when nothing fits, the library is not found"
+          'library-not-found
+          status)
+        (test-assert "…and the one error names every candidate tried, in order"
+          (let ((configured (string-contains message missing))
+                (by-name    (string-contains message
+                                             "libgoalkeeper.so.0 (the dynamic linker)")))
+            (and configured by-name (< configured by-name)
+                 (string-contains message "(the installed library)")))))))))
 
 (test-end "library")
