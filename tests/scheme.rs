@@ -123,10 +123,7 @@ struct Counts {
 
 /// Parses the driver's `GK-SRFI64 <suite> pass=N …` line.
 fn parse_counts(stdout: &str) -> Option<Counts> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("GK-SRFI64 "))?;
+    let line = stdout.lines().rev().find(|l| l.starts_with("GK-SRFI64 "))?;
     let mut counts = Counts::default();
     let mut seen = 0;
     for field in line.split_whitespace().skip(2) {
