@@ -2,6 +2,7 @@
 #
 #   make            build the release library
 #   make check      run every test suite (Rust, C, C++, Scheme)
+#   make check-sanitize  the C++ suites again, built with AddressSanitizer
 #   make demo       run the demonstration
 #   make install    install under PREFIX (default /usr/local)
 #   make header     regenerate include/goalkeeper.h with cbindgen
@@ -17,7 +18,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 RELEASE_LIB := target/release/libgoalkeeper.so
 
-.PHONY: all build check header demo install uninstall clean
+.PHONY: all build check check-sanitize header demo install uninstall clean
 
 all: build
 
@@ -26,6 +27,11 @@ build:
 
 check:
 	$(CARGO) test
+
+# The C++ programs of tests/cxx built with -fsanitize=address (ASan + LSan);
+# any report fails. The Rust library is not instrumented (see tests/cxx.rs).
+check-sanitize:
+	GOALKEEPER_SANITIZE=address $(CARGO) test --test cxx
 
 header:
 	GOALKEEPER_UPDATE_HEADER=1 $(CARGO) test --test header

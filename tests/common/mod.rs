@@ -64,6 +64,7 @@ pub fn lib_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>")
         .to_path_buf();
+    ensure_cdylib(dir.file_name().is_some_and(|n| n == "release"));
     let so = dir.join("libgoalkeeper.so");
     assert!(
         so.exists(),
@@ -76,6 +77,22 @@ pub fn lib_dir() -> PathBuf {
         let _ = std::os::unix::fs::symlink("libgoalkeeper.so", &link);
     }
     dir
+}
+
+/// Builds `libgoalkeeper.so` once per test binary. `cargo test` builds only
+/// the rlib for integration tests, so without this a fresh clone has no
+/// shared library, and after a change the programs would load a stale one.
+fn ensure_cdylib(release: bool) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--lib", "--quiet"]).current_dir(root());
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build --lib");
+        assert!(st.success(), "cargo build --lib failed");
+    });
 }
 
 /// The repository root.
