@@ -80,6 +80,12 @@ impl LockSet {
         let id = next_id();
         let owner = Owner::lockset(id);
         let start = Instant::now();
+        // A deadline too far away for `Instant` to represent (e.g.
+        // `Duration::MAX`) is no deadline at all: wait as long as it takes.
+        let wait = match wait {
+            WaitMode::Timeout(d) if start.checked_add(d).is_none() => WaitMode::Forever,
+            w => w,
+        };
         let deadline = match wait {
             WaitMode::Timeout(d) => Some(start + d),
             _ => None,

@@ -93,24 +93,29 @@ impl LockWait {
         Self::take(&mut st)
     }
 
-    /// Waits up to `timeout` for the outcome.
+    /// Waits up to `timeout` for the outcome. A timeout too long for
+    /// `Instant` to represent waits without limit.
     pub(crate) fn wait_timeout(&self, timeout: Duration) -> Option<Result<LockFile>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = Self::take(&mut st) {
                 return Some(r);
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            st = self
-                .shared
-                .cond
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = match deadline {
+                None => self.shared.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    self.shared
+                        .cond
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 
