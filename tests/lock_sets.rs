@@ -116,6 +116,80 @@ fn l3_overlapping_set_is_refused_without_taking_anything() {
     }
 }
 
+/// L3 through another name for the same lock file (the store directory
+/// reached through a symbolic link): the kernel sees the same inode, so a
+/// second acquisition must still be reported, and a blocking one must not
+/// wait forever on this process's own lock.
+#[test]
+fn l3_same_lock_file_through_a_symlinked_store_dir_is_not_a_self_block() {
+    for (b, _) in BACKENDS {
+        let s = TempStore::new();
+        let real = s.dir().join("store");
+        std::fs::create_dir(&real).unwrap();
+        let alias = s.dir().join("alias");
+        std::os::unix::fs::symlink(&real, &alias).unwrap();
+        let p_real = format!("{}/aaa-out", real.display());
+        let p_alias = format!("{}/aaa-out", alias.display());
+        let set = LockSet::try_acquire([&p_real], b).unwrap();
+        for mode in [WaitMode::Try, WaitMode::Forever] {
+            let pa = p_alias.clone();
+            let e = bounded(
+                "acquire through the alias",
+                Duration::from_secs(5),
+                move || LockSet::acquire([pa], b, mode),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(e, Error::HeldByThisProcess { .. }),
+                "{b:?}/{mode:?}: {e}"
+            );
+        }
+        set.release().unwrap();
+        LockSet::try_acquire([&p_alias], b)
+            .unwrap()
+            .release()
+            .unwrap();
+    }
+}
+
+/// One set naming the same lock file twice, through two names: it must be
+/// refused with a clear error, not livelock (taking one name, finding the
+/// other busy by itself, releasing, waiting, forever) nor self-block.
+#[test]
+fn one_set_naming_a_file_twice_through_a_symlink_is_refused_not_a_livelock() {
+    for (b, kind) in BACKENDS {
+        let s = TempStore::new();
+        let real = s.dir().join("store");
+        std::fs::create_dir(&real).unwrap();
+        let alias = s.dir().join("alias");
+        std::os::unix::fs::symlink(&real, &alias).unwrap();
+        let twice = vec![
+            format!("{}/aaa-out", real.display()),
+            format!("{}/aaa-out", alias.display()),
+        ];
+        for mode in [
+            WaitMode::Try,
+            WaitMode::Forever,
+            WaitMode::Timeout(Duration::from_secs(30)),
+        ] {
+            let t = twice.clone();
+            let e = bounded("acquire both names", Duration::from_secs(5), move || {
+                LockSet::acquire(t, b, mode)
+            })
+            .unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidArgument(m) if m.contains("same lock file")),
+                "{b:?}/{mode:?}: {e}"
+            );
+            assert_eq!(gk_status::from(&e), gk_status::GK_ERROR_INVALID_ARGUMENT);
+            assert!(!busy_for(kind, &real.join("aaa-out.lock")), "left locked");
+            for p in &twice {
+                assert!(!held_by_me(p));
+            }
+        }
+    }
+}
+
 /// Deduplication: the same path given twice (in two spellings) is one lock.
 #[test]
 fn duplicate_paths_in_one_set_are_merged() {

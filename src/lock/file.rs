@@ -21,6 +21,21 @@ pub(crate) enum Wait {
     Block,
 }
 
+/// The identity of a lock file's inode, `(st_dev, st_ino)`. Two names of one
+/// file (a store directory reached through a symbolic link or a bind mount)
+/// have the same key, and so do two descriptors of it.
+pub(crate) type FileKey = (u64, u64);
+
+/// The outcome of a non-blocking acquisition.
+#[derive(Debug)]
+pub(crate) enum Acquired {
+    /// The lock is held.
+    Locked(LockFile),
+    /// Another open file description holds it; the file's inode is given so
+    /// that a caller can tell its own other locks apart.
+    Busy(FileKey),
+}
+
 /// An open, locked lock file. Dropping it releases the lock without deletion;
 /// [`LockFile::release`] is the explicit way.
 #[derive(Debug)]
@@ -28,6 +43,7 @@ pub(crate) struct LockFile {
     fd: RawFd,
     backend: Backend,
     generation: u64,
+    key: FileKey,
 }
 
 impl LockFile {
@@ -37,33 +53,70 @@ impl LockFile {
     /// it has been unlinked (`st_nlink == 0`) or carries the deletion token
     /// (`st_size != 0`), its previous holder deleted it, so it is closed,
     /// re-opened and locked again, at most [`MAX_STALE_ATTEMPTS`] times.
+    ///
+    /// If the lock is busy because this very process holds the same file
+    /// through another name, the answer is [`Error::HeldByThisProcess`] (G5):
+    /// a try does not report "another process", and a blocking call does not
+    /// wait forever for itself.
     pub(crate) fn acquire(path: &StorePath, backend: Backend, wait: Wait) -> Result<Option<Self>> {
+        match Self::acquire_keyed(path, backend, wait)? {
+            Acquired::Locked(f) => Ok(Some(f)),
+            Acquired::Busy(_) => Ok(None),
+        }
+    }
+
+    /// Like [`LockFile::acquire`], saying which inode was busy.
+    pub(crate) fn acquire_keyed(
+        path: &StorePath,
+        backend: Backend,
+        wait: Wait,
+    ) -> Result<Acquired> {
         for _ in 0..MAX_STALE_ATTEMPTS {
             let fd = open_lock_file(path)?;
-            let locked = match wait {
-                Wait::Try => backend.try_lock(fd),
-                Wait::Block => lock_blocking(backend, fd).map(|()| true),
+            // Non-blocking first, even for a blocking acquisition, so that a
+            // lock this process holds under another name is found before
+            // the kernel is asked to wait for it.
+            let locked = match backend.try_lock(fd) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    let key = match stat(fd) {
+                        Ok(st) => key_of(&st),
+                        Err(e) => {
+                            close_fd(fd);
+                            return Err(Error::from_io(path.lock_path(), "fstat", e));
+                        }
+                    };
+                    if let Some(owner) = STATE.with(|st| st.held_inodes.get(&key).copied()) {
+                        close_fd(fd);
+                        return Err(Error::HeldByThisProcess {
+                            path: path.as_path().to_path_buf(),
+                            owner,
+                        });
+                    }
+                    match wait {
+                        Wait::Try => {
+                            close_fd(fd);
+                            return Ok(Acquired::Busy(key));
+                        }
+                        Wait::Block => lock_blocking(backend, fd),
+                    }
+                }
+                Err(e) => Err(e),
             };
-            match locked {
-                Ok(true) => {}
-                Ok(false) => {
-                    close_fd(fd);
-                    return Ok(None);
-                }
-                Err(e) => {
-                    close_fd(fd);
-                    return Err(Error::from_io(path.lock_path(), "lock", e));
-                }
+            if let Err(e) = locked {
+                close_fd(fd);
+                return Err(Error::from_io(path.lock_path(), "lock", e));
             }
-            match is_stale(fd) {
-                Ok(false) => {
-                    return Ok(Some(LockFile {
+            match stat(fd) {
+                Ok(st) if !is_stale(&st) => {
+                    return Ok(Acquired::Locked(LockFile {
                         fd,
                         backend,
                         generation: generation(),
+                        key: key_of(&st),
                     }))
                 }
-                Ok(true) => {
+                Ok(_) => {
                     let _ = backend.unlock(fd);
                     close_fd(fd);
                 }
@@ -78,6 +131,11 @@ impl LockFile {
             path: path.lock_path().to_path_buf(),
             attempts: MAX_STALE_ATTEMPTS,
         })
+    }
+
+    /// The identity of the locked inode.
+    pub(crate) fn key(&self) -> FileKey {
+        self.key
     }
 
     /// The descriptor (for tests and diagnostics).
@@ -156,14 +214,23 @@ fn lock_blocking(backend: Backend, fd: RawFd) -> io::Result<()> {
     }
 }
 
-fn is_stale(fd: RawFd) -> io::Result<bool> {
+fn stat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: an all-zero `stat` is valid; fstat fills it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid out-pointer.
     if unsafe { libc::fstat(fd, &mut st) } == -1 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.st_nlink == 0 || st.st_size != 0)
+    Ok(st)
+}
+
+/// The previous holder deleted the file: unlinked, or the token "d" written.
+fn is_stale(st: &libc::stat) -> bool {
+    st.st_nlink == 0 || st.st_size != 0
+}
+
+fn key_of(st: &libc::stat) -> FileKey {
+    (st.st_dev, st.st_ino)
 }
 
 /// Opens (creating if needed) `path.lock` with `O_RDWR|O_CREAT|O_CLOEXEC|O_NOFOLLOW`,

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 
+use super::file::FileKey;
 use super::path::StorePath;
 use super::registry::Owner;
 
@@ -81,6 +82,9 @@ pub(crate) struct State {
     pub(crate) fds: BTreeSet<RawFd>,
     /// Store paths held by this process, and who holds them.
     pub(crate) held: BTreeMap<StorePath, Owner>,
+    /// The inodes of the lock files behind `held`, so that the same file
+    /// reached through another name is recognised as held by this process.
+    pub(crate) held_inodes: BTreeMap<FileKey, Owner>,
     /// Store directories whose permissions were checked and found safe.
     pub(crate) checked_dirs: BTreeSet<PathBuf>,
     /// This process's pid, refreshed in fork children.
@@ -90,6 +94,7 @@ pub(crate) struct State {
 pub(crate) static STATE: ForkMutex<State> = ForkMutex::new(State {
     fds: BTreeSet::new(),
     held: BTreeMap::new(),
+    held_inodes: BTreeMap::new(),
     checked_dirs: BTreeSet::new(),
     pid: 0,
 });
@@ -127,6 +132,7 @@ extern "C" fn child() {
     }
     st.fds.clear();
     st.held.clear();
+    st.held_inodes.clear();
     // SAFETY: getpid is async-signal-safe and has no preconditions.
     st.pid = unsafe { libc::getpid() } as u32;
     GENERATION.fetch_add(1, Ordering::Relaxed);

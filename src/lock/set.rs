@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
-use super::file::{LockFile, Wait};
+use super::file::{Acquired, LockFile, Wait};
 use super::path::{normalize_set, StorePath};
 use super::process::{generation, STATE};
 use super::registry::{check_free, Owner};
@@ -200,6 +200,20 @@ impl LockSet {
         let mut first_err = None;
         let locks = std::mem::take(&mut self.locks);
         let id = self.id;
+        // The inodes leave the registry before their locks are released:
+        // once closed, a deleted lock file's inode number can be reused at
+        // once by an unrelated new file, which must not look held by us.
+        STATE.with(|st| {
+            for (_, f) in &locks {
+                if st
+                    .held_inodes
+                    .get(&f.key())
+                    .is_some_and(|o| o.lockset == id)
+                {
+                    st.held_inodes.remove(&f.key());
+                }
+            }
+        });
         let mut paths = Vec::with_capacity(locks.len());
         for (p, f) in locks {
             if let Err(e) = f.release(&p, delete) {
@@ -220,8 +234,8 @@ impl LockSet {
     }
 
     /// Checks this set's ledger invariants (G6): the set belongs to this
-    /// process, every path is registered to this set, and every descriptor
-    /// is tracked as open. O(paths in the set).
+    /// process, every path and its lock file's inode are registered to this
+    /// set, and every descriptor is tracked as open. O(paths in the set).
     pub fn check(&self) -> Result<()> {
         if self.generation != generation() {
             return Err(Error::WrongProcess("this lock set"));
@@ -242,6 +256,16 @@ impl LockSet {
                             self.id
                         )))
                     }
+                }
+                if st
+                    .held_inodes
+                    .get(&f.key())
+                    .is_none_or(|o| o.lockset != self.id)
+                {
+                    return Err(Error::Invariant(format!(
+                        "{p}: the inode of its lock file is not registered to lock set {}",
+                        self.id
+                    )));
                 }
                 if !st.fds.contains(&f.fd()) {
                     return Err(Error::Invariant(format!(
@@ -300,12 +324,25 @@ fn try_once(
                 continue;
             }
         }
-        match LockFile::acquire(p, backend, Wait::Try) {
-            Ok(Some(f)) => got.push(f),
-            Ok(None) => {
+        match LockFile::acquire_keyed(p, backend, Wait::Try) {
+            Ok(Acquired::Locked(f)) => got.push(f),
+            Ok(Acquired::Busy(key)) => {
+                // Busy because this very set holds the same file under
+                // another name (a store directory reached through a link)?
+                // Waiting for it would wait for ourselves (G5).
+                let twin = got.iter().position(|f| f.key() == key).or(in_hand
+                    .as_ref()
+                    .filter(|(_, f)| f.key() == key)
+                    .map(|(k, _)| *k));
                 drop(got); // L8: release 1..k-1 (without deletion)
                 drop(in_hand);
                 unregister(&paths);
+                if let Some(j) = twin {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} and {} name the same lock file",
+                        paths[j], paths[i]
+                    )));
+                }
                 return Ok(Err((paths, i)));
             }
             Err(e) => {
@@ -316,6 +353,11 @@ fn try_once(
             }
         }
     }
+    STATE.with(|st| {
+        for f in &got {
+            st.held_inodes.insert(f.key(), owner);
+        }
+    });
     Ok(Ok(LockSet {
         id,
         owner,
