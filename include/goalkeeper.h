@@ -129,6 +129,57 @@ typedef enum {
 } gk_status;
 
 /**
+ * How a goal ended.
+ */
+enum Outcome
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint8_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The host built it (reported, and its outputs are valid).
+   */
+  Built = 1,
+  /**
+   * The host substituted it (reported, and its output is valid).
+   */
+  Substituted = 2,
+  /**
+   * Its outputs were valid already, or became valid while it waited.
+   */
+  AlreadyValid = 3,
+  /**
+   * The host reported failure, or success without valid outputs, or it
+   * could not be started (e.g. a build with `max_jobs = 0`).
+   */
+  Failed = 4,
+  /**
+   * The host reported a timeout.
+   */
+  TimedOut = 5,
+  /**
+   * The host's cached-failure predicate said an output failed before.
+   */
+  CachedFailure = 6,
+  /**
+   * A dependency did not succeed.
+   */
+  DependencyFailed = 7,
+  /**
+   * Cancelled by the host, by an earlier failure without keep-going, or
+   * because the host abandoned the worker.
+   */
+  Cancelled = 8,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum Outcome Outcome;
+#else
+typedef uint8_t Outcome;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * Which kernel lock a store uses. Pass one of these as a `uint32_t backend`.
  * Never mix backends on one store: `flock` and `fcntl` locks do not exclude
  * each other on Linux.
@@ -156,9 +207,384 @@ typedef uint32_t gk_backend;
 #endif // __cplusplus
 
 /**
+ * What a goal does. Pass as a `uint32_t kind`.
+ */
+enum gk_goal_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Builds a derivation: locks all its outputs, takes a build slot.
+   */
+  GK_GOAL_BUILD = 0,
+  /**
+   * Substitutes one path: locks it, takes a build slot.
+   */
+  GK_GOAL_SUBSTITUTE = 1,
+  /**
+   * Host work without locks or slot; its outputs (0 or more) are recorded only.
+   */
+  GK_GOAL_PLAIN = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum gk_goal_kind gk_goal_kind;
+#else
+typedef uint32_t gk_goal_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How a build treats outputs that are already valid. Pass as a `uint32_t mode`.
+ */
+enum gk_build_mode
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Valid outputs are not rebuilt.
+   */
+  GK_MODE_NORMAL = 0,
+  /**
+   * Repair: the validity predicate decides what needs repairing.
+   */
+  GK_MODE_REPAIR = 1,
+  /**
+   * Check: rebuild even if valid (no "already valid" shortcut).
+   */
+  GK_MODE_CHECK = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum gk_build_mode gk_build_mode;
+#else
+typedef uint32_t gk_build_mode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How a goal ended. Pass as a `uint32_t outcome`.
+ */
+enum gk_outcome
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Not finished.
+   */
+  GK_OUTCOME_NONE = 0,
+  /**
+   * Built by the host (outputs checked valid).
+   */
+  GK_OUTCOME_BUILT = 1,
+  /**
+   * Substituted by the host (output checked valid).
+   */
+  GK_OUTCOME_SUBSTITUTED = 2,
+  /**
+   * Valid already, or became valid while waiting.
+   */
+  GK_OUTCOME_ALREADY_VALID = 3,
+  /**
+   * Failed (reported, or success without valid outputs, or could not start).
+   */
+  GK_OUTCOME_FAILED = 4,
+  /**
+   * Timed out (reported).
+   */
+  GK_OUTCOME_TIMED_OUT = 5,
+  /**
+   * The cached-failure predicate said an output failed before.
+   */
+  GK_OUTCOME_CACHED_FAILURE = 6,
+  /**
+   * A dependency did not succeed.
+   */
+  GK_OUTCOME_DEPENDENCY_FAILED = 7,
+  /**
+   * Cancelled (by the host, by a failure without keep-going, or abandoned).
+   */
+  GK_OUTCOME_CANCELLED = 8,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum gk_outcome gk_outcome;
+#else
+typedef uint32_t gk_outcome;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * The kind of a `gk_event`.
+ */
+enum gk_event_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Run `goal` (inputs done, slot taken, output locks held, outputs not
+   * valid); then report it with `gk_worker_report`.
+   */
+  GK_EVENT_RUN = 1,
+  /**
+   * `goal` finished without running; `outcome` says how.
+   */
+  GK_EVENT_FINISHED = 2,
+  /**
+   * Nothing to do now: poll `fd` (POLLIN) with your builders for at most
+   * `timeout_ms` (-1: no limit), then call `gk_worker_next_event` again.
+   */
+  GK_EVENT_WAIT = 3,
+  /**
+   * Every goal has finished.
+   */
+  GK_EVENT_DONE = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum gk_event_kind gk_event_kind;
+#else
+typedef uint32_t gk_event_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Where a goal is in its life.
+ */
+enum gk_goal_state
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Some dependency has not finished.
+   */
+  GK_STATE_WAITING_DEPS = 0,
+  /**
+   * Runnable.
+   */
+  GK_STATE_READY = 1,
+  /**
+   * Waiting for a build slot (holding no lock).
+   */
+  GK_STATE_WAITING_SLOT = 2,
+  /**
+   * Waiting for a lock (holding nothing).
+   */
+  GK_STATE_WAITING_LOCK = 3,
+  /**
+   * Running (its locks and slot are held).
+   */
+  GK_STATE_RUNNING = 4,
+  /**
+   * Finished; see the outcome.
+   */
+  GK_STATE_FINISHED = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum gk_goal_state gk_goal_state;
+#else
+typedef uint32_t gk_goal_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An opaque handle to a lock set held by this process. 0 is never a valid handle.
  */
 typedef uint64_t gk_lockset;
+
+/**
+ * Options for `gk_worker_new`. Pass NULL for the defaults (max_jobs 1,
+ * no keep-going, OFD backend, 1000 ms re-check, no legacy hold).
+ */
+typedef struct {
+  /**
+   * Build slots shared by builds and substitutions (0: one substitution
+   * may run, builds fail).
+   */
+  uint32_t max_jobs;
+  /**
+   * Go on with independent goals after a failure.
+   */
+  bool keep_going;
+  /**
+   * A `gk_backend`.
+   */
+  uint32_t backend;
+  /**
+   * Validity re-check period while waiting on a foreign lock, in ms (0 = 1000).
+   */
+  uint32_t recheck_interval_ms;
+  /**
+   * Fault injection / demonstration ONLY: finished goals keep their locks,
+   * like the C++ daemon of Guix bug #31785; the ledger then reports
+   * GK_ERROR_INVARIANT_VIOLATION. Never set it in production.
+   */
+  bool legacy_hold;
+} gk_worker_options;
+
+/**
+ * An opaque handle to a worker (a scheduler for one client request).
+ * 0 is never a valid handle.
+ */
+typedef uint64_t gk_worker;
+
+/**
+ * A host predicate on store paths: `path` is NUL-terminated and valid only
+ * during the call. Return 1 for yes, 0 for no, a negative value for an error
+ * (treated as no and logged). It is called only on the thread that called
+ * into the worker, and may call goalkeeper (not its own worker).
+ */
+typedef int32_t (*gk_path_predicate)(void *data, const char *path);
+
+/**
+ * A goal id, only meaningful with the worker that issued it. 0 is never
+ * valid; an id of another worker, or one never issued, gives
+ * `GK_ERROR_STALE_HANDLE`.
+ */
+typedef uint64_t gk_goal;
+
+/**
+ * An event from `gk_worker_next_event`.
+ */
+typedef struct {
+  /**
+   * A `gk_event_kind` (0 if the call failed).
+   */
+  uint32_t kind;
+  /**
+   * The goal (RUN, FINISHED), else 0.
+   */
+  gk_goal goal;
+  /**
+   * The goal's `gk_goal_kind` (RUN, FINISHED).
+   */
+  uint32_t goal_kind;
+  /**
+   * The `gk_outcome` (FINISHED), else GK_OUTCOME_NONE.
+   */
+  uint32_t outcome;
+  /**
+   * The fd to poll for reading (WAIT), else -1.
+   */
+  int32_t fd;
+  /**
+   * The poll timeout in ms (WAIT), -1 for none.
+   */
+  int64_t timeout_ms;
+} gk_event;
+
+/**
+ * What `gk_worker_goal_result` reports.
+ */
+typedef struct {
+  /**
+   * A `gk_goal_state`.
+   */
+  uint32_t state;
+  /**
+   * A `gk_outcome` (GK_OUTCOME_NONE until finished).
+   */
+  uint32_t outcome;
+  /**
+   * A `gk_goal_kind`.
+   */
+  uint32_t kind;
+  /**
+   * A `gk_build_mode`.
+   */
+  uint32_t mode;
+} gk_goal_result;
+
+/**
+ * Counts from `gk_worker_audit`. `locks_held` and `locks_held_by_finished`
+ * come from the process's lock registry, not from the worker's own books;
+ * `locks_held_by_finished` must always be 0 (G1).
+ */
+typedef struct {
+  /**
+   * Goals in the worker.
+   */
+  uint64_t goals;
+  /**
+   * Goals waiting for dependencies.
+   */
+  uint64_t waiting_deps;
+  /**
+   * Goals ready to be tried.
+   */
+  uint64_t ready;
+  /**
+   * Goals waiting for a build slot.
+   */
+  uint64_t waiting_slot;
+  /**
+   * Goals waiting for a lock.
+   */
+  uint64_t waiting_lock;
+  /**
+   * Goals running.
+   */
+  uint64_t running;
+  /**
+   * Goals finished.
+   */
+  uint64_t finished;
+  /**
+   * Finished with success (built, substituted, already valid).
+   */
+  uint64_t succeeded;
+  /**
+   * Finished otherwise.
+   */
+  uint64_t failed;
+  /**
+   * Store paths locked for this worker's goals.
+   */
+  uint64_t locks_held;
+  /**
+   * Store paths locked for goals that have finished (must be 0).
+   */
+  uint64_t locks_held_by_finished;
+  /**
+   * Slots in use.
+   */
+  uint64_t slots_used;
+  /**
+   * The worker's max_jobs.
+   */
+  uint64_t max_jobs;
+  /**
+   * Goals waiting on a lock in the kernel.
+   */
+  uint64_t foreign_waits;
+  /**
+   * Locks handed over by wait threads.
+   */
+  uint64_t handoffs;
+  /**
+   * Validity re-checks while waiting for foreign locks.
+   */
+  uint64_t validity_rechecks;
+  /**
+   * Ledger checks run.
+   */
+  uint64_t checks;
+  /**
+   * Ledger violations found.
+   */
+  uint64_t violations;
+} gk_audit;
+
+/**
+ * Every outcome, in numeric order.
+ */
+#define Outcome_ALL { Built, Substituted, AlreadyValid, Failed, TimedOut, CachedFailure, DependencyFailed, Cancelled, }
 
 #ifdef __cplusplus
 extern "C" {
@@ -307,6 +733,154 @@ const char *gk_last_error_message(void);
  * for a value that is not a `gk_status`. The string is static.
  */
 const char *gk_status_name(int32_t status);
+
+/**
+ * Creates a worker. `opts` may be NULL for the defaults. On success `*out`
+ * is the new handle; otherwise `*out` is 0 (`GK_ERROR_INVALID_ARGUMENT` for
+ * an unknown backend).
+ *
+ * # Safety
+ * `opts` must be NULL or point to a readable `gk_worker_options`; `out`
+ * must be valid for writing.
+ */
+gk_status gk_worker_new(const gk_worker_options *opts, gk_worker *out);
+
+/**
+ * Frees a worker: every goal that has not finished is cancelled and every
+ * lock and slot it holds is released (the host abandoning its goals). The
+ * handle goes stale; a second free gives `GK_ERROR_STALE_HANDLE`.
+ */
+gk_status gk_worker_free(gk_worker w);
+
+/**
+ * Sets the validity predicate ("is this output valid?"); NULL restores the
+ * default, "the path exists". `data` is passed back to `f`.
+ */
+gk_status gk_worker_set_valid_path(gk_worker w, gk_path_predicate f, void *data);
+
+/**
+ * Sets the cached-failure predicate, asked for build goals after locking
+ * ("did this output fail before?"); NULL: never.
+ */
+gk_status gk_worker_set_cached_failure(gk_worker w, gk_path_predicate f, void *data);
+
+/**
+ * Adds a goal with outputs `outputs[0..n_outputs]` (build: at least one;
+ * substitute: exactly one; plain: any number, `outputs` may be NULL when
+ * `n_outputs` is 0). The same output set again gives the same goal; a
+ * partial overlap with another goal's outputs is `GK_ERROR_INVALID_ARGUMENT`.
+ * `kind` is a `gk_goal_kind`, `mode` a `gk_build_mode`.
+ *
+ * # Safety
+ * `outputs` must point to `n_outputs` NUL-terminated strings; `out` must be
+ * valid for writing.
+ */
+gk_status gk_worker_add_goal(gk_worker w,
+                             uint32_t kind,
+                             const char *const *outputs,
+                             size_t n_outputs,
+                             uint32_t mode,
+                             gk_goal *out);
+
+/**
+ * Like `gk_worker_add_goal`, with the outputs packed in `outputs[0..len]`,
+ * each terminated by a NUL byte (`len` 0: no outputs).
+ *
+ * # Safety
+ * `outputs` must point to `len` readable bytes; `out` must be valid for writing.
+ */
+gk_status gk_worker_add_goal_packed(gk_worker w,
+                                    uint32_t kind,
+                                    const uint8_t *outputs,
+                                    size_t len,
+                                    uint32_t mode,
+                                    gk_goal *out);
+
+/**
+ * Makes `goal` wait for `dep`. `goal` must not have started
+ * (`GK_ERROR_INVALID_STATE`); if `dep` already failed, `goal` ends
+ * dependency-failed (a FINISHED event follows).
+ */
+gk_status gk_worker_add_dependency(gk_worker w, gk_goal goal, gk_goal dep);
+
+/**
+ * Stores the next event in `*out`. Never blocks. `GK_ERROR_SCHEDULER_DEADLOCK`:
+ * goals remain but nothing can progress (the message names them).
+ * `GK_ERROR_INVARIANT_VIOLATION`: a ledger check failed (the message names
+ * goal and path); the event is kept for the next call.
+ *
+ * # Safety
+ * `out` must be valid for writing.
+ */
+gk_status gk_worker_next_event(gk_worker w, gk_event *out);
+
+/**
+ * Reports how a goal that was RUN ended: `GK_OUTCOME_BUILT`,
+ * `GK_OUTCOME_SUBSTITUTED`, `GK_OUTCOME_FAILED` or `GK_OUTCOME_TIMED_OUT`.
+ * Success is checked with the validity predicate (an invalid output makes
+ * it failed). The goal's locks and slot are released before any dependent
+ * is woken.
+ */
+gk_status gk_worker_report(gk_worker w, gk_goal goal, uint32_t outcome);
+
+/**
+ * Cancels a goal that has not finished (a running one: the host stopped
+ * it); its dependents end dependency-failed. `GK_ERROR_INVALID_STATE` if it
+ * has finished.
+ */
+gk_status gk_worker_cancel(gk_worker w, gk_goal goal);
+
+/**
+ * Stores a goal's state, outcome, kind and mode in `*out` (results outlive
+ * the goal's execution).
+ *
+ * # Safety
+ * `out` must be valid for writing.
+ */
+gk_status gk_worker_goal_result(gk_worker w, gk_goal goal, gk_goal_result *out);
+
+/**
+ * Writes a goal's outputs, sorted, each NUL-terminated, into `buf[0..cap]`
+ * and their total size into `*len_out` (`GK_ERROR_BUFFER_TOO_SMALL` with
+ * the size needed if `cap` is too small; `buf` may be NULL with `cap` 0).
+ *
+ * # Safety
+ * `buf` must be valid for `cap` bytes of writes; `len_out` for one `size_t`.
+ */
+gk_status gk_worker_goal_outputs(gk_worker w, gk_goal goal, char *buf, size_t cap, size_t *len_out);
+
+/**
+ * Stores the worker's counts in `*out` (see `gk_audit`). The audit reports
+ * violations in its counts; it does not fail because of them.
+ *
+ * # Safety
+ * `out` must be valid for writing.
+ */
+gk_status gk_worker_audit(gk_worker w, gk_audit *out);
+
+/**
+ * Stores the worker's eventfd in `*out` (the fd of WAIT events).
+ *
+ * # Safety
+ * `out` must be valid for writing.
+ */
+gk_status gk_worker_fd(gk_worker w, int32_t *out);
+
+/**
+ * Drains the worker's diagnostics log into `buf[0..cap]`: lines, each
+ * NUL-terminated, total size in `*len_out`. With too small a buffer nothing
+ * is drained and `GK_ERROR_BUFFER_TOO_SMALL` gives the size needed.
+ *
+ * # Safety
+ * `buf` must be valid for `cap` bytes of writes; `len_out` for one `size_t`.
+ */
+gk_status gk_worker_take_log(gk_worker w, char *buf, size_t cap, size_t *len_out);
+
+/**
+ * The name of a `gk_outcome`, e.g. `"already-valid"`; `"none"` for 0 and
+ * `"unknown"` for a value that is not an outcome. The string is static.
+ */
+const char *gk_outcome_name(uint32_t outcome);
 
 #ifdef __cplusplus
 }  // extern "C"

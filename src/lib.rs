@@ -3,6 +3,7 @@
 //! before any waiter is woken (Guix bug #31785).
 //!
 //! * [`lock`]: lock files, lock sets, and the in-process registry.
+//! * [`sched`]: the goal scheduler (workers, goals, slots, lock waits, ledger).
 //! * [`ffi`]: the C ABI (`include/goalkeeper.h`).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -11,6 +12,7 @@ pub mod error;
 pub mod fault;
 pub mod ffi;
 pub mod lock;
+pub mod sched;
 
 pub use error::{Error, Result};
 pub use lock::{Backend, LockSet, StorePath, WaitMode};

@@ -149,11 +149,14 @@ fn kind_name(k: Kind) -> &'static str {
 pub(crate) struct Handles {
     /// Lock sets made through the C ABI.
     pub(crate) locksets: HandleTable<LockSet>,
+    /// Scheduler workers (`gk_worker`).
+    pub(crate) workers: HandleTable<std::sync::Arc<super::worker::WorkerCell>>,
 }
 
 /// The process's handle tables.
 pub(crate) static HANDLES: ForkMutex<Handles> = ForkMutex::new(Handles {
     locksets: HandleTable::new(Kind::LockSet),
+    workers: HandleTable::new(Kind::Worker),
 });
 
 #[cfg(test)]

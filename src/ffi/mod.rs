@@ -13,7 +13,9 @@ pub(crate) mod handle;
 mod locks;
 mod status;
 mod version;
+mod worker;
 
 pub use locks::*;
 pub use status::gk_status;
 pub use version::*;
+pub use worker::*;

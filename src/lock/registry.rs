@@ -79,6 +79,18 @@ pub fn held_paths() -> Vec<(PathBuf, Owner)> {
     })
 }
 
+/// Every store path held for a goal of scheduler worker `worker`, with its
+/// owner (for the scheduler's audit and full ledger sweep).
+pub(crate) fn owned_by_worker(worker: u64) -> Vec<(StorePath, Owner)> {
+    STATE.with(|st| {
+        st.held
+            .iter()
+            .filter(|(_, o)| o.worker == worker)
+            .map(|(p, o)| (p.clone(), *o))
+            .collect()
+    })
+}
+
 /// Number of store paths this process holds.
 pub fn held_count() -> usize {
     STATE.with(|st| st.held.len())

@@ -1,0 +1,780 @@
+//! The scheduler half of the C ABI: workers, goals, the pull loop.
+//!
+//! A worker is stored in the handle table as an `Arc<WorkerCell>`. A call
+//! takes the `Arc` out of the table (holding the table's lock only for that),
+//! then locks the worker itself, so the host's predicates run with no
+//! goalkeeper-wide lock held and may call back into goalkeeper (e.g.
+//! `gk_path_is_locked_by_me`, or another worker). A predicate that calls
+//! back into its *own* worker gets `GK_ERROR_INVALID_STATE`, never a
+//! deadlock.
+
+use std::cell::Cell;
+use std::ffi::{c_char, c_void};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::args;
+use super::boundary::call;
+use super::handle::HANDLES;
+use super::locks::backend_from_c;
+use super::status::gk_status::{self, GK_OK};
+use crate::error::{Error, Result};
+use crate::lock::StorePath;
+use crate::sched::{
+    Audit, BuildMode, Event, GoalId, GoalKind, GoalState, Outcome, PathPredicate, Worker,
+    WorkerOptions,
+};
+
+/// An opaque handle to a worker (a scheduler for one client request).
+/// 0 is never a valid handle.
+#[allow(non_camel_case_types)]
+pub type gk_worker = u64;
+
+/// A goal id, only meaningful with the worker that issued it. 0 is never
+/// valid; an id of another worker, or one never issued, gives
+/// `GK_ERROR_STALE_HANDLE`.
+#[allow(non_camel_case_types)]
+pub type gk_goal = u64;
+
+/// What a goal does. Pass as a `uint32_t kind`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_goal_kind {
+    /// Builds a derivation: locks all its outputs, takes a build slot.
+    GK_GOAL_BUILD = 0,
+    /// Substitutes one path: locks it, takes a build slot.
+    GK_GOAL_SUBSTITUTE = 1,
+    /// Host work without locks or slot; its outputs (0 or more) are recorded only.
+    GK_GOAL_PLAIN = 2,
+}
+
+/// How a build treats outputs that are already valid. Pass as a `uint32_t mode`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_build_mode {
+    /// Valid outputs are not rebuilt.
+    GK_MODE_NORMAL = 0,
+    /// Repair: the validity predicate decides what needs repairing.
+    GK_MODE_REPAIR = 1,
+    /// Check: rebuild even if valid (no "already valid" shortcut).
+    GK_MODE_CHECK = 2,
+}
+
+/// How a goal ended. Pass as a `uint32_t outcome`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_outcome {
+    /// Not finished.
+    GK_OUTCOME_NONE = 0,
+    /// Built by the host (outputs checked valid).
+    GK_OUTCOME_BUILT = 1,
+    /// Substituted by the host (output checked valid).
+    GK_OUTCOME_SUBSTITUTED = 2,
+    /// Valid already, or became valid while waiting.
+    GK_OUTCOME_ALREADY_VALID = 3,
+    /// Failed (reported, or success without valid outputs, or could not start).
+    GK_OUTCOME_FAILED = 4,
+    /// Timed out (reported).
+    GK_OUTCOME_TIMED_OUT = 5,
+    /// The cached-failure predicate said an output failed before.
+    GK_OUTCOME_CACHED_FAILURE = 6,
+    /// A dependency did not succeed.
+    GK_OUTCOME_DEPENDENCY_FAILED = 7,
+    /// Cancelled (by the host, by a failure without keep-going, or abandoned).
+    GK_OUTCOME_CANCELLED = 8,
+}
+
+/// The kind of a `gk_event`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_event_kind {
+    /// Run `goal` (inputs done, slot taken, output locks held, outputs not
+    /// valid); then report it with `gk_worker_report`.
+    GK_EVENT_RUN = 1,
+    /// `goal` finished without running; `outcome` says how.
+    GK_EVENT_FINISHED = 2,
+    /// Nothing to do now: poll `fd` (POLLIN) with your builders for at most
+    /// `timeout_ms` (-1: no limit), then call `gk_worker_next_event` again.
+    GK_EVENT_WAIT = 3,
+    /// Every goal has finished.
+    GK_EVENT_DONE = 4,
+}
+
+/// Where a goal is in its life.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_goal_state {
+    /// Some dependency has not finished.
+    GK_STATE_WAITING_DEPS = 0,
+    /// Runnable.
+    GK_STATE_READY = 1,
+    /// Waiting for a build slot (holding no lock).
+    GK_STATE_WAITING_SLOT = 2,
+    /// Waiting for a lock (holding nothing).
+    GK_STATE_WAITING_LOCK = 3,
+    /// Running (its locks and slot are held).
+    GK_STATE_RUNNING = 4,
+    /// Finished; see the outcome.
+    GK_STATE_FINISHED = 5,
+}
+
+/// Options for `gk_worker_new`. Pass NULL for the defaults (max_jobs 1,
+/// no keep-going, OFD backend, 1000 ms re-check, no legacy hold).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct gk_worker_options {
+    /// Build slots shared by builds and substitutions (0: one substitution
+    /// may run, builds fail).
+    pub max_jobs: u32,
+    /// Go on with independent goals after a failure.
+    pub keep_going: bool,
+    /// A `gk_backend`.
+    pub backend: u32,
+    /// Validity re-check period while waiting on a foreign lock, in ms (0 = 1000).
+    pub recheck_interval_ms: u32,
+    /// Fault injection / demonstration ONLY: finished goals keep their locks,
+    /// like the C++ daemon of Guix bug #31785; the ledger then reports
+    /// GK_ERROR_INVARIANT_VIOLATION. Never set it in production.
+    pub legacy_hold: bool,
+}
+
+/// The same layout, with the `bool`s read as bytes (a C caller may store
+/// any byte in a `bool`; reading it as a Rust `bool` would be undefined).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawOptions {
+    max_jobs: u32,
+    keep_going: u8,
+    backend: u32,
+    recheck_interval_ms: u32,
+    legacy_hold: u8,
+}
+
+const _: () =
+    assert!(std::mem::size_of::<RawOptions>() == std::mem::size_of::<gk_worker_options>());
+
+/// An event from `gk_worker_next_event`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct gk_event {
+    /// A `gk_event_kind` (0 if the call failed).
+    pub kind: u32,
+    /// The goal (RUN, FINISHED), else 0.
+    pub goal: gk_goal,
+    /// The goal's `gk_goal_kind` (RUN, FINISHED).
+    pub goal_kind: u32,
+    /// The `gk_outcome` (FINISHED), else GK_OUTCOME_NONE.
+    pub outcome: u32,
+    /// The fd to poll for reading (WAIT), else -1.
+    pub fd: i32,
+    /// The poll timeout in ms (WAIT), -1 for none.
+    pub timeout_ms: i64,
+}
+
+/// What `gk_worker_goal_result` reports.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct gk_goal_result {
+    /// A `gk_goal_state`.
+    pub state: u32,
+    /// A `gk_outcome` (GK_OUTCOME_NONE until finished).
+    pub outcome: u32,
+    /// A `gk_goal_kind`.
+    pub kind: u32,
+    /// A `gk_build_mode`.
+    pub mode: u32,
+}
+
+/// Counts from `gk_worker_audit`. `locks_held` and `locks_held_by_finished`
+/// come from the process's lock registry, not from the worker's own books;
+/// `locks_held_by_finished` must always be 0 (G1).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct gk_audit {
+    /// Goals in the worker.
+    pub goals: u64,
+    /// Goals waiting for dependencies.
+    pub waiting_deps: u64,
+    /// Goals ready to be tried.
+    pub ready: u64,
+    /// Goals waiting for a build slot.
+    pub waiting_slot: u64,
+    /// Goals waiting for a lock.
+    pub waiting_lock: u64,
+    /// Goals running.
+    pub running: u64,
+    /// Goals finished.
+    pub finished: u64,
+    /// Finished with success (built, substituted, already valid).
+    pub succeeded: u64,
+    /// Finished otherwise.
+    pub failed: u64,
+    /// Store paths locked for this worker's goals.
+    pub locks_held: u64,
+    /// Store paths locked for goals that have finished (must be 0).
+    pub locks_held_by_finished: u64,
+    /// Slots in use.
+    pub slots_used: u64,
+    /// The worker's max_jobs.
+    pub max_jobs: u64,
+    /// Goals waiting on a lock in the kernel.
+    pub foreign_waits: u64,
+    /// Locks handed over by wait threads.
+    pub handoffs: u64,
+    /// Validity re-checks while waiting for foreign locks.
+    pub validity_rechecks: u64,
+    /// Ledger checks run.
+    pub checks: u64,
+    /// Ledger violations found.
+    pub violations: u64,
+}
+
+impl From<Audit> for gk_audit {
+    fn from(a: Audit) -> gk_audit {
+        gk_audit {
+            goals: a.goals,
+            waiting_deps: a.waiting_deps,
+            ready: a.ready,
+            waiting_slot: a.waiting_slot,
+            waiting_lock: a.waiting_lock,
+            running: a.running,
+            finished: a.finished,
+            succeeded: a.succeeded,
+            failed: a.failed,
+            locks_held: a.locks_held,
+            locks_held_by_finished: a.locks_held_by_finished,
+            slots_used: a.slots_used,
+            max_jobs: a.max_jobs,
+            foreign_waits: a.foreign_waits,
+            handoffs: a.handoffs,
+            validity_rechecks: a.validity_rechecks,
+            checks: a.checks,
+            violations: a.violations,
+        }
+    }
+}
+
+/// A host predicate on store paths: `path` is NUL-terminated and valid only
+/// during the call. Return 1 for yes, 0 for no, a negative value for an error
+/// (treated as no and logged). It is called only on the thread that called
+/// into the worker, and may call goalkeeper (not its own worker).
+#[allow(non_camel_case_types)]
+pub type gk_path_predicate =
+    Option<unsafe extern "C" fn(data: *mut c_void, path: *const c_char) -> i32>;
+
+/// A C predicate with its data and a reusable path buffer.
+struct CPredicate {
+    f: unsafe extern "C" fn(*mut c_void, *const c_char) -> i32,
+    data: *mut c_void,
+    buf: Vec<u8>,
+}
+
+// SAFETY: the worker calls the predicate only from goalkeeper calls made by
+// the host, on the host's calling thread; moving the pointer between threads
+// with the worker is the host's own arrangement (as with any C callback data).
+unsafe impl Send for CPredicate {}
+
+impl PathPredicate for CPredicate {
+    fn ask(&mut self, path: &StorePath) -> std::result::Result<bool, String> {
+        self.buf.clear();
+        self.buf
+            .extend_from_slice(path.as_path().as_os_str().as_bytes());
+        self.buf.push(0);
+        // SAFETY: `f` is the host's function, given with `data` for exactly
+        // this use; `buf` is NUL-terminated and outlives the call.
+        let r = unsafe { (self.f)(self.data, self.buf.as_ptr().cast()) };
+        match r {
+            1 => Ok(true),
+            0 => Ok(false),
+            r if r < 0 => Err(format!("predicate returned {r}")),
+            r => Err(format!("predicate returned {r}, not 0 or 1")),
+        }
+    }
+}
+
+/// A worker in the handle table.
+pub(crate) struct WorkerCell {
+    /// The thread currently inside a call on this worker (0: none).
+    in_call: AtomicUsize,
+    worker: Mutex<Worker>,
+}
+
+thread_local! {
+    static THREAD_TOKEN: Cell<u8> = const { Cell::new(0) };
+}
+
+fn thread_token() -> usize {
+    THREAD_TOKEN.with(|c| c as *const Cell<u8> as usize)
+}
+
+/// Runs `f` on the worker named by `w`, without holding the handle table's lock.
+fn with_worker<R>(w: gk_worker, f: impl FnOnce(&mut Worker) -> Result<R>) -> Result<R> {
+    let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
+    let me = thread_token();
+    if cell.in_call.load(Ordering::Acquire) == me {
+        return Err(Error::InvalidState(format!(
+            "worker {w:#x} was called from inside one of its own predicates; \
+             a predicate must not call back into its worker"
+        )));
+    }
+    let mut guard = cell.worker.lock().map_err(|_| {
+        Error::Invariant(format!(
+            "worker {w:#x} was left inconsistent by an internal error; free it"
+        ))
+    })?;
+    struct Leave<'a>(&'a AtomicUsize);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.store(0, Ordering::Release);
+        }
+    }
+    cell.in_call.store(me, Ordering::Release);
+    let _leave = Leave(&cell.in_call);
+    f(&mut guard)
+}
+
+fn goal_kind_from_c(v: u32) -> Result<GoalKind> {
+    match v {
+        0 => Ok(GoalKind::Build),
+        1 => Ok(GoalKind::Substitute),
+        2 => Ok(GoalKind::Plain),
+        _ => Err(Error::InvalidArgument(format!(
+            "goal kind {v} is not a gk_goal_kind (0 build, 1 substitute, 2 plain)"
+        ))),
+    }
+}
+
+fn mode_from_c(v: u32) -> Result<BuildMode> {
+    match v {
+        0 => Ok(BuildMode::Normal),
+        1 => Ok(BuildMode::Repair),
+        2 => Ok(BuildMode::Check),
+        _ => Err(Error::InvalidArgument(format!(
+            "build mode {v} is not a gk_build_mode (0 normal, 1 repair, 2 check)"
+        ))),
+    }
+}
+
+const NO_EVENT: gk_event = gk_event {
+    kind: 0,
+    goal: 0,
+    goal_kind: 0,
+    outcome: 0,
+    fd: -1,
+    timeout_ms: -1,
+};
+
+fn event_to_c(ev: Event, w: &Worker) -> gk_event {
+    let mut out = NO_EVENT;
+    match ev {
+        Event::Run { goal, kind } => {
+            out.kind = gk_event_kind::GK_EVENT_RUN as u32;
+            out.goal = goal.raw();
+            out.goal_kind = kind as u32;
+        }
+        Event::Finished { goal, outcome } => {
+            out.kind = gk_event_kind::GK_EVENT_FINISHED as u32;
+            out.goal = goal.raw();
+            out.goal_kind = w.result(goal).map(|r| r.kind as u32).unwrap_or(0);
+            out.outcome = outcome as u32;
+        }
+        Event::Wait { fd, timeout } => {
+            out.kind = gk_event_kind::GK_EVENT_WAIT as u32;
+            out.fd = fd;
+            out.timeout_ms = timeout.map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64);
+        }
+        Event::Done => out.kind = gk_event_kind::GK_EVENT_DONE as u32,
+    }
+    out
+}
+
+/// Creates a worker. `opts` may be NULL for the defaults. On success `*out`
+/// is the new handle; otherwise `*out` is 0 (`GK_ERROR_INVALID_ARGUMENT` for
+/// an unknown backend).
+///
+/// # Safety
+/// `opts` must be NULL or point to a readable `gk_worker_options`; `out`
+/// must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_new(
+    opts: *const gk_worker_options,
+    out: *mut gk_worker,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        let mut o = WorkerOptions::default();
+        if !opts.is_null() {
+            if !(opts as usize).is_multiple_of(std::mem::align_of::<gk_worker_options>()) {
+                return Err(Error::InvalidArgument("opts is not aligned".into()));
+            }
+            // SAFETY: non-null and aligned; readable per the contract. Read
+            // through the byte-typed mirror so any byte in a bool is defined.
+            let raw = unsafe { std::ptr::read(opts.cast::<RawOptions>()) };
+            o.max_jobs = raw.max_jobs;
+            o.keep_going = raw.keep_going != 0;
+            o.backend = backend_from_c(raw.backend)?;
+            if raw.recheck_interval_ms != 0 {
+                o.recheck_interval = Duration::from_millis(raw.recheck_interval_ms as u64);
+            }
+            o.legacy_hold = raw.legacy_hold != 0;
+        }
+        let w = Worker::new(o)?;
+        let cell = Arc::new(WorkerCell {
+            in_call: AtomicUsize::new(0),
+            worker: Mutex::new(w),
+        });
+        *out = HANDLES.with(|h| h.workers.insert(cell));
+        Ok(GK_OK)
+    })
+}
+
+/// Frees a worker: every goal that has not finished is cancelled and every
+/// lock and slot it holds is released (the host abandoning its goals). The
+/// handle goes stale; a second free gives `GK_ERROR_STALE_HANDLE`.
+#[no_mangle]
+pub extern "C" fn gk_worker_free(w: gk_worker) -> gk_status {
+    call(|| {
+        let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
+        if cell.in_call.load(Ordering::Acquire) == thread_token() {
+            return Err(Error::InvalidState(
+                "a predicate must not free its own worker".into(),
+            ));
+        }
+        let cell = HANDLES.with(|h| h.workers.remove(w))?;
+        let mut g = cell.worker.lock().unwrap_or_else(|e| e.into_inner());
+        g.abandon();
+        Ok(GK_OK)
+    })
+}
+
+fn set_predicate(
+    w: gk_worker,
+    f: gk_path_predicate,
+    data: *mut c_void,
+    valid: bool,
+) -> Result<gk_status> {
+    let p: Option<Box<dyn PathPredicate>> = f.map(|f| {
+        Box::new(CPredicate {
+            f,
+            data,
+            buf: Vec::new(),
+        }) as Box<dyn PathPredicate>
+    });
+    with_worker(w, |wk| {
+        if valid {
+            wk.set_valid_predicate(p);
+        } else {
+            wk.set_cached_predicate(p);
+        }
+        wk.check()?;
+        Ok(GK_OK)
+    })
+}
+
+/// Sets the validity predicate ("is this output valid?"); NULL restores the
+/// default, "the path exists". `data` is passed back to `f`.
+#[no_mangle]
+pub extern "C" fn gk_worker_set_valid_path(
+    w: gk_worker,
+    f: gk_path_predicate,
+    data: *mut c_void,
+) -> gk_status {
+    call(|| set_predicate(w, f, data, true))
+}
+
+/// Sets the cached-failure predicate, asked for build goals after locking
+/// ("did this output fail before?"); NULL: never.
+#[no_mangle]
+pub extern "C" fn gk_worker_set_cached_failure(
+    w: gk_worker,
+    f: gk_path_predicate,
+    data: *mut c_void,
+) -> gk_status {
+    call(|| set_predicate(w, f, data, false))
+}
+
+fn add_goal(
+    w: gk_worker,
+    kind: u32,
+    paths: Result<Vec<StorePath>>,
+    mode: u32,
+    out: &mut gk_goal,
+) -> Result<gk_status> {
+    let kind = goal_kind_from_c(kind)?;
+    let mode = mode_from_c(mode)?;
+    let paths = paths?;
+    let id = with_worker(w, |wk| wk.add_goal_normalized(kind, paths, mode))?;
+    *out = id.raw();
+    Ok(GK_OK)
+}
+
+/// Adds a goal with outputs `outputs[0..n_outputs]` (build: at least one;
+/// substitute: exactly one; plain: any number, `outputs` may be NULL when
+/// `n_outputs` is 0). The same output set again gives the same goal; a
+/// partial overlap with another goal's outputs is `GK_ERROR_INVALID_ARGUMENT`.
+/// `kind` is a `gk_goal_kind`, `mode` a `gk_build_mode`.
+///
+/// # Safety
+/// `outputs` must point to `n_outputs` NUL-terminated strings; `out` must be
+/// valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_add_goal(
+    w: gk_worker,
+    kind: u32,
+    outputs: *const *const c_char,
+    n_outputs: usize,
+    mode: u32,
+    out: *mut gk_goal,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        let paths = if n_outputs == 0 {
+            Ok(Vec::new())
+        } else {
+            // SAFETY: as above.
+            unsafe { args::path_array(outputs, n_outputs) }
+        };
+        add_goal(w, kind, paths, mode, out)
+    })
+}
+
+/// Like `gk_worker_add_goal`, with the outputs packed in `outputs[0..len]`,
+/// each terminated by a NUL byte (`len` 0: no outputs).
+///
+/// # Safety
+/// `outputs` must point to `len` readable bytes; `out` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_add_goal_packed(
+    w: gk_worker,
+    kind: u32,
+    outputs: *const u8,
+    len: usize,
+    mode: u32,
+    out: *mut gk_goal,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        let paths = if len == 0 {
+            Ok(Vec::new())
+        } else {
+            // SAFETY: as above.
+            unsafe { args::packed_paths(outputs, len) }
+        };
+        add_goal(w, kind, paths, mode, out)
+    })
+}
+
+/// Makes `goal` wait for `dep`. `goal` must not have started
+/// (`GK_ERROR_INVALID_STATE`); if `dep` already failed, `goal` ends
+/// dependency-failed (a FINISHED event follows).
+#[no_mangle]
+pub extern "C" fn gk_worker_add_dependency(w: gk_worker, goal: gk_goal, dep: gk_goal) -> gk_status {
+    call(|| {
+        with_worker(w, |wk| {
+            wk.add_dependency(GoalId::from_raw(goal), GoalId::from_raw(dep))
+        })?;
+        Ok(GK_OK)
+    })
+}
+
+/// Stores the next event in `*out`. Never blocks. `GK_ERROR_SCHEDULER_DEADLOCK`:
+/// goals remain but nothing can progress (the message names them).
+/// `GK_ERROR_INVARIANT_VIOLATION`: a ledger check failed (the message names
+/// goal and path); the event is kept for the next call.
+///
+/// # Safety
+/// `out` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_next_event(w: gk_worker, out: *mut gk_event) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = NO_EVENT;
+        *out = with_worker(w, |wk| wk.next_event().map(|ev| event_to_c(ev, wk)))?;
+        Ok(GK_OK)
+    })
+}
+
+/// Reports how a goal that was RUN ended: `GK_OUTCOME_BUILT`,
+/// `GK_OUTCOME_SUBSTITUTED`, `GK_OUTCOME_FAILED` or `GK_OUTCOME_TIMED_OUT`.
+/// Success is checked with the validity predicate (an invalid output makes
+/// it failed). The goal's locks and slot are released before any dependent
+/// is woken.
+#[no_mangle]
+pub extern "C" fn gk_worker_report(w: gk_worker, goal: gk_goal, outcome: u32) -> gk_status {
+    call(|| {
+        let o = Outcome::from_raw(outcome).ok_or_else(|| {
+            Error::InvalidArgument(format!("outcome {outcome} is not a gk_outcome"))
+        })?;
+        with_worker(w, |wk| wk.report(GoalId::from_raw(goal), o))?;
+        Ok(GK_OK)
+    })
+}
+
+/// Cancels a goal that has not finished (a running one: the host stopped
+/// it); its dependents end dependency-failed. `GK_ERROR_INVALID_STATE` if it
+/// has finished.
+#[no_mangle]
+pub extern "C" fn gk_worker_cancel(w: gk_worker, goal: gk_goal) -> gk_status {
+    call(|| {
+        with_worker(w, |wk| wk.cancel(GoalId::from_raw(goal)))?;
+        Ok(GK_OK)
+    })
+}
+
+/// Stores a goal's state, outcome, kind and mode in `*out` (results outlive
+/// the goal's execution).
+///
+/// # Safety
+/// `out` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_goal_result(
+    w: gk_worker,
+    goal: gk_goal,
+    out: *mut gk_goal_result,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        let r = with_worker(w, |wk| {
+            let id = GoalId::from_raw(goal);
+            wk.check_goal(id)?;
+            wk.result(id)
+        })?;
+        *out = gk_goal_result {
+            state: state_to_c(r.state) as u32,
+            outcome: r.outcome.map_or(0, |o| o as u32),
+            kind: r.kind as u32,
+            mode: r.mode as u32,
+        };
+        Ok(GK_OK)
+    })
+}
+
+fn state_to_c(s: GoalState) -> gk_goal_state {
+    match s {
+        GoalState::WaitingDeps => gk_goal_state::GK_STATE_WAITING_DEPS,
+        GoalState::Ready => gk_goal_state::GK_STATE_READY,
+        GoalState::WaitingSlot => gk_goal_state::GK_STATE_WAITING_SLOT,
+        GoalState::WaitingLock => gk_goal_state::GK_STATE_WAITING_LOCK,
+        GoalState::Running => gk_goal_state::GK_STATE_RUNNING,
+        GoalState::Finished => gk_goal_state::GK_STATE_FINISHED,
+    }
+}
+
+/// Writes a goal's outputs, sorted, each NUL-terminated, into `buf[0..cap]`
+/// and their total size into `*len_out` (`GK_ERROR_BUFFER_TOO_SMALL` with
+/// the size needed if `cap` is too small; `buf` may be NULL with `cap` 0).
+///
+/// # Safety
+/// `buf` must be valid for `cap` bytes of writes; `len_out` for one `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_goal_outputs(
+    w: gk_worker,
+    goal: gk_goal,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> gk_status {
+    call(|| {
+        with_worker(w, |wk| {
+            let id = GoalId::from_raw(goal);
+            wk.check_goal(id)?;
+            let outs = wk.outputs(id)?;
+            let items = outs.iter().map(|p| p.as_path().as_os_str().as_bytes());
+            // SAFETY: forwarded from this function's contract.
+            unsafe { args::write_list(buf, cap, len_out, items) }
+        })?;
+        Ok(GK_OK)
+    })
+}
+
+/// Stores the worker's counts in `*out` (see `gk_audit`). The audit reports
+/// violations in its counts; it does not fail because of them.
+///
+/// # Safety
+/// `out` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut gk_audit) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = with_worker(w, |wk| Ok(wk.audit().into()))?;
+        Ok(GK_OK)
+    })
+}
+
+/// Stores the worker's eventfd in `*out` (the fd of WAIT events).
+///
+/// # Safety
+/// `out` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_fd(w: gk_worker, out: *mut i32) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = with_worker(w, |wk| {
+            wk.check()?;
+            Ok(wk.fd())
+        })?;
+        Ok(GK_OK)
+    })
+}
+
+/// Drains the worker's diagnostics log into `buf[0..cap]`: lines, each
+/// NUL-terminated, total size in `*len_out`. With too small a buffer nothing
+/// is drained and `GK_ERROR_BUFFER_TOO_SMALL` gives the size needed.
+///
+/// # Safety
+/// `buf` must be valid for `cap` bytes of writes; `len_out` for one `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_take_log(
+    w: gk_worker,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> gk_status {
+    call(|| {
+        with_worker(w, |wk| {
+            wk.check()?;
+            let lines = wk.log_lines();
+            let items = lines.iter().map(|l| {
+                let b = l.as_bytes();
+                // NULs cannot appear in log lines we write, but never emit one.
+                &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
+            });
+            // SAFETY: forwarded from this function's contract.
+            unsafe { args::write_list(buf, cap, len_out, items) }?;
+            wk.take_log();
+            Ok(())
+        })?;
+        Ok(GK_OK)
+    })
+}
+
+/// The name of a `gk_outcome`, e.g. `"already-valid"`; `"none"` for 0 and
+/// `"unknown"` for a value that is not an outcome. The string is static.
+#[no_mangle]
+pub extern "C" fn gk_outcome_name(outcome: u32) -> *const c_char {
+    match outcome {
+        0 => c"none".as_ptr(),
+        o => Outcome::from_raw(o).map_or(c"unknown".as_ptr(), |o| o.name_c().as_ptr()),
+    }
+}

@@ -1,0 +1,237 @@
+//! What a goal is: its kind, mode, outcome, and its state value.
+//!
+//! The state value ([`Phase`]) *owns* the goal's execution resources: a
+//! running goal's lock set and slot token live inside [`Phase::Running`].
+//! Leaving that state moves them out, and the only code that does so is the
+//! terminal transition, which releases them: entering a terminal state *is*
+//! the release (G1). Results ([`Goal::outcome`]) live beside the state and
+//! outlive it.
+
+use crate::lock::LockSet;
+
+use super::slots::SlotToken;
+
+/// What a goal does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum GoalKind {
+    /// Builds a derivation: locks all its outputs, takes a build slot.
+    Build = 0,
+    /// Substitutes one store path: locks it, takes a build slot (at
+    /// `max_jobs = 0` one substitution may still run).
+    Substitute = 1,
+    /// Host work with no store outputs to lock and no slot (e.g. a top-level
+    /// goal that only gathers others). Its outputs, if given, are recorded only.
+    Plain = 2,
+}
+
+/// How a build treats outputs that are already valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum BuildMode {
+    /// Valid outputs are not rebuilt.
+    Normal = 0,
+    /// Repair: the validity predicate decides what needs repairing (a host
+    /// in repair mode answers "not valid" for corrupt paths).
+    Repair = 1,
+    /// Check: rebuild even if valid, so the "already valid" shortcut is skipped.
+    Check = 2,
+}
+
+/// How a goal ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Outcome {
+    /// The host built it (reported, and its outputs are valid).
+    Built = 1,
+    /// The host substituted it (reported, and its output is valid).
+    Substituted = 2,
+    /// Its outputs were valid already, or became valid while it waited.
+    AlreadyValid = 3,
+    /// The host reported failure, or success without valid outputs, or it
+    /// could not be started (e.g. a build with `max_jobs = 0`).
+    Failed = 4,
+    /// The host reported a timeout.
+    TimedOut = 5,
+    /// The host's cached-failure predicate said an output failed before.
+    CachedFailure = 6,
+    /// A dependency did not succeed.
+    DependencyFailed = 7,
+    /// Cancelled by the host, by an earlier failure without keep-going, or
+    /// because the host abandoned the worker.
+    Cancelled = 8,
+}
+
+impl Outcome {
+    /// Every outcome, in numeric order.
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Built,
+        Outcome::Substituted,
+        Outcome::AlreadyValid,
+        Outcome::Failed,
+        Outcome::TimedOut,
+        Outcome::CachedFailure,
+        Outcome::DependencyFailed,
+        Outcome::Cancelled,
+    ];
+
+    /// `true` for built, substituted and already valid.
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            Outcome::Built | Outcome::Substituted | Outcome::AlreadyValid
+        )
+    }
+
+    /// `true` for the failures that, without keep-going, cancel the rest.
+    pub fn stops_the_worker(self) -> bool {
+        matches!(
+            self,
+            Outcome::Failed | Outcome::TimedOut | Outcome::CachedFailure
+        )
+    }
+
+    /// The outcome's name, e.g. `"already-valid"`.
+    pub fn name(self) -> &'static str {
+        self.name_c().to_str().unwrap_or("unknown")
+    }
+
+    /// The outcome's name as a static C string.
+    pub fn name_c(self) -> &'static std::ffi::CStr {
+        match self {
+            Outcome::Built => c"built",
+            Outcome::Substituted => c"substituted",
+            Outcome::AlreadyValid => c"already-valid",
+            Outcome::Failed => c"failed",
+            Outcome::TimedOut => c"timed-out",
+            Outcome::CachedFailure => c"cached-failure",
+            Outcome::DependencyFailed => c"dependency-failed",
+            Outcome::Cancelled => c"cancelled",
+        }
+    }
+
+    /// The outcome with this numeric value (`gk_outcome`), if any.
+    pub fn from_raw(v: u32) -> Option<Outcome> {
+        Outcome::ALL.iter().copied().find(|o| *o as u32 == v)
+    }
+}
+
+/// Where a goal is in its life (the public view of [`Phase`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum GoalState {
+    /// Some dependency has not finished.
+    WaitingDeps = 0,
+    /// Runnable; the worker will try it at the next `next_event`.
+    Ready = 1,
+    /// Waiting for a build slot (holding no lock).
+    WaitingSlot = 2,
+    /// Waiting for a lock held by another goal or process (holding nothing).
+    WaitingLock = 3,
+    /// Running: the host was told (or will be told at the next event) to run
+    /// it; its locks and slot are held.
+    Running = 4,
+    /// Finished; see the outcome.
+    Finished = 5,
+}
+
+impl GoalState {
+    /// Number of states (for counters).
+    pub(crate) const COUNT: usize = 6;
+}
+
+/// What a waiting-for-a-lock goal waits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitRef {
+    /// A kernel wait on a helper thread: index into the foreign-wait table.
+    Foreign(u32),
+    /// The completion of another goal of this worker (its arena index).
+    Local(u32),
+}
+
+/// The resources of a running goal. Only the terminal transition takes them
+/// out, and it releases them.
+#[derive(Debug)]
+pub(crate) struct Exec {
+    pub(crate) locks: Option<Box<LockSet>>,
+    pub(crate) slot: Option<SlotToken>,
+}
+
+/// A goal's state value, owning whatever the goal holds.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    WaitingDeps,
+    Ready,
+    WaitingSlot,
+    WaitingLock(WaitRef),
+    Running(Exec),
+    Done,
+}
+
+impl Phase {
+    pub(crate) fn state(&self) -> GoalState {
+        match self {
+            Phase::WaitingDeps => GoalState::WaitingDeps,
+            Phase::Ready => GoalState::Ready,
+            Phase::WaitingSlot => GoalState::WaitingSlot,
+            Phase::WaitingLock(_) => GoalState::WaitingLock,
+            Phase::Running(_) => GoalState::Running,
+            Phase::Done => GoalState::Finished,
+        }
+    }
+}
+
+/// Sentinel for "no index" in the u32 links below.
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// One goal in the arena. Kept small (32 bytes): the dependents are a linked
+/// list in the arena's edge pool, the outputs an index into a side table.
+#[derive(Debug)]
+pub(crate) struct Goal {
+    pub(crate) phase: Phase,
+    /// Dependencies that have not finished yet.
+    pub(crate) pending: u32,
+    /// Head of the list of dependents in the edge pool, or [`NONE`].
+    pub(crate) dependents: u32,
+    /// Index into the outputs table, or [`NONE`] for a goal without outputs.
+    pub(crate) outputs: u32,
+    pub(crate) kind: GoalKind,
+    pub(crate) mode: BuildMode,
+    /// The result, set exactly once, by the terminal transition.
+    pub(crate) outcome: Option<Outcome>,
+}
+
+/// What the host can learn about a goal, at any time (results outlive execution).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoalResult {
+    /// Where the goal is.
+    pub state: GoalState,
+    /// How it ended, once it has.
+    pub outcome: Option<Outcome>,
+    /// Its kind.
+    pub kind: GoalKind,
+    /// Its build mode.
+    pub mode: BuildMode,
+    /// Its output paths, sorted.
+    pub outputs: Vec<std::path::PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goal_records_stay_compact() {
+        assert!(std::mem::size_of::<Phase>() <= 16);
+        assert!(std::mem::size_of::<Goal>() <= 32);
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::from_raw(o as u32), Some(o));
+        }
+        assert_eq!(Outcome::from_raw(0), None);
+        assert_eq!(Outcome::from_raw(9), None);
+    }
+}

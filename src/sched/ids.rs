@@ -1,0 +1,81 @@
+//! Goal ids: opaque `u64` values that name a goal inside one worker.
+//!
+//! A goal id is `worker serial << 32 | arena index`. The worker serial is a
+//! process-unique, never-zero number given to each [`Worker`](super::Worker)
+//! when it is created, so it acts as the generation of the whole arena: an id
+//! of another worker (or of a freed one) never names a goal here, and 0 is
+//! never a valid id. Arena slots are never reused inside a worker (results
+//! outlive execution), so no per-slot generation is needed.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Identifies one goal of one worker. Only meaningful with that worker.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GoalId(u64);
+
+impl GoalId {
+    pub(crate) fn new(worker: u32, index: u32) -> GoalId {
+        GoalId(((worker as u64) << 32) | index as u64)
+    }
+
+    /// The raw value (for C and logs).
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// Rebuilds an id from its raw value. The worker checks it on use; a
+    /// forged or foreign id is refused, never misread.
+    pub fn from_raw(raw: u64) -> GoalId {
+        GoalId(raw)
+    }
+
+    /// The index of the goal in its worker's arena (the `N` of "goal N" in logs).
+    pub fn index(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The serial of the worker the id belongs to.
+    pub fn worker(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+impl fmt::Debug for GoalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GoalId({}@w{})", self.index(), self.worker())
+    }
+}
+
+impl fmt::Display for GoalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "goal {}", self.index())
+    }
+}
+
+static NEXT_WORKER: AtomicU32 = AtomicU32::new(1);
+
+/// A new process-unique, non-zero worker serial.
+pub(crate) fn next_worker_serial() -> u32 {
+    loop {
+        let s = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+        if s != 0 {
+            return s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_are_never_zero() {
+        let a = next_worker_serial();
+        let id = GoalId::new(a, 7);
+        assert_ne!(id.raw(), 0);
+        assert_eq!(GoalId::from_raw(id.raw()), id);
+        assert_eq!((id.worker(), id.index()), (a, 7));
+        assert_eq!(id.to_string(), "goal 7");
+    }
+}

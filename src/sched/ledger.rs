@@ -1,0 +1,278 @@
+//! The ledger (G6): invariant checks at every boundary call, on what the
+//! call touched (O(touched)), and the audit.
+//!
+//! Checked per touched goal: a goal that is not running holds no lock (the
+//! process's lock registry names no path for it: this catches a finished
+//! goal that kept its locks, the #31785 bug); a running build or substitute
+//! holds its lock set and a slot, and the registry entries of its paths point
+//! at that lock set with open descriptors. Checked per call in O(1): the slot
+//! counter equals the number of running goals holding a slot token, within
+//! `0..=max(1, max_jobs)`. With `GOALKEEPER_DEBUG_SWEEP=1` (read when the
+//! worker is created) every call also sweeps every goal and every registry
+//! entry of the worker.
+
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+use crate::lock::registry::owned_by_worker;
+
+use super::goal::{GoalKind, GoalState, Phase};
+use super::ids::GoalId;
+use super::worker::{state_name, Worker};
+
+/// Counts for tests and operators (`gk_audit` in C).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// Goals in the worker.
+    pub goals: u64,
+    /// Goals waiting for dependencies.
+    pub waiting_deps: u64,
+    /// Goals ready to be tried.
+    pub ready: u64,
+    /// Goals waiting for a build slot.
+    pub waiting_slot: u64,
+    /// Goals waiting for a lock.
+    pub waiting_lock: u64,
+    /// Goals running.
+    pub running: u64,
+    /// Goals finished.
+    pub finished: u64,
+    /// Goals finished with success (built, substituted, already valid).
+    pub succeeded: u64,
+    /// Goals finished otherwise (failed, timed out, cached failure,
+    /// dependency failed, cancelled).
+    pub failed: u64,
+    /// Store paths whose locks the process's registry says this worker's goals hold.
+    pub locks_held: u64,
+    /// Of those, the ones held by goals that have finished (must be 0: G1).
+    pub locks_held_by_finished: u64,
+    /// Slots in use.
+    pub slots_used: u64,
+    /// The worker's `max_jobs`.
+    pub max_jobs: u64,
+    /// Goals waiting on a lock in the kernel (foreign waits).
+    pub foreign_waits: u64,
+    /// Locks handed over by wait threads so far.
+    pub handoffs: u64,
+    /// Validity re-checks made while waiting for foreign locks.
+    pub validity_rechecks: u64,
+    /// Ledger checks run (one per boundary call).
+    pub checks: u64,
+    /// Ledger violations found.
+    pub violations: u64,
+}
+
+fn sweep_from_env() -> bool {
+    static SWEEP: OnceLock<bool> = OnceLock::new();
+    *SWEEP.get_or_init(|| {
+        std::env::var("GOALKEEPER_DEBUG_SWEEP").is_ok_and(|v| !v.is_empty() && v != "0")
+    })
+}
+
+/// The ledger's own state: what the current call touched, and counters.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    touched: Vec<u32>,
+    sweep: bool,
+    checks: u64,
+    violations: u64,
+    noted: Option<String>,
+}
+
+impl Ledger {
+    pub(crate) fn new() -> Ledger {
+        Ledger {
+            touched: Vec::new(),
+            sweep: sweep_from_env(),
+            checks: 0,
+            violations: 0,
+            noted: None,
+        }
+    }
+
+    pub(crate) fn begin(&mut self) {
+        self.touched.clear();
+    }
+
+    /// Records that the current call changed goal `i`'s resources.
+    #[inline]
+    pub(crate) fn touch(&mut self, i: u32) {
+        self.touched.push(i);
+    }
+
+    /// Records a violation found during a transition (reported at the end of the call).
+    pub(crate) fn note(&mut self, msg: String) {
+        self.noted.get_or_insert(msg);
+    }
+
+    /// Turns the full sweep on or off (tests; the default comes from the environment).
+    pub(crate) fn set_sweep(&mut self, on: bool) {
+        self.sweep = on;
+    }
+}
+
+impl Worker {
+    /// Runs the checks for the current call; the first violation is returned
+    /// as [`Error::Invariant`] and logged.
+    pub(super) fn check_ledger(&mut self) -> Result<()> {
+        self.ledger.checks += 1;
+        let mut found = self.ledger.noted.take();
+        let used = self.slots.used();
+        if found.is_none() && (used != self.slot_holders || used > self.slots.capacity()) {
+            found = Some(format!(
+                "{used} slots are in use but {} running goals hold a slot (max_jobs {})",
+                self.slot_holders,
+                self.slots.max_jobs()
+            ));
+        }
+        if found.is_none() {
+            let touched = std::mem::take(&mut self.ledger.touched);
+            for &i in &touched {
+                if let Some(m) = self.check_one(i) {
+                    found = Some(m);
+                    break;
+                }
+            }
+            self.ledger.touched = touched;
+        }
+        if found.is_none() && self.ledger.sweep {
+            found = self.sweep();
+        }
+        match found {
+            None => Ok(()),
+            Some(m) => {
+                self.ledger.violations += 1;
+                self.log.push(format!("ledger violation: {m}"));
+                Err(Error::Invariant(m))
+            }
+        }
+    }
+
+    /// The checks on one goal: O(its outputs).
+    fn check_one(&self, i: u32) -> Option<String> {
+        let g = &self.arena.goals[i as usize];
+        let id = self.id(i);
+        match &g.phase {
+            Phase::Running(exec) if g.kind != GoalKind::Plain => {
+                let Some(set) = exec.locks.as_deref() else {
+                    return Some(format!("{id} is running without its output locks"));
+                };
+                if exec.slot.is_none() {
+                    return Some(format!("{id} is running without a build slot"));
+                }
+                let o = set.owner();
+                if o.worker != self.serial as u64 || o.goal != id.raw() {
+                    return Some(format!("{id} runs with a lock set registered to {o}"));
+                }
+                if set.len() != self.arena.outputs(i).len() {
+                    return Some(format!(
+                        "{id} holds {} locks for {} outputs",
+                        set.len(),
+                        self.arena.outputs(i).len()
+                    ));
+                }
+                if let Err(e) = set.check() {
+                    return Some(format!("{id}: {e}"));
+                }
+                None
+            }
+            Phase::Running(exec) => (exec.locks.is_some() || exec.slot.is_some())
+                .then(|| format!("plain {id} holds a lock set or a slot")),
+            phase => {
+                if g.kind == GoalKind::Plain {
+                    return None;
+                }
+                for p in self.arena.outputs(i) {
+                    if let Some(o) = crate::lock::owner_of(p) {
+                        if o.worker == self.serial as u64 && o.goal == id.raw() {
+                            let state = match g.outcome {
+                                Some(out) => format!("finished ({})", out.name()),
+                                None => state_name(phase.state()).to_string(),
+                            };
+                            return Some(format!(
+                                "{id} is {state} but still holds the lock on {p} (lock set {}); \
+                                 a goal that is not running must hold no lock (G1, G2)",
+                                o.lockset
+                            ));
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The full O(all) sweep.
+    fn sweep(&self) -> Option<String> {
+        let mut holders = 0u32;
+        for i in 0..self.arena.len() as u32 {
+            if let Phase::Running(e) = &self.arena.goals[i as usize].phase {
+                holders += e.slot.is_some() as u32;
+            }
+            if let Some(m) = self.check_one(i) {
+                return Some(m);
+            }
+        }
+        if holders != self.slot_holders {
+            return Some(format!(
+                "{holders} running goals hold slots, but the counter says {}",
+                self.slot_holders
+            ));
+        }
+        for (p, o) in owned_by_worker(self.serial as u64) {
+            let id = GoalId::from_raw(o.goal);
+            let live =
+                self.index(id)
+                    .ok()
+                    .and_then(|i| match &self.arena.goals[i as usize].phase {
+                        Phase::Running(e) => e.locks.as_ref().map(|s| s.id() == o.lockset),
+                        _ => None,
+                    });
+            if live != Some(true) {
+                return Some(format!(
+                    "{p} is locked by {o}, which is not a running goal of this worker holding it"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Turns the full sweep on or off for this worker (the default comes
+    /// from `GOALKEEPER_DEBUG_SWEEP`).
+    pub fn set_debug_sweep(&mut self, on: bool) {
+        self.ledger.set_sweep(on);
+    }
+
+    pub(super) fn audit_inner(&self) -> Audit {
+        let held = owned_by_worker(self.serial as u64);
+        let by_finished = held
+            .iter()
+            .filter(|(_, o)| {
+                self.index(GoalId::from_raw(o.goal))
+                    .map(|i| matches!(self.arena.goals[i as usize].phase, Phase::Done))
+                    .unwrap_or(true)
+            })
+            .count();
+        let c = |s| self.arena.count(s);
+        Audit {
+            goals: self.arena.len() as u64,
+            waiting_deps: c(GoalState::WaitingDeps),
+            ready: c(GoalState::Ready),
+            waiting_slot: c(GoalState::WaitingSlot),
+            waiting_lock: c(GoalState::WaitingLock),
+            running: c(GoalState::Running),
+            finished: c(GoalState::Finished),
+            succeeded: self.stats.succeeded,
+            failed: self.stats.failed,
+            locks_held: held.len() as u64,
+            locks_held_by_finished: by_finished as u64,
+            slots_used: self.slots.used() as u64,
+            max_jobs: self.slots.max_jobs() as u64,
+            foreign_waits: self.waits.len() as u64,
+            handoffs: self.stats.handoffs,
+            validity_rechecks: self.stats.validity_rechecks,
+            checks: self.ledger.checks,
+            violations: self.ledger.violations,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The goal scheduler: a [`Worker`] per client request, driven by the host
+//! through a pull API, whose goals release their locks when they finish.
+//!
+//! * [`ids`]: goal ids (worker serial + arena index).
+//! * `goal`: kinds, modes, outcomes, and the goal state value that owns the
+//!   goal's lock set and slot (entering a terminal state *is* the release).
+//! * `arena`: goals in a flat vector, dependents in an edge pool.
+//! * `slots`: build slots with Guix semantics and explicit tokens.
+//! * `waits`: foreign lock waits on helper threads, and the worker's eventfd.
+//! * `validity`: the host's predicates.
+//! * `transitions`: the life cycle of a goal.
+//! * `ledger`: invariant checks at every call (G6), and the audit.
+//! * `worker`: the pull API.
+//!
+//! A goal goes: waiting for dependencies -> ready -> (take a slot) -> (try
+//! all output locks, sorted, all or nothing) -> (re-check validity) -> run.
+//! When a lock is busy it gives back its slot and locks and waits holding
+//! nothing: for the holder goal's completion if the holder is a goal of this
+//! worker, otherwise on a kernel wait whose end makes the worker's eventfd
+//! readable (G4), re-checking validity every `recheck_interval` so that a
+//! lock leaked by an old daemon cannot hang it (S3).
+
+mod arena;
+mod goal;
+pub mod ids;
+mod ledger;
+mod log;
+mod slots;
+mod transitions;
+mod validity;
+mod waits;
+mod worker;
+
+pub use goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome};
+pub use ids::GoalId;
+pub use ledger::Audit;
+pub use waits::foreign_holder_hint;
+pub use worker::{Event, Worker, WorkerOptions};
+
+pub(crate) use validity::PathPredicate;

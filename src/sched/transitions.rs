@@ -1,0 +1,535 @@
+//! The goal life cycle: ready -> slot -> locks -> validity re-check -> run,
+//! the waits in between (holding nothing, G2), and the terminal transition
+//! that releases everything before waking anyone (G1).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::lock::{next_id, LockFile, LockSet, LockWait, Owner, StorePath};
+
+use super::goal::{BuildMode, Exec, GoalKind, GoalState, Outcome, Phase, WaitRef};
+use super::slots::SlotToken;
+use super::validity::path_exists;
+use super::waits::{describe_holder, ForeignWait};
+use super::worker::{state_name, Event, Worker};
+
+impl Worker {
+    pub(super) fn next_event_inner(&mut self) -> Result<Event> {
+        loop {
+            if let Some(ev) = self.events.pop_front() {
+                return Ok(ev);
+            }
+            if self.waits.len() > 0 {
+                self.poll_foreign_waits();
+                if !self.events.is_empty() {
+                    continue;
+                }
+            }
+            let Some(i) = self.ready.pop_front() else {
+                break;
+            };
+            let g = &self.arena.goals[i as usize];
+            if !matches!(g.phase, Phase::Ready) {
+                continue; // a stale queue entry
+            }
+            if g.kind == GoalKind::Plain {
+                // The hot path: no lock, no slot, no allocation.
+                self.arena.set_phase(
+                    i,
+                    Phase::Running(Exec {
+                        locks: None,
+                        slot: None,
+                    }),
+                );
+                return Ok(Event::Run {
+                    goal: self.id(i),
+                    kind: GoalKind::Plain,
+                });
+            }
+            self.start(i);
+        }
+        if self.waits.len() > 0
+            || self.arena.count(GoalState::Running) > 0
+            || self.has_progressing_local_wait()
+        {
+            let now = Instant::now();
+            let timeout = self.waits.earliest_recheck().map(|t| {
+                t.saturating_duration_since(now)
+                    .max(Duration::from_millis(1))
+            });
+            return Ok(Event::Wait {
+                fd: self.efd.fd(),
+                timeout,
+            });
+        }
+        if self.arena.unfinished() > 0 {
+            return Err(self.deadlock_error());
+        }
+        Ok(Event::Done)
+    }
+
+    fn has_progressing_local_wait(&self) -> bool {
+        // Only reachable when a holder is itself waiting; it then shows up as
+        // running or foreign-waiting, so this is a safety net.
+        !self.local_waits.is_empty() && self.arena.count(GoalState::WaitingLock) > 0 && {
+            self.local_waits.iter().any(|&(h, _)| {
+                !matches!(
+                    self.arena.goals[h as usize].phase,
+                    Phase::Done | Phase::WaitingDeps
+                )
+            })
+        }
+    }
+
+    /// A build or substitute goal popped from the ready queue.
+    fn start(&mut self, i: u32) {
+        if self.arena.goals[i as usize].mode != BuildMode::Check && self.all_valid(i) {
+            self.finish(i, Outcome::AlreadyValid, true);
+            return;
+        }
+        self.try_run(i, None);
+    }
+
+    /// Takes a slot, then all output locks (sorted, all or nothing; `in_hand`
+    /// is a lock a wait thread already got), then re-checks validity. On
+    /// success the goal is running and a `Run` event is queued; otherwise it
+    /// waits holding nothing, or finishes.
+    fn try_run(&mut self, i: u32, in_hand: Option<(usize, LockFile)>) {
+        let (kind, mode) = {
+            let g = &self.arena.goals[i as usize];
+            (g.kind, g.mode)
+        };
+        let Some(token) = self.slots.try_take(kind) else {
+            drop(in_hand); // G2/S4: never hold a lock while waiting for a slot
+            if kind == GoalKind::Build && self.slots.max_jobs() == 0 {
+                let line = format!(
+                    "{} ({}) cannot be built: max_jobs is 0, so no local build may run \
+                     (only substitutions)",
+                    self.id(i),
+                    self.describe_outputs(i)
+                );
+                self.log.push(line);
+                self.finish(i, Outcome::Failed, true);
+                return;
+            }
+            self.arena.set_phase(i, Phase::WaitingSlot);
+            self.slot_queue.push_back(i);
+            return;
+        };
+        let paths = self.arena.outputs(i).to_vec();
+        let owner = Owner {
+            lockset: next_id(),
+            worker: self.serial as u64,
+            goal: self.id(i).raw(),
+        };
+        match LockSet::try_for_owner(owner, paths, self.opts.backend, in_hand) {
+            Ok(Ok(set)) => {
+                self.arena.set_phase(
+                    i,
+                    Phase::Running(Exec {
+                        locks: Some(Box::new(set)),
+                        slot: Some(token),
+                    }),
+                );
+                self.slot_holders += 1;
+                self.ledger.touch(i);
+                if mode != BuildMode::Check && self.all_valid(i) {
+                    self.finish(i, Outcome::AlreadyValid, true);
+                } else if kind == GoalKind::Build && self.any_cached_failure(i) {
+                    self.finish(i, Outcome::CachedFailure, true);
+                } else {
+                    self.events.push_back(Event::Run {
+                        goal: self.id(i),
+                        kind,
+                    });
+                }
+            }
+            Ok(Err((mut paths, k))) => {
+                self.give_back_slot(token);
+                let path = paths.swap_remove(k);
+                self.wait_foreign(i, k, path, None);
+            }
+            Err(Error::HeldByThisProcess { path, owner }) => {
+                self.give_back_slot(token);
+                let outs = self.arena.outputs(i);
+                let k = outs
+                    .iter()
+                    .position(|p| p.as_path() == path)
+                    .unwrap_or_default();
+                let sp = outs[k].clone();
+                let holder = (owner.worker == self.serial as u64)
+                    .then(|| self.index(super::ids::GoalId::from_raw(owner.goal)).ok())
+                    .flatten()
+                    .filter(|&h| {
+                        h != i && !matches!(self.arena.goals[h as usize].phase, Phase::Done)
+                    });
+                match holder {
+                    Some(h) => {
+                        let line = format!(
+                            "{} ({}) waits for {}, held by {} of this worker",
+                            self.id(i),
+                            self.describe_outputs(i),
+                            sp.lock_path().display(),
+                            self.id(h)
+                        );
+                        self.log.push(line);
+                        self.arena
+                            .set_phase(i, Phase::WaitingLock(WaitRef::Local(h)));
+                        self.local_waits.push((h, i));
+                    }
+                    // Another worker or lock set of this process, or a finished
+                    // goal that kept its lock (legacy_hold): wait in the kernel.
+                    None => self.wait_foreign(i, k, sp, Some(owner)),
+                }
+            }
+            Err(e) => {
+                self.give_back_slot(token);
+                let line = format!("{} could not lock its outputs: {e}", self.id(i));
+                self.log.push(line);
+                self.finish(i, Outcome::Failed, true);
+            }
+        }
+    }
+
+    /// Starts a kernel wait for `path` (output `k` of goal `i`) on a helper
+    /// thread; the goal holds nothing meanwhile.
+    fn wait_foreign(&mut self, i: u32, k: usize, path: StorePath, owner: Option<Owner>) {
+        let who = describe_holder(&path, owner, self.serial);
+        let line = format!(
+            "{} ({}) waits for {}, held by {who}",
+            self.id(i),
+            self.describe_outputs(i),
+            path.lock_path().display()
+        );
+        self.log.push(line);
+        match LockWait::spawn(path, self.opts.backend, Some(self.efd.notifier())) {
+            Ok(wait) => {
+                let next_recheck = (self.arena.goals[i as usize].mode != BuildMode::Check)
+                    .then(|| Instant::now() + self.opts.recheck_interval);
+                let w = self.waits.insert(ForeignWait {
+                    goal: i,
+                    k,
+                    wait,
+                    next_recheck,
+                });
+                self.arena
+                    .set_phase(i, Phase::WaitingLock(WaitRef::Foreign(w)));
+            }
+            Err(e) => {
+                let line = format!("{} could not wait for its lock: {e}", self.id(i));
+                self.log.push(line);
+                self.finish(i, Outcome::Failed, true);
+            }
+        }
+    }
+
+    /// Looks at the foreign waits, if the eventfd fired or a re-check is due.
+    fn poll_foreign_waits(&mut self) {
+        // Drain first, then poll: a wait that ends after the poll writes the
+        // eventfd after the drain, so it is never missed.
+        let fired = self.efd.drain();
+        let now = Instant::now();
+        let due = self.waits.earliest_recheck().is_some_and(|t| t <= now);
+        if !fired && !due {
+            return;
+        }
+        let mut idx = std::mem::take(&mut self.scratch);
+        idx.clear();
+        self.waits.live_indices(&mut idx);
+        for &wi in &idx {
+            let Some(w) = self.waits.get(wi) else {
+                continue; // finished by an earlier step of this loop
+            };
+            let recheck = w.next_recheck.is_some_and(|t| t <= now);
+            if fired || recheck {
+                if let Some(r) = w.wait.poll() {
+                    let w = self.waits.remove(wi).expect("present");
+                    self.handoff(w, r);
+                    continue;
+                }
+            }
+            if recheck {
+                let g = w.goal;
+                self.stats.validity_rechecks += 1;
+                if self.all_valid(g) {
+                    let line = format!(
+                        "{} ({}) became valid while waiting for its lock; finished without \
+                         taking the lock",
+                        self.id(g),
+                        self.describe_outputs(g)
+                    );
+                    self.log.push(line);
+                    self.finish(g, Outcome::AlreadyValid, true);
+                } else if let Some(w) = self.waits.get_mut(wi) {
+                    w.next_recheck = Some(now + self.opts.recheck_interval);
+                }
+            }
+        }
+        self.scratch = idx;
+    }
+
+    /// A wait thread got the lock (or failed).
+    fn handoff(&mut self, w: ForeignWait, r: Result<LockFile>) {
+        let ForeignWait {
+            goal: g, k, wait, ..
+        } = w;
+        self.stats.handoffs += 1;
+        let waited = wait.started().elapsed();
+        let lock_path = wait.path().lock_path().display().to_string();
+        drop(wait);
+        // Out of the wait state (its table entry is gone); nothing is held yet.
+        self.arena.set_phase(g, Phase::Ready);
+        match r {
+            Err(e) => {
+                let line = format!("{} failed waiting for its lock: {e}", self.id(g));
+                self.log.push(line);
+                self.finish(g, Outcome::Failed, true);
+            }
+            Ok(lock) => {
+                let path = self.arena.outputs(g)[k].clone();
+                if self.arena.goals[g as usize].mode != BuildMode::Check && self.all_valid(g) {
+                    // Valid now: deleting the lock file is allowed.
+                    if let Err(e) = lock.release(&path, true) {
+                        self.log.push(format!("{}: {e}", self.id(g)));
+                    }
+                    self.finish(g, Outcome::AlreadyValid, true);
+                    return;
+                }
+                let line = format!(
+                    "{} got {lock_path} handed over after {} ms",
+                    self.id(g),
+                    waited.as_millis()
+                );
+                self.log.push(line);
+                self.try_run(g, Some((k, lock)));
+            }
+        }
+    }
+
+    /// Returns a slot and wakes the first goal waiting for one.
+    fn give_back_slot(&mut self, token: SlotToken) {
+        if !self.slots.give_back(token) {
+            self.ledger
+                .note("a slot was given back while none was in use".into());
+        }
+        while let Some(w) = self.slot_queue.pop_front() {
+            if matches!(self.arena.goals[w as usize].phase, Phase::WaitingSlot) {
+                self.arena.set_phase(w, Phase::Ready);
+                self.ready.push_front(w);
+                break;
+            }
+        }
+    }
+
+    /// Ends goal `i` with `outcome`: releases what it holds, then wakes its
+    /// dependents; a failure ends the dependents `DependencyFailed`, and
+    /// without keep-going cancels every goal that is not running.
+    pub(super) fn finish(&mut self, i: u32, outcome: Outcome, emit: bool) {
+        self.finish_one(i, outcome, emit, true);
+        while let Some(d) = self.cascade.pop() {
+            if !matches!(self.arena.goals[d as usize].phase, Phase::Done) {
+                self.finish_one(d, Outcome::DependencyFailed, true, true);
+            }
+        }
+        if outcome.stops_the_worker() && !self.opts.keep_going && !self.aborting {
+            self.abort(i);
+        }
+    }
+
+    /// The terminal transition of one goal (G1): the state value, and with
+    /// it the lock set and slot token, is taken out and released here, before
+    /// anyone is woken.
+    pub(super) fn finish_one(&mut self, i: u32, outcome: Outcome, emit: bool, cascade: bool) {
+        let old = self.arena.set_phase(i, Phase::Done);
+        debug_assert!(!matches!(old, Phase::Done), "goal finished twice");
+        let g = &mut self.arena.goals[i as usize];
+        if g.outcome.is_some() {
+            self.ledger.note(format!("goal {i} finished twice"));
+        }
+        g.outcome = Some(outcome);
+        if outcome.is_success() {
+            self.stats.succeeded += 1;
+        } else {
+            self.stats.failed += 1;
+        }
+        self.ledger.touch(i);
+        match old {
+            Phase::Running(exec) => self.release_exec(i, exec, outcome.is_success()),
+            Phase::WaitingLock(WaitRef::Foreign(w)) => {
+                // Abandons the kernel wait: its thread releases the lock as soon as it gets it.
+                drop(self.waits.remove(w));
+            }
+            Phase::WaitingLock(WaitRef::Local(h)) => {
+                self.local_waits.retain(|&(hh, ww)| !(hh == h && ww == i));
+            }
+            Phase::WaitingDeps | Phase::Ready | Phase::WaitingSlot | Phase::Done => {}
+        }
+        if emit {
+            self.events.push_back(Event::Finished {
+                goal: self.id(i),
+                outcome,
+            });
+        }
+        // Wake-ups, after the release.
+        if !self.local_waits.is_empty() {
+            let mut k = 0;
+            while k < self.local_waits.len() {
+                let (h, w) = self.local_waits[k];
+                if h == i {
+                    self.local_waits.swap_remove(k);
+                    self.arena.set_phase(w, Phase::Ready);
+                    self.ready.push_front(w);
+                } else {
+                    k += 1;
+                }
+            }
+        }
+        let mut e = self.arena.first_dependent(i);
+        while let Some((d, next)) = self.arena.next_dependent(e) {
+            e = next;
+            let dg = &mut self.arena.goals[d as usize];
+            if outcome.is_success() {
+                dg.pending = dg.pending.saturating_sub(1);
+                if dg.pending == 0 && matches!(dg.phase, Phase::WaitingDeps) {
+                    self.arena.set_phase(d, Phase::Ready);
+                    self.ready.push_back(d);
+                }
+            } else if cascade && !matches!(dg.phase, Phase::Done) {
+                self.cascade.push(d);
+            }
+        }
+    }
+
+    fn release_exec(&mut self, i: u32, exec: Exec, success: bool) {
+        let Exec { locks, slot } = exec;
+        if let Some(mut set) = locks {
+            // Success means the outputs were checked valid: the lock files may go.
+            set.set_deletion(success);
+            if self.opts.legacy_hold {
+                self.legacy.push((i, *set)); // the #31785 bug, on purpose
+            } else if let Err(e) = set.release() {
+                let line = format!("{}: releasing its locks: {e}", self.id(i));
+                self.log.push(line);
+            }
+        }
+        if let Some(token) = slot {
+            self.slot_holders = self.slot_holders.wrapping_sub(1);
+            self.give_back_slot(token);
+        }
+    }
+
+    /// A failure without keep-going: every goal that is not running ends
+    /// `Cancelled` (running goals end when the host reports them).
+    fn abort(&mut self, cause: u32) {
+        self.aborting = true;
+        let mut n = 0;
+        for j in 0..self.arena.len() as u32 {
+            if !matches!(
+                self.arena.goals[j as usize].phase,
+                Phase::Done | Phase::Running(_)
+            ) {
+                self.finish_one(j, Outcome::Cancelled, true, false);
+                n += 1;
+            }
+        }
+        let line = format!(
+            "{} failed and keep-going is off: cancelled {n} goals that were not running",
+            self.id(cause)
+        );
+        self.log.push(line);
+    }
+
+    /// `true` if every output of goal `i` is valid (asks the host).
+    pub(super) fn all_valid(&mut self, i: u32) -> bool {
+        self.first_invalid_output(i).is_none() && !self.arena.outputs(i).is_empty()
+    }
+
+    /// The index of the first output of goal `i` that is not valid.
+    pub(super) fn first_invalid_output(&mut self, i: u32) -> Option<usize> {
+        let n = self.arena.outputs(i).len();
+        for k in 0..n {
+            let p = &self.arena.outputs(i)[k];
+            let ok = match self.valid.as_mut() {
+                None => path_exists(p),
+                Some(pred) => match pred.ask(p) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let line = format!("validity predicate failed on {p}: {e}; taken as no");
+                        self.log.push(line);
+                        false
+                    }
+                },
+            };
+            if !ok {
+                return Some(k);
+            }
+        }
+        None
+    }
+
+    fn any_cached_failure(&mut self, i: u32) -> bool {
+        let Some(pred) = self.cached.as_mut() else {
+            return false;
+        };
+        for p in self.arena.outputs(i) {
+            match pred.ask(p) {
+                Ok(true) => {
+                    let line = format!("goal {i} ({p}) has a cached failure");
+                    self.log.push(line);
+                    return true;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let line = format!("cached-failure predicate failed on {p}: {e}; taken as no");
+                    self.log.push(line);
+                }
+            }
+        }
+        false
+    }
+
+    /// The error for "goals remain but nothing can progress", naming them.
+    fn deadlock_error(&self) -> Error {
+        let mut blockers: HashMap<u32, Vec<u32>> = HashMap::new();
+        for j in 0..self.arena.len() as u32 {
+            if matches!(self.arena.goals[j as usize].phase, Phase::Done) {
+                continue;
+            }
+            let mut e = self.arena.first_dependent(j);
+            while let Some((d, next)) = self.arena.next_dependent(e) {
+                e = next;
+                blockers.entry(d).or_default().push(j);
+            }
+        }
+        let mut parts = Vec::new();
+        let mut total = 0;
+        for j in 0..self.arena.len() as u32 {
+            let g = &self.arena.goals[j as usize];
+            if matches!(g.phase, Phase::Done) {
+                continue;
+            }
+            total += 1;
+            if parts.len() >= 20 {
+                continue;
+            }
+            let mut s = format!(
+                "{} ({}, {})",
+                self.id(j),
+                self.describe_outputs(j),
+                state_name(g.phase.state())
+            );
+            if let Some(b) = blockers.get(&j) {
+                let names: Vec<String> = b.iter().map(|&x| self.id(x).to_string()).collect();
+                s.push_str(&format!(" waits for {}", names.join(", ")));
+            }
+            parts.push(s);
+        }
+        let more = if total > parts.len() {
+            format!("; and {} more", total - parts.len())
+        } else {
+            String::new()
+        };
+        Error::SchedulerDeadlock(format!("{}{more} (a dependency cycle?)", parts.join("; ")))
+    }
+}

@@ -1,0 +1,611 @@
+//! The worker: one per client request. It owns its goals in an arena and is
+//! driven by the host through a pull API: add goals and dependencies, ask for
+//! the next event, report outcomes, cancel. It never blocks and never calls
+//! back except through the host's predicates, on the calling thread.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::os::unix::io::RawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::lock::{normalize_set, Backend, LockSet, StorePath};
+
+use super::arena::Arena;
+use super::goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome, Phase};
+use super::ids::{next_worker_serial, GoalId};
+use super::ledger::{Audit, Ledger};
+use super::log::Log;
+use super::slots::Slots;
+use super::validity::{FnPredicate, PathPredicate};
+use super::waits::{EventFd, ForeignWaits};
+
+/// How a worker schedules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerOptions {
+    /// Build slots shared by builds and substitutions. At 0, one substitution
+    /// may still run and a build fails ("no local builds").
+    pub max_jobs: u32,
+    /// After a failure, go on with the goals that do not depend on it
+    /// (otherwise every goal not yet running is cancelled).
+    pub keep_going: bool,
+    /// The store's lock backend.
+    pub backend: Backend,
+    /// How often a goal waiting on a foreign lock re-checks whether its
+    /// outputs became valid (the `Wait` event's timeout). Must be non-zero.
+    pub recheck_interval: Duration,
+    /// **Fault injection / demonstration only.** Emulates the C++ daemon of
+    /// Guix bug #31785: finished goals keep their lock sets (in a side list)
+    /// instead of releasing them. The ledger then reports every such goal
+    /// (`GK_ERROR_INVARIANT_VIOLATION`, `locks_held_by_finished` in the
+    /// audit). Never set it in production.
+    pub legacy_hold: bool,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            max_jobs: 1,
+            keep_going: false,
+            backend: Backend::Ofd,
+            recheck_interval: Duration::from_secs(1),
+            legacy_hold: false,
+        }
+    }
+}
+
+/// What the host should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Run goal `goal`: its dependencies succeeded, its slot is taken, its
+    /// output locks are held, and its outputs were re-checked and are not
+    /// valid (or the mode is check). Report the outcome with
+    /// [`Worker::report`]. Plain goals hold no lock and no slot.
+    Run {
+        /// The goal to run.
+        goal: GoalId,
+        /// Its kind.
+        kind: GoalKind,
+    },
+    /// Goal `goal` finished without running (already valid, dependency
+    /// failed, cached failure, cancelled by a failure, could not start).
+    Finished {
+        /// The goal.
+        goal: GoalId,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// Nothing to do now: poll `fd` for reading (it becomes readable when a
+    /// foreign lock wait may have ended) together with your builders, for at
+    /// most `timeout` (`None`: no limit), then ask again.
+    Wait {
+        /// The worker's eventfd.
+        fd: RawFd,
+        /// When validity re-checks are due.
+        timeout: Option<Duration>,
+    },
+    /// Every goal has finished.
+    Done,
+}
+
+impl Event {
+    pub(crate) fn goal_index(&self) -> Option<u32> {
+        match self {
+            Event::Run { goal, .. } | Event::Finished { goal, .. } => Some(goal.index()),
+            _ => None,
+        }
+    }
+}
+
+/// Counters for the audit.
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    pub(crate) handoffs: u64,
+    pub(crate) validity_rechecks: u64,
+}
+
+/// A scheduler for one client request. See the module docs and
+/// `WORKER_ABI.md` for the pull loop.
+pub struct Worker {
+    pub(super) serial: u32,
+    pub(super) opts: WorkerOptions,
+    pub(super) fork_gen: u64,
+    pub(super) arena: Arena,
+    pub(super) ready: VecDeque<u32>,
+    pub(super) slot_queue: VecDeque<u32>,
+    pub(super) events: VecDeque<Event>,
+    pub(super) slots: Slots,
+    /// Running goals that hold a slot token (checked against `slots.used()`).
+    pub(super) slot_holders: u32,
+    pub(super) waits: ForeignWaits,
+    /// (holder, waiter): waiter waits for the completion of holder, a goal of
+    /// this worker holding one of its locks.
+    pub(super) local_waits: Vec<(u32, u32)>,
+    /// `legacy_hold` only: lock sets kept by finished goals.
+    pub(super) legacy: Vec<(u32, LockSet)>,
+    pub(super) efd: EventFd,
+    pub(super) valid: Option<Box<dyn PathPredicate>>,
+    pub(super) cached: Option<Box<dyn PathPredicate>>,
+    pub(super) ledger: Ledger,
+    pub(super) log: Log,
+    pub(super) aborting: bool,
+    pub(super) stats: Stats,
+    pub(super) cascade: Vec<u32>,
+    pub(super) scratch: Vec<u32>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("serial", &self.serial)
+            .field("goals", &self.arena.len())
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A new worker with its own eventfd.
+    pub fn new(opts: WorkerOptions) -> Result<Worker> {
+        if opts.recheck_interval.is_zero() {
+            return Err(Error::InvalidArgument(
+                "recheck_interval must not be zero".into(),
+            ));
+        }
+        Ok(Worker {
+            serial: next_worker_serial(),
+            slots: Slots::new(opts.max_jobs),
+            opts,
+            fork_gen: crate::lock::process_generation(),
+            arena: Arena::default(),
+            ready: VecDeque::new(),
+            slot_queue: VecDeque::new(),
+            events: VecDeque::new(),
+            slot_holders: 0,
+            waits: ForeignWaits::default(),
+            local_waits: Vec::new(),
+            legacy: Vec::new(),
+            efd: EventFd::new()?,
+            valid: None,
+            cached: None,
+            ledger: Ledger::new(),
+            log: Log::default(),
+            aborting: false,
+            stats: Stats::default(),
+            cascade: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The options the worker was made with.
+    pub fn options(&self) -> &WorkerOptions {
+        &self.opts
+    }
+
+    /// This worker's process-unique serial (the registry's `Owner::worker`).
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+
+    /// Sets the validity predicate ("is this output already valid?"). The
+    /// default is "the path exists". Called on the calling thread only.
+    pub fn set_valid_path(&mut self, f: Box<dyn FnMut(&Path) -> bool + Send>) {
+        self.valid = Some(Box::new(FnPredicate(f)));
+    }
+
+    /// Sets the cached-failure predicate ("did building this output fail
+    /// before?"), asked for build goals after locking. The default is never.
+    pub fn set_cached_failure(&mut self, f: Box<dyn FnMut(&Path) -> bool + Send>) {
+        self.cached = Some(Box::new(FnPredicate(f)));
+    }
+
+    pub(crate) fn set_valid_predicate(&mut self, p: Option<Box<dyn PathPredicate>>) {
+        self.valid = p;
+    }
+
+    pub(crate) fn set_cached_predicate(&mut self, p: Option<Box<dyn PathPredicate>>) {
+        self.cached = p;
+    }
+
+    /// Adds a goal. Build goals need at least one output, substitute goals
+    /// exactly one, plain goals any number (recorded only: a plain goal locks
+    /// nothing, takes no slot and is never shared).
+    ///
+    /// The same output set requested again returns the same goal (S9), even
+    /// if it has finished (look at [`Worker::result`]); a stronger mode
+    /// (check > repair > normal) is adopted if it has not started. An output
+    /// set that partly overlaps another goal's, or the same set with another
+    /// kind, is refused with [`Error::InvalidArgument`].
+    ///
+    /// After a failure without keep-going, new goals end `Cancelled` at once
+    /// (a `Finished` event says so).
+    pub fn add_goal<P: AsRef<OsStr>>(
+        &mut self,
+        kind: GoalKind,
+        outputs: &[P],
+        mode: BuildMode,
+    ) -> Result<GoalId> {
+        self.begin()?;
+        let r = if outputs.is_empty() {
+            Ok(Vec::new())
+        } else {
+            normalize_set(outputs)
+        }
+        .and_then(|paths| self.add_goal_inner(kind, paths, mode));
+        self.end(r)
+    }
+
+    /// [`Worker::add_goal`] for paths already normalised (sorted, deduplicated).
+    pub(crate) fn add_goal_normalized(
+        &mut self,
+        kind: GoalKind,
+        paths: Vec<StorePath>,
+        mode: BuildMode,
+    ) -> Result<GoalId> {
+        self.begin()?;
+        let r = self.add_goal_inner(kind, paths, mode);
+        self.end(r)
+    }
+
+    fn add_goal_inner(
+        &mut self,
+        kind: GoalKind,
+        paths: Vec<StorePath>,
+        mode: BuildMode,
+    ) -> Result<GoalId> {
+        match kind {
+            GoalKind::Build if paths.is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "a build goal needs at least one output".into(),
+                ))
+            }
+            GoalKind::Substitute if paths.len() != 1 => {
+                return Err(Error::InvalidArgument(format!(
+                    "a substitute goal has exactly one output, not {}",
+                    paths.len()
+                )))
+            }
+            _ => {}
+        }
+        if kind != GoalKind::Plain {
+            if let Some(g) = self.arena.goal_of_path(&paths[0]) {
+                let goal = &self.arena.goals[g as usize];
+                if goal.kind == kind && self.arena.outputs(g) == paths.as_slice() {
+                    let started = !matches!(goal.phase, Phase::Ready | Phase::WaitingDeps);
+                    if mode > goal.mode && !started {
+                        self.arena.goals[g as usize].mode = mode;
+                    } else if mode != goal.mode {
+                        let line = format!(
+                            "{} was requested again in mode {mode:?}; it keeps mode {:?}",
+                            self.id(g),
+                            goal.mode
+                        );
+                        self.log.push(line);
+                    }
+                    return Ok(self.id(g));
+                }
+            }
+            for p in &paths {
+                if let Some(g) = self.arena.goal_of_path(p) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{p} is already an output of {} ({:?} of {}); goals must not share \
+                         outputs partly, and the same outputs must be requested with the same kind",
+                        self.id(g),
+                        self.arena.goals[g as usize].kind,
+                        self.describe_outputs(g)
+                    )));
+                }
+            }
+        }
+        let i = self
+            .arena
+            .push(kind, mode, paths)
+            .ok_or_else(|| Error::InvalidArgument("too many goals in one worker".into()))?;
+        self.ready.push_back(i);
+        if self.aborting {
+            self.finish(i, Outcome::Cancelled, true);
+        }
+        Ok(self.id(i))
+    }
+
+    /// Makes `goal` wait for `dep`. `goal` must not have started (it must be
+    /// waiting for dependencies or ready). If `dep` already failed, `goal`
+    /// ends `DependencyFailed` at once. A goal cannot depend on itself;
+    /// longer cycles are reported as [`Error::SchedulerDeadlock`] by
+    /// [`Worker::next_event`]. Adding the same edge twice is harmless.
+    pub fn add_dependency(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
+        self.begin()?;
+        let r = self.add_dependency_inner(goal, dep);
+        self.end(r)
+    }
+
+    fn add_dependency_inner(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
+        let (g, d) = (self.index(goal)?, self.index(dep)?);
+        if g == d {
+            return Err(Error::InvalidArgument(format!(
+                "{goal} cannot depend on itself"
+            )));
+        }
+        match self.arena.goals[g as usize].phase {
+            Phase::Ready | Phase::WaitingDeps => {}
+            ref p => {
+                return Err(Error::InvalidState(format!(
+                    "{goal} is {}; dependencies can only be added before it starts",
+                    state_name(p.state())
+                )))
+            }
+        }
+        match self.arena.goals[d as usize].outcome {
+            Some(o) if o.is_success() => {}
+            Some(_) => self.finish(g, Outcome::DependencyFailed, true),
+            None => {
+                self.arena.add_edge(d, g);
+                self.arena.goals[g as usize].pending += 1;
+                if matches!(self.arena.goals[g as usize].phase, Phase::Ready) {
+                    self.arena.set_phase(g, Phase::WaitingDeps);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next thing for the host to do. Never blocks. Errors:
+    /// [`Error::SchedulerDeadlock`] (goals remain but nothing is ready,
+    /// running or waited on, e.g. a dependency cycle; the message names the
+    /// stuck goals), [`Error::Invariant`] (a ledger violation was found; the
+    /// event is kept for the next call).
+    pub fn next_event(&mut self) -> Result<Event> {
+        self.begin()?;
+        let r = self.next_event_inner();
+        self.end_event(r)
+    }
+
+    /// Reports how a goal that was `Run` ended: `Built`, `Substituted`,
+    /// `Failed` or `TimedOut`. A success is checked: if an output is not
+    /// valid, the goal is recorded as `Failed` (and the log says why). The
+    /// goal's locks are released (with deletion after a success) and its slot
+    /// freed before any dependent is woken.
+    pub fn report(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
+        self.begin()?;
+        let r = self.report_inner(goal, outcome);
+        self.end(r)
+    }
+
+    fn report_inner(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
+        let i = self.index(goal)?;
+        if !matches!(
+            outcome,
+            Outcome::Built | Outcome::Substituted | Outcome::Failed | Outcome::TimedOut
+        ) {
+            return Err(Error::InvalidArgument(format!(
+                "only built, substituted, failed and timed-out can be reported, not {}",
+                outcome.name()
+            )));
+        }
+        let g = &self.arena.goals[i as usize];
+        if !matches!(g.phase, Phase::Running(_)) {
+            return Err(Error::InvalidState(format!(
+                "{goal} is {}, not running; only running goals can be reported",
+                state_name(g.phase.state())
+            )));
+        }
+        let mut outcome = outcome;
+        if outcome.is_success() && g.kind != GoalKind::Plain {
+            if let Some(k) = self.first_invalid_output(i) {
+                let p = &self.arena.outputs(i)[k];
+                let line = format!(
+                    "{goal}: the builder reported success but {p} is not valid; recorded as failed"
+                );
+                self.log.push(line);
+                outcome = Outcome::Failed;
+            }
+        }
+        self.finish(i, outcome, false);
+        Ok(())
+    }
+
+    /// Cancels a goal that has not finished (a running goal: the host stopped
+    /// it). Its locks and slot are released; its dependents end
+    /// `DependencyFailed` (reported as `Finished` events). The cancelled goal
+    /// itself gets no event.
+    pub fn cancel(&mut self, goal: GoalId) -> Result<()> {
+        self.begin()?;
+        let r = self.index(goal).and_then(|i| {
+            if matches!(self.arena.goals[i as usize].phase, Phase::Done) {
+                return Err(Error::InvalidState(format!("{goal} has already finished")));
+            }
+            self.finish(i, Outcome::Cancelled, false);
+            Ok(())
+        });
+        self.end(r)
+    }
+
+    /// State, outcome, kind, mode and outputs of a goal, at any time.
+    pub fn result(&self, goal: GoalId) -> Result<GoalResult> {
+        let i = self.index(goal)?;
+        let g = &self.arena.goals[i as usize];
+        Ok(GoalResult {
+            state: g.phase.state(),
+            outcome: g.outcome,
+            kind: g.kind,
+            mode: g.mode,
+            outputs: self
+                .arena
+                .outputs(i)
+                .iter()
+                .map(|p| p.as_path().to_path_buf())
+                .collect(),
+        })
+    }
+
+    /// The outputs of a goal, sorted.
+    pub fn outputs(&self, goal: GoalId) -> Result<&[StorePath]> {
+        Ok(self.arena.outputs(self.index(goal)?))
+    }
+
+    /// Runs the ledger checks on `goal` (and the slot counters), as every
+    /// mutating call does on what it touched.
+    pub fn check_goal(&mut self, goal: GoalId) -> Result<()> {
+        self.begin()?;
+        let r = self.index(goal).map(|i| self.ledger.touch(i));
+        self.end(r)
+    }
+
+    /// Runs the ledger checks that concern no goal in particular (slot
+    /// counters; everything with `GOALKEEPER_DEBUG_SWEEP=1`).
+    pub fn check(&mut self) -> Result<()> {
+        self.begin()?;
+        self.end(Ok(()))
+    }
+
+    /// The worker's eventfd: readable when a foreign lock wait may have ended.
+    pub fn fd(&self) -> RawFd {
+        self.efd.fd()
+    }
+
+    /// Takes the diagnostics log (who waits for which lock, held by whom;
+    /// why goals failed without running; ledger violations).
+    pub fn take_log(&mut self) -> Vec<String> {
+        self.log.take()
+    }
+
+    /// The diagnostics log so far, without draining it.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.peek().cloned().collect()
+    }
+
+    /// Counts for tests and operators: goals by state, locks held (from the
+    /// process's lock registry, not from the worker's own bookkeeping), slots,
+    /// waits and ledger counters.
+    pub fn audit(&self) -> Audit {
+        self.audit_inner()
+    }
+
+    /// Number of goals.
+    pub fn len(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// `true` if no goal was added.
+    pub fn is_empty(&self) -> bool {
+        self.arena.len() == 0
+    }
+
+    /// Approximate heap bytes of the goal records and edges (for memory budgets).
+    pub fn approx_bytes(&self) -> usize {
+        self.arena.approx_bytes()
+            + (self.ready.capacity() + self.slot_queue.capacity()) * 4
+            + self.events.capacity() * std::mem::size_of::<Event>()
+    }
+
+    /// Cancels every goal that has not finished and releases everything the
+    /// worker holds, including `legacy_hold` lock sets (the host abandons its
+    /// goals: G1). Idempotent; `Drop` does it too.
+    pub fn abandon(&mut self) {
+        if self.fork_gen != crate::lock::process_generation() {
+            return; // a fork child: the parent's locks are not ours to release
+        }
+        for i in 0..self.arena.len() as u32 {
+            if !matches!(self.arena.goals[i as usize].phase, Phase::Done) {
+                self.finish_one(i, Outcome::Cancelled, false, false);
+            }
+        }
+        for (_, set) in self.legacy.drain(..) {
+            let _ = set.release();
+        }
+        self.events.clear();
+    }
+
+    // ---- helpers shared by the other modules ----
+
+    pub(super) fn id(&self, i: u32) -> GoalId {
+        GoalId::new(self.serial, i)
+    }
+
+    /// The arena index of `goal`, or [`Error::StaleHandle`] for an id of
+    /// another worker, a forged one, or one out of range.
+    pub(super) fn index(&self, goal: GoalId) -> Result<u32> {
+        if goal.raw() == 0 {
+            return Err(Error::StaleHandle("goal id 0 is never valid".into()));
+        }
+        if goal.worker() != self.serial {
+            return Err(Error::StaleHandle(format!(
+                "goal id {:#x} does not belong to this worker (worker {})",
+                goal.raw(),
+                self.serial
+            )));
+        }
+        if goal.index() as usize >= self.arena.len() {
+            return Err(Error::StaleHandle(format!(
+                "goal id {:#x} was never issued by this worker",
+                goal.raw()
+            )));
+        }
+        Ok(goal.index())
+    }
+
+    pub(super) fn describe_outputs(&self, i: u32) -> String {
+        let outs = self.arena.outputs(i);
+        match outs.len() {
+            0 => "no outputs".into(),
+            1 => outs[0].to_string(),
+            n => format!("{} and {} more", outs[0], n - 1),
+        }
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        if self.fork_gen != crate::lock::process_generation() {
+            return Err(Error::WrongProcess("worker"));
+        }
+        self.ledger.begin();
+        Ok(())
+    }
+
+    fn end<T>(&mut self, r: Result<T>) -> Result<T> {
+        let checked = self.check_ledger();
+        match (r, checked) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(e),
+            (Ok(v), Ok(())) => Ok(v),
+        }
+    }
+
+    fn end_event(&mut self, r: Result<Event>) -> Result<Event> {
+        if let Ok(ev) = &r {
+            if let Some(i) = ev.goal_index() {
+                self.ledger.touch(i);
+            }
+        }
+        match (r, self.check_ledger()) {
+            (r, Ok(())) => r,
+            (Ok(ev), Err(e)) => {
+                if ev.goal_index().is_some() {
+                    self.events.push_front(ev); // not lost: the next call returns it
+                }
+                Err(e)
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+/// A state's name for messages.
+pub(crate) fn state_name(s: GoalState) -> &'static str {
+    match s {
+        GoalState::WaitingDeps => "waiting for dependencies",
+        GoalState::Ready => "ready",
+        GoalState::WaitingSlot => "waiting for a build slot",
+        GoalState::WaitingLock => "waiting for a lock",
+        GoalState::Running => "running",
+        GoalState::Finished => "finished",
+    }
+}

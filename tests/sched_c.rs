@@ -1,0 +1,35 @@
+//! The worker's C ABI, driven by a real C program (tests/c/worker_test.c)
+//! compiled against the built library and header.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{compile, root, run_bounded, TempStore};
+
+#[test]
+fn c_program_drives_a_worker_through_the_c_abi() {
+    let exe = compile(
+        "worker_test",
+        &[root().join("tests/c/worker_test.c")],
+        false,
+        &[],
+    );
+    let store = TempStore::new();
+    let out = run_bounded(Command::new(&exe).arg(store.dir()), Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "worker_test failed: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: u32 = stdout
+        .trim()
+        .strip_prefix("ok ")
+        .and_then(|s| s.strip_suffix(" checks"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output {stdout:?}"));
+    assert!(n > 80, "only {n} checks ran");
+}
