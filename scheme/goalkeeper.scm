@@ -19,7 +19,8 @@
 
 (eval-when (expand load eval)
   (define %public-modules
-    '((goalkeeper locks)))
+    '((goalkeeper locks)
+      (goalkeeper scheduler)))
 
   (for-each (let ((interface (module-public-interface (current-module))))
               (lambda (name)

@@ -22,6 +22,7 @@ use std::time::Duration;
 const MODULES: &[&str] = &[
     "scheme/goalkeeper/ffi.scm",
     "scheme/goalkeeper/locks.scm",
+    "scheme/goalkeeper/scheduler.scm",
     "scheme/goalkeeper.scm",
     "tests/scheme/support/gk-test.scm",
 ];
@@ -189,6 +190,9 @@ fn run_suite(name: &str, min_pass: u64, limit: Duration) -> Counts {
         )
     });
     // Bypass the test harness's capture so the counts show in `make check`.
+    for note in stdout.lines().filter(|l| l.starts_with("NOTE ")) {
+        let _ = writeln!(std::io::stderr(), "scheme suite {name}: {}", &note[5..]);
+    }
     let _ = writeln!(
         std::io::stderr(),
         "scheme suite {name}: {} passed, {} failed, {} unexpected passes, {} expected failures, {} skipped ({:.2} s)",
@@ -210,6 +214,24 @@ fn run_suite(name: &str, min_pass: u64, limit: Duration) -> Counts {
 #[test]
 fn scheme_locks() {
     run_suite("locks", 60, Duration::from_secs(120));
+}
+
+#[test]
+fn scheme_scheduler() {
+    run_suite("scheduler", 50, Duration::from_secs(120));
+}
+
+/// Guix bug #31785: three Guile processes with their own workers, overlapping
+/// DAGs, max-jobs 1, staggered starts. The suite bounds itself at 60 s; this
+/// limit only turns a hang into a failure.
+#[test]
+fn scheme_regression_31785() {
+    let counts = run_suite("regression-31785", 25, Duration::from_secs(90));
+    assert!(
+        counts.seconds < 60.0,
+        "the #31785 suite took {:.1} s",
+        counts.seconds
+    );
 }
 
 #[test]

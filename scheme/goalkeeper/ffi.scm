@@ -27,6 +27,7 @@
             goalkeeper-error-status
             goalkeeper-error-message
             raise-goalkeeper-error
+            exception->string
 
             define-goalkeeper-procedure
             status->symbol
@@ -54,7 +55,23 @@
             %gk-lockset-paths
             %gk-path-is-locked-by-me
             %gk-held-paths
-            %gk-held-count))
+            %gk-held-count
+
+            %gk-worker-new
+            %gk-worker-free
+            %gk-worker-set-valid-path
+            %gk-worker-set-cached-failure
+            %gk-worker-add-goal-packed
+            %gk-worker-add-dependency
+            %gk-worker-next-event
+            %gk-worker-report
+            %gk-worker-cancel
+            %gk-worker-goal-result
+            %gk-worker-goal-outputs
+            %gk-worker-audit
+            %gk-worker-fd
+            %gk-worker-take-log
+            %gk-outcome-name))
 
 ;;; Commentary:
 ;;;
@@ -355,17 +372,18 @@ unless it is GK_OK."
         (format #f "unknown lock backend ~s; expected 'ofd or 'flock" backend)
         origin))))
 
-(define (pack-paths paths origin)
-  "Return a bytevector holding PATHS, a non-empty list of strings, each
-encoded in UTF-8 and terminated by NUL: the packed form taken by
-gk_lockset_acquire_packed.  Raise a &goalkeeper-error naming ORIGIN for
+(define* (pack-paths paths origin #:key (allow-empty? #f))
+  "Return a bytevector holding PATHS, a non-empty list of strings (or an
+empty one if ALLOW-EMPTY?), each encoded in UTF-8 and terminated by NUL:
+the packed form taken by gk_lockset_acquire_packed and
+gk_worker_add_goal_packed.  Raise a &goalkeeper-error naming ORIGIN for
 anything else, and for a string containing NUL, which the packed form
 cannot carry."
   (define (bad status fmt . args)
     (raise-goalkeeper-error status (apply format #f fmt args) origin))
-  (unless (and (list? paths) (pair? paths))
-    (bad 'invalid-argument "expected a non-empty list of store paths, \
-got ~s" paths))
+  (unless (and (list? paths) (or allow-empty? (pair? paths)))
+    (bad 'invalid-argument "expected a ~alist of store paths, got ~s"
+         (if allow-empty? "" "non-empty ") paths))
   (for-each (lambda (path)
               (unless (string? path)
                 (bad 'invalid-argument "store path ~s is not a string" path))
@@ -440,5 +458,43 @@ convention: first probe the size, then fetch, retrying if the list grew."
   "gk_held_paths" int32 ('* size_t '*))
 (define-goalkeeper-procedure (%gk-held-count out)
   "gk_held_count" int32 ('*))
+
+;;;
+;;; Workers.
+;;;
+
+(define-goalkeeper-procedure (%gk-worker-new options out)
+  "gk_worker_new" int32 ('* '*))
+(define-goalkeeper-procedure (%gk-worker-free worker)
+  "gk_worker_free" int32 (uint64))
+(define-goalkeeper-procedure (%gk-worker-set-valid-path worker predicate data)
+  "gk_worker_set_valid_path" int32 (uint64 '* '*))
+(define-goalkeeper-procedure (%gk-worker-set-cached-failure worker predicate
+                                                            data)
+  "gk_worker_set_cached_failure" int32 (uint64 '* '*))
+(define-goalkeeper-procedure (%gk-worker-add-goal-packed worker kind outputs
+                                                         len mode out)
+  "gk_worker_add_goal_packed" int32 (uint64 uint32 '* size_t uint32 '*))
+(define-goalkeeper-procedure (%gk-worker-add-dependency worker goal dependency)
+  "gk_worker_add_dependency" int32 (uint64 uint64 uint64))
+(define-goalkeeper-procedure (%gk-worker-next-event worker out)
+  "gk_worker_next_event" int32 (uint64 '*))
+(define-goalkeeper-procedure (%gk-worker-report worker goal outcome)
+  "gk_worker_report" int32 (uint64 uint64 uint32))
+(define-goalkeeper-procedure (%gk-worker-cancel worker goal)
+  "gk_worker_cancel" int32 (uint64 uint64))
+(define-goalkeeper-procedure (%gk-worker-goal-result worker goal out)
+  "gk_worker_goal_result" int32 (uint64 uint64 '*))
+(define-goalkeeper-procedure (%gk-worker-goal-outputs worker goal buf cap
+                                                      len-out)
+  "gk_worker_goal_outputs" int32 (uint64 uint64 '* size_t '*))
+(define-goalkeeper-procedure (%gk-worker-audit worker out)
+  "gk_worker_audit" int32 (uint64 '*))
+(define-goalkeeper-procedure (%gk-worker-fd worker out)
+  "gk_worker_fd" int32 (uint64 '*))
+(define-goalkeeper-procedure (%gk-worker-take-log worker buf cap len-out)
+  "gk_worker_take_log" int32 (uint64 '* size_t '*))
+(define-goalkeeper-procedure (%gk-outcome-name outcome)
+  "gk_outcome_name" '* (uint32))
 
 ;;; ffi.scm ends here

@@ -32,6 +32,9 @@
             child-read-command
             child-reply
 
+            fork-builder
+            write-output
+
             read-with-timeout
             delete-file-recursively))
 
@@ -197,5 +200,28 @@ pipe closes when it exits, so the wait is on that pipe, not a sleep."
        (waitpid (child-pid child))
        'killed)
       (_ (loop)))))                               ;a late reply: skip it
+
+;;;
+;;; Builders.
+;;;
+
+(define (fork-builder thunk)
+  "Start a builder: a child process that calls THUNK and exits with status
+0 if it returns true, 1 if it returns #f or raises.  Return its PID, as a
+'run-worker' procedure does."
+  (let ((pid (primitive-fork)))
+    (if (zero? pid)
+        (primitive-_exit
+         (with-exception-handler (const 1)
+           (lambda () (if (thunk) 0 1))
+           #:unwind? #t))
+        pid)))
+
+(define (write-output file content)
+  "Write CONTENT (displayed) to FILE, as a builder writes an output; return
+#t."
+  (call-with-output-file file
+    (lambda (port) (display content port)))
+  #t)
 
 ;;; gk-test.scm ends here

@@ -1,0 +1,616 @@
+;;; goalkeeper --- store path locks and a goal scheduler
+;;; Copyright © 2025 The goalkeeper authors
+;;;
+;;; This file is part of goalkeeper.
+;;;
+;;; goalkeeper is free software; you can redistribute it and/or modify it
+;;; under the terms of the GNU General Public License as published by
+;;; the Free Software Foundation; either version 3 of the License, or (at
+;;; your option) any later version.
+
+(define-module (goalkeeper scheduler)
+  #:use-module (goalkeeper ffi)
+  #:use-module (system foreign)
+  #:use-module (rnrs bytevectors)
+  #:use-module (ice-9 binary-ports)
+  #:use-module (ice-9 match)
+  #:use-module (srfi srfi-1)
+  #:use-module (srfi srfi-9)
+  #:use-module (srfi srfi-9 gnu)
+  #:use-module (srfi srfi-11)
+  #:export (make-worker
+            worker?
+            worker-closed?
+            worker-close!
+            call-with-worker
+            worker-add-goal!
+            worker-add-dependency!
+            worker-next-event
+            worker-report!
+            worker-cancel!
+            worker-audit
+            worker-log
+            worker-fd
+            worker-goals
+
+            goal?
+            goal-worker
+            goal-kind
+            goal-outputs
+            goal-state
+            goal-outcome
+            goal-finished?
+
+            run-worker))
+
+;;; Commentary:
+;;;
+;;; The goal scheduler of one client request, as in the build daemon: a
+;;; worker holds goals (build: locks its outputs; substitute: locks one
+;;; path; plain: no lock) with their dependencies, and the host pulls
+;;; events from it.  'worker-next-event' returns one of
+;;;
+;;;   (run GOAL)                its inputs are done, a slot is taken and its
+;;;                             output locks are held: run it, then call
+;;;                             'worker-report!';
+;;;   (finished GOAL OUTCOME)   GOAL ended without running (already valid,
+;;;                             dependency failed, cached failure, cancelled);
+;;;   (wait FD TIMEOUT)         nothing to do now: wait until FD is readable
+;;;                             (a lock another process held may be free) or
+;;;                             a builder exits, for at most TIMEOUT seconds
+;;;                             (#f: no limit);
+;;;   (done)                    every goal has finished.
+;;;
+;;; A goal's locks are released when it finishes, whichever way, before any
+;;; waiter is woken (Guix bug #31785).  'run-worker' drives that loop with a
+;;; Scheme procedure per goal, which may start child processes.
+;;;
+;;; Code:
+
+
+;;;
+;;; Enumerations.
+;;;
+
+(define %kinds #(build substitute plain))
+(define %modes #(normal repair check))
+(define %states
+  #(waiting-deps ready waiting-slot waiting-lock running finished))
+(define %outcomes
+  #(none built substituted already-valid failed timed-out cached-failure
+    dependency-failed cancelled))
+
+(define (symbol->index table symbol what origin)
+  (or (vector-index (lambda (s) (eq? s symbol)) table)
+      (raise-goalkeeper-error
+       'invalid-argument
+       (format #f "unknown ~a ~s; expected one of ~s"
+               what symbol (vector->list table))
+       origin)))
+
+(define (vector-index pred vector)
+  (let loop ((i 0))
+    (cond ((= i (vector-length vector)) #f)
+          ((pred (vector-ref vector i)) i)
+          (else (loop (+ i 1))))))
+
+(define (index->symbol table index name-of)
+  (if (< index (vector-length table))
+      (vector-ref table index)
+      (string->symbol (name-of index))))
+
+(define (outcome->symbol outcome)
+  (index->symbol %outcomes outcome
+                 (lambda (n) (pointer->string (%gk-outcome-name n) -1 "UTF-8"))))
+
+(define (state->symbol state)
+  (index->symbol %states state
+                 (lambda (n) (format #f "unknown-state-~a" n))))
+
+
+;;;
+;;; Workers and goals.
+;;;
+
+(define-record-type <worker>
+  (%make-worker handle goals fd event-buffer predicates)
+  worker?
+  (handle       worker-handle set-worker-handle!) ;integer; 0 once closed
+  (goals        worker-goal-table)                ;id -> <goal>
+  (fd           %worker-fd)                       ;integer
+  (event-buffer worker-event-buffer)              ;bytevector, reused
+  (predicates   worker-predicates))               ;callbacks kept alive
+
+(set-record-type-printer! <worker>
+  (lambda (worker port)
+    (format port "#<worker ~a ~a goals>"
+            (if (worker-closed? worker) "closed" "open")
+            (hash-count (const #t) (worker-goal-table worker)))))
+
+(define-record-type <goal>
+  (make-goal worker id kind outputs)
+  goal?
+  (worker  goal-worker)
+  (id      goal-id)
+  (kind    goal-kind)
+  (outputs goal-outputs))
+
+(set-record-type-printer! <goal>
+  (lambda (goal port)
+    (format port "#<goal ~a ~a ~a>" (goal-id goal) (goal-kind goal)
+            (string-join (goal-outputs goal)))))
+
+(define (worker-closed? worker)
+  "Return #t if WORKER has been closed with 'worker-close!'."
+  (zero? (worker-handle worker)))
+
+(define (live-worker worker origin)
+  (unless (worker? worker)
+    (raise-goalkeeper-error 'invalid-argument
+                            (format #f "~s is not a worker" worker) origin))
+  (let ((handle (worker-handle worker)))
+    (when (zero? handle)
+      (raise-goalkeeper-error 'stale-handle "the worker was closed" origin))
+    handle))
+
+(define (worker-goal worker goal origin)
+  "Return the id of GOAL, checking that it belongs to WORKER."
+  (unless (and (goal? goal) (eq? (goal-worker goal) worker))
+    (raise-goalkeeper-error 'invalid-argument
+                            (format #f "~s is not a goal of ~s" goal worker)
+                            origin))
+  (goal-id goal))
+
+(define %worker-guardian
+  ;; Reports workers that become garbage while open, as for lock sets.
+  (make-guardian))
+
+(define (report-collected-workers)
+  (let loop ()
+    (match (%worker-guardian)
+      (#f #t)
+      (worker
+       (unless (worker-closed? worker)
+         (format (current-error-port)
+                 "goalkeeper: warning: a worker became garbage while open; \
+the locks of its running goals are NOT released by the garbage collector \
+and stay held until the process exits; close workers with 'worker-close!' \
+or 'call-with-worker'~%"))
+       (loop)))))
+
+(add-hook! after-gc-hook report-collected-workers)
+
+(define (predicate->pointer proc name)
+  "Wrap PROC, a procedure of a store path, as a gk_path_predicate.  An
+exception raised by PROC is reported and taken as \"no\" (the library logs
+it too): it must not unwind through the library's C frames."
+  (procedure->pointer
+   int32
+   (lambda (data path)
+     (or (with-continuation-barrier
+          (lambda ()
+            (with-exception-handler
+                (lambda (e)
+                  (false-if-exception
+                   (format (current-error-port)
+                           "goalkeeper: warning: the ~a predicate raised an \
+exception, taken as #f: ~a~%" name (exception->string e)))
+                  -1)
+              (lambda ()
+                (if (proc (pointer->string path -1 "UTF-8")) 1 0))
+              #:unwind? #t)))
+         -1))
+   '(* *)))
+
+(define %uint32-max (- (expt 2 32) 1))
+
+(define* (make-worker #:key (max-jobs 1) (keep-going? #f)
+                      (valid-path? #f) (cached-failure? #f)
+                      (backend 'ofd) (recheck-interval #f)
+                      (legacy-hold? #f))
+  "Return a new worker, the scheduler of one client request.
+
+MAX-JOBS is the number of build slots shared by build and substitute goals.
+When KEEP-GOING? is true, a failure does not cancel independent goals.
+VALID-PATH?, a procedure of a store path, says whether an output is valid
+(the default: it exists); CACHED-FAILURE?, whether an output failed before
+(the default: never).  They are called only from within the worker's own
+procedures, on the calling thread, and must return normally.  BACKEND is
+'ofd or 'flock, as for 'lock-paths'.  RECHECK-INTERVAL is how often, in
+seconds, a goal waiting on another process's lock re-checks whether its
+outputs became valid (#f: the library's default, 1 s).  LEGACY-HOLD? is for
+demonstrating Guix bug #31785 in tests only: finished goals then keep their
+locks, as in the C++ daemon, and the worker reports the violation.
+
+Close the worker with 'worker-close!' (or use 'call-with-worker'): that
+cancels its unfinished goals and releases their locks."
+  (define (check ok? fmt . args)
+    (unless ok?
+      (raise-goalkeeper-error 'invalid-argument (apply format #f fmt args)
+                              'make-worker)))
+  (check (and (exact-integer? max-jobs) (<= 0 max-jobs %uint32-max))
+         "max-jobs ~s is not a non-negative integer" max-jobs)
+  (check (or (not recheck-interval)
+             (and (real? recheck-interval) (> recheck-interval 0)))
+         "recheck-interval ~s is not a positive number of seconds"
+         recheck-interval)
+  (check (or (not valid-path?) (procedure? valid-path?))
+         "valid-path? ~s is not a procedure" valid-path?)
+  (check (or (not cached-failure?) (procedure? cached-failure?))
+         "cached-failure? ~s is not a procedure" cached-failure?)
+  (let* ((options (make-c-struct
+                   (list uint32 uint8 uint32 uint32 uint8)
+                   (list max-jobs (if keep-going? 1 0)
+                         (backend->c backend 'make-worker)
+                         (if recheck-interval
+                             (min %uint32-max
+                                  (max 1 (inexact->exact
+                                          (round (* 1000 recheck-interval)))))
+                             0)
+                         (if legacy-hold? 1 0))))
+         (out     (make-bytevector 8 0)))
+    (check-status (%gk-worker-new options (bytevector->pointer out))
+                  'make-worker)
+    (let ((handle (bytevector-u64-native-ref out 0))
+          (fd     (make-bytevector 4 0))
+          (valid  (and valid-path?
+                       (predicate->pointer valid-path? "valid-path?")))
+          (failed (and cached-failure?
+                       (predicate->pointer cached-failure? "cached-failure?"))))
+      (define (check-or-free status)
+        (unless (= status %gk-ok)
+          (let ((message (last-error-message)))
+            (%gk-worker-free handle)
+            (raise-goalkeeper-error (status->symbol status) message
+                                    'make-worker))))
+      (check-or-free (%gk-worker-fd handle (bytevector->pointer fd)))
+      (when valid
+        (check-or-free (%gk-worker-set-valid-path handle valid %null-pointer)))
+      (when failed
+        (check-or-free (%gk-worker-set-cached-failure handle failed
+                                                      %null-pointer)))
+      (let ((worker (%make-worker handle (make-hash-table)
+                                  (bytevector-s32-native-ref fd 0)
+                                  (make-bytevector %event-size 0)
+                                  (list valid failed))))
+        (%worker-guardian worker)
+        worker))))
+
+(define %event-struct
+  ;; gk_event: kind, goal, goal_kind, outcome, fd, timeout_ms.
+  (list uint32 uint64 uint32 uint32 int32 int64))
+
+(define %event-size
+  (sizeof %event-struct))
+
+(define (worker-fd worker)
+  "Return WORKER's file descriptor, an integer: it becomes readable when a
+goal waiting on another process's lock may proceed.  'run-worker' waits on
+it; a host running its own loop passes it to 'select' on a (wait …) event."
+  (live-worker worker 'worker-fd)
+  (%worker-fd worker))
+
+(define (worker-close! worker)
+  "Close WORKER: cancel every goal that has not finished and release every
+lock and slot it holds.  Closing a closed worker does nothing."
+  (unless (worker? worker)
+    (raise-goalkeeper-error 'invalid-argument
+                            (format #f "~s is not a worker" worker)
+                            'worker-close!))
+  (let ((handle (worker-handle worker)))
+    (unless (zero? handle)
+      (set-worker-handle! worker 0)
+      (let ((status (%gk-worker-free handle)))
+        (unless (or (= status %gk-ok) (= status %gk-wrong-process))
+          (status-error status 'worker-close!))))))
+
+(define (call-with-worker proc . options)
+  "Call PROC with a new worker made with OPTIONS, the keyword arguments of
+'make-worker', and close it however PROC exits; return PROC's values."
+  (let ((worker (apply make-worker options)))
+    (dynamic-wind
+      (const #t)
+      (lambda () (proc worker))
+      (lambda () (worker-close! worker)))))
+
+(define* (worker-add-goal! worker outputs
+                           #:key (kind 'build) (mode 'normal)
+                           (dependencies '()))
+  "Add to WORKER a goal producing OUTPUTS, a list of absolute store paths,
+and return it.  KIND is 'build (at least one output; it locks them all),
+'substitute (exactly one output) or 'plain (any number, no locks).  MODE is
+'normal, 'repair or 'check (rebuild even if valid).  The goal waits for
+every goal in DEPENDENCIES.
+
+The same output set again returns the same goal; a partial overlap with
+another goal's outputs raises a &goalkeeper-error ('invalid-argument)."
+  (let* ((handle (live-worker worker 'worker-add-goal!))
+         (kind*  (symbol->index %kinds kind "goal kind" 'worker-add-goal!))
+         (mode*  (symbol->index %modes mode "build mode" 'worker-add-goal!))
+         (packed (pack-paths outputs 'worker-add-goal! #:allow-empty? #t))
+         (out    (make-bytevector 8 0)))
+    (unless (list? dependencies)
+      (raise-goalkeeper-error 'invalid-argument
+                              (format #f "dependencies ~s is not a list"
+                                      dependencies)
+                              'worker-add-goal!))
+    (for-each (lambda (dependency)
+                (worker-goal worker dependency 'worker-add-goal!))
+              dependencies)
+    (check-status (%gk-worker-add-goal-packed
+                   handle kind*
+                   (if (zero? (bytevector-length packed))
+                       %null-pointer
+                       (bytevector->pointer packed))
+                   (bytevector-length packed) mode*
+                   (bytevector->pointer out))
+                  'worker-add-goal!)
+    (let* ((id    (bytevector-u64-native-ref out 0))
+           (table (worker-goal-table worker))
+           (goal  (or (hashv-ref table id)
+                      (let ((goal (make-goal worker id kind outputs)))
+                        (hashv-set! table id goal)
+                        goal))))
+      (for-each (lambda (dependency)
+                  (worker-add-dependency! worker goal dependency))
+                dependencies)
+      goal)))
+
+(define (worker-add-dependency! worker goal dependency)
+  "Make GOAL, which must not have started, wait for DEPENDENCY; both are
+goals of WORKER."
+  (check-status (%gk-worker-add-dependency
+                 (live-worker worker 'worker-add-dependency!)
+                 (worker-goal worker goal 'worker-add-dependency!)
+                 (worker-goal worker dependency 'worker-add-dependency!))
+                'worker-add-dependency!))
+
+(define (worker-goals worker)
+  "Return the goals of WORKER, in the order they were added."
+  (sort (hash-map->list (lambda (id goal) goal) (worker-goal-table worker))
+        (lambda (a b) (< (goal-id a) (goal-id b)))))
+
+(define (lookup-goal worker id)
+  (or (hashv-ref (worker-goal-table worker) id)
+      (raise-goalkeeper-error 'invariant-violation
+                              (format #f "the worker returned unknown goal ~a"
+                                      id)
+                              'worker-next-event)))
+
+(define (worker-next-event worker)
+  "Return the next event of WORKER, without blocking: (run GOAL),
+(finished GOAL OUTCOME), (wait FD TIMEOUT) or (done); see the commentary of
+this module.  OUTCOME is a symbol such as 'already-valid or
+'dependency-failed; TIMEOUT is a number of seconds or #f.
+
+Raise a &goalkeeper-error with status 'scheduler-deadlock if goals remain
+but none can progress (the message names them)."
+  (let* ((handle (live-worker worker 'worker-next-event))
+         (buffer (worker-event-buffer worker))
+         (status (%gk-worker-next-event handle (bytevector->pointer buffer))))
+    (unless (= status %gk-ok)
+      (status-error status 'worker-next-event))
+    (match (parse-c-struct (bytevector->pointer buffer) %event-struct)
+      ((1 goal _ _ _ _)
+       (list 'run (lookup-goal worker goal)))
+      ((2 goal _ outcome _ _)
+       (list 'finished (lookup-goal worker goal) (outcome->symbol outcome)))
+      ((3 _ _ _ fd timeout-ms)
+       (list 'wait fd (and (>= timeout-ms 0) (/ timeout-ms 1000.))))
+      ((4 _ ...)
+       '(done))
+      ((kind _ ...)
+       (raise-goalkeeper-error 'invalid-state
+                               (format #f "unknown event kind ~a" kind)
+                               'worker-next-event)))))
+
+(define (worker-report! worker goal outcome)
+  "Report how GOAL, which WORKER said to run, ended: OUTCOME is 'built,
+'substituted, 'failed or 'timed-out.  A success is checked with the
+validity predicate (an output that is not valid makes it 'failed).  GOAL's
+locks and slot are released before any goal waiting for them is woken."
+  (check-status (%gk-worker-report
+                 (live-worker worker 'worker-report!)
+                 (worker-goal worker goal 'worker-report!)
+                 (symbol->index %outcomes outcome "outcome" 'worker-report!))
+                'worker-report!))
+
+(define (worker-cancel! worker goal)
+  "Cancel GOAL of WORKER, which has not finished (a running goal: the host
+stopped it).  Goals that depend on it end 'dependency-failed.  Its locks
+and slot are released."
+  (check-status (%gk-worker-cancel (live-worker worker 'worker-cancel!)
+                                   (worker-goal worker goal 'worker-cancel!))
+                'worker-cancel!))
+
+(define (goal-result goal origin)
+  (let ((worker (goal-worker goal))
+        (out    (make-bytevector (* 4 4) 0)))
+    (check-status (%gk-worker-goal-result (live-worker worker origin)
+                                          (goal-id goal)
+                                          (bytevector->pointer out))
+                  origin)
+    (map (lambda (i) (bytevector-u32-native-ref out (* 4 i))) (iota 4))))
+
+(define (goal-state goal)
+  "Return the state of GOAL: 'waiting-deps, 'ready, 'waiting-slot,
+'waiting-lock, 'running or 'finished."
+  (match (goal-result goal 'goal-state)
+    ((state _ _ _) (state->symbol state))))
+
+(define (goal-outcome goal)
+  "Return how GOAL ended, a symbol such as 'built or 'dependency-failed, or
+#f if it has not finished."
+  (match (goal-result goal 'goal-outcome)
+    ((_ 0 _ _) #f)
+    ((_ outcome _ _) (outcome->symbol outcome))))
+
+(define (goal-finished? goal)
+  "Return #t if GOAL has finished."
+  (eq? 'finished (goal-state goal)))
+
+(define %audit-fields
+  '(goals waiting-deps ready waiting-slot waiting-lock running finished
+    succeeded failed locks-held locks-held-by-finished slots-used max-jobs
+    foreign-waits handoffs validity-rechecks checks violations))
+
+(define (worker-audit worker)
+  "Return WORKER's counts as an association list: goals by state
+('waiting-deps, 'ready, 'waiting-slot, 'waiting-lock, 'running, 'finished),
+'succeeded, 'failed, 'locks-held, 'locks-held-by-finished (always 0: a
+finished goal holds no lock), 'slots-used, 'max-jobs, 'foreign-waits,
+'handoffs, 'validity-rechecks, 'checks and 'violations."
+  (let ((out (make-bytevector (* 8 (length %audit-fields)) 0)))
+    (check-status (%gk-worker-audit (live-worker worker 'worker-audit)
+                                    (bytevector->pointer out))
+                  'worker-audit)
+    (map (lambda (field i)
+           (cons field (bytevector-u64-native-ref out (* 8 i))))
+         %audit-fields
+         (iota (length %audit-fields)))))
+
+(define (worker-log worker)
+  "Return and clear WORKER's diagnostics, a list of strings such as
+\"goal 3 waits for /gnu/store/…-foo.lock held by pid 123\"."
+  (let ((handle (live-worker worker 'worker-log)))
+    (read-list (lambda (buf cap len-out)
+                 (%gk-worker-take-log handle buf cap len-out))
+               'worker-log)))
+
+
+;;;
+;;; Driving the pull loop.
+;;;
+
+(define (outcome-of-status status)
+  (if (and (status:exit-val status) (zero? (status:exit-val status)))
+      'built
+      'failed))
+
+(define* (run-worker worker proc #:key (on-finished (const #t)))
+  "Drive WORKER until every goal has finished, and return the list of
+(GOAL . OUTCOME) pairs in the order the goals finished.
+
+PROC is called as (PROC GOAL) for each goal WORKER says to run, with the
+goal's output locks held and a build slot taken.  It returns either an
+outcome ('built, 'substituted, 'failed or 'timed-out), reported at once, or
+the PID of a child process it started: the goal is then reported 'built
+when that process exits with status 0 and 'failed otherwise.  Several goals
+run at once up to the worker's max-jobs.  ON-FINISHED is called as
+(ON-FINISHED GOAL OUTCOME) when a goal finishes, whichever way.
+
+While waiting, 'run-worker' blocks in 'select' on the worker's file
+descriptor and on a pipe written by its SIGCHLD handler (installed for the
+duration of the call), so it never polls.  If PROC or ON-FINISHED raises,
+or control leaves 'run-worker' otherwise, the child processes still running
+are killed and reaped and their goals cancelled, releasing their locks."
+  (define running '())                            ;list of (PID . GOAL)
+  (define results '())
+  (define wake-pending? #f)
+  (define wake (pipe))
+
+  (define (finished! goal outcome)
+    (set! results (cons (cons goal outcome) results))
+    (on-finished goal outcome))
+
+  (define (report! goal outcome)
+    (worker-report! worker goal outcome)
+    (finished! goal (goal-outcome goal)))
+
+  (define (reap!)
+    ;; Report every tracked child that has exited.
+    (set! running
+      (filter (match-lambda
+                ((pid . goal)
+                 (match (waitpid pid WNOHANG)
+                   ((0 . _) #t)
+                   ((_ . status)
+                    (report! goal (outcome-of-status status))
+                    #f))))
+              running)))
+
+  (define (drain-wake-pipe!)
+    (set! wake-pending? #f)
+    (when (char-ready? (car wake))
+      (get-bytevector-some (car wake))))
+
+  (define (wait! fd timeout)
+    (let-values (((seconds micro)
+                  (if timeout
+                      (let ((s (inexact->exact (floor timeout))))
+                        (values s (inexact->exact
+                                   (round (* 1e6 (- timeout s))))))
+                      (values #f #f))))
+      (catch 'system-error
+        (lambda ()
+          (match (if seconds
+                     (select (list fd (car wake)) '() '() seconds micro)
+                     (select (list fd (car wake)) '() '()))
+            (((ready ...) _ _)
+             (when (memq (car wake) ready)
+               (drain-wake-pipe!)))))
+        (lambda args
+          (unless (= EINTR (system-error-errno args))
+            (apply throw args))))))
+
+  (define (on-sigchld signal)
+    (unless wake-pending?
+      (set! wake-pending? #t)
+      (put-u8 (cdr wake) 1)
+      (force-output (cdr wake))))
+
+  (define (abandon!)
+    ;; Control is leaving abnormally: stop what is still running.
+    (for-each (match-lambda
+                ((pid . goal)
+                 (false-if-exception (kill pid SIGKILL))
+                 (false-if-exception (waitpid pid))
+                 (unless (worker-closed? worker)
+                   (false-if-exception (worker-cancel! worker goal)))))
+              running)
+    (set! running '()))
+
+  (live-worker worker 'run-worker)
+  (let ((previous #f)
+        (completed? #f))
+    (dynamic-wind
+      (lambda ()
+        (set! previous (sigaction SIGCHLD))
+        (sigaction SIGCHLD on-sigchld))
+      (lambda ()
+        (let loop ()
+          (reap!)
+          (match (worker-next-event worker)
+            (('run goal)
+             (match (proc goal)
+               ((? exact-integer? pid)
+                (set! running (cons (cons pid goal) running)))
+               ((? symbol? outcome)
+                (report! goal outcome))
+               (other
+                (worker-report! worker goal 'failed)
+                (raise-goalkeeper-error
+                 'invalid-argument
+                 (format #f "the procedure run for ~s returned ~s, which is \
+neither an outcome nor a process id" goal other)
+                 'run-worker)))
+             (loop))
+            (('finished goal outcome)
+             (finished! goal outcome)
+             (loop))
+            (('wait fd timeout)
+             (wait! fd timeout)
+             (loop))
+            (('done)
+             (set! completed? #t)
+             (reverse results)))))
+      (lambda ()
+        (unless completed?
+          (abandon!))
+        (match previous
+          ((handler . flags) (sigaction SIGCHLD handler flags))
+          (_ #t))
+        (close-port (car wake))
+        (close-port (cdr wake))))))
+
+;;; scheduler.scm ends here
