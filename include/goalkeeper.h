@@ -110,7 +110,8 @@ typedef enum {
    */
   GK_ERROR_STALE_LOCK_FILE = 26,
   /**
-   * The store directory is writable by others without the sticky bit.
+   * The store directory is writable by other users (its group or everyone)
+   * without the sticky bit; `/gnu/store` (1775) and `/tmp` (1777) are fine.
    */
   GK_ERROR_INSECURE_STORE = 27,
   /**

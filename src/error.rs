@@ -86,9 +86,9 @@ pub enum Error {
         /// How many times it was re-opened.
         attempts: u32,
     },
-    /// The store directory is writable by other users without the sticky bit,
-    /// so any of them could replace lock files.
-    #[error("store directory {} has mode {mode:04o}: writable by others without the sticky bit; refusing to lock there", dir.display())]
+    /// The store directory is writable by other users (its group or
+    /// everyone) without the sticky bit, so any of them could replace lock files.
+    #[error("store directory {} has mode {mode:04o}: writable by other users (group or others) without the sticky bit; refusing to lock there", dir.display())]
     InsecureStore {
         /// The store directory.
         dir: PathBuf,

@@ -49,7 +49,8 @@ pub enum gk_status {
     GK_ERROR_DEADLOCK = 25,
     /// The lock file kept being deleted under us; the bounded retry gave up.
     GK_ERROR_STALE_LOCK_FILE = 26,
-    /// The store directory is writable by others without the sticky bit.
+    /// The store directory is writable by other users (its group or everyone)
+    /// without the sticky bit; `/gnu/store` (1775) and `/tmp` (1777) are fine.
     GK_ERROR_INSECURE_STORE = 27,
     /// A ledger invariant does not hold (a lock without a live owner, a
     /// finished goal holding a lock, …). The message names goal and path.

@@ -1,7 +1,11 @@
 //! The store directory check: refuse to lock in a directory that other users
 //! may write to without the sticky bit, since any of them could then unlink
-//! or replace our lock files. `/gnu/store` is `1775 root:guixbuild` (group
-//! writable, sticky), and `/tmp` is `1777`; both are accepted.
+//! or replace our lock files (a waiter blocked on a replaced file and a
+//! newcomer locking the replacement would be two holders). Other users means
+//! the group's members as well as everyone: Guix's build users are members of
+//! `guixbuild`, the group that owns the store. `/gnu/store` is
+//! `1775 root:guixbuild` (group writable, sticky) and `/tmp` is `1777`; both
+//! are accepted, while `0775` or `0777` are refused.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -32,7 +36,7 @@ pub fn check(dir: &Path) -> Result<()> {
         });
     }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
         return Err(Error::InsecureStore {
             dir: dir.to_path_buf(),
             mode,

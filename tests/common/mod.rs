@@ -25,6 +25,10 @@ impl TempStore {
             Instant::now().elapsed().as_nanos() ^ (std::ptr::addr_of!(SEQ) as u128)
         ));
         std::fs::create_dir_all(&dir).expect("create temp store");
+        // 0700 whatever the umask: lock files are refused in a store
+        // directory that other users may write to without the sticky bit.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("chmod temp store");
         TempStore { dir }
     }
 

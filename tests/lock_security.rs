@@ -1,0 +1,210 @@
+//! Security of lock files (issue 6): `O_NOFOLLOW`, mode 0600, refusing a
+//! store directory other users may write without the sticky bit, and no
+//! lock descriptor crossing `exec`.
+
+mod common;
+mod lockkit;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::TempStore;
+use goalkeeper::ffi::gk_status;
+use goalkeeper::lock::{Backend, LockSet, WaitMode};
+use goalkeeper::Error;
+use lockkit::{bounded, REPLY};
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A symbolic link planted at `P.lock`, pointing at a file elsewhere, is
+/// refused with the Symlink error in every mode and for both backends: the
+/// target is neither opened for writing, locked, truncated, nor changed in
+/// any way, and the link stays as it was.
+#[test]
+fn planted_symlink_at_lock_file_is_refused_and_target_untouched() {
+    let s = TempStore::new();
+    let outside = TempStore::new();
+    let target = outside.dir().join("precious");
+    std::fs::write(&target, "precious contents").unwrap();
+    chmod(&target, 0o644);
+    let before = std::fs::metadata(&target).unwrap();
+    let link = s.lock_file("aaa-out");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let p = s.path("aaa-out");
+    for b in [Backend::Ofd, Backend::Flock] {
+        for mode in [
+            WaitMode::Try,
+            WaitMode::Forever,
+            WaitMode::Timeout(Duration::from_secs(30)),
+        ] {
+            let p2 = p.clone();
+            let e = bounded("acquire", REPLY, move || LockSet::acquire([p2], b, mode)).unwrap_err();
+            assert!(matches!(e, Error::Symlink { .. }), "{b:?}/{mode:?}: {e}");
+            assert_eq!(gk_status::from(&e), gk_status::GK_ERROR_SYMLINK);
+            assert!(e.to_string().contains("symbolic link"), "{e}");
+        }
+    }
+    let after = std::fs::metadata(&target).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "precious contents"
+    );
+    assert_eq!(
+        (
+            after.ino(),
+            after.len(),
+            after.mode(),
+            after.mtime(),
+            after.mtime_nsec()
+        ),
+        (
+            before.ino(),
+            before.len(),
+            before.mode(),
+            before.mtime(),
+            before.mtime_nsec()
+        ),
+        "the symlink's target was touched"
+    );
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        target,
+        "the link was replaced"
+    );
+    assert!(!lockkit::busy_for("posix", &target), "the target is locked");
+}
+
+/// A dangling symbolic link at `P.lock` is not followed either: `O_CREAT`
+/// would otherwise create the file it points to, anywhere.
+#[test]
+fn planted_dangling_symlink_creates_nothing() {
+    let s = TempStore::new();
+    let outside = TempStore::new();
+    let target = outside.dir().join("would-be-created");
+    std::os::unix::fs::symlink(&target, s.lock_file("aaa-out")).unwrap();
+    let e = LockSet::try_acquire([s.path("aaa-out")], Backend::Ofd).unwrap_err();
+    assert!(matches!(e, Error::Symlink { .. }), "{e}");
+    assert!(
+        !target.exists(),
+        "O_CREAT followed the link and created its target"
+    );
+}
+
+/// Lock files are created with mode 0600, with the usual umask, with umask
+/// 0 (which must not widen it), and with a restrictive umask. The umask is
+/// per process, so the checks run in helper processes.
+#[test]
+fn lock_files_are_created_mode_0600_whatever_the_umask() {
+    let kit = kit!();
+    let s = TempStore::new();
+    let set = LockSet::try_acquire([s.path("aaa-default")], Backend::Ofd).unwrap();
+    let mode = std::fs::metadata(s.lock_file("aaa-default"))
+        .unwrap()
+        .mode()
+        & 0o7777;
+    set.release().unwrap();
+    assert_eq!(mode, 0o600, "default umask: {mode:o}");
+    for umask in ["0", "022", "077"] {
+        let name = format!("umask-{umask}");
+        let h = kit.helper("umask", &[umask, &s.path(&name)]);
+        assert_eq!(h.expect("mode"), "600", "umask {umask}");
+    }
+}
+
+/// A store directory writable by other users without the sticky bit is
+/// refused (they could replace lock files), before any lock file is created
+/// in it: world-writable (0777, 0757) and group-writable (0775, 0770, as a
+/// build-users group could write). Sticky directories like `/gnu/store`
+/// (1775 root:guixbuild) and `/tmp` (1777), and private ones, are accepted.
+#[test]
+fn store_dir_writable_by_others_without_sticky_bit_is_refused() {
+    let base = TempStore::new();
+    for (mode, ok) in [
+        (0o777, false),
+        (0o757, false),
+        (0o775, false),
+        (0o770, false),
+        (0o1777, true),
+        (0o1775, true),
+        (0o755, true),
+        (0o700, true),
+    ] {
+        // A fresh directory for each mode: good verdicts are cached per process.
+        let dir = base.dir().join(format!("store-{mode:o}"));
+        std::fs::create_dir(&dir).unwrap();
+        chmod(&dir, mode);
+        let p = format!("{}/aaa-out", dir.display());
+        let lf = dir.join("aaa-out.lock");
+        match LockSet::try_acquire([&p], Backend::Ofd) {
+            Ok(set) => {
+                assert!(ok, "mode {mode:o} accepted");
+                set.release().unwrap();
+                assert!(lf.exists());
+            }
+            Err(e) => {
+                assert!(!ok, "mode {mode:o} refused: {e}");
+                match &e {
+                    Error::InsecureStore { dir: d, mode: m } => {
+                        assert_eq!(d, &dir);
+                        assert_eq!(*m, mode);
+                    }
+                    other => panic!("mode {mode:o}: {other}"),
+                }
+                assert_eq!(gk_status::from(&e), gk_status::GK_ERROR_INSECURE_STORE);
+                assert!(e.to_string().contains(&format!("{mode:04o}")), "{e}");
+                assert!(
+                    !lf.exists(),
+                    "mode {mode:o}: a lock file was created anyway"
+                );
+            }
+        }
+    }
+}
+
+/// No lock descriptor crosses `exec`: a child started while this process
+/// holds locks with both backends and has a thread blocked in the kernel on
+/// another lock file (its own descriptor) sees none of them in
+/// `/proc/self/fd`.
+#[test]
+fn no_lock_descriptor_leaks_across_exec() {
+    let kit = kit!();
+    let s = TempStore::new();
+    let ofd = LockSet::try_acquire([s.path("aaa-1"), s.path("bbb-2")], Backend::Ofd).unwrap();
+    let fl = LockSet::try_acquire([s.path("ccc-3")], Backend::Flock).unwrap();
+    let mut other = kit.helper("hold", &["ofd", "try", &s.path("ddd-4")]);
+    other.expect("locked");
+    let p4 = s.path("ddd-4");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(LockSet::acquire([p4], Backend::Ofd, WaitMode::Forever));
+    });
+    lockkit::wait_for_waiters(lockkit::inode_of(&s.lock_file("ddd-4")), 1);
+
+    let h = kit.helper("fdlist", &[]);
+    let fds = h.expect("fds");
+    let (n, list) = fds.split_once(' ').unwrap_or((&fds, ""));
+    let n: usize = n.parse().unwrap();
+    assert!(
+        !list.contains(".lock") && !list.contains(s.dir().to_str().unwrap()),
+        "lock descriptors crossed exec: {list}"
+    );
+    // stdin, stdout, stderr (the test's pipes); anything else would be a
+    // descriptor without O_CLOEXEC somewhere in this process.
+    let extra: Vec<&str> = list
+        .split('|')
+        .filter(|e| !e.starts_with("0=") && !e.starts_with("1=") && !e.starts_with("2="))
+        .collect();
+    assert!(n >= 3, "{fds}");
+    if !extra.is_empty() {
+        eprintln!("note: the child inherited non-lock descriptors: {extra:?}");
+    }
+    other.send("release");
+    other.expect("released");
+    let waited = rx.recv_timeout(REPLY).unwrap().unwrap();
+    waited.release().unwrap();
+    ofd.release().unwrap();
+    fl.release().unwrap();
+}
