@@ -4,7 +4,7 @@
 //! In debug builds a fault is armed for the whole process by
 //! [`arm`], or for a process tree through the environment variable
 //! `GOALKEEPER_FAULTS`, a comma-separated list of point names
-//! (`token-write-enospc`).
+//! (`token-write-enospc`, `lock-wait-edeadlk`, `open-enospc`).
 
 use std::io;
 
@@ -14,6 +14,23 @@ use std::io;
 pub enum Point {
     /// Writing the deletion token `"d"` fails with `ENOSPC`.
     TokenWrite = 1,
+    /// A blocking lock wait (`F_OFD_SETLKW`, `flock(LOCK_EX)`) fails with
+    /// `EDEADLK`. The kernel never says that for OFD or `flock` locks (it
+    /// detects deadlocks between process-owned POSIX locks only), so this is
+    /// the only way to exercise that error path.
+    LockWaitDeadlock = 2,
+    /// Opening (creating) a lock file fails with `ENOSPC`, for systems where
+    /// the tests cannot mount a small full file system.
+    OpenNoSpace = 4,
+}
+
+impl Point {
+    /// Every point with its `GOALKEEPER_FAULTS` name.
+    pub const ALL: [(Point, &'static str); 3] = [
+        (Point::TokenWrite, "token-write-enospc"),
+        (Point::LockWaitDeadlock, "lock-wait-edeadlk"),
+        (Point::OpenNoSpace, "open-enospc"),
+    ];
 }
 
 #[cfg(debug_assertions)]
@@ -29,8 +46,10 @@ mod imp {
         ENV.call_once(|| {
             if let Ok(v) = std::env::var("GOALKEEPER_FAULTS") {
                 for name in v.split(',') {
-                    if name.trim() == "token-write-enospc" {
-                        ARMED.fetch_or(Point::TokenWrite as u32, Ordering::Relaxed);
+                    for (p, n) in Point::ALL {
+                        if name.trim() == n {
+                            ARMED.fetch_or(p as u32, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -53,7 +72,8 @@ pub(crate) fn injected(p: Point) -> Option<io::Error> {
     #[cfg(debug_assertions)]
     if imp::armed(p) {
         return Some(io::Error::from_raw_os_error(match p {
-            Point::TokenWrite => libc::ENOSPC,
+            Point::TokenWrite | Point::OpenNoSpace => libc::ENOSPC,
+            Point::LockWaitDeadlock => libc::EDEADLK,
         }));
     }
     let _ = p;

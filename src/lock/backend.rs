@@ -39,6 +39,9 @@ impl Backend {
     /// Blocks until the exclusive lock is taken. May fail with `EINTR`; the
     /// caller decides whether to retry.
     pub(crate) fn lock_wait(self, fd: RawFd) -> io::Result<()> {
+        if let Some(e) = crate::fault::injected(crate::fault::Point::LockWaitDeadlock) {
+            return Err(e);
+        }
         match self {
             Backend::Ofd => ofd(fd, libc::F_OFD_SETLKW, libc::F_WRLCK),
             Backend::Flock => flock(fd, libc::LOCK_EX),

@@ -239,6 +239,9 @@ fn key_of(st: &libc::stat) -> FileKey {
 pub(crate) fn open_lock_file(path: &StorePath) -> Result<RawFd> {
     ensure_atfork();
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    if let Some(e) = crate::fault::injected(crate::fault::Point::OpenNoSpace) {
+        return Err(Error::from_io(path.lock_path(), "open", e));
+    }
     // Open under the process lock so that a concurrent fork either sees the
     // descriptor tracked or does not inherit it at all.
     STATE.with(|st| {
