@@ -1,0 +1,94 @@
+//! The lock-set half of the C ABI, driven from C (`tests/c/locks_test.c`,
+//! compiled against `include/goalkeeper.h` and linked with the built
+//! `libgoalkeeper.so`). Each test runs one section of the program in a fresh
+//! store; the program prints TAP-like lines and exits non-zero on any failed
+//! check, and its whole output is shown when a test fails.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{compile, root, run_bounded, TempStore};
+
+fn program() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        compile(
+            "locks_test",
+            &[root().join("tests/c/locks_test.c")],
+            false,
+            &["-pthread"],
+        )
+    })
+    .clone()
+}
+
+/// Runs one section; returns the number of checks it passed.
+fn section(name: &str, at_least: usize) {
+    let s = TempStore::new();
+    let out = run_bounded(
+        Command::new(program())
+            .arg(s.dir())
+            .arg(env!("CARGO_PKG_VERSION"))
+            .arg(name),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("not ok")).collect();
+    let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert!(
+        out.status.success() && failed.is_empty(),
+        "C ABI section '{name}' failed ({:?}):\n{}\n{stdout}\nstderr:\n{stderr}",
+        out.status,
+        failed.join("\n")
+    );
+    let plan = format!("1..{passed}");
+    assert!(
+        stdout.lines().any(|l| l == plan),
+        "section '{name}' did not finish its plan:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        passed >= at_least,
+        "section '{name}' ran only {passed} checks:\n{stdout}"
+    );
+}
+
+/// Version and ABI, status names, the thread-local message, the happy
+/// path, the buffer-size protocol, re-acquisition (G5) in every mode.
+#[test]
+fn c_abi_basics() {
+    section("basics", 40);
+}
+
+/// NULL pointers (paths, out, elements), empty sets, relative, `..`, over
+/// PATH_MAX and unterminated paths, the packed API (embedded NUL, missing
+/// terminator), duplicates merged, bad backend values, misaligned out.
+#[test]
+fn c_abi_argument_errors() {
+    section("args", 40);
+}
+
+/// Stale handles (double release, use after release, reused slot), forged
+/// handles, a worker handle, NULL buffers, deletion on release.
+#[test]
+fn c_abi_handles() {
+    section("handles", 20);
+}
+
+/// Other processes: busy, timed out, all-or-nothing (L8), a fork child and
+/// its parent's handle (GK_ERROR_WRONG_PROCESS), blocking hand-off.
+#[test]
+fn c_abi_processes() {
+    section("processes", 20);
+}
+
+/// Files: a planted symlink, a name over NAME_MAX, an insecure store
+/// directory and a missing one.
+#[test]
+fn c_abi_files() {
+    section("files", 10);
+}
