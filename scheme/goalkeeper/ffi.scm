@@ -43,9 +43,13 @@
 
             pack-paths
             unpack-paths
-            make-size-t-box
-            size-t-box-pointer
-            size-t-box-ref
+            take-scratch
+            give-back-scratch!
+            scratch-out
+            scratch-out-pointer
+            scratch-input-pointer
+            scratch-c-string-pointer
+            size-t-ref
             read-list
 
             %gk-lockset-acquire-packed
@@ -115,15 +119,29 @@
   (record-constructor &goalkeeper-error))
 
 (define goalkeeper-error?
-  (exception-predicate &goalkeeper-error))
+  (let ((predicate (exception-predicate &goalkeeper-error)))
+    (lambda (object)
+      "Return #t if OBJECT is a &goalkeeper-error exception."
+      (predicate object))))
 
 (define goalkeeper-error-status
-  (exception-accessor &goalkeeper-error
-                      (record-accessor &goalkeeper-error 'status)))
+  (let ((status (exception-accessor &goalkeeper-error
+                                    (record-accessor &goalkeeper-error
+                                                     'status))))
+    (lambda (exception)
+      "Return the status of EXCEPTION, a &goalkeeper-error: a symbol such
+as 'invalid-path, 'held-by-this-process, 'stale-handle,
+'library-not-found, 'abi-mismatch or 'missing-symbol."
+      (status exception))))
 
 (define goalkeeper-error-message
-  (exception-accessor &goalkeeper-error
-                      (record-accessor &goalkeeper-error 'message)))
+  (let ((message (exception-accessor &goalkeeper-error
+                                     (record-accessor &goalkeeper-error
+                                                      'message))))
+    (lambda (exception)
+      "Return the message of EXCEPTION, a &goalkeeper-error: a string
+naming the path, handle, goal or library concerned."
+      (message exception))))
 
 (define* (raise-goalkeeper-error status message #:optional origin)
   "Raise a non-continuable &goalkeeper-error exception with STATUS, a
@@ -293,16 +311,22 @@ the library is older than these bindings"
                                   #:arg-types arg-types))
       #:unwind? #t)))
 
-(define-syntax-rule (define-goalkeeper-procedure (name formals ...)
-                      c-name return-type (arg-types ...))
-  "Define NAME as a procedure of FORMALS calling C-NAME in libgoalkeeper.
+(define-syntax define-goalkeeper-procedure
+  (lambda (s)
+    "Define NAME as a procedure of FORMALS calling C-NAME in libgoalkeeper.
 The library and the symbol are looked up on the first call."
-  (define name
-    (let ((proc (delay (library-procedure c-name return-type
-                                          (list arg-types ...)))))
-      (lambda (formals ...)
-        ((force proc) formals ...)))))
-
+    (syntax-case s ()
+      ((_ (name formals ...) c-name return-type (arg-types ...))
+       (string? (syntax->datum #'c-name))
+       (with-syntax ((doc (string-append
+                           "Call " (syntax->datum #'c-name)
+                           " in libgoalkeeper and return its raw result.")))
+         #'(define name
+             (let ((proc (delay (library-procedure c-name return-type
+                                                   (list arg-types ...)))))
+               (lambda (formals ...)
+                 doc
+                 ((force proc) formals ...)))))))))
 
 ;;;
 ;;; Statuses.
@@ -361,9 +385,11 @@ unless it is GK_OK."
 (define %gk-held-by-this-process 2)
 (define %gk-timed-out 3)
 (define %gk-wrong-process 14)
+(define %buffer-too-small 15)                     ;GK_ERROR_BUFFER_TOO_SMALL
 
 (define (backend->c backend origin)
-  "Return the gk_backend value for BACKEND, 'ofd or 'flock."
+  "Return the gk_backend value for BACKEND, 'ofd or 'flock; raise a
+&goalkeeper-error naming ORIGIN for anything else."
   (match backend
     ('ofd 0)
     ('flock 1)
@@ -407,35 +433,91 @@ terminated by NUL."
         ;; Drop the empty string after the final NUL.
         (drop-right (string-split text #\nul) 1))))
 
-(define (make-size-t-box)
-  "Return a fresh, zeroed size_t out-parameter."
-  (make-bytevector (sizeof size_t) 0))
+;; Scratch memory for arguments and out-parameters.  'bytevector->pointer'
+;; costs about 0.8 µs here (it registers a weak reference), more than a
+;; whole FFI call, so each thread keeps a scratch area whose pointers are
+;; made once.  A call takes the thread's scratch, uses it and gives it back;
+;; a nested call (from a predicate, an async) finds none and makes its own.
 
-(define (size-t-box-pointer box)
-  (bytevector->pointer box))
+(define-record-type <scratch>
+  (%make-scratch out out-pointer in in-pointer)
+  scratch?
+  (out         scratch-out)                       ;bytevector
+  (out-pointer scratch-out-pointer)               ;pointer to it
+  (in          scratch-in set-scratch-in!)        ;bytevector, grows
+  (in-pointer  scratch-in-pointer* set-scratch-in-pointer!))
 
-(define (size-t-box-ref box)
-  (bytevector-uint-ref box 0 (native-endianness) (sizeof size_t)))
+(define %scratch-out-size
+  ;; Room for the largest out-parameter, gk_audit (18 × 8 bytes).
+  256)
 
-(define %buffer-too-small 15)                     ;GK_ERROR_BUFFER_TOO_SMALL
+(define %scratch
+  (make-thread-local-fluid #f))
+
+(define (make-scratch)
+  (let ((out (make-bytevector %scratch-out-size 0))
+        (in  (make-bytevector 1024 0)))
+    (%make-scratch out (bytevector->pointer out) in (bytevector->pointer in))))
+
+(define (take-scratch)
+  "Return this thread's scratch area, which the caller owns until it calls
+'give-back-scratch!'; a fresh one if it is in use."
+  (let ((scratch (fluid-ref %scratch)))
+    (if scratch
+        (begin
+          (fluid-set! %scratch #f)
+          scratch)
+        (make-scratch))))
+
+(define (give-back-scratch! scratch)
+  "Make SCRATCH this thread's scratch area again."
+  (fluid-set! %scratch scratch))
+
+(define (scratch-input-pointer scratch bv)
+  "Copy BV into the input area of SCRATCH, growing it if needed, and return
+a pointer to the copy."
+  (let ((len (bytevector-length bv)))
+    (when (> len (bytevector-length (scratch-in scratch)))
+      (let ((in (make-bytevector (max len (* 2 (bytevector-length
+                                                 (scratch-in scratch))))
+                                 0)))
+        (set-scratch-in! scratch in)
+        (set-scratch-in-pointer! scratch (bytevector->pointer in))))
+    (bytevector-copy! bv 0 (scratch-in scratch) 0 len)
+    (scratch-in-pointer* scratch)))
+
+(define (scratch-c-string-pointer scratch str)
+  "Copy STR, encoded in UTF-8 and NUL-terminated, into the input area of
+SCRATCH, and return a pointer to it."
+  (let* ((utf8 (string->utf8 str))
+         (len  (bytevector-length utf8))
+         (with-nul (make-bytevector (+ len 1) 0)))
+    (bytevector-copy! utf8 0 with-nul 0 len)
+    (scratch-input-pointer scratch with-nul)))
+
+(define %size-t-size (sizeof size_t))
+
+(define (size-t-ref bv offset)
+  "Return the size_t stored at OFFSET in BV."
+  (bytevector-uint-ref bv offset (native-endianness) %size-t-size))
 
 (define (read-list call origin)
   "Return the list of strings written by CALL, a procedure of a buffer
 pointer, a capacity and a size_t out-pointer following the gk_held_paths
 convention: first probe the size, then fetch, retrying if the list grew."
   (let loop ((capacity 0))
-    (let* ((buffer (and (positive? capacity) (make-bytevector capacity)))
-           (box    (make-size-t-box))
-           (status (call (if buffer (bytevector->pointer buffer) %null-pointer)
-                         capacity (size-t-box-pointer box)))
-           (needed (size-t-box-ref box)))
+    (let* ((buffer  (and (positive? capacity) (make-bytevector capacity)))
+           (scratch (take-scratch))
+           (status  (call (if buffer (bytevector->pointer buffer) %null-pointer)
+                          capacity (scratch-out-pointer scratch)))
+           (needed  (size-t-ref (scratch-out scratch) 0)))
+      (give-back-scratch! scratch)
       (cond ((zero? status)
              (if buffer (unpack-paths buffer needed) '()))
             ((= status %buffer-too-small)
              (loop (max needed (* 2 capacity))))
             (else
              (status-error status origin))))))
-
 
 ;;;
 ;;; Lock sets.

@@ -15,6 +15,7 @@
   #:use-module (srfi srfi-1)
   #:use-module (srfi srfi-9)
   #:use-module (srfi srfi-9 gnu)
+  #:use-module (ice-9 atomic)
   #:use-module (ice-9 match)
   #:re-export (&goalkeeper-error
                goalkeeper-error?
@@ -58,12 +59,35 @@
 ;;; Code:
 
 (define-record-type <lockset>
-  (%make-lockset handle requested backend paths)
-  lockset?
-  (handle    lockset-handle set-lockset-handle!)   ;integer; 0 once released
-  (requested lockset-requested)                    ;list of strings
-  (backend   lockset-backend)                      ;'ofd or 'flock
-  (paths     lockset-cached-paths set-lockset-cached-paths!)) ;#f or list
+  (%make-lockset handle-box requested backend paths)
+  %lockset?
+  ;; The library handle, in an atomic box so that release is idempotent
+  ;; even when two threads race to release; 0 once released.
+  (handle-box lockset-handle-box)
+  (requested  lockset-requested)                   ;list of strings
+  (backend    %lockset-backend)                    ;'ofd or 'flock
+  (paths      lockset-cached-paths set-lockset-cached-paths!)) ;#f or list
+
+(define (lockset? object)
+  "Return #t if OBJECT is a lock set, as returned by 'lock-paths'."
+  (%lockset? object))
+
+(define (lockset-backend lockset)
+  "Return the backend of LOCKSET, 'ofd or 'flock."
+  (assert-lockset lockset 'lockset-backend)
+  (%lockset-backend lockset))
+
+(define (lockset-handle lockset)
+  (atomic-box-ref (lockset-handle-box lockset)))
+
+(define (take-lockset-handle! lockset)
+  "Mark LOCKSET released and return its handle, or #f if it was already
+released (by this thread or another)."
+  (let* ((box    (lockset-handle-box lockset))
+         (handle (atomic-box-ref box)))
+    (and (not (eqv? handle 0))
+         (eq? handle (atomic-box-compare-and-swap! box handle 0))
+         handle)))
 
 (set-record-type-printer! <lockset>
   (lambda (lockset port)
@@ -157,23 +181,33 @@ or 'flock (for stores shared with Nix); never mix them on one store.
 Raise a &goalkeeper-error with status 'held-by-this-process if this process
 already holds one of PATHS, and for invalid arguments ('invalid-path,
 'invalid-argument) or system errors."
-  (let* ((packed  (pack-paths paths 'lock-paths))
-         (backend* (backend->c backend 'lock-paths))
-         (ms      (timeout->milliseconds wait? timeout 'lock-paths))
-         (out     (make-bytevector 8 0))
-         (status  (%gk-lockset-acquire-packed (bytevector->pointer packed)
-                                              (bytevector-length packed)
-                                              backend* ms
-                                              (bytevector->pointer out))))
+  (%lock-paths paths wait? timeout backend #t 'lock-paths))
+
+(define (%lock-paths paths wait? timeout backend guard? origin)
+  "Lock PATHS as 'lock-paths' does.  When GUARD? is true, register the lock
+set so that it is reported if it becomes garbage while held; that costs
+about 3 µs, so 'call-with-path-locks', which cannot leak, does not."
+  (let* ((packed   (pack-paths paths origin))
+         (backend* (backend->c backend origin))
+         (ms       (timeout->milliseconds wait? timeout origin))
+         (scratch  (take-scratch))
+         (status   (%gk-lockset-acquire-packed
+                    (scratch-input-pointer scratch packed)
+                    (bytevector-length packed)
+                    backend* ms
+                    (scratch-out-pointer scratch)))
+         (handle   (bytevector-u64-native-ref (scratch-out scratch) 0)))
+    (give-back-scratch! scratch)
     (cond ((= status %gk-ok)
-           (let ((lockset (%make-lockset (bytevector-u64-native-ref out 0)
+           (let ((lockset (%make-lockset (make-atomic-box handle)
                                          paths backend #f)))
-             (%lockset-guardian lockset)
+             (when guard?
+               (%lockset-guardian lockset))
              lockset))
           ((or (= status %gk-busy) (= status %gk-timed-out))
            #f)
           (else
-           (status-error status 'lock-paths)))))
+           (status-error status origin)))))
 
 (define (lockset-release! lockset)
   "Release the locks of LOCKSET, deleting their lock files if
@@ -186,9 +220,8 @@ there only marks it released.
 Raise a &goalkeeper-error if a lock file could not be deleted; the locks
 are released even then."
   (assert-lockset lockset 'lockset-release!)
-  (let ((handle (lockset-handle lockset)))
-    (unless (zero? handle)
-      (set-lockset-handle! lockset 0)
+  (let ((handle (take-lockset-handle! lockset)))
+    (when handle
       (let ((status (%gk-lockset-release handle)))
         (unless (or (= status %gk-ok) (= status %gk-wrong-process))
           (status-error status 'lockset-release!))))))
@@ -243,7 +276,7 @@ then valid).  BACKEND is as for 'lock-paths'."
       (lambda ()
         (set! success? #f)
         (set! lockset
-          (or (lock-paths paths #:timeout timeout #:backend backend)
+          (or (%lock-paths paths #t timeout backend #f 'call-with-path-locks)
               (raise-goalkeeper-error
                'timed-out
                (format #f "could not lock ~s within ~a s" paths timeout)
@@ -283,11 +316,14 @@ lock set or a scheduler goal, #f otherwise."
                             (format #f "store path ~s contains a NUL character"
                                     path)
                             'path-locked-by-me?))
-  (let ((out (make-bytevector 1 0)))
-    (check-status (%gk-path-is-locked-by-me (string->pointer path "UTF-8")
-                                            (bytevector->pointer out))
-                  'path-locked-by-me?)
-    (not (zero? (bytevector-u8-ref out 0)))))
+  (let* ((scratch (take-scratch))
+         (status  (%gk-path-is-locked-by-me
+                   (scratch-c-string-pointer scratch path)
+                   (scratch-out-pointer scratch)))
+         (locked? (not (zero? (bytevector-u8-ref (scratch-out scratch) 0)))))
+    (give-back-scratch! scratch)
+    (check-status status 'path-locked-by-me?)
+    locked?))
 
 (define (held-paths)
   "Return the sorted list of store paths whose locks this process holds."
@@ -295,8 +331,11 @@ lock set or a scheduler goal, #f otherwise."
 
 (define (held-path-count)
   "Return the number of store paths whose locks this process holds."
-  (let ((box (make-size-t-box)))
-    (check-status (%gk-held-count (size-t-box-pointer box)) 'held-path-count)
-    (size-t-box-ref box)))
+  (let* ((scratch (take-scratch))
+         (status  (%gk-held-count (scratch-out-pointer scratch)))
+         (count   (size-t-ref (scratch-out scratch) 0)))
+    (give-back-scratch! scratch)
+    (check-status status 'held-path-count)
+    count))
 
 ;;; locks.scm ends here

@@ -113,12 +113,11 @@
 ;;;
 
 (define-record-type <worker>
-  (%make-worker handle goals fd event-buffer predicates)
-  worker?
+  (%make-worker handle goals fd predicates)
+  %worker?
   (handle       worker-handle set-worker-handle!) ;integer; 0 once closed
   (goals        worker-goal-table)                ;id -> <goal>
   (fd           %worker-fd)                       ;integer
-  (event-buffer worker-event-buffer)              ;bytevector, reused
   (predicates   worker-predicates))               ;callbacks kept alive
 
 (set-record-type-printer! <worker>
@@ -129,11 +128,39 @@
 
 (define-record-type <goal>
   (make-goal worker id kind outputs)
-  goal?
-  (worker  goal-worker)
-  (id      goal-id)
-  (kind    goal-kind)
-  (outputs goal-outputs))
+  %goal?
+  (worker  %goal-worker)
+  (id      goal-id)                               ;the library's goal id
+  (kind    %goal-kind)
+  (outputs %goal-outputs))
+
+(define (worker? object)
+  "Return #t if OBJECT is a worker, as returned by 'make-worker'."
+  (%worker? object))
+
+(define (goal? object)
+  "Return #t if OBJECT is a goal, as returned by 'worker-add-goal!'."
+  (%goal? object))
+
+(define (assert-goal object origin)
+  (unless (%goal? object)
+    (raise-goalkeeper-error 'invalid-argument
+                            (format #f "~s is not a goal" object) origin)))
+
+(define (goal-worker goal)
+  "Return the worker GOAL belongs to."
+  (assert-goal goal 'goal-worker)
+  (%goal-worker goal))
+
+(define (goal-kind goal)
+  "Return the kind of GOAL: 'build, 'substitute or 'plain."
+  (assert-goal goal 'goal-kind)
+  (%goal-kind goal))
+
+(define (goal-outputs goal)
+  "Return the store paths GOAL produces, as given to 'worker-add-goal!'."
+  (assert-goal goal 'goal-outputs)
+  (%goal-outputs goal))
 
 (set-record-type-printer! <goal>
   (lambda (goal port)
@@ -271,7 +298,6 @@ cancels its unfinished goals and releases their locks."
                                                       %null-pointer)))
       (let ((worker (%make-worker handle (make-hash-table)
                                   (bytevector-s32-native-ref fd 0)
-                                  (make-bytevector %event-size 0)
                                   (list valid failed))))
         (%worker-guardian worker)
         worker))))
@@ -279,9 +305,6 @@ cancels its unfinished goals and releases their locks."
 (define %event-struct
   ;; gk_event: kind, goal, goal_kind, outcome, fd, timeout_ms.
   (list uint32 uint64 uint32 uint32 int32 int64))
-
-(define %event-size
-  (sizeof %event-struct))
 
 (define (worker-fd worker)
   "Return WORKER's file descriptor, an integer: it becomes readable when a
@@ -327,8 +350,7 @@ another goal's outputs raises a &goalkeeper-error ('invalid-argument)."
   (let* ((handle (live-worker worker 'worker-add-goal!))
          (kind*  (symbol->index %kinds kind "goal kind" 'worker-add-goal!))
          (mode*  (symbol->index %modes mode "build mode" 'worker-add-goal!))
-         (packed (pack-paths outputs 'worker-add-goal! #:allow-empty? #t))
-         (out    (make-bytevector 8 0)))
+         (packed (pack-paths outputs 'worker-add-goal! #:allow-empty? #t)))
     (unless (list? dependencies)
       (raise-goalkeeper-error 'invalid-argument
                               (format #f "dependencies ~s is not a list"
@@ -337,24 +359,26 @@ another goal's outputs raises a &goalkeeper-error ('invalid-argument)."
     (for-each (lambda (dependency)
                 (worker-goal worker dependency 'worker-add-goal!))
               dependencies)
-    (check-status (%gk-worker-add-goal-packed
-                   handle kind*
-                   (if (zero? (bytevector-length packed))
-                       %null-pointer
-                       (bytevector->pointer packed))
-                   (bytevector-length packed) mode*
-                   (bytevector->pointer out))
-                  'worker-add-goal!)
-    (let* ((id    (bytevector-u64-native-ref out 0))
-           (table (worker-goal-table worker))
-           (goal  (or (hashv-ref table id)
-                      (let ((goal (make-goal worker id kind outputs)))
-                        (hashv-set! table id goal)
-                        goal))))
-      (for-each (lambda (dependency)
-                  (worker-add-dependency! worker goal dependency))
-                dependencies)
-      goal)))
+    (let* ((scratch (take-scratch))
+           (status  (%gk-worker-add-goal-packed
+                     handle kind*
+                     (if (zero? (bytevector-length packed))
+                         %null-pointer
+                         (scratch-input-pointer scratch packed))
+                     (bytevector-length packed) mode*
+                     (scratch-out-pointer scratch)))
+           (id      (bytevector-u64-native-ref (scratch-out scratch) 0)))
+      (give-back-scratch! scratch)
+      (check-status status 'worker-add-goal!)
+      (let* ((table (worker-goal-table worker))
+             (goal  (or (hashv-ref table id)
+                        (let ((goal (make-goal worker id kind outputs)))
+                          (hashv-set! table id goal)
+                          goal))))
+        (for-each (lambda (dependency)
+                    (worker-add-dependency! worker goal dependency))
+                  dependencies)
+        goal))))
 
 (define (worker-add-dependency! worker goal dependency)
   "Make GOAL, which must not have started, wait for DEPENDENCY; both are
@@ -385,12 +409,14 @@ this module.  OUTCOME is a symbol such as 'already-valid or
 
 Raise a &goalkeeper-error with status 'scheduler-deadlock if goals remain
 but none can progress (the message names them)."
-  (let* ((handle (live-worker worker 'worker-next-event))
-         (buffer (worker-event-buffer worker))
-         (status (%gk-worker-next-event handle (bytevector->pointer buffer))))
+  (let* ((handle  (live-worker worker 'worker-next-event))
+         (scratch (take-scratch))
+         (status  (%gk-worker-next-event handle (scratch-out-pointer scratch)))
+         (event   (parse-c-struct (scratch-out-pointer scratch) %event-struct)))
+    (give-back-scratch! scratch)
     (unless (= status %gk-ok)
       (status-error status 'worker-next-event))
-    (match (parse-c-struct (bytevector->pointer buffer) %event-struct)
+    (match event
       ((1 goal _ _ _ _)
        (list 'run (lookup-goal worker goal)))
       ((2 goal _ outcome _ _)
@@ -424,13 +450,17 @@ and slot are released."
                 'worker-cancel!))
 
 (define (goal-result goal origin)
-  (let ((worker (goal-worker goal))
-        (out    (make-bytevector (* 4 4) 0)))
-    (check-status (%gk-worker-goal-result (live-worker worker origin)
-                                          (goal-id goal)
-                                          (bytevector->pointer out))
-                  origin)
-    (map (lambda (i) (bytevector-u32-native-ref out (* 4 i))) (iota 4))))
+  (let* ((handle  (live-worker (goal-worker goal) origin))
+         (scratch (take-scratch))
+         (status  (%gk-worker-goal-result handle (goal-id goal)
+                                          (scratch-out-pointer scratch)))
+         (result  (map (lambda (i)
+                         (bytevector-u32-native-ref (scratch-out scratch)
+                                                    (* 4 i)))
+                       (iota 4))))
+    (give-back-scratch! scratch)
+    (check-status status origin)
+    result))
 
 (define (goal-state goal)
   "Return the state of GOAL: 'waiting-deps, 'ready, 'waiting-slot,
@@ -460,14 +490,17 @@ and slot are released."
 'succeeded, 'failed, 'locks-held, 'locks-held-by-finished (always 0: a
 finished goal holds no lock), 'slots-used, 'max-jobs, 'foreign-waits,
 'handoffs, 'validity-rechecks, 'checks and 'violations."
-  (let ((out (make-bytevector (* 8 (length %audit-fields)) 0)))
-    (check-status (%gk-worker-audit (live-worker worker 'worker-audit)
-                                    (bytevector->pointer out))
-                  'worker-audit)
-    (map (lambda (field i)
-           (cons field (bytevector-u64-native-ref out (* 8 i))))
-         %audit-fields
-         (iota (length %audit-fields)))))
+  (let* ((handle  (live-worker worker 'worker-audit))
+         (scratch (take-scratch))
+         (status  (%gk-worker-audit handle (scratch-out-pointer scratch)))
+         (counts  (map (lambda (field i)
+                         (cons field (bytevector-u64-native-ref
+                                      (scratch-out scratch) (* 8 i))))
+                       %audit-fields
+                       (iota (length %audit-fields)))))
+    (give-back-scratch! scratch)
+    (check-status status 'worker-audit)
+    counts))
 
 (define (worker-log worker)
   "Return and clear WORKER's diagnostics, a list of strings such as

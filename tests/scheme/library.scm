@@ -14,6 +14,8 @@
   #:use-module (ice-9 match)
   #:use-module (ice-9 popen)
   #:use-module (ice-9 rdelim)
+  #:use-module (srfi srfi-1)
+  #:use-module (srfi srfi-11)
   #:use-module (srfi srfi-64))
 
 ;;; Finding and loading libgoalkeeper: GOALKEEPER_LIBRARY pointing at a
@@ -110,7 +112,52 @@ file name."
       (error "could not compile" output))
     output))
 
+(define (interface-bindings interface)
+  "The (NAME . VARIABLE) pairs INTERFACE exports, including those it
+re-exports by using other interfaces, as (goalkeeper) does."
+  (append (module-map cons interface)
+          (append-map interface-bindings (module-uses interface))))
+
+(define (undocumented-exports module)
+  "Return the names of the procedures exported by MODULE that have no
+docstring, and the number of procedures checked."
+  (let ((procedures (filter-map (match-lambda
+                                  ((name . variable)
+                                   (and (variable-bound? variable)
+                                        (procedure? (variable-ref variable))
+                                        (cons name (variable-ref variable)))))
+                                (interface-bindings
+                                 (resolve-interface module)))))
+    (values (filter-map (match-lambda
+                          ((name . procedure)
+                           (and (not (procedure-documentation procedure))
+                                name)))
+                        procedures)
+            (length procedures))))
+
 (test-begin "library")
+
+(let-values (((undocumented checked) (undocumented-exports '(goalkeeper))))
+  (test-equal "every procedure exported by (goalkeeper) has a docstring"
+    '()
+    undocumented)
+  (test-assert "…and there are many of them"
+    (> checked 30)))
+
+(test-equal "…and so does every one of (goalkeeper ffi)"
+  '()
+  (call-with-values (lambda () (undocumented-exports '(goalkeeper ffi)))
+    (lambda (undocumented checked) undocumented)))
+
+(test-assert "(goalkeeper) exports the lock and scheduler APIs"
+  (every (lambda (name)
+           (assq name (interface-bindings (resolve-interface '(goalkeeper)))))
+         '(lock-paths lockset-release! lockset-delete-on-release!
+           call-with-path-locks with-path-locks path-locked-by-me?
+           make-worker worker-add-goal! worker-next-event worker-report!
+           worker-cancel! worker-audit run-worker
+           &goalkeeper-error goalkeeper-error? goalkeeper-error-status
+           goalkeeper-error-message)))
 
 (call-with-temporary-store
  (lambda (directory)

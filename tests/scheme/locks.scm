@@ -400,6 +400,43 @@
      (lockset-release! lockset))
 
    ;;
+   ;; A lock set that becomes garbage while held is reported, not released.
+   ;;
+
+   (let ((child (fork-child
+                 (lambda (in out)
+                   (let ((port (open-output-string)))
+                     (set-current-error-port port)
+                     (let loop ((i 0))
+                       (when (< i 5)
+                         ;; No reference to the lock set survives this call.
+                         (lock-paths (list (path (format #f "leak-~a" i))))
+                         (loop (+ i 1))))
+                     (let loop ((i 0))
+                       (when (< i 5)
+                         (gc)
+                         (make-list 1000)          ;reach a safe point
+                         (loop (+ i 1))))
+                     (child-reply out
+                                  (list (length
+                                         (filter
+                                          (lambda (line)
+                                            (string-contains
+                                             line "became garbage while still held"))
+                                          (string-split (get-output-string port)
+                                                        #\newline)))
+                                        (held-path-count))))))))
+     (match (child-receive child)
+       ((reports held)
+        (test-assert "a lock set collected while held is reported"
+          (<= 1 reports 5))
+        (test-equal "…and its locks are NOT released by the collector"
+          5 held))
+       (other
+        (test-assert (format #f "the GC child replied ~s" other) #f)))
+     (child-wait child))
+
+   ;;
    ;; Waiting and timeouts.
    ;;
 
