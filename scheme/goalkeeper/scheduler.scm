@@ -535,9 +535,12 @@ run at once up to the worker's max-jobs.  ON-FINISHED is called as
 While waiting, 'run-worker' blocks in 'select' on the worker's file
 descriptor and on a pipe written by its SIGCHLD handler (installed for the
 duration of the call), so it never polls.  If PROC or ON-FINISHED raises,
-or control leaves 'run-worker' otherwise, the child processes still running
-are killed and reaped and their goals cancelled, releasing their locks."
+or control leaves 'run-worker' otherwise, the goal being started is
+cancelled, and the child processes still running are killed with SIGKILL
+and reaped and their goals cancelled: their locks are released before the
+exception goes on.  PROC must not reap its children itself."
   (define running '())                            ;list of (PID . GOAL)
+  (define starting #f)                            ;the goal PROC is starting
   (define results '())
   (define wake-pending? #f)
   (define wake (pipe))
@@ -593,7 +596,10 @@ are killed and reaped and their goals cancelled, releasing their locks."
       (force-output (cdr wake))))
 
   (define (abandon!)
-    ;; Control is leaving abnormally: stop what is still running.
+    ;; Control is leaving abnormally: stop what is still running, and
+    ;; cancel the goals, which releases their locks.
+    (when (and starting (not (worker-closed? worker)))
+      (false-if-exception (worker-cancel! worker starting)))
     (for-each (match-lambda
                 ((pid . goal)
                  (false-if-exception (kill pid SIGKILL))
@@ -615,12 +621,16 @@ are killed and reaped and their goals cancelled, releasing their locks."
           (reap!)
           (match (worker-next-event worker)
             (('run goal)
+             (set! starting goal)
              (match (proc goal)
                ((? exact-integer? pid)
-                (set! running (cons (cons pid goal) running)))
+                (set! running (cons (cons pid goal) running))
+                (set! starting #f))
                ((? symbol? outcome)
+                (set! starting #f)
                 (report! goal outcome))
                (other
+                (set! starting #f)
                 (worker-report! worker goal 'failed)
                 (raise-goalkeeper-error
                  'invalid-argument

@@ -11,6 +11,7 @@
 (define-module (test-scheduler)
   #:use-module (goalkeeper)
   #:use-module (gk-test)
+  #:use-module (ice-9 exceptions)
   #:use-module (ice-9 match)
   #:use-module (ice-9 rdelim)
   #:use-module (srfi srfi-1)
@@ -251,6 +252,50 @@ exist and writes its outputs, naming the inputs it saw."
      (test-equal "…and nothing is left held or broken"
        '(0 0)
        (audit worker 'locks-held 'violations))
+     (worker-close! worker))
+
+   ;;
+   ;; run-worker cleans up when the host's procedure raises.
+   ;;
+
+   (let* ((worker  (make-worker #:max-jobs 2))
+          (slow    (add-goal! worker "slow"))
+          (broken  (add-goal! worker "broken"))
+          (blocker (pipe))                        ;never written: the
+          (slow-pid #f)                           ;slow builder blocks
+          (status
+           (error-status
+            (lambda ()
+              (run-worker worker
+                          (lambda (goal)
+                            (if (eq? goal slow)
+                                (begin
+                                  (set! slow-pid
+                                    (fork-builder
+                                     (lambda ()
+                                       (close-port (cdr blocker))
+                                       (read-char (car blocker)))))
+                                  slow-pid)
+                                (raise-exception
+                                 (make-exception-with-message "host bug")))))))))
+     (close-port (car blocker))
+     (close-port (cdr blocker))
+     (test-equal "an exception from the host's procedure goes through run-worker"
+       '(other . #t)
+       (match status
+         (('other . e) (cons 'other (string=? "host bug" (exception-message e))))
+         (_ status)))
+     (test-equal "…the goal it was starting and the running one are cancelled"
+       '(cancelled cancelled)
+       (list (goal-outcome broken) (goal-outcome slow)))
+     (test-assert "…the running builder was killed and reaped"
+       (and slow-pid
+            (not (false-if-exception (waitpid slow-pid WNOHANG)))))
+     (test-equal "…and their locks are released"
+       '(0 0 0)
+       (list (held-path-count)
+             (assq-ref (worker-audit worker) 'locks-held)
+             (assq-ref (worker-audit worker) 'slots-used)))
      (worker-close! worker))
 
    ;;
