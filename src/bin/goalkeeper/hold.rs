@@ -153,12 +153,17 @@ fn holder_note(e: &Error) -> String {
 
 /// The command's pid while it runs, for the signal forwarder (0: none).
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// A signal that arrived after the command was forked but before its pid was
+/// known (0: none); forwarded as soon as the pid is stored.
+static PENDING: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn forward(sig: libc::c_int) {
-    let pid = CHILD.load(Ordering::Relaxed);
+    let pid = CHILD.load(Ordering::SeqCst);
     if pid > 0 {
         // SAFETY: kill is async-signal-safe; pid is our own child.
         unsafe { libc::kill(pid, sig) };
+    } else {
+        PENDING.store(sig, Ordering::SeqCst);
     }
 }
 
@@ -201,8 +206,15 @@ fn run(command: &[String]) -> io::Result<std::process::ExitStatus> {
     set_handler(libc::SIGINT, ignore);
     set_handler(libc::SIGQUIT, ignore);
     let mut child = cmd.spawn()?;
-    CHILD.store(child.id() as i32, Ordering::Relaxed);
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    // A signal may have come between fork and the store above (the command
+    // may even have printed already); it was parked in PENDING.
+    let sig = PENDING.swap(0, Ordering::SeqCst);
+    if sig != 0 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
     let status = child.wait();
-    CHILD.store(0, Ordering::Relaxed);
+    CHILD.store(0, Ordering::SeqCst);
     status
 }
