@@ -7,7 +7,9 @@
  *   - goalkeeper::error, a std::system_error whose code() is in the
  *     goalkeeper error category (goalkeeper::errc mirrors gk_status) and
  *     whose what() carries the library's message (gk_last_error_message);
- *   - move-only owners: goalkeeper::LockSet (a set of store path locks);
+ *   - move-only owners: goalkeeper::LockSet (a set of store path locks)
+ *     and goalkeeper::Worker (the goal scheduler, driven by a pull loop:
+ *     next_event() / report(), with fd() for the host's poll loop);
  *   - std::string_view / std::vector<std::string> friendly path lists.
  *
  * Errors are exceptions. The expected outcomes of contention are values:
@@ -15,7 +17,9 @@
  * acquire_for() when the time ran out.
  *
  * RELEASE EXPLICITLY. The documented way to give locks back is
- * LockSet::release() (after set_deletion(true) once the paths are valid).
+ * LockSet::release() (after set_deletion(true) once the paths are valid)
+ * and, for a worker's goals, goal completion: Worker::report() or cancel()
+ * ends a goal, and that releases its locks at once (G1).
  * The destructors release too, but only as a safety net, and they report
  * it (see set_safety_net_handler). Why: in guix-daemon, a PathLocks object
  * releases its locks in its destructor, so a lock lives as long as the
@@ -40,8 +44,10 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <initializer_list>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -503,10 +509,378 @@ private:
   gk_lockset handle_ = 0;
 };
 
+
+// ---------------------------------------------------------------------------
+// Worker: the goal scheduler, driven by a pull loop
+
+/// What a goal does with its outputs.
+enum class GoalKind : std::uint32_t {
+  /// Locks all its outputs, then is run by the host (a derivation).
+  build = GK_GOAL_BUILD,
+  /// Locks its one output, then is run by the host (a substitution).
+  substitute = GK_GOAL_SUBSTITUTE,
+  /// No locks: ordering only.
+  plain = GK_GOAL_PLAIN,
+};
+
+/// The daemon's build modes.
+enum class BuildMode : std::uint32_t {
+  normal = GK_MODE_NORMAL,
+  repair = GK_MODE_REPAIR,
+  check = GK_MODE_CHECK,
+};
+
+/// How a goal ended (none: not yet).
+enum class Outcome : std::uint32_t {
+  none = GK_OUTCOME_NONE,
+  built = GK_OUTCOME_BUILT,
+  substituted = GK_OUTCOME_SUBSTITUTED,
+  already_valid = GK_OUTCOME_ALREADY_VALID,
+  failed = GK_OUTCOME_FAILED,
+  timed_out = GK_OUTCOME_TIMED_OUT,
+  cached_failure = GK_OUTCOME_CACHED_FAILURE,
+  dependency_failed = GK_OUTCOME_DEPENDENCY_FAILED,
+  cancelled = GK_OUTCOME_CANCELLED,
+};
+
+/// The outcome's name, e.g. "already-valid" (static storage).
+[[nodiscard]] inline const char *outcome_name(Outcome o) noexcept {
+  return gk_outcome_name(static_cast<std::uint32_t>(o));
+}
+
+/// Built, substituted or already valid.
+[[nodiscard]] inline bool is_success(Outcome o) noexcept {
+  return o == Outcome::built || o == Outcome::substituted ||
+         o == Outcome::already_valid;
+}
+
+/// Where a goal is.
+enum class GoalState : std::uint32_t {
+  waiting_deps = GK_STATE_WAITING_DEPS,
+  ready = GK_STATE_READY,
+  waiting_slot = GK_STATE_WAITING_SLOT,
+  waiting_lock = GK_STATE_WAITING_LOCK,
+  running = GK_STATE_RUNNING,
+  finished = GK_STATE_FINISHED,
+};
+
+/// A goal id, meaningful only with the worker that issued it.
+struct Goal {
+  gk_goal id = 0;
+  explicit operator bool() const noexcept { return id != 0; }
+  friend bool operator==(Goal a, Goal b) noexcept { return a.id == b.id; }
+  friend bool operator!=(Goal a, Goal b) noexcept { return a.id != b.id; }
+  friend bool operator<(Goal a, Goal b) noexcept { return a.id < b.id; }
+};
+
+/// Worker settings (gk_worker_options).
+struct WorkerOptions {
+  /// Build slots (the daemon's max-jobs).
+  std::uint32_t max_jobs = 1;
+  /// Go on with independent goals after a failure.
+  bool keep_going = false;
+  Backend backend = Backend::ofd;
+  /// How often a goal waiting on another process's lock re-checks whether
+  /// its outputs became valid (S3); zero means the library's default.
+  std::chrono::milliseconds recheck_interval{0};
+  /// Emulate the old daemon: finished goals keep their locks (tests only).
+  bool legacy_hold = false;
+};
+
+/// One step of the pull loop (gk_event).
+struct Event {
+  enum class Kind : std::uint32_t {
+    /// Start goal's builder: its inputs are done, a slot is taken, its
+    /// output locks are held and its outputs are not valid.
+    run = GK_EVENT_RUN,
+    /// The goal ended without running (already valid, dependency failed,
+    /// cached failure, cancelled); see outcome.
+    finished = GK_EVENT_FINISHED,
+    /// Nothing to do now: poll fd (and your builders) for at most timeout.
+    wait = GK_EVENT_WAIT,
+    /// Every goal has finished.
+    done = GK_EVENT_DONE,
+  };
+  Kind kind = Kind::done;
+  Goal goal;
+  GoalKind goal_kind = GoalKind::plain;
+  Outcome outcome = Outcome::none;
+  int fd = -1;
+  std::optional<std::chrono::milliseconds> timeout;
+
+  /// timeout as poll(2) wants it: -1 for none.
+  [[nodiscard]] int poll_timeout() const noexcept {
+    if (!timeout)
+      return -1;
+    auto ms = timeout->count();
+    return ms > 0x7fffffff ? 0x7fffffff : static_cast<int>(ms < 0 ? 0 : ms);
+  }
+};
+
+/// What a goal is and how it ended (gk_goal_result).
+struct GoalResult {
+  GoalState state;
+  Outcome outcome;
+  GoalKind kind;
+  BuildMode mode;
+};
+
+/// The worker's counts (gk_audit): goals by state, locks, slots, waits.
+/// locks_held_by_finished and violations must always be 0.
+using Audit = gk_audit;
+
+/// A host predicate on store paths, e.g. "is this output valid?". It runs on
+/// the thread that called into the worker. An exception it throws is
+/// treated as "no" (and logged by the library); it never crosses into C.
+using PathPredicate = std::function<bool(std::string_view path)>;
+
+/// One scheduler per client request, as in the daemon.
+///
+/// Move-only. The pull loop is next_event() / report(). A goal's locks are
+/// released when it finishes, on every path, before any dependent wakes
+/// (G1): report() and cancel() are where the host ends its goals. close()
+/// frees the worker; freeing a worker with unfinished goals cancels them
+/// (the host abandoning its goals). The destructor frees too, as a safety
+/// net, and reports it when that cancelled goals or released locks.
+class [[nodiscard]] Worker {
+public:
+  /// A new worker.
+  explicit Worker(const WorkerOptions &opts = {}) {
+    gk_worker_options o{};
+    o.max_jobs = opts.max_jobs;
+    o.keep_going = opts.keep_going;
+    o.backend = static_cast<std::uint32_t>(opts.backend);
+    o.recheck_interval_ms =
+        static_cast<std::uint32_t>(opts.recheck_interval.count());
+    o.legacy_hold = opts.legacy_hold;
+    detail::check(gk_worker_new(&o, &handle_), "gk_worker_new");
+  }
+
+  /// Takes ownership of a raw handle from the C ABI.
+  static Worker adopt(gk_worker handle) noexcept { return Worker(handle); }
+
+  /// A worker with the library's defaults (gk_worker_new with NULL options).
+  static Worker with_defaults() {
+    gk_worker h = 0;
+    detail::check(gk_worker_new(nullptr, &h), "gk_worker_new");
+    return Worker(h);
+  }
+
+  Worker(const Worker &) = delete;
+  Worker &operator=(const Worker &) = delete;
+  Worker(Worker &&other) noexcept
+      : handle_(std::exchange(other.handle_, 0)),
+        valid_(std::move(other.valid_)), cached_(std::move(other.cached_)) {}
+  Worker &operator=(Worker &&other) noexcept {
+    if (this != &other) {
+      safety_net_free();
+      handle_ = std::exchange(other.handle_, 0);
+      valid_ = std::move(other.valid_);
+      cached_ = std::move(other.cached_);
+    }
+    return *this;
+  }
+  ~Worker() { safety_net_free(); }
+
+  /// Frees the worker. Unfinished goals are cancelled and everything they
+  /// hold is released. Throws errc::stale_handle when already closed.
+  void close() {
+    gk_worker h = std::exchange(handle_, 0);
+    detail::check(gk_worker_free(h), "gk_worker_free");
+  }
+
+  /// Sets the validity predicate ("is this output valid?"); an empty
+  /// function restores the default ("the path exists").
+  void set_valid_path(PathPredicate f) { set_predicate(valid_, std::move(f), true); }
+
+  /// Sets the cached-failure predicate; an empty function: never.
+  void set_cached_failure(PathPredicate f) { set_predicate(cached_, std::move(f), false); }
+
+  /// Adds a goal (build: >= 1 output; substitute: exactly 1; plain: any).
+  /// The same output set again gives the same goal (S9).
+  template <class Range,
+            std::enable_if_t<detail::is_path_range<Range>::value, int> = 0>
+  Goal add_goal(GoalKind kind, const Range &outputs,
+                BuildMode mode = BuildMode::normal) {
+    detail::c_paths p(outputs, "gk_worker_add_goal");
+    Goal g;
+    detail::check(gk_worker_add_goal(handle_, static_cast<std::uint32_t>(kind),
+                                     p.size() ? p.data() : nullptr, p.size(),
+                                     static_cast<std::uint32_t>(mode), &g.id),
+                  "gk_worker_add_goal");
+    return g;
+  }
+  Goal add_goal(GoalKind kind, std::initializer_list<std::string_view> outputs,
+                BuildMode mode = BuildMode::normal) {
+    return add_goal<std::initializer_list<std::string_view>>(kind, outputs, mode);
+  }
+
+  /// add_goal() with the outputs packed (see pack()); "" for none.
+  Goal add_goal_packed(GoalKind kind, std::string_view packed,
+                       BuildMode mode = BuildMode::normal) {
+    Goal g;
+    detail::check(gk_worker_add_goal_packed(
+                      handle_, static_cast<std::uint32_t>(kind),
+                      reinterpret_cast<const std::uint8_t *>(packed.data()),
+                      packed.size(), static_cast<std::uint32_t>(mode), &g.id),
+                  "gk_worker_add_goal_packed");
+    return g;
+  }
+
+  /// Makes `goal` wait for `dep` (goal must not have started).
+  void add_dependency(Goal goal, Goal dep) {
+    detail::check(gk_worker_add_dependency(handle_, goal.id, dep.id),
+                  "gk_worker_add_dependency");
+  }
+
+  /// The next event; never blocks. errc::scheduler_deadlock when goals
+  /// remain but nothing can progress (the message names them).
+  [[nodiscard]] Event next_event() {
+    gk_event raw{};
+    detail::check(gk_worker_next_event(handle_, &raw), "gk_worker_next_event");
+    Event ev;
+    ev.kind = static_cast<Event::Kind>(raw.kind);
+    ev.goal = Goal{raw.goal};
+    ev.goal_kind = static_cast<GoalKind>(raw.goal_kind);
+    ev.outcome = static_cast<Outcome>(raw.outcome);
+    ev.fd = raw.fd;
+    if (raw.timeout_ms >= 0)
+      ev.timeout = std::chrono::milliseconds(raw.timeout_ms);
+    return ev;
+  }
+
+  /// Reports how a goal that was run ended: built, substituted, failed or
+  /// timed_out. Its locks and slot are released before any dependent wakes.
+  void report(Goal goal, Outcome outcome) {
+    detail::check(gk_worker_report(handle_, goal.id,
+                                   static_cast<std::uint32_t>(outcome)),
+                  "gk_worker_report");
+  }
+
+  /// Cancels a goal that has not finished (a running one: the host stopped
+  /// its builder); its dependents end dependency_failed.
+  void cancel(Goal goal) {
+    detail::check(gk_worker_cancel(handle_, goal.id), "gk_worker_cancel");
+  }
+
+  /// A goal's state, outcome, kind and mode (they outlive its execution).
+  [[nodiscard]] GoalResult result(Goal goal) const {
+    gk_goal_result r{};
+    detail::check(gk_worker_goal_result(handle_, goal.id, &r),
+                  "gk_worker_goal_result");
+    return {static_cast<GoalState>(r.state), static_cast<Outcome>(r.outcome),
+            static_cast<GoalKind>(r.kind), static_cast<BuildMode>(r.mode)};
+  }
+
+  /// A goal's outputs, sorted.
+  [[nodiscard]] std::vector<std::string> outputs(Goal goal) const {
+    gk_worker h = handle_;
+    return detail::read_list(
+        [h, goal](char *b, std::size_t c, std::size_t *l) {
+          return gk_worker_goal_outputs(h, goal.id, b, c, l);
+        },
+        "gk_worker_goal_outputs");
+  }
+
+  /// The worker's counts (checks nothing; violations are counted).
+  [[nodiscard]] Audit audit() const {
+    Audit a{};
+    detail::check(gk_worker_audit(handle_, &a), "gk_worker_audit");
+    return a;
+  }
+
+  /// The descriptor of WAIT events (an eventfd), for the host's poll loop.
+  [[nodiscard]] int fd() const {
+    std::int32_t fd = -1;
+    detail::check(gk_worker_fd(handle_, &fd), "gk_worker_fd");
+    return fd;
+  }
+
+  /// Drains the diagnostics log, e.g. "goal 3 waits for /s/x.lock held by
+  /// pid 123 (other process)".
+  [[nodiscard]] std::vector<std::string> take_log() {
+    gk_worker h = handle_;
+    return detail::read_list(
+        [h](char *b, std::size_t c, std::size_t *l) {
+          return gk_worker_take_log(h, b, c, l);
+        },
+        "gk_worker_take_log");
+  }
+
+  /// The raw handle (0 once closed); still owned by this object.
+  [[nodiscard]] gk_worker handle() const noexcept { return handle_; }
+
+  /// Gives up ownership of the raw handle without freeing it. Predicates
+  /// set through this object die with it, so they are reset to the
+  /// library's defaults first.
+  [[nodiscard]] gk_worker into_raw() noexcept {
+    if (valid_)
+      (void)gk_worker_set_valid_path(handle_, nullptr, nullptr);
+    if (cached_)
+      (void)gk_worker_set_cached_failure(handle_, nullptr, nullptr);
+    valid_.reset();
+    cached_.reset();
+    return std::exchange(handle_, 0);
+  }
+
+  explicit operator bool() const noexcept { return handle_ != 0; }
+
+private:
+  explicit Worker(gk_worker h) noexcept : handle_(h) {}
+
+  static std::int32_t trampoline(void *data, const char *path) noexcept {
+    try {
+      return (*static_cast<PathPredicate *>(data))(path) ? 1 : 0;
+    } catch (...) {
+      return -1;
+    }
+  }
+
+  void set_predicate(std::unique_ptr<PathPredicate> &slot, PathPredicate f,
+                     bool valid) {
+    std::unique_ptr<PathPredicate> next;
+    if (f)
+      next = std::make_unique<PathPredicate>(std::move(f));
+    gk_path_predicate fn = next ? &Worker::trampoline : nullptr;
+    gk_status s = valid ? gk_worker_set_valid_path(handle_, fn, next.get())
+                        : gk_worker_set_cached_failure(handle_, fn, next.get());
+    detail::check(s, valid ? "gk_worker_set_valid_path"
+                           : "gk_worker_set_cached_failure");
+    slot = std::move(next); // the library no longer uses the old one
+  }
+
+  void safety_net_free() noexcept {
+    gk_worker h = std::exchange(handle_, 0);
+    if (h == 0)
+      return;
+    gk_audit a{};
+    bool audited = gk_worker_audit(h, &a) == GK_OK;
+    gk_status s = gk_worker_free(h);
+    if (s == GK_ERROR_STALE_HANDLE || s == GK_ERROR_WRONG_PROCESS)
+      return;
+    if (s != GK_OK) {
+      detail::report_safety_net("worker", h, gk_last_error_message());
+    } else if (audited && (a.finished != a.goals || a.locks_held != 0)) {
+      char detail_text[160];
+      std::snprintf(detail_text, sizeof detail_text,
+                    "%llu unfinished goal(s) cancelled, %llu lock(s) released",
+                    static_cast<unsigned long long>(a.goals - a.finished),
+                    static_cast<unsigned long long>(a.locks_held));
+      detail::report_safety_net("worker", h, detail_text);
+    }
+  }
+
+  gk_worker handle_ = 0;
+  std::unique_ptr<PathPredicate> valid_, cached_;
+};
+
 } // namespace goalkeeper
 
 namespace std {
 template <> struct is_error_code_enum<goalkeeper::errc> : true_type {};
+template <> struct hash<goalkeeper::Goal> {
+  size_t operator()(goalkeeper::Goal g) const noexcept { return hash<uint64_t>()(g.id); }
+};
 } // namespace std
 
 #endif /* GOALKEEPER_HPP */

@@ -10,6 +10,7 @@
 #include <goalkeeper.hpp>
 
 #include <array>
+#include <map>
 #include <set>
 
 using namespace harness;
@@ -340,6 +341,417 @@ void test_safety_net() {
   log("safety net ok");
 }
 
+
+// ---------------------------------------------------------------------------
+// Worker
+
+/// Runs the pull loop without builders: every RUN is "built" at once after
+/// writing the outputs. Returns goal -> outcome for every RUN/FINISHED.
+std::map<gk_goal, gk::Outcome> drive(gk::Worker &w, int max_steps = 200) {
+  std::map<gk_goal, gk::Outcome> seen;
+  for (int step = 0; step < max_steps; ++step) {
+    gk::Event ev = w.next_event();
+    switch (ev.kind) {
+    case gk::Event::Kind::run:
+      for (auto &o : w.outputs(ev.goal))
+        std::ofstream(o) << "x";
+      w.report(ev.goal, gk::Outcome::built);
+      seen[ev.goal.id] = w.result(ev.goal).outcome;
+      break;
+    case gk::Event::Kind::finished:
+      seen[ev.goal.id] = ev.outcome;
+      break;
+    case gk::Event::Kind::wait: {
+      pollfd pfd{ev.fd, POLLIN, 0};
+      CHECK(poll(&pfd, 1, ev.poll_timeout()) >= 0, "poll");
+      break;
+    }
+    case gk::Event::Kind::done:
+      return seen;
+    }
+  }
+  die("the worker did not reach DONE in %d steps", max_steps);
+}
+
+void test_worker_basics() {
+  CHECK(std::string(gk::outcome_name(gk::Outcome::already_valid)) == "already-valid",
+        "outcome name");
+  CHECK(std::string(gk::outcome_name(gk::Outcome::none)) == "none", "none");
+  CHECK(std::string(gk::outcome_name(static_cast<gk::Outcome>(99))) == "unknown", "unknown");
+  CHECK(gk::is_success(gk::Outcome::already_valid) && !gk::is_success(gk::Outcome::cancelled),
+        "is_success");
+
+  gk::WorkerOptions opts;
+  opts.max_jobs = 2;
+  opts.recheck_interval = milliseconds(20);
+  gk::Worker w(opts);
+  int fd = w.fd();
+  CHECK(fd >= 0 && fcntl(fd, F_GETFD) != -1, "fd is open");
+  CHECK(fcntl(fd, F_GETFD) & FD_CLOEXEC, "fd is close-on-exec");
+
+  const std::string a = sp("wa"), b = sp("wb"), b2 = sp("wb-doc"), c = sp("wc");
+  gk::Goal ga = w.add_goal(gk::GoalKind::build, {a});
+  gk::Goal gb = w.add_goal(gk::GoalKind::build, std::vector<std::string>{b2, b});
+  gk::Goal gc = w.add_goal_packed(gk::GoalKind::build, gk::pack({c}), gk::BuildMode::normal);
+  gk::Goal gp = w.add_goal_packed(gk::GoalKind::plain, "");
+  gk::Goal gs = w.add_goal(gk::GoalKind::substitute, {sp("ws")});
+  CHECK(ga && gb && gc && gp && gs && ga != gb, "goal ids");
+  CHECK(w.add_goal(gk::GoalKind::build, {b, b2}) == gb, "the same outputs give the same goal (S9)");
+  auto outs = w.outputs(gb);
+  CHECK((std::set<std::string>(outs.begin(), outs.end()) == std::set<std::string>{b, b2}) &&
+            outs.size() == 2,
+        "outputs (sorted by lock-file name: wb-doc.lock < wb.lock)");
+  CHECK(w.outputs(gp).empty(), "a plain goal has no outputs");
+  w.add_dependency(gc, ga);
+  w.add_dependency(gc, gb);
+  w.add_dependency(gp, gc);
+  w.add_dependency(gp, gc); // the same edge twice is harmless
+  gk::GoalResult r = w.result(gc);
+  CHECK(r.state == gk::GoalState::waiting_deps && r.outcome == gk::Outcome::none &&
+            r.kind == gk::GoalKind::build && r.mode == gk::BuildMode::normal,
+        "result before running");
+
+  expect_error(gk::errc::invalid_argument, [&] { (void)w.add_goal(gk::GoalKind::build, {b}); },
+               "partial overlap with another goal's outputs");
+  expect_error(gk::errc::invalid_argument,
+               [&] { (void)w.add_goal(gk::GoalKind::build, std::vector<std::string>{}); },
+               "a build goal without outputs");
+  expect_error(gk::errc::invalid_argument,
+               [&] { (void)w.add_goal(gk::GoalKind::substitute, {sp("s1"), sp("s2")}); },
+               "a substitute goal with two outputs");
+  expect_error(gk::errc::invalid_path,
+               [&] { (void)w.add_goal(gk::GoalKind::build, {"relative/out"}); },
+               "a relative output");
+  expect_error(gk::errc::invalid_argument,
+               [&] { (void)w.add_goal(static_cast<gk::GoalKind>(9), {sp("k")}); },
+               "an unknown goal kind");
+  expect_error(gk::errc::invalid_argument,
+               [&] { (void)w.add_goal(gk::GoalKind::build, {sp("m")}, static_cast<gk::BuildMode>(7)); },
+               "an unknown build mode");
+  expect_error(gk::errc::invalid_argument, [&] { w.add_dependency(ga, ga); }, "self-dependency");
+  expect_error(gk::errc::stale_handle, [&] { w.add_dependency(ga, gk::Goal{12345}); },
+               "an unknown goal id");
+  expect_error(gk::errc::stale_handle, [&] { (void)w.result(gk::Goal{0}); }, "goal 0");
+  expect_error(gk::errc::invalid_state, [&] { w.report(ga, gk::Outcome::built); },
+               "report on a goal that is not running");
+  {
+    gk::Worker other;
+    gk::Goal foreign = other.add_goal(gk::GoalKind::build, {sp("other")});
+    (void)foreign;
+    expect_error(gk::errc::stale_handle, [&] { (void)w.result(gk::Goal{foreign.id + 1000}); },
+                 "a goal id out of range");
+    other.close();
+  }
+
+  // The substitute goal: run, then reported substituted.
+  gk::Event ev = w.next_event();
+  std::set<gk_goal> ran;
+  std::map<gk_goal, gk::Outcome> outcomes;
+  int guard = 0;
+  while (ev.kind != gk::Event::Kind::done) {
+    CHECK(++guard < 200, "no progress");
+    if (ev.kind == gk::Event::Kind::run) {
+      CHECK(ran.insert(ev.goal.id).second, "each goal runs once");
+      gk::Audit au = w.audit();
+      CHECK(au.slots_used <= 2, "slots within max_jobs (S6)");
+      if (ev.goal == gs) {
+        CHECK(ev.goal_kind == gk::GoalKind::substitute, "goal kind in the event");
+        expect_error(gk::errc::invalid_argument, [&] { w.report(gs, gk::Outcome::already_valid); },
+                     "already-valid is not reportable");
+        std::ofstream(sp("ws")) << "s";
+        w.report(gs, gk::Outcome::substituted);
+      } else if (ev.goal == gp) {
+        CHECK(ev.goal_kind == gk::GoalKind::plain, "plain");
+        w.report(gp, gk::Outcome::built);
+      } else {
+        CHECK(w.result(ev.goal).state == gk::GoalState::running, "running");
+        for (auto &o : w.outputs(ev.goal)) {
+          CHECK(gk::is_locked_by_me(o), "RUN holds the output locks");
+          std::ofstream(o) << "x";
+        }
+        w.report(ev.goal, gk::Outcome::built);
+        for (auto &o : w.outputs(ev.goal)) {
+          CHECK(!gk::is_locked_by_me(o), "released at completion (G1)");
+          CHECK(!exists(o + ".lock"), "deleted: the output is valid");
+        }
+      }
+      outcomes[ev.goal.id] = w.result(ev.goal).outcome;
+    } else if (ev.kind == gk::Event::Kind::finished) {
+      outcomes[ev.goal.id] = ev.outcome;
+    } else if (ev.kind == gk::Event::Kind::wait) {
+      CHECK(ev.fd == fd, "WAIT names the worker's fd");
+      pollfd pfd{ev.fd, POLLIN, 0};
+      CHECK(poll(&pfd, 1, ev.poll_timeout()) >= 0, "poll");
+    }
+    ev = w.next_event();
+  }
+  CHECK(outcomes[gs.id] == gk::Outcome::substituted && outcomes[ga.id] == gk::Outcome::built &&
+            outcomes[gb.id] == gk::Outcome::built && outcomes[gc.id] == gk::Outcome::built &&
+            outcomes[gp.id] == gk::Outcome::built,
+        "every goal succeeded");
+  gk::Audit au = w.audit();
+  CHECK(au.goals == 5 && au.finished == 5 && au.succeeded == 5 && au.failed == 0 &&
+            au.locks_held == 0 && au.locks_held_by_finished == 0 && au.slots_used == 0 &&
+            au.max_jobs == 2 && au.violations == 0 && au.checks > 0,
+        "audit after DONE");
+  expect_error(gk::errc::invalid_state, [&] { w.cancel(ga); }, "cancel a finished goal");
+  expect_error(gk::errc::invalid_state, [&] { w.add_dependency(ga, gb); },
+               "add a dependency to a finished goal");
+  gk::Goal again = w.add_goal(gk::GoalKind::build, {a});
+  CHECK(again == ga && w.result(again).outcome == gk::Outcome::built,
+        "results outlive execution");
+  // Logs drain.
+  (void)w.take_log();
+  CHECK(w.take_log().empty(), "take_log drains");
+  w.close();
+  expect_error(gk::errc::stale_handle, [&] { w.close(); }, "double close");
+  expect_error(gk::errc::stale_handle, [&] { (void)w.next_event(); }, "a closed worker");
+  expect_error(gk::errc::stale_handle, [&] { (void)w.fd(); }, "fd of a closed worker");
+  log("worker basics ok");
+}
+
+void test_worker_failures_and_predicates() {
+  // Failure without keep-going cancels what is not running; dependents fail.
+  {
+    gk::Worker w;
+    gk::Goal f = w.add_goal(gk::GoalKind::build, {sp("f1")});
+    gk::Goal dep = w.add_goal(gk::GoalKind::build, {sp("f2")});
+    gk::Goal other = w.add_goal(gk::GoalKind::build, {sp("f3")});
+    w.add_dependency(dep, f);
+    gk::Event ev = w.next_event();
+    CHECK(ev.kind == gk::Event::Kind::run && ev.goal == f, "f runs first");
+    w.report(f, gk::Outcome::failed); // no output written
+    CHECK(!gk::is_locked_by_me(sp("f1")) && exists(sp("f1") + ".lock"),
+          "released without deletion after a failure");
+    auto seen = drive(w);
+    CHECK(w.result(f).outcome == gk::Outcome::failed, "failed");
+    CHECK(w.result(dep).outcome == gk::Outcome::dependency_failed, "dependency failed");
+    CHECK(w.result(other).outcome == gk::Outcome::cancelled, "cancelled (no keep-going)");
+    CHECK(w.audit().locks_held == 0, "nothing held");
+    w.close();
+  }
+  // keep-going: the independent goal still builds; a builder that claims
+  // success without producing its output is recorded as failed.
+  {
+    gk::WorkerOptions o;
+    o.keep_going = true;
+    gk::Worker w(o);
+    gk::Goal liar = w.add_goal(gk::GoalKind::build, {sp("k1")});
+    gk::Goal indep = w.add_goal(gk::GoalKind::build, {sp("k2")});
+    gk::Goal timeout = w.add_goal(gk::GoalKind::build, {sp("k3")});
+    for (;;) {
+      gk::Event ev = w.next_event();
+      if (ev.kind == gk::Event::Kind::done)
+        break;
+      if (ev.kind != gk::Event::Kind::run)
+        continue;
+      if (ev.goal == liar) {
+        w.report(liar, gk::Outcome::built); // but k1 does not exist
+      } else if (ev.goal == timeout) {
+        w.report(timeout, gk::Outcome::timed_out);
+      } else {
+        std::ofstream(sp("k2")) << "x";
+        w.report(ev.goal, gk::Outcome::built);
+      }
+    }
+    CHECK(w.result(liar).outcome == gk::Outcome::failed, "invalid output: failed");
+    CHECK(w.result(indep).outcome == gk::Outcome::built, "keep-going built k2");
+    CHECK(w.result(timeout).outcome == gk::Outcome::timed_out, "timed out");
+    bool logged = false;
+    for (auto &l : w.take_log())
+      logged |= l.find("not valid") != std::string::npos;
+    CHECK(logged, "the log says why k1 failed");
+    w.close();
+  }
+  // Cancel: a running goal and its dependents.
+  {
+    gk::Worker w;
+    gk::Goal x = w.add_goal(gk::GoalKind::build, {sp("c1")});
+    gk::Goal y = w.add_goal(gk::GoalKind::build, {sp("c2")});
+    w.add_dependency(y, x);
+    gk::Event ev = w.next_event();
+    CHECK(ev.kind == gk::Event::Kind::run && ev.goal == x, "x runs");
+    CHECK(gk::is_locked_by_me(sp("c1")), "x holds its lock");
+    w.cancel(x); // the host stopped x's builder
+    CHECK(!gk::is_locked_by_me(sp("c1")), "cancel releases (G1)");
+    ev = w.next_event();
+    CHECK(ev.kind == gk::Event::Kind::finished && ev.goal == y &&
+              ev.outcome == gk::Outcome::dependency_failed,
+          "y: dependency failed");
+    CHECK(w.next_event().kind == gk::Event::Kind::done, "done");
+    CHECK(w.result(x).outcome == gk::Outcome::cancelled, "x cancelled");
+    w.close();
+  }
+  // Predicates: validity, cached failure; exceptions are "no". (keep-going,
+  // so that the cached failure does not cancel the rest.)
+  {
+    gk::WorkerOptions ko;
+    ko.keep_going = true;
+    gk::Worker w(ko);
+    std::vector<std::string> asked;
+    w.set_valid_path([&](std::string_view p) {
+      asked.emplace_back(p);
+      if (p == sp("p-throws"))
+        throw std::runtime_error("predicate error");
+      return p == sp("p-valid");
+    });
+    w.set_cached_failure([&](std::string_view p) { return p == sp("p-cached"); });
+    gk::Goal v = w.add_goal(gk::GoalKind::build, {sp("p-valid")});
+    gk::Goal cf = w.add_goal(gk::GoalKind::build, {sp("p-cached")});
+    gk::Goal th = w.add_goal(gk::GoalKind::build, {sp("p-throws")});
+    std::set<gk_goal> ran;
+    for (;;) {
+      gk::Event ev = w.next_event();
+      if (ev.kind == gk::Event::Kind::done)
+        break;
+      if (ev.kind == gk::Event::Kind::run) {
+        ran.insert(ev.goal.id);
+        w.report(ev.goal, gk::Outcome::failed);
+      } else if (ev.kind == gk::Event::Kind::wait) {
+        die("nothing to wait for");
+      }
+    }
+    CHECK(w.result(v).outcome == gk::Outcome::already_valid && !ran.count(v.id),
+          "the host's validity predicate is used");
+    CHECK(w.result(cf).outcome == gk::Outcome::cached_failure && !ran.count(cf.id),
+          "cached failure");
+    CHECK(ran.count(th.id), "a throwing predicate counts as 'not valid'");
+    CHECK(!asked.empty(), "the predicate was asked");
+    w.set_valid_path({}); // back to the default: the path exists
+    w.set_cached_failure({});
+    w.close();
+  }
+  // A dependency cycle is reported, never a hang.
+  {
+    gk::Worker w;
+    gk::Goal p = w.add_goal(gk::GoalKind::build, {sp("cy1")});
+    gk::Goal q = w.add_goal(gk::GoalKind::build, {sp("cy2")});
+    w.add_dependency(p, q);
+    w.add_dependency(q, p);
+    std::string what = expect_error(gk::errc::scheduler_deadlock, [&] { (void)drive(w); },
+                                    "a dependency cycle");
+    CHECK(what.find("cy1") != std::string::npos, "the message names the goals: %s",
+          what.c_str());
+    w.close();
+  }
+  // A raw handle, adopted; a lock-set handle is not a worker.
+  {
+    gk::Worker w = gk::Worker::with_defaults();
+    gk::Worker back = gk::Worker::adopt(w.into_raw());
+    CHECK(!w && back, "into_raw / adopt");
+    back.close();
+    gk::LockSet s = gk::LockSet::acquire({sp("not-a-worker")});
+    gk::Worker wrong = gk::Worker::adopt(s.handle());
+    expect_error(gk::errc::stale_handle, [&] { (void)wrong.audit(); },
+                 "a lock-set handle used as a worker");
+    (void)wrong.into_raw();
+    s.release();
+  }
+  log("worker failures and predicates ok");
+}
+
+void test_worker_foreign_wait_and_safety_net() {
+  // S3 at the API level: another process holds the lock of an output that
+  // then becomes valid; the waiting goal finishes without the lock.
+  const std::string X = sp("xf");
+  Bus up;
+  Gate let_go;
+  pid_t child = fork();
+  CHECK(child >= 0, "fork");
+  if (child == 0) {
+    up.keep_write();
+    let_go.forget_write();
+    gk::LockSet s = gk::LockSet::acquire({X});
+    up.send("held");
+    let_go.wait(milliseconds(10000), "let go");
+    s.release();
+    _exit(0);
+  }
+  up.keep_read();
+  up.wait_for([](const std::string &l) { return l == "held"; }, milliseconds(10000), "held");
+  gk::WorkerOptions o;
+  o.recheck_interval = milliseconds(10);
+  gk::Worker w(o);
+  gk::Goal g = w.add_goal(gk::GoalKind::build, {X});
+  gk::Event ev = w.next_event();
+  CHECK(ev.kind == gk::Event::Kind::wait && ev.fd == w.fd() && ev.timeout,
+        "WAIT with a re-check timeout while another process holds the lock");
+  CHECK(w.result(g).state == gk::GoalState::waiting_lock, "waiting_lock");
+  gk::Audit a = w.audit();
+  CHECK(a.waiting_lock == 1 && a.foreign_waits == 1 && a.locks_held == 0,
+        "waits in the kernel, holding nothing");
+  std::ofstream(X) << "made by the other process"; // the output becomes valid
+  for (int i = 0; i < 1000 && ev.kind == gk::Event::Kind::wait; ++i) {
+    pollfd pfd{ev.fd, POLLIN, 0};
+    CHECK(poll(&pfd, 1, ev.poll_timeout()) >= 0, "poll");
+    ev = w.next_event();
+  }
+  CHECK(ev.kind == gk::Event::Kind::finished && ev.outcome == gk::Outcome::already_valid,
+        "finished already valid while the other process still holds the lock");
+  CHECK(lock_holder(X) == -1, "the other process still holds it");
+  CHECK(w.audit().validity_rechecks >= 1, "through a validity re-check");
+  CHECK(w.next_event().kind == gk::Event::Kind::done, "done");
+  w.close();
+  let_go.open();
+  int st = wait_child(child, milliseconds(10000), "holder");
+  CHECK(exited_ok(st), "holder: %s", describe_status(st).c_str());
+
+  // legacy_hold reproduces #31785 on purpose (finished goals keep their
+  // locks), and the ledger check of the very call that finished the goal
+  // reports it (G6) instead of letting it pass silently.
+  {
+    gk::WorkerOptions lo;
+    lo.legacy_hold = true;
+    gk::Worker w2(lo);
+    gk::Goal h = w2.add_goal(gk::GoalKind::build, {sp("held-after")});
+    gk::Event e = w2.next_event();
+    CHECK(e.kind == gk::Event::Kind::run && e.goal == h, "run");
+    std::ofstream(sp("held-after")) << "x";
+    std::string what = expect_error(gk::errc::invariant_violation,
+                                    [&] { w2.report(h, gk::Outcome::built); },
+                                    "a finished goal that keeps its lock");
+    CHECK(what.find("held-after") != std::string::npos, "names the path: %s", what.c_str());
+    CHECK(gk::is_locked_by_me(sp("held-after")), "legacy_hold: the lock outlives the goal");
+    w2.close(); // the host abandoning the worker releases it
+    CHECK(!gk::is_locked_by_me(sp("held-after")), "released by close()");
+  }
+
+  // A worker in a fork child belongs to the parent.
+  {
+    gk::Worker w3;
+    pid_t c = fork();
+    CHECK(c >= 0, "fork");
+    if (c == 0) {
+      expect_error(gk::errc::wrong_process, [&] { (void)w3.next_event(); },
+                   "the parent's worker in a fork child");
+      _exit(0);
+    }
+    int st3 = wait_child(c, milliseconds(10000), "fork child");
+    CHECK(exited_ok(st3), "fork child: %s", describe_status(st3).c_str());
+    w3.close();
+  }
+
+  // The destructor frees an abandoned worker, releases, and reports it.
+  auto previous = gk::set_safety_net_handler(&count_safety_net);
+  g_safety_net_calls = 0;
+  {
+    gk::Worker abandoned;
+    gk::Goal r = abandoned.add_goal(gk::GoalKind::build, {sp("abandoned")});
+    gk::Event e = abandoned.next_event();
+    CHECK(e.kind == gk::Event::Kind::run && e.goal == r, "running");
+    CHECK(gk::is_locked_by_me(sp("abandoned")), "held while running");
+  } // no report(), no close(): the safety net
+  CHECK(g_safety_net_calls == 1 && g_safety_net_what == "worker", "reported");
+  CHECK(!gk::is_locked_by_me(sp("abandoned")), "released by the destructor");
+  {
+    gk::Worker tidy;
+    (void)tidy.add_goal(gk::GoalKind::build, {sp("tidy")});
+    (void)drive(tidy);
+  } // every goal finished, nothing held: freeing it is ordinary cleanup
+  CHECK(g_safety_net_calls == 1, "a finished worker's destructor reports nothing");
+  gk::set_safety_net_handler(previous);
+  log("worker foreign wait, legacy_hold, fork, safety net ok");
+}
 } // namespace
 
 int main(int argc, char **argv) {
@@ -352,6 +764,9 @@ int main(int argc, char **argv) {
   test_timeout_and_busy();
   test_fork_child();
   test_safety_net();
+  test_worker_basics();
+  test_worker_failures_and_predicates();
+  test_worker_foreign_wait_and_safety_net();
   CHECK(gk::held_count() == 0, "nothing held at the end");
   log("api_test: all passed");
   return 0;

@@ -102,6 +102,13 @@ struct Pipe {
 /// call forget_write() right after fork.
 struct Gate {
   Pipe p = Pipe::make();
+  Gate() = default;
+  Gate(const Gate &) = delete;
+  Gate &operator=(const Gate &) = delete;
+  ~Gate() {
+    p.close_r();
+    p.close_w();
+  }
   void open() { p.close_w(); }
   void forget_write() { p.close_w(); }
   int read_fd() const { return p.r; }
@@ -220,25 +227,30 @@ inline std::string field(const std::string &line, const std::string &key) {
 /// The builder: a real /bin/sh process. It checks that its inputs exist
 /// (they must have been built first), appends one line to the run log
 /// (O_APPEND through >>, so concurrent builders never lose a line), waits
-/// at its gate if it has one, takes a little time, and writes $out
-/// atomically (a temporary file renamed into place), so $out exists only
-/// once complete: existence is validity here.
+/// at its gate if it has one, takes a little time, and writes each of its
+/// outputs atomically (a temporary file renamed into place), so an output
+/// exists only once complete: existence is validity here.
 inline const char *builder_script() {
   return "set -e\n"
          "for i in $inputs; do\n"
          "  [ -e \"$i\" ] || { echo \"builder $name: missing input $i\" >&2; exit 3; }\n"
          "done\n"
          "printf '%s %s %s\\n' \"$name\" \"$client\" \"$$\" >> \"$runlog\"\n"
-         "if [ -n \"$gate\" ]; then read -r _ <&9 || true; fi\n"
+         "if [ -n \"$gate\" ]; then\n"
+         "  st=0; read -r _ <&9 || st=$?\n"  // 1: EOF, the gate opened
+         "  [ \"$st\" -le 1 ] || { echo \"builder $name: no gate on fd 9\" >&2; exit 4; }\n"
+         "fi\n"
          "if [ -n \"$delay\" ]; then sleep \"$delay\"; fi\n"
-         "tmp=\"$out.tmp.$$\"\n"
-         "printf '%s\\n' \"$name\" > \"$tmp\"\n"
-         "mv \"$tmp\" \"$out\"\n";
+         "for o in $outs; do\n"
+         "  tmp=\"$o.tmp.$$\"\n"
+         "  printf '%s\\n' \"$name\" > \"$tmp\"\n"
+         "  mv \"$tmp\" \"$o\"\n"
+         "done\n";
 }
 
 struct BuilderSpec {
   std::string name;
-  std::string out;
+  std::vector<std::string> outs;   // output paths
   std::vector<std::string> inputs; // paths that must exist
   std::string runlog;
   std::string client; // who ran it (for the run log)
@@ -251,11 +263,15 @@ struct BuilderSpec {
 /// is prepared before fork: the child only calls async-signal-safe
 /// functions (the parent may have threads).
 inline pid_t spawn_builder(const BuilderSpec &b) {
-  std::string inputs;
-  for (auto &i : b.inputs)
-    inputs += (inputs.empty() ? "" : " ") + i;
+  auto join = [](const std::vector<std::string> &v) {
+    std::string s;
+    for (auto &i : v)
+      s += (s.empty() ? "" : " ") + i;
+    return s;
+  };
+  std::string inputs = join(b.inputs);
   std::vector<std::string> env = {
-      "PATH=/usr/bin:/bin",    "out=" + b.out,       "name=" + b.name,
+      "PATH=/usr/bin:/bin",    "outs=" + join(b.outs), "name=" + b.name,
       "inputs=" + inputs,      "runlog=" + b.runlog, "client=" + b.client,
       "delay=" + b.delay,      std::string("gate=") + (b.gate_fd >= 0 ? "1" : ""),
   };
@@ -269,10 +285,14 @@ inline pid_t spawn_builder(const BuilderSpec &b) {
   if (pid == -1)
     die("fork: %s", std::strerror(errno));
   if (pid == 0) {
-    if (b.gate_fd >= 0 && dup2(b.gate_fd, 9) == -1)
+    // dup2(fd, fd) would keep FD_CLOEXEC: clear it by hand in that case.
+    auto place = [](int from, int to) {
+      return from == to ? fcntl(to, F_SETFD, 0) : dup2(from, to);
+    };
+    if (b.gate_fd >= 0 && place(b.gate_fd, 9) == -1)
       _exit(126);
-    if (b.log_fd >= 0 &&
-        (dup2(b.log_fd, STDOUT_FILENO) == -1 || dup2(b.log_fd, STDERR_FILENO) == -1))
+    if (b.log_fd >= 0 && (place(b.log_fd, STDOUT_FILENO) == -1 ||
+                          place(b.log_fd, STDERR_FILENO) == -1))
       _exit(126);
     execve(argv[0], argv, envp.data());
     _exit(127);
