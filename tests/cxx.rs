@@ -93,3 +93,15 @@ fn cxx_legacy_interop() {
     );
     assert!(out.contains("legacy_interop: all steps passed"), "{out}");
 }
+
+/// The README's C++ example builds with -Werror and runs.
+#[test]
+fn cxx_readme_example() {
+    let out = build_and_run(
+        "readme_example",
+        &["readme_example.cc"],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("ccc-hello: built"), "{out}");
+}
