@@ -130,57 +130,6 @@ typedef enum {
 } gk_status;
 
 /**
- * How a goal ended.
- */
-enum Outcome
-#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
-  : uint8_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
- {
-  /**
-   * The host built it (reported, and its outputs are valid).
-   */
-  Built = 1,
-  /**
-   * The host substituted it (reported, and its output is valid).
-   */
-  Substituted = 2,
-  /**
-   * Its outputs were valid already, or became valid while it waited.
-   */
-  AlreadyValid = 3,
-  /**
-   * The host reported failure, or success without valid outputs, or it
-   * could not be started (e.g. a build with `max_jobs = 0`).
-   */
-  Failed = 4,
-  /**
-   * The host reported a timeout.
-   */
-  TimedOut = 5,
-  /**
-   * The host's cached-failure predicate said an output failed before.
-   */
-  CachedFailure = 6,
-  /**
-   * A dependency did not succeed.
-   */
-  DependencyFailed = 7,
-  /**
-   * Cancelled by the host, by an earlier failure without keep-going, or
-   * because the host abandoned the worker.
-   */
-  Cancelled = 8,
-};
-#ifndef __cplusplus
-#if __STDC_VERSION__ >= 202311L
-typedef enum Outcome Outcome;
-#else
-typedef uint8_t Outcome;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
-
-/**
  * Which kernel lock a store uses. Pass one of these as a `uint32_t backend`.
  * Never mix backends on one store: `flock` and `fcntl` locks do not exclude
  * each other on Linux.
@@ -582,10 +531,7 @@ typedef struct {
   uint64_t violations;
 } gk_audit;
 
-/**
- * Every outcome, in numeric order.
- */
-#define Outcome_ALL { Built, Substituted, AlreadyValid, Failed, TimedOut, CachedFailure, DependencyFailed, Cancelled, }
+
 
 #ifdef __cplusplus
 extern "C" {

@@ -646,6 +646,10 @@ class [[nodiscard]] Worker {
 public:
   /// A new worker.
   explicit Worker(const WorkerOptions &opts = {}) {
+    if (opts.recheck_interval.count() < 0 ||
+        opts.recheck_interval.count() > std::chrono::milliseconds::rep(UINT32_MAX))
+      throw error(errc::invalid_argument, "gk_worker_new",
+                  "recheck_interval must be between 0 and 2^32-1 ms");
     gk_worker_options o{};
     o.max_jobs = opts.max_jobs;
     o.keep_going = opts.keep_going;

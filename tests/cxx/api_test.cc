@@ -16,6 +16,13 @@
 using namespace harness;
 namespace gk = goalkeeper;
 
+// The headers must not put unprefixed names into the global namespace: a
+// daemon including them has its own Built, Failed, TimedOut... (This fails
+// to compile if the generated header leaks such enumerators again.)
+[[maybe_unused]] static const int Built = 1, Substituted = 2, AlreadyValid = 3, Failed = 4,
+                                  TimedOut = 5, CachedFailure = 6, DependencyFailed = 7,
+                                  Cancelled = 8, Outcome = 9;
+
 namespace {
 
 std::string g_store;
@@ -429,6 +436,14 @@ void test_worker_basics() {
                [&] { (void)w.add_goal(gk::GoalKind::build, {sp("m")}, static_cast<gk::BuildMode>(7)); },
                "an unknown build mode");
   expect_error(gk::errc::invalid_argument, [&] { w.add_dependency(ga, ga); }, "self-dependency");
+  {
+    gk::WorkerOptions bad;
+    bad.recheck_interval = milliseconds(-1);
+    expect_error(gk::errc::invalid_argument, [&] { gk::Worker x(bad); }, "negative recheck");
+    bad.recheck_interval = milliseconds(0);
+    bad.backend = static_cast<gk::Backend>(5);
+    expect_error(gk::errc::invalid_argument, [&] { gk::Worker x(bad); }, "unknown backend");
+  }
   expect_error(gk::errc::stale_handle, [&] { w.add_dependency(ga, gk::Goal{12345}); },
                "an unknown goal id");
   expect_error(gk::errc::stale_handle, [&] { (void)w.result(gk::Goal{0}); }, "goal 0");
