@@ -465,3 +465,74 @@ fn threads_contending_in_process_never_share_a_path() {
     }
     assert!(got.load(Ordering::Relaxed) > 0);
 }
+
+/// While another process holds a path, threads of this process that merely
+/// *try* it must all hear Busy, never HeldByThisProcess (nobody in this
+/// process holds it), and a blocking acquisition running at the same time
+/// must not fail with HeldByThisProcess because of their attempts; it gets
+/// the lock once the other process lets go.
+#[test]
+fn concurrent_failing_tries_are_busy_not_held_by_this_process() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let kit = kit!();
+    let s = TempStore::new();
+    let p = s.path("aaa-out");
+    let mut h = kit.helper("hold", &["ofd", "try", &p]);
+    h.expect("locked");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tries = Vec::new();
+    for t in 0..2 {
+        let (p, stop) = (p.clone(), stop.clone());
+        tries.push(std::thread::spawn(move || {
+            let mut wrong = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                n += 1;
+                match LockSet::try_acquire([&p], Backend::Ofd) {
+                    Err(Error::Busy { .. }) => {}
+                    Err(e @ Error::HeldByThisProcess { .. }) => {
+                        wrong.push(format!("thread {t}: {e}"))
+                    }
+                    other => panic!("thread {t}: {other:?} while another process holds the path"),
+                }
+            }
+            wrong
+        }));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p2 = p.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(LockSet::acquire([&p2], Backend::Ofd, WaitMode::Forever));
+    });
+    let ino = inode_of(&lock_file(&p));
+    lockkit::wait_until("the blocking acquisition blocks", REPLY, || {
+        if let Ok(r) = rx.try_recv() {
+            panic!("the blocking acquisition returned while another process holds the path: {r:?}");
+        }
+        lockkit::proc_locks(ino).waiting.len() == 1
+    });
+    // Let the tries run against the foreign holder for a while: a few
+    // thousand attempts, counted by a third thread's own tries.
+    for _ in 0..2000 {
+        let _ = LockSet::try_acquire([&p], Backend::Ofd);
+    }
+    // Stop the tries (fcntl locks are not fair: hammering tries would
+    // starve the blocked waiter for a while), then let the holder go.
+    stop.store(true, Ordering::Relaxed);
+    let wrong: Vec<String> = tries.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    h.send("release");
+    h.expect("released");
+    let got = rx
+        .recv_timeout(REPLY)
+        .expect("the blocking acquisition returned");
+    assert!(
+        wrong.is_empty(),
+        "HeldByThisProcess while only another process held the path ({} times): {}",
+        wrong.len(),
+        wrong.first().unwrap()
+    );
+    got.expect("the blocking acquisition got the lock")
+        .release()
+        .unwrap();
+}

@@ -5,35 +5,30 @@ use std::os::unix::io::RawFd;
 
 use super::backend::Backend;
 use super::path::StorePath;
-use super::process::{self, ensure_atfork, generation, STATE};
+use super::process::{self, ensure_atfork, generation, State, STATE};
+use super::registry::Owner;
 use crate::error::{Error, Result};
 
 /// How many times a lock file may turn out stale (deleted by its previous
 /// holder) in a row before acquisition reports an error instead of spinning.
 pub const MAX_STALE_ATTEMPTS: u32 = 1000;
 
-/// Whether an acquisition may block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// Fail with "busy" at once.
-    Try,
-    /// Block in the kernel until the lock is free (retrying on `EINTR`).
-    Block,
-}
-
 /// The identity of a lock file's inode, `(st_dev, st_ino)`. Two names of one
 /// file (a store directory reached through a symbolic link or a bind mount)
 /// have the same key, and so do two descriptors of it.
 pub(crate) type FileKey = (u64, u64);
 
-/// The outcome of a non-blocking acquisition.
+/// The outcome of [`LockFile::try_registered`].
 #[derive(Debug)]
 pub(crate) enum Acquired {
-    /// The lock is held.
+    /// The lock is held, and registered to its owner.
     Locked(LockFile),
-    /// Another open file description holds it; the file's inode is given so
-    /// that a caller can tell its own other locks apart.
-    Busy(FileKey),
+    /// Another open file description holds it, not one of this process's
+    /// lock sets.
+    Busy,
+    /// One of this process's lock sets holds the file (perhaps under another
+    /// name): its owner, and the file's inode.
+    HeldHere(Owner, FileKey),
 }
 
 /// An open, locked lock file. Dropping it releases the lock without deletion;
@@ -47,35 +42,21 @@ pub(crate) struct LockFile {
 }
 
 impl LockFile {
-    /// Takes the lock on `path.lock`. `Ok(None)` means busy (only with [`Wait::Try`]).
+    /// Takes the lock on `path.lock`, blocking until it is free (retrying on
+    /// `EINTR`, L6). The lock is not registered to anyone: a blocking wait
+    /// hands it to a lock set pass, which registers it.
     ///
     /// After the kernel grants the lock, the file is checked with `fstat`: if
     /// it has been unlinked (`st_nlink == 0`) or carries the deletion token
     /// (`st_size != 0`), its previous holder deleted it, so it is closed,
     /// re-opened and locked again, at most [`MAX_STALE_ATTEMPTS`] times.
     ///
-    /// If the lock is busy because this very process holds the same file
-    /// through another name, the answer is [`Error::HeldByThisProcess`] (G5):
-    /// a try does not report "another process", and a blocking call does not
-    /// wait forever for itself.
-    pub(crate) fn acquire(path: &StorePath, backend: Backend, wait: Wait) -> Result<Option<Self>> {
-        match Self::acquire_keyed(path, backend, wait)? {
-            Acquired::Locked(f) => Ok(Some(f)),
-            Acquired::Busy(_) => Ok(None),
-        }
-    }
-
-    /// Like [`LockFile::acquire`], saying which inode was busy.
-    pub(crate) fn acquire_keyed(
-        path: &StorePath,
-        backend: Backend,
-        wait: Wait,
-    ) -> Result<Acquired> {
+    /// It tries first: if the lock is busy because one of this process's
+    /// lock sets holds the same file (perhaps under another name), the answer
+    /// is [`Error::HeldByThisProcess`] (G5), never a wait for itself.
+    pub(crate) fn acquire_blocking(path: &StorePath, backend: Backend) -> Result<Self> {
         for _ in 0..MAX_STALE_ATTEMPTS {
             let fd = open_lock_file(path)?;
-            // Non-blocking first, even for a blocking acquisition, so that a
-            // lock this process holds under another name is found before
-            // the kernel is asked to wait for it.
             let locked = match backend.try_lock(fd) {
                 Ok(true) => Ok(()),
                 Ok(false) => {
@@ -93,13 +74,7 @@ impl LockFile {
                             owner,
                         });
                     }
-                    match wait {
-                        Wait::Try => {
-                            close_fd(fd);
-                            return Ok(Acquired::Busy(key));
-                        }
-                        Wait::Block => lock_blocking(backend, fd),
-                    }
+                    lock_blocking(backend, fd)
                 }
                 Err(e) => Err(e),
             };
@@ -109,12 +84,12 @@ impl LockFile {
             }
             match stat(fd) {
                 Ok(st) if !is_stale(&st) => {
-                    return Ok(Acquired::Locked(LockFile {
+                    return Ok(LockFile {
                         fd,
                         backend,
                         generation: generation(),
                         key: key_of(&st),
-                    }))
+                    })
                 }
                 Ok(_) => {
                     let _ = backend.unlock(fd);
@@ -127,10 +102,71 @@ impl LockFile {
                 }
             }
         }
-        Err(Error::StaleRetriesExhausted {
-            path: path.lock_path().to_path_buf(),
-            attempts: MAX_STALE_ATTEMPTS,
-        })
+        Err(stale_exhausted(path))
+    }
+
+    /// Takes the lock without blocking and, in the same step under the
+    /// process lock, registers `path` and the file's inode to `owner`. So
+    /// the registry never lags behind the kernel for a try: a thread of this
+    /// process that finds the lock busy either sees the entry (and says
+    /// "held by this process") or ran before the lock was taken. A busy lock
+    /// whose inode one of this process's sets holds is [`Acquired::HeldHere`].
+    /// Stale files are handled as in [`LockFile::acquire_blocking`].
+    pub(crate) fn try_registered(
+        path: &StorePath,
+        backend: Backend,
+        owner: Owner,
+    ) -> Result<Acquired> {
+        ensure_atfork();
+        for _ in 0..MAX_STALE_ATTEMPTS {
+            let attempt = STATE.with(|st| -> Result<Option<Acquired>> {
+                let fd = open_in(st, path)?;
+                let fail = |st: &mut State, op, e| {
+                    close_in(st, fd);
+                    Err(Error::from_io(path.lock_path(), op, e))
+                };
+                match backend.try_lock(fd) {
+                    Err(e) => fail(st, "lock", e),
+                    Ok(false) => {
+                        let key = match stat(fd) {
+                            Ok(s) => key_of(&s),
+                            Err(e) => return fail(st, "fstat", e),
+                        };
+                        close_in(st, fd);
+                        Ok(Some(match st.held_inodes.get(&key) {
+                            Some(o) => Acquired::HeldHere(*o, key),
+                            None => Acquired::Busy,
+                        }))
+                    }
+                    Ok(true) => match stat(fd) {
+                        Ok(s) if !is_stale(&s) => {
+                            let key = key_of(&s);
+                            st.held_inodes.insert(key, owner);
+                            st.held.insert(path.clone(), owner);
+                            Ok(Some(Acquired::Locked(LockFile {
+                                fd,
+                                backend,
+                                generation: generation(),
+                                key,
+                            })))
+                        }
+                        Ok(_) => {
+                            let _ = backend.unlock(fd);
+                            close_in(st, fd);
+                            Ok(None) // stale: re-open
+                        }
+                        Err(e) => {
+                            let _ = backend.unlock(fd);
+                            fail(st, "fstat", e)
+                        }
+                    },
+                }
+            })?;
+            if let Some(a) = attempt {
+                return Ok(a);
+            }
+        }
+        Err(stale_exhausted(path))
     }
 
     /// The identity of the locked inode.
@@ -155,7 +191,19 @@ impl LockFile {
     ///
     /// The lock is always released, even when an error is returned; the error
     /// then says that the file could not be deleted.
-    pub(crate) fn release(mut self, path: &StorePath, delete: bool) -> Result<()> {
+    pub(crate) fn release(self, path: &StorePath, delete: bool) -> Result<()> {
+        STATE.with(|st| self.release_in(st, path, delete))
+    }
+
+    /// [`LockFile::release`], with the process lock already held: a caller
+    /// can update the registry in the same step, so that no other thread
+    /// sees the lock released but registered, or registered but released.
+    pub(crate) fn release_in(
+        mut self,
+        st: &mut State,
+        path: &StorePath,
+        delete: bool,
+    ) -> Result<()> {
         let fd = std::mem::replace(&mut self.fd, -1);
         if self.generation != generation() {
             // Inherited through fork: the atfork handler closed it already.
@@ -166,7 +214,7 @@ impl LockFile {
             result = delete_lock_file(fd, path);
         }
         let _ = self.backend.unlock(fd);
-        close_fd(fd);
+        close_in(st, fd);
         result
     }
 }
@@ -238,33 +286,46 @@ fn key_of(st: &libc::stat) -> FileKey {
 /// so that fork children close it.
 pub(crate) fn open_lock_file(path: &StorePath) -> Result<RawFd> {
     ensure_atfork();
-    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // Open under the process lock so that a concurrent fork either sees the
+    // descriptor tracked or does not inherit it at all.
+    STATE.with(|st| open_in(st, path))
+}
+
+/// [`open_lock_file`], with the process lock already held.
+fn open_in(st: &mut State, path: &StorePath) -> Result<RawFd> {
     if let Some(e) = crate::fault::injected(crate::fault::Point::OpenNoSpace) {
         return Err(Error::from_io(path.lock_path(), "open", e));
     }
-    // Open under the process lock so that a concurrent fork either sees the
-    // descriptor tracked or does not inherit it at all.
-    STATE.with(|st| {
-        super::store_dir::check_cached(st, path.store_dir())?;
-        // SAFETY: the path is NUL-terminated; mode is passed as the variadic argument.
-        let fd = unsafe { libc::open(path.lock_cstr().as_ptr(), flags, 0o600 as libc::c_uint) };
-        if fd < 0 {
-            return Err(Error::from_io(
-                path.lock_path(),
-                "open",
-                io::Error::last_os_error(),
-            ));
-        }
-        process::track_fd(st, fd);
-        Ok(fd)
-    })
+    super::store_dir::check_cached(st, path.store_dir())?;
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: the path is NUL-terminated; mode is passed as the variadic argument.
+    let fd = unsafe { libc::open(path.lock_cstr().as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        return Err(Error::from_io(
+            path.lock_path(),
+            "open",
+            io::Error::last_os_error(),
+        ));
+    }
+    process::track_fd(st, fd);
+    Ok(fd)
 }
 
 /// Untracks and closes a lock descriptor.
 pub(crate) fn close_fd(fd: RawFd) {
-    STATE.with(|st| {
-        st.fds.remove(&fd);
-        // SAFETY: closing a descriptor this library opened and still owns.
-        unsafe { libc::close(fd) };
-    });
+    STATE.with(|st| close_in(st, fd));
+}
+
+/// [`close_fd`], with the process lock already held.
+fn close_in(st: &mut State, fd: RawFd) {
+    st.fds.remove(&fd);
+    // SAFETY: closing a descriptor this library opened and still owns.
+    unsafe { libc::close(fd) };
+}
+
+fn stale_exhausted(path: &StorePath) -> Error {
+    Error::StaleRetriesExhausted {
+        path: path.lock_path().to_path_buf(),
+        attempts: MAX_STALE_ATTEMPTS,
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
-use super::file::{Acquired, LockFile, Wait};
+use super::file::{Acquired, LockFile};
 use super::path::{normalize_set, StorePath};
 use super::process::{generation, STATE};
 use super::registry::{check_free, Owner};
@@ -105,11 +105,7 @@ impl LockSet {
                                 path: busy.as_path().to_path_buf(),
                             })
                         }
-                        (WaitMode::Forever, _) => (
-                            k,
-                            LockFile::acquire(busy, backend, Wait::Block)?
-                                .expect("a blocking acquisition never reports busy"),
-                        ),
+                        (WaitMode::Forever, _) => (k, LockFile::acquire_blocking(busy, backend)?),
                         (WaitMode::Timeout(_), Some(deadline)) => {
                             let w = LockWait::spawn(busy.clone(), backend, None)?;
                             let left = deadline.saturating_duration_since(Instant::now());
@@ -196,41 +192,8 @@ impl LockSet {
     }
 
     fn release_inner(&mut self) -> Result<()> {
-        let delete = self.delete;
-        let mut first_err = None;
         let locks = std::mem::take(&mut self.locks);
-        let id = self.id;
-        // The inodes leave the registry before their locks are released:
-        // once closed, a deleted lock file's inode number can be reused at
-        // once by an unrelated new file, which must not look held by us.
-        STATE.with(|st| {
-            for (_, f) in &locks {
-                if st
-                    .held_inodes
-                    .get(&f.key())
-                    .is_some_and(|o| o.lockset == id)
-                {
-                    st.held_inodes.remove(&f.key());
-                }
-            }
-        });
-        let mut paths = Vec::with_capacity(locks.len());
-        for (p, f) in locks {
-            if let Err(e) = f.release(&p, delete) {
-                first_err.get_or_insert(e);
-            }
-            paths.push(p);
-        }
-        // Kernel locks first, then the registry: the registry never claims a
-        // path is free while the kernel lock is still held.
-        STATE.with(|st| {
-            for p in &paths {
-                if st.held.get(p).is_some_and(|o| o.lockset == id) {
-                    st.held.remove(p);
-                }
-            }
-        });
-        first_err.map_or(Ok(()), Err)
+        release_locks(self.id, locks, self.delete)
     }
 
     /// Checks this set's ledger invariants (G6): the set belongs to this
@@ -289,9 +252,43 @@ impl Drop for LockSet {
     }
 }
 
-/// One all-or-nothing pass. Reserves the paths in the registry (G5), then
-/// try-locks them in order. On the first busy path `k`, releases 0..k and
-/// returns `Ok(Err((paths, k)))`.
+/// Releases `locks` of lock set `id`, each together with its registry
+/// entries (path and inode) in one step under the process lock. So another
+/// thread never finds a lock released but still registered (a false "held
+/// by this process"), nor registered no more but still locked (a false
+/// "busy, another process"), and a deleted lock file's inode number, which
+/// the file system may reuse at once, is unregistered before it is freed.
+/// Every lock is released even when one fails; the first error is returned.
+fn release_locks(id: u64, locks: Vec<(StorePath, LockFile)>, delete: bool) -> Result<()> {
+    let mut first_err = None;
+    for (p, f) in locks {
+        let key = f.key();
+        let r = STATE.with(|st| {
+            let r = f.release_in(st, &p, delete);
+            if st.held_inodes.get(&key).is_some_and(|o| o.lockset == id) {
+                st.held_inodes.remove(&key);
+            }
+            if st.held.get(&p).is_some_and(|o| o.lockset == id) {
+                st.held.remove(&p);
+            }
+            r
+        });
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// One all-or-nothing pass: try-locks the paths in order, registering each
+/// lock (path and inode) to `owner` at the moment the kernel grants it, so
+/// that the registry names exactly what this process holds (G5, G6). A lock
+/// `in_hand` (index, lock), granted by a blocking wait, is registered first.
+/// On the first busy path `k`, releases 0..k and returns `Ok(Err((paths, k)))`.
+///
+/// Paths are not reserved before they are locked: a thread that merely tries
+/// a path does not make it "held by this process" for other threads, and a
+/// blocking acquisition never fails because of such an attempt.
 #[allow(clippy::type_complexity)]
 fn try_once(
     id: u64,
@@ -301,20 +298,22 @@ fn try_once(
     mut in_hand: Option<(usize, LockFile)>,
 ) -> Result<std::result::Result<LockSet, (Vec<StorePath>, usize)>> {
     STATE.with(|st| {
+        // Fast path for G5: a path held by a set of this process, by name.
         check_free(st, &paths)?;
-        for p in &paths {
-            st.held.insert(p.clone(), owner);
+        if let Some((k, f)) = &in_hand {
+            // We hold its kernel lock, so no other set of ours can.
+            st.held_inodes.insert(f.key(), owner);
+            st.held.insert(paths[*k].clone(), owner);
         }
         Ok::<_, Error>(())
     })?;
-    let unregister = |paths: &[StorePath]| {
-        STATE.with(|st| {
-            for p in paths {
-                if st.held.get(p).is_some_and(|o| o.lockset == id) {
-                    st.held.remove(p);
-                }
-            }
-        })
+    // Releases what this pass holds (registered to `id`).
+    let unwind = |got: Vec<LockFile>, in_hand: Option<(usize, LockFile)>, paths: &[StorePath]| {
+        let mut locks: Vec<(StorePath, LockFile)> = paths.iter().cloned().zip(got).collect();
+        if let Some((k, f)) = in_hand {
+            locks.push((paths[k].clone(), f));
+        }
+        let _ = release_locks(id, locks, false); // L8: release 1..k-1, never deleting
     };
     let mut got: Vec<LockFile> = Vec::with_capacity(paths.len());
     for (i, p) in paths.iter().enumerate() {
@@ -324,40 +323,38 @@ fn try_once(
                 continue;
             }
         }
-        match LockFile::acquire_keyed(p, backend, Wait::Try) {
+        match LockFile::try_registered(p, backend, owner) {
             Ok(Acquired::Locked(f)) => got.push(f),
-            Ok(Acquired::Busy(key)) => {
-                // Busy because this very set holds the same file under
-                // another name (a store directory reached through a link)?
-                // Waiting for it would wait for ourselves (G5).
-                let twin = got.iter().position(|f| f.key() == key).or(in_hand
-                    .as_ref()
-                    .filter(|(_, f)| f.key() == key)
-                    .map(|(k, _)| *k));
-                drop(got); // L8: release 1..k-1 (without deletion)
-                drop(in_hand);
-                unregister(&paths);
-                if let Some(j) = twin {
-                    return Err(Error::InvalidArgument(format!(
-                        "{} and {} name the same lock file",
-                        paths[j], paths[i]
-                    )));
-                }
+            Ok(Acquired::HeldHere(o, key)) if o.lockset == id => {
+                // This very pass holds the same file under another name (a
+                // store directory reached through a link). Waiting for it
+                // would wait for ourselves (G5).
+                let j = got
+                    .iter()
+                    .position(|f| f.key() == key)
+                    .or(in_hand.as_ref().map(|(k, _)| *k))
+                    .unwrap_or(i);
+                let msg = format!("{} and {} name the same lock file", paths[j], paths[i]);
+                unwind(got, in_hand, &paths);
+                return Err(Error::InvalidArgument(msg));
+            }
+            Ok(Acquired::HeldHere(o, _)) => {
+                unwind(got, in_hand, &paths);
+                return Err(Error::HeldByThisProcess {
+                    path: p.as_path().to_path_buf(),
+                    owner: o,
+                });
+            }
+            Ok(Acquired::Busy) => {
+                unwind(got, in_hand, &paths);
                 return Ok(Err((paths, i)));
             }
             Err(e) => {
-                drop(got);
-                drop(in_hand);
-                unregister(&paths);
+                unwind(got, in_hand, &paths);
                 return Err(e);
             }
         }
     }
-    STATE.with(|st| {
-        for f in &got {
-            st.held_inodes.insert(f.key(), owner);
-        }
-    });
     Ok(Ok(LockSet {
         id,
         owner,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
-use super::file::{LockFile, Wait};
+use super::file::LockFile;
 use super::path::StorePath;
 use crate::error::{Error, Result};
 
@@ -55,8 +55,7 @@ impl LockWait {
             .name("gk-lockwait".into())
             .stack_size(64 * 1024)
             .spawn(move || {
-                let r = LockFile::acquire(&p2, backend, Wait::Block)
-                    .map(|f| f.expect("a blocking acquisition never reports busy"));
+                let r = LockFile::acquire_blocking(&p2, backend);
                 let mut st = s2.state.lock().unwrap_or_else(|e| e.into_inner());
                 match *st {
                     State::Waiting => *st = State::Done(r),
