@@ -92,3 +92,11 @@ fn c_abi_processes() {
 fn c_abi_files() {
     section("files", 10);
 }
+
+/// A fork child can call the library whatever another thread of its parent
+/// was doing in it at the fork, even before any lock file was opened (the
+/// atfork handlers must already protect the handle table then).
+#[test]
+fn c_abi_fork_child_never_inherits_a_held_library_lock() {
+    section("forksafety", 2);
+}

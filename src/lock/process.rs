@@ -14,7 +14,7 @@ use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::io::RawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Once;
 
 use super::file::FileKey;
@@ -43,7 +43,12 @@ impl<T> ForkMutex<T> {
     }
 
     /// Runs `f` with the mutex held. `f` must not call back into this mutex.
+    ///
+    /// The atfork handlers are installed before the mutex is first taken:
+    /// a `fork` while another thread holds it would otherwise leave the
+    /// child's copy locked forever.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        ensure_atfork();
         struct Unlock<'a>(&'a UnsafeCell<libc::pthread_mutex_t>);
         impl Drop for Unlock<'_> {
             fn drop(&mut self) {
@@ -87,8 +92,6 @@ pub(crate) struct State {
     pub(crate) held_inodes: BTreeMap<FileKey, Owner>,
     /// Store directories whose permissions were checked and found safe.
     pub(crate) checked_dirs: BTreeSet<PathBuf>,
-    /// This process's pid, refreshed in fork children.
-    pub(crate) pid: u32,
 }
 
 pub(crate) static STATE: ForkMutex<State> = ForkMutex::new(State {
@@ -96,8 +99,11 @@ pub(crate) static STATE: ForkMutex<State> = ForkMutex::new(State {
     held: BTreeMap::new(),
     held_inodes: BTreeMap::new(),
     checked_dirs: BTreeSet::new(),
-    pid: 0,
 });
+
+/// This process's pid, refreshed in fork children (0 until the atfork
+/// handlers are installed).
+static PID: AtomicU32 = AtomicU32::new(0);
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static ATFORK: Once = Once::new();
@@ -134,27 +140,29 @@ extern "C" fn child() {
     st.held.clear();
     st.held_inodes.clear();
     // SAFETY: getpid is async-signal-safe and has no preconditions.
-    st.pid = unsafe { libc::getpid() } as u32;
+    PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
     GENERATION.fetch_add(1, Ordering::Relaxed);
     STATE.unlock_raw();
     crate::ffi::handle::HANDLES.unlock_raw();
 }
 
-/// Installs the atfork handlers once per process. Called before the first
-/// lock descriptor is opened.
+/// Installs the atfork handlers once per process. Called before any
+/// [`ForkMutex`] is first taken (by [`ForkMutex::with`]) and before the
+/// first lock descriptor is opened.
 pub(crate) fn ensure_atfork() {
     ATFORK.call_once(|| {
         // SAFETY: registering plain `extern "C"` functions without captured state.
         let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
         assert_eq!(rc, 0, "pthread_atfork failed");
-        STATE.with(|st| st.pid = std::process::id());
+        // Not through STATE: `ForkMutex::with` calls this function.
+        PID.store(std::process::id(), Ordering::Relaxed);
     });
 }
 
 /// This process's pid (cached; refreshed in fork children).
 pub(crate) fn pid() -> u32 {
     ensure_atfork();
-    STATE.with(|st| st.pid)
+    PID.load(Ordering::Relaxed)
 }
 
 /// Records `fd` as an open lock descriptor.

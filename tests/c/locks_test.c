@@ -5,7 +5,8 @@
  *
  *   locks_test STORE_DIR VERSION SECTION
  *
- * SECTION is one of: basics, args, handles, processes, files. STORE_DIR is a
+ * SECTION is one of: basics, args, handles, processes, files, forksafety.
+ * STORE_DIR is a
  * fresh private directory; VERSION the crate version gk_version() must give.
  * Prints TAP-like lines ("ok N - ...", "not ok N - ...") and a plan, and
  * exits non-zero if any check failed.
@@ -15,6 +16,7 @@
 #include <goalkeeper.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -617,6 +619,56 @@ static void files(void) {
   CHECK(held() == 0, "nothing held");
 }
 
+/* ------------------------------------------------------------- fork safety */
+
+static volatile int stop_churn;
+
+/* Takes and drops the library's handle table lock, as fast as it can. */
+static void *churn(void *arg) {
+  (void)arg;
+  while (!stop_churn) gk_lockset_release(((uint64_t)0x4c << 56) | (1ull << 32) | 7);
+  return NULL;
+}
+
+/* A fork child must be able to call the library, whatever another thread
+ * of the parent was doing in it at the time of the fork; here, in a process
+ * that has not opened any lock file yet. */
+static void fork_safety(void) {
+  pthread_t th;
+  pthread_create(&th, NULL, churn, NULL);
+  int hung = 0, bad = 0;
+  for (int i = 0; i < 100 && !hung; i++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      size_t n = 1;
+      int ok = gk_lockset_release(42) == GK_ERROR_STALE_HANDLE &&
+               gk_held_count(&n) == GK_OK && n == 0;
+      _exit(ok ? 0 : 1);
+    }
+    int st = 0;
+    int done = 0;
+    for (int ms = 0; ms < 5000 && !done; ms++) {
+      if (waitpid(pid, &st, WNOHANG) == pid) {
+        done = 1;
+      } else {
+        struct timespec ts = {0, 1000 * 1000}; /* bounded wait for an exit */
+        nanosleep(&ts, NULL);
+      }
+    }
+    if (!done) {
+      hung = 1;
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+    } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      bad = 1;
+    }
+  }
+  stop_churn = 1;
+  pthread_join(th, NULL);
+  CHECK(!hung, "fork children never hang on a lock the parent's other thread held");
+  CHECK(!bad, "fork children get correct answers");
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: locks_test STORE_DIR VERSION SECTION\n");
@@ -629,6 +681,7 @@ int main(int argc, char **argv) {
   else if (strcmp(section, "handles") == 0) handles();
   else if (strcmp(section, "processes") == 0) processes();
   else if (strcmp(section, "files") == 0) files();
+  else if (strcmp(section, "forksafety") == 0) fork_safety();
   else {
     fprintf(stderr, "unknown section %s\n", section);
     return 64;
