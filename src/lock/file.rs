@@ -51,34 +51,14 @@ impl LockFile {
     /// (`st_size != 0`), its previous holder deleted it, so it is closed,
     /// re-opened and locked again, at most [`MAX_STALE_ATTEMPTS`] times.
     ///
-    /// It tries first: if the lock is busy because one of this process's
-    /// lock sets holds the same file (perhaps under another name), the answer
-    /// is [`Error::HeldByThisProcess`] (G5), never a wait for itself.
+    /// It waits for whoever holds the lock, including another lock set of
+    /// this process (the scheduler's wait threads rely on that). A caller
+    /// that must not wait for its own process checks first, as a lock set
+    /// pass does ([`LockFile::try_registered`] reports such a lock).
     pub(crate) fn acquire_blocking(path: &StorePath, backend: Backend) -> Result<Self> {
         for _ in 0..MAX_STALE_ATTEMPTS {
             let fd = open_lock_file(path)?;
-            let locked = match backend.try_lock(fd) {
-                Ok(true) => Ok(()),
-                Ok(false) => {
-                    let key = match stat(fd) {
-                        Ok(st) => key_of(&st),
-                        Err(e) => {
-                            close_fd(fd);
-                            return Err(Error::from_io(path.lock_path(), "fstat", e));
-                        }
-                    };
-                    if let Some(owner) = STATE.with(|st| st.held_inodes.get(&key).copied()) {
-                        close_fd(fd);
-                        return Err(Error::HeldByThisProcess {
-                            path: path.as_path().to_path_buf(),
-                            owner,
-                        });
-                    }
-                    lock_blocking(backend, fd)
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = locked {
+            if let Err(e) = lock_blocking(backend, fd) {
                 close_fd(fd);
                 return Err(Error::from_io(path.lock_path(), "lock", e));
             }
