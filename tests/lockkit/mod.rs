@@ -164,10 +164,11 @@ impl Helper {
         )
     }
 
-    /// Sends one command line.
+    /// Sends one command line, in one write: the C peer acts on the first
+    /// bytes it reads and may exit before a second write.
     pub fn send(&mut self, cmd: &str) {
         let stdin = self.stdin.as_mut().expect("stdin still open");
-        if let Err(e) = writeln!(stdin, "{cmd}").and_then(|()| stdin.flush()) {
+        if let Err(e) = stdin.write_all(format!("{cmd}\n").as_bytes()) {
             panic!("sending {cmd:?}: {e}\n{}", self.transcript());
         }
     }
