@@ -6,6 +6,8 @@
 #   make demo       run the demonstration
 #   make install    install under PREFIX (default /usr/local)
 #   make header     regenerate include/goalkeeper.h with cbindgen
+#   make bench      run the benchmarks (prints a table, writes target/bench/results.json)
+#   make bench-table  render README.md's performance table from target/bench/results.json
 
 CARGO      ?= cargo
 PREFIX     ?= /usr/local
@@ -18,7 +20,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 RELEASE_LIB := target/release/libgoalkeeper.so
 
-.PHONY: all build check check-sanitize header demo install uninstall clean
+.PHONY: all build check check-sanitize header demo install uninstall clean bench bench-table
 
 all: build
 
@@ -35,6 +37,12 @@ check-sanitize:
 
 header:
 	GOALKEEPER_UPDATE_HEADER=1 $(CARGO) test --test header
+
+bench: build
+	$(CARGO) bench --bench gk
+
+bench-table:
+	$(CARGO) bench --bench gk -- --table
 
 demo:
 	$(CARGO) run --quiet --release --example handoff

@@ -658,6 +658,13 @@ gk_status gk_held_paths(char *buf, size_t cap, size_t *len_out);
 gk_status gk_held_count(size_t *out);
 
 /**
+ * Does nothing and returns `GK_OK`: no argument, no check, no panic
+ * boundary. It exists so that benchmarks can measure the bare cost of a
+ * call into the shared library, as the baseline for the checked calls.
+ */
+gk_status gk_noop(void);
+
+/**
  * The library version, e.g. `"0.1.0"`. The string is static.
  */
 const char *gk_version(void);

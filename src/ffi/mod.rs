@@ -11,11 +11,13 @@ mod args;
 mod boundary;
 pub(crate) mod handle;
 mod locks;
+mod noop;
 mod status;
 mod version;
 mod worker;
 
 pub use locks::*;
+pub use noop::*;
 pub use status::gk_status;
 pub use version::*;
 pub use worker::*;

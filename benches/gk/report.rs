@@ -1,0 +1,228 @@
+//! The result rows: their names, units, baselines and targets (issue 7),
+//! `results.json`, and the Markdown table rendered from it.
+
+use serde_json::{json, Value};
+
+/// What issue 7 asks of one benchmark.
+pub struct Spec {
+    pub name: &'static str,
+    pub unit: &'static str,
+    /// What the value is compared with, measured in the same run.
+    pub baseline: Option<&'static str>,
+    /// The target, in words.
+    pub target: &'static str,
+    /// Whether (value, ratio) meets the target.
+    pub met: fn(f64, Option<f64>) -> bool,
+}
+
+/// Every benchmark, in the order of the issue's table.
+pub const SPECS: &[Spec] = &[
+    Spec {
+        name: "lock_cycle_c",
+        unit: "ns",
+        baseline: Some("raw C: open, OFD lock, fstat, unlock, close"),
+        target: "ratio ≤ 1.25",
+        met: |_, r| r.is_some_and(|r| r <= 1.25),
+    },
+    Spec {
+        name: "lock_cycle_delete_c",
+        unit: "ns",
+        baseline: Some("raw C cycle with \"d\" token + unlink"),
+        target: "ratio ≤ 1.25",
+        met: |_, r| r.is_some_and(|r| r <= 1.25),
+    },
+    Spec {
+        name: "lock_set_100_c",
+        unit: "ns/path",
+        baseline: Some("raw C loop over 100 paths"),
+        target: "ratio ≤ 1.25",
+        met: |_, r| r.is_some_and(|r| r <= 1.25),
+    },
+    Spec {
+        name: "lock_cycle_guile",
+        unit: "ns",
+        baseline: Some("raw C cycle"),
+        target: "ratio ≤ 2.0",
+        met: |_, r| r.is_some_and(|r| r <= 2.0),
+    },
+    Spec {
+        name: "lock_set_100_guile",
+        unit: "ns/path",
+        baseline: Some("raw C loop over 100 paths"),
+        target: "ratio ≤ 1.4",
+        met: |_, r| r.is_some_and(|r| r <= 1.4),
+    },
+    Spec {
+        name: "handoff_cross_process_p50",
+        unit: "µs",
+        baseline: Some("raw C waiter blocked in F_OFD_SETLKW"),
+        target: "≤ 100 µs, ratio ≤ 20",
+        met: |v, r| v <= 100.0 && r.is_some_and(|r| r <= 20.0),
+    },
+    Spec {
+        name: "handoff_cross_process_p99",
+        unit: "µs",
+        baseline: Some("raw C waiter blocked in F_OFD_SETLKW"),
+        target: "≤ 2000 µs",
+        met: |v, _| v <= 2000.0,
+    },
+    Spec {
+        name: "schedule_100k_rust",
+        unit: "goals/s",
+        baseline: Some("flat-array DAG walk, same binary"),
+        target: "≥ 10 M goals/s, ratio ≥ 0.33",
+        met: |v, r| v >= 10e6 && r.is_some_and(|r| r >= 0.33),
+    },
+    Spec {
+        name: "schedule_100k_c",
+        unit: "goals/s",
+        baseline: Some("flat-array DAG walk (Rust)"),
+        target: "≥ 5 M goals/s",
+        met: |v, _| v >= 5e6,
+    },
+    Spec {
+        name: "schedule_1m_scaling",
+        unit: "×",
+        baseline: Some("linear"),
+        target: "≤ 12",
+        met: |v, _| v <= 12.0,
+    },
+    Spec {
+        name: "goal_memory_bytes",
+        unit: "bytes/goal",
+        baseline: None,
+        target: "≤ 300",
+        met: |v, _| v <= 300.0,
+    },
+    Spec {
+        name: "boundary_call_ns",
+        unit: "ns",
+        baseline: Some("gk_noop: an empty exported Rust function"),
+        target: "≤ 50 ns",
+        met: |v, _| v <= 50.0,
+    },
+];
+
+/// One measured (or missing) figure.
+#[derive(Clone, Debug, Default)]
+pub struct Measured {
+    pub value: Option<f64>,
+    pub baseline_value: Option<f64>,
+    pub note: Option<String>,
+}
+
+/// The `results.json` row for `spec`.
+pub fn row(spec: &Spec, m: &Measured) -> Value {
+    let ratio = match (m.value, m.baseline_value) {
+        (Some(v), Some(b)) if b != 0.0 => Some(v / b),
+        _ => None,
+    };
+    let met = m.value.map(|v| (spec.met)(v, ratio));
+    json!({
+        "name": spec.name,
+        "unit": spec.unit,
+        "value": m.value.map(round),
+        "baseline": spec.baseline,
+        "baseline_value": m.baseline_value.map(round),
+        "ratio": ratio.map(|r| (r * 1000.0).round() / 1000.0),
+        "target": spec.target,
+        "met": met,
+        "note": m.note,
+    })
+}
+
+fn round(x: f64) -> f64 {
+    if x.abs() >= 1000.0 {
+        x.round()
+    } else {
+        (x * 100.0).round() / 100.0
+    }
+}
+
+fn num(v: &Value) -> String {
+    match v.as_f64() {
+        None => "—".into(),
+        Some(x) if x.abs() >= 1e6 => format!("{:.2} M", x / 1e6),
+        Some(x) if x.abs() >= 1000.0 => format!("{x:.0}"),
+        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+    }
+}
+
+/// The Markdown table for the README, from the rows of `results.json`.
+pub fn markdown(rows: &[Value], context: &str) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| benchmark | value | baseline (same run) | baseline value | ratio | target | met |\n",
+    );
+    s.push_str("|---|---:|---|---:|---:|---|:---:|\n");
+    let mut notes = Vec::new();
+    for r in rows {
+        let unit = r["unit"].as_str().unwrap_or("");
+        let val = if r["value"].is_null() {
+            "not measured".to_string()
+        } else {
+            format!("{} {unit}", num(&r["value"]))
+        };
+        let met = match r["met"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        let mut name = format!("`{}`", r["name"].as_str().unwrap_or("?"));
+        if let Some(n) = r["note"].as_str() {
+            let i = match notes.iter().position(|x| x == n) {
+                Some(i) => i,
+                None => {
+                    notes.push(n.to_string());
+                    notes.len() - 1
+                }
+            };
+            name.push_str(&format!(" [{}]", i + 1));
+        }
+        s.push_str(&format!(
+            "| {name} | {val} | {} | {} | {} | {} | {met} |\n",
+            r["baseline"].as_str().unwrap_or("—"),
+            num(&r["baseline_value"]),
+            num(&r["ratio"]),
+            r["target"].as_str().unwrap_or(""),
+        ));
+    }
+    s.push('\n');
+    for (i, n) in notes.iter().enumerate() {
+        s.push_str(&format!("[{}] {n}  \n", i + 1));
+    }
+    if !context.is_empty() {
+        s.push_str(&format!("\n{context}\n"));
+    }
+    s
+}
+
+/// The plain-text table printed by `make bench`.
+pub fn text(rows: &[Value]) -> String {
+    let mut s = format!(
+        "{:<27} {:>14} {:>12} {:>8}  {:<28} {}\n",
+        "benchmark", "value", "baseline", "ratio", "target", "met"
+    );
+    for r in rows {
+        let val = if r["value"].is_null() {
+            "—".into()
+        } else {
+            format!("{} {}", num(&r["value"]), r["unit"].as_str().unwrap_or(""))
+        };
+        let met = match r["met"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        s.push_str(&format!(
+            "{:<27} {:>14} {:>12} {:>8}  {:<28} {met}\n",
+            r["name"].as_str().unwrap_or("?"),
+            val,
+            num(&r["baseline_value"]),
+            num(&r["ratio"]),
+            r["target"].as_str().unwrap_or(""),
+        ));
+    }
+    s
+}
