@@ -184,15 +184,12 @@ impl Phase {
 /// Sentinel for "no index" in the u32 links below.
 pub(crate) const NONE: u32 = u32::MAX;
 
-/// One goal in the arena. Kept small (32 bytes): the dependents are a linked
-/// list in the arena's edge pool, the outputs an index into a side table.
+/// One goal in the arena. Kept small (24 bytes): the hot scheduling data
+/// (pending-dependency counts, dependents list heads) lives in the arena's
+/// dense side array, the outputs in a side table.
 #[derive(Debug)]
 pub(crate) struct Goal {
     pub(crate) phase: Phase,
-    /// Dependencies that have not finished yet.
-    pub(crate) pending: u32,
-    /// Head of the list of dependents in the edge pool, or [`NONE`].
-    pub(crate) dependents: u32,
     /// Index into the outputs table, or [`NONE`] for a goal without outputs.
     pub(crate) outputs: u32,
     pub(crate) kind: GoalKind,
@@ -223,7 +220,7 @@ mod tests {
     #[test]
     fn goal_records_stay_compact() {
         assert!(std::mem::size_of::<Phase>() <= 16);
-        assert!(std::mem::size_of::<Goal>() <= 32);
+        assert!(std::mem::size_of::<Goal>() <= 24);
     }
 
     #[test]

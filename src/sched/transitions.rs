@@ -348,6 +348,7 @@ impl Worker {
             self.ledger.note(format!("goal {i} finished twice"));
         }
         g.outcome = Some(outcome);
+        self.arena.mark_finished(i);
         if outcome.is_success() {
             self.stats.succeeded += 1;
         } else {
@@ -388,14 +389,14 @@ impl Worker {
         let mut e = self.arena.first_dependent(i);
         while let Some((d, next)) = self.arena.next_dependent(e) {
             e = next;
-            let dg = &mut self.arena.goals[d as usize];
             if outcome.is_success() {
-                dg.pending = dg.pending.saturating_sub(1);
-                if dg.pending == 0 && matches!(dg.phase, Phase::WaitingDeps) {
+                if self.arena.sub_pending(d) == 0
+                    && matches!(self.arena.goals[d as usize].phase, Phase::WaitingDeps)
+                {
                     self.arena.set_phase(d, Phase::Ready);
                     self.ready.push_back(d);
                 }
-            } else if cascade && !matches!(dg.phase, Phase::Done) {
+            } else if cascade && !matches!(self.arena.goals[d as usize].phase, Phase::Done) {
                 self.cascade.push(d);
             }
         }

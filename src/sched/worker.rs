@@ -338,12 +338,18 @@ impl Worker {
                 )))
             }
         }
-        match self.arena.goals[d as usize].outcome {
+        // `is_finished` reads the dense side array; the dependency's record
+        // (a likely cache miss) only when it has finished.
+        let outcome = match self.arena.is_finished(d) {
+            true => self.arena.goals[d as usize].outcome,
+            false => None,
+        };
+        match outcome {
             Some(o) if o.is_success() => {}
             Some(_) => self.finish(g, Outcome::DependencyFailed, true),
             None => {
                 self.arena.add_edge(d, g);
-                self.arena.goals[g as usize].pending += 1;
+                self.arena.add_pending(g);
                 if matches!(self.arena.goals[g as usize].phase, Phase::Ready) {
                     self.arena.set_phase(g, Phase::WaitingDeps);
                 }
