@@ -204,7 +204,8 @@ static void await_waiter(unsigned long ino) {
   }
 }
 
-enum waiter_kind { WAIT_RAW = 0, WAIT_LIB = 1 };
+enum waiter_kind { WAIT_RAW = 0, WAIT_LIB = 1, WAIT_WORKER = 2 };
+#define N_WAITERS 3
 
 /* The waiting process: for each byte on `go`, block for the lock the way
  * `kind` says, write the time it got it to `done`, release it. */
@@ -217,28 +218,54 @@ static void waiter(enum waiter_kind kind, struct one *o, int go, int done) {
       t1 = now_ns();
       if (write(done, &t1, sizeof t1) != sizeof t1) die("write");
       raw_unlock(fd, o->lockpath, 0);
-    } else {
+    } else if (kind == WAIT_LIB) {
       gk_lockset s;
       check(gk_lockset_acquire(&o->path, 1, GK_BACKEND_OFD, &s), "acquire (waiter)");
       t1 = now_ns();
       if (write(done, &t1, sizeof t1) != sizeof t1) die("write");
       check(gk_lockset_release(s), "release (waiter)");
+    } else {
+      /* A worker with one build goal whose output lock A holds: the goal
+       * waits (the worker's wait thread blocks in F_OFD_SETLKW), the host
+       * polls the worker's fd, and t1 is when next_event returns RUN. */
+      gk_worker w;
+      gk_goal g;
+      gk_event ev;
+      check(gk_worker_new(NULL, &w), "worker_new");
+      check(gk_worker_add_goal(w, GK_GOAL_BUILD, &o->path, 1, GK_MODE_NORMAL, &g), "add_goal");
+      for (;;) {
+        check(gk_worker_next_event(w, &ev), "next_event");
+        if (ev.kind == GK_EVENT_RUN) break;
+        if (ev.kind != GK_EVENT_WAIT) {
+          fprintf(stderr, "lock_bench: unexpected event %u\n", ev.kind);
+          exit(1);
+        }
+        struct pollfd pfd = {.fd = ev.fd, .events = POLLIN};
+        if (poll(&pfd, 1, ev.timeout_ms < 0 ? -1 : (int)ev.timeout_ms) < 0 && errno != EINTR)
+          die("poll");
+      }
+      t1 = now_ns();
+      if (write(done, &t1, sizeof t1) != sizeof t1) die("write");
+      check(gk_worker_report(w, ev.goal, GK_OUTCOME_FAILED), "report");
+      do check(gk_worker_next_event(w, &ev), "next_event");
+      while (ev.kind != GK_EVENT_DONE);
+      check(gk_worker_free(w), "worker_free");
     }
   }
   _exit(0);
 }
 
 static void handoff(struct one *o, int iters) {
-  int go[2][2], done[2][2];
-  pid_t pid[2];
-  for (int k = 0; k < 2; k++)
+  int go[N_WAITERS][2], done[N_WAITERS][2];
+  pid_t pid[N_WAITERS];
+  for (int k = 0; k < N_WAITERS; k++)
     if (pipe2(go[k], O_CLOEXEC) || pipe2(done[k], O_CLOEXEC)) die("pipe");
-  for (int k = 0; k < 2; k++) {
+  for (int k = 0; k < N_WAITERS; k++) {
     pid[k] = fork();
     if (pid[k] < 0) die("fork");
     if (pid[k] == 0) {
       /* Keep only this waiter's ends, so that every other end reaches EOF. */
-      for (int j = 0; j < 2; j++) {
+      for (int j = 0; j < N_WAITERS; j++) {
         close(go[j][1]);
         close(done[j][0]);
         if (j != k) {
@@ -249,14 +276,15 @@ static void handoff(struct one *o, int iters) {
       waiter((enum waiter_kind)k, o, go[k][0], done[k][1]);
     }
   }
-  for (int k = 0; k < 2; k++) {
+  for (int k = 0; k < N_WAITERS; k++) {
     close(go[k][0]);
     close(done[k][1]);
   }
-  double *lat[2] = {calloc((size_t)iters, sizeof(double)), calloc((size_t)iters, sizeof(double))};
+  double *lat[N_WAITERS];
+  for (int k = 0; k < N_WAITERS; k++) lat[k] = calloc((size_t)iters, sizeof(double));
   struct stat st;
-  for (int i = 0; i < iters * 2; i++) {
-    int k = i % 2; /* alternate raw and library waiters */
+  for (int i = 0; i < iters * N_WAITERS; i++) {
+    int k = i % N_WAITERS; /* the waiters take turns */
     int fd = raw_lock(o->lockpath, F_OFD_SETLKW);
     if (fstat(fd, &st) == -1) die("fstat");
     if (write(go[k][1], "g", 1) != 1) die("write go");
@@ -265,19 +293,155 @@ static void handoff(struct one *o, int iters) {
     raw_unlock(fd, o->lockpath, 0);
     double t1;
     if (read(done[k][0], &t1, sizeof t1) != sizeof t1) die("read done");
-    lat[k][i / 2] = (t1 - t0) / 1e3; /* µs */
+    lat[k][i / N_WAITERS] = (t1 - t0) / 1e3; /* µs */
   }
-  for (int k = 0; k < 2; k++) {
+  for (int k = 0; k < N_WAITERS; k++) {
     close(go[k][1]);
     waitpid(pid[k], NULL, 0);
   }
-  double lib50 = quantile(lat[1], iters, 0.5), lib99 = quantile(lat[1], iters, 0.99);
-  double raw50 = quantile(lat[0], iters, 0.5), raw99 = quantile(lat[0], iters, 0.99);
-  printf("RESULT handoff_cross_process_p50 %.2f %.2f\n", lib50, raw50);
-  printf("RESULT handoff_cross_process_p99 %.2f %.2f\n", lib99, raw99);
+  double raw50 = quantile(lat[WAIT_RAW], iters, 0.5), raw99 = quantile(lat[WAIT_RAW], iters, 0.99);
+  double lib50 = quantile(lat[WAIT_LIB], iters, 0.5), lib99 = quantile(lat[WAIT_LIB], iters, 0.99);
+  double wk50 = quantile(lat[WAIT_WORKER], iters, 0.5), wk99 = quantile(lat[WAIT_WORKER], iters, 0.99);
+  printf("RESULT handoff_cross_process_p50 %.2f %.2f\n", wk50, raw50);
+  printf("RESULT handoff_cross_process_p99 %.2f %.2f\n", wk99, raw99);
+  printf("RESULT handoff_lockset_p50 %.2f %.2f\n", lib50, raw50);
+  printf("RESULT handoff_lockset_p99 %.2f %.2f\n", lib99, raw99);
   fflush(stdout);
-  free(lat[0]);
-  free(lat[1]);
+  for (int k = 0; k < N_WAITERS; k++) free(lat[k]);
+}
+
+/* ---- the scheduler through the C ABI ---- */
+
+/* The benchmark DAG, the same as benches/gk/sched.rs generates: goal i
+ * depends on min(i, 4) distinct earlier goals drawn by xorshift64. */
+static uint64_t rng;
+static uint64_t xorshift(void) {
+  uint64_t x = rng;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return rng = x;
+}
+
+static uint32_t *make_edges(uint32_t n, size_t *n_edges) {
+  uint32_t *e = malloc(sizeof(uint32_t) * 2 * 4 * (size_t)n);
+  size_t m = 0;
+  rng = 0x9E3779B97F4A7C15ull;
+  for (uint32_t i = 1; i < n; i++) {
+    uint32_t k = i < 4 ? i : 4, got[4];
+    for (uint32_t j = 0; j < k;) {
+      uint32_t d = (uint32_t)(xorshift() % i);
+      int dup = 0;
+      for (uint32_t q = 0; q < j; q++) dup |= got[q] == d;
+      if (dup) continue;
+      got[j++] = d;
+      e[2 * m] = i;
+      e[2 * m + 1] = d;
+      m++;
+    }
+  }
+  *n_edges = m;
+  return e;
+}
+
+/* All goals through the pull loop; returns seconds. */
+static double sched_c(uint32_t n, const uint32_t *e, size_t m) {
+  double t0 = now_ns();
+  gk_worker w;
+  check(gk_worker_new(NULL, &w), "worker_new");
+  gk_goal *ids = malloc(sizeof(gk_goal) * n);
+  for (uint32_t i = 0; i < n; i++)
+    check(gk_worker_add_goal(w, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, &ids[i]), "add_goal");
+  for (size_t j = 0; j < m; j++)
+    check(gk_worker_add_dependency(w, ids[e[2 * j]], ids[e[2 * j + 1]]), "add_dependency");
+  uint32_t ran = 0;
+  for (;;) {
+    gk_event ev;
+    check(gk_worker_next_event(w, &ev), "next_event");
+    if (ev.kind == GK_EVENT_DONE) break;
+    if (ev.kind != GK_EVENT_RUN) {
+      fprintf(stderr, "lock_bench: unexpected event %u in the DAG run\n", ev.kind);
+      exit(1);
+    }
+    check(gk_worker_report(w, ev.goal, GK_OUTCOME_BUILT), "report");
+    ran++;
+  }
+  double dt = (now_ns() - t0) / 1e9;
+  if (ran != n) {
+    fprintf(stderr, "lock_bench: ran %u goals of %u\n", ran, n);
+    exit(1);
+  }
+  check(gk_worker_free(w), "worker_free");
+  free(ids);
+  return dt;
+}
+
+/* The floor: the same DAG walked over flat arrays (CSR of dependents,
+ * in-degree counts, a FIFO of ready goals), construction included. */
+static double sched_flat(uint32_t n, const uint32_t *e, size_t m) {
+  double t0 = now_ns();
+  uint32_t *indeg = calloc(n, sizeof *indeg), *start = calloc((size_t)n + 1, sizeof *start);
+  uint32_t *adj = malloc(sizeof *adj * (m ? m : 1)), *queue = malloc(sizeof *queue * n);
+  for (size_t j = 0; j < m; j++) {
+    indeg[e[2 * j]]++;
+    start[e[2 * j + 1] + 1]++;
+  }
+  for (uint32_t i = 0; i < n; i++) start[i + 1] += start[i];
+  uint32_t *fill = malloc(sizeof *fill * n);
+  memcpy(fill, start, sizeof *fill * n);
+  for (size_t j = 0; j < m; j++) adj[fill[e[2 * j + 1]]++] = e[2 * j];
+  uint32_t head = 0, tail = 0, ran = 0;
+  for (uint32_t i = 0; i < n; i++)
+    if (indeg[i] == 0) queue[tail++] = i;
+  while (head < tail) {
+    uint32_t g = queue[head++];
+    ran++;
+    for (uint32_t a = start[g]; a < start[g + 1]; a++)
+      if (--indeg[adj[a]] == 0) queue[tail++] = adj[a];
+  }
+  double dt = (now_ns() - t0) / 1e9;
+  if (ran != n) exit(1);
+  free(indeg);
+  free(start);
+  free(adj);
+  free(queue);
+  free(fill);
+  return dt;
+}
+
+static void schedule(uint32_t n, int rounds) {
+  size_t m;
+  uint32_t *e = make_edges(n, &m);
+  double *a = calloc((size_t)rounds, sizeof *a), *b = calloc((size_t)rounds, sizeof *b);
+  for (int r = 0; r < rounds; r++) {
+    if (r % 2 == 0) {
+      a[r] = n / sched_c(n, e, m);
+      b[r] = n / sched_flat(n, e, m);
+    } else {
+      b[r] = n / sched_flat(n, e, m);
+      a[r] = n / sched_c(n, e, m);
+    }
+  }
+  printf("RESULT schedule_100k_c %.0f %.0f\n", quantile(a, rounds, 0.5), quantile(b, rounds, 0.5));
+  printf("INFO schedule_100k_c edges %zu\n", m);
+  fflush(stdout);
+  free(a);
+  free(b);
+  free(e);
+}
+
+/* ---- the cost of a checked call ---- */
+
+static void audit_calls(void *c, int n) {
+  gk_worker w = *(gk_worker *)c;
+  gk_audit au;
+  for (int i = 0; i < n; i++) check(gk_worker_audit(w, &au), "audit");
+}
+
+static void noop_calls(void *c, int n) {
+  (void)c;
+  for (int i = 0; i < n; i++)
+    if (gk_noop() != GK_OK) exit(1);
 }
 
 int main(int argc, char **argv) {
@@ -312,5 +476,12 @@ int main(int argc, char **argv) {
     compare("lock_set_100_c", lib_set, raw_set, &m, 31, N(40), SET);
   }
   if (WANT("handoff")) handoff(&o, N(300));
+  if (WANT("boundary_call_ns")) {
+    gk_worker w;
+    check(gk_worker_new(NULL, &w), "worker_new");
+    compare("boundary_call_ns", audit_calls, noop_calls, &w, 31, N(100000), 1);
+    check(gk_worker_free(w), "worker_free");
+  }
+  if (WANT("schedule_100k_c")) schedule(100000, 7);
   return 0;
 }

@@ -82,21 +82,39 @@ pub fn run(store: &Path) -> Vec<(&'static str, Measured)> {
         .expect("run lock_bench");
     assert!(o.status.success(), "lock_bench failed");
     let out = String::from_utf8_lossy(&o.stdout);
+    let results = parse(&out);
+    let lockset = |n: &str| {
+        results
+            .iter()
+            .find(|(name, ..)| name == n)
+            .map(|(_, v, _)| *v)
+    };
     let mut v = Vec::new();
-    for (name, value, base) in parse(&out) {
+    for (name, value, base) in &results {
         let Some(spec) = crate::report::SPECS.iter().find(|s| s.name == name) else {
             continue;
         };
-        let note = name.starts_with("handoff").then(|| {
-            "process B blocks in gk_lockset_acquire (the scheduler worker has not landed); \
-             time from A's unlock to B holding the lock"
-                .to_string()
-        });
+        let note = match spec.name {
+            "handoff_cross_process_p50" | "handoff_cross_process_p99" => Some(format!(
+                "A unlocks (raw OFD); B is a worker whose build goal waits for the lock; time until \
+                 B's next_event returns RUN. B blocked in gk_lockset_acquire instead: p50 {:.1} µs, \
+                 p99 {:.1} µs",
+                lockset("handoff_lockset_p50").unwrap_or(f64::NAN),
+                lockset("handoff_lockset_p99").unwrap_or(f64::NAN)
+            )),
+            "schedule_100k_c" => Some(
+                "the same DAG through gk_worker_add_goal/add_dependency/next_event/report; \
+                 baseline: the flat-array walk written in the same C program"
+                    .into(),
+            ),
+            "boundary_call_ns" => Some("gk_worker_audit on an idle worker, from C".into()),
+            _ => None,
+        };
         v.push((
             spec.name,
             Measured {
-                value: Some(value),
-                baseline_value: Some(base),
+                value: Some(*value),
+                baseline_value: Some(*base),
                 note,
             },
         ));

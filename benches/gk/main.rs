@@ -15,6 +15,7 @@
 
 mod cbench;
 mod report;
+mod sched;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,13 +47,31 @@ fn main() {
     if args.iter().any(|a| a == "--table") {
         return write_table();
     }
+    if let Some(i) = args.iter().position(|a| a == "--sched-detail") {
+        let n = args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .expect("--sched-detail N");
+        return sched::detail(n);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--memory-child") {
+        let n = args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .expect("--memory-child N");
+        return sched::memory_child(n);
+    }
     let only: Option<&str> = args
         .iter()
         .find(|a| !a.starts_with("--"))
         .map(String::as_str);
     let mut measured: BTreeMap<&'static str, Measured> = BTreeMap::new();
     let store = bench_store();
-    if only.is_none_or(|o| o.contains("lock") || o.contains("handoff")) {
+    if only.is_none_or(|o| {
+        ["lock", "handoff", "boundary", "schedule_100k_c"]
+            .iter()
+            .any(|k| o.contains(k))
+    }) {
         eprintln!(
             "== lock benchmarks (C ABI vs raw system calls), store {}",
             store.display()
@@ -62,6 +81,18 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&store);
+    if only.is_none_or(|o| o.contains("schedule")) {
+        eprintln!("== scheduler benchmarks (Rust API vs a flat-array DAG walk)");
+        for (name, m) in sched::run() {
+            measured.insert(name, m);
+        }
+    }
+    if only.is_none_or(|o| o.contains("memory")) {
+        eprintln!("== memory per goal (fresh process)");
+        for (name, m) in sched::memory() {
+            measured.insert(name, m);
+        }
+    }
 
     for (name, note) in [
         (

@@ -1,0 +1,266 @@
+//! The scheduler benchmarks: no-op goals through the Rust API against a
+//! flat-array DAG walk of the same graph in the same binary, the 1M/100k
+//! scaling, and the resident memory per goal (in a fresh process).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use goalkeeper::sched::{BuildMode, Event, GoalId, GoalKind, Outcome, Worker, WorkerOptions};
+
+use crate::report::Measured;
+
+/// xorshift64, the same generator as benches/c/lock_bench.c.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// Calls `f(goal, dep)` for the benchmark DAG's edges: goal `i` depends on
+/// `min(i, 4)` distinct earlier goals (about 4 edges per goal).
+pub fn for_each_edge(n: u32, mut f: impl FnMut(u32, u32)) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for i in 1..n {
+        let k = i.min(4) as usize;
+        let mut got = [0u32; 4];
+        let mut j = 0;
+        while j < k {
+            let d = (rng.next() % i as u64) as u32;
+            if got[..j].contains(&d) {
+                continue;
+            }
+            got[j] = d;
+            j += 1;
+            f(i, d);
+        }
+    }
+}
+
+/// The edge list, for the measured runs (generation is not measured).
+pub fn edges(n: u32) -> Vec<(u32, u32)> {
+    let mut v = Vec::with_capacity(4 * n as usize);
+    for_each_edge(n, |g, d| v.push((g, d)));
+    v
+}
+
+/// Builds a worker holding the DAG (plain goals, no locks).
+pub fn build_worker(n: u32, edges: impl FnOnce(&mut dyn FnMut(u32, u32))) -> (Worker, Vec<GoalId>) {
+    let mut w = Worker::new(WorkerOptions::default()).expect("worker");
+    let none: &[&str] = &[];
+    let ids: Vec<GoalId> = (0..n)
+        .map(|_| {
+            w.add_goal(GoalKind::Plain, none, BuildMode::Normal)
+                .expect("add_goal")
+        })
+        .collect();
+    edges(&mut |g, d| {
+        w.add_dependency(ids[g as usize], ids[d as usize])
+            .expect("add_dependency")
+    });
+    (w, ids)
+}
+
+/// Runs every goal of `w` to completion as a no-op; returns how many ran.
+pub fn drain(w: &mut Worker) -> u32 {
+    let mut ran = 0;
+    loop {
+        match w.next_event().expect("next_event") {
+            Event::Run { goal, .. } => {
+                w.report(goal, Outcome::Built).expect("report");
+                ran += 1;
+            }
+            Event::Done => return ran,
+            e => panic!("unexpected event {e:?} in a DAG of plain goals"),
+        }
+    }
+}
+
+/// Seconds to build and run the DAG through the worker.
+fn time_worker(n: u32, e: &[(u32, u32)]) -> f64 {
+    let t = Instant::now();
+    let (mut w, _) = build_worker(n, |f| e.iter().for_each(|&(g, d)| f(g, d)));
+    let ran = drain(&mut w);
+    let dt = t.elapsed().as_secs_f64();
+    assert_eq!(ran, n);
+    drop(w);
+    dt
+}
+
+/// Seconds to build the same DAG as flat arrays (CSR of dependents,
+/// in-degrees) and walk it in topological order: the floor.
+fn time_flat(n: u32, e: &[(u32, u32)]) -> f64 {
+    let t = Instant::now();
+    let n = n as usize;
+    let mut indeg = vec![0u32; n];
+    let mut start = vec![0u32; n + 1];
+    for &(g, d) in e {
+        indeg[g as usize] += 1;
+        start[d as usize + 1] += 1;
+    }
+    for i in 0..n {
+        start[i + 1] += start[i];
+    }
+    let mut fill = start[..n].to_vec();
+    let mut adj = vec![0u32; e.len()];
+    for &(g, d) in e {
+        adj[fill[d as usize] as usize] = g;
+        fill[d as usize] += 1;
+    }
+    let mut queue: Vec<u32> = Vec::with_capacity(n);
+    queue.extend((0..n as u32).filter(|&i| indeg[i as usize] == 0));
+    let mut head = 0;
+    while head < queue.len() {
+        let g = black_box(queue[head]) as usize;
+        head += 1;
+        for &a in &adj[start[g] as usize..start[g + 1] as usize] {
+            indeg[a as usize] -= 1;
+            if indeg[a as usize] == 0 {
+                queue.push(a);
+            }
+        }
+    }
+    let dt = t.elapsed().as_secs_f64();
+    assert_eq!(queue.len(), n);
+    dt
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// schedule_100k_rust and schedule_1m_scaling.
+pub fn run() -> Vec<(&'static str, Measured)> {
+    const N: u32 = 100_000;
+    let e = edges(N);
+    let rounds = 7;
+    let (mut wk, mut flat) = (Vec::new(), Vec::new());
+    time_worker(N, &e); // warm-up
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            wk.push(time_worker(N, &e));
+            flat.push(time_flat(N, &e));
+        } else {
+            flat.push(time_flat(N, &e));
+            wk.push(time_worker(N, &e));
+        }
+    }
+    let t100k = median(wk.clone());
+    let rate = |t: f64| N as f64 / t;
+    let mut out = vec![(
+        "schedule_100k_rust",
+        Measured {
+            value: Some(rate(t100k)),
+            baseline_value: Some(rate(median(flat))),
+            note: Some(format!(
+                "{N} plain goals, {} edges; construction included on both sides",
+                e.len()
+            )),
+        },
+    )];
+    // Scaling: 1M against 100k, alternately.
+    const M: u32 = 1_000_000;
+    let e1m = edges(M);
+    let (mut big, mut small) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        big.push(time_worker(M, &e1m));
+        small.push(time_worker(N, &e));
+    }
+    out.push((
+        "schedule_1m_scaling",
+        Measured {
+            value: Some(median(big) / median(small)),
+            baseline_value: Some(10.0),
+            note: None,
+        },
+    ));
+    out
+}
+
+/// Resident bytes of `/proc/self/status` VmRSS.
+fn rss() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// In a fresh process (`--memory-child N`): builds a worker with N goals
+/// and the DAG's edges, generated on the fly so that no edge list is
+/// resident, and prints the resident bytes per goal.
+pub fn memory_child(n: u32) {
+    let before = rss();
+    let (w, ids) = build_worker(n, |f| for_each_edge(n, f));
+    drop(ids);
+    let after = rss();
+    black_box(&w);
+    println!("{}", (after.saturating_sub(before)) as f64 / n as f64);
+}
+
+/// goal_memory_bytes, measured in a fresh process.
+pub fn memory() -> Vec<(&'static str, Measured)> {
+    let o = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args(["--memory-child", "1000000"])
+        .output()
+        .expect("run the memory child");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: f64 = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .expect("bytes/goal");
+    vec![(
+        "goal_memory_bytes",
+        Measured {
+            value: Some(v),
+            baseline_value: None,
+            note: Some(
+                "VmRSS growth over building 1M plain goals and their ~4M edges, in a fresh process"
+                    .into(),
+            ),
+        },
+    )]
+}
+
+/// Thread CPU time in seconds (for `--sched-detail`, which is for
+/// optimising: it is less disturbed by other processes than wall time).
+fn cpu_now() -> f64 {
+    // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// `--sched-detail N`: CPU ns per goal to build and to drain the DAG, and
+/// for the flat walk, medians of 5 (a tool for optimising, not a result).
+pub fn detail(n: u32) {
+    let e = edges(n);
+    let (mut b, mut d, mut f) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t0 = cpu_now();
+        let (mut w, _) = build_worker(n, |g| e.iter().for_each(|&(x, y)| g(x, y)));
+        let t1 = cpu_now();
+        assert_eq!(drain(&mut w), n);
+        let t2 = cpu_now();
+        drop(w);
+        let t3 = cpu_now();
+        time_flat(n, &e);
+        f.push((cpu_now() - t3) * 1e9 / n as f64);
+        b.push((t1 - t0) * 1e9 / n as f64);
+        d.push((t2 - t1) * 1e9 / n as f64);
+    }
+    println!(
+        "n={n}: build {:.0} ns/goal, drain {:.0} ns/goal, flat walk {:.0} ns/goal",
+        median(b),
+        median(d),
+        median(f)
+    );
+}
