@@ -444,13 +444,35 @@ static void noop_calls(void *c, int n) {
     if (gk_noop() != GK_OK) exit(1);
 }
 
+/* `lock_bench STOREDIR --serve`: the raw baselines on demand, for the
+ * Guile comparison: each line "raw_cycle N" or "raw_set N" on stdin runs one
+ * batch and answers with its ns per cycle (per path for sets). */
+static int serve(struct one *o, struct many *m) {
+  char line[128];
+  while (fgets(line, sizeof line, stdin)) {
+    int n = 0;
+    double t0 = now_ns();
+    if (sscanf(line, "raw_cycle %d", &n) == 1 && n > 0) {
+      raw_cycle(o, n);
+      printf("%.1f\n", (now_ns() - t0) / n);
+    } else if (sscanf(line, "raw_set %d", &n) == 1 && n > 0) {
+      raw_set(m, n);
+      printf("%.1f\n", (now_ns() - t0) / n / SET);
+    } else {
+      printf("error: unknown command %s", line);
+    }
+    fflush(stdout);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: lock_bench STOREDIR [SCALE]\n");
     return 2;
   }
   const char *dir = argv[1];
-  double scale = argc > 2 ? atof(argv[2]) : 1.0;
+  double scale = argc > 2 && argv[2][0] != '-' ? atof(argv[2]) : 1.0;
   if (scale <= 0) scale = 1.0;
 #define N(x) ((int)((x) * scale) > 0 ? (int)((x) * scale) : 1)
   const char *which = getenv("GK_BENCH_ONLY"); /* optional: run one benchmark */
@@ -461,20 +483,19 @@ int main(int argc, char **argv) {
   struct one o = {.path = path1};
   snprintf(o.lockpath, sizeof o.lockpath, "%s.lock", path1);
 
+  static struct many m;
+  for (int k = 0; k < SET; k++) {
+    char *p = malloc(2048), *l = malloc(2100);
+    snprintf(p, 2048, "%.1900s/%032d-bench-set-%03d", dir, k, k);
+    snprintf(l, 2100, "%s.lock", p);
+    m.paths[k] = p;
+    m.lockpaths[k] = l;
+  }
+  if (argc > 2 && strcmp(argv[2], "--serve") == 0) return serve(&o, &m);
   if (WANT("lock_cycle_c")) compare("lock_cycle_c", lib_cycle, raw_cycle, &o, 31, N(4000), 1);
   if (WANT("lock_cycle_delete_c"))
     compare("lock_cycle_delete_c", lib_cycle_delete, raw_cycle_delete, &o, 31, N(1000), 1);
-  if (WANT("lock_set_100_c")) {
-    struct many m;
-    for (int k = 0; k < SET; k++) {
-      char *p = malloc(2048), *l = malloc(2100);
-      snprintf(p, 2048, "%.1900s/%032d-bench-set-%03d", dir, k, k);
-      snprintf(l, 2100, "%s.lock", p);
-      m.paths[k] = p;
-      m.lockpaths[k] = l;
-    }
-    compare("lock_set_100_c", lib_set, raw_set, &m, 31, N(40), SET);
-  }
+  if (WANT("lock_set_100_c")) compare("lock_set_100_c", lib_set, raw_set, &m, 31, N(40), SET);
   if (WANT("handoff")) handoff(&o, N(300));
   if (WANT("boundary_call_ns")) {
     gk_worker w;

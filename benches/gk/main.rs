@@ -14,6 +14,7 @@
 //! system-call baselines in the same program.
 
 mod cbench;
+mod guile;
 mod report;
 mod sched;
 
@@ -80,6 +81,13 @@ fn main() {
             measured.insert(name, m);
         }
     }
+    if only.is_none_or(|o| o.contains("guile")) {
+        eprintln!("== Guile benchmarks (with-path-locks vs raw C)");
+        let exe = cbench::compile("lock_bench");
+        for (name, m) in guile::run(&store, &exe) {
+            measured.insert(name, m);
+        }
+    }
     let _ = std::fs::remove_dir_all(&store);
     if only.is_none_or(|o| o.contains("schedule")) {
         eprintln!("== scheduler benchmarks (Rust API vs a flat-array DAG walk)");
@@ -94,29 +102,29 @@ fn main() {
         }
     }
 
-    for (name, note) in [
-        (
-            "lock_cycle_guile",
-            "the Guile bindings (scheme/goalkeeper) have not landed yet",
-        ),
-        (
-            "lock_set_100_guile",
-            "the Guile bindings (scheme/goalkeeper) have not landed yet",
-        ),
-    ] {
-        measured.entry(name).or_insert_with(|| Measured {
-            note: Some(note.into()),
-            ..Default::default()
-        });
-    }
+    // A partial run (`cargo bench --bench gk -- NAME`) keeps the other rows
+    // of the previous results.
+    let previous: Vec<serde_json::Value> = only
+        .and_then(|_| std::fs::read_to_string(out_dir().join("results.json")).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
     let rows: Vec<serde_json::Value> = SPECS
         .iter()
-        .map(|s| {
-            let m = measured.get(s.name).cloned().unwrap_or_else(|| Measured {
-                note: Some("not measured in this run".into()),
-                ..Default::default()
-            });
-            report::row(s, &m)
+        .map(|s| match measured.get(s.name) {
+            Some(m) => report::row(s, m),
+            None => previous
+                .iter()
+                .find(|r| r["name"] == s.name)
+                .cloned()
+                .unwrap_or_else(|| {
+                    report::row(
+                        s,
+                        &Measured {
+                            note: Some("not measured in this run".into()),
+                            ..Default::default()
+                        },
+                    )
+                }),
         })
         .collect();
     print!("{}", report::text(&rows));

@@ -1,0 +1,144 @@
+//! The Guile figures: `with-path-locks` from Guile (benches/guile/lock_bench.scm)
+//! against the raw C cycle (benches/c/lock_bench.c --serve), two long-lived
+//! processes driven batch by batch, alternately.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use crate::report::Measured;
+use crate::{root, target_dir};
+
+struct Server {
+    child: Child,
+    to: ChildStdin,
+    from: BufReader<ChildStdout>,
+}
+
+impl Server {
+    fn start(cmd: &mut Command) -> std::io::Result<Server> {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let to = child.stdin.take().expect("stdin");
+        let from = BufReader::new(child.stdout.take().expect("stdout"));
+        Ok(Server { child, to, from })
+    }
+
+    /// Sends one command and parses the answer (ns per operation).
+    fn ask(&mut self, cmd: &str) -> Result<f64, String> {
+        writeln!(self.to, "{cmd}").map_err(|e| format!("{cmd}: {e}"))?;
+        let mut line = String::new();
+        self.from
+            .read_line(&mut line)
+            .map_err(|e| format!("{cmd}: {e}"))?;
+        line.trim()
+            .parse()
+            .map_err(|_| format!("{cmd}: unexpected answer {:?}", line.trim()))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn missing(why: String) -> Vec<(&'static str, Measured)> {
+    ["lock_cycle_guile", "lock_set_100_guile"]
+        .into_iter()
+        .map(|n| {
+            (
+                n,
+                Measured {
+                    note: Some(why.clone()),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// Runs the Guile comparison in `store`, with the C program `lock_bench`.
+pub fn run(store: &Path, lock_bench: &Path) -> Vec<(&'static str, Measured)> {
+    match measure(store, lock_bench) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("guile benchmarks not measured: {e}");
+            missing(format!("not measured: {e}"))
+        }
+    }
+}
+
+fn measure(store: &Path, lock_bench: &Path) -> Result<Vec<(&'static str, Measured)>, String> {
+    let guile = std::env::var("GUILE").unwrap_or_else(|_| "guile".into());
+    if !root().join("scheme/goalkeeper/locks.scm").exists() {
+        return Err("the Guile bindings (scheme/goalkeeper) are not in this tree".into());
+    }
+    let lib = target_dir().join("release/libgoalkeeper.so");
+    let log =
+        std::fs::File::create(target_dir().join("bench/guile.log")).map_err(|e| e.to_string())?;
+    let mut g = Server::start(
+        Command::new(&guile)
+            .arg(root().join("benches/guile/lock_bench.scm"))
+            .arg(store)
+            .env("GUILE_LOAD_PATH", root().join("scheme"))
+            .env("GOALKEEPER_LIBRARY", &lib)
+            .env("GUILE_AUTO_COMPILE", "1")
+            .stderr(log),
+    )
+    .map_err(|e| format!("cannot run {guile}: {e}"))?;
+    let mut c = Server::start(Command::new(lock_bench).arg(store).arg("--serve"))
+        .map_err(|e| e.to_string())?;
+    let guile_err = |e: String| {
+        format!(
+            "{e} (see {})",
+            target_dir().join("bench/guile.log").display()
+        )
+    };
+    // Warm up (Guile's first call also compiles and loads the modules).
+    g.ask("cycle 500").map_err(guile_err)?;
+    g.ask("set 5").map_err(guile_err)?;
+    c.ask("raw_cycle 500")?;
+    c.ask("raw_set 5")?;
+    let (mut gc, mut cc, mut gs, mut cs) = (vec![], vec![], vec![], vec![]);
+    for r in 0..21 {
+        if r % 2 == 0 {
+            gc.push(g.ask("cycle 1500").map_err(guile_err)?);
+            cc.push(c.ask("raw_cycle 1500")?);
+            gs.push(g.ask("set 15").map_err(guile_err)?);
+            cs.push(c.ask("raw_set 15")?);
+        } else {
+            cc.push(c.ask("raw_cycle 1500")?);
+            gc.push(g.ask("cycle 1500").map_err(guile_err)?);
+            cs.push(c.ask("raw_set 15")?);
+            gs.push(g.ask("set 15").map_err(guile_err)?);
+        }
+    }
+    Ok(vec![
+        (
+            "lock_cycle_guile",
+            Measured {
+                value: Some(median(gc)),
+                baseline_value: Some(median(cc)),
+                note: Some(
+                    "with-path-locks on 1 path (Guile 3, compiled), against the raw C cycle in \
+                     another process, batches alternated"
+                        .into(),
+                ),
+            },
+        ),
+        (
+            "lock_set_100_guile",
+            Measured {
+                value: Some(median(gs)),
+                baseline_value: Some(median(cs)),
+                note: Some("with-path-locks on 100 paths, against the raw C loop".into()),
+            },
+        ),
+    ])
+}
