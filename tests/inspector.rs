@@ -447,3 +447,46 @@ fn usage_errors_exit_2() {
     }
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn the_worker_names_the_foreign_holder_when_a_goal_waits() {
+    use goalkeeper::sched::{BuildMode, Event, GoalKind, Outcome, Worker, WorkerOptions};
+    let s = TempStore::new();
+    let h = hold(&s, &[], &["out"], "echo held; read x; true");
+    assert_eq!(h.line(), "held");
+    let mut w = Worker::new(WorkerOptions::default()).unwrap();
+    let g = w
+        .add_goal(GoalKind::Build, &[s.path("out")], BuildMode::Normal)
+        .unwrap();
+    assert!(matches!(w.next_event().unwrap(), Event::Wait { .. }));
+    let log = w.take_log().join("\n");
+    assert!(
+        log.contains(&format!("held by another process (pid {} (", h.pid()))
+            && log.contains("ofd lock"),
+        "the 'waiting for lock' line does not name the holder:\n{log}"
+    );
+    // Then the goal gets the lock when the holder lets go.
+    let (st, _) = h.finish();
+    assert!(st.success());
+    let start = Instant::now();
+    loop {
+        match w.next_event().unwrap() {
+            Event::Run { goal, .. } => {
+                assert_eq!(goal, g);
+                break;
+            }
+            Event::Wait { fd, .. } => {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; bounded wait on the worker's eventfd.
+                unsafe { libc::poll(&mut p, 1, 1000) };
+            }
+            e => panic!("unexpected event {e:?}"),
+        }
+        assert!(start.elapsed() < LIMIT, "the goal never got the lock");
+    }
+    w.report(g, Outcome::Failed).unwrap();
+}
