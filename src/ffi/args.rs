@@ -5,7 +5,7 @@
 use std::ffi::c_char;
 
 use crate::error::{Error, Result};
-use crate::lock::{normalize_set, StorePath, PATH_MAX};
+use crate::lock::{normalize_paths, StorePath, PATH_MAX};
 
 /// The largest number of paths accepted in one set.
 pub const MAX_SET_LEN: usize = 1 << 20;
@@ -68,7 +68,7 @@ pub(crate) unsafe fn path_array(paths: *const *const c_char, n: usize) -> Result
         // SAFETY: each element is guaranteed by the caller.
         v.push(unsafe { store_path(p, "an element of paths") }?);
     }
-    normalize_set(v.iter().map(|p| p.as_path()))
+    normalize_paths(v)
 }
 
 /// Reads `len` bytes holding paths, each terminated by NUL.
@@ -100,7 +100,7 @@ pub(crate) unsafe fn packed_paths(buf: *const u8, len: usize) -> Result<Vec<Stor
         .split(|&b| b == 0)
         .map(StorePath::from_bytes)
         .collect::<Result<Vec<_>>>()?;
-    normalize_set(set.iter().map(|p| p.as_path()))
+    normalize_paths(set)
 }
 
 /// Checks an output pointer.

@@ -276,7 +276,7 @@ fn open_in(st: &mut State, path: &StorePath) -> Result<RawFd> {
     if let Some(e) = crate::fault::injected(crate::fault::Point::OpenNoSpace) {
         return Err(Error::from_io(path.lock_path(), "open", e));
     }
-    super::store_dir::check_cached(st, path.store_dir())?;
+    super::store_dir::check_cached(st, path)?;
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     // SAFETY: the path is NUL-terminated; mode is passed as the variadic argument.
     let fd = unsafe { libc::open(path.lock_cstr().as_ptr(), flags, 0o600 as libc::c_uint) };

@@ -16,7 +16,7 @@ mod wait;
 
 pub use backend::Backend;
 pub use file::MAX_STALE_ATTEMPTS;
-pub use path::{normalize_set, StorePath, LOCK_SUFFIX, PATH_MAX};
+pub use path::{normalize_paths, normalize_set, StorePath, LOCK_SUFFIX, PATH_MAX};
 pub use registry::{held_count, held_paths, is_held_by_me, owner_of, Owner};
 pub use set::{LockSet, WaitMode};
 

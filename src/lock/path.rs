@@ -83,6 +83,16 @@ impl StorePath {
         Path::new(OsStr::from_bytes(self.lock.as_bytes()))
     }
 
+    /// The store directory as bytes, without parsing path components: the
+    /// lock file name up to its last `/` (`/` itself for a path in `/`).
+    pub(crate) fn store_dir_bytes(&self) -> &[u8] {
+        let b = self.lock.as_bytes();
+        match b.iter().rposition(|&c| c == b'/') {
+            Some(0) | None => &b[..1],
+            Some(i) => &b[..i],
+        }
+    }
+
     /// The directory holding the path and its lock file (the store directory).
     pub fn store_dir(&self) -> &Path {
         self.as_path().parent().unwrap_or(Path::new("/"))
@@ -108,15 +118,26 @@ where
     I: IntoIterator<Item = P>,
     P: AsRef<OsStr>,
 {
-    let mut v = paths
-        .into_iter()
-        .map(StorePath::new)
-        .collect::<Result<Vec<_>>>()?;
+    normalize_paths(
+        paths
+            .into_iter()
+            .map(StorePath::new)
+            .collect::<Result<Vec<_>>>()?,
+    )
+}
+
+/// Sorts and deduplicates store paths that are already validated and
+/// normalised (every [`StorePath`] is). An empty set is refused, as by
+/// [`normalize_set`]. The C ABI uses this instead of validating each path a
+/// second time.
+pub fn normalize_paths(mut v: Vec<StorePath>) -> Result<Vec<StorePath>> {
     if v.is_empty() {
         return Err(Error::InvalidArgument("empty set of paths".into()));
     }
-    v.sort_unstable();
-    v.dedup();
+    if v.len() > 1 {
+        v.sort_unstable();
+        v.dedup();
+    }
     Ok(v)
 }
 
@@ -130,6 +151,9 @@ mod tests {
         assert_eq!(p.as_path(), Path::new("/s/x"));
         assert_eq!(p.lock_path(), Path::new("/s/x.lock"));
         assert_eq!(p.store_dir(), Path::new("/s"));
+        assert_eq!(p.store_dir_bytes(), b"/s");
+        assert_eq!(StorePath::new("/top").unwrap().store_dir_bytes(), b"/");
+        assert_eq!(StorePath::new("/a/b/c").unwrap().store_dir_bytes(), b"/a/b");
     }
 
     #[test]

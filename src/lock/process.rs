@@ -13,7 +13,6 @@
 use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::io::RawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Once;
 
@@ -90,15 +89,17 @@ pub(crate) struct State {
     /// The inodes of the lock files behind `held`, so that the same file
     /// reached through another name is recognised as held by this process.
     pub(crate) held_inodes: BTreeMap<FileKey, Owner>,
-    /// Store directories whose permissions were checked and found safe.
-    pub(crate) checked_dirs: BTreeSet<PathBuf>,
+    /// Store directories whose permissions were checked and found safe, as
+    /// bytes (compared with `memcmp` on the lock hot path; a process uses a
+    /// handful of store directories at most).
+    pub(crate) checked_dirs: Vec<Vec<u8>>,
 }
 
 pub(crate) static STATE: ForkMutex<State> = ForkMutex::new(State {
     fds: BTreeSet::new(),
     held: BTreeMap::new(),
     held_inodes: BTreeMap::new(),
-    checked_dirs: BTreeSet::new(),
+    checked_dirs: Vec::new(),
 });
 
 /// This process's pid, refreshed in fork children (0 until the atfork

@@ -79,16 +79,18 @@ impl LockSet {
     ) -> Result<LockSet> {
         let id = next_id();
         let owner = Owner::lockset(id);
-        let start = Instant::now();
+        // Only a timeout reads the clock (a try or an unbounded wait does not
+        // need it; it is a measurable share of an uncontended lock cycle).
+        let start = matches!(wait, WaitMode::Timeout(_)).then(Instant::now);
         // A deadline too far away for `Instant` to represent (e.g.
         // `Duration::MAX`) is no deadline at all: wait as long as it takes.
-        let wait = match wait {
-            WaitMode::Timeout(d) if start.checked_add(d).is_none() => WaitMode::Forever,
-            w => w,
-        };
-        let deadline = match wait {
-            WaitMode::Timeout(d) => Some(start + d),
+        let deadline = match (wait, start) {
+            (WaitMode::Timeout(d), Some(start)) => start.checked_add(d),
             _ => None,
+        };
+        let wait = match (wait, deadline) {
+            (WaitMode::Timeout(_), None) => WaitMode::Forever,
+            (w, _) => w,
         };
         let mut in_hand = None;
         let mut paths = paths;
@@ -98,7 +100,7 @@ impl LockSet {
                 Err((returned, k)) => {
                     paths = returned;
                     let busy = &paths[k];
-                    let waited_ms = |_: ()| start.elapsed().as_millis() as u64;
+                    let waited_ms = |_: ()| start.map_or(0, |s| s.elapsed().as_millis() as u64);
                     in_hand = Some(match (wait, deadline) {
                         (WaitMode::Try, _) => {
                             return Err(Error::Busy {

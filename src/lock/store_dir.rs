@@ -10,16 +10,18 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use super::path::StorePath;
 use super::process::State;
 use crate::error::{Error, Result};
 
 /// Checks `dir` once per process; successful checks are cached in `st`.
-pub(crate) fn check_cached(st: &mut State, dir: &Path) -> Result<()> {
-    if st.checked_dirs.contains(dir) {
+pub(crate) fn check_cached(st: &mut State, path: &StorePath) -> Result<()> {
+    let dir = path.store_dir_bytes();
+    if st.checked_dirs.iter().any(|d| d.as_slice() == dir) {
         return Ok(());
     }
-    check(dir)?;
-    st.checked_dirs.insert(dir.to_path_buf());
+    check(path.store_dir())?;
+    st.checked_dirs.push(dir.to_vec());
     Ok(())
 }
 
