@@ -8,10 +8,10 @@
 //! back into its *own* worker gets `GK_ERROR_INVALID_STATE`, never a
 //! deadlock.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -307,11 +307,39 @@ impl PathPredicate for CPredicate {
 pub(crate) struct WorkerCell {
     /// The thread currently inside a call on this worker (0: none).
     in_call: AtomicUsize,
+    /// Cleared (under the worker's mutex) by `gk_worker_free`.
+    alive: AtomicBool,
+    /// The fork generation the worker was made in.
+    fork_gen: u64,
     worker: Mutex<Worker>,
 }
 
 thread_local! {
     static THREAD_TOKEN: Cell<u8> = const { Cell::new(0) };
+    /// The worker this thread used last: repeated calls on one worker (the
+    /// pull loop) skip the global handle table and its lock.
+    static LAST: RefCell<Option<(gk_worker, Arc<WorkerCell>)>> = const { RefCell::new(None) };
+}
+
+/// The cell of worker `w`: from this thread's cache if it is still alive
+/// (re-checked under the worker's mutex), else from the handle table.
+fn cell_of(w: gk_worker) -> Result<Arc<WorkerCell>> {
+    let cached = LAST.with(|l| match &*l.borrow() {
+        Some((h, c))
+            if *h == w
+                && c.alive.load(Ordering::Acquire)
+                && c.fork_gen == crate::lock::process_generation() =>
+        {
+            Some(c.clone())
+        }
+        _ => None,
+    });
+    if let Some(c) = cached {
+        return Ok(c);
+    }
+    let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
+    LAST.with(|l| *l.borrow_mut() = Some((w, cell.clone())));
+    Ok(cell)
 }
 
 fn thread_token() -> usize {
@@ -320,7 +348,7 @@ fn thread_token() -> usize {
 
 /// Runs `f` on the worker named by `w`, without holding the handle table's lock.
 fn with_worker<R>(w: gk_worker, f: impl FnOnce(&mut Worker) -> Result<R>) -> Result<R> {
-    let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
+    let cell = cell_of(w)?;
     let me = thread_token();
     if cell.in_call.load(Ordering::Acquire) == me {
         return Err(Error::InvalidState(format!(
@@ -333,6 +361,11 @@ fn with_worker<R>(w: gk_worker, f: impl FnOnce(&mut Worker) -> Result<R>) -> Res
             "worker {w:#x} was left inconsistent by an internal error; free it"
         ))
     })?;
+    if !cell.alive.load(Ordering::Acquire) {
+        return Err(Error::StaleHandle(format!(
+            "worker handle {w:#018x} is stale: it was freed"
+        )));
+    }
     struct Leave<'a>(&'a AtomicUsize);
     impl Drop for Leave<'_> {
         fn drop(&mut self) {
@@ -386,7 +419,7 @@ fn event_to_c(ev: Event, w: &Worker) -> gk_event {
         Event::Finished { goal, outcome } => {
             out.kind = gk_event_kind::GK_EVENT_FINISHED as u32;
             out.goal = goal.raw();
-            out.goal_kind = w.result(goal).map(|r| r.kind as u32).unwrap_or(0);
+            out.goal_kind = w.kind_of(goal).map_or(0, |k| k as u32);
             out.outcome = outcome as u32;
         }
         Event::Wait { fd, timeout } => {
@@ -434,6 +467,8 @@ pub unsafe extern "C" fn gk_worker_new(
         let w = Worker::new(o)?;
         let cell = Arc::new(WorkerCell {
             in_call: AtomicUsize::new(0),
+            alive: AtomicBool::new(true),
+            fork_gen: crate::lock::process_generation(),
             worker: Mutex::new(w),
         });
         *out = HANDLES.with(|h| h.workers.insert(cell));
@@ -455,7 +490,15 @@ pub extern "C" fn gk_worker_free(w: gk_worker) -> gk_status {
         }
         let cell = HANDLES.with(|h| h.workers.remove(w))?;
         let mut g = cell.worker.lock().unwrap_or_else(|e| e.into_inner());
+        cell.alive.store(false, Ordering::Release);
         g.abandon();
+        drop(g);
+        LAST.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.as_ref().is_some_and(|(h, _)| *h == w) {
+                *l = None;
+            }
+        });
         Ok(GK_OK)
     })
 }

@@ -184,9 +184,8 @@ impl Phase {
 /// Sentinel for "no index" in the u32 links below.
 pub(crate) const NONE: u32 = u32::MAX;
 
-/// One goal in the arena. Kept small (24 bytes): the hot scheduling data
-/// (pending-dependency counts, dependents list heads) lives in the arena's
-/// dense side array, the outputs in a side table.
+/// One goal in the arena. Kept small (24 bytes): the dependency counters
+/// and dependents live in the arena's dense arrays, the outputs in a side table.
 #[derive(Debug)]
 pub(crate) struct Goal {
     pub(crate) phase: Phase,

@@ -16,6 +16,7 @@ use super::worker::{state_name, Event, Worker};
 
 impl Worker {
     pub(super) fn next_event_inner(&mut self) -> Result<Event> {
+        self.arena.maybe_compact();
         loop {
             if let Some(ev) = self.events.pop_front() {
                 return Ok(ev);
@@ -29,11 +30,10 @@ impl Worker {
             let Some(i) = self.ready.pop_front() else {
                 break;
             };
-            let g = &self.arena.goals[i as usize];
-            if !matches!(g.phase, Phase::Ready) {
+            if self.arena.state(i) != GoalState::Ready {
                 continue; // a stale queue entry
             }
-            if g.kind == GoalKind::Plain {
+            if self.arena.goals[i as usize].kind == GoalKind::Plain {
                 // The hot path: no lock, no slot, no allocation.
                 self.arena.set_phase(
                     i,
@@ -348,7 +348,6 @@ impl Worker {
             self.ledger.note(format!("goal {i} finished twice"));
         }
         g.outcome = Some(outcome);
-        self.arena.mark_finished(i);
         if outcome.is_success() {
             self.stats.succeeded += 1;
         } else {
@@ -386,18 +385,19 @@ impl Worker {
                 }
             }
         }
-        let mut e = self.arena.first_dependent(i);
-        while let Some((d, next)) = self.arena.next_dependent(e) {
-            e = next;
-            if outcome.is_success() {
-                if self.arena.sub_pending(d) == 0
-                    && matches!(self.arena.goals[d as usize].phase, Phase::WaitingDeps)
-                {
-                    self.arena.set_phase(d, Phase::Ready);
+        let mut c = self.arena.dependents(i);
+        if outcome.is_success() {
+            while let Some(d) = self.arena.next_dependent(&mut c) {
+                // Only the dense counters are touched here, not the goal records.
+                if self.arena.dependency_done(d) {
                     self.ready.push_back(d);
                 }
-            } else if cascade && !matches!(self.arena.goals[d as usize].phase, Phase::Done) {
-                self.cascade.push(d);
+            }
+        } else if cascade {
+            while let Some(d) = self.arena.next_dependent(&mut c) {
+                if !matches!(self.arena.goals[d as usize].phase, Phase::Done) {
+                    self.cascade.push(d);
+                }
             }
         }
     }
@@ -497,9 +497,8 @@ impl Worker {
             if matches!(self.arena.goals[j as usize].phase, Phase::Done) {
                 continue;
             }
-            let mut e = self.arena.first_dependent(j);
-            while let Some((d, next)) = self.arena.next_dependent(e) {
-                e = next;
+            let mut c = self.arena.dependents(j);
+            while let Some(d) = self.arena.next_dependent(&mut c) {
                 blockers.entry(d).or_default().push(j);
             }
         }
@@ -518,7 +517,7 @@ impl Worker {
                 "{} ({}, {})",
                 self.id(j),
                 self.describe_outputs(j),
-                state_name(g.phase.state())
+                state_name(self.arena.state(j))
             );
             if let Some(b) = blockers.get(&j) {
                 let names: Vec<String> = b.iter().map(|&x| self.id(x).to_string()).collect();

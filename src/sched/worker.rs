@@ -338,21 +338,12 @@ impl Worker {
                 )))
             }
         }
-        // `is_finished` reads the dense side array; the dependency's record
-        // (a likely cache miss) only when it has finished.
-        let outcome = match self.arena.is_finished(d) {
-            true => self.arena.goals[d as usize].outcome,
-            false => None,
-        };
-        match outcome {
+        match self.arena.goals[d as usize].outcome {
             Some(o) if o.is_success() => {}
             Some(_) => self.finish(g, Outcome::DependencyFailed, true),
             None => {
                 self.arena.add_edge(d, g);
                 self.arena.add_pending(g);
-                if matches!(self.arena.goals[g as usize].phase, Phase::Ready) {
-                    self.arena.set_phase(g, Phase::WaitingDeps);
-                }
             }
         }
         Ok(())
@@ -434,7 +425,7 @@ impl Worker {
         let i = self.index(goal)?;
         let g = &self.arena.goals[i as usize];
         Ok(GoalResult {
-            state: g.phase.state(),
+            state: self.arena.state(i),
             outcome: g.outcome,
             kind: g.kind,
             mode: g.mode,
@@ -445,6 +436,11 @@ impl Worker {
                 .map(|p| p.as_path().to_path_buf())
                 .collect(),
         })
+    }
+
+    /// The kind of a goal.
+    pub fn kind_of(&self, goal: GoalId) -> Result<GoalKind> {
+        Ok(self.arena.goals[self.index(goal)? as usize].kind)
     }
 
     /// The outputs of a goal, sorted.
