@@ -319,3 +319,36 @@ fn s6_slots_stay_within_max_jobs_and_max_jobs_0_allows_one_substitution() {
         }
     );
 }
+
+#[test]
+fn s5_a_slot_freed_for_a_goal_cancelled_before_it_started_goes_to_the_next() {
+    // Found by the model test: the waiter woken for a freed slot was
+    // cancelled before taking it, and the next waiter was never woken.
+    let s = TempStore::new();
+    let mut w = Worker::new(opts(1, true)).unwrap();
+    let g: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            w.add_goal(GoalKind::Build, &[s.path(n)], BuildMode::Normal)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        w.next_event().unwrap(),
+        Event::Run {
+            goal: g[0],
+            kind: GoalKind::Build
+        }
+    );
+    assert!(matches!(w.next_event().unwrap(), Event::Wait { .. }));
+    assert_eq!(w.result(g[2]).unwrap().state, GoalState::WaitingSlot);
+    w.report(g[0], Outcome::Failed).unwrap(); // frees the slot, wakes b
+    w.cancel(g[1]).unwrap(); // b goes before taking it
+    assert_eq!(
+        w.next_event().unwrap(),
+        Event::Run {
+            goal: g[2],
+            kind: GoalKind::Build
+        }
+    );
+}

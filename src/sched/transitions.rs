@@ -19,6 +19,14 @@ impl Worker {
         self.arena.maybe_compact();
         loop {
             if let Some(ev) = self.events.pop_front() {
+                if let Event::Run { goal, .. } = ev {
+                    if !matches!(
+                        self.arena.goals[goal.index() as usize].phase,
+                        Phase::Running(_)
+                    ) {
+                        continue; // cancelled before the host heard of it
+                    }
+                }
                 return Ok(ev);
             }
             if self.waits.len() > 0 {
@@ -28,6 +36,9 @@ impl Worker {
                 }
             }
             let Some(i) = self.ready.pop_front() else {
+                if self.wake_slot_waiter() {
+                    continue;
+                }
                 break;
             };
             if self.arena.state(i) != GoalState::Ready {
@@ -305,6 +316,26 @@ impl Worker {
                 self.try_run(g, Some((k, lock)));
             }
         }
+    }
+
+    /// S5: a slot is free but goals wait for one (the goal woken for it
+    /// ended before taking it, e.g. cancelled): wake the first that can use it.
+    fn wake_slot_waiter(&mut self) -> bool {
+        while let Some(&w) = self.slot_queue.front() {
+            if !matches!(self.arena.goals[w as usize].phase, Phase::WaitingSlot) {
+                self.slot_queue.pop_front(); // stale
+                continue;
+            }
+            let kind = self.arena.goals[w as usize].kind;
+            if self.slots.used() < self.slots.limit(kind) {
+                self.slot_queue.pop_front();
+                self.arena.set_phase(w, Phase::Ready);
+                self.ready.push_back(w);
+                return true;
+            }
+            return false;
+        }
+        false
     }
 
     /// Returns a slot and wakes the first goal waiting for one.
