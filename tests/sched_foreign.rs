@@ -63,6 +63,10 @@ fn s3_leaked_posix_lock_of_an_old_daemon_cannot_hang_a_goal_that_became_valid() 
     assert!(!held(&p), "G2: waiting holds nothing");
     let log = w.take_log().join("\n");
     assert!(log.contains("held by another process"), "{log}");
+    assert!(
+        log.contains(&format!("pid {}", holder.pid())) && log.contains("posix lock"),
+        "the log names the POSIX holder: {log}"
+    );
     // Someone else (the old daemon) finishes the path; its lock stays leaked.
     build_output(&p);
     let (ev, _, _) = until_not_wait(&mut w, Duration::from_secs(10));
@@ -249,4 +253,86 @@ fn s13_nothing_blocks_the_scheduler_thread_while_a_lock_is_held_forever() {
         "calls blocked: {:?}",
         t0.elapsed()
     );
+}
+
+#[test]
+fn g4_g5_two_workers_of_one_process_hand_over_event_driven() {
+    let s = TempStore::new();
+    let p = s.path("shared");
+    let kg = WorkerOptions {
+        keep_going: true,
+        recheck_interval: Duration::from_secs(30),
+        ..WorkerOptions::default()
+    };
+    let mut a = Worker::new(kg.clone()).unwrap();
+    let mut b = Worker::new(kg).unwrap();
+    let ga = a
+        .add_goal(GoalKind::Build, &[&p], BuildMode::Normal)
+        .unwrap();
+    let gb = b
+        .add_goal(GoalKind::Build, &[&p], BuildMode::Normal)
+        .unwrap();
+    assert_eq!(
+        a.next_event().unwrap(),
+        Event::Run {
+            goal: ga,
+            kind: GoalKind::Build
+        }
+    );
+    let Event::Wait { fd, .. } = b.next_event().unwrap() else {
+        panic!("b must wait")
+    };
+    let log = b.take_log().join("\n");
+    assert!(
+        log.contains(&format!(
+            "held by goal 0 of worker {} in this process",
+            a.serial()
+        )),
+        "{log}"
+    );
+    assert!(!poll_fd(
+        fd,
+        Some(Duration::from_millis(20)),
+        Duration::from_secs(1)
+    ));
+    // a fails (the path stays invalid): b must get the lock, promptly.
+    a.report(ga, Outcome::Failed).unwrap();
+    let (ev, calls, readable) = until_not_wait(&mut b, Duration::from_secs(10));
+    assert_eq!(
+        ev,
+        Event::Run {
+            goal: gb,
+            kind: GoalKind::Build
+        }
+    );
+    assert!(readable && calls <= 2, "calls {calls}, readable {readable}");
+    assert!(held(&p));
+    // And the other way round: a path that became valid ends the wait.
+    let q = s.path("shared2");
+    let ga2 = a
+        .add_goal(GoalKind::Build, &[&q], BuildMode::Normal)
+        .unwrap();
+    let gb2 = b
+        .add_goal(GoalKind::Build, &[&q], BuildMode::Normal)
+        .unwrap();
+    b.report(gb, Outcome::Failed).unwrap();
+    assert_eq!(
+        a.next_event().unwrap(),
+        Event::Run {
+            goal: ga2,
+            kind: GoalKind::Build
+        }
+    );
+    assert!(matches!(b.next_event().unwrap(), Event::Wait { .. }));
+    build_output(&q);
+    a.report(ga2, Outcome::Built).unwrap();
+    let (ev, _, _) = until_not_wait(&mut b, Duration::from_secs(10));
+    assert_eq!(
+        ev,
+        Event::Finished {
+            goal: gb2,
+            outcome: Outcome::AlreadyValid
+        }
+    );
+    assert_eq!(b.next_event().unwrap(), Event::Done);
 }

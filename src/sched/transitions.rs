@@ -292,6 +292,11 @@ impl Worker {
         // Out of the wait state (its table entry is gone); nothing is held yet.
         self.arena.set_phase(g, Phase::Ready);
         match r {
+            Err(Error::HeldByThisProcess { owner, .. }) => {
+                // Taken by someone in this process meanwhile: wait again.
+                let path = self.arena.outputs(g)[k].clone();
+                self.wait_foreign(g, k, path, Some(owner));
+            }
             Err(e) => {
                 let line = format!("{} failed waiting for its lock: {e}", self.id(g));
                 self.log.push(line);
