@@ -225,6 +225,13 @@ impl Arena {
         }
     }
 
+    /// `true` once goal `i` has finished. Reads the dense counter array, not
+    /// the goal's record (adding edges to many goals stays in cache).
+    #[inline]
+    pub(crate) fn is_finished(&self, i: u32) -> bool {
+        self.pending[i as usize] >= DONE_PENDING / 2
+    }
+
     /// One dependency of `d` finished with success; `true` if `d` is now ready.
     /// `d` is waiting for dependencies or finished (its counter is then
     /// [`DONE_PENDING`] and never reaches 0).

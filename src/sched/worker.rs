@@ -338,7 +338,13 @@ impl Worker {
                 )))
             }
         }
-        match self.arena.goals[d as usize].outcome {
+        // The dependency's record (a likely cache miss) is read only once it
+        // has finished.
+        let outcome = match self.arena.is_finished(d) {
+            true => self.arena.goals[d as usize].outcome,
+            false => None,
+        };
+        match outcome {
             Some(o) if o.is_success() => {}
             Some(_) => self.finish(g, Outcome::DependencyFailed, true),
             None => {
