@@ -114,14 +114,25 @@ deleted afterwards."
   "Read one line from PORT, an unbuffered port, and parse it as a datum.
 Return 'timeout if nothing arrived within TIMEOUT seconds, the eof object at
 end of file."
-  (match (select (list port) '() '() (inexact->exact (floor timeout))
-                 (inexact->exact
-                  (round (* 1e6 (- timeout (floor timeout))))))
-    ((() () ()) 'timeout)
-    (_ (let ((line (read-line port)))
-         (if (eof-object? line)
-             line
-             (call-with-input-string line read))))))
+  ;; 'select' can return early with nothing ready (a signal such as the
+  ;; SIGCHLD of another child interrupts it), so wait again for what is
+  ;; left of TIMEOUT rather than report a timeout that did not happen.
+  (define deadline
+    (+ (get-internal-real-time)
+       (* timeout internal-time-units-per-second)))
+  (let loop ()
+    (let ((left (/ (- deadline (get-internal-real-time))
+                   internal-time-units-per-second)))
+      (if (<= left 0)
+          'timeout
+          (match (select (list port) '() '() (inexact->exact (floor left))
+                         (inexact->exact
+                          (round (* 1e6 (- left (floor left))))))
+            ((() () ()) (loop))
+            (_ (let ((line (read-line port)))
+                 (if (eof-object? line)
+                     line
+                     (call-with-input-string line read)))))))))
 
 (define (fork-child proc)
   "Fork a child process that calls (PROC IN OUT), IN being a port carrying
