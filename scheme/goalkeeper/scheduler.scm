@@ -11,13 +11,12 @@
 (define-module (goalkeeper scheduler)
   #:use-module (goalkeeper ffi)
   #:use-module (system foreign)
+  #:use-module (system foreign-library)
   #:use-module (rnrs bytevectors)
-  #:use-module (ice-9 binary-ports)
   #:use-module (ice-9 match)
   #:use-module (srfi srfi-1)
   #:use-module (srfi srfi-9)
   #:use-module (srfi srfi-9 gnu)
-  #:use-module (srfi srfi-11)
   #:export (make-worker
             worker?
             worker-closed?
@@ -520,6 +519,38 @@ finished goal holds no lock), 'slots-used, 'max-jobs, 'foreign-waits,
       'built
       'failed))
 
+(define %pidfd-open
+  ;; Linux's pidfd_open(2) (5.3 and later), through syscall(2): a
+  ;; descriptor that becomes readable when the process exits.  It lets
+  ;; 'run-worker' wait for builders with 'select', without a SIGCHLD
+  ;; handler: a Scheme signal handler starts Guile's signal-delivery
+  ;; thread, and with it running, a child forked by the host's procedure
+  ;; can deadlock in Guile 3.0.8 (seen here: a builder stuck on the symbol
+  ;; table lock).
+  (delay
+    (and (not (string-prefix? "alpha" %host-type)) ;another syscall number
+         (let ((syscall (false-if-exception
+                         (foreign-library-function
+                          #f "syscall"
+                          #:return-type long
+                          #:arg-types (list long int unsigned-int)))))
+           (and syscall
+                (lambda (pid)
+                  (let ((fd (syscall 434 pid 0)))  ;SYS_pidfd_open
+                    (and (>= fd 0) fd))))))))
+
+(define (process-descriptor pid)
+  "Return a descriptor readable when child process PID exits, or #f if the
+kernel cannot give one (then 'run-worker' re-checks its children every
+%fallback-poll seconds)."
+  (let ((open (force %pidfd-open)))
+    (and open (open pid))))
+
+(define %fallback-poll
+  ;; Without pidfd_open only: how long 'run-worker' waits before looking
+  ;; at its children again.
+  0.05)
+
 (define* (run-worker worker proc #:key (on-finished (const #t)))
   "Drive WORKER until every goal has finished, and return the list of
 (GOAL . OUTCOME) pairs in the order the goals finished.
@@ -533,17 +564,17 @@ run at once up to the worker's max-jobs.  ON-FINISHED is called as
 (ON-FINISHED GOAL OUTCOME) when a goal finishes, whichever way.
 
 While waiting, 'run-worker' blocks in 'select' on the worker's file
-descriptor and on a pipe written by its SIGCHLD handler (installed for the
-duration of the call), so it never polls.  If PROC or ON-FINISHED raises,
-or control leaves 'run-worker' otherwise, the goal being started is
-cancelled, and the child processes still running are killed with SIGKILL
-and reaped and their goals cancelled: their locks are released before the
-exception goes on.  PROC must not reap its children itself."
-  (define running '())                            ;list of (PID . GOAL)
+descriptor and on one descriptor per running child (pidfd_open), so it
+neither polls nor installs a signal handler; only on kernels without
+pidfd_open (before Linux 5.3) does it look at its children every 50 ms.
+If PROC or ON-FINISHED raises, or control leaves 'run-worker' otherwise,
+the goal being started is cancelled, and the child processes still running
+are killed with SIGKILL and reaped and their goals cancelled: their locks
+are released before the exception goes on.  PROC must not reap its
+children itself."
+  (define running '())                            ;list of (PID GOAL FD)
   (define starting #f)                            ;the goal PROC is starting
   (define results '())
-  (define wake-pending? #f)
-  (define wake (pipe))
 
   (define (finished! goal outcome)
     (set! results (cons (cons goal outcome) results))
@@ -553,47 +584,62 @@ exception goes on.  PROC must not reap its children itself."
     (worker-report! worker goal outcome)
     (finished! goal (goal-outcome goal)))
 
+  (define (forget! entry)
+    (set! running (delq entry running))
+    (match entry
+      ((_ _ fd) (when fd (false-if-exception (close-fdes fd))))))
+
   (define (reap!)
-    ;; Report every tracked child that has exited.
-    (set! running
-      (filter (match-lambda
-                ((pid . goal)
+    ;; Report every tracked child that has exited.  A child leaves the
+    ;; list before its goal is reported, so that 'abandon!' never signals a
+    ;; reaped (perhaps reused) PID if the report raises.
+    (for-each (match-lambda
+                ((and entry (pid goal _))
                  (match (waitpid pid WNOHANG)
                    ((0 . _) #t)
                    ((_ . status)
-                    (report! goal (outcome-of-status status))
-                    #f))))
-              running)))
+                    (forget! entry)
+                    (report! goal (outcome-of-status status))))))
+              running))
 
-  (define (drain-wake-pipe!)
-    (set! wake-pending? #f)
-    (when (char-ready? (car wake))
-      (get-bytevector-some (car wake))))
+  (define (track! goal pid)
+    ;; GOAL runs as child process PID.
+    (match (catch 'system-error
+             (lambda () (waitpid pid WNOHANG))
+             (const #f))
+      (#f
+       (worker-report! worker goal 'failed)
+       (set! starting #f)
+       (raise-goalkeeper-error
+        'invalid-argument
+        (format #f "the procedure run for ~s returned ~a, which is not a \
+child process of this process" goal pid)
+        'run-worker))
+      ((0 . _)
+       (set! running (cons (list pid goal (process-descriptor pid))
+                           running))
+       (set! starting #f))
+      ((_ . status)                             ;it exited already
+       (report! goal (outcome-of-status status))
+       (set! starting #f))))
 
   (define (wait! fd timeout)
-    (let-values (((seconds micro)
-                  (if timeout
-                      (let ((s (inexact->exact (floor timeout))))
-                        (values s (inexact->exact
-                                   (round (* 1e6 (- timeout s))))))
-                      (values #f #f))))
+    ;; Block until FD or a child's descriptor is readable, or TIMEOUT.
+    (let* ((children (filter-map third running))
+           (timeout  (if (any (lambda (entry) (not (third entry))) running)
+                         (min (or timeout %fallback-poll) %fallback-poll)
+                         timeout)))
       (catch 'system-error
         (lambda ()
-          (match (if seconds
-                     (select (list fd (car wake)) '() '() seconds micro)
-                     (select (list fd (car wake)) '() '()))
-            (((ready ...) _ _)
-             (when (memq (car wake) ready)
-               (drain-wake-pipe!)))))
+          (if timeout
+              (let ((seconds (inexact->exact (floor timeout))))
+                (select (cons fd children) '() '() seconds
+                        (inexact->exact
+                         (round (* 1e6 (- timeout seconds))))))
+              (select (cons fd children) '() '())))
         (lambda args
           (unless (= EINTR (system-error-errno args))
             (apply throw args))))))
-
-  (define (on-sigchld signal)
-    (unless wake-pending?
-      (set! wake-pending? #t)
-      (put-u8 (cdr wake) 1)
-      (force-output (cdr wake))))
 
   (define (abandon!)
     ;; Control is leaving abnormally: stop what is still running, and
@@ -601,21 +647,18 @@ exception goes on.  PROC must not reap its children itself."
     (when (and starting (not (worker-closed? worker)))
       (false-if-exception (worker-cancel! worker starting)))
     (for-each (match-lambda
-                ((pid . goal)
+                ((and entry (pid goal _))
                  (false-if-exception (kill pid SIGKILL))
                  (false-if-exception (waitpid pid))
+                 (forget! entry)
                  (unless (worker-closed? worker)
                    (false-if-exception (worker-cancel! worker goal)))))
-              running)
-    (set! running '()))
+              running))
 
   (live-worker worker 'run-worker)
-  (let ((previous #f)
-        (completed? #f))
+  (let ((completed? #f))
     (dynamic-wind
-      (lambda ()
-        (set! previous (sigaction SIGCHLD))
-        (sigaction SIGCHLD on-sigchld))
+      (const #t)
       (lambda ()
         (let loop ()
           (reap!)
@@ -624,14 +667,13 @@ exception goes on.  PROC must not reap its children itself."
              (set! starting goal)
              (match (proc goal)
                ((? exact-integer? pid)
-                (set! running (cons (cons pid goal) running))
-                (set! starting #f))
+                (track! goal pid))
                ((? symbol? outcome)
-                (set! starting #f)
-                (report! goal outcome))
+                (report! goal outcome)
+                (set! starting #f))
                (other
-                (set! starting #f)
                 (worker-report! worker goal 'failed)
+                (set! starting #f)
                 (raise-goalkeeper-error
                  'invalid-argument
                  (format #f "the procedure run for ~s returned ~s, which is \
@@ -649,11 +691,6 @@ neither an outcome nor a process id" goal other)
              (reverse results)))))
       (lambda ()
         (unless completed?
-          (abandon!))
-        (match previous
-          ((handler . flags) (sigaction SIGCHLD handler flags))
-          (_ #t))
-        (close-port (car wake))
-        (close-port (cdr wake))))))
+          (abandon!))))))
 
 ;;; scheduler.scm ends here

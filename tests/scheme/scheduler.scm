@@ -298,6 +298,24 @@ exist and writes its outputs, naming the inputs it saw."
              (assq-ref (worker-audit worker) 'slots-used)))
      (worker-close! worker))
 
+   (let* ((worker (make-worker))
+          (goal   (add-goal! worker "bad-outcome"))
+          (status (error-status
+                   (lambda () (run-worker worker (lambda (goal) 'sideways))))))
+     (test-equal "an outcome the host may not report raises, and the goal is cancelled"
+       '(invalid-argument cancelled 0)
+       (list status (goal-outcome goal) (held-path-count)))
+     (worker-close! worker))
+
+   (let* ((worker (make-worker))
+          (goal   (add-goal! worker "not-a-child"))
+          (status (error-status
+                   (lambda () (run-worker worker (lambda (goal) 1))))))
+     (test-equal "a PID that is not a child is refused, never signalled; the goal fails"
+       '(invalid-argument failed 0)
+       (list status (goal-outcome goal) (held-path-count)))
+     (worker-close! worker))
+
    ;;
    ;; Cancellation and the audit after every step, driving the loop by hand.
    ;;
