@@ -3,7 +3,8 @@
 #   make            build the release library
 #   make check      run every test suite (Rust, C, C++, Scheme)
 #   make check-sanitize  the C++ suites again, built with AddressSanitizer
-#   make demo       run the demonstration
+#   make demo       run the #31785 demonstration (demo/31785.scm); ARGS=--legacy-hold
+#                   shows the invariant check catching the old daemon's lock lifetime
 #   make install    install under PREFIX (default /usr/local)
 #   make header     regenerate include/goalkeeper.h with cbindgen
 #   make bench      run the benchmarks (prints a table, writes target/bench/results.json)
@@ -44,8 +45,13 @@ bench: build
 bench-table:
 	$(CARGO) bench --bench gk -- --table
 
-demo:
-	$(CARGO) run --quiet --release --example handoff
+# Guix bug #31785 replayed: three Guile clients, overlapping builds, max-jobs 1,
+# on a fresh temporary store, against the build tree and the release library
+# (pre-inst-env sets GOALKEEPER_LIBRARY).  The two-process lock hand-off of
+# the first version is `cargo run --example handoff`.
+demo: build guile
+	@command -v $(GUILE) >/dev/null 2>&1 || { echo "make demo needs Guile 3.0 ($(GUILE) not found)"; exit 1; }
+	./pre-inst-env $(GUILE) --no-auto-compile demo/31785.scm $(ARGS)
 
 install: build
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)

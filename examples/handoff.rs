@@ -3,7 +3,8 @@
 //! blocks in the kernel without holding anything, and the moment the child
 //! releases, the parent gets the lock. The hand-off time is printed.
 //!
-//! Run with `make demo` (or `cargo run --example handoff`).
+//! Run with `cargo run --example handoff` (`make demo` runs the #31785
+//! demonstration, demo/31785.scm).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
