@@ -99,10 +99,12 @@ fn l1_daemon_style_peer_deletes_under_a_goalkeeper_waiter() {
     );
     let new = inode_of(&lf);
     assert_ne!(old, new, "the waiter kept the unlinked inode");
+    let on_new = proc_locks(new);
     assert_eq!(
-        proc_locks(new).held.len(),
+        on_new.held.len(),
         1,
-        "the waiter holds the live file"
+        "the waiter holds the live file: {on_new:?}\n{}",
+        lockkit::read_proc_locks()
     );
     assert!(
         busy_for("posix", &lf),
@@ -173,7 +175,22 @@ fn l5_kill9_parent_with_live_fork_child_frees_lock() {
         let mut parent = kit.helper("hold", &[b, "try", &p]);
         parent.expect("locked");
         parent.send("fork");
-        let child: i32 = parent.expect("forked").parse().unwrap();
+        // Both lines, in either order; "child-ready" means fork() has
+        // returned in the child, after its atfork handler closed the
+        // inherited lock descriptors (until then the child does share the
+        // parent's open file description, as any fork child does).
+        let mut child = None;
+        let mut ready = false;
+        for _ in 0..2 {
+            let line = parent.next();
+            match line.split_once(' ').unwrap_or((&line, "")) {
+                ("forked", pid) => child = Some(pid.parse::<i32>().unwrap()),
+                ("child-ready", _) => ready = true,
+                _ => panic!("unexpected '@gk {line}'\n{}", parent.transcript()),
+            }
+        }
+        assert!(ready);
+        let child = child.expect("forked");
         assert!(busy_for(kind, &lf), "{b}: the parent holds the lock");
         parent.kill9();
         // SAFETY: signal 0 only checks that the process exists.
@@ -209,8 +226,18 @@ fn l5_exec_child_inherits_no_lock_descriptors() {
         let mut parent = kit.helper("hold", &args);
         parent.expect("locked");
         parent.send("spawn");
-        let child: i32 = parent.expect("spawned").parse().unwrap();
-        let fds = parent.expect("fds");
+        // The parent and the exec'd child share the stdout pipe: either
+        // line may come first.
+        let (mut child, mut fds) = (None, None);
+        for _ in 0..2 {
+            let line = parent.next();
+            match line.split_once(' ') {
+                Some(("spawned", pid)) => child = Some(pid.parse::<i32>().unwrap()),
+                Some(("fds", list)) => fds = Some(list.to_string()),
+                _ => panic!("unexpected '@gk {line}'\n{}", parent.transcript()),
+            }
+        }
+        let (child, fds) = (child.expect("spawned"), fds.expect("fds"));
         let (n, list) = fds.split_once(' ').unwrap_or((&fds, ""));
         assert!(
             !list.contains(".lock") && !list.contains(s.dir().to_str().unwrap()),

@@ -318,9 +318,27 @@ pub struct LockEntries {
     pub waiting: Vec<(String, i64)>,
 }
 
+/// `/proc/locks` in one `read(2)`: the kernel walks its lock list once per
+/// read call, so a file read in several chunks (as `read_to_string` does)
+/// can show an entry twice or miss one when locks change in between.
+pub fn read_proc_locks() -> String {
+    use std::io::Read;
+    let mut size = 1 << 20;
+    loop {
+        let mut f = std::fs::File::open("/proc/locks").expect("open /proc/locks");
+        let mut buf = vec![0u8; size];
+        let n = f.read(&mut buf).expect("read /proc/locks");
+        if n < size {
+            buf.truncate(n);
+            return String::from_utf8_lossy(&buf).into_owned();
+        }
+        size *= 4;
+    }
+}
+
 /// What `/proc/locks` says about `inode`.
 pub fn proc_locks(inode: Inode) -> LockEntries {
-    let text = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
+    let text = read_proc_locks();
     let mut e = LockEntries::default();
     for line in text.lines() {
         let mut t: Vec<&str> = line.split_whitespace().collect();

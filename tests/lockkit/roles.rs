@@ -85,7 +85,8 @@ fn read_raw_until_eof() {
 
 /// `hold BACKEND MODE PATH...`: acquire, report `locked` (or `err`), then obey
 /// commands: `delete` (set deletion), `release`, `fork` (fork a child that
-/// lives on, reading stdin until EOF, while this process only waits for it),
+/// says `child-ready` once fork has returned in it and lives on, reading
+/// stdin until EOF, while this process only waits for it),
 /// `spawn` (the same with an exec'd `fdlist` child), `exit`. EOF: exit
 /// (the kernel drops whatever is still held).
 fn hold(test: &str, a: &[&str]) -> i32 {
@@ -114,6 +115,11 @@ fn hold(test: &str, a: &[&str]) -> i32 {
                 // SAFETY: the child only calls read(2) and _exit(2).
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
+                    // fork() returned here, so the atfork handlers have run:
+                    // from now on the child shares no lock with the parent.
+                    let msg = b"@gk child-ready\n";
+                    // SAFETY: writing a static buffer to stdout.
+                    unsafe { libc::write(1, msg.as_ptr().cast(), msg.len()) };
                     read_raw_until_eof();
                     // SAFETY: leaving the fork child without running the parent's destructors.
                     unsafe { libc::_exit(0) };
