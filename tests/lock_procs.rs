@@ -465,3 +465,56 @@ fn l9_failed_token_write_leaves_a_live_usable_lock_file() {
     );
     assert!(busy_for("ofd", &lf), "the waiter holds the live file");
 }
+
+/// Timed acquisitions that give up leave their kernel wait behind (a thread
+/// blocked in F_OFD_SETLKW cannot be called back). Repeated timeouts on one
+/// path must reuse that wait instead of piling up a thread and a descriptor
+/// each (a daemon retrying every second for an hour-long build would
+/// otherwise collect thousands).
+#[test]
+fn repeated_timeouts_on_one_path_do_not_pile_up_waits() {
+    let kit = kit!();
+    let s = TempStore::new();
+    let p = s.path("aaa-out");
+    let held = LockSet::try_acquire([&p], Backend::Ofd).unwrap();
+    let mut h = kit.helper("ghosts", &[&p, "40", "1"]);
+    let r = h.expect("after-timeouts");
+    let (threads, fds) = r.split_once(' ').unwrap();
+    let (threads, fds): (usize, usize) = (threads.parse().unwrap(), fds.parse().unwrap());
+    assert!(
+        threads <= 2 && fds <= 2,
+        "40 timeouts left {threads} threads and {fds} lock descriptors behind"
+    );
+    held.release().unwrap();
+    h.send("released");
+    assert_eq!(
+        h.expect("settled"),
+        "true",
+        "the lock file stays (no deletion)"
+    );
+}
+
+/// An abandoned wait that finds the lock file deleted by its holder stops:
+/// it does not re-create the file the holder just removed (a valid path's
+/// lock file would otherwise come back, empty, and stay in the store).
+#[test]
+fn abandoned_wait_does_not_recreate_a_deleted_lock_file() {
+    let kit = kit!();
+    let s = TempStore::new();
+    let p = s.path("aaa-out");
+    let mut held = LockSet::try_acquire([&p], Backend::Ofd).unwrap();
+    // Long enough for the wait thread to block in the kernel before the
+    // timeout abandons it.
+    let mut h = kit.helper("ghosts", &[&p, "1", "500"]);
+    h.expect("after-timeouts");
+    lockkit::wait_for_waiters(inode_of(&s.lock_file("aaa-out")), 1);
+    held.set_deletion(true);
+    held.release().unwrap();
+    h.send("released");
+    assert_eq!(
+        h.expect("settled"),
+        "false",
+        "an abandoned wait re-created the deleted lock file"
+    );
+    assert!(!s.lock_file("aaa-out").exists());
+}

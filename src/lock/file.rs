@@ -56,7 +56,23 @@ impl LockFile {
     /// that must not wait for its own process checks first, as a lock set
     /// pass does ([`LockFile::try_registered`] reports such a lock).
     pub(crate) fn acquire_blocking(path: &StorePath, backend: Backend) -> Result<Self> {
+        Ok(Self::acquire_blocking_unless(path, backend, &|| false)?.expect("never cancelled"))
+    }
+
+    /// [`LockFile::acquire_blocking`] for a wait that may be abandoned:
+    /// before opening the file, and again before re-opening it after the
+    /// previous holder deleted it, `cancelled` is asked, and `Ok(None)` is
+    /// the answer if it says so. A wait nobody wants any more thus never
+    /// creates a lock file (nor re-creates one its holder just deleted).
+    pub(crate) fn acquire_blocking_unless(
+        path: &StorePath,
+        backend: Backend,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Self>> {
         for _ in 0..MAX_STALE_ATTEMPTS {
+            if cancelled() {
+                return Ok(None);
+            }
             let fd = open_lock_file(path)?;
             if let Err(e) = lock_blocking(backend, fd) {
                 close_fd(fd);
@@ -64,12 +80,12 @@ impl LockFile {
             }
             match stat(fd) {
                 Ok(st) if !is_stale(&st) => {
-                    return Ok(LockFile {
+                    return Ok(Some(LockFile {
                         fd,
                         backend,
                         generation: generation(),
                         key: key_of(&st),
-                    })
+                    }))
                 }
                 Ok(_) => {
                     let _ = backend.unlock(fd);

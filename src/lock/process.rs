@@ -14,11 +14,12 @@ use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use super::file::FileKey;
 use super::path::StorePath;
 use super::registry::Owner;
+use super::wait::Shared;
 
 /// A mutex built on `pthread_mutex_t`, so that the `atfork` handlers can hold
 /// it across `fork(2)` and release it in both the parent and the child.
@@ -93,6 +94,9 @@ pub(crate) struct State {
     /// bytes (compared with `memcmp` on the lock hot path; a process uses a
     /// handful of store directories at most).
     pub(crate) checked_dirs: Vec<Vec<u8>>,
+    /// Abandoned lock waits whose threads are still blocked in the kernel,
+    /// for a later wait on the same path to adopt (see `wait.rs`).
+    pub(crate) ghosts: Vec<Arc<Shared>>,
 }
 
 pub(crate) static STATE: ForkMutex<State> = ForkMutex::new(State {
@@ -100,6 +104,7 @@ pub(crate) static STATE: ForkMutex<State> = ForkMutex::new(State {
     held: BTreeMap::new(),
     held_inodes: BTreeMap::new(),
     checked_dirs: Vec::new(),
+    ghosts: Vec::new(),
 });
 
 /// This process's pid, refreshed in fork children (0 until the atfork
@@ -140,6 +145,9 @@ extern "C" fn child() {
     st.fds.clear();
     st.held.clear();
     st.held_inodes.clear();
+    // The wait threads do not exist in the child. Leak their shared state
+    // rather than run destructors (the hosts' notifiers) in a fork child.
+    std::mem::forget(std::mem::take(&mut st.ghosts));
     // SAFETY: getpid is async-signal-safe and has no preconditions.
     PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
     GENERATION.fetch_add(1, Ordering::Relaxed);

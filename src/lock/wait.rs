@@ -3,16 +3,24 @@
 //!
 //! The thread blocks in the kernel (`F_OFD_SETLKW` or `flock`) on its own
 //! descriptor, so it wakes within microseconds of the holder's release. The
-//! waiter holds nothing else while it waits (G2). If the wait is abandoned
-//! (timeout, cancellation, the waiting goal became valid), the thread keeps
-//! waiting, and releases the lock the moment it gets it.
+//! waiter holds nothing else while it waits (G2).
+//!
+//! A thread blocked in the kernel cannot be called back, so a wait that is
+//! abandoned (timeout, cancellation, the waiting goal became valid) leaves
+//! its thread behind, blocked. Such a *ghost* is kept in the process state
+//! and adopted by the next wait for the same path and backend, so repeated
+//! timeouts on one path reuse one thread and one descriptor instead of
+//! piling them up. A ghost that is granted the lock releases it at once; one
+//! that finds the lock file deleted by its holder stops there, without
+//! re-creating the file.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::file::LockFile;
 use super::path::StorePath;
+use super::process::{generation, STATE};
 use crate::error::{Error, Result};
 
 /// Called from the wait thread when the wait ends (e.g. writes an eventfd).
@@ -25,9 +33,29 @@ enum State {
     Taken,
 }
 
-struct Shared {
-    state: Mutex<State>,
+struct Inner {
+    state: State,
+    notify: Option<Notify>,
+}
+
+/// What a wait shares with its thread.
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
     cond: Condvar,
+    path: StorePath,
+    backend: Backend,
+    /// The fork generation the thread runs in.
+    generation: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn abandoned(&self) -> bool {
+        matches!(self.lock().state, State::Abandoned)
+    }
 }
 
 /// A pending wait for the lock of one store path.
@@ -40,34 +68,52 @@ pub(crate) struct LockWait {
 
 #[allow(dead_code)]
 impl LockWait {
-    /// Starts a thread that blocks until `path`'s lock is granted, then calls `notify`.
+    /// Waits until `path`'s lock is granted, then calls `notify`: on a new
+    /// thread, or on the thread of an abandoned wait for the same path that
+    /// is still blocked in the kernel.
     pub(crate) fn spawn(
         path: StorePath,
         backend: Backend,
         notify: Option<Notify>,
     ) -> Result<LockWait> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::Waiting),
-            cond: Condvar::new(),
+        let adopted = STATE.with(|st| {
+            let gen = generation();
+            let i = st
+                .ghosts
+                .iter()
+                .position(|g| g.generation == gen && g.backend == backend && g.path == path)?;
+            let g = st.ghosts.swap_remove(i);
+            {
+                // Entries are removed (under STATE) before their thread
+                // ends, so this one is still abandoned and blocked.
+                let mut inner = g.lock();
+                inner.state = State::Waiting;
+                inner.notify = notify.clone();
+            }
+            Some(g)
         });
-        let (s2, p2) = (shared.clone(), path.clone());
+        if let Some(shared) = adopted {
+            return Ok(LockWait {
+                shared,
+                path,
+                started: Instant::now(),
+            });
+        }
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                state: State::Waiting,
+                notify,
+            }),
+            cond: Condvar::new(),
+            path: path.clone(),
+            backend,
+            generation: generation(),
+        });
+        let s2 = shared.clone();
         std::thread::Builder::new()
             .name("gk-lockwait".into())
             .stack_size(64 * 1024)
-            .spawn(move || {
-                let r = LockFile::acquire_blocking(&p2, backend);
-                let mut st = s2.state.lock().unwrap_or_else(|e| e.into_inner());
-                match *st {
-                    State::Waiting => *st = State::Done(r),
-                    // Nobody wants it any more: `r` is dropped here, releasing the lock.
-                    _ => return,
-                }
-                drop(st);
-                s2.cond.notify_all();
-                if let Some(n) = notify {
-                    n();
-                }
-            })
+            .spawn(move || run(s2))
             .map_err(|e| Error::from_io(path.lock_path(), "spawn lock wait thread", e))?;
         Ok(LockWait {
             shared,
@@ -88,21 +134,24 @@ impl LockWait {
 
     /// Takes the outcome if the wait has ended, without blocking.
     pub(crate) fn poll(&self) -> Option<Result<LockFile>> {
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        Self::take(&mut st)
+        Self::take(&mut self.shared.lock().state)
     }
 
     /// Waits up to `timeout` for the outcome. A timeout too long for
     /// `Instant` to represent waits without limit.
     pub(crate) fn wait_timeout(&self, timeout: Duration) -> Option<Result<LockFile>> {
         let deadline = Instant::now().checked_add(timeout);
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.shared.lock();
         loop {
-            if let Some(r) = Self::take(&mut st) {
+            if let Some(r) = Self::take(&mut inner.state) {
                 return Some(r);
             }
-            st = match deadline {
-                None => self.shared.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+            inner = match deadline {
+                None => self
+                    .shared
+                    .cond
+                    .wait(inner)
+                    .unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -110,7 +159,7 @@ impl LockWait {
                     }
                     self.shared
                         .cond
-                        .wait_timeout(st, deadline - now)
+                        .wait_timeout(inner, deadline - now)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
@@ -128,10 +177,68 @@ impl LockWait {
     }
 }
 
+/// The wait thread: blocks for the lock, then hands it over, or releases it
+/// if the wait was abandoned meanwhile.
+fn run(s: Arc<Shared>) {
+    loop {
+        let r = LockFile::acquire_blocking_unless(&s.path, s.backend, &|| s.abandoned());
+        let mut again = false;
+        let mut notify = None;
+        let mut leftover = None;
+        STATE.with(|st| {
+            let mut inner = s.lock();
+            match (&inner.state, r) {
+                // Abandoned at a stale file, and adopted again since: go on.
+                (State::Waiting, Ok(None)) => again = true,
+                (State::Waiting, r) => {
+                    inner.state = State::Done(r.map(|f| f.expect("not cancelled")));
+                    notify = inner.notify.clone();
+                }
+                (_, r) => {
+                    let ghost = st
+                        .ghosts
+                        .iter()
+                        .position(|g| Arc::ptr_eq(g, &s))
+                        .map(|i| st.ghosts.swap_remove(i));
+                    leftover = Some((ghost, r));
+                }
+            }
+        });
+        if again {
+            continue;
+        }
+        if let Some(unwanted) = leftover {
+            // Nobody wants it: releasing a granted lock takes the process
+            // lock, so it happens out here.
+            drop(unwanted);
+            return;
+        }
+        s.cond.notify_all();
+        if let Some(n) = notify {
+            n();
+        }
+        return;
+    }
+}
+
 impl Drop for LockWait {
     fn drop(&mut self) {
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        // A lock granted but never taken is released here, when `old` drops.
-        let _old = std::mem::replace(&mut *st, State::Abandoned);
+        if self.shared.generation != generation() {
+            // Inherited through fork: the thread does not exist here, and
+            // its mutex may have been held at the fork. Touch nothing.
+            return;
+        }
+        let (old, notify) = STATE.with(|st| {
+            let mut inner = self.shared.lock();
+            let old = std::mem::replace(&mut inner.state, State::Abandoned);
+            if matches!(old, State::Waiting) {
+                // Still blocked in the kernel: keep it for adoption.
+                st.ghosts.push(self.shared.clone());
+            }
+            (old, inner.notify.take())
+        });
+        // A lock granted but never taken is released here, out of the locks.
+        drop(old);
+        drop(notify);
     }
 }

@@ -25,6 +25,7 @@ pub fn serve(test: &str, role: &str, args: &[String]) -> ! {
         "try" => try_once(&a),
         "umask" => umask(&a),
         "tmpfs" => tmpfs(&a),
+        "ghosts" => ghosts(&a),
         _ => {
             eprintln!("unknown role {role}");
             64
@@ -487,5 +488,60 @@ fn tmpfs(a: &[&str]) -> i32 {
         }
         _ => panic!("tmpfs kind {kind}"),
     }
+    0
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `ghosts PATH ROUNDS MS`: PATH is held elsewhere; ROUNDS timed
+/// acquisitions (MS milliseconds each) time out, each leaving a wait behind. Reports `after-timeouts
+/// THREADS DESCRIPTORS` (beyond this process's baseline); then, on
+/// `released` (the holder let go, deleting the lock file), waits until
+/// every lock descriptor is closed and reports `settled EXISTS` (whether a
+/// lock file is at PATH now).
+fn ghosts(a: &[&str]) -> i32 {
+    let p = a[0];
+    let rounds: usize = a[1].parse().expect("rounds");
+    let ms: u64 = a[2].parse().expect("ms");
+    let base_threads = thread_count();
+    for _ in 0..rounds {
+        match LockSet::acquire(
+            [p],
+            Backend::Ofd,
+            WaitMode::Timeout(Duration::from_millis(ms)),
+        ) {
+            Err(Error::TimedOut { .. }) => {}
+            other => {
+                reply(&format!("err unexpected {other:?}"));
+                return 1;
+            }
+        }
+    }
+    reply(&format!(
+        "after-timeouts {} {}",
+        thread_count().saturating_sub(base_threads),
+        lock::open_descriptor_count()
+    ));
+    for cmd in stdin_lines() {
+        if cmd == "released" {
+            break;
+        }
+    }
+    let start = std::time::Instant::now();
+    // The abandoned waits see the release at once; bounded polling of the
+    // library's own descriptor count.
+    while lock::open_descriptor_count() != 0 {
+        if start.elapsed() > Duration::from_secs(10) {
+            reply("err waits never ended");
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let exists = StorePath::new(p).unwrap().lock_path().exists();
+    reply(&format!("settled {exists}"));
     0
 }
