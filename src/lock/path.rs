@@ -20,7 +20,11 @@ pub const PATH_MAX: usize = libc::PATH_MAX as usize;
 /// `/s//x/` and `/s/x` name the same lock. `.` and `..` components, NUL
 /// bytes, relative paths, the root itself, and names whose lock file would
 /// exceed `PATH_MAX` are refused.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Paths order by their store path bytes (not by lock-file name), the order
+/// in which guix-daemon's `PathLocks` takes a `PathSet`: `/s/wb` sorts before
+/// `/s/wb-doc`, although `wb-doc.lock` sorts before `wb.lock`.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct StorePath {
     /// `P.lock` followed by NUL; the store path is the prefix without the suffix.
     lock: CString,
@@ -96,6 +100,21 @@ impl StorePath {
     /// The directory holding the path and its lock file (the store directory).
     pub fn store_dir(&self) -> &Path {
         self.as_path().parent().unwrap_or(Path::new("/"))
+    }
+}
+
+impl Ord for StorePath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_path()
+            .as_os_str()
+            .as_bytes()
+            .cmp(other.as_path().as_os_str().as_bytes())
+    }
+}
+
+impl PartialOrd for StorePath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -185,6 +204,13 @@ mod tests {
         );
         let over = format!("/{}", "a".repeat(n));
         assert!(StorePath::new(over).is_err());
+    }
+
+    #[test]
+    fn sets_sort_by_store_path_like_the_daemon() {
+        let v = normalize_set(["/s/wb-doc", "/s/wb"]).unwrap();
+        assert_eq!(v[0].as_path(), Path::new("/s/wb"));
+        assert_eq!(v[1].as_path(), Path::new("/s/wb-doc"));
     }
 
     #[test]
