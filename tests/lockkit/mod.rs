@@ -318,26 +318,36 @@ pub struct LockEntries {
     pub waiting: Vec<(String, i64)>,
 }
 
-/// `/proc/locks` in one `read(2)`: the kernel walks its lock list once per
-/// read call, so a file read in several chunks (as `read_to_string` does)
-/// can show an entry twice or miss one when locks change in between.
+/// The text of `/proc/locks`. Note that it is not a snapshot: the kernel
+/// produces it a page (4 KiB) per read call, walking its lock list afresh
+/// each time, so while locks come and go an entry can be listed twice or
+/// not at all. [`proc_locks`] copes with that.
 pub fn read_proc_locks() -> String {
-    use std::io::Read;
-    let mut size = 1 << 20;
-    loop {
-        let mut f = std::fs::File::open("/proc/locks").expect("open /proc/locks");
-        let mut buf = vec![0u8; size];
-        let n = f.read(&mut buf).expect("read /proc/locks");
-        if n < size {
-            buf.truncate(n);
-            return String::from_utf8_lossy(&buf).into_owned();
-        }
-        size *= 4;
-    }
+    std::fs::read_to_string("/proc/locks").expect("read /proc/locks")
 }
 
-/// What `/proc/locks` says about `inode`.
+/// What `/proc/locks` says about `inode`: the entries that three reads in a
+/// row agree on (see [`read_proc_locks`]; other tests' locks keep changing
+/// the list, and a lone read may miss or double an entry).
 pub fn proc_locks(inode: Inode) -> LockEntries {
+    let mut seen: Vec<LockEntries> = Vec::new();
+    for _ in 0..100 {
+        let mut e = proc_locks_once(inode);
+        e.held.sort();
+        e.waiting.sort();
+        seen.push(e);
+        let n = seen.len();
+        if n >= 3 && seen[n - 1] == seen[n - 2] && seen[n - 2] == seen[n - 3] {
+            return seen.pop().expect("three reads");
+        }
+    }
+    panic!(
+        "/proc/locks never settled for inode {}: {seen:?}",
+        inode.ino
+    );
+}
+
+fn proc_locks_once(inode: Inode) -> LockEntries {
     let text = read_proc_locks();
     let mut e = LockEntries::default();
     for line in text.lines() {
