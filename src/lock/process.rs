@@ -158,6 +158,24 @@ extern "C" fn child() {
 /// Installs the atfork handlers once per process. Called before any
 /// [`ForkMutex`] is first taken (by [`ForkMutex::with`]) and before the
 /// first lock descriptor is opened.
+/// Runs when the library is loaded (an ELF constructor in `.init_array`),
+/// before any caller can reach it from another thread. It does every
+/// one-time initialisation that a call path would otherwise do lazily
+/// behind a `Once`: a `fork(2)` that lands while another thread is inside
+/// such a `call_once` leaves the child's copy of it "running" forever, and
+/// the child's first goalkeeper call then waits for ever (found by the C
+/// test `fork children never hang on a lock the parent's other thread
+/// held`, about 1 run in 12).
+extern "C" fn load_time_init() {
+    ensure_atfork();
+    let _ = crate::fault::injected(crate::fault::Point::TokenWrite);
+    let _ = crate::sched::ledger_sweep_from_env();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static LOAD_TIME_INIT: extern "C" fn() = load_time_init;
+
 pub(crate) fn ensure_atfork() {
     ATFORK.call_once(|| {
         // SAFETY: registering plain `extern "C"` functions without captured state.

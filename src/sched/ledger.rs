@@ -62,7 +62,8 @@ pub struct Audit {
     pub violations: u64,
 }
 
-fn sweep_from_env() -> bool {
+/// Whether `GOALKEEPER_DEBUG_SWEEP` asks for a full sweep per call (read once).
+pub(crate) fn sweep_from_env() -> bool {
     static SWEEP: OnceLock<bool> = OnceLock::new();
     *SWEEP.get_or_init(|| {
         std::env::var("GOALKEEPER_DEBUG_SWEEP").is_ok_and(|v| !v.is_empty() && v != "0")

@@ -37,4 +37,5 @@ pub use ledger::Audit;
 pub use waits::foreign_holder_hint;
 pub use worker::{Event, Worker, WorkerOptions};
 
+pub(crate) use ledger::sweep_from_env as ledger_sweep_from_env;
 pub(crate) use validity::PathPredicate;
