@@ -137,9 +137,22 @@ fn l7_permission_denied_for_unprivileged_user() {
         .unwrap();
         std::fs::set_permissions(s.dir(), std::fs::Permissions::from_mode(0o555)).unwrap();
     }
+    // `nobody` must be able to run the helper: the build tree may sit in a
+    // directory only root can enter (a clone under /root), so run a copy.
+    let exe_dir = TempStore::new();
+    let exe = exe_dir.dir().join("helper");
+    if root {
+        std::fs::set_permissions(exe_dir.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     for (p, what) in [(&existing, "open existing"), (&new, "create")] {
         for b in ["ofd", "flock"] {
-            let mut c = kit.role_command("try", &[b, p]);
+            let mut c = if root {
+                kit.role_command_at(&exe, "try", &[b, p])
+            } else {
+                kit.role_command("try", &[b, p])
+            };
             if root {
                 std::os::unix::process::CommandExt::uid(&mut c, 65534);
                 std::os::unix::process::CommandExt::gid(&mut c, 65534);

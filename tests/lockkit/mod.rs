@@ -65,7 +65,13 @@ impl Kit {
 
     /// The command that runs `role` in a fresh copy of this test binary.
     pub fn role_command(&self, role: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(std::env::current_exe().expect("current_exe"));
+        self.role_command_at(&std::env::current_exe().expect("current_exe"), role, args)
+    }
+
+    /// Like [`Kit::role_command`], running the test binary found at `exe`
+    /// (a copy of it, e.g. one that an unprivileged user may execute).
+    pub fn role_command_at(&self, exe: &Path, role: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(exe);
         c.args([
             "--exact",
             &self.test,
