@@ -490,3 +490,23 @@ fn the_worker_names_the_foreign_holder_when_a_goal_waits() {
     }
     w.report(g, Outcome::Failed).unwrap();
 }
+
+#[test]
+fn diagnostics_reuse_a_recent_scan_but_find_a_new_holder() {
+    use goalkeeper::lock::holder::holder_pids;
+    let s = TempStore::new();
+    let lock_file = s.lock_file("y");
+    let a = hold(&s, &[], &["y"], "echo held; read x; true");
+    assert_eq!(a.line(), "held");
+    assert_eq!(holder_pids(&lock_file), vec![a.pid()]);
+    // Within the reuse period, from the same table.
+    assert_eq!(holder_pids(&lock_file), vec![a.pid()]);
+    let (st, _) = a.finish();
+    assert!(st.success());
+    // A new holder right away: the recent table lacks its descriptor, so
+    // the lookup rescans instead of answering from the old table.
+    let b = hold(&s, &[], &["y"], "echo held; read x; true");
+    assert_eq!(b.line(), "held");
+    assert_eq!(holder_pids(&lock_file), vec![b.pid()]);
+    drop(b);
+}

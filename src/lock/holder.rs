@@ -31,9 +31,15 @@
 //! "holder not found (N processes not readable)" instead of guessing.
 //!
 //! Cost: one read of `/proc/locks`; the descriptor scan (one `stat` per open
-//! descriptor in the system, a few milliseconds at most on a busy machine)
-//! happens only when an OFD lock or an unidentified waiter needs it, and at
-//! most once per [`Inspector`].
+//! descriptor in the system: milliseconds, tens of them on a loaded machine
+//! with many processes) happens only when an OFD lock or a waiter needs it,
+//! and at most once per [`Inspector`]. The diagnostics helpers
+//! ([`describe_holders`], [`holder_pids`]), which a scheduler calls whenever
+//! a goal starts waiting for another process's lock, reuse the descriptor
+//! table of a scan younger than [`SCAN_REUSE`] and rescan at most once per
+//! [`SCAN_REUSE`] (when the table lacks the holder), so that many goals
+//! starting to wait at once cost one scan, not one each. The lock entries,
+//! fdinfo lines and blocked threads are always read afresh.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -41,7 +47,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The kind of a kernel file lock, as `/proc/locks` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,8 +167,39 @@ pub fn parse_proc_locks(text: &str) -> Vec<KernelLock> {
 }
 
 /// Reads and parses `/proc/locks`.
+///
+/// The kernel produces that file a page at a time, and an entry removed
+/// between two pages shifts the following ones, so on a busy system one
+/// read can miss a lock that was held throughout. The file is therefore
+/// read twice and the two lists merged (an entry seen in either read is
+/// kept, as many times as the read that saw it more often).
 pub fn read_proc_locks() -> io::Result<Vec<KernelLock>> {
-    Ok(parse_proc_locks(&fs::read_to_string("/proc/locks")?))
+    let first = parse_proc_locks(&fs::read_to_string("/proc/locks")?);
+    let second = parse_proc_locks(&fs::read_to_string("/proc/locks")?);
+    Ok(merge_reads(first, second))
+}
+
+/// The union, as multisets, of two readings of the lock list (entries
+/// compared without their ordinal, which differs between readings).
+fn merge_reads(first: Vec<KernelLock>, second: Vec<KernelLock>) -> Vec<KernelLock> {
+    let mut seen: HashMap<(LockKind, bool, Option<u32>, FileKey, bool), usize> = HashMap::new();
+    for l in &first {
+        *seen
+            .entry((l.kind, l.write, l.pid, l.file(), l.waiter))
+            .or_default() += 1;
+    }
+    let mut out = first;
+    for l in second {
+        let n = seen
+            .entry((l.kind, l.write, l.pid, l.file(), l.waiter))
+            .or_default();
+        if *n == 0 {
+            out.push(l);
+        } else {
+            *n -= 1;
+        }
+    }
+    out
 }
 
 /// A file as the kernel's lock list names it.
@@ -284,6 +322,8 @@ pub struct Inspector {
     by_file: HashMap<FileKey, Vec<usize>>,
     scan: Option<Scan>,
     commands: HashMap<u32, Option<String>>,
+    /// Reuse a recent descriptor table (see [`SCAN_REUSE`]).
+    reuse_fd_table: bool,
 }
 
 impl Inspector {
@@ -303,7 +343,17 @@ impl Inspector {
             by_file,
             scan: None,
             commands: HashMap::new(),
+            reuse_fd_table: false,
         }
+    }
+
+    /// Like [`Inspector::new`], but the descriptor scan may reuse the table
+    /// of a scan younger than [`SCAN_REUSE`] (the cheap mode for
+    /// diagnostics; see the module documentation).
+    pub fn with_recent_scan() -> io::Result<Inspector> {
+        let mut i = Inspector::new()?;
+        i.reuse_fd_table = true;
+        Ok(i)
     }
 
     /// The kernel entries this inspector works from.
@@ -356,9 +406,61 @@ impl Inspector {
                 })
             })
             .collect();
-        if !needed.is_empty() {
-            self.scan = Some(scan_processes(&needed));
+        if needed.is_empty() {
+            return;
         }
+        if !self.reuse_fd_table {
+            self.scan = Some(inspect_fds(&list_fds(Some(&needed)), &needed));
+            return;
+        }
+        // A recent table, if any (never wait for the cache: a fork child
+        // could otherwise block on a copy locked by a vanished thread).
+        let mut cache = FD_TABLE.try_lock().ok();
+        let recent = cache
+            .as_deref()
+            .and_then(|c| c.as_ref())
+            .filter(|t| t.taken.elapsed() < SCAN_REUSE);
+        // Rescan when there is no recent table, or when it lacks the holder
+        // of a file that a full scan has not already failed to explain
+        // (a holder that appeared since; not one we may not read).
+        let (scan, rescan) = match recent {
+            Some(t) => {
+                let scan = inspect_fds(t, &needed);
+                let rescan = needed
+                    .iter()
+                    .any(|k| !self.resolved_by(k, &scan) && !t.misses.contains(k));
+                (scan, rescan)
+            }
+            None => (Scan::default(), true),
+        };
+        self.scan = Some(if rescan {
+            let mut table = list_fds(None);
+            let scan = inspect_fds(&table, &needed);
+            table.misses = needed
+                .iter()
+                .filter(|k| !self.resolved_by(k, &scan))
+                .copied()
+                .collect();
+            if let Some(c) = cache.as_deref_mut() {
+                *c = Some(table);
+            }
+            scan
+        } else {
+            scan
+        });
+    }
+
+    /// `true` if `scan` accounts for every OFD holder of `key`.
+    fn resolved_by(&self, key: &FileKey, scan: &Scan) -> bool {
+        let ofd_held = self.by_file.get(key).is_some_and(|ix| {
+            ix.iter()
+                .any(|&i| !self.locks[i].waiter && self.locks[i].pid.is_none())
+        });
+        !ofd_held
+            || scan.fds.get(key).is_some_and(|fds| {
+                fds.iter()
+                    .any(|f| f.locks.iter().any(|l| !l.waiter && l.kind == LockKind::Ofd))
+            })
     }
 
     fn info_for(&mut self, key: FileKey) -> LockInfo {
@@ -485,18 +587,24 @@ pub fn lock_info(lock_file: &Path) -> io::Result<LockInfo> {
 }
 
 /// The pids holding `lock_file`, best effort: empty if none holds it or if
-/// none could be identified. Never fails.
+/// none could be identified. Never fails. May reuse a recent descriptor
+/// table ([`Inspector::with_recent_scan`]).
 pub fn holder_pids(lock_file: &Path) -> Vec<u32> {
-    lock_info(lock_file)
+    Inspector::with_recent_scan()
+        .and_then(|mut i| i.inspect(lock_file))
         .map(|i| i.holder_pids())
         .unwrap_or_default()
 }
 
 /// A short description of who holds `lock_file`, for "waiting for lock"
 /// diagnostics: `"pid 1234 (guix-daemon …), ofd lock"`, several separated
-/// by `"; "`; `None` when nobody holds it or nothing can be told.
+/// by `"; "`; `None` when nobody holds it or nothing can be told. May
+/// reuse a recent descriptor table ([`Inspector::with_recent_scan`]), so it
+/// is cheap enough to call whenever a goal starts waiting.
 pub fn describe_holders(lock_file: &Path) -> Option<String> {
-    let info = lock_info(lock_file).ok()?;
+    let info = Inspector::with_recent_scan()
+        .and_then(|mut i| i.inspect(lock_file))
+        .ok()?;
     if info.holders.is_empty() {
         return None;
     }
@@ -528,25 +636,47 @@ fn is_denied(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
 
-/// Scans every process's descriptors for the files in `wanted`, reading the
-/// fdinfo lock lines of the matches, then the threads of the matching
-/// processes for blocked lock calls.
-fn scan_processes(wanted: &BTreeSet<FileKey>) -> Scan {
-    let mut scan = Scan::default();
-    let Ok(proc_dir) = fs::read_dir("/proc") else {
-        return scan;
+/// How long the diagnostics helpers reuse a descriptor table (they rescan
+/// sooner for a holder the table lacks).
+pub const SCAN_REUSE: Duration = Duration::from_secs(2);
+
+/// The last full descriptor table, for [`Inspector::with_recent_scan`].
+static FD_TABLE: Mutex<Option<FdTable>> = Mutex::new(None);
+
+/// Where files are open: `(pid, fd)` per file, from one walk of `/proc/*/fd`.
+#[derive(Debug)]
+struct FdTable {
+    taken: Instant,
+    open: HashMap<FileKey, Vec<(u32, i32)>>,
+    unreadable: usize,
+    /// Files whose OFD holder this very scan could not find (unreadable
+    /// processes): rescanning for them before the table expires is useless.
+    misses: BTreeSet<FileKey>,
+}
+
+/// Walks every process's descriptors (`stat` of each `/proc/PID/fd/N`,
+/// which follows the magic link to the open file, even a deleted one) and
+/// records the regular files among `wanted` (all of them for `None`).
+/// Vanished processes are skipped; unreadable ones counted.
+fn list_fds(wanted: Option<&BTreeSet<FileKey>>) -> FdTable {
+    let mut table = FdTable {
+        taken: Instant::now(),
+        open: HashMap::new(),
+        unreadable: 0,
+        misses: BTreeSet::new(),
     };
-    let mut matched: BTreeMap<u32, Vec<(i32, FileKey)>> = BTreeMap::new();
+    let Ok(proc_dir) = fs::read_dir("/proc") else {
+        return table;
+    };
     for ent in proc_dir.flatten() {
         let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let fd_dir = format!("/proc/{pid}/fd");
-        let fds = match fs::read_dir(&fd_dir) {
+        let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
             Ok(d) => d,
             Err(e) => {
                 if is_denied(&e) {
-                    scan.unreadable += 1;
+                    table.unreadable += 1;
                 }
                 continue; // vanished, or a permission problem
             }
@@ -559,7 +689,6 @@ fn scan_processes(wanted: &BTreeSet<FileKey>) -> Scan {
             else {
                 continue;
             };
-            // `stat` follows the magic link to the open file itself, even a deleted one.
             let Ok(meta) = fs::metadata(fd_ent.path()) else {
                 continue;
             };
@@ -567,19 +696,46 @@ fn scan_processes(wanted: &BTreeSet<FileKey>) -> Scan {
                 continue;
             }
             let key = FileKey::of(&meta);
-            if !wanted.contains(&key) {
-                continue;
+            if wanted.is_none_or(|w| w.contains(&key)) {
+                table.open.entry(key).or_default().push((pid, fd));
             }
-            let locks = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-                .map(|t| {
-                    t.lines()
-                        .filter_map(|l| l.strip_prefix("lock:"))
-                        .filter_map(KernelLock::parse)
-                        .collect()
-                })
-                .unwrap_or_default();
-            scan.fds.entry(key).or_default().push(OpenFd { pid, locks });
-            matched.entry(pid).or_default().push((fd, key));
+        }
+    }
+    table
+}
+
+/// Reads, afresh, the fdinfo lock lines of the descriptors `table` lists
+/// for the files in `wanted`, then the threads of their processes for
+/// blocked lock calls. Descriptors closed since the table was taken are
+/// skipped.
+fn inspect_fds(table: &FdTable, wanted: &BTreeSet<FileKey>) -> Scan {
+    let mut scan = Scan {
+        unreadable: table.unreadable,
+        ..Scan::default()
+    };
+    let mut matched: BTreeMap<u32, Vec<(i32, FileKey)>> = BTreeMap::new();
+    for key in wanted {
+        for &(pid, fd) in table.open.get(key).into_iter().flatten() {
+            // Still open on this file? (From a reused table, the number may
+            // have been closed or reused since.)
+            match fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
+                Ok(m) if FileKey::of(&m) == *key => {}
+                _ => continue,
+            }
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
+                continue; // closed, or the process is gone
+            };
+            let locks = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("lock:"))
+                .filter_map(KernelLock::parse)
+                .filter(|l| l.file() == *key) // the number may have been reused
+                .collect();
+            scan.fds
+                .entry(*key)
+                .or_default()
+                .push(OpenFd { pid, locks });
+            matched.entry(pid).or_default().push((fd, *key));
         }
     }
     let now = monotonic();
@@ -684,6 +840,10 @@ garbage line
         assert_eq!(v[4].kind, LockKind::Flock);
         assert!(!v[4].write);
         assert_eq!(v[5].kind, LockKind::Other);
+        let twice = merge_reads(parse_proc_locks(text), parse_proc_locks(text));
+        assert_eq!(twice.len(), 6, "the same entries read twice are kept once");
+        let missed_one = merge_reads(v[1..].to_vec(), v[..5].to_vec());
+        assert_eq!(missed_one.len(), 6, "an entry missed by one read is kept");
         let fdinfo_line = "\t1: OFDLCK ADVISORY  WRITE -1 08:11:77 0 EOF";
         assert_eq!(KernelLock::parse(fdinfo_line).unwrap().inode, 77);
     }
