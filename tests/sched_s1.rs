@@ -281,7 +281,12 @@ impl Proc {
     fn finish(mut self, deadline: Instant) -> (i32, Vec<String>) {
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                self.seen.extend(self.lines.try_iter());
+                // Drain to EOF: the reader thread may not have read the
+                // last lines yet (bounded, in case a descendant keeps the
+                // pipe open).
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+                    self.seen.push(l);
+                }
                 return (st.code().unwrap_or(-1), std::mem::take(&mut self.seen));
             }
             if Instant::now() > deadline {
