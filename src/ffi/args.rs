@@ -19,8 +19,14 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result
     if p.is_null() {
         return Err(Error::NullPointer(what));
     }
-    // SAFETY: non-null; the caller guarantees PATH_MAX readable bytes or a NUL before.
-    let n = unsafe { libc::strnlen(p, PATH_MAX) };
+    // A bounded scan in Rust rather than `libc::strnlen`: it never reads past
+    // the NUL (strnlen may, within a page), and Miri can check it.
+    let mut n = 0;
+    // SAFETY: non-null; the caller guarantees a NUL within PATH_MAX bytes or
+    // PATH_MAX readable bytes, and the scan stops at the first NUL.
+    while n < PATH_MAX && unsafe { *p.add(n) } != 0 {
+        n += 1;
+    }
     if n >= PATH_MAX {
         return Err(Error::InvalidPath {
             path: format!("{what} (no NUL within PATH_MAX bytes)"),
