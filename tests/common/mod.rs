@@ -190,3 +190,34 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> std::process::Output {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A command that runs a compiled C/C++ test program, under valgrind's
+/// memcheck when `GOALKEEPER_VALGRIND=1` (`make check-valgrind`): any memory
+/// error, or a definite or indirect leak, then makes it exit with status 99.
+/// Fork children are checked too. The program then sees
+/// `GOALKEEPER_UNDER_VALGRIND=1`: valgrind does not know that
+/// `fcntl(F_OFD_SETLKW)` may block, so a thread blocked in it freezes the
+/// whole process; programs use the flock backend for blocking waits then.
+pub fn c_command(exe: &Path) -> Command {
+    if under_valgrind() {
+        let mut c = Command::new("valgrind");
+        c.env("GOALKEEPER_UNDER_VALGRIND", "1");
+        c.args([
+            "--quiet",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--show-leak-kinds=definite,indirect",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--track-origins=yes",
+        ])
+        .arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    }
+}
+
+/// Whether C/C++ test programs run under valgrind (`GOALKEEPER_VALGRIND=1`).
+pub fn under_valgrind() -> bool {
+    std::env::var_os("GOALKEEPER_VALGRIND").is_some_and(|v| v == "1")
+}
