@@ -21,7 +21,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 RELEASE_LIB := target/release/libgoalkeeper.so
 
-.PHONY: all build check check-sanitize header demo install uninstall clean bench bench-table
+.PHONY: all build check check-sanitize check-valgrind header demo install uninstall clean bench bench-table
 
 all: build
 
@@ -33,8 +33,15 @@ check:
 
 # The C++ programs of tests/cxx built with -fsanitize=address (ASan + LSan);
 # any report fails. The Rust library is not instrumented (see tests/cxx.rs).
-check-sanitize:
+# The C programs run under valgrind memcheck (check-valgrind).
+check-sanitize: check-valgrind
 	GOALKEEPER_SANITIZE=address $(CARGO) test --test cxx
+
+# The C test programs (tests/c) under valgrind's memcheck: any invalid
+# access, use of uninitialised memory, or definite/indirect leak fails.
+VALGRIND_TESTS ?= c_abi_misuse c_abi_locks sched_c
+check-valgrind:
+	GOALKEEPER_VALGRIND=1 $(CARGO) test $(addprefix --test ,$(VALGRIND_TESTS)) -- --nocapture
 
 header:
 	GOALKEEPER_UPDATE_HEADER=1 $(CARGO) test --test header

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -28,13 +27,22 @@ fn program() -> PathBuf {
 
 /// Runs one section; returns the number of checks it passed.
 fn section(name: &str, at_least: usize) {
+    if common::under_valgrind() && matches!(name, "processes" | "forksafety") {
+        // "processes" blocks in F_OFD_SETLKW on a helper thread, which
+        // valgrind does not know may block (the whole process freezes);
+        // "forksafety" forks while another thread is inside the library, and
+        // memcheck then reports that thread's allocations as leaked in the
+        // child. tests/c/abi_misuse.c covers these paths under valgrind.
+        println!("section '{name}' skipped under valgrind");
+        return;
+    }
     let s = TempStore::new();
     let out = run_bounded(
-        Command::new(program())
+        common::c_command(&program())
             .arg(s.dir())
             .arg(env!("CARGO_PKG_VERSION"))
             .arg(name),
-        Duration::from_secs(60),
+        Duration::from_secs(if common::under_valgrind() { 300 } else { 60 }),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

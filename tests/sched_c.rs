@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{compile, root, run_bounded, TempStore};
@@ -17,7 +16,8 @@ fn c_program_drives_a_worker_through_the_c_abi() {
         &[],
     );
     let store = TempStore::new();
-    let out = run_bounded(Command::new(&exe).arg(store.dir()), Duration::from_secs(60));
+    let limit = Duration::from_secs(if common::under_valgrind() { 300 } else { 60 });
+    let out = run_bounded(common::c_command(&exe).arg(store.dir()), limit);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
