@@ -158,9 +158,6 @@ extern "C" fn child() {
     crate::ffi::handle::HANDLES.unlock_raw();
 }
 
-/// Installs the atfork handlers once per process. Called before any
-/// [`ForkMutex`] is first taken (by [`ForkMutex::with`]) and before the
-/// first lock descriptor is opened.
 /// Runs when the library is loaded (an ELF constructor in `.init_array`),
 /// before any caller can reach it from another thread. It does every
 /// one-time initialisation that a call path would otherwise do lazily
@@ -179,6 +176,9 @@ extern "C" fn load_time_init() {
 #[link_section = ".init_array"]
 static LOAD_TIME_INIT: extern "C" fn() = load_time_init;
 
+/// Installs the atfork handlers once per process: at load time (above),
+/// and as a fallback before any [`ForkMutex`] is first taken (by
+/// [`ForkMutex::with`]) and before the first lock descriptor is opened.
 pub(crate) fn ensure_atfork() {
     ATFORK.call_once(|| {
         // SAFETY: registering plain `extern "C"` functions without captured state.
