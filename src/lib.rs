@@ -7,6 +7,7 @@
 //! * [`ffi`]: the C ABI (`include/goalkeeper.h`).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod error;
 pub mod fault;

@@ -172,28 +172,34 @@ mod tests {
         let a = CString::new("/s/b").unwrap();
         let b = CString::new("/s/a").unwrap();
         let ptrs = [a.as_ptr(), b.as_ptr(), a.as_ptr()];
+        // SAFETY: live buffers of the stated lengths, or NULL on purpose.
         let v = unsafe { path_array(ptrs.as_ptr(), 3) }.unwrap();
         assert_eq!(v.len(), 2);
         assert!(matches!(
+            // SAFETY: live buffers of the stated lengths, or NULL on purpose.
             unsafe { path_array(std::ptr::null(), 1) },
             Err(Error::NullPointer(_))
         ));
         assert!(matches!(
+            // SAFETY: live buffers of the stated lengths, or NULL on purpose.
             unsafe { path_array(ptrs.as_ptr(), 0) },
             Err(Error::InvalidArgument(_))
         ));
         let with_null = [a.as_ptr(), std::ptr::null()];
         assert!(matches!(
+            // SAFETY: live buffers of the stated lengths, or NULL on purpose.
             unsafe { path_array(with_null.as_ptr(), 2) },
             Err(Error::NullPointer(_))
         ));
         let rel = CString::new("rel").unwrap();
         assert!(matches!(
+            // SAFETY: live buffers of the stated lengths, or NULL on purpose.
             unsafe { path_array([rel.as_ptr()].as_ptr(), 1) },
             Err(Error::InvalidPath { .. })
         ));
         let long = vec![b'a'; PATH_MAX + 10];
         assert!(matches!(
+            // SAFETY: live buffers of the stated lengths, or NULL on purpose.
             unsafe { path_array([long.as_ptr().cast()].as_ptr(), 1) },
             Err(Error::InvalidPath { .. })
         ));
@@ -203,19 +209,23 @@ mod tests {
     fn packed_lists_are_checked() {
         let ok = b"/s/a\0/s/b\0";
         assert_eq!(
+            // SAFETY: live buffers of the stated lengths, or NULL on purpose.
             unsafe { packed_paths(ok.as_ptr(), ok.len()) }
                 .unwrap()
                 .len(),
             2
         );
         let unterminated = b"/s/a";
+        // SAFETY: live buffers of the stated lengths, or NULL on purpose.
         assert!(unsafe { packed_paths(unterminated.as_ptr(), 4) }.is_err());
         let empty_item = b"/s/a\0\0";
         assert!(matches!(
+            // SAFETY: live buffers of the stated lengths, or NULL on purpose.
             unsafe { packed_paths(empty_item.as_ptr(), 6) },
             Err(Error::InvalidPath { .. })
         ));
         assert!(matches!(
+            // SAFETY: live buffers of the stated lengths, or NULL on purpose.
             unsafe { packed_paths(std::ptr::null(), 3) },
             Err(Error::NullPointer(_))
         ));
@@ -225,10 +235,12 @@ mod tests {
     fn lists_report_the_size_needed() {
         let items = [&b"/a"[..], &b"/bc"[..]];
         let mut len = 0usize;
+        // SAFETY: live buffers of the stated lengths, or NULL on purpose.
         let r = unsafe { write_list(std::ptr::null_mut(), 0, &mut len, items.iter().copied()) };
         assert!(matches!(r, Err(Error::BufferTooSmall { needed: 7 })));
         assert_eq!(len, 7);
         let mut buf = [1 as c_char; 7];
+        // SAFETY: live buffers of the stated lengths, or NULL on purpose.
         unsafe { write_list(buf.as_mut_ptr(), 7, &mut len, items.iter().copied()) }.unwrap();
         assert_eq!(buf.map(|c| c as u8), *b"/a\0/bc\0");
     }
