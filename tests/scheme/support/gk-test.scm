@@ -65,7 +65,20 @@ deleted afterwards."
     (dynamic-wind
       (const #t)
       (lambda () (proc dir))
-      (lambda () (delete-file-recursively dir)))))
+      (lambda () (remove-store dir)))))
+
+(define (remove-store dir)
+  "Delete DIR.  A lock file can appear in it while it is being deleted: a
+library thread that waited on a lock of a goal that has since finished may
+take that lock when its holder exits, after the worker was closed.  Try a
+few times, then leave the directory and say what was left, as a NOTE line
+that tests/scheme.rs shows, rather than fail the suite over cleanup."
+  (let loop ((attempt 1))
+    (unless (false-if-exception (begin (delete-file-recursively dir) #t))
+      (if (< attempt 5)
+          (loop (+ attempt 1))
+          (format #t "NOTE could not remove ~a: still holds ~s~%"
+                  dir (or (false-if-exception (scandir dir)) '()))))))
 
 (define (store-path store name)
   (string-append store "/" name))
