@@ -847,4 +847,54 @@ garbage line
         let fdinfo_line = "\t1: OFDLCK ADVISORY  WRITE -1 08:11:77 0 EOF";
         assert_eq!(KernelLock::parse(fdinfo_line).unwrap().inode, 77);
     }
+
+    #[test]
+    fn entries_are_matched_to_files_by_device_and_inode() {
+        let dir = std::env::temp_dir().join(format!("gk-holder-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.lock"), dir.join("b.lock"));
+        std::fs::write(&a, b"").unwrap();
+        std::fs::write(&b, b"").unwrap();
+        let key = |p: &Path| FileKey::of(&fs::metadata(p).unwrap());
+        let (ka, kb) = (key(&a), key(&b));
+        let entry = |k: FileKey, kind, pid, waiter| KernelLock {
+            id: 1,
+            kind,
+            write: true,
+            pid,
+            major: k.major,
+            minor: k.minor,
+            inode: k.inode,
+            waiter,
+        };
+        // Pids no process has (above pid_max), so the scan finds nothing for them.
+        let mut i = Inspector::from_locks(vec![
+            entry(ka, LockKind::Posix, Some(u32::MAX - 1), false),
+            entry(ka, LockKind::Posix, Some(u32::MAX - 2), true),
+            entry(kb, LockKind::Ofd, None, false),
+            // Same inode, another device: not b's.
+            KernelLock {
+                minor: kb.minor.wrapping_add(1),
+                ..entry(kb, LockKind::Flock, Some(u32::MAX - 3), false)
+            },
+        ]);
+        let infos = i.inspect_many([a.as_path(), b.as_path(), dir.join("gone.lock").as_path()]);
+        let ia = infos[0].as_ref().unwrap();
+        assert_eq!(ia.holder_pids(), vec![u32::MAX - 1]);
+        assert_eq!(ia.waiters.len(), 1);
+        assert_eq!(ia.waiters[0].pid, Some(u32::MAX - 2));
+        assert_eq!(ia.waiters[0].blocked_for, None, "no such thread to time");
+        let ib = infos[1].as_ref().unwrap();
+        assert_eq!(ib.holders.len(), 1, "{ib:?}");
+        assert_eq!(ib.holders[0].kind, LockKind::Ofd);
+        assert_eq!(
+            ib.holders[0].pid, None,
+            "no descriptor holds it: unknown, not guessed"
+        );
+        assert!(
+            infos[2].is_err(),
+            "a vanished file is an error, not a free lock"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
