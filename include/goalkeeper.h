@@ -395,7 +395,9 @@ typedef int32_t (*gk_path_predicate)(void *data, const char *path);
 /**
  * A goal id, only meaningful with the worker that issued it. 0 is never
  * valid; an id of another worker, or one never issued, gives
- * `GK_ERROR_STALE_HANDLE`.
+ * `GK_ERROR_STALE_HANDLE`. Messages and log lines name a goal by its index
+ * in its worker ("goal 3"): the low 32 bits of its id (`id & 0xffffffff`);
+ * the high 32 bits identify the worker.
  */
 typedef uint64_t gk_goal;
 

@@ -34,7 +34,9 @@ pub type gk_worker = u64;
 
 /// A goal id, only meaningful with the worker that issued it. 0 is never
 /// valid; an id of another worker, or one never issued, gives
-/// `GK_ERROR_STALE_HANDLE`.
+/// `GK_ERROR_STALE_HANDLE`. Messages and log lines name a goal by its index
+/// in its worker ("goal 3"): the low 32 bits of its id (`id & 0xffffffff`);
+/// the high 32 bits identify the worker.
 #[allow(non_camel_case_types)]
 pub type gk_goal = u64;
 
