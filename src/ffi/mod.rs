@@ -13,6 +13,8 @@ pub(crate) mod handle;
 mod locks;
 mod noop;
 mod status;
+#[cfg(test)]
+mod tests;
 mod version;
 mod worker;
 

@@ -1,0 +1,435 @@
+//! Unit tests of the C boundary that need no file locks, so that they run
+//! under Miri too (`make miri`): the panic boundary and the thread-local
+//! message, argument checking of every exported function up to the point
+//! where it would make a system call, stale and forged handles, status and
+//! outcome names, reading `gk_worker_options` with any byte in its `bool`s,
+//! and a worker driven through the C ABI over plain goals (no lock files).
+//!
+//! Miri checks every read and write these make for undefined behaviour; the
+//! unterminated path of exactly `PATH_MAX` bytes, for instance, fails under
+//! Miri if the library reads one byte past it.
+
+use std::ffi::{c_char, CStr};
+
+use super::boundary::call;
+use super::*;
+use crate::error::Error;
+use crate::lock::PATH_MAX;
+use gk_status::*;
+
+/// A byte buffer aligned for any argument type, so that `+ 1` is misaligned.
+#[repr(C, align(8))]
+struct Aligned([u8; 64]);
+
+fn message() -> String {
+    // SAFETY: the library promises a valid NUL-terminated string.
+    unsafe { CStr::from_ptr(gk_last_error_message()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn a_panic_becomes_gk_error_panic_with_a_message() {
+    let s = call(|| panic!("boom {}", 42));
+    assert_eq!(s, GK_ERROR_PANIC);
+    assert!(message().contains("boom 42"), "{}", message());
+    let s = call(|| std::panic::panic_any(7u8));
+    assert_eq!(s, GK_ERROR_PANIC);
+    assert!(message().contains("unknown panic"), "{}", message());
+    assert_eq!(call(|| Ok(GK_OK)), GK_OK);
+    assert_eq!(message(), "", "success clears the message");
+}
+
+#[test]
+fn messages_are_nul_terminated_and_never_contain_nul() {
+    let s = call(|| Err(Error::InvalidArgument("a\0b".into())));
+    assert_eq!(s, GK_ERROR_INVALID_ARGUMENT);
+    assert_eq!(message(), "invalid argument: a?b");
+    // The message is per thread.
+    std::thread::spawn(|| assert_eq!(message(), ""))
+        .join()
+        .unwrap();
+    assert_eq!(call(|| Ok(GK_BUSY)), GK_BUSY);
+    assert_eq!(message(), "");
+}
+
+#[test]
+fn status_and_outcome_names_cover_every_value() {
+    for v in -3..120 {
+        // SAFETY: static strings.
+        let name = unsafe { CStr::from_ptr(gk_status_name(v)) }
+            .to_str()
+            .unwrap();
+        match gk_status::from_raw(v as i64) {
+            Some(s) => assert_eq!(name, s.name()),
+            None => assert_eq!(name, "GK_UNKNOWN_STATUS"),
+        }
+    }
+    for v in [0u32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1000, u32::MAX] {
+        // SAFETY: static strings.
+        let name = unsafe { CStr::from_ptr(gk_outcome_name(v)) }
+            .to_str()
+            .unwrap();
+        assert!(!name.is_empty());
+        if v > 8 {
+            assert_eq!(name, "unknown");
+        }
+    }
+    // SAFETY: a static string.
+    let v = unsafe { CStr::from_ptr(gk_version()) }.to_str().unwrap();
+    assert_eq!(v, env!("CARGO_PKG_VERSION"));
+}
+
+/// Every lock-set entry point refuses bad arguments before it touches a
+/// file, and writes 0 to `*out` when it can.
+#[test]
+fn lockset_arguments_are_refused_before_any_system_call() {
+    let ok_path = c"/s/a";
+    let one = [ok_path.as_ptr()];
+    let mut out: gk_lockset = 99;
+    // SAFETY (all calls below): pointers are NULL, or valid for what the
+    // call is told, or refused by the library before it reads them.
+    unsafe {
+        assert_eq!(
+            gk_lockset_try_acquire(one.as_ptr(), 1, 0, std::ptr::null_mut()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            gk_lockset_try_acquire(std::ptr::null(), 1, 0, &mut out),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(out, 0);
+        assert_eq!(
+            gk_lockset_try_acquire(one.as_ptr(), 0, 0, &mut out),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        // A huge count is refused before the array is read.
+        assert_eq!(
+            gk_lockset_acquire(one.as_ptr(), usize::MAX, 0, &mut out),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gk_lockset_acquire_timeout(one.as_ptr(), 1, 2, 5, &mut out),
+            GK_ERROR_INVALID_ARGUMENT,
+            "bad backend"
+        );
+        // Misaligned array and out pointers.
+        let mut bytes = Aligned([0u8; 64]);
+        let mis = bytes.0.as_mut_ptr().wrapping_add(1);
+        assert_eq!(
+            gk_lockset_try_acquire(mis.cast(), 1, 0, &mut out),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gk_lockset_try_acquire(one.as_ptr(), 1, 0, mis.cast()),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert!(bytes.0.iter().all(|&b| b == 0), "nothing written");
+
+        for bad in [c"rel/a", c"/s/../a", c"/s/./a", c"/", c"", c"//"] {
+            let p = [bad.as_ptr()];
+            assert_eq!(
+                gk_lockset_try_acquire(p.as_ptr(), 1, 0, &mut out),
+                GK_ERROR_INVALID_PATH,
+                "{bad:?}"
+            );
+        }
+        let with_null = [ok_path.as_ptr(), std::ptr::null()];
+        assert_eq!(
+            gk_lockset_try_acquire(with_null.as_ptr(), 2, 0, &mut out),
+            GK_ERROR_NULL_POINTER
+        );
+        // Exactly PATH_MAX bytes without a NUL: never read past them.
+        let mut long = vec![b'x'; PATH_MAX];
+        long[0] = b'/';
+        let p = [long.as_ptr().cast::<c_char>()];
+        assert_eq!(
+            gk_lockset_try_acquire(p.as_ptr(), 1, 0, &mut out),
+            GK_ERROR_INVALID_PATH
+        );
+        // The longest string with a NUL inside the limit is read, and refused
+        // for its lock file name.
+        long[PATH_MAX - 1] = 0;
+        assert_eq!(
+            gk_lockset_try_acquire(p.as_ptr(), 1, 0, &mut out),
+            GK_ERROR_INVALID_PATH
+        );
+
+        // The packed form.
+        let packed = b"/s/a\0b\0";
+        assert_eq!(
+            gk_lockset_acquire_packed(packed.as_ptr(), packed.len(), 0, 0, &mut out),
+            GK_ERROR_INVALID_PATH,
+            "an embedded NUL makes a relative item"
+        );
+        assert_eq!(
+            gk_lockset_acquire_packed(packed.as_ptr(), 4, 0, 0, &mut out),
+            GK_ERROR_INVALID_ARGUMENT,
+            "no terminating NUL"
+        );
+        assert_eq!(
+            gk_lockset_acquire_packed(packed.as_ptr(), 0, 0, 0, &mut out),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gk_lockset_acquire_packed(std::ptr::null(), 5, 0, 0, &mut out),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            gk_lockset_acquire_packed(packed.as_ptr(), usize::MAX, 0, -1, &mut out),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        let double = b"/s/a\0\0";
+        assert_eq!(
+            gk_lockset_acquire_packed(double.as_ptr(), double.len(), 0, 0, &mut out),
+            GK_ERROR_INVALID_PATH,
+            "an empty item"
+        );
+        let fine = b"/s/a\0/s//b/\0";
+        assert_eq!(
+            gk_lockset_acquire_packed(fine.as_ptr(), fine.len(), 9, 0, &mut out),
+            GK_ERROR_INVALID_ARGUMENT,
+            "valid paths, bad backend"
+        );
+        assert_eq!(out, 0);
+    }
+}
+
+#[test]
+fn stale_forged_and_wrong_kind_handles_are_refused() {
+    let worker_kind = 0x57u64 << 56 | 1 << 32;
+    for h in [0, u64::MAX, 0x4c << 56 | 1 << 32 | 123_456, worker_kind] {
+        assert_eq!(gk_lockset_release(h), GK_ERROR_STALE_HANDLE);
+        assert_eq!(gk_lockset_check(h), GK_ERROR_STALE_HANDLE);
+        assert_eq!(gk_lockset_set_deletion(h, true), GK_ERROR_STALE_HANDLE);
+        assert!(!message().is_empty());
+        let mut len = 77usize;
+        let mut buf = [1 as c_char; 8];
+        // SAFETY: valid buffer and out pointer.
+        let s = unsafe { gk_lockset_paths(h, buf.as_mut_ptr(), buf.len(), &mut len) };
+        assert_eq!(s, GK_ERROR_STALE_HANDLE);
+        assert_eq!(len, 77, "len_out untouched");
+        assert!(buf.iter().all(|&b| b == 1), "buffer untouched");
+    }
+    let lockset_kind = 0x4cu64 << 56 | 1 << 32;
+    for w in [0, u64::MAX, lockset_kind, 0x57 << 56 | 7 << 32 | 99] {
+        let mut ev = gk_event {
+            kind: 77,
+            goal: 0,
+            goal_kind: 0,
+            outcome: 0,
+            fd: 0,
+            timeout_ms: 0,
+        };
+        assert_eq!(gk_worker_free(w), GK_ERROR_STALE_HANDLE);
+        // SAFETY: valid out pointers.
+        unsafe {
+            assert_eq!(gk_worker_next_event(w, &mut ev), GK_ERROR_STALE_HANDLE);
+            let mut fd = 5;
+            assert_eq!(gk_worker_fd(w, &mut fd), GK_ERROR_STALE_HANDLE);
+            let mut g = 5;
+            let outs = [c"/s/x".as_ptr()];
+            assert_eq!(
+                gk_worker_add_goal(w, 0, outs.as_ptr(), 1, 0, &mut g),
+                GK_ERROR_STALE_HANDLE
+            );
+            assert_eq!(g, 0);
+        }
+        assert_eq!(gk_worker_report(w, 1, 1), GK_ERROR_STALE_HANDLE);
+        assert_eq!(gk_worker_cancel(w, 1), GK_ERROR_STALE_HANDLE);
+        assert_eq!(gk_worker_add_dependency(w, 1, 2), GK_ERROR_STALE_HANDLE);
+    }
+}
+
+/// A C caller may leave any byte in a `bool` field; the options are read
+/// through a byte-typed mirror, so that is defined (Miri checks it).
+#[test]
+fn worker_options_are_read_whatever_bytes_their_bools_hold() {
+    #[repr(C, align(8))]
+    struct Bytes([u8; std::mem::size_of::<gk_worker_options>()]);
+    for fill in [0u8, 1, 2, 0xff] {
+        let mut b = Bytes([fill; std::mem::size_of::<gk_worker_options>()]);
+        // max_jobs = 1, backend = 7 (invalid): refused after the read.
+        b.0[..4].copy_from_slice(&1u32.to_ne_bytes());
+        b.0[8..12].copy_from_slice(&7u32.to_ne_bytes());
+        let mut w = 5;
+        // SAFETY: an aligned buffer of the struct's size.
+        let s = unsafe { gk_worker_new((&b as *const Bytes).cast(), &mut w) };
+        assert_eq!(s, GK_ERROR_INVALID_ARGUMENT, "{}", message());
+        assert_eq!(w, 0);
+    }
+    let mut w = 5;
+    let bytes = Aligned([0u8; 64]);
+    // SAFETY: refused for its alignment before any read.
+    let s = unsafe { gk_worker_new(bytes.0.as_ptr().wrapping_add(1).cast(), &mut w) };
+    assert_eq!(s, GK_ERROR_INVALID_ARGUMENT);
+    // SAFETY: NULL out.
+    let s = unsafe { gk_worker_new(std::ptr::null(), std::ptr::null_mut()) };
+    assert_eq!(s, GK_ERROR_NULL_POINTER);
+}
+
+/// A worker over plain goals (no outputs, so no lock files), driven through
+/// the C pull loop: every goal runs once, after its dependency, and the
+/// handle goes stale when freed.
+#[test]
+fn a_worker_runs_plain_goals_through_the_c_abi() {
+    let mut w = 0;
+    // SAFETY (all calls below): valid out pointers and buffers.
+    unsafe {
+        assert_eq!(
+            gk_worker_new(std::ptr::null(), &mut w),
+            GK_OK,
+            "{}",
+            message()
+        );
+        let (mut a, mut b) = (0, 0);
+        assert_eq!(
+            gk_worker_add_goal(w, 2, std::ptr::null(), 0, 0, &mut a),
+            GK_OK
+        );
+        assert_eq!(
+            gk_worker_add_goal_packed(w, 2, std::ptr::null(), 0, 0, &mut b),
+            GK_OK
+        );
+        assert_ne!(a, b);
+        assert_eq!(gk_worker_add_dependency(w, b, a), GK_OK);
+        assert_eq!(gk_worker_add_dependency(w, b, 12345), GK_ERROR_STALE_HANDLE);
+        assert_eq!(
+            gk_worker_add_goal(w, 9, std::ptr::null(), 0, 0, &mut a),
+            GK_ERROR_INVALID_ARGUMENT,
+            "bad kind"
+        );
+        let mut ran = Vec::new();
+        let mut ev = std::mem::zeroed::<gk_event>();
+        for _ in 0..10 {
+            assert_eq!(gk_worker_next_event(w, &mut ev), GK_OK, "{}", message());
+            match ev.kind {
+                1 => {
+                    ran.push(ev.goal);
+                    assert_eq!(gk_worker_report(w, ev.goal, 1), GK_OK, "{}", message());
+                    assert_eq!(gk_worker_report(w, ev.goal, 1), GK_ERROR_INVALID_STATE);
+                }
+                2 => {}
+                4 => break,
+                k => panic!("unexpected event kind {k}"),
+            }
+        }
+        assert_eq!(ev.kind, 4, "done");
+        assert_eq!(ran.len(), 2, "{ran:?}");
+        let mut r = std::mem::zeroed::<gk_goal_result>();
+        assert_eq!(gk_worker_goal_result(w, b, &mut r), GK_OK);
+        assert_eq!(r.outcome, 1);
+        let mut a_audit = std::mem::zeroed::<gk_audit>();
+        assert_eq!(gk_worker_audit(w, &mut a_audit), GK_OK);
+        assert_eq!((a_audit.goals, a_audit.violations), (2, 0));
+        let mut len = 0;
+        let s = gk_worker_take_log(w, std::ptr::null_mut(), 0, &mut len);
+        assert!(s == GK_OK || s == GK_ERROR_BUFFER_TOO_SMALL);
+        let mut log = vec![0 as c_char; len];
+        assert_eq!(
+            gk_worker_take_log(w, log.as_mut_ptr(), log.len(), &mut len),
+            GK_OK
+        );
+        assert_eq!(gk_worker_free(w), GK_OK);
+        assert_eq!(gk_worker_free(w), GK_ERROR_STALE_HANDLE);
+        assert_eq!(gk_worker_next_event(w, &mut ev), GK_ERROR_STALE_HANDLE);
+    }
+}
+
+/// The whole lock-file protocol with the flock backend, through the C ABI:
+/// open, lock, fstat, the deletion token, unlink, close. Miri runs this one
+/// too (with `-Zmiri-disable-isolation`), so the lock layer's unsafe code is
+/// checked for the flock backend; OFD locks (`F_OFD_SETLK`) are not
+/// implemented by Miri.
+#[test]
+fn flock_lock_cycle_through_the_c_abi() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+    let dir = std::env::temp_dir().join(format!(
+        "gk-ffi-unit-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| {
+        let mut v = dir.join(name).as_os_str().as_bytes().to_vec();
+        v.push(0);
+        v
+    };
+    let (a, b) = (path("a"), path("b"));
+    let paths = [b.as_ptr().cast::<c_char>(), a.as_ptr().cast()];
+    let mut set = 0;
+    // SAFETY (all calls below): valid paths, buffers and out pointers.
+    unsafe {
+        assert_eq!(
+            gk_lockset_try_acquire(paths.as_ptr(), 2, 1, &mut set),
+            GK_OK,
+            "{}",
+            message()
+        );
+        assert_eq!(gk_lockset_check(set), GK_OK);
+        let mut again = 7;
+        assert_eq!(
+            gk_lockset_try_acquire(paths.as_ptr(), 1, 1, &mut again),
+            GK_HELD_BY_THIS_PROCESS
+        );
+        let mut len = 0;
+        assert_eq!(
+            gk_lockset_paths(set, std::ptr::null_mut(), 0, &mut len),
+            GK_ERROR_BUFFER_TOO_SMALL
+        );
+        let mut buf = vec![0 as c_char; len];
+        assert_eq!(
+            gk_lockset_paths(set, buf.as_mut_ptr(), len, &mut len),
+            GK_OK
+        );
+        let listed: Vec<u8> = buf.iter().map(|&c| c as u8).collect();
+        assert_eq!(listed, [&a[..], &b[..]].concat(), "sorted, NUL-separated");
+        let mut held = false;
+        assert_eq!(gk_path_is_locked_by_me(a.as_ptr().cast(), &mut held), GK_OK);
+        assert!(held);
+        assert_eq!(gk_lockset_set_deletion(set, true), GK_OK);
+        assert_eq!(gk_lockset_release(set), GK_OK);
+        assert_eq!(gk_lockset_release(set), GK_ERROR_STALE_HANDLE);
+        assert!(!dir.join("a.lock").exists(), "deleted on release");
+
+        // Another open file description holding the flock: busy, and nothing
+        // of the set is kept (L8).
+        let other = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("b.lock"))
+            .unwrap();
+        assert_eq!(
+            libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB),
+            0
+        );
+        assert_eq!(
+            gk_lockset_try_acquire(paths.as_ptr(), 2, 1, &mut set),
+            GK_BUSY
+        );
+        let mut n = 9;
+        assert_eq!(gk_held_count(&mut n), GK_OK);
+        assert_eq!(n, 0);
+        drop(other);
+        // A lock file that carries the deletion token but was never unlinked
+        // stays stale however often it is re-opened: a bounded error.
+        std::fs::write(dir.join("a.lock"), b"d").unwrap();
+        let packed = [&a[..], &b[..]].concat();
+        assert_eq!(
+            gk_lockset_acquire_packed(packed.as_ptr(), packed.len(), 1, 0, &mut set),
+            GK_ERROR_STALE_LOCK_FILE
+        );
+        assert_eq!(gk_held_count(&mut n), GK_OK);
+        assert_eq!(n, 0);
+        std::fs::remove_file(dir.join("a.lock")).unwrap();
+        assert_eq!(
+            gk_lockset_acquire_packed(packed.as_ptr(), packed.len(), 1, 0, &mut set),
+            GK_OK
+        );
+        assert_eq!(gk_lockset_release(set), GK_OK);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
