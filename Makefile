@@ -21,7 +21,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 RELEASE_LIB := target/release/libgoalkeeper.so
 
-.PHONY: all build check check-sanitize check-valgrind header demo install uninstall clean bench bench-table
+.PHONY: all build check check-sanitize check-valgrind miri header demo install uninstall clean bench bench-table
 
 all: build
 
@@ -42,6 +42,16 @@ check-sanitize: check-valgrind
 VALGRIND_TESTS ?= c_abi_misuse c_abi_locks sched_c
 check-valgrind:
 	GOALKEEPER_VALGRIND=1 $(CARGO) test $(addprefix --test ,$(VALGRIND_TESTS)) -- --nocapture
+
+# The library's unit tests under Miri (nightly toolchain with the miri and
+# rust-src components): the handle table, argument checking, string and
+# array conversion, the panic boundary, a worker over plain goals through the
+# C ABI, and the flock lock cycle (file I/O needs -Zmiri-disable-isolation).
+# Miri implements neither OFD locks (fcntl F_OFD_SETLK) nor fork: a unit
+# test that needs them must be #[cfg_attr(miri, ignore)].
+MIRIFLAGS ?= -Zmiri-disable-isolation
+miri:
+	MIRIFLAGS="$(MIRIFLAGS)" $(CARGO) +nightly miri test --lib
 
 header:
 	GOALKEEPER_UPDATE_HEADER=1 $(CARGO) test --test header
