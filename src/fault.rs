@@ -4,7 +4,8 @@
 //! In debug builds a fault is armed for the whole process by
 //! [`arm`], or for a process tree through the environment variable
 //! `GOALKEEPER_FAULTS`, a comma-separated list of point names
-//! (`token-write-enospc`, `lock-wait-edeadlk`, `open-enospc`).
+//! (`token-write-enospc`, `lock-wait-edeadlk`, `open-enospc`,
+//! `finish-deletion-erofs`).
 
 use std::io;
 
@@ -22,14 +23,18 @@ pub enum Point {
     /// Opening (creating) a lock file fails with `ENOSPC`, for systems where
     /// the tests cannot mount a small full file system.
     OpenNoSpace = 4,
+    /// Unlinking a lock file left behind by an interrupted deletion (token
+    /// written, holder gone before its unlink) fails with `EROFS`.
+    FinishDeletion = 8,
 }
 
 impl Point {
     /// Every point with its `GOALKEEPER_FAULTS` name.
-    pub const ALL: [(Point, &'static str); 3] = [
+    pub const ALL: [(Point, &'static str); 4] = [
         (Point::TokenWrite, "token-write-enospc"),
         (Point::LockWaitDeadlock, "lock-wait-edeadlk"),
         (Point::OpenNoSpace, "open-enospc"),
+        (Point::FinishDeletion, "finish-deletion-erofs"),
     ];
 }
 
@@ -74,6 +79,7 @@ pub(crate) fn injected(p: Point) -> Option<io::Error> {
         return Some(io::Error::from_raw_os_error(match p {
             Point::TokenWrite | Point::OpenNoSpace => libc::ENOSPC,
             Point::LockWaitDeadlock => libc::EDEADLK,
+            Point::FinishDeletion => libc::EROFS,
         }));
     }
     let _ = p;

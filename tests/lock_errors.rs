@@ -203,12 +203,54 @@ fn l7_edeadlk_from_a_blocking_wait_is_deadlock_error_holding_nothing() {
     }
 }
 
-/// A lock file that always looks deleted (it carries the token "d" but is
-/// never unlinked, e.g. a peer's unlink failed) makes acquisition give up
-/// after MAX_STALE_ATTEMPTS re-opens with a clear error: no endless loop,
-/// not even for a blocking acquisition.
+/// A holder that dies between writing the deletion token and unlinking
+/// leaves a linked lock file of size 1. Whoever takes its lock next
+/// finishes the deletion and gets a fresh file: the path is not stale for
+/// ever (a crash in the middle of a release must not need an operator).
+#[test]
+fn l7_a_deletion_interrupted_after_the_token_heals_at_the_next_acquisition() {
+    let s = TempStore::new();
+    let p = s.path("aaa-out");
+    for b in [Backend::Ofd, Backend::Flock] {
+        for mode in [WaitMode::Try, WaitMode::Forever] {
+            std::fs::write(s.lock_file("aaa-out"), "d").unwrap();
+            let p2 = p.clone();
+            let set = bounded("acquire", REPLY, move || LockSet::acquire([p2], b, mode))
+                .unwrap_or_else(|e| panic!("{b:?}/{mode:?}: {e}"));
+            let meta = std::fs::metadata(s.lock_file("aaa-out")).unwrap();
+            assert_eq!(meta.len(), 0, "{b:?}/{mode:?}: a fresh lock file");
+            set.release().unwrap();
+        }
+    }
+}
+
+/// A lock file that always looks deleted (it carries the token "d" and
+/// cannot be unlinked: here a read-only store, simulated) makes acquisition
+/// give up after MAX_STALE_ATTEMPTS re-opens with a clear error: no endless
+/// loop, not even for a blocking acquisition.
 #[test]
 fn l7_permanently_stale_lock_file_is_a_bounded_error() {
+    // The fault is armed for a whole process: run in a child of our own, so
+    // that the other tests of this binary are not affected.
+    if std::env::var_os("GK_TEST_PERMANENTLY_STALE").is_none() {
+        let out = common::run_bounded(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "l7_permanently_stale_lock_file_is_a_bounded_error",
+                ])
+                .env("GK_TEST_PERMANENTLY_STALE", "1")
+                .env("GOALKEEPER_FAULTS", "finish-deletion-erofs"),
+            Duration::from_secs(60),
+        );
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
     let s = TempStore::new();
     let p = s.path("aaa-out");
     std::fs::write(s.lock_file("aaa-out"), "d").unwrap();

@@ -87,7 +87,8 @@ impl LockFile {
                         key: key_of(&st),
                     }))
                 }
-                Ok(_) => {
+                Ok(st) => {
+                    finish_interrupted_deletion(path, &st);
                     let _ = backend.unlock(fd);
                     close_fd(fd);
                 }
@@ -146,7 +147,8 @@ impl LockFile {
                                 key,
                             })))
                         }
-                        Ok(_) => {
+                        Ok(s) => {
+                            finish_interrupted_deletion(path, &s);
                             let _ = backend.unlock(fd);
                             close_in(st, fd);
                             Ok(None) // stale: re-open
@@ -269,6 +271,33 @@ fn stat(fd: RawFd) -> io::Result<libc::stat> {
 }
 
 /// The previous holder deleted the file: unlinked, or the token "d" written.
+/// A lock file that is still linked but carries the deletion token was left
+/// by a holder that died between writing the token and unlinking (we write
+/// first, see [`LockFile::release`]; guix-daemon unlinks first, so it never
+/// leaves such a file). We hold its lock now, so nobody else can be
+/// deleting it: finish the deletion, so that the next open creates a fresh
+/// file instead of finding this one stale for ever (G7). The path is
+/// unlinked only if it still names the locked inode. If the unlink fails
+/// (e.g. a read-only store), the bounded retry reports the file.
+fn finish_interrupted_deletion(path: &StorePath, locked: &libc::stat) {
+    if locked.st_nlink == 0 || locked.st_size == 0 {
+        return;
+    }
+    // SAFETY: an all-zero stat is valid; lstat fills it from a NUL-terminated path.
+    let mut now: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::lstat(path.lock_cstr().as_ptr(), &mut now) } != 0
+        || key_of(&now) != key_of(locked)
+    {
+        return;
+    }
+    if crate::fault::injected(crate::fault::Point::FinishDeletion).is_some() {
+        return;
+    }
+    // SAFETY: unlinking a NUL-terminated path whose lock we hold.
+    unsafe { libc::unlink(path.lock_cstr().as_ptr()) };
+}
+
 fn is_stale(st: &libc::stat) -> bool {
     st.st_nlink == 0 || st.st_size != 0
 }
