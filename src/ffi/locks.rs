@@ -51,6 +51,28 @@ fn acquire_into(
     Ok(GK_OK)
 }
 
+/// The body shared by the three array entry points.
+///
+/// # Safety
+/// `paths` must point to `n_paths` NUL-terminated strings; `out` must be
+/// valid for writing.
+unsafe fn acquire_array(
+    paths: *const *const c_char,
+    n_paths: usize,
+    backend: u32,
+    wait: WaitMode,
+    out: *mut gk_lockset,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        // SAFETY: as above.
+        let paths = unsafe { args::path_array(paths, n_paths) }?;
+        acquire_into(paths, backend, wait, out)
+    })
+}
+
 /// Tries to lock every path in `paths[0..n_paths]` without blocking, all or
 /// nothing, in sorted order; duplicates are merged.
 ///
@@ -69,14 +91,8 @@ pub unsafe extern "C" fn gk_lockset_try_acquire(
     backend: u32,
     out: *mut gk_lockset,
 ) -> gk_status {
-    call(|| {
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { args::out(out, "out") }?;
-        *out = 0;
-        // SAFETY: as above.
-        let paths = unsafe { args::path_array(paths, n_paths) }?;
-        acquire_into(paths, backend, WaitMode::Try, out)
-    })
+    // SAFETY: forwarded from this function's contract.
+    unsafe { acquire_array(paths, n_paths, backend, WaitMode::Try, out) }
 }
 
 /// Locks every path in `paths[0..n_paths]`, blocking until all are held.
@@ -94,14 +110,8 @@ pub unsafe extern "C" fn gk_lockset_acquire(
     backend: u32,
     out: *mut gk_lockset,
 ) -> gk_status {
-    call(|| {
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { args::out(out, "out") }?;
-        *out = 0;
-        // SAFETY: as above.
-        let paths = unsafe { args::path_array(paths, n_paths) }?;
-        acquire_into(paths, backend, WaitMode::Forever, out)
-    })
+    // SAFETY: forwarded from this function's contract.
+    unsafe { acquire_array(paths, n_paths, backend, WaitMode::Forever, out) }
 }
 
 /// Like `gk_lockset_acquire`, but gives up after `timeout_ms` milliseconds
@@ -117,14 +127,12 @@ pub unsafe extern "C" fn gk_lockset_acquire_timeout(
     timeout_ms: u64,
     out: *mut gk_lockset,
 ) -> gk_status {
-    call(|| {
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { args::out(out, "out") }?;
-        *out = 0;
-        // SAFETY: as above.
-        let paths = unsafe { args::path_array(paths, n_paths) }?;
-        acquire_into(paths, backend, wait_mode(timeout_ms as i64), out)
-    })
+    let wait = match timeout_ms {
+        0 => WaitMode::Try,
+        t => WaitMode::Timeout(Duration::from_millis(t)),
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { acquire_array(paths, n_paths, backend, wait, out) }
 }
 
 fn wait_mode(timeout_ms: i64) -> WaitMode {

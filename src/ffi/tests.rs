@@ -87,7 +87,7 @@ fn lockset_arguments_are_refused_before_any_system_call() {
     let ok_path = c"/s/a";
     let one = [ok_path.as_ptr()];
     let mut out: gk_lockset = 99;
-    // SAFETY (all calls below): pointers are NULL, or valid for what the
+    // SAFETY: (all calls below) pointers are NULL, or valid for what the
     // call is told, or refused by the library before it reads them.
     unsafe {
         assert_eq!(
