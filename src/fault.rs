@@ -5,7 +5,10 @@
 //! [`arm`], or for a process tree through the environment variable
 //! `GOALKEEPER_FAULTS`, a comma-separated list of point names
 //! (`token-write-enospc`, `lock-wait-edeadlk`, `open-enospc`,
-//! `finish-deletion-erofs`).
+//! `finish-deletion-erofs`, `crash-after-token`), each optionally followed
+//! by `:PERCENT` to fire at random with that probability instead of every
+//! time (`GOALKEEPER_FAULTS=token-write-enospc:30,crash-after-token:5`; the
+//! soak test uses this).
 
 use std::io;
 
@@ -26,44 +29,92 @@ pub enum Point {
     /// Unlinking a lock file left behind by an interrupted deletion (token
     /// written, holder gone before its unlink) fails with `EROFS`.
     FinishDeletion = 8,
+    /// The process kills itself (`SIGKILL`) in the middle of a release with
+    /// deletion: after the token `"d"` is written, before the unlink.
+    CrashAfterToken = 16,
 }
 
 impl Point {
     /// Every point with its `GOALKEEPER_FAULTS` name.
-    pub const ALL: [(Point, &'static str); 4] = [
+    pub const ALL: [(Point, &'static str); 5] = [
         (Point::TokenWrite, "token-write-enospc"),
         (Point::LockWaitDeadlock, "lock-wait-edeadlk"),
         (Point::OpenNoSpace, "open-enospc"),
         (Point::FinishDeletion, "finish-deletion-erofs"),
+        (Point::CrashAfterToken, "crash-after-token"),
     ];
+
+    #[cfg(debug_assertions)]
+    fn slot(self) -> usize {
+        (self as u32).trailing_zeros() as usize
+    }
 }
 
 #[cfg(debug_assertions)]
 mod imp {
     use super::Point;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
     use std::sync::Once;
 
     static ARMED: AtomicU32 = AtomicU32::new(0);
+    /// Per point: the percentage of occasions on which it fires.
+    static PERCENT: [AtomicU8; Point::ALL.len()] = [const { AtomicU8::new(100) }; Point::ALL.len()];
+    static RNG: AtomicU64 = AtomicU64::new(0);
     static ENV: Once = Once::new();
 
-    pub(super) fn armed(p: Point) -> bool {
+    fn parse_env() {
         ENV.call_once(|| {
+            // SAFETY: getpid has no preconditions.
+            let pid = unsafe { libc::getpid() } as u64;
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            RNG.store((pid << 32 ^ t) | 1, Ordering::Relaxed);
             if let Ok(v) = std::env::var("GOALKEEPER_FAULTS") {
-                for name in v.split(',') {
+                for item in v.split(',') {
+                    let (name, pct) = match item.trim().split_once(':') {
+                        Some((n, p)) => (n, p.trim().parse::<u8>().unwrap_or(100).min(100)),
+                        None => (item.trim(), 100),
+                    };
                     for (p, n) in Point::ALL {
-                        if name.trim() == n {
+                        if name == n {
+                            PERCENT[p.slot()].store(pct, Ordering::Relaxed);
                             ARMED.fetch_or(p as u32, Ordering::Relaxed);
                         }
                     }
                 }
             }
         });
-        ARMED.load(Ordering::Relaxed) & p as u32 != 0
+    }
+
+    /// A xorshift step: cheap, lock-free, good enough to pick occasions.
+    fn roll() -> u64 {
+        let mut x = RNG.load(Ordering::Relaxed);
+        loop {
+            let mut y = x;
+            y ^= y << 13;
+            y ^= y >> 7;
+            y ^= y << 17;
+            match RNG.compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return y,
+                Err(now) => x = now,
+            }
+        }
+    }
+
+    pub(super) fn armed(p: Point) -> bool {
+        parse_env();
+        if ARMED.load(Ordering::Relaxed) & p as u32 == 0 {
+            return false;
+        }
+        let pct = PERCENT[p.slot()].load(Ordering::Relaxed) as u64;
+        pct >= 100 || roll() % 100 < pct
     }
 
     pub(super) fn arm(p: Point, on: bool) {
+        parse_env();
         if on {
+            PERCENT[p.slot()].store(100, Ordering::Relaxed);
             ARMED.fetch_or(p as u32, Ordering::Relaxed);
         } else {
             ARMED.fetch_and(!(p as u32), Ordering::Relaxed);
@@ -80,6 +131,7 @@ pub(crate) fn injected(p: Point) -> Option<io::Error> {
             Point::TokenWrite | Point::OpenNoSpace => libc::ENOSPC,
             Point::LockWaitDeadlock => libc::EDEADLK,
             Point::FinishDeletion => libc::EROFS,
+            Point::CrashAfterToken => libc::EIO,
         }));
     }
     let _ = p;
@@ -92,4 +144,16 @@ pub fn arm(p: Point, on: bool) {
     #[cfg(debug_assertions)]
     imp::arm(p, on);
     let _ = (p, on);
+}
+
+/// Kills this process with `SIGKILL` at crash point `p`, if it is armed
+/// (debug builds only), as a `kill -9` arriving at exactly that moment would.
+#[inline(always)]
+pub(crate) fn crash_point(p: Point) {
+    #[cfg(debug_assertions)]
+    if imp::armed(p) {
+        // SAFETY: raise has no memory preconditions; SIGKILL cannot be caught.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+    let _ = p;
 }

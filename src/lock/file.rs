@@ -240,6 +240,7 @@ fn delete_lock_file(fd: RawFd, path: &StorePath) -> Result<()> {
         };
         return Err(Error::from_io(path.lock_path(), "write deletion token", e));
     }
+    crate::fault::crash_point(crate::fault::Point::CrashAfterToken);
     // SAFETY: the path is a valid NUL-terminated string.
     if unsafe { libc::unlink(path.lock_cstr().as_ptr()) } == -1 {
         let e = io::Error::last_os_error();
