@@ -810,6 +810,18 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
                     }
                     std::thread::sleep(Duration::from_millis(2)); // scenario timing
                 }
+                // Kills and stops prefer a client that holds a lock right
+                // now (an open interval in the holder log).
+                let mut c = c;
+                if matches!(what, Chaos::Kill | Chaos::Stop(_)) && rng.chance(70) {
+                    let holding = holders_now(&log_path);
+                    let cands: Vec<usize> = (0..pidfds.len())
+                        .filter(|&i| holding.contains(&pidfds[i].0.to_string()))
+                        .collect();
+                    if !cands.is_empty() {
+                        c = cands[rng.below(cands.len() as u64) as usize];
+                    }
+                }
                 let (pid, pidfd) = pidfds[c];
                 // Prefer an output not built yet: clients will want it, wait
                 // for it, and cannot skip it as already valid.
@@ -1146,6 +1158,26 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
         }
     }
     t
+}
+
+/// The pids with an open holder interval in the log (S without E).
+fn holders_now(log: &Path) -> BTreeSet<String> {
+    let mut open: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let key = (f[1].to_string(), f[2].to_string());
+        match f[0] {
+            "S" => *open.entry(key).or_default() += 1,
+            "E" => {
+                open.remove(&key);
+            }
+            _ => {}
+        }
+    }
+    open.into_keys().map(|(pid, _)| pid).collect()
 }
 
 /// Whether every kind of lock on `fd`'s file is free.
