@@ -14,13 +14,24 @@ use super::path::StorePath;
 use super::process::State;
 use crate::error::{Error, Result};
 
-/// Checks `dir` once per process; successful checks are cached in `st`.
+/// How many checked directories are remembered. A daemon locks in one
+/// store; a process that locks in many directories re-checks the oldest
+/// ones now and then, instead of growing the list (and the scan of it on
+/// every open) without limit.
+pub(crate) const CHECKED_DIRS_CACHED: usize = 16;
+
+/// Checks `dir` once per process (while it stays among the last
+/// [`CHECKED_DIRS_CACHED`] directories checked); successful checks are
+/// cached in `st`.
 pub(crate) fn check_cached(st: &mut State, path: &StorePath) -> Result<()> {
     let dir = path.store_dir_bytes();
     if st.checked_dirs.iter().any(|d| d.as_slice() == dir) {
         return Ok(());
     }
     check(path.store_dir())?;
+    if st.checked_dirs.len() >= CHECKED_DIRS_CACHED {
+        st.checked_dirs.remove(0);
+    }
     st.checked_dirs.push(dir.to_vec());
     Ok(())
 }
@@ -45,4 +56,33 @@ pub fn check(dir: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::process::STATE;
+
+    /// Found by the long ABI fuzz: every directory ever locked in stayed in
+    /// this cache, which every lock-file open scans; after 100,000 cases
+    /// (one temporary store each) each open scanned 100,000 entries and the
+    /// fuzz ran CPU-bound, ever slower.
+    #[test]
+    fn store_dir_cache_stays_bounded_across_many_directories() {
+        let base = std::env::temp_dir().join(format!("gk-dircache-{}", std::process::id()));
+        for i in 0..3 * CHECKED_DIRS_CACHED {
+            let dir = base.join(format!("s{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let p = StorePath::new(dir.join("x")).unwrap();
+            STATE.with(|st| {
+                check_cached(st, &p).unwrap();
+                assert!(st.checked_dirs.len() <= CHECKED_DIRS_CACHED);
+                assert!(st
+                    .checked_dirs
+                    .iter()
+                    .any(|d| d.as_slice() == p.store_dir_bytes()));
+            });
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
