@@ -1759,7 +1759,7 @@ mod worker_fuzz {
         pool: Vec<NPath>,
         live: Vec<MWorker>,
         freed: Vec<MWorker>,
-        /// A goal id of a worker freed in an earlier case (never valid again).
+        /// A goal id of no worker of this process (when there is no other).
         old_goal: u64,
     }
 
@@ -2522,7 +2522,10 @@ mod worker_fuzz {
             pool,
             live: Vec::new(),
             freed: Vec::new(),
-            old_goal: 1 << 32 | 1,
+            // Worker serial u32::MAX is never issued. (It was 1 << 32 | 1:
+            // goal 1 of worker serial 1, which is this process's first
+            // worker, so in the very first case that "foreign" id was valid.)
+            old_goal: 0xffff_ffff << 32 | 1,
         };
         // Every case starts with one worker.
         run_wop(
