@@ -1018,6 +1018,7 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
             _ => panic!("bad log line {line:?}"),
         }
     }
+    let mut killed_holders = BTreeSet::new();
     for ((pid, path), s) in open {
         // No end: the holder died with the lock. It died after the kill was
         // sent to it, if one was; or, if it crashed itself, inside a
@@ -1033,13 +1034,17 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
             .min()
             .unwrap_or(s);
         if killed.get(&pid) == Some(&end) {
-            t.note("kills that hit a lock holder", 1);
+            killed_holders.insert(pid.clone());
         }
         intervals
             .entry(path)
             .or_default()
             .push((s, end.max(s), pid));
     }
+    t.note(
+        "kills that hit a client holding locks",
+        killed_holders.len() as u64,
+    );
     for (path, mut iv) in intervals {
         iv.sort();
         let mut reach: Option<(u64, String)> = None;
