@@ -454,9 +454,10 @@ typedef struct {
 } gk_goal_result;
 
 /**
- * Counts from `gk_worker_audit`. `locks_held` and `locks_held_by_finished`
- * come from the process's lock registry, not from the worker's own books;
- * `locks_held_by_finished` must always be 0 (G1).
+ * A worker's counts, from `Worker::audit` in Rust and `gk_worker_audit` in
+ * C (where this very struct is `gk_audit`). `locks_held` and
+ * `locks_held_by_finished` come from the process's lock registry, not from
+ * the worker's own books; `locks_held_by_finished` must always be 0 (G1).
  */
 typedef struct {
   /**
@@ -488,19 +489,20 @@ typedef struct {
    */
   uint64_t finished;
   /**
-   * Finished with success (built, substituted, already valid).
+   * Goals finished with success (built, substituted, already valid).
    */
   uint64_t succeeded;
   /**
-   * Finished otherwise.
+   * Goals finished otherwise (failed, timed out, cached failure,
+   * dependency failed, cancelled).
    */
   uint64_t failed;
   /**
-   * Store paths locked for this worker's goals.
+   * Store paths whose locks the process's registry says this worker's goals hold.
    */
   uint64_t locks_held;
   /**
-   * Store paths locked for goals that have finished (must be 0).
+   * Of those, the ones held by goals that have finished (must be 0: G1).
    */
   uint64_t locks_held_by_finished;
   /**
@@ -508,23 +510,23 @@ typedef struct {
    */
   uint64_t slots_used;
   /**
-   * The worker's max_jobs.
+   * The worker's `max_jobs`.
    */
   uint64_t max_jobs;
   /**
-   * Goals waiting on a lock in the kernel.
+   * Goals waiting on a lock in the kernel (foreign waits).
    */
   uint64_t foreign_waits;
   /**
-   * Locks handed over by wait threads.
+   * Locks handed over by wait threads so far.
    */
   uint64_t handoffs;
   /**
-   * Validity re-checks while waiting for foreign locks.
+   * Validity re-checks made while waiting for foreign locks.
    */
   uint64_t validity_rechecks;
   /**
-   * Ledger checks run.
+   * Ledger checks run (one per boundary call).
    */
   uint64_t checks;
   /**

@@ -197,76 +197,6 @@ pub struct gk_goal_result {
     pub mode: u32,
 }
 
-/// Counts from `gk_worker_audit`. `locks_held` and `locks_held_by_finished`
-/// come from the process's lock registry, not from the worker's own books;
-/// `locks_held_by_finished` must always be 0 (G1).
-#[allow(non_camel_case_types)]
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct gk_audit {
-    /// Goals in the worker.
-    pub goals: u64,
-    /// Goals waiting for dependencies.
-    pub waiting_deps: u64,
-    /// Goals ready to be tried.
-    pub ready: u64,
-    /// Goals waiting for a build slot.
-    pub waiting_slot: u64,
-    /// Goals waiting for a lock.
-    pub waiting_lock: u64,
-    /// Goals running.
-    pub running: u64,
-    /// Goals finished.
-    pub finished: u64,
-    /// Finished with success (built, substituted, already valid).
-    pub succeeded: u64,
-    /// Finished otherwise.
-    pub failed: u64,
-    /// Store paths locked for this worker's goals.
-    pub locks_held: u64,
-    /// Store paths locked for goals that have finished (must be 0).
-    pub locks_held_by_finished: u64,
-    /// Slots in use.
-    pub slots_used: u64,
-    /// The worker's max_jobs.
-    pub max_jobs: u64,
-    /// Goals waiting on a lock in the kernel.
-    pub foreign_waits: u64,
-    /// Locks handed over by wait threads.
-    pub handoffs: u64,
-    /// Validity re-checks while waiting for foreign locks.
-    pub validity_rechecks: u64,
-    /// Ledger checks run.
-    pub checks: u64,
-    /// Ledger violations found.
-    pub violations: u64,
-}
-
-impl From<Audit> for gk_audit {
-    fn from(a: Audit) -> gk_audit {
-        gk_audit {
-            goals: a.goals,
-            waiting_deps: a.waiting_deps,
-            ready: a.ready,
-            waiting_slot: a.waiting_slot,
-            waiting_lock: a.waiting_lock,
-            running: a.running,
-            finished: a.finished,
-            succeeded: a.succeeded,
-            failed: a.failed,
-            locks_held: a.locks_held,
-            locks_held_by_finished: a.locks_held_by_finished,
-            slots_used: a.slots_used,
-            max_jobs: a.max_jobs,
-            foreign_waits: a.foreign_waits,
-            handoffs: a.handoffs,
-            validity_rechecks: a.validity_rechecks,
-            checks: a.checks,
-            violations: a.violations,
-        }
-    }
-}
-
 /// A host predicate on store paths: `path` is NUL-terminated and valid only
 /// during the call. Return 1 for yes, 0 for no, a negative value for an error
 /// (treated as no and logged). It is called only on the thread that called
@@ -751,17 +681,25 @@ pub unsafe extern "C" fn gk_worker_goal_outputs(
     })
 }
 
+/// The C name of [`Audit`], for Rust callers of the C ABI. `Audit` is
+/// `#[repr(C)]` and cbindgen exports it as `gk_audit` itself, so the ABI
+/// copies nothing.
+///
+/// cbindgen:ignore
+#[allow(non_camel_case_types)]
+pub type gk_audit = Audit;
+
 /// Stores the worker's counts in `*out` (see `gk_audit`). The audit reports
 /// violations in its counts; it does not fail because of them.
 ///
 /// # Safety
 /// `out` must be valid for writing.
 #[no_mangle]
-pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut gk_audit) -> gk_status {
+pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut Audit) -> gk_status {
     call(|| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        *out = with_worker(w, |wk| Ok(wk.audit().into()))?;
+        *out = with_worker(w, |wk| Ok(wk.audit()))?;
         Ok(GK_OK)
     })
 }
