@@ -127,10 +127,8 @@ pub unsafe extern "C" fn gk_lockset_acquire_timeout(
     timeout_ms: u64,
     out: *mut gk_lockset,
 ) -> gk_status {
-    let wait = match timeout_ms {
-        0 => WaitMode::Try,
-        t => WaitMode::Timeout(Duration::from_millis(t)),
-    };
+    // Saturate: a timeout beyond i64::MAX ms is still a bounded wait.
+    let wait = wait_mode(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
     // SAFETY: forwarded from this function's contract.
     unsafe { acquire_array(paths, n_paths, backend, wait, out) }
 }
