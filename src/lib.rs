@@ -2,6 +2,7 @@
 //! daemons, whose locks are released when their goal finishes, on every path,
 //! before any waiter is woken (Guix bug #31785).
 //!
+//! * [`inspect`]: who holds a lock file and who waits for it, from `/proc`.
 //! * [`lock`]: lock files, lock sets, and the in-process registry.
 //! * [`sched`]: the goal scheduler (workers, goals, slots, lock waits, ledger).
 //! * [`ffi`]: the C ABI (`include/goalkeeper.h`).
@@ -12,6 +13,7 @@
 pub mod error;
 pub mod fault;
 pub mod ffi;
+pub mod inspect;
 pub mod lock;
 pub mod sched;
 

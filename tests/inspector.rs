@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{compile, root, run_bounded, TempStore};
-use goalkeeper::lock::holder::{Inspector, LockKind};
+use goalkeeper::inspect::{Inspector, LockKind};
 use goalkeeper::lock::{Backend, LockSet};
 use goalkeeper::Error;
 use serde_json::Value;
@@ -314,11 +314,8 @@ fn library_names_the_holder_for_diagnostics() {
     let h = hold(&s, &[], &["x"], "echo held; read x; true");
     assert_eq!(h.line(), "held");
     let lock_file = s.lock_file("x");
-    assert_eq!(
-        goalkeeper::lock::holder::holder_pids(&lock_file),
-        vec![h.pid()]
-    );
-    let d = goalkeeper::lock::holder::describe_holders(&lock_file).unwrap();
+    assert_eq!(goalkeeper::inspect::holder_pids(&lock_file), vec![h.pid()]);
+    let d = goalkeeper::inspect::describe_holders(&lock_file).unwrap();
     assert!(
         d.starts_with(&format!("pid {} (", h.pid())) && d.ends_with("ofd lock"),
         "{d}"
@@ -328,8 +325,8 @@ fn library_names_the_holder_for_diagnostics() {
     drop(h);
     // A free or missing file has no holder.
     std::fs::write(s.lock_file("free"), b"").unwrap();
-    assert!(goalkeeper::lock::holder::holder_pids(&s.lock_file("free")).is_empty());
-    assert!(goalkeeper::lock::holder::describe_holders(&s.lock_file("missing")).is_none());
+    assert!(goalkeeper::inspect::holder_pids(&s.lock_file("free")).is_empty());
+    assert!(goalkeeper::inspect::describe_holders(&s.lock_file("missing")).is_none());
 }
 
 #[test]
@@ -493,7 +490,7 @@ fn the_worker_names_the_foreign_holder_when_a_goal_waits() {
 
 #[test]
 fn diagnostics_reuse_a_recent_scan_but_find_a_new_holder() {
-    use goalkeeper::lock::holder::holder_pids;
+    use goalkeeper::inspect::holder_pids;
     let s = TempStore::new();
     let lock_file = s.lock_file("y");
     let a = hold(&s, &[], &["y"], "echo held; read x; true");

@@ -214,7 +214,7 @@ fn timed_out_wait_lets_go_of_the_lock_it_is_granted_later() {
 /// exactly once, every time, while this process churns locks on other files.
 ///
 /// Known to fail (one inspection in a few hundred to a few in ten, with
-/// this churn): `holder::read_proc_locks` reads the file with
+/// this churn): `inspect::read_proc_locks` reads the file with
 /// `read_to_string`, and no number of re-reads makes such a list reliable
 /// under churn; the fix is for the inspector to confirm holders through
 /// `/proc/PID/fdinfo` (as it already does for OFD locks). Run with
@@ -222,7 +222,7 @@ fn timed_out_wait_lets_go_of_the_lock_it_is_granted_later() {
 #[test]
 #[ignore = "known bug in lock::holder: /proc/locks read in 4 KiB pieces misses or doubles entries under churn"]
 fn inspector_sees_a_steady_holder_once_while_other_locks_churn() {
-    use goalkeeper::lock::holder;
+    use goalkeeper::inspect;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let kit = kit!();
@@ -258,7 +258,7 @@ fn inspector_sees_a_steady_holder_once_while_other_locks_churn() {
     let ino = std::fs::metadata(&lf).unwrap().ino();
     let mut wrong = Vec::new();
     for i in 0..2000 {
-        let entries: Vec<_> = holder::read_proc_locks()
+        let entries: Vec<_> = inspect::read_proc_locks()
             .unwrap()
             .into_iter()
             .filter(|l| l.inode == ino && !l.waiter)
@@ -267,7 +267,7 @@ fn inspector_sees_a_steady_holder_once_while_other_locks_churn() {
             wrong.push(format!("read_proc_locks: {entries:?}"));
         }
         if i % 20 == 0 {
-            let info = holder::lock_info(&lf).unwrap();
+            let info = inspect::lock_info(&lf).unwrap();
             if info.holder_pids() != vec![peer.pid() as u32] {
                 wrong.push(format!("lock_info: {:?}", info.holders));
             }

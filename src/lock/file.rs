@@ -8,15 +8,11 @@ use super::path::StorePath;
 use super::process::{self, ensure_atfork, generation, State, STATE};
 use super::registry::Owner;
 use crate::error::{Error, Result};
+use crate::inspect::FileKey;
 
 /// How many times a lock file may turn out stale (deleted by its previous
 /// holder) in a row before acquisition reports an error instead of spinning.
 pub const MAX_STALE_ATTEMPTS: u32 = 1000;
-
-/// The identity of a lock file's inode, `(st_dev, st_ino)`. Two names of one
-/// file (a store directory reached through a symbolic link or a bind mount)
-/// have the same key, and so do two descriptors of it.
-pub(crate) type FileKey = (u64, u64);
 
 /// The outcome of [`LockFile::try_registered`].
 #[derive(Debug)]
@@ -304,7 +300,7 @@ fn is_stale(st: &libc::stat) -> bool {
 }
 
 fn key_of(st: &libc::stat) -> FileKey {
-    (st.st_dev, st.st_ino)
+    FileKey::of_stat(st)
 }
 
 /// Opens (creating if needed) `path.lock` with `O_RDWR|O_CREAT|O_CLOEXEC|O_NOFOLLOW`,

@@ -6,7 +6,6 @@
 
 mod backend;
 mod file;
-pub mod holder;
 mod path;
 mod process;
 pub mod registry;

@@ -16,10 +16,10 @@ use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 
-use super::file::FileKey;
 use super::path::StorePath;
 use super::registry::Owner;
 use super::wait::Shared;
+use crate::inspect::FileKey;
 
 /// A mutex built on `pthread_mutex_t`, so that the `atfork` handlers can hold
 /// it across `fork(2)` and release it in both the parent and the child.

@@ -137,11 +137,11 @@ impl ForeignWaits {
 }
 
 /// Who in another process holds `path`'s lock, if it can be told (pids and
-/// commands from `/proc/locks`, see [`crate::lock::holder`]); `None` makes
+/// commands from `/proc/locks`, see [`crate::inspect`]); `None` makes
 /// the log say just "another process". Asked once per foreign wait, never
 /// on the hot path.
 pub fn foreign_holder_hint(path: &StorePath) -> Option<String> {
-    crate::lock::holder::describe_holders(path.lock_path())
+    crate::inspect::describe_holders(path.lock_path())
 }
 
 /// Describes who holds a lock a goal waits for, for the diagnostics log.

@@ -16,7 +16,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use goalkeeper::lock::{holder, Backend, LockSet, StorePath, WaitMode};
+use goalkeeper::inspect;
+use goalkeeper::lock::{Backend, LockSet, StorePath, WaitMode};
 use goalkeeper::Error;
 
 use crate::args::{self, fail, usage, Failure};
@@ -146,7 +147,7 @@ fn holder_note(e: &Error) -> String {
     let Ok(sp) = StorePath::new(path) else {
         return String::new();
     };
-    holder::describe_holders(sp.lock_path())
+    inspect::describe_holders(sp.lock_path())
         .map(|h| format!(" (held by {h})"))
         .unwrap_or_default()
 }

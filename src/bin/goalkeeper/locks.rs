@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use goalkeeper::lock::holder::{Inspector, LockInfo, Party};
+use goalkeeper::inspect::{Inspector, LockInfo, Party};
 use goalkeeper::lock::LOCK_SUFFIX;
 
 use crate::args::{self, fail, usage, Failure};
