@@ -207,7 +207,7 @@ fn timed_out_wait_lets_go_of_the_lock_it_is_granted_later() {
     set.release().unwrap();
 }
 
-/// The inspector (`lock::holder`) reads `/proc/locks`, which the kernel
+/// The inspector (`inspect`) reads `/proc/locks`, which the kernel
 /// produces afresh for every read call: read in several chunks while other
 /// locks come and go, an entry can shift across a chunk boundary and be
 /// missed or listed twice. A lock held steadily by one process must be seen
@@ -220,7 +220,7 @@ fn timed_out_wait_lets_go_of_the_lock_it_is_granted_later() {
 /// `/proc/PID/fdinfo` (as it already does for OFD locks). Run with
 /// `cargo test --test lock_interop -- --ignored`.
 #[test]
-#[ignore = "known bug in lock::holder: /proc/locks read in 4 KiB pieces misses or doubles entries under churn"]
+#[ignore = "known bug in the inspector: /proc/locks read in 4 KiB pieces misses or doubles entries under churn"]
 fn inspector_sees_a_steady_holder_once_while_other_locks_churn() {
     use goalkeeper::inspect;
     use std::sync::atomic::{AtomicBool, Ordering};
