@@ -62,7 +62,7 @@ mod imp {
     static RNG: AtomicU64 = AtomicU64::new(0);
     static ENV: Once = Once::new();
 
-    fn parse_env() {
+    pub(super) fn parse_env() {
         ENV.call_once(|| {
             // SAFETY: getpid has no preconditions.
             let pid = unsafe { libc::getpid() } as u64;
@@ -120,6 +120,13 @@ mod imp {
             ARMED.fetch_and(!(p as u32), Ordering::Relaxed);
         }
     }
+}
+
+/// One-time initialisation at load time (see `crate::lifecycle`): parses
+/// `GOALKEEPER_FAULTS` before any thread could fork in the middle of it.
+pub(crate) fn init() {
+    #[cfg(debug_assertions)]
+    imp::parse_env();
 }
 
 /// The error to inject at `p`, if that fault is armed.

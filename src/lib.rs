@@ -14,6 +14,7 @@ pub mod error;
 pub mod fault;
 pub mod ffi;
 pub mod inspect;
+mod lifecycle;
 pub mod lock;
 pub mod sched;
 

@@ -7,7 +7,8 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::lock::process_generation;
-use crate::lock::{ForkMutex, LockSet};
+use crate::lifecycle::ForkMutex;
+use crate::lock::LockSet;
 
 /// What kind of object a handle names (the top byte of the handle).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +159,24 @@ pub(crate) static HANDLES: ForkMutex<Handles> = ForkMutex::new(Handles {
     locksets: HandleTable::new(Kind::LockSet),
     workers: HandleTable::new(Kind::Worker),
 });
+
+/// Before `fork(2)`: takes the handle table's mutex, first in the lock order
+/// (see `crate::lifecycle`).
+pub(crate) fn before_fork() {
+    HANDLES.lock_for_fork();
+}
+
+/// In the parent after `fork(2)`.
+pub(crate) fn after_fork_parent() {
+    HANDLES.unlock_after_fork();
+}
+
+/// In the child after `fork(2)`. The tables are kept: every object in them
+/// records the fork generation it was made in, so the child's calls refuse
+/// the parent's objects (`GK_ERROR_WRONG_PROCESS`).
+pub(crate) fn after_fork_child() {
+    HANDLES.unlock_after_fork();
+}
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@ mod tests;
 mod version;
 mod worker;
 
+pub(crate) use handle::{after_fork_child, after_fork_parent, before_fork};
 pub use locks::*;
 pub use noop::*;
 pub use status::gk_status;

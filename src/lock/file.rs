@@ -5,7 +5,8 @@ use std::os::unix::io::RawFd;
 
 use super::backend::Backend;
 use super::path::StorePath;
-use super::process::{self, ensure_atfork, generation, State, STATE};
+use super::process::{self, generation, State, STATE};
+use crate::lifecycle::ensure_installed;
 use super::registry::Owner;
 use crate::error::{Error, Result};
 use crate::inspect::FileKey;
@@ -110,7 +111,7 @@ impl LockFile {
         backend: Backend,
         owner: Owner,
     ) -> Result<Acquired> {
-        ensure_atfork();
+        ensure_installed();
         for _ in 0..MAX_STALE_ATTEMPTS {
             let attempt = STATE.with(|st| -> Result<Option<Acquired>> {
                 let fd = open_in(st, path)?;
@@ -307,7 +308,7 @@ fn key_of(st: &libc::stat) -> FileKey {
 /// mode 0600, after checking the store directory, and tracks the descriptor
 /// so that fork children close it.
 pub(crate) fn open_lock_file(path: &StorePath) -> Result<RawFd> {
-    ensure_atfork();
+    ensure_installed();
     // Open under the process lock so that a concurrent fork either sees the
     // descriptor tracked or does not inherit it at all.
     STATE.with(|st| open_in(st, path))

@@ -39,4 +39,4 @@ pub fn pid() -> u32 {
 }
 
 pub(crate) use process::generation as process_generation;
-pub(crate) use process::ForkMutex;
+pub(crate) use process::{after_fork_child, after_fork_parent, before_fork, init_process};

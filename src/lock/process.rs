@@ -10,76 +10,16 @@
 //! parent's lock objects know they are foreign and never touch those
 //! descriptor numbers again (G7, L5).
 
-use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use super::path::StorePath;
 use super::registry::Owner;
 use super::wait::Shared;
 use crate::inspect::FileKey;
-
-/// A mutex built on `pthread_mutex_t`, so that the `atfork` handlers can hold
-/// it across `fork(2)` and release it in both the parent and the child.
-pub(crate) struct ForkMutex<T> {
-    raw: UnsafeCell<libc::pthread_mutex_t>,
-    data: UnsafeCell<T>,
-}
-
-// SAFETY: access to `data` is serialised by `raw`; T moves between threads only under it.
-unsafe impl<T: Send> Sync for ForkMutex<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Send for ForkMutex<T> {}
-
-impl<T> ForkMutex<T> {
-    /// A new, unlocked mutex.
-    pub(crate) const fn new(data: T) -> Self {
-        ForkMutex {
-            raw: UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER),
-            data: UnsafeCell::new(data),
-        }
-    }
-
-    /// Runs `f` with the mutex held. `f` must not call back into this mutex.
-    ///
-    /// The atfork handlers are installed before the mutex is first taken:
-    /// a `fork` while another thread holds it would otherwise leave the
-    /// child's copy locked forever.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        ensure_atfork();
-        struct Unlock<'a>(&'a UnsafeCell<libc::pthread_mutex_t>);
-        impl Drop for Unlock<'_> {
-            fn drop(&mut self) {
-                // SAFETY: the mutex was locked by this thread just below.
-                unsafe { libc::pthread_mutex_unlock(self.0.get()) };
-            }
-        }
-        // SAFETY: `raw` is a valid, statically initialised mutex that never moves
-        // (it lives in a `static`).
-        unsafe { libc::pthread_mutex_lock(self.raw.get()) };
-        let _unlock = Unlock(&self.raw);
-        // SAFETY: the mutex is held, so this is the only reference to `data`.
-        f(unsafe { &mut *self.data.get() })
-    }
-
-    pub(crate) fn lock_raw(&self) {
-        // SAFETY: see `with`.
-        unsafe { libc::pthread_mutex_lock(self.raw.get()) };
-    }
-
-    pub(crate) fn unlock_raw(&self) {
-        // SAFETY: only called by the atfork handlers after `lock_raw` in `prepare`.
-        unsafe { libc::pthread_mutex_unlock(self.raw.get()) };
-    }
-
-    /// The guarded data, for the atfork child handler, which holds the
-    /// mutex through `lock_raw` in `prepare` rather than through `with`.
-    fn data_ptr(&self) -> *mut T {
-        self.data.get()
-    }
-}
+use crate::lifecycle::{ensure_installed, ForkMutex};
 
 /// The registry and descriptor set guarded by [`STATE`].
 pub(crate) struct State {
@@ -108,12 +48,11 @@ pub(crate) static STATE: ForkMutex<State> = ForkMutex::new(State {
     ghosts: Vec::new(),
 });
 
-/// This process's pid, refreshed in fork children (0 until the atfork
-/// handlers are installed).
+/// This process's pid, refreshed in fork children (0 until
+/// [`init_process`] ran).
 static PID: AtomicU32 = AtomicU32::new(0);
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-static ATFORK: Once = Once::new();
 
 /// The current fork generation: it changes in a child after every `fork(2)`.
 /// Objects record it at creation and refuse to touch their descriptors when
@@ -122,25 +61,34 @@ pub(crate) fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
 }
 
-// Lock order, here and everywhere: the C ABI's handle table, then STATE.
-extern "C" fn prepare() {
-    crate::ffi::handle::HANDLES.lock_raw();
-    STATE.lock_raw();
+/// Records this process's pid (called once, by the lifecycle, before the
+/// atfork handlers are installed).
+pub(crate) fn init_process() {
+    PID.store(std::process::id(), Ordering::Relaxed);
 }
 
-extern "C" fn parent() {
-    STATE.unlock_raw();
-    crate::ffi::handle::HANDLES.unlock_raw();
+/// Before `fork(2)`: takes the process state's mutex (after the handle
+/// table's: see `crate::lifecycle`).
+pub(crate) fn before_fork() {
+    STATE.lock_for_fork();
 }
 
-extern "C" fn child() {
-    // SAFETY: `prepare` locked STATE in the thread that forked, which is the
-    // only thread of the child.
+/// In the parent after `fork(2)`.
+pub(crate) fn after_fork_parent() {
+    STATE.unlock_after_fork();
+}
+
+/// In the child after `fork(2)`: closes every inherited lock descriptor
+/// (without unlocking: the parent still holds the locks through its own
+/// reference to the open file descriptions), forgets what the parent held,
+/// and bumps the fork generation, then releases the mutex.
+pub(crate) fn after_fork_child() {
+    // SAFETY: `before_fork` locked STATE in the thread that forked, which is
+    // the only thread of the child, so this is the only reference.
     let st = unsafe { &mut *STATE.data_ptr() };
     for &fd in st.fds.iter() {
         // SAFETY: closing an inherited descriptor number that this library
-        // opened; no unlock, since the parent still holds the lock through its
-        // own reference to the open file description.
+        // opened; no unlock, since the parent still holds the lock.
         unsafe { libc::close(fd) };
     }
     st.fds.clear();
@@ -154,44 +102,12 @@ extern "C" fn child() {
     // SAFETY: getpid is async-signal-safe and has no preconditions.
     PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
     GENERATION.fetch_add(1, Ordering::Relaxed);
-    STATE.unlock_raw();
-    crate::ffi::handle::HANDLES.unlock_raw();
-}
-
-/// Runs when the library is loaded (an ELF constructor in `.init_array`),
-/// before any caller can reach it from another thread. It does every
-/// one-time initialisation that a call path would otherwise do lazily
-/// behind a `Once`: a `fork(2)` that lands while another thread is inside
-/// such a `call_once` leaves the child's copy of it "running" forever, and
-/// the child's first goalkeeper call then waits for ever (found by the C
-/// test `fork children never hang on a lock the parent's other thread
-/// held`, about 1 run in 12).
-extern "C" fn load_time_init() {
-    ensure_atfork();
-    let _ = crate::fault::injected(crate::fault::Point::TokenWrite);
-    let _ = crate::sched::ledger_sweep_from_env();
-}
-
-#[used]
-#[link_section = ".init_array"]
-static LOAD_TIME_INIT: extern "C" fn() = load_time_init;
-
-/// Installs the atfork handlers once per process: at load time (above),
-/// and as a fallback before any [`ForkMutex`] is first taken (by
-/// [`ForkMutex::with`]) and before the first lock descriptor is opened.
-pub(crate) fn ensure_atfork() {
-    ATFORK.call_once(|| {
-        // SAFETY: registering plain `extern "C"` functions without captured state.
-        let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
-        assert_eq!(rc, 0, "pthread_atfork failed");
-        // Not through STATE: `ForkMutex::with` calls this function.
-        PID.store(std::process::id(), Ordering::Relaxed);
-    });
+    STATE.unlock_after_fork();
 }
 
 /// This process's pid (cached; refreshed in fork children).
 pub(crate) fn pid() -> u32 {
-    ensure_atfork();
+    ensure_installed();
     PID.load(Ordering::Relaxed)
 }
 

@@ -37,5 +37,9 @@ pub use ledger::Audit;
 pub use waits::foreign_holder_hint;
 pub use worker::{Event, Worker, WorkerOptions};
 
-pub(crate) use ledger::sweep_from_env as ledger_sweep_from_env;
+/// One-time initialisation at load time (see `crate::lifecycle`): reads
+/// `GOALKEEPER_DEBUG_SWEEP` before any thread could fork in the middle of it.
+pub(crate) fn init() {
+    let _ = ledger::sweep_from_env();
+}
 pub(crate) use validity::PathPredicate;
