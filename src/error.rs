@@ -29,12 +29,14 @@ pub enum Error {
     },
     /// The lock is already held inside this process (G5: never a silent
     /// re-acquisition, never a self-block).
-    #[error("{} is already locked by this process ({owner})", path.display())]
+    #[error("{} is already locked by this process (lock set {lockset}{})", path.display(), tag_note(*tag))]
     HeldByThisProcess {
         /// The store path.
         path: PathBuf,
-        /// Who holds it in this process.
-        owner: crate::lock::Owner,
+        /// The id of the lock set of this process that holds it.
+        lockset: u64,
+        /// That lock set's owner tag (0: none; the scheduler's goal id).
+        tag: u64,
     },
     /// A blocking acquisition reached its deadline without the lock.
     #[error("timed out after {waited_ms} ms waiting for the lock on {}", path.display())]
@@ -159,6 +161,14 @@ impl Error {
                 source: err,
             },
         }
+    }
+}
+
+fn tag_note(tag: u64) -> String {
+    if tag == 0 {
+        String::new()
+    } else {
+        format!(", owner tag {tag:#x}")
     }
 }
 

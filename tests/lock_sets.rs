@@ -55,9 +55,10 @@ fn l3_reacquire_in_process_is_reported_for_every_mode_and_backend() {
                 t.elapsed()
             );
             match &e {
-                Error::HeldByThisProcess { path, owner } => {
+                Error::HeldByThisProcess { path, lockset, tag } => {
                     assert_eq!(path.to_str().unwrap(), p);
-                    assert_eq!(owner.lockset, id, "names the holder");
+                    assert_eq!(*lockset, id, "names the holder");
+                    assert_eq!(*tag, 0, "a bare lock set has no owner tag");
                 }
                 other => panic!("{b:?}/{mode:?}: {other}"),
             }

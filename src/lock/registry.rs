@@ -15,33 +15,36 @@ use crate::error::{Error, Result};
 pub struct Owner {
     /// The holding lock set's process-unique id.
     pub lockset: u64,
-    /// The worker whose goal holds the lock set, or 0.
-    pub worker: u64,
-    /// The goal (its raw id) that holds the lock set, meaningful when `worker != 0`.
-    pub goal: u64,
+    /// An opaque value chosen by whoever took the lock set, 0 for none. The
+    /// lock layer never interprets it; the scheduler stores the holding
+    /// goal's id there, so that it can tell its own goals' locks apart.
+    pub tag: u64,
 }
 
 impl Owner {
-    /// An owner that is a bare lock set, not a scheduler goal.
+    /// An owner that is a bare lock set, without a tag.
     pub fn lockset(id: u64) -> Owner {
-        Owner {
-            lockset: id,
-            worker: 0,
-            goal: 0,
-        }
+        Owner { lockset: id, tag: 0 }
     }
 }
 
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.worker != 0 {
-            write!(
-                f,
-                "goal {} of worker {}, lock set {}",
-                self.goal, self.worker, self.lockset
-            )
-        } else {
-            write!(f, "lock set {}", self.lockset)
+        write!(f, "lock set {}", self.lockset)?;
+        if self.tag != 0 {
+            write!(f, ", owner tag {:#x}", self.tag)?;
+        }
+        Ok(())
+    }
+}
+
+impl Owner {
+    /// The error for a path this owner already holds.
+    pub(crate) fn held_error(&self, path: &StorePath) -> Error {
+        Error::HeldByThisProcess {
+            path: path.as_path().to_path_buf(),
+            lockset: self.lockset,
+            tag: self.tag,
         }
     }
 }
@@ -50,10 +53,7 @@ impl fmt::Display for Owner {
 pub(crate) fn check_free(st: &State, paths: &[StorePath]) -> Result<()> {
     for p in paths {
         if let Some(owner) = st.held.get(p) {
-            return Err(Error::HeldByThisProcess {
-                path: p.as_path().to_path_buf(),
-                owner: *owner,
-            });
+            return Err(owner.held_error(p));
         }
     }
     Ok(())
@@ -79,13 +79,14 @@ pub fn held_paths() -> Vec<(PathBuf, Owner)> {
     })
 }
 
-/// Every store path held for a goal of scheduler worker `worker`, with its
-/// owner (for the scheduler's audit and full ledger sweep).
-pub(crate) fn owned_by_worker(worker: u64) -> Vec<(StorePath, Owner)> {
+/// Every store path held by an owner that `select` accepts, with its owner
+/// (the scheduler selects its own goals' locks by their tags, for its audit
+/// and full ledger sweep).
+pub(crate) fn held_where(select: impl Fn(&Owner) -> bool) -> Vec<(StorePath, Owner)> {
     STATE.with(|st| {
         st.held
             .iter()
-            .filter(|(_, o)| o.worker == worker)
+            .filter(|(_, o)| select(o))
             .map(|(p, o)| (p.clone(), *o))
             .collect()
     })

@@ -342,10 +342,7 @@ fn try_once(
             }
             Ok(Acquired::HeldHere(o, _)) => {
                 unwind(got, in_hand, &paths);
-                return Err(Error::HeldByThisProcess {
-                    path: p.as_path().to_path_buf(),
-                    owner: o,
-                });
+                return Err(o.held_error(p));
             }
             Ok(Acquired::Busy) => {
                 unwind(got, in_hand, &paths);

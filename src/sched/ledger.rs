@@ -14,7 +14,7 @@
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
-use crate::lock::registry::owned_by_worker;
+use crate::lock::registry::{held_where, Owner};
 
 use super::goal::{GoalKind, GoalState, Phase};
 use super::ids::GoalId;
@@ -166,7 +166,7 @@ impl Worker {
                     return Some(format!("{id} is running without a build slot"));
                 }
                 let o = set.owner();
-                if o.worker != self.serial as u64 || o.goal != id.raw() {
+                if o.tag != id.raw() {
                     return Some(format!("{id} runs with a lock set registered to {o}"));
                 }
                 if set.len() != self.arena.outputs(i).len() {
@@ -189,7 +189,7 @@ impl Worker {
                 }
                 for p in self.arena.outputs(i) {
                     if let Some(o) = crate::lock::owner_of(p) {
-                        if o.worker == self.serial as u64 && o.goal == id.raw() {
+                        if o.tag == id.raw() {
                             let state = match g.outcome {
                                 Some(out) => format!("finished ({})", out.name()),
                                 None => state_name(phase.state()).to_string(),
@@ -224,8 +224,8 @@ impl Worker {
                 self.slot_holders
             ));
         }
-        for (p, o) in owned_by_worker(self.serial as u64) {
-            let id = GoalId::from_raw(o.goal);
+        for (p, o) in self.held_by_my_goals() {
+            let id = GoalId::from_raw(o.tag);
             let live =
                 self.index(id)
                     .ok()
@@ -242,6 +242,12 @@ impl Worker {
         None
     }
 
+    /// Every path the process's registry says a goal of this worker holds.
+    fn held_by_my_goals(&self) -> Vec<(crate::lock::StorePath, Owner)> {
+        let serial = self.serial;
+        held_where(|o| o.tag != 0 && GoalId::from_raw(o.tag).worker() == serial)
+    }
+
     /// Turns the full sweep on or off for this worker (the default comes
     /// from `GOALKEEPER_DEBUG_SWEEP`).
     pub fn set_debug_sweep(&mut self, on: bool) {
@@ -249,11 +255,11 @@ impl Worker {
     }
 
     pub(super) fn audit_inner(&self) -> Audit {
-        let held = owned_by_worker(self.serial as u64);
+        let held = self.held_by_my_goals();
         let by_finished = held
             .iter()
             .filter(|(_, o)| {
-                self.index(GoalId::from_raw(o.goal))
+                self.index(GoalId::from_raw(o.tag))
                     .map(|i| matches!(self.arena.goals[i as usize].phase, Phase::Done))
                     .unwrap_or(true)
             })

@@ -131,8 +131,7 @@ impl Worker {
         let paths = self.arena.outputs(i).to_vec();
         let owner = Owner {
             lockset: next_id(),
-            worker: self.serial as u64,
-            goal: self.id(i).raw(),
+            tag: self.id(i).raw(),
         };
         match LockSet::try_for_owner(owner, paths, self.opts.backend, in_hand) {
             Ok(Ok(set)) => {
@@ -161,7 +160,8 @@ impl Worker {
                 let path = paths.swap_remove(k);
                 self.wait_foreign(i, k, path, None);
             }
-            Err(Error::HeldByThisProcess { path, owner }) => {
+            Err(Error::HeldByThisProcess { path, lockset, tag }) => {
+                let owner = Owner { lockset, tag };
                 self.give_back_slot(token);
                 let outs = self.arena.outputs(i);
                 let k = outs
@@ -169,9 +169,8 @@ impl Worker {
                     .position(|p| p.as_path() == path)
                     .unwrap_or_default();
                 let sp = outs[k].clone();
-                let holder = (owner.worker == self.serial as u64)
-                    .then(|| self.index(super::ids::GoalId::from_raw(owner.goal)).ok())
-                    .flatten()
+                let holder = self
+                    .own_goal(&owner)
                     .filter(|&h| {
                         h != i && !matches!(self.arena.goals[h as usize].phase, Phase::Done)
                     });
@@ -292,10 +291,10 @@ impl Worker {
         // Out of the wait state (its table entry is gone); nothing is held yet.
         self.arena.set_phase(g, Phase::Ready);
         match r {
-            Err(Error::HeldByThisProcess { owner, .. }) => {
+            Err(Error::HeldByThisProcess { lockset, tag, .. }) => {
                 // Taken by someone in this process meanwhile: wait again.
                 let path = self.arena.outputs(g)[k].clone();
-                self.wait_foreign(g, k, path, Some(owner));
+                self.wait_foreign(g, k, path, Some(Owner { lockset, tag }));
             }
             Err(e) => {
                 let line = format!("{} failed waiting for its lock: {e}", self.id(g));

@@ -17,6 +17,8 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::lock::{LockWait, Notify, Owner, StorePath};
 
+use super::ids::GoalId;
+
 /// The worker's eventfd. The notify closures of wait threads share it, so
 /// it stays open until the last thread that might write it is gone (a
 /// descriptor number is never written after the worker closed it).
@@ -146,19 +148,18 @@ pub fn foreign_holder_hint(path: &StorePath) -> Option<String> {
 
 /// Describes who holds a lock a goal waits for, for the diagnostics log.
 pub(crate) fn describe_holder(path: &StorePath, owner: Option<Owner>, worker: u32) -> String {
-    match owner {
-        Some(o) if o.worker == worker as u64 => {
-            format!(
-                "goal {} of this worker (lock set {})",
-                o.goal as u32, o.lockset
-            )
+    let goal = owner.map(|o| GoalId::from_raw(o.tag));
+    match (owner, goal) {
+        (Some(o), Some(g)) if o.tag != 0 && g.worker() == worker => {
+            format!("{g} of this worker (lock set {})", o.lockset)
         }
-        Some(o) if o.worker != 0 => format!(
-            "goal {} of worker {} in this process (lock set {})",
-            o.goal as u32, o.worker, o.lockset
+        (Some(o), Some(g)) if o.tag != 0 => format!(
+            "{g} of worker {} in this process (lock set {})",
+            g.worker(),
+            o.lockset
         ),
-        Some(o) => format!("lock set {} in this process", o.lockset),
-        None => match foreign_holder_hint(path) {
+        (Some(o), _) => format!("lock set {} in this process", o.lockset),
+        (None, _) => match foreign_holder_hint(path) {
             Some(who) => format!("another process ({who})"),
             None => "another process".to_string(),
         },

@@ -185,7 +185,8 @@ impl Worker {
         &self.opts
     }
 
-    /// This worker's process-unique serial (the registry's `Owner::worker`).
+    /// This worker's process-unique serial (the high half of its goal ids,
+    /// which its goals' lock sets carry as their owner tag).
     pub fn serial(&self) -> u32 {
         self.serial
     }
@@ -553,6 +554,14 @@ impl Worker {
             )));
         }
         Ok(goal.index())
+    }
+
+    /// The goal of this worker that `owner` (a lock set's owner) is, if any.
+    pub(super) fn own_goal(&self, owner: &crate::lock::Owner) -> Option<u32> {
+        if owner.tag == 0 {
+            return None;
+        }
+        self.index(GoalId::from_raw(owner.tag)).ok()
     }
 
     pub(super) fn describe_outputs(&self, i: u32) -> String {
