@@ -6,8 +6,8 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::lock::process_generation;
 use crate::lifecycle::ForkMutex;
+use crate::lock::process_generation;
 use crate::lock::LockSet;
 
 /// What kind of object a handle names (the top byte of the handle).

@@ -6,38 +6,15 @@ use std::time::Duration;
 
 use super::args;
 use super::boundary::call;
+use super::enums::gk_backend;
 use super::handle::HANDLES;
 use super::status::gk_status::{self, GK_OK};
-use crate::error::{Error, Result};
-use crate::lock::{self, Backend, LockSet, StorePath, WaitMode};
+use crate::error::Result;
+use crate::lock::{self, LockSet, StorePath, WaitMode};
 
 /// An opaque handle to a lock set held by this process. 0 is never a valid handle.
 #[allow(non_camel_case_types)]
 pub type gk_lockset = u64;
-
-/// Which kernel lock a store uses. Pass one of these as a `uint32_t backend`.
-/// Never mix backends on one store: `flock` and `fcntl` locks do not exclude
-/// each other on Linux.
-#[allow(non_camel_case_types)]
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum gk_backend {
-    /// OFD record locks, the default: they exclude guix-daemon's POSIX `fcntl` locks.
-    GK_BACKEND_OFD = 0,
-    /// `flock(2)`, for stores shared with current Nix.
-    GK_BACKEND_FLOCK = 1,
-}
-
-/// Converts a C backend value.
-pub(crate) fn backend_from_c(v: u32) -> Result<Backend> {
-    match v {
-        0 => Ok(Backend::Ofd),
-        1 => Ok(Backend::Flock),
-        _ => Err(Error::InvalidArgument(format!(
-            "backend {v} is neither GK_BACKEND_OFD (0) nor GK_BACKEND_FLOCK (1)"
-        ))),
-    }
-}
 
 fn acquire_into(
     paths: Vec<StorePath>,
@@ -45,7 +22,7 @@ fn acquire_into(
     wait: WaitMode,
     out: &mut gk_lockset,
 ) -> Result<gk_status> {
-    let backend = backend_from_c(backend)?;
+    let backend = gk_backend::parse(backend)?;
     let set = LockSet::acquire_normalized(paths, backend, wait)?;
     *out = HANDLES.with(|h| h.locksets.insert(set));
     Ok(GK_OK)

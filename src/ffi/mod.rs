@@ -9,6 +9,7 @@
 
 mod args;
 mod boundary;
+mod enums;
 pub(crate) mod handle;
 mod locks;
 mod noop;
@@ -18,6 +19,7 @@ mod tests;
 mod version;
 mod worker;
 
+pub use enums::*;
 pub(crate) use handle::{after_fork_child, after_fork_parent, before_fork};
 pub use locks::*;
 pub use noop::*;

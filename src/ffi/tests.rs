@@ -319,7 +319,7 @@ fn a_worker_runs_plain_goals_through_the_c_abi() {
         let mut r = std::mem::zeroed::<gk_goal_result>();
         assert_eq!(gk_worker_goal_result(w, b, &mut r), GK_OK);
         assert_eq!(r.outcome, 1);
-        let mut a_audit = std::mem::zeroed::<crate::sched::Audit>();
+        let mut a_audit = std::mem::zeroed::<super::gk_audit>();
         assert_eq!(gk_worker_audit(w, &mut a_audit), GK_OK);
         assert_eq!((a_audit.goals, a_audit.violations), (2, 0));
         let mut len = 0;

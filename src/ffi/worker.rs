@@ -17,15 +17,14 @@ use std::time::Duration;
 
 use super::args;
 use super::boundary::call;
+use super::enums::{
+    gk_backend, gk_build_mode, gk_event_kind, gk_goal_kind, gk_goal_state, gk_outcome,
+};
 use super::handle::HANDLES;
-use super::locks::backend_from_c;
 use super::status::gk_status::{self, GK_OK};
 use crate::error::{Error, Result};
 use crate::lock::StorePath;
-use crate::sched::{
-    Audit, BuildMode, Event, GoalId, GoalKind, GoalState, Outcome, PathPredicate, Worker,
-    WorkerOptions,
-};
+use crate::sched::{Audit, Event, GoalId, PathPredicate, Worker, WorkerOptions};
 
 /// An opaque handle to a worker (a scheduler for one client request).
 /// 0 is never a valid handle.
@@ -39,93 +38,6 @@ pub type gk_worker = u64;
 /// the high 32 bits identify the worker.
 #[allow(non_camel_case_types)]
 pub type gk_goal = u64;
-
-/// What a goal does. Pass as a `uint32_t kind`.
-#[allow(non_camel_case_types)]
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum gk_goal_kind {
-    /// Builds a derivation: locks all its outputs, takes a build slot.
-    GK_GOAL_BUILD = 0,
-    /// Substitutes one path: locks it, takes a build slot.
-    GK_GOAL_SUBSTITUTE = 1,
-    /// Host work without locks or slot; its outputs (0 or more) are recorded only.
-    GK_GOAL_PLAIN = 2,
-}
-
-/// How a build treats outputs that are already valid. Pass as a `uint32_t mode`.
-#[allow(non_camel_case_types)]
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum gk_build_mode {
-    /// Valid outputs are not rebuilt.
-    GK_MODE_NORMAL = 0,
-    /// Repair: the validity predicate decides what needs repairing.
-    GK_MODE_REPAIR = 1,
-    /// Check: rebuild even if valid (no "already valid" shortcut).
-    GK_MODE_CHECK = 2,
-}
-
-/// How a goal ended. Pass as a `uint32_t outcome`.
-#[allow(non_camel_case_types)]
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum gk_outcome {
-    /// Not finished.
-    GK_OUTCOME_NONE = 0,
-    /// Built by the host (outputs checked valid).
-    GK_OUTCOME_BUILT = 1,
-    /// Substituted by the host (output checked valid).
-    GK_OUTCOME_SUBSTITUTED = 2,
-    /// Valid already, or became valid while waiting.
-    GK_OUTCOME_ALREADY_VALID = 3,
-    /// Failed (reported, or success without valid outputs, or could not start).
-    GK_OUTCOME_FAILED = 4,
-    /// Timed out (reported).
-    GK_OUTCOME_TIMED_OUT = 5,
-    /// The cached-failure predicate said an output failed before.
-    GK_OUTCOME_CACHED_FAILURE = 6,
-    /// A dependency did not succeed.
-    GK_OUTCOME_DEPENDENCY_FAILED = 7,
-    /// Cancelled (by the host, by a failure without keep-going, or abandoned).
-    GK_OUTCOME_CANCELLED = 8,
-}
-
-/// The kind of a `gk_event`.
-#[allow(non_camel_case_types)]
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum gk_event_kind {
-    /// Run `goal` (inputs done, slot taken, output locks held, outputs not
-    /// valid); then report it with `gk_worker_report`.
-    GK_EVENT_RUN = 1,
-    /// `goal` finished without running; `outcome` says how.
-    GK_EVENT_FINISHED = 2,
-    /// Nothing to do now: poll `fd` (POLLIN) with your builders for at most
-    /// `timeout_ms` (-1: no limit), then call `gk_worker_next_event` again.
-    GK_EVENT_WAIT = 3,
-    /// Every goal has finished.
-    GK_EVENT_DONE = 4,
-}
-
-/// Where a goal is in its life.
-#[allow(non_camel_case_types)]
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum gk_goal_state {
-    /// Some dependency has not finished.
-    GK_STATE_WAITING_DEPS = 0,
-    /// Runnable.
-    GK_STATE_READY = 1,
-    /// Waiting for a build slot (holding no lock).
-    GK_STATE_WAITING_SLOT = 2,
-    /// Waiting for a lock (holding nothing).
-    GK_STATE_WAITING_LOCK = 3,
-    /// Running (its locks and slot are held).
-    GK_STATE_RUNNING = 4,
-    /// Finished; see the outcome.
-    GK_STATE_FINISHED = 5,
-}
 
 /// Options for `gk_worker_new`. Pass NULL for the defaults (max_jobs 1,
 /// no keep-going, OFD backend, 1000 ms re-check, no legacy hold).
@@ -309,28 +221,6 @@ fn with_worker<R>(w: gk_worker, f: impl FnOnce(&mut Worker) -> Result<R>) -> Res
     f(&mut guard)
 }
 
-fn goal_kind_from_c(v: u32) -> Result<GoalKind> {
-    match v {
-        0 => Ok(GoalKind::Build),
-        1 => Ok(GoalKind::Substitute),
-        2 => Ok(GoalKind::Plain),
-        _ => Err(Error::InvalidArgument(format!(
-            "goal kind {v} is not a gk_goal_kind (0 build, 1 substitute, 2 plain)"
-        ))),
-    }
-}
-
-fn mode_from_c(v: u32) -> Result<BuildMode> {
-    match v {
-        0 => Ok(BuildMode::Normal),
-        1 => Ok(BuildMode::Repair),
-        2 => Ok(BuildMode::Check),
-        _ => Err(Error::InvalidArgument(format!(
-            "build mode {v} is not a gk_build_mode (0 normal, 1 repair, 2 check)"
-        ))),
-    }
-}
-
 const NO_EVENT: gk_event = gk_event {
     kind: 0,
     goal: 0,
@@ -346,13 +236,15 @@ fn event_to_c(ev: Event, w: &Worker) -> gk_event {
         Event::Run { goal, kind } => {
             out.kind = gk_event_kind::GK_EVENT_RUN as u32;
             out.goal = goal.raw();
-            out.goal_kind = kind as u32;
+            out.goal_kind = gk_goal_kind::from_rust(kind) as u32;
         }
         Event::Finished { goal, outcome } => {
             out.kind = gk_event_kind::GK_EVENT_FINISHED as u32;
             out.goal = goal.raw();
-            out.goal_kind = w.kind_of(goal).map_or(0, |k| k as u32);
-            out.outcome = outcome as u32;
+            out.goal_kind = w
+                .kind_of(goal)
+                .map_or(0, |k| gk_goal_kind::from_rust(k) as u32);
+            out.outcome = gk_outcome::from_rust(Some(outcome)) as u32;
         }
         Event::Wait { fd, timeout } => {
             out.kind = gk_event_kind::GK_EVENT_WAIT as u32;
@@ -390,7 +282,7 @@ pub unsafe extern "C" fn gk_worker_new(
             let raw = unsafe { std::ptr::read(opts.cast::<RawOptions>()) };
             o.max_jobs = raw.max_jobs;
             o.keep_going = raw.keep_going != 0;
-            o.backend = backend_from_c(raw.backend)?;
+            o.backend = gk_backend::parse(raw.backend)?;
             if raw.recheck_interval_ms != 0 {
                 o.recheck_interval = Duration::from_millis(raw.recheck_interval_ms as u64);
             }
@@ -488,8 +380,8 @@ fn add_goal(
     mode: u32,
     out: &mut gk_goal,
 ) -> Result<gk_status> {
-    let kind = goal_kind_from_c(kind)?;
-    let mode = mode_from_c(mode)?;
+    let kind = gk_goal_kind::parse(kind)?;
+    let mode = gk_build_mode::parse(mode)?;
     let paths = paths?;
     let id = with_worker(w, |wk| wk.add_goal_normalized(kind, paths, mode))?;
     *out = id.raw();
@@ -595,8 +487,8 @@ pub unsafe extern "C" fn gk_worker_next_event(w: gk_worker, out: *mut gk_event) 
 #[no_mangle]
 pub extern "C" fn gk_worker_report(w: gk_worker, goal: gk_goal, outcome: u32) -> gk_status {
     call(|| {
-        let o = Outcome::from_raw(outcome).ok_or_else(|| {
-            Error::InvalidArgument(format!("outcome {outcome} is not a gk_outcome"))
+        let o = gk_outcome::parse(outcome)?.ok_or_else(|| {
+            Error::InvalidArgument("GK_OUTCOME_NONE is not an outcome to report".into())
         })?;
         with_worker(w, |wk| wk.report(GoalId::from_raw(goal), o))?;
         Ok(GK_OK)
@@ -634,24 +526,13 @@ pub unsafe extern "C" fn gk_worker_goal_result(
             wk.result(id)
         })?;
         *out = gk_goal_result {
-            state: state_to_c(r.state) as u32,
-            outcome: r.outcome.map_or(0, |o| o as u32),
-            kind: r.kind as u32,
-            mode: r.mode as u32,
+            state: gk_goal_state::from_rust(r.state) as u32,
+            outcome: gk_outcome::from_rust(r.outcome) as u32,
+            kind: gk_goal_kind::from_rust(r.kind) as u32,
+            mode: gk_build_mode::from_rust(r.mode) as u32,
         };
         Ok(GK_OK)
     })
-}
-
-fn state_to_c(s: GoalState) -> gk_goal_state {
-    match s {
-        GoalState::WaitingDeps => gk_goal_state::GK_STATE_WAITING_DEPS,
-        GoalState::Ready => gk_goal_state::GK_STATE_READY,
-        GoalState::WaitingSlot => gk_goal_state::GK_STATE_WAITING_SLOT,
-        GoalState::WaitingLock => gk_goal_state::GK_STATE_WAITING_LOCK,
-        GoalState::Running => gk_goal_state::GK_STATE_RUNNING,
-        GoalState::Finished => gk_goal_state::GK_STATE_FINISHED,
-    }
 }
 
 /// Writes a goal's outputs, sorted, each NUL-terminated, into `buf[0..cap]`
@@ -681,13 +562,76 @@ pub unsafe extern "C" fn gk_worker_goal_outputs(
     })
 }
 
-/// The C name of [`Audit`], for Rust callers of the C ABI. `Audit` is
-/// `#[repr(C)]` and cbindgen exports it as `gk_audit` itself, so the ABI
-/// copies nothing.
-///
-/// cbindgen:ignore
+/// A worker's counts (see `gk_worker_audit`). `locks_held` and
+/// `locks_held_by_finished` come from the process's lock registry, not from
+/// the worker's own books; `locks_held_by_finished` must always be 0 (G1).
 #[allow(non_camel_case_types)]
-pub type gk_audit = Audit;
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct gk_audit {
+    /// Goals in the worker.
+    pub goals: u64,
+    /// Goals waiting for dependencies.
+    pub waiting_deps: u64,
+    /// Goals ready to be tried.
+    pub ready: u64,
+    /// Goals waiting for a build slot.
+    pub waiting_slot: u64,
+    /// Goals waiting for a lock.
+    pub waiting_lock: u64,
+    /// Goals running.
+    pub running: u64,
+    /// Goals finished.
+    pub finished: u64,
+    /// Goals finished with success (built, substituted, already valid).
+    pub succeeded: u64,
+    /// Goals finished otherwise (failed, timed out, cached failure,
+    /// dependency failed, cancelled).
+    pub failed: u64,
+    /// Store paths whose locks the process's registry says this worker's goals hold.
+    pub locks_held: u64,
+    /// Of those, the ones held by goals that have finished (must be 0: G1).
+    pub locks_held_by_finished: u64,
+    /// Slots in use.
+    pub slots_used: u64,
+    /// The worker's `max_jobs`.
+    pub max_jobs: u64,
+    /// Goals waiting on a lock in the kernel (foreign waits).
+    pub foreign_waits: u64,
+    /// Locks handed over by wait threads so far.
+    pub handoffs: u64,
+    /// Validity re-checks made while waiting for foreign locks.
+    pub validity_rechecks: u64,
+    /// Ledger checks run (one per boundary call).
+    pub checks: u64,
+    /// Ledger violations found.
+    pub violations: u64,
+}
+
+impl From<Audit> for gk_audit {
+    fn from(a: Audit) -> gk_audit {
+        gk_audit {
+            goals: a.goals,
+            waiting_deps: a.waiting_deps,
+            ready: a.ready,
+            waiting_slot: a.waiting_slot,
+            waiting_lock: a.waiting_lock,
+            running: a.running,
+            finished: a.finished,
+            succeeded: a.succeeded,
+            failed: a.failed,
+            locks_held: a.locks_held,
+            locks_held_by_finished: a.locks_held_by_finished,
+            slots_used: a.slots_used,
+            max_jobs: a.max_jobs,
+            foreign_waits: a.foreign_waits,
+            handoffs: a.handoffs,
+            validity_rechecks: a.validity_rechecks,
+            checks: a.checks,
+            violations: a.violations,
+        }
+    }
+}
 
 /// Stores the worker's counts in `*out` (see `gk_audit`). The audit reports
 /// violations in its counts; it does not fail because of them.
@@ -695,11 +639,11 @@ pub type gk_audit = Audit;
 /// # Safety
 /// `out` must be valid for writing.
 #[no_mangle]
-pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut Audit) -> gk_status {
+pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut gk_audit) -> gk_status {
     call(|| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        *out = with_worker(w, |wk| Ok(wk.audit()))?;
+        *out = with_worker(w, |wk| Ok(wk.audit()))?.into();
         Ok(GK_OK)
     })
 }
@@ -756,8 +700,9 @@ pub unsafe extern "C" fn gk_worker_take_log(
 /// `"unknown"` for a value that is not an outcome. The string is static.
 #[no_mangle]
 pub extern "C" fn gk_outcome_name(outcome: u32) -> *const c_char {
-    match outcome {
-        0 => c"none".as_ptr(),
-        o => Outcome::from_raw(o).map_or(c"unknown".as_ptr(), |o| o.name_c().as_ptr()),
+    match gk_outcome::from_raw(outcome).map(gk_outcome::to_rust) {
+        None => c"unknown".as_ptr(),
+        Some(None) => c"none".as_ptr(),
+        Some(Some(o)) => o.name_c().as_ptr(),
     }
 }

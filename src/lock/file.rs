@@ -6,10 +6,10 @@ use std::os::unix::io::RawFd;
 use super::backend::Backend;
 use super::path::StorePath;
 use super::process::{self, generation, State, STATE};
-use crate::lifecycle::ensure_installed;
 use super::registry::Owner;
 use crate::error::{Error, Result};
 use crate::inspect::FileKey;
+use crate::lifecycle::ensure_installed;
 
 /// How many times a lock file may turn out stale (deleted by its previous
 /// holder) in a row before acquisition reports an error instead of spinning.

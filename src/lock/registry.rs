@@ -24,7 +24,10 @@ pub struct Owner {
 impl Owner {
     /// An owner that is a bare lock set, without a tag.
     pub fn lockset(id: u64) -> Owner {
-        Owner { lockset: id, tag: 0 }
+        Owner {
+            lockset: id,
+            tag: 0,
+        }
     }
 }
 

@@ -13,53 +13,50 @@ use super::slots::SlotToken;
 
 /// What a goal does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
 pub enum GoalKind {
     /// Builds a derivation: locks all its outputs, takes a build slot.
-    Build = 0,
+    Build,
     /// Substitutes one store path: locks it, takes a build slot (at
     /// `max_jobs = 0` one substitution may still run).
-    Substitute = 1,
+    Substitute,
     /// Host work with no store outputs to lock and no slot (e.g. a top-level
     /// goal that only gathers others). Its outputs, if given, are recorded only.
-    Plain = 2,
+    Plain,
 }
 
 /// How a build treats outputs that are already valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
 pub enum BuildMode {
     /// Valid outputs are not rebuilt.
-    Normal = 0,
+    Normal,
     /// Repair: the validity predicate decides what needs repairing (a host
     /// in repair mode answers "not valid" for corrupt paths).
-    Repair = 1,
+    Repair,
     /// Check: rebuild even if valid, so the "already valid" shortcut is skipped.
-    Check = 2,
+    Check,
 }
 
 /// How a goal ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
 pub enum Outcome {
     /// The host built it (reported, and its outputs are valid).
-    Built = 1,
+    Built,
     /// The host substituted it (reported, and its output is valid).
-    Substituted = 2,
+    Substituted,
     /// Its outputs were valid already, or became valid while it waited.
-    AlreadyValid = 3,
+    AlreadyValid,
     /// The host reported failure, or success without valid outputs, or it
     /// could not be started (e.g. a build with `max_jobs = 0`).
-    Failed = 4,
+    Failed,
     /// The host reported a timeout.
-    TimedOut = 5,
+    TimedOut,
     /// The host's cached-failure predicate said an output failed before.
-    CachedFailure = 6,
+    CachedFailure,
     /// A dependency did not succeed.
-    DependencyFailed = 7,
+    DependencyFailed,
     /// Cancelled by the host, by an earlier failure without keep-going, or
     /// because the host abandoned the worker.
-    Cancelled = 8,
+    Cancelled,
 }
 
 impl Outcome {
@@ -109,30 +106,24 @@ impl Outcome {
             Outcome::Cancelled => c"cancelled",
         }
     }
-
-    /// The outcome with this numeric value (`gk_outcome`), if any.
-    pub fn from_raw(v: u32) -> Option<Outcome> {
-        Outcome::ALL.iter().copied().find(|o| *o as u32 == v)
-    }
 }
 
 /// Where a goal is in its life (the public view of [`Phase`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
 pub enum GoalState {
     /// Some dependency has not finished.
-    WaitingDeps = 0,
+    WaitingDeps,
     /// Runnable; the worker will try it at the next `next_event`.
-    Ready = 1,
+    Ready,
     /// Waiting for a build slot (holding no lock).
-    WaitingSlot = 2,
+    WaitingSlot,
     /// Waiting for a lock held by another goal or process (holding nothing).
-    WaitingLock = 3,
+    WaitingLock,
     /// Running: the host was told (or will be told at the next event) to run
     /// it; its locks and slot are held.
-    Running = 4,
+    Running,
     /// Finished; see the outcome.
-    Finished = 5,
+    Finished,
 }
 
 impl GoalState {
@@ -220,14 +211,5 @@ mod tests {
     fn goal_records_stay_compact() {
         assert!(std::mem::size_of::<Phase>() <= 16);
         assert!(std::mem::size_of::<Goal>() <= 24);
-    }
-
-    #[test]
-    fn outcomes_round_trip() {
-        for o in Outcome::ALL {
-            assert_eq!(Outcome::from_raw(o as u32), Some(o));
-        }
-        assert_eq!(Outcome::from_raw(0), None);
-        assert_eq!(Outcome::from_raw(9), None);
     }
 }

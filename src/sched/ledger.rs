@@ -20,11 +20,10 @@ use super::goal::{GoalKind, GoalState, Phase};
 use super::ids::GoalId;
 use super::worker::{state_name, Worker};
 
-/// A worker's counts, from `Worker::audit` in Rust and `gk_worker_audit` in
-/// C (where this very struct is `gk_audit`). `locks_held` and
+/// A worker's counts, from [`Worker::audit`] (in C, `gk_worker_audit`
+/// copies them into a `gk_audit`). `locks_held` and
 /// `locks_held_by_finished` come from the process's lock registry, not from
 /// the worker's own books; `locks_held_by_finished` must always be 0 (G1).
-#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Audit {
     /// Goals in the worker.

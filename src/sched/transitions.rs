@@ -169,11 +169,9 @@ impl Worker {
                     .position(|p| p.as_path() == path)
                     .unwrap_or_default();
                 let sp = outs[k].clone();
-                let holder = self
-                    .own_goal(&owner)
-                    .filter(|&h| {
-                        h != i && !matches!(self.arena.goals[h as usize].phase, Phase::Done)
-                    });
+                let holder = self.own_goal(&owner).filter(|&h| {
+                    h != i && !matches!(self.arena.goals[h as usize].phase, Phase::Done)
+                });
                 match holder {
                     Some(h) => {
                         let line = format!(

@@ -1,0 +1,247 @@
+//! The C enums, and the one mapping between each and its Rust type.
+//!
+//! Every number of the ABI's enums is written here, once, in the enum's
+//! definition (cbindgen copies it into `include/goalkeeper.h`). The Rust
+//! types of the lower layers ([`Backend`], [`GoalKind`], ...) carry no
+//! numbers. [`c_mapping!`] writes both directions of a mapping as
+//! exhaustive `match`es, so a variant added on either side without its
+//! counterpart, or two variants mapped to one, fails to compile.
+//!
+//! Struct fields and arguments carry these values as `uint32_t`, never as the
+//! enum type: a C caller may pass any number, and a Rust enum holding a
+//! number that is not one of its variants would be undefined behaviour. So
+//! values from C go through `from_c`, which refuses unknown numbers.
+
+use crate::error::{Error, Result};
+use crate::lock::Backend;
+use crate::sched::{BuildMode, GoalKind, GoalState, Outcome};
+
+/// Writes `to_rust`, `from_rust` and `from_c` for a C enum and its Rust
+/// counterpart, from one list of pairs `C_VARIANT <=> [rust value]` (the
+/// Rust side is any token tree that is both a pattern and an expression,
+/// e.g. `GoalKind::Build`, `Some(Outcome::Built)`, `None`).
+macro_rules! c_mapping {
+    ($c:ident, $rust:ty, $what:literal, { $($cv:ident <=> [$($rv:tt)+]),+ $(,)? }) => {
+        impl $c {
+            /// The Rust value this C value stands for.
+            #[deny(unreachable_patterns)]
+            #[allow(dead_code)]
+            pub(crate) fn to_rust(self) -> $rust {
+                match self { $($c::$cv => $($rv)+),+ }
+            }
+
+            /// The C value that stands for a Rust value.
+            #[deny(unreachable_patterns)]
+            #[allow(dead_code)]
+            pub(crate) fn from_rust(v: $rust) -> $c {
+                match v { $($($rv)+ => $c::$cv),+ }
+            }
+
+            /// The C value for a number from C, or `None`.
+            #[deny(unreachable_patterns)]
+            #[allow(dead_code)]
+            pub(crate) fn from_raw(v: u32) -> Option<$c> {
+                $(if v == $c::$cv as u32 { return Some($c::$cv); })+
+                None
+            }
+
+            /// The Rust value for a number from C, or an error naming the
+            /// argument's C type and the values it accepts.
+            #[allow(dead_code)]
+            pub(crate) fn parse(v: u32) -> Result<$rust> {
+                Self::from_raw(v).map($c::to_rust).ok_or_else(|| {
+                    let known: Vec<String> = [$(format!("{} = {}", stringify!($cv), $c::$cv as u32)),+].into();
+                    Error::InvalidArgument(format!(
+                        "{} {v} is not a {} ({})", $what, stringify!($c), known.join(", ")
+                    ))
+                })
+            }
+        }
+    };
+}
+
+/// Which kernel lock a store uses. Pass one of these as a `uint32_t backend`.
+/// Never mix backends on one store: `flock` and `fcntl` locks do not exclude
+/// each other on Linux.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_backend {
+    /// OFD record locks, the default: they exclude guix-daemon's POSIX `fcntl` locks.
+    GK_BACKEND_OFD = 0,
+    /// `flock(2)`, for stores shared with current Nix.
+    GK_BACKEND_FLOCK = 1,
+}
+
+/// What a goal does. Pass as a `uint32_t kind`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_goal_kind {
+    /// Builds a derivation: locks all its outputs, takes a build slot.
+    GK_GOAL_BUILD = 0,
+    /// Substitutes one path: locks it, takes a build slot.
+    GK_GOAL_SUBSTITUTE = 1,
+    /// Host work without locks or slot; its outputs (0 or more) are recorded only.
+    GK_GOAL_PLAIN = 2,
+}
+
+/// How a build treats outputs that are already valid. Pass as a `uint32_t mode`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_build_mode {
+    /// Valid outputs are not rebuilt.
+    GK_MODE_NORMAL = 0,
+    /// Repair: the validity predicate decides what needs repairing.
+    GK_MODE_REPAIR = 1,
+    /// Check: rebuild even if valid (no "already valid" shortcut).
+    GK_MODE_CHECK = 2,
+}
+
+/// How a goal ended. Pass as a `uint32_t outcome`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_outcome {
+    /// Not finished.
+    GK_OUTCOME_NONE = 0,
+    /// Built by the host (outputs checked valid).
+    GK_OUTCOME_BUILT = 1,
+    /// Substituted by the host (output checked valid).
+    GK_OUTCOME_SUBSTITUTED = 2,
+    /// Valid already, or became valid while waiting.
+    GK_OUTCOME_ALREADY_VALID = 3,
+    /// Failed (reported, or success without valid outputs, or could not start).
+    GK_OUTCOME_FAILED = 4,
+    /// Timed out (reported).
+    GK_OUTCOME_TIMED_OUT = 5,
+    /// The cached-failure predicate said an output failed before.
+    GK_OUTCOME_CACHED_FAILURE = 6,
+    /// A dependency did not succeed.
+    GK_OUTCOME_DEPENDENCY_FAILED = 7,
+    /// Cancelled (by the host, by a failure without keep-going, or abandoned).
+    GK_OUTCOME_CANCELLED = 8,
+}
+
+/// The kind of a `gk_event`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_event_kind {
+    /// Run `goal` (inputs done, slot taken, output locks held, outputs not
+    /// valid); then report it with `gk_worker_report`.
+    GK_EVENT_RUN = 1,
+    /// `goal` finished without running; `outcome` says how.
+    GK_EVENT_FINISHED = 2,
+    /// Nothing to do now: poll `fd` (POLLIN) with your builders for at most
+    /// `timeout_ms` (-1: no limit), then call `gk_worker_next_event` again.
+    GK_EVENT_WAIT = 3,
+    /// Every goal has finished.
+    GK_EVENT_DONE = 4,
+}
+
+/// Where a goal is in its life.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_goal_state {
+    /// Some dependency has not finished.
+    GK_STATE_WAITING_DEPS = 0,
+    /// Runnable.
+    GK_STATE_READY = 1,
+    /// Waiting for a build slot (holding no lock).
+    GK_STATE_WAITING_SLOT = 2,
+    /// Waiting for a lock (holding nothing).
+    GK_STATE_WAITING_LOCK = 3,
+    /// Running (its locks and slot are held).
+    GK_STATE_RUNNING = 4,
+    /// Finished; see the outcome.
+    GK_STATE_FINISHED = 5,
+}
+
+impl gk_event_kind {
+    /// The C value for a number, or `None` (events are only ever written by
+    /// the library, so there is no Rust counterpart to map).
+    #[allow(dead_code)]
+    pub(crate) fn from_raw(v: u32) -> Option<gk_event_kind> {
+        [
+            gk_event_kind::GK_EVENT_RUN,
+            gk_event_kind::GK_EVENT_FINISHED,
+            gk_event_kind::GK_EVENT_WAIT,
+            gk_event_kind::GK_EVENT_DONE,
+        ]
+        .into_iter()
+        .find(|k| *k as u32 == v)
+    }
+}
+
+c_mapping!(gk_backend, Backend, "backend", {
+    GK_BACKEND_OFD <=> [Backend::Ofd],
+    GK_BACKEND_FLOCK <=> [Backend::Flock],
+});
+
+c_mapping!(gk_goal_kind, GoalKind, "goal kind", {
+    GK_GOAL_BUILD <=> [GoalKind::Build],
+    GK_GOAL_SUBSTITUTE <=> [GoalKind::Substitute],
+    GK_GOAL_PLAIN <=> [GoalKind::Plain],
+});
+
+c_mapping!(gk_build_mode, BuildMode, "build mode", {
+    GK_MODE_NORMAL <=> [BuildMode::Normal],
+    GK_MODE_REPAIR <=> [BuildMode::Repair],
+    GK_MODE_CHECK <=> [BuildMode::Check],
+});
+
+c_mapping!(gk_outcome, Option<Outcome>, "outcome", {
+    GK_OUTCOME_NONE <=> [None],
+    GK_OUTCOME_BUILT <=> [Some(Outcome::Built)],
+    GK_OUTCOME_SUBSTITUTED <=> [Some(Outcome::Substituted)],
+    GK_OUTCOME_ALREADY_VALID <=> [Some(Outcome::AlreadyValid)],
+    GK_OUTCOME_FAILED <=> [Some(Outcome::Failed)],
+    GK_OUTCOME_TIMED_OUT <=> [Some(Outcome::TimedOut)],
+    GK_OUTCOME_CACHED_FAILURE <=> [Some(Outcome::CachedFailure)],
+    GK_OUTCOME_DEPENDENCY_FAILED <=> [Some(Outcome::DependencyFailed)],
+    GK_OUTCOME_CANCELLED <=> [Some(Outcome::Cancelled)],
+});
+
+c_mapping!(gk_goal_state, GoalState, "goal state", {
+    GK_STATE_WAITING_DEPS <=> [GoalState::WaitingDeps],
+    GK_STATE_READY <=> [GoalState::Ready],
+    GK_STATE_WAITING_SLOT <=> [GoalState::WaitingSlot],
+    GK_STATE_WAITING_LOCK <=> [GoalState::WaitingLock],
+    GK_STATE_RUNNING <=> [GoalState::Running],
+    GK_STATE_FINISHED <=> [GoalState::Finished],
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mapping_round_trips_and_refuses_unknown_numbers() {
+        for o in Outcome::ALL {
+            let c = gk_outcome::from_rust(Some(o));
+            assert_eq!(gk_outcome::parse(c as u32).unwrap(), Some(o));
+        }
+        assert_eq!(gk_outcome::parse(0).unwrap(), None);
+        assert!(gk_outcome::parse(9).is_err());
+        for v in 0..3 {
+            let k = gk_goal_kind::parse(v).unwrap();
+            assert_eq!(gk_goal_kind::from_rust(k) as u32, v);
+            let m = gk_build_mode::parse(v).unwrap();
+            assert_eq!(gk_build_mode::from_rust(m) as u32, v);
+        }
+        for v in 0..6 {
+            let s = gk_goal_state::parse(v).unwrap();
+            assert_eq!(gk_goal_state::from_rust(s) as u32, v);
+        }
+        let e = gk_backend::parse(7).unwrap_err().to_string();
+        assert!(
+            e.contains("GK_BACKEND_OFD = 0") && e.contains("GK_BACKEND_FLOCK = 1"),
+            "{e}"
+        );
+        assert!(gk_goal_kind::parse(3).is_err() && gk_build_mode::parse(3).is_err());
+        assert!(gk_event_kind::from_raw(0).is_none() && gk_event_kind::from_raw(4).is_some());
+    }
+}
