@@ -83,9 +83,14 @@ bench-table:
 # on a fresh temporary store, against the build tree and the release library
 # (pre-inst-env sets GOALKEEPER_LIBRARY).  The two-process lock hand-off of
 # the first version is `cargo run --example handoff`.
-demo: build guile
+# The demo's library is built apart (target/demo), with the legacy-hold
+# feature that ARGS=--legacy-hold needs; the production library in
+# target/release never has it.
+DEMO_LIB := target/demo/release/libgoalkeeper.so
+demo: guile
 	@command -v $(GUILE) >/dev/null 2>&1 || { echo "make demo needs Guile 3.0 ($(GUILE) not found)"; exit 1; }
-	./pre-inst-env $(GUILE) --no-auto-compile demo/31785.scm $(ARGS)
+	$(CARGO) build --release --lib --features legacy-hold --target-dir target/demo
+	GOALKEEPER_LIBRARY=$(CURDIR)/$(DEMO_LIB) ./pre-inst-env $(GUILE) --no-auto-compile demo/31785.scm $(ARGS)
 
 install: build
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)

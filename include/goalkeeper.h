@@ -373,7 +373,9 @@ typedef struct {
   /**
    * Fault injection / demonstration ONLY: finished goals keep their locks,
    * like the C++ daemon of Guix bug #31785; the ledger then reports
-   * GK_ERROR_INVARIANT_VIOLATION. Never set it in production.
+   * GK_ERROR_INVARIANT_VIOLATION. Only a library built with the
+   * `legacy-hold` cargo feature (the test suites, `make demo`) accepts it;
+   * a production build answers GK_ERROR_INVALID_ARGUMENT.
    */
   bool legacy_hold;
 } gk_worker_options;

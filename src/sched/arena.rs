@@ -82,7 +82,6 @@ impl Arena {
             outputs: out,
             kind,
             mode,
-            outcome: None,
         });
         self.pending.push(0);
         self.extra_head.push(NONE);
@@ -206,7 +205,7 @@ impl Arena {
         let old = std::mem::replace(&mut self.goals[i as usize].phase, phase);
         self.counts[old_state] -= 1;
         self.counts[new] += 1;
-        if matches!(self.goals[i as usize].phase, Phase::Done) {
+        if self.goals[i as usize].phase.is_done() {
             // Decrements from late edges can never make a finished goal "ready".
             self.pending[i as usize] = DONE_PENDING;
         }

@@ -108,6 +108,12 @@ impl Outcome {
     }
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where a goal is in its life (the public view of [`Phase`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GoalState {
@@ -140,12 +146,22 @@ pub(crate) enum WaitRef {
     Local(u32),
 }
 
-/// The resources of a running goal. Only the terminal transition takes them
-/// out, and it releases them.
+/// What a running goal holds. A build or substitute goal runs holding all
+/// of its output locks and a build slot; a plain goal holds nothing. There
+/// is no third shape (a goal running with locks but no slot, or the
+/// reverse), so none can be built by mistake. Only the terminal transition
+/// takes the resources out of the running state, and it releases them.
 #[derive(Debug)]
-pub(crate) struct Exec {
-    pub(crate) locks: Option<Box<LockSet>>,
-    pub(crate) slot: Option<SlotToken>,
+pub(crate) enum Exec {
+    /// A plain goal: no lock, no slot.
+    Plain,
+    /// A build or substitute goal's resources.
+    Holding {
+        /// Its output locks, all of them (G2).
+        locks: Box<LockSet>,
+        /// Its build slot.
+        slot: SlotToken,
+    },
 }
 
 /// A goal's state value, owning whatever the goal holds.
@@ -156,7 +172,9 @@ pub(crate) enum Phase {
     WaitingSlot,
     WaitingLock(WaitRef),
     Running(Exec),
-    Done,
+    /// Finished, with how it ended: a finished goal carries its outcome and
+    /// nothing else.
+    Done(Outcome),
 }
 
 impl Phase {
@@ -167,8 +185,21 @@ impl Phase {
             Phase::WaitingSlot => GoalState::WaitingSlot,
             Phase::WaitingLock(_) => GoalState::WaitingLock,
             Phase::Running(_) => GoalState::Running,
-            Phase::Done => GoalState::Finished,
+            Phase::Done(_) => GoalState::Finished,
         }
+    }
+
+    /// How the goal ended, once it has.
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        match self {
+            Phase::Done(o) => Some(*o),
+            _ => None,
+        }
+    }
+
+    /// `true` once the goal has finished.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self, Phase::Done(_))
     }
 }
 
@@ -184,8 +215,6 @@ pub(crate) struct Goal {
     pub(crate) outputs: u32,
     pub(crate) kind: GoalKind,
     pub(crate) mode: BuildMode,
-    /// The result, set exactly once, by the terminal transition.
-    pub(crate) outcome: Option<Outcome>,
 }
 
 /// What the host can learn about a goal, at any time (results outlive execution).

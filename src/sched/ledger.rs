@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 use crate::lock::registry::{held_where, Owner};
 
-use super::goal::{GoalKind, GoalState, Phase};
+use super::goal::{Exec, GoalKind, GoalState, Phase};
 use super::ids::GoalId;
 use super::worker::{state_name, Worker};
 
@@ -157,31 +157,32 @@ impl Worker {
         let g = &self.arena.goals[i as usize];
         let id = self.id(i);
         match &g.phase {
-            Phase::Running(exec) if g.kind != GoalKind::Plain => {
-                let Some(set) = exec.locks.as_deref() else {
-                    return Some(format!("{id} is running without its output locks"));
-                };
-                if exec.slot.is_none() {
-                    return Some(format!("{id} is running without a build slot"));
-                }
-                let o = set.owner();
+            Phase::Running(Exec::Holding { locks, .. }) => {
+                let o = locks.owner();
                 if o.tag != id.raw() {
-                    return Some(format!("{id} runs with a lock set registered to {o}"));
-                }
-                if set.len() != self.arena.outputs(i).len() {
                     return Some(format!(
-                        "{id} holds {} locks for {} outputs",
-                        set.len(),
+                        "{} runs with a lock set registered to {o}",
+                        self.name(i)
+                    ));
+                }
+                if locks.len() != self.arena.outputs(i).len() {
+                    return Some(format!(
+                        "{} holds {} locks for {} outputs",
+                        self.name(i),
+                        locks.len(),
                         self.arena.outputs(i).len()
                     ));
                 }
-                if let Err(e) = set.check() {
-                    return Some(format!("{id}: {e}"));
+                if let Err(e) = locks.check() {
+                    return Some(format!("{}: {e}", self.name(i)));
                 }
                 None
             }
-            Phase::Running(exec) => (exec.locks.is_some() || exec.slot.is_some())
-                .then(|| format!("plain {id} holds a lock set or a slot")),
+            Phase::Running(Exec::Plain) if g.kind != GoalKind::Plain => Some(format!(
+                "{} is running without its output locks and build slot",
+                self.name(i)
+            )),
+            Phase::Running(Exec::Plain) => None,
             phase => {
                 if g.kind == GoalKind::Plain {
                     return None;
@@ -189,13 +190,14 @@ impl Worker {
                 for p in self.arena.outputs(i) {
                     if let Some(o) = crate::lock::owner_of(p) {
                         if o.tag == id.raw() {
-                            let state = match g.outcome {
-                                Some(out) => format!("finished ({})", out.name()),
+                            let state = match phase.outcome() {
+                                Some(out) => format!("finished ({out})"),
                                 None => state_name(phase.state()).to_string(),
                             };
                             return Some(format!(
-                                "{id} is {state} but still holds the lock on {p} (lock set {}); \
+                                "{} is {state} but still holds the lock on {p} (lock set {}); \
                                  a goal that is not running must hold no lock (G1, G2)",
+                                self.name(i),
                                 o.lockset
                             ));
                         }
@@ -210,8 +212,8 @@ impl Worker {
     fn sweep(&self) -> Option<String> {
         let mut holders = 0u32;
         for i in 0..self.arena.len() as u32 {
-            if let Phase::Running(e) = &self.arena.goals[i as usize].phase {
-                holders += e.slot.is_some() as u32;
+            if let Phase::Running(Exec::Holding { .. }) = &self.arena.goals[i as usize].phase {
+                holders += 1;
             }
             if let Some(m) = self.check_one(i) {
                 return Some(m);
@@ -229,7 +231,9 @@ impl Worker {
                 self.index(id)
                     .ok()
                     .and_then(|i| match &self.arena.goals[i as usize].phase {
-                        Phase::Running(e) => e.locks.as_ref().map(|s| s.id() == o.lockset),
+                        Phase::Running(Exec::Holding { locks, .. }) => {
+                            Some(locks.id() == o.lockset)
+                        }
                         _ => None,
                     });
             if live != Some(true) {
@@ -259,7 +263,7 @@ impl Worker {
             .iter()
             .filter(|(_, o)| {
                 self.index(GoalId::from_raw(o.tag))
-                    .map(|i| matches!(self.arena.goals[i as usize].phase, Phase::Done))
+                    .map(|i| self.arena.goals[i as usize].phase.is_done())
                     .unwrap_or(true)
             })
             .count();

@@ -46,13 +46,7 @@ impl Worker {
             }
             if self.arena.goals[i as usize].kind == GoalKind::Plain {
                 // The hot path: no lock, no slot, no allocation.
-                self.arena.set_phase(
-                    i,
-                    Phase::Running(Exec {
-                        locks: None,
-                        slot: None,
-                    }),
-                );
+                self.arena.set_phase(i, Phase::Running(Exec::Plain));
                 return Ok(Event::Run {
                     goal: self.id(i),
                     kind: GoalKind::Plain,
@@ -87,7 +81,7 @@ impl Worker {
             self.local_waits.iter().any(|&(h, _)| {
                 !matches!(
                     self.arena.goals[h as usize].phase,
-                    Phase::Done | Phase::WaitingDeps
+                    Phase::Done(_) | Phase::WaitingDeps
                 )
             })
         }
@@ -115,10 +109,9 @@ impl Worker {
             drop(in_hand); // G2/S4: never hold a lock while waiting for a slot
             if kind == GoalKind::Build && self.slots.max_jobs() == 0 {
                 let line = format!(
-                    "{} ({}) cannot be built: max_jobs is 0, so no local build may run \
+                    "{} cannot be built: max_jobs is 0, so no local build may run \
                      (only substitutions)",
-                    self.id(i),
-                    self.describe_outputs(i)
+                    self.name(i)
                 );
                 self.log.push(line);
                 self.finish(i, Outcome::Failed, true);
@@ -137,9 +130,9 @@ impl Worker {
             Ok(Ok(set)) => {
                 self.arena.set_phase(
                     i,
-                    Phase::Running(Exec {
-                        locks: Some(Box::new(set)),
-                        slot: Some(token),
+                    Phase::Running(Exec::Holding {
+                        locks: Box::new(set),
+                        slot: token,
                     }),
                 );
                 self.slot_holders += 1;
@@ -169,17 +162,16 @@ impl Worker {
                     .position(|p| p.as_path() == path)
                     .unwrap_or_default();
                 let sp = outs[k].clone();
-                let holder = self.own_goal(&owner).filter(|&h| {
-                    h != i && !matches!(self.arena.goals[h as usize].phase, Phase::Done)
-                });
+                let holder = self
+                    .own_goal(&owner)
+                    .filter(|&h| h != i && !self.arena.goals[h as usize].phase.is_done());
                 match holder {
                     Some(h) => {
                         let line = format!(
-                            "{} ({}) waits for {}, held by {} of this worker",
-                            self.id(i),
-                            self.describe_outputs(i),
+                            "{} waits for {}, held by {} of this worker",
+                            self.name(i),
                             sp.lock_path().display(),
-                            self.id(h)
+                            self.name(h)
                         );
                         self.log.push(line);
                         self.arena
@@ -193,7 +185,7 @@ impl Worker {
             }
             Err(e) => {
                 self.give_back_slot(token);
-                let line = format!("{} could not lock its outputs: {e}", self.id(i));
+                let line = format!("{} could not lock its outputs: {e}", self.name(i));
                 self.log.push(line);
                 self.finish(i, Outcome::Failed, true);
             }
@@ -205,9 +197,8 @@ impl Worker {
     fn wait_foreign(&mut self, i: u32, k: usize, path: StorePath, owner: Option<Owner>) {
         let who = describe_holder(&path, owner, self.serial);
         let line = format!(
-            "{} ({}) waits for {}, held by {who}",
-            self.id(i),
-            self.describe_outputs(i),
+            "{} waits for {}, held by {who}",
+            self.name(i),
             path.lock_path().display()
         );
         self.log.push(line);
@@ -225,7 +216,7 @@ impl Worker {
                     .set_phase(i, Phase::WaitingLock(WaitRef::Foreign(w)));
             }
             Err(e) => {
-                let line = format!("{} could not wait for its lock: {e}", self.id(i));
+                let line = format!("{} could not wait for its lock: {e}", self.name(i));
                 self.log.push(line);
                 self.finish(i, Outcome::Failed, true);
             }
@@ -262,10 +253,9 @@ impl Worker {
                 self.stats.validity_rechecks += 1;
                 if self.all_valid(g) {
                     let line = format!(
-                        "{} ({}) became valid while waiting for its lock; finished without \
+                        "{} became valid while waiting for its lock; finished without \
                          taking the lock",
-                        self.id(g),
-                        self.describe_outputs(g)
+                        self.name(g)
                     );
                     self.log.push(line);
                     self.finish(g, Outcome::AlreadyValid, true);
@@ -295,7 +285,7 @@ impl Worker {
                 self.wait_foreign(g, k, path, Some(Owner { lockset, tag }));
             }
             Err(e) => {
-                let line = format!("{} failed waiting for its lock: {e}", self.id(g));
+                let line = format!("{} failed waiting for its lock: {e}", self.name(g));
                 self.log.push(line);
                 self.finish(g, Outcome::Failed, true);
             }
@@ -304,14 +294,14 @@ impl Worker {
                 if self.arena.goals[g as usize].mode != BuildMode::Check && self.all_valid(g) {
                     // Valid now: deleting the lock file is allowed.
                     if let Err(e) = lock.release(&path, true) {
-                        self.log.push(format!("{}: {e}", self.id(g)));
+                        self.log.push(format!("{}: {e}", self.name(g)));
                     }
                     self.finish(g, Outcome::AlreadyValid, true);
                     return;
                 }
                 let line = format!(
                     "{} got {lock_path} handed over after {} ms",
-                    self.id(g),
+                    self.name(g),
                     waited.as_millis()
                 );
                 self.log.push(line);
@@ -361,7 +351,7 @@ impl Worker {
     pub(super) fn finish(&mut self, i: u32, outcome: Outcome, emit: bool) {
         self.finish_one(i, outcome, emit, true);
         while let Some(d) = self.cascade.pop() {
-            if !matches!(self.arena.goals[d as usize].phase, Phase::Done) {
+            if !self.arena.goals[d as usize].phase.is_done() {
                 self.finish_one(d, Outcome::DependencyFailed, true, true);
             }
         }
@@ -374,13 +364,11 @@ impl Worker {
     /// it the lock set and slot token, is taken out and released here, before
     /// anyone is woken.
     pub(super) fn finish_one(&mut self, i: u32, outcome: Outcome, emit: bool, cascade: bool) {
-        let old = self.arena.set_phase(i, Phase::Done);
-        debug_assert!(!matches!(old, Phase::Done), "goal finished twice");
-        let g = &mut self.arena.goals[i as usize];
-        if g.outcome.is_some() {
-            self.ledger.note(format!("goal {i} finished twice"));
+        let old = self.arena.set_phase(i, Phase::Done(outcome));
+        if let Phase::Done(first) = old {
+            let line = format!("{} finished twice ({first}, then {outcome})", self.name(i));
+            self.ledger.note(line);
         }
-        g.outcome = Some(outcome);
         if outcome.is_success() {
             self.stats.succeeded += 1;
         } else {
@@ -396,7 +384,7 @@ impl Worker {
             Phase::WaitingLock(WaitRef::Local(h)) => {
                 self.local_waits.retain(|&(hh, ww)| !(hh == h && ww == i));
             }
-            Phase::WaitingDeps | Phase::Ready | Phase::WaitingSlot | Phase::Done => {}
+            Phase::WaitingDeps | Phase::Ready | Phase::WaitingSlot | Phase::Done(_) => {}
         }
         if emit {
             self.events.push_back(Event::Finished {
@@ -428,7 +416,7 @@ impl Worker {
             }
         } else if cascade {
             while let Some(d) = self.arena.next_dependent(&mut c) {
-                if !matches!(self.arena.goals[d as usize].phase, Phase::Done) {
+                if !self.arena.goals[d as usize].phase.is_done() {
                     self.cascade.push(d);
                 }
             }
@@ -436,21 +424,19 @@ impl Worker {
     }
 
     fn release_exec(&mut self, i: u32, exec: Exec, success: bool) {
-        let Exec { locks, slot } = exec;
-        if let Some(mut set) = locks {
-            // Success means the outputs were checked valid: the lock files may go.
-            set.set_deletion(success);
-            if self.opts.legacy_hold {
-                self.legacy.push((i, *set)); // the #31785 bug, on purpose
-            } else if let Err(e) = set.release() {
-                let line = format!("{}: releasing its locks: {e}", self.id(i));
+        let Exec::Holding { mut locks, slot } = exec else {
+            return; // a plain goal holds nothing
+        };
+        // Success means the outputs were checked valid: the lock files may go.
+        locks.set_deletion(success);
+        if let Some(locks) = self.keep_for_legacy_hold(i, locks) {
+            if let Err(e) = locks.release() {
+                let line = format!("{}: releasing its locks: {e}", self.name(i));
                 self.log.push(line);
             }
         }
-        if let Some(token) = slot {
-            self.slot_holders = self.slot_holders.wrapping_sub(1);
-            self.give_back_slot(token);
-        }
+        self.slot_holders = self.slot_holders.wrapping_sub(1);
+        self.give_back_slot(slot);
     }
 
     /// A failure without keep-going: every goal that is not running ends
@@ -461,7 +447,7 @@ impl Worker {
         for j in 0..self.arena.len() as u32 {
             if !matches!(
                 self.arena.goals[j as usize].phase,
-                Phase::Done | Phase::Running(_)
+                Phase::Done(_) | Phase::Running(_)
             ) {
                 self.finish_one(j, Outcome::Cancelled, true, false);
                 n += 1;
@@ -469,7 +455,7 @@ impl Worker {
         }
         let line = format!(
             "{} failed and keep-going is off: cancelled {n} goals that were not running",
-            self.id(cause)
+            self.name(cause)
         );
         self.log.push(line);
     }
@@ -527,7 +513,7 @@ impl Worker {
     fn deadlock_error(&self) -> Error {
         let mut blockers: HashMap<u32, Vec<u32>> = HashMap::new();
         for j in 0..self.arena.len() as u32 {
-            if matches!(self.arena.goals[j as usize].phase, Phase::Done) {
+            if self.arena.goals[j as usize].phase.is_done() {
                 continue;
             }
             let mut c = self.arena.dependents(j);
@@ -539,21 +525,16 @@ impl Worker {
         let mut total = 0;
         for j in 0..self.arena.len() as u32 {
             let g = &self.arena.goals[j as usize];
-            if matches!(g.phase, Phase::Done) {
+            if g.phase.is_done() {
                 continue;
             }
             total += 1;
             if parts.len() >= 20 {
                 continue;
             }
-            let mut s = format!(
-                "{} ({}, {})",
-                self.id(j),
-                self.describe_outputs(j),
-                state_name(self.arena.state(j))
-            );
+            let mut s = format!("{} ({})", self.name(j), state_name(self.arena.state(j)));
             if let Some(b) = blockers.get(&j) {
-                let names: Vec<String> = b.iter().map(|&x| self.id(x).to_string()).collect();
+                let names: Vec<String> = b.iter().map(|&x| self.name(x).to_string()).collect();
                 s.push_str(&format!(" waits for {}", names.join(", ")));
             }
             parts.push(s);

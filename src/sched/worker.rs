@@ -39,8 +39,32 @@ pub struct WorkerOptions {
     /// Guix bug #31785: finished goals keep their lock sets (in a side list)
     /// instead of releasing them. The ledger then reports every such goal
     /// (`GK_ERROR_INVARIANT_VIOLATION`, `locks_held_by_finished` in the
-    /// audit). Never set it in production.
+    /// audit). Only builds with the `legacy-hold` cargo feature accept it
+    /// (the tests and `make demo`); any other build refuses it with
+    /// [`Error::InvalidArgument`].
     pub legacy_hold: bool,
+}
+
+impl WorkerOptions {
+    /// Refuses options this build cannot honour: `legacy_hold` exists only in
+    /// builds with the `legacy-hold` cargo feature (the tests and the demo),
+    /// so that a production library can never defeat G1.
+    fn check(&self) -> Result<()> {
+        if self.recheck_interval.is_zero() {
+            return Err(Error::InvalidArgument(
+                "recheck_interval must not be zero".into(),
+            ));
+        }
+        if self.legacy_hold && !cfg!(feature = "legacy-hold") {
+            return Err(Error::InvalidArgument(
+                "legacy_hold (finished goals keep their locks, the #31785 bug) exists only in \
+                 builds with the legacy-hold cargo feature, for tests and the demo; this \
+                 library was built without it"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for WorkerOptions {
@@ -150,11 +174,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A new worker with its own eventfd.
     pub fn new(opts: WorkerOptions) -> Result<Worker> {
-        if opts.recheck_interval.is_zero() {
-            return Err(Error::InvalidArgument(
-                "recheck_interval must not be zero".into(),
-            ));
-        }
+        opts.check()?;
         Ok(Worker {
             serial: next_worker_serial(),
             slots: Slots::new(opts.max_jobs),
@@ -281,7 +301,7 @@ impl Worker {
                     } else if mode != goal.mode {
                         let line = format!(
                             "{} was requested again in mode {mode:?}; it keeps mode {:?}",
-                            self.id(g),
+                            self.name(g),
                             goal.mode
                         );
                         self.log.push(line);
@@ -294,7 +314,7 @@ impl Worker {
                     return Err(Error::InvalidArgument(format!(
                         "{p} is already an output of {} ({:?} of {}); goals must not share \
                          outputs partly, and the same outputs must be requested with the same kind",
-                        self.id(g),
+                        self.name(g),
                         self.arena.goals[g as usize].kind,
                         self.describe_outputs(g)
                     )));
@@ -327,14 +347,16 @@ impl Worker {
         let (g, d) = (self.index(goal)?, self.index(dep)?);
         if g == d {
             return Err(Error::InvalidArgument(format!(
-                "{goal} cannot depend on itself"
+                "{} cannot depend on itself",
+                self.name(g)
             )));
         }
         match self.arena.goals[g as usize].phase {
             Phase::Ready | Phase::WaitingDeps => {}
             ref p => {
                 return Err(Error::InvalidState(format!(
-                    "{goal} is {}; dependencies can only be added before it starts",
+                    "{} is {}; dependencies can only be added before it starts",
+                    self.name(g),
                     state_name(p.state())
                 )))
             }
@@ -342,7 +364,7 @@ impl Worker {
         // The dependency's record (a likely cache miss) is read only once it
         // has finished.
         let outcome = match self.arena.is_finished(d) {
-            true => self.arena.goals[d as usize].outcome,
+            true => self.arena.goals[d as usize].phase.outcome(),
             false => None,
         };
         match outcome {
@@ -392,7 +414,8 @@ impl Worker {
         let g = &self.arena.goals[i as usize];
         if !matches!(g.phase, Phase::Running(_)) {
             return Err(Error::InvalidState(format!(
-                "{goal} is {}, not running; only running goals can be reported",
+                "{} is {}, not running; only running goals can be reported",
+                self.name(i),
                 state_name(g.phase.state())
             )));
         }
@@ -401,7 +424,8 @@ impl Worker {
             if let Some(k) = self.first_invalid_output(i) {
                 let p = &self.arena.outputs(i)[k];
                 let line = format!(
-                    "{goal}: the builder reported success but {p} is not valid; recorded as failed"
+                    "{}: the builder reported success but {p} is not valid; recorded as failed",
+                    self.name(i)
                 );
                 self.log.push(line);
                 outcome = Outcome::Failed;
@@ -418,8 +442,9 @@ impl Worker {
     pub fn cancel(&mut self, goal: GoalId) -> Result<()> {
         self.begin()?;
         let r = self.index(goal).and_then(|i| {
-            if matches!(self.arena.goals[i as usize].phase, Phase::Done) {
-                return Err(Error::InvalidState(format!("{goal} has already finished")));
+            if self.arena.goals[i as usize].phase.is_done() {
+                let line = format!("{} has already finished", self.name(i));
+                return Err(Error::InvalidState(line));
             }
             self.finish(i, Outcome::Cancelled, false);
             Ok(())
@@ -433,7 +458,7 @@ impl Worker {
         let g = &self.arena.goals[i as usize];
         Ok(GoalResult {
             state: self.arena.state(i),
-            outcome: g.outcome,
+            outcome: g.phase.outcome(),
             kind: g.kind,
             mode: g.mode,
             outputs: self
@@ -518,7 +543,7 @@ impl Worker {
             return; // a fork child: the parent's locks are not ours to release
         }
         for i in 0..self.arena.len() as u32 {
-            if !matches!(self.arena.goals[i as usize].phase, Phase::Done) {
+            if !self.arena.goals[i as usize].phase.is_done() {
                 self.finish_one(i, Outcome::Cancelled, false, false);
             }
         }
@@ -529,6 +554,23 @@ impl Worker {
     }
 
     // ---- helpers shared by the other modules ----
+
+    /// `legacy_hold` (feature `legacy-hold` only): keeps a finished goal's
+    /// lock set instead of releasing it, on purpose, and returns `None`;
+    /// otherwise hands it back for release.
+    pub(super) fn keep_for_legacy_hold(
+        &mut self,
+        i: u32,
+        locks: Box<LockSet>,
+    ) -> Option<Box<LockSet>> {
+        #[cfg(feature = "legacy-hold")]
+        if self.opts.legacy_hold {
+            self.legacy.push((i, *locks)); // the #31785 bug, on purpose
+            return None;
+        }
+        let _ = i;
+        Some(locks)
+    }
 
     pub(super) fn id(&self, i: u32) -> GoalId {
         GoalId::new(self.serial, i)
@@ -562,6 +604,15 @@ impl Worker {
             return None;
         }
         self.index(GoalId::from_raw(owner.tag)).ok()
+    }
+
+    /// Goal `i` as messages name it: `goal 3 (…-glibc-2.39)`, by its index
+    /// and its first output (see [`GoalName`]).
+    pub(super) fn name(&self, i: u32) -> GoalName<'_> {
+        GoalName {
+            index: i,
+            first_output: self.arena.outputs(i).first(),
+        }
     }
 
     pub(super) fn describe_outputs(&self, i: u32) -> String {
@@ -612,6 +663,46 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.abandon();
+    }
+}
+
+/// How messages name a goal: its index in the worker and its first output's
+/// file name, with a store hash elided (`goal 3 (…-glibc-2.39)`); a goal
+/// without outputs is just `goal 3`. Formatting allocates nothing until the
+/// message is written.
+pub(crate) struct GoalName<'a> {
+    index: u32,
+    first_output: Option<&'a StorePath>,
+}
+
+impl std::fmt::Display for GoalName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "goal {}", self.index)?;
+        if let Some(p) = self.first_output {
+            let base = p
+                .as_path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            write!(f, " ({})", elide_store_hash(&base))?;
+        }
+        Ok(())
+    }
+}
+
+/// `abc…xyz-glibc-2.39` -> `…-glibc-2.39` when the part before the first
+/// `-` looks like a store hash (at least 16 letters and digits); anything
+/// else unchanged.
+fn elide_store_hash(base: &str) -> std::borrow::Cow<'_, str> {
+    match base.split_once('-') {
+        Some((hash, rest))
+            if hash.len() >= 16
+                && !rest.is_empty()
+                && hash.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            format!("…-{rest}").into()
+        }
+        _ => base.into(),
     }
 }
 

@@ -86,11 +86,15 @@ pub fn lib_dir() -> PathBuf {
 /// Builds `libgoalkeeper.so` once per test binary. `cargo test` builds only
 /// the rlib for integration tests, so without this a fresh clone has no
 /// shared library, and after a change the programs would load a stale one.
+/// It is built with the `legacy-hold` feature, as `cargo test` builds the
+/// rlib (the same features, so the two builds do not undo each other), so
+/// that the C, C++ and Guile suites can show the ledger catching it.
 fn ensure_cdylib(release: bool) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--lib", "--quiet"]).current_dir(root());
+        cmd.args(["build", "--lib", "--quiet", "--features", "legacy-hold"])
+            .current_dir(root());
         if release {
             cmd.arg("--release");
         }
