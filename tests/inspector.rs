@@ -445,6 +445,51 @@ fn usage_errors_exit_2() {
     let _ = std::io::stdout().flush();
 }
 
+/// Arguments need not be UTF-8 (store paths are bytes): a non-UTF-8
+/// argument is used as given or refused with a message, never a panic.
+#[test]
+fn non_utf8_arguments_never_panic() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let store = TempStore::new();
+    let bad = OsStr::from_bytes(b"x\xff-name");
+    // A non-UTF-8 store path is a path like any other: held, then released.
+    let o = run_bounded(
+        gk().arg("hold")
+            .arg("--store")
+            .arg(store.dir())
+            .arg(bad)
+            .args(["--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    // Where text is needed, a usage error naming the option.
+    let o = run_bounded(
+        gk().arg("hold")
+            .arg("--store")
+            .arg(store.dir())
+            .arg("--backend")
+            .arg(bad)
+            .args(["p", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--backend"),
+        "{o:?}"
+    );
+    for args in [
+        vec![OsStr::new("locks"), OsStr::new("--store"), bad],
+        vec![bad],
+    ] {
+        let o = run_bounded(gk().args(&args), LIMIT);
+        assert!(
+            matches!(o.status.code(), Some(1) | Some(2)),
+            "{args:?}: {o:?}"
+        );
+    }
+}
+
 #[test]
 fn the_worker_names_the_foreign_holder_when_a_goal_waits() {
     use goalkeeper::sched::{BuildMode, Event, GoalKind, Outcome, Worker, WorkerOptions};

@@ -1,5 +1,12 @@
 //! The little argument handling the two subcommands need.
+//!
+//! Arguments are `OsString`s (`std::env::args_os`): store paths and
+//! commands need not be UTF-8, and a non-UTF-8 argument must be a clear
+//! answer, never a panic. Options and their values that must be text
+//! (`--backend`, `--timeout`) are converted with [`text`], which names the
+//! option when the value is not UTF-8.
 
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 /// A failure with the exit status to report it with.
@@ -27,12 +34,20 @@ pub(crate) fn fail(msg: impl Into<String>) -> Failure {
 
 /// Takes the value of option `name` at `args[*i]`, accepting `--name VALUE`
 /// and `--name=VALUE`. Returns `None` if `args[*i]` is not that option.
-pub(crate) fn value(args: &[String], i: &mut usize, name: &str) -> Result<Option<String>, Failure> {
-    let a = &args[*i];
-    if let Some(v) = a.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-        return Ok(Some(v.to_string()));
+pub(crate) fn value(
+    args: &[OsString],
+    i: &mut usize,
+    name: &str,
+) -> Result<Option<OsString>, Failure> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = args[*i].as_bytes();
+    if let Some(v) = a
+        .strip_prefix(name.as_bytes())
+        .and_then(|r| r.strip_prefix(b"="))
+    {
+        return Ok(Some(OsStr::from_bytes(v).to_owned()));
     }
-    if a == name {
+    if a == name.as_bytes() {
         *i += 1;
         return match args.get(*i) {
             Some(v) => Ok(Some(v.clone())),
@@ -42,13 +57,20 @@ pub(crate) fn value(args: &[String], i: &mut usize, name: &str) -> Result<Option
     Ok(None)
 }
 
+/// The value of option `name` as text, or a usage error naming the option.
+pub(crate) fn text(name: &str, v: &OsStr) -> Result<String, Failure> {
+    v.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| usage(format!("{name}: {v:?} is not valid UTF-8")))
+}
+
 /// Checks the `--store` argument: it must be given and be a directory.
-pub(crate) fn store(dir: Option<String>) -> Result<PathBuf, Failure> {
+pub(crate) fn store(dir: Option<OsString>) -> Result<PathBuf, Failure> {
     let dir = dir.ok_or_else(|| usage("--store DIR is required"))?;
     let p = PathBuf::from(&dir);
     match std::fs::metadata(&p) {
         Ok(m) if m.is_dir() => Ok(p),
-        Ok(_) => Err(fail(format!("{dir}: not a directory"))),
-        Err(e) => Err(fail(format!("{dir}: {e}"))),
+        Ok(_) => Err(fail(format!("{}: not a directory", p.display()))),
+        Err(e) => Err(fail(format!("{}: {e}", p.display()))),
     }
 }

@@ -9,7 +9,9 @@
 //! left to it (a terminal sends them to both of us); and CMD gets SIGKILL if
 //! we die (`PR_SET_PDEATHSIG`), so it never runs on without the locks.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,13 +27,13 @@ use crate::args::{self, fail, usage, Failure};
 /// Exit status when a lock is busy (`--no-wait`) or the wait timed out (sysexits' EX_TEMPFAIL).
 const EXIT_BUSY: u8 = 75;
 
-pub(crate) fn main(argv: &[String]) -> Result<u8, Failure> {
+pub(crate) fn main(argv: &[OsString]) -> Result<u8, Failure> {
     let mut store = None;
     let mut backend = Backend::Ofd;
     let mut wait = WaitMode::Forever;
     let mut paths = Vec::new();
     let mut i = 0;
-    let mut command: Option<&[String]> = None;
+    let mut command: Option<&[OsString]> = None;
     while i < argv.len() {
         if argv[i] == "--" {
             command = Some(&argv[i + 1..]);
@@ -39,12 +41,13 @@ pub(crate) fn main(argv: &[String]) -> Result<u8, Failure> {
         } else if let Some(v) = args::value(argv, &mut i, "--store")? {
             store = Some(v);
         } else if let Some(v) = args::value(argv, &mut i, "--backend")? {
-            backend = match v.as_str() {
+            backend = match args::text("--backend", &v)?.as_str() {
                 "ofd" => Backend::Ofd,
                 "flock" => Backend::Flock,
                 _ => return Err(usage(format!("--backend must be ofd or flock, not {v:?}"))),
             };
         } else if let Some(v) = args::value(argv, &mut i, "--timeout")? {
+            let v = args::text("--timeout", &v)?;
             let secs: f64 = v
                 .parse()
                 .ok()
@@ -53,7 +56,7 @@ pub(crate) fn main(argv: &[String]) -> Result<u8, Failure> {
             wait = WaitMode::Timeout(Duration::from_secs_f64(secs));
         } else if argv[i] == "--no-wait" {
             wait = WaitMode::Try;
-        } else if argv[i].starts_with("--") {
+        } else if argv[i].as_bytes().starts_with(b"--") {
             return Err(usage(format!("hold: unknown option {:?}", argv[i])));
         } else {
             paths.push(argv[i].clone());
@@ -108,8 +111,8 @@ pub(crate) fn main(argv: &[String]) -> Result<u8, Failure> {
 
 /// A store path argument: absolute and directly inside the store, or a name
 /// relative to it.
-fn resolve(store: &Path, p: &str) -> Result<StorePath, Failure> {
-    let full = if p.starts_with('/') {
+fn resolve(store: &Path, p: &OsStr) -> Result<StorePath, Failure> {
+    let full = if p.as_bytes().starts_with(b"/") {
         PathBuf::from(p)
     } else {
         store.join(p)
@@ -182,7 +185,7 @@ fn set_handler(sig: libc::c_int, h: extern "C" fn(libc::c_int)) {
     }
 }
 
-fn run(command: &[String]) -> io::Result<std::process::ExitStatus> {
+fn run(command: &[OsString]) -> io::Result<std::process::ExitStatus> {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     let mut cmd = Command::new(&command[0]);

@@ -44,7 +44,7 @@ impl Entry {
     }
 }
 
-pub(crate) fn main(argv: &[String]) -> Result<u8, Failure> {
+pub(crate) fn main(argv: &[std::ffi::OsString]) -> Result<u8, Failure> {
     let mut store = None;
     let mut json = false;
     let mut i = 0;

@@ -36,8 +36,8 @@ usage: goalkeeper locks --store DIR [--json]
 pub(crate) const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let result = match argv.first().map(String::as_str) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let result = match argv.first().and_then(|a| a.to_str()) {
         Some("locks") => locks::main(&argv[1..]),
         Some("hold") => hold::main(&argv[1..]),
         Some("-h") | Some("--help") | Some("help") => {
