@@ -20,6 +20,7 @@ use std::time::Duration;
 
 /// The Guile modules, in dependency order.
 const MODULES: &[&str] = &[
+    "scheme/goalkeeper/abi.scm",
     "scheme/goalkeeper/ffi.scm",
     "scheme/goalkeeper/locks.scm",
     "scheme/goalkeeper/scheduler.scm",
@@ -232,6 +233,13 @@ fn scheme_regression_31785() {
         "the #31785 suite took {:.1} s",
         counts.seconds
     );
+}
+
+/// (goalkeeper abi): enum tables, struct layouts, readers and writers
+/// (tests/scheme_abi.rs compares the declarations with the header).
+#[test]
+fn scheme_abi_declarations() {
+    run_suite("abi", 17, Duration::from_secs(60));
 }
 
 #[test]

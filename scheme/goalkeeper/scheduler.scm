@@ -9,6 +9,7 @@
 ;;; your option) any later version.
 
 (define-module (goalkeeper scheduler)
+  #:use-module (goalkeeper abi)
   #:use-module (goalkeeper ffi)
   #:use-module (system foreign)
   #:use-module (system foreign-library)
@@ -68,43 +69,27 @@
 
 
 ;;;
-;;; Enumerations.
+;;; Enumerations (their values are declared in (goalkeeper abi)).
 ;;;
 
-(define %kinds #(build substitute plain))
-(define %modes #(normal repair check))
-(define %states
-  #(waiting-deps ready waiting-slot waiting-lock running finished))
-(define %outcomes
-  #(none built substituted already-valid failed timed-out cached-failure
-    dependency-failed cancelled))
-
-(define (symbol->index table symbol what origin)
-  (or (vector-index (lambda (s) (eq? s symbol)) table)
+(define (symbol->value enum symbol what origin)
+  "Return the number SYMBOL stands for in ENUM, a <c-enum>; raise a
+&goalkeeper-error naming ORIGIN and WHAT if it stands for none."
+  (or (c-enum-value enum symbol)
       (raise-goalkeeper-error
        'invalid-argument
        (format #f "unknown ~a ~s; expected one of ~s"
-               what symbol (vector->list table))
+               what symbol (c-enum-symbols enum))
        origin)))
 
-(define (vector-index pred vector)
-  (let loop ((i 0))
-    (cond ((= i (vector-length vector)) #f)
-          ((pred (vector-ref vector i)) i)
-          (else (loop (+ i 1))))))
-
-(define (index->symbol table index name-of)
-  (if (< index (vector-length table))
-      (vector-ref table index)
-      (string->symbol (name-of index))))
-
 (define (outcome->symbol outcome)
-  (index->symbol %outcomes outcome
-                 (lambda (n) (pointer->string (%gk-outcome-name n) -1 "UTF-8"))))
+  (or (c-enum-symbol %gk-outcome outcome)
+      (string->symbol
+       (pointer->string (%gk-outcome-name outcome) -1 "UTF-8"))))
 
 (define (state->symbol state)
-  (index->symbol %states state
-                 (lambda (n) (format #f "unknown-state-~a" n))))
+  (or (c-enum-symbol %gk-goal-state state)
+      (string->symbol (format #f "unknown-state-~a" state))))
 
 
 ;;;
@@ -264,18 +249,18 @@ cancels its unfinished goals and releases their locks."
          "valid-path? ~s is not a procedure" valid-path?)
   (check (or (not cached-failure?) (procedure? cached-failure?))
          "cached-failure? ~s is not a procedure" cached-failure?)
-  (let* ((options (make-c-struct
-                   (list uint32 uint8 uint32 uint32 uint8)
-                   (list max-jobs (if keep-going? 1 0)
-                         (backend->c backend 'make-worker)
-                         (if recheck-interval
-                             (min %uint32-max
-                                  (max 1 (inexact->exact
-                                          (round (* 1000 recheck-interval)))))
-                             0)
-                         (if legacy-hold? 1 0))))
+  (let* ((options (make-c-struct-bytevector %gk-worker-options))
          (out     (make-bytevector 8 0)))
-    (check-status (%gk-worker-new options (bytevector->pointer out))
+    (write-gk-worker-options!
+     options 0
+     max-jobs keep-going? (backend->c backend 'make-worker)
+     (if recheck-interval
+         (min %uint32-max
+              (max 1 (inexact->exact (round (* 1000 recheck-interval)))))
+         0)
+     legacy-hold?)
+    (check-status (%gk-worker-new (bytevector->pointer options)
+                                  (bytevector->pointer out))
                   'make-worker)
     (let ((handle (bytevector-u64-native-ref out 0))
           (fd     (make-bytevector 4 0))
@@ -300,10 +285,6 @@ cancels its unfinished goals and releases their locks."
                                   (list valid failed))))
         (%worker-guardian worker)
         worker))))
-
-(define %event-struct
-  ;; gk_event: kind, goal, goal_kind, outcome, fd, timeout_ms.
-  (list uint32 uint64 uint32 uint32 int32 int64))
 
 (define (worker-fd worker)
   "Return WORKER's file descriptor, an integer: it becomes readable when a
@@ -347,8 +328,10 @@ every goal in DEPENDENCIES.
 The same output set again returns the same goal; a partial overlap with
 another goal's outputs raises a &goalkeeper-error ('invalid-argument)."
   (let* ((handle (live-worker worker 'worker-add-goal!))
-         (kind*  (symbol->index %kinds kind "goal kind" 'worker-add-goal!))
-         (mode*  (symbol->index %modes mode "build mode" 'worker-add-goal!))
+         (kind*  (symbol->value %gk-goal-kind kind "goal kind"
+                                'worker-add-goal!))
+         (mode*  (symbol->value %gk-build-mode mode "build mode"
+                                'worker-add-goal!))
          (packed (pack-paths outputs 'worker-add-goal! #:allow-empty? #t)))
     (unless (list? dependencies)
       (raise-goalkeeper-error 'invalid-argument
@@ -411,23 +394,25 @@ but none can progress (the message names them)."
   (let* ((handle  (live-worker worker 'worker-next-event))
          (scratch (take-scratch))
          (status  (%gk-worker-next-event handle (scratch-out-pointer scratch)))
-         (event   (parse-c-struct (scratch-out-pointer scratch) %event-struct)))
+         (event   (read-gk-event (scratch-out scratch) 0 list)))
     (give-back-scratch! scratch)
     (unless (= status %gk-ok)
       (status-error status 'worker-next-event))
     (match event
-      ((1 goal _ _ _ _)
-       (list 'run (lookup-goal worker goal)))
-      ((2 goal _ outcome _ _)
-       (list 'finished (lookup-goal worker goal) (outcome->symbol outcome)))
-      ((3 _ _ _ fd timeout-ms)
-       (list 'wait fd (and (>= timeout-ms 0) (/ timeout-ms 1000.))))
-      ((4 _ ...)
-       '(done))
-      ((kind _ ...)
-       (raise-goalkeeper-error 'invalid-state
-                               (format #f "unknown event kind ~a" kind)
-                               'worker-next-event)))))
+      ((kind goal _ outcome fd timeout-ms)
+       (match (c-enum-symbol %gk-event-kind kind)
+         ('run
+          (list 'run (lookup-goal worker goal)))
+         ('finished
+          (list 'finished (lookup-goal worker goal) (outcome->symbol outcome)))
+         ('wait
+          (list 'wait fd (and (>= timeout-ms 0) (/ timeout-ms 1000.))))
+         ('done
+          '(done))
+         (#f
+          (raise-goalkeeper-error 'invalid-state
+                                  (format #f "unknown event kind ~a" kind)
+                                  'worker-next-event)))))))
 
 (define (worker-report! worker goal outcome)
   "Report how GOAL, which WORKER said to run, ended: OUTCOME is 'built,
@@ -437,7 +422,8 @@ locks and slot are released before any goal waiting for them is woken."
   (check-status (%gk-worker-report
                  (live-worker worker 'worker-report!)
                  (worker-goal worker goal 'worker-report!)
-                 (symbol->index %outcomes outcome "outcome" 'worker-report!))
+                 (symbol->value %gk-outcome outcome "outcome"
+                                'worker-report!))
                 'worker-report!))
 
 (define (worker-cancel! worker goal)
@@ -453,10 +439,7 @@ and slot are released."
          (scratch (take-scratch))
          (status  (%gk-worker-goal-result handle (goal-id goal)
                                           (scratch-out-pointer scratch)))
-         (result  (map (lambda (i)
-                         (bytevector-u32-native-ref (scratch-out scratch)
-                                                    (* 4 i)))
-                       (iota 4))))
+         (result  (read-gk-goal-result (scratch-out scratch) 0 list)))
     (give-back-scratch! scratch)
     (check-status status origin)
     result))
@@ -471,17 +454,14 @@ and slot are released."
   "Return how GOAL ended, a symbol such as 'built or 'dependency-failed, or
 #f if it has not finished."
   (match (goal-result goal 'goal-outcome)
-    ((_ 0 _ _) #f)
-    ((_ outcome _ _) (outcome->symbol outcome))))
+    ((_ outcome _ _)
+     (match (outcome->symbol outcome)
+       ('none #f)
+       (symbol symbol)))))
 
 (define (goal-finished? goal)
   "Return #t if GOAL has finished."
   (eq? 'finished (goal-state goal)))
-
-(define %audit-fields
-  '(goals waiting-deps ready waiting-slot waiting-lock running finished
-    succeeded failed locks-held locks-held-by-finished slots-used max-jobs
-    foreign-waits handoffs validity-rechecks checks violations))
 
 (define (worker-audit worker)
   "Return WORKER's counts as an association list: goals by state
@@ -492,11 +472,7 @@ finished goal holds no lock), 'slots-used, 'max-jobs, 'foreign-waits,
   (let* ((handle  (live-worker worker 'worker-audit))
          (scratch (take-scratch))
          (status  (%gk-worker-audit handle (scratch-out-pointer scratch)))
-         (counts  (map (lambda (field i)
-                         (cons field (bytevector-u64-native-ref
-                                      (scratch-out scratch) (* 8 i))))
-                       %audit-fields
-                       (iota (length %audit-fields)))))
+         (counts  (c-struct->alist %gk-audit (scratch-out scratch))))
     (give-back-scratch! scratch)
     (check-status status 'worker-audit)
     counts))
