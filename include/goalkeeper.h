@@ -344,6 +344,88 @@ typedef uint32_t gk_goal_state;
 #endif // __cplusplus
 
 /**
+ * The kind of a `gk_log_record`: what a diagnostics log entry reports.
+ */
+enum gk_log_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * `goal` waits for the lock of `path`, held in the kernel by another
+   * process (`holder_pid` when it could be found, see the inspector) or
+   * by another lock set or worker of this process (`holder_pid` is this
+   * process, `holder_goal` the goal if one); it holds nothing meanwhile.
+   */
+  GK_LOG_WAITS_FOREIGN = 1,
+  /**
+   * `goal` waits for the lock of `path`, held by `holder_goal` of the
+   * same worker; it holds nothing meanwhile.
+   */
+  GK_LOG_WAITS_LOCAL = 2,
+  /**
+   * `goal` got the lock of `path` handed over after waiting
+   * `duration_ns`, and goes on to run.
+   */
+  GK_LOG_HANDED_OVER = 3,
+  /**
+   * `goal`, waiting `duration_ns` for the lock of `path`, found its
+   * outputs valid and finished already valid without running.
+   */
+  GK_LOG_BECAME_VALID = 4,
+  /**
+   * `goal` could not lock its outputs or wait for a lock, and failed.
+   */
+  GK_LOG_COULD_NOT_LOCK = 5,
+  /**
+   * Releasing `goal`'s locks reported an error (a lock file was left in
+   * place, unlocked).
+   */
+  GK_LOG_RELEASE_FAILED = 6,
+  /**
+   * A host predicate failed on `path`; its answer was taken as "no".
+   */
+  GK_LOG_PREDICATE_ERROR = 7,
+  /**
+   * The cached-failure predicate said `path`, an output of `goal`,
+   * failed before.
+   */
+  GK_LOG_CACHED_FAILURE = 8,
+  /**
+   * `goal` was reported built but `path` is not valid: recorded failed.
+   */
+  GK_LOG_NOT_VALID_AFTER_SUCCESS = 9,
+  /**
+   * `goal` failed without keep-going: the goals not running were cancelled.
+   */
+  GK_LOG_CANCELLED_BY_FAILURE = 10,
+  /**
+   * `goal` is a build and `max_jobs` is 0: it failed.
+   */
+  GK_LOG_NO_BUILD_SLOTS = 11,
+  /**
+   * `goal` was requested again in another build mode; it keeps its mode.
+   */
+  GK_LOG_MODE_KEPT = 12,
+  /**
+   * A ledger invariant check failed; the message names goal and path.
+   */
+  GK_LOG_LEDGER_VIOLATION = 13,
+  /**
+   * The log was full and older records were dropped (the message says
+   * how many).
+   */
+  GK_LOG_DROPPED = 14,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum gk_log_kind gk_log_kind;
+#else
+typedef uint32_t gk_log_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An opaque handle to a lock set held by this process. 0 is never a valid handle.
  */
 typedef uint64_t gk_lockset;
@@ -535,6 +617,63 @@ typedef struct {
    */
   uint64_t violations;
 } gk_audit;
+
+/**
+ * One entry of a worker's diagnostics log (see
+ * `gk_worker_take_log_records`). The strings belong to the worker: they
+ * stay valid until the next `gk_worker_take_log_records` call on the same
+ * worker, or `gk_worker_free`.
+ */
+typedef struct {
+  /**
+   * A `gk_log_kind`.
+   */
+  uint32_t kind;
+  /**
+   * For waits: the pid of the process holding the lock (this process for
+   * its own lock sets and goals), -1 when unknown or not applicable.
+   */
+  int32_t holder_pid;
+  /**
+   * The goal concerned, 0 if none.
+   */
+  gk_goal goal;
+  /**
+   * For waits on a goal of this process: the goal holding the lock, else 0.
+   */
+  gk_goal holder_goal;
+  /**
+   * When the record was made: `CLOCK_MONOTONIC` in nanoseconds (comparable
+   * between the processes of one machine).
+   */
+  uint64_t time_ns;
+  /**
+   * How long the goal waited for the lock (`GK_LOG_HANDED_OVER`,
+   * `GK_LOG_BECAME_VALID`, some `GK_LOG_COULD_NOT_LOCK`), in
+   * nanoseconds; -1 when not applicable.
+   */
+  int64_t duration_ns;
+  /**
+   * The store path concerned (an output; its lock file is `path` + ".lock"),
+   * NUL-terminated, or NULL if none.
+   */
+  const char *path;
+  /**
+   * The length of `path` in bytes, without the NUL; 0 if none.
+   */
+  size_t path_len;
+  /**
+   * The human-readable message, as `gk_worker_take_log` gives it;
+   * NUL-terminated, never NULL.
+   */
+  const char *message;
+  /**
+   * The length of `message` in bytes, without the NUL.
+   */
+  size_t message_len;
+} gk_log_record;
+
+
 
 
 
@@ -840,6 +979,31 @@ gk_status gk_worker_take_log(gk_worker w, char *buf, size_t cap, size_t *len_out
  * `"unknown"` for a value that is not an outcome. The string is static.
  */
 const char *gk_outcome_name(uint32_t outcome);
+
+/**
+ * Takes up to `cap` records of the worker's diagnostics log, oldest first,
+ * into `out[0..cap]`, and stores how many it wrote in `*n_out`. Records
+ * beyond `cap` stay for the next call: call again until `*n_out < cap`.
+ * The text log (`gk_worker_take_log`) is made of the same records'
+ * messages; a record taken by either is gone for both.
+ *
+ * The strings of the records (`path`, `message`) belong to the worker and
+ * stay valid until the next `gk_worker_take_log_records` call on the same
+ * worker, or `gk_worker_free`: copy what you keep. With `cap` 0 nothing is
+ * taken (`out` may then be NULL). On any status but `GK_OK`, nothing is
+ * taken and `*n_out` is 0.
+ *
+ * # Safety
+ * `out` must be NULL (only with `cap` 0) or valid for `cap` writes of
+ * `gk_log_record`; `n_out` must be valid for writing one `size_t`.
+ */
+gk_status gk_worker_take_log_records(gk_worker w, gk_log_record *out, size_t cap, size_t *n_out);
+
+/**
+ * The name of a `gk_log_kind`, e.g. `"waits-foreign"`, or `"unknown"` for a
+ * value that is not one. The string is static.
+ */
+const char *gk_log_kind_name(uint32_t kind);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -51,6 +51,8 @@
             read-gk-goal-result
             %gk-audit
             read-gk-audit
+            %gk-log-record
+            read-gk-log-record
 
             %abi-enums
             %abi-structs
@@ -373,6 +375,22 @@ association list from field names to values, in declaration order."
   (running      4)
   (finished     5))
 
+(define-c-enum %gk-log-kind "gk_log_kind" "GK_LOG_"
+  (waits-foreign            1)
+  (waits-local              2)
+  (handed-over              3)
+  (became-valid             4)
+  (could-not-lock           5)
+  (release-failed           6)
+  (predicate-error          7)
+  (cached-failure           8)
+  (not-valid-after-success  9)
+  (cancelled-by-failure    10)
+  (no-build-slots          11)
+  (mode-kept               12)
+  (ledger-violation        13)
+  (dropped                 14))
+
 
 ;;;
 ;;; The structs of include/goalkeeper.h that the bindings use.
@@ -424,6 +442,19 @@ association list from field names to values, in declaration order."
   (checks                 uint64)
   (violations             uint64))
 
+(define-c-struct %gk-log-record "gk_log_record"
+  read-gk-log-record
+  (kind        uint32)                            ;a gk_log_kind
+  (holder-pid  int32)                             ;-1: unknown
+  (goal        uint64)                            ;0: none
+  (holder-goal uint64)                            ;0: none
+  (time-ns     uint64)                            ;CLOCK_MONOTONIC
+  (duration-ns int64)                             ;-1: none
+  (path        pointer)                           ;NULL: none
+  (path-len    size_t)
+  (message     pointer)
+  (message-len size_t))
+
 
 ;;;
 ;;; What the header test compares.
@@ -431,10 +462,11 @@ association list from field names to values, in declaration order."
 
 (define %abi-enums
   (list %gk-status %gk-backend %gk-goal-kind %gk-build-mode %gk-outcome
-        %gk-event-kind %gk-goal-state))
+        %gk-event-kind %gk-goal-state %gk-log-kind))
 
 (define %abi-structs
-  (list %gk-worker-options %gk-event %gk-goal-result %gk-audit))
+  (list %gk-worker-options %gk-event %gk-goal-result %gk-audit
+        %gk-log-record))
 
 (define (abi-description)
   "Return every enum and struct declared here as plain data, for comparison

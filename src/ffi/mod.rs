@@ -18,6 +18,7 @@ mod status;
 mod tests;
 mod version;
 mod worker;
+mod worker_log;
 
 pub use enums::*;
 pub(crate) use handle::{after_fork_child, after_fork_parent, before_fork};
@@ -26,3 +27,4 @@ pub use noop::*;
 pub use status::gk_status;
 pub use version::*;
 pub use worker::*;
+pub use worker_log::*;

@@ -158,6 +158,9 @@ pub(crate) struct WorkerCell {
     /// The fork generation the worker was made in.
     fork_gen: u64,
     worker: Mutex<Worker>,
+    /// The strings of the records last taken by `gk_worker_take_log_records`
+    /// (see `worker_log.rs`); locked only with `worker` held.
+    pub(super) log_text: Mutex<Vec<u8>>,
 }
 
 thread_local! {
@@ -193,7 +196,15 @@ fn thread_token() -> usize {
 }
 
 /// Runs `f` on the worker named by `w`, without holding the handle table's lock.
-fn with_worker<R>(w: gk_worker, f: impl FnOnce(&mut Worker) -> Result<R>) -> Result<R> {
+pub(super) fn with_worker<R>(w: gk_worker, f: impl FnOnce(&mut Worker) -> Result<R>) -> Result<R> {
+    with_worker_cell(w, |_, wk| f(wk))
+}
+
+/// [`with_worker`], also giving `f` the worker's cell.
+pub(super) fn with_worker_cell<R>(
+    w: gk_worker,
+    f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
+) -> Result<R> {
     let cell = cell_of(w)?;
     let me = thread_token();
     if cell.in_call.load(Ordering::Acquire) == me {
@@ -220,7 +231,7 @@ fn with_worker<R>(w: gk_worker, f: impl FnOnce(&mut Worker) -> Result<R>) -> Res
     }
     cell.in_call.store(me, Ordering::Release);
     let _leave = Leave(&cell.in_call);
-    f(&mut guard)
+    f(&cell, &mut guard)
 }
 
 const NO_EVENT: gk_event = gk_event {
@@ -296,6 +307,7 @@ pub unsafe extern "C" fn gk_worker_new(
             alive: AtomicBool::new(true),
             fork_gen: crate::lock::process_generation(),
             worker: Mutex::new(w),
+            log_text: Mutex::new(Vec::new()),
         });
         *out = HANDLES.with(|h| h.workers.insert(cell));
         Ok(GK_OK)

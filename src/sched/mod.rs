@@ -34,6 +34,7 @@ mod worker;
 pub use goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome};
 pub use ids::GoalId;
 pub use ledger::Audit;
+pub use log::{monotonic_ns, LogKind, LogRecord};
 pub use waits::foreign_holder_hint;
 pub use worker::{Event, Worker, WorkerOptions};
 

@@ -9,6 +9,8 @@ use crate::error::{Error, Result};
 use crate::lock::{next_id, LockFile, LockSet, LockWait, Owner, StorePath};
 
 use super::goal::{BuildMode, Exec, GoalKind, GoalState, Outcome, Phase, WaitRef};
+use super::ids::GoalId;
+use super::log::{LogKind, LogRecord};
 use super::slots::SlotToken;
 use super::validity::path_exists;
 use super::waits::{describe_holder, ForeignWait};
@@ -113,7 +115,8 @@ impl Worker {
                      (only substitutions)",
                     self.name(i)
                 );
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::NoBuildSlots, line).goal(self.id(i));
+                self.log.push(rec);
                 self.finish(i, Outcome::Failed, true);
                 return;
             }
@@ -173,7 +176,11 @@ impl Worker {
                             sp.lock_path().display(),
                             self.name(h)
                         );
-                        self.log.push(line);
+                        let rec = LogRecord::new(LogKind::WaitsLocal, line)
+                            .goal(self.id(i))
+                            .path(&sp)
+                            .holder(Some(std::process::id()), Some(self.id(h)));
+                        self.log.push(rec);
                         self.arena
                             .set_phase(i, Phase::WaitingLock(WaitRef::Local(h)));
                         self.local_waits.push((h, i));
@@ -186,7 +193,8 @@ impl Worker {
             Err(e) => {
                 self.give_back_slot(token);
                 let line = format!("{} could not lock its outputs: {e}", self.name(i));
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::CouldNotLock, line).goal(self.id(i));
+                self.log.push(rec);
                 self.finish(i, Outcome::Failed, true);
             }
         }
@@ -197,11 +205,16 @@ impl Worker {
     fn wait_foreign(&mut self, i: u32, k: usize, path: StorePath, owner: Option<Owner>) {
         let who = describe_holder(&path, owner, self.serial);
         let line = format!(
-            "{} waits for {}, held by {who}",
+            "{} waits for {}, held by {}",
             self.name(i),
-            path.lock_path().display()
+            path.lock_path().display(),
+            who.text
         );
-        self.log.push(line);
+        let rec = LogRecord::new(LogKind::WaitsForeign, line)
+            .goal(self.id(i))
+            .path(&path)
+            .holder(who.pid, who.goal);
+        self.log.push(rec);
         match LockWait::spawn(path, self.opts.backend, Some(self.efd.notifier())) {
             Ok(wait) => {
                 let next_recheck = (self.arena.goals[i as usize].mode != BuildMode::Check)
@@ -217,7 +230,8 @@ impl Worker {
             }
             Err(e) => {
                 let line = format!("{} could not wait for its lock: {e}", self.name(i));
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::CouldNotLock, line).goal(self.id(i));
+                self.log.push(rec);
                 self.finish(i, Outcome::Failed, true);
             }
         }
@@ -257,7 +271,11 @@ impl Worker {
                          taking the lock",
                         self.name(g)
                     );
-                    self.log.push(line);
+                    let mut rec = LogRecord::new(LogKind::BecameValid, line).goal(self.id(g));
+                    if let Some(w) = self.waits.get(wi) {
+                        rec = rec.path(w.wait.path()).duration(w.wait.started().elapsed());
+                    }
+                    self.log.push(rec);
                     self.finish(g, Outcome::AlreadyValid, true);
                 } else if let Some(w) = self.waits.get_mut(wi) {
                     w.next_recheck = Some(now + self.opts.recheck_interval);
@@ -286,15 +304,34 @@ impl Worker {
             }
             Err(e) => {
                 let line = format!("{} failed waiting for its lock: {e}", self.name(g));
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::CouldNotLock, line)
+                    .goal(self.id(g))
+                    .path(&self.arena.outputs(g)[k])
+                    .duration(waited);
+                self.log.push(rec);
                 self.finish(g, Outcome::Failed, true);
             }
             Ok(lock) => {
                 let path = self.arena.outputs(g)[k].clone();
                 if self.arena.goals[g as usize].mode != BuildMode::Check && self.all_valid(g) {
+                    let line = format!(
+                        "{} got {lock_path} handed over after {} ms and its outputs are \
+                         valid now; finished without running",
+                        self.name(g),
+                        waited.as_millis()
+                    );
+                    let rec = LogRecord::new(LogKind::BecameValid, line)
+                        .goal(self.id(g))
+                        .path(&path)
+                        .duration(waited);
+                    self.log.push(rec);
                     // Valid now: deleting the lock file is allowed.
                     if let Err(e) = lock.release(&path, true) {
-                        self.log.push(format!("{}: {e}", self.name(g)));
+                        let line = format!("{}: {e}", self.name(g));
+                        let rec = LogRecord::new(LogKind::ReleaseFailed, line)
+                            .goal(self.id(g))
+                            .path(&path);
+                        self.log.push(rec);
                     }
                     self.finish(g, Outcome::AlreadyValid, true);
                     return;
@@ -304,7 +341,11 @@ impl Worker {
                     self.name(g),
                     waited.as_millis()
                 );
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::HandedOver, line)
+                    .goal(self.id(g))
+                    .path(&path)
+                    .duration(waited);
+                self.log.push(rec);
                 self.try_run(g, Some((k, lock)));
             }
         }
@@ -432,7 +473,8 @@ impl Worker {
         if let Some(locks) = self.keep_for_legacy_hold(i, locks) {
             if let Err(e) = locks.release() {
                 let line = format!("{}: releasing its locks: {e}", self.name(i));
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::ReleaseFailed, line).goal(self.id(i));
+                self.log.push(rec);
             }
         }
         self.slot_holders = self.slot_holders.wrapping_sub(1);
@@ -457,7 +499,8 @@ impl Worker {
             "{} failed and keep-going is off: cancelled {n} goals that were not running",
             self.name(cause)
         );
-        self.log.push(line);
+        let rec = LogRecord::new(LogKind::CancelledByFailure, line).goal(self.id(cause));
+        self.log.push(rec);
     }
 
     /// `true` if every output of goal `i` is valid (asks the host).
@@ -476,7 +519,10 @@ impl Worker {
                     Ok(v) => v,
                     Err(e) => {
                         let line = format!("validity predicate failed on {p}: {e}; taken as no");
-                        self.log.push(line);
+                        let rec = LogRecord::new(LogKind::PredicateError, line)
+                            .goal(GoalId::new(self.serial, i))
+                            .path(p);
+                        self.log.push(rec);
                         false
                     }
                 },
@@ -495,14 +541,20 @@ impl Worker {
         for p in self.arena.outputs(i) {
             match pred.ask(p) {
                 Ok(true) => {
-                    let line = format!("goal {i} ({p}) has a cached failure");
-                    self.log.push(line);
+                    let line = format!("{} has a cached failure: {p}", self.name(i));
+                    let rec = LogRecord::new(LogKind::CachedFailure, line)
+                        .goal(GoalId::new(self.serial, i))
+                        .path(p);
+                    self.log.push(rec);
                     return true;
                 }
                 Ok(false) => {}
                 Err(e) => {
                     let line = format!("cached-failure predicate failed on {p}: {e}; taken as no");
-                    self.log.push(line);
+                    let rec = LogRecord::new(LogKind::PredicateError, line)
+                        .goal(GoalId::new(self.serial, i))
+                        .path(p);
+                    self.log.push(rec);
                 }
             }
         }

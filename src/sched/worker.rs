@@ -16,7 +16,7 @@ use super::arena::Arena;
 use super::goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome, Phase};
 use super::ids::{next_worker_serial, GoalId};
 use super::ledger::{Audit, Ledger};
-use super::log::Log;
+use super::log::{Log, LogKind, LogRecord};
 use super::slots::Slots;
 use super::validity::{FnPredicate, PathPredicate};
 use super::waits::{EventFd, ForeignWaits};
@@ -304,7 +304,8 @@ impl Worker {
                             self.name(g),
                             goal.mode
                         );
-                        self.log.push(line);
+                        let rec = LogRecord::new(LogKind::ModeKept, line).goal(self.id(g));
+                        self.log.push(rec);
                     }
                     return Ok(self.id(g));
                 }
@@ -427,7 +428,10 @@ impl Worker {
                     "{}: the builder reported success but {p} is not valid; recorded as failed",
                     self.name(i)
                 );
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::NotValidAfterSuccess, line)
+                    .goal(GoalId::new(self.serial, i))
+                    .path(p);
+                self.log.push(rec);
                 outcome = Outcome::Failed;
             }
         }
@@ -500,15 +504,32 @@ impl Worker {
         self.efd.fd()
     }
 
-    /// Takes the diagnostics log (who waits for which lock, held by whom;
-    /// why goals failed without running; ledger violations).
+    /// Takes the diagnostics log as text (who waits for which lock, held by
+    /// whom; why goals failed without running; ledger violations): the
+    /// messages of [`Worker::take_log_records`].
     pub fn take_log(&mut self) -> Vec<String> {
+        self.log.take().into_iter().map(|r| r.message).collect()
+    }
+
+    /// The diagnostics log's messages so far, without draining it.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.peek().map(|r| r.message.clone()).collect()
+    }
+
+    /// Takes the diagnostics log as structured records, oldest first.
+    pub fn take_log_records(&mut self) -> Vec<LogRecord> {
         self.log.take()
     }
 
-    /// The diagnostics log so far, without draining it.
-    pub fn log_lines(&self) -> Vec<String> {
-        self.log.peek().cloned().collect()
+    /// Takes at most `n` records of the diagnostics log, oldest first; the
+    /// rest stay for the next call.
+    pub fn take_log_records_up_to(&mut self, n: usize) -> Vec<LogRecord> {
+        self.log.take_up_to(n)
+    }
+
+    /// The number of records the diagnostics log holds.
+    pub fn log_len(&self) -> usize {
+        self.log.len()
     }
 
     /// Counts for tests and operators: goals by state, locks held (from the
