@@ -629,6 +629,88 @@ struct GoalResult {
 /// locks_held_by_finished and violations must always be 0.
 using Audit = gk_audit;
 
+// ---------------------------------------------------------------------------
+// Diagnostics log records (gk_log_record)
+
+/// What a diagnostics log record reports (gk_log_kind).
+enum class LogKind : std::uint32_t {
+  /// The goal waits for a lock held in the kernel by another process (or
+  /// another lock set or worker of this process); holder_pid when known.
+  waits_foreign = GK_LOG_WAITS_FOREIGN,
+  /// The goal waits for a lock held by holder_goal of the same worker.
+  waits_local = GK_LOG_WAITS_LOCAL,
+  /// The goal got the lock handed over after waiting `duration`.
+  handed_over = GK_LOG_HANDED_OVER,
+  /// The goal, waiting `duration` for a lock, found its outputs valid.
+  became_valid = GK_LOG_BECAME_VALID,
+  /// The goal could not lock its outputs (or wait for a lock) and failed.
+  could_not_lock = GK_LOG_COULD_NOT_LOCK,
+  /// Releasing the goal's locks reported an error.
+  release_failed = GK_LOG_RELEASE_FAILED,
+  /// A host predicate failed on `path`; taken as "no".
+  predicate_error = GK_LOG_PREDICATE_ERROR,
+  /// The cached-failure predicate said `path` failed before.
+  cached_failure = GK_LOG_CACHED_FAILURE,
+  /// Reported built, but `path` is not valid: recorded failed.
+  not_valid_after_success = GK_LOG_NOT_VALID_AFTER_SUCCESS,
+  /// The goal failed without keep-going: the rest was cancelled.
+  cancelled_by_failure = GK_LOG_CANCELLED_BY_FAILURE,
+  /// A build with max_jobs 0: it failed.
+  no_build_slots = GK_LOG_NO_BUILD_SLOTS,
+  /// Requested again in another build mode; it keeps its mode.
+  mode_kept = GK_LOG_MODE_KEPT,
+  /// A ledger invariant check failed.
+  ledger_violation = GK_LOG_LEDGER_VIOLATION,
+  /// The log was full; older records were dropped.
+  dropped = GK_LOG_DROPPED,
+};
+
+/// The kind's name, e.g. "waits-foreign" (static storage).
+[[nodiscard]] inline const char *log_kind_name(LogKind k) noexcept {
+  return gk_log_kind_name(static_cast<std::uint32_t>(k));
+}
+
+/// One record of a worker's diagnostics log (gk_log_record), with its
+/// strings copied: it outlives the worker.
+struct LogRecord {
+  LogKind kind = LogKind::dropped;
+  /// The goal concerned (empty if none).
+  Goal goal;
+  /// For waits: the process holding the lock, when known.
+  std::optional<int> holder_pid;
+  /// For waits on a goal of this process: that goal (else empty).
+  Goal holder_goal;
+  /// When it was recorded: CLOCK_MONOTONIC, which is steady_clock on Linux.
+  std::chrono::steady_clock::time_point time;
+  /// For hand-offs and goals that became valid: how long the goal waited.
+  std::optional<std::chrono::nanoseconds> duration;
+  /// The store path concerned (an output; its lock file is path + ".lock").
+  std::optional<std::string> path;
+  /// The human-readable line, as take_log() gives it.
+  std::string message;
+
+  /// A copy of a raw record, whose strings are valid only until the next
+  /// gk_worker_take_log_records call on its worker.
+  [[nodiscard]] static LogRecord from_c(const gk_log_record &r) {
+    LogRecord out;
+    out.kind = static_cast<LogKind>(r.kind);
+    out.goal = Goal{r.goal};
+    if (r.holder_pid >= 0)
+      out.holder_pid = r.holder_pid;
+    out.holder_goal = Goal{r.holder_goal};
+    out.time = std::chrono::steady_clock::time_point(
+        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+            std::chrono::nanoseconds(static_cast<std::int64_t>(r.time_ns))));
+    if (r.duration_ns >= 0)
+      out.duration = std::chrono::nanoseconds(r.duration_ns);
+    if (r.path != nullptr)
+      out.path = std::string(r.path, r.path_len);
+    if (r.message != nullptr)
+      out.message.assign(r.message, r.message_len);
+    return out;
+  }
+};
+
 /// A host predicate on store paths, e.g. "is this output valid?". It runs on
 /// the thread that called into the worker. An exception it throws is
 /// treated as "no" (and logged by the library); it never crosses into C.
@@ -809,6 +891,22 @@ public:
           return gk_worker_take_log(h, b, c, l);
         },
         "gk_worker_take_log");
+  }
+
+  /// Drains the diagnostics log as structured records, oldest first (the
+  /// same log as take_log(): a record taken by either is gone for both).
+  [[nodiscard]] std::vector<LogRecord> take_log_records() {
+    std::vector<LogRecord> out;
+    gk_log_record batch[32];
+    for (;;) {
+      std::size_t n = 0;
+      detail::check(gk_worker_take_log_records(handle_, batch, std::size(batch), &n),
+                    "gk_worker_take_log_records");
+      for (std::size_t i = 0; i < n; i++)
+        out.push_back(LogRecord::from_c(batch[i]));
+      if (n < std::size(batch))
+        return out;
+    }
   }
 
   /// The raw handle (0 once closed); still owned by this object.
