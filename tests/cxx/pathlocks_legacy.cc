@@ -34,6 +34,22 @@ constexpr milliseconds kLimit{20000};
 std::vector<std::string> g_messages;
 void record_message(const std::string &m) { g_messages.push_back(m); }
 
+// legacy::PathLocks::lockPaths is (paths, wait) on main and becomes
+// guix-daemon's (paths, waitMsg, wait) in the branch that makes the peer
+// exactly like the daemon; this calls whichever the peer has.
+template <class PL>
+auto legacy_lock(PL &pl, const std::set<std::string> &paths, bool wait, int)
+    -> decltype(pl.lockPaths(paths, std::string(), wait)) {
+  return pl.lockPaths(paths, std::string(), wait);
+}
+template <class PL>
+bool legacy_lock(PL &pl, const std::set<std::string> &paths, bool wait, long) {
+  return pl.lockPaths(paths, wait);
+}
+bool legacy_lock(legacy::PathLocks &pl, const std::set<std::string> &paths, bool wait) {
+  return legacy_lock(pl, paths, wait, 0);
+}
+
 /// The legacy daemon: runs the driver's commands, one reply line each.
 [[noreturn]] void legacy_child(const std::string &P, const std::string &Q,
                                const std::string &A, const std::string &Z, Bus &up,
@@ -43,7 +59,7 @@ void record_message(const std::string &m) { g_messages.push_back(m); }
   legacy::PathLocks held;
   auto try_lock = [](const std::set<std::string> &paths) {
     legacy::PathLocks pl;
-    bool got = pl.lockPaths(paths, false);
+    bool got = legacy_lock(pl, paths, false);
     pl.unlock();
     return got;
   };
@@ -55,13 +71,13 @@ void record_message(const std::string &m) { g_messages.push_back(m); }
       up.send(try_lock({P}) ? "try-P got" : "try-P busy");
     } else if (*cmd == "try-P-delete") {
       legacy::PathLocks pl;
-      bool got = pl.lockPaths({P}, false);
+      bool got = legacy_lock(pl, {P}, false);
       pl.setDeletion(true);
       pl.unlock();
       up.send(got ? "try-P-delete got" : "try-P-delete busy");
     } else if (*cmd == "wait-P") {
       up.send("waiting-P");
-      held.lockPaths({P}, true); // blocks until the drop-in releases
+      legacy_lock(held, {P}, true); // blocks until the drop-in releases
       up.send("locked-P stale_retries=" + std::to_string(held.staleRetries));
     } else if (*cmd == "release-P-when-blocked") {
       wait_blocked(P, 1, kLimit); // the drop-in is parked on our inode
@@ -70,17 +86,17 @@ void record_message(const std::string &m) { g_messages.push_back(m); }
       held.setDeletion(false);
       up.send("released-P");
     } else if (*cmd == "hold-Q") {
-      up.send(held.lockPaths({Q}, false) ? "hold-Q holding" : "hold-Q busy");
+      up.send(legacy_lock(held, {Q}, false) ? "hold-Q holding" : "hold-Q busy");
     } else if (*cmd == "release") {
       held.unlock();
       up.send("released");
     } else if (*cmd == "wait-AZ") {
       // Blocks on Z while holding A: the old per-path loop.
       up.send("waiting-AZ");
-      held.lockPaths({A, Z}, true);
+      legacy_lock(held, {A, Z}, true);
       up.send("locked-AZ");
     } else if (*cmd == "hold-Z") {
-      up.send(held.lockPaths({Z}, false) ? "hold-Z holding" : "hold-Z busy");
+      up.send(legacy_lock(held, {Z}, false) ? "hold-Z holding" : "hold-Z busy");
     } else if (*cmd == "release-Z-when-blocked") {
       wait_blocked(Z, 1, kLimit);
       held.unlock();
