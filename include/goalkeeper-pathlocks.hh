@@ -103,7 +103,11 @@
  *     called checkInterrupt(), and its blocking F_SETLKW returned on the
  *     daemon's SIGINT/SIGPOLL; goalkeeper's blocking wait restarts after
  *     signals, so without this hook a client that hangs up leaves the
- *     daemon child waiting until the lock is free:
+ *     daemon child waiting until the lock is free. With it, the wait is a
+ *     series of bounded waits (gk_lockset_acquire_timeout); an interrupted
+ *     one leaves goalkeeper's helper thread blocked on the busy path until
+ *     that path is free, when it takes the lock and drops it at once (the
+ *     next wait for the same path reuses that thread):
  *         set_interrupt_check([] { checkInterrupt(); });
  *
  * Thread safety: like guix-daemon's, one object is not safe to use from
