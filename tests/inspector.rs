@@ -597,3 +597,59 @@ fn a_waiters_blocked_time_is_measured_on_the_schedulers_clock() {
     let (st, err) = waiter.finish();
     assert!(st.success() || st.code().is_some(), "{err}");
 }
+
+/// Issue 11, item 5: `hold --delete` deletes the lock files when the command
+/// succeeds (it produced the paths), keeps them when it fails, and a
+/// process that waited meanwhile ends up holding a live, linked lock file.
+#[test]
+fn hold_delete_deletes_the_lock_files_after_success_only() {
+    use std::os::unix::fs::MetadataExt;
+    let s = TempStore::new();
+    let out = s.path("aaa-made");
+    let script = format!("echo running; read x; echo built > {out}");
+    let h = hold(&s, &["--delete"], &["aaa-made"], &script);
+    assert_eq!(h.line(), "running");
+    // A goalkeeper waiter, blocked on the lock file that is about to go.
+    let path = out.clone();
+    let waiter = std::thread::spawn(move || {
+        LockSet::acquire([&path], Backend::Ofd, goalkeeper::WaitMode::Forever)
+    });
+    await_waiters(&s.lock_file("aaa-made"), 1);
+    let (st, err) = h.finish();
+    assert!(st.success(), "{err}");
+    let set = waiter.join().unwrap().expect("the waiter gets the lock");
+    // The waiter noticed the deletion and holds a fresh, linked file.
+    let meta = std::fs::metadata(s.lock_file("aaa-made")).expect("a live lock file");
+    assert_eq!((meta.nlink(), meta.len()), (1, 0), "{meta:?}");
+    set.release().unwrap();
+    // A command that fails leaves the lock file (the path is not valid).
+    let o = run_bounded(
+        gk().args(["hold", "--delete", "--store"])
+            .arg(s.dir())
+            .args(["bbb-failed", "--", "false"]),
+        LIMIT,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        s.lock_file("bbb-failed").exists(),
+        "deleted after a failure"
+    );
+    // Without --delete, success keeps it too.
+    let o = run_bounded(
+        gk().args(["hold", "--store"])
+            .arg(s.dir())
+            .args(["ccc-kept", "--", "true"]),
+        LIMIT,
+    );
+    assert!(o.status.success());
+    assert!(s.lock_file("ccc-kept").exists());
+    // With --delete and success, gone.
+    let o = run_bounded(
+        gk().args(["hold", "--delete", "--store"])
+            .arg(s.dir())
+            .args(["ccc-kept", "--", "true"]),
+        LIMIT,
+    );
+    assert!(o.status.success());
+    assert!(!s.lock_file("ccc-kept").exists(), "kept after --delete");
+}
