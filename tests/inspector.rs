@@ -653,3 +653,40 @@ fn hold_delete_deletes_the_lock_files_after_success_only() {
     assert!(o.status.success());
     assert!(!s.lock_file("ccc-kept").exists(), "kept after --delete");
 }
+
+/// Issue 11, item 3: one lock file held through flock and through a POSIX
+/// record lock at once (they do not exclude each other on Linux) is flagged
+/// as two protocols sharing a store, in words and in `--json`.
+#[test]
+fn locks_warns_when_flock_and_fcntl_holders_share_a_lock_file() {
+    let s = TempStore::new();
+    let mixed = s.lock_file("aaa-mixed");
+    let single = s.lock_file("bbb-single");
+    let posix = Proc::spawn(Command::new(holder_exe()).arg("posix").arg(&mixed));
+    assert_eq!(posix.line(), "locked");
+    let flock = Proc::spawn(Command::new(holder_exe()).arg("flock").arg(&mixed));
+    assert_eq!(
+        flock.line(),
+        "locked",
+        "flock and fcntl do not exclude each other"
+    );
+    let only = Proc::spawn(Command::new(holder_exe()).arg("posix").arg(&single));
+    assert_eq!(only.line(), "locked");
+    let json = locks_json(&s);
+    assert_eq!(
+        entry(&json, "aaa-mixed.lock")["mixed_kinds"],
+        Value::Bool(true)
+    );
+    assert_eq!(
+        entry(&json, "bbb-single.lock")["mixed_kinds"],
+        Value::Bool(false)
+    );
+    assert_eq!(json["summary"]["mixed_kinds"], 1);
+    let o = run_bounded(gk().args(["locks", "--store"]).arg(s.dir()), LIMIT);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("WARNING") && text.contains("two lock protocols"),
+        "{text}"
+    );
+    drop((posix, flock, only));
+}
