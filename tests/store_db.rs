@@ -553,3 +553,28 @@ fn store_db_keeps_the_host_connections_locks() {
     host.execute_batch("commit").unwrap();
     w.finish();
 }
+
+/// goalkeeper uses the system's shared libsqlite3 (see
+/// `store_db_keeps_the_host_connections_locks` for why), not a private copy
+/// compiled in: the library is mapped into this process from its own file.
+#[test]
+fn sqlite_is_the_shared_system_library() {
+    let s = TempStore::new();
+    let db = create_db(s.dir(), "wal", &["/gnu/store/a"]);
+    assert!(store_db::is_valid(&db, "/gnu/store/a").unwrap());
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let lib: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libsqlite3.so"))
+        })
+        .collect();
+    assert!(
+        !lib.is_empty(),
+        "libsqlite3.so is not mapped: is rusqlite's `bundled` feature on?"
+    );
+    eprintln!("SQLite {} from {}", rusqlite::version(), lib[0]);
+}
