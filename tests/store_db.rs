@@ -578,3 +578,90 @@ fn sqlite_is_the_shared_system_library() {
     );
     eprintln!("SQLite {} from {}", rusqlite::version(), lib[0]);
 }
+
+/// Not a test: when `GK_DB_READER` names a database, this test binary is a
+/// reader (run as `nobody` by `unprivileged_reader_...`) that prints
+/// `@db <path> true|false` for each path of `GK_DB_PATHS`, or `@db err …`.
+#[test]
+fn reader_role() {
+    let Ok(db) = std::env::var("GK_DB_READER") else {
+        return;
+    };
+    let paths = std::env::var("GK_DB_PATHS").unwrap_or_default();
+    match StoreDb::open(&db) {
+        Err(e) => println!("@db err {:?} {e}", e.kind()),
+        Ok(mut sdb) => {
+            for p in paths.split(':') {
+                match sdb.is_valid(p) {
+                    Ok(v) => println!("@db {p} {v}"),
+                    Err(e) => println!("@db err {:?} {e}", e.kind()),
+                }
+            }
+        }
+    }
+    std::process::exit(0);
+}
+
+/// A user who may read the daemon's database but not write its directory
+/// (`nobody`, against root's 0755 directory and 0644 files): reads the
+/// quiescent WAL database without creating anything, and, while a writer
+/// has it open, sees a registration that is only in the WAL (through
+/// SQLite's read-only shared memory: the -shm file is not writable).
+#[test]
+fn unprivileged_reader_of_a_wal_database() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("unprivileged_reader_of_a_wal_database: needs root to run the reader as nobody");
+        return;
+    }
+    let s = TempStore::new();
+    std::fs::set_permissions(s.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = create_db(s.dir(), "wal", &["/gnu/store/old"]);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // `nobody` must be able to run the reader: run a copy of this binary.
+    let exe_dir = TempStore::new();
+    std::fs::set_permissions(exe_dir.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = exe_dir.dir().join("reader");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let read_as_nobody = || -> String {
+        let mut c = Command::new(&exe);
+        c.args(["--exact", "reader_role", "--nocapture", "--test-threads=1"])
+            .env("GK_DB_READER", &db)
+            .env("GK_DB_PATHS", "/gnu/store/old:/gnu/store/new")
+            .uid(65534)
+            .gid(65534);
+        let o = common::run_bounded(&mut c, REPLY);
+        let out = String::from_utf8_lossy(&o.stdout);
+        let lines: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.find("@db ").map(|i| &l[i + 4..]))
+            .collect();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        lines.join("\n")
+    };
+
+    let before = snapshot_dir(s.dir());
+    assert_eq!(
+        read_as_nobody(),
+        "/gnu/store/old true\n/gnu/store/new false"
+    );
+    assert_eq!(snapshot_dir(s.dir()), before, "nothing created or changed");
+
+    let mut w = Writer::start(&db, Some(0));
+    w.ask("insert /gnu/store/new", "ok");
+    let shm = s.dir().join("db.sqlite-shm");
+    assert!(shm.exists());
+    assert_eq!(
+        std::fs::metadata(&shm).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert_eq!(read_as_nobody(), "/gnu/store/old true\n/gnu/store/new true");
+    w.finish();
+}
