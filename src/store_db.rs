@@ -40,7 +40,9 @@
 //!   database that a daemon writes would miss the registrations held in the
 //!   WAL and could read torn pages, which is why it is used for nothing else.
 //!   The header that tells a WAL database from a rollback-journal one is read
-//!   through that same SQLite connection, with no lock taken.
+//!   through that same SQLite connection, with no lock taken. The `-wal` file
+//!   is looked for beside the database with symbolic links resolved, where
+//!   SQLite puts it.
 //! * A database error is an error, never "valid": the caller keeps waiting or
 //!   fails the goal.
 //!
@@ -194,7 +196,11 @@ impl Default for StoreDbOptions {
 /// read-only; see the module documentation for how it reads while the daemon
 /// writes. Not `Sync`: use one per thread (the scheduler's worker owns one).
 pub struct StoreDb {
+    /// The path as given (for messages).
     path: PathBuf,
+    /// The path with symbolic links resolved: SQLite names the `-wal` file
+    /// after the resolved file, so that is where to look for it.
+    real: PathBuf,
     options: StoreDbOptions,
     /// The cached connection to a database that a daemon has open, or that
     /// is in rollback-journal mode. `None` between snapshot reads of a
@@ -252,8 +258,17 @@ impl StoreDb {
                 "the database path must be absolute",
             ));
         }
+        let real = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => missing(path),
+            _ => DbError::new(
+                DbErrorKind::Unreadable,
+                path,
+                format!("resolving the path: {e}"),
+            ),
+        })?;
         let mut db = StoreDb {
             path: path.to_path_buf(),
+            real,
             options,
             live: None,
             snapshot_reads: 0,
@@ -400,7 +415,7 @@ impl StoreDb {
     }
 
     fn open_uri(&self, params: &str) -> DbResult<Connection> {
-        let uri = format!("file://{}?{params}", uri_path(&self.path));
+        let uri = format!("file://{}?{params}", uri_path(&self.real));
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -501,12 +516,8 @@ impl StoreDb {
     /// `stat` of the database file (never an open descriptor), with the
     /// missing-file and not-a-file errors.
     fn file_id(&self) -> DbResult<FileId> {
-        let m = std::fs::metadata(&self.path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => DbError::new(
-                DbErrorKind::Missing,
-                &self.path,
-                "no such file (is this the store's state directory, e.g. /var/guix/db/db.sqlite?)",
-            ),
+        let m = std::fs::metadata(&self.real).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => missing(&self.path),
             _ => DbError::new(DbErrorKind::Unreadable, &self.path, format!("stat: {e}")),
         })?;
         if !m.is_file() {
@@ -526,7 +537,7 @@ impl StoreDb {
     }
 
     fn wal_path(&self) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
+        let mut p = self.real.clone().into_os_string();
         p.push("-wal");
         PathBuf::from(p)
     }
@@ -586,6 +597,15 @@ impl StoreDb {
 /// be UTF-8; the daemons' store paths are ASCII).
 fn text(bytes: &[u8]) -> ToSqlOutput<'_> {
     ToSqlOutput::Borrowed(ValueRef::Text(bytes))
+}
+
+fn missing(path: &Path) -> DbError {
+    DbError::new(
+        DbErrorKind::Missing,
+        path,
+        "no such file (the store database is db.sqlite in the daemon's state directory, \
+         e.g. /var/guix/db/db.sqlite)",
+    )
 }
 
 fn not_sqlite(path: &Path) -> DbError {

@@ -429,6 +429,15 @@ fn wal_registration_not_yet_checkpointed_is_seen() {
     assert!(s.dir().join("db.sqlite-wal").exists());
     let mut late = StoreDb::open(&db).unwrap();
     assert!(late.is_valid("/gnu/store/new").unwrap());
+    // Through a symbolic link to the database: the -wal file is beside
+    // the link's target, and must be found there.
+    let other = TempStore::new();
+    let link = other.dir().join("link.sqlite");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let mut linked = StoreDb::open(&link).unwrap();
+    assert!(linked.is_valid("/gnu/store/new").unwrap());
+    assert_eq!(linked.snapshot_reads(), 0);
+    assert_eq!(linked.path(), link);
     assert!(early.is_valid("/gnu/store/new").unwrap());
     assert_eq!(
         early.snapshot_reads(),
