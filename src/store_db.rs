@@ -26,7 +26,10 @@
 //!   `db.sqlite-wal`; a reader that cannot write the daemon's `db.sqlite-shm`
 //!   (not root) uses SQLite's read-only shared-memory mode. In rollback-journal
 //!   mode (`use-sqlite-wal = false`) a read waits, up to the busy timeout,
-//!   while the daemon commits.
+//!   while the daemon commits. Like any other open connection, a cached one
+//!   keeps the daemon's last connection from removing `db.sqlite-wal` when it
+//!   closes; the daemon's next open takes it over, as after any reader
+//!   (`tests/nix_interop.rs` runs Nix again on such a database).
 //! * **A WAL database that no process has open** (no `db.sqlite-wal` beside
 //!   it: the last connection checkpointed and removed it). SQLite would
 //!   create `db.sqlite-wal` and `db.sqlite-shm` next to the daemon's database
