@@ -98,7 +98,7 @@ install: build
 	ln -sf libgoalkeeper.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libgoalkeeper.so.$(MAJOR)
 	ln -sf libgoalkeeper.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libgoalkeeper.so
 	install -m 0644 include/goalkeeper.h $(DESTDIR)$(INCLUDEDIR)/goalkeeper.h
-	if [ -f include/goalkeeper.hpp ]; then install -m 0644 include/goalkeeper.hpp $(DESTDIR)$(INCLUDEDIR)/goalkeeper.hpp; fi
+	install -m 0644 include/goalkeeper.hpp include/goalkeeper-pathlocks.hh $(DESTDIR)$(INCLUDEDIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    goalkeeper.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/goalkeeper.pc
@@ -106,7 +106,8 @@ install: build
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libgoalkeeper.so $(DESTDIR)$(LIBDIR)/libgoalkeeper.so.$(MAJOR) \
 	      $(DESTDIR)$(LIBDIR)/libgoalkeeper.so.$(VERSION) $(DESTDIR)$(INCLUDEDIR)/goalkeeper.h \
-	      $(DESTDIR)$(INCLUDEDIR)/goalkeeper.hpp $(DESTDIR)$(PKGCONFIGDIR)/goalkeeper.pc
+	      $(DESTDIR)$(INCLUDEDIR)/goalkeeper.hpp $(DESTDIR)$(INCLUDEDIR)/goalkeeper-pathlocks.hh \
+	      $(DESTDIR)$(PKGCONFIGDIR)/goalkeeper.pc
 
 clean:
 	$(CARGO) clean

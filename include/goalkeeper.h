@@ -823,6 +823,12 @@ uint32_t gk_abi_version(void);
  * `GK_OK`, or `""` if the most recent call succeeded. The string is owned by
  * the library and valid until the next goalkeeper call on this thread.
  * Never NULL.
+ *
+ * After `GK_BUSY` or `GK_TIMED_OUT` the message also names who holds the
+ * busy lock, as `goalkeeper locks` does: "…; held by pid 4242
+ * (guix-daemon …), posix lock". Finding the holder reads `/proc`
+ * (milliseconds), so it is done by the first call of this function after
+ * the busy call, not by the busy call itself.
  */
 const char *gk_last_error_message(void);
 

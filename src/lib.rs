@@ -6,6 +6,7 @@
 //! * [`lock`]: lock files, lock sets, and the in-process registry.
 //! * [`sched`]: the goal scheduler (workers, goals, slots, lock waits, ledger).
 //! * [`ffi`]: the C ABI (`include/goalkeeper.h`).
+//! * [`store_db`]: store validity from the store's SQLite database.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -17,6 +18,7 @@ pub mod inspect;
 mod lifecycle;
 pub mod lock;
 pub mod sched;
+pub mod store_db;
 
 pub use error::{Error, Result};
 pub use lock::{Backend, LockSet, StorePath, WaitMode};

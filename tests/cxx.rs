@@ -135,3 +135,45 @@ fn cxx_readme_example() {
     );
     assert!(out.contains("ccc-hello: built"), "{out}");
 }
+
+/// The drop-in for guix-daemon's PathLocks (goalkeeper-pathlocks.hh) used
+/// the way DerivationGoal::tryToBuild uses it: no-wait locking, "someone
+/// beat us to it", a real build, release with deletion; busy sets hold
+/// nothing; wait mode blocks until another process releases and prints its
+/// message once; the destructor's safety net; errors and self re-locks.
+#[test]
+fn cxx_pathlocks_dropin() {
+    let out = build_and_run(
+        "pathlocks_dropin",
+        &["pathlocks_dropin.cc"],
+        &[],
+        Duration::from_secs(90),
+    );
+    assert!(out.contains("pathlocks_dropin: all passed"), "{out}");
+}
+
+/// The drop-in PathLocks and the legacy (POSIX) PathLocks in separate
+/// processes: they exclude each other both ways, each survives the other's
+/// deletion of a lock file, and a refused set holds nothing on either side.
+#[test]
+fn cxx_pathlocks_legacy() {
+    let out = build_and_run(
+        "pathlocks_legacy",
+        &["pathlocks_legacy.cc", "legacy_pathlocks.cc"],
+        &[],
+        Duration::from_secs(90),
+    );
+    assert!(out.contains("pathlocks_legacy: all steps passed"), "{out}");
+}
+
+/// The README's drop-in example builds with -Werror and runs.
+#[test]
+fn cxx_readme_pathlocks() {
+    let out = build_and_run(
+        "readme_pathlocks",
+        &["readme_pathlocks.cc"],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("aaa-hello: built, 0 lock(s) held"), "{out}");
+}

@@ -1,8 +1,10 @@
 //! The crate's layers, and a check that every dependency points down.
 //!
 //! From the bottom: `error` and `fault` (names nothing of the crate but
-//! each other's error type), `inspect` (the /proc inspector), `lock`
-//! (lock files and sets), `sched` (the scheduler), `ffi` (the C ABI). A
+//! each other's error type); the read-only views of the system, `inspect`
+//! (who holds a lock file, from /proc) and `store_db` (validity from the
+//! store's SQLite database); `lock` (lock files and sets); `sched` (the
+//! scheduler); `ffi` (the C ABI). A
 //! module may name modules of lower layers, never its own layer's
 //! neighbours above it. `lifecycle` is the crate root of process state: it
 //! calls every layer's fork hooks in the lock order, and every layer may
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom first, with the top-level modules in each.
 const LAYERS: &[(&str, &[&str])] = &[
     ("base", &["error", "fault"]),
-    ("inspect", &["inspect"]),
+    ("views", &["inspect", "store_db"]),
     ("lock", &["lock"]),
     ("sched", &["sched"]),
     ("ffi", &["ffi"]),

@@ -285,3 +285,55 @@ fn inspector_sees_a_steady_holder_once_while_other_locks_churn() {
         wrong[0]
     );
 }
+
+/// Issue 10, item 4: GK_BUSY (and GK_TIMED_OUT) name the holder in
+/// `gk_last_error_message()`: its pid, its command and the lock kind, for
+/// each kind of peer the kernel can tell us about.
+#[test]
+fn busy_message_names_the_holder_pid_command_and_kind() {
+    use goalkeeper::ffi::{
+        gk_last_error_message, gk_lockset_acquire_timeout, gk_lockset_try_acquire,
+    };
+    use std::ffi::{CStr, CString};
+    let kit = kit!();
+    let s = TempStore::new();
+    for (kind, backend, word) in [
+        ("posix", 0u32, "posix lock"),
+        ("ofd", 0, "ofd lock"),
+        ("flock", 1, "flock lock"),
+    ] {
+        let name = format!("aaa-{kind}");
+        let p = CString::new(s.path(&name)).unwrap();
+        let lf = s.lock_file(&name);
+        let mut peer = kit.locker(&[kind, "hold", lf.to_str().unwrap()]);
+        peer.expect("locked");
+        let mut set = 0u64;
+        let paths = [p.as_ptr()];
+        // SAFETY: one valid NUL-terminated path and a valid out pointer.
+        let st = unsafe { gk_lockset_try_acquire(paths.as_ptr(), 1, backend, &mut set) };
+        assert_eq!(st, gk_status::GK_BUSY, "{kind}");
+        // SAFETY: the library's thread-local message, read at once.
+        let msg = unsafe { CStr::from_ptr(gk_last_error_message()) }
+            .to_string_lossy()
+            .into_owned();
+        let pid = format!("pid {} (", peer.pid());
+        assert!(msg.contains(&name), "{kind}: names the path: {msg}");
+        assert!(msg.contains(&pid), "{kind}: names the holder's pid: {msg}");
+        assert!(msg.contains("locker"), "{kind}: names its command: {msg}");
+        assert!(msg.contains(word), "{kind}: names the lock kind: {msg}");
+        // The message stays put once read (the pointer is valid until the
+        // next call on this thread).
+        // SAFETY: as above.
+        let again = unsafe { CStr::from_ptr(gk_last_error_message()) };
+        assert_eq!(again.to_string_lossy(), msg);
+        // A timed-out wait names the holder too.
+        // SAFETY: as above.
+        let st = unsafe { gk_lockset_acquire_timeout(paths.as_ptr(), 1, backend, 20, &mut set) };
+        assert_eq!(st, gk_status::GK_TIMED_OUT, "{kind}");
+        // SAFETY: as above.
+        let msg = unsafe { CStr::from_ptr(gk_last_error_message()) }.to_string_lossy();
+        assert!(msg.contains(&pid) && msg.contains(word), "{kind}: {msg}");
+        peer.send("release");
+        peer.expect("released");
+    }
+}

@@ -1,5 +1,5 @@
 //! Regression tests for what the soak (tests/soak.rs) and the ABI fuzzer
-//! (tests/abi_fuzz.rs) found, each named after the finding.
+//! (tests/abi_fuzz/) found, each named after the finding.
 
 mod common;
 

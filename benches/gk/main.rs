@@ -17,6 +17,7 @@ mod cbench;
 mod guile;
 mod report;
 mod sched;
+mod storedb;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,12 @@ fn main() {
         eprintln!("== Guile benchmarks (with-path-locks vs raw C)");
         let exe = cbench::compile("lock_bench");
         for (name, m) in guile::run(&store, &exe) {
+            measured.insert(name, m);
+        }
+    }
+    if only.is_none_or(|o| o.contains("validity")) {
+        eprintln!("== store-database validity (StoreDb vs a raw rusqlite query)");
+        for (name, m) in storedb::run(&store) {
             measured.insert(name, m);
         }
     }

@@ -101,6 +101,13 @@ pub const SPECS: &[Spec] = &[
         target: "≤ 50 ns",
         met: |v, _| v <= 50.0,
     },
+    Spec {
+        name: "validity_query_ns",
+        unit: "ns",
+        baseline: Some("raw rusqlite prepared-statement query"),
+        target: "ratio ≤ 1.5",
+        met: |_, r| r.is_some_and(|r| r <= 1.5),
+    },
 ];
 
 /// One measured (or missing) figure.

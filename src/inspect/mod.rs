@@ -18,10 +18,11 @@
 //!   `/proc/PID/task/TID/syscall`: a thread blocked in `fcntl(fd, F_SETLKW
 //!   or F_OFD_SETLKW)` or `flock(fd, LOCK_EX)` on a descriptor of the file.
 //!   How long it has been blocked is the time since that thread last ran
-//!   (`se.exec_start` in `/proc/PID/task/TID/sched`, in the scheduler clock,
-//!   which is `CLOCK_MONOTONIC` on Linux): a thread blocked in the kernel
-//!   does not run, so this is the length of the current wait, unless a
-//!   signal interrupted and restarted it. The kernel records no wait start
+//!   (`se.exec_start` in `/proc/PID/task/TID/sched`), measured on the same
+//!   clock: the scheduler's, read through this thread's own `se.exec_start`
+//!   (the scheduler clock can be seconds away from `CLOCK_MONOTONIC`). A
+//!   thread blocked in the kernel does not run, so this is the length of
+//!   the current wait, unless a signal interrupted and restarted it. The kernel records no wait start
 //!   time anywhere else; when these files are not readable the duration is
 //!   unknown ([`Party::blocked_for`] is `None`).
 //!

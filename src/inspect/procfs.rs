@@ -157,7 +157,6 @@ pub(super) fn inspect_fds(table: &FdTable, wanted: &BTreeSet<FileKey>) -> Scan {
             matched.entry(pid).or_default().push((fd, *key));
         }
     }
-    let now = monotonic();
     for (pid, fds) in matched {
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
@@ -172,7 +171,7 @@ pub(super) fn inspect_fds(table: &FdTable, wanted: &BTreeSet<FileKey>) -> Scan {
             let Some(&(_, key)) = fds.iter().find(|(f, _)| *f == fd) else {
                 continue;
             };
-            let blocked_for = last_ran(pid, tid).and_then(|t| now.checked_sub(t));
+            let blocked_for = blocked_since(pid, tid);
             scan.blocked.entry(key).or_default().push(Blocked {
                 pid,
                 kind,
@@ -210,9 +209,28 @@ fn blocked_lock_call(pid: u32, tid: u32) -> Option<(i32, LockKind)> {
     }
 }
 
-/// When thread `tid` last ran, on the scheduler clock (`CLOCK_MONOTONIC`).
-fn last_ran(pid: u32, tid: u32) -> Option<Duration> {
-    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
+/// How long thread `tid` of `pid` has not run: the scheduler clock now,
+/// minus the scheduler clock when it last started running
+/// (`se.exec_start`). For a thread blocked in a lock call, that is how long
+/// it has been blocked.
+///
+/// `se.exec_start` is the scheduler's clock (the run queue's
+/// `rq_clock_task`), not `CLOCK_MONOTONIC`: on some machines (VMs among
+/// them) the two differ by seconds, so subtracting it from
+/// `CLOCK_MONOTONIC` would be wrong by that much. "Now" is therefore read
+/// on the same clock: this thread's own `se.exec_start`, which the
+/// scheduler refreshes while it runs (at least every tick), read just
+/// after the other thread's. `CLOCK_MONOTONIC` is the fallback only when
+/// this thread's file cannot be read.
+fn blocked_since(pid: u32, tid: u32) -> Option<Duration> {
+    let then = exec_start(&format!("/proc/{pid}/task/{tid}/sched"))?;
+    let now = exec_start("/proc/thread-self/sched").unwrap_or_else(monotonic);
+    Some(now.saturating_sub(then))
+}
+
+/// `se.exec_start` of a `/proc/.../sched` file, in the scheduler clock.
+fn exec_start(path: &str) -> Option<Duration> {
+    let text = fs::read_to_string(path).ok()?;
     let line = text.lines().find(|l| l.starts_with("se.exec_start"))?;
     let ms: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
     if !ms.is_finite() || ms < 0.0 {

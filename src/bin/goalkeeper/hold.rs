@@ -31,6 +31,7 @@ pub(crate) fn main(argv: &[OsString]) -> Result<u8, Failure> {
     let mut store = None;
     let mut backend = Backend::Ofd;
     let mut wait = WaitMode::Forever;
+    let mut delete = false;
     let mut paths = Vec::new();
     let mut i = 0;
     let mut command: Option<&[OsString]> = None;
@@ -56,6 +57,8 @@ pub(crate) fn main(argv: &[OsString]) -> Result<u8, Failure> {
             wait = WaitMode::Timeout(Duration::from_secs_f64(secs));
         } else if argv[i] == "--no-wait" {
             wait = WaitMode::Try;
+        } else if argv[i] == "--delete" {
+            delete = true;
         } else if argv[i].as_bytes().starts_with(b"--") {
             return Err(usage(format!("hold: unknown option {:?}", argv[i])));
         } else {
@@ -87,7 +90,14 @@ pub(crate) fn main(argv: &[OsString]) -> Result<u8, Failure> {
         Err(e) => return Err(fail(e.to_string())),
     };
     let status = run(command);
-    // Release whatever happened to the command.
+    // Release whatever happened to the command; with --delete, a command
+    // that succeeded made the paths valid, so their lock files may go (as
+    // the daemon deletes them after a build), and waiters move on to fresh
+    // ones.
+    let mut set = set;
+    if delete && status.as_ref().is_ok_and(|s| s.success()) {
+        set.set_deletion(true);
+    }
     if let Err(e) = set.release() {
         eprintln!("goalkeeper: warning: releasing the locks: {e}");
     }

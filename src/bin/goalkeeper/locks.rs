@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use goalkeeper::inspect::{Inspector, LockInfo, Party};
+use goalkeeper::inspect::{Inspector, LockInfo, LockKind, Party};
 use goalkeeper::lock::LOCK_SUFFIX;
 
 use crate::args::{self, fail, usage, Failure};
@@ -41,6 +41,16 @@ impl Entry {
     /// The kind of the kernel lock on it, if held.
     fn kind(&self) -> Option<&'static str> {
         self.info.holders.first().map(|h| h.kind.name())
+    }
+
+    /// `true` when it is held at once through `flock` and through a record
+    /// lock (POSIX or OFD). Linux does not make those exclude each other, so
+    /// two processes each believe they hold the path: the store is used by
+    /// two lock protocols (say Nix's flock and guix-daemon's fcntl).
+    fn mixed_kinds(&self) -> bool {
+        let kinds = || self.info.holders.iter().map(|h| h.kind);
+        kinds().any(|k| k == LockKind::Flock)
+            && kinds().any(|k| matches!(k, LockKind::Posix | LockKind::Ofd))
     }
 }
 
@@ -154,6 +164,7 @@ fn to_text(store: &Path, entries: &[Entry]) -> String {
     let mut counts = [0usize; 4];
     let mut waiters = 0;
     let mut unreadable = 0;
+    let mut mixed = 0;
     for e in entries {
         let state = e.state();
         counts[match state {
@@ -191,6 +202,16 @@ fn to_text(store: &Path, entries: &[Entry]) -> String {
                     e.name, "-", "-"
                 ));
             }
+        }
+        if e.mixed_kinds() {
+            mixed += 1;
+            s.push_str(&format!(
+                "{:<width$}  WARNING: held through flock AND through fcntl record locks at once. \
+                 These do not exclude each other,\n{:<width$}  so both holders think they own the \
+                 path: this store is used with two lock protocols (e.g. Nix's flock and \
+                 guix-daemon's fcntl).\n",
+                "", ""
+            ));
         }
         if e.info.is_held() && e.size != 0 {
             s.push_str(&format!(
@@ -232,6 +253,12 @@ fn to_text(store: &Path, entries: &[Entry]) -> String {
         },
         waiters
     ));
+    if mixed > 0 {
+        s.push_str(&format!(
+            "WARNING: {mixed} lock file(s) held through two kinds of lock at once (flock and \
+             fcntl); use one lock backend per store\n"
+        ));
+    }
     if unreadable > 0 {
         s.push_str(&format!(
             "some holders or waiters could not be identified: {unreadable} processes were not readable (run as root to see them)\n"
@@ -288,6 +315,7 @@ fn to_json(store: &Path, entries: &[Entry]) -> Json {
                     Json::Arr(e.info.waiters.iter().map(|p| party_json(p, true)).collect()),
                 ),
                 ("unreadable_processes", Json::Int(e.info.unreadable as i64)),
+                ("mixed_kinds", Json::Bool(e.mixed_kinds())),
             ])
         })
         .collect();
@@ -306,6 +334,10 @@ fn to_json(store: &Path, entries: &[Entry]) -> Json {
                 (
                     "waiters",
                     Json::Int(entries.iter().map(|e| e.info.waiters.len()).sum::<usize>() as i64),
+                ),
+                (
+                    "mixed_kinds",
+                    Json::Int(entries.iter().filter(|e| e.mixed_kinds()).count() as i64),
                 ),
             ]),
         ),

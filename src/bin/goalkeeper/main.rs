@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! goalkeeper locks --store DIR [--json]
-//! goalkeeper hold --store DIR [--backend ofd|flock] [--no-wait | --timeout SECS] PATH... -- CMD [ARG...]
+//! goalkeeper hold --store DIR [--backend ofd|flock] [--no-wait | --timeout SECS] [--delete] PATH... -- CMD [ARG...]
 //! ```
 //!
 //! `locks` lists every `*.lock` file in the store: held, free or stale, who
@@ -22,14 +22,17 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: goalkeeper locks --store DIR [--json]
-       goalkeeper hold --store DIR [--backend ofd|flock] [--no-wait | --timeout SECS] PATH... -- CMD [ARG...]
+       goalkeeper hold --store DIR [--backend ofd|flock] [--no-wait | --timeout SECS] [--delete]
+                       PATH... -- CMD [ARG...]
 
   locks   list every *.lock file in the store: held, free or stale; the holder's
           pid and command, the lock kind (posix, ofd, flock), and the waiters
   hold    run CMD while holding the locks of PATH... (store paths, absolute or
           relative to the store); the locks are released when CMD exits, and
           CMD's exit status is goalkeeper's. Exit status 75 when a lock is busy
-          (--no-wait) or the wait timed out (--timeout).
+          (--no-wait) or the wait timed out (--timeout). With --delete, the lock
+          files are deleted when CMD succeeds (exit status 0): for a script that
+          produces the paths, as the daemon deletes them after a build.
 ";
 
 /// Exit status for usage errors.
