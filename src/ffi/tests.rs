@@ -336,6 +336,79 @@ fn a_worker_runs_plain_goals_through_the_c_abi() {
     }
 }
 
+/// Log records through the C ABI, without lock files (a build goal asked
+/// for again in a weaker mode logs without locking anything), so Miri
+/// checks the records' strings and the writes into `out`.
+#[test]
+fn log_records_cross_the_c_abi_with_their_strings() {
+    // SAFETY: every pointer passed is valid for what the function writes,
+    // or deliberately NULL/misaligned, which must be refused before use.
+    unsafe {
+        let mut w: gk_worker = 0;
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
+        let path = c"/gk-miri-store/aaaa-out".as_ptr();
+        let mut g: gk_goal = 0;
+        assert_eq!(gk_worker_add_goal(w, 0, &path, 1, 2, &mut g), GK_OK);
+        for _ in 0..3 {
+            assert_eq!(gk_worker_add_goal(w, 0, &path, 1, 0, &mut g), GK_OK);
+        }
+        let mut recs = [std::mem::MaybeUninit::<gk_log_record>::uninit(); 4];
+        let out = recs.as_mut_ptr().cast::<gk_log_record>();
+        let mut n = 9usize;
+        assert_eq!(
+            gk_worker_take_log_records(w, out, 1, std::ptr::null_mut()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            gk_worker_take_log_records(w, std::ptr::null_mut(), 1, &mut n),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(n, 0);
+        let mut bytes = Aligned([0; 64]);
+        let mis = bytes.0.as_mut_ptr().add(1).cast::<gk_log_record>();
+        assert_eq!(
+            gk_worker_take_log_records(w, mis, 1, &mut n),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gk_worker_take_log_records(w, out, usize::MAX, &mut n),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gk_worker_take_log_records(w, std::ptr::null_mut(), 0, &mut n),
+            GK_OK
+        );
+        assert_eq!(n, 0);
+        assert_eq!(gk_worker_take_log_records(w, out, 1, &mut n), GK_OK);
+        assert_eq!(n, 1);
+        let first = recs[0].assume_init();
+        let text = CStr::from_ptr(first.message).to_str().unwrap().to_owned();
+        assert_eq!(text.len(), first.message_len);
+        assert!(text.contains("keeps mode"), "{text}");
+        assert_eq!(
+            (first.goal, first.holder_pid, first.duration_ns),
+            (g, -1, -1)
+        );
+        assert!(first.path.is_null() && first.path_len == 0);
+        let kind = CStr::from_ptr(gk_log_kind_name(first.kind));
+        assert_eq!(kind.to_str().unwrap(), "mode-kept");
+        assert_eq!(gk_worker_take_log_records(w, out, 4, &mut n), GK_OK);
+        assert_eq!(n, 2);
+        for r in &recs[..2] {
+            let r = r.assume_init();
+            let m = CStr::from_ptr(r.message).to_bytes();
+            assert_eq!(m.len(), r.message_len);
+        }
+        assert_eq!(gk_worker_take_log_records(w, out, 4, &mut n), GK_OK);
+        assert_eq!(n, 0);
+        assert_eq!(gk_worker_free(w), GK_OK);
+        assert_eq!(
+            gk_worker_take_log_records(w, out, 4, &mut n),
+            GK_ERROR_STALE_HANDLE
+        );
+    }
+}
+
 /// The whole lock-file protocol with the flock backend, through the C ABI:
 /// open, lock, fstat, the deletion token, unlink, close. Miri runs this one
 /// too (with `-Zmiri-disable-isolation`), so the lock layer's unsafe code is

@@ -250,8 +250,10 @@ fn worker_abi_random_call_sequences_keep_the_invariants() {
         worker::run_case(&ops, &mut stats.borrow_mut())
     });
     let stats = stats.into_inner();
+    let records = worker::LOG_RECORDS_CHECKED.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "abi_fuzz_worker: {cases} cases, {} calls in {:.1} s; statuses: {:?}",
+        "abi_fuzz_worker: {cases} cases, {} calls in {:.1} s; {records} log records checked; \
+         statuses: {:?}",
         stats.calls,
         started.elapsed().as_secs_f64(),
         stats.statuses
@@ -260,6 +262,10 @@ fn worker_abi_random_call_sequences_keep_the_invariants() {
         panic!("{e}");
     }
     if cases >= 500 {
+        assert!(
+            records > 0,
+            "the generator never made gk_worker_take_log_records return a record"
+        );
         let missing: Vec<&str> = [
             GK_OK,
             GK_ERROR_NULL_POINTER,

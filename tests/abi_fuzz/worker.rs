@@ -84,6 +84,42 @@ pub(super) enum WOp {
     Fd(WSpec, Ptr),
     TakeLog(WSpec, Buf),
     SetValid(WSpec, Pred),
+    TakeLogRecords(WSpec, RecBuf),
+}
+
+/// Records `gk_worker_take_log_records` returned and the fuzzer checked.
+pub(super) static LOG_RECORDS_CHECKED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// The output arguments of `gk_worker_take_log_records`.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum RecBuf {
+    /// `out` NULL with `cap` 0: allowed, takes nothing.
+    NullZero,
+    /// A valid array of `cap` records (1..=8).
+    Cap(usize),
+    /// `out` NULL with a capacity.
+    NullWithCap,
+    /// `out` one byte past an aligned array.
+    Misaligned,
+    /// `cap` `usize::MAX`.
+    HugeCap,
+    /// `n_out` NULL.
+    NOutNull,
+    /// `n_out` misaligned.
+    NOutMisaligned,
+}
+
+fn rec_buf() -> impl Strategy<Value = RecBuf> {
+    prop_oneof![
+        1 => Just(RecBuf::NullZero),
+        8 => (1usize..=8).prop_map(RecBuf::Cap),
+        1 => Just(RecBuf::NullWithCap),
+        1 => Just(RecBuf::Misaligned),
+        1 => Just(RecBuf::HugeCap),
+        1 => Just(RecBuf::NOutNull),
+        1 => Just(RecBuf::NOutMisaligned),
+    ]
 }
 
 fn wspec() -> impl Strategy<Value = WSpec> {
@@ -147,6 +183,7 @@ pub(super) fn wop() -> impl Strategy<Value = WOp> {
         2 => (wspec(), ptr_mostly_valid()).prop_map(|(w, o)| WOp::Audit(w, o)),
         1 => (wspec(), ptr_mostly_valid()).prop_map(|(w, o)| WOp::Fd(w, o)),
         1 => (wspec(), buf()).prop_map(|(w, b)| WOp::TakeLog(w, b)),
+        2 => (wspec(), rec_buf()).prop_map(|(w, b)| WOp::TakeLogRecords(w, b)),
         2 => (wspec(), prop_oneof![
             3 => Just(Pred::Default),
             1 => Just(Pred::AlwaysValid),
@@ -831,6 +868,7 @@ fn run_wop(m: &mut WModel, st: &mut Stats, op: &WOp) -> Result<(), TestCaseError
                 );
             }
         }
+        WOp::TakeLogRecords(w, b) => take_log_records(m, st, *w, *b)?,
         WOp::SetValid(w, p) => {
             let (h, k) = m.worker(*w);
             let f: gk_path_predicate = match p {
@@ -918,6 +956,132 @@ fn check(m: &mut WModel, st: &mut Stats) -> Result<(), TestCaseError> {
             a.finished
         );
     }
+    Ok(())
+}
+
+/// `gk_worker_take_log_records` with generated arguments: the status the
+/// documentation gives for them; on success, at most `cap` well-formed
+/// records (known kinds, goals of this worker, strings of the stated
+/// lengths, times in order) and nothing written past them.
+fn take_log_records(
+    m: &mut WModel,
+    st: &mut Stats,
+    w: WSpec,
+    b: RecBuf,
+) -> Result<(), TestCaseError> {
+    const WORDS: usize = std::mem::size_of::<gk_log_record>() / 8;
+    const FILL: u64 = 0xa5a5_a5a5_a5a5_a5a5;
+    let (h, k) = m.worker(w);
+    let room = match b {
+        RecBuf::Cap(c) => c,
+        _ => 2,
+    };
+    // Room for `room` records and one more, which must stay untouched.
+    let mut array = vec![FILL; (room + 2) * WORDS];
+    let base = array.as_mut_ptr() as usize;
+    let (out, cap): (*mut gk_log_record, usize) = match b {
+        RecBuf::NullZero => (std::ptr::null_mut(), 0),
+        RecBuf::Cap(c) => (base as *mut gk_log_record, c),
+        RecBuf::NullWithCap => (std::ptr::null_mut(), 3),
+        RecBuf::Misaligned => ((base + 1) as *mut gk_log_record, 1),
+        RecBuf::HugeCap => (base as *mut gk_log_record, usize::MAX),
+        RecBuf::NOutNull | RecBuf::NOutMisaligned => (base as *mut gk_log_record, room),
+    };
+    let mut n_store = [FILL; 3];
+    let n_base = n_store.as_mut_ptr() as usize;
+    let n_out: *mut usize = match b {
+        RecBuf::NOutNull => std::ptr::null_mut(),
+        RecBuf::NOutMisaligned => (n_base + 1) as *mut usize,
+        _ => n_base as *mut usize,
+    };
+    // SAFETY: `out` and `n_out` are as generated: valid for `cap` records
+    // and one size_t, or deliberately NULL, misaligned or over-sized, which
+    // the library must refuse before writing.
+    let got = unsafe { gk_worker_take_log_records(h, out, cap, n_out) };
+    let want = match b {
+        RecBuf::NOutNull | RecBuf::NullWithCap => Some(GK_ERROR_NULL_POINTER),
+        RecBuf::NOutMisaligned | RecBuf::Misaligned | RecBuf::HugeCap => {
+            Some(GK_ERROR_INVALID_ARGUMENT)
+        }
+        RecBuf::NullZero | RecBuf::Cap(_) => None,
+    }
+    .or(k.is_none().then_some(GK_ERROR_STALE_HANDLE))
+    .unwrap_or(GK_OK);
+    expect(st, "take_log_records", got, want)?;
+    let n = if matches!(b, RecBuf::NOutNull | RecBuf::NOutMisaligned) {
+        ensure!(
+            n_store == [FILL; 3],
+            "n_out was written through a bad pointer"
+        );
+        0
+    } else {
+        n_store[0] as usize
+    };
+    if got != GK_OK {
+        ensure!(
+            matches!(b, RecBuf::NOutNull | RecBuf::NOutMisaligned) || n == 0,
+            "{}: *n_out is {n}, not 0",
+            got.name()
+        );
+    } else {
+        ensure!(n <= cap, "{n} records for a capacity of {cap}");
+    }
+    if got != GK_OK || n == 0 {
+        ensure!(
+            array.iter().all(|&x| x == FILL),
+            "take_log_records wrote records with status {} and n {n}",
+            got.name()
+        );
+        return Ok(());
+    }
+    let k = k.expect("a live worker on GK_OK");
+    let goals: BTreeSet<u64> = m.live[k].goals.iter().map(|g| g.id).collect();
+    let mut last_time = 0u64;
+    for i in 0..n {
+        // SAFETY: the library wrote `n <= cap` records at the start of `array`.
+        let r = unsafe { std::ptr::read((base as *const gk_log_record).add(i)) };
+        // SAFETY: gk_log_kind_name returns a static string.
+        let kind = unsafe { CStr::from_ptr(gk_log_kind_name(r.kind)) };
+        ensure!(kind.to_bytes() != b"unknown", "record {i}: kind {}", r.kind);
+        ensure!(
+            r.goal == 0 || goals.contains(&r.goal),
+            "record {i}: goal {:#x} is not one of this worker's",
+            r.goal
+        );
+        ensure!(
+            r.holder_pid == -1 || r.holder_pid > 0,
+            "holder pid {}",
+            r.holder_pid
+        );
+        ensure!(r.duration_ns >= -1, "duration {}", r.duration_ns);
+        ensure!(
+            r.time_ns > 0 && r.time_ns >= last_time,
+            "record {i}: time {} after {last_time}",
+            r.time_ns
+        );
+        last_time = r.time_ns;
+        ensure!(!r.message.is_null(), "record {i}: NULL message");
+        // SAFETY: the strings are valid until the next take on this worker.
+        let msg = unsafe { CStr::from_ptr(r.message) };
+        ensure!(msg.to_bytes().len() == r.message_len, "message length");
+        ensure!(
+            std::str::from_utf8(msg.to_bytes()).is_ok(),
+            "message not UTF-8"
+        );
+        if r.path.is_null() {
+            ensure!(r.path_len == 0, "no path but path_len {}", r.path_len);
+        } else {
+            // SAFETY: as above.
+            let path = unsafe { CStr::from_ptr(r.path) };
+            ensure!(path.to_bytes().len() == r.path_len, "path length");
+            ensure!(path.to_bytes().first() == Some(&b'/'), "path not absolute");
+        }
+    }
+    ensure!(
+        array[n * WORDS..].iter().all(|&x| x == FILL),
+        "take_log_records wrote past its {n} records"
+    );
+    LOG_RECORDS_CHECKED.fetch_add(n as u64, Ordering::Relaxed);
     Ok(())
 }
 
