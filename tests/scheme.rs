@@ -235,6 +235,13 @@ fn scheme_regression_31785() {
     );
 }
 
+/// The worker's log records (`worker-log-records`) and run-worker's hooks
+/// (#:on-log, #:on-exit, #:watch), with a real foreign holder process.
+#[test]
+fn scheme_log_records_and_run_worker_hooks() {
+    run_suite("log", 31, Duration::from_secs(120));
+}
+
 /// (goalkeeper abi): enum tables, struct layouts, readers and writers
 /// (tests/scheme_abi.rs compares the declarations with the header).
 #[test]

@@ -76,7 +76,10 @@
             %gk-worker-audit
             %gk-worker-fd
             %gk-worker-take-log
-            %gk-outcome-name))
+            %gk-outcome-name
+
+            %gk-worker-take-log-records
+            %gk-log-kind-name))
 
 ;;; Commentary:
 ;;;
@@ -583,5 +586,15 @@ convention: first probe the size, then fetch, retrying if the list grew."
   "gk_worker_take_log" int32 (uint64 '* size_t '*))
 (define-goalkeeper-procedure (%gk-outcome-name outcome)
   "gk_outcome_name" '* (uint32))
+
+;;;
+;;; Diagnostics log records.
+;;;
+
+(define-goalkeeper-procedure (%gk-worker-take-log-records worker out cap
+                                                          n-out)
+  "gk_worker_take_log_records" int32 (uint64 '* size_t '*))
+(define-goalkeeper-procedure (%gk-log-kind-name kind)
+  "gk_log_kind_name" '* (uint32))
 
 ;;; ffi.scm ends here

@@ -41,6 +41,17 @@
             goal-outcome
             goal-finished?
 
+            worker-log-records
+            log-record?
+            log-record-kind
+            log-record-goal
+            log-record-path
+            log-record-holder-pid
+            log-record-holder-goal
+            log-record-time
+            log-record-duration
+            log-record-message
+
             run-worker))
 
 ;;; Commentary:
@@ -479,11 +490,99 @@ finished goal holds no lock), 'slots-used, 'max-jobs, 'foreign-waits,
 
 (define (worker-log worker)
   "Return and clear WORKER's diagnostics, a list of strings such as
-\"goal 3 waits for /gnu/store/…-foo.lock held by pid 123\"."
+\"goal 3 waits for /gnu/store/…-foo.lock held by pid 123\": the messages
+of the records 'worker-log-records' returns, from the same log."
   (let ((handle (live-worker worker 'worker-log)))
     (read-list (lambda (buf cap len-out)
                  (%gk-worker-take-log handle buf cap len-out))
                'worker-log)))
+
+
+;;;
+;;; Diagnostics log records.
+;;;
+
+(define-record-type <log-record>
+  (make-log-record kind goal path holder-pid holder-goal time duration
+                   message)
+  log-record?
+  (kind        log-record-kind)                   ;symbol, see %gk-log-kind
+  (goal        log-record-goal)                   ;<goal> or #f
+  (path        log-record-path)                   ;string or #f
+  (holder-pid  log-record-holder-pid)             ;integer or #f
+  (holder-goal log-record-holder-goal)            ;<goal> or #f
+  (time        log-record-time)                   ;nanoseconds
+  (duration    log-record-duration)               ;seconds or #f
+  (message     log-record-message))               ;string
+
+(set-record-type-printer! <log-record>
+  (lambda (record port)
+    (format port "#<log-record ~a ~s>" (log-record-kind record)
+            (log-record-message record))))
+
+(define %log-batch
+  ;; Records taken per call.
+  32)
+
+(define (worker-log-records worker)
+  "Return and clear WORKER's diagnostics as a list of log records, oldest
+first.  Each record has a kind, a symbol such as:
+
+  'waits-foreign   its goal waits for the lock of its path, held by another
+                   process (whose pid is its holder-pid, when the kernel
+                   tells) or by a lock set or worker of this process;
+  'waits-local     … held by its holder-goal, a goal of the same worker;
+  'handed-over     its goal got the lock after waiting DURATION seconds;
+  'became-valid    its goal, waiting DURATION seconds for a lock, found its
+                   outputs valid and finished without running;
+
+and 'could-not-lock, 'release-failed, 'predicate-error, 'cached-failure,
+'not-valid-after-success, 'cancelled-by-failure, 'no-build-slots,
+'mode-kept, 'ledger-violation, 'dropped (older records were dropped).
+'log-record-goal' and 'log-record-holder-goal' are goals of WORKER (or #f),
+'log-record-path' a store path (or #f), 'log-record-holder-pid' an integer
+(or #f), 'log-record-time' the time it was recorded in nanoseconds of
+CLOCK_MONOTONIC (one clock for every process of the machine),
+'log-record-duration' a number of seconds (or #f), and
+'log-record-message' the line 'worker-log' would have returned."
+  (define handle (live-worker worker 'worker-log-records))
+  (define size (c-struct-size %gk-log-record))
+  (define (goal-of id)
+    (and (not (zero? id)) (hashv-ref (worker-goal-table worker) id)))
+  (define (string-at pointer len)
+    (and (not (null-pointer? pointer))
+         (utf8->string (pointer->bytevector pointer len))))
+  (define (record-at bv offset)
+    (read-gk-log-record
+     bv offset
+     (lambda (kind holder-pid goal holder-goal time duration path path-len
+                   message message-len)
+       (make-log-record (or (c-enum-symbol %gk-log-kind kind)
+                            (string->symbol
+                             (pointer->string (%gk-log-kind-name kind) -1
+                                              "UTF-8")))
+                        (goal-of goal)
+                        (string-at path path-len)
+                        (and (>= holder-pid 0) holder-pid)
+                        (goal-of holder-goal)
+                        time
+                        (and (>= duration 0) (/ duration 1e9))
+                        (or (string-at message message-len) "")))))
+  (let loop ((acc '()))
+    (let* ((out     (make-bytevector (* %log-batch size) 0))
+           (scratch (take-scratch))
+           (status  (%gk-worker-take-log-records
+                     handle (bytevector->pointer out) %log-batch
+                     (scratch-out-pointer scratch)))
+           (n       (size-t-ref (scratch-out scratch) 0)))
+      (give-back-scratch! scratch)
+      (check-status status 'worker-log-records)
+      ;; The strings are valid until the next call: copy them now.
+      (let ((acc (fold (lambda (i acc) (cons (record-at out (* i size)) acc))
+                       acc (iota n))))
+        (if (< n %log-batch)
+            (reverse acc)
+            (loop acc))))))
 
 
 ;;;
@@ -527,30 +626,85 @@ kernel cannot give one (then 'run-worker' re-checks its children every
   ;; at its children again.
   0.05)
 
-(define* (run-worker worker proc #:key (on-finished (const #t)))
+(define (check-watch watch)
+  "Check WATCH, a list of (PORT-OR-FD . PROCEDURE) pairs, for 'run-worker';
+return it."
+  (unless (list? watch)
+    (raise-goalkeeper-error
+     'invalid-argument
+     (format #f "#:watch gave ~s, not a list of (PORT-OR-FD . PROCEDURE) pairs"
+             watch)
+     'run-worker))
+  (for-each (lambda (entry)
+              (match entry
+                (((or (? port?)
+                      (? (lambda (fd) (and (exact-integer? fd) (>= fd 0)))))
+                  . (? procedure?))
+                 #t)
+                (_
+                 (raise-goalkeeper-error
+                  'invalid-argument
+                  (format #f "#:watch entry ~s is not a (PORT-OR-FD . \
+PROCEDURE) pair" entry)
+                  'run-worker))))
+            watch)
+  watch)
+
+(define* (run-worker worker proc
+                     #:key (on-finished (const #t)) (on-exit #f)
+                     (on-log #f) (watch '()))
   "Drive WORKER until every goal has finished, and return the list of
 (GOAL . OUTCOME) pairs in the order the goals finished.
 
 PROC is called as (PROC GOAL) for each goal WORKER says to run, with the
 goal's output locks held and a build slot taken.  It returns either an
 outcome ('built, 'substituted, 'failed or 'timed-out), reported at once, or
-the PID of a child process it started: the goal is then reported 'built
-when that process exits with status 0 and 'failed otherwise.  Several goals
-run at once up to the worker's max-jobs.  ON-FINISHED is called as
-(ON-FINISHED GOAL OUTCOME) when a goal finishes, whichever way.
+the PID of a child process it started: the goal is then reported when that
+process exits, 'built if it exited with status 0 and 'failed otherwise.
+Several goals run at once up to the worker's max-jobs.
+
+The host may also pass:
+
+  #:on-finished  called as (ON-FINISHED GOAL OUTCOME) when a goal finishes,
+                 whichever way, after its locks were released;
+  #:on-exit      called as (ON-EXIT GOAL STATUS) when the child process
+                 running GOAL has exited, STATUS being its wait status,
+                 before the goal is reported (its locks are still held);
+                 it returns the outcome to report;
+  #:on-log       called as (ON-LOG RECORD) for each record of the worker's
+                 diagnostics log (see 'worker-log-records'), as soon as the
+                 step that made it returns: who waits for whose lock,
+                 hand-offs, goals that became valid while waiting;
+  #:watch        descriptors to wait on in the same 'select' as the
+                 worker's: a list of (PORT-OR-FD . PROCEDURE) pairs, or a
+                 procedure of no arguments returning such a list, asked
+                 before each wait (for descriptors that come and go, such
+                 as builders' output pipes).  When PORT-OR-FD is readable,
+                 PROCEDURE is called with it; then the worker is asked for
+                 its next event.
 
 While waiting, 'run-worker' blocks in 'select' on the worker's file
-descriptor and on one descriptor per running child (pidfd_open), so it
-neither polls nor installs a signal handler; only on kernels without
-pidfd_open (before Linux 5.3) does it look at its children every 50 ms.
-If PROC or ON-FINISHED raises, or control leaves 'run-worker' otherwise,
-the goal being started is cancelled, and the child processes still running
-are killed with SIGKILL and reaped and their goals cancelled: their locks
-are released before the exception goes on.  PROC must not reap its
-children itself."
+descriptor, on one descriptor per running child (pidfd_open), and on the
+watched descriptors, so it neither polls nor installs a signal handler;
+only on kernels without pidfd_open (before Linux 5.3) does it look at its
+children every 50 ms.  If PROC or a hook raises, or control leaves
+'run-worker' otherwise, the goal being started is cancelled, and the child
+processes still running are killed with SIGKILL and reaped and their goals
+cancelled: their locks are released before the exception goes on.  PROC
+must not reap its children itself."
   (define running '())                            ;list of (PID GOAL FD)
   (define starting #f)                            ;the goal PROC is starting
   (define results '())
+
+  (define watched
+    ;; A thunk returning the current (PORT-OR-FD . PROCEDURE) list.
+    (match watch
+      ((? procedure?) (lambda () (check-watch (watch))))
+      (_ (check-watch watch) (const watch))))
+
+  (define (flush-log!)
+    (when on-log
+      (for-each on-log (worker-log-records worker))))
 
   (define (finished! goal outcome)
     (set! results (cons (cons goal outcome) results))
@@ -558,7 +712,13 @@ children itself."
 
   (define (report! goal outcome)
     (worker-report! worker goal outcome)
+    (flush-log!)
     (finished! goal (goal-outcome goal)))
+
+  (define (exited! goal status)
+    (report! goal (if on-exit
+                      (on-exit goal status)
+                      (outcome-of-status status))))
 
   (define (forget! entry)
     (set! running (delq entry running))
@@ -568,14 +728,17 @@ children itself."
   (define (reap!)
     ;; Report every tracked child that has exited.  A child leaves the
     ;; list before its goal is reported, so that 'abandon!' never signals a
-    ;; reaped (perhaps reused) PID if the report raises.
+    ;; reaped (perhaps reused) PID if the report raises; the goal is then
+    ;; 'starting', so that 'abandon!' cancels it.
     (for-each (match-lambda
                 ((and entry (pid goal _))
                  (match (waitpid pid WNOHANG)
                    ((0 . _) #t)
                    ((_ . status)
                     (forget! entry)
-                    (report! goal (outcome-of-status status))))))
+                    (set! starting goal)
+                    (exited! goal status)
+                    (set! starting #f)))))
               running))
 
   (define (track! goal pid)
@@ -596,26 +759,39 @@ child process of this process" goal pid)
                            running))
        (set! starting #f))
       ((_ . status)                             ;it exited already
-       (report! goal (outcome-of-status status))
+       (exited! goal status)
        (set! starting #f))))
 
   (define (wait! fd timeout)
-    ;; Block until FD or a child's descriptor is readable, or TIMEOUT.
+    ;; Block until FD, a child's descriptor or a watched one is readable,
+    ;; or TIMEOUT; then call the procedures of the watched ones.
     (let* ((children (filter-map third running))
+           (extra    (watched))
            (timeout  (if (any (lambda (entry) (not (third entry))) running)
                          (min (or timeout %fallback-poll) %fallback-poll)
-                         timeout)))
-      (catch 'system-error
-        (lambda ()
-          (if timeout
-              (let ((seconds (inexact->exact (floor timeout))))
-                (select (cons fd children) '() '() seconds
-                        (inexact->exact
-                         (round (* 1e6 (- timeout seconds))))))
-              (select (cons fd children) '() '())))
-        (lambda args
-          (unless (= EINTR (system-error-errno args))
-            (apply throw args))))))
+                         timeout))
+           (ready    (catch 'system-error
+                       (lambda ()
+                         (let ((read (cons fd (append children
+                                                      (map car extra)))))
+                           (first
+                            (if timeout
+                                (let ((seconds (inexact->exact
+                                                (floor timeout))))
+                                  (select read '() '() seconds
+                                          (inexact->exact
+                                           (round (* 1e6 (- timeout
+                                                            seconds))))))
+                                (select read '() '())))))
+                       (lambda args
+                         (if (= EINTR (system-error-errno args))
+                             '()
+                             (apply throw args))))))
+      (for-each (match-lambda
+                  ((port-or-fd . procedure)
+                   (when (memv port-or-fd ready)
+                     (procedure port-or-fd))))
+                extra)))
 
   (define (abandon!)
     ;; Control is leaving abnormally: stop what is still running, and
@@ -638,33 +814,35 @@ child process of this process" goal pid)
       (lambda ()
         (let loop ()
           (reap!)
-          (match (worker-next-event worker)
-            (('run goal)
-             (set! starting goal)
-             (match (proc goal)
-               ((? exact-integer? pid)
-                (track! goal pid))
-               ((? symbol? outcome)
-                (report! goal outcome)
-                (set! starting #f))
-               (other
-                (worker-report! worker goal 'failed)
-                (set! starting #f)
-                (raise-goalkeeper-error
-                 'invalid-argument
-                 (format #f "the procedure run for ~s returned ~s, which is \
+          (let ((event (worker-next-event worker)))
+            (flush-log!)
+            (match event
+              (('run goal)
+               (set! starting goal)
+               (match (proc goal)
+                 ((? exact-integer? pid)
+                  (track! goal pid))
+                 ((? symbol? outcome)
+                  (report! goal outcome)
+                  (set! starting #f))
+                 (other
+                  (worker-report! worker goal 'failed)
+                  (set! starting #f)
+                  (raise-goalkeeper-error
+                   'invalid-argument
+                   (format #f "the procedure run for ~s returned ~s, which is \
 neither an outcome nor a process id" goal other)
-                 'run-worker)))
-             (loop))
-            (('finished goal outcome)
-             (finished! goal outcome)
-             (loop))
-            (('wait fd timeout)
-             (wait! fd timeout)
-             (loop))
-            (('done)
-             (set! completed? #t)
-             (reverse results)))))
+                   'run-worker)))
+               (loop))
+              (('finished goal outcome)
+               (finished! goal outcome)
+               (loop))
+              (('wait fd timeout)
+               (wait! fd timeout)
+               (loop))
+              (('done)
+               (set! completed? #t)
+               (reverse results))))))
       (lambda ()
         (unless completed?
           (abandon!))))))
