@@ -9,6 +9,8 @@
  * Conventions: every function returns a gk_status; on failure,
  * gk_last_error_message() says why. Objects are named by uint64_t handles;
  * a stale handle gives GK_ERROR_STALE_HANDLE, never undefined behaviour.
+ * The guarantees cited as G1-G7 are defined in doc/design.md in
+ * goalkeeper's source tree.
  */
 
 #ifndef GOALKEEPER_H

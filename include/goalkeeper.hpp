@@ -19,7 +19,9 @@
  * RELEASE EXPLICITLY. The documented way to give locks back is
  * LockSet::release() (after set_deletion(true) once the paths are valid)
  * and, for a worker's goals, goal completion: Worker::report() or cancel()
- * ends a goal, and that releases its locks at once (G1).
+ * ends a goal, and that releases its locks at once (G1; the guarantees
+ * G1-G7 and the items S3, S9 cited below are defined in doc/design.md in
+ * goalkeeper's source tree).
  * The destructors release too, but only as a safety net, and they report
  * it (see set_safety_net_handler). Why: in guix-daemon, a PathLocks object
  * releases its locks in its destructor, so a lock lives as long as the

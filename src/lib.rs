@@ -7,6 +7,12 @@
 //! * [`sched`]: the goal scheduler (workers, goals, slots, lock waits, ledger).
 //! * [`ffi`]: the C ABI (`include/goalkeeper.h`).
 //! * [`store_db`]: store validity from the store's SQLite database.
+//!
+//! `doc/design.md` describes these layers (every dependency points down:
+//! `tests/layers.rs`), the lock-file protocol and the worker's pull loop.
+//! The item numbers cited in comments and tests (G1–G7, L1–L11, V1–V2,
+//! S1–S13) name its guarantees and the entries of its failure catalogue;
+//! `tests/doc_refs.rs` fails when a citation points at nothing.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -1,4 +1,4 @@
-//! Lock-layer failure modes that need several processes (DESIGN.md section 7):
+//! Lock-layer failure modes that need several processes (doc/design.md#lock-layer):
 //! L1 stale lock files under a blocked waiter, `kill -9` of holders, L5 fork
 //! and exec children, L6 EINTR in blocking waits, L9 unlink and token-write
 //! failures, and unlink races between many processes, including

@@ -5,8 +5,8 @@
 //! -Wunbound-variable -Warity-mismatch -Wformat`; any warning fails the
 //! test. Each suite then runs under `tests/scheme/support/driver.scm`, which
 //! prints `GK-SRFI64 <suite> pass=N fail=N …` and sets the exit status: a
-//! Guile SRFI-64 file on its own exits 0 even when tests fail (DESIGN.md
-//! section 9), so this runner reads the counts and checks them, not only the
+//! Guile SRFI-64 file on its own exits 0 even when tests fail
+//! (doc/design.md#8-notes-for-test-writers), so this runner reads the counts and checks them, not only the
 //! exit status. Guile is required: without it these tests fail, they do not
 //! skip (`.ci/run` installs it).
 
@@ -256,7 +256,7 @@ fn scheme_library_loading() {
 
 /// The driver must turn a failing SRFI-64 assertion into a failing exit
 /// status and a non-zero `fail=` count; otherwise every suite above could go
-/// green over red tests (DESIGN.md section 9).
+/// green over red tests (doc/design.md#8-notes-for-test-writers).
 #[test]
 fn scheme_driver_reports_failures() {
     let dir = common::build_dir().join("gk-scheme-driver-selftest");

@@ -1,5 +1,5 @@
 //! `make bench`: goalkeeper against the physical limits of the machine
-//! (DESIGN.md section 6, issue 7). Every figure is compared with a baseline
+//! (doc/design.md#7-measured-limits, issue 7). Every figure is compared with a baseline
 //! measured in the same run, alternately, and reported as a median.
 //!
 //! ```text

@@ -425,7 +425,7 @@ cannot carry."
                 (bad 'invalid-path "store path ~s contains a NUL character"
                      path)))
             paths)
-  ;; One join and one encoding for the whole batch (DESIGN.md section 6).
+  ;; One join and one encoding for the whole batch (doc/design.md#7-measured-limits).
   (string->utf8 (string-join paths "\0" 'suffix)))
 
 (define (unpack-paths bv len)

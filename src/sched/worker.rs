@@ -132,7 +132,7 @@ pub(crate) struct Stats {
 }
 
 /// A scheduler for one client request. See the module docs and
-/// `WORKER_ABI.md` for the pull loop.
+/// doc/design.md#6-the-workers-pull-loop for the pull loop.
 pub struct Worker {
     pub(super) serial: u32,
     pub(super) opts: WorkerOptions,

@@ -11,8 +11,8 @@
 ;;; Usage: guile tests/scheme/support/driver.scm SUITE.scm
 ;;;
 ;;; Run one SRFI-64 suite and exit with a status that reflects its results.
-;;; Guile's SRFI-64 suites exit 0 even when tests fail (DESIGN.md section
-;;; 9), so this driver installs its own test runner: it prints every failing
+;;; Guile's SRFI-64 suites exit 0 even when tests fail
+;;; (doc/design.md#8-notes-for-test-writers), so this driver installs its own test runner: it prints every failing
 ;;; test with its expected and actual values, then one line
 ;;;
 ;;;   GK-SRFI64 <suite> pass=N fail=N xpass=N xfail=N skip=N
