@@ -23,13 +23,20 @@ fn gk() -> Command {
     Command::new(env!("CARGO_BIN_EXE_goalkeeper"))
 }
 
+/// The C holder program, compiled once per test binary: the tests run in
+/// parallel, and recompiling it to the same path while another test runs it
+/// fails with "Text file busy".
 fn holder_exe() -> std::path::PathBuf {
-    compile(
-        "inspector-holder",
-        &[root().join("tests/c/holder.c")],
-        false,
-        &[],
-    )
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        compile(
+            "inspector-holder",
+            &[root().join("tests/c/holder.c")],
+            false,
+            &[],
+        )
+    })
+    .clone()
 }
 
 /// A running process that signals readiness with a first line on stdout and
