@@ -750,7 +750,9 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
             t.note("clients with ENOSPC on lock-file creation", 1);
         }
         if rng.chance(12) {
-            faults.push(format!("crash-after-token:{}", rng.range(20, 60)));
+            // One crash point per client, so that its death can be named.
+            let at = goalkeeper::fault::Point::crashes()[rng.below(3) as usize];
+            faults.push(format!("{}:{}", at.name(), rng.range(20, 60)));
         }
         if !faults.is_empty() {
             cmd.env("GOALKEEPER_FAULTS", faults.join(","));
