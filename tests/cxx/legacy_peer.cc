@@ -24,9 +24,10 @@
 //                              unlink, then "d")
 //     EOF: exits (the kernel drops whatever is still held).
 //   legacy_peer loop LOG SEED wait|nowait PATH...
-//     Until EOF on stdin: lock a random PATH (blocking, or trying every
-//     millisecond), hold it 0-4 ms, release it (with deletion half the
-//     time), pause 0-9 ms. Then lock every PATH at once, blocking, and
+//     Until EOF on stdin: lock a random PATH (blocking, or one try without
+//     waiting, pausing 1-4 ms when busy), hold it 0-4 ms, release it (with
+//     deletion half the time, never after a lock on an unlinked inode),
+//     pause 0-9 ms. Then lock every PATH at once, blocking, and
 //     report "@gk done HOLDS STALE UNLINKED FINAL_US". A peer that never
 //     reports is wedged (spinning on a lock file it takes for stale).
 //
@@ -93,7 +94,7 @@ struct Hold {
 /// Locks `path`: blocking, or by retrying without waiting. Returns the
 /// reply's fields, logs the S line.
 std::string lockOne(int log, Hold &h, const std::string &path, bool wait, bool once,
-                    bool &got) {
+                    bool &got, bool &unlinked) {
   auto start = std::chrono::steady_clock::now();
   unsigned before = h.locks->unlinkedTaken;
   got = false;
@@ -106,7 +107,7 @@ std::string lockOne(int log, Hold &h, const std::string &path, bool wait, bool o
       return "busy";
     pauseMs(1);
   }
-  bool unlinked = h.locks->unlinkedTaken != before;
+  unlinked = h.locks->unlinkedTaken != before;
   h.path = path;
   logLine(log, "S " + std::to_string(getpid()) + " " + path + " " + std::to_string(monoNs()) +
                    (unlinked ? " unlinked" : ""));
@@ -142,10 +143,10 @@ int serve(const char *logPath) {
     if (cmd == "lock" || cmd == "try") {
       if (!h.locks->empty())
         die("lock: already holding " + h.path);
-      bool got = false;
+      bool got = false, unlinked = false;
       bool once = cmd == "try";
       const std::string &path = once ? a : b;
-      say(lockOne(log, h, path, !once && a == "wait", once, got));
+      say(lockOne(log, h, path, !once && a == "wait", once, got, unlinked));
     } else if (cmd == "release") {
       if (!h.locks->empty())
         releaseOne(log, h, a == "delete");
@@ -174,15 +175,19 @@ int loop(const char *logPath, unsigned long seed, bool wait, std::vector<std::st
   Hold h;
   while (!stdinClosed()) {
     const std::string &p = paths[rng() % paths.size()];
-    bool got = false;
-    lockOne(log, h, p, wait, !wait, got);
+    bool got = false, unlinked = false;
+    lockOne(log, h, p, wait, !wait, got, unlinked);
     if (!got) {
       pauseMs(1 + static_cast<unsigned>(rng() % 4));
       continue;
     }
     ++holds;
     pauseMs(static_cast<unsigned>(rng() % 5));
-    releaseOne(log, h, rng() % 2 == 0);
+    // A hold on an unlinked inode (the crash window) is released without
+    // deletion: the daemon would unlink whatever file has the name by then,
+    // someone else's live one, and the one misstep would cascade into
+    // overlaps the holder log could not tell from real ones.
+    releaseOne(log, h, !unlinked && rng() % 2 == 0);
     pauseMs(static_cast<unsigned>(rng() % 10));
   }
   // Every path must still be lockable: none wedged.
