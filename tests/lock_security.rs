@@ -392,3 +392,27 @@ fn release_with_deletion_never_touches_a_file_that_replaced_the_lock_file() {
     let m = held.metadata().unwrap();
     assert_eq!((m.nlink(), m.len()), (0, 1), "the held inode is marked");
 }
+
+/// L11 at release: a hard link made to a held lock file (as anyone may do
+/// with `fs.protected_hardlinks=0`; root here) keeps the inode linked after
+/// the unlink, so it is not marked: the other name is not left carrying the
+/// token (a file old daemons would spin on), and the release says why.
+#[test]
+fn release_never_marks_a_lock_file_that_gained_a_link_while_held() {
+    let s = TempStore::new();
+    let p = s.path("aaa-out");
+    let mut set = LockSet::try_acquire([&p], Backend::Ofd).unwrap();
+    let other = s.dir().join("bbb-out.lock");
+    std::fs::hard_link(s.lock_file("aaa-out"), &other).unwrap();
+    set.set_deletion(true);
+    let e = set.release().unwrap_err();
+    assert!(matches!(e, Error::ForeignLockFile { .. }), "{e}");
+    assert!(e.to_string().contains("not marked"), "{e}");
+    assert!(!s.lock_file("aaa-out").exists(), "the name was unlinked");
+    assert_eq!(
+        std::fs::metadata(&other).unwrap().len(),
+        0,
+        "the other link is unmarked"
+    );
+    assert!(!lockkit::busy_for("posix", &other), "released anyway");
+}

@@ -203,7 +203,9 @@ impl LockFile {
     /// inode is unlinked and empty: goalkeeper's waiters see `st_nlink == 0`,
     /// an `st_size`-only peer would take it for live. If the unlink fails,
     /// nothing is written and the file stays a live lock file; if both marks
-    /// fail, the error says so (the inode cannot be re-linked).
+    /// fail, the error says so (the inode cannot be re-linked). An inode
+    /// that is still linked after step 1 (someone made another hard link to
+    /// it while it was held) is not marked: [`Error::ForeignLockFile`].
     ///
     /// The lock is always released, even when an error is returned; the error
     /// then says that the file could not be deleted, or not marked.
@@ -267,6 +269,24 @@ fn delete_lock_file(fd: RawFd, key: FileKey, path: &StorePath) -> Result<()> {
         Err(e) => return Err(Error::from_io(path.lock_path(), "lstat before unlink", e)),
     }
     crash_point(Point::CrashAfterUnlink);
+    // Only an inode no name leads to is marked: a linked file carrying the
+    // mark is what old daemons spin on for ever. One link is all it had at
+    // acquisition; another made since (by whoever may link other users'
+    // files) keeps it unmarked, and the release says so.
+    match stat(fd) {
+        Ok(st) if st.st_nlink == 0 => {}
+        Ok(st) => {
+            return Err(Error::ForeignLockFile {
+                path: path.lock_path().to_path_buf(),
+                reason: format!(
+                    "it gained {} other hard link(s) while it was held, so it was not marked \
+                     as deleted",
+                    st.st_nlink
+                ),
+            })
+        }
+        Err(e) => return Err(Error::from_io(path.lock_path(), "fstat before the mark", e)),
+    }
     mark_deleted(fd, path)?;
     crash_point(Point::CrashAfterMark);
     Ok(())
@@ -381,12 +401,12 @@ fn examine(path: &StorePath, st: &libc::stat, dir_owner: libc::uid_t) -> Result<
 /// A lock file that is still linked but carries the deletion token was left
 /// by a holder that died between writing the token and unlinking: earlier
 /// versions of goalkeeper wrote first (today's order, unlink then mark, is
-/// in [`LockFile::release`]), and so may other programs. guix-daemon spins on such a file for ever. We hold its lock
-/// now, so nobody else can be deleting it: finish the deletion, so that the
-/// next open creates a fresh file instead of finding this one stale for ever
-/// (G7). The path is unlinked only if it still names the locked inode. If
-/// the unlink fails (e.g. a read-only store), the bounded retry reports the
-/// file.
+/// in [`LockFile::release`]), and so may other programs. guix-daemon spins
+/// on such a file for ever. We hold its lock now, so nobody else can be
+/// deleting it: finish the deletion, so that the next open creates a fresh
+/// file instead of finding this one stale for ever (G7). The path is
+/// unlinked only if it still names the locked inode. If the unlink fails
+/// (e.g. a read-only store), the bounded retry reports the file.
 fn finish_interrupted_deletion(path: &StorePath, locked: &libc::stat) {
     if locked.st_nlink == 0 || locked.st_size == 0 {
         return;
