@@ -390,7 +390,7 @@ mod client {
                         &format!("E {pid} {} {t}", spec.store.join(o).display()),
                     );
                 }
-                // A crash inside report() (crash-after-token) can only
+                // A crash inside report() (a crash point of a release) can only
                 // happen after this line: a lower bound for the death of
                 // this process, and so for the end of whatever it holds.
                 append_line(log, &format!("R {pid} - {}", mono_ns()));
