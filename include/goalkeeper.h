@@ -117,6 +117,12 @@ typedef enum {
    */
   GK_ERROR_INSECURE_STORE = 27,
   /**
+   * The file at `P.lock` is not a lock file goalkeeper may use: not a
+   * regular file, more than one hard link, or owned by neither this
+   * process's user nor the store directory's owner. It is left untouched.
+   */
+  GK_ERROR_FOREIGN_LOCK_FILE = 28,
+  /**
    * A ledger invariant does not hold (a lock without a live owner, a
    * finished goal holding a lock, …). The message names goal and path.
    */

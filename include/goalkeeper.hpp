@@ -83,6 +83,7 @@ enum class errc : std::int32_t {
   deadlock = GK_ERROR_DEADLOCK,
   stale_lock_file = GK_ERROR_STALE_LOCK_FILE,
   insecure_store = GK_ERROR_INSECURE_STORE,
+  foreign_lock_file = GK_ERROR_FOREIGN_LOCK_FILE,
   invariant_violation = GK_ERROR_INVARIANT_VIOLATION,
   scheduler_deadlock = GK_ERROR_SCHEDULER_DEADLOCK,
   panic = GK_ERROR_PANIC,

@@ -97,6 +97,17 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// The file at `P.lock` is not a lock file this process may use: not a
+    /// regular file, more than one hard link (perhaps a link planted to
+    /// another file), or owned by neither this process's effective user nor
+    /// the store directory's owner. It is never written to (L11).
+    #[error("{}: refusing to use this file as a lock file: {reason}", path.display())]
+    ForeignLockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The object was created by another process: this process is a fork
     /// child, and a fork child never holds or releases its parent's locks.
     #[error("{0} was created by the parent process before fork(); a fork child does not hold its parent's locks")]

@@ -332,6 +332,7 @@ association list from field names to values, in declaration order."
   (deadlock               25)
   (stale-lock-file        26)
   (insecure-store         27)
+  (foreign-lock-file      28)
   (invariant-violation    30)
   (scheduler-deadlock     31)
   (panic                  99))

@@ -134,7 +134,7 @@
                                                      'status))))
     (lambda (exception)
       "Return the status of EXCEPTION, a &goalkeeper-error: a symbol such
-as 'invalid-path, 'held-by-this-process, 'stale-handle,
+as 'invalid-path, 'held-by-this-process, 'stale-handle, 'foreign-lock-file,
 'library-not-found, 'abi-mismatch or 'missing-symbol."
       (status exception))))
 

@@ -52,6 +52,10 @@ pub enum gk_status {
     /// The store directory is writable by other users (its group or everyone)
     /// without the sticky bit; `/gnu/store` (1775) and `/tmp` (1777) are fine.
     GK_ERROR_INSECURE_STORE = 27,
+    /// The file at `P.lock` is not a lock file goalkeeper may use: not a
+    /// regular file, more than one hard link, or owned by neither this
+    /// process's user nor the store directory's owner. It is left untouched.
+    GK_ERROR_FOREIGN_LOCK_FILE = 28,
     /// A ledger invariant does not hold (a lock without a live owner, a
     /// finished goal holding a lock, …). The message names goal and path.
     GK_ERROR_INVARIANT_VIOLATION = 30,
@@ -63,7 +67,7 @@ pub enum gk_status {
 
 impl gk_status {
     /// Every status, for `gk_status_name` and tests.
-    pub(crate) const ALL: [gk_status; 22] = [
+    pub(crate) const ALL: [gk_status; 23] = [
         gk_status::GK_OK,
         gk_status::GK_BUSY,
         gk_status::GK_HELD_BY_THIS_PROCESS,
@@ -83,6 +87,7 @@ impl gk_status {
         gk_status::GK_ERROR_DEADLOCK,
         gk_status::GK_ERROR_STALE_LOCK_FILE,
         gk_status::GK_ERROR_INSECURE_STORE,
+        gk_status::GK_ERROR_FOREIGN_LOCK_FILE,
         gk_status::GK_ERROR_INVARIANT_VIOLATION,
         gk_status::GK_ERROR_SCHEDULER_DEADLOCK,
         gk_status::GK_ERROR_PANIC,
@@ -115,6 +120,7 @@ impl gk_status {
             gk_status::GK_ERROR_DEADLOCK => c"GK_ERROR_DEADLOCK",
             gk_status::GK_ERROR_STALE_LOCK_FILE => c"GK_ERROR_STALE_LOCK_FILE",
             gk_status::GK_ERROR_INSECURE_STORE => c"GK_ERROR_INSECURE_STORE",
+            gk_status::GK_ERROR_FOREIGN_LOCK_FILE => c"GK_ERROR_FOREIGN_LOCK_FILE",
             gk_status::GK_ERROR_INVARIANT_VIOLATION => c"GK_ERROR_INVARIANT_VIOLATION",
             gk_status::GK_ERROR_SCHEDULER_DEADLOCK => c"GK_ERROR_SCHEDULER_DEADLOCK",
             gk_status::GK_ERROR_PANIC => c"GK_ERROR_PANIC",
@@ -143,6 +149,7 @@ impl From<&Error> for gk_status {
             Error::Deadlock { .. } => GK_ERROR_DEADLOCK,
             Error::StaleRetriesExhausted { .. } => GK_ERROR_STALE_LOCK_FILE,
             Error::InsecureStore { .. } => GK_ERROR_INSECURE_STORE,
+            Error::ForeignLockFile { .. } => GK_ERROR_FOREIGN_LOCK_FILE,
             Error::WrongProcess(..) => GK_ERROR_WRONG_PROCESS,
             Error::InvalidState(_) => GK_ERROR_INVALID_STATE,
             Error::Invariant(_) => GK_ERROR_INVARIANT_VIOLATION,
