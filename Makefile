@@ -128,7 +128,8 @@ GUILE_PREFIX = $(shell $(GUILE) -c "(display (assq-ref %guile-build-info 'prefix
 GUILE_SITE_DIR ?= $(patsubst $(GUILE_PREFIX)/%,$(PREFIX)/%,$(shell $(GUILE) -c '(display (%site-dir))' 2>/dev/null))
 GUILE_SITE_CCACHE_DIR ?= $(patsubst $(GUILE_PREFIX)/%,$(PREFIX)/%,$(shell $(GUILE) -c '(display (%site-ccache-dir))' 2>/dev/null))
 
-GUILE_MODULES = goalkeeper.scm goalkeeper/ffi.scm goalkeeper/locks.scm goalkeeper/scheduler.scm
+GUILE_MODULES = goalkeeper.scm goalkeeper/ffi.scm goalkeeper/locks.scm goalkeeper/scheduler.scm \
+  goalkeeper/store-db.scm
 GUILE_GO_DIR = target/guile
 GUILE_GO = $(GUILE_MODULES:%.scm=$(GUILE_GO_DIR)/%.go) $(GUILE_GO_DIR)/goalkeeper/config.go
 GUILE_INSTALL_STAGE = target/guile-install
@@ -163,7 +164,9 @@ $(GUILE_GO_DIR)/%.go: scheme/%.scm
 # expanded into its users.
 $(GUILE_GO_DIR)/goalkeeper/locks.go: $(GUILE_GO_DIR)/goalkeeper/ffi.go
 $(GUILE_GO_DIR)/goalkeeper/scheduler.go: $(GUILE_GO_DIR)/goalkeeper/locks.go
-$(GUILE_GO_DIR)/goalkeeper.go: $(GUILE_GO_DIR)/goalkeeper/scheduler.go
+$(GUILE_GO_DIR)/goalkeeper/store-db.go: $(GUILE_GO_DIR)/goalkeeper/ffi.go
+$(GUILE_GO_DIR)/goalkeeper.go: $(GUILE_GO_DIR)/goalkeeper/scheduler.go \
+  $(GUILE_GO_DIR)/goalkeeper/store-db.go
 
 # The build tree's configuration: the library 'make' builds.
 scheme/goalkeeper/config.scm: scheme/goalkeeper/config.scm.in Makefile
@@ -182,17 +185,19 @@ install-guile: guile
 	  -o $(GUILE_INSTALL_STAGE)/goalkeeper/config.go $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm
 	install -m 0644 scheme/goalkeeper.scm $(DESTDIR)$(GUILE_SITE_DIR)/
 	install -m 0644 scheme/goalkeeper/ffi.scm scheme/goalkeeper/locks.scm \
-	  scheme/goalkeeper/scheduler.scm $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm \
+	  scheme/goalkeeper/scheduler.scm scheme/goalkeeper/store-db.scm \
+	  $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm \
 	  $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/
 	install -m 0644 $(GUILE_GO_DIR)/goalkeeper.go $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/
 	install -m 0644 $(GUILE_GO_DIR)/goalkeeper/ffi.go $(GUILE_GO_DIR)/goalkeeper/locks.go \
-	  $(GUILE_GO_DIR)/goalkeeper/scheduler.go $(GUILE_INSTALL_STAGE)/goalkeeper/config.go \
+	  $(GUILE_GO_DIR)/goalkeeper/scheduler.go $(GUILE_GO_DIR)/goalkeeper/store-db.go \
+	  $(GUILE_INSTALL_STAGE)/goalkeeper/config.go \
 	  $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/
 
 uninstall-guile:
 	rm -f $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper.scm $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper.go
-	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/,ffi.scm locks.scm scheduler.scm config.scm)
-	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/,ffi.go locks.go scheduler.go config.go)
+	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/,ffi.scm locks.scm scheduler.scm store-db.scm config.scm)
+	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/,ffi.go locks.go scheduler.go store-db.go config.go)
 	-rmdir $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper 2>/dev/null
 
 # For scripts: the two install directories, separated by a space.

@@ -23,6 +23,7 @@ const MODULES: &[&str] = &[
     "scheme/goalkeeper/ffi.scm",
     "scheme/goalkeeper/locks.scm",
     "scheme/goalkeeper/scheduler.scm",
+    "scheme/goalkeeper/store-db.scm",
     "scheme/goalkeeper.scm",
     "tests/scheme/support/gk-test.scm",
 ];
@@ -232,6 +233,15 @@ fn scheme_regression_31785() {
         "the #31785 suite took {:.1} s",
         counts.seconds
     );
+}
+
+/// The store database: `store-path-valid?` and make-worker's
+/// `#:store-database`, every bad input, a database turning bad mid-run, and
+/// a waiter that keeps waiting on an output written in place but not yet
+/// registered. One case waits out the library's 5 s busy timeout.
+#[test]
+fn scheme_store_db() {
+    run_suite("store-db", 40, Duration::from_secs(120));
 }
 
 #[test]
