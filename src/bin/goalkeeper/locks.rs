@@ -320,9 +320,10 @@ fn to_text(store: &Path, db: Option<&Path>, entries: &[Entry]) -> String {
             waiters += 1;
             let (pid, cmd) = who(w);
             s.push_str(&format!(
-                "{:<width$}  {:<7}  {:<5}  {pid:>7}  {cmd}  [{}]\n",
+                "{:<width$}  {:<7}  {}{:<5}  {pid:>7}  {cmd}  [{}]\n",
                 "  waiter",
                 "",
+                valid_col(None),
                 w.kind.name(),
                 blocked(w)
             ));
