@@ -380,7 +380,10 @@ pub extern "C" fn gk_worker_set_valid_path(
 /// If the database cannot answer later (locked, replaced, unreadable), no
 /// goal is finished as valid: a goal about to run fails, a goal waiting for
 /// a lock keeps waiting, a reported success is recorded as failed, and the
-/// worker's log names the database file and the error.
+/// worker's log names the database file and the error. A query never waits
+/// on a WAL database (both daemons' default); on a rollback-journal database
+/// it waits while the daemon commits, at most the busy timeout: the one
+/// place where `gk_worker_next_event` and `gk_worker_report` can block.
 ///
 /// # Safety
 /// `db_path` must be NULL or a NUL-terminated string.

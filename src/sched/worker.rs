@@ -227,6 +227,11 @@ impl Worker {
     /// goal is finished as valid: a goal about to run fails, a goal waiting
     /// for a lock keeps waiting, and a reported success is recorded as
     /// failed; the log names the file and the error.
+    ///
+    /// A query never waits on a WAL database (both daemons' default). On a
+    /// rollback-journal database it waits while the daemon commits, at most
+    /// the busy timeout: the one place where [`Worker::next_event`] and
+    /// [`Worker::report`] can block.
     pub fn set_store_database(&mut self, db_path: impl AsRef<Path>) -> Result<()> {
         let db = StoreDb::open(db_path)?;
         self.set_store_db(db);
