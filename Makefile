@@ -49,7 +49,7 @@ check-valgrind:
 # part of `make check`). ARGS go to the soak (tests/soak.rs): --runs N or
 # --duration SECS|Nm, --jobs J, --seed HEX, --run-seed HEX (default: --runs
 # 1000); FUZZ_CASES and FUZZ_WORKER_CASES set the ABI fuzz cases (lock
-# sets, workers). Debug build: the fault hooks
+# sets, workers; the store database functions get a quarter of FUZZ_CASES). Debug build: the fault hooks
 # (ENOSPC, crash inside a release) exist only there.
 FUZZ_CASES ?= 100000
 FUZZ_WORKER_CASES ?= 20000
