@@ -23,13 +23,20 @@ fn gk() -> Command {
     Command::new(env!("CARGO_BIN_EXE_goalkeeper"))
 }
 
+/// tests/c/holder.c, compiled once per test binary: compiling it again in
+/// each test rewrote the executable while a test running in parallel was
+/// starting it ("Text file busy", "Permission denied").
 fn holder_exe() -> std::path::PathBuf {
-    compile(
-        "inspector-holder",
-        &[root().join("tests/c/holder.c")],
-        false,
-        &[],
-    )
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        compile(
+            "inspector-holder",
+            &[root().join("tests/c/holder.c")],
+            false,
+            &[],
+        )
+    })
+    .clone()
 }
 
 /// A running process that signals readiness with a first line on stdout and
