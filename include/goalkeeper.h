@@ -123,6 +123,33 @@ typedef enum {
    */
   GK_ERROR_FOREIGN_LOCK_FILE = 28,
   /**
+   * The store database does not exist (no file at the given path).
+   */
+  GK_ERROR_STORE_DB_MISSING = 40,
+  /**
+   * The store database is not an SQLite database (or not a regular file).
+   */
+  GK_ERROR_STORE_DB_NOT_SQLITE = 41,
+  /**
+   * The store database has no table `ValidPaths` (with a column `path`):
+   * it is not a Nix or Guix store database.
+   */
+  GK_ERROR_STORE_DB_NO_VALID_PATHS = 42,
+  /**
+   * The store database stayed locked by a writer past the busy timeout.
+   */
+  GK_ERROR_STORE_DB_LOCKED = 43,
+  /**
+   * The store database (or its `-wal`/`-shm` file) cannot be read by this
+   * process (permissions, I/O).
+   */
+  GK_ERROR_STORE_DB_UNREADABLE = 44,
+  /**
+   * Any other error of the store database (e.g. a corrupt file). A
+   * relative database path is `GK_ERROR_INVALID_PATH`.
+   */
+  GK_ERROR_STORE_DB = 45,
+  /**
    * A ledger invariant does not hold (a lock without a live owner, a
    * finished goal holding a lock, …). The message names goal and path.
    */
@@ -424,6 +451,14 @@ enum gk_log_kind
    * how many).
    */
   GK_LOG_DROPPED = 14,
+  /**
+   * The store database could not say whether `path` is valid; the goal
+   * is never finished as valid on that answer (the message names the
+   * database, the error and what the goal does: it fails or keeps
+   * waiting). Also written once when a waiting goal's database answers
+   * again.
+   */
+  GK_LOG_VALIDITY_UNKNOWN = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -437,6 +472,12 @@ typedef uint32_t gk_log_kind;
  * An opaque handle to a lock set held by this process. 0 is never a valid handle.
  */
 typedef uint64_t gk_lockset;
+
+/**
+ * An opaque handle to a store database opened read-only by
+ * `gk_store_db_open`. 0 is never a valid handle.
+ */
+typedef uint64_t gk_store_db;
 
 /**
  * Options for `gk_worker_new`. Pass NULL for the defaults (max_jobs 1,
@@ -817,6 +858,74 @@ gk_status gk_held_count(size_t *out);
 gk_status gk_noop(void);
 
 /**
+ * Opens the store database at `db_path` (absolute, e.g.
+ * `/var/guix/db/db.sqlite`) read-only and checks that it is an SQLite
+ * database with table `ValidPaths`. `busy_timeout_ms` is how long a query
+ * waits for a writer's lock before it fails with `GK_ERROR_STORE_DB_LOCKED`
+ * (0: 5000 ms). On success `*out` is the new handle; otherwise `*out` is 0
+ * and the status says why, with a message naming the file:
+ * `GK_ERROR_INVALID_PATH` (relative path), `GK_ERROR_STORE_DB_MISSING`,
+ * `GK_ERROR_STORE_DB_NOT_SQLITE`, `GK_ERROR_STORE_DB_NO_VALID_PATHS`,
+ * `GK_ERROR_STORE_DB_LOCKED`, `GK_ERROR_STORE_DB_UNREADABLE`,
+ * `GK_ERROR_STORE_DB`. goalkeeper never writes the database.
+ *
+ * # Safety
+ * `db_path` must be NULL or a NUL-terminated string; `out` must be valid
+ * for writing.
+ */
+gk_status gk_store_db_open(const char *db_path, uint32_t busy_timeout_ms, gk_store_db *out);
+
+/**
+ * Stores in `*valid` whether `store_path` (absolute, as the daemon registers
+ * it, e.g. `/gnu/store/…-hello-2.12`; bytes compared exactly) is registered
+ * in the database's `ValidPaths`. On any error `*valid` is false and the
+ * status says why (see `gk_store_db_open`; `GK_ERROR_INVALID_PATH` for a
+ * relative store path): an error is never "valid".
+ *
+ * # Safety
+ * `store_path` must be NULL or a NUL-terminated string; `valid` must be
+ * valid for writing.
+ */
+gk_status gk_store_db_is_valid(gk_store_db db, const char *store_path, bool *valid);
+
+/**
+ * For each of `paths[0..n_paths]`, stores in `valid[i]` whether it is
+ * registered, answered from one read transaction (one consistent snapshot
+ * of the database), in the order given (duplicates allowed). On any error
+ * every `valid[i]` is false (when `valid` is not NULL).
+ *
+ * # Safety
+ * `paths` must be NULL or point to `n_paths` pointers, each NULL or a
+ * NUL-terminated string; `valid` must be NULL or valid for writing
+ * `n_paths` `bool`s.
+ */
+gk_status gk_store_db_valid_paths(gk_store_db db,
+                                  const char *const *paths,
+                                  size_t n_paths,
+                                  bool *valid);
+
+/**
+ * Closes a store database opened by `gk_store_db_open`. The handle goes
+ * stale; a second free gives `GK_ERROR_STALE_HANDLE`. A query running on
+ * another thread finishes first (the connection is closed after it).
+ */
+gk_status gk_store_db_free(gk_store_db db);
+
+/**
+ * One query without a handle: opens the store database at `db_path`
+ * read-only (busy timeout 5000 ms), stores in `*valid` whether
+ * `store_path` is registered in `ValidPaths`, and closes it. Errors as
+ * `gk_store_db_open` and `gk_store_db_is_valid`; on any error `*valid` is
+ * false. Each call opens and checks the database: a host that asks often
+ * keeps a `gk_store_db`.
+ *
+ * # Safety
+ * `db_path` and `store_path` must be NULL or NUL-terminated strings;
+ * `valid` must be valid for writing.
+ */
+gk_status gk_store_path_valid(const char *db_path, const char *store_path, bool *valid);
+
+/**
  * The library version, e.g. `"0.1.0"`. The string is static.
  */
 const char *gk_version(void);
@@ -865,10 +974,36 @@ gk_status gk_worker_new(const gk_worker_options *opts, gk_worker *out);
 gk_status gk_worker_free(gk_worker w);
 
 /**
- * Sets the validity predicate ("is this output valid?"); NULL restores the
- * default, "the path exists". `data` is passed back to `f`.
+ * Sets the validity predicate ("is this output valid?"), replacing a store
+ * database; NULL restores the default, "the path exists". `data` is passed
+ * back to `f`. A real store should use `gk_worker_set_store_database`.
  */
 gk_status gk_worker_set_valid_path(gk_worker w, gk_path_predicate f, void *data);
+
+/**
+ * Takes the worker's validity from the store database at `db_path`
+ * (absolute, e.g. `/var/guix/db/db.sqlite`): an output is valid when it is
+ * registered in table `ValidPaths`, as for the daemon. This is what a real
+ * store needs (a build that writes its output in place makes the path exist
+ * long before it is valid); the file-existence default is only right for a
+ * store without a database. The database is opened read-only and checked
+ * now (busy timeout 5000 ms); a bad one is an error naming the file, as
+ * for `gk_store_db_open`, and the worker keeps its previous validity. On
+ * success it replaces a validity predicate. NULL: back to the default, "the
+ * path exists" (dropping a database or a predicate).
+ *
+ * If the database cannot answer later (locked, replaced, unreadable), no
+ * goal is finished as valid: a goal about to run fails, a goal waiting for
+ * a lock keeps waiting, a reported success is recorded as failed, and the
+ * worker's log names the database file and the error. A query never waits
+ * on a WAL database (both daemons' default); on a rollback-journal database
+ * it waits while the daemon commits, at most the busy timeout: the one
+ * place where `gk_worker_next_event` and `gk_worker_report` can block.
+ *
+ * # Safety
+ * `db_path` must be NULL or a NUL-terminated string.
+ */
+gk_status gk_worker_set_store_database(gk_worker w, const char *db_path);
 
 /**
  * Sets the cached-failure predicate, asked for build goals after locking

@@ -487,6 +487,10 @@ fn the_c_abi_hands_out_records_with_their_strings() {
             .unwrap()
     };
     assert_eq!(name(gk_log_kind::GK_LOG_HANDED_OVER as u32), "handed-over");
-    assert_eq!((name(0), name(15)), ("unknown", "unknown"));
+    assert_eq!(
+        name(gk_log_kind::GK_LOG_VALIDITY_UNKNOWN as u32),
+        "validity-unknown"
+    );
+    assert_eq!((name(0), name(16)), ("unknown", "unknown"));
     assert_eq!(gk_worker_free(h), GK_OK);
 }

@@ -24,6 +24,7 @@ const MODULES: &[&str] = &[
     "scheme/goalkeeper/ffi.scm",
     "scheme/goalkeeper/locks.scm",
     "scheme/goalkeeper/scheduler.scm",
+    "scheme/goalkeeper/store-db.scm",
     "scheme/goalkeeper.scm",
     "tests/scheme/support/gk-test.scm",
 ];
@@ -247,6 +248,15 @@ fn scheme_log_records_and_run_worker_hooks() {
 #[test]
 fn scheme_abi_declarations() {
     run_suite("abi", 17, Duration::from_secs(60));
+}
+
+/// The store database: `store-path-valid?` and make-worker's
+/// `#:store-database`, every bad input, a database turning bad mid-run, and
+/// a waiter that keeps waiting on an output written in place but not yet
+/// registered. One case waits out the library's 5 s busy timeout.
+#[test]
+fn scheme_store_db() {
+    run_suite("store-db", 40, Duration::from_secs(120));
 }
 
 #[test]

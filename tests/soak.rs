@@ -1740,7 +1740,8 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     // The ABI fuzz's own summary lines ("abi_fuzz: N cases, ...",
-    // "abi_fuzz_worker: N cases, ..."), when make soak ran it first.
+    // "abi_fuzz_worker: N cases, ...", "abi_fuzz_store_db: N cases, ..."),
+    // when make soak ran it first.
     let fuzz: Option<u64> = cfg
         .fuzz_summary
         .as_ref()

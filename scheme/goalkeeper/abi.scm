@@ -333,6 +333,12 @@ association list from field names to values, in declaration order."
   (stale-lock-file        26)
   (insecure-store         27)
   (foreign-lock-file      28)
+  (store-db-missing       40)
+  (store-db-not-sqlite    41)
+  (store-db-no-valid-paths 42)
+  (store-db-locked        43)
+  (store-db-unreadable    44)
+  (store-db               45)
   (invariant-violation    30)
   (scheduler-deadlock     31)
   (panic                  99))
@@ -390,7 +396,8 @@ association list from field names to values, in declaration order."
   (no-build-slots          11)
   (mode-kept               12)
   (ledger-violation        13)
-  (dropped                 14))
+  (dropped                 14)
+  (validity-unknown        15))
 
 
 ;;;

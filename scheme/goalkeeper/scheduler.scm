@@ -226,7 +226,11 @@ exception, taken as #f: ~a~%" name (exception->string e)))
 
 (define %uint32-max (- (expt 2 32) 1))
 
+(define-goalkeeper-procedure (%gk-worker-set-store-database worker db-path)
+  "gk_worker_set_store_database" int32 (uint64 '*))
+
 (define* (make-worker #:key (max-jobs 1) (keep-going? #f)
+                      (store-database #f)
                       (valid-path? #f) (cached-failure? #f)
                       (backend 'ofd) (recheck-interval #f)
                       (legacy-hold? #f))
@@ -234,9 +238,21 @@ exception, taken as #f: ~a~%" name (exception->string e)))
 
 MAX-JOBS is the number of build slots shared by build and substitute goals.
 When KEEP-GOING? is true, a failure does not cancel independent goals.
-VALID-PATH?, a procedure of a store path, says whether an output is valid
-(the default: it exists); CACHED-FAILURE?, whether an output failed before
-(the default: never).  They are called only from within the worker's own
+STORE-DATABASE, the file name of the store's database (absolute, such as
+\"/var/guix/db/db.sqlite\"), makes an output valid when it is registered in
+its ValidPaths table, as for the daemon: what a real store needs, since a
+build writes its output in place long before it is valid.  The database is
+opened read-only and checked at once; a bad one raises a &goalkeeper-error
+naming the file ('store-db-missing, 'store-db-not-sqlite,
+'store-db-no-valid-paths, 'store-db-locked, 'store-db-unreadable,
+'store-db, or 'invalid-path for a relative name; see 'store-path-valid?').
+If it cannot answer later, no goal is finished as valid: a goal about to
+run fails, one waiting for a lock keeps waiting, a reported success is
+recorded as failed, and 'worker-log' says why.  Without STORE-DATABASE or
+VALID-PATH?, an output is valid when it exists, which is only right for a
+store without a database.  VALID-PATH?, a procedure of a store path, says
+whether an output is valid instead (not together with STORE-DATABASE);
+CACHED-FAILURE?, whether an output failed before (the default: never).  They are called only from within the worker's own
 procedures, on the calling thread, and must return normally.  BACKEND is
 'ofd or 'flock, as for 'lock-paths'.  RECHECK-INTERVAL is how often, in
 seconds, a goal waiting on another process's lock re-checks whether its
@@ -258,6 +274,16 @@ cancels its unfinished goals and releases their locks."
          recheck-interval)
   (check (or (not valid-path?) (procedure? valid-path?))
          "valid-path? ~s is not a procedure" valid-path?)
+  (check (or (not store-database) (string? store-database))
+         "store-database ~s is not a file name" store-database)
+  (check (not (and store-database valid-path?))
+         "give either store-database or valid-path?, not both: each alone \
+decides validity")
+  (when (and store-database (string-index store-database #\nul))
+    (raise-goalkeeper-error 'invalid-path
+                            (format #f "store database ~s contains a NUL \
+character" store-database)
+                            'make-worker))
   (check (or (not cached-failure?) (procedure? cached-failure?))
          "cached-failure? ~s is not a procedure" cached-failure?)
   (let* ((options (make-c-struct-bytevector %gk-worker-options))
@@ -286,6 +312,9 @@ cancels its unfinished goals and releases their locks."
             (raise-goalkeeper-error (status->symbol status) message
                                     'make-worker))))
       (check-or-free (%gk-worker-fd handle (bytevector->pointer fd)))
+      (when store-database
+        (check-or-free (%gk-worker-set-store-database
+                        handle (string->pointer store-database "UTF-8"))))
       (when valid
         (check-or-free (%gk-worker-set-valid-path handle valid %null-pointer)))
       (when failed

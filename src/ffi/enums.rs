@@ -202,6 +202,12 @@ pub enum gk_log_kind {
     /// The log was full and older records were dropped (the message says
     /// how many).
     GK_LOG_DROPPED = 14,
+    /// The store database could not say whether `path` is valid; the goal
+    /// is never finished as valid on that answer (the message names the
+    /// database, the error and what the goal does: it fails or keeps
+    /// waiting). Also written once when a waiting goal's database answers
+    /// again.
+    GK_LOG_VALIDITY_UNKNOWN = 15,
 }
 
 impl gk_event_kind {
@@ -273,6 +279,7 @@ c_mapping!(gk_log_kind, LogKind, "log kind", {
     GK_LOG_MODE_KEPT <=> [LogKind::ModeKept],
     GK_LOG_LEDGER_VIOLATION <=> [LogKind::LedgerViolation],
     GK_LOG_DROPPED <=> [LogKind::Dropped],
+    GK_LOG_VALIDITY_UNKNOWN <=> [LogKind::ValidityUnknown],
 });
 
 #[cfg(test)]
@@ -313,6 +320,6 @@ mod tests {
             .map(|&k| gk_log_kind::from_rust(k) as u32)
             .collect();
         assert_eq!(numbers, (1..=LogKind::ALL.len() as u32).collect::<Vec<_>>());
-        assert!(gk_log_kind::parse(0).is_err() && gk_log_kind::parse(15).is_err());
+        assert!(gk_log_kind::parse(0).is_err() && gk_log_kind::parse(16).is_err());
     }
 }

@@ -501,3 +501,93 @@ fn flock_lock_cycle_through_the_c_abi() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn store_db_arguments_are_refused_before_sqlite_is_reached() {
+    let mut out: gk_store_db = 7;
+    let mut valid = true;
+    let long = vec![b'/'; PATH_MAX];
+    let paths = [c"/s/a".as_ptr(), c"/s/b".as_ptr()];
+    let mut answers = [true, true];
+    let mut w: gk_worker = 0;
+    // SAFETY: (all calls below) pointers are NULL, or valid for what the
+    // call is told, or refused by the library before it reads them.
+    unsafe {
+        assert_eq!(
+            gk_store_db_open(std::ptr::null(), 0, &mut out),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(out, 0, "*out is 0 on every error");
+        assert_eq!(
+            gk_store_db_open(c"/var/guix/db/db.sqlite".as_ptr(), 0, std::ptr::null_mut()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            gk_store_db_open(c"var/guix/db/db.sqlite".as_ptr(), 0, &mut out),
+            GK_ERROR_INVALID_PATH
+        );
+        assert!(message().contains("var/guix/db/db.sqlite"), "{}", message());
+        // Exactly PATH_MAX bytes and no NUL: refused without reading past them.
+        assert_eq!(
+            gk_store_db_open(long.as_ptr().cast(), 0, &mut out),
+            GK_ERROR_INVALID_PATH
+        );
+        assert_eq!(
+            gk_store_path_valid(c"db.sqlite".as_ptr(), c"/s/x".as_ptr(), &mut valid),
+            GK_ERROR_INVALID_PATH
+        );
+        assert!(!valid, "*valid is false on every error");
+        assert_eq!(
+            gk_store_path_valid(c"/db".as_ptr(), std::ptr::null(), &mut valid),
+            GK_ERROR_NULL_POINTER
+        );
+        // Stale, zero and wrong-kind handles.
+        for h in [0, u64::MAX, (0x44u64 << 56) | (1 << 32) | 12345] {
+            valid = true;
+            assert_eq!(
+                gk_store_db_is_valid(h, c"/s/x".as_ptr(), &mut valid),
+                GK_ERROR_STALE_HANDLE
+            );
+            assert!(!valid);
+            assert_eq!(gk_store_db_free(h), GK_ERROR_STALE_HANDLE);
+        }
+        assert_eq!(
+            gk_store_db_valid_paths(1, paths.as_ptr(), 2, std::ptr::null_mut()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            gk_store_db_valid_paths(1, paths.as_ptr(), 0, answers.as_mut_ptr()),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gk_store_db_valid_paths(1, paths.as_ptr(), usize::MAX, answers.as_mut_ptr()),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            answers,
+            [true, true],
+            "untouched until the count is known good"
+        );
+        assert_eq!(
+            gk_store_db_valid_paths(1, std::ptr::null(), 2, answers.as_mut_ptr()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(answers, [false, false]);
+        assert_eq!(
+            gk_store_db_valid_paths(1, paths.as_ptr(), 2, answers.as_mut_ptr()),
+            GK_ERROR_STALE_HANDLE
+        );
+        // A worker: NULL is the default; a relative database is refused.
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
+        assert_eq!(gk_worker_set_store_database(w, std::ptr::null()), GK_OK);
+        assert_eq!(
+            gk_worker_set_store_database(w, c"db.sqlite".as_ptr()),
+            GK_ERROR_INVALID_PATH
+        );
+        assert_eq!(
+            gk_worker_set_store_database(0, std::ptr::null()),
+            GK_ERROR_STALE_HANDLE
+        );
+    }
+    assert_eq!(gk_worker_free(w), GK_OK);
+}

@@ -9,8 +9,9 @@
 //! deadlock.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_char, c_void, OsStr};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -365,8 +366,9 @@ fn set_predicate(
     })
 }
 
-/// Sets the validity predicate ("is this output valid?"); NULL restores the
-/// default, "the path exists". `data` is passed back to `f`.
+/// Sets the validity predicate ("is this output valid?"), replacing a store
+/// database; NULL restores the default, "the path exists". `data` is passed
+/// back to `f`. A real store should use `gk_worker_set_store_database`.
 #[no_mangle]
 pub extern "C" fn gk_worker_set_valid_path(
     w: gk_worker,
@@ -374,6 +376,51 @@ pub extern "C" fn gk_worker_set_valid_path(
     data: *mut c_void,
 ) -> gk_status {
     call(|| set_predicate(w, f, data, true))
+}
+
+/// Takes the worker's validity from the store database at `db_path`
+/// (absolute, e.g. `/var/guix/db/db.sqlite`): an output is valid when it is
+/// registered in table `ValidPaths`, as for the daemon. This is what a real
+/// store needs (a build that writes its output in place makes the path exist
+/// long before it is valid); the file-existence default is only right for a
+/// store without a database. The database is opened read-only and checked
+/// now (busy timeout 5000 ms); a bad one is an error naming the file, as
+/// for `gk_store_db_open`, and the worker keeps its previous validity. On
+/// success it replaces a validity predicate. NULL: back to the default, "the
+/// path exists" (dropping a database or a predicate).
+///
+/// If the database cannot answer later (locked, replaced, unreadable), no
+/// goal is finished as valid: a goal about to run fails, a goal waiting for
+/// a lock keeps waiting, a reported success is recorded as failed, and the
+/// worker's log names the database file and the error. A query never waits
+/// on a WAL database (both daemons' default); on a rollback-journal database
+/// it waits while the daemon commits, at most the busy timeout: the one
+/// place where `gk_worker_next_event` and `gk_worker_report` can block.
+///
+/// # Safety
+/// `db_path` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_set_store_database(
+    w: gk_worker,
+    db_path: *const c_char,
+) -> gk_status {
+    call(|| {
+        let path = if db_path.is_null() {
+            None
+        } else {
+            // SAFETY: non-null, and NUL-terminated per this function's contract.
+            let bytes = unsafe { args::c_bytes(db_path, "db_path") }?;
+            Some(Path::new(OsStr::from_bytes(bytes)))
+        };
+        with_worker(w, |wk| {
+            match path {
+                Some(p) => wk.set_store_database(p)?,
+                None => wk.reset_validity(),
+            }
+            wk.check()?;
+            Ok(GK_OK)
+        })
+    })
 }
 
 /// Sets the cached-failure predicate, asked for build goals after locking

@@ -61,11 +61,18 @@ pub enum LogKind {
     /// The log was full: older records were dropped (the message says how
     /// many). Always the first record taken after a drop.
     Dropped,
+    /// The store database could not say whether an output is valid (locked
+    /// past its busy timeout, unreadable, replaced by garbage, ...): the
+    /// goal is never finished as valid on that answer; the message names
+    /// the database file, the error and what the goal does (fails, keeps
+    /// waiting). Also written, once, when a waiting goal's database answers
+    /// again.
+    ValidityUnknown,
 }
 
 impl LogKind {
     /// Every kind, in declaration order.
-    pub const ALL: [LogKind; 14] = [
+    pub const ALL: [LogKind; 15] = [
         LogKind::WaitsForeign,
         LogKind::WaitsLocal,
         LogKind::HandedOver,
@@ -80,6 +87,7 @@ impl LogKind {
         LogKind::ModeKept,
         LogKind::LedgerViolation,
         LogKind::Dropped,
+        LogKind::ValidityUnknown,
     ];
 
     /// The kind's name, e.g. `"waits-foreign"`.
@@ -104,6 +112,7 @@ impl LogKind {
             LogKind::ModeKept => c"mode-kept",
             LogKind::LedgerViolation => c"ledger-violation",
             LogKind::Dropped => c"dropped",
+            LogKind::ValidityUnknown => c"validity-unknown",
         }
     }
 }

@@ -71,6 +71,9 @@ pub(crate) struct ForeignWait {
     pub(crate) wait: LockWait,
     /// When validity is re-checked next (None in check mode: no shortcut).
     pub(crate) next_recheck: Option<Instant>,
+    /// The store database's error at the last re-check, if it could not
+    /// answer (logged once, not at every re-check, until it changes).
+    pub(crate) unknown: Option<String>,
 }
 
 /// The table of foreign waits: a slab with a free list.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::lock::{normalize_set, Backend, LockSet, StorePath};
+use crate::store_db::StoreDb;
 
 use super::arena::Arena;
 use super::goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome, Phase};
@@ -18,7 +19,7 @@ use super::ids::{next_worker_serial, GoalId};
 use super::ledger::{Audit, Ledger};
 use super::log::{Log, LogKind, LogRecord};
 use super::slots::Slots;
-use super::validity::{FnPredicate, PathPredicate};
+use super::validity::{FnPredicate, PathPredicate, Source, Validity};
 use super::waits::{EventFd, ForeignWaits};
 
 /// How a worker schedules.
@@ -151,7 +152,7 @@ pub struct Worker {
     /// `legacy_hold` only: lock sets kept by finished goals.
     pub(super) legacy: Vec<(u32, LockSet)>,
     pub(super) efd: EventFd,
-    pub(super) valid: Option<Box<dyn PathPredicate>>,
+    pub(super) valid: Source,
     pub(super) cached: Option<Box<dyn PathPredicate>>,
     pub(super) ledger: Ledger,
     pub(super) log: Log,
@@ -189,7 +190,7 @@ impl Worker {
             local_waits: Vec::new(),
             legacy: Vec::new(),
             efd: EventFd::new()?,
-            valid: None,
+            valid: Source::Exists,
             cached: None,
             ledger: Ledger::new(),
             log: Log::default(),
@@ -211,10 +212,58 @@ impl Worker {
         self.serial
     }
 
-    /// Sets the validity predicate ("is this output already valid?"). The
-    /// default is "the path exists". Called on the calling thread only.
+    /// Takes validity from the store's database at `db_path` (absolute, e.g.
+    /// `/var/guix/db/db.sqlite`): an output is valid when it is registered in
+    /// table `ValidPaths`, as for the daemon. This is what a real store
+    /// needs; the file-existence default is only right for a store without a
+    /// database. The database is opened and checked now (read-only, busy
+    /// timeout 5 s): a missing file, a file that is not SQLite, one without
+    /// `ValidPaths`, a database locked past the timeout, or a relative path
+    /// is an [`Error::StoreDatabase`] naming the file, and the worker keeps
+    /// its previous validity source. On success the database replaces any
+    /// validity predicate.
+    ///
+    /// If the database cannot answer later (locked, replaced, unreadable), no
+    /// goal is finished as valid: a goal about to run fails, a goal waiting
+    /// for a lock keeps waiting, and a reported success is recorded as
+    /// failed; the log names the file and the error.
+    ///
+    /// A query never waits on a WAL database (both daemons' default). On a
+    /// rollback-journal database it waits while the daemon commits, at most
+    /// the busy timeout: the one place where [`Worker::next_event`] and
+    /// [`Worker::report`] can block.
+    pub fn set_store_database(&mut self, db_path: impl AsRef<Path>) -> Result<()> {
+        let db = StoreDb::open(db_path)?;
+        self.set_store_db(db);
+        Ok(())
+    }
+
+    /// [`Worker::set_store_database`] with a database the caller opened
+    /// (e.g. with other [`crate::store_db::StoreDbOptions`]).
+    pub fn set_store_db(&mut self, db: StoreDb) {
+        self.valid = Source::Database(Box::new(db));
+    }
+
+    /// The store database the worker takes validity from, if any.
+    pub fn store_database(&self) -> Option<&Path> {
+        match &self.valid {
+            Source::Database(db) => Some(db.path()),
+            _ => None,
+        }
+    }
+
+    /// Back to the default validity, "the path exists" (only right for a
+    /// store without a database), dropping a database or predicate.
+    pub fn reset_validity(&mut self) {
+        self.valid = Source::Exists;
+    }
+
+    /// Sets the validity predicate ("is this output already valid?"),
+    /// replacing a store database. The default is "the path exists". Called
+    /// on the calling thread only. A real store should use
+    /// [`Worker::set_store_database`] instead.
     pub fn set_valid_path(&mut self, f: Box<dyn FnMut(&Path) -> bool + Send>) {
-        self.valid = Some(Box::new(FnPredicate(f)));
+        self.valid = Source::Host(Box::new(FnPredicate(f)));
     }
 
     /// Sets the cached-failure predicate ("did building this output fail
@@ -224,7 +273,7 @@ impl Worker {
     }
 
     pub(crate) fn set_valid_predicate(&mut self, p: Option<Box<dyn PathPredicate>>) {
-        self.valid = p;
+        self.valid = p.map_or(Source::Exists, Source::Host);
     }
 
     pub(crate) fn set_cached_predicate(&mut self, p: Option<Box<dyn PathPredicate>>) {
@@ -422,17 +471,30 @@ impl Worker {
         }
         let mut outcome = outcome;
         if outcome.is_success() && g.kind != GoalKind::Plain {
-            if let Some(k) = self.first_invalid_output(i) {
-                let p = &self.arena.outputs(i)[k];
-                let line = format!(
-                    "{}: the builder reported success but {p} is not valid; recorded as failed",
-                    self.name(i)
-                );
-                let rec = LogRecord::new(LogKind::NotValidAfterSuccess, line)
-                    .goal(GoalId::new(self.serial, i))
-                    .path(p);
-                self.log.push(rec);
-                outcome = Outcome::Failed;
+            match self.validity(i) {
+                Validity::Valid => {}
+                Validity::Invalid(k) => {
+                    let p = &self.arena.outputs(i)[k];
+                    let line = format!(
+                        "{}: the builder reported success but {p} is not valid; recorded as \
+                         failed",
+                        self.name(i)
+                    );
+                    let rec = LogRecord::new(LogKind::NotValidAfterSuccess, line)
+                        .goal(GoalId::new(self.serial, i))
+                        .path(p);
+                    self.log.push(rec);
+                    outcome = Outcome::Failed;
+                }
+                Validity::Unknown { k, why } => {
+                    self.log_unknown(
+                        i,
+                        k,
+                        &why,
+                        "the builder reported success; recorded as failed",
+                    );
+                    outcome = Outcome::Failed;
+                }
             }
         }
         self.finish(i, outcome, false);

@@ -8,10 +8,13 @@
 //! step: the process holds exactly the outputs of the running goals (G1,
 //! G2), the audit's counts match the goals the model knows, no finished
 //! goal holds a lock, slots stay within `max_jobs`, every goal finishes at
-//! most once, and the ledger never reports a violation.
+//! most once, and the ledger never reports a violation. Workers may take
+//! their validity from a store database (`gk_worker_set_store_database`,
+//! with bad databases too), which the fuzzer overwrites with garbage and
+//! puts back between calls: the invariants hold whatever it answers.
 
 use crate::args::*;
-use crate::common::TempStore;
+use crate::common::{db, TempStore};
 use crate::store::*;
 use crate::*;
 use goalkeeper::ffi::gk_status::{self};
@@ -85,6 +88,9 @@ pub(super) enum WOp {
     TakeLog(WSpec, Buf),
     SetValid(WSpec, Pred),
     TakeLogRecords(WSpec, RecBuf),
+    SetStoreDb(WSpec, DbArg),
+    /// Overwrites the store database with garbage (true) or puts it back.
+    GarbleDb(bool),
 }
 
 /// Records `gk_worker_take_log_records` returned and the fuzzer checked.
@@ -120,6 +126,16 @@ fn rec_buf() -> impl Strategy<Value = RecBuf> {
         1 => Just(RecBuf::NOutNull),
         1 => Just(RecBuf::NOutMisaligned),
     ]
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum DbArg {
+    Null,
+    Good,
+    Missing,
+    Garbage,
+    Relative,
+    TooLong,
 }
 
 fn wspec() -> impl Strategy<Value = WSpec> {
@@ -192,6 +208,16 @@ pub(super) fn wop() -> impl Strategy<Value = WOp> {
             2 => Just(Pred::Reentrant)
         ])
             .prop_map(|(w, p)| WOp::SetValid(w, p)),
+        3 => (wspec(), prop_oneof![
+            2 => Just(DbArg::Null),
+            6 => Just(DbArg::Good),
+            1 => Just(DbArg::Missing),
+            1 => Just(DbArg::Garbage),
+            1 => Just(DbArg::Relative),
+            1 => Just(DbArg::TooLong)
+        ])
+            .prop_map(|(w, d)| WOp::SetStoreDb(w, d)),
+        2 => any::<bool>().prop_map(WOp::GarbleDb),
     ]
 }
 
@@ -212,6 +238,11 @@ struct MWorker {
 
 struct WModel {
     _store: TempStore,
+    /// The store database (`o0` and `o1` registered), its bytes, and
+    /// whether it is overwritten with garbage now.
+    db: std::path::PathBuf,
+    db_original: Vec<u8>,
+    garbled: bool,
     pool: Vec<NPath>,
     live: Vec<MWorker>,
     freed: Vec<MWorker>,
@@ -869,6 +900,45 @@ fn run_wop(m: &mut WModel, st: &mut Stats, op: &WOp) -> Result<(), TestCaseError
             }
         }
         WOp::TakeLogRecords(w, b) => take_log_records(m, st, *w, *b)?,
+        WOp::SetStoreDb(w, d) => {
+            let (h, k) = m.worker(*w);
+            let dir = m.db.parent().unwrap();
+            let raw: Option<Vec<u8>> = match d {
+                DbArg::Null => None,
+                DbArg::Good => Some(m.db.as_os_str().as_bytes().to_vec()),
+                DbArg::Missing => Some(dir.join("missing.sqlite").as_os_str().as_bytes().to_vec()),
+                DbArg::Garbage => Some(dir.join("garbage.sqlite").as_os_str().as_bytes().to_vec()),
+                DbArg::Relative => Some(b"db.sqlite".to_vec()),
+                DbArg::TooLong => Some(
+                    std::iter::once(b'/')
+                        .chain(std::iter::repeat_n(b'z', PATH_MAX + 5))
+                        .collect(),
+                ),
+            };
+            let c = raw.map(|r| cpath(&r));
+            let p = c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr().cast());
+            // SAFETY: NULL or a NUL-terminated string.
+            let got = unsafe { gk_worker_set_store_database(h, p) };
+            let want = match d {
+                DbArg::TooLong => GK_ERROR_INVALID_PATH,
+                _ if k.is_none() => GK_ERROR_STALE_HANDLE,
+                DbArg::Null => GK_OK,
+                DbArg::Good if m.garbled => GK_ERROR_STORE_DB_NOT_SQLITE,
+                DbArg::Good => GK_OK,
+                DbArg::Missing => GK_ERROR_STORE_DB_MISSING,
+                DbArg::Garbage => GK_ERROR_STORE_DB_NOT_SQLITE,
+                DbArg::Relative => GK_ERROR_INVALID_PATH,
+            };
+            expect(st, &format!("{op:?}"), got, want)?;
+        }
+        WOp::GarbleDb(on) => {
+            if *on {
+                db::garble(&m.db);
+            } else {
+                db::restore(&m.db, &m.db_original);
+            }
+            m.garbled = *on;
+        }
         WOp::SetValid(w, p) => {
             let (h, k) = m.worker(*w);
             let f: gk_path_predicate = match p {
@@ -1095,8 +1165,18 @@ pub(super) fn run_case(ops: &[WOp], st: &mut Stats) -> Result<(), TestCaseError>
     let pool = (0..POOL)
         .map(|i| normalise(store.path(&format!("o{i}")).as_bytes()).unwrap())
         .collect();
+    let db_dir = store.dir().join("state");
+    std::fs::create_dir(&db_dir).unwrap();
+    let p0 = store.path("o0");
+    let p1 = store.path("o1");
+    let db_file = db::create(&db_dir, "wal", &[&p0, &p1]);
+    std::fs::write(db_dir.join("garbage.sqlite"), vec![b'g'; 4096]).unwrap();
+    let db_original = std::fs::read(&db_file).unwrap();
     let mut m = WModel {
         _store: store,
+        db: db_file,
+        db_original,
+        garbled: false,
         pool,
         live: Vec::new(),
         freed: Vec::new(),

@@ -3,6 +3,8 @@
 //! bounded waits. Each test binary includes it with `mod common;`.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
