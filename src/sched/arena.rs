@@ -198,14 +198,23 @@ impl Arena {
 
     /// Replaces goal `i`'s state value, keeping the counters right, and
     /// returns the old one (with whatever it owned).
-    #[inline]
+    ///
+    /// Inlined: the new state is usually a constant at the call site, so its
+    /// counter and the terminal-state bookkeeping fold away, and the old
+    /// state is read from the value taken out (the dependency counter only
+    /// for a goal whose record says it waits for dependencies).
+    #[inline(always)]
     pub(crate) fn set_phase(&mut self, i: u32, phase: Phase) -> Phase {
         let new = phase.state() as usize;
-        let old_state = self.state(i) as usize;
+        let done = phase.is_done();
         let old = std::mem::replace(&mut self.goals[i as usize].phase, phase);
-        self.counts[old_state] -= 1;
+        let old_state = match old {
+            Phase::WaitingDeps if self.pending[i as usize] == 0 => GoalState::Ready,
+            ref p => p.state(),
+        };
+        self.counts[old_state as usize] -= 1;
         self.counts[new] += 1;
-        if self.goals[i as usize].phase.is_done() {
+        if done {
             // Decrements from late edges can never make a finished goal "ready".
             self.pending[i as usize] = DONE_PENDING;
         }
@@ -248,16 +257,20 @@ impl Arena {
 
     /// `g` gets one more unfinished dependency (it must be ready or waiting
     /// for dependencies).
+    #[inline]
     pub(crate) fn add_pending(&mut self, g: u32) {
-        if self.state(g) == GoalState::Ready {
-            if matches!(self.goals[g as usize].phase, Phase::Ready) {
-                self.set_phase(g, Phase::WaitingDeps);
-            } else {
-                self.counts[GoalState::Ready as usize] -= 1;
-                self.counts[GoalState::WaitingDeps as usize] += 1;
+        let p = &mut self.pending[g as usize];
+        if *p == 0 {
+            // Ready: its record says Ready, or WaitingDeps after its last
+            // dependency finished. Neither owns anything.
+            let rec = &mut self.goals[g as usize].phase;
+            if matches!(rec, Phase::Ready) {
+                *rec = Phase::WaitingDeps;
             }
+            self.counts[GoalState::Ready as usize] -= 1;
+            self.counts[GoalState::WaitingDeps as usize] += 1;
         }
-        self.pending[g as usize] += 1;
+        *p += 1;
     }
 
     pub(crate) fn count(&self, s: GoalState) -> u64 {

@@ -578,24 +578,33 @@ impl Worker {
 
     /// The arena index of `goal`, or [`Error::StaleHandle`] for an id of
     /// another worker, a forged one, or one out of range.
+    #[inline(always)]
     pub(super) fn index(&self, goal: GoalId) -> Result<u32> {
+        // The serial is never 0, so this also refuses the id 0.
+        if goal.worker() == self.serial && (goal.index() as usize) < self.arena.len() {
+            return Ok(goal.index());
+        }
+        Err(self.index_error(goal))
+    }
+
+    /// Why `goal` names no goal of this worker (see [`Worker::index`]).
+    #[cold]
+    #[inline(never)]
+    fn index_error(&self, goal: GoalId) -> Error {
         if goal.raw() == 0 {
-            return Err(Error::StaleHandle("goal id 0 is never valid".into()));
+            return Error::StaleHandle("goal id 0 is never valid".into());
         }
         if goal.worker() != self.serial {
-            return Err(Error::StaleHandle(format!(
+            return Error::StaleHandle(format!(
                 "goal id {:#x} does not belong to this worker (worker {})",
                 goal.raw(),
                 self.serial
-            )));
+            ));
         }
-        if goal.index() as usize >= self.arena.len() {
-            return Err(Error::StaleHandle(format!(
-                "goal id {:#x} was never issued by this worker",
-                goal.raw()
-            )));
-        }
-        Ok(goal.index())
+        Error::StaleHandle(format!(
+            "goal id {:#x} was never issued by this worker",
+            goal.raw()
+        ))
     }
 
     /// The goal of this worker that `owner` (a lock set's owner) is, if any.
@@ -624,6 +633,7 @@ impl Worker {
         }
     }
 
+    #[inline(always)]
     fn begin(&mut self) -> Result<()> {
         if self.fork_gen != crate::lock::process_generation() {
             return Err(Error::WrongProcess("worker"));
@@ -632,15 +642,17 @@ impl Worker {
         Ok(())
     }
 
+    /// Ends a boundary call: the ledger checks what the call touched; the
+    /// call's own error comes first.
+    #[inline(always)]
     fn end<T>(&mut self, r: Result<T>) -> Result<T> {
-        let checked = self.check_ledger();
-        match (r, checked) {
-            (Err(e), _) => Err(e),
-            (Ok(_), Err(e)) => Err(e),
-            (Ok(v), Ok(())) => Ok(v),
+        match self.check_ledger() {
+            Ok(()) => r,
+            Err(e) => Err(r.err().unwrap_or(e)),
         }
     }
 
+    #[inline(always)]
     fn end_event(&mut self, r: Result<Event>) -> Result<Event> {
         if let Ok(ev) = &r {
             if let Some(i) = ev.goal_index() {
