@@ -16,7 +16,6 @@ use super::worker::{state_name, Event, Worker};
 
 impl Worker {
     pub(super) fn next_event_inner(&mut self) -> Result<Event> {
-        self.arena.maybe_compact();
         loop {
             if let Some(ev) = self.events.pop_front() {
                 if let Event::Run { goal, .. } = ev {
@@ -510,7 +509,7 @@ impl Worker {
     }
 
     /// The error for "goals remain but nothing can progress", naming them.
-    fn deadlock_error(&self) -> Error {
+    fn deadlock_error(&mut self) -> Error {
         let mut blockers: HashMap<u32, Vec<u32>> = HashMap::new();
         for j in 0..self.arena.len() as u32 {
             if self.arena.goals[j as usize].phase.is_done() {
