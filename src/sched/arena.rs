@@ -96,6 +96,14 @@ impl Arena {
         Some(index)
     }
 
+    /// Makes room for `goals` more goals and `edges` more edges.
+    pub(crate) fn reserve(&mut self, goals: usize, edges: usize) {
+        self.goals.reserve(goals);
+        self.pending.reserve(goals);
+        self.done.reserve(goals / 64 + 1);
+        self.log.reserve(edges);
+    }
+
     /// Records goal `index`'s outputs (and, for a goal that locks them, the
     /// path index); returns their place in the outputs table.
     #[inline(never)]
@@ -184,11 +192,15 @@ impl Arena {
         let ranges = (n >> shift) + 1;
         // Pass 1: the size of each range, then where it starts.
         let mut rstart = vec![0usize; ranges + 1];
-        for &(f, _) in &new {
-            rstart[(f as usize >> shift) + 1] += 1;
-        }
-        for r in 0..ranges {
-            rstart[r + 1] += rstart[r];
+        if ranges == 1 {
+            rstart[1] = new.len();
+        } else {
+            for &(f, _) in &new {
+                rstart[(f as usize >> shift) + 1] += 1;
+            }
+            for r in 0..ranges {
+                rstart[r + 1] += rstart[r];
+            }
         }
         // Pass 2: partition by range (sequential reads, one sequential
         // write stream per range); nothing to do with a single range.
@@ -217,8 +229,12 @@ impl Arena {
                 break;
             }
             let local = &mut local[..hi - lo];
-            for (k, l) in local.iter_mut().enumerate() {
-                *l = self.old_len(lo + k);
+            if lo + 1 < self.csr_start.len() {
+                for (k, l) in local.iter_mut().enumerate() {
+                    *l = self.old_len(lo + k);
+                }
+            } else {
+                local.fill(0);
             }
             let edges = &part[rstart[r]..rstart[r + 1]];
             for &(f, _) in edges {
@@ -233,7 +249,10 @@ impl Arena {
             }
             for (k, l) in local.iter_mut().enumerate() {
                 let i = lo + k;
-                if i + 1 < self.csr_start.len() {
+                if i + 1 >= self.csr_start.len() {
+                    break; // goals added since the last compaction had none
+                }
+                {
                     let (a, z) = (self.csr_start[i] as usize, self.csr_start[i + 1] as usize);
                     let f = *l as usize;
                     csr[f..f + (z - a)].copy_from_slice(&self.csr[a..z]);

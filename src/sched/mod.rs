@@ -25,6 +25,7 @@ mod goal;
 pub mod ids;
 mod ledger;
 mod log;
+mod ring;
 mod slots;
 mod transitions;
 mod validity;

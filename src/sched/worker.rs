@@ -17,6 +17,7 @@ use super::goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome, Phase};
 use super::ids::{next_worker_serial, GoalId};
 use super::ledger::{Audit, Ledger};
 use super::log::Log;
+use super::ring::Ring;
 use super::slots::Slots;
 use super::validity::{FnPredicate, PathPredicate};
 use super::waits::{EventFd, ForeignWaits};
@@ -138,7 +139,7 @@ pub struct Worker {
     pub(super) opts: WorkerOptions,
     pub(super) fork_gen: u64,
     pub(super) arena: Arena,
-    pub(super) ready: VecDeque<u32>,
+    pub(super) ready: Ring,
     pub(super) slot_queue: VecDeque<u32>,
     pub(super) events: VecDeque<Event>,
     pub(super) slots: Slots,
@@ -181,7 +182,7 @@ impl Worker {
             opts,
             fork_gen: crate::lock::process_generation(),
             arena: Arena::default(),
-            ready: VecDeque::new(),
+            ready: Ring::default(),
             slot_queue: VecDeque::new(),
             events: VecDeque::new(),
             slot_holders: 0,
@@ -343,39 +344,51 @@ impl Worker {
         self.end(r)
     }
 
+    #[inline(always)]
     fn add_dependency_inner(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
         let (g, d) = (self.index(goal)?, self.index(dep)?);
-        if g == d {
-            return Err(Error::InvalidArgument(format!(
-                "{} cannot depend on itself",
-                self.name(g)
-            )));
-        }
-        match self.arena.goals[g as usize].phase {
-            Phase::Ready | Phase::WaitingDeps => {}
-            ref p => {
-                return Err(Error::InvalidState(format!(
-                    "{} is {}; dependencies can only be added before it starts",
-                    self.name(g),
-                    state_name(p.state())
-                )))
-            }
+        if g == d
+            || !matches!(
+                self.arena.goals[g as usize].phase,
+                Phase::Ready | Phase::WaitingDeps
+            )
+        {
+            return Err(self.dependency_refused(g, d));
         }
         // The dependency's record (a likely cache miss) is read only once it
         // has finished.
-        let outcome = match self.arena.is_finished(d) {
-            true => self.arena.goals[d as usize].phase.outcome(),
-            false => None,
-        };
-        match outcome {
-            Some(o) if o.is_success() => {}
-            Some(_) => self.finish(g, Outcome::DependencyFailed, true),
-            None => {
-                self.arena.add_edge(d, g);
-                self.arena.add_pending(g);
-            }
+        if self.arena.is_finished(d) {
+            self.dependency_finished(g, d);
+        } else {
+            self.arena.add_edge(d, g);
+            self.arena.add_pending(g);
         }
         Ok(())
+    }
+
+    /// Why `g` cannot depend on `d` (itself, or `g` has started).
+    #[cold]
+    #[inline(never)]
+    fn dependency_refused(&self, g: u32, d: u32) -> Error {
+        if g == d {
+            return Error::InvalidArgument(format!("{} cannot depend on itself", self.name(g)));
+        }
+        Error::InvalidState(format!(
+            "{} is {}; dependencies can only be added before it starts",
+            self.name(g),
+            state_name(self.arena.goals[g as usize].phase.state())
+        ))
+    }
+
+    /// `g` is made to depend on `d`, which has finished: nothing to wait
+    /// for after a success; otherwise `g` ends `DependencyFailed`.
+    #[cold]
+    #[inline(never)]
+    fn dependency_finished(&mut self, g: u32, d: u32) {
+        match self.arena.goals[d as usize].phase.outcome() {
+            Some(o) if o.is_success() => {}
+            _ => self.finish(g, Outcome::DependencyFailed, true),
+        }
     }
 
     /// The next thing for the host to do. Never blocks. Errors:
@@ -516,6 +529,14 @@ impl Worker {
     /// waits and ledger counters.
     pub fn audit(&self) -> Audit {
         self.audit_inner()
+    }
+
+    /// Makes room for `goals` more goals and `edges` more dependencies, so
+    /// that a host that knows the size of its request builds the graph
+    /// without regrowing (and copying) the worker's arrays.
+    pub fn reserve(&mut self, goals: usize, edges: usize) {
+        self.arena.reserve(goals, edges);
+        self.ready.reserve(goals);
     }
 
     /// Number of goals.
