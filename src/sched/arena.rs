@@ -67,6 +67,28 @@ const EMPTY: &[StorePath] = &[];
 /// decrements of its remaining edges never make it look ready.
 const DONE_PENDING: u32 = 1 << 31;
 
+/// A hint to load the cache line holding `p` (no effect on the program's
+/// meaning; prefetching never faults, whatever the address).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// [`Arena::start`] was called on a goal that was not ready: a bug. The
+/// state value is dropped (releasing whatever it owned) rather than leaked.
+#[cold]
+#[inline(never)]
+fn unreachable_state(old: Phase) {
+    debug_assert!(false, "a goal started from state {old:?}");
+    drop(old);
+}
+
 impl Arena {
     /// Adds a goal in state `Ready` (no dependencies yet); returns its index.
     #[inline]
@@ -339,6 +361,51 @@ impl Arena {
             self.done[i as usize / 64] |= 1 << (i % 64);
         }
         old
+    }
+
+    /// Software pipelining of the drain, where most accesses are random
+    /// at a million goals: `next` is the goal the host will be given next,
+    /// `after` the one after it. The lines the coming calls read are asked
+    /// for now: `next`'s slice of dependents, and `after`'s record, counter
+    /// and compact-form offsets. Hints only: nothing is read or changed.
+    #[inline(always)]
+    pub(crate) fn prefetch_ahead(&self, next: Option<u32>, after: Option<u32>) {
+        if let Some(j) = after {
+            let j = j as usize;
+            prefetch(self.goals.as_ptr().wrapping_add(j));
+            prefetch(self.pending.as_ptr().wrapping_add(j));
+            prefetch(self.csr_start.as_ptr().wrapping_add(j));
+        }
+        if let Some(&a) = next.and_then(|j| self.csr_start.get(j as usize)) {
+            prefetch(self.csr.as_ptr().wrapping_add(a as usize));
+        }
+    }
+
+    /// Goal `i` starts: the counters of its dependents will be decremented
+    /// when it finishes, so they are asked for now (a hint, as above).
+    #[inline(always)]
+    pub(crate) fn prefetch_dependents(&self, i: u32) {
+        let i = i as usize;
+        if i + 1 < self.csr_start.len() {
+            let (a, z) = (self.csr_start[i] as usize, self.csr_start[i + 1] as usize);
+            for &d in self.csr.get(a..z).unwrap_or_default() {
+                prefetch(self.pending.as_ptr().wrapping_add(d as usize));
+            }
+        }
+    }
+
+    /// A ready goal (its record says ready, or waiting for dependencies
+    /// with none left: see [`Arena::state`]) starts running with `exec`.
+    /// Neither of those states owns anything.
+    #[inline(always)]
+    pub(crate) fn start(&mut self, i: u32, exec: super::goal::Exec) {
+        debug_assert_eq!(self.state(i), GoalState::Ready);
+        let old = std::mem::replace(&mut self.goals[i as usize].phase, Phase::Running(exec));
+        if !matches!(old, Phase::Ready | Phase::WaitingDeps) {
+            unreachable_state(old);
+        }
+        self.counts[GoalState::Ready as usize] -= 1;
+        self.counts[GoalState::Running as usize] += 1;
     }
 
     /// Goal `i`'s state. A goal whose last dependency finished is *ready*

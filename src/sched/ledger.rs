@@ -105,6 +105,12 @@ impl Ledger {
         self.touched.push(i);
     }
 
+    /// Counts a check that found nothing (the inline clean case).
+    #[inline(always)]
+    pub(crate) fn count_check(&mut self) {
+        self.checks += 1;
+    }
+
     /// Records a violation found during a transition (reported at the end of the call).
     pub(crate) fn note(&mut self, msg: String) {
         self.noted.get_or_insert(msg);
@@ -117,30 +123,22 @@ impl Ledger {
 }
 
 impl Worker {
-    /// Runs the checks for the current call; the first violation is returned
-    /// as [`Error::Invariant`] and logged.
+    /// The checks for the current call (G6) are made at its end, in two
+    /// steps: the common case is decided inline ([`Worker::ledger_clean`]):
+    /// nothing was noted, no sweep is asked for, the slot counters agree,
+    /// and every touched goal is a plain goal that holds no lock set, for
+    /// which the full check has nothing to look up. Any other case, and
+    /// every touched goal of it, goes through the full check
+    /// ([`Worker::check_ledger_full`]), whose first violation is returned as
+    /// [`Error::Invariant`] and logged.
     ///
-    /// The common case is decided inline ([`Worker::ledger_clean`]): nothing
-    /// was noted, no sweep is asked for, the slot counters agree, and every
-    /// touched goal is a plain goal that holds no lock set, for which the
-    /// full check has nothing to look up. Any other case, and every touched
-    /// goal of it, goes through the full check.
-    #[inline(always)]
-    pub(super) fn check_ledger(&mut self) -> Result<()> {
-        if self.ledger_clean() {
-            self.ledger.checks += 1;
-            return Ok(());
-        }
-        self.check_ledger_full()
-    }
-
     /// `true` when the full check would find nothing, decided without it:
     /// exactly the cases in which [`Worker::check_ledger_full`] looks at
     /// nothing but the O(1) counters and, per touched goal, its kind and
     /// state (a plain goal that is not running with `Exec::Holding` needs no
     /// registry lookup: `check_one` returns `None` for it).
     #[inline(always)]
-    fn ledger_clean(&self) -> bool {
+    pub(super) fn ledger_clean(&self) -> bool {
         let used = self.slots.used();
         self.ledger.noted.is_none()
             && !self.ledger.sweep
@@ -156,7 +154,7 @@ impl Worker {
     /// The full checks (see [`Worker::check_ledger`]).
     #[cold]
     #[inline(never)]
-    fn check_ledger_full(&mut self) -> Result<()> {
+    pub(super) fn check_ledger_full(&mut self) -> Result<()> {
         self.ledger.checks += 1;
         let mut found = self.ledger.noted.take();
         let used = self.slots.used();

@@ -250,6 +250,9 @@ impl Worker {
         outputs: &[P],
         mode: BuildMode,
     ) -> Result<GoalId> {
+        if outputs.is_empty() && kind == GoalKind::Plain {
+            return self.add_plain_goal(mode);
+        }
         self.begin()?;
         let r = if outputs.is_empty() {
             Ok(Vec::new())
@@ -267,8 +270,29 @@ impl Worker {
         paths: Vec<StorePath>,
         mode: BuildMode,
     ) -> Result<GoalId> {
+        if paths.is_empty() && kind == GoalKind::Plain {
+            return self.add_plain_goal(mode);
+        }
         self.begin()?;
         let r = self.add_goal_inner(kind, paths, mode);
+        self.end(r)
+    }
+
+    /// [`Worker::add_goal`] for a plain goal without outputs: nothing to
+    /// validate, share or index.
+    #[inline]
+    fn add_plain_goal(&mut self, mode: BuildMode) -> Result<GoalId> {
+        self.begin()?;
+        let r = match self.arena.push(GoalKind::Plain, mode, Vec::new()) {
+            Some(i) => {
+                self.ready.push_back(i);
+                if self.aborting {
+                    self.finish(i, Outcome::Cancelled, true);
+                }
+                Ok(self.id(i))
+            }
+            None => Err(too_many_goals()),
+        };
         self.end(r)
     }
 
@@ -325,7 +349,7 @@ impl Worker {
         let i = self
             .arena
             .push(kind, mode, paths)
-            .ok_or_else(|| Error::InvalidArgument("too many goals in one worker".into()))?;
+            .ok_or_else(too_many_goals)?;
         self.ready.push_back(i);
         if self.aborting {
             self.finish(i, Outcome::Cancelled, true);
@@ -413,39 +437,52 @@ impl Worker {
         self.end(r)
     }
 
+    #[inline(always)]
     fn report_inner(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
         let i = self.index(goal)?;
         if !matches!(
             outcome,
             Outcome::Built | Outcome::Substituted | Outcome::Failed | Outcome::TimedOut
         ) {
-            return Err(Error::InvalidArgument(format!(
-                "only built, substituted, failed and timed-out can be reported, not {}",
-                outcome.name()
-            )));
+            return Err(not_reportable(outcome));
         }
         let g = &self.arena.goals[i as usize];
         if !matches!(g.phase, Phase::Running(_)) {
-            return Err(Error::InvalidState(format!(
-                "{} is {}, not running; only running goals can be reported",
-                self.name(i),
-                state_name(g.phase.state())
-            )));
+            return Err(self.not_running(i));
         }
-        let mut outcome = outcome;
-        if outcome.is_success() && g.kind != GoalKind::Plain {
-            if let Some(k) = self.first_invalid_output(i) {
-                let p = &self.arena.outputs(i)[k];
-                let line = format!(
-                    "{}: the builder reported success but {p} is not valid; recorded as failed",
-                    self.name(i)
-                );
-                self.log.push(line);
-                outcome = Outcome::Failed;
-            }
-        }
+        let outcome = if outcome.is_success() && g.kind != GoalKind::Plain {
+            self.checked_success(i, outcome)
+        } else {
+            outcome
+        };
         self.finish(i, outcome, false);
         Ok(())
+    }
+
+    /// A reported success of goal `i`, checked: `Failed` if an output is
+    /// not valid (the log says why).
+    #[inline(never)]
+    fn checked_success(&mut self, i: u32, outcome: Outcome) -> Outcome {
+        let Some(k) = self.first_invalid_output(i) else {
+            return outcome;
+        };
+        let p = &self.arena.outputs(i)[k];
+        let line = format!(
+            "{}: the builder reported success but {p} is not valid; recorded as failed",
+            self.name(i)
+        );
+        self.log.push(line);
+        Outcome::Failed
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_running(&self, i: u32) -> Error {
+        Error::InvalidState(format!(
+            "{} is {}, not running; only running goals can be reported",
+            self.name(i),
+            state_name(self.arena.goals[i as usize].phase.state())
+        ))
     }
 
     /// Cancels a goal that has not finished (a running goal: the host stopped
@@ -667,7 +704,11 @@ impl Worker {
     /// call's own error comes first.
     #[inline(always)]
     fn end<T>(&mut self, r: Result<T>) -> Result<T> {
-        match self.check_ledger() {
+        if self.ledger_clean() {
+            self.ledger.count_check();
+            return r;
+        }
+        match self.check_ledger_full() {
             Ok(()) => r,
             Err(e) => Err(r.err().unwrap_or(e)),
         }
@@ -680,7 +721,18 @@ impl Worker {
                 self.ledger.touch(i);
             }
         }
-        match (r, self.check_ledger()) {
+        if self.ledger_clean() {
+            self.ledger.count_check();
+            return r;
+        }
+        self.end_event_full(r)
+    }
+
+    /// [`Worker::end_event`] when the ledger needs its full check.
+    #[cold]
+    #[inline(never)]
+    fn end_event_full(&mut self, r: Result<Event>) -> Result<Event> {
+        match (r, self.check_ledger_full()) {
             (r, Ok(())) => r,
             (Ok(ev), Err(e)) => {
                 if ev.goal_index().is_some() {
@@ -737,6 +789,19 @@ fn elide_store_hash(base: &str) -> std::borrow::Cow<'_, str> {
         }
         _ => base.into(),
     }
+}
+
+#[cold]
+fn not_reportable(outcome: Outcome) -> Error {
+    Error::InvalidArgument(format!(
+        "only built, substituted, failed and timed-out can be reported, not {}",
+        outcome.name()
+    ))
+}
+
+#[cold]
+fn too_many_goals() -> Error {
+    Error::InvalidArgument("too many goals in one worker".into())
 }
 
 /// A state's name for messages.
