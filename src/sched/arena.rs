@@ -1,7 +1,7 @@
-//! The goal arena: goals in a flat vector indexed by `u32`, dependents as
-//! linked lists in one shared edge pool (8 bytes per edge, no allocation per
-//! goal), outputs in a side table, and the output-path index used to share
-//! one goal between requests for the same outputs (S9).
+//! The goal arena: goals in a flat vector indexed by `u32`, dependents in
+//! a compact (CSR) form with an append-only log of new edges, outputs in a
+//! side table, and the output-path index used to share one goal between
+//! requests for the same outputs (S9).
 
 use std::collections::HashMap;
 
@@ -27,21 +27,31 @@ pub(crate) struct DepCursor {
 
 /// The goals of one worker.
 ///
-/// Layout for the hot path (a goal finishing wakes its dependents): the
-/// dependency counters are a separate dense `u32` array, and dependents are
-/// stored compactly (CSR: one contiguous slice per goal). Edges added since
-/// the last compaction sit in per-goal overflow lists and are folded into
-/// the compact form by [`Arena::maybe_compact`] (amortised O(1) per edge).
+/// Layout for the hot paths. Adding an edge appends `(from, to)` to a log
+/// and touches nothing else at random: a host adds a goal's dependencies
+/// together, but they point anywhere in the arena. Before any walk of
+/// dependents the log is flushed ([`Arena::flush`]): folded into the compact
+/// form (CSR: one contiguous slice of dependents per goal) when it has grown
+/// large, else linked into per-goal overflow lists; either way each edge is
+/// moved O(1) times on average. A goal finishing touches its CSR slice and
+/// the dense dependency counters of its dependents, not their records.
+/// Whether a goal has finished is one bit in a dense bitset (128 KiB per
+/// million goals), so adding edges to many goals stays in cache.
 #[derive(Default)]
 pub(crate) struct Arena {
     pub(crate) goals: Vec<Goal>,
-    /// Unfinished dependencies per goal.
+    /// Unfinished dependencies per goal ([`DONE_PENDING`] once finished).
     pub(crate) pending: Vec<u32>,
+    /// One bit per goal, set when it finishes.
+    done: Vec<u64>,
     /// Compacted dependents: goal `i`'s are `csr[csr_start[i]..csr_start[i + 1]]`
     /// (goals added after the last compaction have none there).
     csr_start: Vec<u32>,
     csr: Vec<u32>,
-    /// Overflow lists: head per goal, links in `extra`.
+    /// Edges added since the last flush, `(from, to)`.
+    log: Vec<(u32, u32)>,
+    /// Overflow lists: head per goal (for the goals that had one when it
+    /// was last grown), links in `extra`.
     extra_head: Vec<u32>,
     extra: Vec<Edge>,
     outputs: Vec<Box<[StorePath]>>,
@@ -57,8 +67,31 @@ const EMPTY: &[StorePath] = &[];
 /// decrements of its remaining edges never make it look ready.
 const DONE_PENDING: u32 = 1 << 31;
 
+/// A hint to load the cache line holding `p` (no effect on the program's
+/// meaning; prefetching never faults, whatever the address).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// [`Arena::start`] was called on a goal that was not ready: a bug. The
+/// state value is dropped (releasing whatever it owned) rather than leaked.
+#[cold]
+#[inline(never)]
+fn unreachable_state(old: Phase) {
+    debug_assert!(false, "a goal started from state {old:?}");
+    drop(old);
+}
+
 impl Arena {
     /// Adds a goal in state `Ready` (no dependencies yet); returns its index.
+    #[inline]
     pub(crate) fn push(
         &mut self,
         kind: GoalKind,
@@ -69,13 +102,7 @@ impl Arena {
         let out = if outputs.is_empty() {
             NONE
         } else {
-            if kind != GoalKind::Plain {
-                for p in &outputs {
-                    self.by_path.insert(p.clone(), index);
-                }
-            }
-            self.outputs.push(outputs.into_boxed_slice());
-            (self.outputs.len() - 1) as u32
+            self.push_outputs(kind, index, outputs)
         };
         self.goals.push(Goal {
             phase: Phase::Ready,
@@ -84,9 +111,32 @@ impl Arena {
             mode,
         });
         self.pending.push(0);
-        self.extra_head.push(NONE);
+        if index % 64 == 0 {
+            self.done.push(0);
+        }
         self.counts[GoalState::Ready as usize] += 1;
         Some(index)
+    }
+
+    /// Makes room for `goals` more goals and `edges` more edges.
+    pub(crate) fn reserve(&mut self, goals: usize, edges: usize) {
+        self.goals.reserve(goals);
+        self.pending.reserve(goals);
+        self.done.reserve(goals / 64 + 1);
+        self.log.reserve(edges);
+    }
+
+    /// Records goal `index`'s outputs (and, for a goal that locks them, the
+    /// path index); returns their place in the outputs table.
+    #[inline(never)]
+    fn push_outputs(&mut self, kind: GoalKind, index: u32, outputs: Vec<StorePath>) -> u32 {
+        if kind != GoalKind::Plain {
+            for p in &outputs {
+                self.by_path.insert(p.clone(), index);
+            }
+        }
+        self.outputs.push(outputs.into_boxed_slice());
+        (self.outputs.len() - 1) as u32
     }
 
     /// The goal that locks `path`, if any.
@@ -102,55 +152,144 @@ impl Arena {
         }
     }
 
-    /// Records that `to` depends on `from` (an entry in `from`'s dependents).
+    /// Records that `to` depends on `from` (an entry in `from`'s
+    /// dependents, visible to walks after the next [`Arena::flush`]).
+    #[inline(always)]
     pub(crate) fn add_edge(&mut self, from: u32, to: u32) {
-        let head = self.extra_head[from as usize];
-        self.extra.push(Edge {
-            from,
-            to,
-            next: head,
-        });
-        self.extra_head[from as usize] = (self.extra.len() - 1) as u32;
+        self.log.push((from, to));
     }
 
-    /// Folds the overflow lists into the compact form when they have grown
-    /// to an eighth of it (so each edge is moved O(1) times on average).
-    pub(crate) fn maybe_compact(&mut self) {
-        let extra = self.extra.len();
-        if extra == 0 || extra * 8 < self.csr.len() + 64 {
+    /// Makes every edge visible to [`Arena::dependents`]. When the new
+    /// edges (the log and the overflow lists) have grown to an eighth of the
+    /// compact form and the goals, they are folded into it; otherwise the
+    /// logged edges are linked into the overflow lists. Each edge is thus
+    /// moved O(1) times on average.
+    #[inline(always)]
+    pub(crate) fn flush(&mut self) {
+        if !self.log.is_empty() {
+            self.flush_log();
+        }
+    }
+
+    #[inline(never)]
+    fn flush_log(&mut self) {
+        if (self.log.len() + self.extra.len()) * 8 >= self.csr.len() + self.goals.len() + 64 {
+            self.compact();
             return;
         }
-        // A counting sort by source, reading the overflow edges sequentially.
+        if self.extra_head.len() < self.goals.len() {
+            self.extra_head.resize(self.goals.len(), NONE);
+        }
+        for k in 0..self.log.len() {
+            let (from, to) = self.log[k];
+            let head = &mut self.extra_head[from as usize];
+            self.extra.push(Edge {
+                from,
+                to,
+                next: *head,
+            });
+            *head = (self.extra.len() - 1) as u32;
+        }
+        self.log.clear();
+    }
+
+    /// Folds the log and the overflow lists into the compact form: a
+    /// counting sort by source, cache-blocked. The new edges are first
+    /// partitioned by ranges of sources (at most ~2048 ranges, so the write
+    /// streams stay in cache), then each range is sorted into its final
+    /// place with counters that fit in L1. No pass makes random accesses
+    /// over the whole arena; up to 2^18 goals (1 MiB of counters) there is
+    /// a single range.
+    #[inline(never)]
+    fn compact(&mut self) {
         let n = self.goals.len();
+        let mut new = std::mem::take(&mut self.log);
+        if !self.extra.is_empty() {
+            new.extend(self.extra.iter().map(|e| (e.from, e.to)));
+            self.extra = Vec::new();
+            self.extra_head = Vec::new();
+        }
+        let bits = usize::BITS - n.max(1).leading_zeros();
+        let shift = if bits <= 18 { bits } else { bits - 11 };
+        let ranges = (n >> shift) + 1;
+        // Pass 1: the size of each range, then where it starts.
+        let mut rstart = vec![0usize; ranges + 1];
+        if ranges == 1 {
+            rstart[1] = new.len();
+        } else {
+            for &(f, _) in &new {
+                rstart[(f as usize >> shift) + 1] += 1;
+            }
+            for r in 0..ranges {
+                rstart[r + 1] += rstart[r];
+            }
+        }
+        // Pass 2: partition by range (sequential reads, one sequential
+        // write stream per range); nothing to do with a single range.
+        let part = if ranges == 1 {
+            new
+        } else {
+            let mut part = vec![(0u32, 0u32); new.len()];
+            let mut fill = rstart[..ranges].to_vec();
+            for &e in &new {
+                let r = e.0 as usize >> shift;
+                part[fill[r]] = e;
+                fill[r] += 1;
+            }
+            part
+        };
+        // Pass 3: per range, a counting sort into the final array, with the
+        // old compact slices copied in front of each goal's new edges.
+        let mut csr = vec![0u32; self.csr.len() + part.len()];
         let mut start = vec![0u32; n + 1];
-        for i in 0..n {
-            start[i + 1] = self.old_len(i);
+        let mut local = vec![0u32; (1usize << shift).min(n.max(1))];
+        let mut at = 0u32;
+        for r in 0..ranges {
+            let lo = r << shift;
+            let hi = ((r + 1) << shift).min(n);
+            if lo >= hi {
+                break;
+            }
+            let local = &mut local[..hi - lo];
+            if lo + 1 < self.csr_start.len() {
+                for (k, l) in local.iter_mut().enumerate() {
+                    *l = self.old_len(lo + k);
+                }
+            } else {
+                local.fill(0);
+            }
+            let edges = &part[rstart[r]..rstart[r + 1]];
+            for &(f, _) in edges {
+                local[f as usize - lo] += 1;
+            }
+            // local[k] becomes the fill cursor of goal lo + k.
+            for (k, l) in local.iter_mut().enumerate() {
+                let len = *l;
+                start[lo + k] = at;
+                *l = at;
+                at += len;
+            }
+            for (k, l) in local.iter_mut().enumerate() {
+                let i = lo + k;
+                if i + 1 >= self.csr_start.len() {
+                    break; // goals added since the last compaction had none
+                }
+                {
+                    let (a, z) = (self.csr_start[i] as usize, self.csr_start[i + 1] as usize);
+                    let f = *l as usize;
+                    csr[f..f + (z - a)].copy_from_slice(&self.csr[a..z]);
+                    *l += (z - a) as u32;
+                }
+            }
+            for &(f, t) in edges {
+                let c = &mut local[f as usize - lo];
+                csr[*c as usize] = t;
+                *c += 1;
+            }
         }
-        for e in &self.extra {
-            start[e.from as usize + 1] += 1;
-        }
-        for i in 0..n {
-            start[i + 1] += start[i];
-        }
-        let mut csr = vec![0u32; start[n] as usize];
-        let mut fill: Vec<u32> = start[..n].to_vec();
-        for (f, w) in fill.iter_mut().zip(self.csr_start.windows(2)) {
-            let (a, b) = (w[0] as usize, w[1] as usize);
-            let at = *f as usize;
-            csr[at..at + (b - a)].copy_from_slice(&self.csr[a..b]);
-            *f += (b - a) as u32;
-        }
-        for e in &self.extra {
-            let f = &mut fill[e.from as usize];
-            csr[*f as usize] = e.to;
-            *f += 1;
-        }
-        for h in &mut self.extra_head {
-            *h = NONE;
-        }
+        start[n] = at;
         self.csr = csr;
         self.csr_start = start;
-        self.extra = Vec::new();
     }
 
     fn old_len(&self, i: usize) -> u32 {
@@ -161,9 +300,11 @@ impl Arena {
         }
     }
 
-    /// A cursor over goal `i`'s dependents (use [`Arena::next_dependent`]).
+    /// A cursor over goal `i`'s dependents (use [`Arena::next_dependent`]);
+    /// flushes the log first, so that every edge is seen.
     #[inline]
-    pub(crate) fn dependents(&self, i: u32) -> DepCursor {
+    pub(crate) fn dependents(&mut self, i: u32) -> DepCursor {
+        self.flush();
         let i = i as usize;
         let (k, end) = if i + 1 < self.csr_start.len() {
             (self.csr_start[i], self.csr_start[i + 1])
@@ -176,7 +317,7 @@ impl Arena {
             extra: if self.extra.is_empty() {
                 NONE
             } else {
-                self.extra_head[i]
+                self.extra_head.get(i).copied().unwrap_or(NONE)
             },
         }
     }
@@ -198,18 +339,73 @@ impl Arena {
 
     /// Replaces goal `i`'s state value, keeping the counters right, and
     /// returns the old one (with whatever it owned).
-    #[inline]
+    ///
+    /// Inlined: the new state is usually a constant at the call site, so its
+    /// counter and the terminal-state bookkeeping fold away, and the old
+    /// state is read from the value taken out (the dependency counter only
+    /// for a goal whose record says it waits for dependencies).
+    #[inline(always)]
     pub(crate) fn set_phase(&mut self, i: u32, phase: Phase) -> Phase {
         let new = phase.state() as usize;
-        let old_state = self.state(i) as usize;
+        let done = phase.is_done();
         let old = std::mem::replace(&mut self.goals[i as usize].phase, phase);
-        self.counts[old_state] -= 1;
+        let old_state = match old {
+            Phase::WaitingDeps if self.pending[i as usize] == 0 => GoalState::Ready,
+            ref p => p.state(),
+        };
+        self.counts[old_state as usize] -= 1;
         self.counts[new] += 1;
-        if self.goals[i as usize].phase.is_done() {
+        if done {
             // Decrements from late edges can never make a finished goal "ready".
             self.pending[i as usize] = DONE_PENDING;
+            self.done[i as usize / 64] |= 1 << (i % 64);
         }
         old
+    }
+
+    /// Software pipelining of the drain, where most accesses are random
+    /// at a million goals: `next` is the goal the host will be given next,
+    /// `after` the one after it. The lines the coming calls read are asked
+    /// for now: `next`'s slice of dependents, and `after`'s record, counter
+    /// and compact-form offsets. Hints only: nothing is read or changed.
+    #[inline(always)]
+    pub(crate) fn prefetch_ahead(&self, next: Option<u32>, after: Option<u32>) {
+        if let Some(j) = after {
+            let j = j as usize;
+            prefetch(self.goals.as_ptr().wrapping_add(j));
+            prefetch(self.pending.as_ptr().wrapping_add(j));
+            prefetch(self.csr_start.as_ptr().wrapping_add(j));
+        }
+        if let Some(&a) = next.and_then(|j| self.csr_start.get(j as usize)) {
+            prefetch(self.csr.as_ptr().wrapping_add(a as usize));
+        }
+    }
+
+    /// Goal `i` starts: the counters of its dependents will be decremented
+    /// when it finishes, so they are asked for now (a hint, as above).
+    #[inline(always)]
+    pub(crate) fn prefetch_dependents(&self, i: u32) {
+        let i = i as usize;
+        if i + 1 < self.csr_start.len() {
+            let (a, z) = (self.csr_start[i] as usize, self.csr_start[i + 1] as usize);
+            for &d in self.csr.get(a..z).unwrap_or_default() {
+                prefetch(self.pending.as_ptr().wrapping_add(d as usize));
+            }
+        }
+    }
+
+    /// A ready goal (its record says ready, or waiting for dependencies
+    /// with none left: see [`Arena::state`]) starts running with `exec`.
+    /// Neither of those states owns anything.
+    #[inline(always)]
+    pub(crate) fn start(&mut self, i: u32, exec: super::goal::Exec) {
+        debug_assert_eq!(self.state(i), GoalState::Ready);
+        let old = std::mem::replace(&mut self.goals[i as usize].phase, Phase::Running(exec));
+        if !matches!(old, Phase::Ready | Phase::WaitingDeps) {
+            unreachable_state(old);
+        }
+        self.counts[GoalState::Ready as usize] -= 1;
+        self.counts[GoalState::Running as usize] += 1;
     }
 
     /// Goal `i`'s state. A goal whose last dependency finished is *ready*
@@ -224,11 +420,11 @@ impl Arena {
         }
     }
 
-    /// `true` once goal `i` has finished. Reads the dense counter array, not
-    /// the goal's record (adding edges to many goals stays in cache).
+    /// `true` once goal `i` has finished. Reads the dense bitset, not the
+    /// goal's record (adding edges to many goals stays in cache).
     #[inline]
     pub(crate) fn is_finished(&self, i: u32) -> bool {
-        self.pending[i as usize] >= DONE_PENDING / 2
+        self.done[i as usize / 64] & (1 << (i % 64)) != 0
     }
 
     /// One dependency of `d` finished with success; `true` if `d` is now ready.
@@ -248,16 +444,20 @@ impl Arena {
 
     /// `g` gets one more unfinished dependency (it must be ready or waiting
     /// for dependencies).
+    #[inline]
     pub(crate) fn add_pending(&mut self, g: u32) {
-        if self.state(g) == GoalState::Ready {
-            if matches!(self.goals[g as usize].phase, Phase::Ready) {
-                self.set_phase(g, Phase::WaitingDeps);
-            } else {
-                self.counts[GoalState::Ready as usize] -= 1;
-                self.counts[GoalState::WaitingDeps as usize] += 1;
+        let p = &mut self.pending[g as usize];
+        if *p == 0 {
+            // Ready: its record says Ready, or WaitingDeps after its last
+            // dependency finished. Neither owns anything.
+            let rec = &mut self.goals[g as usize].phase;
+            if matches!(rec, Phase::Ready) {
+                *rec = Phase::WaitingDeps;
             }
+            self.counts[GoalState::Ready as usize] -= 1;
+            self.counts[GoalState::WaitingDeps as usize] += 1;
         }
-        self.pending[g as usize] += 1;
+        *p += 1;
     }
 
     pub(crate) fn count(&self, s: GoalState) -> u64 {
@@ -290,7 +490,7 @@ impl Arena {
 mod tests {
     use super::*;
 
-    fn deps(a: &Arena, i: u32) -> Vec<u32> {
+    fn deps(a: &mut Arena, i: u32) -> Vec<u32> {
         let mut c = a.dependents(i);
         let mut v = Vec::new();
         while let Some(d) = a.next_dependent(&mut c) {
@@ -312,21 +512,61 @@ mod tests {
                 a.add_edge(i - 1, i);
             }
         }
-        a.maybe_compact();
-        assert!(a.extra.is_empty(), "compacted");
+        a.flush();
+        assert!(a.extra.is_empty() && a.log.is_empty(), "compacted");
         a.push(GoalKind::Plain, BuildMode::Normal, Vec::new());
         a.add_edge(0, 200);
         a.add_edge(200, 5);
-        assert_eq!(deps(&a, 0).len(), 200);
-        assert_eq!(deps(&a, 200), vec![5]);
-        assert_eq!(deps(&a, 3), vec![4]);
-        assert_eq!(deps(&a, 199), Vec::<u32>::new());
+        assert_eq!(deps(&mut a, 0).len(), 200);
+        assert_eq!(deps(&mut a, 200), vec![5]);
+        assert_eq!(deps(&mut a, 3), vec![4]);
+        assert_eq!(deps(&mut a, 199), Vec::<u32>::new());
         for _ in 0..100 {
             a.add_edge(7, 9);
         }
-        a.maybe_compact();
-        assert_eq!(deps(&a, 7).len(), 101);
-        assert_eq!(deps(&a, 0).len(), 200);
-        assert_eq!(deps(&a, 200), vec![5]);
+        a.flush();
+        assert_eq!(deps(&mut a, 7).len(), 101);
+        assert_eq!(deps(&mut a, 0).len(), 200);
+        assert_eq!(deps(&mut a, 200), vec![5]);
+    }
+
+    /// The cache-blocked compaction (more than 2^18 goals: several source
+    /// ranges) and the overflow lists, against a plain model, across
+    /// several flushes that each fold or link.
+    #[test]
+    fn blocked_compaction_keeps_every_edge() {
+        let n = (1u32 << 18) + 5000;
+        let mut a = Arena::default();
+        let mut model: Vec<Vec<u32>> = vec![Vec::new(); n as usize];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rnd = |m: u32| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m as u64) as u32
+        };
+        let mut added = 0;
+        for round in 0..4 {
+            let goals = [n / 2, n / 2 + 7, n / 2 + 7, n][round];
+            while (a.len() as u32) < goals {
+                a.push(GoalKind::Plain, BuildMode::Normal, Vec::new());
+            }
+            // Big batches fold into the compact form, small ones are linked.
+            let edges = [200_000, 300_000, 50, 100_000][round];
+            for _ in 0..edges {
+                let (f, t) = (rnd(goals), rnd(goals));
+                a.add_edge(f, t);
+                model[f as usize].push(t);
+                added += 1;
+            }
+            a.flush();
+            assert_eq!(round == 2, !a.extra.is_empty(), "round {round}");
+            for i in (0..goals).step_by(97).chain([0, goals - 1]) {
+                let mut want = model[i as usize].clone();
+                want.sort_unstable();
+                assert_eq!(deps(&mut a, i), want, "round {round}, goal {i}");
+            }
+        }
+        assert_eq!(a.csr.len(), added);
     }
 }

@@ -95,6 +95,7 @@ impl Ledger {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn begin(&mut self) {
         self.touched.clear();
     }
@@ -103,6 +104,12 @@ impl Ledger {
     #[inline]
     pub(crate) fn touch(&mut self, i: u32) {
         self.touched.push(i);
+    }
+
+    /// Counts a check that found nothing (the inline clean case).
+    #[inline(always)]
+    pub(crate) fn count_check(&mut self) {
+        self.checks += 1;
     }
 
     /// Records a violation found during a transition (reported at the end of the call).
@@ -117,9 +124,38 @@ impl Ledger {
 }
 
 impl Worker {
-    /// Runs the checks for the current call; the first violation is returned
-    /// as [`Error::Invariant`] and logged.
-    pub(super) fn check_ledger(&mut self) -> Result<()> {
+    /// The checks for the current call (G6) are made at its end, in two
+    /// steps: the common case is decided inline ([`Worker::ledger_clean`]):
+    /// nothing was noted, no sweep is asked for, the slot counters agree,
+    /// and every touched goal is a plain goal that holds no lock set, for
+    /// which the full check has nothing to look up. Any other case, and
+    /// every touched goal of it, goes through the full check
+    /// ([`Worker::check_ledger_full`]), whose first violation is returned as
+    /// [`Error::Invariant`] and logged.
+    ///
+    /// `true` when the full check would find nothing, decided without it:
+    /// exactly the cases in which [`Worker::check_ledger_full`] looks at
+    /// nothing but the O(1) counters and, per touched goal, its kind and
+    /// state (a plain goal that is not running with `Exec::Holding` needs no
+    /// registry lookup: `check_one` returns `None` for it).
+    #[inline(always)]
+    pub(super) fn ledger_clean(&self) -> bool {
+        let used = self.slots.used();
+        self.ledger.noted.is_none()
+            && !self.ledger.sweep
+            && used == self.slot_holders
+            && used <= self.slots.capacity()
+            && self.ledger.touched.iter().all(|&i| {
+                let g = &self.arena.goals[i as usize];
+                g.kind == GoalKind::Plain
+                    && !matches!(g.phase, Phase::Running(Exec::Holding { .. }))
+            })
+    }
+
+    /// The full checks (see [`Worker::check_ledger`]).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn check_ledger_full(&mut self) -> Result<()> {
         self.ledger.checks += 1;
         let mut found = self.ledger.noted.take();
         let used = self.slots.used();
@@ -292,5 +328,76 @@ impl Worker {
             checks: self.ledger.checks,
             violations: self.ledger.violations,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::{next_id, LockSet, StorePath};
+    use crate::sched::{BuildMode, Event, Outcome, WorkerOptions};
+
+    /// The ledger's inline fast path accepts only touched plain goals that
+    /// hold no lock set. A plain goal that runs holding a lock set and a
+    /// slot (which no transition makes; forced here) must still be
+    /// reported, by the full check, at the next call that touches it.
+    #[test]
+    fn a_touched_plain_goal_holding_locks_is_still_reported() {
+        let dir = std::env::temp_dir().join(format!(
+            "gk-ledger-unit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = Worker::new(WorkerOptions::default()).unwrap();
+        let none: &[&str] = &[];
+        let g = w
+            .add_goal(GoalKind::Plain, none, BuildMode::Normal)
+            .unwrap();
+        let other = w
+            .add_goal(GoalKind::Plain, none, BuildMode::Normal)
+            .unwrap();
+        assert_eq!(
+            w.next_event().unwrap(),
+            Event::Run {
+                goal: g,
+                kind: GoalKind::Plain
+            }
+        );
+        w.check_goal(g).expect("a running plain goal holds nothing");
+
+        // The test hook: a lock set registered to the goal, and a slot.
+        let owner = Owner {
+            lockset: next_id(),
+            tag: g.raw(),
+        };
+        let paths = vec![StorePath::new(dir.join("x")).unwrap()];
+        let set = LockSet::try_for_owner(owner, paths, w.opts.backend, None)
+            .unwrap()
+            .unwrap();
+        let slot = w.slots.try_take(GoalKind::Build).unwrap();
+        w.slot_holders += 1;
+        w.arena.goals[g.index() as usize].phase = Phase::Running(Exec::Holding {
+            locks: Box::new(set),
+            slot,
+        });
+
+        // A call that touches another goal only: the slot counters still
+        // agree, so it passes, as before.
+        w.check_goal(other)
+            .expect("untouched goals are not checked");
+        // A call that touches it: reported.
+        let e = w.check_goal(g).unwrap_err().to_string();
+        assert!(e.contains("holds 1 locks for 0 outputs"), "{e}");
+        assert_eq!(w.audit().violations, 1);
+        // Its terminal transition releases what its state holds, as for
+        // any goal (G1), and the ledger then finds nothing.
+        w.report(g, Outcome::Built).unwrap();
+        assert!(!crate::lock::is_held_by_me(
+            &StorePath::new(dir.join("x")).unwrap()
+        ));
+        assert_eq!((w.audit().slots_used, w.audit().violations), (0, 1));
+        drop(w);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

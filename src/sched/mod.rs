@@ -33,6 +33,7 @@ mod goal;
 pub mod ids;
 mod ledger;
 mod log;
+mod ring;
 mod slots;
 mod transitions;
 mod validity;

@@ -28,6 +28,7 @@ impl Slots {
     }
 
     /// How many goals of `kind` may hold a slot at once.
+    #[inline]
     pub(crate) fn limit(&self, kind: GoalKind) -> u32 {
         match kind {
             GoalKind::Build => self.max_jobs,
@@ -37,19 +38,23 @@ impl Slots {
     }
 
     /// The most slots that can ever be in use: `max(1, max_jobs)`.
+    #[inline]
     pub(crate) fn capacity(&self) -> u32 {
         self.max_jobs.max(1)
     }
 
+    #[inline]
     pub(crate) fn max_jobs(&self) -> u32 {
         self.max_jobs
     }
 
+    #[inline]
     pub(crate) fn used(&self) -> u32 {
         self.used
     }
 
     /// Takes a slot for a goal of `kind`, if one is free.
+    #[inline]
     pub(crate) fn try_take(&mut self, kind: GoalKind) -> Option<SlotToken> {
         if self.used < self.limit(kind) {
             self.used += 1;
@@ -61,6 +66,7 @@ impl Slots {
 
     /// Returns a slot to the pool. Returns `false` (and changes nothing) if
     /// the pool believes no slot is in use, which the ledger reports.
+    #[inline]
     pub(crate) fn give_back(&mut self, token: SlotToken) -> bool {
         let SlotToken { _private: () } = token;
         if self.used == 0 {

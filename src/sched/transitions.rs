@@ -17,8 +17,37 @@ use super::waits::{describe_holder, ForeignWait};
 use super::worker::{state_name, Event, Worker};
 
 impl Worker {
+    #[inline(always)]
     pub(super) fn next_event_inner(&mut self) -> Result<Event> {
-        self.arena.maybe_compact();
+        // The hot path: no event queued, no foreign wait, and the front of
+        // the ready queue is a plain goal that is ready (no lock, no slot,
+        // no allocation), after skipping stale entries. Anything else is
+        // left to the general loop, which looks at everything in order.
+        if self.events.is_empty() && self.waits.len() == 0 {
+            while let Some(i) = self.ready.front() {
+                match self.arena.state(i) {
+                    GoalState::Ready if self.arena.goals[i as usize].kind == GoalKind::Plain => {
+                        self.ready.pop_front();
+                        self.arena.start(i, Exec::Plain);
+                        self.arena.prefetch_dependents(i);
+                        return Ok(Event::Run {
+                            goal: self.id(i),
+                            kind: GoalKind::Plain,
+                        });
+                    }
+                    GoalState::Ready => break,
+                    _ => {
+                        self.ready.pop_front(); // a stale queue entry
+                    }
+                }
+            }
+        }
+        self.next_event_general()
+    }
+
+    /// [`Worker::next_event_inner`] for everything but its hot path.
+    #[inline(never)]
+    fn next_event_general(&mut self) -> Result<Event> {
         loop {
             if let Some(ev) = self.events.pop_front() {
                 if let Event::Run { goal, .. } = ev {
@@ -49,6 +78,7 @@ impl Worker {
             if self.arena.goals[i as usize].kind == GoalKind::Plain {
                 // The hot path: no lock, no slot, no allocation.
                 self.arena.set_phase(i, Phase::Running(Exec::Plain));
+                self.arena.prefetch_dependents(i);
                 return Ok(Event::Run {
                     goal: self.id(i),
                     kind: GoalKind::Plain,
@@ -458,12 +488,14 @@ impl Worker {
     /// The terminal transition of one goal (G1): the state value, and with
     /// it the lock set and slot token, is taken out and released here, before
     /// anyone is woken.
+    ///
+    /// The common case (a goal that held nothing, or a plain one, succeeding
+    /// with nobody waiting for it in this worker) is kept inline; leaving a
+    /// lock wait, waking local waiters and a failure's cascade are out of
+    /// line, and so is the release of a lock set and slot (`release_exec`).
+    #[inline]
     pub(super) fn finish_one(&mut self, i: u32, outcome: Outcome, emit: bool, cascade: bool) {
         let old = self.arena.set_phase(i, Phase::Done(outcome));
-        if let Phase::Done(first) = old {
-            let line = format!("{} finished twice ({first}, then {outcome})", self.name(i));
-            self.ledger.note(line);
-        }
         if outcome.is_success() {
             self.stats.succeeded += 1;
         } else {
@@ -472,14 +504,8 @@ impl Worker {
         self.ledger.touch(i);
         match old {
             Phase::Running(exec) => self.release_exec(i, exec, outcome.is_success()),
-            Phase::WaitingLock(WaitRef::Foreign(w)) => {
-                // Abandons the kernel wait: its thread releases the lock as soon as it gets it.
-                drop(self.waits.remove(w));
-            }
-            Phase::WaitingLock(WaitRef::Local(h)) => {
-                self.local_waits.retain(|&(hh, ww)| !(hh == h && ww == i));
-            }
-            Phase::WaitingDeps | Phase::Ready | Phase::WaitingSlot | Phase::Done(_) => {}
+            Phase::WaitingDeps | Phase::Ready | Phase::WaitingSlot => {}
+            other => self.leave_state(i, other, outcome),
         }
         if emit {
             self.events.push_back(Event::Finished {
@@ -489,17 +515,7 @@ impl Worker {
         }
         // Wake-ups, after the release.
         if !self.local_waits.is_empty() {
-            let mut k = 0;
-            while k < self.local_waits.len() {
-                let (h, w) = self.local_waits[k];
-                if h == i {
-                    self.local_waits.swap_remove(k);
-                    self.arena.set_phase(w, Phase::Ready);
-                    self.ready.push_front(w);
-                } else {
-                    k += 1;
-                }
-            }
+            self.wake_local_waiters(i);
         }
         let mut c = self.arena.dependents(i);
         if outcome.is_success() {
@@ -509,19 +525,77 @@ impl Worker {
                     self.ready.push_back(d);
                 }
             }
+            self.arena
+                .prefetch_ahead(self.ready.front(), self.ready.get(1));
         } else if cascade {
-            while let Some(d) = self.arena.next_dependent(&mut c) {
-                if !self.arena.goals[d as usize].phase.is_done() {
-                    self.cascade.push(d);
-                }
+            self.cascade_from(c);
+        }
+    }
+
+    /// The rest of [`Worker::finish_one`] for a goal that was waiting for a
+    /// lock (the wait is abandoned), or had finished already (a violation,
+    /// reported at the end of the call).
+    #[cold]
+    #[inline(never)]
+    fn leave_state(&mut self, i: u32, old: Phase, outcome: Outcome) {
+        match old {
+            Phase::WaitingLock(WaitRef::Foreign(w)) => {
+                // Abandons the kernel wait: its thread releases the lock as soon as it gets it.
+                drop(self.waits.remove(w));
+            }
+            Phase::WaitingLock(WaitRef::Local(h)) => {
+                self.local_waits.retain(|&(hh, ww)| !(hh == h && ww == i));
+            }
+            Phase::Done(first) => {
+                let line = format!("{} finished twice ({first}, then {outcome})", self.name(i));
+                self.ledger.note(line);
+            }
+            Phase::Running(exec) => self.release_exec(i, exec, outcome.is_success()),
+            Phase::WaitingDeps | Phase::Ready | Phase::WaitingSlot => {}
+        }
+    }
+
+    /// Goal `i` finished: the goals of this worker waiting for one of its
+    /// locks become ready (first in the queue).
+    #[inline(never)]
+    fn wake_local_waiters(&mut self, i: u32) {
+        let mut k = 0;
+        while k < self.local_waits.len() {
+            let (h, w) = self.local_waits[k];
+            if h == i {
+                self.local_waits.swap_remove(k);
+                self.arena.set_phase(w, Phase::Ready);
+                self.ready.push_front(w);
+            } else {
+                k += 1;
             }
         }
     }
 
+    /// A goal failed: its unfinished dependents go on the cascade list (they
+    /// end `DependencyFailed`).
+    #[inline(never)]
+    fn cascade_from(&mut self, mut c: super::arena::DepCursor) {
+        while let Some(d) = self.arena.next_dependent(&mut c) {
+            if !self.arena.goals[d as usize].phase.is_done() {
+                self.cascade.push(d);
+            }
+        }
+    }
+
+    /// Releases what a running goal held: nothing for a plain goal; a
+    /// build or substitute goal's lock set (deleting the lock files after a
+    /// success) and its slot.
+    #[inline(always)]
     fn release_exec(&mut self, i: u32, exec: Exec, success: bool) {
-        let Exec::Holding { mut locks, slot } = exec else {
-            return; // a plain goal holds nothing
-        };
+        match exec {
+            Exec::Plain => {} // a plain goal holds nothing
+            Exec::Holding { locks, slot } => self.release_holding(i, locks, slot, success),
+        }
+    }
+
+    #[inline(never)]
+    fn release_holding(&mut self, i: u32, mut locks: Box<LockSet>, slot: SlotToken, success: bool) {
         // Success means the outputs were checked valid: the lock files may go.
         locks.set_deletion(success);
         if let Some(locks) = self.keep_for_legacy_hold(i, locks) {
@@ -625,7 +699,7 @@ impl Worker {
     }
 
     /// The error for "goals remain but nothing can progress", naming them.
-    fn deadlock_error(&self) -> Error {
+    fn deadlock_error(&mut self) -> Error {
         let mut blockers: HashMap<u32, Vec<u32>> = HashMap::new();
         for j in 0..self.arena.len() as u32 {
             if self.arena.goals[j as usize].phase.is_done() {

@@ -18,6 +18,7 @@ use super::goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome, Phase};
 use super::ids::{next_worker_serial, GoalId};
 use super::ledger::{Audit, Ledger};
 use super::log::{Log, LogKind, LogRecord};
+use super::ring::Ring;
 use super::slots::Slots;
 use super::validity::{FnPredicate, PathPredicate, Source, Validity};
 use super::waits::{EventFd, ForeignWaits};
@@ -139,7 +140,7 @@ pub struct Worker {
     pub(super) opts: WorkerOptions,
     pub(super) fork_gen: u64,
     pub(super) arena: Arena,
-    pub(super) ready: VecDeque<u32>,
+    pub(super) ready: Ring,
     pub(super) slot_queue: VecDeque<u32>,
     pub(super) events: VecDeque<Event>,
     pub(super) slots: Slots,
@@ -182,7 +183,7 @@ impl Worker {
             opts,
             fork_gen: crate::lock::process_generation(),
             arena: Arena::default(),
-            ready: VecDeque::new(),
+            ready: Ring::default(),
             slot_queue: VecDeque::new(),
             events: VecDeque::new(),
             slot_holders: 0,
@@ -298,6 +299,9 @@ impl Worker {
         outputs: &[P],
         mode: BuildMode,
     ) -> Result<GoalId> {
+        if outputs.is_empty() && kind == GoalKind::Plain {
+            return self.add_plain_goal(mode);
+        }
         self.begin()?;
         let r = if outputs.is_empty() {
             Ok(Vec::new())
@@ -315,8 +319,29 @@ impl Worker {
         paths: Vec<StorePath>,
         mode: BuildMode,
     ) -> Result<GoalId> {
+        if paths.is_empty() && kind == GoalKind::Plain {
+            return self.add_plain_goal(mode);
+        }
         self.begin()?;
         let r = self.add_goal_inner(kind, paths, mode);
+        self.end(r)
+    }
+
+    /// [`Worker::add_goal`] for a plain goal without outputs: nothing to
+    /// validate, share or index.
+    #[inline]
+    fn add_plain_goal(&mut self, mode: BuildMode) -> Result<GoalId> {
+        self.begin()?;
+        let r = match self.arena.push(GoalKind::Plain, mode, Vec::new()) {
+            Some(i) => {
+                self.ready.push_back(i);
+                if self.aborting {
+                    self.finish(i, Outcome::Cancelled, true);
+                }
+                Ok(self.id(i))
+            }
+            None => Err(too_many_goals()),
+        };
         self.end(r)
     }
 
@@ -374,7 +399,7 @@ impl Worker {
         let i = self
             .arena
             .push(kind, mode, paths)
-            .ok_or_else(|| Error::InvalidArgument("too many goals in one worker".into()))?;
+            .ok_or_else(too_many_goals)?;
         self.ready.push_back(i);
         if self.aborting {
             self.finish(i, Outcome::Cancelled, true);
@@ -393,39 +418,51 @@ impl Worker {
         self.end(r)
     }
 
+    #[inline(always)]
     fn add_dependency_inner(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
         let (g, d) = (self.index(goal)?, self.index(dep)?);
-        if g == d {
-            return Err(Error::InvalidArgument(format!(
-                "{} cannot depend on itself",
-                self.name(g)
-            )));
-        }
-        match self.arena.goals[g as usize].phase {
-            Phase::Ready | Phase::WaitingDeps => {}
-            ref p => {
-                return Err(Error::InvalidState(format!(
-                    "{} is {}; dependencies can only be added before it starts",
-                    self.name(g),
-                    state_name(p.state())
-                )))
-            }
+        if g == d
+            || !matches!(
+                self.arena.goals[g as usize].phase,
+                Phase::Ready | Phase::WaitingDeps
+            )
+        {
+            return Err(self.dependency_refused(g, d));
         }
         // The dependency's record (a likely cache miss) is read only once it
         // has finished.
-        let outcome = match self.arena.is_finished(d) {
-            true => self.arena.goals[d as usize].phase.outcome(),
-            false => None,
-        };
-        match outcome {
-            Some(o) if o.is_success() => {}
-            Some(_) => self.finish(g, Outcome::DependencyFailed, true),
-            None => {
-                self.arena.add_edge(d, g);
-                self.arena.add_pending(g);
-            }
+        if self.arena.is_finished(d) {
+            self.dependency_finished(g, d);
+        } else {
+            self.arena.add_edge(d, g);
+            self.arena.add_pending(g);
         }
         Ok(())
+    }
+
+    /// Why `g` cannot depend on `d` (itself, or `g` has started).
+    #[cold]
+    #[inline(never)]
+    fn dependency_refused(&self, g: u32, d: u32) -> Error {
+        if g == d {
+            return Error::InvalidArgument(format!("{} cannot depend on itself", self.name(g)));
+        }
+        Error::InvalidState(format!(
+            "{} is {}; dependencies can only be added before it starts",
+            self.name(g),
+            state_name(self.arena.goals[g as usize].phase.state())
+        ))
+    }
+
+    /// `g` is made to depend on `d`, which has finished: nothing to wait
+    /// for after a success; otherwise `g` ends `DependencyFailed`.
+    #[cold]
+    #[inline(never)]
+    fn dependency_finished(&mut self, g: u32, d: u32) {
+        match self.arena.goals[d as usize].phase.outcome() {
+            Some(o) if o.is_success() => {}
+            _ => self.finish(g, Outcome::DependencyFailed, true),
+        }
     }
 
     /// The next thing for the host to do. Never blocks. Errors:
@@ -450,55 +487,66 @@ impl Worker {
         self.end(r)
     }
 
+    #[inline(always)]
     fn report_inner(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
         let i = self.index(goal)?;
         if !matches!(
             outcome,
             Outcome::Built | Outcome::Substituted | Outcome::Failed | Outcome::TimedOut
         ) {
-            return Err(Error::InvalidArgument(format!(
-                "only built, substituted, failed and timed-out can be reported, not {}",
-                outcome.name()
-            )));
+            return Err(not_reportable(outcome));
         }
         let g = &self.arena.goals[i as usize];
         if !matches!(g.phase, Phase::Running(_)) {
-            return Err(Error::InvalidState(format!(
-                "{} is {}, not running; only running goals can be reported",
-                self.name(i),
-                state_name(g.phase.state())
-            )));
+            return Err(self.not_running(i));
         }
-        let mut outcome = outcome;
-        if outcome.is_success() && g.kind != GoalKind::Plain {
-            match self.validity(i) {
-                Validity::Valid => {}
-                Validity::Invalid(k) => {
-                    let p = &self.arena.outputs(i)[k];
-                    let line = format!(
-                        "{}: the builder reported success but {p} is not valid; recorded as \
-                         failed",
-                        self.name(i)
-                    );
-                    let rec = LogRecord::new(LogKind::NotValidAfterSuccess, line)
-                        .goal(GoalId::new(self.serial, i))
-                        .path(p);
-                    self.log.push(rec);
-                    outcome = Outcome::Failed;
-                }
-                Validity::Unknown { k, why } => {
-                    self.log_unknown(
-                        i,
-                        k,
-                        &why,
-                        "the builder reported success; recorded as failed",
-                    );
-                    outcome = Outcome::Failed;
-                }
-            }
-        }
+        let outcome = if outcome.is_success() && g.kind != GoalKind::Plain {
+            self.checked_success(i, outcome)
+        } else {
+            outcome
+        };
         self.finish(i, outcome, false);
         Ok(())
+    }
+
+    /// A reported success of goal `i`, checked: `Failed` if an output is
+    /// not valid (the log says why).
+    #[inline(never)]
+    fn checked_success(&mut self, i: u32, outcome: Outcome) -> Outcome {
+        match self.validity(i) {
+            Validity::Valid => outcome,
+            Validity::Invalid(k) => {
+                let p = &self.arena.outputs(i)[k];
+                let line = format!(
+                    "{}: the builder reported success but {p} is not valid; recorded as failed",
+                    self.name(i)
+                );
+                let rec = LogRecord::new(LogKind::NotValidAfterSuccess, line)
+                    .goal(GoalId::new(self.serial, i))
+                    .path(p);
+                self.log.push(rec);
+                Outcome::Failed
+            }
+            Validity::Unknown { k, why } => {
+                self.log_unknown(
+                    i,
+                    k,
+                    &why,
+                    "the builder reported success; recorded as failed",
+                );
+                Outcome::Failed
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_running(&self, i: u32) -> Error {
+        Error::InvalidState(format!(
+            "{} is {}, not running; only running goals can be reported",
+            self.name(i),
+            state_name(self.arena.goals[i as usize].phase.state())
+        ))
     }
 
     /// Cancels a goal that has not finished (a running goal: the host stopped
@@ -601,6 +649,14 @@ impl Worker {
         self.audit_inner()
     }
 
+    /// Makes room for `goals` more goals and `edges` more dependencies, so
+    /// that a host that knows the size of its request builds the graph
+    /// without regrowing (and copying) the worker's arrays.
+    pub fn reserve(&mut self, goals: usize, edges: usize) {
+        self.arena.reserve(goals, edges);
+        self.ready.reserve(goals);
+    }
+
     /// Number of goals.
     pub fn len(&self) -> usize {
         self.arena.len()
@@ -661,24 +717,33 @@ impl Worker {
 
     /// The arena index of `goal`, or [`Error::StaleHandle`] for an id of
     /// another worker, a forged one, or one out of range.
+    #[inline(always)]
     pub(super) fn index(&self, goal: GoalId) -> Result<u32> {
+        // The serial is never 0, so this also refuses the id 0.
+        if goal.worker() == self.serial && (goal.index() as usize) < self.arena.len() {
+            return Ok(goal.index());
+        }
+        Err(self.index_error(goal))
+    }
+
+    /// Why `goal` names no goal of this worker (see [`Worker::index`]).
+    #[cold]
+    #[inline(never)]
+    fn index_error(&self, goal: GoalId) -> Error {
         if goal.raw() == 0 {
-            return Err(Error::StaleHandle("goal id 0 is never valid".into()));
+            return Error::StaleHandle("goal id 0 is never valid".into());
         }
         if goal.worker() != self.serial {
-            return Err(Error::StaleHandle(format!(
+            return Error::StaleHandle(format!(
                 "goal id {:#x} does not belong to this worker (worker {})",
                 goal.raw(),
                 self.serial
-            )));
+            ));
         }
-        if goal.index() as usize >= self.arena.len() {
-            return Err(Error::StaleHandle(format!(
-                "goal id {:#x} was never issued by this worker",
-                goal.raw()
-            )));
-        }
-        Ok(goal.index())
+        Error::StaleHandle(format!(
+            "goal id {:#x} was never issued by this worker",
+            goal.raw()
+        ))
     }
 
     /// The goal of this worker that `owner` (a lock set's owner) is, if any.
@@ -707,6 +772,7 @@ impl Worker {
         }
     }
 
+    #[inline(always)]
     fn begin(&mut self) -> Result<()> {
         if self.fork_gen != crate::lock::process_generation() {
             return Err(Error::WrongProcess("worker"));
@@ -715,22 +781,39 @@ impl Worker {
         Ok(())
     }
 
+    /// Ends a boundary call: the ledger checks what the call touched; the
+    /// call's own error comes first.
+    #[inline(always)]
     fn end<T>(&mut self, r: Result<T>) -> Result<T> {
-        let checked = self.check_ledger();
-        match (r, checked) {
-            (Err(e), _) => Err(e),
-            (Ok(_), Err(e)) => Err(e),
-            (Ok(v), Ok(())) => Ok(v),
+        if self.ledger_clean() {
+            self.ledger.count_check();
+            return r;
+        }
+        match self.check_ledger_full() {
+            Ok(()) => r,
+            Err(e) => Err(r.err().unwrap_or(e)),
         }
     }
 
+    #[inline(always)]
     fn end_event(&mut self, r: Result<Event>) -> Result<Event> {
         if let Ok(ev) = &r {
             if let Some(i) = ev.goal_index() {
                 self.ledger.touch(i);
             }
         }
-        match (r, self.check_ledger()) {
+        if self.ledger_clean() {
+            self.ledger.count_check();
+            return r;
+        }
+        self.end_event_full(r)
+    }
+
+    /// [`Worker::end_event`] when the ledger needs its full check.
+    #[cold]
+    #[inline(never)]
+    fn end_event_full(&mut self, r: Result<Event>) -> Result<Event> {
+        match (r, self.check_ledger_full()) {
             (r, Ok(())) => r,
             (Ok(ev), Err(e)) => {
                 if ev.goal_index().is_some() {
@@ -787,6 +870,19 @@ fn elide_store_hash(base: &str) -> std::borrow::Cow<'_, str> {
         }
         _ => base.into(),
     }
+}
+
+#[cold]
+fn not_reportable(outcome: Outcome) -> Error {
+    Error::InvalidArgument(format!(
+        "only built, substituted, failed and timed-out can be reported, not {}",
+        outcome.name()
+    ))
+}
+
+#[cold]
+fn too_many_goals() -> Error {
+    Error::InvalidArgument("too many goals in one worker".into())
 }
 
 /// A state's name for messages.
