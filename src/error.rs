@@ -147,6 +147,16 @@ pub enum Error {
         /// The explanation, without the file name.
         detail: String,
     },
+    /// An element of a batched call (a goal, one of its outputs or
+    /// dependencies, a report) is bad; `source` says how, `element` names
+    /// it (`goals[3].deps[1]`). The batch changed nothing.
+    #[error("{element}: {source}")]
+    InBatch {
+        /// The element, as the C fields name it.
+        element: String,
+        /// What is wrong with it.
+        source: Box<Error>,
+    },
     /// Any other system error.
     #[error("{}: {op}: {source}", path.display())]
     Io {

@@ -185,6 +185,7 @@ impl From<&Error> for gk_status {
             Error::StaleHandle(_) => GK_ERROR_STALE_HANDLE,
             Error::BufferTooSmall { .. } => GK_ERROR_BUFFER_TOO_SMALL,
             Error::Io { .. } => GK_ERROR_IO,
+            Error::InBatch { source, .. } => gk_status::from(&**source),
             Error::StoreDatabase { kind, .. } => match kind {
                 DbErrorKind::RelativePath => GK_ERROR_INVALID_PATH,
                 DbErrorKind::Missing => GK_ERROR_STORE_DB_MISSING,

@@ -444,7 +444,7 @@ fn add_goal(
     let kind = gk_goal_kind::parse(kind)?;
     let mode = gk_build_mode::parse(mode)?;
     let paths = paths?;
-    let id = with_worker(w, |wk| wk.add_goal_normalized(kind, paths, mode))?;
+    let id = with_worker(w, |wk| wk.add_goal_normalized(kind, paths, mode, 0))?;
     *out = id.raw();
     Ok(GK_OK)
 }

@@ -97,6 +97,7 @@ impl Arena {
         kind: GoalKind,
         mode: BuildMode,
         outputs: Vec<StorePath>,
+        tag: u64,
     ) -> Option<u32> {
         let index = u32::try_from(self.goals.len()).ok().filter(|&i| i < NONE)?;
         let out = if outputs.is_empty() {
@@ -106,6 +107,7 @@ impl Arena {
         };
         self.goals.push(Goal {
             phase: Phase::Ready,
+            tag,
             outputs: out,
             kind,
             mode,
@@ -504,7 +506,7 @@ mod tests {
     fn dependents_survive_compaction_and_later_additions() {
         let mut a = Arena::default();
         for _ in 0..200 {
-            a.push(GoalKind::Plain, BuildMode::Normal, Vec::new());
+            a.push(GoalKind::Plain, BuildMode::Normal, Vec::new(), 0);
         }
         for i in 1..200 {
             a.add_edge(0, i);
@@ -514,7 +516,7 @@ mod tests {
         }
         a.flush();
         assert!(a.extra.is_empty() && a.log.is_empty(), "compacted");
-        a.push(GoalKind::Plain, BuildMode::Normal, Vec::new());
+        a.push(GoalKind::Plain, BuildMode::Normal, Vec::new(), 0);
         a.add_edge(0, 200);
         a.add_edge(200, 5);
         assert_eq!(deps(&mut a, 0).len(), 200);
@@ -549,7 +551,7 @@ mod tests {
         for round in 0..4 {
             let goals = [n / 2, n / 2 + 7, n / 2 + 7, n][round];
             while (a.len() as u32) < goals {
-                a.push(GoalKind::Plain, BuildMode::Normal, Vec::new());
+                a.push(GoalKind::Plain, BuildMode::Normal, Vec::new(), 0);
             }
             // Big batches fold into the compact form, small ones are linked.
             let edges = [200_000, 300_000, 50, 100_000][round];

@@ -206,11 +206,18 @@ impl Phase {
 /// Sentinel for "no index" in the u32 links below.
 pub(crate) const NONE: u32 = u32::MAX;
 
-/// One goal in the arena. Kept small (24 bytes): the dependency counters
-/// and dependents live in the arena's dense arrays, the outputs in a side table.
+/// One goal in the arena. Kept small (32 bytes, half a cache line, never
+/// straddling one): the dependency counters and dependents live in the
+/// arena's dense arrays, the outputs in a side table. The host's tag is
+/// here because every event that names the goal carries it, and the
+/// record is the line the event already reads.
 #[derive(Debug)]
 pub(crate) struct Goal {
     pub(crate) phase: Phase,
+    /// The host's data for this goal (`gk_event.tag`), given when it was
+    /// added; a goal shared by a second request for the same outputs (S9)
+    /// keeps its first tag.
+    pub(crate) tag: u64,
     /// Index into the outputs table, or [`NONE`] for a goal without outputs.
     pub(crate) outputs: u32,
     pub(crate) kind: GoalKind,
@@ -239,6 +246,6 @@ mod tests {
     #[test]
     fn goal_records_stay_compact() {
         assert!(std::mem::size_of::<Phase>() <= 16);
-        assert!(std::mem::size_of::<Goal>() <= 24);
+        assert!(std::mem::size_of::<Goal>() <= 32);
     }
 }

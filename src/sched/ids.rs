@@ -11,8 +11,15 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Identifies one goal of one worker. Only meaningful with that worker.
+/// `repr(transparent)`: an array of `u64` goal ids from C is an array of
+/// `GoalId`s.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
 pub struct GoalId(u64);
+
+/// The worker serial of [`GoalId::batch`] references: never given to a
+/// worker (as 0 is not), so such an id never names a goal.
+pub(crate) const BATCH_SERIAL: u32 = u32::MAX;
 
 impl GoalId {
     pub(crate) fn new(worker: u32, index: u32) -> GoalId {
@@ -39,6 +46,20 @@ impl GoalId {
     pub fn worker(self) -> u32 {
         (self.0 >> 32) as u32
     }
+
+    /// A reference to goal `k` of the batch being added, as a dependency in
+    /// [`Worker::add_goals`](super::Worker::add_goals) (`GK_BATCH_GOAL(k)` in
+    /// C): the worker serial `0xffffffff`, which no worker has, so a zeroed
+    /// or stale id is never mistaken for one.
+    pub fn batch(k: u32) -> GoalId {
+        GoalId::new(BATCH_SERIAL, k)
+    }
+
+    /// `Some(k)` if this id is [`GoalId::batch(k)`](GoalId::batch).
+    #[inline(always)]
+    pub fn batch_index(self) -> Option<u32> {
+        (self.worker() == BATCH_SERIAL).then_some(self.index())
+    }
 }
 
 impl fmt::Debug for GoalId {
@@ -55,11 +76,12 @@ impl fmt::Display for GoalId {
 
 static NEXT_WORKER: AtomicU32 = AtomicU32::new(1);
 
-/// A new process-unique, non-zero worker serial.
+/// A new process-unique worker serial: never 0 (so 0 is never a goal id)
+/// and never [`BATCH_SERIAL`] (batch references).
 pub(crate) fn next_worker_serial() -> u32 {
     loop {
         let s = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
-        if s != 0 {
+        if s != 0 && s != BATCH_SERIAL {
             return s;
         }
     }
@@ -77,5 +99,9 @@ mod tests {
         assert_eq!(GoalId::from_raw(id.raw()), id);
         assert_eq!((id.worker(), id.index()), (a, 7));
         assert_eq!(id.to_string(), "goal 7");
+        assert_eq!(id.batch_index(), None);
+        assert_eq!(GoalId::batch(5).batch_index(), Some(5));
+        assert_eq!(GoalId::batch(5).raw(), 0xffff_ffff_0000_0005);
+        assert_eq!(GoalId::from_raw(0).batch_index(), None);
     }
 }

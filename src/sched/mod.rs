@@ -12,6 +12,8 @@
 //! * `transitions`: the life cycle of a goal.
 //! * `ledger`: invariant checks at every call (G6), and the audit.
 //! * `worker`: the pull API.
+//! * `batch`: the batched calls (many goals, events or reports per call,
+//!   all or nothing).
 //!
 //! A goal goes: waiting for dependencies -> ready -> (take a slot) -> (try
 //! all output locks, sorted, all or nothing) -> (re-check validity) -> run.
@@ -29,6 +31,7 @@
 //! recorded as failed; the log names the database file and the error.
 
 mod arena;
+mod batch;
 mod goal;
 pub mod ids;
 mod ledger;
@@ -40,6 +43,7 @@ mod validity;
 mod waits;
 mod worker;
 
+pub use batch::{BatchError, BatchField, NewGoal, Report};
 pub use goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome};
 pub use ids::GoalId;
 pub use ledger::Audit;

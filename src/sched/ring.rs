@@ -117,7 +117,7 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             match x % 7 {
-                0 | 1 | 2 => {
+                0..=2 => {
                     r.push_back(step);
                     m.push_back(step);
                 }

@@ -14,6 +14,7 @@ use crate::lock::{normalize_set, Backend, LockSet, StorePath};
 use crate::store_db::StoreDb;
 
 use super::arena::Arena;
+use super::batch::BatchScratch;
 use super::goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome, Phase};
 use super::ids::{next_worker_serial, GoalId};
 use super::ledger::{Audit, Ledger};
@@ -161,6 +162,8 @@ pub struct Worker {
     pub(super) stats: Stats,
     pub(super) cascade: Vec<u32>,
     pub(super) scratch: Vec<u32>,
+    /// Scratch memory of the batch calls.
+    pub(super) batch: BatchScratch,
 }
 
 impl std::fmt::Debug for Worker {
@@ -199,6 +202,7 @@ impl Worker {
             stats: Stats::default(),
             cascade: Vec::new(),
             scratch: Vec::new(),
+            batch: BatchScratch::default(),
         })
     }
 
@@ -293,14 +297,33 @@ impl Worker {
     ///
     /// After a failure without keep-going, new goals end `Cancelled` at once
     /// (a `Finished` event says so).
+    ///
+    /// The goal's tag is 0; see [`Worker::add_goal_tagged`].
     pub fn add_goal<P: AsRef<OsStr>>(
         &mut self,
         kind: GoalKind,
         outputs: &[P],
         mode: BuildMode,
     ) -> Result<GoalId> {
+        self.add_goal_tagged(kind, outputs, mode, 0)
+    }
+
+    /// [`Worker::add_goal`] with the host's data for the goal: `tag`, any
+    /// 64-bit value (an index into the host's table, a pointer), which
+    /// [`Worker::tag`] returns and which every C event naming the goal
+    /// carries (`gk_event.tag`). A goal shared by a second request for the
+    /// same outputs (S9) keeps the tag of the first: the second caller gets
+    /// the same goal id, and should map ids, not tags, if it needs to tell
+    /// the requests apart.
+    pub fn add_goal_tagged<P: AsRef<OsStr>>(
+        &mut self,
+        kind: GoalKind,
+        outputs: &[P],
+        mode: BuildMode,
+        tag: u64,
+    ) -> Result<GoalId> {
         if outputs.is_empty() && kind == GoalKind::Plain {
-            return self.add_plain_goal(mode);
+            return self.add_plain_goal(mode, tag);
         }
         self.begin()?;
         let r = if outputs.is_empty() {
@@ -308,31 +331,33 @@ impl Worker {
         } else {
             normalize_set(outputs)
         }
-        .and_then(|paths| self.add_goal_inner(kind, paths, mode));
+        .and_then(|paths| self.add_goal_inner(kind, paths, mode, tag));
         self.end(r)
     }
 
-    /// [`Worker::add_goal`] for paths already normalised (sorted, deduplicated).
+    /// [`Worker::add_goal_tagged`] for paths already normalised (sorted,
+    /// deduplicated).
     pub(crate) fn add_goal_normalized(
         &mut self,
         kind: GoalKind,
         paths: Vec<StorePath>,
         mode: BuildMode,
+        tag: u64,
     ) -> Result<GoalId> {
         if paths.is_empty() && kind == GoalKind::Plain {
-            return self.add_plain_goal(mode);
+            return self.add_plain_goal(mode, tag);
         }
         self.begin()?;
-        let r = self.add_goal_inner(kind, paths, mode);
+        let r = self.add_goal_inner(kind, paths, mode, tag);
         self.end(r)
     }
 
     /// [`Worker::add_goal`] for a plain goal without outputs: nothing to
     /// validate, share or index.
     #[inline]
-    fn add_plain_goal(&mut self, mode: BuildMode) -> Result<GoalId> {
+    fn add_plain_goal(&mut self, mode: BuildMode, tag: u64) -> Result<GoalId> {
         self.begin()?;
-        let r = match self.arena.push(GoalKind::Plain, mode, Vec::new()) {
+        let r = match self.arena.push(GoalKind::Plain, mode, Vec::new(), tag) {
             Some(i) => {
                 self.ready.push_back(i);
                 if self.aborting {
@@ -350,61 +375,68 @@ impl Worker {
         kind: GoalKind,
         paths: Vec<StorePath>,
         mode: BuildMode,
+        tag: u64,
     ) -> Result<GoalId> {
-        match kind {
-            GoalKind::Build if paths.is_empty() => {
-                return Err(Error::InvalidArgument(
-                    "a build goal needs at least one output".into(),
-                ))
-            }
-            GoalKind::Substitute if paths.len() != 1 => {
-                return Err(Error::InvalidArgument(format!(
-                    "a substitute goal has exactly one output, not {}",
-                    paths.len()
-                )))
-            }
-            _ => {}
-        }
+        check_output_count(kind, paths.len())?;
         if kind != GoalKind::Plain {
             if let Some(g) = self.arena.goal_of_path(&paths[0]) {
                 let goal = &self.arena.goals[g as usize];
                 if goal.kind == kind && self.arena.outputs(g) == paths.as_slice() {
-                    let started = !matches!(goal.phase, Phase::Ready | Phase::WaitingDeps);
-                    if mode > goal.mode && !started {
-                        self.arena.goals[g as usize].mode = mode;
-                    } else if mode != goal.mode {
-                        let line = format!(
-                            "{} was requested again in mode {mode:?}; it keeps mode {:?}",
-                            self.name(g),
-                            goal.mode
-                        );
-                        let rec = LogRecord::new(LogKind::ModeKept, line).goal(self.id(g));
-                        self.log.push(rec);
-                    }
+                    self.share(g, mode);
                     return Ok(self.id(g));
                 }
             }
             for p in &paths {
                 if let Some(g) = self.arena.goal_of_path(p) {
-                    return Err(Error::InvalidArgument(format!(
-                        "{p} is already an output of {} ({:?} of {}); goals must not share \
-                         outputs partly, and the same outputs must be requested with the same kind",
-                        self.name(g),
-                        self.arena.goals[g as usize].kind,
-                        self.describe_outputs(g)
-                    )));
+                    return Err(self.overlap_error(p, g));
                 }
             }
         }
         let i = self
             .arena
-            .push(kind, mode, paths)
+            .push(kind, mode, paths, tag)
             .ok_or_else(too_many_goals)?;
         self.ready.push_back(i);
         if self.aborting {
             self.finish(i, Outcome::Cancelled, true);
         }
         Ok(self.id(i))
+    }
+
+    /// Goal `g` is requested again (S9) in `mode`: a stronger mode is
+    /// adopted if it has not started; otherwise the log says it keeps its own.
+    pub(super) fn share(&mut self, g: u32, mode: BuildMode) {
+        let goal = &self.arena.goals[g as usize];
+        let started = !matches!(goal.phase, Phase::Ready | Phase::WaitingDeps);
+        if mode > goal.mode && !started {
+            self.arena.goals[g as usize].mode = mode;
+        } else if mode != goal.mode {
+            let line = format!(
+                "{} was requested again in mode {mode:?}; it keeps mode {:?}",
+                self.name(g),
+                goal.mode
+            );
+            let rec = LogRecord::new(LogKind::ModeKept, line).goal(self.id(g));
+            self.log.push(rec);
+        }
+    }
+
+    /// `p`, an output of a new goal, is already an output of goal `g`, which
+    /// is not the same goal (another output set, or another kind).
+    #[cold]
+    pub(super) fn overlap_error(&self, p: &StorePath, g: u32) -> Error {
+        Error::InvalidArgument(format!(
+            "{p} is already an output of {} ({:?} of {}); goals must not share \
+             outputs partly, and the same outputs must be requested with the same kind",
+            self.name(g),
+            self.arena.goals[g as usize].kind,
+            self.describe_outputs(g)
+        ))
+    }
+
+    /// The host's tag of `goal` (see [`Worker::add_goal_tagged`]).
+    pub fn tag(&self, goal: GoalId) -> Result<u64> {
+        Ok(self.arena.goals[self.index(goal)? as usize].tag)
     }
 
     /// Makes `goal` wait for `dep`. `goal` must not have started (it must be
@@ -458,7 +490,7 @@ impl Worker {
     /// for after a success; otherwise `g` ends `DependencyFailed`.
     #[cold]
     #[inline(never)]
-    fn dependency_finished(&mut self, g: u32, d: u32) {
+    pub(super) fn dependency_finished(&mut self, g: u32, d: u32) {
         match self.arena.goals[d as usize].phase.outcome() {
             Some(o) if o.is_success() => {}
             _ => self.finish(g, Outcome::DependencyFailed, true),
@@ -496,17 +528,23 @@ impl Worker {
         ) {
             return Err(not_reportable(outcome));
         }
-        let g = &self.arena.goals[i as usize];
-        if !matches!(g.phase, Phase::Running(_)) {
+        if !matches!(self.arena.goals[i as usize].phase, Phase::Running(_)) {
             return Err(self.not_running(i));
         }
-        let outcome = if outcome.is_success() && g.kind != GoalKind::Plain {
+        let outcome = self.checked_report(i, outcome);
+        self.finish(i, outcome, false);
+        Ok(())
+    }
+
+    /// The outcome to record for a report of `outcome` for running goal
+    /// `i`: a success of a goal with outputs is checked.
+    #[inline(always)]
+    pub(super) fn checked_report(&mut self, i: u32, outcome: Outcome) -> Outcome {
+        if outcome.is_success() && self.arena.goals[i as usize].kind != GoalKind::Plain {
             self.checked_success(i, outcome)
         } else {
             outcome
-        };
-        self.finish(i, outcome, false);
-        Ok(())
+        }
     }
 
     /// A reported success of goal `i`, checked: `Failed` if an output is
@@ -541,7 +579,7 @@ impl Worker {
 
     #[cold]
     #[inline(never)]
-    fn not_running(&self, i: u32) -> Error {
+    pub(super) fn not_running(&self, i: u32) -> Error {
         Error::InvalidState(format!(
             "{} is {}, not running; only running goals can be reported",
             self.name(i),
@@ -773,7 +811,7 @@ impl Worker {
     }
 
     #[inline(always)]
-    fn begin(&mut self) -> Result<()> {
+    pub(super) fn begin(&mut self) -> Result<()> {
         if self.fork_gen != crate::lock::process_generation() {
             return Err(Error::WrongProcess("worker"));
         }
@@ -784,7 +822,7 @@ impl Worker {
     /// Ends a boundary call: the ledger checks what the call touched; the
     /// call's own error comes first.
     #[inline(always)]
-    fn end<T>(&mut self, r: Result<T>) -> Result<T> {
+    pub(super) fn end<T>(&mut self, r: Result<T>) -> Result<T> {
         if self.ledger_clean() {
             self.ledger.count_check();
             return r;
@@ -880,8 +918,22 @@ fn not_reportable(outcome: Outcome) -> Error {
     ))
 }
 
+/// The kind's rule for the number of outputs: a build has at least one, a
+/// substitute exactly one, a plain goal any number.
+pub(super) fn check_output_count(kind: GoalKind, n: usize) -> Result<()> {
+    match kind {
+        GoalKind::Build if n == 0 => Err(Error::InvalidArgument(
+            "a build goal needs at least one output".into(),
+        )),
+        GoalKind::Substitute if n != 1 => Err(Error::InvalidArgument(format!(
+            "a substitute goal has exactly one output, not {n}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 #[cold]
-fn too_many_goals() -> Error {
+pub(super) fn too_many_goals() -> Error {
     Error::InvalidArgument("too many goals in one worker".into())
 }
 
