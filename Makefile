@@ -49,7 +49,7 @@ check-valgrind:
 # part of `make check`). ARGS go to the soak (tests/soak.rs): --runs N or
 # --duration SECS|Nm, --jobs J, --seed HEX, --run-seed HEX (default: --runs
 # 1000); FUZZ_CASES and FUZZ_WORKER_CASES set the ABI fuzz cases (lock
-# sets, workers). Debug build: the fault hooks
+# sets, workers; the store database functions get a quarter of FUZZ_CASES). Debug build: the fault hooks
 # (ENOSPC, crash inside a release) exist only there.
 FUZZ_CASES ?= 100000
 FUZZ_WORKER_CASES ?= 20000
@@ -128,7 +128,8 @@ GUILE_PREFIX = $(shell $(GUILE) -c "(display (assq-ref %guile-build-info 'prefix
 GUILE_SITE_DIR ?= $(patsubst $(GUILE_PREFIX)/%,$(PREFIX)/%,$(shell $(GUILE) -c '(display (%site-dir))' 2>/dev/null))
 GUILE_SITE_CCACHE_DIR ?= $(patsubst $(GUILE_PREFIX)/%,$(PREFIX)/%,$(shell $(GUILE) -c '(display (%site-ccache-dir))' 2>/dev/null))
 
-GUILE_MODULES = goalkeeper.scm goalkeeper/ffi.scm goalkeeper/locks.scm goalkeeper/scheduler.scm
+GUILE_MODULES = goalkeeper.scm goalkeeper/abi.scm goalkeeper/ffi.scm goalkeeper/locks.scm \
+  goalkeeper/scheduler.scm goalkeeper/store-db.scm
 GUILE_GO_DIR = target/guile
 GUILE_GO = $(GUILE_MODULES:%.scm=$(GUILE_GO_DIR)/%.go) $(GUILE_GO_DIR)/goalkeeper/config.go
 GUILE_INSTALL_STAGE = target/guile-install
@@ -160,10 +161,13 @@ $(GUILE_GO_DIR)/%.go: scheme/%.scm
 	  rm -f $@.log
 
 # Modules are compiled after those they use: (goalkeeper ffi)'s macros are
-# expanded into its users.
+# expanded into its users, and so are (goalkeeper abi)'s.
+$(GUILE_GO_DIR)/goalkeeper/ffi.go: $(GUILE_GO_DIR)/goalkeeper/abi.go
 $(GUILE_GO_DIR)/goalkeeper/locks.go: $(GUILE_GO_DIR)/goalkeeper/ffi.go
 $(GUILE_GO_DIR)/goalkeeper/scheduler.go: $(GUILE_GO_DIR)/goalkeeper/locks.go
-$(GUILE_GO_DIR)/goalkeeper.go: $(GUILE_GO_DIR)/goalkeeper/scheduler.go
+$(GUILE_GO_DIR)/goalkeeper/store-db.go: $(GUILE_GO_DIR)/goalkeeper/ffi.go
+$(GUILE_GO_DIR)/goalkeeper.go: $(GUILE_GO_DIR)/goalkeeper/scheduler.go \
+  $(GUILE_GO_DIR)/goalkeeper/store-db.go
 
 # The build tree's configuration: the library 'make' builds.
 scheme/goalkeeper/config.scm: scheme/goalkeeper/config.scm.in Makefile
@@ -181,18 +185,20 @@ install-guile: guile
 	GUILE_AUTO_COMPILE=0 $(GUILD) compile $(GUILD_WARNINGS) \
 	  -o $(GUILE_INSTALL_STAGE)/goalkeeper/config.go $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm
 	install -m 0644 scheme/goalkeeper.scm $(DESTDIR)$(GUILE_SITE_DIR)/
-	install -m 0644 scheme/goalkeeper/ffi.scm scheme/goalkeeper/locks.scm \
-	  scheme/goalkeeper/scheduler.scm $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm \
+	install -m 0644 scheme/goalkeeper/abi.scm scheme/goalkeeper/ffi.scm scheme/goalkeeper/locks.scm \
+	  scheme/goalkeeper/scheduler.scm scheme/goalkeeper/store-db.scm \
+	  $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm \
 	  $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/
 	install -m 0644 $(GUILE_GO_DIR)/goalkeeper.go $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/
-	install -m 0644 $(GUILE_GO_DIR)/goalkeeper/ffi.go $(GUILE_GO_DIR)/goalkeeper/locks.go \
-	  $(GUILE_GO_DIR)/goalkeeper/scheduler.go $(GUILE_INSTALL_STAGE)/goalkeeper/config.go \
+	install -m 0644 $(GUILE_GO_DIR)/goalkeeper/abi.go $(GUILE_GO_DIR)/goalkeeper/ffi.go \
+	  $(GUILE_GO_DIR)/goalkeeper/locks.go $(GUILE_GO_DIR)/goalkeeper/scheduler.go \
+	  $(GUILE_GO_DIR)/goalkeeper/store-db.go $(GUILE_INSTALL_STAGE)/goalkeeper/config.go \
 	  $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/
 
 uninstall-guile:
 	rm -f $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper.scm $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper.go
-	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/,ffi.scm locks.scm scheduler.scm config.scm)
-	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/,ffi.go locks.go scheduler.go config.go)
+	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/,abi.scm ffi.scm locks.scm scheduler.scm store-db.scm config.scm)
+	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/,abi.go ffi.go locks.go scheduler.go store-db.go config.go)
 	-rmdir $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper 2>/dev/null
 
 # For scripts: the two install directories, separated by a space.

@@ -22,15 +22,18 @@
 ;;; whose work is a short 'sleep', after which they write $out atomically.
 ;;; B starts once A is building and C once B is busy, as in the report.
 ;;;
-;;; Each client drives the pull loop itself ('worker-next-event', then
-;;; 'select' on the worker's descriptor and on its builders' output pipes,
-;;; whose end of file says the builder exited, as guix-daemon does) and
-;;; sends what happens, with a timestamp, to this process, which prints the
-;;; story in timestamp order: who waits for whose lock (the holder's pid
-;;; comes from the worker's log, which asks the kernel), lock hand-offs and
-;;; their latency, "already valid" outcomes, and a final table that ends
-;;; with the number of locks held by finished goals, as the workers' audits
-;;; counted them after every event.
+;;; Each client runs its worker with 'run-worker', which waits in one
+;;; 'select' on the worker's descriptor, its builders' pidfds and, through
+;;; its #:watch hook, the builders' output pipes and the pipe from this
+;;; process.  Its other hooks tell this process what happens, with a
+;;; timestamp: the worker's log records (#:on-log) say who waits for whose
+;;; lock, with the holder's pid, which the library asks the kernel for, and
+;;; how long a goal waited; #:on-exit sees a builder exit before its goal
+;;; is reported and its lock released.  This process prints the story in
+;;; timestamp order: waits, lock hand-offs and their latency, "already
+;;; valid" outcomes, and a final table that ends with the number of locks
+;;; held by finished goals, as the workers' audits counted them after every
+;;; goal that started, waited or finished.
 ;;;
 ;;; With --legacy-hold the workers keep a finished goal's locks, as the C++
 ;;; daemon did; the ledger catches that on the very call that finished the
@@ -44,17 +47,19 @@
 ;;; Code:
 
 (use-modules (goalkeeper)
+             ((goalkeeper abi) #:select (define-c-struct))
              (ice-9 binary-ports)
              (ice-9 exceptions)
              (ice-9 format)
              (ice-9 ftw)
              (ice-9 match)
              (ice-9 rdelim)
-             (ice-9 regex)
              (rnrs bytevectors)
              (srfi srfi-1)
              (srfi srfi-9)
-             (srfi srfi-26))
+             (srfi srfi-26)
+             (system foreign)
+             (system foreign-library))
 
 
 ;;;
@@ -145,14 +150,34 @@ goalkeeper, in a fresh temporary store.
 
 
 ;;;
-;;; Time: microseconds since the demo started, on the system clock, which
-;;; every process of the demo shares (hand-off latencies compare two
-;;; processes' readings).
+;;; Time: microseconds since the demo started, on CLOCK_MONOTONIC, which
+;;; every process of the machine shares (hand-off latencies compare two
+;;; processes' readings) and on which the library stamps its log records.
 ;;;
 
+(define-c-struct %timespec "struct timespec"    ;Linux on 64-bit hosts
+  read-timespec
+  (seconds     int64)
+  (nanoseconds int64))
+
+(define %clock-gettime
+  (foreign-library-function #f "clock_gettime"
+                            #:return-type int
+                            #:arg-types (list int '*)))
+
+(define %clock-monotonic 1)                      ;from <time.h>
+
 (define (now-us)
-  (match (gettimeofday)
-    ((s . us) (+ (* s 1000000) us))))
+  (let ((ts (make-bytevector 16 0)))
+    (%clock-gettime %clock-monotonic (bytevector->pointer ts))
+    (read-timespec ts 0
+                   (lambda (seconds nanoseconds)
+                     (+ (* seconds 1000000) (quotient nanoseconds 1000))))))
+
+(define (record-us record)
+  "The time of RECORD, a worker's log record, in microseconds since the
+demo started."
+  (- (quotient (log-record-time record) 1000) %t0))
 
 (define %t0
   ;; Reset when the clients are forked; they inherit it.
@@ -276,13 +301,13 @@ that is its standard output and error: end of file there means it exited."
 ;;;
 
 (define-record-type <builder>
-  (make-builder pid port goal name start last-line)
+  (make-builder pid goal name start)
   builder?
   (pid       builder-pid)
-  (port      builder-port)
   (goal      builder-goal)
   (name      builder-name)
   (start     builder-start)
+  (port      builder-port set-builder-port!)      ;its output; #f at its end
   (last-line builder-last-line set-builder-last-line!))
 
 (define (describe-exception e)
@@ -296,10 +321,6 @@ that is its standard output and error: end of file there means it exited."
         ((exception-with-message? e) (exception-message e))
         (else (object->string e))))
 
-(define %wait-line
-  (make-regexp "waits for (.+)\\.lock, held by (.*)$"))
-(define %pid-rx (make-regexp "pid ([0-9]+)"))
-
 (define (client-main label wanted from-demo to-demo deadline)
   "Build WANTED as client LABEL; report to the demo on TO-DEMO, one datum
 per line.  Return the exit status: 0 done, 3 invariant violation, 4 other
@@ -311,7 +332,7 @@ errors."
 
   (define worker #f)
   (define names (make-hash-table))                ;goal -> package name
-  (define running '())                            ;list of <builder>
+  (define builders (make-hash-table))             ;goal -> <builder>
   (define worst-held-by-finished 0)
   (define ran '())                                ;names of goals it ran
 
@@ -321,117 +342,100 @@ errors."
     (let ((held (assq-ref (worker-audit worker) 'locks-held-by-finished)))
       (set! worst-held-by-finished (max worst-held-by-finished held))))
 
-  (define (forward-log!)
-    ;; The worker's diagnostics, oldest first: lock waits (with the
-    ;; holder's pid, which the library asks the kernel for) become 'wait'
-    ;; events; the rest is passed on for --verbose.
-    (for-each
-     (lambda (line)
-       (match (regexp-exec %wait-line line)
-         (#f
-          (send 'log (elapsed-us) line
-                (and (string-contains line "became valid while waiting") #t)))
-         (m
-          (let ((holder (match:substring m 2)))
-            (send 'wait (elapsed-us) (path->name (match:substring m 1))
-                  (match (regexp-exec %pid-rx holder)
-                    (#f #f)
-                    (p (string->number (match:substring p 1))))
-                  holder)))))
-     (worker-log worker)))
+  (define (log! record)
+    ;; The worker's diagnostics, as records, the moment they are made: a
+    ;; goal waiting for a lock becomes a 'wait' event naming the holder's
+    ;; pid, which the library asked the kernel for; a goal that became
+    ;; valid while waiting says how long it waited; the rest is passed on
+    ;; for --verbose.
+    (let ((t (record-us record)))
+      (match (log-record-kind record)
+        ((or 'waits-foreign 'waits-local)
+         (send 'wait t (path->name (log-record-path record))
+               (log-record-holder-pid record)
+               (log-record-message record)))
+        ('became-valid
+         (send 'waited t (path->name (log-record-path record))
+               (log-record-duration record)
+               (log-record-message record)))
+        (kind
+         (send 'log t kind (log-record-message record))))
+      (audit!)))
 
-  (define (drain! builder)
-    ;; Read what BUILDER wrote; at end of file it has exited: report it.
+  (define (read-output! builder)
+    ;; Read what BUILDER wrote so far; at end of file, stop watching it.
     (match (get-bytevector-some (builder-port builder))
       ((? eof-object?)
-       (finish-builder! builder))
+       (close-port (builder-port builder))
+       (set-builder-port! builder #f))
       (bv
        (let ((lines (remove string-null?
                             (string-split (utf8->string bv) #\newline))))
          (unless (null? lines)
            (set-builder-last-line! builder (last lines)))))))
 
-  (define (finish-builder! builder)
-    (let* ((status (cdr (waitpid (builder-pid builder))))
-           (code   (status:exit-val status))
-           (goal   (builder-goal builder))
-           (name   (builder-name builder)))
-      (set! running (delq builder running))
-      (close-port (builder-port builder))
-      ;; Sent before the report, which releases the goal's locks: another
-      ;; client cannot get them before this message is in its pipe.
-      (send 'release (elapsed-us) name
+  (define (watched)
+    ;; What run-worker waits on besides the worker and the builders'
+    ;; pidfds: the demo's pipe (its end of file means the demo is gone) and
+    ;; the builders' output.
+    (cons (cons from-demo
+                (lambda (port)
+                  (when (eof-object? (read-line port))
+                    (raise-exception
+                     (make-exception-with-message "the demo went away")))))
+          (filter-map (lambda (builder)
+                        (and (builder-port builder)
+                             (cons (builder-port builder)
+                                   (lambda (port) (read-output! builder)))))
+                      (hash-map->list (lambda (goal builder) builder)
+                                      builders))))
+
+  (define (run! goal)
+    ;; The worker says GOAL may run: its inputs are built, it has the slot,
+    ;; and this process holds its output lock.
+    (let ((name (name-of goal)))
+      (call-with-values (lambda () (start-builder name))
+        (lambda (pid port)
+          (let ((builder (make-builder pid goal name (elapsed-us))))
+            (set-builder-port! builder port)
+            (set-builder-last-line! builder #f)
+            (hashq-set! builders goal builder)
+            (set! ran (cons name ran))
+            (send 'run (elapsed-us) name pid)
+            (audit!)
+            pid)))))
+
+  (define (exited! goal status)
+    ;; GOAL's builder exited; its lock is still held.
+    (let* ((builder (hashq-ref builders goal))
+           (code    (status:exit-val status)))
+      (let loop ()                              ;the rest of its output
+        (when (builder-port builder)
+          (read-output! builder)
+          (loop)))
+      (hashq-remove! builders goal)
+      ;; Sent before run-worker reports the goal, which releases its lock:
+      ;; another client cannot get the lock before this is in its pipe.
+      (send 'release (elapsed-us) (builder-name builder)
             (- (elapsed-us) (builder-start builder))
             code (builder-last-line builder))
-      (worker-report! worker goal (if (eqv? code 0) 'built 'failed))
-      (forward-log!)
-      (audit!)
-      (send 'reported (elapsed-us) name (goal-outcome goal))))
+      (if (eqv? code 0) 'built 'failed)))
 
-  (define (wait-for-progress! fd timeout)
-    ;; Until the worker's descriptor says a lock another process held may
-    ;; be free, a builder writes or exits, the validity re-check is due, or
-    ;; the deadline: every wait is bounded.
-    (let ((left (- deadline (now-us))))
-      (when (<= left 0)
-        (raise-exception
-         (make-exception-with-message "the demo's deadline passed")))
-      (let* ((limit (min left (if timeout
-                                  (inexact->exact (ceiling (* timeout 1e6)))
-                                  1000000)))
-             (ready (catch 'system-error
-                      (lambda ()
-                        (match (select (cons* fd from-demo
-                                              (map builder-port running))
-                                       '() '()
-                                       (quotient limit 1000000)
-                                       (remainder limit 1000000))
-                          ((ready _ _) ready)))
-                      (lambda args
-                        (if (= EINTR (system-error-errno args))
-                            '()
-                            (apply throw args))))))
-        (when (memq from-demo ready)
-          ;; The demo sends nothing after "go": this is its end of file.
-          (when (eof-object? (read-line from-demo))
-            (raise-exception
-             (make-exception-with-message "the demo went away"))))
-        (for-each (lambda (builder)
-                    (when (memq (builder-port builder) ready)
-                      (drain! builder)))
-                  running))))
-
-  (define (run-loop)
-    (let loop ()
-      (let ((event (worker-next-event worker)))
-        (forward-log!)
-        (audit!)
-        (match event
-          (('run goal)
-           (let ((name (name-of goal)))
-             (call-with-values (lambda () (start-builder name))
-               (lambda (pid port)
-                 (set! ran (cons name ran))
-                 (set! running
-                   (cons (make-builder pid port goal name (elapsed-us) #f)
-                         running))
-                 (send 'run (elapsed-us) name pid))))
-           (loop))
-          (('finished goal outcome)
-           (send 'finished (elapsed-us) (name-of goal) outcome)
-           (loop))
-          (('wait fd timeout)
-           (wait-for-progress! fd timeout)
-           (loop))
-          (('done) #t)))))
+  (define (finished! goal outcome)
+    ;; GOAL finished, whichever way; it holds no lock any more.
+    (audit!)
+    (let ((name (name-of goal)))
+      (if (member name ran)
+          (send 'reported (elapsed-us) name outcome)
+          (send 'finished (elapsed-us) name outcome))))
 
   (define (stop-builders!)
-    (for-each (lambda (builder)
-                (false-if-exception (kill (builder-pid builder) SIGKILL))
-                (false-if-exception (waitpid (builder-pid builder)))
-                (false-if-exception (close-port (builder-port builder))))
-              running)
-    (set! running '()))
+    ;; run-worker killed and reaped the builders if it was interrupted;
+    ;; close what is left.
+    (hash-for-each (lambda (goal builder)
+                     (when (builder-port builder)
+                       (false-if-exception (close-port (builder-port builder)))))
+                   builders))
 
   (send 'ready (getpid))
   ;; Wait for "go" (the staggered start), bounded by the deadline.
@@ -457,9 +461,18 @@ errors."
     (send 'started (elapsed-us) (length goals)
           (assq-ref (worker-audit worker) 'max-jobs)))
 
+  ;; The pull loop is run-worker's; the demo's parts are its hooks.  The
+  ;; demo's deadline is enforced by the demo process, which kills the
+  ;; clients when it passes.
   (let ((result (with-exception-handler
                     (lambda (e) e)
-                  (lambda () (run-loop) 'done)
+                  (lambda ()
+                    (run-worker worker run!
+                                #:on-exit exited!
+                                #:on-finished finished!
+                                #:on-log log!
+                                #:watch watched)
+                    'done)
                   #:unwind? #t)))
     (stop-builders!)
     (let ((audit (false-if-exception (worker-audit worker))))
@@ -589,6 +602,7 @@ clients started before, which the child must not keep open."
 
 ;; What the demo knows across clients.
 (define %released (make-hash-table))      ;name -> µs its holder released it
+(define %waited (make-hash-table))        ;(label . name) -> seconds waited
 (define %built-by (make-hash-table))      ;name -> label
 (define %handoffs '())                    ;latencies in µs
 (define %pid->label (make-hash-table))
@@ -672,9 +686,15 @@ waited: waits overlap."
      (say client t "wait"
           (format #f "~a: lock held by ~a; waiting, holding no lock"
                   name (who pid))))
-    (('log t line became-valid?)
+    (('waited t name seconds text)
+     ;; The worker's own measure of the wait (its log record).
+     (hash-set! %waited (cons label name) seconds)
      (when (option 'verbose?)
-       (say client t "log" line)))
+       (say client t "log" (abbreviate-store-paths text))))
+    (('log t kind text)
+     (when (option 'verbose?)
+       (say client t "log"
+            (format #f "~a: ~a" kind (abbreviate-store-paths text)))))
     (('release t name build-us code last-line)
      (hash-set! %released name t)
      (set-client-building! client #f)
@@ -709,7 +729,10 @@ waited: waits overlap."
           (let* ((by       (hash-ref %built-by name))
                  (released (hash-ref %released name))
                  (handoff  (and start released (>= released start)
-                                (- t released))))
+                                (- t released)))
+                 ;; How long the goal waited, as its worker measured it.
+                 (waited   (or (hash-ref %waited (cons label name))
+                               (and start (seconds (- t start))))))
             (when handoff
               (set! %handoffs (cons handoff %handoffs)))
             (say client t "valid"
@@ -721,10 +744,9 @@ waited: waits overlap."
                   (if by (format #f " (built by ~a" by) " (")
                   (cond (handoff
                          (format #f "; hand-off ~a, waited ~,2f s)"
-                                 (format-latency handoff)
-                                 (seconds (- t start))))
+                                 (format-latency handoff) waited))
                         (start
-                         (format #f "; waited ~,2f s)" (seconds (- t start))))
+                         (format #f "; waited ~,2f s)" waited))
                         (else ")"))))))
          (_
           (set-client-failed! client (+ 1 (client-failed client)))

@@ -117,6 +117,39 @@ typedef enum {
    */
   GK_ERROR_INSECURE_STORE = 27,
   /**
+   * The file at `P.lock` is not a lock file goalkeeper may use: not a
+   * regular file, more than one hard link, or owned by neither this
+   * process's user nor the store directory's owner. It is left untouched.
+   */
+  GK_ERROR_FOREIGN_LOCK_FILE = 28,
+  /**
+   * The store database does not exist (no file at the given path).
+   */
+  GK_ERROR_STORE_DB_MISSING = 40,
+  /**
+   * The store database is not an SQLite database (or not a regular file).
+   */
+  GK_ERROR_STORE_DB_NOT_SQLITE = 41,
+  /**
+   * The store database has no table `ValidPaths` (with a column `path`):
+   * it is not a Nix or Guix store database.
+   */
+  GK_ERROR_STORE_DB_NO_VALID_PATHS = 42,
+  /**
+   * The store database stayed locked by a writer past the busy timeout.
+   */
+  GK_ERROR_STORE_DB_LOCKED = 43,
+  /**
+   * The store database (or its `-wal`/`-shm` file) cannot be read by this
+   * process (permissions, I/O).
+   */
+  GK_ERROR_STORE_DB_UNREADABLE = 44,
+  /**
+   * Any other error of the store database (e.g. a corrupt file). A
+   * relative database path is `GK_ERROR_INVALID_PATH`.
+   */
+  GK_ERROR_STORE_DB = 45,
+  /**
    * A ledger invariant does not hold (a lock without a live owner, a
    * finished goal holding a lock, …). The message names goal and path.
    */
@@ -346,9 +379,105 @@ typedef uint32_t gk_goal_state;
 #endif // __cplusplus
 
 /**
+ * The kind of a `gk_log_record`: what a diagnostics log entry reports.
+ */
+enum gk_log_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * `goal` waits for the lock of `path`, held in the kernel by another
+   * process (`holder_pid` when it could be found, see the inspector) or
+   * by another lock set or worker of this process (`holder_pid` is this
+   * process, `holder_goal` the goal if one); it holds nothing meanwhile.
+   */
+  GK_LOG_WAITS_FOREIGN = 1,
+  /**
+   * `goal` waits for the lock of `path`, held by `holder_goal` of the
+   * same worker; it holds nothing meanwhile.
+   */
+  GK_LOG_WAITS_LOCAL = 2,
+  /**
+   * `goal` got the lock of `path` handed over after waiting
+   * `duration_ns`, and goes on to run.
+   */
+  GK_LOG_HANDED_OVER = 3,
+  /**
+   * `goal`, waiting `duration_ns` for the lock of `path`, found its
+   * outputs valid and finished already valid without running.
+   */
+  GK_LOG_BECAME_VALID = 4,
+  /**
+   * `goal` could not lock its outputs or wait for a lock, and failed.
+   */
+  GK_LOG_COULD_NOT_LOCK = 5,
+  /**
+   * Releasing `goal`'s locks reported an error (a lock file was left in
+   * place, unlocked).
+   */
+  GK_LOG_RELEASE_FAILED = 6,
+  /**
+   * A host predicate failed on `path`; its answer was taken as "no".
+   */
+  GK_LOG_PREDICATE_ERROR = 7,
+  /**
+   * The cached-failure predicate said `path`, an output of `goal`,
+   * failed before.
+   */
+  GK_LOG_CACHED_FAILURE = 8,
+  /**
+   * `goal` was reported built but `path` is not valid: recorded failed.
+   */
+  GK_LOG_NOT_VALID_AFTER_SUCCESS = 9,
+  /**
+   * `goal` failed without keep-going: the goals not running were cancelled.
+   */
+  GK_LOG_CANCELLED_BY_FAILURE = 10,
+  /**
+   * `goal` is a build and `max_jobs` is 0: it failed.
+   */
+  GK_LOG_NO_BUILD_SLOTS = 11,
+  /**
+   * `goal` was requested again in another build mode; it keeps its mode.
+   */
+  GK_LOG_MODE_KEPT = 12,
+  /**
+   * A ledger invariant check failed; the message names goal and path.
+   */
+  GK_LOG_LEDGER_VIOLATION = 13,
+  /**
+   * The log was full and older records were dropped (the message says
+   * how many).
+   */
+  GK_LOG_DROPPED = 14,
+  /**
+   * The store database could not say whether `path` is valid; the goal
+   * is never finished as valid on that answer (the message names the
+   * database, the error and what the goal does: it fails or keeps
+   * waiting). Also written once when a waiting goal's database answers
+   * again.
+   */
+  GK_LOG_VALIDITY_UNKNOWN = 15,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum gk_log_kind gk_log_kind;
+#else
+typedef uint32_t gk_log_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An opaque handle to a lock set held by this process. 0 is never a valid handle.
  */
 typedef uint64_t gk_lockset;
+
+/**
+ * An opaque handle to a store database opened read-only by
+ * `gk_store_db_open`. 0 is never a valid handle.
+ */
+typedef uint64_t gk_store_db;
 
 /**
  * Options for `gk_worker_new`. Pass NULL for the defaults (max_jobs 1,
@@ -538,6 +667,63 @@ typedef struct {
   uint64_t violations;
 } gk_audit;
 
+/**
+ * One entry of a worker's diagnostics log (see
+ * `gk_worker_take_log_records`). The strings belong to the worker: they
+ * stay valid until the next `gk_worker_take_log_records` call on the same
+ * worker, or `gk_worker_free`.
+ */
+typedef struct {
+  /**
+   * A `gk_log_kind`.
+   */
+  uint32_t kind;
+  /**
+   * For waits: the pid of the process holding the lock (this process for
+   * its own lock sets and goals), -1 when unknown or not applicable.
+   */
+  int32_t holder_pid;
+  /**
+   * The goal concerned, 0 if none.
+   */
+  gk_goal goal;
+  /**
+   * For waits on a goal of this process: the goal holding the lock, else 0.
+   */
+  gk_goal holder_goal;
+  /**
+   * When the record was made: `CLOCK_MONOTONIC` in nanoseconds (comparable
+   * between the processes of one machine).
+   */
+  uint64_t time_ns;
+  /**
+   * How long the goal waited for the lock (`GK_LOG_HANDED_OVER`,
+   * `GK_LOG_BECAME_VALID`, some `GK_LOG_COULD_NOT_LOCK`), in
+   * nanoseconds; -1 when not applicable.
+   */
+  int64_t duration_ns;
+  /**
+   * The store path concerned (an output; its lock file is `path` + ".lock"),
+   * NUL-terminated, or NULL if none.
+   */
+  const char *path;
+  /**
+   * The length of `path` in bytes, without the NUL; 0 if none.
+   */
+  size_t path_len;
+  /**
+   * The human-readable message, as `gk_worker_take_log` gives it;
+   * NUL-terminated, never NULL.
+   */
+  const char *message;
+  /**
+   * The length of `message` in bytes, without the NUL.
+   */
+  size_t message_len;
+} gk_log_record;
+
+
+
 
 
 #ifdef __cplusplus
@@ -672,6 +858,74 @@ gk_status gk_held_count(size_t *out);
 gk_status gk_noop(void);
 
 /**
+ * Opens the store database at `db_path` (absolute, e.g.
+ * `/var/guix/db/db.sqlite`) read-only and checks that it is an SQLite
+ * database with table `ValidPaths`. `busy_timeout_ms` is how long a query
+ * waits for a writer's lock before it fails with `GK_ERROR_STORE_DB_LOCKED`
+ * (0: 5000 ms). On success `*out` is the new handle; otherwise `*out` is 0
+ * and the status says why, with a message naming the file:
+ * `GK_ERROR_INVALID_PATH` (relative path), `GK_ERROR_STORE_DB_MISSING`,
+ * `GK_ERROR_STORE_DB_NOT_SQLITE`, `GK_ERROR_STORE_DB_NO_VALID_PATHS`,
+ * `GK_ERROR_STORE_DB_LOCKED`, `GK_ERROR_STORE_DB_UNREADABLE`,
+ * `GK_ERROR_STORE_DB`. goalkeeper never writes the database.
+ *
+ * # Safety
+ * `db_path` must be NULL or a NUL-terminated string; `out` must be valid
+ * for writing.
+ */
+gk_status gk_store_db_open(const char *db_path, uint32_t busy_timeout_ms, gk_store_db *out);
+
+/**
+ * Stores in `*valid` whether `store_path` (absolute, as the daemon registers
+ * it, e.g. `/gnu/store/…-hello-2.12`; bytes compared exactly) is registered
+ * in the database's `ValidPaths`. On any error `*valid` is false and the
+ * status says why (see `gk_store_db_open`; `GK_ERROR_INVALID_PATH` for a
+ * relative store path): an error is never "valid".
+ *
+ * # Safety
+ * `store_path` must be NULL or a NUL-terminated string; `valid` must be
+ * valid for writing.
+ */
+gk_status gk_store_db_is_valid(gk_store_db db, const char *store_path, bool *valid);
+
+/**
+ * For each of `paths[0..n_paths]`, stores in `valid[i]` whether it is
+ * registered, answered from one read transaction (one consistent snapshot
+ * of the database), in the order given (duplicates allowed). On any error
+ * every `valid[i]` is false (when `valid` is not NULL).
+ *
+ * # Safety
+ * `paths` must be NULL or point to `n_paths` pointers, each NULL or a
+ * NUL-terminated string; `valid` must be NULL or valid for writing
+ * `n_paths` `bool`s.
+ */
+gk_status gk_store_db_valid_paths(gk_store_db db,
+                                  const char *const *paths,
+                                  size_t n_paths,
+                                  bool *valid);
+
+/**
+ * Closes a store database opened by `gk_store_db_open`. The handle goes
+ * stale; a second free gives `GK_ERROR_STALE_HANDLE`. A query running on
+ * another thread finishes first (the connection is closed after it).
+ */
+gk_status gk_store_db_free(gk_store_db db);
+
+/**
+ * One query without a handle: opens the store database at `db_path`
+ * read-only (busy timeout 5000 ms), stores in `*valid` whether
+ * `store_path` is registered in `ValidPaths`, and closes it. Errors as
+ * `gk_store_db_open` and `gk_store_db_is_valid`; on any error `*valid` is
+ * false. Each call opens and checks the database: a host that asks often
+ * keeps a `gk_store_db`.
+ *
+ * # Safety
+ * `db_path` and `store_path` must be NULL or NUL-terminated strings;
+ * `valid` must be valid for writing.
+ */
+gk_status gk_store_path_valid(const char *db_path, const char *store_path, bool *valid);
+
+/**
  * The library version, e.g. `"0.1.0"`. The string is static.
  */
 const char *gk_version(void);
@@ -720,10 +974,36 @@ gk_status gk_worker_new(const gk_worker_options *opts, gk_worker *out);
 gk_status gk_worker_free(gk_worker w);
 
 /**
- * Sets the validity predicate ("is this output valid?"); NULL restores the
- * default, "the path exists". `data` is passed back to `f`.
+ * Sets the validity predicate ("is this output valid?"), replacing a store
+ * database; NULL restores the default, "the path exists". `data` is passed
+ * back to `f`. A real store should use `gk_worker_set_store_database`.
  */
 gk_status gk_worker_set_valid_path(gk_worker w, gk_path_predicate f, void *data);
+
+/**
+ * Takes the worker's validity from the store database at `db_path`
+ * (absolute, e.g. `/var/guix/db/db.sqlite`): an output is valid when it is
+ * registered in table `ValidPaths`, as for the daemon. This is what a real
+ * store needs (a build that writes its output in place makes the path exist
+ * long before it is valid); the file-existence default is only right for a
+ * store without a database. The database is opened read-only and checked
+ * now (busy timeout 5000 ms); a bad one is an error naming the file, as
+ * for `gk_store_db_open`, and the worker keeps its previous validity. On
+ * success it replaces a validity predicate. NULL: back to the default, "the
+ * path exists" (dropping a database or a predicate).
+ *
+ * If the database cannot answer later (locked, replaced, unreadable), no
+ * goal is finished as valid: a goal about to run fails, a goal waiting for
+ * a lock keeps waiting, a reported success is recorded as failed, and the
+ * worker's log names the database file and the error. A query never waits
+ * on a WAL database (both daemons' default); on a rollback-journal database
+ * it waits while the daemon commits, at most the busy timeout: the one
+ * place where `gk_worker_next_event` and `gk_worker_report` can block.
+ *
+ * # Safety
+ * `db_path` must be NULL or a NUL-terminated string.
+ */
+gk_status gk_worker_set_store_database(gk_worker w, const char *db_path);
 
 /**
  * Sets the cached-failure predicate, asked for build goals after locking
@@ -848,6 +1128,31 @@ gk_status gk_worker_take_log(gk_worker w, char *buf, size_t cap, size_t *len_out
  * `"unknown"` for a value that is not an outcome. The string is static.
  */
 const char *gk_outcome_name(uint32_t outcome);
+
+/**
+ * Takes up to `cap` records of the worker's diagnostics log, oldest first,
+ * into `out[0..cap]`, and stores how many it wrote in `*n_out`. Records
+ * beyond `cap` stay for the next call: call again until `*n_out < cap`.
+ * The text log (`gk_worker_take_log`) is made of the same records'
+ * messages; a record taken by either is gone for both.
+ *
+ * The strings of the records (`path`, `message`) belong to the worker and
+ * stay valid until the next `gk_worker_take_log_records` call on the same
+ * worker, or `gk_worker_free`: copy what you keep. With `cap` 0 nothing is
+ * taken (`out` may then be NULL). On any status but `GK_OK`, nothing is
+ * taken and `*n_out` is 0.
+ *
+ * # Safety
+ * `out` must be NULL (only with `cap` 0) or valid for `cap` writes of
+ * `gk_log_record`; `n_out` must be valid for writing one `size_t`.
+ */
+gk_status gk_worker_take_log_records(gk_worker w, gk_log_record *out, size_t cap, size_t *n_out);
+
+/**
+ * The name of a `gk_log_kind`, e.g. `"waits-foreign"`, or `"unknown"` for a
+ * value that is not one. The string is static.
+ */
+const char *gk_log_kind_name(uint32_t kind);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -7,9 +7,11 @@
  *   - goalkeeper::error, a std::system_error whose code() is in the
  *     goalkeeper error category (goalkeeper::errc mirrors gk_status) and
  *     whose what() carries the library's message (gk_last_error_message);
- *   - move-only owners: goalkeeper::LockSet (a set of store path locks)
- *     and goalkeeper::Worker (the goal scheduler, driven by a pull loop:
- *     next_event() / report(), with fd() for the host's poll loop);
+ *   - move-only owners: goalkeeper::LockSet (a set of store path locks),
+ *     goalkeeper::Worker (the goal scheduler, driven by a pull loop:
+ *     next_event() / report(), with fd() for the host's poll loop) and
+ *     goalkeeper::StoreDb (the store database, read-only: "is this path
+ *     valid?");
  *   - std::string_view / std::vector<std::string> friendly path lists.
  *
  * Errors are exceptions. The expected outcomes of contention are values:
@@ -83,6 +85,13 @@ enum class errc : std::int32_t {
   deadlock = GK_ERROR_DEADLOCK,
   stale_lock_file = GK_ERROR_STALE_LOCK_FILE,
   insecure_store = GK_ERROR_INSECURE_STORE,
+  foreign_lock_file = GK_ERROR_FOREIGN_LOCK_FILE,
+  store_db_missing = GK_ERROR_STORE_DB_MISSING,
+  store_db_not_sqlite = GK_ERROR_STORE_DB_NOT_SQLITE,
+  store_db_no_valid_paths = GK_ERROR_STORE_DB_NO_VALID_PATHS,
+  store_db_locked = GK_ERROR_STORE_DB_LOCKED,
+  store_db_unreadable = GK_ERROR_STORE_DB_UNREADABLE,
+  store_db = GK_ERROR_STORE_DB,
   invariant_violation = GK_ERROR_INVARIANT_VIOLATION,
   scheduler_deadlock = GK_ERROR_SCHEDULER_DEADLOCK,
   panic = GK_ERROR_PANIC,
@@ -332,6 +341,117 @@ template <class Range,
   std::size_t n = 0;
   detail::check(gk_held_count(&n), "gk_held_count");
   return n;
+}
+
+// ---------------------------------------------------------------------------
+// The store database
+
+namespace detail {
+/// A NUL-terminated copy of `s`; a NUL inside is refused (the C side would
+/// silently cut the string short there).
+inline std::string c_string(std::string_view s, const char *function, const char *what) {
+  if (s.find('\0') != std::string_view::npos)
+    throw error(errc::invalid_path, function,
+                std::string(what) + " \"" + std::string(s.substr(0, s.find('\0'))) +
+                    "\\0...\": contains a NUL byte");
+  return std::string(s);
+}
+} // namespace detail
+
+/// The store's database (`/var/guix/db/db.sqlite`, `/nix/var/nix/db/db.sqlite`),
+/// read-only: a store path is valid when it is registered in `ValidPaths`.
+///
+/// Move-only. Keeps one connection and its prepared statement, for a host
+/// that asks often (store_path_valid() opens the database at every call).
+/// Its errors name the file: errc::invalid_path (a relative path),
+/// store_db_missing, store_db_not_sqlite, store_db_no_valid_paths,
+/// store_db_locked (a writer held it past the busy timeout),
+/// store_db_unreadable, store_db (anything else). goalkeeper never writes
+/// the database. Unlike a lock set, a database needs no explicit release:
+/// the destructor closes it.
+class [[nodiscard]] StoreDb {
+public:
+  /// Opens and checks the database at `db_path` (absolute). A query waits
+  /// at most `busy_timeout` for a writer (0: the library's 5 s).
+  explicit StoreDb(std::string_view db_path,
+                   std::chrono::milliseconds busy_timeout = std::chrono::milliseconds(0)) {
+    if (busy_timeout.count() < 0 ||
+        busy_timeout.count() > std::chrono::milliseconds::rep(UINT32_MAX))
+      throw error(errc::invalid_argument, "gk_store_db_open",
+                  "busy_timeout must be between 0 and 2^32-1 ms");
+    std::string p = detail::c_string(db_path, "gk_store_db_open", "database path");
+    detail::check(gk_store_db_open(p.c_str(), static_cast<std::uint32_t>(busy_timeout.count()),
+                                   &handle_),
+                  "gk_store_db_open");
+  }
+
+  StoreDb(const StoreDb &) = delete;
+  StoreDb &operator=(const StoreDb &) = delete;
+  StoreDb(StoreDb &&other) noexcept : handle_(std::exchange(other.handle_, 0)) {}
+  StoreDb &operator=(StoreDb &&other) noexcept {
+    if (this != &other) {
+      free_quietly();
+      handle_ = std::exchange(other.handle_, 0);
+    }
+    return *this;
+  }
+  ~StoreDb() { free_quietly(); }
+
+  /// Whether `store_path` (absolute, as the daemon registers it) is
+  /// registered. Throws on any database error: an error is never "valid".
+  [[nodiscard]] bool is_valid(std::string_view store_path) const {
+    std::string p = detail::c_string(store_path, "gk_store_db_is_valid", "store path");
+    bool out = false;
+    detail::check(gk_store_db_is_valid(handle_, p.c_str(), &out), "gk_store_db_is_valid");
+    return out;
+  }
+
+  /// is_valid() for each path, in order, from one consistent read.
+  template <class Range,
+            std::enable_if_t<detail::is_path_range<Range>::value, int> = 0>
+  [[nodiscard]] std::vector<bool> valid_paths(const Range &paths) const {
+    detail::c_paths p(paths, "gk_store_db_valid_paths");
+    if (p.size() == 0)
+      return {};
+    std::unique_ptr<bool[]> out(new bool[p.size()]());
+    detail::check(gk_store_db_valid_paths(handle_, p.data(), p.size(), out.get()),
+                  "gk_store_db_valid_paths");
+    return std::vector<bool>(out.get(), out.get() + p.size());
+  }
+  [[nodiscard]] std::vector<bool>
+  valid_paths(std::initializer_list<std::string_view> paths) const {
+    return valid_paths<std::initializer_list<std::string_view>>(paths);
+  }
+
+  /// Closes the database; throws errc::stale_handle when already closed.
+  void close() {
+    gk_store_db h = std::exchange(handle_, 0);
+    detail::check(gk_store_db_free(h), "gk_store_db_free");
+  }
+
+  /// The raw handle (0 once closed); still owned by this object.
+  [[nodiscard]] gk_store_db handle() const noexcept { return handle_; }
+
+  explicit operator bool() const noexcept { return handle_ != 0; }
+
+private:
+  void free_quietly() noexcept {
+    if (handle_ != 0)
+      (void)gk_store_db_free(std::exchange(handle_, 0));
+  }
+
+  gk_store_db handle_ = 0;
+};
+
+/// One query without a StoreDb: opens the database at `db_path`, asks
+/// whether `store_path` is registered, and closes it. Throws as StoreDb.
+[[nodiscard]] inline bool store_path_valid(std::string_view db_path,
+                                           std::string_view store_path) {
+  std::string d = detail::c_string(db_path, "gk_store_path_valid", "database path");
+  std::string p = detail::c_string(store_path, "gk_store_path_valid", "store path");
+  bool out = false;
+  detail::check(gk_store_path_valid(d.c_str(), p.c_str(), &out), "gk_store_path_valid");
+  return out;
 }
 
 // ---------------------------------------------------------------------------
@@ -631,6 +751,91 @@ struct GoalResult {
 /// locks_held_by_finished and violations must always be 0.
 using Audit = gk_audit;
 
+// ---------------------------------------------------------------------------
+// Diagnostics log records (gk_log_record)
+
+/// What a diagnostics log record reports (gk_log_kind).
+enum class LogKind : std::uint32_t {
+  /// The goal waits for a lock held in the kernel by another process (or
+  /// another lock set or worker of this process); holder_pid when known.
+  waits_foreign = GK_LOG_WAITS_FOREIGN,
+  /// The goal waits for a lock held by holder_goal of the same worker.
+  waits_local = GK_LOG_WAITS_LOCAL,
+  /// The goal got the lock handed over after waiting `duration`.
+  handed_over = GK_LOG_HANDED_OVER,
+  /// The goal, waiting `duration` for a lock, found its outputs valid.
+  became_valid = GK_LOG_BECAME_VALID,
+  /// The goal could not lock its outputs (or wait for a lock) and failed.
+  could_not_lock = GK_LOG_COULD_NOT_LOCK,
+  /// Releasing the goal's locks reported an error.
+  release_failed = GK_LOG_RELEASE_FAILED,
+  /// A host predicate failed on `path`; taken as "no".
+  predicate_error = GK_LOG_PREDICATE_ERROR,
+  /// The cached-failure predicate said `path` failed before.
+  cached_failure = GK_LOG_CACHED_FAILURE,
+  /// Reported built, but `path` is not valid: recorded failed.
+  not_valid_after_success = GK_LOG_NOT_VALID_AFTER_SUCCESS,
+  /// The goal failed without keep-going: the rest was cancelled.
+  cancelled_by_failure = GK_LOG_CANCELLED_BY_FAILURE,
+  /// A build with max_jobs 0: it failed.
+  no_build_slots = GK_LOG_NO_BUILD_SLOTS,
+  /// Requested again in another build mode; it keeps its mode.
+  mode_kept = GK_LOG_MODE_KEPT,
+  /// A ledger invariant check failed.
+  ledger_violation = GK_LOG_LEDGER_VIOLATION,
+  /// The log was full; older records were dropped.
+  dropped = GK_LOG_DROPPED,
+  /// The store database could not say whether an output is valid; the goal
+  /// was not finished as valid on it.
+  validity_unknown = GK_LOG_VALIDITY_UNKNOWN,
+};
+
+/// The kind's name, e.g. "waits-foreign" (static storage).
+[[nodiscard]] inline const char *log_kind_name(LogKind k) noexcept {
+  return gk_log_kind_name(static_cast<std::uint32_t>(k));
+}
+
+/// One record of a worker's diagnostics log (gk_log_record), with its
+/// strings copied: it outlives the worker.
+struct LogRecord {
+  LogKind kind = LogKind::dropped;
+  /// The goal concerned (empty if none).
+  Goal goal;
+  /// For waits: the process holding the lock, when known.
+  std::optional<int> holder_pid;
+  /// For waits on a goal of this process: that goal (else empty).
+  Goal holder_goal;
+  /// When it was recorded: CLOCK_MONOTONIC, which is steady_clock on Linux.
+  std::chrono::steady_clock::time_point time;
+  /// For hand-offs and goals that became valid: how long the goal waited.
+  std::optional<std::chrono::nanoseconds> duration;
+  /// The store path concerned (an output; its lock file is path + ".lock").
+  std::optional<std::string> path;
+  /// The human-readable line, as take_log() gives it.
+  std::string message;
+
+  /// A copy of a raw record, whose strings are valid only until the next
+  /// gk_worker_take_log_records call on its worker.
+  [[nodiscard]] static LogRecord from_c(const gk_log_record &r) {
+    LogRecord out;
+    out.kind = static_cast<LogKind>(r.kind);
+    out.goal = Goal{r.goal};
+    if (r.holder_pid >= 0)
+      out.holder_pid = r.holder_pid;
+    out.holder_goal = Goal{r.holder_goal};
+    out.time = std::chrono::steady_clock::time_point(
+        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+            std::chrono::nanoseconds(static_cast<std::int64_t>(r.time_ns))));
+    if (r.duration_ns >= 0)
+      out.duration = std::chrono::nanoseconds(r.duration_ns);
+    if (r.path != nullptr)
+      out.path = std::string(r.path, r.path_len);
+    if (r.message != nullptr)
+      out.message.assign(r.message, r.message_len);
+    return out;
+  }
+};
+
 /// A host predicate on store paths, e.g. "is this output valid?". It runs on
 /// the thread that called into the worker. An exception it throws is
 /// treated as "no" (and logged by the library); it never crosses into C.
@@ -695,8 +900,33 @@ public:
     detail::check(gk_worker_free(h), "gk_worker_free");
   }
 
-  /// Sets the validity predicate ("is this output valid?"); an empty
-  /// function restores the default ("the path exists").
+  /// Takes validity from the store database at `db_path` (absolute, e.g.
+  /// "/var/guix/db/db.sqlite"): an output is valid when it is registered in
+  /// ValidPaths. What a real store needs; the file-existence default is only
+  /// right for a store without a database. The database is opened and
+  /// checked now: a bad one throws (errc::store_db_*, invalid_path) and the
+  /// worker keeps its previous validity. It replaces a validity predicate.
+  /// If the database cannot answer later, no goal is finished as valid (a
+  /// goal about to run fails, a waiting one keeps waiting, a reported
+  /// success is recorded as failed) and take_log() says why.
+  void set_store_database(std::string_view db_path) {
+    std::string p = detail::c_string(db_path, "gk_worker_set_store_database", "database path");
+    detail::check(gk_worker_set_store_database(handle_, p.c_str()),
+                  "gk_worker_set_store_database");
+    valid_.reset(); // the library no longer uses the predicate
+  }
+
+  /// Back to the default validity, "the path exists" (dropping a store
+  /// database or a validity predicate).
+  void reset_validity() {
+    detail::check(gk_worker_set_store_database(handle_, nullptr),
+                  "gk_worker_set_store_database");
+    valid_.reset();
+  }
+
+  /// Sets the validity predicate ("is this output valid?"), replacing a
+  /// store database; an empty function restores the default ("the path
+  /// exists"). A real store should use set_store_database().
   void set_valid_path(PathPredicate f) { set_predicate(valid_, std::move(f), true); }
 
   /// Sets the cached-failure predicate; an empty function: never.
@@ -811,6 +1041,22 @@ public:
           return gk_worker_take_log(h, b, c, l);
         },
         "gk_worker_take_log");
+  }
+
+  /// Drains the diagnostics log as structured records, oldest first (the
+  /// same log as take_log(): a record taken by either is gone for both).
+  [[nodiscard]] std::vector<LogRecord> take_log_records() {
+    std::vector<LogRecord> out;
+    gk_log_record batch[32];
+    for (;;) {
+      std::size_t n = 0;
+      detail::check(gk_worker_take_log_records(handle_, batch, std::size(batch), &n),
+                    "gk_worker_take_log_records");
+      for (std::size_t i = 0; i < n; i++)
+        out.push_back(LogRecord::from_c(batch[i]));
+      if (n < std::size(batch))
+        return out;
+    }
   }
 
   /// The raw handle (0 once closed); still owned by this object.

@@ -20,7 +20,8 @@
 (eval-when (expand load eval)
   (define %public-modules
     '((goalkeeper locks)
-      (goalkeeper scheduler)))
+      (goalkeeper scheduler)
+      (goalkeeper store-db)))
 
   (for-each (let ((interface (module-public-interface (current-module))))
               (lambda (name)

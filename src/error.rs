@@ -97,6 +97,17 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// The file at `P.lock` is not a lock file this process may use: not a
+    /// regular file, more than one hard link (perhaps a link planted to
+    /// another file), or owned by neither this process's effective user nor
+    /// the store directory's owner. It is never written to (L11).
+    #[error("{}: refusing to use this file as a lock file: {reason}", path.display())]
+    ForeignLockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The object was created by another process: this process is a fork
     /// child, and a fork child never holds or releases its parent's locks.
     #[error("{0} was created by the parent process before fork(); a fork child does not hold its parent's locks")]
@@ -122,6 +133,19 @@ pub enum Error {
     BufferTooSmall {
         /// The size required, terminating NULs included.
         needed: usize,
+    },
+    /// The store's database (`db.sqlite`, see `crate::store_db`) could not
+    /// answer: missing, not SQLite, without `ValidPaths`, locked past the
+    /// busy timeout, unreadable, or a relative path. The message names the
+    /// file. Validity is never assumed on this error.
+    #[error("store database {}: {detail}", path.display())]
+    StoreDatabase {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        kind: DbErrorKind,
+        /// The explanation, without the file name.
+        detail: String,
     },
     /// Any other system error.
     #[error("{}: {op}: {source}", path.display())]
@@ -160,6 +184,47 @@ impl Error {
                 op,
                 source: err,
             },
+        }
+    }
+}
+
+/// What went wrong with a store database (`crate::store_db` re-exports it).
+/// It lives here, in the base layer, so that [`Error::StoreDatabase`] can
+/// carry it without this module naming a layer above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DbErrorKind {
+    /// The database path (or a queried store path) is not absolute.
+    RelativePath,
+    /// There is no file at the database path.
+    Missing,
+    /// The database path is not a regular file (a directory, a device, …).
+    NotAFile,
+    /// The file is not an SQLite database.
+    NotSqlite,
+    /// The database has no table `ValidPaths` with a column `path`: it is
+    /// not a Nix or Guix store database.
+    NoValidPaths,
+    /// The database stayed locked by a writer for longer than the busy timeout.
+    Locked,
+    /// The database (or its `-wal`/`-shm` files) cannot be opened or read by
+    /// this process (permissions, I/O).
+    Unreadable,
+    /// Any other SQLite error (e.g. a corrupt database).
+    Sqlite,
+}
+
+impl DbErrorKind {
+    /// A short, stable name (for logs and bindings).
+    pub fn name(self) -> &'static str {
+        match self {
+            DbErrorKind::RelativePath => "relative-path",
+            DbErrorKind::Missing => "missing",
+            DbErrorKind::NotAFile => "not-a-file",
+            DbErrorKind::NotSqlite => "not-sqlite",
+            DbErrorKind::NoValidPaths => "no-valid-paths-table",
+            DbErrorKind::Locked => "locked",
+            DbErrorKind::Unreadable => "unreadable",
+            DbErrorKind::Sqlite => "sqlite",
         }
     }
 }

@@ -4,11 +4,19 @@
 //! In debug builds a fault is armed for the whole process by
 //! [`arm`], or for a process tree through the environment variable
 //! `GOALKEEPER_FAULTS`, a comma-separated list of point names
-//! (`token-write-enospc`, `lock-wait-edeadlk`, `open-enospc`,
-//! `finish-deletion-erofs`, `crash-after-token`), each optionally followed
-//! by `:PERCENT` to fire at random with that probability instead of every
-//! time (`GOALKEEPER_FAULTS=token-write-enospc:30,crash-after-token:5`; the
-//! soak test uses this).
+//! (`token-write-enospc`, `mark-truncate-eio`, `lock-wait-edeadlk`,
+//! `open-enospc`, `finish-deletion-erofs`, `crash-before-unlink`,
+//! `crash-after-unlink`, `crash-after-mark`), each optionally followed by
+//! `:PERCENT` to fire at random with that probability instead of every time
+//! (`GOALKEEPER_FAULTS=token-write-enospc:30,crash-after-unlink:5`; the soak
+//! test uses this).
+//!
+//! A release with deletion (`src/lock/file.rs`) has three instants a crash
+//! can hit, one crash point each, in this order: `crash-before-unlink` (the
+//! lock file is still linked and empty), `crash-after-unlink` (unlinked,
+//! not yet marked: the one window an old peer that checks only `st_size`
+//! can misread, as after a crash of guix-daemon at the same instant), and
+//! `crash-after-mark` (unlinked and marked, still locked).
 
 use std::io;
 
@@ -16,7 +24,8 @@ use std::io;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Point {
-    /// Writing the deletion token `"d"` fails with `ENOSPC`.
+    /// Writing the deletion token `"d"` fails with `ENOSPC` (the release
+    /// then marks the unlinked inode with `ftruncate(fd, 1)` instead).
     TokenWrite = 1,
     /// A blocking lock wait (`F_OFD_SETLKW`, `flock(LOCK_EX)`) fails with
     /// `EDEADLK`. The kernel never says that for OFD or `flock` locks (it
@@ -29,20 +38,52 @@ pub enum Point {
     /// Unlinking a lock file left behind by an interrupted deletion (token
     /// written, holder gone before its unlink) fails with `EROFS`.
     FinishDeletion = 8,
-    /// The process kills itself (`SIGKILL`) in the middle of a release with
-    /// deletion: after the token `"d"` is written, before the unlink.
-    CrashAfterToken = 16,
+    /// The process kills itself (`SIGKILL`) in a release with deletion,
+    /// before the unlink: the lock file is still linked and empty.
+    CrashBeforeUnlink = 16,
+    /// The process kills itself in a release with deletion after the unlink,
+    /// before the inode is marked (token or `ftruncate`): unlinked and empty.
+    CrashAfterUnlink = 32,
+    /// The process kills itself in a release with deletion after the inode
+    /// is marked, before the lock is released: unlinked and non-empty.
+    CrashAfterMark = 64,
+    /// The fallback mark, `ftruncate(fd, 1)` after a failed token write,
+    /// fails with `EIO` too (armed together with `TokenWrite`, it leaves the
+    /// unlinked inode unmarked: the case no order can fix).
+    MarkTruncate = 128,
 }
 
 impl Point {
     /// Every point with its `GOALKEEPER_FAULTS` name.
-    pub const ALL: [(Point, &'static str); 5] = [
+    pub const ALL: [(Point, &'static str); 8] = [
         (Point::TokenWrite, "token-write-enospc"),
         (Point::LockWaitDeadlock, "lock-wait-edeadlk"),
         (Point::OpenNoSpace, "open-enospc"),
         (Point::FinishDeletion, "finish-deletion-erofs"),
-        (Point::CrashAfterToken, "crash-after-token"),
+        (Point::CrashBeforeUnlink, "crash-before-unlink"),
+        (Point::CrashAfterUnlink, "crash-after-unlink"),
+        (Point::CrashAfterMark, "crash-after-mark"),
+        (Point::MarkTruncate, "mark-truncate-eio"),
     ];
+
+    /// The crash points of a release with deletion, in the order a release
+    /// passes them. (A function, not an associated constant: cbindgen would
+    /// export the enum to the C header for the latter.)
+    pub fn crashes() -> [Point; 3] {
+        [
+            Point::CrashBeforeUnlink,
+            Point::CrashAfterUnlink,
+            Point::CrashAfterMark,
+        ]
+    }
+
+    /// The point's `GOALKEEPER_FAULTS` name.
+    pub fn name(self) -> &'static str {
+        Point::ALL
+            .iter()
+            .find(|(p, _)| *p == self)
+            .map_or("?", |(_, n)| n)
+    }
 
     #[cfg(debug_assertions)]
     fn slot(self) -> usize {
@@ -138,7 +179,8 @@ pub(crate) fn injected(p: Point) -> Option<io::Error> {
             Point::TokenWrite | Point::OpenNoSpace => libc::ENOSPC,
             Point::LockWaitDeadlock => libc::EDEADLK,
             Point::FinishDeletion => libc::EROFS,
-            Point::CrashAfterToken => libc::EIO,
+            Point::MarkTruncate => libc::EIO,
+            Point::CrashBeforeUnlink | Point::CrashAfterUnlink | Point::CrashAfterMark => libc::EIO,
         }));
     }
     let _ = p;

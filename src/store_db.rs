@@ -92,44 +92,7 @@ const QUERY: &str = "SELECT 1 FROM ValidPaths WHERE path = ?1";
 /// How often a snapshot read is retried when the database changed under it.
 const SNAPSHOT_ATTEMPTS: u32 = 5;
 
-/// What went wrong with the store database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DbErrorKind {
-    /// The database path (or a queried store path) is not absolute.
-    RelativePath,
-    /// There is no file at the database path.
-    Missing,
-    /// The database path is not a regular file (a directory, a device, …).
-    NotAFile,
-    /// The file is not an SQLite database.
-    NotSqlite,
-    /// The database has no table `ValidPaths` with a column `path`: it is
-    /// not a Nix or Guix store database.
-    NoValidPaths,
-    /// The database stayed locked by a writer for longer than the busy timeout.
-    Locked,
-    /// The database (or its `-wal`/`-shm` files) cannot be opened or read by
-    /// this process (permissions, I/O).
-    Unreadable,
-    /// Any other SQLite error (e.g. a corrupt database).
-    Sqlite,
-}
-
-impl DbErrorKind {
-    /// A short, stable name (for logs and bindings).
-    pub fn name(self) -> &'static str {
-        match self {
-            DbErrorKind::RelativePath => "relative-path",
-            DbErrorKind::Missing => "missing",
-            DbErrorKind::NotAFile => "not-a-file",
-            DbErrorKind::NotSqlite => "not-sqlite",
-            DbErrorKind::NoValidPaths => "no-valid-paths-table",
-            DbErrorKind::Locked => "locked",
-            DbErrorKind::Unreadable => "unreadable",
-            DbErrorKind::Sqlite => "sqlite",
-        }
-    }
-}
+pub use crate::error::DbErrorKind;
 
 /// An error of the store database. Its message always names the database file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +135,16 @@ impl fmt::Display for DbError {
 
 impl std::error::Error for DbError {}
 
+impl From<DbError> for crate::error::Error {
+    fn from(e: DbError) -> crate::error::Error {
+        crate::error::Error::StoreDatabase {
+            path: e.path,
+            kind: e.kind,
+            detail: e.detail,
+        }
+    }
+}
+
 /// The result type of this module.
 pub type DbResult<T> = std::result::Result<T, DbError>;
 
@@ -211,6 +184,20 @@ pub struct StoreDb {
     live: Option<Connection>,
     /// Snapshot (quiescent WAL) reads done so far, for tests and diagnostics.
     snapshot_reads: u64,
+    /// The process that opened it (see the `Drop` implementation).
+    pid: u32,
+}
+
+impl Drop for StoreDb {
+    /// Closes the cached connection, except in a fork child: SQLite must not
+    /// be used, not even to close a connection, on the far side of a
+    /// `fork(2)` (its inode table and mutexes are the parent's), so a
+    /// connection inherited from the parent is left alone (leaked) there.
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            std::mem::forget(self.live.take());
+        }
+    }
 }
 
 impl fmt::Debug for StoreDb {
@@ -275,6 +262,7 @@ impl StoreDb {
             options,
             live: None,
             snapshot_reads: 0,
+            pid: std::process::id(),
         };
         // Fail now, not at the first query, on a wrong path or file.
         db.run(|_| Ok(()))?;

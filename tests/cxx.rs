@@ -29,9 +29,21 @@ fn src(name: &str) -> PathBuf {
 /// Builds `name` from `sources`, runs it on a fresh store with `args`, and
 /// fails with its output unless it exits 0 within `limit`. Returns stdout.
 fn build_and_run(name: &str, sources: &[&str], args: &[&str], limit: Duration) -> String {
+    build_and_run_with(name, sources, args, limit, &[])
+}
+
+/// [`build_and_run`] with extra linker arguments (e.g. `-lsqlite3`).
+fn build_and_run_with(
+    name: &str,
+    sources: &[&str],
+    args: &[&str],
+    limit: Duration,
+    libs: &[&str],
+) -> String {
     let sources: Vec<PathBuf> = sources.iter().map(|s| src(s)).collect();
     let san = sanitizer();
     let mut extra: Vec<String> = vec!["-I".into(), root().join("tests/cxx").display().to_string()];
+    extra.extend(libs.iter().map(|l| l.to_string()));
     let exe_name = match &san {
         Some(kind) => {
             extra.push(format!("-fsanitize={kind}"));
@@ -79,6 +91,21 @@ fn build_and_run(name: &str, sources: &[&str], args: &[&str], limit: Duration) -
 fn cxx_api() {
     let out = build_and_run("api_test", &["api_test.cc"], &[], Duration::from_secs(60));
     assert!(out.contains("api_test: all passed"), "{out}");
+}
+
+/// The store database through goalkeeper.hpp: StoreDb, store_path_valid()
+/// and Worker::set_store_database(), every error a goalkeeper::error naming
+/// the file, with real SQLite files written through the system libsqlite3.
+#[test]
+fn cxx_store_db() {
+    let out = build_and_run_with(
+        "store_db_test",
+        &["store_db_test.cc"],
+        &[],
+        Duration::from_secs(60),
+        &["-lsqlite3"],
+    );
+    assert!(out.contains("store_db_test: all passed"), "{out}");
 }
 
 /// Old (POSIX fcntl, legacy_pathlocks.cc) and new (goalkeeper OFD) locks

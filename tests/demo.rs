@@ -215,6 +215,32 @@ fn demo_deadline_stops_everything_and_exits_2() {
     );
 }
 
+/// The demo is a host of the library's own API, not a re-implementation:
+/// it drives its workers with `run-worker` and its hooks (`#:watch` for the
+/// builders' pipes, `#:on-log` for the worker's log records) and reads no
+/// log text with regular expressions (issue 13).
+#[test]
+fn demo_uses_run_worker_hooks_and_log_records() {
+    let source = std::fs::read_to_string(common::root().join("demo/31785.scm"))
+        .expect("read demo/31785.scm");
+    for wanted in [
+        "(run-worker ",
+        "#:watch",
+        "#:on-log",
+        "log-record-holder-pid",
+    ] {
+        assert!(source.contains(wanted), "the demo no longer uses {wanted}");
+    }
+    for unwanted in [
+        "(ice-9 regex)",
+        "regexp-exec",
+        "worker-next-event",
+        "(worker-log ",
+    ] {
+        assert!(!source.contains(unwanted), "the demo uses {unwanted} again");
+    }
+}
+
 /// The script compiles without warnings (unbound variables, arity, format
 /// strings), so the branches the runs above do not take cannot rot either.
 #[test]

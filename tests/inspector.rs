@@ -23,13 +23,20 @@ fn gk() -> Command {
     Command::new(env!("CARGO_BIN_EXE_goalkeeper"))
 }
 
+/// The C holder program, compiled once per test binary: the tests run in
+/// parallel, and recompiling it to the same path while another test runs it
+/// fails with "Text file busy".
 fn holder_exe() -> std::path::PathBuf {
-    compile(
-        "inspector-holder",
-        &[root().join("tests/c/holder.c")],
-        false,
-        &[],
-    )
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        compile(
+            "inspector-holder",
+            &[root().join("tests/c/holder.c")],
+            false,
+            &[],
+        )
+    })
+    .clone()
 }
 
 /// A running process that signals readiness with a first line on stdout and
@@ -689,4 +696,164 @@ fn locks_warns_when_flock_and_fcntl_holders_share_a_lock_file() {
         "{text}"
     );
     drop((posix, flock, only));
+}
+
+fn locks_with_db(store: &TempStore, db: &Path, json: bool) -> std::process::Output {
+    let mut c = gk();
+    c.args(["locks", "--store"])
+        .arg(store.dir())
+        .arg("--db")
+        .arg(db);
+    if json {
+        c.arg("--json");
+    }
+    run_bounded(&mut c, LIMIT)
+}
+
+/// Issue 11, item 3: `goalkeeper locks --db` flags every lock held on a path
+/// that is already valid in the store's database (the #31785 symptom: a
+/// finished build still holding its lock), in words and in `--json`, with
+/// real holder processes: one holds a registered path (a leak), one an
+/// unregistered path (a build in progress), and a free lock file of a
+/// registered path is no leak.
+#[test]
+fn locks_db_flags_locks_held_on_valid_paths() {
+    let s = TempStore::new();
+    let state = s.dir().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let (leaked, building, done) = (
+        s.path("aaa-leaked"),
+        s.path("bbb-building"),
+        s.path("ccc-done"),
+    );
+    let db = common::db::create(&state, "wal", &[&leaked, &done]);
+    std::fs::write(s.lock_file("ccc-done"), b"").unwrap();
+    let leak = Proc::spawn(
+        Command::new(holder_exe())
+            .arg("posix")
+            .arg(s.lock_file("aaa-leaked")),
+    );
+    assert_eq!(leak.line(), "locked");
+    let build = hold(&s, &[], &[&building], "echo locked; cat");
+    assert_eq!(build.line(), "locked");
+
+    let o = locks_with_db(&s, &db, true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    let e = entry(&json, "aaa-leaked.lock");
+    assert_eq!(
+        (&e["state"], &e["path_valid"], &e["leak_suspected"]),
+        (&Value::from("held"), &Value::Bool(true), &Value::Bool(true)),
+        "{e:#}"
+    );
+    assert_eq!(e["holders"][0]["pid"], leak.pid());
+    let e = entry(&json, "bbb-building.lock");
+    assert_eq!(
+        (&e["state"], &e["path_valid"], &e["leak_suspected"]),
+        (
+            &Value::from("held"),
+            &Value::Bool(false),
+            &Value::Bool(false)
+        ),
+        "{e:#}"
+    );
+    let e = entry(&json, "ccc-done.lock");
+    assert_eq!(
+        (&e["state"], &e["path_valid"], &e["leak_suspected"]),
+        (
+            &Value::from("free"),
+            &Value::Bool(true),
+            &Value::Bool(false)
+        ),
+        "{e:#}"
+    );
+    assert_eq!(json["summary"]["leaks_suspected"], 1);
+
+    // In words: the leaked lock, its holder, and what it means.
+    let o = locks_with_db(&s, &db, false);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("aaa-leaked.lock"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(lines[at].contains(" yes "), "{text}");
+    assert!(lines[at + 1].contains("LEAK SUSPECTED"), "{text}");
+    assert!(
+        lines[at + 2].contains(&format!("pid {}", leak.pid())),
+        "{text}"
+    );
+    assert!(text.contains("#31785"), "{text}");
+    assert_eq!(
+        text.matches("LEAK SUSPECTED").count(),
+        2,
+        "one mark, one summary: {text}"
+    );
+    assert!(
+        text.contains("WARNING: 1 lock(s) held on paths that are already valid"),
+        "{text}"
+    );
+    let building_line = lines
+        .iter()
+        .find(|l| l.starts_with("bbb-building.lock"))
+        .unwrap();
+    assert!(building_line.contains(" no "), "{text}");
+
+    // The build finishes and registers its path, but keeps holding: now a leak too.
+    common::db::register(&db, &building);
+    let json: Value = serde_json::from_slice(&locks_with_db(&s, &db, true).stdout).unwrap();
+    assert_eq!(entry(&json, "bbb-building.lock")["leak_suspected"], true);
+    assert_eq!(json["summary"]["leaks_suspected"], 2);
+    drop(leak);
+    let (st, _) = build.finish();
+    assert!(st.success());
+    // Without --db: validity is unknown, never guessed.
+    let json = locks_json(&s);
+    let e = entry(&json, "aaa-leaked.lock");
+    assert_eq!(
+        (&e["path_valid"], &e["leak_suspected"]),
+        (&Value::Null, &Value::Null)
+    );
+    assert_eq!(json["summary"]["leaks_suspected"], Value::Null);
+    let o = run_bounded(gk().args(["locks", "--store"]).arg(s.dir()), LIMIT);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!text.contains("VALID") && !text.contains("LEAK"), "{text}");
+}
+
+/// A bad `--db` is a clear error naming the file (exit status 1), for each
+/// kind of bad database; the store is not listed.
+#[test]
+fn locks_db_refuses_a_bad_database() {
+    let s = TempStore::new();
+    let garbage = s.dir().join("garbage.sqlite");
+    std::fs::write(&garbage, vec![b'x'; 4096]).unwrap();
+    let other = s.dir().join("other.sqlite");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("create table t (x)")
+        .unwrap();
+    let missing = s.dir().join("missing.sqlite");
+    for (db, words) in [
+        (missing.as_path(), "no such file"),
+        (garbage.as_path(), "not an SQLite database"),
+        (other.as_path(), "ValidPaths"),
+        (s.dir(), "not a regular file"),
+    ] {
+        let o = locks_with_db(&s, db, false);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{}: {err}", db.display());
+        assert!(
+            err.contains(&db.display().to_string()) && err.contains(words),
+            "{}: {err}",
+            db.display()
+        );
+        assert!(o.stdout.is_empty(), "nothing listed");
+    }
+    // --db needs a value.
+    let o = run_bounded(
+        gk().args(["locks", "--store"]).arg(s.dir()).arg("--db"),
+        LIMIT,
+    );
+    assert_eq!(o.status.code(), Some(2));
 }

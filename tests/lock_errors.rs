@@ -312,32 +312,38 @@ fn l7_enospc_creating_a_lock_file_is_no_space() {
     }
 }
 
-/// ENOSPC writing the deletion token on a full store: the release reports
-/// NoSpace, the lock is released anyway, and the lock file stays in place,
-/// empty and usable (L9 with a real full file system).
+/// ENOSPC writing the deletion token on a full store (L9 with a real full
+/// file system): the release unlinks the file, the token write fails, and
+/// the inode is marked by extending it to one byte instead (`ftruncate`
+/// needs no data block), so the release succeeds; the old inode is
+/// unlinked with size 1, and the path is lockable again.
 #[test]
-fn l7_enospc_writing_the_token_on_a_full_store_keeps_a_usable_lock_file() {
+fn l7_enospc_writing_the_token_on_a_full_store_marks_the_inode_by_size() {
     let kit = kit!();
     let s = TempStore::new();
     match tmpfs_role(&kit, "blocks", &s) {
         Some((h, r)) => {
-            assert_eq!(r, "token GK_ERROR_NO_SPACE", "{}", h.transcript());
-            assert_eq!(h.expect("after"), "0 true", "size 0, lockable again");
+            assert_eq!(r, "token ok full=true", "{}", h.transcript());
+            assert_eq!(
+                h.expect("after"),
+                "-1 0 1 true",
+                "name gone, old inode unlinked and one byte long, lockable again"
+            );
         }
         None if cfg!(debug_assertions) => {
             let mut c = kit.role_command("hold", &["ofd", "try", &s.path("aaa-out")]);
             c.env("GOALKEEPER_FAULTS", "token-write-enospc");
             let mut h = lockkit::Helper::spawn(c, "holder with ENOSPC");
             h.expect("locked");
+            let old = std::fs::File::open(s.lock_file("aaa-out")).unwrap();
             h.send("delete");
             h.expect("ok");
             h.send("release");
-            assert!(h.expect("err").starts_with("GK_ERROR_NO_SPACE"));
-            assert_eq!(std::fs::metadata(s.lock_file("aaa-out")).unwrap().len(), 0);
-            assert!(
-                !busy_for("posix", &s.lock_file("aaa-out")),
-                "released anyway"
-            );
+            h.expect("released");
+            let m = old.metadata().unwrap();
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!((m.nlink(), m.len()), (0, 1));
+            assert!(!s.lock_file("aaa-out").exists());
         }
         None => {}
     }

@@ -1,7 +1,7 @@
 //! Lock-layer failure modes that need several processes (doc/design.md#lock-layer):
 //! L1 stale lock files under a blocked waiter, `kill -9` of holders, L5 fork
-//! and exec children, L6 EINTR in blocking waits, L9 unlink and token-write
-//! failures, and unlink races between many processes, including
+//! and exec children, L6 EINTR in blocking waits, L9 unlink, token-write and
+//! mark failures, and unlink races between many processes, including
 //! guix-daemon-style POSIX peers.
 
 mod common;
@@ -418,9 +418,10 @@ fn unlink_races_with_timed_waits_never_make_two_holders() {
 }
 
 /// L9: when writing the deletion token fails (ENOSPC, injected through
-/// GOALKEEPER_FAULTS in debug builds) the lock file is kept, not unlinked,
-/// so racing peers can never end up on two different inodes; the failures
-/// are reported, and the lock file stays usable.
+/// GOALKEEPER_FAULTS in debug builds), the unlinked inode is marked by
+/// extending it to one byte (`ftruncate`, which needs no data block), so
+/// guix-daemon-style peers blocked on it, which check only `st_size`, still
+/// see it is stale: never two holders, and no failure reported.
 #[test]
 fn l9_token_write_failure_never_makes_two_holders() {
     let kit = kit!();
@@ -428,15 +429,60 @@ fn l9_token_write_failure_never_makes_two_holders() {
         eprintln!("fault hooks are compiled out of release builds; nothing to inject");
         return;
     }
-    let nospace = unlink_race(&kit, "ofd", "forever", 3, 1, 2);
-    assert!(nospace > 0, "the injected ENOSPC was never reported");
+    let failed = unlink_race(&kit, "ofd", "forever", 3, 2, 2);
+    assert_eq!(
+        failed, 0,
+        "the ftruncate fallback should absorb every failed write"
+    );
+}
+
+/// L9, the case no order can fix: the token write and the `ftruncate`
+/// fallback both fail (injected), so the unlinked inode stays empty. The
+/// release reports it; goalkeeper's own waiters, which check `st_nlink`
+/// too, still never make two holders.
+#[test]
+fn l9_both_marks_failing_is_reported_and_goalkeeper_waiters_stay_exclusive() {
+    let kit = kit!();
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let s = TempStore::new();
+    let p = s.path("aaa-out");
+    let log = s.dir().join("holders.log");
+    std::fs::write(&log, "").unwrap();
+    let mut hs = Vec::new();
+    for _ in 0..3 {
+        let mut c = kit.role_command(
+            "stress",
+            &["ofd", "forever", &p, "150", log.to_str().unwrap()],
+        );
+        c.env("GOALKEEPER_FAULTS", "token-write-enospc,mark-truncate-eio");
+        hs.push(lockkit::Helper::spawn(c, "stress with both marks failing"));
+    }
+    let mut failed = 0;
+    for (i, h) in hs.iter().enumerate() {
+        let r = h.next();
+        assert!(r.starts_with("done"), "helper {i}: {r}\n{}", h.transcript());
+        failed += r
+            .split(' ')
+            .nth(1)
+            .and_then(|x| x.parse::<usize>().ok())
+            .unwrap_or(0);
+    }
+    assert_eq!(
+        check_no_overlap(&log),
+        450,
+        "every section logged, none overlapping"
+    );
+    assert_eq!(failed, 450, "every release reported the unmarked inode");
 }
 
 /// L9, one step at a time: a release with deletion whose token write fails
-/// reports NoSpace, leaves the lock file in place (same inode, size 0,
-/// unlocked), and a waiter blocked on it gets a valid lock on that file.
+/// unlinks the file and marks the inode by size (one byte, no token), and
+/// reports success; a waiter blocked on the old inode moves on to a fresh
+/// lock file.
 #[test]
-fn l9_failed_token_write_leaves_a_live_usable_lock_file() {
+fn l9_failed_token_write_marks_the_inode_by_size() {
     let kit = kit!();
     if !cfg!(debug_assertions) {
         return;
@@ -451,18 +497,24 @@ fn l9_failed_token_write_leaves_a_live_usable_lock_file() {
     holder.send("delete");
     holder.expect("ok");
     let ino = inode_of(&lf);
+    // Another description of the old inode (unlocked), to look at it later.
+    let old = std::fs::File::open(&lf).unwrap();
     let waiter = kit.helper("hold", &["ofd", "forever", &p]);
     wait_for_waiters(ino, 1);
     holder.send("release");
-    let r = holder.expect("err");
-    assert!(r.starts_with("GK_ERROR_NO_SPACE"), "{r}");
+    holder.expect("released");
     waiter.expect("locked");
-    assert_eq!(inode_of(&lf), ino, "the lock file was kept");
+    let m = old.metadata().unwrap();
+    use std::os::unix::fs::MetadataExt;
     assert_eq!(
-        std::fs::metadata(&lf).unwrap().len(),
-        0,
-        "no token left behind"
+        (m.nlink(), m.len()),
+        (0, 1),
+        "old inode: unlinked, one byte"
     );
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut &old, &mut bytes).unwrap();
+    assert_eq!(bytes, b"\0", "extended, not written");
+    assert_ne!(inode_of(&lf), ino, "the waiter holds a fresh lock file");
     assert!(busy_for("ofd", &lf), "the waiter holds the live file");
 }
 

@@ -504,13 +504,13 @@ fn store_db_reads_nix_database_not_valid_during_build_valid_after() {
     assert_eq!(out_again, out.to_str().unwrap());
 }
 
-/// TODO(issue 11, phase 2): `goalkeeper locks --store DIR --db FILE` while
-/// nix-store builds names the nix-store process as the holder of OUT.lock,
-/// with "path_valid": false; and a lock held on a path after it became
-/// valid (a goalkeeper LockSet kept after the build) is flagged
-/// "leak_suspected": true. Ignored until the CLI has --db.
+/// `goalkeeper locks --store DIR --db FILE` against Nix's own store and
+/// database: while nix-store builds, it names the nix-store process as the
+/// holder of OUT.lock (flock), with "path_valid": false and no leak; once
+/// the build is registered, a lock still held on the path (a goalkeeper
+/// LockSet kept after the build, as a #31785 daemon would) is flagged
+/// "leak_suspected": true, in `--json` and in words.
 #[test]
-#[ignore = "phase 2 of issue 11: `goalkeeper locks --db` does not exist yet"]
 fn locks_db_names_nix_store_and_flags_a_lock_held_on_a_valid_path() {
     let nix = NixStore::new();
     let gate = Gate::new(&nix, "cli");
@@ -518,30 +518,75 @@ fn locks_db_names_nix_store_and_flags_a_lock_held_on_a_valid_path() {
     let r = nix.realise(&drv);
     gate.wait_started();
     let exe = env!("CARGO_BIN_EXE_goalkeeper");
-    let o = common::run_bounded(
-        Command::new(exe)
-            .args(["locks", "--json", "--store"])
+    let locks = |json: bool| {
+        let mut c = Command::new(exe);
+        c.args(["locks", "--store"])
             .arg(nix.store())
             .arg("--db")
-            .arg(nix.db()),
-        LIMIT,
+            .arg(nix.db());
+        if json {
+            c.arg("--json");
+        }
+        let o = common::run_bounded(&mut c, LIMIT);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let lock_name = format!("{}.lock", out.file_name().unwrap().to_str().unwrap());
+    let entry = |text: &str| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+        v["locks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == lock_name.as_str())
+            .unwrap_or_else(|| panic!("{lock_name} missing from {v:#}"))
+            .clone()
+    };
+    let text = locks(true);
+    let e = entry(&text);
+    assert_eq!(e["state"], "held", "{e:#}");
+    assert_eq!(e["kind"], "flock", "{e:#}");
+    assert_eq!(e["holders"][0]["pid"], r.pid(), "{e:#}");
+    assert!(
+        e["holders"][0]["command"]
+            .as_str()
+            .is_some_and(|c| c.contains("nix-store")),
+        "{e:#}"
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("nix-store"), "{text}");
-    assert!(text.contains("\"path_valid\": false"), "{text}");
+    assert_eq!(e["path_valid"], false, "{e:#}");
+    assert_eq!(e["leak_suspected"], false, "{e:#}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["summary"]["leaks_suspected"], 0);
     gate.open();
     r.finish();
+    // Nix registered the output and deleted its lock file. A lock taken on
+    // the valid path and kept is what a finished goal of a #31785 daemon
+    // looks like.
     let held = LockSet::try_acquire([&out], Backend::Flock).unwrap();
-    let o = common::run_bounded(
-        Command::new(exe)
-            .args(["locks", "--json", "--store"])
-            .arg(nix.store())
-            .arg("--db")
-            .arg(nix.db()),
-        LIMIT,
+    let e = entry(&locks(true));
+    assert_eq!(
+        (&e["state"], &e["path_valid"], &e["leak_suspected"]),
+        (
+            &serde_json::Value::from("held"),
+            &serde_json::Value::Bool(true),
+            &serde_json::Value::Bool(true)
+        ),
+        "{e:#}"
     );
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("\"leak_suspected\": true"), "{text}");
+    assert_eq!(e["holders"][0]["pid"], std::process::id());
+    let words = locks(false);
+    assert!(
+        words.contains("LEAK SUSPECTED") && words.contains("#31785"),
+        "{words}"
+    );
     held.release().unwrap();
+    let e = entry(&locks(true));
+    assert_eq!(
+        (&e["state"], &e["leak_suspected"]),
+        (
+            &serde_json::Value::from("free"),
+            &serde_json::Value::Bool(false)
+        ),
+        "{e:#}"
+    );
 }

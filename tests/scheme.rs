@@ -20,9 +20,11 @@ use std::time::Duration;
 
 /// The Guile modules, in dependency order.
 const MODULES: &[&str] = &[
+    "scheme/goalkeeper/abi.scm",
     "scheme/goalkeeper/ffi.scm",
     "scheme/goalkeeper/locks.scm",
     "scheme/goalkeeper/scheduler.scm",
+    "scheme/goalkeeper/store-db.scm",
     "scheme/goalkeeper.scm",
     "tests/scheme/support/gk-test.scm",
 ];
@@ -232,6 +234,29 @@ fn scheme_regression_31785() {
         "the #31785 suite took {:.1} s",
         counts.seconds
     );
+}
+
+/// The worker's log records (`worker-log-records`) and run-worker's hooks
+/// (#:on-log, #:on-exit, #:watch), with a real foreign holder process.
+#[test]
+fn scheme_log_records_and_run_worker_hooks() {
+    run_suite("log", 31, Duration::from_secs(120));
+}
+
+/// (goalkeeper abi): enum tables, struct layouts, readers and writers
+/// (tests/scheme_abi.rs compares the declarations with the header).
+#[test]
+fn scheme_abi_declarations() {
+    run_suite("abi", 17, Duration::from_secs(60));
+}
+
+/// The store database: `store-path-valid?` and make-worker's
+/// `#:store-database`, every bad input, a database turning bad mid-run, and
+/// a waiter that keeps waiting on an output written in place but not yet
+/// registered. One case waits out the library's 5 s busy timeout.
+#[test]
+fn scheme_store_db() {
+    run_suite("store-db", 40, Duration::from_secs(120));
 }
 
 #[test]

@@ -11,9 +11,9 @@
 //! reports. Faults, at random times:
 //!
 //! * `kill -9` of a client (holding locks, waiting, or between steps), and
-//!   crashes *inside* a release with deletion (`crash-after-token`, the
-//!   fault hook of `src/fault.rs`: after the token is written, before the
-//!   unlink);
+//!   crashes *inside* a release with deletion (the crash points of
+//!   `src/fault.rs`, one per client: before the unlink, between the unlink
+//!   and the mark, or after the mark);
 //! * `SIGSTOP` … `SIGCONT` of a client;
 //! * signal storms (`SIGUSR1`, handler installed without `SA_RESTART`) sent
 //!   to every thread of a client, so blocking lock waits see `EINTR`;
@@ -25,13 +25,24 @@
 //! * ENOSPC on the deletion token and on lock-file creation (fault hook,
 //!   armed at random in some clients).
 //!
+//! In every run, two *legacy peers* (`tests/cxx/legacy_peer.cc`, locking as
+//! guix-daemon's `PathLocks::lockPaths` does: POSIX locks, `st_size` as the
+//! only stale check, unbounded retries), one blocking and one trying
+//! without waiting, lock random outputs of the run for as long as the
+//! clients run, deleting the lock file half the time.
+//!
 //! Checks, for every run:
 //! * **no two holders**: every holder (client goal while running, legacy
-//!   daemon) appends `S pid path t` when it has the lock and `E pid path t`
-//!   before it lets go (CLOCK_MONOTONIC ns, one `O_APPEND` write per line);
-//!   a killed holder's interval ends when the kill was sent. The recorded
-//!   intervals lie inside the real ones, so any overlap on one path is a
-//!   real double holder;
+//!   daemon, legacy peer) appends `S pid path t` when it has the lock and
+//!   `E pid path t` before it lets go (CLOCK_MONOTONIC ns, one `O_APPEND`
+//!   write per line); a killed holder's interval ends when the kill was
+//!   sent. The recorded intervals lie inside the real ones, so any overlap
+//!   on one path is a real double holder. The one exception is counted
+//!   apart: a legacy peer blocked on the inode of a client that crashed
+//!   between the unlink and the mark takes the unlinked, empty inode for a
+//!   live lock (it logs `S ... unlinked`), as it would after the same crash
+//!   of guix-daemon; overlaps with such an interval are "inside the crash
+//!   window";
 //! * **built at most once**: each output is moved into the store at most
 //!   once (`W` lines);
 //! * **no lost outputs**: every goal a surviving client saw succeed has its
@@ -43,13 +54,17 @@
 //! * **nothing left locked or wedged**: afterwards every lock file is free
 //!   (OFD, flock and POSIX probes), even with orphaned hanging builders
 //!   still alive (they would hold any lock descriptor they inherited), and
-//!   no lock file is left permanently stale (linked, carrying the token).
+//!   no lock file is left linked and marked (guix-daemon would spin on it);
+//! * **no wedged legacy peer**: told to stop after the clients are gone,
+//!   each legacy peer locks every output path at once and reports within
+//!   5 s; one that spins on a lock file it takes for stale never reports.
 //!
 //! Usage: `soak [--runs N | --duration SECS] [--jobs J] [--seed S]
 //! [--fuzz-summary FILE]`. Without arguments (as in `cargo test`) it does a
 //! short run (150 runs). `make soak` runs the long one; see the Makefile.
 
 mod common;
+mod lockkit;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -63,6 +78,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use lockkit::Helper;
 
 // ---------------------------------------------------------------------------
 // Small helpers.
@@ -373,7 +390,7 @@ mod client {
                         &format!("E {pid} {} {t}", spec.store.join(o).display()),
                     );
                 }
-                // A crash inside report() (crash-after-token) can only
+                // A crash inside report() (a crash point of a release) can only
                 // happen after this line: a lower bound for the death of
                 // this process, and so for the end of whatever it holds.
                 append_line(log, &format!("R {pid} - {}", mono_ns()));
@@ -558,6 +575,10 @@ struct Totals {
     /// Observations that are not injected faults (configurations, outcomes).
     info: BTreeMap<String, u64>,
     double_holders: u64,
+    /// Overlaps involving a legacy peer that took an unlinked inode for a
+    /// live lock (a client killed between the unlink and the mark): the
+    /// documented crash window, counted apart (not a failure).
+    window_double_holders: u64,
     double_builds: u64,
     deadlocks: u64,
     lost_outputs: u64,
@@ -565,6 +586,7 @@ struct Totals {
     violations: u64,
     left_locked: u64,
     wedged: u64,
+    wedged_legacy_peers: u64,
     client_errors: u64,
     goals: u64,
     goals_succeeded: u64,
@@ -582,6 +604,7 @@ impl Totals {
             *self.info.entry(k.clone()).or_default() += v;
         }
         self.double_holders += o.double_holders;
+        self.window_double_holders += o.window_double_holders;
         self.double_builds += o.double_builds;
         self.deadlocks += o.deadlocks;
         self.lost_outputs += o.lost_outputs;
@@ -589,6 +612,7 @@ impl Totals {
         self.violations += o.violations;
         self.left_locked += o.left_locked;
         self.wedged += o.wedged;
+        self.wedged_legacy_peers += o.wedged_legacy_peers;
         self.client_errors += o.client_errors;
         self.goals += o.goals;
         self.goals_succeeded += o.goals_succeeded;
@@ -617,6 +641,7 @@ impl Totals {
             + self.violations
             + self.left_locked
             + self.wedged
+            + self.wedged_legacy_peers
             + self.client_errors
             > 0
     }
@@ -628,6 +653,8 @@ struct ClientProc {
     child: std::process::Child,
     result: PathBuf,
     goals: Vec<Vec<String>>,
+    /// The crash point armed in this client, if any (one per client).
+    crash_at: Option<&'static str>,
     killed_at: Option<u64>,
     exited: Option<Instant>,
 }
@@ -647,47 +674,115 @@ enum Chaos {
 /// below "forever".
 const CLIENT_BOUND: Duration = Duration::from_secs(30);
 
-fn run_one(seed: u64, exe: &Path) -> Totals {
+/// How long a legacy peer may take, once told to stop, to finish its hold
+/// and lock every output path at once. Every client is gone by then, so it
+/// takes milliseconds; a peer spinning on a lock file it takes for stale
+/// never answers.
+const PEER_BOUND: Duration = Duration::from_secs(5);
+
+/// One run's directories and derivations.
+struct Run {
+    seed: u64,
+    _store: common::TempStore,
+    scratch: common::TempStore,
+    dir: PathBuf,
+    log_path: PathBuf,
+    /// Outputs per derivation.
+    derivs: Vec<Vec<String>>,
+    /// `(d, e)`: derivation d depends on e < d.
+    edges: Vec<(usize, usize)>,
+}
+
+impl Run {
+    /// A fresh store and scratch directory, and a random DAG of 6..=16
+    /// derivations with 1..=2 outputs each.
+    fn new(seed: u64, rng: &mut Rng) -> Run {
+        let store = common::TempStore::new();
+        let scratch = common::TempStore::new();
+        let dir = store.dir().to_path_buf();
+        let log_path = scratch.dir().join("holders.log");
+        std::fs::write(&log_path, b"").unwrap();
+        let nderiv = rng.range(6, 16) as usize;
+        let derivs: Vec<Vec<String>> = (0..nderiv)
+            .map(|d| {
+                (0..rng.range(1, 2))
+                    .map(|k| format!("{d:02}-{seed:x}-out{k}"))
+                    .collect()
+            })
+            .collect();
+        let mut edges: Vec<(usize, usize)> = Vec::new();
+        for d in 1..nderiv {
+            for _ in 0..rng.below(3) {
+                let e = rng.below(d as u64) as usize;
+                if !edges.contains(&(d, e)) {
+                    edges.push((d, e));
+                }
+            }
+        }
+        Run {
+            seed,
+            _store: store,
+            scratch,
+            dir,
+            log_path,
+            derivs,
+            edges,
+        }
+    }
+
+    fn all_outputs(&self) -> Vec<String> {
+        self.derivs.iter().flatten().cloned().collect()
+    }
+
+    /// A failure of this run, with its seed.
+    fn fail(&self, t: &mut Totals, what: String) {
+        t.failures.push(format!("seed {:#x}: {what}", self.seed));
+    }
+}
+
+fn run_one(seed: u64, exe: &Path, peer_exe: &Path) -> Totals {
     let mut t = Totals {
         runs: 1,
         ..Totals::default()
     };
     let mut rng = Rng(seed);
-    let store = common::TempStore::new();
-    let scratch = common::TempStore::new();
-    let dir = store.dir().to_path_buf();
-    let log_path = scratch.dir().join("holders.log");
-    std::fs::write(&log_path, b"").unwrap();
-
-    // The derivations: 6..=16, with 1..=2 outputs each.
-    let nderiv = rng.range(6, 16) as usize;
-    let derivs: Vec<Vec<String>> = (0..nderiv)
-        .map(|d| {
-            (0..rng.range(1, 2))
-                .map(|k| format!("{d:02}-{seed:x}-out{k}"))
-                .collect()
-        })
-        .collect();
-    // A global DAG: d depends on some e < d.
-    let mut edges: Vec<(usize, usize)> = Vec::new();
-    for d in 1..nderiv {
-        for _ in 0..rng.below(3) {
-            let e = rng.below(d as u64) as usize;
-            if !edges.contains(&(d, e)) {
-                edges.push((d, e));
-            }
-        }
+    let run = Run::new(seed, &mut rng);
+    let mut clients = spawn_clients(&run, &mut rng, exe, &mut t);
+    let peers = spawn_legacy_peers(&run, &mut rng, peer_exe);
+    let started = Instant::now();
+    let chaos = Chaos::start(&run, &clients, &mut rng, started);
+    wait_for_clients(&run, &mut clients, started, &mut t);
+    let chaos_log = chaos.stop();
+    record_chaos(&chaos_log, &mut clients, &mut t);
+    let survivors = reap_clients(&run, &mut clients, started, &mut t);
+    stop_legacy_peers(&run, peers, &mut t);
+    let lock_files = check_nothing_locked_or_wedged(&run, &mut t);
+    kill_orphaned_builders(&clients);
+    check_holder_log(&run, &clients, &mut t);
+    check_survivors(&run, &clients, &survivors, &mut t);
+    if t.bad() {
+        keep_evidence(&run, &clients, &chaos_log, &mut t);
     }
+    remove_chaos_symlinks(lock_files);
+    t
+}
+
+/// Starts 2..=5 clients, each wanting a random subset of the derivations
+/// (closed under dependencies), some with faults armed through the fault
+/// hook: ENOSPC on the token or on lock-file creation, and a crash at one
+/// instant of a release with deletion.
+fn spawn_clients(run: &Run, rng: &mut Rng, exe: &Path, t: &mut Totals) -> Vec<ClientProc> {
+    let nderiv = run.derivs.len();
     let nclients = rng.range(2, 5) as usize;
-    let mut clients: Vec<ClientProc> = Vec::new();
+    let mut clients = Vec::new();
     for c in 0..nclients {
-        // Each client wants a random subset (closed under dependencies).
         let mut want: BTreeSet<usize> = (0..nderiv).filter(|_| rng.chance(55)).collect();
         if want.is_empty() {
             want.insert(rng.below(nderiv as u64) as usize);
         }
         loop {
-            let more: Vec<usize> = edges
+            let more: Vec<usize> = run
+                .edges
                 .iter()
                 .filter(|(d, e)| want.contains(d) && !want.contains(e))
                 .map(|&(_, e)| e)
@@ -700,10 +795,10 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
         let order: Vec<usize> = want.iter().copied().collect();
         let pos: BTreeMap<usize, usize> = order.iter().enumerate().map(|(i, d)| (*d, i)).collect();
         let mut spec = String::new();
-        let result = scratch.dir().join(format!("result-{c}"));
-        let _ = writeln!(spec, "store {}", dir.display());
-        let _ = writeln!(spec, "scratch {}", scratch.dir().display());
-        let _ = writeln!(spec, "log {}", log_path.display());
+        let result = run.scratch.dir().join(format!("result-{c}"));
+        let _ = writeln!(spec, "store {}", run.dir.display());
+        let _ = writeln!(spec, "scratch {}", run.scratch.dir().display());
+        let _ = writeln!(spec, "log {}", run.log_path.display());
         let _ = writeln!(spec, "result {}", result.display());
         let _ = writeln!(spec, "max_jobs {}", rng.range(1, 3));
         let _ = writeln!(spec, "keep_going {}", rng.below(2));
@@ -712,15 +807,15 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
         let _ = writeln!(spec, "start_delay_ms {}", rng.below(40));
         let mut goals = Vec::new();
         for &d in &order {
-            let _ = writeln!(spec, "goal {}", derivs[d].join(" "));
-            goals.push(derivs[d].clone());
+            let _ = writeln!(spec, "goal {}", run.derivs[d].join(" "));
+            goals.push(run.derivs[d].clone());
         }
-        for &(d, e) in &edges {
+        for &(d, e) in &run.edges {
             if let (Some(&a), Some(&b)) = (pos.get(&d), pos.get(&e)) {
                 let _ = writeln!(spec, "dep {a} {b}");
             }
         }
-        let spec_path = scratch.dir().join(format!("spec-{c}"));
+        let spec_path = run.scratch.dir().join(format!("spec-{c}"));
         std::fs::write(&spec_path, spec).unwrap();
         let mut cmd = Command::new(exe);
         cmd.arg("--client")
@@ -739,7 +834,6 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
                 Ok(())
             });
         }
-        // ENOSPC and crashes inside a release, through the fault hook.
         let mut faults = Vec::new();
         if rng.chance(25) {
             faults.push(format!("token-write-enospc:{}", rng.range(10, 60)));
@@ -749,8 +843,12 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
             faults.push(format!("open-enospc:{}", rng.range(2, 10)));
             t.note("clients with ENOSPC on lock-file creation", 1);
         }
-        if rng.chance(12) {
-            faults.push(format!("crash-after-token:{}", rng.range(20, 60)));
+        let mut crash_at = None;
+        if rng.chance(15) {
+            // One crash point per client, so that its death can be named.
+            let at = goalkeeper::fault::Point::crashes()[rng.below(3) as usize];
+            faults.push(format!("{}:{}", at.name(), rng.range(20, 60)));
+            crash_at = Some(at.name());
         }
         if !faults.is_empty() {
             cmd.env("GOALKEEPER_FAULTS", faults.join(","));
@@ -765,92 +863,144 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
             child,
             result,
             goals,
+            crash_at,
             killed_at: None,
             exited: None,
         });
     }
-    let started = Instant::now();
-    let all_outputs: Vec<String> = derivs.iter().flatten().cloned().collect();
+    clients
+}
 
-    // Chaos: a timed plan (scenario timing, not synchronisation).
-    let mut plan: Vec<(u64, usize, Chaos)> = Vec::new();
-    for _ in 0..rng.range(2, 7) {
-        let at = rng.below(300);
-        let c = rng.below(nclients as u64) as usize;
-        let what = match rng.below(100) {
-            0..=14 => Chaos::Kill,
-            15..=29 => Chaos::Stop(rng.range(10, 150)),
-            30..=44 => Chaos::Storm,
-            45..=59 => Chaos::LegacyHold(rng.range(5, 80)),
-            60..=84 => Chaos::LegacyDelete(rng.range(5, 80)),
-            85..=92 => Chaos::Symlink(rng.range(5, 60)),
-            _ => Chaos::Mode000(rng.range(5, 60)),
-        };
-        plan.push((at, c, what));
-    }
-    plan.sort_by_key(|p| p.0);
-    let stop_chaos = Arc::new(AtomicBool::new(false));
-    let chaos_log = Arc::new(Mutex::new(Vec::<(usize, u64, &'static str)>::new()));
-    let chaos = {
-        let stop = stop_chaos.clone();
-        let pidfds: Vec<(i32, RawFd)> = clients.iter().map(|c| (c.pid, c.pidfd)).collect();
-        let dir = dir.clone();
-        let log_path = log_path.clone();
-        let outputs = all_outputs.clone();
-        let chaos_log = chaos_log.clone();
-        let mut rng = Rng(rng.next());
-        std::thread::spawn(move || {
-            let log = open_append(&log_path);
-            for (at, c, what) in plan {
-                let due = started + Duration::from_millis(at);
-                while Instant::now() < due {
-                    if stop.load(Ordering::Relaxed) {
-                        close(log);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(2)); // scenario timing
-                }
-                // Kills and stops prefer a client that holds a lock right
-                // now (an open interval in the holder log).
-                let mut c = c;
-                if matches!(what, Chaos::Kill | Chaos::Stop(_)) && rng.chance(70) {
-                    let holding = holders_now(&log_path);
-                    let cands: Vec<usize> = (0..pidfds.len())
-                        .filter(|&i| holding.contains(&pidfds[i].0.to_string()))
-                        .collect();
-                    if !cands.is_empty() {
-                        c = cands[rng.below(cands.len() as u64) as usize];
-                    }
-                }
-                let (pid, pidfd) = pidfds[c];
-                // Prefer an output not built yet: clients will want it, wait
-                // for it, and cannot skip it as already valid.
-                let mut path = dir.join(&outputs[rng.below(outputs.len() as u64) as usize]);
-                for _ in 0..8 {
-                    if !path.exists() {
-                        break;
-                    }
-                    path = dir.join(&outputs[rng.below(outputs.len() as u64) as usize]);
-                }
-                // Taken before the step: for a kill, a lower bound of when
-                // the kernel released the client's locks.
-                let at = mono_ns();
-                let name = chaos_step(what, pid, pidfd, &path, log, &stop);
-                if let Some(n) = name {
-                    chaos_log.lock().unwrap().push((c, at, n));
-                }
-            }
-            close(log);
+/// Two guix-daemon-style peers (tests/cxx/legacy_peer.cc, POSIX locks,
+/// st_size as the only stale check, unbounded retries) locking random
+/// outputs of the run until told to stop: one blocking, one trying without
+/// waiting.
+fn spawn_legacy_peers(run: &Run, rng: &mut Rng, peer_exe: &Path) -> Vec<(&'static str, Helper)> {
+    let paths: Vec<String> = run
+        .all_outputs()
+        .iter()
+        .map(|o| run.dir.join(o).display().to_string())
+        .collect();
+    ["wait", "nowait"]
+        .into_iter()
+        .map(|mode| {
+            let mut cmd = Command::new(peer_exe);
+            cmd.arg("loop")
+                .arg(&run.log_path)
+                .arg(rng.next().to_string())
+                .arg(mode)
+                .args(&paths);
+            (mode, Helper::spawn(cmd, &format!("legacy peer ({mode})")))
         })
-    };
+        .collect()
+}
 
-    // Wait for the clients, within the bound.
+/// One chaos step done: `(client, time, what)`.
+type ChaosDone = (usize, u64, &'static str);
+
+/// The chaos thread and what it did.
+struct ChaosThread {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    log: Arc<Mutex<Vec<ChaosDone>>>,
+}
+
+impl Chaos {
+    /// Plans 2..=6 chaos steps in the first 300 ms and runs them on a thread.
+    fn start(run: &Run, clients: &[ClientProc], rng: &mut Rng, started: Instant) -> ChaosThread {
+        let nclients = clients.len();
+        let mut plan: Vec<(u64, usize, Chaos)> = Vec::new();
+        for _ in 0..rng.range(2, 7) {
+            let at = rng.below(300);
+            let c = rng.below(nclients as u64) as usize;
+            let what = match rng.below(100) {
+                0..=14 => Chaos::Kill,
+                15..=29 => Chaos::Stop(rng.range(10, 150)),
+                30..=44 => Chaos::Storm,
+                45..=59 => Chaos::LegacyHold(rng.range(5, 80)),
+                60..=84 => Chaos::LegacyDelete(rng.range(5, 80)),
+                85..=92 => Chaos::Symlink(rng.range(5, 60)),
+                _ => Chaos::Mode000(rng.range(5, 60)),
+            };
+            plan.push((at, c, what));
+        }
+        plan.sort_by_key(|p| p.0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let stop = stop.clone();
+            let pidfds: Vec<(i32, RawFd)> = clients.iter().map(|c| (c.pid, c.pidfd)).collect();
+            let dir = run.dir.clone();
+            let log_path = run.log_path.clone();
+            let outputs = run.all_outputs();
+            let chaos_log = log.clone();
+            let mut rng = Rng(rng.next());
+            std::thread::spawn(move || {
+                let log = open_append(&log_path);
+                for (at, c, what) in plan {
+                    let due = started + Duration::from_millis(at);
+                    while Instant::now() < due {
+                        if stop.load(Ordering::Relaxed) {
+                            close(log);
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(2)); // scenario timing
+                    }
+                    // Kills and stops prefer a client that holds a lock right
+                    // now (an open interval in the holder log).
+                    let mut c = c;
+                    if matches!(what, Chaos::Kill | Chaos::Stop(_)) && rng.chance(70) {
+                        let holding = holders_now(&log_path);
+                        let cands: Vec<usize> = (0..pidfds.len())
+                            .filter(|&i| holding.contains(&pidfds[i].0.to_string()))
+                            .collect();
+                        if !cands.is_empty() {
+                            c = cands[rng.below(cands.len() as u64) as usize];
+                        }
+                    }
+                    let (pid, pidfd) = pidfds[c];
+                    // Prefer an output not built yet: clients will want it, wait
+                    // for it, and cannot skip it as already valid.
+                    let mut path = dir.join(&outputs[rng.below(outputs.len() as u64) as usize]);
+                    for _ in 0..8 {
+                        if !path.exists() {
+                            break;
+                        }
+                        path = dir.join(&outputs[rng.below(outputs.len() as u64) as usize]);
+                    }
+                    // Taken before the step: for a kill, a lower bound of when
+                    // the kernel released the client's locks.
+                    let at = mono_ns();
+                    if let Some(n) = chaos_step(what, pid, pidfd, &path, log, &stop) {
+                        chaos_log.lock().unwrap().push((c, at, n));
+                    }
+                }
+                close(log);
+            })
+        };
+        ChaosThread { stop, thread, log }
+    }
+}
+
+impl ChaosThread {
+    /// Stops the thread and returns what it did.
+    fn stop(self) -> Vec<ChaosDone> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("chaos thread");
+        let log = self.log.lock().unwrap().clone();
+        log
+    }
+}
+
+/// Waits for every client to exit, within [`CLIENT_BOUND`]; a client still
+/// running then is a deadlock, and is killed.
+fn wait_for_clients(run: &Run, clients: &mut [ClientProc], started: Instant, t: &mut Totals) {
     loop {
         let live: Vec<usize> = (0..clients.len())
             .filter(|&i| clients[i].exited.is_none())
             .collect();
         if live.is_empty() {
-            break;
+            return;
         }
         let fds: Vec<RawFd> = live.iter().map(|&i| clients[i].pidfd).collect();
         let ready = poll_read(&fds, 100);
@@ -863,10 +1013,13 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
             for &i in &live {
                 if clients[i].exited.is_none() {
                     t.deadlocks += 1;
-                    t.failures.push(format!(
-                        "seed {seed:#x}: client {i} (pid {}) did not finish within {CLIENT_BOUND:?}",
-                        clients[i].pid
-                    ));
+                    run.fail(
+                        t,
+                        format!(
+                            "client {i} (pid {}) did not finish within {CLIENT_BOUND:?}",
+                            clients[i].pid
+                        ),
+                    );
                     clients[i].killed_at = Some(mono_ns());
                     pidfd_signal(clients[i].pidfd, libc::SIGCONT);
                     pidfd_signal(clients[i].pidfd, libc::SIGKILL);
@@ -874,17 +1027,26 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
             }
         }
     }
-    stop_chaos.store(true, Ordering::Relaxed);
-    chaos.join().expect("chaos thread");
-    for (c, at, what) in chaos_log.lock().unwrap().iter() {
+}
+
+/// Counts the chaos steps, and notes when each killed client was killed.
+fn record_chaos(chaos_log: &[ChaosDone], clients: &mut [ClientProc], t: &mut Totals) {
+    for (c, at, what) in chaos_log {
         t.fault(what, 1);
         if *what == "kill -9 of a client" {
-            let cl = &mut clients[*c];
-            cl.killed_at.get_or_insert(*at);
+            clients[*c].killed_at.get_or_insert(*at);
         }
     }
+}
 
-    // Reap; note how each client ended.
+/// Reaps the clients and notes how each ended: survivors (returned), killed
+/// by the chaos, crashed at their crash point, or failed.
+fn reap_clients(
+    run: &Run,
+    clients: &mut [ClientProc],
+    started: Instant,
+    t: &mut Totals,
+) -> Vec<usize> {
     let mut survivors = Vec::new();
     for (i, c) in clients.iter_mut().enumerate() {
         let st = c.child.wait().expect("wait client");
@@ -894,8 +1056,9 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
             .map_or(0, |e| e.duration_since(started).as_millis() as u64);
         match (st.signal(), c.killed_at) {
             (Some(libc::SIGKILL), None) => {
-                // Killed itself inside a release (crash-after-token).
-                t.fault("crash inside a release (after the token)", 1);
+                // Killed itself inside a release, at its crash point.
+                let at = c.crash_at.unwrap_or("an unknown point");
+                t.fault(&format!("crash inside a release ({at})"), 1);
                 c.killed_at = Some(0);
             }
             (_, Some(_)) => {}
@@ -906,20 +1069,68 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
             _ => {
                 t.client_errors += 1;
                 let res = std::fs::read_to_string(&c.result).unwrap_or_default();
-                t.failures.push(format!(
-                    "seed {seed:#x}: client {i} ended with {st}: {}",
-                    res.lines()
-                        .filter(|l| l.starts_with("note"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ));
+                run.fail(
+                    t,
+                    format!(
+                        "client {i} ended with {st}: {}",
+                        res.lines()
+                            .filter(|l| l.starts_with("note"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                );
             }
         }
     }
+    survivors
+}
 
-    // Nothing may remain locked, even with orphaned builders still alive.
+/// Tells the legacy peers to stop: each must then lock every output path at
+/// once and report within [`PEER_BOUND`]; one that does not is wedged
+/// (spinning on a lock file it takes for stale), and is killed.
+fn stop_legacy_peers(run: &Run, peers: Vec<(&'static str, Helper)>, t: &mut Totals) {
+    let mut peers = peers;
+    for (_, p) in &mut peers {
+        p.close_stdin();
+    }
+    for (mode, mut p) in peers {
+        match p.next_within(PEER_BOUND) {
+            Some(r) if r.starts_with("done ") => {
+                // done HOLDS STALE UNLINKED FINAL_US
+                let f: Vec<u64> = r[5..].split(' ').filter_map(|x| x.parse().ok()).collect();
+                if let [holds, stale, unlinked, _final_us] = f[..] {
+                    t.note("legacy peer holds", holds);
+                    t.note("legacy peer stale retries (deleted lock files)", stale);
+                    t.note(
+                        "legacy peer locks granted on an unlinked, unmarked inode",
+                        unlinked,
+                    );
+                }
+                t.note(&format!("legacy peers ({mode})"), 1);
+            }
+            other => {
+                t.wedged_legacy_peers += 1;
+                run.fail(
+                    t,
+                    format!(
+                        "legacy peer ({mode}) did not lock every path within {PEER_BOUND:?} \
+                         after the run (said {other:?}): wedged\n{}",
+                        p.transcript()
+                    ),
+                );
+                p.kill9();
+            }
+        }
+    }
+}
+
+/// Nothing may remain locked, even with orphaned builders still alive, and
+/// no lock file may be left linked and marked (guix-daemon would spin on it
+/// for ever; no crash leaves one, and the next goalkeeper locker would heal
+/// it). Returns the lock files found.
+fn check_nothing_locked_or_wedged(run: &Run, t: &mut Totals) -> Vec<PathBuf> {
     let mut lock_files = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+    for e in std::fs::read_dir(&run.dir).unwrap().flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "lock") {
             lock_files.push(p);
@@ -952,40 +1163,40 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
         close(fd);
         if !free {
             t.left_locked += 1;
-            t.failures.push(format!(
-                "seed {seed:#x}: {} still locked after the run",
-                p.display()
-            ));
+            run.fail(t, format!("{} still locked after the run", p.display()));
         }
-        if free && st.st_nlink > 0 && st.st_size != 0 {
-            // Left half deleted (a crash between the token and the unlink):
-            // the next locker must still get the path.
-            let store_path = p.with_extension("");
-            match goalkeeper::LockSet::try_acquire([&store_path], goalkeeper::Backend::Ofd) {
-                Ok(set) => {
-                    t.note("half-deleted lock files recovered by the next locker", 1);
-                    let _ = set.release();
-                }
-                Err(e) => {
-                    t.wedged += 1;
-                    t.failures.push(format!(
-                        "seed {seed:#x}: {} is wedged (linked, {} bytes): {e}",
-                        p.display(),
-                        st.st_size
-                    ));
-                }
-            }
+        if st.st_nlink > 0 && st.st_size != 0 {
+            t.wedged += 1;
+            run.fail(
+                t,
+                format!(
+                    "{} was left linked and marked ({} bytes): old daemons spin on it",
+                    p.display(),
+                    st.st_size
+                ),
+            );
         }
     }
-    // Orphaned builders (their client was killed) go now.
-    for c in &clients {
+    lock_files
+}
+
+/// Orphaned builders (their client was killed) go now.
+fn kill_orphaned_builders(clients: &[ClientProc]) {
+    for c in clients {
         // SAFETY: signalling the client's process group, which only our
         // client and its builders are in.
         unsafe { libc::kill(-c.pid, libc::SIGKILL) };
     }
+}
 
-    // The holder log: intervals per path must not overlap.
-    let text = std::fs::read_to_string(&log_path).unwrap();
+/// One holder's interval on a path: `(start, end, holder, unlinked)`, the
+/// last saying that a legacy peer took an unlinked inode for a live lock.
+type Interval = (u64, u64, String, bool);
+
+/// The holder log: intervals per path must not overlap, outside the crash
+/// window; each output is moved into the store at most once.
+fn check_holder_log(run: &Run, clients: &[ClientProc], t: &mut Totals) {
+    let text = std::fs::read_to_string(&run.log_path).unwrap();
     let killed: BTreeMap<String, u64> = clients
         .iter()
         .filter_map(|c| {
@@ -994,8 +1205,8 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
                 .map(|k| (c.pid.to_string(), k))
         })
         .collect();
-    let mut open: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut intervals: BTreeMap<String, Vec<(u64, u64, String)>> = BTreeMap::new();
+    let mut open: BTreeMap<(String, String), (u64, bool)> = BTreeMap::new();
+    let mut intervals: BTreeMap<String, Vec<Interval>> = BTreeMap::new();
     let mut writes: BTreeMap<String, u64> = BTreeMap::new();
     let mut reports: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for line in text.lines() {
@@ -1003,14 +1214,17 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
         let (kind, pid, path, at) = (f[0], f[1], f[2], f[3].parse::<u64>().unwrap());
         match kind {
             "S" => {
-                open.insert((pid.to_string(), path.to_string()), at);
+                let unlinked = f.get(4) == Some(&"unlinked");
+                open.insert((pid.to_string(), path.to_string()), (at, unlinked));
             }
             "E" => {
-                if let Some(s) = open.remove(&(pid.to_string(), path.to_string())) {
-                    intervals
-                        .entry(path.to_string())
-                        .or_default()
-                        .push((s, at, pid.to_string()));
+                if let Some((s, u)) = open.remove(&(pid.to_string(), path.to_string())) {
+                    intervals.entry(path.to_string()).or_default().push((
+                        s,
+                        at,
+                        pid.to_string(),
+                        u,
+                    ));
                 }
             }
             "W" => *writes.entry(path.to_string()).or_default() += 1,
@@ -1019,7 +1233,7 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
         }
     }
     let mut killed_holders = BTreeSet::new();
-    for ((pid, path), s) in open {
+    for ((pid, path), (s, u)) in open {
         // No end: the holder died with the lock. It died after the kill was
         // sent to it, if one was; or, if it crashed itself, inside a
         // report() that began after its last R line (and after s: no
@@ -1039,39 +1253,55 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
         intervals
             .entry(path)
             .or_default()
-            .push((s, end.max(s), pid));
+            .push((s, end.max(s), pid, u));
     }
     t.note(
         "kills that hit a client holding locks",
         killed_holders.len() as u64,
     );
-    for (path, mut iv) in intervals {
-        iv.sort();
-        let mut reach: Option<(u64, String)> = None;
-        for (s, e, pid) in iv {
-            if let Some((r, rp)) = &reach {
-                if s < *r && *rp != pid {
-                    t.double_holders += 1;
-                    t.failures.push(format!(
-                        "seed {seed:#x}: two holders of {path}: pid {rp} until {r}, pid {pid} from {s}"
-                    ));
-                }
-            }
-            if reach.as_ref().is_none_or(|(r, _)| e > *r) {
-                reach = Some((e, pid));
-            }
-        }
+    for (path, iv) in intervals {
+        count_overlaps(run, &path, iv, t);
     }
     for (path, n) in &writes {
         if *n > 1 {
             t.double_builds += 1;
-            t.failures
-                .push(format!("seed {seed:#x}: {path} built {n} times"));
+            run.fail(t, format!("{path} built {n} times"));
         }
     }
+}
 
-    // Surviving clients: every goal finished, successes have their outputs.
-    for &i in &survivors {
+/// Counts the overlapping pairs of holder intervals on `path`: in the crash
+/// window when one of the two is a legacy peer's lock on an unlinked inode,
+/// double holders otherwise.
+fn count_overlaps(run: &Run, path: &str, mut iv: Vec<Interval>, t: &mut Totals) {
+    iv.sort();
+    for (i, a) in iv.iter().enumerate() {
+        for b in &iv[i + 1..] {
+            if b.0 >= a.1 {
+                break;
+            }
+            if a.2 == b.2 {
+                continue;
+            }
+            if a.3 || b.3 {
+                t.window_double_holders += 1;
+            } else {
+                t.double_holders += 1;
+                run.fail(
+                    t,
+                    format!(
+                        "two holders of {path}: pid {} from {} until {}, pid {} from {}",
+                        a.2, a.0, a.1, b.2, b.0
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Surviving clients: every goal finished, successes have their outputs.
+fn check_survivors(run: &Run, clients: &[ClientProc], survivors: &[usize], t: &mut Totals) {
+    for &i in survivors {
         let c = &clients[i];
         let res = std::fs::read_to_string(&c.result).unwrap_or_default();
         if !res.lines().any(|l| l == "done") {
@@ -1085,15 +1315,15 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
                     let g: usize = f[1].parse().unwrap();
                     seen.insert(g);
                     t.goals += 1;
-                    let ok = line.ends_with(" 1");
-                    if ok {
+                    if line.ends_with(" 1") {
                         t.goals_succeeded += 1;
                         for o in &c.goals[g] {
-                            if !dir.join(o).exists() {
+                            if !run.dir.join(o).exists() {
                                 t.lost_outputs += 1;
-                                t.failures.push(format!(
-                                    "seed {seed:#x}: client {i} goal {g} succeeded but {o} is missing"
-                                ));
+                                run.fail(
+                                    t,
+                                    format!("client {i} goal {g} succeeded but {o} is missing"),
+                                );
                             }
                         }
                     }
@@ -1111,22 +1341,23 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
                         }
                         "stale retries exhausted" => {
                             t.wedged += n;
-                            t.failures.push(format!(
-                                "seed {seed:#x}: client {i}: {n} goals failed on a permanently stale lock file"
-                            ));
+                            run.fail(
+                                t,
+                                format!(
+                                    "client {i}: {n} goals failed on a permanently stale lock file"
+                                ),
+                            );
                         }
                         w => t.fault(w, n),
                     }
                 }
                 "violation" => {
                     t.violations += 1;
-                    t.failures
-                        .push(format!("seed {seed:#x}: client {i}: {line}"));
+                    run.fail(t, format!("client {i}: {line}"));
                 }
                 "deadlock" => {
                     t.deadlocks += 1;
-                    t.failures
-                        .push(format!("seed {seed:#x}: client {i}: {line}"));
+                    run.fail(t, format!("client {i}: {line}"));
                 }
                 _ => {}
             }
@@ -1134,35 +1365,35 @@ fn run_one(seed: u64, exe: &Path) -> Totals {
         let missing = c.goals.len() - seen.len().min(c.goals.len());
         if missing > 0 {
             t.unfinished_goals += missing as u64;
-            t.failures.push(format!(
-                "seed {seed:#x}: client {i}: {missing} goals never finished"
-            ));
+            run.fail(t, format!("client {i}: {missing} goals never finished"));
         }
     }
-    if t.bad() {
-        // Keep the evidence: the holder log, the specs and the results.
-        let keep = std::env::temp_dir().join(format!("gk-soak-failed-{seed:x}"));
-        let _ = std::fs::create_dir_all(&keep);
-        for e in std::fs::read_dir(scratch.dir()).unwrap().flatten() {
-            let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
-        }
-        let mut chaos = String::new();
-        for (c, at, what) in chaos_log.lock().unwrap().iter() {
-            let _ = writeln!(chaos, "{at} client {c} pid {} {what}", clients[*c].pid);
-        }
-        let _ = std::fs::write(keep.join("chaos"), chaos);
-        t.failures.push(format!(
-            "seed {seed:#x}: evidence kept in {}",
-            keep.display()
-        ));
+}
+
+/// Keeps the evidence of a failed run: the holder log, the specs, the
+/// results and the chaos steps.
+fn keep_evidence(run: &Run, clients: &[ClientProc], chaos_log: &[ChaosDone], t: &mut Totals) {
+    let keep = std::env::temp_dir().join(format!("gk-soak-failed-{:x}", run.seed));
+    let _ = std::fs::create_dir_all(&keep);
+    for e in std::fs::read_dir(run.scratch.dir()).unwrap().flatten() {
+        let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
     }
-    // Remove chaos symlinks so TempStore can clean up.
+    let mut chaos = String::new();
+    for (c, at, what) in chaos_log {
+        let _ = writeln!(chaos, "{at} client {c} pid {} {what}", clients[*c].pid);
+    }
+    let _ = std::fs::write(keep.join("chaos"), chaos);
+    run.fail(t, format!("evidence kept in {}", keep.display()));
+}
+
+/// Removes the symlinks the chaos left at lock files, so that the store can
+/// be cleaned up.
+fn remove_chaos_symlinks(lock_files: Vec<PathBuf>) {
     for p in lock_files {
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
             let _ = std::fs::remove_file(&p);
         }
     }
-    t
 }
 
 /// The pids with an open holder interval in the log (S without E).
@@ -1423,6 +1654,7 @@ fn main() {
         );
     }
     let exe = std::env::current_exe().unwrap();
+    let peer_exe = common::legacy_peer_exe();
     let started = Instant::now();
     let totals = Arc::new(Mutex::new(Totals::default()));
     let next = Arc::new(AtomicU64::new(0));
@@ -1439,7 +1671,13 @@ fn main() {
     );
     let workers: Vec<_> = (0..cfg.jobs)
         .map(|_| {
-            let (totals, next, stop, exe) = (totals.clone(), next.clone(), stop.clone(), exe.clone());
+            let (totals, next, stop, exe, peer_exe) = (
+                totals.clone(),
+                next.clone(),
+                stop.clone(),
+                exe.clone(),
+                peer_exe.clone(),
+            );
             let (runs, duration, seed, fixed) = (cfg.runs, cfg.duration, cfg.seed, cfg.run_seed);
             std::thread::spawn(move || loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
@@ -1453,7 +1691,7 @@ fn main() {
                     Some(s) => s,
                     None => Rng(seed ^ k.wrapping_mul(0x2545_f491_4f6c_dd1d)).next(),
                 };
-                let r = run_one(run_seed, &exe);
+                let r = run_one(run_seed, &exe, &peer_exe);
                 let mut t = totals.lock().unwrap();
                 t.add(&r);
                 if r.bad() {
@@ -1502,7 +1740,8 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     // The ABI fuzz's own summary lines ("abi_fuzz: N cases, ...",
-    // "abi_fuzz_worker: N cases, ..."), when make soak ran it first.
+    // "abi_fuzz_worker: N cases, ...", "abi_fuzz_store_db: N cases, ..."),
+    // when make soak ran it first.
     let fuzz: Option<u64> = cfg
         .fuzz_summary
         .as_ref()
@@ -1521,15 +1760,18 @@ fn main() {
                 .sum()
         });
     println!(
-        "soak: {} runs, {} faults injected, {} double holders, {} deadlocks, {} lost outputs{}",
+        "soak: {} runs, {} faults injected, {} double holders ({} more inside the crash window), \
+         {} deadlocks, {} lost outputs{}, {} wedged legacy peers",
         t.runs,
         t.injected(),
         t.double_holders,
+        t.window_double_holders,
         t.deadlocks,
         t.lost_outputs,
         fuzz.map_or(String::new(), |n| format!(
             ", {n} ABI fuzz cases (0 failures)"
-        ))
+        )),
+        t.wedged_legacy_peers
     );
     let _ = std::io::stdout().flush();
     if t.bad() {

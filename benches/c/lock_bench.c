@@ -77,8 +77,9 @@ static int raw_lock(const char *lockpath, int cmd) {
 
 static void raw_unlock(int fd, const char *lockpath, int delete) {
   if (delete) {
-    if (write(fd, "d", 1) != 1) die("write token");
+    /* guix-daemon's deleteLockFile: unlink, then the token. */
     if (unlink(lockpath) == -1) die("unlink");
+    if (write(fd, "d", 1) != 1) die("write token");
   }
   struct flock fl;
   memset(&fl, 0, sizeof fl);

@@ -27,7 +27,7 @@ pub const SPECS: &[Spec] = &[
     Spec {
         name: "lock_cycle_delete_c",
         unit: "ns",
-        baseline: Some("raw C cycle with \"d\" token + unlink"),
+        baseline: Some("raw C cycle with unlink + \"d\" token"),
         target: "ratio ≤ 1.25",
         met: |_, r| r.is_some_and(|r| r <= 1.25),
     },

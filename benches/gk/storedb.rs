@@ -17,6 +17,8 @@ const REGISTERED: usize = 10_000;
 const QUERIES: usize = 20_000;
 /// Repetitions (each side once per repetition, in alternating order).
 const ROUNDS: usize = 7;
+/// One-call queries (open, check, query, close) timed per repetition.
+const ONE_CALLS: usize = 200;
 
 fn path(i: usize) -> String {
     // Store-path-shaped: 32 base-32 characters of hash, then a name.
@@ -136,6 +138,18 @@ pub fn run(dir: &Path) -> Vec<(&'static str, Measured)> {
         black_box(n);
         batch.push(t.elapsed().as_nanos() as f64 / (QUERIES / 16 * 16) as f64);
     }
+    // The one-call form (gk_store_path_valid, Guile's store-path-valid?):
+    // open, check the schema, query, close; µs per call.
+    let mut one_call = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let mut n = 0usize;
+        for q in queries.iter().take(ONE_CALLS) {
+            n += goalkeeper::store_db::is_valid(&db, q).expect("one call") as usize;
+        }
+        black_box(n);
+        one_call.push(t.elapsed().as_nanos() as f64 / ONE_CALLS as f64 / 1e3);
+    }
     let snapshot_reads = gk.snapshot_reads();
     drop((stmt, gk));
     drop(raw);
@@ -143,6 +157,7 @@ pub fn run(dir: &Path) -> Vec<(&'static str, Measured)> {
     let _ = std::fs::remove_file(&db);
     let ((gmin, gmed, gmax), (rmin, rmed, rmax)) = (stats(g), stats(r));
     let (_, bmed, _) = stats(batch);
+    let (_, omed, _) = stats(one_call);
     assert_eq!(snapshot_reads, 0, "the live path was measured");
     vec![(
         "validity_query_ns",
@@ -156,7 +171,9 @@ pub fn run(dir: &Path) -> Vec<(&'static str, Measured)> {
                  alternating repetitions (min–max: goalkeeper {gmin:.0}–{gmax:.0} ns, raw \
                  {rmin:.0}–{rmax:.0} ns); the batch form (valid_paths, 16 paths per read \
                  transaction) costs {bmed:.0} ns per path: each read transaction takes and drops \
-                 a WAL read lock, two fcntl calls, which dominate a single query"
+                 a WAL read lock, two fcntl calls, which dominate a single query; the one-call \
+                 form (open, check the schema, query, close: gk_store_path_valid) costs \
+                 {omed:.1} µs"
             )),
         },
     )]

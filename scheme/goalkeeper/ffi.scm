@@ -9,6 +9,7 @@
 ;;; your option) any later version.
 
 (define-module (goalkeeper ffi)
+  #:use-module (goalkeeper abi)
   #:use-module (system foreign)
   #:use-module (system foreign-library)
   #:use-module (ice-9 exceptions)
@@ -75,7 +76,10 @@
             %gk-worker-audit
             %gk-worker-fd
             %gk-worker-take-log
-            %gk-outcome-name))
+            %gk-outcome-name
+
+            %gk-worker-take-log-records
+            %gk-log-kind-name))
 
 ;;; Commentary:
 ;;;
@@ -130,7 +134,7 @@
                                                      'status))))
     (lambda (exception)
       "Return the status of EXCEPTION, a &goalkeeper-error: a symbol such
-as 'invalid-path, 'held-by-this-process, 'stale-handle,
+as 'invalid-path, 'held-by-this-process, 'stale-handle, 'foreign-lock-file,
 'library-not-found, 'abi-mismatch or 'missing-symbol."
       (status exception))))
 
@@ -342,13 +346,17 @@ The library and the symbol are looked up on the first call."
   (pointer->string (%gk-last-error-message) -1 "UTF-8"))
 
 (define %status-symbols
-  ;; Cache of status integer -> symbol.
+  ;; Cache of status integer -> symbol, for statuses newer than
+  ;; %gk-status (named through gk_status_name).
   (make-hash-table))
 
 (define (status->symbol status)
   "Return the symbol naming STATUS, an integer gk_status: GK_BUSY becomes
-'busy, GK_ERROR_INVALID_PATH becomes 'invalid-path, and so on."
-  (or (hashv-ref %status-symbols status)
+'busy, GK_ERROR_INVALID_PATH becomes 'invalid-path, and so on (see
+%gk-status).  A status these bindings do not know is named after what
+gk_status_name says."
+  (or (c-enum-symbol %gk-status status)
+      (hashv-ref %status-symbols status)
       (let* ((name (pointer->string (%gk-status-name status) -1 "UTF-8"))
              (bare (cond ((string-prefix? "GK_ERROR_" name)
                           (string-drop name 9))
@@ -380,23 +388,23 @@ unless it is GK_OK."
 ;;;
 
 ;; The gk_status values the bindings treat as outcomes rather than errors.
-(define %gk-ok 0)
-(define %gk-busy 1)
-(define %gk-held-by-this-process 2)
-(define %gk-timed-out 3)
-(define %gk-wrong-process 14)
-(define %buffer-too-small 15)                     ;GK_ERROR_BUFFER_TOO_SMALL
+(define %gk-ok (c-enum-value %gk-status 'ok))
+(define %gk-busy (c-enum-value %gk-status 'busy))
+(define %gk-held-by-this-process
+  (c-enum-value %gk-status 'held-by-this-process))
+(define %gk-timed-out (c-enum-value %gk-status 'timed-out))
+(define %gk-wrong-process (c-enum-value %gk-status 'wrong-process))
+(define %buffer-too-small (c-enum-value %gk-status 'buffer-too-small))
 
 (define (backend->c backend origin)
   "Return the gk_backend value for BACKEND, 'ofd or 'flock; raise a
 &goalkeeper-error naming ORIGIN for anything else."
-  (match backend
-    ('ofd 0)
-    ('flock 1)
-    (_ (raise-goalkeeper-error
-        'invalid-argument
-        (format #f "unknown lock backend ~s; expected 'ofd or 'flock" backend)
-        origin))))
+  (or (c-enum-value %gk-backend backend)
+      (raise-goalkeeper-error
+       'invalid-argument
+       (format #f "unknown lock backend ~s; expected one of ~s"
+               backend (c-enum-symbols %gk-backend))
+       origin)))
 
 (define* (pack-paths paths origin #:key (allow-empty? #f))
   "Return a bytevector holding PATHS, a non-empty list of strings (or an
@@ -448,8 +456,8 @@ terminated by NUL."
   (in-pointer  scratch-in-pointer* set-scratch-in-pointer!))
 
 (define %scratch-out-size
-  ;; Room for the largest out-parameter, gk_audit (18 × 8 bytes).
-  256)
+  ;; Room for the largest struct out-parameter.
+  (apply max (map c-struct-size %abi-structs)))
 
 (define %scratch
   (make-thread-local-fluid #f))
@@ -578,5 +586,15 @@ convention: first probe the size, then fetch, retrying if the list grew."
   "gk_worker_take_log" int32 (uint64 '* size_t '*))
 (define-goalkeeper-procedure (%gk-outcome-name outcome)
   "gk_outcome_name" '* (uint32))
+
+;;;
+;;; Diagnostics log records.
+;;;
+
+(define-goalkeeper-procedure (%gk-worker-take-log-records worker out cap
+                                                          n-out)
+  "gk_worker_take_log_records" int32 (uint64 '* size_t '*))
+(define-goalkeeper-procedure (%gk-log-kind-name kind)
+  "gk_log_kind_name" '* (uint32))
 
 ;;; ffi.scm ends here

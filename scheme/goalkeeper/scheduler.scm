@@ -9,6 +9,7 @@
 ;;; your option) any later version.
 
 (define-module (goalkeeper scheduler)
+  #:use-module (goalkeeper abi)
   #:use-module (goalkeeper ffi)
   #:use-module (system foreign)
   #:use-module (system foreign-library)
@@ -40,6 +41,17 @@
             goal-outcome
             goal-finished?
 
+            worker-log-records
+            log-record?
+            log-record-kind
+            log-record-goal
+            log-record-path
+            log-record-holder-pid
+            log-record-holder-goal
+            log-record-time
+            log-record-duration
+            log-record-message
+
             run-worker))
 
 ;;; Commentary:
@@ -68,43 +80,27 @@
 
 
 ;;;
-;;; Enumerations.
+;;; Enumerations (their values are declared in (goalkeeper abi)).
 ;;;
 
-(define %kinds #(build substitute plain))
-(define %modes #(normal repair check))
-(define %states
-  #(waiting-deps ready waiting-slot waiting-lock running finished))
-(define %outcomes
-  #(none built substituted already-valid failed timed-out cached-failure
-    dependency-failed cancelled))
-
-(define (symbol->index table symbol what origin)
-  (or (vector-index (lambda (s) (eq? s symbol)) table)
+(define (symbol->value enum symbol what origin)
+  "Return the number SYMBOL stands for in ENUM, a <c-enum>; raise a
+&goalkeeper-error naming ORIGIN and WHAT if it stands for none."
+  (or (c-enum-value enum symbol)
       (raise-goalkeeper-error
        'invalid-argument
        (format #f "unknown ~a ~s; expected one of ~s"
-               what symbol (vector->list table))
+               what symbol (c-enum-symbols enum))
        origin)))
 
-(define (vector-index pred vector)
-  (let loop ((i 0))
-    (cond ((= i (vector-length vector)) #f)
-          ((pred (vector-ref vector i)) i)
-          (else (loop (+ i 1))))))
-
-(define (index->symbol table index name-of)
-  (if (< index (vector-length table))
-      (vector-ref table index)
-      (string->symbol (name-of index))))
-
 (define (outcome->symbol outcome)
-  (index->symbol %outcomes outcome
-                 (lambda (n) (pointer->string (%gk-outcome-name n) -1 "UTF-8"))))
+  (or (c-enum-symbol %gk-outcome outcome)
+      (string->symbol
+       (pointer->string (%gk-outcome-name outcome) -1 "UTF-8"))))
 
 (define (state->symbol state)
-  (index->symbol %states state
-                 (lambda (n) (format #f "unknown-state-~a" n))))
+  (or (c-enum-symbol %gk-goal-state state)
+      (string->symbol (format #f "unknown-state-~a" state))))
 
 
 ;;;
@@ -230,7 +226,11 @@ exception, taken as #f: ~a~%" name (exception->string e)))
 
 (define %uint32-max (- (expt 2 32) 1))
 
+(define-goalkeeper-procedure (%gk-worker-set-store-database worker db-path)
+  "gk_worker_set_store_database" int32 (uint64 '*))
+
 (define* (make-worker #:key (max-jobs 1) (keep-going? #f)
+                      (store-database #f)
                       (valid-path? #f) (cached-failure? #f)
                       (backend 'ofd) (recheck-interval #f)
                       (legacy-hold? #f))
@@ -238,9 +238,21 @@ exception, taken as #f: ~a~%" name (exception->string e)))
 
 MAX-JOBS is the number of build slots shared by build and substitute goals.
 When KEEP-GOING? is true, a failure does not cancel independent goals.
-VALID-PATH?, a procedure of a store path, says whether an output is valid
-(the default: it exists); CACHED-FAILURE?, whether an output failed before
-(the default: never).  They are called only from within the worker's own
+STORE-DATABASE, the file name of the store's database (absolute, such as
+\"/var/guix/db/db.sqlite\"), makes an output valid when it is registered in
+its ValidPaths table, as for the daemon: what a real store needs, since a
+build writes its output in place long before it is valid.  The database is
+opened read-only and checked at once; a bad one raises a &goalkeeper-error
+naming the file ('store-db-missing, 'store-db-not-sqlite,
+'store-db-no-valid-paths, 'store-db-locked, 'store-db-unreadable,
+'store-db, or 'invalid-path for a relative name; see 'store-path-valid?').
+If it cannot answer later, no goal is finished as valid: a goal about to
+run fails, one waiting for a lock keeps waiting, a reported success is
+recorded as failed, and 'worker-log' says why.  Without STORE-DATABASE or
+VALID-PATH?, an output is valid when it exists, which is only right for a
+store without a database.  VALID-PATH?, a procedure of a store path, says
+whether an output is valid instead (not together with STORE-DATABASE);
+CACHED-FAILURE?, whether an output failed before (the default: never).  They are called only from within the worker's own
 procedures, on the calling thread, and must return normally.  BACKEND is
 'ofd or 'flock, as for 'lock-paths'.  RECHECK-INTERVAL is how often, in
 seconds, a goal waiting on another process's lock re-checks whether its
@@ -262,20 +274,30 @@ cancels its unfinished goals and releases their locks."
          recheck-interval)
   (check (or (not valid-path?) (procedure? valid-path?))
          "valid-path? ~s is not a procedure" valid-path?)
+  (check (or (not store-database) (string? store-database))
+         "store-database ~s is not a file name" store-database)
+  (check (not (and store-database valid-path?))
+         "give either store-database or valid-path?, not both: each alone \
+decides validity")
+  (when (and store-database (string-index store-database #\nul))
+    (raise-goalkeeper-error 'invalid-path
+                            (format #f "store database ~s contains a NUL \
+character" store-database)
+                            'make-worker))
   (check (or (not cached-failure?) (procedure? cached-failure?))
          "cached-failure? ~s is not a procedure" cached-failure?)
-  (let* ((options (make-c-struct
-                   (list uint32 uint8 uint32 uint32 uint8)
-                   (list max-jobs (if keep-going? 1 0)
-                         (backend->c backend 'make-worker)
-                         (if recheck-interval
-                             (min %uint32-max
-                                  (max 1 (inexact->exact
-                                          (round (* 1000 recheck-interval)))))
-                             0)
-                         (if legacy-hold? 1 0))))
+  (let* ((options (make-c-struct-bytevector %gk-worker-options))
          (out     (make-bytevector 8 0)))
-    (check-status (%gk-worker-new options (bytevector->pointer out))
+    (write-gk-worker-options!
+     options 0
+     max-jobs keep-going? (backend->c backend 'make-worker)
+     (if recheck-interval
+         (min %uint32-max
+              (max 1 (inexact->exact (round (* 1000 recheck-interval)))))
+         0)
+     legacy-hold?)
+    (check-status (%gk-worker-new (bytevector->pointer options)
+                                  (bytevector->pointer out))
                   'make-worker)
     (let ((handle (bytevector-u64-native-ref out 0))
           (fd     (make-bytevector 4 0))
@@ -290,6 +312,9 @@ cancels its unfinished goals and releases their locks."
             (raise-goalkeeper-error (status->symbol status) message
                                     'make-worker))))
       (check-or-free (%gk-worker-fd handle (bytevector->pointer fd)))
+      (when store-database
+        (check-or-free (%gk-worker-set-store-database
+                        handle (string->pointer store-database "UTF-8"))))
       (when valid
         (check-or-free (%gk-worker-set-valid-path handle valid %null-pointer)))
       (when failed
@@ -300,10 +325,6 @@ cancels its unfinished goals and releases their locks."
                                   (list valid failed))))
         (%worker-guardian worker)
         worker))))
-
-(define %event-struct
-  ;; gk_event: kind, goal, goal_kind, outcome, fd, timeout_ms.
-  (list uint32 uint64 uint32 uint32 int32 int64))
 
 (define (worker-fd worker)
   "Return WORKER's file descriptor, an integer: it becomes readable when a
@@ -347,8 +368,10 @@ every goal in DEPENDENCIES.
 The same output set again returns the same goal; a partial overlap with
 another goal's outputs raises a &goalkeeper-error ('invalid-argument)."
   (let* ((handle (live-worker worker 'worker-add-goal!))
-         (kind*  (symbol->index %kinds kind "goal kind" 'worker-add-goal!))
-         (mode*  (symbol->index %modes mode "build mode" 'worker-add-goal!))
+         (kind*  (symbol->value %gk-goal-kind kind "goal kind"
+                                'worker-add-goal!))
+         (mode*  (symbol->value %gk-build-mode mode "build mode"
+                                'worker-add-goal!))
          (packed (pack-paths outputs 'worker-add-goal! #:allow-empty? #t)))
     (unless (list? dependencies)
       (raise-goalkeeper-error 'invalid-argument
@@ -411,23 +434,25 @@ but none can progress (the message names them)."
   (let* ((handle  (live-worker worker 'worker-next-event))
          (scratch (take-scratch))
          (status  (%gk-worker-next-event handle (scratch-out-pointer scratch)))
-         (event   (parse-c-struct (scratch-out-pointer scratch) %event-struct)))
+         (event   (read-gk-event (scratch-out scratch) 0 list)))
     (give-back-scratch! scratch)
     (unless (= status %gk-ok)
       (status-error status 'worker-next-event))
     (match event
-      ((1 goal _ _ _ _)
-       (list 'run (lookup-goal worker goal)))
-      ((2 goal _ outcome _ _)
-       (list 'finished (lookup-goal worker goal) (outcome->symbol outcome)))
-      ((3 _ _ _ fd timeout-ms)
-       (list 'wait fd (and (>= timeout-ms 0) (/ timeout-ms 1000.))))
-      ((4 _ ...)
-       '(done))
-      ((kind _ ...)
-       (raise-goalkeeper-error 'invalid-state
-                               (format #f "unknown event kind ~a" kind)
-                               'worker-next-event)))))
+      ((kind goal _ outcome fd timeout-ms)
+       (match (c-enum-symbol %gk-event-kind kind)
+         ('run
+          (list 'run (lookup-goal worker goal)))
+         ('finished
+          (list 'finished (lookup-goal worker goal) (outcome->symbol outcome)))
+         ('wait
+          (list 'wait fd (and (>= timeout-ms 0) (/ timeout-ms 1000.))))
+         ('done
+          '(done))
+         (#f
+          (raise-goalkeeper-error 'invalid-state
+                                  (format #f "unknown event kind ~a" kind)
+                                  'worker-next-event)))))))
 
 (define (worker-report! worker goal outcome)
   "Report how GOAL, which WORKER said to run, ended: OUTCOME is 'built,
@@ -437,7 +462,8 @@ locks and slot are released before any goal waiting for them is woken."
   (check-status (%gk-worker-report
                  (live-worker worker 'worker-report!)
                  (worker-goal worker goal 'worker-report!)
-                 (symbol->index %outcomes outcome "outcome" 'worker-report!))
+                 (symbol->value %gk-outcome outcome "outcome"
+                                'worker-report!))
                 'worker-report!))
 
 (define (worker-cancel! worker goal)
@@ -453,10 +479,7 @@ and slot are released."
          (scratch (take-scratch))
          (status  (%gk-worker-goal-result handle (goal-id goal)
                                           (scratch-out-pointer scratch)))
-         (result  (map (lambda (i)
-                         (bytevector-u32-native-ref (scratch-out scratch)
-                                                    (* 4 i)))
-                       (iota 4))))
+         (result  (read-gk-goal-result (scratch-out scratch) 0 list)))
     (give-back-scratch! scratch)
     (check-status status origin)
     result))
@@ -471,17 +494,14 @@ and slot are released."
   "Return how GOAL ended, a symbol such as 'built or 'dependency-failed, or
 #f if it has not finished."
   (match (goal-result goal 'goal-outcome)
-    ((_ 0 _ _) #f)
-    ((_ outcome _ _) (outcome->symbol outcome))))
+    ((_ outcome _ _)
+     (match (outcome->symbol outcome)
+       ('none #f)
+       (symbol symbol)))))
 
 (define (goal-finished? goal)
   "Return #t if GOAL has finished."
   (eq? 'finished (goal-state goal)))
-
-(define %audit-fields
-  '(goals waiting-deps ready waiting-slot waiting-lock running finished
-    succeeded failed locks-held locks-held-by-finished slots-used max-jobs
-    foreign-waits handoffs validity-rechecks checks violations))
 
 (define (worker-audit worker)
   "Return WORKER's counts as an association list: goals by state
@@ -492,22 +512,106 @@ finished goal holds no lock), 'slots-used, 'max-jobs, 'foreign-waits,
   (let* ((handle  (live-worker worker 'worker-audit))
          (scratch (take-scratch))
          (status  (%gk-worker-audit handle (scratch-out-pointer scratch)))
-         (counts  (map (lambda (field i)
-                         (cons field (bytevector-u64-native-ref
-                                      (scratch-out scratch) (* 8 i))))
-                       %audit-fields
-                       (iota (length %audit-fields)))))
+         (counts  (c-struct->alist %gk-audit (scratch-out scratch))))
     (give-back-scratch! scratch)
     (check-status status 'worker-audit)
     counts))
 
 (define (worker-log worker)
   "Return and clear WORKER's diagnostics, a list of strings such as
-\"goal 3 waits for /gnu/store/…-foo.lock held by pid 123\"."
+\"goal 3 waits for /gnu/store/…-foo.lock held by pid 123\": the messages
+of the records 'worker-log-records' returns, from the same log."
   (let ((handle (live-worker worker 'worker-log)))
     (read-list (lambda (buf cap len-out)
                  (%gk-worker-take-log handle buf cap len-out))
                'worker-log)))
+
+
+;;;
+;;; Diagnostics log records.
+;;;
+
+(define-record-type <log-record>
+  (make-log-record kind goal path holder-pid holder-goal time duration
+                   message)
+  log-record?
+  (kind        log-record-kind)                   ;symbol, see %gk-log-kind
+  (goal        log-record-goal)                   ;<goal> or #f
+  (path        log-record-path)                   ;string or #f
+  (holder-pid  log-record-holder-pid)             ;integer or #f
+  (holder-goal log-record-holder-goal)            ;<goal> or #f
+  (time        log-record-time)                   ;nanoseconds
+  (duration    log-record-duration)               ;seconds or #f
+  (message     log-record-message))               ;string
+
+(set-record-type-printer! <log-record>
+  (lambda (record port)
+    (format port "#<log-record ~a ~s>" (log-record-kind record)
+            (log-record-message record))))
+
+(define %log-batch
+  ;; Records taken per call.
+  32)
+
+(define (worker-log-records worker)
+  "Return and clear WORKER's diagnostics as a list of log records, oldest
+first.  Each record has a kind, a symbol such as:
+
+  'waits-foreign   its goal waits for the lock of its path, held by another
+                   process (whose pid is its holder-pid, when the kernel
+                   tells) or by a lock set or worker of this process;
+  'waits-local     … held by its holder-goal, a goal of the same worker;
+  'handed-over     its goal got the lock after waiting DURATION seconds;
+  'became-valid    its goal, waiting DURATION seconds for a lock, found its
+                   outputs valid and finished without running;
+
+and 'could-not-lock, 'release-failed, 'predicate-error, 'cached-failure,
+'not-valid-after-success, 'cancelled-by-failure, 'no-build-slots,
+'mode-kept, 'ledger-violation, 'dropped (older records were dropped).
+'log-record-goal' and 'log-record-holder-goal' are goals of WORKER (or #f),
+'log-record-path' a store path (or #f), 'log-record-holder-pid' an integer
+(or #f), 'log-record-time' the time it was recorded in nanoseconds of
+CLOCK_MONOTONIC (one clock for every process of the machine),
+'log-record-duration' a number of seconds (or #f), and
+'log-record-message' the line 'worker-log' would have returned."
+  (define handle (live-worker worker 'worker-log-records))
+  (define size (c-struct-size %gk-log-record))
+  (define (goal-of id)
+    (and (not (zero? id)) (hashv-ref (worker-goal-table worker) id)))
+  (define (string-at pointer len)
+    (and (not (null-pointer? pointer))
+         (utf8->string (pointer->bytevector pointer len))))
+  (define (record-at bv offset)
+    (read-gk-log-record
+     bv offset
+     (lambda (kind holder-pid goal holder-goal time duration path path-len
+                   message message-len)
+       (make-log-record (or (c-enum-symbol %gk-log-kind kind)
+                            (string->symbol
+                             (pointer->string (%gk-log-kind-name kind) -1
+                                              "UTF-8")))
+                        (goal-of goal)
+                        (string-at path path-len)
+                        (and (>= holder-pid 0) holder-pid)
+                        (goal-of holder-goal)
+                        time
+                        (and (>= duration 0) (/ duration 1e9))
+                        (or (string-at message message-len) "")))))
+  (let loop ((acc '()))
+    (let* ((out     (make-bytevector (* %log-batch size) 0))
+           (scratch (take-scratch))
+           (status  (%gk-worker-take-log-records
+                     handle (bytevector->pointer out) %log-batch
+                     (scratch-out-pointer scratch)))
+           (n       (size-t-ref (scratch-out scratch) 0)))
+      (give-back-scratch! scratch)
+      (check-status status 'worker-log-records)
+      ;; The strings are valid until the next call: copy them now.
+      (let ((acc (fold (lambda (i acc) (cons (record-at out (* i size)) acc))
+                       acc (iota n))))
+        (if (< n %log-batch)
+            (reverse acc)
+            (loop acc))))))
 
 
 ;;;
@@ -551,30 +655,85 @@ kernel cannot give one (then 'run-worker' re-checks its children every
   ;; at its children again.
   0.05)
 
-(define* (run-worker worker proc #:key (on-finished (const #t)))
+(define (check-watch watch)
+  "Check WATCH, a list of (PORT-OR-FD . PROCEDURE) pairs, for 'run-worker';
+return it."
+  (unless (list? watch)
+    (raise-goalkeeper-error
+     'invalid-argument
+     (format #f "#:watch gave ~s, not a list of (PORT-OR-FD . PROCEDURE) pairs"
+             watch)
+     'run-worker))
+  (for-each (lambda (entry)
+              (match entry
+                (((or (? port?)
+                      (? (lambda (fd) (and (exact-integer? fd) (>= fd 0)))))
+                  . (? procedure?))
+                 #t)
+                (_
+                 (raise-goalkeeper-error
+                  'invalid-argument
+                  (format #f "#:watch entry ~s is not a (PORT-OR-FD . \
+PROCEDURE) pair" entry)
+                  'run-worker))))
+            watch)
+  watch)
+
+(define* (run-worker worker proc
+                     #:key (on-finished (const #t)) (on-exit #f)
+                     (on-log #f) (watch '()))
   "Drive WORKER until every goal has finished, and return the list of
 (GOAL . OUTCOME) pairs in the order the goals finished.
 
 PROC is called as (PROC GOAL) for each goal WORKER says to run, with the
 goal's output locks held and a build slot taken.  It returns either an
 outcome ('built, 'substituted, 'failed or 'timed-out), reported at once, or
-the PID of a child process it started: the goal is then reported 'built
-when that process exits with status 0 and 'failed otherwise.  Several goals
-run at once up to the worker's max-jobs.  ON-FINISHED is called as
-(ON-FINISHED GOAL OUTCOME) when a goal finishes, whichever way.
+the PID of a child process it started: the goal is then reported when that
+process exits, 'built if it exited with status 0 and 'failed otherwise.
+Several goals run at once up to the worker's max-jobs.
+
+The host may also pass:
+
+  #:on-finished  called as (ON-FINISHED GOAL OUTCOME) when a goal finishes,
+                 whichever way, after its locks were released;
+  #:on-exit      called as (ON-EXIT GOAL STATUS) when the child process
+                 running GOAL has exited, STATUS being its wait status,
+                 before the goal is reported (its locks are still held);
+                 it returns the outcome to report;
+  #:on-log       called as (ON-LOG RECORD) for each record of the worker's
+                 diagnostics log (see 'worker-log-records'), as soon as the
+                 step that made it returns: who waits for whose lock,
+                 hand-offs, goals that became valid while waiting;
+  #:watch        descriptors to wait on in the same 'select' as the
+                 worker's: a list of (PORT-OR-FD . PROCEDURE) pairs, or a
+                 procedure of no arguments returning such a list, asked
+                 before each wait (for descriptors that come and go, such
+                 as builders' output pipes).  When PORT-OR-FD is readable,
+                 PROCEDURE is called with it; then the worker is asked for
+                 its next event.
 
 While waiting, 'run-worker' blocks in 'select' on the worker's file
-descriptor and on one descriptor per running child (pidfd_open), so it
-neither polls nor installs a signal handler; only on kernels without
-pidfd_open (before Linux 5.3) does it look at its children every 50 ms.
-If PROC or ON-FINISHED raises, or control leaves 'run-worker' otherwise,
-the goal being started is cancelled, and the child processes still running
-are killed with SIGKILL and reaped and their goals cancelled: their locks
-are released before the exception goes on.  PROC must not reap its
-children itself."
+descriptor, on one descriptor per running child (pidfd_open), and on the
+watched descriptors, so it neither polls nor installs a signal handler;
+only on kernels without pidfd_open (before Linux 5.3) does it look at its
+children every 50 ms.  If PROC or a hook raises, or control leaves
+'run-worker' otherwise, the goal being started is cancelled, and the child
+processes still running are killed with SIGKILL and reaped and their goals
+cancelled: their locks are released before the exception goes on.  PROC
+must not reap its children itself."
   (define running '())                            ;list of (PID GOAL FD)
   (define starting #f)                            ;the goal PROC is starting
   (define results '())
+
+  (define watched
+    ;; A thunk returning the current (PORT-OR-FD . PROCEDURE) list.
+    (match watch
+      ((? procedure?) (lambda () (check-watch (watch))))
+      (_ (check-watch watch) (const watch))))
+
+  (define (flush-log!)
+    (when on-log
+      (for-each on-log (worker-log-records worker))))
 
   (define (finished! goal outcome)
     (set! results (cons (cons goal outcome) results))
@@ -582,7 +741,13 @@ children itself."
 
   (define (report! goal outcome)
     (worker-report! worker goal outcome)
+    (flush-log!)
     (finished! goal (goal-outcome goal)))
+
+  (define (exited! goal status)
+    (report! goal (if on-exit
+                      (on-exit goal status)
+                      (outcome-of-status status))))
 
   (define (forget! entry)
     (set! running (delq entry running))
@@ -592,14 +757,17 @@ children itself."
   (define (reap!)
     ;; Report every tracked child that has exited.  A child leaves the
     ;; list before its goal is reported, so that 'abandon!' never signals a
-    ;; reaped (perhaps reused) PID if the report raises.
+    ;; reaped (perhaps reused) PID if the report raises; the goal is then
+    ;; 'starting', so that 'abandon!' cancels it.
     (for-each (match-lambda
                 ((and entry (pid goal _))
                  (match (waitpid pid WNOHANG)
                    ((0 . _) #t)
                    ((_ . status)
                     (forget! entry)
-                    (report! goal (outcome-of-status status))))))
+                    (set! starting goal)
+                    (exited! goal status)
+                    (set! starting #f)))))
               running))
 
   (define (track! goal pid)
@@ -620,26 +788,39 @@ child process of this process" goal pid)
                            running))
        (set! starting #f))
       ((_ . status)                             ;it exited already
-       (report! goal (outcome-of-status status))
+       (exited! goal status)
        (set! starting #f))))
 
   (define (wait! fd timeout)
-    ;; Block until FD or a child's descriptor is readable, or TIMEOUT.
+    ;; Block until FD, a child's descriptor or a watched one is readable,
+    ;; or TIMEOUT; then call the procedures of the watched ones.
     (let* ((children (filter-map third running))
+           (extra    (watched))
            (timeout  (if (any (lambda (entry) (not (third entry))) running)
                          (min (or timeout %fallback-poll) %fallback-poll)
-                         timeout)))
-      (catch 'system-error
-        (lambda ()
-          (if timeout
-              (let ((seconds (inexact->exact (floor timeout))))
-                (select (cons fd children) '() '() seconds
-                        (inexact->exact
-                         (round (* 1e6 (- timeout seconds))))))
-              (select (cons fd children) '() '())))
-        (lambda args
-          (unless (= EINTR (system-error-errno args))
-            (apply throw args))))))
+                         timeout))
+           (ready    (catch 'system-error
+                       (lambda ()
+                         (let ((read (cons fd (append children
+                                                      (map car extra)))))
+                           (first
+                            (if timeout
+                                (let ((seconds (inexact->exact
+                                                (floor timeout))))
+                                  (select read '() '() seconds
+                                          (inexact->exact
+                                           (round (* 1e6 (- timeout
+                                                            seconds))))))
+                                (select read '() '())))))
+                       (lambda args
+                         (if (= EINTR (system-error-errno args))
+                             '()
+                             (apply throw args))))))
+      (for-each (match-lambda
+                  ((port-or-fd . procedure)
+                   (when (memv port-or-fd ready)
+                     (procedure port-or-fd))))
+                extra)))
 
   (define (abandon!)
     ;; Control is leaving abnormally: stop what is still running, and
@@ -662,33 +843,35 @@ child process of this process" goal pid)
       (lambda ()
         (let loop ()
           (reap!)
-          (match (worker-next-event worker)
-            (('run goal)
-             (set! starting goal)
-             (match (proc goal)
-               ((? exact-integer? pid)
-                (track! goal pid))
-               ((? symbol? outcome)
-                (report! goal outcome)
-                (set! starting #f))
-               (other
-                (worker-report! worker goal 'failed)
-                (set! starting #f)
-                (raise-goalkeeper-error
-                 'invalid-argument
-                 (format #f "the procedure run for ~s returned ~s, which is \
+          (let ((event (worker-next-event worker)))
+            (flush-log!)
+            (match event
+              (('run goal)
+               (set! starting goal)
+               (match (proc goal)
+                 ((? exact-integer? pid)
+                  (track! goal pid))
+                 ((? symbol? outcome)
+                  (report! goal outcome)
+                  (set! starting #f))
+                 (other
+                  (worker-report! worker goal 'failed)
+                  (set! starting #f)
+                  (raise-goalkeeper-error
+                   'invalid-argument
+                   (format #f "the procedure run for ~s returned ~s, which is \
 neither an outcome nor a process id" goal other)
-                 'run-worker)))
-             (loop))
-            (('finished goal outcome)
-             (finished! goal outcome)
-             (loop))
-            (('wait fd timeout)
-             (wait! fd timeout)
-             (loop))
-            (('done)
-             (set! completed? #t)
-             (reverse results)))))
+                   'run-worker)))
+               (loop))
+              (('finished goal outcome)
+               (finished! goal outcome)
+               (loop))
+              (('wait fd timeout)
+               (wait! fd timeout)
+               (loop))
+              (('done)
+               (set! completed? #t)
+               (reverse results))))))
       (lambda ()
         (unless completed?
           (abandon!))))))

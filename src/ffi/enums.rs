@@ -14,7 +14,7 @@
 
 use crate::error::{Error, Result};
 use crate::lock::Backend;
-use crate::sched::{BuildMode, GoalKind, GoalState, Outcome};
+use crate::sched::{BuildMode, GoalKind, GoalState, LogKind, Outcome};
 
 /// Writes `to_rust`, `from_rust` and `from_c` for a C enum and its Rust
 /// counterpart, from one list of pairs `C_VARIANT <=> [rust value]` (the
@@ -160,6 +160,56 @@ pub enum gk_goal_state {
     GK_STATE_FINISHED = 5,
 }
 
+/// The kind of a `gk_log_record`: what a diagnostics log entry reports.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_log_kind {
+    /// `goal` waits for the lock of `path`, held in the kernel by another
+    /// process (`holder_pid` when it could be found, see the inspector) or
+    /// by another lock set or worker of this process (`holder_pid` is this
+    /// process, `holder_goal` the goal if one); it holds nothing meanwhile.
+    GK_LOG_WAITS_FOREIGN = 1,
+    /// `goal` waits for the lock of `path`, held by `holder_goal` of the
+    /// same worker; it holds nothing meanwhile.
+    GK_LOG_WAITS_LOCAL = 2,
+    /// `goal` got the lock of `path` handed over after waiting
+    /// `duration_ns`, and goes on to run.
+    GK_LOG_HANDED_OVER = 3,
+    /// `goal`, waiting `duration_ns` for the lock of `path`, found its
+    /// outputs valid and finished already valid without running.
+    GK_LOG_BECAME_VALID = 4,
+    /// `goal` could not lock its outputs or wait for a lock, and failed.
+    GK_LOG_COULD_NOT_LOCK = 5,
+    /// Releasing `goal`'s locks reported an error (a lock file was left in
+    /// place, unlocked).
+    GK_LOG_RELEASE_FAILED = 6,
+    /// A host predicate failed on `path`; its answer was taken as "no".
+    GK_LOG_PREDICATE_ERROR = 7,
+    /// The cached-failure predicate said `path`, an output of `goal`,
+    /// failed before.
+    GK_LOG_CACHED_FAILURE = 8,
+    /// `goal` was reported built but `path` is not valid: recorded failed.
+    GK_LOG_NOT_VALID_AFTER_SUCCESS = 9,
+    /// `goal` failed without keep-going: the goals not running were cancelled.
+    GK_LOG_CANCELLED_BY_FAILURE = 10,
+    /// `goal` is a build and `max_jobs` is 0: it failed.
+    GK_LOG_NO_BUILD_SLOTS = 11,
+    /// `goal` was requested again in another build mode; it keeps its mode.
+    GK_LOG_MODE_KEPT = 12,
+    /// A ledger invariant check failed; the message names goal and path.
+    GK_LOG_LEDGER_VIOLATION = 13,
+    /// The log was full and older records were dropped (the message says
+    /// how many).
+    GK_LOG_DROPPED = 14,
+    /// The store database could not say whether `path` is valid; the goal
+    /// is never finished as valid on that answer (the message names the
+    /// database, the error and what the goal does: it fails or keeps
+    /// waiting). Also written once when a waiting goal's database answers
+    /// again.
+    GK_LOG_VALIDITY_UNKNOWN = 15,
+}
+
 impl gk_event_kind {
     /// The C value for a number, or `None` (events are only ever written by
     /// the library, so there is no Rust counterpart to map).
@@ -214,6 +264,24 @@ c_mapping!(gk_goal_state, GoalState, "goal state", {
     GK_STATE_FINISHED <=> [GoalState::Finished],
 });
 
+c_mapping!(gk_log_kind, LogKind, "log kind", {
+    GK_LOG_WAITS_FOREIGN <=> [LogKind::WaitsForeign],
+    GK_LOG_WAITS_LOCAL <=> [LogKind::WaitsLocal],
+    GK_LOG_HANDED_OVER <=> [LogKind::HandedOver],
+    GK_LOG_BECAME_VALID <=> [LogKind::BecameValid],
+    GK_LOG_COULD_NOT_LOCK <=> [LogKind::CouldNotLock],
+    GK_LOG_RELEASE_FAILED <=> [LogKind::ReleaseFailed],
+    GK_LOG_PREDICATE_ERROR <=> [LogKind::PredicateError],
+    GK_LOG_CACHED_FAILURE <=> [LogKind::CachedFailure],
+    GK_LOG_NOT_VALID_AFTER_SUCCESS <=> [LogKind::NotValidAfterSuccess],
+    GK_LOG_CANCELLED_BY_FAILURE <=> [LogKind::CancelledByFailure],
+    GK_LOG_NO_BUILD_SLOTS <=> [LogKind::NoBuildSlots],
+    GK_LOG_MODE_KEPT <=> [LogKind::ModeKept],
+    GK_LOG_LEDGER_VIOLATION <=> [LogKind::LedgerViolation],
+    GK_LOG_DROPPED <=> [LogKind::Dropped],
+    GK_LOG_VALIDITY_UNKNOWN <=> [LogKind::ValidityUnknown],
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +311,15 @@ mod tests {
         );
         assert!(gk_goal_kind::parse(3).is_err() && gk_build_mode::parse(3).is_err());
         assert!(gk_event_kind::from_raw(0).is_none() && gk_event_kind::from_raw(4).is_some());
+        for k in LogKind::ALL {
+            let c = gk_log_kind::from_rust(k);
+            assert_eq!(gk_log_kind::parse(c as u32).unwrap(), k);
+        }
+        let numbers: Vec<u32> = LogKind::ALL
+            .iter()
+            .map(|&k| gk_log_kind::from_rust(k) as u32)
+            .collect();
+        assert_eq!(numbers, (1..=LogKind::ALL.len() as u32).collect::<Vec<_>>());
+        assert!(gk_log_kind::parse(0).is_err() && gk_log_kind::parse(16).is_err());
     }
 }

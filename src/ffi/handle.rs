@@ -16,6 +16,7 @@ use crate::lock::LockSet;
 pub(crate) enum Kind {
     LockSet = 0x4c,
     Worker = 0x57,
+    StoreDb = 0x44,
 }
 
 impl fmt::Display for Kind {
@@ -23,6 +24,7 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::LockSet => "lock set",
             Kind::Worker => "worker",
+            Kind::StoreDb => "store database",
         })
     }
 }
@@ -81,6 +83,7 @@ impl<T> HandleTable<T> {
             let what = match kind {
                 k if k == Kind::LockSet as u8 => "a lock set handle",
                 k if k == Kind::Worker as u8 => "a worker handle",
+                k if k == Kind::StoreDb as u8 => "a store database handle",
                 _ => "not a goalkeeper handle",
             };
             return Err(Error::StaleHandle(format!(
@@ -142,6 +145,7 @@ fn kind_name(k: Kind) -> &'static str {
     match k {
         Kind::LockSet => "this lock set handle",
         Kind::Worker => "this worker handle",
+        Kind::StoreDb => "this store database handle",
     }
 }
 
@@ -152,12 +156,15 @@ pub(crate) struct Handles {
     pub(crate) locksets: HandleTable<LockSet>,
     /// Scheduler workers (`gk_worker`).
     pub(crate) workers: HandleTable<std::sync::Arc<super::worker::WorkerCell>>,
+    /// Store databases opened by hosts (`gk_store_db`).
+    pub(crate) store_dbs: HandleTable<super::store_query::SharedDb>,
 }
 
 /// The process's handle tables.
 pub(crate) static HANDLES: ForkMutex<Handles> = ForkMutex::new(Handles {
     locksets: HandleTable::new(Kind::LockSet),
     workers: HandleTable::new(Kind::Worker),
+    store_dbs: HandleTable::new(Kind::StoreDb),
 });
 
 /// Before `fork(2)`: takes the handle table's mutex, first in the lock order

@@ -14,15 +14,19 @@ pub(crate) mod handle;
 mod locks;
 mod noop;
 mod status;
+mod store_query;
 #[cfg(test)]
 mod tests;
 mod version;
 mod worker;
+mod worker_log;
 
 pub use enums::*;
 pub(crate) use handle::{after_fork_child, after_fork_parent, before_fork};
 pub use locks::*;
 pub use noop::*;
 pub use status::gk_status;
+pub use store_query::*;
 pub use version::*;
 pub use worker::*;
+pub use worker_log::*;

@@ -1,6 +1,6 @@
 //! The status codes every exported function returns.
 
-use crate::error::Error;
+use crate::error::{DbErrorKind, Error};
 
 /// The result of every goalkeeper call.
 ///
@@ -52,6 +52,25 @@ pub enum gk_status {
     /// The store directory is writable by other users (its group or everyone)
     /// without the sticky bit; `/gnu/store` (1775) and `/tmp` (1777) are fine.
     GK_ERROR_INSECURE_STORE = 27,
+    /// The file at `P.lock` is not a lock file goalkeeper may use: not a
+    /// regular file, more than one hard link, or owned by neither this
+    /// process's user nor the store directory's owner. It is left untouched.
+    GK_ERROR_FOREIGN_LOCK_FILE = 28,
+    /// The store database does not exist (no file at the given path).
+    GK_ERROR_STORE_DB_MISSING = 40,
+    /// The store database is not an SQLite database (or not a regular file).
+    GK_ERROR_STORE_DB_NOT_SQLITE = 41,
+    /// The store database has no table `ValidPaths` (with a column `path`):
+    /// it is not a Nix or Guix store database.
+    GK_ERROR_STORE_DB_NO_VALID_PATHS = 42,
+    /// The store database stayed locked by a writer past the busy timeout.
+    GK_ERROR_STORE_DB_LOCKED = 43,
+    /// The store database (or its `-wal`/`-shm` file) cannot be read by this
+    /// process (permissions, I/O).
+    GK_ERROR_STORE_DB_UNREADABLE = 44,
+    /// Any other error of the store database (e.g. a corrupt file). A
+    /// relative database path is `GK_ERROR_INVALID_PATH`.
+    GK_ERROR_STORE_DB = 45,
     /// A ledger invariant does not hold (a lock without a live owner, a
     /// finished goal holding a lock, …). The message names goal and path.
     GK_ERROR_INVARIANT_VIOLATION = 30,
@@ -63,7 +82,7 @@ pub enum gk_status {
 
 impl gk_status {
     /// Every status, for `gk_status_name` and tests.
-    pub(crate) const ALL: [gk_status; 22] = [
+    pub(crate) const ALL: [gk_status; 29] = [
         gk_status::GK_OK,
         gk_status::GK_BUSY,
         gk_status::GK_HELD_BY_THIS_PROCESS,
@@ -83,6 +102,13 @@ impl gk_status {
         gk_status::GK_ERROR_DEADLOCK,
         gk_status::GK_ERROR_STALE_LOCK_FILE,
         gk_status::GK_ERROR_INSECURE_STORE,
+        gk_status::GK_ERROR_FOREIGN_LOCK_FILE,
+        gk_status::GK_ERROR_STORE_DB_MISSING,
+        gk_status::GK_ERROR_STORE_DB_NOT_SQLITE,
+        gk_status::GK_ERROR_STORE_DB_NO_VALID_PATHS,
+        gk_status::GK_ERROR_STORE_DB_LOCKED,
+        gk_status::GK_ERROR_STORE_DB_UNREADABLE,
+        gk_status::GK_ERROR_STORE_DB,
         gk_status::GK_ERROR_INVARIANT_VIOLATION,
         gk_status::GK_ERROR_SCHEDULER_DEADLOCK,
         gk_status::GK_ERROR_PANIC,
@@ -115,6 +141,13 @@ impl gk_status {
             gk_status::GK_ERROR_DEADLOCK => c"GK_ERROR_DEADLOCK",
             gk_status::GK_ERROR_STALE_LOCK_FILE => c"GK_ERROR_STALE_LOCK_FILE",
             gk_status::GK_ERROR_INSECURE_STORE => c"GK_ERROR_INSECURE_STORE",
+            gk_status::GK_ERROR_FOREIGN_LOCK_FILE => c"GK_ERROR_FOREIGN_LOCK_FILE",
+            gk_status::GK_ERROR_STORE_DB_MISSING => c"GK_ERROR_STORE_DB_MISSING",
+            gk_status::GK_ERROR_STORE_DB_NOT_SQLITE => c"GK_ERROR_STORE_DB_NOT_SQLITE",
+            gk_status::GK_ERROR_STORE_DB_NO_VALID_PATHS => c"GK_ERROR_STORE_DB_NO_VALID_PATHS",
+            gk_status::GK_ERROR_STORE_DB_LOCKED => c"GK_ERROR_STORE_DB_LOCKED",
+            gk_status::GK_ERROR_STORE_DB_UNREADABLE => c"GK_ERROR_STORE_DB_UNREADABLE",
+            gk_status::GK_ERROR_STORE_DB => c"GK_ERROR_STORE_DB",
             gk_status::GK_ERROR_INVARIANT_VIOLATION => c"GK_ERROR_INVARIANT_VIOLATION",
             gk_status::GK_ERROR_SCHEDULER_DEADLOCK => c"GK_ERROR_SCHEDULER_DEADLOCK",
             gk_status::GK_ERROR_PANIC => c"GK_ERROR_PANIC",
@@ -143,6 +176,7 @@ impl From<&Error> for gk_status {
             Error::Deadlock { .. } => GK_ERROR_DEADLOCK,
             Error::StaleRetriesExhausted { .. } => GK_ERROR_STALE_LOCK_FILE,
             Error::InsecureStore { .. } => GK_ERROR_INSECURE_STORE,
+            Error::ForeignLockFile { .. } => GK_ERROR_FOREIGN_LOCK_FILE,
             Error::WrongProcess(..) => GK_ERROR_WRONG_PROCESS,
             Error::InvalidState(_) => GK_ERROR_INVALID_STATE,
             Error::Invariant(_) => GK_ERROR_INVARIANT_VIOLATION,
@@ -151,6 +185,15 @@ impl From<&Error> for gk_status {
             Error::StaleHandle(_) => GK_ERROR_STALE_HANDLE,
             Error::BufferTooSmall { .. } => GK_ERROR_BUFFER_TOO_SMALL,
             Error::Io { .. } => GK_ERROR_IO,
+            Error::StoreDatabase { kind, .. } => match kind {
+                DbErrorKind::RelativePath => GK_ERROR_INVALID_PATH,
+                DbErrorKind::Missing => GK_ERROR_STORE_DB_MISSING,
+                DbErrorKind::NotAFile | DbErrorKind::NotSqlite => GK_ERROR_STORE_DB_NOT_SQLITE,
+                DbErrorKind::NoValidPaths => GK_ERROR_STORE_DB_NO_VALID_PATHS,
+                DbErrorKind::Locked => GK_ERROR_STORE_DB_LOCKED,
+                DbErrorKind::Unreadable => GK_ERROR_STORE_DB_UNREADABLE,
+                DbErrorKind::Sqlite => GK_ERROR_STORE_DB,
+            },
         }
     }
 }

@@ -336,6 +336,79 @@ fn a_worker_runs_plain_goals_through_the_c_abi() {
     }
 }
 
+/// Log records through the C ABI, without lock files (a build goal asked
+/// for again in a weaker mode logs without locking anything), so Miri
+/// checks the records' strings and the writes into `out`.
+#[test]
+fn log_records_cross_the_c_abi_with_their_strings() {
+    // SAFETY: every pointer passed is valid for what the function writes,
+    // or deliberately NULL/misaligned, which must be refused before use.
+    unsafe {
+        let mut w: gk_worker = 0;
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
+        let path = c"/gk-miri-store/aaaa-out".as_ptr();
+        let mut g: gk_goal = 0;
+        assert_eq!(gk_worker_add_goal(w, 0, &path, 1, 2, &mut g), GK_OK);
+        for _ in 0..3 {
+            assert_eq!(gk_worker_add_goal(w, 0, &path, 1, 0, &mut g), GK_OK);
+        }
+        let mut recs = [std::mem::MaybeUninit::<gk_log_record>::uninit(); 4];
+        let out = recs.as_mut_ptr().cast::<gk_log_record>();
+        let mut n = 9usize;
+        assert_eq!(
+            gk_worker_take_log_records(w, out, 1, std::ptr::null_mut()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            gk_worker_take_log_records(w, std::ptr::null_mut(), 1, &mut n),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(n, 0);
+        let mut bytes = Aligned([0; 64]);
+        let mis = bytes.0.as_mut_ptr().add(1).cast::<gk_log_record>();
+        assert_eq!(
+            gk_worker_take_log_records(w, mis, 1, &mut n),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gk_worker_take_log_records(w, out, usize::MAX, &mut n),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gk_worker_take_log_records(w, std::ptr::null_mut(), 0, &mut n),
+            GK_OK
+        );
+        assert_eq!(n, 0);
+        assert_eq!(gk_worker_take_log_records(w, out, 1, &mut n), GK_OK);
+        assert_eq!(n, 1);
+        let first = recs[0].assume_init();
+        let text = CStr::from_ptr(first.message).to_str().unwrap().to_owned();
+        assert_eq!(text.len(), first.message_len);
+        assert!(text.contains("keeps mode"), "{text}");
+        assert_eq!(
+            (first.goal, first.holder_pid, first.duration_ns),
+            (g, -1, -1)
+        );
+        assert!(first.path.is_null() && first.path_len == 0);
+        let kind = CStr::from_ptr(gk_log_kind_name(first.kind));
+        assert_eq!(kind.to_str().unwrap(), "mode-kept");
+        assert_eq!(gk_worker_take_log_records(w, out, 4, &mut n), GK_OK);
+        assert_eq!(n, 2);
+        for r in &recs[..2] {
+            let r = r.assume_init();
+            let m = CStr::from_ptr(r.message).to_bytes();
+            assert_eq!(m.len(), r.message_len);
+        }
+        assert_eq!(gk_worker_take_log_records(w, out, 4, &mut n), GK_OK);
+        assert_eq!(n, 0);
+        assert_eq!(gk_worker_free(w), GK_OK);
+        assert_eq!(
+            gk_worker_take_log_records(w, out, 4, &mut n),
+            GK_ERROR_STALE_HANDLE
+        );
+    }
+}
+
 /// The whole lock-file protocol with the flock backend, through the C ABI:
 /// open, lock, fstat, the deletion token, unlink, close. Miri runs this one
 /// too (with `-Zmiri-disable-isolation`), so the lock layer's unsafe code is
@@ -525,4 +598,94 @@ fn a_predicate_may_call_and_free_other_workers_but_not_its_own() {
             assert_eq!(gk_worker_audit(a, &mut au), GK_ERROR_STALE_HANDLE);
         }
     }
+}
+
+#[test]
+fn store_db_arguments_are_refused_before_sqlite_is_reached() {
+    let mut out: gk_store_db = 7;
+    let mut valid = true;
+    let long = vec![b'/'; PATH_MAX];
+    let paths = [c"/s/a".as_ptr(), c"/s/b".as_ptr()];
+    let mut answers = [true, true];
+    let mut w: gk_worker = 0;
+    // SAFETY: (all calls below) pointers are NULL, or valid for what the
+    // call is told, or refused by the library before it reads them.
+    unsafe {
+        assert_eq!(
+            gk_store_db_open(std::ptr::null(), 0, &mut out),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(out, 0, "*out is 0 on every error");
+        assert_eq!(
+            gk_store_db_open(c"/var/guix/db/db.sqlite".as_ptr(), 0, std::ptr::null_mut()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            gk_store_db_open(c"var/guix/db/db.sqlite".as_ptr(), 0, &mut out),
+            GK_ERROR_INVALID_PATH
+        );
+        assert!(message().contains("var/guix/db/db.sqlite"), "{}", message());
+        // Exactly PATH_MAX bytes and no NUL: refused without reading past them.
+        assert_eq!(
+            gk_store_db_open(long.as_ptr().cast(), 0, &mut out),
+            GK_ERROR_INVALID_PATH
+        );
+        assert_eq!(
+            gk_store_path_valid(c"db.sqlite".as_ptr(), c"/s/x".as_ptr(), &mut valid),
+            GK_ERROR_INVALID_PATH
+        );
+        assert!(!valid, "*valid is false on every error");
+        assert_eq!(
+            gk_store_path_valid(c"/db".as_ptr(), std::ptr::null(), &mut valid),
+            GK_ERROR_NULL_POINTER
+        );
+        // Stale, zero and wrong-kind handles.
+        for h in [0, u64::MAX, (0x44u64 << 56) | (1 << 32) | 12345] {
+            valid = true;
+            assert_eq!(
+                gk_store_db_is_valid(h, c"/s/x".as_ptr(), &mut valid),
+                GK_ERROR_STALE_HANDLE
+            );
+            assert!(!valid);
+            assert_eq!(gk_store_db_free(h), GK_ERROR_STALE_HANDLE);
+        }
+        assert_eq!(
+            gk_store_db_valid_paths(1, paths.as_ptr(), 2, std::ptr::null_mut()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            gk_store_db_valid_paths(1, paths.as_ptr(), 0, answers.as_mut_ptr()),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gk_store_db_valid_paths(1, paths.as_ptr(), usize::MAX, answers.as_mut_ptr()),
+            GK_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            answers,
+            [true, true],
+            "untouched until the count is known good"
+        );
+        assert_eq!(
+            gk_store_db_valid_paths(1, std::ptr::null(), 2, answers.as_mut_ptr()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(answers, [false, false]);
+        assert_eq!(
+            gk_store_db_valid_paths(1, paths.as_ptr(), 2, answers.as_mut_ptr()),
+            GK_ERROR_STALE_HANDLE
+        );
+        // A worker: NULL is the default; a relative database is refused.
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
+        assert_eq!(gk_worker_set_store_database(w, std::ptr::null()), GK_OK);
+        assert_eq!(
+            gk_worker_set_store_database(w, c"db.sqlite".as_ptr()),
+            GK_ERROR_INVALID_PATH
+        );
+        assert_eq!(
+            gk_worker_set_store_database(0, std::ptr::null()),
+            GK_ERROR_STALE_HANDLE
+        );
+    }
+    assert_eq!(gk_worker_free(w), GK_OK);
 }

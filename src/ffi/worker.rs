@@ -9,8 +9,9 @@
 //! predicate that calls back into its *own* worker gets
 //! `GK_ERROR_INVALID_STATE`, never a deadlock.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_char, c_void, OsStr};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -159,10 +160,24 @@ pub(crate) struct WorkerCell {
     /// The fork generation the worker was made in.
     fork_gen: u64,
     worker: Mutex<Worker>,
+    /// The strings of the records last taken by `gk_worker_take_log_records`
+    /// (see `worker_log.rs`); locked only with `worker` held.
+    pub(super) log_text: Mutex<Vec<u8>>,
 }
 
 /// Runs `f` on the worker named by `w`, without holding the handle table's
-/// lock.
+/// lock (see [`with_worker_cell`]).
+#[inline(always)]
+pub(super) fn with_worker<R>(
+    t: &ThreadState,
+    w: gk_worker,
+    f: impl FnOnce(&mut Worker) -> Result<R>,
+) -> Result<R> {
+    with_worker_cell(t, w, |_, wk| f(wk))
+}
+
+/// Runs `f` on the worker named by `w` and its cell, without holding the
+/// handle table's lock.
 ///
 /// The pull loop's repeated calls on one worker find it in this thread's
 /// cache (if it is still alive and of this process; both are checked again
@@ -174,10 +189,10 @@ pub(crate) struct WorkerCell {
 /// clear a borrowed cache, which then names the worker in call, whose own
 /// freeing is refused.
 #[inline(always)]
-fn with_worker<R>(
+pub(super) fn with_worker_cell<R>(
     t: &ThreadState,
     w: gk_worker,
-    f: impl FnOnce(&mut Worker) -> Result<R>,
+    f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
 ) -> Result<R> {
     if let Ok(cache) = t.worker.try_borrow() {
         if let Some((h, cell)) = &*cache {
@@ -192,15 +207,15 @@ fn with_worker<R>(
     with_worker_slow(t, w, f)
 }
 
-/// [`with_worker`] for a worker that is not in this thread's cache: from
-/// the handle table (which refuses stale, forged, freed and wrong-kind
+/// [`with_worker_cell`] for a worker that is not in this thread's cache:
+/// from the handle table (which refuses stale, forged, freed and wrong-kind
 /// handles, and a fork parent's workers), then cached when the cache is not
 /// in use.
 #[inline(never)]
 fn with_worker_slow<R>(
     t: &ThreadState,
     w: gk_worker,
-    f: impl FnOnce(&mut Worker) -> Result<R>,
+    f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
 ) -> Result<R> {
     let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
     if let Ok(mut cache) = t.worker.try_borrow_mut() {
@@ -216,7 +231,7 @@ fn enter<R>(
     t: &ThreadState,
     w: gk_worker,
     cell: &WorkerCell,
-    f: impl FnOnce(&mut Worker) -> Result<R>,
+    f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
 ) -> Result<R> {
     let me = t.token();
     if cell.in_call.load(Ordering::Acquire) == me {
@@ -234,7 +249,7 @@ fn enter<R>(
     }
     cell.in_call.store(me, Ordering::Release);
     let _leave = Leave(&cell.in_call);
-    f(&mut guard)
+    f(cell, &mut guard)
 }
 
 #[cold]
@@ -333,6 +348,7 @@ pub unsafe extern "C" fn gk_worker_new(
             alive: AtomicBool::new(true),
             fork_gen: crate::lock::process_generation(),
             worker: Mutex::new(w),
+            log_text: Mutex::new(Vec::new()),
         });
         *out = HANDLES.with(|h| h.workers.insert(cell));
         Ok(GK_OK)
@@ -392,8 +408,9 @@ fn set_predicate(
     })
 }
 
-/// Sets the validity predicate ("is this output valid?"); NULL restores the
-/// default, "the path exists". `data` is passed back to `f`.
+/// Sets the validity predicate ("is this output valid?"), replacing a store
+/// database; NULL restores the default, "the path exists". `data` is passed
+/// back to `f`. A real store should use `gk_worker_set_store_database`.
 #[no_mangle]
 pub extern "C" fn gk_worker_set_valid_path(
     w: gk_worker,
@@ -401,6 +418,51 @@ pub extern "C" fn gk_worker_set_valid_path(
     data: *mut c_void,
 ) -> gk_status {
     call_tls(|t| set_predicate(t, w, f, data, true))
+}
+
+/// Takes the worker's validity from the store database at `db_path`
+/// (absolute, e.g. `/var/guix/db/db.sqlite`): an output is valid when it is
+/// registered in table `ValidPaths`, as for the daemon. This is what a real
+/// store needs (a build that writes its output in place makes the path exist
+/// long before it is valid); the file-existence default is only right for a
+/// store without a database. The database is opened read-only and checked
+/// now (busy timeout 5000 ms); a bad one is an error naming the file, as
+/// for `gk_store_db_open`, and the worker keeps its previous validity. On
+/// success it replaces a validity predicate. NULL: back to the default, "the
+/// path exists" (dropping a database or a predicate).
+///
+/// If the database cannot answer later (locked, replaced, unreadable), no
+/// goal is finished as valid: a goal about to run fails, a goal waiting for
+/// a lock keeps waiting, a reported success is recorded as failed, and the
+/// worker's log names the database file and the error. A query never waits
+/// on a WAL database (both daemons' default); on a rollback-journal database
+/// it waits while the daemon commits, at most the busy timeout: the one
+/// place where `gk_worker_next_event` and `gk_worker_report` can block.
+///
+/// # Safety
+/// `db_path` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_set_store_database(
+    w: gk_worker,
+    db_path: *const c_char,
+) -> gk_status {
+    call_tls(|t| {
+        let path = if db_path.is_null() {
+            None
+        } else {
+            // SAFETY: non-null, and NUL-terminated per this function's contract.
+            let bytes = unsafe { args::c_bytes(db_path, "db_path") }?;
+            Some(Path::new(OsStr::from_bytes(bytes)))
+        };
+        with_worker(t, w, |wk| {
+            match path {
+                Some(p) => wk.set_store_database(p)?,
+                None => wk.reset_validity(),
+            }
+            wk.check()?;
+            Ok(GK_OK)
+        })
+    })
 }
 
 /// Sets the cached-failure predicate, asked for build goals after locking

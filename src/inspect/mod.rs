@@ -50,4 +50,6 @@ mod report;
 pub use kernel::{parse_proc_locks, read_proc_locks, KernelLock, LockKind};
 pub use key::FileKey;
 pub use procfs::{command_of, SCAN_REUSE};
-pub use report::{describe_holders, holder_pids, lock_info, Inspector, LockInfo, Party};
+pub use report::{
+    describe_holders, describe_holders_and_pids, holder_pids, lock_info, Inspector, LockInfo, Party,
+};

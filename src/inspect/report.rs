@@ -369,6 +369,12 @@ pub fn holder_pids(lock_file: &Path) -> Vec<u32> {
 /// reuse a recent descriptor table ([`Inspector::with_recent_scan`]), so it
 /// is cheap enough to call whenever a goal starts waiting.
 pub fn describe_holders(lock_file: &Path) -> Option<String> {
+    describe_holders_and_pids(lock_file).map(|(text, _)| text)
+}
+
+/// [`describe_holders`], with the distinct pids of the holders that could
+/// be identified (sorted; empty if none could), from the same look.
+pub fn describe_holders_and_pids(lock_file: &Path) -> Option<(String, Vec<u32>)> {
     let info = Inspector::with_recent_scan()
         .and_then(|mut i| i.inspect(lock_file))
         .ok()?;
@@ -379,7 +385,7 @@ pub fn describe_holders(lock_file: &Path) -> Option<String> {
     if info.holders.iter().any(|p| p.pid.is_none()) && info.unreadable > 0 {
         s.push(format!("{} processes not readable", info.unreadable));
     }
-    Some(s.join("; "))
+    Some((s.join("; "), info.holder_pids()))
 }
 
 #[cfg(test)]

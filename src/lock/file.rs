@@ -44,9 +44,11 @@ impl LockFile {
     /// hands it to a lock set pass, which registers it.
     ///
     /// After the kernel grants the lock, the file is checked with `fstat`: if
-    /// it has been unlinked (`st_nlink == 0`) or carries the deletion token
+    /// it has been unlinked (`st_nlink == 0`) or carries the deletion mark
     /// (`st_size != 0`), its previous holder deleted it, so it is closed,
-    /// re-opened and locked again, at most [`MAX_STALE_ATTEMPTS`] times.
+    /// re-opened and locked again, at most [`MAX_STALE_ATTEMPTS`] times. A
+    /// file that is not a lock file we may use (not regular, more than one
+    /// link, a foreign owner) is refused with [`Error::ForeignLockFile`] (L11).
     ///
     /// It waits for whoever holds the lock, including another lock set of
     /// this process (the scheduler's wait threads rely on that). A caller
@@ -70,13 +72,16 @@ impl LockFile {
             if cancelled() {
                 return Ok(None);
             }
-            let fd = open_lock_file(path)?;
+            let (fd, dir_owner) = open_lock_file(path)?;
             if let Err(e) = lock_blocking(backend, fd) {
                 close_fd(fd);
                 return Err(Error::from_io(path.lock_path(), "lock", e));
             }
-            match stat(fd) {
-                Ok(st) if !is_stale(&st) => {
+            let found = stat(fd)
+                .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
+                .and_then(|st| Ok((examine(path, &st, dir_owner)?, st)));
+            match found {
+                Ok((Found::Live, st)) => {
                     return Ok(Some(LockFile {
                         fd,
                         backend,
@@ -84,15 +89,14 @@ impl LockFile {
                         key: key_of(&st),
                     }))
                 }
-                Ok(st) => {
-                    finish_interrupted_deletion(path, &st);
+                Ok((Found::Stale, _)) => {
                     let _ = backend.unlock(fd);
                     close_fd(fd);
                 }
                 Err(e) => {
                     let _ = backend.unlock(fd);
                     close_fd(fd);
-                    return Err(Error::from_io(path.lock_path(), "fstat", e));
+                    return Err(e);
                 }
             }
         }
@@ -114,7 +118,7 @@ impl LockFile {
         ensure_installed();
         for _ in 0..MAX_STALE_ATTEMPTS {
             let attempt = STATE.with(|st| -> Result<Option<Acquired>> {
-                let fd = open_in(st, path)?;
+                let (fd, dir_owner) = open_in(st, path)?;
                 let fail = |st: &mut State, op, e| {
                     close_in(st, fd);
                     Err(Error::from_io(path.lock_path(), op, e))
@@ -132,29 +136,34 @@ impl LockFile {
                             None => Acquired::Busy,
                         }))
                     }
-                    Ok(true) => match stat(fd) {
-                        Ok(s) if !is_stale(&s) => {
-                            let key = key_of(&s);
-                            st.held_inodes.insert(key, owner);
-                            st.held.insert(path.clone(), owner);
-                            Ok(Some(Acquired::Locked(LockFile {
-                                fd,
-                                backend,
-                                generation: generation(),
-                                key,
-                            })))
+                    Ok(true) => {
+                        let found = stat(fd)
+                            .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
+                            .and_then(|s| Ok((examine(path, &s, dir_owner)?, s)));
+                        match found {
+                            Ok((Found::Live, s)) => {
+                                let key = key_of(&s);
+                                st.held_inodes.insert(key, owner);
+                                st.held.insert(path.clone(), owner);
+                                Ok(Some(Acquired::Locked(LockFile {
+                                    fd,
+                                    backend,
+                                    generation: generation(),
+                                    key,
+                                })))
+                            }
+                            Ok((Found::Stale, _)) => {
+                                let _ = backend.unlock(fd);
+                                close_in(st, fd);
+                                Ok(None) // stale: re-open
+                            }
+                            Err(e) => {
+                                let _ = backend.unlock(fd);
+                                close_in(st, fd);
+                                Err(e)
+                            }
                         }
-                        Ok(s) => {
-                            finish_interrupted_deletion(path, &s);
-                            let _ = backend.unlock(fd);
-                            close_in(st, fd);
-                            Ok(None) // stale: re-open
-                        }
-                        Err(e) => {
-                            let _ = backend.unlock(fd);
-                            fail(st, "fstat", e)
-                        }
-                    },
+                    }
                 }
             })?;
             if let Some(a) = attempt {
@@ -174,18 +183,29 @@ impl LockFile {
         self.fd
     }
 
-    /// Releases the lock. With `delete`, the lock file is deleted first in a
-    /// way that no peer can mistake for a live lock: the token `"d"` is
-    /// written, then the file is unlinked, then unlocked and closed.
+    /// Releases the lock. With `delete`, the lock file is deleted first, in
+    /// the order of guix-daemon and Nix, then unlocked and closed:
     ///
-    /// The token goes *before* the unlink (the C++ daemon does the reverse):
-    /// while we hold the lock nobody can observe the order, but if the write
-    /// fails (ENOSPC) we simply keep the file, whereas an unlinked empty inode
-    /// would look live to old peers that only check `st_size` (L9). If the
-    /// unlink fails, the token is truncated away again.
+    /// 1. if `P.lock` still names the locked inode (`lstat`, device and
+    ///    inode compared), it is unlinked;
+    /// 2. the inode, still locked, is marked non-empty, so that a peer
+    ///    blocked on it that checks only `st_size` (guix-daemon) sees it is
+    ///    stale: the token `"d"` is written, and if that fails (`ENOSPC`,
+    ///    `EDQUOT`) the file is extended to one byte with `ftruncate`, which
+    ///    needs no data block.
+    ///
+    /// A crash at any instant leaves at worst what a crash of guix-daemon
+    /// at the same instant leaves, and never a linked file carrying the
+    /// token (which old daemons would spin on for ever). Between 1 and 2 the
+    /// inode is unlinked and empty: goalkeeper's waiters see `st_nlink == 0`,
+    /// an `st_size`-only peer would take it for live. If the unlink fails,
+    /// nothing is written and the file stays a live lock file; if both marks
+    /// fail, the error says so (the inode cannot be re-linked). An inode
+    /// that is still linked after step 1 (someone made another hard link to
+    /// it while it was held) is not marked: [`Error::ForeignLockFile`].
     ///
     /// The lock is always released, even when an error is returned; the error
-    /// then says that the file could not be deleted.
+    /// then says that the file could not be deleted, or not marked.
     pub(crate) fn release(self, path: &StorePath, delete: bool) -> Result<()> {
         STATE.with(|st| self.release_in(st, path, delete))
     }
@@ -206,7 +226,7 @@ impl LockFile {
         }
         let mut result = Ok(());
         if delete {
-            result = delete_lock_file(fd, path);
+            result = delete_lock_file(fd, self.key, path);
         }
         let _ = self.backend.unlock(fd);
         close_in(st, fd);
@@ -223,30 +243,85 @@ impl Drop for LockFile {
     }
 }
 
-fn delete_lock_file(fd: RawFd, path: &StorePath) -> Result<()> {
-    if let Some(e) = crate::fault::injected(crate::fault::Point::TokenWrite) {
-        return Err(Error::from_io(path.lock_path(), "write deletion token", e));
+fn delete_lock_file(fd: RawFd, key: FileKey, path: &StorePath) -> Result<()> {
+    use crate::fault::{crash_point, Point};
+    crash_point(Point::CrashBeforeUnlink);
+    // Unlink the name only if it still names the inode we hold: never remove
+    // a file someone else put there. A name that is gone or names another
+    // file no longer leads to our inode, which is then marked all the same
+    // for whoever is blocked on it.
+    match lstat(path) {
+        Ok(now) if key_of(&now) == key => {
+            // SAFETY: the path is a valid NUL-terminated string.
+            if unsafe { libc::unlink(path.lock_cstr().as_ptr()) } == -1 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    // Nothing written: the file stays a live lock file.
+                    return Err(Error::from_io(path.lock_path(), "unlink", e));
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(Error::from_io(path.lock_path(), "lstat before unlink", e)),
     }
-    // SAFETY: writing one byte from a static buffer to an fd we own.
-    let n = unsafe { libc::write(fd, b"d".as_ptr().cast(), 1) };
-    if n != 1 {
-        let e = if n < 0 {
-            io::Error::last_os_error()
-        } else {
-            io::Error::from_raw_os_error(libc::EIO)
-        };
-        return Err(Error::from_io(path.lock_path(), "write deletion token", e));
+    crash_point(Point::CrashAfterUnlink);
+    // Only an inode no name leads to is marked: a linked file carrying the
+    // mark is what old daemons spin on for ever. One link is all it had at
+    // acquisition; another made since (by whoever may link other users'
+    // files) keeps it unmarked, and the release says so.
+    match stat(fd) {
+        Ok(st) if st.st_nlink == 0 => {}
+        Ok(st) => {
+            return Err(Error::ForeignLockFile {
+                path: path.lock_path().to_path_buf(),
+                reason: format!(
+                    "it gained {} other hard link(s) while it was held, so it was not marked \
+                     as deleted",
+                    st.st_nlink
+                ),
+            })
+        }
+        Err(e) => return Err(Error::from_io(path.lock_path(), "fstat before the mark", e)),
     }
-    crate::fault::crash_point(crate::fault::Point::CrashAfterToken);
-    // SAFETY: the path is a valid NUL-terminated string.
-    if unsafe { libc::unlink(path.lock_cstr().as_ptr()) } == -1 {
-        let e = io::Error::last_os_error();
-        // Undo the token so the file stays usable as a live lock file.
-        // SAFETY: plain syscall on an fd we own.
-        unsafe { libc::ftruncate(fd, 0) };
-        return Err(Error::from_io(path.lock_path(), "unlink", e));
-    }
+    mark_deleted(fd, path)?;
+    crash_point(Point::CrashAfterMark);
     Ok(())
+}
+
+/// Marks the unlinked, still locked inode as deleted for peers that check
+/// only `st_size`: the token `"d"`, or one byte of file size if the write
+/// fails. The inode is the one this process locked and found to be a lock
+/// file at acquisition (regular, one link, an expected owner; L11).
+fn mark_deleted(fd: RawFd, path: &StorePath) -> Result<()> {
+    let written = match crate::fault::injected(crate::fault::Point::TokenWrite) {
+        Some(_) => false,
+        None => loop {
+            // SAFETY: writing one byte from a static buffer to an fd we own.
+            let n = unsafe { libc::pwrite(fd, b"d".as_ptr().cast(), 1, 0) };
+            if n == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break n == 1;
+        },
+    };
+    if written {
+        return Ok(());
+    }
+    // Extending a file needs no data block, so this works where the write
+    // failed for want of space.
+    let e = match crate::fault::injected(crate::fault::Point::MarkTruncate) {
+        Some(e) => e,
+        // SAFETY: plain syscall on an fd we own.
+        None if unsafe { libc::ftruncate(fd, 1) } == 0 => return Ok(()),
+        None => io::Error::last_os_error(),
+    };
+    Err(Error::from_io(
+        path.lock_path(),
+        "mark the unlinked lock file as deleted (writing \"d\" and ftruncate both failed; \
+         a peer that checks only st_size may take it for a live lock)",
+        e,
+    ))
 }
 
 fn lock_blocking(backend: Backend, fd: RawFd) -> io::Result<()> {
@@ -268,11 +343,63 @@ fn stat(fd: RawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// The previous holder deleted the file: unlinked, or the token "d" written.
+/// What a file whose lock was just granted turned out to be.
+enum Found {
+    /// A live lock file.
+    Live,
+    /// Deleted by its previous holder (unlinked, or marked non-empty): close
+    /// it and open the path again.
+    Stale,
+}
+
+/// Judges a file whose lock was just granted, from its `fstat`. An unlinked
+/// file is stale. A linked one must be a lock file we may use (L11: regular,
+/// one link, owned by this process's effective user or by the store
+/// directory's owner; anything else is refused without a write). A linked
+/// lock file that is not empty carries the deletion token: stale, and its
+/// deletion is finished.
+fn examine(path: &StorePath, st: &libc::stat, dir_owner: libc::uid_t) -> Result<Found> {
+    if st.st_nlink == 0 {
+        return Ok(Found::Stale);
+    }
+    let refuse = |reason: String| {
+        Err(Error::ForeignLockFile {
+            path: path.lock_path().to_path_buf(),
+            reason,
+        })
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return refuse(format!("not a regular file (mode {:o})", st.st_mode));
+    }
+    if st.st_nlink > 1 {
+        return refuse(format!(
+            "it has {} hard links, a lock file has one (a link to another file planted here?)",
+            st.st_nlink
+        ));
+    }
+    if st.st_uid != dir_owner {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if st.st_uid != me {
+            return refuse(format!(
+                "owned by uid {}, neither this process's user (uid {me}) nor the store \
+                 directory's owner (uid {dir_owner})",
+                st.st_uid
+            ));
+        }
+    }
+    if st.st_size != 0 {
+        finish_interrupted_deletion(path, st);
+        return Ok(Found::Stale);
+    }
+    Ok(Found::Live)
+}
+
 /// A lock file that is still linked but carries the deletion token was left
-/// by a holder that died between writing the token and unlinking (we write
-/// first, see [`LockFile::release`]; guix-daemon unlinks first, so it never
-/// leaves such a file). We hold its lock now, so nobody else can be
+/// by a holder that died between writing the token and unlinking: earlier
+/// versions of goalkeeper wrote first (today's order, unlink then mark, is
+/// in [`LockFile::release`]), and so may other programs. guix-daemon spins
+/// on such a file for ever. We hold its lock now, so nobody else can be
 /// deleting it: finish the deletion, so that the next open creates a fresh
 /// file instead of finding this one stale for ever (G7). The path is
 /// unlinked only if it still names the locked inode. If the unlink fails
@@ -281,13 +408,9 @@ fn finish_interrupted_deletion(path: &StorePath, locked: &libc::stat) {
     if locked.st_nlink == 0 || locked.st_size == 0 {
         return;
     }
-    // SAFETY: an all-zero stat is valid; lstat fills it from a NUL-terminated path.
-    let mut now: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::lstat(path.lock_cstr().as_ptr(), &mut now) } != 0
-        || key_of(&now) != key_of(locked)
-    {
-        return;
+    match lstat(path) {
+        Ok(now) if key_of(&now) == key_of(locked) => {}
+        _ => return,
     }
     if crate::fault::injected(crate::fault::Point::FinishDeletion).is_some() {
         return;
@@ -296,8 +419,14 @@ fn finish_interrupted_deletion(path: &StorePath, locked: &libc::stat) {
     unsafe { libc::unlink(path.lock_cstr().as_ptr()) };
 }
 
-fn is_stale(st: &libc::stat) -> bool {
-    st.st_nlink == 0 || st.st_size != 0
+fn lstat(path: &StorePath) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is valid; lstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::lstat(path.lock_cstr().as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
 }
 
 fn key_of(st: &libc::stat) -> FileKey {
@@ -306,8 +435,9 @@ fn key_of(st: &libc::stat) -> FileKey {
 
 /// Opens (creating if needed) `path.lock` with `O_RDWR|O_CREAT|O_CLOEXEC|O_NOFOLLOW`,
 /// mode 0600, after checking the store directory, and tracks the descriptor
-/// so that fork children close it.
-pub(crate) fn open_lock_file(path: &StorePath) -> Result<RawFd> {
+/// so that fork children close it. Returns the descriptor and the store
+/// directory's owner.
+pub(crate) fn open_lock_file(path: &StorePath) -> Result<(RawFd, libc::uid_t)> {
     ensure_installed();
     // Open under the process lock so that a concurrent fork either sees the
     // descriptor tracked or does not inherit it at all.
@@ -315,11 +445,11 @@ pub(crate) fn open_lock_file(path: &StorePath) -> Result<RawFd> {
 }
 
 /// [`open_lock_file`], with the process lock already held.
-fn open_in(st: &mut State, path: &StorePath) -> Result<RawFd> {
+fn open_in(st: &mut State, path: &StorePath) -> Result<(RawFd, libc::uid_t)> {
     if let Some(e) = crate::fault::injected(crate::fault::Point::OpenNoSpace) {
         return Err(Error::from_io(path.lock_path(), "open", e));
     }
-    super::store_dir::check_cached(st, path)?;
+    let dir_owner = super::store_dir::check_cached(st, path)?;
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     // SAFETY: the path is NUL-terminated; mode is passed as the variadic argument.
     let fd = unsafe { libc::open(path.lock_cstr().as_ptr(), flags, 0o600 as libc::c_uint) };
@@ -331,7 +461,7 @@ fn open_in(st: &mut State, path: &StorePath) -> Result<RawFd> {
         ));
     }
     process::track_fd(st, fd);
-    Ok(fd)
+    Ok((fd, dir_owner))
 }
 
 /// Untracks and closes a lock descriptor.

@@ -32,8 +32,8 @@ pub(crate) struct State {
     pub(crate) held_inodes: BTreeMap<FileKey, Owner>,
     /// Store directories whose permissions were checked and found safe, as
     /// bytes (compared with `memcmp` on the lock hot path; a process uses a
-    /// handful of store directories at most).
-    pub(crate) checked_dirs: Vec<Vec<u8>>,
+    /// handful of store directories at most), each with its owner's uid.
+    pub(crate) checked_dirs: Vec<(Vec<u8>, libc::uid_t)>,
     /// Abandoned lock waits whose threads are still blocked in the kernel,
     /// for a later wait on the same path to adopt (see `wait.rs`). In a fork
     /// child it also holds the parent's, which are never touched again.

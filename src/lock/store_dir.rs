@@ -7,7 +7,7 @@
 //! `1775 root:guixbuild` (group writable, sticky) and `/tmp` is `1777`; both
 //! are accepted, while `0775` or `0777` are refused.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::path::StorePath;
@@ -22,23 +22,29 @@ pub(crate) const CHECKED_DIRS_CACHED: usize = 16;
 
 /// Checks `dir` once per process (while it stays among the last
 /// [`CHECKED_DIRS_CACHED`] directories checked); successful checks are
-/// cached in `st`.
-pub(crate) fn check_cached(st: &mut State, path: &StorePath) -> Result<()> {
+/// cached in `st`, with the directory's owner. Returns the owner: a lock
+/// file must belong to it or to this process's effective user (L11).
+pub(crate) fn check_cached(st: &mut State, path: &StorePath) -> Result<libc::uid_t> {
     let dir = path.store_dir_bytes();
-    if st.checked_dirs.iter().any(|d| d.as_slice() == dir) {
-        return Ok(());
+    if let Some((_, owner)) = st.checked_dirs.iter().find(|(d, _)| d.as_slice() == dir) {
+        return Ok(*owner);
     }
-    check(path.store_dir())?;
+    let owner = check_owner(path.store_dir())?;
     if st.checked_dirs.len() >= CHECKED_DIRS_CACHED {
         st.checked_dirs.remove(0);
     }
-    st.checked_dirs.push(dir.to_vec());
-    Ok(())
+    st.checked_dirs.push((dir.to_vec(), owner));
+    Ok(owner)
 }
 
 /// Checks the permissions of `dir` (following symlinks, as `open` does for
 /// directories on the way).
 pub fn check(dir: &Path) -> Result<()> {
+    check_owner(dir).map(|_| ())
+}
+
+/// [`check`], returning the directory's owner.
+fn check_owner(dir: &Path) -> Result<libc::uid_t> {
     let meta =
         std::fs::metadata(dir).map_err(|e| Error::from_io(dir, "stat store directory", e))?;
     if !meta.is_dir() {
@@ -55,7 +61,7 @@ pub fn check(dir: &Path) -> Result<()> {
             mode,
         });
     }
-    Ok(())
+    Ok(meta.uid())
 }
 
 #[cfg(test)]
@@ -80,7 +86,7 @@ mod tests {
                 assert!(st
                     .checked_dirs
                     .iter()
-                    .any(|d| d.as_slice() == p.store_dir_bytes()));
+                    .any(|(d, _)| d.as_slice() == p.store_dir_bytes()));
             });
         }
         std::fs::remove_dir_all(&base).unwrap();

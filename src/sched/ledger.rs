@@ -18,6 +18,7 @@ use crate::lock::registry::{held_where, Owner};
 
 use super::goal::{Exec, GoalKind, GoalState, Phase};
 use super::ids::GoalId;
+use super::log::{LogKind, LogRecord};
 use super::worker::{state_name, Worker};
 
 /// A worker's counts, from [`Worker::audit`] (in C, `gk_worker_audit`
@@ -182,7 +183,10 @@ impl Worker {
             None => Ok(()),
             Some(m) => {
                 self.ledger.violations += 1;
-                self.log.push(format!("ledger violation: {m}"));
+                self.log.push(LogRecord::new(
+                    LogKind::LedgerViolation,
+                    format!("ledger violation: {m}"),
+                ));
                 Err(Error::Invariant(m))
             }
         }

@@ -7,7 +7,8 @@
 //! * `arena`: goals in a flat vector, dependents in an edge pool.
 //! * `slots`: build slots with Guix semantics and explicit tokens.
 //! * `waits`: foreign lock waits on helper threads, and the worker's eventfd.
-//! * `validity`: the host's predicates.
+//! * `validity`: where validity comes from (the store database, a host
+//!   predicate, or "the path exists"), and the host's cached-failure predicate.
 //! * `transitions`: the life cycle of a goal.
 //! * `ledger`: invariant checks at every call (G6), and the audit.
 //! * `worker`: the pull API.
@@ -19,6 +20,13 @@
 //! worker, otherwise on a kernel wait whose end makes the worker's eventfd
 //! readable (G4), re-checking validity every `recheck_interval` so that a
 //! lock leaked by an old daemon cannot hang it (S3).
+//!
+//! Validity is the store database's `ValidPaths` once the host calls
+//! [`Worker::set_store_database`] (what a real store needs: the re-check is
+//! only safe with the real definition of validity). A database error is
+//! never "valid": before locking the goal goes on to its locks, under them
+//! it fails, while waiting it keeps waiting, and a reported success is
+//! recorded as failed; the log names the database file and the error.
 
 mod arena;
 mod goal;
@@ -35,6 +43,7 @@ mod worker;
 pub use goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome};
 pub use ids::GoalId;
 pub use ledger::Audit;
+pub use log::{monotonic_ns, LogKind, LogRecord};
 pub use waits::foreign_holder_hint;
 pub use worker::{Event, Worker, WorkerOptions};
 

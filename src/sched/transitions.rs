@@ -9,8 +9,10 @@ use crate::error::{Error, Result};
 use crate::lock::{next_id, LockFile, LockSet, LockWait, Owner, StorePath};
 
 use super::goal::{BuildMode, Exec, GoalKind, GoalState, Outcome, Phase, WaitRef};
+use super::ids::GoalId;
+use super::log::{LogKind, LogRecord};
 use super::slots::SlotToken;
-use super::validity::path_exists;
+use super::validity::{ask_all, Validity};
 use super::waits::{describe_holder, ForeignWait};
 use super::worker::{state_name, Event, Worker};
 
@@ -119,11 +121,16 @@ impl Worker {
 
     /// A build or substitute goal popped from the ready queue.
     fn start(&mut self, i: u32) {
-        if self.arena.goals[i as usize].mode != BuildMode::Check && self.all_valid(i) {
-            self.finish(i, Outcome::AlreadyValid, true);
-            return;
+        match self.validity_unless_check(i) {
+            Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
+            // The check before locking only saves taking locks for valid
+            // outputs: the check under the locks decides (or the goal waits).
+            Validity::Unknown { k, why } => {
+                self.log_unknown(i, k, &why, "it goes on to take its locks");
+                self.try_run(i, None);
+            }
+            Validity::Invalid(_) => self.try_run(i, None),
         }
-        self.try_run(i, None);
     }
 
     /// Takes a slot, then all output locks (sorted, all or nothing; `in_hand`
@@ -131,10 +138,7 @@ impl Worker {
     /// success the goal is running and a `Run` event is queued; otherwise it
     /// waits holding nothing, or finishes.
     fn try_run(&mut self, i: u32, in_hand: Option<(usize, LockFile)>) {
-        let (kind, mode) = {
-            let g = &self.arena.goals[i as usize];
-            (g.kind, g.mode)
-        };
+        let kind = self.arena.goals[i as usize].kind;
         let Some(token) = self.slots.try_take(kind) else {
             drop(in_hand); // G2/S4: never hold a lock while waiting for a slot
             if kind == GoalKind::Build && self.slots.max_jobs() == 0 {
@@ -143,7 +147,8 @@ impl Worker {
                      (only substitutions)",
                     self.name(i)
                 );
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::NoBuildSlots, line).goal(self.id(i));
+                self.log.push(rec);
                 self.finish(i, Outcome::Failed, true);
                 return;
             }
@@ -167,15 +172,21 @@ impl Worker {
                 );
                 self.slot_holders += 1;
                 self.ledger.touch(i);
-                if mode != BuildMode::Check && self.all_valid(i) {
-                    self.finish(i, Outcome::AlreadyValid, true);
-                } else if kind == GoalKind::Build && self.any_cached_failure(i) {
-                    self.finish(i, Outcome::CachedFailure, true);
-                } else {
-                    self.events.push_back(Event::Run {
+                match self.validity_unless_check(i) {
+                    Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
+                    Validity::Unknown { k, why } => {
+                        self.log_unknown(i, k, &why, "failed without running it");
+                        self.finish(i, Outcome::Failed, true);
+                    }
+                    Validity::Invalid(_)
+                        if kind == GoalKind::Build && self.any_cached_failure(i) =>
+                    {
+                        self.finish(i, Outcome::CachedFailure, true)
+                    }
+                    Validity::Invalid(_) => self.events.push_back(Event::Run {
                         goal: self.id(i),
                         kind,
-                    });
+                    }),
                 }
             }
             Ok(Err((mut paths, k))) => {
@@ -203,7 +214,11 @@ impl Worker {
                             sp.lock_path().display(),
                             self.name(h)
                         );
-                        self.log.push(line);
+                        let rec = LogRecord::new(LogKind::WaitsLocal, line)
+                            .goal(self.id(i))
+                            .path(&sp)
+                            .holder(Some(std::process::id()), Some(self.id(h)));
+                        self.log.push(rec);
                         self.arena
                             .set_phase(i, Phase::WaitingLock(WaitRef::Local(h)));
                         self.local_waits.push((h, i));
@@ -216,7 +231,8 @@ impl Worker {
             Err(e) => {
                 self.give_back_slot(token);
                 let line = format!("{} could not lock its outputs: {e}", self.name(i));
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::CouldNotLock, line).goal(self.id(i));
+                self.log.push(rec);
                 self.finish(i, Outcome::Failed, true);
             }
         }
@@ -227,11 +243,16 @@ impl Worker {
     fn wait_foreign(&mut self, i: u32, k: usize, path: StorePath, owner: Option<Owner>) {
         let who = describe_holder(&path, owner, self.serial);
         let line = format!(
-            "{} waits for {}, held by {who}",
+            "{} waits for {}, held by {}",
             self.name(i),
-            path.lock_path().display()
+            path.lock_path().display(),
+            who.text
         );
-        self.log.push(line);
+        let rec = LogRecord::new(LogKind::WaitsForeign, line)
+            .goal(self.id(i))
+            .path(&path)
+            .holder(who.pid, who.goal);
+        self.log.push(rec);
         match LockWait::spawn(path, self.opts.backend, Some(self.efd.notifier())) {
             Ok(wait) => {
                 let next_recheck = (self.arena.goals[i as usize].mode != BuildMode::Check)
@@ -241,13 +262,15 @@ impl Worker {
                     k,
                     wait,
                     next_recheck,
+                    unknown: None,
                 });
                 self.arena
                     .set_phase(i, Phase::WaitingLock(WaitRef::Foreign(w)));
             }
             Err(e) => {
                 let line = format!("{} could not wait for its lock: {e}", self.name(i));
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::CouldNotLock, line).goal(self.id(i));
+                self.log.push(rec);
                 self.finish(i, Outcome::Failed, true);
             }
         }
@@ -281,16 +304,44 @@ impl Worker {
             if recheck {
                 let g = w.goal;
                 self.stats.validity_rechecks += 1;
-                if self.all_valid(g) {
-                    let line = format!(
-                        "{} became valid while waiting for its lock; finished without \
-                         taking the lock",
-                        self.name(g)
-                    );
-                    self.log.push(line);
-                    self.finish(g, Outcome::AlreadyValid, true);
-                } else if let Some(w) = self.waits.get_mut(wi) {
+                let unknown = match self.validity(g) {
+                    Validity::Valid => {
+                        let line = format!(
+                            "{} became valid while waiting for its lock; finished without \
+                             taking the lock",
+                            self.name(g)
+                        );
+                        let mut rec = LogRecord::new(LogKind::BecameValid, line).goal(self.id(g));
+                        if let Some(w) = self.waits.get(wi) {
+                            rec = rec.path(w.wait.path()).duration(w.wait.started().elapsed());
+                        }
+                        self.log.push(rec);
+                        self.finish(g, Outcome::AlreadyValid, true);
+                        continue;
+                    }
+                    Validity::Invalid(_) => None,
+                    Validity::Unknown { k, why } => Some((k, why)),
+                };
+                // Keep waiting; say so when the database's answer changes.
+                let before = self.waits.get(wi).and_then(|w| w.unknown.clone());
+                match (&before, &unknown) {
+                    (b, Some((k, why))) if b.as_deref() != Some(why.as_str()) => {
+                        self.log_unknown(g, *k, why, "keeps waiting for its lock");
+                    }
+                    (Some(_), None) => {
+                        let line = format!(
+                            "{}: the store database answers again; its outputs are not \
+                             valid yet, it keeps waiting for its lock",
+                            self.name(g)
+                        );
+                        let rec = LogRecord::new(LogKind::ValidityUnknown, line).goal(self.id(g));
+                        self.log.push(rec);
+                    }
+                    _ => {}
+                }
+                if let Some(w) = self.waits.get_mut(wi) {
                     w.next_recheck = Some(now + self.opts.recheck_interval);
+                    w.unknown = unknown.map(|(_, why)| why);
                 }
             }
         }
@@ -316,27 +367,71 @@ impl Worker {
             }
             Err(e) => {
                 let line = format!("{} failed waiting for its lock: {e}", self.name(g));
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::CouldNotLock, line)
+                    .goal(self.id(g))
+                    .path(&self.arena.outputs(g)[k])
+                    .duration(waited);
+                self.log.push(rec);
                 self.finish(g, Outcome::Failed, true);
             }
             Ok(lock) => {
                 let path = self.arena.outputs(g)[k].clone();
-                if self.arena.goals[g as usize].mode != BuildMode::Check && self.all_valid(g) {
-                    // Valid now: deleting the lock file is allowed.
-                    if let Err(e) = lock.release(&path, true) {
-                        self.log.push(format!("{}: {e}", self.name(g)));
+                match self.validity_unless_check(g) {
+                    Validity::Invalid(_) => {}
+                    Validity::Valid => {
+                        let line = format!(
+                            "{} got {lock_path} handed over after {} ms and its outputs are \
+                             valid now; finished without running",
+                            self.name(g),
+                            waited.as_millis()
+                        );
+                        let rec = LogRecord::new(LogKind::BecameValid, line)
+                            .goal(self.id(g))
+                            .path(&path)
+                            .duration(waited);
+                        self.log.push(rec);
+                        // Valid now: deleting the lock file is allowed.
+                        self.release_handed_over(g, lock, &path, true);
+                        self.finish(g, Outcome::AlreadyValid, true);
+                        return;
                     }
-                    self.finish(g, Outcome::AlreadyValid, true);
-                    return;
+                    Validity::Unknown { k: bad, why } => {
+                        // Not known to be valid: the lock file stays.
+                        self.release_handed_over(g, lock, &path, false);
+                        self.log_unknown(
+                            g,
+                            bad,
+                            &why,
+                            "got its lock handed over, gave it back and failed without running",
+                        );
+                        self.finish(g, Outcome::Failed, true);
+                        return;
+                    }
                 }
                 let line = format!(
                     "{} got {lock_path} handed over after {} ms",
                     self.name(g),
                     waited.as_millis()
                 );
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::HandedOver, line)
+                    .goal(self.id(g))
+                    .path(&path)
+                    .duration(waited);
+                self.log.push(rec);
                 self.try_run(g, Some((k, lock)));
             }
+        }
+    }
+
+    /// Releases a lock a wait thread handed over that goal `g` will not use
+    /// (with deletion only when its outputs are valid); a failure is logged.
+    fn release_handed_over(&mut self, g: u32, lock: LockFile, path: &StorePath, delete: bool) {
+        if let Err(e) = lock.release(path, delete) {
+            let line = format!("{}: {e}", self.name(g));
+            let rec = LogRecord::new(LogKind::ReleaseFailed, line)
+                .goal(self.id(g))
+                .path(path);
+            self.log.push(rec);
         }
     }
 
@@ -506,7 +601,8 @@ impl Worker {
         if let Some(locks) = self.keep_for_legacy_hold(i, locks) {
             if let Err(e) = locks.release() {
                 let line = format!("{}: releasing its locks: {e}", self.name(i));
-                self.log.push(line);
+                let rec = LogRecord::new(LogKind::ReleaseFailed, line).goal(self.id(i));
+                self.log.push(rec);
             }
         }
         self.slot_holders = self.slot_holders.wrapping_sub(1);
@@ -531,35 +627,48 @@ impl Worker {
             "{} failed and keep-going is off: cancelled {n} goals that were not running",
             self.name(cause)
         );
-        self.log.push(line);
+        let rec = LogRecord::new(LogKind::CancelledByFailure, line).goal(self.id(cause));
+        self.log.push(rec);
     }
 
-    /// `true` if every output of goal `i` is valid (asks the host).
-    pub(super) fn all_valid(&mut self, i: u32) -> bool {
-        self.first_invalid_output(i).is_none() && !self.arena.outputs(i).is_empty()
+    /// What the validity source says about goal `i`'s outputs. A host
+    /// predicate's error is logged (and counts as "not valid").
+    pub(super) fn validity(&mut self, i: u32) -> Validity {
+        let id = GoalId::new(self.serial, i);
+        let Worker {
+            valid, arena, log, ..
+        } = self;
+        ask_all(valid, arena.outputs(i), &mut |p, line| {
+            log.push(
+                LogRecord::new(LogKind::PredicateError, line)
+                    .goal(id)
+                    .path(p),
+            )
+        })
     }
 
-    /// The index of the first output of goal `i` that is not valid.
-    pub(super) fn first_invalid_output(&mut self, i: u32) -> Option<usize> {
-        let n = self.arena.outputs(i).len();
-        for k in 0..n {
-            let p = &self.arena.outputs(i)[k];
-            let ok = match self.valid.as_mut() {
-                None => path_exists(p),
-                Some(pred) => match pred.ask(p) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let line = format!("validity predicate failed on {p}: {e}; taken as no");
-                        self.log.push(line);
-                        false
-                    }
-                },
-            };
-            if !ok {
-                return Some(k);
-            }
+    /// [`Worker::validity`], except in check mode, where outputs are rebuilt
+    /// whether valid or not (answered `Invalid` without asking).
+    fn validity_unless_check(&mut self, i: u32) -> Validity {
+        if self.arena.goals[i as usize].mode == BuildMode::Check {
+            Validity::Invalid(0)
+        } else {
+            self.validity(i)
         }
-        None
+    }
+
+    /// Logs that the store database could not say whether output `k` of goal
+    /// `i` is valid, and what the goal does about it (`then`).
+    pub(super) fn log_unknown(&mut self, i: u32, k: usize, why: &str, then: &str) {
+        let p = &self.arena.outputs(i)[k];
+        let line = format!(
+            "{}: cannot tell whether {p} is valid ({why}); never taken as valid: {then}",
+            self.name(i),
+        );
+        let rec = LogRecord::new(LogKind::ValidityUnknown, line)
+            .goal(GoalId::new(self.serial, i))
+            .path(p);
+        self.log.push(rec);
     }
 
     fn any_cached_failure(&mut self, i: u32) -> bool {
@@ -569,14 +678,20 @@ impl Worker {
         for p in self.arena.outputs(i) {
             match pred.ask(p) {
                 Ok(true) => {
-                    let line = format!("goal {i} ({p}) has a cached failure");
-                    self.log.push(line);
+                    let line = format!("{} has a cached failure: {p}", self.name(i));
+                    let rec = LogRecord::new(LogKind::CachedFailure, line)
+                        .goal(GoalId::new(self.serial, i))
+                        .path(p);
+                    self.log.push(rec);
                     return true;
                 }
                 Ok(false) => {}
                 Err(e) => {
                     let line = format!("cached-failure predicate failed on {p}: {e}; taken as no");
-                    self.log.push(line);
+                    let rec = LogRecord::new(LogKind::PredicateError, line)
+                        .goal(GoalId::new(self.serial, i))
+                        .path(p);
+                    self.log.push(rec);
                 }
             }
         }

@@ -71,6 +71,9 @@ pub(crate) struct ForeignWait {
     pub(crate) wait: LockWait,
     /// When validity is re-checked next (None in check mode: no shortcut).
     pub(crate) next_recheck: Option<Instant>,
+    /// The store database's error at the last re-check, if it could not
+    /// answer (logged once, not at every re-check, until it changes).
+    pub(crate) unknown: Option<String>,
 }
 
 /// The table of foreign waits: a slab with a free list.
@@ -146,22 +149,54 @@ pub fn foreign_holder_hint(path: &StorePath) -> Option<String> {
     crate::inspect::describe_holders(path.lock_path())
 }
 
-/// Describes who holds a lock a goal waits for, for the diagnostics log.
-pub(crate) fn describe_holder(path: &StorePath, owner: Option<Owner>, worker: u32) -> String {
-    let goal = owner.map(|o| GoalId::from_raw(o.tag));
-    match (owner, goal) {
-        (Some(o), Some(g)) if o.tag != 0 && g.worker() == worker => {
-            format!("{g} of this worker (lock set {})", o.lockset)
+/// Who holds a lock a goal waits for, for the diagnostics log.
+pub(crate) struct Holder {
+    /// "goal 3 of this worker (lock set 7)", "another process (pid 42 …)".
+    pub(crate) text: String,
+    /// The holding process, when known: this process for its own lock sets
+    /// and goals; for another process, the lowest pid `/proc` names.
+    pub(crate) pid: Option<u32>,
+    /// The holding goal, when it is a goal of this process.
+    pub(crate) goal: Option<GoalId>,
+}
+
+/// Describes who holds a lock a goal waits for.
+pub(crate) fn describe_holder(path: &StorePath, owner: Option<Owner>, worker: u32) -> Holder {
+    let me = Some(std::process::id());
+    match owner {
+        Some(o) if o.tag != 0 => {
+            let g = GoalId::from_raw(o.tag);
+            let text = if g.worker() == worker {
+                format!("{g} of this worker (lock set {})", o.lockset)
+            } else {
+                format!(
+                    "{g} of worker {} in this process (lock set {})",
+                    g.worker(),
+                    o.lockset
+                )
+            };
+            Holder {
+                text,
+                pid: me,
+                goal: Some(g),
+            }
         }
-        (Some(o), Some(g)) if o.tag != 0 => format!(
-            "{g} of worker {} in this process (lock set {})",
-            g.worker(),
-            o.lockset
-        ),
-        (Some(o), _) => format!("lock set {} in this process", o.lockset),
-        (None, _) => match foreign_holder_hint(path) {
-            Some(who) => format!("another process ({who})"),
-            None => "another process".to_string(),
+        Some(o) => Holder {
+            text: format!("lock set {} in this process", o.lockset),
+            pid: me,
+            goal: None,
+        },
+        None => match crate::inspect::describe_holders_and_pids(path.lock_path()) {
+            Some((who, pids)) => Holder {
+                text: format!("another process ({who})"),
+                pid: pids.first().copied(),
+                goal: None,
+            },
+            None => Holder {
+                text: "another process".to_string(),
+                pid: None,
+                goal: None,
+            },
         },
     }
 }

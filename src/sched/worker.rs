@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::lock::{normalize_set, Backend, LockSet, StorePath};
+use crate::store_db::StoreDb;
 
 use super::arena::Arena;
 use super::goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome, Phase};
 use super::ids::{next_worker_serial, GoalId};
 use super::ledger::{Audit, Ledger};
-use super::log::Log;
+use super::log::{Log, LogKind, LogRecord};
 use super::ring::Ring;
 use super::slots::Slots;
-use super::validity::{FnPredicate, PathPredicate};
+use super::validity::{FnPredicate, PathPredicate, Source, Validity};
 use super::waits::{EventFd, ForeignWaits};
 
 /// How a worker schedules.
@@ -152,7 +153,7 @@ pub struct Worker {
     /// `legacy_hold` only: lock sets kept by finished goals.
     pub(super) legacy: Vec<(u32, LockSet)>,
     pub(super) efd: EventFd,
-    pub(super) valid: Option<Box<dyn PathPredicate>>,
+    pub(super) valid: Source,
     pub(super) cached: Option<Box<dyn PathPredicate>>,
     pub(super) ledger: Ledger,
     pub(super) log: Log,
@@ -190,7 +191,7 @@ impl Worker {
             local_waits: Vec::new(),
             legacy: Vec::new(),
             efd: EventFd::new()?,
-            valid: None,
+            valid: Source::Exists,
             cached: None,
             ledger: Ledger::new(),
             log: Log::default(),
@@ -212,10 +213,58 @@ impl Worker {
         self.serial
     }
 
-    /// Sets the validity predicate ("is this output already valid?"). The
-    /// default is "the path exists". Called on the calling thread only.
+    /// Takes validity from the store's database at `db_path` (absolute, e.g.
+    /// `/var/guix/db/db.sqlite`): an output is valid when it is registered in
+    /// table `ValidPaths`, as for the daemon. This is what a real store
+    /// needs; the file-existence default is only right for a store without a
+    /// database. The database is opened and checked now (read-only, busy
+    /// timeout 5 s): a missing file, a file that is not SQLite, one without
+    /// `ValidPaths`, a database locked past the timeout, or a relative path
+    /// is an [`Error::StoreDatabase`] naming the file, and the worker keeps
+    /// its previous validity source. On success the database replaces any
+    /// validity predicate.
+    ///
+    /// If the database cannot answer later (locked, replaced, unreadable), no
+    /// goal is finished as valid: a goal about to run fails, a goal waiting
+    /// for a lock keeps waiting, and a reported success is recorded as
+    /// failed; the log names the file and the error.
+    ///
+    /// A query never waits on a WAL database (both daemons' default). On a
+    /// rollback-journal database it waits while the daemon commits, at most
+    /// the busy timeout: the one place where [`Worker::next_event`] and
+    /// [`Worker::report`] can block.
+    pub fn set_store_database(&mut self, db_path: impl AsRef<Path>) -> Result<()> {
+        let db = StoreDb::open(db_path)?;
+        self.set_store_db(db);
+        Ok(())
+    }
+
+    /// [`Worker::set_store_database`] with a database the caller opened
+    /// (e.g. with other [`crate::store_db::StoreDbOptions`]).
+    pub fn set_store_db(&mut self, db: StoreDb) {
+        self.valid = Source::Database(Box::new(db));
+    }
+
+    /// The store database the worker takes validity from, if any.
+    pub fn store_database(&self) -> Option<&Path> {
+        match &self.valid {
+            Source::Database(db) => Some(db.path()),
+            _ => None,
+        }
+    }
+
+    /// Back to the default validity, "the path exists" (only right for a
+    /// store without a database), dropping a database or predicate.
+    pub fn reset_validity(&mut self) {
+        self.valid = Source::Exists;
+    }
+
+    /// Sets the validity predicate ("is this output already valid?"),
+    /// replacing a store database. The default is "the path exists". Called
+    /// on the calling thread only. A real store should use
+    /// [`Worker::set_store_database`] instead.
     pub fn set_valid_path(&mut self, f: Box<dyn FnMut(&Path) -> bool + Send>) {
-        self.valid = Some(Box::new(FnPredicate(f)));
+        self.valid = Source::Host(Box::new(FnPredicate(f)));
     }
 
     /// Sets the cached-failure predicate ("did building this output fail
@@ -225,7 +274,7 @@ impl Worker {
     }
 
     pub(crate) fn set_valid_predicate(&mut self, p: Option<Box<dyn PathPredicate>>) {
-        self.valid = p;
+        self.valid = p.map_or(Source::Exists, Source::Host);
     }
 
     pub(crate) fn set_cached_predicate(&mut self, p: Option<Box<dyn PathPredicate>>) {
@@ -329,7 +378,8 @@ impl Worker {
                             self.name(g),
                             goal.mode
                         );
-                        self.log.push(line);
+                        let rec = LogRecord::new(LogKind::ModeKept, line).goal(self.id(g));
+                        self.log.push(rec);
                     }
                     return Ok(self.id(g));
                 }
@@ -463,16 +513,31 @@ impl Worker {
     /// not valid (the log says why).
     #[inline(never)]
     fn checked_success(&mut self, i: u32, outcome: Outcome) -> Outcome {
-        let Some(k) = self.first_invalid_output(i) else {
-            return outcome;
-        };
-        let p = &self.arena.outputs(i)[k];
-        let line = format!(
-            "{}: the builder reported success but {p} is not valid; recorded as failed",
-            self.name(i)
-        );
-        self.log.push(line);
-        Outcome::Failed
+        match self.validity(i) {
+            Validity::Valid => outcome,
+            Validity::Invalid(k) => {
+                let p = &self.arena.outputs(i)[k];
+                let line = format!(
+                    "{}: the builder reported success but {p} is not valid; recorded as \
+                     failed",
+                    self.name(i)
+                );
+                let rec = LogRecord::new(LogKind::NotValidAfterSuccess, line)
+                    .goal(GoalId::new(self.serial, i))
+                    .path(p);
+                self.log.push(rec);
+                Outcome::Failed
+            }
+            Validity::Unknown { k, why } => {
+                self.log_unknown(
+                    i,
+                    k,
+                    &why,
+                    "the builder reported success; recorded as failed",
+                );
+                Outcome::Failed
+            }
+        }
     }
 
     #[cold]
@@ -550,15 +615,32 @@ impl Worker {
         self.efd.fd()
     }
 
-    /// Takes the diagnostics log (who waits for which lock, held by whom;
-    /// why goals failed without running; ledger violations).
+    /// Takes the diagnostics log as text (who waits for which lock, held by
+    /// whom; why goals failed without running; ledger violations): the
+    /// messages of [`Worker::take_log_records`].
     pub fn take_log(&mut self) -> Vec<String> {
+        self.log.take().into_iter().map(|r| r.message).collect()
+    }
+
+    /// The diagnostics log's messages so far, without draining it.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.peek().map(|r| r.message.clone()).collect()
+    }
+
+    /// Takes the diagnostics log as structured records, oldest first.
+    pub fn take_log_records(&mut self) -> Vec<LogRecord> {
         self.log.take()
     }
 
-    /// The diagnostics log so far, without draining it.
-    pub fn log_lines(&self) -> Vec<String> {
-        self.log.peek().cloned().collect()
+    /// Takes at most `n` records of the diagnostics log, oldest first; the
+    /// rest stay for the next call.
+    pub fn take_log_records_up_to(&mut self, n: usize) -> Vec<LogRecord> {
+        self.log.take_up_to(n)
+    }
+
+    /// The number of records the diagnostics log holds.
+    pub fn log_len(&self) -> usize {
+        self.log.len()
     }
 
     /// Counts for tests and operators: goals by state, locks held (from the

@@ -59,6 +59,7 @@ pub(crate) enum Op {
     ForeignUnlock(usize),
     Fork,
     ArmEnospc(bool),
+    ArmTruncateEio(bool),
 }
 
 fn api() -> impl Strategy<Value = Api> {
@@ -129,6 +130,7 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         4 => (0..LOCKABLE.len()).prop_map(Op::ForeignUnlock),
         1 => Just(Op::Fork),
         1 => any::<bool>().prop_map(Op::ArmEnospc),
+        1 => any::<bool>().prop_map(Op::ArmTruncateEio),
     ]
 }
 
@@ -158,7 +160,10 @@ struct Model {
     /// descriptor, adopted by the next wait for the same path and backend.
     ghosts: BTreeSet<(NPath, u32)>,
     files: BTreeMap<NPath, FileState>,
+    /// The token write fails (ENOSPC): the release marks by ftruncate.
     enospc: bool,
+    /// The ftruncate fallback fails too (EIO): the release reports it.
+    truncate_eio: bool,
     threads_spawned: bool,
     log: Vec<String>,
 }
@@ -195,6 +200,7 @@ impl Model {
             ghosts: BTreeSet::new(),
             files,
             enospc: false,
+            truncate_eio: false,
             threads_spawned: false,
             log: Vec::new(),
         }
@@ -311,6 +317,7 @@ impl Drop for Model {
             unsafe { libc::close(fd) };
         }
         goalkeeper::fault::arm(goalkeeper::fault::Point::TokenWrite, false);
+        goalkeeper::fault::arm(goalkeeper::fault::Point::MarkTruncate, false);
         let start = Instant::now();
         while goalkeeper::lock::open_descriptor_count() != 0 || lockwait_threads() != 0 {
             if start.elapsed() > Duration::from_secs(5) {
@@ -647,12 +654,14 @@ fn run_op(m: &mut Model, st: &mut Stats, op: &Op) -> Result<(), TestCaseError> {
             match m.live.remove(&h) {
                 None => expect(st, &format!("release {h:#x}"), got, GK_ERROR_STALE_HANDLE)?,
                 Some(set) => {
-                    let fails = set.delete && m.enospc && cfg!(debug_assertions);
-                    let want = if fails { GK_ERROR_NO_SPACE } else { GK_OK };
+                    // Unlink first, then mark: the file is gone whether or
+                    // not the mark (token, then ftruncate) succeeded.
+                    let fails = set.delete && m.enospc && m.truncate_eio && cfg!(debug_assertions);
+                    let want = if fails { GK_ERROR_IO } else { GK_OK };
                     expect(st, &format!("release {h:#x}"), got, want)?;
                     for p in &set.paths {
                         m.held.remove(p);
-                        let fs = if set.delete && !fails {
+                        let fs = if set.delete {
                             FileState::Absent
                         } else {
                             FileState::Present
@@ -808,6 +817,10 @@ fn run_op(m: &mut Model, st: &mut Stats, op: &Op) -> Result<(), TestCaseError> {
         Op::ArmEnospc(on) => {
             goalkeeper::fault::arm(goalkeeper::fault::Point::TokenWrite, *on);
             m.enospc = *on;
+        }
+        Op::ArmTruncateEio(on) => {
+            goalkeeper::fault::arm(goalkeeper::fault::Point::MarkTruncate, *on);
+            m.truncate_eio = *on;
         }
     }
     Ok(())
@@ -1015,6 +1028,7 @@ pub(crate) fn run_case(ops: &[Op], st: &mut Stats) -> Result<(), TestCaseError> 
     // Release everything explicitly, checking each status.
     for h in m.live.keys().copied().collect::<Vec<_>>() {
         run_op(&mut m, st, &Op::ArmEnospc(false))?;
+        run_op(&mut m, st, &Op::ArmTruncateEio(false))?;
         let s = gk_lockset_release(h);
         expect(st, "final release", s, GK_OK)?;
         let set = m.live.remove(&h).unwrap();

@@ -20,7 +20,8 @@
 //! `gk_last_error_message()` is empty exactly after `GK_OK`.
 //!
 //! A second test does the same for the worker functions (`gk_worker_*`),
-//! see `worker_fuzz` below.
+//! see `worker_fuzz` below, and a third for the store database functions
+//! (`gk_store_db_*`, `gk_store_path_valid`), see `storedb.rs`.
 //!
 //! `GOALKEEPER_FUZZ_CASES` sets the number of lock-set cases (default 2000;
 //! `make soak` runs 100,000), `GOALKEEPER_FUZZ_WORKER_CASES` the worker
@@ -30,10 +31,10 @@
 //! reaching one of the statuses it is meant to reach.
 //!
 //! Layout: this file holds the shared harness (status recording, the
-//! runner) and the two tests; `store.rs` the pool of names and kernel
+//! runner) and the three tests; `store.rs` the pool of names and kernel
 //! probes; `args.rs` generated pointers, lengths and output buffers;
 //! `lockset.rs` the lock-set fuzzer and its model; `worker.rs` the worker
-//! fuzzer.
+//! fuzzer; `storedb.rs` the store database fuzzer and its model.
 
 use goalkeeper::ffi::gk_status::{self, *};
 use goalkeeper::ffi::*;
@@ -171,6 +172,7 @@ mod common;
 mod args;
 mod lockset;
 mod store;
+mod storedb;
 mod worker;
 
 #[test]
@@ -199,7 +201,7 @@ fn lockset_abi_random_call_sequences_match_the_model() {
         panic!("{e}");
     }
     if cases >= 1000 {
-        let mut want: BTreeSet<&str> = [
+        let want: BTreeSet<&str> = [
             GK_OK,
             GK_BUSY,
             GK_HELD_BY_THIS_PROCESS,
@@ -216,9 +218,6 @@ fn lockset_abi_random_call_sequences_match_the_model() {
         .iter()
         .map(|s| s.name())
         .collect();
-        if cfg!(debug_assertions) {
-            want.insert(GK_ERROR_NO_SPACE.name());
-        }
         let missing: Vec<_> = want
             .iter()
             .filter(|s| !stats.statuses.contains_key(*s))
@@ -250,8 +249,10 @@ fn worker_abi_random_call_sequences_keep_the_invariants() {
         worker::run_case(&ops, &mut stats.borrow_mut())
     });
     let stats = stats.into_inner();
+    let records = worker::LOG_RECORDS_CHECKED.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "abi_fuzz_worker: {cases} cases, {} calls in {:.1} s; statuses: {:?}",
+        "abi_fuzz_worker: {cases} cases, {} calls in {:.1} s; {records} log records checked; \
+         statuses: {:?}",
         stats.calls,
         started.elapsed().as_secs_f64(),
         stats.statuses
@@ -260,6 +261,10 @@ fn worker_abi_random_call_sequences_keep_the_invariants() {
         panic!("{e}");
     }
     if cases >= 500 {
+        assert!(
+            records > 0,
+            "the generator never made gk_worker_take_log_records return a record"
+        );
         let missing: Vec<&str> = [
             GK_OK,
             GK_ERROR_NULL_POINTER,
@@ -268,6 +273,53 @@ fn worker_abi_random_call_sequences_keep_the_invariants() {
             GK_ERROR_STALE_HANDLE,
             GK_ERROR_INVALID_STATE,
             GK_ERROR_BUFFER_TOO_SMALL,
+        ]
+        .iter()
+        .map(|s| s.name())
+        .filter(|s| !stats.statuses.contains_key(s))
+        .collect();
+        assert!(
+            missing.is_empty(),
+            "the generator never produced {missing:?}"
+        );
+    }
+}
+
+#[test]
+fn store_db_abi_random_call_sequences_match_the_model() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cases = cases_from_env(2000) / 4;
+    let started = Instant::now();
+    let stats = std::cell::RefCell::new(Stats {
+        calls: 0,
+        statuses: BTreeMap::new(),
+        forks: 0,
+    });
+    let strategy = proptest::collection::vec(storedb::dop(), 1..30);
+    let result = runner(cases).run(&strategy, |ops| {
+        storedb::run_case(&ops, &mut stats.borrow_mut())
+    });
+    let stats = stats.into_inner();
+    println!(
+        "abi_fuzz_store_db: {cases} cases, {} calls, {} forks in {:.1} s; statuses: {:?}",
+        stats.calls,
+        stats.forks,
+        started.elapsed().as_secs_f64(),
+        stats.statuses
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    if cases >= 250 {
+        let missing: Vec<&str> = [
+            GK_OK,
+            GK_ERROR_NULL_POINTER,
+            GK_ERROR_INVALID_PATH,
+            GK_ERROR_INVALID_ARGUMENT,
+            GK_ERROR_STALE_HANDLE,
+            GK_ERROR_STORE_DB_MISSING,
+            GK_ERROR_STORE_DB_NOT_SQLITE,
+            GK_ERROR_STORE_DB_NO_VALID_PATHS,
         ]
         .iter()
         .map(|s| s.name())

@@ -8,10 +8,13 @@
 //! step: the process holds exactly the outputs of the running goals (G1,
 //! G2), the audit's counts match the goals the model knows, no finished
 //! goal holds a lock, slots stay within `max_jobs`, every goal finishes at
-//! most once, and the ledger never reports a violation.
+//! most once, and the ledger never reports a violation. Workers may take
+//! their validity from a store database (`gk_worker_set_store_database`,
+//! with bad databases too), which the fuzzer overwrites with garbage and
+//! puts back between calls: the invariants hold whatever it answers.
 
 use crate::args::*;
-use crate::common::TempStore;
+use crate::common::{db, TempStore};
 use crate::store::*;
 use crate::*;
 use goalkeeper::ffi::gk_status::{self};
@@ -84,6 +87,55 @@ pub(super) enum WOp {
     Fd(WSpec, Ptr),
     TakeLog(WSpec, Buf),
     SetValid(WSpec, Pred),
+    TakeLogRecords(WSpec, RecBuf),
+    SetStoreDb(WSpec, DbArg),
+    /// Overwrites the store database with garbage (true) or puts it back.
+    GarbleDb(bool),
+}
+
+/// Records `gk_worker_take_log_records` returned and the fuzzer checked.
+pub(super) static LOG_RECORDS_CHECKED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// The output arguments of `gk_worker_take_log_records`.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum RecBuf {
+    /// `out` NULL with `cap` 0: allowed, takes nothing.
+    NullZero,
+    /// A valid array of `cap` records (1..=8).
+    Cap(usize),
+    /// `out` NULL with a capacity.
+    NullWithCap,
+    /// `out` one byte past an aligned array.
+    Misaligned,
+    /// `cap` `usize::MAX`.
+    HugeCap,
+    /// `n_out` NULL.
+    NOutNull,
+    /// `n_out` misaligned.
+    NOutMisaligned,
+}
+
+fn rec_buf() -> impl Strategy<Value = RecBuf> {
+    prop_oneof![
+        1 => Just(RecBuf::NullZero),
+        8 => (1usize..=8).prop_map(RecBuf::Cap),
+        1 => Just(RecBuf::NullWithCap),
+        1 => Just(RecBuf::Misaligned),
+        1 => Just(RecBuf::HugeCap),
+        1 => Just(RecBuf::NOutNull),
+        1 => Just(RecBuf::NOutMisaligned),
+    ]
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum DbArg {
+    Null,
+    Good,
+    Missing,
+    Garbage,
+    Relative,
+    TooLong,
 }
 
 fn wspec() -> impl Strategy<Value = WSpec> {
@@ -147,6 +199,7 @@ pub(super) fn wop() -> impl Strategy<Value = WOp> {
         2 => (wspec(), ptr_mostly_valid()).prop_map(|(w, o)| WOp::Audit(w, o)),
         1 => (wspec(), ptr_mostly_valid()).prop_map(|(w, o)| WOp::Fd(w, o)),
         1 => (wspec(), buf()).prop_map(|(w, b)| WOp::TakeLog(w, b)),
+        2 => (wspec(), rec_buf()).prop_map(|(w, b)| WOp::TakeLogRecords(w, b)),
         2 => (wspec(), prop_oneof![
             3 => Just(Pred::Default),
             1 => Just(Pred::AlwaysValid),
@@ -155,6 +208,16 @@ pub(super) fn wop() -> impl Strategy<Value = WOp> {
             2 => Just(Pred::Reentrant)
         ])
             .prop_map(|(w, p)| WOp::SetValid(w, p)),
+        3 => (wspec(), prop_oneof![
+            2 => Just(DbArg::Null),
+            6 => Just(DbArg::Good),
+            1 => Just(DbArg::Missing),
+            1 => Just(DbArg::Garbage),
+            1 => Just(DbArg::Relative),
+            1 => Just(DbArg::TooLong)
+        ])
+            .prop_map(|(w, d)| WOp::SetStoreDb(w, d)),
+        2 => any::<bool>().prop_map(WOp::GarbleDb),
     ]
 }
 
@@ -175,6 +238,11 @@ struct MWorker {
 
 struct WModel {
     _store: TempStore,
+    /// The store database (`o0` and `o1` registered), its bytes, and
+    /// whether it is overwritten with garbage now.
+    db: std::path::PathBuf,
+    db_original: Vec<u8>,
+    garbled: bool,
     pool: Vec<NPath>,
     live: Vec<MWorker>,
     freed: Vec<MWorker>,
@@ -831,6 +899,46 @@ fn run_wop(m: &mut WModel, st: &mut Stats, op: &WOp) -> Result<(), TestCaseError
                 );
             }
         }
+        WOp::TakeLogRecords(w, b) => take_log_records(m, st, *w, *b)?,
+        WOp::SetStoreDb(w, d) => {
+            let (h, k) = m.worker(*w);
+            let dir = m.db.parent().unwrap();
+            let raw: Option<Vec<u8>> = match d {
+                DbArg::Null => None,
+                DbArg::Good => Some(m.db.as_os_str().as_bytes().to_vec()),
+                DbArg::Missing => Some(dir.join("missing.sqlite").as_os_str().as_bytes().to_vec()),
+                DbArg::Garbage => Some(dir.join("garbage.sqlite").as_os_str().as_bytes().to_vec()),
+                DbArg::Relative => Some(b"db.sqlite".to_vec()),
+                DbArg::TooLong => Some(
+                    std::iter::once(b'/')
+                        .chain(std::iter::repeat_n(b'z', PATH_MAX + 5))
+                        .collect(),
+                ),
+            };
+            let c = raw.map(|r| cpath(&r));
+            let p = c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr().cast());
+            // SAFETY: NULL or a NUL-terminated string.
+            let got = unsafe { gk_worker_set_store_database(h, p) };
+            let want = match d {
+                DbArg::TooLong => GK_ERROR_INVALID_PATH,
+                _ if k.is_none() => GK_ERROR_STALE_HANDLE,
+                DbArg::Null => GK_OK,
+                DbArg::Good if m.garbled => GK_ERROR_STORE_DB_NOT_SQLITE,
+                DbArg::Good => GK_OK,
+                DbArg::Missing => GK_ERROR_STORE_DB_MISSING,
+                DbArg::Garbage => GK_ERROR_STORE_DB_NOT_SQLITE,
+                DbArg::Relative => GK_ERROR_INVALID_PATH,
+            };
+            expect(st, &format!("{op:?}"), got, want)?;
+        }
+        WOp::GarbleDb(on) => {
+            if *on {
+                db::garble(&m.db);
+            } else {
+                db::restore(&m.db, &m.db_original);
+            }
+            m.garbled = *on;
+        }
         WOp::SetValid(w, p) => {
             let (h, k) = m.worker(*w);
             let f: gk_path_predicate = match p {
@@ -921,6 +1029,132 @@ fn check(m: &mut WModel, st: &mut Stats) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `gk_worker_take_log_records` with generated arguments: the status the
+/// documentation gives for them; on success, at most `cap` well-formed
+/// records (known kinds, goals of this worker, strings of the stated
+/// lengths, times in order) and nothing written past them.
+fn take_log_records(
+    m: &mut WModel,
+    st: &mut Stats,
+    w: WSpec,
+    b: RecBuf,
+) -> Result<(), TestCaseError> {
+    const WORDS: usize = std::mem::size_of::<gk_log_record>() / 8;
+    const FILL: u64 = 0xa5a5_a5a5_a5a5_a5a5;
+    let (h, k) = m.worker(w);
+    let room = match b {
+        RecBuf::Cap(c) => c,
+        _ => 2,
+    };
+    // Room for `room` records and one more, which must stay untouched.
+    let mut array = vec![FILL; (room + 2) * WORDS];
+    let base = array.as_mut_ptr() as usize;
+    let (out, cap): (*mut gk_log_record, usize) = match b {
+        RecBuf::NullZero => (std::ptr::null_mut(), 0),
+        RecBuf::Cap(c) => (base as *mut gk_log_record, c),
+        RecBuf::NullWithCap => (std::ptr::null_mut(), 3),
+        RecBuf::Misaligned => ((base + 1) as *mut gk_log_record, 1),
+        RecBuf::HugeCap => (base as *mut gk_log_record, usize::MAX),
+        RecBuf::NOutNull | RecBuf::NOutMisaligned => (base as *mut gk_log_record, room),
+    };
+    let mut n_store = [FILL; 3];
+    let n_base = n_store.as_mut_ptr() as usize;
+    let n_out: *mut usize = match b {
+        RecBuf::NOutNull => std::ptr::null_mut(),
+        RecBuf::NOutMisaligned => (n_base + 1) as *mut usize,
+        _ => n_base as *mut usize,
+    };
+    // SAFETY: `out` and `n_out` are as generated: valid for `cap` records
+    // and one size_t, or deliberately NULL, misaligned or over-sized, which
+    // the library must refuse before writing.
+    let got = unsafe { gk_worker_take_log_records(h, out, cap, n_out) };
+    let want = match b {
+        RecBuf::NOutNull | RecBuf::NullWithCap => Some(GK_ERROR_NULL_POINTER),
+        RecBuf::NOutMisaligned | RecBuf::Misaligned | RecBuf::HugeCap => {
+            Some(GK_ERROR_INVALID_ARGUMENT)
+        }
+        RecBuf::NullZero | RecBuf::Cap(_) => None,
+    }
+    .or(k.is_none().then_some(GK_ERROR_STALE_HANDLE))
+    .unwrap_or(GK_OK);
+    expect(st, "take_log_records", got, want)?;
+    let n = if matches!(b, RecBuf::NOutNull | RecBuf::NOutMisaligned) {
+        ensure!(
+            n_store == [FILL; 3],
+            "n_out was written through a bad pointer"
+        );
+        0
+    } else {
+        n_store[0] as usize
+    };
+    if got != GK_OK {
+        ensure!(
+            matches!(b, RecBuf::NOutNull | RecBuf::NOutMisaligned) || n == 0,
+            "{}: *n_out is {n}, not 0",
+            got.name()
+        );
+    } else {
+        ensure!(n <= cap, "{n} records for a capacity of {cap}");
+    }
+    if got != GK_OK || n == 0 {
+        ensure!(
+            array.iter().all(|&x| x == FILL),
+            "take_log_records wrote records with status {} and n {n}",
+            got.name()
+        );
+        return Ok(());
+    }
+    let k = k.expect("a live worker on GK_OK");
+    let goals: BTreeSet<u64> = m.live[k].goals.iter().map(|g| g.id).collect();
+    let mut last_time = 0u64;
+    for i in 0..n {
+        // SAFETY: the library wrote `n <= cap` records at the start of `array`.
+        let r = unsafe { std::ptr::read((base as *const gk_log_record).add(i)) };
+        // SAFETY: gk_log_kind_name returns a static string.
+        let kind = unsafe { CStr::from_ptr(gk_log_kind_name(r.kind)) };
+        ensure!(kind.to_bytes() != b"unknown", "record {i}: kind {}", r.kind);
+        ensure!(
+            r.goal == 0 || goals.contains(&r.goal),
+            "record {i}: goal {:#x} is not one of this worker's",
+            r.goal
+        );
+        ensure!(
+            r.holder_pid == -1 || r.holder_pid > 0,
+            "holder pid {}",
+            r.holder_pid
+        );
+        ensure!(r.duration_ns >= -1, "duration {}", r.duration_ns);
+        ensure!(
+            r.time_ns > 0 && r.time_ns >= last_time,
+            "record {i}: time {} after {last_time}",
+            r.time_ns
+        );
+        last_time = r.time_ns;
+        ensure!(!r.message.is_null(), "record {i}: NULL message");
+        // SAFETY: the strings are valid until the next take on this worker.
+        let msg = unsafe { CStr::from_ptr(r.message) };
+        ensure!(msg.to_bytes().len() == r.message_len, "message length");
+        ensure!(
+            std::str::from_utf8(msg.to_bytes()).is_ok(),
+            "message not UTF-8"
+        );
+        if r.path.is_null() {
+            ensure!(r.path_len == 0, "no path but path_len {}", r.path_len);
+        } else {
+            // SAFETY: as above.
+            let path = unsafe { CStr::from_ptr(r.path) };
+            ensure!(path.to_bytes().len() == r.path_len, "path length");
+            ensure!(path.to_bytes().first() == Some(&b'/'), "path not absolute");
+        }
+    }
+    ensure!(
+        array[n * WORDS..].iter().all(|&x| x == FILL),
+        "take_log_records wrote past its {n} records"
+    );
+    LOG_RECORDS_CHECKED.fetch_add(n as u64, Ordering::Relaxed);
+    Ok(())
+}
+
 pub(super) fn run_case(ops: &[WOp], st: &mut Stats) -> Result<(), TestCaseError> {
     if POISONED.load(Ordering::SeqCst) {
         return Err(fail(
@@ -931,8 +1165,18 @@ pub(super) fn run_case(ops: &[WOp], st: &mut Stats) -> Result<(), TestCaseError>
     let pool = (0..POOL)
         .map(|i| normalise(store.path(&format!("o{i}")).as_bytes()).unwrap())
         .collect();
+    let db_dir = store.dir().join("state");
+    std::fs::create_dir(&db_dir).unwrap();
+    let p0 = store.path("o0");
+    let p1 = store.path("o1");
+    let db_file = db::create(&db_dir, "wal", &[&p0, &p1]);
+    std::fs::write(db_dir.join("garbage.sqlite"), vec![b'g'; 4096]).unwrap();
+    let db_original = std::fs::read(&db_file).unwrap();
     let mut m = WModel {
         _store: store,
+        db: db_file,
+        db_original,
+        garbled: false,
         pool,
         live: Vec::new(),
         freed: Vec::new(),

@@ -1,6 +1,7 @@
 /* Drives a goalkeeper worker through the C ABI: add, next, report, results,
- * audit, log, stale handles, forged goal ids, invalid enums, NULL pointers,
- * re-entrant predicates, abandonment and the legacy-hold fault.
+ * audit, log (text and records, with a real foreign holder process), stale
+ * handles, forged goal ids, invalid enums, NULL pointers, re-entrant
+ * predicates, abandonment and the legacy-hold fault.
  *
  *   worker_test STORE_DIR      (prints "ok N checks" and exits 0 on success) */
 #define _GNU_SOURCE
@@ -8,6 +9,9 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <stdalign.h>
+#include <sys/file.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,6 +268,168 @@ static void test_legacy_hold_is_detected(void) {
   CHECK(!locked);
 }
 
+/* Under valgrind (make check-valgrind), blocking waits use flock: valgrind
+ * does not know that fcntl(F_OFD_SETLKW) blocks. */
+static bool use_flock(void) {
+  const char *v = getenv("GOALKEEPER_UNDER_VALGRIND");
+  return v != NULL && strcmp(v, "1") == 0;
+}
+
+/* A foreign holder: a child process that takes an OFD lock (or a flock, see
+ * use_flock) on LOCKFILE itself (no goalkeeper), says so on a pipe, and
+ * holds it until its other pipe closes. Returns its pid; *release is the
+ * pipe end to close. */
+static pid_t start_holder(const char *lockfile, int *release) {
+  int ready[2], hold[2];
+  CHECK(pipe(ready) == 0 && pipe(hold) == 0);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    close(ready[0]);
+    close(hold[1]);
+    int fd = open(lockfile, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fd < 0 || (use_flock() ? flock(fd, LOCK_EX | LOCK_NB)
+                               : fcntl(fd, F_OFD_SETLK, &fl)) != 0)
+      _exit(1);
+    if (write(ready[1], "L", 1) != 1)
+      _exit(1);
+    char c;
+    while (read(hold[0], &c, 1) > 0) {
+    }
+    _exit(0);
+  }
+  close(ready[1]);
+  close(hold[0]);
+  char c = 0;
+  CHECK(read(ready[0], &c, 1) == 1 && c == 'L');
+  close(ready[0]);
+  *release = hold[1];
+  return pid;
+}
+
+/* gk_worker_take_log_records: every misuse, then the records of a wait on a
+ * real foreign holder and of the hand-off that ends it. */
+static void test_log_records(void) {
+  gk_worker_options o = {1, false, use_flock() ? GK_BACKEND_FLOCK : GK_BACKEND_OFD,
+                         0, false};
+  gk_worker w = 0;
+  EXPECT(gk_worker_new(&o, &w), GK_OK);
+  alignas(gk_log_record) unsigned char raw[sizeof(gk_log_record) * 5];
+  gk_log_record *recs = (gk_log_record *)raw;
+  size_t n = 77;
+
+  /* Misuse: nothing is taken, *n_out is 0 when it can be written. */
+  EXPECT(gk_worker_take_log_records(w, recs, 4, NULL), GK_ERROR_NULL_POINTER);
+  EXPECT(gk_worker_take_log_records(w, NULL, 4, &n), GK_ERROR_NULL_POINTER);
+  CHECK(n == 0);
+  n = 77;
+  EXPECT(gk_worker_take_log_records(w, (gk_log_record *)(raw + 1), 4, &n),
+         GK_ERROR_INVALID_ARGUMENT);
+  CHECK(n == 0 && strstr(gk_last_error_message(), "aligned") != NULL);
+  EXPECT(gk_worker_take_log_records(w, recs, SIZE_MAX, &n), GK_ERROR_INVALID_ARGUMENT);
+  EXPECT(gk_worker_take_log_records(w, recs, 4, (size_t *)((char *)&n + 1)),
+         GK_ERROR_INVALID_ARGUMENT);
+  EXPECT(gk_worker_take_log_records(0, recs, 4, &n), GK_ERROR_STALE_HANDLE);
+  EXPECT(gk_worker_take_log_records(w ^ 0x10000, recs, 4, &n), GK_ERROR_STALE_HANDLE);
+  n = 77;
+  EXPECT(gk_worker_take_log_records(w, NULL, 0, &n), GK_OK); /* cap 0: nothing */
+  CHECK(n == 0);
+  EXPECT(gk_worker_take_log_records(w, recs, 4, &n), GK_OK); /* empty log */
+  CHECK(n == 0);
+
+  /* A wait on a lock another process holds. */
+  char p[600], lock[640];
+  path_of(p, sizeof p, "records");
+  snprintf(lock, sizeof lock, "%s.lock", p);
+  int release = -1;
+  pid_t holder = start_holder(lock, &release);
+  gk_goal g = add1(w, GK_GOAL_BUILD, p);
+  gk_event ev;
+  EXPECT(gk_worker_next_event(w, &ev), GK_OK);
+  CHECK(ev.kind == GK_EVENT_WAIT);
+  memset(raw, 0xa5, sizeof raw);
+  EXPECT(gk_worker_take_log_records(w, recs, 4, &n), GK_OK);
+  CHECK(n == 1);
+  CHECK(recs[0].kind == GK_LOG_WAITS_FOREIGN);
+  CHECK(strcmp(gk_log_kind_name(recs[0].kind), "waits-foreign") == 0);
+  CHECK(recs[0].goal == g && recs[0].holder_goal == 0);
+  CHECK(recs[0].holder_pid == (int32_t)holder); /* found through /proc */
+  CHECK(recs[0].duration_ns == -1 && recs[0].time_ns > 0);
+  CHECK(recs[0].path != NULL && strcmp(recs[0].path, p) == 0);
+  CHECK(recs[0].path_len == strlen(p));
+  CHECK(recs[0].message != NULL && strlen(recs[0].message) == recs[0].message_len);
+  CHECK(strstr(recs[0].message, "waits for") != NULL);
+  {
+    unsigned char canary[sizeof(gk_log_record)];
+    memset(canary, 0xa5, sizeof canary);
+    CHECK(memcmp(&recs[1], canary, sizeof canary) == 0); /* nothing past n */
+  }
+  /* The strings outlive other calls on the worker. */
+  gk_audit a;
+  EXPECT(gk_worker_audit(w, &a), GK_OK);
+  CHECK(a.foreign_waits == 1 && strcmp(recs[0].path, p) == 0);
+
+  /* The holder goes; the lock is handed over. */
+  close(release);
+  int status = 0;
+  CHECK(waitpid(holder, &status, 0) == holder && WIFEXITED(status) &&
+        WEXITSTATUS(status) == 0);
+  int iter = 0;
+  do {
+    EXPECT(gk_worker_next_event(w, &ev), GK_OK);
+    if (ev.kind == GK_EVENT_WAIT) {
+      struct pollfd pfd = {ev.fd, POLLIN, 0};
+      poll(&pfd, 1, 1000);
+    }
+  } while (ev.kind == GK_EVENT_WAIT && ++iter < 20);
+  CHECK(ev.kind == GK_EVENT_RUN && ev.goal == g);
+  /* One record at a time: the rest stays. */
+  size_t total = 0;
+  bool handed = false;
+  for (;;) {
+    EXPECT(gk_worker_take_log_records(w, recs, 1, &n), GK_OK);
+    if (n == 0)
+      break;
+    CHECK(n == 1);
+    total++;
+    if (recs[0].kind == GK_LOG_HANDED_OVER) {
+      handed = true;
+      CHECK(recs[0].goal == g && recs[0].duration_ns > 0);
+      CHECK(strcmp(recs[0].path, p) == 0);
+      CHECK(strstr(recs[0].message, "handed over after") != NULL);
+    }
+  }
+  CHECK(handed && total == 1);
+
+  /* The text log is drawn from the same records. */
+  build(p);
+  EXPECT(gk_worker_report(w, g, GK_OUTCOME_BUILT), GK_OK);
+  char q[600];
+  path_of(q, sizeof q, "records-again");
+  gk_goal g2 = 0;
+  const char *outs[1] = {q};
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_CHECK, &g2), GK_OK);
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_NORMAL, &g2), GK_OK);
+  size_t len = 0;
+  EXPECT(gk_worker_take_log(w, NULL, 0, &len), GK_ERROR_BUFFER_TOO_SMALL);
+  CHECK(len > 0);
+  char text[1024];
+  EXPECT(gk_worker_take_log(w, text, sizeof text, &len), GK_OK);
+  CHECK(strstr(text, "keeps mode") != NULL);
+  EXPECT(gk_worker_take_log_records(w, recs, 4, &n), GK_OK);
+  CHECK(n == 0); /* taken as text: gone */
+
+  CHECK(strcmp(gk_log_kind_name(GK_LOG_DROPPED), "dropped") == 0);
+  CHECK(strcmp(gk_log_kind_name(0), "unknown") == 0);
+  CHECK(strcmp(gk_log_kind_name(99), "unknown") == 0);
+  EXPECT(gk_worker_free(w), GK_OK);
+  EXPECT(gk_worker_take_log_records(w, recs, 4, &n), GK_ERROR_STALE_HANDLE);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: worker_test STORE_DIR\n");
@@ -273,6 +439,7 @@ int main(int argc, char **argv) {
   test_pull_loop();
   test_options_and_abandon();
   test_legacy_hold_is_detected();
+  test_log_records();
   printf("ok %d checks\n", checks);
   return 0;
 }

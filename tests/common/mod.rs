@@ -3,6 +3,8 @@
 //! bounded waits. Each test binary includes it with `mod common;`.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -224,4 +226,23 @@ pub fn c_command(exe: &Path) -> Command {
 /// Whether C/C++ test programs run under valgrind (`GOALKEEPER_VALGRIND=1`).
 pub fn under_valgrind() -> bool {
     std::env::var_os("GOALKEEPER_VALGRIND").is_some_and(|v| v == "1")
+}
+
+/// The guix-daemon-style lock peer (tests/cxx/legacy_peer.cc with
+/// legacy_pathlocks.cc), compiled once per test binary.
+pub fn legacy_peer_exe() -> PathBuf {
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let cxx = root().join("tests/cxx");
+        // One executable per test binary: binaries may build at once.
+        let exe = std::env::current_exe().expect("current_exe");
+        let stem = exe.file_stem().expect("exe name").to_string_lossy();
+        compile(
+            &format!("legacy_peer-{stem}"),
+            &[cxx.join("legacy_peer.cc"), cxx.join("legacy_pathlocks.cc")],
+            true,
+            &["-I", cxx.to_str().expect("UTF-8 path")],
+        )
+    })
+    .clone()
 }

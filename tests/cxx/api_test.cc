@@ -767,6 +767,54 @@ void test_worker_foreign_wait_and_safety_net() {
   gk::set_safety_net_handler(previous);
   log("worker foreign wait, legacy_hold, fork, safety net ok");
 }
+
+/// Structured log records: a wait on a lock set of this process names this
+/// pid and the path; the hand-off says how long it waited; the records'
+/// strings are copies that outlive the worker; the text log is the same log.
+void test_worker_log_records() {
+  const std::string p = sp("rrrr-records");
+  gk::LockSet held = gk::LockSet::acquire({p});
+  gk::Worker w;
+  gk::Goal g = w.add_goal(gk::GoalKind::build, {p});
+  gk::Event ev = w.next_event();
+  CHECK(ev.kind == gk::Event::Kind::wait, "the goal waits for the lock set");
+  auto before = std::chrono::steady_clock::now();
+  std::vector<gk::LogRecord> recs = w.take_log_records();
+  CHECK(recs.size() == 1 && recs[0].kind == gk::LogKind::waits_foreign, "one wait record");
+  CHECK(std::string(gk::log_kind_name(recs[0].kind)) == "waits-foreign", "kind name");
+  CHECK(recs[0].goal == g && !recs[0].holder_goal, "goal");
+  CHECK(recs[0].holder_pid == static_cast<int>(getpid()), "holder: this process");
+  CHECK(recs[0].path == p && !recs[0].duration, "path, no duration");
+  CHECK(recs[0].message.find("lock set") != std::string::npos, "%s", recs[0].message.c_str());
+  CHECK(recs[0].time <= before, "recorded before it was taken (steady_clock)");
+  CHECK(w.take_log_records().empty(), "drained");
+  held.release();
+  for (int i = 0; ev.kind == gk::Event::Kind::wait && i < 20; i++) {
+    pollfd pfd{ev.fd, POLLIN, 0};
+    poll(&pfd, 1, 1000);
+    ev = w.next_event();
+  }
+  CHECK(ev.kind == gk::Event::Kind::run && ev.goal == g, "handed over, runs");
+  recs = w.take_log_records();
+  CHECK(recs.size() == 1 && recs[0].kind == gk::LogKind::handed_over, "one hand-off record");
+  CHECK(recs[0].duration && recs[0].duration->count() > 0, "it says how long it waited");
+  std::ofstream(p) << "built\n";
+  w.report(g, gk::Outcome::built);
+  // The same goal again in a weaker mode: a text line, gone for the records.
+  gk::Goal c = w.add_goal(gk::GoalKind::build, {sp("rrrr-check")}, gk::BuildMode::check);
+  (void)w.add_goal(gk::GoalKind::build, {sp("rrrr-check")});
+  CHECK(w.take_log().size() == 1 && w.take_log_records().empty(), "one log, two views");
+  (void)w.add_goal(gk::GoalKind::build, {sp("rrrr-check")});
+  recs = w.take_log_records();
+  w.close();
+  CHECK(recs.size() == 1 && recs[0].kind == gk::LogKind::mode_kept && recs[0].goal == c,
+        "mode kept");
+  CHECK(recs[0].message.find("keeps mode") != std::string::npos,
+        "the copy outlives the worker: %s", recs[0].message.c_str());
+  expect_error(gk::errc::stale_handle, [&] { (void)w.take_log_records(); }, "a closed worker");
+  log("worker log records ok");
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -782,6 +830,7 @@ int main(int argc, char **argv) {
   test_worker_basics();
   test_worker_failures_and_predicates();
   test_worker_foreign_wait_and_safety_net();
+  test_worker_log_records();
   CHECK(gk::held_count() == 0, "nothing held at the end");
   log("api_test: all passed");
   return 0;

@@ -45,11 +45,11 @@ constexpr milliseconds kLimit{10000};
       die("legacy: no command from the driver");
     if (*cmd == "A-try") {
       legacy::PathLocks pl;
-      bool got = pl.lockPaths({P}, false);
+      bool got = pl.lockPaths({P}, "", false);
       up.send(got ? "A-try got" : "A-try busy");
     } else if (*cmd == "A-wait") {
       up.send("A-waiting");
-      held.lockPaths({P}, true); // blocks until goalkeeper releases
+      held.lockPaths({P}, "", true); // blocks until goalkeeper releases
       up.send("A-locked stale_retries=" + std::to_string(held.staleRetries));
     } else if (*cmd == "B-release-when-blocked") {
       // The driver is about to block in goalkeeper's acquire(); release
@@ -61,30 +61,30 @@ constexpr milliseconds kLimit{10000};
       up.send("B-released");
     } else if (*cmd == "B-hold-R") {
       static legacy::PathLocks r; // held until exit
-      CHECK(r.lockPaths({R}, false), "legacy takes R");
+      CHECK(r.lockPaths({R}, "", false), "legacy takes R");
       up.send("B-holding-R");
     } else if (*cmd == "B-try") {
       legacy::PathLocks pl;
-      bool got = pl.lockPaths({P}, false);
+      bool got = pl.lockPaths({P}, "", false);
       up.send(got ? "B-try got" : "B-try busy");
     } else if (*cmd == "C-hold-Q") {
-      held.lockPaths({Q}, false) ? up.send("C-holding") : up.send("C-busy");
+      held.lockPaths({Q}, "", false) ? up.send("C-holding") : up.send("C-busy");
     } else if (*cmd == "C-try-P") {
       legacy::PathLocks pl;
-      bool got = pl.lockPaths({P}, false);
+      bool got = pl.lockPaths({P}, "", false);
       up.send(got ? "C-try-P got" : "C-try-P busy");
     } else if (*cmd == "C-release") {
       held.unlock();
       up.send("C-released");
     } else if (*cmd == "D-self") {
       legacy::PathLocks a, b;
-      if (!a.lockPaths({P}, false)) {
+      if (!a.lockPaths({P}, "", false)) {
         up.send("D-self busy");
         continue;
       }
       std::string what = "no-throw";
       try {
-        b.lockPaths({P}, false);
+        b.lockPaths({P}, "", false);
       } catch (legacy::Error &e) {
         what = e.what();
       }
@@ -92,7 +92,7 @@ constexpr milliseconds kLimit{10000};
                                           ? "threw-deadlock"
                                           : "did-not-throw"));
     } else if (*cmd == "E-hold-then-close-other-fd") {
-      if (!held.lockPaths({P}, false)) {
+      if (!held.lockPaths({P}, "", false)) {
         up.send("E-busy");
         continue;
       }
@@ -105,7 +105,7 @@ constexpr milliseconds kLimit{10000};
     } else if (*cmd == "E-try") {
       held.unlock(); // bookkeeping only: the kernel already dropped it
       legacy::PathLocks pl;
-      bool got = pl.lockPaths({P}, false);
+      bool got = pl.lockPaths({P}, "", false);
       up.send(got ? "E-try got" : "E-try busy");
     } else if (*cmd == "exit") {
       _exit(0);

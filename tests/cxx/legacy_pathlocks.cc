@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace legacy {
@@ -47,7 +49,7 @@ int openLockFile(const std::string &path, bool create) {
     int e = errno;
     close(fd);
     errno = e;
-    throw Error(sysError("setting close-on-exec on '" + path + "'"));
+    throw Error(sysError("setting close-on-exec flag"));
   }
   return fd;
 }
@@ -62,7 +64,7 @@ void deleteLockFile(const std::string &path, int fd) {
     n = write(fd, "d", 1);
   } while (n == -1 && errno == EINTR);
   if (n != 1)
-    throw Error(sysError("writing the deletion token to '" + path + "'"));
+    throw Error(sysError("writing to file"));
 }
 
 bool lockFile(int fd, LockType lockType, bool wait) {
@@ -91,76 +93,98 @@ bool pathIsLockedByMe(const std::string &path) {
   return lockedPaths().count(path + ".lock") != 0;
 }
 
+namespace {
+/// Closes its descriptor when it goes out of scope or gets another one
+/// (the daemon's AutoCloseFD).
+class AutoFD {
+public:
+  AutoFD() = default;
+  AutoFD(const AutoFD &) = delete;
+  AutoFD &operator=(const AutoFD &) = delete;
+  ~AutoFD() { reset(-1); }
+  void reset(int fd) {
+    if (fd_ != -1)
+      close(fd_);
+    fd_ = fd;
+  }
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+private:
+  int fd_ = -1;
+};
+} // namespace
+
 PathLocks::PathLocks() = default;
+
+PathLocks::PathLocks(const std::set<std::string> &paths, const std::string &waitMsg) {
+  lockPaths(paths, waitMsg);
+}
 
 PathLocks::~PathLocks() {
   try {
     unlock();
-  } catch (...) {
-    // As in the daemon: a destructor must not throw.
+  } catch (std::exception &e) {
+    // The daemon's ignoreException(): a destructor must not throw.
+    std::fprintf(stderr, "error (ignored): %s\n", e.what());
   }
 }
 
-bool PathLocks::lockPaths(const std::set<std::string> &paths, bool wait) {
-  if (!fds.empty())
-    throw Error("lockPaths called on a PathLocks that holds locks");
+bool PathLocks::lockPaths(const std::set<std::string> &paths, const std::string &waitMsg,
+                          bool wait) {
+  assert(fds.empty());
   // std::set iterates in sorted order: every process locks in the same order.
   for (const std::string &path : paths) {
     std::string lockPath = path + ".lock";
     if (lockedPaths().count(lockPath))
       throw Error("deadlock: trying to re-acquire self-held lock");
-    int fd = -1;
-    for (;;) {
-      if (fd != -1)
-        close(fd); // drops our lock on the stale inode
-      fd = openLockFile(lockPath, true);
-      if (!lockFile(fd, ltWrite, false)) {
+    AutoFD fd;
+    for (;;) { // no bound: the daemon retries for as long as the file is stale
+      fd.reset(openLockFile(lockPath, true));
+      if (!lockFile(fd.get(), ltWrite, false)) {
         if (wait) {
-          lockFile(fd, ltWrite, true);
+          if (!waitMsg.empty())
+            std::fprintf(stderr, "%s\n", waitMsg.c_str());
+          lockFile(fd.get(), ltWrite, true);
         } else {
-          close(fd);
-          unlock(); // give up the paths locked so far
+          unlock(); // give up the paths locked so far; fd closes on return
           return false;
         }
       }
       struct stat st;
-      if (fstat(fd, &st) == -1) {
-        int e = errno;
-        close(fd);
-        errno = e;
+      if (fstat(fd.get(), &st) == -1)
         throw Error(sysError("statting lock file '" + lockPath + "'"));
-      }
       if (st.st_size != 0) {
-        // Its holder deleted it while we waited: others may already lock
-        // a fresh file under this name. Retry.
+        // Its holder deleted it: others may already lock a fresh file
+        // under this name. Retry.
         ++staleRetries;
         continue;
       }
+      if (st.st_nlink == 0)
+        ++unlinkedTaken; // observed only: the daemon does not look
       break;
     }
-    fds.emplace_back(fd, lockPath);
+    fds.emplace_back(fd.release(), lockPath);
     lockedPaths().insert(lockPath);
   }
   return true;
 }
 
 void PathLocks::unlock() {
-  std::string firstError;
-  for (auto &[fd, lockPath] : fds) {
-    if (deletePaths) {
-      try {
-        deleteLockFile(lockPath, fd);
-      } catch (Error &e) {
-        if (firstError.empty())
-          firstError = e.what();
-      }
-    }
+  while (!fds.empty()) {
+    auto &[fd, lockPath] = fds.front();
+    if (deletePaths)
+      deleteLockFile(lockPath, fd); // a throw leaves this lock and the rest held
     lockedPaths().erase(lockPath);
-    close(fd);
+    if (close(fd) == -1)
+      std::fprintf(stderr, "error (ignored): cannot close lock file on '%s'\n",
+                   lockPath.c_str());
+    fds.erase(fds.begin());
   }
-  fds.clear();
-  if (!firstError.empty())
-    throw Error(firstError);
 }
 
 void PathLocks::setDeletion(bool d) { deletePaths = d; }
@@ -317,7 +341,7 @@ void Worker::work(Goal &g) {
         return;
       }
     std::set<std::string> outs(drv.outputs.begin(), drv.outputs.end());
-    if (!g.outputLocks->lockPaths(outs, false)) {
+    if (!g.outputLocks->lockPaths(outs, "", false)) {
       ++stats_.busy;
       if (opts_.onBusy)
         opts_.onBusy(drv);

@@ -1,20 +1,32 @@
 // The "old store" side of the migration tests: a re-implementation, written
 // for this repository, of the lock protocol and goal loop of guix-daemon's
 // C++ code (nix/libstore/pathlocks.cc and the Worker/DerivationGoal parts
-// of nix/libstore/build.cc), reduced to what touches locks:
+// of nix/libstore/build.cc), reduced to what touches locks. The lock part
+// behaves exactly as the daemon's (checked against Guix's pathlocks.cc,
+// 2025), including its hazards: tests need a peer that fails where the
+// daemon fails.
 //
-//   - openLockFile: open(O_RDWR | O_CREAT, 0600), then FD_CLOEXEC.
+//   - openLockFile: open(O_RDWR | O_CREAT, 0600), then FD_CLOEXEC with
+//     F_GETFD/F_SETFD (closeOnExec()).
 //   - lockFile: a classic POSIX record lock over the whole file,
 //     fcntl(F_SETLK / F_SETLKW, F_WRLCK), retrying on EINTR; EACCES/EAGAIN
-//     from F_SETLK mean "busy".
-//   - PathLocks::lockPaths: sorted; a process-wide set of held lock files
+//     from F_SETLK mean "busy"; any other error throws.
+//   - PathLocks::lockPaths(paths, waitMsg = "", wait = true): asserts that
+//     it holds nothing; sorted; a process-wide set of held lock files
 //     refuses to re-lock one ("deadlock: trying to re-acquire self-held
-//     lock"); per path: open, try, and either block (wait) or give up
-//     everything (no wait); after locking, fstat and treat st_size != 0 as
-//     stale (the holder deleted it): re-open and retry.
-//   - deleteLockFile: unlink(path), then write the token "d" (that order).
+//     lock"); per path, in an UNBOUNDED loop: open (creating), try; if busy,
+//     either print waitMsg (when not empty) and block, or (no wait) unlock
+//     everything held so far and return false; then fstat, and if
+//     st_size != 0 the file is stale (its holder deleted it): re-open and
+//     retry. Only st_size is looked at, in both modes, so a linked lock
+//     file carrying the token makes it spin for ever, even without waiting
+//     (issue 10), and an unlinked empty inode passes for a live lock.
+//   - deleteLockFile: unlink(path) (result ignored), then write the token
+//     "d" (writeFull: retried on EINTR, an error throws).
 //   - PathLocks::unlock: for each lock, deleteLockFile if setDeletion(true),
-//     then close (which drops the POSIX lock). The destructor unlocks.
+//     drop it from the held set, close (which drops the POSIX lock; a close
+//     error is printed and ignored). The destructor unlocks, printing and
+//     ignoring an exception.
 //   - The goal loop: a goal checks validity, waits for its inputs, then
 //     tries its output locks WITHOUT waiting; when busy it sleeps in the
 //     worker's waitingForAWhile list and is retried every pollInterval
@@ -24,6 +36,27 @@
 //     clients (Guix bug #31785).
 //   - Child processes are detected by EOF on the builder's log pipe, as in
 //     Worker::waitForInput.
+//
+// Where this differs from the daemon, and why:
+//   - No checkInterrupt(): the daemon's loops also stop on SIGINT (its
+//     interrupt flag); a spinning peer here can only be killed.
+//   - No debug() messages; instead two counters, staleRetries and
+//     unlinkedTaken (locks granted on an inode that fstat shows already
+//     unlinked, st_nlink == 0, which st_size let through). They only
+//     observe: no decision uses st_nlink.
+//   - unlock() after a failed token write: the daemon's loop stops at the
+//     throw, leaving that lock and the later ones held and in the set (as
+//     here), and also leaving the entries it already closed in its list, so
+//     that a second unlock() (the destructor's) closes their descriptor
+//     numbers again. Here those closed entries are removed from the list.
+//
+// Corrected on comparison with the daemon (issue 10): lockPaths took no
+// waitMsg and threw on a PathLocks that held locks (the daemon asserts);
+// unlock() went on after a failed deletion and threw the first error
+// afterwards (the daemon stops at once); the destructor swallowed errors
+// silently; a close error was ignored without a word; the no-wait path
+// closed the busy descriptor before unlocking the others (the daemon
+// unlocks, then closes it).
 #ifndef GK_TEST_LEGACY_PATHLOCKS_HH
 #define GK_TEST_LEGACY_PATHLOCKS_HH
 
@@ -54,16 +87,23 @@ bool pathIsLockedByMe(const std::string &path);
 class PathLocks {
 public:
   PathLocks();
+  /// Locks `paths`, waiting (as the daemon's constructor of that form).
+  PathLocks(const std::set<std::string> &paths, const std::string &waitMsg = "");
   PathLocks(const PathLocks &) = delete;
   PathLocks &operator=(const PathLocks &) = delete;
   ~PathLocks();
-  /// Locks every path (sorted); false (holding nothing) when !wait and one is busy.
-  bool lockPaths(const std::set<std::string> &paths, bool wait = true);
+  /// Locks every path (sorted); false (holding nothing) when !wait and one
+  /// is busy. Prints waitMsg (if not empty) each time it has to block.
+  bool lockPaths(const std::set<std::string> &paths, const std::string &waitMsg = "",
+                 bool wait = true);
   void unlock();
   void setDeletion(bool deletePaths);
   bool empty() const { return fds.empty(); }
-  /// Counters for the tests: how often a lock file turned out stale.
+  /// Observation for the tests (no decision uses them): how often a lock
+  /// file turned out stale, and how many locks were granted on an inode
+  /// that was already unlinked yet empty (taken for a live lock).
   unsigned staleRetries = 0;
+  unsigned unlinkedTaken = 0;
 
 private:
   std::vector<std::pair<int, std::string>> fds;

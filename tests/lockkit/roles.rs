@@ -354,7 +354,10 @@ fn stress(a: &[&str]) -> i32 {
         set.set_deletion(true);
         match set.release() {
             Ok(()) => {}
+            // The deletion could not be completed (both marks failed, or
+            // no space): reported, the lock released all the same.
             Err(Error::NoSpace { .. }) => nospace += 1,
+            Err(Error::Io { op, .. }) if op.starts_with("mark") => nospace += 1,
             Err(e) => {
                 reply_err(&e);
                 return 1;
@@ -474,17 +477,31 @@ fn tmpfs(a: &[&str]) -> i32 {
         }
         "blocks" => {
             let mut set = LockSet::try_acquire([&p], Backend::Ofd).expect("lock before the fill");
+            // Another description of the lock file, to look at its inode
+            // after the deletion.
+            let inode = std::fs::File::open(format!("{p}.lock")).expect("open the lock file");
             fill("filler-");
+            // A one-byte write must really fail now.
+            let probe = std::fs::write(format!("{dir}/probe"), b"x").is_err();
             set.set_deletion(true);
             match set.release() {
-                Ok(()) => reply("token ok"),
-                Err(e) => reply(&format!("token {}", gk_status::from(&e).name())),
+                Ok(()) => reply(&format!("token ok full={probe}")),
+                Err(e) => reply(&format!(
+                    "token {} full={probe}",
+                    gk_status::from(&e).name()
+                )),
             }
             let size = std::fs::metadata(format!("{p}.lock"))
                 .map(|m| m.len() as i64)
                 .unwrap_or(-1);
+            let m = inode.metadata().expect("fstat the old inode");
             let again = LockSet::try_acquire([&p], Backend::Ofd);
-            reply(&format!("after {size} {}", again.is_ok()));
+            reply(&format!(
+                "after {size} {} {} {}",
+                std::os::unix::fs::MetadataExt::nlink(&m),
+                m.len(),
+                again.is_ok()
+            ));
         }
         _ => panic!("tmpfs kind {kind}"),
     }

@@ -1,5 +1,12 @@
-//! `goalkeeper locks --store DIR [--json]`: every lock file in the store,
-//! whether it is held, free or stale, by whom, and who waits.
+//! `goalkeeper locks --store DIR [--db FILE] [--json]`: every lock file in
+//! the store, whether it is held, free or stale, by whom, and who waits.
+//!
+//! With `--db` (the store's database, e.g. `/var/guix/db/db.sqlite`), each
+//! lock file's store path is looked up in `ValidPaths`, in one read
+//! transaction: a lock held on a path that is already valid is flagged as a
+//! suspected leak, the symptom of Guix bug #31785 (a finished goal that
+//! still holds its lock, and every client waiting for that path waits until
+//! the holder exits).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -7,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use goalkeeper::inspect::{Inspector, LockInfo, LockKind, Party};
 use goalkeeper::lock::LOCK_SUFFIX;
+use goalkeeper::store_db::StoreDb;
 
 use crate::args::{self, fail, usage, Failure};
 use crate::json::Json;
@@ -20,6 +28,9 @@ struct Entry {
     /// Why the file is not usable as a lock file (not a regular file), if so.
     invalid: Option<String>,
     info: LockInfo,
+    /// Whether its store path is registered in the store database (`None`
+    /// without `--db`).
+    path_valid: Option<bool>,
 }
 
 impl Entry {
@@ -43,6 +54,13 @@ impl Entry {
         self.info.holders.first().map(|h| h.kind.name())
     }
 
+    /// `Some(true)` when it is held while its store path is already valid:
+    /// the build finished, yet its lock was not released (#31785). `None`
+    /// without `--db`.
+    fn leak_suspected(&self) -> Option<bool> {
+        self.path_valid.map(|v| v && self.info.is_held())
+    }
+
     /// `true` when it is held at once through `flock` and through a record
     /// lock (POSIX or OFD). Linux does not make those exclude each other, so
     /// two processes each believe they hold the path: the store is used by
@@ -56,11 +74,14 @@ impl Entry {
 
 pub(crate) fn main(argv: &[std::ffi::OsString]) -> Result<u8, Failure> {
     let mut store = None;
+    let mut db_file = None;
     let mut json = false;
     let mut i = 0;
     while i < argv.len() {
         if let Some(v) = args::value(argv, &mut i, "--store")? {
             store = Some(v);
+        } else if let Some(v) = args::value(argv, &mut i, "--db")? {
+            db_file = Some(std::path::PathBuf::from(v));
         } else if argv[i] == "--json" {
             json = true;
         } else {
@@ -69,13 +90,50 @@ pub(crate) fn main(argv: &[std::ffi::OsString]) -> Result<u8, Failure> {
         i += 1;
     }
     let store = args::store(store)?;
-    let entries = collect(&store)?;
+    // Opened before the store is read: a wrong --db is an error at once.
+    let db = match &db_file {
+        Some(f) => Some(open_db(f)?),
+        None => None,
+    };
+    let mut entries = collect(&store)?;
+    if let Some(mut db) = db {
+        mark_validity(&store, &mut db, &mut entries)?;
+    }
+    let db_name = db_file.as_deref();
     if json {
-        print!("{}", to_json(&store, &entries).render());
+        print!("{}", to_json(&store, db_name, &entries).render());
     } else {
-        print!("{}", to_text(&store, &entries));
+        print!("{}", to_text(&store, db_name, &entries));
     }
     Ok(0)
+}
+
+/// Opens the store database, or a failure naming the file and what is wrong.
+fn open_db(file: &Path) -> Result<StoreDb, Failure> {
+    // A relative name is taken from the current directory, as a shell user
+    // expects; the library itself wants an absolute one.
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    StoreDb::open(&abs).map_err(|e| fail(format!("--db: {e}")))
+}
+
+/// Looks up every lock file's store path (`<store>/<name without .lock>`)
+/// in `ValidPaths`, from one read transaction.
+fn mark_validity(store: &Path, db: &mut StoreDb, entries: &mut [Entry]) -> Result<(), Failure> {
+    // The store path as the daemon registers it: absolute, with the store
+    // directory as given (not resolved: /gnu/store may be a symlink, and the
+    // database names paths under /gnu/store).
+    let dir = std::path::absolute(store).unwrap_or_else(|_| store.to_path_buf());
+    let paths: Vec<PathBuf> = entries
+        .iter()
+        .map(|e| dir.join(&e.name[..e.name.len() - LOCK_SUFFIX.len()]))
+        .collect();
+    let valid = db
+        .valid_paths(&paths)
+        .map_err(|e| fail(format!("--db: {e}")))?;
+    for (e, v) in entries.iter_mut().zip(valid) {
+        e.path_valid = Some(v);
+    }
+    Ok(())
 }
 
 fn collect(store: &Path) -> Result<Vec<Entry>, Failure> {
@@ -112,6 +170,7 @@ fn collect(store: &Path) -> Result<Vec<Entry>, Failure> {
             inode: meta.ino(),
             invalid,
             info: info.unwrap_or_default(),
+            path_valid: None,
         });
     }
     Ok(out)
@@ -149,7 +208,7 @@ fn human(secs: f64) -> String {
     }
 }
 
-fn to_text(store: &Path, entries: &[Entry]) -> String {
+fn to_text(store: &Path, db: Option<&Path>, entries: &[Entry]) -> String {
     let mut s = String::new();
     let width = entries
         .iter()
@@ -157,14 +216,26 @@ fn to_text(store: &Path, entries: &[Entry]) -> String {
         .max()
         .unwrap_or(4)
         .max(9);
+    // With --db, a VALID column: is the lock file's store path registered?
+    let valid_col = |e: Option<&Entry>| match (db, e.and_then(|e| e.path_valid)) {
+        (None, _) => String::new(),
+        (Some(_), Some(true)) => format!("{:<5}  ", "yes"),
+        (Some(_), Some(false)) => format!("{:<5}  ", "no"),
+        (Some(_), None) => format!("{:<5}  ", ""),
+    };
     s.push_str(&format!(
-        "{:<width$}  {:<7}  {:<5}  {:>7}  COMMAND\n",
-        "LOCK FILE", "STATE", "KIND", "PID"
+        "{:<width$}  {:<7}  {}{:<5}  {:>7}  COMMAND\n",
+        "LOCK FILE",
+        "STATE",
+        if db.is_some() { "VALID  " } else { "" },
+        "KIND",
+        "PID"
     ));
     let mut counts = [0usize; 4];
     let mut waiters = 0;
     let mut unreadable = 0;
     let mut mixed = 0;
+    let mut leaks = 0;
     for e in entries {
         let state = e.state();
         counts[match state {
@@ -177,13 +248,13 @@ fn to_text(store: &Path, entries: &[Entry]) -> String {
             Some(_) => {
                 for (n, h) in e.info.holders.iter().enumerate() {
                     let (pid, cmd) = who(h);
-                    let (name, st) = if n == 0 {
-                        (e.name.as_str(), state)
+                    let (name, st, vc) = if n == 0 {
+                        (e.name.as_str(), state, valid_col(Some(e)))
                     } else {
-                        ("", "")
+                        ("", "", valid_col(None))
                     };
                     s.push_str(&format!(
-                        "{name:<width$}  {st:<7}  {:<5}  {pid:>7}  {cmd}\n",
+                        "{name:<width$}  {st:<7}  {vc}{:<5}  {pid:>7}  {cmd}\n",
                         h.kind.name()
                     ));
                 }
@@ -198,10 +269,36 @@ fn to_text(store: &Path, entries: &[Entry]) -> String {
                     _ => String::new(),
                 };
                 s.push_str(&format!(
-                    "{:<width$}  {state:<7}  {:<5}  {:>7}  {note}\n",
-                    e.name, "-", "-"
+                    "{:<width$}  {state:<7}  {}{:<5}  {:>7}  {note}\n",
+                    e.name,
+                    valid_col(Some(e)),
+                    "-",
+                    "-"
                 ));
             }
+        }
+        if e.leak_suspected() == Some(true) {
+            leaks += 1;
+            let holders: Vec<String> = e
+                .info
+                .holders
+                .iter()
+                .map(|h| {
+                    let (pid, cmd) = who(h);
+                    format!("pid {pid} ({cmd})")
+                })
+                .collect();
+            let pad = "";
+            s.push_str(&format!(
+                "{pad:<width$}  LEAK SUSPECTED: this path is already valid (registered in the \
+                 store database),\n\
+                 {pad:<width$}  yet its lock is still held by {}.\n\
+                 {pad:<width$}  A build that has finished should have released it (the symptom \
+                 of Guix bug #31785);\n\
+                 {pad:<width$}  clients waiting for this path wait until that process exits or \
+                 releases the lock.\n",
+                holders.join(", "),
+            ));
         }
         if e.mixed_kinds() {
             mixed += 1;
@@ -223,9 +320,10 @@ fn to_text(store: &Path, entries: &[Entry]) -> String {
             waiters += 1;
             let (pid, cmd) = who(w);
             s.push_str(&format!(
-                "{:<width$}  {:<7}  {:<5}  {pid:>7}  {cmd}  [{}]\n",
+                "{:<width$}  {:<7}  {}{:<5}  {pid:>7}  {cmd}  [{}]\n",
                 "  waiter",
                 "",
+                valid_col(None),
                 w.kind.name(),
                 blocked(w)
             ));
@@ -259,6 +357,21 @@ fn to_text(store: &Path, entries: &[Entry]) -> String {
              fcntl); use one lock backend per store\n"
         ));
     }
+    if let Some(db) = db {
+        if leaks > 0 {
+            s.push_str(&format!(
+                "WARNING: {leaks} lock(s) held on paths that are already valid in {}: finished \
+                 builds that kept their locks (Guix bug #31785; see LEAK SUSPECTED above). Clients \
+                 waiting for those paths wait until the holding process exits.\n",
+                db.display()
+            ));
+        } else {
+            s.push_str(&format!(
+                "no lock is held on a path that is already valid in {}\n",
+                db.display()
+            ));
+        }
+    }
     if unreadable > 0 {
         s.push_str(&format!(
             "some holders or waiters could not be identified: {unreadable} processes were not readable (run as root to see them)\n"
@@ -287,7 +400,8 @@ fn party_json(p: &Party, waiter: bool) -> Json {
     Json::Obj(v)
 }
 
-fn to_json(store: &Path, entries: &[Entry]) -> Json {
+fn to_json(store: &Path, db: Option<&Path>, entries: &[Entry]) -> Json {
+    let opt_bool = |v: Option<bool>| v.map_or(Json::Null, Json::Bool);
     let locks = entries
         .iter()
         .map(|e| {
@@ -316,12 +430,24 @@ fn to_json(store: &Path, entries: &[Entry]) -> Json {
                 ),
                 ("unreadable_processes", Json::Int(e.info.unreadable as i64)),
                 ("mixed_kinds", Json::Bool(e.mixed_kinds())),
+                ("path_valid", opt_bool(e.path_valid)),
+                ("leak_suspected", opt_bool(e.leak_suspected())),
             ])
         })
         .collect();
     let count = |st: &str| Json::Int(entries.iter().filter(|e| e.state() == st).count() as i64);
+    let leaks = db.map(|_| {
+        entries
+            .iter()
+            .filter(|e| e.leak_suspected() == Some(true))
+            .count() as i64
+    });
     Json::Obj(vec![
         ("store", Json::Str(store.to_string_lossy().into_owned())),
+        (
+            "db",
+            Json::from(db.map(|d| d.to_string_lossy().into_owned())),
+        ),
         ("locks", Json::Arr(locks)),
         (
             "summary",
@@ -339,6 +465,7 @@ fn to_json(store: &Path, entries: &[Entry]) -> Json {
                     "mixed_kinds",
                     Json::Int(entries.iter().filter(|e| e.mixed_kinds()).count() as i64),
                 ),
+                ("leaks_suspected", leaks.map_or(Json::Null, Json::Int)),
             ]),
         ),
     ])

@@ -1,13 +1,14 @@
 //! `goalkeeper`: the operator's view of store path locks.
 //!
 //! ```text
-//! goalkeeper locks --store DIR [--json]
+//! goalkeeper locks --store DIR [--db FILE] [--json]
 //! goalkeeper hold --store DIR [--backend ofd|flock] [--no-wait | --timeout SECS] [--delete] PATH... -- CMD [ARG...]
 //! ```
 //!
 //! `locks` lists every `*.lock` file in the store: held, free or stale, who
 //! holds it (pid and command, from `/proc`), the kernel lock kind, and who
-//! waits and for how long when the kernel lets us know. `hold` runs a
+//! waits and for how long when the kernel lets us know; with `--db`, which
+//! paths are valid, flagging locks held on valid paths (#31785). `hold` runs a
 //! command while holding the locks of the given paths.
 //!
 //! Arguments are parsed by hand: two subcommands with a handful of options
@@ -21,12 +22,15 @@ mod locks;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: goalkeeper locks --store DIR [--json]
+usage: goalkeeper locks --store DIR [--db FILE] [--json]
        goalkeeper hold --store DIR [--backend ofd|flock] [--no-wait | --timeout SECS] [--delete]
                        PATH... -- CMD [ARG...]
 
   locks   list every *.lock file in the store: held, free or stale; the holder's
-          pid and command, the lock kind (posix, ofd, flock), and the waiters
+          pid and command, the lock kind (posix, ofd, flock), and the waiters.
+          With --db FILE (the store's database, e.g. /var/guix/db/db.sqlite),
+          whether each path is valid, and a warning for every lock still held
+          on a valid path: a finished build that kept its lock (Guix #31785)
   hold    run CMD while holding the locks of PATH... (store paths, absolute or
           relative to the store); the locks are released when CMD exits, and
           CMD's exit status is goalkeeper's. Exit status 75 when a lock is busy

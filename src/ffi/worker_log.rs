@@ -1,0 +1,200 @@
+//! The worker's diagnostics log as structured records: `gk_log_record`,
+//! `gk_worker_take_log_records` and `gk_log_kind_name`. The text log
+//! (`gk_worker_take_log`, in `worker.rs`) is made of the same records'
+//! messages, and drains the same log.
+//!
+//! The strings of the records handed out (path, message) are copied into
+//! one buffer owned by the worker's cell, which the next call replaces: they
+//! stay valid until the next `gk_worker_take_log_records` on the same worker
+//! or `gk_worker_free`.
+
+use std::ffi::c_char;
+use std::os::unix::ffi::OsStrExt;
+
+use super::args;
+use super::boundary::call_tls;
+use super::enums::gk_log_kind;
+use super::status::gk_status::{self, GK_OK};
+use super::worker::{gk_goal, gk_worker, with_worker_cell};
+use crate::error::{Error, Result};
+use crate::sched::LogRecord;
+
+/// One entry of a worker's diagnostics log (see
+/// `gk_worker_take_log_records`). The strings belong to the worker: they
+/// stay valid until the next `gk_worker_take_log_records` call on the same
+/// worker, or `gk_worker_free`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct gk_log_record {
+    /// A `gk_log_kind`.
+    pub kind: u32,
+    /// For waits: the pid of the process holding the lock (this process for
+    /// its own lock sets and goals), -1 when unknown or not applicable.
+    pub holder_pid: i32,
+    /// The goal concerned, 0 if none.
+    pub goal: gk_goal,
+    /// For waits on a goal of this process: the goal holding the lock, else 0.
+    pub holder_goal: gk_goal,
+    /// When the record was made: `CLOCK_MONOTONIC` in nanoseconds (comparable
+    /// between the processes of one machine).
+    pub time_ns: u64,
+    /// How long the goal waited for the lock (`GK_LOG_HANDED_OVER`,
+    /// `GK_LOG_BECAME_VALID`, some `GK_LOG_COULD_NOT_LOCK`), in
+    /// nanoseconds; -1 when not applicable.
+    pub duration_ns: i64,
+    /// The store path concerned (an output; its lock file is `path` + ".lock"),
+    /// NUL-terminated, or NULL if none.
+    pub path: *const c_char,
+    /// The length of `path` in bytes, without the NUL; 0 if none.
+    pub path_len: usize,
+    /// The human-readable message, as `gk_worker_take_log` gives it;
+    /// NUL-terminated, never NULL.
+    pub message: *const c_char,
+    /// The length of `message` in bytes, without the NUL.
+    pub message_len: usize,
+}
+
+/// The largest `cap` accepted: more records than could fit in memory is a
+/// caller's bug, not a request.
+const MAX_CAP: usize = isize::MAX as usize / std::mem::size_of::<gk_log_record>();
+
+/// `s` up to its first NUL byte (a C string cannot carry one).
+fn until_nul(s: &[u8]) -> &[u8] {
+    &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())]
+}
+
+/// Copies the records' strings into `text` (replacing what it held) and
+/// returns the C records pointing into it.
+fn to_c(records: &[LogRecord], text: &mut Vec<u8>) -> Vec<gk_log_record> {
+    let bytes = |r: &LogRecord| {
+        (
+            r.path
+                .as_ref()
+                .map(|p| until_nul(p.as_os_str().as_bytes()).len()),
+            until_nul(r.message.as_bytes()).len(),
+        )
+    };
+    let needed: usize = records
+        .iter()
+        .map(|r| {
+            let (p, m) = bytes(r);
+            p.map_or(0, |p| p + 1) + m + 1
+        })
+        .sum();
+    let mut buf = Vec::with_capacity(needed);
+    // (offset of path, offset of message) in `buf`.
+    let mut at = Vec::with_capacity(records.len());
+    for r in records {
+        let path = r.path.as_ref().map(|p| {
+            let o = buf.len();
+            buf.extend_from_slice(until_nul(p.as_os_str().as_bytes()));
+            buf.push(0);
+            o
+        });
+        let o = buf.len();
+        buf.extend_from_slice(until_nul(r.message.as_bytes()));
+        buf.push(0);
+        at.push((path, o));
+    }
+    debug_assert_eq!(buf.len(), needed);
+    // The buffer is complete: it is not written again, so the pointers into
+    // it stay valid while `text` holds it.
+    *text = buf;
+    let base = text.as_ptr();
+    records
+        .iter()
+        .zip(at)
+        .map(|(r, (p, m))| {
+            let (plen, mlen) = bytes(r);
+            gk_log_record {
+                kind: gk_log_kind::from_rust(r.kind) as u32,
+                holder_pid: r
+                    .holder_pid
+                    .and_then(|p| i32::try_from(p).ok())
+                    .unwrap_or(-1),
+                goal: r.goal.map_or(0, |g| g.raw()),
+                holder_goal: r.holder_goal.map_or(0, |g| g.raw()),
+                time_ns: r.time_ns,
+                duration_ns: r
+                    .duration
+                    .map_or(-1, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+                // SAFETY: the offset is within `text`, which was just built.
+                path: p.map_or(std::ptr::null(), |o| unsafe { base.add(o) }.cast()),
+                path_len: plen.unwrap_or(0),
+                // SAFETY: as above.
+                message: unsafe { base.add(m) }.cast(),
+                message_len: mlen,
+            }
+        })
+        .collect()
+}
+
+/// Takes up to `cap` records of the worker's diagnostics log, oldest first,
+/// into `out[0..cap]`, and stores how many it wrote in `*n_out`. Records
+/// beyond `cap` stay for the next call: call again until `*n_out < cap`.
+/// The text log (`gk_worker_take_log`) is made of the same records'
+/// messages; a record taken by either is gone for both.
+///
+/// The strings of the records (`path`, `message`) belong to the worker and
+/// stay valid until the next `gk_worker_take_log_records` call on the same
+/// worker, or `gk_worker_free`: copy what you keep. With `cap` 0 nothing is
+/// taken (`out` may then be NULL). On any status but `GK_OK`, nothing is
+/// taken and `*n_out` is 0.
+///
+/// # Safety
+/// `out` must be NULL (only with `cap` 0) or valid for `cap` writes of
+/// `gk_log_record`; `n_out` must be valid for writing one `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_take_log_records(
+    w: gk_worker,
+    out: *mut gk_log_record,
+    cap: usize,
+    n_out: *mut usize,
+) -> gk_status {
+    call_tls(|t| {
+        // SAFETY: forwarded from this function's contract.
+        let n_out = unsafe { args::out(n_out, "n_out") }?;
+        *n_out = 0;
+        if cap > 0 {
+            if out.is_null() {
+                return Err(Error::NullPointer("out"));
+            }
+            if !(out as usize).is_multiple_of(std::mem::align_of::<gk_log_record>()) {
+                return Err(Error::InvalidArgument("out is not aligned".into()));
+            }
+            if cap > MAX_CAP {
+                return Err(Error::InvalidArgument(format!(
+                    "cap {cap} is more records than fit in memory"
+                )));
+            }
+        }
+        let n = with_worker_cell(t, w, |cell, wk| -> Result<usize> {
+            wk.check()?;
+            if cap == 0 {
+                return Ok(0);
+            }
+            let records = wk.take_log_records_up_to(cap);
+            let mut text = cell.log_text.lock().unwrap_or_else(|e| e.into_inner());
+            let c = to_c(&records, &mut text);
+            for (i, r) in c.iter().enumerate() {
+                // SAFETY: `out` is non-null, aligned and valid for `cap`
+                // writes (the contract); `i < records.len() <= cap`.
+                unsafe { out.add(i).write(*r) };
+            }
+            Ok(c.len())
+        })?;
+        *n_out = n;
+        Ok(GK_OK)
+    })
+}
+
+/// The name of a `gk_log_kind`, e.g. `"waits-foreign"`, or `"unknown"` for a
+/// value that is not one. The string is static.
+#[no_mangle]
+pub extern "C" fn gk_log_kind_name(kind: u32) -> *const c_char {
+    match gk_log_kind::from_raw(kind) {
+        Some(k) => k.to_rust().name_c().as_ptr(),
+        None => c"unknown".as_ptr(),
+    }
+}
