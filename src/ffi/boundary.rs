@@ -11,58 +11,113 @@
 //! message is read: a host that tries a lock, gets `GK_BUSY` and moves on
 //! without reading the message pays nothing.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::status::gk_status;
+use super::worker::WorkerCell;
 use crate::error::{Error, Result};
 
-thread_local! {
-    /// The last message, NUL-terminated. Reused, so clearing it does not allocate.
-    static LAST: RefCell<Vec<u8>> = RefCell::new(vec![0]);
+/// Everything the C boundary keeps per thread, in one thread-local (in a
+/// shared library every thread-local access is a call to `__tls_get_addr`,
+/// so a call makes one, and passes the reference on).
+pub(crate) struct ThreadState {
+    /// The last message, NUL-terminated (empty before the first one).
+    /// Reused, so clearing it does not allocate.
+    message: RefCell<Vec<u8>>,
+    /// Whether `message` holds a message (a successful call then clears it;
+    /// otherwise it has nothing to do).
+    has_message: Cell<bool>,
     /// The lock file whose holders the last message should name, once it is
     /// read (see the module documentation).
-    static HOLDER_OF: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    holder_of: RefCell<Option<PathBuf>>,
+    /// The worker this thread used last, so that repeated calls on one
+    /// worker (the pull loop) skip the global handle table and its lock, and
+    /// use the cached reference for the call without touching its
+    /// reference count (see `ffi::worker`).
+    pub(super) worker: RefCell<Option<(u64, Arc<WorkerCell>)>>,
+}
+
+thread_local! {
+    static THREAD: ThreadState = const {
+        ThreadState {
+            message: RefCell::new(Vec::new()),
+            has_message: Cell::new(false),
+            holder_of: RefCell::new(None),
+            worker: RefCell::new(None),
+        }
+    };
+}
+
+impl ThreadState {
+    /// A number that identifies this thread among the live threads (the
+    /// address of its state).
+    #[inline(always)]
+    pub(super) fn token(&self) -> usize {
+        self as *const ThreadState as usize
+    }
+
+    /// Stores `msg` as this thread's last error message (NULs are replaced).
+    fn set_message(&self, msg: &str) {
+        *self.holder_of.borrow_mut() = None;
+        let mut l = self.message.borrow_mut();
+        l.clear();
+        l.extend(msg.bytes().map(|b| if b == 0 { b'?' } else { b }));
+        l.push(0);
+        self.has_message.set(true);
+    }
+
+    #[inline(always)]
+    fn clear_message(&self) {
+        if self.has_message.get() {
+            self.clear_message_now();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn clear_message_now(&self) {
+        *self.holder_of.borrow_mut() = None;
+        let mut l = self.message.borrow_mut();
+        l.clear();
+        l.push(0);
+        self.has_message.set(false);
+    }
+
+    /// Records `e` as the last error and returns its status.
+    #[cold]
+    #[inline(never)]
+    fn fail(&self, e: &Error) -> gk_status {
+        self.set_message(&e.to_string());
+        if let Some(f) = lock_file_of(e) {
+            *self.holder_of.borrow_mut() = Some(f);
+        }
+        gk_status::from(e)
+    }
 }
 
 /// Stores `msg` as this thread's last error message (NULs are replaced).
 pub(crate) fn set_message(msg: &str) {
-    HOLDER_OF.with(|h| *h.borrow_mut() = None);
-    LAST.with(|l| {
-        let mut l = l.borrow_mut();
-        l.clear();
-        l.extend(msg.bytes().map(|b| if b == 0 { b'?' } else { b }));
-        l.push(0);
-    });
-}
-
-fn clear_message() {
-    HOLDER_OF.with(|h| *h.borrow_mut() = None);
-    LAST.with(|l| {
-        let mut l = l.borrow_mut();
-        if l.len() != 1 {
-            l.clear();
-            l.push(0);
-        }
-    });
+    THREAD.with(|t| t.set_message(msg));
 }
 
 /// Pointer to this thread's last message; valid until the next goalkeeper
 /// call on this thread. Names the holder of a busy lock, the first time it
 /// is asked for after the call that found it busy.
 pub(crate) fn message_ptr() -> *const c_char {
-    if let Some(lock_file) = HOLDER_OF.with(|h| h.borrow_mut().take()) {
-        // The inspector reads /proc and is not expected to panic; if it
-        // did, the message goes without the holder rather than unwinding
-        // into C.
-        let who = catch_unwind(|| crate::inspect::describe_holders(&lock_file))
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "a process the kernel does not show now".into());
-        LAST.with(|l| {
-            let mut l = l.borrow_mut();
+    THREAD.with(|t| {
+        if let Some(lock_file) = t.holder_of.borrow_mut().take() {
+            // The inspector reads /proc and is not expected to panic; if it
+            // did, the message goes without the holder rather than unwinding
+            // into C.
+            let who = catch_unwind(|| crate::inspect::describe_holders(&lock_file))
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "a process the kernel does not show now".into());
+            let mut l = t.message.borrow_mut();
             l.pop(); // the NUL
             l.extend(
                 format!("; held by {who}")
@@ -70,9 +125,14 @@ pub(crate) fn message_ptr() -> *const c_char {
                     .map(|b| if b == 0 { b'?' } else { b }),
             );
             l.push(0);
-        });
-    }
-    LAST.with(|l| l.borrow().as_ptr().cast())
+        }
+        let l = t.message.borrow();
+        if l.is_empty() {
+            c"".as_ptr()
+        } else {
+            l.as_ptr().cast()
+        }
+    })
 }
 
 /// The lock file of a contention error's path.
@@ -88,32 +148,43 @@ fn lock_file_of(e: &Error) -> Option<PathBuf> {
 
 /// Runs an exported function's body: catches panics, maps errors to
 /// statuses, and keeps the thread-local message in step.
+#[inline(always)]
 pub(crate) fn call(f: impl FnOnce() -> Result<gk_status>) -> gk_status {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(status)) => {
-            clear_message();
-            status
-        }
-        Ok(Err(e)) => fail(&e),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_message(&format!(
-                "internal error in goalkeeper (caught panic: {what}); please report it"
-            ));
-            gk_status::GK_ERROR_PANIC
-        }
+    call_tls(|_| f())
+}
+
+/// [`call`] for a body that uses this thread's [`ThreadState`] (the
+/// worker functions): the body gets the reference, so the call makes one
+/// thread-local access in all. The body's `Result` is turned into a status
+/// inside the panic boundary, so only a status crosses it.
+#[inline(always)]
+pub(crate) fn call_tls(f: impl FnOnce(&ThreadState) -> Result<gk_status>) -> gk_status {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        THREAD.with(|t| match f(t) {
+            Ok(status) => {
+                t.clear_message();
+                status
+            }
+            Err(e) => t.fail(&e),
+        })
+    }));
+    match r {
+        Ok(status) => status,
+        Err(panic) => panicked(panic),
     }
 }
 
-/// Records `e` as the last error and returns its status.
-pub(crate) fn fail(e: &Error) -> gk_status {
-    set_message(&e.to_string());
-    if let Some(f) = lock_file_of(e) {
-        HOLDER_OF.with(|h| *h.borrow_mut() = Some(f));
-    }
-    gk_status::from(e)
+/// A panic caught at the boundary becomes `GK_ERROR_PANIC` with a message.
+#[cold]
+#[inline(never)]
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> gk_status {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    set_message(&format!(
+        "internal error in goalkeeper (caught panic: {what}); please report it"
+    ));
+    gk_status::GK_ERROR_PANIC
 }

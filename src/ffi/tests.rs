@@ -502,6 +502,104 @@ fn flock_lock_cycle_through_the_c_abi() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Calls into goalkeeper from inside a predicate. The pull loop's calls use
+/// the thread's cached worker by reference (not a counted clone), so a
+/// nested call must neither replace nor clear that reference under the
+/// outer call. A validity predicate of worker A calls worker B, frees worker
+/// C, then calls and tries to free A itself: B answers, C is freed (stale
+/// from then on), and A refuses both with `GK_ERROR_INVALID_STATE`. Run
+/// once with A in this thread's cache before the outer call (the borrowed
+/// fast path) and once with B there (the slow path); A and B keep working.
+#[test]
+fn a_predicate_may_call_and_free_other_workers_but_not_its_own() {
+    use std::ffi::c_void;
+    type Seen = [gk_status; 5];
+    struct Ctx {
+        a: u64,
+        b: u64,
+        c: u64,
+        seen: Vec<Seen>,
+    }
+    unsafe extern "C" fn pred(data: *mut c_void, _path: *const c_char) -> i32 {
+        // SAFETY: `data` is the test's `Ctx`, not otherwise borrowed meanwhile.
+        let ctx = unsafe { &mut *data.cast::<Ctx>() };
+        // SAFETY: a zeroed gk_audit is valid; the out pointers are live.
+        let mut au = unsafe { std::mem::zeroed::<gk_audit>() };
+        // SAFETY: as above.
+        let seen = unsafe {
+            [
+                gk_worker_audit(ctx.b, &mut au),
+                gk_worker_free(ctx.c),
+                gk_worker_audit(ctx.c, &mut au),
+                gk_worker_audit(ctx.a, &mut au),
+                gk_worker_free(ctx.a),
+            ]
+        };
+        ctx.seen.push(seen);
+        1 // valid: the goal ends already-valid without taking its lock
+    }
+    for warm_own in [true, false] {
+        let (mut a, mut b, mut c) = (0, 0, 0);
+        // SAFETY: (all calls below) valid out pointers; `ctx` outlives the worker.
+        unsafe {
+            assert_eq!(gk_worker_new(std::ptr::null(), &mut a), GK_OK);
+            assert_eq!(gk_worker_new(std::ptr::null(), &mut b), GK_OK);
+            assert_eq!(gk_worker_new(std::ptr::null(), &mut c), GK_OK);
+            let mut ctx = Ctx {
+                a,
+                b,
+                c,
+                seen: Vec::new(),
+            };
+            let data: *mut Ctx = &mut ctx;
+            assert_eq!(gk_worker_set_valid_path(a, Some(pred), data.cast()), GK_OK);
+            let out = b"/gk-unit-test-store/aaa-out\0";
+            let outs = [out.as_ptr().cast::<c_char>()];
+            let mut g = 0;
+            assert_eq!(
+                gk_worker_add_goal(a, 0, outs.as_ptr(), 1, 0, &mut g),
+                GK_OK,
+                "{}",
+                message()
+            );
+            let mut au = std::mem::zeroed::<gk_audit>();
+            // Which worker this thread's cache holds when the call starts.
+            assert_eq!(
+                gk_worker_audit(if warm_own { a } else { b }, &mut au),
+                GK_OK
+            );
+            let mut ev = std::mem::zeroed::<gk_event>();
+            assert_eq!(gk_worker_next_event(a, &mut ev), GK_OK, "{}", message());
+            assert_eq!(
+                (ev.kind, ev.goal, ev.outcome),
+                (2, g, 3),
+                "finished, already valid"
+            );
+            let seen = (*data).seen.clone();
+            assert_eq!(
+                seen,
+                vec![[
+                    GK_OK,
+                    GK_OK,
+                    GK_ERROR_STALE_HANDLE,
+                    GK_ERROR_INVALID_STATE,
+                    GK_ERROR_INVALID_STATE
+                ]],
+                "warm_own {warm_own}"
+            );
+            assert_eq!(gk_worker_next_event(a, &mut ev), GK_OK);
+            assert_eq!(ev.kind, 4, "done");
+            assert_eq!(gk_worker_audit(b, &mut au), GK_OK);
+            assert_eq!(gk_worker_audit(a, &mut au), GK_OK);
+            assert_eq!(gk_worker_audit(c, &mut au), GK_ERROR_STALE_HANDLE);
+            assert_eq!(gk_worker_free(c), GK_ERROR_STALE_HANDLE);
+            assert_eq!(gk_worker_free(a), GK_OK);
+            assert_eq!(gk_worker_free(b), GK_OK);
+            assert_eq!(gk_worker_audit(a, &mut au), GK_ERROR_STALE_HANDLE);
+        }
+    }
+}
+
 #[test]
 fn store_db_arguments_are_refused_before_sqlite_is_reached() {
     let mut out: gk_store_db = 7;

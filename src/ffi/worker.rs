@@ -1,14 +1,14 @@
 //! The scheduler half of the C ABI: workers, goals, the pull loop.
 //!
 //! A worker is stored in the handle table as an `Arc<WorkerCell>`. A call
-//! takes the `Arc` out of the table (holding the table's lock only for that),
-//! then locks the worker itself, so the host's predicates run with no
-//! goalkeeper-wide lock held and may call back into goalkeeper (e.g.
-//! `gk_path_is_locked_by_me`, or another worker). A predicate that calls
-//! back into its *own* worker gets `GK_ERROR_INVALID_STATE`, never a
-//! deadlock.
+//! finds it in the calling thread's cache (the worker the thread used last,
+//! used by reference) or clones the `Arc` out of the table (holding the
+//! table's lock only for that), then locks the worker itself, so the host's
+//! predicates run with no goalkeeper-wide lock held and may call back into
+//! goalkeeper (e.g. `gk_path_is_locked_by_me`, or another worker). A
+//! predicate that calls back into its *own* worker gets
+//! `GK_ERROR_INVALID_STATE`, never a deadlock.
 
-use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::args;
-use super::boundary::call;
+use super::boundary::{call, call_tls, ThreadState};
 use super::enums::{
     gk_backend, gk_build_mode, gk_event_kind, gk_goal_kind, gk_goal_state, gk_outcome,
 };
@@ -152,7 +152,8 @@ impl PathPredicate for CPredicate {
 
 /// A worker in the handle table.
 pub(crate) struct WorkerCell {
-    /// The thread currently inside a call on this worker (0: none).
+    /// The thread currently inside a call on this worker (0: none; see
+    /// [`ThreadState::token`]).
     in_call: AtomicUsize,
     /// Cleared (under the worker's mutex) by `gk_worker_free`.
     alive: AtomicBool,
@@ -164,65 +165,81 @@ pub(crate) struct WorkerCell {
     pub(super) log_text: Mutex<Vec<u8>>,
 }
 
-thread_local! {
-    static THREAD_TOKEN: Cell<u8> = const { Cell::new(0) };
-    /// The worker this thread used last: repeated calls on one worker (the
-    /// pull loop) skip the global handle table and its lock.
-    static LAST: RefCell<Option<(gk_worker, Arc<WorkerCell>)>> = const { RefCell::new(None) };
+/// Runs `f` on the worker named by `w`, without holding the handle table's
+/// lock (see [`with_worker_cell`]).
+#[inline(always)]
+pub(super) fn with_worker<R>(
+    t: &ThreadState,
+    w: gk_worker,
+    f: impl FnOnce(&mut Worker) -> Result<R>,
+) -> Result<R> {
+    with_worker_cell(t, w, |_, wk| f(wk))
 }
 
-/// The cell of worker `w`: from this thread's cache if it is still alive
-/// (re-checked under the worker's mutex), else from the handle table.
-fn cell_of(w: gk_worker) -> Result<Arc<WorkerCell>> {
-    let cached = LAST.with(|l| match &*l.borrow() {
-        Some((h, c))
-            if *h == w
-                && c.alive.load(Ordering::Acquire)
-                && c.fork_gen == crate::lock::process_generation() =>
-        {
-            Some(c.clone())
-        }
-        _ => None,
-    });
-    if let Some(c) = cached {
-        return Ok(c);
-    }
-    let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
-    LAST.with(|l| *l.borrow_mut() = Some((w, cell.clone())));
-    Ok(cell)
-}
-
-fn thread_token() -> usize {
-    THREAD_TOKEN.with(|c| c as *const Cell<u8> as usize)
-}
-
-/// Runs `f` on the worker named by `w`, without holding the handle table's lock.
-pub(super) fn with_worker<R>(w: gk_worker, f: impl FnOnce(&mut Worker) -> Result<R>) -> Result<R> {
-    with_worker_cell(w, |_, wk| f(wk))
-}
-
-/// [`with_worker`], also giving `f` the worker's cell.
+/// Runs `f` on the worker named by `w` and its cell, without holding the
+/// handle table's lock.
+///
+/// The pull loop's repeated calls on one worker find it in this thread's
+/// cache (if it is still alive and of this process; both are checked again
+/// under the worker's mutex) and use the cached reference for the call,
+/// borrowed, without touching its reference count. A call made meanwhile
+/// from inside a predicate shares that borrow: on the same worker it is
+/// refused (`GK_ERROR_INVALID_STATE`), on another worker it takes the slow
+/// path, which then leaves the cache alone, and `gk_worker_free` cannot
+/// clear a borrowed cache, which then names the worker in call, whose own
+/// freeing is refused.
+#[inline(always)]
 pub(super) fn with_worker_cell<R>(
+    t: &ThreadState,
     w: gk_worker,
     f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
 ) -> Result<R> {
-    let cell = cell_of(w)?;
-    let me = thread_token();
-    if cell.in_call.load(Ordering::Acquire) == me {
-        return Err(Error::InvalidState(format!(
-            "worker {w:#x} was called from inside one of its own predicates; \
-             a predicate must not call back into its worker"
-        )));
+    if let Ok(cache) = t.worker.try_borrow() {
+        if let Some((h, cell)) = &*cache {
+            if *h == w
+                && cell.alive.load(Ordering::Acquire)
+                && cell.fork_gen == crate::lock::process_generation()
+            {
+                return enter(t, w, cell, f);
+            }
+        }
     }
-    let mut guard = cell.worker.lock().map_err(|_| {
-        Error::Invariant(format!(
-            "worker {w:#x} was left inconsistent by an internal error; free it"
-        ))
-    })?;
+    with_worker_slow(t, w, f)
+}
+
+/// [`with_worker_cell`] for a worker that is not in this thread's cache:
+/// from the handle table (which refuses stale, forged, freed and wrong-kind
+/// handles, and a fork parent's workers), then cached when the cache is not
+/// in use.
+#[inline(never)]
+fn with_worker_slow<R>(
+    t: &ThreadState,
+    w: gk_worker,
+    f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
+) -> Result<R> {
+    let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
+    if let Ok(mut cache) = t.worker.try_borrow_mut() {
+        *cache = Some((w, cell.clone()));
+    }
+    enter(t, w, &cell, f)
+}
+
+/// Runs `f` with the worker's mutex held, marking the worker as in a call
+/// of this thread (so that its predicates cannot call back into it).
+#[inline(always)]
+fn enter<R>(
+    t: &ThreadState,
+    w: gk_worker,
+    cell: &WorkerCell,
+    f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
+) -> Result<R> {
+    let me = t.token();
+    if cell.in_call.load(Ordering::Acquire) == me {
+        return Err(called_from_predicate(w));
+    }
+    let mut guard = cell.worker.lock().map_err(|_| poisoned(w))?;
     if !cell.alive.load(Ordering::Acquire) {
-        return Err(Error::StaleHandle(format!(
-            "worker handle {w:#018x} is stale: it was freed"
-        )));
+        return Err(freed(w));
     }
     struct Leave<'a>(&'a AtomicUsize);
     impl Drop for Leave<'_> {
@@ -232,7 +249,30 @@ pub(super) fn with_worker_cell<R>(
     }
     cell.in_call.store(me, Ordering::Release);
     let _leave = Leave(&cell.in_call);
-    f(&cell, &mut guard)
+    f(cell, &mut guard)
+}
+
+#[cold]
+#[inline(never)]
+fn called_from_predicate(w: gk_worker) -> Error {
+    Error::InvalidState(format!(
+        "worker {w:#x} was called from inside one of its own predicates; \
+         a predicate must not call back into its worker"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn poisoned(w: gk_worker) -> Error {
+    Error::Invariant(format!(
+        "worker {w:#x} was left inconsistent by an internal error; free it"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn freed(w: gk_worker) -> Error {
+    Error::StaleHandle(format!("worker handle {w:#018x} is stale: it was freed"))
 }
 
 const NO_EVENT: gk_event = gk_event {
@@ -320,9 +360,9 @@ pub unsafe extern "C" fn gk_worker_new(
 /// handle goes stale; a second free gives `GK_ERROR_STALE_HANDLE`.
 #[no_mangle]
 pub extern "C" fn gk_worker_free(w: gk_worker) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
-        if cell.in_call.load(Ordering::Acquire) == thread_token() {
+        if cell.in_call.load(Ordering::Acquire) == t.token() {
             return Err(Error::InvalidState(
                 "a predicate must not free its own worker".into(),
             ));
@@ -332,17 +372,19 @@ pub extern "C" fn gk_worker_free(w: gk_worker) -> gk_status {
         cell.alive.store(false, Ordering::Release);
         g.abandon();
         drop(g);
-        LAST.with(|l| {
-            let mut l = l.borrow_mut();
-            if l.as_ref().is_some_and(|(h, _)| *h == w) {
-                *l = None;
+        // Borrowed only by a call in progress on another worker (this one's
+        // predicate freeing a third): then the cache names that worker.
+        if let Ok(mut cache) = t.worker.try_borrow_mut() {
+            if cache.as_ref().is_some_and(|(h, _)| *h == w) {
+                *cache = None;
             }
-        });
+        }
         Ok(GK_OK)
     })
 }
 
 fn set_predicate(
+    t: &ThreadState,
     w: gk_worker,
     f: gk_path_predicate,
     data: *mut c_void,
@@ -355,7 +397,7 @@ fn set_predicate(
             buf: Vec::new(),
         }) as Box<dyn PathPredicate>
     });
-    with_worker(w, |wk| {
+    with_worker(t, w, |wk| {
         if valid {
             wk.set_valid_predicate(p);
         } else {
@@ -375,7 +417,7 @@ pub extern "C" fn gk_worker_set_valid_path(
     f: gk_path_predicate,
     data: *mut c_void,
 ) -> gk_status {
-    call(|| set_predicate(w, f, data, true))
+    call_tls(|t| set_predicate(t, w, f, data, true))
 }
 
 /// Takes the worker's validity from the store database at `db_path`
@@ -404,7 +446,7 @@ pub unsafe extern "C" fn gk_worker_set_store_database(
     w: gk_worker,
     db_path: *const c_char,
 ) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         let path = if db_path.is_null() {
             None
         } else {
@@ -412,7 +454,7 @@ pub unsafe extern "C" fn gk_worker_set_store_database(
             let bytes = unsafe { args::c_bytes(db_path, "db_path") }?;
             Some(Path::new(OsStr::from_bytes(bytes)))
         };
-        with_worker(w, |wk| {
+        with_worker(t, w, |wk| {
             match path {
                 Some(p) => wk.set_store_database(p)?,
                 None => wk.reset_validity(),
@@ -431,10 +473,11 @@ pub extern "C" fn gk_worker_set_cached_failure(
     f: gk_path_predicate,
     data: *mut c_void,
 ) -> gk_status {
-    call(|| set_predicate(w, f, data, false))
+    call_tls(|t| set_predicate(t, w, f, data, false))
 }
 
 fn add_goal(
+    t: &ThreadState,
     w: gk_worker,
     kind: u32,
     paths: Result<Vec<StorePath>>,
@@ -444,7 +487,7 @@ fn add_goal(
     let kind = gk_goal_kind::parse(kind)?;
     let mode = gk_build_mode::parse(mode)?;
     let paths = paths?;
-    let id = with_worker(w, |wk| wk.add_goal_normalized(kind, paths, mode, 0))?;
+    let id = with_worker(t, w, |wk| wk.add_goal_normalized(kind, paths, mode, 0))?;
     *out = id.raw();
     Ok(GK_OK)
 }
@@ -467,7 +510,7 @@ pub unsafe extern "C" fn gk_worker_add_goal(
     mode: u32,
     out: *mut gk_goal,
 ) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
@@ -477,7 +520,7 @@ pub unsafe extern "C" fn gk_worker_add_goal(
             // SAFETY: as above.
             unsafe { args::path_array(outputs, n_outputs) }
         };
-        add_goal(w, kind, paths, mode, out)
+        add_goal(t, w, kind, paths, mode, out)
     })
 }
 
@@ -495,7 +538,7 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
     mode: u32,
     out: *mut gk_goal,
 ) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
@@ -505,7 +548,7 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
             // SAFETY: as above.
             unsafe { args::packed_paths(outputs, len) }
         };
-        add_goal(w, kind, paths, mode, out)
+        add_goal(t, w, kind, paths, mode, out)
     })
 }
 
@@ -514,8 +557,8 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
 /// dependency-failed (a FINISHED event follows).
 #[no_mangle]
 pub extern "C" fn gk_worker_add_dependency(w: gk_worker, goal: gk_goal, dep: gk_goal) -> gk_status {
-    call(|| {
-        with_worker(w, |wk| {
+    call_tls(|t| {
+        with_worker(t, w, |wk| {
             wk.add_dependency(GoalId::from_raw(goal), GoalId::from_raw(dep))
         })?;
         Ok(GK_OK)
@@ -531,11 +574,11 @@ pub extern "C" fn gk_worker_add_dependency(w: gk_worker, goal: gk_goal, dep: gk_
 /// `out` must be valid for writing.
 #[no_mangle]
 pub unsafe extern "C" fn gk_worker_next_event(w: gk_worker, out: *mut gk_event) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = NO_EVENT;
-        *out = with_worker(w, |wk| wk.next_event().map(|ev| event_to_c(ev, wk)))?;
+        *out = with_worker(t, w, |wk| wk.next_event().map(|ev| event_to_c(ev, wk)))?;
         Ok(GK_OK)
     })
 }
@@ -547,11 +590,11 @@ pub unsafe extern "C" fn gk_worker_next_event(w: gk_worker, out: *mut gk_event) 
 /// is woken.
 #[no_mangle]
 pub extern "C" fn gk_worker_report(w: gk_worker, goal: gk_goal, outcome: u32) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         let o = gk_outcome::parse(outcome)?.ok_or_else(|| {
             Error::InvalidArgument("GK_OUTCOME_NONE is not an outcome to report".into())
         })?;
-        with_worker(w, |wk| wk.report(GoalId::from_raw(goal), o))?;
+        with_worker(t, w, |wk| wk.report(GoalId::from_raw(goal), o))?;
         Ok(GK_OK)
     })
 }
@@ -561,8 +604,8 @@ pub extern "C" fn gk_worker_report(w: gk_worker, goal: gk_goal, outcome: u32) ->
 /// has finished.
 #[no_mangle]
 pub extern "C" fn gk_worker_cancel(w: gk_worker, goal: gk_goal) -> gk_status {
-    call(|| {
-        with_worker(w, |wk| wk.cancel(GoalId::from_raw(goal)))?;
+    call_tls(|t| {
+        with_worker(t, w, |wk| wk.cancel(GoalId::from_raw(goal)))?;
         Ok(GK_OK)
     })
 }
@@ -578,10 +621,10 @@ pub unsafe extern "C" fn gk_worker_goal_result(
     goal: gk_goal,
     out: *mut gk_goal_result,
 ) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        let r = with_worker(w, |wk| {
+        let r = with_worker(t, w, |wk| {
             let id = GoalId::from_raw(goal);
             wk.check_goal(id)?;
             wk.result(id)
@@ -610,8 +653,8 @@ pub unsafe extern "C" fn gk_worker_goal_outputs(
     cap: usize,
     len_out: *mut usize,
 ) -> gk_status {
-    call(|| {
-        with_worker(w, |wk| {
+    call_tls(|t| {
+        with_worker(t, w, |wk| {
             let id = GoalId::from_raw(goal);
             wk.check_goal(id)?;
             let outs = wk.outputs(id)?;
@@ -701,10 +744,10 @@ impl From<Audit> for gk_audit {
 /// `out` must be valid for writing.
 #[no_mangle]
 pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut gk_audit) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        *out = with_worker(w, |wk| Ok(wk.audit()))?.into();
+        *out = with_worker(t, w, |wk| Ok(wk.audit()))?.into();
         Ok(GK_OK)
     })
 }
@@ -715,10 +758,10 @@ pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut gk_audit) -> gk
 /// `out` must be valid for writing.
 #[no_mangle]
 pub unsafe extern "C" fn gk_worker_fd(w: gk_worker, out: *mut i32) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        *out = with_worker(w, |wk| {
+        *out = with_worker(t, w, |wk| {
             wk.check()?;
             Ok(wk.fd())
         })?;
@@ -739,8 +782,8 @@ pub unsafe extern "C" fn gk_worker_take_log(
     cap: usize,
     len_out: *mut usize,
 ) -> gk_status {
-    call(|| {
-        with_worker(w, |wk| {
+    call_tls(|t| {
+        with_worker(t, w, |wk| {
             wk.check()?;
             let lines = wk.log_lines();
             let items = lines.iter().map(|l| {

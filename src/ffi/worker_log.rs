@@ -12,7 +12,7 @@ use std::ffi::c_char;
 use std::os::unix::ffi::OsStrExt;
 
 use super::args;
-use super::boundary::call;
+use super::boundary::call_tls;
 use super::enums::gk_log_kind;
 use super::status::gk_status::{self, GK_OK};
 use super::worker::{gk_goal, gk_worker, with_worker_cell};
@@ -152,7 +152,7 @@ pub unsafe extern "C" fn gk_worker_take_log_records(
     cap: usize,
     n_out: *mut usize,
 ) -> gk_status {
-    call(|| {
+    call_tls(|t| {
         // SAFETY: forwarded from this function's contract.
         let n_out = unsafe { args::out(n_out, "n_out") }?;
         *n_out = 0;
@@ -169,7 +169,7 @@ pub unsafe extern "C" fn gk_worker_take_log_records(
                 )));
             }
         }
-        let n = with_worker_cell(w, |cell, wk| -> Result<usize> {
+        let n = with_worker_cell(t, w, |cell, wk| -> Result<usize> {
             wk.check()?;
             if cap == 0 {
                 return Ok(0);
