@@ -23,11 +23,23 @@
 #include <stdlib.h>
 
 /**
+ * Goal k of the batch being added, as a dependency in gk_worker_add_goals
+ * (k < n_goals, not the goal itself; earlier or later in the batch). The
+ * worker serial 0xffffffff is never given to a worker, so a zeroed or
+ * stale id is never mistaken for a batch reference.
+ */
+#define GK_BATCH_GOAL(k) (UINT64_C(0xffffffff00000000) | (uint64_t)(uint32_t)(k))
+
+/**
  * The ABI version of this library. Bindings compare it with the version they
  * were written for and refuse to run on a mismatch. It changes whenever an
  * exported function or type changes incompatibly.
+ *
+ * 2: goals carry the host's tag (`gk_worker_add_goal` and
+ * `gk_worker_add_goal_packed` take it; `gk_event` carries it, its fields
+ * reordered to 40 bytes without padding); the batch calls.
  */
-#define GK_ABI_VERSION 1
+#define GK_ABI_VERSION 2
 
 /**
  * The result of every goalkeeper call.
@@ -469,6 +481,62 @@ typedef uint32_t gk_log_kind;
 #endif // __cplusplus
 
 /**
+ * Which part of a batch element a `gk_batch_error` names (see
+ * `gk_worker_add_goals` and `gk_worker_report_many`).
+ */
+enum gk_batch_field
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * No element in particular: the batch as a whole (its description, a
+   * missing array, its size). Also the value after `GK_OK`.
+   */
+  GK_FIELD_NONE = 0,
+  /**
+   * `kinds[index]`.
+   */
+  GK_FIELD_KIND = 1,
+  /**
+   * `modes[index]`.
+   */
+  GK_FIELD_MODE = 2,
+  /**
+   * Goal `index`'s output `sub` (in the order given), or its outputs as a
+   * whole (`sub` 0: a build without outputs, a substitute with several).
+   */
+  GK_FIELD_OUTPUT = 3,
+  /**
+   * `output_offsets[index]`.
+   */
+  GK_FIELD_OUTPUT_OFFSETS = 4,
+  /**
+   * Goal `index`'s dependency `sub`.
+   */
+  GK_FIELD_DEPENDENCY = 5,
+  /**
+   * `dep_offsets[index]`.
+   */
+  GK_FIELD_DEP_OFFSETS = 6,
+  /**
+   * `reports[index].goal`.
+   */
+  GK_FIELD_GOAL = 7,
+  /**
+   * `reports[index].outcome`.
+   */
+  GK_FIELD_OUTCOME = 8,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum gk_batch_field gk_batch_field;
+#else
+typedef uint32_t gk_batch_field;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An opaque handle to a lock set held by this process. 0 is never a valid handle.
  */
 typedef uint64_t gk_lockset;
@@ -535,7 +603,8 @@ typedef int32_t (*gk_path_predicate)(void *data, const char *path);
 typedef uint64_t gk_goal;
 
 /**
- * An event from `gk_worker_next_event`.
+ * An event from `gk_worker_next_event` (or one of `gk_worker_next_events`).
+ * 40 bytes, without padding.
  */
 typedef struct {
   /**
@@ -543,13 +612,20 @@ typedef struct {
    */
   uint32_t kind;
   /**
+   * The goal's `gk_goal_kind` (RUN, FINISHED), else 0.
+   */
+  uint32_t goal_kind;
+  /**
    * The goal (RUN, FINISHED), else 0.
    */
   gk_goal goal;
   /**
-   * The goal's `gk_goal_kind` (RUN, FINISHED).
+   * The goal's tag, as given when it was added (RUN, FINISHED), else 0:
+   * the host's own data for the goal (an index, a pointer), so that it
+   * finds its goal object without a table of goal ids. A goal shared by
+   * a second request for the same outputs (S9) keeps its first tag.
    */
-  uint32_t goal_kind;
+  uint64_t tag;
   /**
    * The `gk_outcome` (FINISHED), else GK_OUTCOME_NONE.
    */
@@ -666,6 +742,113 @@ typedef struct {
    */
   uint64_t violations;
 } gk_audit;
+
+/**
+ * Many goals for `gk_worker_add_goals`, as arrays indexed by goal, with
+ * each goal's outputs and dependencies given CSR style: goal `i`'s are
+ * elements `offsets[i]` to `offsets[i + 1] - 1` of a flat array
+ * (`offsets[0]` is 0, the offsets never decrease, and `offsets[n_goals]`
+ * is the flat array's length). 80 bytes.
+ */
+typedef struct {
+  /**
+   * `sizeof(gk_goal_batch)`: refused if different.
+   */
+  uint32_t struct_size;
+  /**
+   * The number of goals (0: the call adds nothing).
+   */
+  uint32_t n_goals;
+  /**
+   * `[n_goals]` `gk_goal_kind`s.
+   */
+  const uint32_t *kinds;
+  /**
+   * `[n_goals]` `gk_build_mode`s, or NULL: all `GK_MODE_NORMAL`.
+   */
+  const uint32_t *modes;
+  /**
+   * `[n_goals]` tags (the host's data for each goal, see
+   * `gk_worker_add_goal`), or NULL: all 0.
+   */
+  const uint64_t *tags;
+  /**
+   * `[n_goals + 1]` offsets into the outputs, or NULL: no goal has outputs.
+   */
+  const uint32_t *output_offsets;
+  /**
+   * `[output_offsets[n_goals]]` NUL-terminated store paths; or NULL, and
+   * the outputs are in `outputs_packed` instead (exactly one of the two
+   * when there are outputs).
+   */
+  const char *const *outputs;
+  /**
+   * The outputs one after another, each terminated by a NUL byte: goal
+   * `i`'s are the strings `output_offsets[i]` to `output_offsets[i + 1] - 1`
+   * of it, and it holds exactly `output_offsets[n_goals]` strings.
+   */
+  const uint8_t *outputs_packed;
+  /**
+   * The length of `outputs_packed` in bytes.
+   */
+  size_t outputs_packed_len;
+  /**
+   * `[n_goals + 1]` offsets into `deps`, or NULL: no goal has dependencies.
+   */
+  const uint32_t *dep_offsets;
+  /**
+   * `[dep_offsets[n_goals]]` goal ids: goals of the worker, or
+   * `GK_BATCH_GOAL(k)` for goal `k` of this batch (earlier or later in it,
+   * not the goal itself).
+   */
+  const gk_goal *deps;
+} gk_goal_batch;
+
+/**
+ * Which element of a batch was refused (`gk_worker_add_goals`,
+ * `gk_worker_report_many`); the status and `gk_last_error_message()` say
+ * why. Zeroed on `GK_OK`. 24 bytes.
+ */
+typedef struct {
+  /**
+   * The element: goal `index` (add_goals), report `index`
+   * (report_many), or the offset `index` (`GK_FIELD_*_OFFSETS`); 0 for
+   * `GK_FIELD_NONE`.
+   */
+  size_t index;
+  /**
+   * Which output or dependency of it (0 when not applicable).
+   */
+  size_t sub;
+  /**
+   * A `gk_batch_field`: which part of the element.
+   */
+  uint32_t field;
+  /**
+   * Always 0.
+   */
+  uint32_t reserved;
+} gk_batch_error;
+
+/**
+ * One report for `gk_worker_report_many`. 16 bytes.
+ */
+typedef struct {
+  /**
+   * In: a goal that was RUN.
+   */
+  gk_goal goal;
+  /**
+   * In: `GK_OUTCOME_BUILT`, `GK_OUTCOME_SUBSTITUTED`, `GK_OUTCOME_FAILED`
+   * or `GK_OUTCOME_TIMED_OUT`.
+   */
+  uint32_t outcome;
+  /**
+   * Out: the `gk_outcome` recorded (`GK_OUTCOME_FAILED` for a success
+   * whose outputs are not all valid); 0 if the call failed.
+   */
+  uint32_t recorded;
+} gk_report;
 
 /**
  * One entry of a worker's diagnostics log (see
@@ -1014,9 +1197,15 @@ gk_status gk_worker_set_cached_failure(gk_worker w, gk_path_predicate f, void *d
 /**
  * Adds a goal with outputs `outputs[0..n_outputs]` (build: at least one;
  * substitute: exactly one; plain: any number, `outputs` may be NULL when
- * `n_outputs` is 0). The same output set again gives the same goal; a
- * partial overlap with another goal's outputs is `GK_ERROR_INVALID_ARGUMENT`.
- * `kind` is a `gk_goal_kind`, `mode` a `gk_build_mode`.
+ * `n_outputs` is 0). The same output set again gives the same goal (S9),
+ * which keeps its first tag and mode (a stronger mode is adopted if it
+ * has not started); a partial overlap with another goal's outputs, or the
+ * same outputs with another kind, is `GK_ERROR_INVALID_ARGUMENT`. `kind` is
+ * a `gk_goal_kind`, `mode` a `gk_build_mode`, `tag` the host's data for
+ * the goal (any value: an index, a pointer), which every event naming the
+ * goal carries (`gk_event.tag`) and `gk_worker_goal_tag` returns. To add a
+ * goal with its dependencies in one call, or many goals, see
+ * `gk_worker_add_goals`.
  *
  * # Safety
  * `outputs` must point to `n_outputs` NUL-terminated strings; `out` must be
@@ -1027,6 +1216,7 @@ gk_status gk_worker_add_goal(gk_worker w,
                              const char *const *outputs,
                              size_t n_outputs,
                              uint32_t mode,
+                             uint64_t tag,
                              gk_goal *out);
 
 /**
@@ -1041,6 +1231,7 @@ gk_status gk_worker_add_goal_packed(gk_worker w,
                                     const uint8_t *outputs,
                                     size_t len,
                                     uint32_t mode,
+                                    uint64_t tag,
                                     gk_goal *out);
 
 /**
@@ -1087,6 +1278,15 @@ gk_status gk_worker_cancel(gk_worker w, gk_goal goal);
 gk_status gk_worker_goal_result(gk_worker w, gk_goal goal, gk_goal_result *out);
 
 /**
+ * Stores the tag `goal` was added with in `*out` (for a goal shared by
+ * several requests for the same outputs, the first request's tag).
+ *
+ * # Safety
+ * `out` must be valid for writing.
+ */
+gk_status gk_worker_goal_tag(gk_worker w, gk_goal goal, uint64_t *out);
+
+/**
  * Writes a goal's outputs, sorted, each NUL-terminated, into `buf[0..cap]`
  * and their total size into `*len_out` (`GK_ERROR_BUFFER_TOO_SMALL` with
  * the size needed if `cap` is too small; `buf` may be NULL with `cap` 0).
@@ -1128,6 +1328,93 @@ gk_status gk_worker_take_log(gk_worker w, char *buf, size_t cap, size_t *len_out
  * `"unknown"` for a value that is not an outcome. The string is static.
  */
 const char *gk_outcome_name(uint32_t outcome);
+
+/**
+ * Adds many goals, with their outputs and dependencies, in one call: all
+ * or nothing. `batch` describes them (see `gk_goal_batch`); on `GK_OK`,
+ * `ids_out[i]` is goal `i`'s id. Each goal is as for `gk_worker_add_goal`
+ * (the same outputs again, in the worker or earlier in the batch, give the
+ * same goal, which keeps its first tag: S9, so `ids_out` may repeat an id),
+ * followed by its dependencies as for `gk_worker_add_dependency`: goal ids
+ * of this worker, or `GK_BATCH_GOAL(k)` for goal `k` of this batch. Every
+ * goal of the batch exists before any dependency is added, so a reference
+ * may point forward. A dependency that already failed ends the goal
+ * dependency-failed (a FINISHED event follows, and its later dependencies
+ * are not added); a cycle is reported by `gk_worker_next_event` as
+ * `GK_ERROR_SCHEDULER_DEADLOCK`. After a failure without keep-going, the
+ * new goals end cancelled at once (FINISHED events), without dependencies.
+ *
+ * The whole batch is checked before anything changes. On an error the
+ * worker is unchanged, `ids_out` is zeroed, and `*err` (if `err` is not
+ * NULL) names the first bad element; the message names it too
+ * (`goals[3].deps[1]: ...`). The order: `err`, `ids_out` and `batch`
+ * themselves (`GK_ERROR_NULL_POINTER`, `GK_ERROR_INVALID_ARGUMENT` for
+ * misalignment or a wrong `struct_size`); the batch as a whole
+ * (`GK_FIELD_NONE`: arrays, `outputs` and `outputs_packed`, trailing bytes
+ * in `outputs_packed`); the worker handle (`GK_ERROR_STALE_HANDLE`); then
+ * goal by goal, lowest index first: its kind, mode, output offset,
+ * outputs (`GK_ERROR_INVALID_PATH`, `GK_ERROR_NULL_POINTER`; the output
+ * rules of its kind and any overlap with another goal's outputs:
+ * `GK_ERROR_INVALID_ARGUMENT`), dependency offset, then each dependency
+ * (a goal id of another worker or never issued: `GK_ERROR_STALE_HANDLE`;
+ * `GK_BATCH_GOAL(k)` beyond the batch, or the goal itself:
+ * `GK_ERROR_INVALID_ARGUMENT`; dependencies for a shared goal that has
+ * started: `GK_ERROR_INVALID_STATE`).
+ *
+ * The ledger checks, once, every goal the call finished (G6).
+ *
+ * # Safety
+ * `batch` must point to a readable `gk_goal_batch` whose arrays are as it
+ * describes; `ids_out` must be valid for `n_goals` writes; `err` must be
+ * NULL or valid for writing.
+ */
+gk_status gk_worker_add_goals(gk_worker w,
+                              const gk_goal_batch *batch,
+                              gk_goal *ids_out,
+                              gk_batch_error *err);
+
+/**
+ * Fills `events[0 .. *n_out)` with the next events, in order, `1 <= *n_out
+ * <= cap` on `GK_OK` (as many `gk_worker_next_event` calls would, in one
+ * call). It stops after a WAIT or DONE event, so either is last; and a
+ * WAIT comes only alone: when the call has gathered other events, it stops
+ * before it (act on those, then ask again), so a WAIT always means "nothing
+ * to do until fd is readable or the timeout expires". Never blocks.
+ *
+ * `cap` 0 is `GK_ERROR_INVALID_ARGUMENT`. `GK_ERROR_SCHEDULER_DEADLOCK`
+ * only when no event could be gathered (a deadlock found after some events
+ * is returned by the next call). `GK_ERROR_INVARIANT_VIOLATION`: the
+ * ledger found a violation (the message names goal and path); `*n_out` is
+ * 0 and the gathered events are kept, in order, for the next call. The
+ * ledger checks, once, every goal of the events returned (G6).
+ *
+ * # Safety
+ * `events` must be valid for `cap` writes; `n_out` for one `size_t`.
+ */
+gk_status gk_worker_next_events(gk_worker w, gk_event *events, size_t cap, size_t *n_out);
+
+/**
+ * Reports many goals that were RUN, in one call: all or nothing. Each
+ * report is as for `gk_worker_report`, in order (a success is checked
+ * with the worker's validity, the goal's locks and slot are released
+ * before any dependent is woken, a failure without keep-going cancels the
+ * goals that are not running); on `GK_OK` each report's `recorded` is the
+ * outcome recorded, so that the host needs no `gk_worker_goal_result` call.
+ *
+ * The whole batch is checked first; on an error nothing is reported, every
+ * `recorded` is 0, and `*err` names the first bad report: its outcome
+ * (`GK_FIELD_OUTCOME`: not a `gk_outcome`, `GK_OUTCOME_NONE`, or one a
+ * host does not report: `GK_ERROR_INVALID_ARGUMENT`) or its goal
+ * (`GK_FIELD_GOAL`: not a goal of this worker, `GK_ERROR_STALE_HANDLE`; not
+ * running, `GK_ERROR_INVALID_STATE`; reported twice in the batch,
+ * `GK_ERROR_INVALID_ARGUMENT`). `n` 0 reports nothing. The ledger checks,
+ * once, every goal the call finished (G6).
+ *
+ * # Safety
+ * `reports` must be valid for `n` reads and writes (it may be NULL when `n`
+ * is 0); `err` must be NULL or valid for writing.
+ */
+gk_status gk_worker_report_many(gk_worker w, gk_report *reports, size_t n, gk_batch_error *err);
 
 /**
  * Takes up to `cap` records of the worker's diagnostics log, oldest first,

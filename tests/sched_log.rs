@@ -289,7 +289,7 @@ fn every_other_kind_comes_from_its_situation() {
     let bad = std::ffi::CString::new(s.path("predicate")).unwrap();
     let mut g: gk_goal = 0;
     // SAFETY: one valid path, a valid out pointer.
-    let st = unsafe { gk_worker_add_goal(h, 0, [bad.as_ptr()].as_ptr(), 1, 0, &mut g) };
+    let st = unsafe { gk_worker_add_goal(h, 0, [bad.as_ptr()].as_ptr(), 1, 0, 0, &mut g) };
     assert_eq!(st, GK_OK);
     let mut ev = std::mem::MaybeUninit::<gk_event>::uninit();
     // SAFETY: a valid out pointer.
@@ -408,7 +408,7 @@ fn the_c_abi_hands_out_records_with_their_strings() {
     let mut g: gk_goal = 0;
     for mode in [2, 0, 0] {
         // SAFETY: one valid path, a valid out pointer.
-        let st = unsafe { gk_worker_add_goal(h, 0, outs.as_ptr(), 1, mode, &mut g) };
+        let st = unsafe { gk_worker_add_goal(h, 0, outs.as_ptr(), 1, mode, 0, &mut g) };
         assert_eq!(st, GK_OK);
     }
     let mut ev = std::mem::MaybeUninit::<gk_event>::uninit();

@@ -233,7 +233,7 @@ static void waiter(enum waiter_kind kind, struct one *o, int go, int done) {
       gk_goal g;
       gk_event ev;
       check(gk_worker_new(NULL, &w), "worker_new");
-      check(gk_worker_add_goal(w, GK_GOAL_BUILD, &o->path, 1, GK_MODE_NORMAL, &g), "add_goal");
+      check(gk_worker_add_goal(w, GK_GOAL_BUILD, &o->path, 1, GK_MODE_NORMAL, 0, &g), "add_goal");
       for (;;) {
         check(gk_worker_next_event(w, &ev), "next_event");
         if (ev.kind == GK_EVENT_RUN) break;
@@ -352,7 +352,7 @@ static double sched_c(uint32_t n, const uint32_t *e, size_t m) {
   check(gk_worker_new(NULL, &w), "worker_new");
   gk_goal *ids = malloc(sizeof(gk_goal) * n);
   for (uint32_t i = 0; i < n; i++)
-    check(gk_worker_add_goal(w, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, &ids[i]), "add_goal");
+    check(gk_worker_add_goal(w, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, 0, &ids[i]), "add_goal");
   for (size_t j = 0; j < m; j++)
     check(gk_worker_add_dependency(w, ids[e[2 * j]], ids[e[2 * j + 1]]), "add_dependency");
   uint32_t ran = 0;

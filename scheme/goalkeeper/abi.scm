@@ -41,6 +41,7 @@
             %gk-event-kind
             %gk-goal-state
             %gk-log-kind
+            %gk-batch-field
 
             %gk-worker-options
             write-gk-worker-options!
@@ -53,6 +54,12 @@
             read-gk-audit
             %gk-log-record
             read-gk-log-record
+            %gk-goal-batch
+            write-gk-goal-batch!
+            %gk-batch-error
+            read-gk-batch-error
+            %gk-report
+            read-gk-report
 
             %abi-enums
             %abi-structs
@@ -399,6 +406,17 @@ association list from field names to values, in declaration order."
   (dropped                 14)
   (validity-unknown        15))
 
+(define-c-enum %gk-batch-field "gk_batch_field" "GK_FIELD_"
+  (none            0)
+  (kind            1)
+  (mode            2)
+  (output          3)
+  (output-offsets  4)
+  (dependency      5)
+  (dep-offsets     6)
+  (goal            7)
+  (outcome         8))
+
 
 ;;;
 ;;; The structs of include/goalkeeper.h that the bindings use.
@@ -416,8 +434,9 @@ association list from field names to values, in declaration order."
 (define-c-struct %gk-event "gk_event"
   read-gk-event
   (kind       uint32)                             ;a gk_event_kind
-  (goal       uint64)
   (goal-kind  uint32)                             ;a gk_goal_kind
+  (goal       uint64)
+  (tag        uint64)                             ;the host's tag
   (outcome    uint32)                             ;a gk_outcome
   (fd         int32)
   (timeout-ms int64))
@@ -450,6 +469,34 @@ association list from field names to values, in declaration order."
   (checks                 uint64)
   (violations             uint64))
 
+(define-c-struct %gk-goal-batch "gk_goal_batch"
+  read-gk-goal-batch
+  write-gk-goal-batch!
+  (struct-size        uint32)                     ;sizeof (gk_goal_batch)
+  (n-goals            uint32)
+  (kinds              pointer)                    ;uint32_t[n-goals]
+  (modes              pointer)                    ;uint32_t[n-goals] or NULL
+  (tags               pointer)                    ;uint64_t[n-goals] or NULL
+  (output-offsets     pointer)                    ;uint32_t[n-goals + 1] or NULL
+  (outputs            pointer)                    ;char *[] or NULL
+  (outputs-packed     pointer)                    ;NUL-terminated strings
+  (outputs-packed-len size_t)
+  (dep-offsets        pointer)                    ;uint32_t[n-goals + 1] or NULL
+  (deps               pointer))                   ;gk_goal[]
+
+(define-c-struct %gk-batch-error "gk_batch_error"
+  read-gk-batch-error
+  (index    size_t)
+  (sub      size_t)
+  (field    uint32)                               ;a gk_batch_field
+  (reserved uint32))
+
+(define-c-struct %gk-report "gk_report"
+  read-gk-report
+  (goal     uint64)
+  (outcome  uint32)                               ;a gk_outcome, in
+  (recorded uint32))                              ;a gk_outcome, out
+
 (define-c-struct %gk-log-record "gk_log_record"
   read-gk-log-record
   (kind        uint32)                            ;a gk_log_kind
@@ -470,11 +517,11 @@ association list from field names to values, in declaration order."
 
 (define %abi-enums
   (list %gk-status %gk-backend %gk-goal-kind %gk-build-mode %gk-outcome
-        %gk-event-kind %gk-goal-state %gk-log-kind))
+        %gk-event-kind %gk-goal-state %gk-log-kind %gk-batch-field))
 
 (define %abi-structs
   (list %gk-worker-options %gk-event %gk-goal-result %gk-audit
-        %gk-log-record))
+        %gk-log-record %gk-goal-batch %gk-batch-error %gk-report))
 
 (define (abi-description)
   "Return every enum and struct declared here as plain data, for comparison

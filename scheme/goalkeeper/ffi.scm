@@ -67,6 +67,10 @@
             %gk-worker-set-valid-path
             %gk-worker-set-cached-failure
             %gk-worker-add-goal-packed
+            %gk-worker-add-goals
+            %gk-worker-next-events
+            %gk-worker-report-many
+            %gk-worker-goal-tag
             %gk-worker-add-dependency
             %gk-worker-next-event
             %gk-worker-report
@@ -109,7 +113,7 @@
 
 (define %goalkeeper-abi-version
   ;; The ABI version these bindings were written for (GK_ABI_VERSION).
-  1)
+  2)
 
 
 ;;;
@@ -318,7 +322,12 @@ the library is older than these bindings"
 (define-syntax define-goalkeeper-procedure
   (lambda (s)
     "Define NAME as a procedure of FORMALS calling C-NAME in libgoalkeeper.
-The library and the symbol are looked up on the first call."
+The library and the symbol are looked up on the first call, which then
+replaces NAME's value with the foreign procedure itself: later calls cost
+what a direct foreign call costs (a promise forced on every call cost
+about 50 ns more).  A symbol missing from the library is still an error
+when it is called, not when this module is loaded: NAME then becomes a
+procedure that raises."
     (syntax-case s ()
       ((_ (name formals ...) c-name return-type (arg-types ...))
        (string? (syntax->datum #'c-name))
@@ -326,11 +335,12 @@ The library and the symbol are looked up on the first call."
                            "Call " (syntax->datum #'c-name)
                            " in libgoalkeeper and return its raw result.")))
          #'(define name
-             (let ((proc (delay (library-procedure c-name return-type
-                                                   (list arg-types ...)))))
-               (lambda (formals ...)
-                 doc
-                 ((force proc) formals ...)))))))))
+             (lambda (formals ...)
+               doc
+               (let ((proc (library-procedure c-name return-type
+                                              (list arg-types ...))))
+                 (set! name proc)
+                 (proc formals ...)))))))))
 
 ;;;
 ;;; Statuses.
@@ -563,8 +573,17 @@ convention: first probe the size, then fetch, retrying if the list grew."
                                                             data)
   "gk_worker_set_cached_failure" int32 (uint64 '* '*))
 (define-goalkeeper-procedure (%gk-worker-add-goal-packed worker kind outputs
-                                                         len mode out)
-  "gk_worker_add_goal_packed" int32 (uint64 uint32 '* size_t uint32 '*))
+                                                         len mode tag out)
+  "gk_worker_add_goal_packed" int32 (uint64 uint32 '* size_t uint32 uint64
+                                            '*))
+(define-goalkeeper-procedure (%gk-worker-add-goals worker batch ids-out err)
+  "gk_worker_add_goals" int32 (uint64 '* '* '*))
+(define-goalkeeper-procedure (%gk-worker-next-events worker events cap n-out)
+  "gk_worker_next_events" int32 (uint64 '* size_t '*))
+(define-goalkeeper-procedure (%gk-worker-report-many worker reports n err)
+  "gk_worker_report_many" int32 (uint64 '* size_t '*))
+(define-goalkeeper-procedure (%gk-worker-goal-tag worker goal out)
+  "gk_worker_goal_tag" int32 (uint64 uint64 '*))
 (define-goalkeeper-procedure (%gk-worker-add-dependency worker goal dependency)
   "gk_worker_add_dependency" int32 (uint64 uint64 uint64))
 (define-goalkeeper-procedure (%gk-worker-next-event worker out)

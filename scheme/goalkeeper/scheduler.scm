@@ -24,9 +24,12 @@
             worker-close!
             call-with-worker
             worker-add-goal!
+            worker-add-goals!
             worker-add-dependency!
             worker-next-event
+            worker-next-events
             worker-report!
+            worker-report-many!
             worker-cancel!
             worker-audit
             worker-log
@@ -37,6 +40,10 @@
             goal-worker
             goal-kind
             goal-outputs
+            goal-data
+
+            goal-spec
+            goal-spec?
             goal-state
             goal-outcome
             goal-finished?
@@ -108,10 +115,17 @@
 ;;;
 
 (define-record-type <worker>
-  (%make-worker handle goals fd predicates)
+  (%make-worker handle objects count goals fd predicates)
   %worker?
   (handle       worker-handle set-worker-handle!) ;integer; 0 once closed
-  (goals        worker-goal-table)                ;id -> <goal>
+  ;; The worker's <goal> records, indexed by their tag: every goal this
+  ;; worker record made is given, as its C tag, the index of its slot here,
+  ;; so an event finds its goal with 'vector-ref', and the records (and the
+  ;; host's data they carry) live as long as the worker record.  A batch
+  ;; entry that named a goal already known (S9) leaves its slot empty.
+  (objects      worker-objects set-worker-objects!) ;vector of <goal> or #f
+  (count        worker-tag-count set-worker-tag-count!) ;slots used
+  (goals        worker-goal-count set-worker-goal-count!) ;goals in the worker
   (fd           %worker-fd)                       ;integer
   (predicates   worker-predicates))               ;callbacks kept alive
 
@@ -119,15 +133,16 @@
   (lambda (worker port)
     (format port "#<worker ~a ~a goals>"
             (if (worker-closed? worker) "closed" "open")
-            (hash-count (const #t) (worker-goal-table worker)))))
+            (worker-goal-count worker))))
 
 (define-record-type <goal>
-  (make-goal worker id kind outputs)
+  (make-goal worker id kind outputs data)
   %goal?
   (worker  %goal-worker)
   (id      goal-id)                               ;the library's goal id
   (kind    %goal-kind)
-  (outputs %goal-outputs))
+  (outputs %goal-outputs)
+  (data    %goal-data))                           ;the host's object
 
 (define (worker? object)
   "Return #t if OBJECT is a worker, as returned by 'make-worker'."
@@ -156,6 +171,14 @@
   "Return the store paths GOAL produces, as given to 'worker-add-goal!'."
   (assert-goal goal 'goal-outputs)
   (%goal-outputs goal))
+
+(define (goal-data goal)
+  "Return the host's object given as #:data when GOAL was added (#f if
+none).  A goal requested again with the same outputs (S9) keeps the object
+of its first request.  The worker keeps it alive as long as the worker
+record lives."
+  (assert-goal goal 'goal-data)
+  (%goal-data goal))
 
 (set-record-type-printer! <goal>
   (lambda (goal port)
@@ -320,7 +343,7 @@ character" store-database)
       (when failed
         (check-or-free (%gk-worker-set-cached-failure handle failed
                                                       %null-pointer)))
-      (let ((worker (%make-worker handle (make-hash-table)
+      (let ((worker (%make-worker handle (make-vector 16 #f) 0 0
                                   (bytevector-s32-native-ref fd 0)
                                   (list valid failed))))
         (%worker-guardian worker)
@@ -356,51 +379,304 @@ lock and slot it holds.  Closing a closed worker does nothing."
       (lambda () (proc worker))
       (lambda () (worker-close! worker)))))
 
+;;;
+;;; Goals, one or many per call.
+;;;
+
+(define-record-type <goal-spec>
+  (%make-goal-spec outputs kind kind-symbol mode dependencies data)
+  goal-spec?
+  (outputs      goal-spec-outputs)               ;list of strings
+  (kind         goal-spec-kind)                  ;gk_goal_kind value
+  (kind-symbol  goal-spec-kind-symbol)           ;'build, 'substitute, 'plain
+  (mode         goal-spec-mode)                  ;gk_build_mode value
+  (dependencies goal-spec-dependencies)          ;list of <goal>s and integers
+  (data         goal-spec-data))                 ;the host's object
+
+(define %uint32-limit (expt 2 32))
+
+(define (make-spec outputs kind mode dependencies data origin)
+  (define (bad status fmt . args)
+    (raise-goalkeeper-error status (apply format #f fmt args) origin))
+  (unless (list? outputs)
+    (bad 'invalid-argument "expected a list of store paths, got ~s" outputs))
+  (for-each (lambda (output)
+              (unless (string? output)
+                (bad 'invalid-argument "store path ~s is not a string" output))
+              (when (string-index output #\nul)
+                (bad 'invalid-path "store path ~s contains a NUL character"
+                     output)))
+            outputs)
+  (unless (list? dependencies)
+    (bad 'invalid-argument "dependencies ~s is not a list" dependencies))
+  (for-each (lambda (dependency)
+              (unless (or (%goal? dependency)
+                          (and (exact-integer? dependency)
+                               (<= 0 dependency)
+                               (< dependency %uint32-limit)))
+                (bad 'invalid-argument "dependency ~s is neither a goal nor \
+the index of a goal of the same batch" dependency)))
+            dependencies)
+  (%make-goal-spec outputs
+                   (symbol->value %gk-goal-kind kind "goal kind" origin)
+                   kind
+                   (symbol->value %gk-build-mode mode "build mode" origin)
+                   dependencies data))
+
+(define* (goal-spec outputs #:key (kind 'build) (mode 'normal)
+                    (dependencies '()) (data #f))
+  "Return the description of a goal for 'worker-add-goals!': OUTPUTS,
+KIND, MODE and DATA as for 'worker-add-goal!'; DEPENDENCIES is a list of
+goals of the worker and of integers, each the index of another goal of the
+same batch (earlier or later in it)."
+  (make-spec outputs kind mode dependencies data 'goal-spec))
+
 (define* (worker-add-goal! worker outputs
                            #:key (kind 'build) (mode 'normal)
-                           (dependencies '()))
+                           (dependencies '()) (data #f))
   "Add to WORKER a goal producing OUTPUTS, a list of absolute store paths,
 and return it.  KIND is 'build (at least one output; it locks them all),
 'substitute (exactly one output) or 'plain (any number, no locks).  MODE is
 'normal, 'repair or 'check (rebuild even if valid).  The goal waits for
-every goal in DEPENDENCIES.
+every goal in DEPENDENCIES.  DATA is any object of the host's, which
+'goal-data' returns.
 
-The same output set again returns the same goal; a partial overlap with
-another goal's outputs raises a &goalkeeper-error ('invalid-argument)."
-  (let* ((handle (live-worker worker 'worker-add-goal!))
-         (kind*  (symbol->value %gk-goal-kind kind "goal kind"
-                                'worker-add-goal!))
-         (mode*  (symbol->value %gk-build-mode mode "build mode"
-                                'worker-add-goal!))
-         (packed (pack-paths outputs 'worker-add-goal! #:allow-empty? #t)))
-    (unless (list? dependencies)
-      (raise-goalkeeper-error 'invalid-argument
-                              (format #f "dependencies ~s is not a list"
-                                      dependencies)
-                              'worker-add-goal!))
-    (for-each (lambda (dependency)
-                (worker-goal worker dependency 'worker-add-goal!))
-              dependencies)
-    (let* ((scratch (take-scratch))
-           (status  (%gk-worker-add-goal-packed
-                     handle kind*
-                     (if (zero? (bytevector-length packed))
-                         %null-pointer
-                         (scratch-input-pointer scratch packed))
-                     (bytevector-length packed) mode*
-                     (scratch-out-pointer scratch)))
-           (id      (bytevector-u64-native-ref (scratch-out scratch) 0)))
-      (give-back-scratch! scratch)
-      (check-status status 'worker-add-goal!)
-      (let* ((table (worker-goal-table worker))
-             (goal  (or (hashv-ref table id)
-                        (let ((goal (make-goal worker id kind outputs)))
-                          (hashv-set! table id goal)
-                          goal))))
-        (for-each (lambda (dependency)
-                    (worker-add-dependency! worker goal dependency))
-                  dependencies)
-        goal))))
+The same output set again returns the same goal, which keeps its first
+DATA; a partial overlap with another goal's outputs raises a
+&goalkeeper-error ('invalid-argument).  The goal and its dependencies are
+added in one call, all or nothing."
+  (vector-ref (add-goals worker
+                         (vector (make-spec outputs kind mode dependencies
+                                            data 'worker-add-goal!))
+                         'worker-add-goal!)
+              0))
+
+(define (worker-add-goals! worker specs)
+  "Add to WORKER the goals described by SPECS, a list or vector of goal
+specifications (see 'goal-spec'), with their dependencies, in one call,
+and return the list of goals, in the same order.  All or nothing: if a
+specification is bad (an output, a dependency, an overlap with another
+goal's outputs, ...), nothing is added and a &goalkeeper-error is raised
+whose message names the first bad one, as \"goals[3].deps[1]: ...\".  A
+specification with the same outputs as a goal of WORKER or as an earlier
+one of SPECS gives that goal (S9), which keeps its first data."
+  (let ((specs (cond ((vector? specs) specs)
+                     ((list? specs) (list->vector specs))
+                     (else (raise-goalkeeper-error
+                            'invalid-argument
+                            (format #f "~s is not a list of goal specifications"
+                                    specs)
+                            'worker-add-goals!)))))
+    (let check ((i 0))
+      (when (< i (vector-length specs))
+        (unless (goal-spec? (vector-ref specs i))
+          (raise-goalkeeper-error
+           'invalid-argument
+           (format #f "~s is not a goal specification (see 'goal-spec')"
+                   (vector-ref specs i))
+           'worker-add-goals!))
+        (check (+ i 1))))
+    (vector->list (add-goals worker specs 'worker-add-goals!))))
+
+;; Reusable memory for the batch calls: one bytevector per thread, grown as
+;; needed, whose address is taken once ('bytevector->pointer' costs about
+;; 0.8 µs).  A call takes it and gives it back; a nested call (from a
+;; predicate) finds none and makes its own.
+(define %batch-memory
+  (make-thread-local-fluid #f))
+
+(define (take-batch-memory size)
+  "Return a pair (BYTEVECTOR . ADDRESS) of at least SIZE bytes."
+  (let ((memory (fluid-ref %batch-memory)))
+    (fluid-set! %batch-memory #f)
+    (if (and memory (>= (bytevector-length (car memory)) size))
+        memory
+        (let ((bv (make-bytevector
+                   (max size 4096
+                        (if memory (* 2 (bytevector-length (car memory))) 0))
+                   0)))
+          (cons bv (pointer-address (bytevector->pointer bv)))))))
+
+(define (give-back-batch-memory! memory)
+  (fluid-set! %batch-memory memory))
+
+(define-inlinable (align8 n)
+  (* 8 (quotient (+ n 7) 8)))
+
+(define %batch-goal-base
+  ;; GK_BATCH_GOAL(0)
+  #xffffffff00000000)
+
+(define %batch-size (c-struct-size %gk-goal-batch))
+(define %batch-error-size (c-struct-size %gk-batch-error))
+
+(define (ensure-objects! worker size)
+  "Make WORKER's goal vector hold at least SIZE slots."
+  (let ((objects (worker-objects worker)))
+    (when (< (vector-length objects) size)
+      (let ((new (make-vector (max size (* 2 (vector-length objects))) #f)))
+        (vector-move-left! objects 0 (vector-length objects) new 0)
+        (set-worker-objects! worker new)))))
+
+(define (tag->goal worker tag)
+  "Return the goal of WORKER whose tag is TAG, or #f."
+  (let ((objects (worker-objects worker)))
+    (and (< tag (vector-length objects))
+         (vector-ref objects tag))))
+
+(define (id->goal worker id)
+  "Return the goal of WORKER whose id is ID, or #f (asking the library for
+its tag)."
+  (and (not (zero? id))
+       (let* ((scratch (take-scratch))
+              (status  (%gk-worker-goal-tag (worker-handle worker) id
+                                            (scratch-out-pointer scratch)))
+              (tag     (bytevector-u64-native-ref (scratch-out scratch) 0)))
+         (give-back-scratch! scratch)
+         (and (= status %gk-ok)
+              (let ((goal (tag->goal worker tag)))
+                (and goal (= (goal-id goal) id) goal))))))
+
+(define (add-goals worker specs origin)
+  "Add the goals of SPECS, a vector of <goal-spec>, to WORKER in one
+gk_worker_add_goals call; return the vector of their goals."
+  (define handle (live-worker worker origin))
+  (define n (vector-length specs))
+  (define base-tag (worker-tag-count worker))
+  ;; The sizes, the outputs (encoded once for the whole batch) and the
+  ;; dependencies (checked to be goals of WORKER).
+  (define-values (n-outputs n-deps strings)
+    (let loop ((i 0) (n-outputs 0) (n-deps 0) (strings '()))
+      (if (= i n)
+          (values n-outputs n-deps strings)
+          (let* ((spec (vector-ref specs i))
+                 (outputs (goal-spec-outputs spec))
+                 (deps (goal-spec-dependencies spec)))
+            (for-each (lambda (dependency)
+                        (when (%goal? dependency)
+                          (worker-goal worker dependency origin)))
+                      deps)
+            (loop (+ i 1) (+ n-outputs (length outputs))
+                  (+ n-deps (length deps))
+                  (if (null? outputs)
+                      strings
+                      (append-reverse outputs strings)))))))
+  (when (>= n %uint32-limit)
+    (raise-goalkeeper-error 'invalid-argument
+                            (format #f "~a goals in one batch; at most ~a"
+                                    n (- %uint32-limit 1))
+                            origin))
+  (let* ((packed     (if (null? strings)
+                         #vu8()
+                         (string->utf8
+                          (string-join (reverse strings) "\0" 'suffix))))
+         (at-kinds   %batch-size)
+         (at-modes   (+ at-kinds (align8 (* 4 n))))
+         (at-tags    (+ at-modes (align8 (* 4 n))))
+         (at-outoff  (+ at-tags (* 8 n)))
+         (at-depoff  (+ at-outoff (if (zero? n-outputs) 0 (align8 (* 4 (+ n 1))))))
+         (at-deps    (+ at-depoff (if (zero? n-deps) 0 (align8 (* 4 (+ n 1))))))
+         (at-ids     (+ at-deps (* 8 n-deps)))
+         (at-err     (+ at-ids (* 8 n)))
+         (at-packed  (+ at-err (align8 %batch-error-size)))
+         (size       (+ at-packed (bytevector-length packed)))
+         (memory     (take-batch-memory size))
+         (bv         (car memory))
+         (address    (cdr memory)))
+    (define (pointer-at offset)
+      (make-pointer (+ address offset)))
+    (let fill ((i 0) (out 0) (dep 0))
+      (when (< i n)
+        (let* ((spec (vector-ref specs i))
+               (outputs (goal-spec-outputs spec))
+               (deps (goal-spec-dependencies spec)))
+          (bytevector-u32-native-set! bv (+ at-kinds (* 4 i))
+                                      (goal-spec-kind spec))
+          (bytevector-u32-native-set! bv (+ at-modes (* 4 i))
+                                      (goal-spec-mode spec))
+          (bytevector-u64-native-set! bv (+ at-tags (* 8 i)) (+ base-tag i))
+          (unless (zero? n-outputs)
+            (bytevector-u32-native-set! bv (+ at-outoff (* 4 i)) out))
+          (unless (zero? n-deps)
+            (bytevector-u32-native-set! bv (+ at-depoff (* 4 i)) dep))
+          (let deps-loop ((deps deps) (dep dep))
+            (match deps
+              (()
+               (fill (+ i 1) (+ out (length outputs)) dep))
+              ((dependency . rest)
+               (bytevector-u64-native-set!
+                bv (+ at-deps (* 8 dep))
+                (if (exact-integer? dependency)
+                    (logior %batch-goal-base dependency)
+                    (goal-id dependency)))
+               (deps-loop rest (+ dep 1))))))))
+    (unless (zero? n-outputs)
+      (bytevector-u32-native-set! bv (+ at-outoff (* 4 n)) n-outputs))
+    (unless (zero? n-deps)
+      (bytevector-u32-native-set! bv (+ at-depoff (* 4 n)) n-deps))
+    (bytevector-copy! packed 0 bv at-packed (bytevector-length packed))
+    (write-gk-goal-batch! bv 0 %batch-size n
+                          (pointer-at at-kinds) (pointer-at at-modes)
+                          (pointer-at at-tags)
+                          (if (zero? n-outputs) %null-pointer
+                              (pointer-at at-outoff))
+                          %null-pointer
+                          (if (zero? n-outputs) %null-pointer
+                              (pointer-at at-packed))
+                          (bytevector-length packed)
+                          (if (zero? n-deps) %null-pointer
+                              (pointer-at at-depoff))
+                          (if (zero? n-deps) %null-pointer
+                              (pointer-at at-deps)))
+    (let ((status (%gk-worker-add-goals handle (pointer-at 0)
+                                        (pointer-at at-ids)
+                                        (pointer-at at-err)))
+          (ids    (make-vector n 0)))
+      (let copy ((i 0))
+        (when (< i n)
+          (vector-set! ids i (bytevector-u64-native-ref bv (+ at-ids (* 8 i))))
+          (copy (+ i 1))))
+      (give-back-batch-memory! memory)
+      (unless (= status %gk-ok)
+        (status-error status origin))
+      ;; New goals have the next indices of the worker, in order (the low
+      ;; 32 bits of a goal id are its index); an entry with another id
+      ;; names a goal known already (S9).
+      (ensure-objects! worker (+ base-tag n))
+      (let* ((objects (worker-objects worker))
+             (old     (worker-goal-count worker))
+             (fresh   (make-vector n #f))
+             (goals   (make-vector n #f)))
+        (let loop ((i 0) (next old))
+          (if (< i n)
+              (let* ((id    (vector-ref ids i))
+                     (index (logand id #xffffffff))
+                     (spec  (vector-ref specs i)))
+                (cond ((= index next)
+                       (let ((goal (make-goal worker id
+                                              (goal-spec-kind-symbol spec)
+                                              (goal-spec-outputs spec)
+                                              (goal-spec-data spec))))
+                         (vector-set! objects (+ base-tag i) goal)
+                         (vector-set! fresh (- index old) goal)
+                         (vector-set! goals i goal)
+                         (loop (+ i 1) (+ next 1))))
+                      ((and (>= index old) (< index next))
+                       (vector-set! goals i (vector-ref fresh (- index old)))
+                       (loop (+ i 1) next))
+                      (else
+                       (vector-set! goals i
+                                    (or (id->goal worker id)
+                                        (raise-goalkeeper-error
+                                         'invariant-violation
+                                         (format #f "the worker returned \
+unknown goal ~a" id)
+                                         origin)))
+                       (loop (+ i 1) next))))
+              (begin
+                (set-worker-tag-count! worker (+ base-tag n))
+                (set-worker-goal-count! worker next))))
+        goals))))
 
 (define (worker-add-dependency! worker goal dependency)
   "Make GOAL, which must not have started, wait for DEPENDENCY; both are
@@ -413,15 +689,80 @@ goals of WORKER."
 
 (define (worker-goals worker)
   "Return the goals of WORKER, in the order they were added."
-  (sort (hash-map->list (lambda (id goal) goal) (worker-goal-table worker))
-        (lambda (a b) (< (goal-id a) (goal-id b)))))
+  (let ((objects (worker-objects worker)))
+    (let loop ((i (- (worker-tag-count worker) 1)) (goals '()))
+      (if (< i 0)
+          goals
+          (loop (- i 1)
+                (match (vector-ref objects i)
+                  (#f goals)
+                  (goal (cons goal goals))))))))
 
-(define (lookup-goal worker id)
-  (or (hashv-ref (worker-goal-table worker) id)
-      (raise-goalkeeper-error 'invariant-violation
-                              (format #f "the worker returned unknown goal ~a"
-                                      id)
-                              'worker-next-event)))
+
+;;;
+;;; Events.
+;;;
+
+(define %event-size (c-struct-size %gk-event))
+(define %event-kind (c-struct-field-offset %gk-event 'kind))
+(define %event-goal (c-struct-field-offset %gk-event 'goal))
+(define %event-tag (c-struct-field-offset %gk-event 'tag))
+(define %event-outcome (c-struct-field-offset %gk-event 'outcome))
+(define %event-fd (c-struct-field-offset %gk-event 'fd))
+(define %event-timeout (c-struct-field-offset %gk-event 'timeout-ms))
+
+(define %run (c-enum-value %gk-event-kind 'run))
+(define %finished (c-enum-value %gk-event-kind 'finished))
+(define %wait (c-enum-value %gk-event-kind 'wait))
+(define %done (c-enum-value %gk-event-kind 'done))
+
+(define %outcome-symbols
+  ;; gk_outcome number -> symbol.
+  (let ((table (make-vector 16 #f)))
+    (for-each (match-lambda
+                ((symbol value _) (vector-set! table value symbol)))
+              (c-enum-entries %gk-outcome))
+    table))
+
+(define (number->outcome outcome)
+  (or (and (< outcome (vector-length %outcome-symbols))
+           (vector-ref %outcome-symbols outcome))
+      (outcome->symbol outcome)))
+
+(define (event-goal worker bv offset origin)
+  "The goal of the event at OFFSET in BV: from its tag, checked against
+its id."
+  (let* ((id   (bytevector-u64-native-ref bv (+ offset %event-goal)))
+         (goal (tag->goal worker
+                          (bytevector-u64-native-ref bv (+ offset %event-tag)))))
+    (if (and goal (= (goal-id goal) id))
+        goal
+        (raise-goalkeeper-error 'invariant-violation
+                                (format #f "the worker returned unknown goal ~a"
+                                        id)
+                                origin))))
+
+(define (event-at worker bv offset origin)
+  "The event stored at OFFSET in BV, as a list: (run GOAL), (finished GOAL
+OUTCOME), (wait FD TIMEOUT) or (done)."
+  (let ((kind (bytevector-u32-native-ref bv (+ offset %event-kind))))
+    (cond ((= kind %run)
+           (list 'run (event-goal worker bv offset origin)))
+          ((= kind %finished)
+           (list 'finished (event-goal worker bv offset origin)
+                 (number->outcome
+                  (bytevector-u32-native-ref bv (+ offset %event-outcome)))))
+          ((= kind %wait)
+           (let ((timeout-ms (bytevector-s64-native-ref
+                              bv (+ offset %event-timeout))))
+             (list 'wait (bytevector-s32-native-ref bv (+ offset %event-fd))
+                   (and (>= timeout-ms 0) (/ timeout-ms 1000.)))))
+          ((= kind %done)
+           '(done))
+          (else
+           (raise-goalkeeper-error 'invalid-state
+                                   (format #f "unknown event kind ~a" kind)
+                                   origin)))))
 
 (define (worker-next-event worker)
   "Return the next event of WORKER, without blocking: (run GOAL),
@@ -433,26 +774,122 @@ Raise a &goalkeeper-error with status 'scheduler-deadlock if goals remain
 but none can progress (the message names them)."
   (let* ((handle  (live-worker worker 'worker-next-event))
          (scratch (take-scratch))
-         (status  (%gk-worker-next-event handle (scratch-out-pointer scratch)))
-         (event   (read-gk-event (scratch-out scratch) 0 list)))
-    (give-back-scratch! scratch)
+         (status  (%gk-worker-next-event handle (scratch-out-pointer scratch))))
+    (if (= status %gk-ok)
+        (let ((event (event-at worker (scratch-out scratch) 0
+                               'worker-next-event)))
+          (give-back-scratch! scratch)
+          event)
+        (begin
+          (give-back-scratch! scratch)
+          (status-error status 'worker-next-event)))))
+
+(define (fill-events! handle memory cap origin)
+  "Fill the events area of MEMORY, a pair (BYTEVECTOR . ADDRESS) with room
+for CAP events and a size_t after them, from gk_worker_next_events; return
+how many."
+  (let* ((bv (car memory))
+         (at-n (* cap %event-size))
+         (status (%gk-worker-next-events handle (make-pointer (cdr memory)) cap
+                                         (make-pointer (+ (cdr memory) at-n)))))
     (unless (= status %gk-ok)
-      (status-error status 'worker-next-event))
-    (match event
-      ((kind goal _ outcome fd timeout-ms)
-       (match (c-enum-symbol %gk-event-kind kind)
-         ('run
-          (list 'run (lookup-goal worker goal)))
-         ('finished
-          (list 'finished (lookup-goal worker goal) (outcome->symbol outcome)))
-         ('wait
-          (list 'wait fd (and (>= timeout-ms 0) (/ timeout-ms 1000.))))
-         ('done
-          '(done))
-         (#f
-          (raise-goalkeeper-error 'invalid-state
-                                  (format #f "unknown event kind ~a" kind)
-                                  'worker-next-event)))))))
+      (status-error status origin))
+    (size-t-ref bv at-n)))
+
+(define* (worker-next-events worker #:optional (max 64))
+  "Return the next events of WORKER, at most MAX of them (a positive
+integer), as a list, in one call into the library, without blocking: the
+events 'worker-next-event' would return one by one.  A (wait FD TIMEOUT)
+event comes only alone (when there are other events, they come first and
+the wait is left for the next call), and a (done) event is last."
+  (unless (and (exact-integer? max) (positive? max))
+    (raise-goalkeeper-error 'invalid-argument
+                            (format #f "max ~s is not a positive integer" max)
+                            'worker-next-events))
+  (let* ((handle (live-worker worker 'worker-next-events))
+         (memory (take-batch-memory (+ (* max %event-size) 8))))
+    (with-exception-handler
+        (lambda (e)
+          (give-back-batch-memory! memory)
+          (raise-exception e))
+      (lambda ()
+        (let* ((n (fill-events! handle memory max 'worker-next-events))
+               (events (map (lambda (i)
+                              (event-at worker (car memory) (* i %event-size)
+                                        'worker-next-events))
+                            (iota n))))
+          (give-back-batch-memory! memory)
+          events)))))
+
+(define %report-size (c-struct-size %gk-report))
+(define %report-goal (c-struct-field-offset %gk-report 'goal))
+(define %report-outcome (c-struct-field-offset %gk-report 'outcome))
+(define %report-recorded (c-struct-field-offset %gk-report 'recorded))
+
+(define %reportable
+  ;; The outcomes a host reports, and their numbers.
+  (map (lambda (symbol) (cons symbol (c-enum-value %gk-outcome symbol)))
+       '(built substituted failed timed-out)))
+
+(define (reportable-outcome outcome origin)
+  "The number of OUTCOME, an outcome a host reports; raise otherwise."
+  (or (assq-ref %reportable outcome)
+      (raise-goalkeeper-error
+       'invalid-argument
+       (format #f "~s is not an outcome to report; expected one of ~s"
+               outcome (map car %reportable))
+       origin)))
+
+(define (send-reports! handle memory n origin)
+  "Report the N reports stored at the start of MEMORY with
+gk_worker_report_many; raise on an error (nothing is then reported)."
+  (unless (zero? n)
+    (let ((status (%gk-worker-report-many
+                   handle (make-pointer (cdr memory)) n
+                   (make-pointer (+ (cdr memory) (* n %report-size))))))
+      (unless (= status %gk-ok)
+        (status-error status origin)))))
+
+(define (worker-report-many! worker reports)
+  "Report many goals of WORKER that it said to run, in one call, all or
+nothing: REPORTS is a list of (GOAL . OUTCOME) pairs, each as for
+'worker-report!'.  Return the list of the outcomes recorded, in order (a
+success whose outputs are not valid is recorded 'failed)."
+  (let* ((handle (live-worker worker 'worker-report-many!))
+         (n      (length reports))
+         (memory (take-batch-memory (+ (* n %report-size) %batch-error-size)))
+         (bv     (car memory)))
+    (with-exception-handler
+        (lambda (e)
+          (give-back-batch-memory! memory)
+          (raise-exception e))
+      (lambda ()
+        (let loop ((reports reports) (i 0))
+          (match reports
+            (() #t)
+            (((goal . outcome) . rest)
+             (let ((at (* i %report-size)))
+               (bytevector-u64-native-set!
+                bv (+ at %report-goal)
+                (worker-goal worker goal 'worker-report-many!))
+               (bytevector-u32-native-set!
+                bv (+ at %report-outcome)
+                (symbol->value %gk-outcome outcome "outcome"
+                               'worker-report-many!)))
+             (loop rest (+ i 1)))
+            (_
+             (raise-goalkeeper-error
+              'invalid-argument
+              (format #f "~s is not a (GOAL . OUTCOME) pair" (car reports))
+              'worker-report-many!))))
+        (send-reports! handle memory n 'worker-report-many!)
+        (let ((recorded (map (lambda (i)
+                               (number->outcome
+                                (bytevector-u32-native-ref
+                                 bv (+ (* i %report-size) %report-recorded))))
+                             (iota n))))
+          (give-back-batch-memory! memory)
+          recorded)))))
 
 (define (worker-report! worker goal outcome)
   "Report how GOAL, which WORKER said to run, ended: OUTCOME is 'built,
@@ -577,7 +1014,7 @@ CLOCK_MONOTONIC (one clock for every process of the machine),
   (define handle (live-worker worker 'worker-log-records))
   (define size (c-struct-size %gk-log-record))
   (define (goal-of id)
-    (and (not (zero? id)) (hashv-ref (worker-goal-table worker) id)))
+    (id->goal worker id))
   (define (string-at pointer len)
     (and (not (null-pointer? pointer))
          (utf8->string (pointer->bytevector pointer len))))
@@ -679,6 +1116,10 @@ PROCEDURE) pair" entry)
             watch)
   watch)
 
+(define %run-batch
+  ;; Events asked for, and reports sent, per call into the library.
+  256)
+
 (define* (run-worker worker proc
                      #:key (on-finished (const #t)) (on-exit #f)
                      (on-log #f) (watch '()))
@@ -687,10 +1128,17 @@ PROCEDURE) pair" entry)
 
 PROC is called as (PROC GOAL) for each goal WORKER says to run, with the
 goal's output locks held and a build slot taken.  It returns either an
-outcome ('built, 'substituted, 'failed or 'timed-out), reported at once, or
-the PID of a child process it started: the goal is then reported when that
-process exits, 'built if it exited with status 0 and 'failed otherwise.
-Several goals run at once up to the worker's max-jobs.
+outcome ('built, 'substituted, 'failed or 'timed-out), or the PID of a
+child process it started: the goal is then reported when that process
+exits, 'built if it exited with status 0 and 'failed otherwise.  Several
+goals run at once up to the worker's max-jobs.
+
+The loop is batched: the events come up to 256 per call into the library
+('worker-next-events'), and the outcomes PROC returns for the goals of one
+batch are reported together after the batch, with those of the children
+that exited meanwhile ('worker-report-many!'), so that a goal costs a few
+hundred nanoseconds of bookkeeping, not several calls.  Goals started in the
+same batch are run even if one of them fails.
 
 The host may also pass:
 
@@ -717,13 +1165,32 @@ descriptor, on one descriptor per running child (pidfd_open), and on the
 watched descriptors, so it neither polls nor installs a signal handler;
 only on kernels without pidfd_open (before Linux 5.3) does it look at its
 children every 50 ms.  If PROC or a hook raises, or control leaves
-'run-worker' otherwise, the goal being started is cancelled, and the child
-processes still running are killed with SIGKILL and reaped and their goals
+'run-worker' otherwise, the outcomes already returned are reported (or, if
+that fails, their goals cancelled), the goal being started and the goals of
+the current batch not yet started are cancelled, and the child processes
+still running are killed with SIGKILL and reaped and their goals
 cancelled: their locks are released before the exception goes on.  PROC
 must not reap its children itself."
+  (define handle (live-worker worker 'run-worker))
+  (define cap %run-batch)
   (define running '())                            ;list of (PID GOAL FD)
   (define starting #f)                            ;the goal PROC is starting
   (define results '())
+
+  ;; The events of the current batch, and where the loop is in them.
+  (define events (make-bytevector (+ (* cap %event-size) 8) 0))
+  (define events-memory (cons events (pointer-address
+                                      (bytevector->pointer events))))
+  (define batch-size 0)
+  (define batch-next 0)                          ;the next event to act on
+
+  ;; The reports not sent yet: their goals, and the gk_report array.
+  (define reports (make-bytevector (+ (* cap %report-size) %batch-error-size)
+                                   0))
+  (define reports-memory (cons reports (pointer-address
+                                        (bytevector->pointer reports))))
+  (define pending (make-vector cap #f))
+  (define n-pending 0)
 
   (define watched
     ;; A thunk returning the current (PORT-OR-FD . PROCEDURE) list.
@@ -739,10 +1206,33 @@ must not reap its children itself."
     (set! results (cons (cons goal outcome) results))
     (on-finished goal outcome))
 
+  (define (send!)
+    ;; Report the pending outcomes, then run the hooks of their goals.
+    (unless (zero? n-pending)
+      (let ((n n-pending))
+        (send-reports! handle reports-memory n 'run-worker)
+        (set! n-pending 0)
+        (flush-log!)
+        (let loop ((i 0))
+          (when (< i n)
+            (let ((goal (vector-ref pending i)))
+              (vector-set! pending i #f)
+              (finished! goal
+                         (number->outcome
+                          (bytevector-u32-native-ref
+                           reports (+ (* i %report-size) %report-recorded))))
+              (loop (+ i 1))))))))
+
   (define (report! goal outcome)
-    (worker-report! worker goal outcome)
-    (flush-log!)
-    (finished! goal (goal-outcome goal)))
+    ;; Queue the report of GOAL; OUTCOME is checked now.
+    (let ((number (reportable-outcome outcome 'run-worker)))
+      (when (= n-pending cap)
+        (send!))
+      (let ((at (* n-pending %report-size)))
+        (bytevector-u64-native-set! reports (+ at %report-goal) (goal-id goal))
+        (bytevector-u32-native-set! reports (+ at %report-outcome) number)
+        (vector-set! pending n-pending goal)
+        (set! n-pending (+ n-pending 1)))))
 
   (define (exited! goal status)
     (report! goal (if on-exit
@@ -791,6 +1281,23 @@ child process of this process" goal pid)
        (exited! goal status)
        (set! starting #f))))
 
+  (define (run! goal)
+    (set! starting goal)
+    (match (proc goal)
+      ((? exact-integer? pid)
+       (track! goal pid))
+      ((? symbol? outcome)
+       (report! goal outcome)
+       (set! starting #f))
+      (other
+       (worker-report! worker goal 'failed)
+       (set! starting #f)
+       (raise-goalkeeper-error
+        'invalid-argument
+        (format #f "the procedure run for ~s returned ~s, which is \
+neither an outcome nor a process id" goal other)
+        'run-worker))))
+
   (define (wait! fd timeout)
     ;; Block until FD, a child's descriptor or a watched one is readable,
     ;; or TIMEOUT; then call the procedures of the watched ones.
@@ -823,10 +1330,31 @@ child process of this process" goal pid)
                 extra)))
 
   (define (abandon!)
-    ;; Control is leaving abnormally: stop what is still running, and
-    ;; cancel the goals, which releases their locks.
-    (when (and starting (not (worker-closed? worker)))
-      (false-if-exception (worker-cancel! worker starting)))
+    ;; Control is leaving abnormally: report what was decided, stop what
+    ;; is still running, and cancel the goals, which releases their locks.
+    (unless (worker-closed? worker)
+      (unless (zero? n-pending)
+        (let ((goals (list-head (vector->list pending) n-pending)))
+          (unless (false-if-exception
+                   (begin (send-reports! handle reports-memory n-pending
+                                         'run-worker)
+                          #t))
+            (for-each (lambda (goal)
+                        (false-if-exception (worker-cancel! worker goal)))
+                      goals))
+          (set! n-pending 0)))
+      (when starting
+        (false-if-exception (worker-cancel! worker starting)))
+      ;; The goals of this batch that PROC was not given yet.
+      (let loop ((i batch-next))
+        (when (< i batch-size)
+          (let ((at (* i %event-size)))
+            (when (= %run (bytevector-u32-native-ref events (+ at %event-kind)))
+              (false-if-exception
+               (worker-cancel! worker (event-goal worker events at
+                                                  'run-worker)))))
+          (loop (+ i 1)))))
+    (set! batch-size 0)
     (for-each (match-lambda
                 ((and entry (pid goal _))
                  (false-if-exception (kill pid SIGKILL))
@@ -836,42 +1364,58 @@ child process of this process" goal pid)
                    (false-if-exception (worker-cancel! worker goal)))))
               running))
 
-  (live-worker worker 'run-worker)
+  (define (step!)
+    ;; One batch of events; #t once the worker is done.
+    (reap!)
+    (send!)
+    (set! batch-size 0)
+    (set! batch-next 0)
+    (let ((n (fill-events! handle events-memory cap 'run-worker)))
+      (set! batch-size n)
+      (flush-log!)
+      (let loop ()
+        (if (= batch-next batch-size)
+            (begin
+              (set! batch-size 0)
+              #f)
+            (let* ((at   (* batch-next %event-size))
+                   (kind (bytevector-u32-native-ref events (+ at %event-kind))))
+              (set! batch-next (+ batch-next 1))
+              (cond ((= kind %run)
+                     (run! (event-goal worker events at 'run-worker))
+                     (loop))
+                    ((= kind %finished)
+                     (finished! (event-goal worker events at 'run-worker)
+                                (number->outcome
+                                 (bytevector-u32-native-ref
+                                  events (+ at %event-outcome))))
+                     (loop))
+                    ((= kind %wait)         ;always alone in its batch
+                     (let ((timeout-ms (bytevector-s64-native-ref
+                                        events (+ at %event-timeout))))
+                       (set! batch-size 0)
+                       (wait! (bytevector-s32-native-ref events (+ at %event-fd))
+                              (and (>= timeout-ms 0) (/ timeout-ms 1000.)))
+                       #f))
+                    ((= kind %done)
+                     (set! batch-size 0)
+                     #t)
+                    (else
+                     (raise-goalkeeper-error
+                      'invalid-state
+                      (format #f "unknown event kind ~a" kind)
+                      'run-worker))))))))
+
   (let ((completed? #f))
     (dynamic-wind
       (const #t)
       (lambda ()
         (let loop ()
-          (reap!)
-          (let ((event (worker-next-event worker)))
-            (flush-log!)
-            (match event
-              (('run goal)
-               (set! starting goal)
-               (match (proc goal)
-                 ((? exact-integer? pid)
-                  (track! goal pid))
-                 ((? symbol? outcome)
-                  (report! goal outcome)
-                  (set! starting #f))
-                 (other
-                  (worker-report! worker goal 'failed)
-                  (set! starting #f)
-                  (raise-goalkeeper-error
-                   'invalid-argument
-                   (format #f "the procedure run for ~s returned ~s, which is \
-neither an outcome nor a process id" goal other)
-                   'run-worker)))
-               (loop))
-              (('finished goal outcome)
-               (finished! goal outcome)
-               (loop))
-              (('wait fd timeout)
-               (wait! fd timeout)
-               (loop))
-              (('done)
-               (set! completed? #t)
-               (reverse results))))))
+          (if (step!)
+              (begin
+                (set! completed? #t)
+                (reverse results))
+              (loop))))
       (lambda ()
         (unless completed?
           (abandon!))))))

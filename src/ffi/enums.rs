@@ -14,7 +14,7 @@
 
 use crate::error::{Error, Result};
 use crate::lock::Backend;
-use crate::sched::{BuildMode, GoalKind, GoalState, LogKind, Outcome};
+use crate::sched::{BatchField, BuildMode, GoalKind, GoalState, LogKind, Outcome};
 
 /// Writes `to_rust`, `from_rust` and `from_c` for a C enum and its Rust
 /// counterpart, from one list of pairs `C_VARIANT <=> [rust value]` (the
@@ -210,6 +210,34 @@ pub enum gk_log_kind {
     GK_LOG_VALIDITY_UNKNOWN = 15,
 }
 
+/// Which part of a batch element a `gk_batch_error` names (see
+/// `gk_worker_add_goals` and `gk_worker_report_many`).
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gk_batch_field {
+    /// No element in particular: the batch as a whole (its description, a
+    /// missing array, its size). Also the value after `GK_OK`.
+    GK_FIELD_NONE = 0,
+    /// `kinds[index]`.
+    GK_FIELD_KIND = 1,
+    /// `modes[index]`.
+    GK_FIELD_MODE = 2,
+    /// Goal `index`'s output `sub` (in the order given), or its outputs as a
+    /// whole (`sub` 0: a build without outputs, a substitute with several).
+    GK_FIELD_OUTPUT = 3,
+    /// `output_offsets[index]`.
+    GK_FIELD_OUTPUT_OFFSETS = 4,
+    /// Goal `index`'s dependency `sub`.
+    GK_FIELD_DEPENDENCY = 5,
+    /// `dep_offsets[index]`.
+    GK_FIELD_DEP_OFFSETS = 6,
+    /// `reports[index].goal`.
+    GK_FIELD_GOAL = 7,
+    /// `reports[index].outcome`.
+    GK_FIELD_OUTCOME = 8,
+}
+
 impl gk_event_kind {
     /// The C value for a number, or `None` (events are only ever written by
     /// the library, so there is no Rust counterpart to map).
@@ -280,6 +308,18 @@ c_mapping!(gk_log_kind, LogKind, "log kind", {
     GK_LOG_LEDGER_VIOLATION <=> [LogKind::LedgerViolation],
     GK_LOG_DROPPED <=> [LogKind::Dropped],
     GK_LOG_VALIDITY_UNKNOWN <=> [LogKind::ValidityUnknown],
+});
+
+c_mapping!(gk_batch_field, BatchField, "batch field", {
+    GK_FIELD_NONE <=> [BatchField::Batch],
+    GK_FIELD_KIND <=> [BatchField::Kind],
+    GK_FIELD_MODE <=> [BatchField::Mode],
+    GK_FIELD_OUTPUT <=> [BatchField::Output],
+    GK_FIELD_OUTPUT_OFFSETS <=> [BatchField::OutputOffsets],
+    GK_FIELD_DEPENDENCY <=> [BatchField::Dependency],
+    GK_FIELD_DEP_OFFSETS <=> [BatchField::DepOffsets],
+    GK_FIELD_GOAL <=> [BatchField::Goal],
+    GK_FIELD_OUTCOME <=> [BatchField::Outcome],
 });
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod store_query;
 mod tests;
 mod version;
 mod worker;
+mod worker_batch;
 mod worker_log;
 
 pub use enums::*;
@@ -29,4 +30,5 @@ pub use status::gk_status;
 pub use store_query::*;
 pub use version::*;
 pub use worker::*;
+pub use worker_batch::*;
 pub use worker_log::*;

@@ -217,6 +217,7 @@ fn stale_forged_and_wrong_kind_handles_are_refused() {
             kind: 77,
             goal: 0,
             goal_kind: 0,
+            tag: 0,
             outcome: 0,
             fd: 0,
             timeout_ms: 0,
@@ -230,7 +231,7 @@ fn stale_forged_and_wrong_kind_handles_are_refused() {
             let mut g = 5;
             let outs = [c"/s/x".as_ptr()];
             assert_eq!(
-                gk_worker_add_goal(w, 0, outs.as_ptr(), 1, 0, &mut g),
+                gk_worker_add_goal(w, 0, outs.as_ptr(), 1, 0, 0, &mut g),
                 GK_ERROR_STALE_HANDLE
             );
             assert_eq!(g, 0);
@@ -284,18 +285,18 @@ fn a_worker_runs_plain_goals_through_the_c_abi() {
         );
         let (mut a, mut b) = (0, 0);
         assert_eq!(
-            gk_worker_add_goal(w, 2, std::ptr::null(), 0, 0, &mut a),
+            gk_worker_add_goal(w, 2, std::ptr::null(), 0, 0, 0, &mut a),
             GK_OK
         );
         assert_eq!(
-            gk_worker_add_goal_packed(w, 2, std::ptr::null(), 0, 0, &mut b),
+            gk_worker_add_goal_packed(w, 2, std::ptr::null(), 0, 0, 0, &mut b),
             GK_OK
         );
         assert_ne!(a, b);
         assert_eq!(gk_worker_add_dependency(w, b, a), GK_OK);
         assert_eq!(gk_worker_add_dependency(w, b, 12345), GK_ERROR_STALE_HANDLE);
         assert_eq!(
-            gk_worker_add_goal(w, 9, std::ptr::null(), 0, 0, &mut a),
+            gk_worker_add_goal(w, 9, std::ptr::null(), 0, 0, 0, &mut a),
             GK_ERROR_INVALID_ARGUMENT,
             "bad kind"
         );
@@ -348,9 +349,9 @@ fn log_records_cross_the_c_abi_with_their_strings() {
         assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
         let path = c"/gk-miri-store/aaaa-out".as_ptr();
         let mut g: gk_goal = 0;
-        assert_eq!(gk_worker_add_goal(w, 0, &path, 1, 2, &mut g), GK_OK);
+        assert_eq!(gk_worker_add_goal(w, 0, &path, 1, 2, 0, &mut g), GK_OK);
         for _ in 0..3 {
-            assert_eq!(gk_worker_add_goal(w, 0, &path, 1, 0, &mut g), GK_OK);
+            assert_eq!(gk_worker_add_goal(w, 0, &path, 1, 0, 0, &mut g), GK_OK);
         }
         let mut recs = [std::mem::MaybeUninit::<gk_log_record>::uninit(); 4];
         let out = recs.as_mut_ptr().cast::<gk_log_record>();
@@ -557,7 +558,7 @@ fn a_predicate_may_call_and_free_other_workers_but_not_its_own() {
             let outs = [out.as_ptr().cast::<c_char>()];
             let mut g = 0;
             assert_eq!(
-                gk_worker_add_goal(a, 0, outs.as_ptr(), 1, 0, &mut g),
+                gk_worker_add_goal(a, 0, outs.as_ptr(), 1, 0, 0, &mut g),
                 GK_OK,
                 "{}",
                 message()

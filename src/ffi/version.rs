@@ -8,7 +8,11 @@ use super::status::gk_status;
 /// The ABI version of this library. Bindings compare it with the version they
 /// were written for and refuse to run on a mismatch. It changes whenever an
 /// exported function or type changes incompatibly.
-pub const GK_ABI_VERSION: u32 = 1;
+///
+/// 2: goals carry the host's tag (`gk_worker_add_goal` and
+/// `gk_worker_add_goal_packed` take it; `gk_event` carries it, its fields
+/// reordered to 40 bytes without padding); the batch calls.
+pub const GK_ABI_VERSION: u32 = 2;
 
 /// The library version, e.g. `"0.1.0"`. The string is static.
 #[no_mangle]

@@ -78,17 +78,23 @@ struct RawOptions {
 const _: () =
     assert!(std::mem::size_of::<RawOptions>() == std::mem::size_of::<gk_worker_options>());
 
-/// An event from `gk_worker_next_event`.
+/// An event from `gk_worker_next_event` (or one of `gk_worker_next_events`).
+/// 40 bytes, without padding.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct gk_event {
     /// A `gk_event_kind` (0 if the call failed).
     pub kind: u32,
+    /// The goal's `gk_goal_kind` (RUN, FINISHED), else 0.
+    pub goal_kind: u32,
     /// The goal (RUN, FINISHED), else 0.
     pub goal: gk_goal,
-    /// The goal's `gk_goal_kind` (RUN, FINISHED).
-    pub goal_kind: u32,
+    /// The goal's tag, as given when it was added (RUN, FINISHED), else 0:
+    /// the host's own data for the goal (an index, a pointer), so that it
+    /// finds its goal object without a table of goal ids. A goal shared by
+    /// a second request for the same outputs (S9) keeps its first tag.
+    pub tag: u64,
     /// The `gk_outcome` (FINISHED), else GK_OUTCOME_NONE.
     pub outcome: u32,
     /// The fd to poll for reading (WAIT), else -1.
@@ -96,6 +102,8 @@ pub struct gk_event {
     /// The poll timeout in ms (WAIT), -1 for none.
     pub timeout_ms: i64,
 }
+
+const _: () = assert!(std::mem::size_of::<gk_event>() == 40);
 
 /// What `gk_worker_goal_result` reports.
 #[allow(non_camel_case_types)]
@@ -275,29 +283,33 @@ fn freed(w: gk_worker) -> Error {
     Error::StaleHandle(format!("worker handle {w:#018x} is stale: it was freed"))
 }
 
-const NO_EVENT: gk_event = gk_event {
+pub(super) const NO_EVENT: gk_event = gk_event {
     kind: 0,
-    goal: 0,
     goal_kind: 0,
+    goal: 0,
+    tag: 0,
     outcome: 0,
     fd: -1,
     timeout_ms: -1,
 };
 
-fn event_to_c(ev: Event, w: &Worker) -> gk_event {
+#[inline(always)]
+pub(super) fn event_to_c(ev: Event, w: &Worker) -> gk_event {
     let mut out = NO_EVENT;
     match ev {
         Event::Run { goal, kind } => {
             out.kind = gk_event_kind::GK_EVENT_RUN as u32;
             out.goal = goal.raw();
             out.goal_kind = gk_goal_kind::from_rust(kind) as u32;
+            out.tag = w.tag(goal).unwrap_or(0);
         }
         Event::Finished { goal, outcome } => {
             out.kind = gk_event_kind::GK_EVENT_FINISHED as u32;
             out.goal = goal.raw();
-            out.goal_kind = w
-                .kind_of(goal)
-                .map_or(0, |k| gk_goal_kind::from_rust(k) as u32);
+            if let Ok((kind, tag)) = w.kind_and_tag(goal) {
+                out.goal_kind = gk_goal_kind::from_rust(kind) as u32;
+                out.tag = tag;
+            }
             out.outcome = gk_outcome::from_rust(Some(outcome)) as u32;
         }
         Event::Wait { fd, timeout } => {
@@ -476,27 +488,35 @@ pub extern "C" fn gk_worker_set_cached_failure(
     call_tls(|t| set_predicate(t, w, f, data, false))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn add_goal(
     t: &ThreadState,
     w: gk_worker,
     kind: u32,
     paths: Result<Vec<StorePath>>,
     mode: u32,
+    tag: u64,
     out: &mut gk_goal,
 ) -> Result<gk_status> {
     let kind = gk_goal_kind::parse(kind)?;
     let mode = gk_build_mode::parse(mode)?;
     let paths = paths?;
-    let id = with_worker(t, w, |wk| wk.add_goal_normalized(kind, paths, mode, 0))?;
+    let id = with_worker(t, w, |wk| wk.add_goal_normalized(kind, paths, mode, tag))?;
     *out = id.raw();
     Ok(GK_OK)
 }
 
 /// Adds a goal with outputs `outputs[0..n_outputs]` (build: at least one;
 /// substitute: exactly one; plain: any number, `outputs` may be NULL when
-/// `n_outputs` is 0). The same output set again gives the same goal; a
-/// partial overlap with another goal's outputs is `GK_ERROR_INVALID_ARGUMENT`.
-/// `kind` is a `gk_goal_kind`, `mode` a `gk_build_mode`.
+/// `n_outputs` is 0). The same output set again gives the same goal (S9),
+/// which keeps its first tag and mode (a stronger mode is adopted if it
+/// has not started); a partial overlap with another goal's outputs, or the
+/// same outputs with another kind, is `GK_ERROR_INVALID_ARGUMENT`. `kind` is
+/// a `gk_goal_kind`, `mode` a `gk_build_mode`, `tag` the host's data for
+/// the goal (any value: an index, a pointer), which every event naming the
+/// goal carries (`gk_event.tag`) and `gk_worker_goal_tag` returns. To add a
+/// goal with its dependencies in one call, or many goals, see
+/// `gk_worker_add_goals`.
 ///
 /// # Safety
 /// `outputs` must point to `n_outputs` NUL-terminated strings; `out` must be
@@ -508,6 +528,7 @@ pub unsafe extern "C" fn gk_worker_add_goal(
     outputs: *const *const c_char,
     n_outputs: usize,
     mode: u32,
+    tag: u64,
     out: *mut gk_goal,
 ) -> gk_status {
     call_tls(|t| {
@@ -520,7 +541,7 @@ pub unsafe extern "C" fn gk_worker_add_goal(
             // SAFETY: as above.
             unsafe { args::path_array(outputs, n_outputs) }
         };
-        add_goal(t, w, kind, paths, mode, out)
+        add_goal(t, w, kind, paths, mode, tag, out)
     })
 }
 
@@ -536,6 +557,7 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
     outputs: *const u8,
     len: usize,
     mode: u32,
+    tag: u64,
     out: *mut gk_goal,
 ) -> gk_status {
     call_tls(|t| {
@@ -548,7 +570,7 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
             // SAFETY: as above.
             unsafe { args::packed_paths(outputs, len) }
         };
-        add_goal(t, w, kind, paths, mode, out)
+        add_goal(t, w, kind, paths, mode, tag, out)
     })
 }
 
@@ -635,6 +657,26 @@ pub unsafe extern "C" fn gk_worker_goal_result(
             kind: gk_goal_kind::from_rust(r.kind) as u32,
             mode: gk_build_mode::from_rust(r.mode) as u32,
         };
+        Ok(GK_OK)
+    })
+}
+
+/// Stores the tag `goal` was added with in `*out` (for a goal shared by
+/// several requests for the same outputs, the first request's tag).
+///
+/// # Safety
+/// `out` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_goal_tag(
+    w: gk_worker,
+    goal: gk_goal,
+    out: *mut u64,
+) -> gk_status {
+    call_tls(|t| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        *out = with_worker(t, w, |wk| wk.tag(GoalId::from_raw(goal)))?;
         Ok(GK_OK)
     })
 }

@@ -147,6 +147,9 @@ pub struct BatchError {
     pub field: BatchField,
     /// What is wrong with it (its message names the element).
     pub error: Error,
+    /// The goal (or report) whose check found it, for the validation order
+    /// (an offset `index` belongs to goal `index - 1`).
+    owner: usize,
 }
 
 impl BatchError {
@@ -162,6 +165,21 @@ impl BatchError {
             sub,
             field,
             error,
+            owner: index,
+        }
+    }
+
+    /// An error about offset `index` of an offsets array, found checking
+    /// goal `owner` (offset `index` ends goal `index - 1`).
+    pub(crate) fn offset(
+        index: usize,
+        owner: usize,
+        field: BatchField,
+        error: Error,
+    ) -> BatchError {
+        BatchError {
+            owner,
+            ..BatchError::new(index, 0, field, error)
         }
     }
 
@@ -178,7 +196,7 @@ impl BatchError {
             BatchField::Dependency | BatchField::DepOffsets => 2,
             _ => 1,
         };
-        (self.index, phase, self.sub)
+        (self.owner, phase, self.sub)
     }
 
     /// The earlier of two errors, in validation order.
@@ -354,7 +372,7 @@ impl Worker {
         }
         let mut first = BatchError::first(parse_error, first);
         // Pass 2: the dependencies of the goals before the first bad one.
-        let limit = first.as_ref().map_or(n, |e| e.index);
+        let limit = first.as_ref().map_or(n, |e| e.owner);
         for (i, g) in goals.iter().enumerate().take(limit.min(n)) {
             if let Some(e) = self.check_deps(i, g, &index, &slot) {
                 first = BatchError::first(first, Some(e));
@@ -674,7 +692,7 @@ impl Worker {
         if let Err(e) = self.begin() {
             return Err(BatchError::whole(e));
         }
-        let limit = parse_error.as_ref().map_or(reports.len(), |e| e.index);
+        let limit = parse_error.as_ref().map_or(reports.len(), |e| e.owner);
         let bad = self.validate_reports(&reports[..limit.min(reports.len())]);
         if let Some(e) = bad.or(parse_error) {
             let _ = self.end(Ok(()));

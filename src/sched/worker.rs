@@ -435,8 +435,16 @@ impl Worker {
     }
 
     /// The host's tag of `goal` (see [`Worker::add_goal_tagged`]).
+    #[inline]
     pub fn tag(&self, goal: GoalId) -> Result<u64> {
         Ok(self.arena.goals[self.index(goal)? as usize].tag)
+    }
+
+    /// The kind and the tag of `goal`, from one read of its record.
+    #[inline]
+    pub(crate) fn kind_and_tag(&self, goal: GoalId) -> Result<(GoalKind, u64)> {
+        let g = &self.arena.goals[self.index(goal)? as usize];
+        Ok((g.kind, g.tag))
     }
 
     /// Makes `goal` wait for `dep`. `goal` must not have started (it must be

@@ -527,7 +527,9 @@ fn run_wop(m: &mut WModel, st: &mut Stats, op: &WOp) -> Result<(), TestCaseError
                     buf.push(0);
                 }
                 // SAFETY: a buffer of buf.len() bytes; out as generated.
-                unsafe { gk_worker_add_goal_packed(h, *kind, buf.as_ptr(), buf.len(), *mode, outp) }
+                unsafe {
+                    gk_worker_add_goal_packed(h, *kind, buf.as_ptr(), buf.len(), *mode, 0, outp)
+                }
             } else {
                 let cs: Vec<Option<Vec<u8>>> =
                     raws.iter().map(|r| r.as_ref().map(|r| cpath(r))).collect();
@@ -541,7 +543,7 @@ fn run_wop(m: &mut WModel, st: &mut Stats, op: &WOp) -> Result<(), TestCaseError
                     ptrs.as_ptr()
                 };
                 // SAFETY: `ptrs.len()` valid pointers (or NULL for 0).
-                unsafe { gk_worker_add_goal(h, *kind, p, ptrs.len(), *mode, outp) }
+                unsafe { gk_worker_add_goal(h, *kind, p, ptrs.len(), *mode, 0, outp) }
             };
             // The model: out, then kind and mode, then the paths, then the handle.
             let mut set: Vec<NPath> = outputs.iter().map(|&i| m.pool[i].clone()).collect();

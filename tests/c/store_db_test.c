@@ -370,7 +370,7 @@ static gk_event next_non_wait(gk_worker w) {
 static gk_goal add_build(gk_worker w, const char *path) {
   const char *outs[1] = {path};
   gk_goal g = 0;
-  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_NORMAL, &g), GK_OK);
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_NORMAL, 0, &g), GK_OK);
   return g;
 }
 

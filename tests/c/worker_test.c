@@ -71,7 +71,7 @@ static int32_t valid_path(void *data, const char *path) {
 static gk_goal add1(gk_worker w, uint32_t kind, const char *path) {
   gk_goal g = 0;
   const char *outs[1] = {path};
-  EXPECT(gk_worker_add_goal(w, kind, outs, 1, GK_MODE_NORMAL, &g), GK_OK);
+  EXPECT(gk_worker_add_goal(w, kind, outs, 1, GK_MODE_NORMAL, 0, &g), GK_OK);
   CHECK(g != 0);
   return g;
 }
@@ -89,7 +89,7 @@ static void test_pull_loop(void) {
   path_of(y, sizeof y, "y");
 
   gk_goal top = 0;
-  EXPECT(gk_worker_add_goal(w, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, &top), GK_OK);
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, 0, &top), GK_OK);
   gk_goal gx = add1(w, GK_GOAL_BUILD, x);
   /* packed: "<store>/y\0" */
   char packed[600];
@@ -97,7 +97,7 @@ static void test_pull_loop(void) {
   memcpy(packed, y, plen);
   gk_goal gy = 0;
   EXPECT(gk_worker_add_goal_packed(w, GK_GOAL_BUILD, (const uint8_t *)packed, plen,
-                                   GK_MODE_NORMAL, &gy),
+                                   GK_MODE_NORMAL, 0, &gy),
          GK_OK);
   /* S9: the same output again is the same goal. */
   CHECK(add1(w, GK_GOAL_BUILD, x) == gx);
@@ -107,17 +107,17 @@ static void test_pull_loop(void) {
   /* Invalid arguments. */
   gk_goal bad = 123;
   const char *outs[1] = {x};
-  EXPECT(gk_worker_add_goal(w, 7, outs, 1, GK_MODE_NORMAL, &bad), GK_ERROR_INVALID_ARGUMENT);
+  EXPECT(gk_worker_add_goal(w, 7, outs, 1, GK_MODE_NORMAL, 0, &bad), GK_ERROR_INVALID_ARGUMENT);
   CHECK(bad == 0);
-  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, 9, &bad), GK_ERROR_INVALID_ARGUMENT);
-  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_NORMAL, NULL),
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, 9, 0, &bad), GK_ERROR_INVALID_ARGUMENT);
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_NORMAL, 0, NULL),
          GK_ERROR_NULL_POINTER);
-  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, NULL, 1, GK_MODE_NORMAL, &bad),
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, NULL, 1, GK_MODE_NORMAL, 0, &bad),
          GK_ERROR_NULL_POINTER);
-  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, NULL, 0, GK_MODE_NORMAL, &bad),
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, NULL, 0, GK_MODE_NORMAL, 0, &bad),
          GK_ERROR_INVALID_ARGUMENT);
   const char *rel[1] = {"relative/path"};
-  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, rel, 1, GK_MODE_NORMAL, &bad),
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, rel, 1, GK_MODE_NORMAL, 0, &bad),
          GK_ERROR_INVALID_PATH);
   EXPECT(gk_worker_add_dependency(w, gx, gx), GK_ERROR_INVALID_ARGUMENT);
   EXPECT(gk_worker_next_event(w, NULL), GK_ERROR_NULL_POINTER);
@@ -180,7 +180,7 @@ static void test_pull_loop(void) {
   gk_worker w2 = 0;
   EXPECT(gk_worker_new(NULL, &w2), GK_OK);
   gk_goal other = 0;
-  EXPECT(gk_worker_add_goal(w2, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, &other), GK_OK);
+  EXPECT(gk_worker_add_goal(w2, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, 0, &other), GK_OK);
   EXPECT(gk_worker_goal_result(w, other, &r), GK_ERROR_STALE_HANDLE);
   EXPECT(gk_worker_goal_result(w, 0, &r), GK_ERROR_STALE_HANDLE);
   EXPECT(gk_worker_goal_result(w, gy + 1000, &r), GK_ERROR_STALE_HANDLE);
@@ -412,8 +412,8 @@ static void test_log_records(void) {
   path_of(q, sizeof q, "records-again");
   gk_goal g2 = 0;
   const char *outs[1] = {q};
-  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_CHECK, &g2), GK_OK);
-  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_NORMAL, &g2), GK_OK);
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_CHECK, 0, &g2), GK_OK);
+  EXPECT(gk_worker_add_goal(w, GK_GOAL_BUILD, outs, 1, GK_MODE_NORMAL, 0, &g2), GK_OK);
   size_t len = 0;
   EXPECT(gk_worker_take_log(w, NULL, 0, &len), GK_ERROR_BUFFER_TOO_SMALL);
   CHECK(len > 0);

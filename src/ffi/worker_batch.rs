@@ -1,0 +1,707 @@
+//! The batched calls of the C ABI: `gk_worker_add_goals` (many goals, with
+//! their outputs and dependencies, CSR style), `gk_worker_next_events` (up
+//! to N events) and `gk_worker_report_many` (many reports, with the outcome
+//! recorded for each).
+//!
+//! A batch is read and checked whole before the worker changes: all or
+//! nothing. The C layer reads what only it can read (kinds, modes, offsets,
+//! output strings, outcome numbers); the scheduler checks the rest (output
+//! rules, sharing, dependencies, goal states) and names the first bad
+//! element, in the documented order; `gk_batch_error` says which.
+
+use std::ffi::c_char;
+
+use super::args;
+use super::boundary::{call_tls, ThreadState};
+use super::enums::{gk_batch_field, gk_build_mode, gk_goal_kind, gk_outcome};
+use super::status::gk_status::{self, GK_OK};
+use super::worker::{event_to_c, gk_event, gk_goal, gk_worker, with_worker};
+use crate::error::Error;
+use crate::lock::{normalize_paths, StorePath, PATH_MAX};
+use crate::sched::{BatchError, BatchField, BuildMode, GoalId, GoalKind, NewGoal, Report};
+
+/// The largest number of outputs one goal of a batch may have (as for a
+/// lock set: `MAX_SET_LEN`).
+const MAX_OUTPUTS: u32 = 1 << 20;
+
+/// Many goals for `gk_worker_add_goals`, as arrays indexed by goal, with
+/// each goal's outputs and dependencies given CSR style: goal `i`'s are
+/// elements `offsets[i]` to `offsets[i + 1] - 1` of a flat array
+/// (`offsets[0]` is 0, the offsets never decrease, and `offsets[n_goals]`
+/// is the flat array's length). 80 bytes.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct gk_goal_batch {
+    /// `sizeof(gk_goal_batch)`: refused if different.
+    pub struct_size: u32,
+    /// The number of goals (0: the call adds nothing).
+    pub n_goals: u32,
+    /// `[n_goals]` `gk_goal_kind`s.
+    pub kinds: *const u32,
+    /// `[n_goals]` `gk_build_mode`s, or NULL: all `GK_MODE_NORMAL`.
+    pub modes: *const u32,
+    /// `[n_goals]` tags (the host's data for each goal, see
+    /// `gk_worker_add_goal`), or NULL: all 0.
+    pub tags: *const u64,
+    /// `[n_goals + 1]` offsets into the outputs, or NULL: no goal has outputs.
+    pub output_offsets: *const u32,
+    /// `[output_offsets[n_goals]]` NUL-terminated store paths; or NULL, and
+    /// the outputs are in `outputs_packed` instead (exactly one of the two
+    /// when there are outputs).
+    pub outputs: *const *const c_char,
+    /// The outputs one after another, each terminated by a NUL byte: goal
+    /// `i`'s are the strings `output_offsets[i]` to `output_offsets[i + 1] - 1`
+    /// of it, and it holds exactly `output_offsets[n_goals]` strings.
+    pub outputs_packed: *const u8,
+    /// The length of `outputs_packed` in bytes.
+    pub outputs_packed_len: usize,
+    /// `[n_goals + 1]` offsets into `deps`, or NULL: no goal has dependencies.
+    pub dep_offsets: *const u32,
+    /// `[dep_offsets[n_goals]]` goal ids: goals of the worker, or
+    /// `GK_BATCH_GOAL(k)` for goal `k` of this batch (earlier or later in it,
+    /// not the goal itself).
+    pub deps: *const gk_goal,
+}
+
+/// Which element of a batch was refused (`gk_worker_add_goals`,
+/// `gk_worker_report_many`); the status and `gk_last_error_message()` say
+/// why. Zeroed on `GK_OK`. 24 bytes.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct gk_batch_error {
+    /// The element: goal `index` (add_goals), report `index`
+    /// (report_many), or the offset `index` (`GK_FIELD_*_OFFSETS`); 0 for
+    /// `GK_FIELD_NONE`.
+    pub index: usize,
+    /// Which output or dependency of it (0 when not applicable).
+    pub sub: usize,
+    /// A `gk_batch_field`: which part of the element.
+    pub field: u32,
+    /// Always 0.
+    pub reserved: u32,
+}
+
+/// One report for `gk_worker_report_many`. 16 bytes.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct gk_report {
+    /// In: a goal that was RUN.
+    pub goal: gk_goal,
+    /// In: `GK_OUTCOME_BUILT`, `GK_OUTCOME_SUBSTITUTED`, `GK_OUTCOME_FAILED`
+    /// or `GK_OUTCOME_TIMED_OUT`.
+    pub outcome: u32,
+    /// Out: the `gk_outcome` recorded (`GK_OUTCOME_FAILED` for a success
+    /// whose outputs are not all valid); 0 if the call failed.
+    pub recorded: u32,
+}
+
+/// A failed batch call: an element of the batch, or the call itself (a
+/// pointer argument, the worker handle).
+enum Fail {
+    Call(Error),
+    Element(BatchError),
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail::Call(e)
+    }
+}
+
+impl From<BatchError> for Fail {
+    fn from(e: BatchError) -> Fail {
+        Fail::Element(e)
+    }
+}
+
+/// Runs a batch call's body; writes `*err` (if given) and returns the status.
+fn batch_call(
+    err: *mut gk_batch_error,
+    body: impl FnOnce(&ThreadState) -> std::result::Result<(), Fail>,
+) -> gk_status {
+    call_tls(|t| {
+        let mut err = if err.is_null() {
+            None
+        } else {
+            // SAFETY: non-null; valid for writing per the callers' contracts.
+            Some(unsafe { args::out(err, "err") }?)
+        };
+        if let Some(e) = err.as_deref_mut() {
+            *e = gk_batch_error::default();
+        }
+        match body(t) {
+            Ok(()) => Ok(GK_OK),
+            Err(Fail::Call(e)) => Err(e),
+            Err(Fail::Element(b)) => {
+                if let Some(e) = err {
+                    *e = gk_batch_error {
+                        index: b.index,
+                        sub: b.sub,
+                        field: gk_batch_field::from_rust(b.field) as u32,
+                        reserved: 0,
+                    };
+                }
+                Err(b.error)
+            }
+        }
+    })
+}
+
+/// `n` elements at `p` as a slice, or `None` for NULL; refused if
+/// misaligned or too large.
+///
+/// # Safety
+/// `p` must be NULL or point to `n` readable `T`s.
+unsafe fn opt_array<'a, T>(
+    p: *const T,
+    n: usize,
+    field: BatchField,
+    what: &'static str,
+) -> std::result::Result<Option<&'a [T]>, BatchError> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        let e = Error::InvalidArgument(format!("{what} is not aligned"));
+        return Err(BatchError::new(0, 0, field, e));
+    }
+    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        let e = Error::InvalidArgument(format!("{what} is implausibly large"));
+        return Err(BatchError::new(0, 0, field, e));
+    }
+    // SAFETY: non-null, aligned, and `n` readable elements per the contract.
+    Ok(Some(unsafe { std::slice::from_raw_parts(p, n) }))
+}
+
+/// The `[a, b)` range of goal `i` in a CSR offsets array, checked against
+/// the previous offset and the flat array's length `total`.
+fn range(
+    off: &[u32],
+    i: usize,
+    total: u32,
+    field: BatchField,
+) -> std::result::Result<(u32, u32), BatchError> {
+    let (a, b) = (off[i], off[i + 1]);
+    if i == 0 && a != 0 {
+        let e = Error::InvalidArgument(format!("the first offset must be 0, not {a}"));
+        return Err(BatchError::offset(0, 0, field, e));
+    }
+    if b < a || b > total {
+        let e = Error::InvalidArgument(format!(
+            "offset {b} is outside {a}..={total} (the previous offset .. the last offset): \
+             offsets never decrease"
+        ));
+        return Err(BatchError::offset(i + 1, i, field, e));
+    }
+    Ok((a, b))
+}
+
+/// Where the outputs come from.
+enum Outputs<'a> {
+    None,
+    Strings(*const *const c_char),
+    Packed(&'a [u8]),
+}
+
+/// Reads the batch: the goals (a placeholder, a plain goal without outputs
+/// or dependencies, for a goal that cannot be read), and the first element
+/// that cannot be read. A whole-batch error (NULL arrays, misalignment,
+/// inconsistent outputs) is returned at once.
+///
+/// # Safety
+/// The arrays of `b` must be as `gk_goal_batch` describes.
+unsafe fn read_batch<'a>(
+    b: &'a gk_goal_batch,
+) -> std::result::Result<(Vec<NewGoal<'a>>, Option<BatchError>), BatchError> {
+    let n = b.n_goals as usize;
+    if n == 0 {
+        return Ok((Vec::new(), None));
+    }
+    let whole = |e: Error| BatchError::whole(e);
+    // SAFETY: the arrays are as this function's contract says (here and below).
+    let kinds = unsafe { opt_array(b.kinds, n, BatchField::Kind, "kinds") }?
+        .ok_or_else(|| BatchError::new(0, 0, BatchField::Kind, Error::NullPointer("kinds")))?;
+    // SAFETY: as above.
+    let modes = unsafe { opt_array(b.modes, n, BatchField::Mode, "modes") }?;
+    // SAFETY: as above.
+    let tags = unsafe { opt_array(b.tags, n, BatchField::Batch, "tags") }?;
+    let (oo, dd) = (BatchField::OutputOffsets, BatchField::DepOffsets);
+    // SAFETY: as above.
+    let out_off = unsafe { opt_array(b.output_offsets, n + 1, oo, "output_offsets") }?;
+    // SAFETY: as above.
+    let dep_off = unsafe { opt_array(b.dep_offsets, n + 1, dd, "dep_offsets") }?;
+    let out_total = out_off.map_or(0, |o| o[n]);
+    let dep_total = dep_off.map_or(0, |o| o[n]);
+    let outputs = if out_total == 0 {
+        Outputs::None
+    } else {
+        match (b.outputs.is_null(), b.outputs_packed.is_null()) {
+            (false, false) => {
+                return Err(whole(Error::InvalidArgument(
+                    "give outputs or outputs_packed, not both".into(),
+                )))
+            }
+            (true, true) => return Err(whole(Error::NullPointer("outputs and outputs_packed"))),
+            (false, true) => {
+                if !(b.outputs as usize).is_multiple_of(std::mem::align_of::<*const c_char>()) {
+                    return Err(whole(Error::InvalidArgument(
+                        "outputs is not aligned".into(),
+                    )));
+                }
+                Outputs::Strings(b.outputs)
+            }
+            (true, false) => {
+                let len = b.outputs_packed_len;
+                if len > out_total as usize * PATH_MAX || len > isize::MAX as usize {
+                    return Err(whole(Error::InvalidArgument(format!(
+                        "outputs_packed_len {len} is larger than {out_total} paths can be"
+                    ))));
+                }
+                // SAFETY: non-null, `len` readable bytes per the contract.
+                Outputs::Packed(unsafe { std::slice::from_raw_parts(b.outputs_packed, len) })
+            }
+        }
+    };
+    if dep_total > 0 && !(b.deps as usize).is_multiple_of(std::mem::align_of::<gk_goal>()) {
+        return Err(whole(Error::InvalidArgument("deps is not aligned".into())));
+    }
+    let mut goals = Vec::with_capacity(n);
+    let mut first: Option<BatchError> = None;
+    // The packed walk: where goal i's outputs start, and whether it is still
+    // in step (after a malformed string, later goals' outputs are unknown).
+    let mut cursor = 0usize;
+    let mut in_step = true;
+    for i in 0..n {
+        let tag = tags.map_or(0, |t| t[i]);
+        let mut bad: Option<BatchError> = None;
+        let kind = gk_goal_kind::parse(kinds[i]).unwrap_or_else(|e| {
+            bad = Some(BatchError::new(i, 0, BatchField::Kind, e));
+            GoalKind::Plain
+        });
+        let mode = match modes.map(|m| gk_build_mode::parse(m[i])) {
+            None => BuildMode::Normal,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                bad = bad.or(Some(BatchError::new(i, 0, BatchField::Mode, e)));
+                BuildMode::Normal
+            }
+        };
+        let mut paths = Vec::new();
+        if let Some(off) = out_off {
+            match range(off, i, out_total, BatchField::OutputOffsets) {
+                Err(e) => {
+                    bad = bad.or(Some(e));
+                    in_step = false;
+                }
+                Ok((a, z)) if z - a > MAX_OUTPUTS => {
+                    let e = Error::InvalidArgument(format!(
+                        "goal {i} has {} outputs; at most {MAX_OUTPUTS} are accepted",
+                        z - a
+                    ));
+                    bad = bad.or(Some(BatchError::offset(
+                        i + 1,
+                        i,
+                        BatchField::OutputOffsets,
+                        e,
+                    )));
+                    in_step = false;
+                }
+                Ok((a, z)) => {
+                    // SAFETY: the strings are as the contract says.
+                    match unsafe { read_outputs(&outputs, i, a, z, &mut cursor, &mut in_step) } {
+                        Ok(v) => paths = v,
+                        Err(e) => bad = bad.or(Some(e)),
+                    }
+                }
+            }
+        }
+        let readable = bad.is_none();
+        let mut deps: &[GoalId] = &[];
+        if let Some(off) = dep_off {
+            match range(off, i, dep_total, BatchField::DepOffsets) {
+                Err(e) => bad = bad.or(Some(e)),
+                Ok((a, z)) if z > a && b.deps.is_null() => {
+                    let e = Error::NullPointer("deps");
+                    bad = bad.or(Some(BatchError::new(i, 0, BatchField::Dependency, e)));
+                }
+                Ok((a, z)) => {
+                    // SAFETY: `deps` has `dep_total >= z` elements (the
+                    // contract), aligned (checked), and `GoalId` is a
+                    // transparent `u64`.
+                    deps = unsafe {
+                        std::slice::from_raw_parts(
+                            b.deps.add(a as usize).cast::<GoalId>(),
+                            (z - a) as usize,
+                        )
+                    };
+                }
+            }
+        }
+        let goal = if readable {
+            let deps = if bad.is_none() { deps } else { &[] };
+            NewGoal::normalized(kind, mode, tag, paths, deps)
+        } else {
+            NewGoal::normalized(GoalKind::Plain, BuildMode::Normal, tag, Vec::new(), &[])
+        };
+        goals.push(goal);
+        first = BatchError::first(first, bad);
+    }
+    if let Outputs::Packed(bytes) = outputs {
+        if in_step && cursor != bytes.len() {
+            let e = Error::InvalidArgument(format!(
+                "outputs_packed has {} bytes after its {out_total} strings",
+                bytes.len() - cursor
+            ));
+            return Err(whole(e));
+        }
+    }
+    Ok((goals, first))
+}
+
+/// Goal `i`'s outputs, strings `a..z`, sorted and deduplicated.
+///
+/// # Safety
+/// As [`read_batch`].
+unsafe fn read_outputs(
+    outputs: &Outputs<'_>,
+    i: usize,
+    a: u32,
+    z: u32,
+    cursor: &mut usize,
+    in_step: &mut bool,
+) -> std::result::Result<Vec<StorePath>, BatchError> {
+    if a == z {
+        return Ok(Vec::new());
+    }
+    let mut v = Vec::with_capacity((z - a) as usize);
+    for j in 0..(z - a) as usize {
+        let at = |e: Error| BatchError::new(i, j, BatchField::Output, e);
+        match outputs {
+            Outputs::None => unreachable!("outputs with no outputs"),
+            Outputs::Strings(p) => {
+                // SAFETY: `outputs` has `output_offsets[n_goals] >= z`
+                // elements, each a NUL-terminated string (the contract).
+                let s = unsafe { *p.add(a as usize + j) };
+                // SAFETY: as above.
+                let bytes = unsafe { args::c_bytes(s, "an output") }.map_err(at)?;
+                v.push(StorePath::from_bytes(bytes).map_err(at)?);
+            }
+            Outputs::Packed(bytes) => {
+                if !*in_step {
+                    return Ok(Vec::new()); // unknown, after an earlier error
+                }
+                let rest = &bytes[*cursor..];
+                let Some(len) = rest.iter().position(|&c| c == 0) else {
+                    *in_step = false;
+                    return Err(at(Error::InvalidArgument(format!(
+                        "outputs_packed ends before this output (it holds fewer than \
+                         output_offsets[n_goals] = {} NUL-terminated strings)",
+                        z
+                    ))));
+                };
+                *cursor += len + 1;
+                v.push(StorePath::from_bytes(&rest[..len]).map_err(at)?);
+            }
+        }
+    }
+    normalize_paths(v).map_err(|e| BatchError::new(i, 0, BatchField::Output, e))
+}
+
+/// The place, in the caller's order, of goal `i`'s output `p` (the
+/// scheduler names outputs in sorted order).
+///
+/// # Safety
+/// As [`read_batch`]; the batch was read successfully up to goal `i`.
+unsafe fn caller_position(b: &gk_goal_batch, i: usize, p: &StorePath) -> Option<usize> {
+    // SAFETY: as in `read_batch`.
+    let off = unsafe {
+        opt_array(
+            b.output_offsets,
+            b.n_goals as usize + 1,
+            BatchField::Batch,
+            "",
+        )
+    }
+    .ok()
+    .flatten()?;
+    let (a, z) = (off[i] as usize, off[i + 1] as usize);
+    let same = |bytes: &[u8]| StorePath::from_bytes(bytes).is_ok_and(|q| &q == p);
+    if !b.outputs.is_null() {
+        return (a..z).position(|k| {
+            // SAFETY: read successfully by `read_batch` already.
+            let s = unsafe { *b.outputs.add(k) };
+            // SAFETY: as above.
+            unsafe { args::c_bytes(s, "") }.is_ok_and(same)
+        });
+    }
+    // SAFETY: as in `read_batch`.
+    let bytes = unsafe { std::slice::from_raw_parts(b.outputs_packed, b.outputs_packed_len) };
+    bytes.split(|&c| c == 0).skip(a).take(z - a).position(same)
+}
+
+/// Adds many goals, with their outputs and dependencies, in one call: all
+/// or nothing. `batch` describes them (see `gk_goal_batch`); on `GK_OK`,
+/// `ids_out[i]` is goal `i`'s id. Each goal is as for `gk_worker_add_goal`
+/// (the same outputs again, in the worker or earlier in the batch, give the
+/// same goal, which keeps its first tag: S9, so `ids_out` may repeat an id),
+/// followed by its dependencies as for `gk_worker_add_dependency`: goal ids
+/// of this worker, or `GK_BATCH_GOAL(k)` for goal `k` of this batch. Every
+/// goal of the batch exists before any dependency is added, so a reference
+/// may point forward. A dependency that already failed ends the goal
+/// dependency-failed (a FINISHED event follows, and its later dependencies
+/// are not added); a cycle is reported by `gk_worker_next_event` as
+/// `GK_ERROR_SCHEDULER_DEADLOCK`. After a failure without keep-going, the
+/// new goals end cancelled at once (FINISHED events), without dependencies.
+///
+/// The whole batch is checked before anything changes. On an error the
+/// worker is unchanged, `ids_out` is zeroed, and `*err` (if `err` is not
+/// NULL) names the first bad element; the message names it too
+/// (`goals[3].deps[1]: ...`). The order: `err`, `ids_out` and `batch`
+/// themselves (`GK_ERROR_NULL_POINTER`, `GK_ERROR_INVALID_ARGUMENT` for
+/// misalignment or a wrong `struct_size`); the batch as a whole
+/// (`GK_FIELD_NONE`: arrays, `outputs` and `outputs_packed`, trailing bytes
+/// in `outputs_packed`); the worker handle (`GK_ERROR_STALE_HANDLE`); then
+/// goal by goal, lowest index first: its kind, mode, output offset,
+/// outputs (`GK_ERROR_INVALID_PATH`, `GK_ERROR_NULL_POINTER`; the output
+/// rules of its kind and any overlap with another goal's outputs:
+/// `GK_ERROR_INVALID_ARGUMENT`), dependency offset, then each dependency
+/// (a goal id of another worker or never issued: `GK_ERROR_STALE_HANDLE`;
+/// `GK_BATCH_GOAL(k)` beyond the batch, or the goal itself:
+/// `GK_ERROR_INVALID_ARGUMENT`; dependencies for a shared goal that has
+/// started: `GK_ERROR_INVALID_STATE`).
+///
+/// The ledger checks, once, every goal the call finished (G6).
+///
+/// # Safety
+/// `batch` must point to a readable `gk_goal_batch` whose arrays are as it
+/// describes; `ids_out` must be valid for `n_goals` writes; `err` must be
+/// NULL or valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_add_goals(
+    w: gk_worker,
+    batch: *const gk_goal_batch,
+    ids_out: *mut gk_goal,
+    err: *mut gk_batch_error,
+) -> gk_status {
+    batch_call(err, |t| {
+        if batch.is_null() {
+            return Err(Error::NullPointer("batch").into());
+        }
+        if !(batch as usize).is_multiple_of(std::mem::align_of::<gk_goal_batch>()) {
+            return Err(Error::InvalidArgument("batch is not aligned".into()).into());
+        }
+        // SAFETY: non-null, aligned, readable per the contract.
+        let b = unsafe { &*batch };
+        if b.struct_size as usize != std::mem::size_of::<gk_goal_batch>() {
+            return Err(Error::InvalidArgument(format!(
+                "batch->struct_size is {}, not sizeof(gk_goal_batch) = {}: the caller was \
+                 compiled against another goalkeeper.h",
+                b.struct_size,
+                std::mem::size_of::<gk_goal_batch>()
+            ))
+            .into());
+        }
+        let n = b.n_goals as usize;
+        let ids: &mut [GoalId] = if n == 0 {
+            &mut []
+        } else {
+            if ids_out.is_null() {
+                return Err(Error::NullPointer("ids_out").into());
+            }
+            if !(ids_out as usize).is_multiple_of(std::mem::align_of::<gk_goal>()) {
+                return Err(Error::InvalidArgument("ids_out is not aligned".into()).into());
+            }
+            // SAFETY: non-null, aligned, `n` writable ids per the contract;
+            // `GoalId` is a transparent `u64`.
+            unsafe { std::slice::from_raw_parts_mut(ids_out.cast::<GoalId>(), n) }
+        };
+        ids.iter_mut().for_each(|id| *id = GoalId::from_raw(0));
+        // SAFETY: forwarded from this function's contract.
+        let (mut goals, parse_error) = unsafe { read_batch(b) }?;
+        let parsed_at = parse_error.as_ref().map(|e| (e.index, e.field));
+        let r = with_worker(t, w, |wk| {
+            Ok(match wk.add_goals_into(&mut goals, parse_error, ids) {
+                Ok(()) => Ok(()),
+                Err(mut e) => {
+                    // The scheduler names outputs in sorted order; the
+                    // caller wants its own.
+                    if e.field == BatchField::Output && parsed_at != Some((e.index, e.field)) {
+                        if let Some(p) = goals[e.index].outputs().get(e.sub) {
+                            // SAFETY: as above.
+                            if let Some(k) = unsafe { caller_position(b, e.index, p) } {
+                                e = BatchError::new(e.index, k, e.field, unwrap_batch(e.error));
+                            }
+                        }
+                    }
+                    Err(e)
+                }
+            })
+        })?;
+        r.map_err(Fail::Element)
+    })
+}
+
+/// The error inside an [`Error::InBatch`] (to be wrapped again with
+/// another element name).
+fn unwrap_batch(e: Error) -> Error {
+    match e {
+        Error::InBatch { source, .. } => *source,
+        e => e,
+    }
+}
+
+/// Fills `events[0 .. *n_out)` with the next events, in order, `1 <= *n_out
+/// <= cap` on `GK_OK` (as many `gk_worker_next_event` calls would, in one
+/// call). It stops after a WAIT or DONE event, so either is last; and a
+/// WAIT comes only alone: when the call has gathered other events, it stops
+/// before it (act on those, then ask again), so a WAIT always means "nothing
+/// to do until fd is readable or the timeout expires". Never blocks.
+///
+/// `cap` 0 is `GK_ERROR_INVALID_ARGUMENT`. `GK_ERROR_SCHEDULER_DEADLOCK`
+/// only when no event could be gathered (a deadlock found after some events
+/// is returned by the next call). `GK_ERROR_INVARIANT_VIOLATION`: the
+/// ledger found a violation (the message names goal and path); `*n_out` is
+/// 0 and the gathered events are kept, in order, for the next call. The
+/// ledger checks, once, every goal of the events returned (G6).
+///
+/// # Safety
+/// `events` must be valid for `cap` writes; `n_out` for one `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_next_events(
+    w: gk_worker,
+    events: *mut gk_event,
+    cap: usize,
+    n_out: *mut usize,
+) -> gk_status {
+    call_tls(|t| {
+        // SAFETY: forwarded from this function's contract.
+        let n_out = unsafe { args::out(n_out, "n_out") }?;
+        *n_out = 0;
+        if cap == 0 {
+            return Err(Error::InvalidArgument(
+                "cap is 0: room for at least one event is needed".into(),
+            ));
+        }
+        if events.is_null() {
+            return Err(Error::NullPointer("events"));
+        }
+        if !(events as usize).is_multiple_of(std::mem::align_of::<gk_event>()) {
+            return Err(Error::InvalidArgument("events is not aligned".into()));
+        }
+        if cap > isize::MAX as usize / std::mem::size_of::<gk_event>() {
+            return Err(Error::InvalidArgument(format!(
+                "cap {cap} is more events than fit in memory"
+            )));
+        }
+        let mut n = 0;
+        with_worker(t, w, |wk| {
+            wk.next_events_with(cap, |wk, ev| {
+                // SAFETY: `n < cap` (the worker hands out at most `cap`
+                // events), and `events` is valid for `cap` writes.
+                unsafe { events.add(n).write(event_to_c(ev, wk)) };
+                n += 1;
+            })
+        })?;
+        *n_out = n;
+        Ok(GK_OK)
+    })
+}
+
+/// Reports many goals that were RUN, in one call: all or nothing. Each
+/// report is as for `gk_worker_report`, in order (a success is checked
+/// with the worker's validity, the goal's locks and slot are released
+/// before any dependent is woken, a failure without keep-going cancels the
+/// goals that are not running); on `GK_OK` each report's `recorded` is the
+/// outcome recorded, so that the host needs no `gk_worker_goal_result` call.
+///
+/// The whole batch is checked first; on an error nothing is reported, every
+/// `recorded` is 0, and `*err` names the first bad report: its outcome
+/// (`GK_FIELD_OUTCOME`: not a `gk_outcome`, `GK_OUTCOME_NONE`, or one a
+/// host does not report: `GK_ERROR_INVALID_ARGUMENT`) or its goal
+/// (`GK_FIELD_GOAL`: not a goal of this worker, `GK_ERROR_STALE_HANDLE`; not
+/// running, `GK_ERROR_INVALID_STATE`; reported twice in the batch,
+/// `GK_ERROR_INVALID_ARGUMENT`). `n` 0 reports nothing. The ledger checks,
+/// once, every goal the call finished (G6).
+///
+/// # Safety
+/// `reports` must be valid for `n` reads and writes (it may be NULL when `n`
+/// is 0); `err` must be NULL or valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_worker_report_many(
+    w: gk_worker,
+    reports: *mut gk_report,
+    n: usize,
+    err: *mut gk_batch_error,
+) -> gk_status {
+    batch_call(err, |t| {
+        let reports: &mut [gk_report] = if n == 0 {
+            &mut []
+        } else {
+            if reports.is_null() {
+                return Err(Error::NullPointer("reports").into());
+            }
+            if !(reports as usize).is_multiple_of(std::mem::align_of::<gk_report>()) {
+                return Err(Error::InvalidArgument("reports is not aligned".into()).into());
+            }
+            if n > isize::MAX as usize / std::mem::size_of::<gk_report>() {
+                return Err(Error::InvalidArgument(format!(
+                    "n {n} is more reports than fit in memory"
+                ))
+                .into());
+            }
+            // SAFETY: non-null, aligned, `n` elements per the contract.
+            unsafe { std::slice::from_raw_parts_mut(reports, n) }
+        };
+        let mut parse_error = None;
+        let mut reps = Vec::with_capacity(n);
+        for (j, r) in reports.iter_mut().enumerate() {
+            r.recorded = 0;
+            if parse_error.is_some() {
+                continue;
+            }
+            match gk_outcome::parse(r.outcome) {
+                Ok(Some(o)) => reps.push(Report::new(GoalId::from_raw(r.goal), o)),
+                Ok(None) => {
+                    let e = Error::InvalidArgument(
+                        "GK_OUTCOME_NONE is not an outcome to report".into(),
+                    );
+                    parse_error = Some(BatchError::new(j, 0, BatchField::Outcome, e));
+                }
+                Err(e) => parse_error = Some(BatchError::new(j, 0, BatchField::Outcome, e)),
+            }
+        }
+        let r = with_worker(
+            t,
+            w,
+            |wk| Ok(wk.report_many_checked(&mut reps, parse_error)),
+        )?;
+        r?;
+        for (c, r) in reports.iter_mut().zip(&reps) {
+            c.recorded = gk_outcome::from_rust(r.recorded) as u32;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_as_documented() {
+        assert_eq!(std::mem::size_of::<gk_goal_batch>(), 80);
+        assert_eq!(std::mem::size_of::<gk_batch_error>(), 24);
+        assert_eq!(std::mem::size_of::<gk_report>(), 16);
+        assert_eq!(std::mem::size_of::<gk_event>(), 40);
+    }
+
+    #[test]
+    fn batch_goal_references_never_name_a_goal() {
+        let r = GoalId::from_raw(0xffff_ffff_0000_0003);
+        assert_eq!(r.batch_index(), Some(3));
+        let _: gk_status = gk_status::GK_OK;
+    }
+}
