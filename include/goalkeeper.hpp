@@ -9,7 +9,9 @@
  *     whose what() carries the library's message (gk_last_error_message);
  *   - move-only owners: goalkeeper::LockSet (a set of store path locks),
  *     goalkeeper::Worker (the goal scheduler, driven by a pull loop:
- *     next_event() / report(), with fd() for the host's poll loop) and
+ *     next_event() / report(), or their batched forms add_goals(),
+ *     next_events() / report_many(), with fd() for the host's poll loop;
+ *     BasicWorker<T> carries the host's data of type T per goal) and
  *     goalkeeper::StoreDb (the store database, read-only: "is this path
  *     valid?");
  *   - std::string_view / std::vector<std::string> friendly path lists.
@@ -48,6 +50,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <iterator>
@@ -695,6 +698,35 @@ struct Goal {
   friend bool operator<(Goal a, Goal b) noexcept { return a.id < b.id; }
 };
 
+/// Goal k of the batch being added (GoalBatch), as a dependency of another
+/// goal of the same batch, earlier or later in it (GK_BATCH_GOAL(k)).
+[[nodiscard]] inline Goal batch_goal(std::uint32_t k) noexcept {
+  return Goal{GK_BATCH_GOAL(k)};
+}
+
+/// How a goal's host data of type T travels in its 64-bit tag (gk_event.tag):
+/// bit for bit. T must be trivially copyable, trivially default-constructible
+/// and at most 8 bytes: a pointer to the host's own goal object, an index,
+/// an enum. The library never dereferences, copies out or frees it; it hands
+/// it back with every event about the goal. Specialise for another mapping.
+template <class T> struct tag_traits {
+  static_assert(std::is_trivially_copyable_v<T> &&
+                    std::is_trivially_default_constructible_v<T> &&
+                    sizeof(T) <= sizeof(std::uint64_t),
+                "a goal's host data is stored in its 64-bit tag: use a "
+                "pointer, an index or an enum (or specialise tag_traits)");
+  [[nodiscard]] static std::uint64_t to_tag(const T &v) noexcept {
+    std::uint64_t t = 0;
+    std::memcpy(&t, &v, sizeof v);
+    return t;
+  }
+  [[nodiscard]] static T from_tag(std::uint64_t t) noexcept {
+    T v;
+    std::memcpy(&v, &t, sizeof v);
+    return v;
+  }
+};
+
 /// Worker settings (gk_worker_options).
 struct WorkerOptions {
   /// Build slots (the daemon's max-jobs).
@@ -709,23 +741,32 @@ struct WorkerOptions {
   bool legacy_hold = false;
 };
 
-/// One step of the pull loop (gk_event).
-struct Event {
-  enum class Kind : std::uint32_t {
-    /// Start goal's builder: its inputs are done, a slot is taken, its
-    /// output locks are held and its outputs are not valid.
-    run = GK_EVENT_RUN,
-    /// The goal ended without running (already valid, dependency failed,
-    /// cached failure, cancelled); see outcome.
-    finished = GK_EVENT_FINISHED,
-    /// Nothing to do now: poll fd (and your builders) for at most timeout.
-    wait = GK_EVENT_WAIT,
-    /// Every goal has finished.
-    done = GK_EVENT_DONE,
-  };
+/// The kind of an event (gk_event_kind).
+enum class EventKind : std::uint32_t {
+  /// Start goal's builder: its inputs are done, a slot is taken, its
+  /// output locks are held and its outputs are not valid.
+  run = GK_EVENT_RUN,
+  /// The goal ended without running (already valid, dependency failed,
+  /// cached failure, cancelled); see outcome.
+  finished = GK_EVENT_FINISHED,
+  /// Nothing to do now: poll fd (and your builders) for at most timeout.
+  wait = GK_EVENT_WAIT,
+  /// Every goal has finished.
+  done = GK_EVENT_DONE,
+};
+
+/// One step of the pull loop (gk_event), with the goal's host data as a T
+/// (see BasicWorker).
+template <class T> struct BasicEvent {
+  using Kind = EventKind;
   Kind kind = Kind::done;
   Goal goal;
   GoalKind goal_kind = GoalKind::plain;
+  /// The goal's host data, as given when it was added (run, finished); for
+  /// a goal shared by two requests for the same outputs (S9), the first's.
+  T data{};
+  /// The same, as the raw 64-bit tag.
+  std::uint64_t tag = 0;
   Outcome outcome = Outcome::none;
   int fd = -1;
   std::optional<std::chrono::milliseconds> timeout;
@@ -737,7 +778,25 @@ struct Event {
     auto ms = timeout->count();
     return ms > 0x7fffffff ? 0x7fffffff : static_cast<int>(ms < 0 ? 0 : ms);
   }
+
+  /// The event of a raw gk_event.
+  [[nodiscard]] static BasicEvent from_c(const gk_event &raw) noexcept {
+    BasicEvent ev;
+    ev.kind = static_cast<Kind>(raw.kind);
+    ev.goal = Goal{raw.goal};
+    ev.goal_kind = static_cast<GoalKind>(raw.goal_kind);
+    ev.tag = raw.tag;
+    ev.data = tag_traits<T>::from_tag(raw.tag);
+    ev.outcome = static_cast<Outcome>(raw.outcome);
+    ev.fd = raw.fd;
+    if (raw.timeout_ms >= 0)
+      ev.timeout = std::chrono::milliseconds(raw.timeout_ms);
+    return ev;
+  }
 };
+
+/// An event of a Worker, whose host data is the raw 64-bit tag.
+using Event = BasicEvent<std::uint64_t>;
 
 /// What a goal is and how it ended (gk_goal_result).
 struct GoalResult {
@@ -841,7 +900,156 @@ struct LogRecord {
 /// treated as "no" (and logged by the library); it never crosses into C.
 using PathPredicate = std::function<bool(std::string_view path)>;
 
+/// Which part of a batch element a batch_error names (gk_batch_field).
+enum class BatchField : std::uint32_t {
+  /// The batch as a whole.
+  none = GK_FIELD_NONE,
+  kind = GK_FIELD_KIND,
+  mode = GK_FIELD_MODE,
+  /// Output sub of goal index (in the order given), or its outputs as a whole.
+  output = GK_FIELD_OUTPUT,
+  output_offsets = GK_FIELD_OUTPUT_OFFSETS,
+  /// Dependency sub of goal index.
+  dependency = GK_FIELD_DEPENDENCY,
+  dep_offsets = GK_FIELD_DEP_OFFSETS,
+  /// The goal of report index.
+  goal = GK_FIELD_GOAL,
+  /// The outcome of report index.
+  outcome = GK_FIELD_OUTCOME,
+};
+
+/// A refused batch (Worker::add_goals, Worker::report_many): nothing was
+/// changed; index(), sub() and field() name the first bad element, as
+/// does message() ("goals[3].deps[1]: ...").
+class batch_error : public error {
+public:
+  batch_error(errc status, const std::string &function, std::string message,
+              const gk_batch_error &e)
+      : error(status, function, std::move(message)), index_(e.index),
+        sub_(e.sub), field_(static_cast<BatchField>(e.field)) {}
+
+  /// The goal (add_goals) or report (report_many), or the offset.
+  [[nodiscard]] std::size_t index() const noexcept { return index_; }
+  /// Which output or dependency of it.
+  [[nodiscard]] std::size_t sub() const noexcept { return sub_; }
+  [[nodiscard]] BatchField field() const noexcept { return field_; }
+
+private:
+  std::size_t index_, sub_;
+  BatchField field_;
+};
+
+namespace detail {
+inline void check_batch(gk_status s, const char *function,
+                        const gk_batch_error &e) {
+  if (s != GK_OK)
+    throw batch_error(static_cast<errc>(s), function, gk_last_error_message(), e);
+}
+} // namespace detail
+
+/// One report for Worker::report_many (gk_report).
+struct Report {
+  Goal goal;
+  /// built, substituted, failed or timed_out.
+  Outcome outcome = Outcome::built;
+  /// Out: the outcome recorded (failed for a success whose outputs are not
+  /// all valid); none until the batch is accepted.
+  Outcome recorded = Outcome::none;
+};
+
+/// Goals to add in one call (Worker::add_goals), with their outputs, host
+/// data and dependencies, kept in the flat arrays the C ABI takes
+/// (gk_goal_batch). Reusable: clear() keeps the memory.
+template <class T> class BasicGoalBatch {
+public:
+  /// Adds a goal (see Worker::add_goal) that waits for `deps`: goals of the
+  /// worker, or batch_goal(k) for goal k of this batch (earlier or later).
+  /// Returns its index in the batch.
+  template <class Range, class Deps = std::initializer_list<Goal>,
+            std::enable_if_t<detail::is_path_range<Range>::value, int> = 0>
+  std::size_t add(GoalKind kind, const Range &outputs,
+                  BuildMode mode = BuildMode::normal, T data = T{},
+                  const Deps &deps = {}) {
+    if (kinds_.size() >= UINT32_MAX)
+      throw error(errc::invalid_argument, "goalkeeper::GoalBatch::add",
+                  "a batch holds fewer than 2^32 goals");
+    for (const auto &p : outputs) {
+      std::string_view v(p);
+      if (v.find('\0') != std::string_view::npos)
+        throw error(errc::invalid_path, "goalkeeper::GoalBatch::add",
+                    "invalid store path: contains a NUL byte");
+      packed_.append(v);
+      packed_.push_back('\0');
+      ++n_outputs_;
+    }
+    for (Goal d : deps)
+      deps_.push_back(d.id);
+    kinds_.push_back(static_cast<std::uint32_t>(kind));
+    modes_.push_back(static_cast<std::uint32_t>(mode));
+    tags_.push_back(tag_traits<T>::to_tag(data));
+    output_offsets_.push_back(n_outputs_);
+    dep_offsets_.push_back(static_cast<std::uint32_t>(deps_.size()));
+    return kinds_.size() - 1;
+  }
+  /// add() for a braced list of outputs and of dependencies.
+  std::size_t add(GoalKind kind, std::initializer_list<std::string_view> outputs,
+                  BuildMode mode = BuildMode::normal, T data = T{},
+                  std::initializer_list<Goal> deps = {}) {
+    return add<std::initializer_list<std::string_view>,
+               std::initializer_list<Goal>>(kind, outputs, mode, data, deps);
+  }
+
+  [[nodiscard]] std::size_t size() const noexcept { return kinds_.size(); }
+  [[nodiscard]] bool empty() const noexcept { return kinds_.empty(); }
+  void clear() noexcept {
+    kinds_.clear();
+    modes_.clear();
+    tags_.clear();
+    output_offsets_.assign(1, 0);
+    dep_offsets_.assign(1, 0);
+    deps_.clear();
+    packed_.clear();
+    n_outputs_ = 0;
+  }
+
+  /// The C description (valid while the batch is not changed).
+  [[nodiscard]] gk_goal_batch c_batch() const noexcept {
+    gk_goal_batch b{};
+    b.struct_size = sizeof(gk_goal_batch);
+    b.n_goals = static_cast<std::uint32_t>(kinds_.size());
+    b.kinds = kinds_.data();
+    b.modes = modes_.data();
+    b.tags = tags_.data();
+    b.output_offsets = n_outputs_ ? output_offsets_.data() : nullptr;
+    b.outputs_packed = n_outputs_ ? reinterpret_cast<const std::uint8_t *>(packed_.data()) : nullptr;
+    b.outputs_packed_len = packed_.size();
+    b.dep_offsets = deps_.empty() ? nullptr : dep_offsets_.data();
+    b.deps = deps_.empty() ? nullptr : deps_.data();
+    return b;
+  }
+
+private:
+  std::vector<std::uint32_t> kinds_, modes_;
+  std::vector<std::uint64_t> tags_;
+  std::vector<std::uint32_t> output_offsets_{0}, dep_offsets_{0};
+  std::vector<gk_goal> deps_;
+  std::string packed_;
+  std::uint32_t n_outputs_ = 0;
+};
+
 /// One scheduler per client request, as in the daemon.
+///
+/// T is the type of the host's data per goal, carried in the goal's 64-bit
+/// tag: give it when adding a goal, get it back in every event about the
+/// goal (BasicEvent::data) and from data(), so that a daemon finds its own
+/// goal object without a table of goal ids. Worker is BasicWorker<uint64_t>
+/// (the raw tag); a daemon typically uses BasicWorker<MyGoal *>. T is a
+/// template parameter rather than a std::any per goal: it costs nothing (no
+/// side table, no allocation, no type check per event), and the library,
+/// which cannot run C++ destructors, owns nothing of the host's: the host
+/// keeps its goal objects alive until their goals finish (as guix-daemon
+/// does). A goal shared by a second request for the same outputs (S9) keeps
+/// its first data; the second request gets the same Goal.
 ///
 /// Move-only. The pull loop is next_event() / report(). A goal's locks are
 /// released when it finishes, on every path, before any dependent wakes
@@ -849,10 +1057,17 @@ using PathPredicate = std::function<bool(std::string_view path)>;
 /// frees the worker; freeing a worker with unfinished goals cancels them
 /// (the host abandoning its goals). The destructor frees too, as a safety
 /// net, and reports it when that cancelled goals or released locks.
-class [[nodiscard]] Worker {
+template <class T = std::uint64_t> class [[nodiscard]] BasicWorker {
 public:
+  /// The host's data per goal.
+  using Data = T;
+  /// This worker's events.
+  using Event = BasicEvent<T>;
+  /// This worker's batches of goals.
+  using GoalBatch = BasicGoalBatch<T>;
+
   /// A new worker.
-  explicit Worker(const WorkerOptions &opts = {}) {
+  explicit BasicWorker(const WorkerOptions &opts = {}) {
     if (opts.recheck_interval.count() < 0 ||
         opts.recheck_interval.count() > std::chrono::milliseconds::rep(UINT32_MAX))
       throw error(errc::invalid_argument, "gk_worker_new",
@@ -868,30 +1083,33 @@ public:
   }
 
   /// Takes ownership of a raw handle from the C ABI.
-  static Worker adopt(gk_worker handle) noexcept { return Worker(handle); }
+  static BasicWorker adopt(gk_worker handle) noexcept { return BasicWorker(handle); }
 
   /// A worker with the library's defaults (gk_worker_new with NULL options).
-  static Worker with_defaults() {
+  static BasicWorker with_defaults() {
     gk_worker h = 0;
     detail::check(gk_worker_new(nullptr, &h), "gk_worker_new");
-    return Worker(h);
+    return BasicWorker(h);
   }
 
-  Worker(const Worker &) = delete;
-  Worker &operator=(const Worker &) = delete;
-  Worker(Worker &&other) noexcept
+  BasicWorker(const BasicWorker &) = delete;
+  BasicWorker &operator=(const BasicWorker &) = delete;
+  BasicWorker(BasicWorker &&other) noexcept
       : handle_(std::exchange(other.handle_, 0)),
-        valid_(std::move(other.valid_)), cached_(std::move(other.cached_)) {}
-  Worker &operator=(Worker &&other) noexcept {
+        valid_(std::move(other.valid_)), cached_(std::move(other.cached_)),
+        events_(std::move(other.events_)), reports_(std::move(other.reports_)) {}
+  BasicWorker &operator=(BasicWorker &&other) noexcept {
     if (this != &other) {
       safety_net_free();
       handle_ = std::exchange(other.handle_, 0);
       valid_ = std::move(other.valid_);
       cached_ = std::move(other.cached_);
+      events_ = std::move(other.events_);
+      reports_ = std::move(other.reports_);
     }
     return *this;
   }
-  ~Worker() { safety_net_free(); }
+  ~BasicWorker() { safety_net_free(); }
 
   /// Frees the worker. Unfinished goals are cancelled and everything they
   /// hold is released. Throws errc::stale_handle when already closed.
@@ -932,35 +1150,64 @@ public:
   /// Sets the cached-failure predicate; an empty function: never.
   void set_cached_failure(PathPredicate f) { set_predicate(cached_, std::move(f), false); }
 
-  /// Adds a goal (build: >= 1 output; substitute: exactly 1; plain: any).
-  /// The same output set again gives the same goal (S9).
+  /// Adds a goal (build: >= 1 output; substitute: exactly 1; plain: any),
+  /// with the host's `data` for it (see the class). The same output set
+  /// again gives the same goal (S9), which keeps its first data.
   template <class Range,
             std::enable_if_t<detail::is_path_range<Range>::value, int> = 0>
   Goal add_goal(GoalKind kind, const Range &outputs,
-                BuildMode mode = BuildMode::normal) {
+                BuildMode mode = BuildMode::normal, T data = T{}) {
     detail::c_paths p(outputs, "gk_worker_add_goal");
     Goal g;
     detail::check(gk_worker_add_goal(handle_, static_cast<std::uint32_t>(kind),
                                      p.size() ? p.data() : nullptr, p.size(),
-                                     static_cast<std::uint32_t>(mode), &g.id),
+                                     static_cast<std::uint32_t>(mode),
+                                     tag_traits<T>::to_tag(data), &g.id),
                   "gk_worker_add_goal");
     return g;
   }
   Goal add_goal(GoalKind kind, std::initializer_list<std::string_view> outputs,
-                BuildMode mode = BuildMode::normal) {
-    return add_goal<std::initializer_list<std::string_view>>(kind, outputs, mode);
+                BuildMode mode = BuildMode::normal, T data = T{}) {
+    return add_goal<std::initializer_list<std::string_view>>(kind, outputs, mode,
+                                                             data);
   }
 
   /// add_goal() with the outputs packed (see pack()); "" for none.
   Goal add_goal_packed(GoalKind kind, std::string_view packed,
-                       BuildMode mode = BuildMode::normal) {
+                       BuildMode mode = BuildMode::normal, T data = T{}) {
     Goal g;
     detail::check(gk_worker_add_goal_packed(
                       handle_, static_cast<std::uint32_t>(kind),
                       reinterpret_cast<const std::uint8_t *>(packed.data()),
-                      packed.size(), static_cast<std::uint32_t>(mode), &g.id),
+                      packed.size(), static_cast<std::uint32_t>(mode),
+                      tag_traits<T>::to_tag(data), &g.id),
                   "gk_worker_add_goal_packed");
     return g;
+  }
+
+  /// Adds the goals of `batch`, with their dependencies, in one call, all
+  /// or nothing (gk_worker_add_goals); returns their ids, in order (a goal
+  /// with the same outputs as another gives its id: S9). Throws
+  /// batch_error naming the first bad goal, output or dependency; the
+  /// worker is then unchanged.
+  std::vector<Goal> add_goals(const GoalBatch &batch) {
+    gk_goal_batch b = batch.c_batch();
+    std::vector<Goal> ids(batch.size());
+    gk_batch_error e{};
+    static_assert(sizeof(Goal) == sizeof(gk_goal), "Goal is a gk_goal");
+    std::vector<gk_goal> raw(batch.size());
+    detail::check_batch(gk_worker_add_goals(handle_, &b, raw.data(), &e),
+                        "gk_worker_add_goals", e);
+    for (std::size_t i = 0; i < raw.size(); ++i)
+      ids[i] = Goal{raw[i]};
+    return ids;
+  }
+
+  /// The host's data of `goal`, as given when it was added.
+  [[nodiscard]] T data(Goal goal) const {
+    std::uint64_t tag = 0;
+    detail::check(gk_worker_goal_tag(handle_, goal.id, &tag), "gk_worker_goal_tag");
+    return tag_traits<T>::from_tag(tag);
   }
 
   /// Makes `goal` wait for `dep` (goal must not have started).
@@ -974,15 +1221,42 @@ public:
   [[nodiscard]] Event next_event() {
     gk_event raw{};
     detail::check(gk_worker_next_event(handle_, &raw), "gk_worker_next_event");
-    Event ev;
-    ev.kind = static_cast<Event::Kind>(raw.kind);
-    ev.goal = Goal{raw.goal};
-    ev.goal_kind = static_cast<GoalKind>(raw.goal_kind);
-    ev.outcome = static_cast<Outcome>(raw.outcome);
-    ev.fd = raw.fd;
-    if (raw.timeout_ms >= 0)
-      ev.timeout = std::chrono::milliseconds(raw.timeout_ms);
-    return ev;
+    return Event::from_c(raw);
+  }
+
+  /// The next events, at most `max` (> 0), in one call
+  /// (gk_worker_next_events): `out` is cleared and filled; returns how
+  /// many. A wait event comes only alone, a done event last.
+  std::size_t next_events(std::vector<Event> &out, std::size_t max = 64) {
+    out.clear();
+    if (events_.size() < max)
+      events_.resize(max);
+    std::size_t n = 0;
+    detail::check(gk_worker_next_events(handle_, events_.data(), max, &n),
+                  "gk_worker_next_events");
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i)
+      out.push_back(Event::from_c(events_[i]));
+    return n;
+  }
+
+  /// Reports many goals that were run, in one call, all or nothing
+  /// (gk_worker_report_many); each report's `recorded` is then the outcome
+  /// recorded. Throws batch_error naming the first bad report; nothing is
+  /// then reported.
+  void report_many(std::vector<Report> &reports) {
+    reports_.resize(reports.size());
+    for (std::size_t i = 0; i < reports.size(); ++i) {
+      reports_[i].goal = reports[i].goal.id;
+      reports_[i].outcome = static_cast<std::uint32_t>(reports[i].outcome);
+      reports_[i].recorded = 0;
+    }
+    gk_batch_error e{};
+    detail::check_batch(gk_worker_report_many(handle_, reports_.data(),
+                                              reports_.size(), &e),
+                        "gk_worker_report_many", e);
+    for (std::size_t i = 0; i < reports.size(); ++i)
+      reports[i].recorded = static_cast<Outcome>(reports_[i].recorded);
   }
 
   /// Reports how a goal that was run ended: built, substituted, failed or
@@ -1078,7 +1352,7 @@ public:
   explicit operator bool() const noexcept { return handle_ != 0; }
 
 private:
-  explicit Worker(gk_worker h) noexcept : handle_(h) {}
+  explicit BasicWorker(gk_worker h) noexcept : handle_(h) {}
 
   static std::int32_t trampoline(void *data, const char *path) noexcept {
     try {
@@ -1093,7 +1367,7 @@ private:
     std::unique_ptr<PathPredicate> next;
     if (f)
       next = std::make_unique<PathPredicate>(std::move(f));
-    gk_path_predicate fn = next ? &Worker::trampoline : nullptr;
+    gk_path_predicate fn = next ? &BasicWorker::trampoline : nullptr;
     gk_status s = valid ? gk_worker_set_valid_path(handle_, fn, next.get())
                         : gk_worker_set_cached_failure(handle_, fn, next.get());
     detail::check(s, valid ? "gk_worker_set_valid_path"
@@ -1124,7 +1398,17 @@ private:
 
   gk_worker handle_ = 0;
   std::unique_ptr<PathPredicate> valid_, cached_;
+  /// Reused buffers of next_events() and report_many().
+  std::vector<gk_event> events_;
+  std::vector<gk_report> reports_;
 };
+
+/// A worker whose host data per goal is the raw 64-bit tag.
+using Worker = BasicWorker<>;
+
+/// A batch of goals for a Worker.
+using GoalBatch = BasicGoalBatch<std::uint64_t>;
+
 
 } // namespace goalkeeper
 

@@ -323,7 +323,8 @@ unsafe fn read_batch<'a>(
         if let Some(off) = dep_off {
             match range(off, i, dep_total, BatchField::DepOffsets) {
                 Err(e) => bad = bad.or(Some(e)),
-                Ok((a, z)) if z > a && b.deps.is_null() => {
+                Ok((a, z)) if z == a => {}
+                Ok(_) if b.deps.is_null() => {
                     let e = Error::NullPointer("deps");
                     bad = bad.or(Some(BatchError::new(i, 0, BatchField::Dependency, e)));
                 }
@@ -459,9 +460,11 @@ unsafe fn caller_position(b: &gk_goal_batch, i: usize, p: &StorePath) -> Option<
 /// The whole batch is checked before anything changes. On an error the
 /// worker is unchanged, `ids_out` is zeroed, and `*err` (if `err` is not
 /// NULL) names the first bad element; the message names it too
-/// (`goals[3].deps[1]: ...`). The order: `err`, `ids_out` and `batch`
+/// (`goals[3].deps[1]: ...`). The order: `err`, `batch` and `ids_out`
 /// themselves (`GK_ERROR_NULL_POINTER`, `GK_ERROR_INVALID_ARGUMENT` for
-/// misalignment or a wrong `struct_size`); the batch as a whole
+/// misalignment), `struct_size` (`GK_ERROR_INVALID_ARGUMENT` unless it is
+/// `sizeof(gk_goal_batch)`: the caller was compiled against another
+/// header); the batch as a whole
 /// (`GK_FIELD_NONE`: arrays, `outputs` and `outputs_packed`, trailing bytes
 /// in `outputs_packed`); the worker handle (`GK_ERROR_STALE_HANDLE`); then
 /// goal by goal, lowest index first: its kind, mode, output offset,
@@ -493,18 +496,14 @@ pub unsafe extern "C" fn gk_worker_add_goals(
         if !(batch as usize).is_multiple_of(std::mem::align_of::<gk_goal_batch>()) {
             return Err(Error::InvalidArgument("batch is not aligned".into()).into());
         }
-        // SAFETY: non-null, aligned, readable per the contract.
-        let b = unsafe { &*batch };
-        if b.struct_size as usize != std::mem::size_of::<gk_goal_batch>() {
-            return Err(Error::InvalidArgument(format!(
-                "batch->struct_size is {}, not sizeof(gk_goal_batch) = {}: the caller was \
-                 compiled against another goalkeeper.h",
-                b.struct_size,
-                std::mem::size_of::<gk_goal_batch>()
-            ))
-            .into());
-        }
-        let n = b.n_goals as usize;
+        // SAFETY: non-null and aligned; `struct_size` and `n_goals` lead
+        // every version of the struct, readable per the contract.
+        let (size, n) = unsafe {
+            (
+                std::ptr::addr_of!((*batch).struct_size).read(),
+                std::ptr::addr_of!((*batch).n_goals).read() as usize,
+            )
+        };
         let ids: &mut [GoalId] = if n == 0 {
             &mut []
         } else {
@@ -519,16 +518,25 @@ pub unsafe extern "C" fn gk_worker_add_goals(
             unsafe { std::slice::from_raw_parts_mut(ids_out.cast::<GoalId>(), n) }
         };
         ids.iter_mut().for_each(|id| *id = GoalId::from_raw(0));
+        if size as usize != std::mem::size_of::<gk_goal_batch>() {
+            return Err(Error::InvalidArgument(format!(
+                "batch->struct_size is {size}, not sizeof(gk_goal_batch) = {}: the caller was \
+                 compiled against another goalkeeper.h",
+                std::mem::size_of::<gk_goal_batch>()
+            ))
+            .into());
+        }
+        // SAFETY: a whole gk_goal_batch, readable per the contract.
+        let b = unsafe { &*batch };
         // SAFETY: forwarded from this function's contract.
         let (mut goals, parse_error) = unsafe { read_batch(b) }?;
-        let parsed_at = parse_error.as_ref().map(|e| (e.index, e.field));
         let r = with_worker(t, w, |wk| {
             Ok(match wk.add_goals_into(&mut goals, parse_error, ids) {
                 Ok(()) => Ok(()),
                 Err(mut e) => {
                     // The scheduler names outputs in sorted order; the
                     // caller wants its own.
-                    if e.field == BatchField::Output && parsed_at != Some((e.index, e.field)) {
+                    if e.names_sorted_output() {
                         if let Some(p) = goals[e.index].outputs().get(e.sub) {
                             // SAFETY: as above.
                             if let Some(k) = unsafe { caller_position(b, e.index, p) } {

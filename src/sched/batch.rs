@@ -150,6 +150,9 @@ pub struct BatchError {
     /// The goal (or report) whose check found it, for the validation order
     /// (an offset `index` belongs to goal `index - 1`).
     owner: usize,
+    /// `sub` is an output's place in the goal's sorted output set (the C
+    /// layer gives the caller's place instead).
+    sorted_output: bool,
 }
 
 impl BatchError {
@@ -166,7 +169,20 @@ impl BatchError {
             field,
             error,
             owner: index,
+            sorted_output: false,
         }
+    }
+
+    /// The same error, whose `sub` is an output's place in the goal's
+    /// sorted outputs ([`NewGoal::outputs`]).
+    fn of_sorted_output(mut self) -> BatchError {
+        self.sorted_output = true;
+        self
+    }
+
+    /// `true` if `sub` is an output's place in the goal's sorted outputs.
+    pub(crate) fn names_sorted_output(&self) -> bool {
+        self.sorted_output
     }
 
     /// An error about offset `index` of an offsets array, found checking
@@ -437,7 +453,8 @@ impl Worker {
         for (j, p) in g.outputs.iter().enumerate() {
             if let Some(e) = self.arena.goal_of_path(p) {
                 let err = self.overlap_error(p, e);
-                return new(Some(BatchError::new(i, j, BatchField::Output, err)));
+                let err = BatchError::new(i, j, BatchField::Output, err).of_sorted_output();
+                return new(Some(err));
             }
             if let Some(&k) = by_path.get(p) {
                 let other = &goals[k as usize];
@@ -448,7 +465,8 @@ impl Worker {
                     other.kind,
                     other.outputs.len()
                 ));
-                return new(Some(BatchError::new(i, j, BatchField::Output, err)));
+                let err = BatchError::new(i, j, BatchField::Output, err).of_sorted_output();
+                return new(Some(err));
             }
         }
         new(None)
