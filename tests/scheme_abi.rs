@@ -510,7 +510,10 @@ fn scheme_declarations_agree_with_the_header() {
             "gk_event",
             "gk_audit",
             "gk_worker_options",
-            "gk_goal_result"
+            "gk_goal_result",
+            "gk_goal_batch",
+            "gk_batch_error",
+            "gk_report"
         ]
         .iter()
         .all(|s| header.structs.contains_key(*s)),
@@ -555,10 +558,10 @@ fn planted_mismatches_are_caught() {
         ),
         (
             "two fields swapped",
-            "  (goal-kind  uint32)                             ;a gk_goal_kind\n  \
-             (outcome    uint32)                             ;a gk_outcome\n",
-            "  (outcome    uint32)                             ;a gk_outcome\n  \
+            "  (kind       uint32)                             ;a gk_event_kind\n  \
              (goal-kind  uint32)                             ;a gk_goal_kind\n",
+            "  (goal-kind  uint32)                             ;a gk_goal_kind\n  \
+             (kind       uint32)                             ;a gk_event_kind\n",
             true,
         ),
         (

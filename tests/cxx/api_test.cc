@@ -1,5 +1,5 @@
 // Every function of the C ABI, called through goalkeeper.hpp, with its
-// error paths: stale handles, double release, relative and malformed paths,
+// error paths (the batch calls and BasicWorker<T>'s host data included): stale handles, double release, relative and malformed paths,
 // timeouts, self-locks, fork children, the safety net. The few edge cases
 // the wrapper cannot produce (NULL pointers, short buffers) are called on
 // the raw C functions and their statuses mapped through the wrapper.
@@ -815,6 +815,111 @@ void test_worker_log_records() {
   log("worker log records ok");
 }
 
+// A daemon's own goal object, carried in each goal's tag.
+struct HostGoal {
+  std::string name;
+  int runs = 0;
+};
+
+void test_worker_batches_and_host_data() {
+  // BasicWorker<HostGoal *>: every event hands the host its object back.
+  std::array<HostGoal, 4> objs{{{"base"}, {"left"}, {"right"}, {"top"}}};
+  gk::BasicWorker<HostGoal *> w(gk::WorkerOptions{4, true});
+  gk::BasicWorker<HostGoal *>::GoalBatch batch;
+  // top (3) depends on left and right, which depend on base (0); top is
+  // added before them? No: forward references are allowed, so the order
+  // is free. Here: base, top (forward refs), left, right.
+  CHECK(batch.add(gk::GoalKind::build, {sp("bt-base")}, gk::BuildMode::normal, &objs[0]) == 0,
+        "index 0");
+  batch.add(gk::GoalKind::plain, {}, gk::BuildMode::normal, &objs[3],
+            {gk::batch_goal(2), gk::batch_goal(3)});
+  batch.add(gk::GoalKind::build, {sp("bt-left")}, gk::BuildMode::normal, &objs[1],
+            {gk::batch_goal(0)});
+  batch.add(gk::GoalKind::build, std::vector<std::string>{sp("bt-right")},
+            gk::BuildMode::normal, &objs[2], std::vector<gk::Goal>{gk::batch_goal(0)});
+  std::vector<gk::Goal> ids = w.add_goals(batch);
+  CHECK(ids.size() == 4 && ids[0] && ids[3], "four ids");
+  CHECK(w.data(ids[1]) == &objs[3], "data() gives the object");
+
+  // A bad element in the middle: nothing changes, and batch_error says which.
+  gk::Audit before = w.audit();
+  gk::BasicWorker<HostGoal *>::GoalBatch bad;
+  bad.add(gk::GoalKind::plain, {});
+  bad.add(gk::GoalKind::build, {sp("bt-x"), sp("bt-left")});  // overlaps left
+  bad.add(gk::GoalKind::plain, {}, gk::BuildMode::normal, nullptr, {gk::batch_goal(0)});
+  try {
+    (void)w.add_goals(bad);
+    die("an overlapping batch was accepted");
+  } catch (const gk::batch_error &e) {
+    CHECK(e.status() == gk::errc::invalid_argument, "overlap: %s", e.what());
+    CHECK(e.index() == 1 && e.sub() == 1 && e.field() == gk::BatchField::output,
+          "overlap names goals[1].outputs[1]: %zu %zu (%s)", e.index(), e.sub(), e.what());
+    CHECK(e.message().find("goals[1].outputs[1]") != std::string::npos, "%s", e.what());
+  }
+  gk::Audit after = w.audit();
+  CHECK(after.goals == before.goals && after.locks_held == before.locks_held &&
+            after.ready == before.ready && after.waiting_deps == before.waiting_deps,
+        "a refused batch changes nothing");
+  bad.clear();
+  bad.add(gk::GoalKind::plain, {}, gk::BuildMode::normal, nullptr, {gk::batch_goal(5)});
+  expect_error(gk::errc::invalid_argument, [&] { (void)w.add_goals(bad); },
+               "a reference beyond the batch");
+
+  // The pull loop, batched: next_events() / report_many().
+  std::vector<gk::BasicWorker<HostGoal *>::Event> evs;
+  std::vector<std::string> order;
+  for (int step = 0; step < 20; ++step) {
+    w.next_events(evs, 8);
+    CHECK(!evs.empty(), "next_events gives at least one event");
+    if (evs.back().kind == gk::EventKind::done)
+      break;
+    std::vector<gk::Report> reps;
+    for (const auto &ev : evs) {
+      if (ev.kind == gk::EventKind::wait) {
+        CHECK(evs.size() == 1, "a wait comes alone");
+        continue;
+      }
+      CHECK(ev.kind == gk::EventKind::run && ev.data != nullptr, "run with data");
+      CHECK(ev.tag == reinterpret_cast<std::uintptr_t>(ev.data), "the raw tag");
+      ev.data->runs++;
+      order.push_back(ev.data->name);
+      for (const auto &o : w.outputs(ev.goal))
+        std::ofstream(o) << "built";
+      reps.push_back({ev.goal, gk::Outcome::built});
+    }
+    w.report_many(reps);
+    for (const auto &r : reps)
+      CHECK(r.recorded == gk::Outcome::built, "recorded built");
+  }
+  CHECK(order.size() == 4 && order.front() == "base" && order.back() == "top",
+        "dependency order through tags");
+  for (const auto &o : objs)
+    CHECK(o.runs == 1, "%s ran once", o.name.c_str());
+
+  // report_many refuses a bad batch whole.
+  std::vector<gk::Report> reps{{ids[0], gk::Outcome::built}};
+  try {
+    w.report_many(reps);
+    die("reporting a finished goal was accepted");
+  } catch (const gk::batch_error &e) {
+    CHECK(e.status() == gk::errc::invalid_state && e.index() == 0 &&
+              e.field() == gk::BatchField::goal,
+          "not running: %s", e.what());
+    CHECK(reps[0].recorded == gk::Outcome::none, "nothing recorded");
+  }
+  w.close();
+
+  // The raw tag of a plain Worker; S9 keeps the first.
+  gk::Worker raw;
+  gk::Goal g = raw.add_goal(gk::GoalKind::build, {sp("bt-raw")}, gk::BuildMode::normal, 42);
+  CHECK(raw.add_goal(gk::GoalKind::build, {sp("bt-raw")}, gk::BuildMode::normal, 43) == g, "S9");
+  CHECK(raw.data(g) == 42, "the first tag stays");
+  gk::Event ev = raw.next_event();
+  CHECK(ev.kind == gk::Event::Kind::run && ev.data == 42 && ev.tag == 42, "the event's tag");
+  raw.cancel(g);
+  raw.close();
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -831,6 +936,7 @@ int main(int argc, char **argv) {
   test_worker_failures_and_predicates();
   test_worker_foreign_wait_and_safety_net();
   test_worker_log_records();
+  test_worker_batches_and_host_data();
   CHECK(gk::held_count() == 0, "nothing held at the end");
   log("api_test: all passed");
   return 0;

@@ -509,6 +509,176 @@ exist and writes its outputs, naming the inputs it saw."
      (child-send holder 'exit)
      (child-wait holder))
 
+
+   ;;
+   ;; Batches of goals, events and reports; the host's data per goal.
+   ;;
+
+   (let* ((worker (make-worker #:max-jobs 2))
+          (data   (list 'base (vector "top") (lambda () 'left)))
+          (goals  (worker-add-goals!
+                   worker
+                   (list (goal-spec (list (path "bt-base")) #:data (first data))
+                         ;; index 1 depends on 2, later in the batch, and 0
+                         (goal-spec '() #:kind 'plain #:data (second data)
+                                    #:dependencies '(2 0))
+                         (goal-spec (list (path "bt-left")) #:data (third data)
+                                    #:dependencies '(0))
+                         ;; the same outputs as index 0: the same goal (S9)
+                         (goal-spec (list (path "bt-base")) #:data 'other)))))
+     (test-equal "worker-add-goals! returns the goals in order, shared ones repeated"
+       '(4 #t #t)
+       (list (length goals) (eq? (first goals) (fourth goals))
+             (every goal? goals)))
+     (test-assert "goal-data gives the host's object back; S9 keeps the first"
+       (and (eq? (goal-data (first goals)) 'base)
+            (eq? (goal-data (second goals)) (second data))
+            (eq? (goal-data (third goals)) (third data))))
+     (test-equal "worker-goals lists each goal once"
+       (list (first goals) (second goals) (third goals))
+       (worker-goals worker))
+
+     (let ((before  (alist-delete 'checks (worker-audit worker)))
+           (goals*  (worker-goals worker))
+           (message (error-message
+                     (lambda ()
+                       (worker-add-goals!
+                        worker
+                        (list (goal-spec '() #:kind 'plain)
+                              (goal-spec (list (path "bt-new") (path "bt-left")))
+                              (goal-spec '() #:kind 'plain
+                                         #:dependencies '(0))))))))
+       (test-assert "a batch with a bad element in the middle is refused, naming it"
+         (and message (string-prefix? "goals[1].outputs[1]" message)))
+       (test-equal "…and changes nothing: the audit"
+         before (alist-delete 'checks (worker-audit worker)))
+       (test-equal "…the goals"
+         goals* (worker-goals worker))
+       (test-equal "…the locks"
+         0 (held-path-count)))
+
+     (test-equal "a reference beyond the batch is refused"
+       'invalid-argument
+       (error-status (lambda ()
+                       (worker-add-goals!
+                        worker (list (goal-spec '() #:kind 'plain
+                                                #:dependencies '(3)))))))
+     (test-equal "a goal spec checks its arguments"
+       '(invalid-argument invalid-path invalid-argument invalid-argument)
+       (map error-status
+            (list (lambda () (goal-spec "not a list"))
+                  (lambda () (goal-spec (list "/gk/a\x00b")))
+                  (lambda () (goal-spec '() #:kind 'compile))
+                  (lambda () (goal-spec '() #:dependencies '(x))))))
+     (call-with-worker
+      (lambda (other)
+        (let ((foreign (worker-add-goal! other '() #:kind 'plain)))
+          (test-equal "a dependency on another worker's goal is refused"
+            'invalid-argument
+            (error-status (lambda ()
+                            (worker-add-goal! worker '() #:kind 'plain
+                                              #:dependencies
+                                              (list foreign))))))))
+
+     (test-equal "worker-next-events: base runs first, alone"
+       `((run ,(first goals)))
+       (worker-next-events worker 8))
+     (test-equal "…then a wait, alone"
+       'wait
+       (car (first (worker-next-events worker 8))))
+     (test-equal "max must be positive"
+       'invalid-argument
+       (error-status (lambda () (worker-next-events worker 0))))
+     (test-equal "worker-report-many! refuses a goal that is not running, whole"
+       '(invalid-state #t)
+       (list (error-status
+              (lambda ()
+                (worker-report-many! worker
+                                     (list (cons (first goals) 'built)
+                                           (cons (second goals) 'built)))))
+             (path-locked-by-me? (path "bt-base"))))
+     (test-equal "worker-report-many! returns the outcomes recorded"
+       '(failed)                               ;its output was not written
+       (worker-report-many! worker (list (cons (first goals) 'built))))
+     (let ((events (worker-next-events worker 8)))
+       (test-assert "…its lock is released, its dependents end dependency-failed"
+         (and (not (path-locked-by-me? (path "bt-base")))
+              (= 3 (length events))
+              (lset= equal? (list-head events 2)
+                     `((finished ,(second goals) dependency-failed)
+                       (finished ,(third goals) dependency-failed)))))
+       (test-equal "…and done comes last"
+         '(done) (last events)))
+     (worker-close! worker))
+
+   ;; run-worker over many goals, in batches.
+   (let* ((n      1000)
+          (worker (make-worker))
+          (specs  (map (lambda (i)
+                         (goal-spec '() #:kind 'plain #:data i
+                                    #:dependencies
+                                    (if (zero? i) '() (list (quotient i 2)))))
+                       (iota n)))
+          (goals  (worker-add-goals! worker specs))
+          (ran    (make-vector n #f))
+          (order  '())
+          (results (run-worker worker
+                               (lambda (goal)
+                                 (vector-set! ran (goal-data goal) #t)
+                                 'built)
+                               #:on-finished
+                               (lambda (goal outcome)
+                                 (set! order (cons (goal-data goal) order))))))
+     (test-equal "run-worker runs a thousand goals, each once"
+       (list n n #t)
+       (list (length results) (length order)
+             (every (lambda (i) (vector-ref ran i)) (iota n))))
+     (test-assert "…each after its dependency"
+       (let ((position (make-vector n 0)))
+         (for-each (lambda (i k) (vector-set! position i k))
+                   (reverse order) (iota n))
+         (every (lambda (i)
+                  (< (vector-ref position (quotient i 2))
+                     (vector-ref position i)))
+                (cdr (iota n)))))
+     (test-equal "…and all were built"
+       (list n 0)
+       (list (count (lambda (r) (eq? (cdr r) 'built)) results)
+             (assq-ref (worker-audit worker) 'violations)))
+     (worker-close! worker))
+
+   ;; An exception in the middle of a batch: the outcomes already returned
+   ;; are reported, the goal being started and those not started yet are
+   ;; cancelled, and every lock is released.
+   (let* ((worker (make-worker #:max-jobs 3))
+          (goals  (worker-add-goals!
+                   worker
+                   (map (lambda (name) (goal-spec (list (path name))))
+                        '("ex-a" "ex-b" "ex-c"))))
+          (seen   '())
+          (status (error-status
+                   (lambda ()
+                     (run-worker worker
+                                 (lambda (goal)
+                                   (set! seen (cons goal seen))
+                                   (if (eq? goal (first goals))
+                                       (begin
+                                         (write-output (path "ex-a") "a")
+                                         'built)
+                                       (raise-exception
+                                        (make-exception-with-message
+                                         "host bug")))))))))
+     (test-equal "an exception in a batch: the reported goal is built, the rest cancelled"
+       '(built cancelled cancelled)
+       (map goal-outcome goals))
+     (test-equal "…the exception went through, after two goals were started"
+       '(other 2)
+       (list (and (pair? status) (car status)) (length seen)))
+     (test-equal "…and nothing is held"
+       '(0 0)
+       (list (held-path-count) (assq-ref (worker-audit worker) 'slots-used)))
+     (worker-close! worker))
+
    (test-equal "nothing is held at the end"
      0 (held-path-count))))
 
