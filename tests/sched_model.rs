@@ -5,6 +5,16 @@
 //! no finished goal holds a lock, only running goals hold locks, slots stay
 //! within `0..=max(1, max_jobs)` and match the running goals, every goal
 //! ends exactly once, and no goal runs before its dependencies succeeded.
+//!
+//! Half of the scenarios use the batched calls: goals added in batches
+//! (`add_goals`, in order or reversed so that batch references point
+//! forward), events taken several at a time (`next_events`) and reports made
+//! together (`report_many`). Before some batches, a copy with one bad
+//! element in the middle (a stale, self, out-of-range or foreign
+//! dependency, a build without outputs, an output of another goal, a goal
+//! reported twice or not running) must be refused, name that element, and
+//! change nothing: the audit, the locks held, every goal's state, outcome
+//! and tag, and the number of goals.
 
 mod common;
 mod sched_support;
@@ -13,7 +23,8 @@ use std::collections::BTreeSet;
 
 use common::TempStore;
 use goalkeeper::sched::{
-    BuildMode, Event, GoalId, GoalKind, GoalState, Outcome, Worker, WorkerOptions,
+    BatchField, BuildMode, Event, GoalId, GoalKind, GoalState, NewGoal, Outcome, Report, Worker,
+    WorkerOptions,
 };
 use proptest::prelude::*;
 use sched_support::{build_output, held};
@@ -37,74 +48,105 @@ enum Op {
     Cancel(usize),
 }
 
+/// How a scenario uses the batched calls.
+#[derive(Clone, Debug)]
+struct Batching {
+    /// Goals per `add_goals` call.
+    chunk: usize,
+    /// Add each batch in reverse order (batch references point forward).
+    reverse: bool,
+    /// Which bad element to try first (0: none), see [`corrupt_goals`] and
+    /// [`corrupt_reports`].
+    corrupt: u8,
+    /// The capacity given to `next_events`, and the most reports per
+    /// `report_many`.
+    cap: usize,
+}
+
 #[derive(Clone, Debug)]
 struct Scenario {
     max_jobs: u32,
     keep_going: bool,
     goals: Vec<GoalSpec>,
     ops: Vec<Op>,
+    batched: Option<Batching>,
+}
+
+fn batching() -> impl Strategy<Value = Option<Batching>> {
+    proptest::option::of((1usize..6, any::<bool>(), 0u8..8, 1usize..5).prop_map(
+        |(chunk, reverse, corrupt, cap)| Batching {
+            chunk,
+            reverse,
+            corrupt,
+            cap,
+        },
+    ))
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    (1usize..10, 0u32..4, any::<bool>()).prop_flat_map(|(n, max_jobs, keep_going)| {
-        let goal = (
-            prop_oneof![
-                4 => Just(GoalKind::Build),
-                2 => Just(GoalKind::Substitute),
-                1 => Just(GoalKind::Plain)
-            ],
-            prop::bool::weighted(0.15),
-            prop::bool::weighted(0.2),
-            prop::bool::weighted(0.1),
-            prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
-            prop::collection::vec(any::<prop::sample::Index>(), 0..3),
-        );
-        let ops = prop::collection::vec(
-            prop_oneof![
-                6 => Just(0u8),
-                3 => Just(1u8),
-                1 => Just(2u8)
-            ]
-            .prop_flat_map(|k| (Just(k), any::<prop::sample::Index>())),
-            0..40,
-        );
-        (prop::collection::vec(goal, n), ops).prop_map(move |(gs, ops)| {
-            let goals = gs
-                .into_iter()
-                .enumerate()
-                .map(|(i, (kind, check, pre, cached, host, deps))| GoalSpec {
-                    kind,
-                    check_mode: check && kind == GoalKind::Build,
-                    pre_valid: pre && kind != GoalKind::Plain,
-                    cached_failure: cached && kind == GoalKind::Build,
-                    host,
-                    // Edges only to earlier goals: a DAG.
-                    deps: if i == 0 {
-                        Vec::new()
-                    } else {
-                        let mut d: Vec<usize> = deps.iter().map(|x| x.index(i)).collect();
-                        d.sort_unstable();
-                        d.dedup();
-                        d
-                    },
-                })
-                .collect();
-            let ops = ops
-                .into_iter()
-                .map(|(k, ix)| match k {
-                    0 => Op::Next,
-                    1 => Op::Report(ix.index(n)),
-                    _ => Op::Cancel(ix.index(n)),
-                })
-                .collect();
-            Scenario {
-                max_jobs,
-                keep_going,
-                goals,
-                ops,
-            }
-        })
-    })
+    (1usize..10, 0u32..4, any::<bool>(), batching()).prop_flat_map(
+        |(n, max_jobs, keep_going, batched)| {
+            let goal = (
+                prop_oneof![
+                    4 => Just(GoalKind::Build),
+                    2 => Just(GoalKind::Substitute),
+                    1 => Just(GoalKind::Plain)
+                ],
+                prop::bool::weighted(0.15),
+                prop::bool::weighted(0.2),
+                prop::bool::weighted(0.1),
+                prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+                prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+            );
+            let ops = prop::collection::vec(
+                prop_oneof![
+                    6 => Just(0u8),
+                    3 => Just(1u8),
+                    1 => Just(2u8)
+                ]
+                .prop_flat_map(|k| (Just(k), any::<prop::sample::Index>())),
+                0..40,
+            );
+            (prop::collection::vec(goal, n), ops).prop_map(move |(gs, ops)| {
+                let batched = batched.clone();
+                let goals = gs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (kind, check, pre, cached, host, deps))| GoalSpec {
+                        kind,
+                        check_mode: check && kind == GoalKind::Build,
+                        pre_valid: pre && kind != GoalKind::Plain,
+                        cached_failure: cached && kind == GoalKind::Build,
+                        host,
+                        // Edges only to earlier goals: a DAG.
+                        deps: if i == 0 {
+                            Vec::new()
+                        } else {
+                            let mut d: Vec<usize> = deps.iter().map(|x| x.index(i)).collect();
+                            d.sort_unstable();
+                            d.dedup();
+                            d
+                        },
+                    })
+                    .collect();
+                let ops = ops
+                    .into_iter()
+                    .map(|(k, ix)| match k {
+                        0 => Op::Next,
+                        1 => Op::Report(ix.index(n)),
+                        _ => Op::Cancel(ix.index(n)),
+                    })
+                    .collect();
+                Scenario {
+                    max_jobs,
+                    keep_going,
+                    goals,
+                    ops,
+                    batched,
+                }
+            })
+        },
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,14 +308,16 @@ fn check_locks(w: &Worker, m: &Model, ids: &[GoalId], when: &str) {
     }
 }
 
-fn host_report(w: &mut Worker, m: &mut Model, ids: &[GoalId], i: usize) {
+/// What the host reports for running goal `i`, and what must be recorded
+/// (building its output first when the host "builds" it).
+fn host_outcome(m: &Model, i: usize) -> (Outcome, Outcome) {
     let g = &m.sc.goals[i];
     let success = if g.kind == GoalKind::Substitute {
         Outcome::Substituted
     } else {
         Outcome::Built
     };
-    let (reported, expect) = match g.host {
+    match g.host {
         0 => {
             if g.kind != GoalKind::Plain {
                 build_output(&m.paths[i]);
@@ -284,9 +328,107 @@ fn host_report(w: &mut Worker, m: &mut Model, ids: &[GoalId], i: usize) {
         2 => (Outcome::TimedOut, Outcome::TimedOut),
         _ if g.kind == GoalKind::Plain => (success, success),
         _ => (success, if m.valid(i) { success } else { Outcome::Failed }),
-    };
+    }
+}
+
+fn host_report(w: &mut Worker, m: &mut Model, ids: &[GoalId], i: usize) {
+    let (reported, expect) = host_outcome(m, i);
     w.report(ids[i], reported).unwrap();
     m.end(i, expect, "report");
+}
+
+/// Everything a refused batch must leave as it was.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    audit: goalkeeper::sched::Audit,
+    len: usize,
+    goals: Vec<(GoalState, Option<Outcome>, u64, bool)>,
+}
+
+fn snapshot(w: &Worker, ids: &[GoalId], paths: &[String]) -> Snapshot {
+    let mut audit = w.audit();
+    audit.checks = 0; // every call runs the ledger
+    Snapshot {
+        audit,
+        len: w.len(),
+        goals: ids
+            .iter()
+            .zip(paths)
+            .map(|(&g, p)| {
+                let r = w.result(g).unwrap();
+                (r.state, r.outcome, w.tag(g).unwrap(), held(p))
+            })
+            .collect(),
+    }
+}
+
+/// Reports the running goals (at most `cap`, goal `first` first if it
+/// runs) in one `report_many`; before it, maybe a copy with one bad report
+/// in the middle, which must change nothing.
+fn host_report_many(
+    w: &mut Worker,
+    m: &mut Model,
+    ids: &[GoalId],
+    first: usize,
+    b: &Batching,
+    when: &str,
+) {
+    let mut which: Vec<usize> = (0..m.st.len())
+        .filter(|&i| m.st[i] == St::Running)
+        .collect();
+    which.sort_by_key(|&i| i != first);
+    which.truncate(b.cap);
+    if which.is_empty() {
+        return;
+    }
+    let outcomes: Vec<(Outcome, Outcome)> = which.iter().map(|&i| host_outcome(m, i)).collect();
+    let mut reports: Vec<Report> = which
+        .iter()
+        .zip(&outcomes)
+        .map(|(&i, &(o, _))| Report::new(ids[i], o))
+        .collect();
+    if b.corrupt != 0 {
+        let bad = corrupt_reports(w, &reports, ids, b.corrupt);
+        let mid = reports.len().div_ceil(2);
+        let mut copy = reports.clone();
+        copy.insert(mid, bad);
+        let before = snapshot(w, ids, &m.paths);
+        let e = w.report_many(&mut copy).expect_err(when);
+        assert_eq!(
+            (
+                e.index,
+                e.field == BatchField::Goal || e.field == BatchField::Outcome
+            ),
+            (mid, true),
+            "{when}: {e}"
+        );
+        assert!(copy.iter().all(|r| r.recorded.is_none()), "{when}");
+        assert_eq!(snapshot(w, ids, &m.paths), before, "{when}: {e}");
+    }
+    w.report_many(&mut reports)
+        .unwrap_or_else(|e| panic!("{when}: {e}"));
+    for ((&i, &(_, expect)), r) in which.iter().zip(&outcomes).zip(&reports) {
+        assert_eq!(r.recorded, Some(expect), "{when}: goal {i}");
+        m.end(i, expect, "report_many");
+    }
+}
+
+/// A bad report for a batch of `good` ones: a goal reported twice, one
+/// that is not running (a finished goal, or a forged id), or an outcome
+/// the host does not report.
+fn corrupt_reports(w: &Worker, good: &[Report], ids: &[GoalId], k: u8) -> Report {
+    let finished = ids
+        .iter()
+        .find(|&&g| w.result(g).unwrap().state != GoalState::Running);
+    match (k % 4, finished) {
+        (0, _) => Report::new(good[0].goal, Outcome::Failed),
+        (1, Some(&g)) => Report::new(g, Outcome::Built),
+        (2, _) => Report::new(good[0].goal, Outcome::AlreadyValid),
+        _ => Report::new(
+            GoalId::from_raw(((w.serial() ^ 1) as u64) << 32 | good[0].goal.index() as u64),
+            Outcome::Built,
+        ),
+    }
 }
 
 fn handle(w: &mut Worker, m: &mut Model, ids: &[GoalId], ev: Event) -> bool {
@@ -318,6 +460,114 @@ fn handle(w: &mut Worker, m: &mut Model, ids: &[GoalId], ev: Event) -> bool {
     false
 }
 
+fn mode_of(g: &GoalSpec) -> BuildMode {
+    if g.check_mode {
+        BuildMode::Check
+    } else {
+        BuildMode::Normal
+    }
+}
+
+/// Adds the scenario's goals with `add_goals`, `b.chunk` at a time (each
+/// batch reversed if `b.reverse`: its references to goals of the same
+/// batch then point forward); before each batch, a copy of it with one bad
+/// element in the middle must be refused and change nothing.
+fn add_in_batches(
+    w: &mut Worker,
+    sc: &Scenario,
+    b: &Batching,
+    paths: &[String],
+    ids: &mut Vec<GoalId>,
+) {
+    let n = sc.goals.len();
+    ids.resize(n, GoalId::from_raw(0));
+    let mut start = 0;
+    while start < n {
+        let end = n.min(start + b.chunk);
+        let order: Vec<usize> = if b.reverse {
+            (start..end).rev().collect()
+        } else {
+            (start..end).collect()
+        };
+        let pos = |g: usize| order.iter().position(|&x| x == g).unwrap() as u32;
+        let deps: Vec<Vec<GoalId>> = order
+            .iter()
+            .map(|&g| {
+                sc.goals[g]
+                    .deps
+                    .iter()
+                    .map(|&d| {
+                        if d >= start {
+                            GoalId::batch(pos(d))
+                        } else {
+                            ids[d]
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let make = |k: usize| {
+            let g = order[k];
+            let spec = &sc.goals[g];
+            NewGoal::new(spec.kind, &[&paths[g]])
+                .unwrap()
+                .mode(mode_of(spec))
+                .tag(g as u64 + 100)
+        };
+        if b.corrupt != 0 {
+            let mid = order.len() / 2;
+            // Batch references at or after `mid` move one place.
+            let shifted: Vec<Vec<GoalId>> = deps
+                .iter()
+                .map(|ds| {
+                    ds.iter()
+                        .map(|&d| match d.batch_index() {
+                            Some(k) if k as usize >= mid => GoalId::batch(k + 1),
+                            _ => d,
+                        })
+                        .collect()
+                })
+                .collect();
+            let bad_deps = [match b.corrupt % 4 {
+                0 => GoalId::from_raw(0),
+                1 => GoalId::batch(order.len() as u32 + 7),
+                2 => GoalId::batch(mid as u32),
+                // A goal id of no worker: this worker's serial with its low bit flipped.
+                _ => GoalId::from_raw(((w.serial() ^ 1) as u64) << 32),
+            }];
+            let none: [&str; 0] = [];
+            let other_output = (0..start).find(|&g| sc.goals[g].kind != GoalKind::Plain);
+            let bad = match (b.corrupt, other_output) {
+                (4, _) => NewGoal::new(GoalKind::Build, &none).unwrap(),
+                (5, Some(g)) => {
+                    NewGoal::new(GoalKind::Build, &[&paths[g], &format!("{}-x", paths[g])]).unwrap()
+                }
+                _ => NewGoal::new(GoalKind::Plain, &none)
+                    .unwrap()
+                    .deps(&bad_deps),
+            };
+            let mut copy: Vec<NewGoal> = (0..order.len())
+                .map(|k| make(k).deps(&shifted[k]))
+                .collect();
+            copy.insert(mid, bad);
+            let known: Vec<GoalId> = ids[..start].to_vec();
+            let before = snapshot(w, &known, &paths[..start]);
+            let e = w
+                .add_goals(&mut copy)
+                .expect_err("a batch with a bad element");
+            assert_eq!(e.index, mid, "{e}");
+            assert_eq!(snapshot(w, &known, &paths[..start]), before, "{e}");
+        }
+        let mut batch: Vec<NewGoal> = (0..order.len()).map(|k| make(k).deps(&deps[k])).collect();
+        let got = w.add_goals(&mut batch).unwrap();
+        for (k, &g) in order.iter().enumerate() {
+            ids[g] = got[k];
+            assert_eq!(w.tag(got[k]).unwrap(), g as u64 + 100);
+        }
+        start = end;
+    }
+}
+
 fn run(sc: &Scenario) {
     let store = TempStore::new();
     let paths: Vec<String> = (0..sc.goals.len())
@@ -340,15 +590,17 @@ fn run(sc: &Scenario) {
         if g.pre_valid {
             build_output(&paths[i]);
         }
-        let mode = if g.check_mode {
-            BuildMode::Check
-        } else {
-            BuildMode::Normal
-        };
-        ids.push(w.add_goal(g.kind, &[&paths[i]], mode).unwrap());
-        for &d in &g.deps {
-            w.add_dependency(ids[i], ids[d]).unwrap();
+    }
+    match &sc.batched {
+        None => {
+            for (i, g) in sc.goals.iter().enumerate() {
+                ids.push(w.add_goal(g.kind, &[&paths[i]], mode_of(g)).unwrap());
+                for &d in &g.deps {
+                    w.add_dependency(ids[i], ids[d]).unwrap();
+                }
+            }
         }
+        Some(b) => add_in_batches(&mut w, sc, b, &paths, &mut ids),
     }
     let mut m = Model {
         sc,
@@ -360,13 +612,33 @@ fn run(sc: &Scenario) {
     for (step, op) in sc.ops.iter().enumerate() {
         let when = format!("step {step} {op:?}");
         match op {
-            Op::Next if !done => {
-                let ev = w.next_event().unwrap_or_else(|e| panic!("{when}: {e}"));
-                done = handle(&mut w, &mut m, &ids, ev);
-            }
+            Op::Next if !done => match &sc.batched {
+                None => {
+                    let ev = w.next_event().unwrap_or_else(|e| panic!("{when}: {e}"));
+                    done = handle(&mut w, &mut m, &ids, ev);
+                }
+                Some(b) => {
+                    let mut evs = Vec::new();
+                    w.next_events(&mut evs, b.cap)
+                        .unwrap_or_else(|e| panic!("{when}: {e}"));
+                    assert!(!evs.is_empty() && evs.len() <= b.cap, "{when}: {evs:?}");
+                    for (k, &ev) in evs.iter().enumerate() {
+                        if matches!(ev, Event::Wait { .. } | Event::Done) {
+                            assert_eq!(k + 1, evs.len(), "{when}: {evs:?} (last)");
+                        }
+                        if matches!(ev, Event::Wait { .. }) {
+                            assert_eq!(evs.len(), 1, "{when}: a wait comes alone");
+                        }
+                        done = handle(&mut w, &mut m, &ids, ev);
+                    }
+                }
+            },
             Op::Next => {}
             Op::Report(i) => {
-                if m.st[*i] == St::Running {
+                if m.st[*i] == St::Running && sc.batched.is_some() {
+                    let b = sc.batched.as_ref().unwrap();
+                    host_report_many(&mut w, &mut m, &ids, *i, b, &when);
+                } else if m.st[*i] == St::Running {
                     host_report(&mut w, &mut m, &ids, *i);
                 } else if w.result(ids[*i]).unwrap().state != GoalState::Running {
                     assert!(w.report(ids[*i], Outcome::Built).is_err(), "{when}");
