@@ -635,11 +635,11 @@ fn run(sc: &Scenario) {
             },
             Op::Next => {}
             Op::Report(i) => {
-                if m.st[*i] == St::Running && sc.batched.is_some() {
-                    let b = sc.batched.as_ref().unwrap();
-                    host_report_many(&mut w, &mut m, &ids, *i, b, &when);
-                } else if m.st[*i] == St::Running {
-                    host_report(&mut w, &mut m, &ids, *i);
+                if m.st[*i] == St::Running {
+                    match &sc.batched {
+                        Some(b) => host_report_many(&mut w, &mut m, &ids, *i, b, &when),
+                        None => host_report(&mut w, &mut m, &ids, *i),
+                    }
                 } else if w.result(ids[*i]).unwrap().state != GoalState::Running {
                     assert!(w.report(ids[*i], Outcome::Built).is_err(), "{when}");
                 }

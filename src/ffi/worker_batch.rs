@@ -378,6 +378,9 @@ unsafe fn read_outputs(
         return Ok(Vec::new());
     }
     let mut v = Vec::with_capacity((z - a) as usize);
+    // The first bad output; the packed walk goes on over the goal's other
+    // outputs, to stay in step for the next goals.
+    let mut bad = None;
     for j in 0..(z - a) as usize {
         let at = |e: Error| BatchError::new(i, j, BatchField::Output, e);
         match outputs {
@@ -387,8 +390,12 @@ unsafe fn read_outputs(
                 // elements, each a NUL-terminated string (the contract).
                 let s = unsafe { *p.add(a as usize + j) };
                 // SAFETY: as above.
-                let bytes = unsafe { args::c_bytes(s, "an output") }.map_err(at)?;
-                v.push(StorePath::from_bytes(bytes).map_err(at)?);
+                let parsed =
+                    unsafe { args::c_bytes(s, "an output") }.and_then(StorePath::from_bytes);
+                match parsed {
+                    Ok(path) => v.push(path),
+                    Err(e) => return Err(at(e)),
+                }
             }
             Outputs::Packed(bytes) => {
                 if !*in_step {
@@ -397,16 +404,26 @@ unsafe fn read_outputs(
                 let rest = &bytes[*cursor..];
                 let Some(len) = rest.iter().position(|&c| c == 0) else {
                     *in_step = false;
-                    return Err(at(Error::InvalidArgument(format!(
-                        "outputs_packed ends before this output (it holds fewer than \
-                         output_offsets[n_goals] = {} NUL-terminated strings)",
-                        z
-                    ))));
+                    return Err(bad.unwrap_or_else(|| {
+                        at(Error::InvalidArgument(format!(
+                            "outputs_packed ends before this output (it holds fewer than \
+                             output_offsets[n_goals] = {} NUL-terminated strings)",
+                            z
+                        )))
+                    }));
                 };
                 *cursor += len + 1;
-                v.push(StorePath::from_bytes(&rest[..len]).map_err(at)?);
+                match StorePath::from_bytes(&rest[..len]) {
+                    Ok(path) => v.push(path),
+                    Err(e) => {
+                        bad = bad.or(Some(at(e)));
+                    }
+                }
             }
         }
+    }
+    if let Some(e) = bad {
+        return Err(e);
     }
     normalize_paths(v).map_err(|e| BatchError::new(i, 0, BatchField::Output, e))
 }

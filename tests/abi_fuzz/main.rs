@@ -174,6 +174,7 @@ mod lockset;
 mod store;
 mod storedb;
 mod worker;
+mod worker_batch;
 
 #[test]
 fn lockset_abi_random_call_sequences_match_the_model() {

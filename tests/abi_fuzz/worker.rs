@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::cell::Cell;
 use std::ffi::c_void;
 
-const POOL: usize = 6;
+pub(super) const POOL: usize = 6;
 
 #[derive(Clone, Copy, Debug)]
 pub(super) enum WSpec {
@@ -91,6 +91,21 @@ pub(super) enum WOp {
     SetStoreDb(WSpec, DbArg),
     /// Overwrites the store database with garbage (true) or puts it back.
     GarbleDb(bool),
+    AddGoals {
+        w: WSpec,
+        goals: Vec<crate::worker_batch::BGoal>,
+        packed: bool,
+        ids: Ptr,
+    },
+    NextEvents {
+        w: WSpec,
+        cap: usize,
+        events: Ptr,
+    },
+    ReportMany {
+        w: WSpec,
+        reports: Vec<crate::worker_batch::BReport>,
+    },
 }
 
 /// Records `gk_worker_take_log_records` returned and the fuzzer checked.
@@ -148,7 +163,7 @@ fn wspec() -> impl Strategy<Value = WSpec> {
     ]
 }
 
-fn gspec() -> impl Strategy<Value = GSpec> {
+pub(super) fn gspec() -> impl Strategy<Value = GSpec> {
     prop_oneof![
         20 => any::<usize>().prop_map(GSpec::Own),
         2 => any::<usize>().prop_map(GSpec::OtherWorker),
@@ -218,33 +233,44 @@ pub(super) fn wop() -> impl Strategy<Value = WOp> {
         ])
             .prop_map(|(w, d)| WOp::SetStoreDb(w, d)),
         2 => any::<bool>().prop_map(WOp::GarbleDb),
+        8 => (
+            wspec(),
+            proptest::collection::vec(crate::worker_batch::bgoal(), 0..5),
+            any::<bool>(),
+            ptr_mostly_valid()
+        )
+            .prop_map(|(w, goals, packed, ids)| WOp::AddGoals { w, goals, packed, ids }),
+        10 => (wspec(), prop_oneof![1 => Just(0usize), 20 => 1usize..6], ptr_mostly_valid())
+            .prop_map(|(w, cap, events)| WOp::NextEvents { w, cap, events }),
+        6 => (wspec(), proptest::collection::vec(crate::worker_batch::breport(), 0..4))
+            .prop_map(|(w, reports)| WOp::ReportMany { w, reports }),
     ]
 }
 
-struct MGoal {
-    id: u64,
-    kind: u32,
-    outputs: Vec<NPath>,
-    running: bool,
-    done: Option<u32>,
+pub(super) struct MGoal {
+    pub(super) id: u64,
+    pub(super) kind: u32,
+    pub(super) outputs: Vec<NPath>,
+    pub(super) running: bool,
+    pub(super) done: Option<u32>,
 }
 
-struct MWorker {
-    h: u64,
-    max_jobs: u32,
-    goals: Vec<MGoal>,
-    edges: Vec<(usize, usize)>,
+pub(super) struct MWorker {
+    pub(super) h: u64,
+    pub(super) max_jobs: u32,
+    pub(super) goals: Vec<MGoal>,
+    pub(super) edges: Vec<(usize, usize)>,
 }
 
-struct WModel {
+pub(super) struct WModel {
     _store: TempStore,
     /// The store database (`o0` and `o1` registered), its bytes, and
     /// whether it is overwritten with garbage now.
     db: std::path::PathBuf,
     db_original: Vec<u8>,
     garbled: bool,
-    pool: Vec<NPath>,
-    live: Vec<MWorker>,
+    pub(super) pool: Vec<NPath>,
+    pub(super) live: Vec<MWorker>,
     freed: Vec<MWorker>,
     /// A goal id of no worker of this process (when there is no other).
     old_goal: u64,
@@ -278,7 +304,7 @@ unsafe extern "C" fn pred_reentrant(data: *mut c_void, path: *const c_char) -> i
 }
 
 impl WModel {
-    fn worker(&self, w: WSpec) -> (u64, Option<usize>) {
+    pub(super) fn worker(&self, w: WSpec) -> (u64, Option<usize>) {
         let pick = |n: usize, i: usize| if n == 0 { None } else { Some(i % n) };
         match w {
             WSpec::Live(i) => match pick(self.live.len(), i) {
@@ -299,7 +325,7 @@ impl WModel {
     }
 
     /// The raw goal id, and its index if it is a goal of worker `k`.
-    fn goal(&self, k: Option<usize>, g: GSpec) -> (u64, Option<usize>) {
+    pub(super) fn goal(&self, k: Option<usize>, g: GSpec) -> (u64, Option<usize>) {
         let own = |k: usize, i: usize| {
             let gs = &self.live[k].goals;
             (!gs.is_empty()).then(|| i % gs.len())
@@ -368,7 +394,7 @@ fn out_ptr<T>(store: &mut [u64; 8], p: Ptr) -> *mut T {
 }
 
 /// NULL/misaligned out pointers are checked first, with these statuses.
-fn out_status(p: Ptr) -> Option<gk_status> {
+pub(super) fn out_status(p: Ptr) -> Option<gk_status> {
     match p {
         Ptr::Valid => None,
         Ptr::Null => Some(GK_ERROR_NULL_POINTER),
@@ -376,7 +402,7 @@ fn out_status(p: Ptr) -> Option<gk_status> {
     }
 }
 
-fn has_cycle(edges: &[(usize, usize)], goals: &[MGoal]) -> bool {
+pub(super) fn has_cycle(edges: &[(usize, usize)], goals: &[MGoal]) -> bool {
     // goal -> dep edges among goals not known to be done.
     let n = goals.len();
     let mut adj = vec![Vec::new(); n];
@@ -399,7 +425,7 @@ fn has_cycle(edges: &[(usize, usize)], goals: &[MGoal]) -> bool {
     (0..n).any(|u| color[u] == 0 && dfs(u, &adj, &mut color))
 }
 
-fn result_of(h: u64, id: u64) -> Option<gk_goal_result> {
+pub(super) fn result_of(h: u64, id: u64) -> Option<gk_goal_result> {
     let mut r = std::mem::MaybeUninit::<gk_goal_result>::uninit();
     // SAFETY: a valid out pointer.
     (unsafe { gk_worker_goal_result(h, id, r.as_mut_ptr()) } == GK_OK)
@@ -649,64 +675,7 @@ fn run_wop(m: &mut WModel, st: &mut Stats, op: &WOp) -> Result<(), TestCaseError
             expect(st, "next_event", got, GK_OK)?;
             // SAFETY: written on GK_OK.
             let ev = unsafe { *outp };
-            let name = [
-                "?",
-                "event RUN",
-                "event FINISHED",
-                "event WAIT",
-                "event DONE",
-            ][(ev.kind as usize).min(4)];
-            *st.statuses.entry(name).or_default() += 1;
-            let mw = &mut m.live[k];
-            let j = mw.goals.iter().position(|g| g.id == ev.goal);
-            match ev.kind {
-                1 => {
-                    let j = j.ok_or_else(|| fail("RUN of an unknown goal"))?;
-                    let g = &mut mw.goals[j];
-                    ensure!(
-                        g.done.is_none() && !g.running,
-                        "RUN of a goal that is {:?}/{}",
-                        g.done,
-                        g.running
-                    );
-                    ensure!(ev.goal_kind == g.kind, "RUN with the wrong kind");
-                    g.running = true;
-                    let running =
-                        mw.goals.iter().filter(|g| g.running && g.kind != 2).count() as u32;
-                    ensure!(
-                        running <= mw.max_jobs.max(1),
-                        "{running} goals running, max_jobs {}",
-                        mw.max_jobs
-                    );
-                }
-                2 => {
-                    let j = j.ok_or_else(|| fail("FINISHED of an unknown goal"))?;
-                    let g = &mut mw.goals[j];
-                    ensure!(g.done.is_none(), "goal {:#x} finished twice", g.id);
-                    ensure!(
-                        (1..=8).contains(&ev.outcome),
-                        "FINISHED with outcome {}",
-                        ev.outcome
-                    );
-                    g.done = Some(ev.outcome);
-                    g.running = false;
-                }
-                3 => ensure!(ev.fd >= 0, "WAIT with fd {}", ev.fd),
-                4 => {
-                    for g in &mut mw.goals {
-                        let r = result_of(mw.h, g.id).ok_or_else(|| fail("result"))?;
-                        ensure!(
-                            r.state == 5,
-                            "DONE, but goal {:#x} is in state {}",
-                            g.id,
-                            r.state
-                        );
-                        ensure!(!g.running, "DONE while goal {:#x} runs", g.id);
-                        g.done = Some(r.outcome);
-                    }
-                }
-                e => return Err(fail(format!("event kind {e}"))),
-            }
+            apply_event(m, st, k, &ev)?;
         }
         WOp::Report {
             w,
@@ -902,6 +871,16 @@ fn run_wop(m: &mut WModel, st: &mut Stats, op: &WOp) -> Result<(), TestCaseError
             }
         }
         WOp::TakeLogRecords(w, b) => take_log_records(m, st, *w, *b)?,
+        WOp::AddGoals {
+            w,
+            goals,
+            packed,
+            ids,
+        } => crate::worker_batch::add_goals(m, st, *w, goals, *packed, *ids)?,
+        WOp::NextEvents { w, cap, events } => {
+            crate::worker_batch::next_events(m, st, *w, *cap, *events)?
+        }
+        WOp::ReportMany { w, reports } => crate::worker_batch::report_many(m, st, *w, reports)?,
         WOp::SetStoreDb(w, d) => {
             let (h, k) = m.worker(*w);
             let dir = m.db.parent().unwrap();
@@ -958,6 +937,73 @@ fn run_wop(m: &mut WModel, st: &mut Stats, op: &WOp) -> Result<(), TestCaseError
             };
             expect(st, "set_valid_path", got, want)?;
         }
+    }
+    Ok(())
+}
+
+/// What the model learns from event `ev` of live worker `k` (and checks).
+pub(super) fn apply_event(
+    m: &mut WModel,
+    st: &mut Stats,
+    k: usize,
+    ev: &gk_event,
+) -> Result<(), TestCaseError> {
+    let name = [
+        "?",
+        "event RUN",
+        "event FINISHED",
+        "event WAIT",
+        "event DONE",
+    ][(ev.kind as usize).min(4)];
+    *st.statuses.entry(name).or_default() += 1;
+    let mw = &mut m.live[k];
+    let j = mw.goals.iter().position(|g| g.id == ev.goal);
+    match ev.kind {
+        1 => {
+            let j = j.ok_or_else(|| fail("RUN of an unknown goal"))?;
+            let g = &mut mw.goals[j];
+            ensure!(
+                g.done.is_none() && !g.running,
+                "RUN of a goal that is {:?}/{}",
+                g.done,
+                g.running
+            );
+            ensure!(ev.goal_kind == g.kind, "RUN with the wrong kind");
+            g.running = true;
+            let running = mw.goals.iter().filter(|g| g.running && g.kind != 2).count() as u32;
+            ensure!(
+                running <= mw.max_jobs.max(1),
+                "{running} goals running, max_jobs {}",
+                mw.max_jobs
+            );
+        }
+        2 => {
+            let j = j.ok_or_else(|| fail("FINISHED of an unknown goal"))?;
+            let g = &mut mw.goals[j];
+            ensure!(g.done.is_none(), "goal {:#x} finished twice", g.id);
+            ensure!(
+                (1..=8).contains(&ev.outcome),
+                "FINISHED with outcome {}",
+                ev.outcome
+            );
+            g.done = Some(ev.outcome);
+            g.running = false;
+        }
+        3 => ensure!(ev.fd >= 0, "WAIT with fd {}", ev.fd),
+        4 => {
+            for g in &mut mw.goals {
+                let r = result_of(mw.h, g.id).ok_or_else(|| fail("result"))?;
+                ensure!(
+                    r.state == 5,
+                    "DONE, but goal {:#x} is in state {}",
+                    g.id,
+                    r.state
+                );
+                ensure!(!g.running, "DONE while goal {:#x} runs", g.id);
+                g.done = Some(r.outcome);
+            }
+        }
+        e => return Err(fail(format!("event kind {e}"))),
     }
     Ok(())
 }
