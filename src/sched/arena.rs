@@ -63,6 +63,15 @@ pub(crate) struct Arena {
 
 const EMPTY: &[StorePath] = &[];
 
+/// Grows a per-goal or per-edge array fourfold (from at least 256). Each
+/// regrowth copies the array into fresh memory; growing by four instead of
+/// two copies a third of the bytes instead of all of them, and capacity that
+/// is never used is never touched (the kernel maps pages on first write).
+fn grow<T>(v: &mut Vec<T>) {
+    let want = (v.capacity() * 4).max(256);
+    v.reserve_exact(want - v.len());
+}
+
 /// The dependency counter of a finished goal: far from 0, so the
 /// decrements of its remaining edges never make it look ready.
 const DONE_PENDING: u32 = 1 << 31;
@@ -104,6 +113,9 @@ impl Arena {
         } else {
             self.push_outputs(kind, index, outputs)
         };
+        if self.goals.len() == self.goals.capacity() {
+            self.grow_goals();
+        }
         self.goals.push(Goal {
             phase: Phase::Ready,
             outputs: out,
@@ -124,6 +136,17 @@ impl Arena {
         self.pending.reserve(goals);
         self.done.reserve(goals / 64 + 1);
         self.log.reserve(edges);
+    }
+
+    /// Makes room for more goals in the per-goal arrays, together.
+    #[cold]
+    #[inline(never)]
+    fn grow_goals(&mut self) {
+        grow(&mut self.goals);
+        let cap = self.goals.capacity();
+        self.pending.reserve(cap - self.pending.len());
+        self.done
+            .reserve((cap / 64 + 1).saturating_sub(self.done.len()));
     }
 
     /// Records goal `index`'s outputs (and, for a goal that locks them, the
@@ -156,6 +179,9 @@ impl Arena {
     /// dependents, visible to walks after the next [`Arena::flush`]).
     #[inline(always)]
     pub(crate) fn add_edge(&mut self, from: u32, to: u32) {
+        if self.log.len() == self.log.capacity() {
+            grow(&mut self.log);
+        }
         self.log.push((from, to));
     }
 
@@ -364,25 +390,31 @@ impl Arena {
     }
 
     /// Software pipelining of the drain, where most accesses are random
-    /// at a million goals: `next` is the goal the host will be given next,
-    /// `after` the one after it. The lines the coming calls read are asked
-    /// for now: `next`'s slice of dependents, and `after`'s record, counter
-    /// and compact-form offsets. Hints only: nothing is read or changed.
+    /// at a million goals. `ahead(k)` is the goal the host will be given
+    /// `k + 1` calls from now (the ready queue's `k`-th entry). Each report
+    /// asks for what later calls will read, one stage per distance, each
+    /// stage using what an earlier report asked for: for the goal 4 ahead
+    /// its record, counter and compact-form offsets; for the goal 2 ahead
+    /// its slice of dependents; for the next goal its dependents' counters
+    /// (decremented when it finishes). Hints only: nothing is changed, and
+    /// an index out of range is simply not prefetched.
     #[inline(always)]
-    pub(crate) fn prefetch_ahead(&self, next: Option<u32>, after: Option<u32>) {
-        if let Some(j) = after {
+    pub(crate) fn prefetch_ahead(&self, ahead: impl Fn(usize) -> Option<u32>) {
+        if let Some(j) = ahead(3) {
             let j = j as usize;
             prefetch(self.goals.as_ptr().wrapping_add(j));
             prefetch(self.pending.as_ptr().wrapping_add(j));
             prefetch(self.csr_start.as_ptr().wrapping_add(j));
         }
-        if let Some(&a) = next.and_then(|j| self.csr_start.get(j as usize)) {
+        if let Some(&a) = ahead(1).and_then(|j| self.csr_start.get(j as usize)) {
             prefetch(self.csr.as_ptr().wrapping_add(a as usize));
+        }
+        if let Some(j) = ahead(0) {
+            self.prefetch_dependents(j);
         }
     }
 
-    /// Goal `i` starts: the counters of its dependents will be decremented
-    /// when it finishes, so they are asked for now (a hint, as above).
+    /// The counters of goal `i`'s dependents (a hint, as above).
     #[inline(always)]
     pub(crate) fn prefetch_dependents(&self, i: u32) {
         let i = i as usize;

@@ -82,11 +82,12 @@ impl Ring {
         }
     }
 
-    /// Doubles the capacity (at least 16), keeping the order.
+    /// Grows the capacity fourfold (at least 16), keeping the order (see
+    /// the arena's growth: fewer copies into fresh memory).
     #[cold]
     #[inline(never)]
     fn grow(&mut self) {
-        let cap = (self.buf.len() * 2).max(16);
+        let cap = (self.buf.len() * 4).max(16);
         let mut buf = Vec::with_capacity(cap);
         let (a, b) = (self.head, self.head + self.len);
         if b <= self.buf.len() {
@@ -117,7 +118,7 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             match x % 7 {
-                0 | 1 | 2 => {
+                0..=2 => {
                     r.push_back(step);
                     m.push_back(step);
                 }
