@@ -224,51 +224,50 @@ impl Arena {
     /// partitioned by ranges of sources (at most ~2048 ranges, so the write
     /// streams stay in cache), then each range is sorted into its final
     /// place with counters that fit in L1. No pass makes random accesses
-    /// over the whole arena; up to 2^18 goals (1 MiB of counters) there is
-    /// a single range.
+    /// over the whole arena. Up to 2^18 goals, a plain counting sort
+    /// ([`Arena::compact_small`]).
     #[inline(never)]
     fn compact(&mut self) {
         let n = self.goals.len();
+        // The new edges in the order they were added: the overflow lists'
+        // (linked earlier), then the log's.
         let mut new = std::mem::take(&mut self.log);
         if !self.extra.is_empty() {
-            new.extend(self.extra.iter().map(|e| (e.from, e.to)));
+            let mut all: Vec<(u32, u32)> = self.extra.iter().map(|e| (e.from, e.to)).collect();
+            all.append(&mut new);
+            new = all;
             self.extra = Vec::new();
             self.extra_head = Vec::new();
         }
         let bits = usize::BITS - n.max(1).leading_zeros();
-        let shift = if bits <= 18 { bits } else { bits - 11 };
+        if bits <= 18 {
+            return self.compact_small(new);
+        }
+        let shift = bits - 11;
         let ranges = (n >> shift) + 1;
         // Pass 1: the size of each range, then where it starts.
         let mut rstart = vec![0usize; ranges + 1];
-        if ranges == 1 {
-            rstart[1] = new.len();
-        } else {
-            for &(f, _) in &new {
-                rstart[(f as usize >> shift) + 1] += 1;
-            }
-            for r in 0..ranges {
-                rstart[r + 1] += rstart[r];
-            }
+        for &(f, _) in &new {
+            rstart[(f as usize >> shift) + 1] += 1;
+        }
+        for r in 0..ranges {
+            rstart[r + 1] += rstart[r];
         }
         // Pass 2: partition by range (sequential reads, one sequential
-        // write stream per range); nothing to do with a single range.
-        let part = if ranges == 1 {
-            new
-        } else {
-            let mut part = vec![(0u32, 0u32); new.len()];
-            let mut fill = rstart[..ranges].to_vec();
-            for &e in &new {
-                let r = e.0 as usize >> shift;
-                part[fill[r]] = e;
-                fill[r] += 1;
-            }
-            part
-        };
+        // write stream per range).
+        let mut part = vec![(0u32, 0u32); new.len()];
+        let mut fill = rstart[..ranges].to_vec();
+        for &e in &new {
+            let r = e.0 as usize >> shift;
+            part[fill[r]] = e;
+            fill[r] += 1;
+        }
+        drop(new);
         // Pass 3: per range, a counting sort into the final array, with the
         // old compact slices copied in front of each goal's new edges.
         let mut csr = vec![0u32; self.csr.len() + part.len()];
         let mut start = vec![0u32; n + 1];
-        let mut local = vec![0u32; (1usize << shift).min(n.max(1))];
+        let mut local = vec![0u32; 1usize << shift];
         let mut at = 0u32;
         for r in 0..ranges {
             let lo = r << shift;
@@ -316,6 +315,45 @@ impl Arena {
         start[n] = at;
         self.csr = csr;
         self.csr_start = start;
+    }
+
+    /// [`Arena::compact`] for up to 2^18 goals (the counters, 1 MiB at
+    /// most, stay in L2): a plain counting sort, whose one array of counters
+    /// becomes the offsets. The new edges are scattered backwards from the
+    /// end of each goal's slice (in reverse order, so they keep their
+    /// order), then the old slice is copied in front of them.
+    fn compact_small(&mut self, new: Vec<(u32, u32)>) {
+        let n = self.goals.len();
+        // ends[i + 1]: first the number of dependents of goal i, then (after
+        // the prefix sum) the end of its slice, then (after the scatter) its
+        // start; shifted down by one at the end, it is `csr_start`.
+        let mut ends = vec![0u32; n + 1];
+        for i in 0..n {
+            ends[i + 1] = self.old_len(i);
+        }
+        for &(f, _) in &new {
+            ends[f as usize + 1] += 1;
+        }
+        for i in 0..n {
+            ends[i + 1] += ends[i];
+        }
+        let total = ends[n];
+        let mut csr = vec![0u32; total as usize];
+        for &(f, t) in new.iter().rev() {
+            let c = &mut ends[f as usize + 1];
+            *c -= 1;
+            csr[*c as usize] = t;
+        }
+        for i in 0..n.min(self.csr_start.len().saturating_sub(1)) {
+            let (a, z) = (self.csr_start[i] as usize, self.csr_start[i + 1] as usize);
+            let c = &mut ends[i + 1];
+            *c -= (z - a) as u32;
+            csr[*c as usize..*c as usize + (z - a)].copy_from_slice(&self.csr[a..z]);
+        }
+        ends.copy_within(1.., 0);
+        ends[n] = total;
+        self.csr = csr;
+        self.csr_start = ends;
     }
 
     fn old_len(&self, i: usize) -> u32 {
@@ -560,6 +598,14 @@ mod tests {
         assert_eq!(deps(&mut a, 7).len(), 101);
         assert_eq!(deps(&mut a, 0).len(), 200);
         assert_eq!(deps(&mut a, 200), vec![5]);
+        // Dependents keep the order in which their edges were added (the
+        // order in which a finishing goal wakes them), across compactions.
+        let mut c = a.dependents(0);
+        let mut order = Vec::new();
+        while let Some(d) = a.next_dependent(&mut c) {
+            order.push(d);
+        }
+        assert_eq!(order, (1..=200).collect::<Vec<u32>>());
     }
 
     /// The cache-blocked compaction (more than 2^18 goals: several source

@@ -82,12 +82,13 @@ impl Ring {
         }
     }
 
-    /// Grows the capacity fourfold (at least 16), keeping the order (see
-    /// the arena's growth: fewer copies into fresh memory).
+    /// Doubles the capacity (at least 16), keeping the order. (Not four
+    /// times, as the arena's arrays: a queue that holds at most N entries
+    /// at once then wraps around within twice N, reusing its pages.)
     #[cold]
     #[inline(never)]
     fn grow(&mut self) {
-        let cap = (self.buf.len() * 4).max(16);
+        let cap = (self.buf.len() * 2).max(16);
         let mut buf = Vec::with_capacity(cap);
         let (a, b) = (self.head, self.head + self.len);
         if b <= self.buf.len() {
