@@ -93,7 +93,17 @@ impl StorePath {
 
     /// Validates and normalises a path given as raw bytes (no NUL terminator).
     pub fn from_bytes(bytes: &[u8]) -> Result<StorePath> {
-        match Self::from_normal_bytes(bytes) {
+        match Self::from_normal_bytes(bytes, false) {
+            Some(p) => Ok(p),
+            None => Self::from_bytes_general(bytes),
+        }
+    }
+
+    /// [`StorePath::from_bytes`] for bytes known to hold no NUL (a C string
+    /// measured up to its terminator): the fast path skips that scan.
+    pub(crate) fn from_nul_free_bytes(bytes: &[u8]) -> Result<StorePath> {
+        debug_assert!(!bytes.contains(&0));
+        match Self::from_normal_bytes(bytes, true) {
             Some(p) => Ok(p),
             None => Self::from_bytes_general(bytes),
         }
@@ -105,13 +115,13 @@ impl StorePath {
     /// `None` sends anything else to the general code, which normalises it
     /// or says why it is refused.
     #[inline]
-    fn from_normal_bytes(bytes: &[u8]) -> Option<StorePath> {
+    fn from_normal_bytes(bytes: &[u8], nul_free: bool) -> Option<StorePath> {
         let n = bytes.len();
         if n < 2
             || bytes[0] != b'/'
             || bytes[n - 1] == b'/'
             || n + LOCK_SUFFIX.len() + 1 > PATH_MAX
-            || find(bytes, 0).is_some()
+            || (!nul_free && find(bytes, 0).is_some())
         {
             return None;
         }
@@ -299,7 +309,7 @@ mod tests {
                     k /= 4;
                 }
                 let general = StorePath::from_bytes_general(&v);
-                if let Some(p) = StorePath::from_normal_bytes(&v) {
+                if let Some(p) = StorePath::from_normal_bytes(&v, false) {
                     fast += 1;
                     let g = general.expect("the fast path accepts only what the general one does");
                     assert_eq!(p.lock, g.lock, "{v:?}");
