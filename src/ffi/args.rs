@@ -7,7 +7,7 @@ use std::ffi::c_char;
 use crate::error::{Error, Result};
 use crate::lock::{normalize_paths, StorePath, PATH_MAX};
 
-const _: () = assert!(PATH_MAX % 4 == 0);
+const _: () = assert!(PATH_MAX.is_multiple_of(4));
 
 /// The largest number of paths accepted in one set.
 pub const MAX_SET_LEN: usize = 1 << 20;
