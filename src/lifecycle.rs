@@ -19,16 +19,26 @@
 //! are installed ([`ensure_installed`]), never to reach another layer.
 
 use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
 
-/// A mutex built on `pthread_mutex_t`, so that the atfork handlers can hold
-/// it across `fork(2)` and release it in both the parent and the child.
+/// A mutex that the atfork handlers can hold across `fork(2)` and release
+/// in both the parent and the child.
+///
+/// It is a futex word with three states (0 free, 1 held, 2 held with
+/// waiters; the classic design of Drepper's "Futexes Are Tricky"): taking
+/// and releasing an uncontended one are one atomic instruction each, inline,
+/// which matters on the lock cycle's hot path (every lock-file operation
+/// runs under the lock layer's process state). Unlike `std::sync::Mutex`, it
+/// can be left locked by one function (the `prepare` handler) and unlocked
+/// by another (the `parent` and `child` handlers); in the child, whose only
+/// thread is the one that forked, no waiter exists.
 pub(crate) struct ForkMutex<T> {
-    raw: UnsafeCell<libc::pthread_mutex_t>,
+    state: AtomicU32,
     data: UnsafeCell<T>,
 }
 
-// SAFETY: access to `data` is serialised by `raw`; T moves between threads only under it.
+// SAFETY: access to `data` is serialised by `state`; T moves between threads only under it.
 unsafe impl<T: Send> Sync for ForkMutex<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Send for ForkMutex<T> {}
@@ -37,9 +47,72 @@ impl<T> ForkMutex<T> {
     /// A new, unlocked mutex.
     pub(crate) const fn new(data: T) -> Self {
         ForkMutex {
-            raw: UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER),
+            state: AtomicU32::new(0),
             data: UnsafeCell::new(data),
         }
+    }
+
+    #[inline(always)]
+    fn lock(&self) {
+        if self
+            .state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+    }
+
+    /// Waits for the mutex, marking it as having waiters (2) so that the
+    /// holder's unlock wakes one.
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        for _ in 0..100 {
+            if self
+                .state
+                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        while self.state.swap(2, Ordering::Acquire) != 0 {
+            // SAFETY: a futex wait on a live, aligned u32 that stays in
+            // place (the mutexes are statics); it returns at once if the
+            // word is no longer 2, and spurious wake-ups loop.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.state.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    2u32,
+                    std::ptr::null::<libc::timespec>(),
+                )
+            };
+        }
+    }
+
+    #[inline(always)]
+    fn unlock(&self) {
+        if self.state.swap(0, Ordering::Release) == 2 {
+            self.wake_one();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake_one(&self) {
+        // SAFETY: a futex wake on a live, aligned u32; no memory is passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.state.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1i32,
+            )
+        };
     }
 
     /// Runs `f` with the mutex held. `f` must not call back into this mutex.
@@ -47,19 +120,18 @@ impl<T> ForkMutex<T> {
     /// The atfork handlers are installed before the mutex is first taken:
     /// a `fork` while another thread holds it would otherwise leave the
     /// child's copy locked forever.
+    #[inline(always)]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         ensure_installed();
-        struct Unlock<'a>(&'a UnsafeCell<libc::pthread_mutex_t>);
-        impl Drop for Unlock<'_> {
+        struct Unlock<'a, T>(&'a ForkMutex<T>);
+        impl<T> Drop for Unlock<'_, T> {
+            #[inline(always)]
             fn drop(&mut self) {
-                // SAFETY: the mutex was locked by this thread just below.
-                unsafe { libc::pthread_mutex_unlock(self.0.get()) };
+                self.0.unlock();
             }
         }
-        // SAFETY: `raw` is a valid, statically initialised mutex that never moves
-        // (it lives in a `static`).
-        unsafe { libc::pthread_mutex_lock(self.raw.get()) };
-        let _unlock = Unlock(&self.raw);
+        self.lock();
+        let _unlock = Unlock(self);
         // SAFETY: the mutex is held, so this is the only reference to `data`.
         f(unsafe { &mut *self.data.get() })
     }
@@ -67,15 +139,13 @@ impl<T> ForkMutex<T> {
     /// Locks the mutex without a guard: for a `before_fork` hook only, which
     /// [`ForkMutex::unlock_after_fork`] pairs in both parent and child.
     pub(crate) fn lock_for_fork(&self) {
-        // SAFETY: see `with`.
-        unsafe { libc::pthread_mutex_lock(self.raw.get()) };
+        self.lock();
     }
 
     /// Unlocks what [`ForkMutex::lock_for_fork`] locked (after a fork, in
     /// the parent or in the child, whose only thread is the one that forked).
     pub(crate) fn unlock_after_fork(&self) {
-        // SAFETY: paired with `lock_for_fork` on the forking thread.
-        unsafe { libc::pthread_mutex_unlock(self.raw.get()) };
+        self.unlock();
     }
 
     /// The guarded data, for an `after_fork_child` hook, which holds the

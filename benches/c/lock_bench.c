@@ -5,8 +5,10 @@
  *   lock_bench STOREDIR [ROUNDS_SCALE]
  *
  * Prints one line per benchmark:
- *   RESULT name value baseline_value
- * and SAMPLES lines for the hand-off latencies. Compiled against
+ *   RESULT name value baseline_value min max ratio_min ratio_max reps
+ * (value and baseline are medians over `reps` alternating repetitions; min
+ * and max are the value's; ratio_min and ratio_max those of the
+ * per-repetition ratio value/baseline, "-" where there is none). Compiled against
  * include/goalkeeper.h and linked with the release libgoalkeeper.so by
  * `make bench` (benches/gk). */
 #define _GNU_SOURCE
@@ -52,6 +54,37 @@ static double quantile(double *v, int n, double q) {
   qsort(v, (size_t)n, sizeof *v, cmp_double);
   int i = (int)(q * (n - 1) + 0.5);
   return v[i];
+}
+
+/* Prints a RESULT line for `n` paired repetitions: a[i] of the value was
+ * measured next to b[i] of the baseline (b may be NULL: no baseline pairs,
+ * `base` is then printed as the baseline value). Sorts a and b. */
+static void result(const char *name, double *a, double *b, double base, int n, const char *fmt) {
+  double rmin = 0, rmax = 0;
+  if (b) {
+    for (int i = 0; i < n; i++) {
+      double r = a[i] / b[i];
+      if (i == 0 || r < rmin) rmin = r;
+      if (i == 0 || r > rmax) rmax = r;
+    }
+    base = quantile(b, n, 0.5);
+  }
+  double med = quantile(a, n, 0.5);
+  char line[512];
+  int k = snprintf(line, sizeof line, "RESULT %s ", name);
+  k += snprintf(line + k, sizeof line - (size_t)k, fmt, med);
+  k += snprintf(line + k, sizeof line - (size_t)k, " ");
+  k += snprintf(line + k, sizeof line - (size_t)k, fmt, base);
+  k += snprintf(line + k, sizeof line - (size_t)k, " ");
+  k += snprintf(line + k, sizeof line - (size_t)k, fmt, a[0]);
+  k += snprintf(line + k, sizeof line - (size_t)k, " ");
+  k += snprintf(line + k, sizeof line - (size_t)k, fmt, a[n - 1]);
+  if (b)
+    snprintf(line + k, sizeof line - (size_t)k, " %.4f %.4f %d", rmin, rmax, n);
+  else
+    snprintf(line + k, sizeof line - (size_t)k, " - - %d", n);
+  printf("%s\n", line);
+  fflush(stdout);
 }
 
 /* ---- the raw baseline: the protocol's system calls, nothing else ---- */
@@ -113,8 +146,7 @@ static void compare(const char *name, bench_fn lib, bench_fn raw, void *ctx, int
         b[r] = dt;
     }
   }
-  printf("RESULT %s %.1f %.1f\n", name, quantile(a, rounds, 0.5), quantile(b, rounds, 0.5));
-  fflush(stdout);
+  result(name, a, b, 0, rounds, "%.1f");
   free(a);
   free(b);
 }
@@ -256,6 +288,39 @@ static void waiter(enum waiter_kind kind, struct one *o, int go, int done) {
   _exit(0);
 }
 
+#define HANDOFF_BLOCKS 5
+
+/* The quantile `q` of v[0..n), without reordering v. */
+static double quantile_of(const double *v, int n, double q) {
+  double *c = malloc(sizeof *c * (size_t)n);
+  memcpy(c, v, sizeof *c * (size_t)n);
+  double r = quantile(c, n, q);
+  free(c);
+  return r;
+}
+
+/* A RESULT line for a latency quantile: overall, with the spread of the
+ * per-block quantiles and of their ratios to the baseline's. */
+static void handoff_result(const char *name, const double *v, const double *base, int n, double q) {
+  double a[HANDOFF_BLOCKS], b[HANDOFF_BLOCKS];
+  int per = n / HANDOFF_BLOCKS;
+  for (int k = 0; k < HANDOFF_BLOCKS; k++) {
+    a[k] = quantile_of(v + k * per, per, q);
+    b[k] = quantile_of(base + k * per, per, q);
+  }
+  double rmin = 0, rmax = 0, lo = a[0], hi = a[0];
+  for (int k = 0; k < HANDOFF_BLOCKS; k++) {
+    double r = a[k] / b[k];
+    if (k == 0 || r < rmin) rmin = r;
+    if (k == 0 || r > rmax) rmax = r;
+    if (a[k] < lo) lo = a[k];
+    if (a[k] > hi) hi = a[k];
+  }
+  printf("RESULT %s %.2f %.2f %.2f %.2f %.4f %.4f %d\n", name, quantile_of(v, n, q),
+         quantile_of(base, n, q), lo, hi, rmin, rmax, HANDOFF_BLOCKS);
+  fflush(stdout);
+}
+
 static void handoff(struct one *o, int iters) {
   int go[N_WAITERS][2], done[N_WAITERS][2];
   pid_t pid[N_WAITERS];
@@ -300,14 +365,13 @@ static void handoff(struct one *o, int iters) {
     close(go[k][1]);
     waitpid(pid[k], NULL, 0);
   }
-  double raw50 = quantile(lat[WAIT_RAW], iters, 0.5), raw99 = quantile(lat[WAIT_RAW], iters, 0.99);
-  double lib50 = quantile(lat[WAIT_LIB], iters, 0.5), lib99 = quantile(lat[WAIT_LIB], iters, 0.99);
-  double wk50 = quantile(lat[WAIT_WORKER], iters, 0.5), wk99 = quantile(lat[WAIT_WORKER], iters, 0.99);
-  printf("RESULT handoff_cross_process_p50 %.2f %.2f\n", wk50, raw50);
-  printf("RESULT handoff_cross_process_p99 %.2f %.2f\n", wk99, raw99);
-  printf("RESULT handoff_lockset_p50 %.2f %.2f\n", lib50, raw50);
-  printf("RESULT handoff_lockset_p99 %.2f %.2f\n", lib99, raw99);
-  fflush(stdout);
+  /* Each figure is the quantile over all iterations; its spread is that of
+   * the same quantile over HANDOFF_BLOCKS consecutive blocks of them (the
+   * waiters take turns throughout, so each block alternates all three). */
+  handoff_result("handoff_cross_process_p50", lat[WAIT_WORKER], lat[WAIT_RAW], iters, 0.5);
+  handoff_result("handoff_cross_process_p99", lat[WAIT_WORKER], lat[WAIT_RAW], iters, 0.99);
+  handoff_result("handoff_lockset_p50", lat[WAIT_LIB], lat[WAIT_RAW], iters, 0.5);
+  handoff_result("handoff_lockset_p99", lat[WAIT_LIB], lat[WAIT_RAW], iters, 0.99);
   for (int k = 0; k < N_WAITERS; k++) free(lat[k]);
 }
 
@@ -345,16 +409,19 @@ static uint32_t *make_edges(uint32_t n, size_t *n_edges) {
   return e;
 }
 
-/* All goals through the pull loop; returns seconds. */
-static double sched_c(uint32_t n, const uint32_t *e, size_t m) {
+/* All goals through the pull loop; returns seconds, and the seconds the
+ * add_dependency calls took in *edges_s. */
+static double sched_c(uint32_t n, const uint32_t *e, size_t m, double *edges_s) {
   double t0 = now_ns();
   gk_worker w;
   check(gk_worker_new(NULL, &w), "worker_new");
   gk_goal *ids = malloc(sizeof(gk_goal) * n);
   for (uint32_t i = 0; i < n; i++)
     check(gk_worker_add_goal(w, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, 0, &ids[i]), "add_goal");
+  double te = now_ns();
   for (size_t j = 0; j < m; j++)
     check(gk_worker_add_dependency(w, ids[e[2 * j]], ids[e[2 * j + 1]]), "add_dependency");
+  *edges_s = (now_ns() - te) / 1e9;
   uint32_t ran = 0;
   for (;;) {
     gk_event ev;
@@ -414,20 +481,26 @@ static void schedule(uint32_t n, int rounds) {
   size_t m;
   uint32_t *e = make_edges(n, &m);
   double *a = calloc((size_t)rounds, sizeof *a), *b = calloc((size_t)rounds, sizeof *b);
+  double *pe = calloc((size_t)rounds, sizeof *pe), es;
   for (int r = 0; r < rounds; r++) {
     if (r % 2 == 0) {
-      a[r] = n / sched_c(n, e, m);
+      a[r] = n / sched_c(n, e, m, &es);
       b[r] = n / sched_flat(n, e, m);
     } else {
       b[r] = n / sched_flat(n, e, m);
-      a[r] = n / sched_c(n, e, m);
+      a[r] = n / sched_c(n, e, m, &es);
     }
+    pe[r] = es * 1e9 / (double)m;
   }
-  printf("RESULT schedule_100k_c %.0f %.0f\n", quantile(a, rounds, 0.5), quantile(b, rounds, 0.5));
-  printf("INFO schedule_100k_c edges %zu\n", m);
+  /* Throughput: more is better, so the ratio's spread is of goals/s too. */
+  result("schedule_100k_c", a, b, 0, rounds, "%.0f");
+  /* The cost of one add_dependency call (ns per edge), for when the loop
+   * adds each goal with its dependencies in one call. */
+  printf("INFO schedule_100k_c edges %zu per_edge_ns %.1f\n", m, quantile(pe, rounds, 0.5));
   fflush(stdout);
   free(a);
   free(b);
+  free(pe);
   free(e);
 }
 

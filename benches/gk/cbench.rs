@@ -60,16 +60,49 @@ pub fn compile(name: &str) -> PathBuf {
     out
 }
 
-/// Parses `RESULT name value baseline` lines.
-pub fn parse(out: &str) -> Vec<(String, f64, f64)> {
+/// One `RESULT name value baseline min max ratio_min ratio_max reps` line
+/// (`-` where a field has no value).
+pub struct CResult {
+    pub name: String,
+    pub value: f64,
+    pub baseline: f64,
+    pub spread: Option<(f64, f64)>,
+    pub ratio_spread: Option<(f64, f64)>,
+    pub reps: Option<usize>,
+}
+
+/// Parses the `RESULT` lines.
+pub fn parse(out: &str) -> Vec<CResult> {
     out.lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            (w.len() == 4 && w[0] == "RESULT")
-                .then(|| Some((w[1].to_string(), w[2].parse().ok()?, w[3].parse().ok()?)))
-                .flatten()
+            if w.len() < 4 || w[0] != "RESULT" {
+                return None;
+            }
+            let f = |i: usize| w.get(i).and_then(|v| v.parse::<f64>().ok());
+            let pair = |i: usize| Some((f(i)?, f(i + 1)?));
+            Some(CResult {
+                name: w[1].to_string(),
+                value: f(2)?,
+                baseline: f(3)?,
+                spread: pair(4),
+                ratio_spread: pair(6),
+                reps: w.get(8).and_then(|v| v.parse().ok()),
+            })
         })
         .collect()
+}
+
+/// The value of `INFO name key value` in the program's output.
+fn info(out: &str, name: &str, key: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.first() != Some(&"INFO") || w.get(1) != Some(&name) {
+            return None;
+        }
+        let i = w.iter().position(|x| *x == key)?;
+        w.get(i + 1)?.parse().ok()
+    })
 }
 
 /// Runs the lock benchmarks in `store`.
@@ -83,39 +116,44 @@ pub fn run(store: &Path) -> Vec<(&'static str, Measured)> {
     assert!(o.status.success(), "lock_bench failed");
     let out = String::from_utf8_lossy(&o.stdout);
     let results = parse(&out);
-    let lockset = |n: &str| {
-        results
-            .iter()
-            .find(|(name, ..)| name == n)
-            .map(|(_, v, _)| *v)
-    };
+    let lockset = |n: &str| results.iter().find(|r| r.name == n).map(|r| r.value);
     let mut v = Vec::new();
-    for (name, value, base) in &results {
-        let Some(spec) = crate::report::SPECS.iter().find(|s| s.name == name) else {
+    for r in &results {
+        let Some(spec) = crate::report::SPECS.iter().find(|s| s.name == r.name) else {
             continue;
         };
         let note = match spec.name {
             "handoff_cross_process_p50" | "handoff_cross_process_p99" => Some(format!(
                 "A unlocks (raw OFD); B is a worker whose build goal waits for the lock; time until \
                  B's next_event returns RUN. B blocked in gk_lockset_acquire instead: p50 {:.1} µs, \
-                 p99 {:.1} µs",
+                 p99 {:.1} µs. Spread: the same quantile over 5 consecutive blocks of the \
+                 iterations, in which the waiters take turns",
                 lockset("handoff_lockset_p50").unwrap_or(f64::NAN),
                 lockset("handoff_lockset_p99").unwrap_or(f64::NAN)
             )),
-            "schedule_100k_c" => Some(
-                "the same DAG through gk_worker_add_goal/add_dependency/next_event/report; \
-                 baseline: the flat-array walk written in the same C program"
-                    .into(),
-            ),
+            "schedule_100k_c" => {
+                let edges = info(&out, "schedule_100k_c", "edges").unwrap_or(f64::NAN);
+                let per_edge = info(&out, "schedule_100k_c", "per_edge_ns").unwrap_or(f64::NAN);
+                Some(format!(
+                    "the same DAG through the C ABI, 7 calls per goal (gk_worker_add_goal, 4 \
+                     gk_worker_add_dependency, next_event, report), construction included; \
+                     baseline: the flat-array walk written in the same C program. Per edge, one \
+                     add_dependency call: {per_edge:.0} ns ({edges:.0} edges, {:.0} ns per goal)",
+                    per_edge * edges / 100_000.0
+                ))
+            }
             "boundary_call_ns" => Some("gk_worker_audit on an idle worker, from C".into()),
             _ => None,
         };
         v.push((
             spec.name,
             Measured {
-                value: Some(*value),
-                baseline_value: Some(*base),
+                value: Some(r.value),
+                baseline_value: Some(r.baseline),
                 note,
+                spread: r.spread,
+                ratio_spread: r.ratio_spread,
+                reps: r.reps,
             },
         ));
     }

@@ -43,11 +43,6 @@ impl Drop for Server {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn missing(why: String) -> Vec<(&'static str, Measured)> {
     ["lock_cycle_guile", "lock_set_100_guile"]
         .into_iter()
@@ -122,23 +117,20 @@ fn measure(store: &Path, lock_bench: &Path) -> Result<Vec<(&'static str, Measure
     Ok(vec![
         (
             "lock_cycle_guile",
-            Measured {
-                value: Some(median(gc)),
-                baseline_value: Some(median(cc)),
-                note: Some(
-                    "with-path-locks on 1 path (Guile 3, compiled), against the raw C cycle in \
-                     another process, batches alternated"
-                        .into(),
-                ),
-            },
+            Measured::samples(
+                &gc,
+                Some(&cc),
+                "with-path-locks on 1 path (Guile 3, compiled), against the raw C cycle in \
+                 another process, batches alternated",
+            ),
         ),
         (
             "lock_set_100_guile",
-            Measured {
-                value: Some(median(gs)),
-                baseline_value: Some(median(cs)),
-                note: Some("with-path-locks on 100 paths, against the raw C loop".into()),
-            },
+            Measured::samples(
+                &gs,
+                Some(&cs),
+                "with-path-locks on 100 paths, against the raw C loop",
+            ),
         ),
     ])
 }

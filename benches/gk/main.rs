@@ -56,6 +56,13 @@ fn main() {
             .expect("--sched-detail N");
         return sched::detail(n);
     }
+    if let Some(i) = args.iter().position(|a| a == "--sched-child") {
+        let n = args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .expect("--sched-child N worker|flat");
+        return sched::sched_child(n, args.get(i + 2).map_or("worker", String::as_str));
+    }
     if let Some(i) = args.iter().position(|a| a == "--memory-child") {
         let n = args
             .get(i + 1)
@@ -67,6 +74,7 @@ fn main() {
         .iter()
         .find(|a| !a.starts_with("--"))
         .map(String::as_str);
+    let load_start = load_average();
     let mut measured: BTreeMap<&'static str, Measured> = BTreeMap::new();
     let store = bench_store();
     if only.is_none_or(|o| {
@@ -140,7 +148,8 @@ fn main() {
     let path = dir.join("results.json");
     let text = serde_json::to_string_pretty(&rows).expect("serialise") + "\n";
     std::fs::write(&path, text).expect("write results.json");
-    std::fs::write(dir.join("context.txt"), context(&store)).expect("write context.txt");
+    std::fs::write(dir.join("context.txt"), context(&store, &load_start))
+        .expect("write context.txt");
     eprintln!("wrote {}", path.display());
 }
 
@@ -159,16 +168,26 @@ fn bench_store() -> PathBuf {
     dir
 }
 
-/// One line about where the figures were taken.
-fn context(store: &Path) -> String {
+/// The 1-minute load average, as `/proc/loadavg` gives it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One line about where and when the figures were taken.
+fn context(store: &Path, load_start: &str) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let fs = fs_type(store.parent().unwrap_or(Path::new("/")));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
-        "Measured by `make bench` on {cpus} CPUs, Linux {}, lock files on {fs} ({}); medians of \
-         alternating runs, baselines in the same run.",
+        "Measured by `make bench` on {cpus} CPUs, Linux {}, lock files on {fs} ({}); load \
+         average {load_start} at the start, {} at the end; medians of at least 5 alternating \
+         repetitions with their min and max, baselines in the same run.",
         kernel.trim(),
-        store.parent().unwrap_or(Path::new("/")).display()
+        store.parent().unwrap_or(Path::new("/")).display(),
+        load_average()
     )
 }
 

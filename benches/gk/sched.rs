@@ -82,21 +82,38 @@ pub fn drain(w: &mut Worker) -> u32 {
     }
 }
 
-/// Seconds to build and run the DAG through the worker.
-fn time_worker(n: u32, e: &[(u32, u32)]) -> f64 {
-    let t = Instant::now();
+/// Seconds to build and run the DAG through the worker, by `clock`.
+fn time_worker_by(n: u32, e: &[(u32, u32)], clock: fn() -> f64) -> f64 {
+    let t = clock();
     let (mut w, _) = build_worker(n, |f| e.iter().for_each(|&(g, d)| f(g, d)));
     let ran = drain(&mut w);
-    let dt = t.elapsed().as_secs_f64();
+    let dt = clock() - t;
     assert_eq!(ran, n);
     drop(w);
     dt
 }
 
+/// Wall-clock seconds since an arbitrary origin.
+fn wall_now() -> f64 {
+    use std::sync::OnceLock;
+    static T0: OnceLock<Instant> = OnceLock::new();
+    T0.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// Wall-clock seconds to build and run the DAG through the worker.
+fn time_worker(n: u32, e: &[(u32, u32)]) -> f64 {
+    time_worker_by(n, e, wall_now)
+}
+
 /// Seconds to build the same DAG as flat arrays (CSR of dependents,
 /// in-degrees) and walk it in topological order: the floor.
 fn time_flat(n: u32, e: &[(u32, u32)]) -> f64 {
-    let t = Instant::now();
+    time_flat_by(n, e, wall_now)
+}
+
+/// [`time_flat`], by `clock`.
+fn time_flat_by(n: u32, e: &[(u32, u32)], clock: fn() -> f64) -> f64 {
+    let t = clock();
     let n = n as usize;
     let mut indeg = vec![0u32; n];
     let mut start = vec![0u32; n + 1];
@@ -126,7 +143,7 @@ fn time_flat(n: u32, e: &[(u32, u32)]) -> f64 {
             }
         }
     }
-    let dt = t.elapsed().as_secs_f64();
+    let dt = clock() - t;
     assert_eq!(queue.len(), n);
     dt
 }
@@ -152,42 +169,81 @@ pub fn run() -> Vec<(&'static str, Measured)> {
             wk.push(time_worker(N, &e));
         }
     }
-    let t100k = median(wk.clone());
-    let rate = |t: f64| N as f64 / t;
+    let rate = |v: &[f64]| v.iter().map(|t| N as f64 / t).collect::<Vec<f64>>();
     let mut out = vec![(
         "schedule_100k_rust",
-        Measured {
-            value: Some(rate(t100k)),
-            baseline_value: Some(rate(median(flat))),
-            note: Some(format!(
-                "{N} plain goals, {} edges; construction included on both sides",
+        Measured::samples(
+            &rate(&wk),
+            Some(&rate(&flat)),
+            format!(
+                "{N} plain goals, {} edges, through Worker::add_goal/add_dependency/next_event/\
+                 report; construction included on both sides; wall time, {rounds} alternating \
+                 repetitions",
                 e.len()
-            )),
-        },
+            ),
+        ),
     )];
-    // Scaling: 1M against 100k, alternately.
-    const M: u32 = 1_000_000;
-    let e1m = edges(M);
-    let (mut big, mut small, mut fbig, mut fsmall) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..3 {
-        big.push(time_worker(M, &e1m));
-        small.push(time_worker(N, &e));
-        fbig.push(time_flat(M, &e1m));
-        fsmall.push(time_flat(N, &e));
+    // Scaling: 1M against 100k, in pairs, by the thread's CPU time (wall
+    // time counts the other processes of a loaded machine, which preempt
+    // the long 1M runs far more often than the short 100k ones), each run in
+    // a fresh process: in one process a 100k run after a 1M one finds the
+    // allocator's memory returned to the kernel and pays its page faults
+    // again, while one after another 100k run does not.
+    let (mut ratios, mut flat_ratios) = (vec![], vec![]);
+    for r in 0..5 {
+        let (big, small) = if r % 2 == 0 {
+            let b = run_child(1_000_000, "worker");
+            (b, run_child(N, "worker"))
+        } else {
+            let s = run_child(N, "worker");
+            (run_child(1_000_000, "worker"), s)
+        };
+        ratios.push(big / small);
+        flat_ratios.push(run_child(1_000_000, "flat") / run_child(N, "flat"));
     }
-    let flat_scaling = median(fbig) / median(fsmall);
-    out.push((
-        "schedule_1m_scaling",
-        Measured {
-            value: Some(median(big) / median(small)),
-            baseline_value: Some(10.0),
-            note: Some(format!(
-                "the flat-array walk of the same graphs scales ×{flat_scaling:.1} in this run: \
-                 the DAG's edges are uniformly random, so at 1M goals most accesses leave the caches"
-            )),
-        },
-    ));
+    let flat_scaling = median(flat_ratios);
+    let mut scaling = Measured::samples(
+        &ratios,
+        None,
+        format!(
+            "thread CPU time (CLOCK_THREAD_CPUTIME_ID) per goal of 1,000,000 goals over \
+             100,000, each run in a fresh process, 5 alternating pairs, the median of the \
+             per-pair ratios (wall time moved this figure from 28.6 to 17.4 for the same \
+             binary with the load of this shared 2-CPU machine). The flat-array walk of the \
+             same graphs scales ×{flat_scaling:.1} in this run: the DAG's edges are uniformly \
+             random, so at 1M goals most accesses leave the caches"
+        ),
+    );
+    scaling.baseline_value = Some(10.0);
+    out.push(("schedule_1m_scaling", scaling));
     out
+}
+
+/// Runs `--sched-child N WHAT` (WHAT: `worker` or `flat`) in a fresh
+/// process; returns the thread CPU seconds of its one run.
+fn run_child(n: u32, what: &str) -> f64 {
+    let o = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args(["--sched-child", &n.to_string(), what])
+        .output()
+        .expect("run the scheduler child");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .expect("seconds")
+}
+
+/// In a fresh process (`--sched-child N WHAT`): one run of the worker or of
+/// the flat walk over the benchmark DAG of N goals (the edge list is made
+/// first, untimed); prints its thread CPU seconds.
+pub fn sched_child(n: u32, what: &str) {
+    let e = edges(n);
+    let t = match what {
+        "worker" => time_worker_by(n, &e, cpu_now),
+        "flat" => time_flat_by(n, &e, cpu_now),
+        _ => panic!("--sched-child N worker|flat"),
+    };
+    println!("{t}");
 }
 
 /// Resident bytes of `/proc/self/status` VmRSS.
@@ -211,32 +267,34 @@ pub fn memory_child(n: u32) {
     println!("{}", (after.saturating_sub(before)) as f64 / n as f64);
 }
 
-/// goal_memory_bytes, measured in a fresh process.
+/// goal_memory_bytes, measured in 5 fresh processes.
 pub fn memory() -> Vec<(&'static str, Measured)> {
-    let o = std::process::Command::new(std::env::current_exe().expect("current_exe"))
-        .args(["--memory-child", "1000000"])
-        .output()
-        .expect("run the memory child");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: f64 = String::from_utf8_lossy(&o.stdout)
-        .trim()
-        .parse()
-        .expect("bytes/goal");
+    let v: Vec<f64> = (0..5)
+        .map(|_| {
+            let o = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+                .args(["--memory-child", "1000000"])
+                .output()
+                .expect("run the memory child");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse()
+                .expect("bytes/goal")
+        })
+        .collect();
     vec![(
         "goal_memory_bytes",
-        Measured {
-            value: Some(v),
-            baseline_value: None,
-            note: Some(
-                "VmRSS growth over building 1M plain goals and their ~4M edges, in a fresh process"
-                    .into(),
-            ),
-        },
+        Measured::samples(
+            &v,
+            None,
+            "VmRSS growth over building 1M plain goals and their ~4M edges, in a fresh process \
+             (5 processes)",
+        ),
     )]
 }
 
-/// Thread CPU time in seconds (for `--sched-detail`, which is for
-/// optimising: it is less disturbed by other processes than wall time).
+/// Thread CPU time in seconds (for the scaling figure and `--sched-detail`:
+/// it is less disturbed by other processes than wall time).
 fn cpu_now() -> f64 {
     // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };

@@ -7,6 +7,8 @@ use std::ffi::c_char;
 use crate::error::{Error, Result};
 use crate::lock::{normalize_paths, StorePath, PATH_MAX};
 
+const _: () = assert!(PATH_MAX.is_multiple_of(4));
+
 /// The largest number of paths accepted in one set.
 pub const MAX_SET_LEN: usize = 1 << 20;
 
@@ -20,12 +22,31 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result
         return Err(Error::NullPointer(what));
     }
     // A bounded scan in Rust rather than `libc::strnlen`: it never reads past
-    // the NUL (strnlen may, within a page), and Miri can check it.
+    // the NUL (strnlen may, within a page), and Miri can check it. Four bytes
+    // per step, each read only if the ones before it were not NUL.
     let mut n = 0;
     // SAFETY: non-null; the caller guarantees a NUL within PATH_MAX bytes or
-    // PATH_MAX readable bytes, and the scan stops at the first NUL.
-    while n < PATH_MAX && unsafe { *p.add(n) } != 0 {
-        n += 1;
+    // PATH_MAX readable bytes, and the scan stops at the first NUL (PATH_MAX
+    // is a multiple of 4, so a step never starts past it).
+    unsafe {
+        while n < PATH_MAX {
+            if *p.add(n) == 0 {
+                break;
+            }
+            if *p.add(n + 1) == 0 {
+                n += 1;
+                break;
+            }
+            if *p.add(n + 2) == 0 {
+                n += 2;
+                break;
+            }
+            if *p.add(n + 3) == 0 {
+                n += 3;
+                break;
+            }
+            n += 4;
+        }
     }
     if n >= PATH_MAX {
         return Err(Error::InvalidPath {
@@ -43,7 +64,7 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result
 /// As [`c_bytes`].
 pub(crate) unsafe fn store_path(p: *const c_char, what: &'static str) -> Result<StorePath> {
     // SAFETY: forwarded.
-    StorePath::from_bytes(unsafe { c_bytes(p, what) }?)
+    StorePath::from_nul_free_bytes(unsafe { c_bytes(p, what) }?)
 }
 
 /// Reads an array of `n` C strings into a sorted, deduplicated set.

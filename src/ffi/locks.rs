@@ -167,10 +167,7 @@ pub extern "C" fn gk_lockset_set_deletion(set: gk_lockset, delete: bool) -> gk_s
 pub extern "C" fn gk_lockset_release(set: gk_lockset) -> gk_status {
     call(|| {
         let s = HANDLES.with(|h| h.locksets.remove(set))?;
-        let checked = s.check();
-        let released = s.release();
-        checked?;
-        released?;
+        s.check_and_release()?;
         Ok(GK_OK)
     })
 }

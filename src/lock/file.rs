@@ -110,14 +110,21 @@ impl LockFile {
     /// "held by this process") or ran before the lock was taken. A busy lock
     /// whose inode one of this process's sets holds is [`Acquired::HeldHere`].
     /// Stale files are handled as in [`LockFile::acquire_blocking`].
+    ///
+    /// `free_first` are paths that no lock set of this process may hold
+    /// (G5's fast path, by name): they are checked at the start of the same
+    /// critical section, before anything is opened, and the first one held
+    /// is [`Error::HeldByThisProcess`].
     pub(crate) fn try_registered(
         path: &StorePath,
         backend: Backend,
         owner: Owner,
+        free_first: &[StorePath],
     ) -> Result<Acquired> {
         ensure_installed();
         for _ in 0..MAX_STALE_ATTEMPTS {
             let attempt = STATE.with(|st| -> Result<Option<Acquired>> {
+                super::registry::check_free(st, free_first)?;
                 let (fd, dir_owner) = open_in(st, path)?;
                 let fail = |st: &mut State, op, e| {
                     close_in(st, fd);
@@ -471,7 +478,7 @@ pub(crate) fn close_fd(fd: RawFd) {
 
 /// [`close_fd`], with the process lock already held.
 fn close_in(st: &mut State, fd: RawFd) {
-    st.fds.remove(&fd);
+    st.fds.remove(fd);
     // SAFETY: closing a descriptor this library opened and still owns.
     unsafe { libc::close(fd) };
 }

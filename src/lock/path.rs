@@ -24,10 +24,65 @@ pub const PATH_MAX: usize = libc::PATH_MAX as usize;
 /// Paths order by their store path bytes (not by lock-file name), the order
 /// in which guix-daemon's `PathLocks` takes a `PathSet`: `/s/wb` sorts before
 /// `/s/wb-doc`, although `wb-doc.lock` sorts before `wb.lock`.
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// A path also carries, computed once when it is made, the length of its
+/// store directory and a hash of its bytes: the in-process registry and the
+/// store-directory cache, which the lock cycle consults for every path, then
+/// never scan or hash the path again. `Hash` writes that hash only.
+#[derive(Clone)]
 pub struct StorePath {
     /// `P.lock` followed by NUL; the store path is the prefix without the suffix.
     lock: CString,
+    /// The length of the store directory: the bytes before the last `/`
+    /// (1 for a path directly under `/`).
+    dir_len: u32,
+    /// A hash of the store path's bytes ([`hash_bytes`]).
+    hash: u64,
+}
+
+impl PartialEq for StorePath {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.lock == other.lock
+    }
+}
+
+impl Eq for StorePath {}
+
+impl std::hash::Hash for StorePath {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The first occurrence of `byte` in `s` (libc's `memchr`, vectorised).
+#[inline]
+fn find(s: &[u8], byte: u8) -> Option<usize> {
+    // SAFETY: `s` is valid for `s.len()` bytes; memchr reads no further.
+    let p = unsafe { libc::memchr(s.as_ptr().cast(), byte as libc::c_int, s.len()) };
+    (!p.is_null()).then(|| p as usize - s.as_ptr() as usize)
+}
+
+/// A 64-bit hash of `bytes`, a word at a time (an FxHash-style multiply and
+/// rotate, then a final mix). Only this process's own tables use it.
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        h = (h.rotate_left(5) ^ v).wrapping_mul(K);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
 }
 
 impl StorePath {
@@ -38,6 +93,67 @@ impl StorePath {
 
     /// Validates and normalises a path given as raw bytes (no NUL terminator).
     pub fn from_bytes(bytes: &[u8]) -> Result<StorePath> {
+        match Self::from_normal_bytes(bytes, false) {
+            Some(p) => Ok(p),
+            None => Self::from_bytes_general(bytes),
+        }
+    }
+
+    /// [`StorePath::from_bytes`] for bytes known to hold no NUL (a C string
+    /// measured up to its terminator): the fast path skips that scan.
+    pub(crate) fn from_nul_free_bytes(bytes: &[u8]) -> Result<StorePath> {
+        debug_assert!(!bytes.contains(&0));
+        match Self::from_normal_bytes(bytes, true) {
+            Some(p) => Ok(p),
+            None => Self::from_bytes_general(bytes),
+        }
+    }
+
+    /// The common case of [`StorePath::from_bytes`], in one pass: a path that
+    /// is already normal (absolute, not the root, no NUL, no empty, `.` or
+    /// `..` component, no trailing slash, short enough) is copied as it is.
+    /// `None` sends anything else to the general code, which normalises it
+    /// or says why it is refused.
+    #[inline]
+    fn from_normal_bytes(bytes: &[u8], nul_free: bool) -> Option<StorePath> {
+        let n = bytes.len();
+        if n < 2
+            || bytes[0] != b'/'
+            || bytes[n - 1] == b'/'
+            || n + LOCK_SUFFIX.len() + 1 > PATH_MAX
+            || (!nul_free && find(bytes, 0).is_some())
+        {
+            return None;
+        }
+        // Each component, from after one slash to the next.
+        let mut slash = 0;
+        loop {
+            let rest = &bytes[slash + 1..];
+            let end = find(rest, b'/');
+            let comp = &rest[..end.unwrap_or(rest.len())];
+            if comp.is_empty() || comp == b"." || comp == b".." {
+                return None;
+            }
+            match end {
+                Some(k) => slash += 1 + k,
+                None => break,
+            }
+        }
+        let mut out = Vec::with_capacity(n + LOCK_SUFFIX.len() + 1);
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(LOCK_SUFFIX.as_bytes());
+        out.push(0);
+        // SAFETY: `bytes` has no NUL (checked above), nor has the suffix; the
+        // vector ends with the one NUL just pushed.
+        let lock = unsafe { CString::from_vec_with_nul_unchecked(out) };
+        Some(StorePath {
+            lock,
+            dir_len: slash.max(1) as u32,
+            hash: hash_bytes(bytes),
+        })
+    }
+
+    fn from_bytes_general(bytes: &[u8]) -> Result<StorePath> {
         let refuse = |reason| Error::InvalidPath {
             path: String::from_utf8_lossy(bytes).into_owned(),
             reason,
@@ -62,13 +178,19 @@ impl StorePath {
         if out.is_empty() {
             return Err(refuse("is the root directory"));
         }
+        let dir_len = out.iter().rposition(|&c| c == b'/').unwrap_or(0).max(1) as u32;
+        let hash = hash_bytes(&out);
         out.extend_from_slice(LOCK_SUFFIX.as_bytes());
         if out.len() + 1 > PATH_MAX {
             return Err(refuse("its lock file name would exceed PATH_MAX"));
         }
         // SAFETY-free: NULs were refused above, so this cannot fail.
         let lock = CString::new(out).map_err(|_| refuse("contains a NUL byte"))?;
-        Ok(StorePath { lock })
+        Ok(StorePath {
+            lock,
+            dir_len,
+            hash,
+        })
     }
 
     /// The normalised store path.
@@ -89,12 +211,9 @@ impl StorePath {
 
     /// The store directory as bytes, without parsing path components: the
     /// lock file name up to its last `/` (`/` itself for a path in `/`).
+    #[inline]
     pub(crate) fn store_dir_bytes(&self) -> &[u8] {
-        let b = self.lock.as_bytes();
-        match b.iter().rposition(|&c| c == b'/') {
-            Some(0) | None => &b[..1],
-            Some(i) => &b[..i],
-        }
+        &self.lock.as_bytes()[..self.dir_len as usize]
     }
 
     /// The directory holding the path and its lock file (the store directory).
@@ -173,6 +292,36 @@ mod tests {
         assert_eq!(p.store_dir_bytes(), b"/s");
         assert_eq!(StorePath::new("/top").unwrap().store_dir_bytes(), b"/");
         assert_eq!(StorePath::new("/a/b/c").unwrap().store_dir_bytes(), b"/a/b");
+    }
+
+    /// The one-pass fast path agrees with the general code on every short
+    /// string over an alphabet of the interesting bytes: same path, same
+    /// store directory and hash, or handed over to the general code.
+    #[test]
+    fn the_fast_path_agrees_with_the_general_code() {
+        let alphabet = [b'/', b'.', b'a', 0u8];
+        let mut fast = 0;
+        for len in 0..=7u32 {
+            for mut k in 0..4usize.pow(len) {
+                let mut v = Vec::new();
+                for _ in 0..len {
+                    v.push(alphabet[k % 4]);
+                    k /= 4;
+                }
+                let general = StorePath::from_bytes_general(&v);
+                if let Some(p) = StorePath::from_normal_bytes(&v, false) {
+                    fast += 1;
+                    let g = general.expect("the fast path accepts only what the general one does");
+                    assert_eq!(p.lock, g.lock, "{v:?}");
+                    assert_eq!((p.dir_len, p.hash), (g.dir_len, g.hash), "{v:?}");
+                }
+            }
+        }
+        assert!(fast > 100, "{fast}");
+        let p = StorePath::new("/gnu/store/abc-hello-2.12").unwrap();
+        assert_eq!(p.store_dir_bytes(), b"/gnu/store");
+        assert_eq!(p, StorePath::new("/gnu//store/abc-hello-2.12/").unwrap());
+        assert_ne!(p, StorePath::new("/gnu/store/abc-hello-2.13").unwrap());
     }
 
     #[test]

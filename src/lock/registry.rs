@@ -74,12 +74,14 @@ pub fn is_held_by_me(path: &StorePath) -> bool {
 
 /// Every store path this process holds, sorted, with its owner.
 pub fn held_paths() -> Vec<(PathBuf, Owner)> {
-    STATE.with(|st| {
+    let mut v: Vec<(PathBuf, Owner)> = STATE.with(|st| {
         st.held
             .iter()
             .map(|(p, o)| (p.as_path().to_path_buf(), *o))
             .collect()
-    })
+    });
+    v.sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+    v
 }
 
 /// Every store path held by an owner that `select` accepts, with its owner

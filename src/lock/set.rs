@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::file::{Acquired, LockFile};
 use super::path::{normalize_set, StorePath};
-use super::process::{generation, STATE};
+use super::process::{generation, State, STATE};
 use super::registry::{check_free, Owner};
 use super::wait::LockWait;
 use crate::error::{Error, Result};
@@ -32,7 +32,10 @@ pub struct LockSet {
     id: u64,
     owner: Owner,
     backend: Backend,
-    locks: Vec<(StorePath, LockFile)>,
+    /// The paths, sorted; `files[i]` is the lock of `paths[i]` (two parallel
+    /// vectors: the set keeps the vector of paths it was given).
+    paths: Vec<StorePath>,
+    files: Vec<LockFile>,
     delete: bool,
     generation: u64,
 }
@@ -159,17 +162,17 @@ impl LockSet {
 
     /// The locked store paths, sorted.
     pub fn paths(&self) -> impl ExactSizeIterator<Item = &StorePath> + Clone {
-        self.locks.iter().map(|(p, _)| p)
+        self.paths.iter()
     }
 
     /// Number of paths in the set.
     pub fn len(&self) -> usize {
-        self.locks.len()
+        self.files.len()
     }
 
     /// `true` if the set holds no path (only after release).
     pub fn is_empty(&self) -> bool {
-        self.locks.is_empty()
+        self.files.is_empty()
     }
 
     /// Whether release will delete the lock files (allowed once the paths are valid).
@@ -187,15 +190,35 @@ impl LockSet {
     /// file that could not be deleted (it is then left in place, unlocked).
     pub fn release(mut self) -> Result<()> {
         if self.generation != generation() {
-            self.locks.clear(); // the atfork handler closed the descriptors
+            self.files.clear(); // the atfork handler closed the descriptors
             return Err(Error::WrongProcess("this lock set"));
         }
-        self.release_inner()
+        self.release_inner(false)
     }
 
-    fn release_inner(&mut self) -> Result<()> {
-        let locks = std::mem::take(&mut self.locks);
-        release_locks(self.id, locks, self.delete)
+    /// [`LockSet::check`] and [`LockSet::release`] together, path by path,
+    /// each path's check and release in one critical section of the process
+    /// lock (the C ABI's release does both). Every lock is released even when
+    /// a check fails; the first check error comes first, then the first
+    /// release error.
+    pub fn check_and_release(mut self) -> Result<()> {
+        if self.generation != generation() {
+            self.files.clear(); // the atfork handler closed the descriptors
+            return Err(Error::WrongProcess("this lock set"));
+        }
+        self.release_inner(true)
+    }
+
+    fn release_inner(&mut self, check: bool) -> Result<()> {
+        let files = std::mem::take(&mut self.files);
+        let (id, delete) = (self.id, self.delete);
+        let mut check_err = None;
+        let r = release_locks(id, self.paths.iter().zip(files), delete, |st, p, f| {
+            if check && check_err.is_none() {
+                check_err = check_one(st, id, p, f).err();
+            }
+        });
+        check_err.map_or(r, Err)
     }
 
     /// Checks this set's ledger invariants (G6): the set belongs to this
@@ -206,72 +229,82 @@ impl LockSet {
             return Err(Error::WrongProcess("this lock set"));
         }
         STATE.with(|st| {
-            for (p, f) in &self.locks {
-                match st.held.get(p) {
-                    Some(o) if o.lockset == self.id => {}
-                    Some(o) => {
-                        return Err(Error::Invariant(format!(
-                            "{p} is held by lock set {} but the registry names {o}",
-                            self.id
-                        )))
-                    }
-                    None => {
-                        return Err(Error::Invariant(format!(
-                            "{p} is held by lock set {} but missing from the registry",
-                            self.id
-                        )))
-                    }
-                }
-                if st
-                    .held_inodes
-                    .get(&f.key())
-                    .is_none_or(|o| o.lockset != self.id)
-                {
-                    return Err(Error::Invariant(format!(
-                        "{p}: the inode of its lock file is not registered to lock set {}",
-                        self.id
-                    )));
-                }
-                if !st.fds.contains(&f.fd()) {
-                    return Err(Error::Invariant(format!(
-                        "{p}: descriptor {} of lock set {} is not open",
-                        f.fd(),
-                        self.id
-                    )));
-                }
+            for (p, f) in self.paths.iter().zip(&self.files) {
+                check_one(st, self.id, p, f)?;
             }
             Ok(())
         })
     }
 }
 
+/// The checks of [`LockSet::check`] for path `p` of lock set `id`, with the
+/// process lock held.
+fn check_one(st: &State, id: u64, p: &StorePath, f: &LockFile) -> Result<()> {
+    match st.held.get(p) {
+        Some(o) if o.lockset == id => {}
+        Some(o) => {
+            return Err(Error::Invariant(format!(
+                "{p} is held by lock set {id} but the registry names {o}"
+            )))
+        }
+        None => {
+            return Err(Error::Invariant(format!(
+                "{p} is held by lock set {id} but missing from the registry"
+            )))
+        }
+    }
+    if st.held_inodes.get(&f.key()).is_none_or(|o| o.lockset != id) {
+        return Err(Error::Invariant(format!(
+            "{p}: the inode of its lock file is not registered to lock set {id}"
+        )));
+    }
+    if !st.fds.contains(f.fd()) {
+        return Err(Error::Invariant(format!(
+            "{p}: descriptor {} of lock set {id} is not open",
+            f.fd()
+        )));
+    }
+    Ok(())
+}
+
 impl Drop for LockSet {
     fn drop(&mut self) {
-        if !self.locks.is_empty() && self.generation == generation() {
+        if !self.files.is_empty() && self.generation == generation() {
             self.delete = false;
-            let _ = self.release_inner();
+            let _ = self.release_inner(false);
         }
     }
 }
 
-/// Releases `locks` of lock set `id`, each together with its registry
-/// entries (path and inode) in one step under the process lock. So another
-/// thread never finds a lock released but still registered (a false "held
-/// by this process"), nor registered no more but still locked (a false
+/// Releases `locks` (path, lock) of lock set `id`, each together with its
+/// registry entries (path and inode) in one step under the process lock,
+/// after `before` (which may look at the registry: the release's check). So
+/// another thread never finds a lock released but still registered (a false
+/// "held by this process"), nor registered no more but still locked (a false
 /// "busy, another process"), and a deleted lock file's inode number, which
 /// the file system may reuse at once, is unregistered before it is freed.
 /// Every lock is released even when one fails; the first error is returned.
-fn release_locks(id: u64, locks: Vec<(StorePath, LockFile)>, delete: bool) -> Result<()> {
+fn release_locks<'p>(
+    id: u64,
+    locks: impl IntoIterator<Item = (&'p StorePath, LockFile)>,
+    delete: bool,
+    mut before: impl FnMut(&State, &StorePath, &LockFile),
+) -> Result<()> {
     let mut first_err = None;
     for (p, f) in locks {
         let key = f.key();
         let r = STATE.with(|st| {
-            let r = f.release_in(st, &p, delete);
-            if st.held_inodes.get(&key).is_some_and(|o| o.lockset == id) {
-                st.held_inodes.remove(&key);
+            before(st, p, &f);
+            let r = f.release_in(st, p, delete);
+            if let Some((k, o)) = st.held_inodes.remove_entry(&key) {
+                if o.lockset != id {
+                    st.held_inodes.insert(k, o);
+                }
             }
-            if st.held.get(&p).is_some_and(|o| o.lockset == id) {
-                st.held.remove(&p);
+            if let Some((k, o)) = st.held.remove_entry(p) {
+                if o.lockset != id {
+                    st.held.insert(k, o);
+                }
             }
             r
         });
@@ -299,23 +332,27 @@ fn try_once(
     backend: Backend,
     mut in_hand: Option<(usize, LockFile)>,
 ) -> Result<std::result::Result<LockSet, (Vec<StorePath>, usize)>> {
-    STATE.with(|st| {
-        // Fast path for G5: a path held by a set of this process, by name.
-        check_free(st, &paths)?;
-        if let Some((k, f)) = &in_hand {
-            // We hold its kernel lock, so no other set of ours can.
+    // G5's fast path, a path held by a set of this process (by name), is
+    // checked for every path before anything is opened: in the first path's
+    // critical section, or, with a lock in hand, in the section that
+    // registers it (we hold its kernel lock, so no other set of ours can).
+    let mut check_first: &[StorePath] = &paths;
+    if let Some((k, f)) = &in_hand {
+        STATE.with(|st| {
+            check_free(st, &paths)?;
             st.held_inodes.insert(f.key(), owner);
             st.held.insert(paths[*k].clone(), owner);
-        }
-        Ok::<_, Error>(())
-    })?;
-    // Releases what this pass holds (registered to `id`).
+            Ok::<_, Error>(())
+        })?;
+        check_first = &[];
+    }
+    // Releases what this pass holds (registered to `id`): paths 0..got.len()
+    // and the lock in hand if it was not reached.
     let unwind = |got: Vec<LockFile>, in_hand: Option<(usize, LockFile)>, paths: &[StorePath]| {
-        let mut locks: Vec<(StorePath, LockFile)> = paths.iter().cloned().zip(got).collect();
-        if let Some((k, f)) = in_hand {
-            locks.push((paths[k].clone(), f));
-        }
-        let _ = release_locks(id, locks, false); // L8: release 1..k-1, never deleting
+        let locks = paths.iter().zip(got);
+        let extra = in_hand.map(|(k, f)| (&paths[k], f));
+        // L8: release 1..k-1, never deleting
+        let _ = release_locks(id, locks.chain(extra), false, |_, _, _| {});
     };
     let mut got: Vec<LockFile> = Vec::with_capacity(paths.len());
     for (i, p) in paths.iter().enumerate() {
@@ -325,7 +362,8 @@ fn try_once(
                 continue;
             }
         }
-        match LockFile::try_registered(p, backend, owner) {
+        let free_first = std::mem::take(&mut check_first);
+        match LockFile::try_registered(p, backend, owner, free_first) {
             Ok(Acquired::Locked(f)) => got.push(f),
             Ok(Acquired::HeldHere(o, key)) if o.lockset == id => {
                 // This very pass holds the same file under another name (a
@@ -358,7 +396,8 @@ fn try_once(
         id,
         owner,
         backend,
-        locks: paths.into_iter().zip(got).collect(),
+        paths,
+        files: got,
         delete: false,
         generation: generation(),
     }))

@@ -63,6 +63,15 @@ pub(crate) struct Arena {
 
 const EMPTY: &[StorePath] = &[];
 
+/// Grows a per-goal or per-edge array fourfold (from at least 256). Each
+/// regrowth copies the array into fresh memory; growing by four instead of
+/// two copies a third of the bytes instead of all of them, and capacity that
+/// is never used is never touched (the kernel maps pages on first write).
+fn grow<T>(v: &mut Vec<T>) {
+    let want = (v.capacity() * 4).max(256);
+    v.reserve_exact(want - v.len());
+}
+
 /// The dependency counter of a finished goal: far from 0, so the
 /// decrements of its remaining edges never make it look ready.
 const DONE_PENDING: u32 = 1 << 31;
@@ -105,6 +114,9 @@ impl Arena {
         } else {
             self.push_outputs(kind, index, outputs)
         };
+        if self.goals.len() == self.goals.capacity() {
+            self.grow_goals();
+        }
         self.goals.push(Goal {
             phase: Phase::Ready,
             tag,
@@ -126,6 +138,17 @@ impl Arena {
         self.pending.reserve(goals);
         self.done.reserve(goals / 64 + 1);
         self.log.reserve(edges);
+    }
+
+    /// Makes room for more goals in the per-goal arrays, together.
+    #[cold]
+    #[inline(never)]
+    fn grow_goals(&mut self) {
+        grow(&mut self.goals);
+        let cap = self.goals.capacity();
+        self.pending.reserve(cap - self.pending.len());
+        self.done
+            .reserve((cap / 64 + 1).saturating_sub(self.done.len()));
     }
 
     /// Records goal `index`'s outputs (and, for a goal that locks them, the
@@ -158,6 +181,9 @@ impl Arena {
     /// dependents, visible to walks after the next [`Arena::flush`]).
     #[inline(always)]
     pub(crate) fn add_edge(&mut self, from: u32, to: u32) {
+        if self.log.len() == self.log.capacity() {
+            grow(&mut self.log);
+        }
         self.log.push((from, to));
     }
 
@@ -200,51 +226,50 @@ impl Arena {
     /// partitioned by ranges of sources (at most ~2048 ranges, so the write
     /// streams stay in cache), then each range is sorted into its final
     /// place with counters that fit in L1. No pass makes random accesses
-    /// over the whole arena; up to 2^18 goals (1 MiB of counters) there is
-    /// a single range.
+    /// over the whole arena. Up to 2^18 goals, a plain counting sort
+    /// ([`Arena::compact_small`]).
     #[inline(never)]
     fn compact(&mut self) {
         let n = self.goals.len();
+        // The new edges in the order they were added: the overflow lists'
+        // (linked earlier), then the log's.
         let mut new = std::mem::take(&mut self.log);
         if !self.extra.is_empty() {
-            new.extend(self.extra.iter().map(|e| (e.from, e.to)));
+            let mut all: Vec<(u32, u32)> = self.extra.iter().map(|e| (e.from, e.to)).collect();
+            all.append(&mut new);
+            new = all;
             self.extra = Vec::new();
             self.extra_head = Vec::new();
         }
         let bits = usize::BITS - n.max(1).leading_zeros();
-        let shift = if bits <= 18 { bits } else { bits - 11 };
+        if bits <= 18 {
+            return self.compact_small(new);
+        }
+        let shift = bits - 11;
         let ranges = (n >> shift) + 1;
         // Pass 1: the size of each range, then where it starts.
         let mut rstart = vec![0usize; ranges + 1];
-        if ranges == 1 {
-            rstart[1] = new.len();
-        } else {
-            for &(f, _) in &new {
-                rstart[(f as usize >> shift) + 1] += 1;
-            }
-            for r in 0..ranges {
-                rstart[r + 1] += rstart[r];
-            }
+        for &(f, _) in &new {
+            rstart[(f as usize >> shift) + 1] += 1;
+        }
+        for r in 0..ranges {
+            rstart[r + 1] += rstart[r];
         }
         // Pass 2: partition by range (sequential reads, one sequential
-        // write stream per range); nothing to do with a single range.
-        let part = if ranges == 1 {
-            new
-        } else {
-            let mut part = vec![(0u32, 0u32); new.len()];
-            let mut fill = rstart[..ranges].to_vec();
-            for &e in &new {
-                let r = e.0 as usize >> shift;
-                part[fill[r]] = e;
-                fill[r] += 1;
-            }
-            part
-        };
+        // write stream per range).
+        let mut part = vec![(0u32, 0u32); new.len()];
+        let mut fill = rstart[..ranges].to_vec();
+        for &e in &new {
+            let r = e.0 as usize >> shift;
+            part[fill[r]] = e;
+            fill[r] += 1;
+        }
+        drop(new);
         // Pass 3: per range, a counting sort into the final array, with the
         // old compact slices copied in front of each goal's new edges.
         let mut csr = vec![0u32; self.csr.len() + part.len()];
         let mut start = vec![0u32; n + 1];
-        let mut local = vec![0u32; (1usize << shift).min(n.max(1))];
+        let mut local = vec![0u32; 1usize << shift];
         let mut at = 0u32;
         for r in 0..ranges {
             let lo = r << shift;
@@ -292,6 +317,45 @@ impl Arena {
         start[n] = at;
         self.csr = csr;
         self.csr_start = start;
+    }
+
+    /// [`Arena::compact`] for up to 2^18 goals (the counters, 1 MiB at
+    /// most, stay in L2): a plain counting sort, whose one array of counters
+    /// becomes the offsets. The new edges are scattered backwards from the
+    /// end of each goal's slice (in reverse order, so they keep their
+    /// order), then the old slice is copied in front of them.
+    fn compact_small(&mut self, new: Vec<(u32, u32)>) {
+        let n = self.goals.len();
+        // ends[i + 1]: first the number of dependents of goal i, then (after
+        // the prefix sum) the end of its slice, then (after the scatter) its
+        // start; shifted down by one at the end, it is `csr_start`.
+        let mut ends = vec![0u32; n + 1];
+        for i in 0..n {
+            ends[i + 1] = self.old_len(i);
+        }
+        for &(f, _) in &new {
+            ends[f as usize + 1] += 1;
+        }
+        for i in 0..n {
+            ends[i + 1] += ends[i];
+        }
+        let total = ends[n];
+        let mut csr = vec![0u32; total as usize];
+        for &(f, t) in new.iter().rev() {
+            let c = &mut ends[f as usize + 1];
+            *c -= 1;
+            csr[*c as usize] = t;
+        }
+        for i in 0..n.min(self.csr_start.len().saturating_sub(1)) {
+            let (a, z) = (self.csr_start[i] as usize, self.csr_start[i + 1] as usize);
+            let c = &mut ends[i + 1];
+            *c -= (z - a) as u32;
+            csr[*c as usize..*c as usize + (z - a)].copy_from_slice(&self.csr[a..z]);
+        }
+        ends.copy_within(1.., 0);
+        ends[n] = total;
+        self.csr = csr;
+        self.csr_start = ends;
     }
 
     fn old_len(&self, i: usize) -> u32 {
@@ -366,25 +430,31 @@ impl Arena {
     }
 
     /// Software pipelining of the drain, where most accesses are random
-    /// at a million goals: `next` is the goal the host will be given next,
-    /// `after` the one after it. The lines the coming calls read are asked
-    /// for now: `next`'s slice of dependents, and `after`'s record, counter
-    /// and compact-form offsets. Hints only: nothing is read or changed.
+    /// at a million goals. `ahead(k)` is the goal the host will be given
+    /// `k + 1` calls from now (the ready queue's `k`-th entry). Each report
+    /// asks for what later calls will read, one stage per distance, each
+    /// stage using what an earlier report asked for: for the goal 4 ahead
+    /// its record, counter and compact-form offsets; for the goal 2 ahead
+    /// its slice of dependents; for the next goal its dependents' counters
+    /// (decremented when it finishes). Hints only: nothing is changed, and
+    /// an index out of range is simply not prefetched.
     #[inline(always)]
-    pub(crate) fn prefetch_ahead(&self, next: Option<u32>, after: Option<u32>) {
-        if let Some(j) = after {
+    pub(crate) fn prefetch_ahead(&self, ahead: impl Fn(usize) -> Option<u32>) {
+        if let Some(j) = ahead(3) {
             let j = j as usize;
             prefetch(self.goals.as_ptr().wrapping_add(j));
             prefetch(self.pending.as_ptr().wrapping_add(j));
             prefetch(self.csr_start.as_ptr().wrapping_add(j));
         }
-        if let Some(&a) = next.and_then(|j| self.csr_start.get(j as usize)) {
+        if let Some(&a) = ahead(1).and_then(|j| self.csr_start.get(j as usize)) {
             prefetch(self.csr.as_ptr().wrapping_add(a as usize));
+        }
+        if let Some(j) = ahead(0) {
+            self.prefetch_dependents(j);
         }
     }
 
-    /// Goal `i` starts: the counters of its dependents will be decremented
-    /// when it finishes, so they are asked for now (a hint, as above).
+    /// The counters of goal `i`'s dependents (a hint, as above).
     #[inline(always)]
     pub(crate) fn prefetch_dependents(&self, i: u32) {
         let i = i as usize;
@@ -530,6 +600,14 @@ mod tests {
         assert_eq!(deps(&mut a, 7).len(), 101);
         assert_eq!(deps(&mut a, 0).len(), 200);
         assert_eq!(deps(&mut a, 200), vec![5]);
+        // Dependents keep the order in which their edges were added (the
+        // order in which a finishing goal wakes them), across compactions.
+        let mut c = a.dependents(0);
+        let mut order = Vec::new();
+        while let Some(d) = a.next_dependent(&mut c) {
+            order.push(d);
+        }
+        assert_eq!(order, (1..=200).collect::<Vec<u32>>());
     }
 
     /// The cache-blocked compaction (more than 2^18 goals: several source

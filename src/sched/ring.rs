@@ -82,7 +82,9 @@ impl Ring {
         }
     }
 
-    /// Doubles the capacity (at least 16), keeping the order.
+    /// Doubles the capacity (at least 16), keeping the order. (Not four
+    /// times, as the arena's arrays: a queue that holds at most N entries
+    /// at once then wraps around within twice N, reusing its pages.)
     #[cold]
     #[inline(never)]
     fn grow(&mut self) {

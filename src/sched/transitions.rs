@@ -29,7 +29,6 @@ impl Worker {
                     GoalState::Ready if self.arena.goals[i as usize].kind == GoalKind::Plain => {
                         self.ready.pop_front();
                         self.arena.start(i, Exec::Plain);
-                        self.arena.prefetch_dependents(i);
                         return Ok(Event::Run {
                             goal: self.id(i),
                             kind: GoalKind::Plain,
@@ -525,8 +524,8 @@ impl Worker {
                     self.ready.push_back(d);
                 }
             }
-            self.arena
-                .prefetch_ahead(self.ready.front(), self.ready.get(1));
+            let ready = &self.ready;
+            self.arena.prefetch_ahead(|k| ready.get(k));
         } else if cascade {
             self.cascade_from(c);
         }
