@@ -409,15 +409,17 @@ static uint32_t *make_edges(uint32_t n, size_t *n_edges) {
   return e;
 }
 
-/* All goals through the pull loop; returns seconds, and the seconds the
- * add_dependency calls took in *edges_s. */
-static double sched_c(uint32_t n, const uint32_t *e, size_t m, double *edges_s) {
+/* The DAG through the C ABI, 7 calls per goal: gk_worker_add_goal, then
+ * one gk_worker_add_dependency per edge, then next_event and report one at
+ * a time. Returns seconds, and the seconds the add_dependency calls took in
+ * *edges_s. */
+static double sched_c_per_edge(uint32_t n, const uint32_t *e, size_t m, double *edges_s) {
   double t0 = now_ns();
   gk_worker w;
   check(gk_worker_new(NULL, &w), "worker_new");
   gk_goal *ids = malloc(sizeof(gk_goal) * n);
   for (uint32_t i = 0; i < n; i++)
-    check(gk_worker_add_goal(w, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, 0, &ids[i]), "add_goal");
+    check(gk_worker_add_goal(w, GK_GOAL_PLAIN, NULL, 0, GK_MODE_NORMAL, i, &ids[i]), "add_goal");
   double te = now_ns();
   for (size_t j = 0; j < m; j++)
     check(gk_worker_add_dependency(w, ids[e[2 * j]], ids[e[2 * j + 1]]), "add_dependency");
@@ -440,6 +442,110 @@ static double sched_c(uint32_t n, const uint32_t *e, size_t m, double *edges_s) 
     exit(1);
   }
   check(gk_worker_free(w), "worker_free");
+  free(ids);
+  return dt;
+}
+
+/* The DAG through the C ABI with single calls, 3 per goal: each goal is
+ * added with its dependencies in one call (gk_worker_add_goals with one
+ * goal; the host looks its dependencies' ids up in its own table), then
+ * next_event and report one at a time. The edge list is grouped by goal
+ * (make_edges). Returns seconds. */
+static double sched_c_single(uint32_t n, const uint32_t *e, size_t m) {
+  double t0 = now_ns();
+  gk_worker w;
+  check(gk_worker_new(NULL, &w), "worker_new");
+  gk_goal *ids = malloc(sizeof(gk_goal) * n);
+  uint32_t kind = GK_GOAL_PLAIN, off[2] = {0, 0};
+  uint64_t tag = 0;
+  gk_goal deps[4];
+  gk_goal_batch b = {.struct_size = sizeof(gk_goal_batch), .n_goals = 1, .kinds = &kind,
+                     .tags = &tag, .dep_offsets = off, .deps = deps};
+  size_t j = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t k = 0;
+    for (; j < m && e[2 * j] == i; j++) deps[k++] = ids[e[2 * j + 1]];
+    off[1] = k;
+    tag = i;
+    check(gk_worker_add_goals(w, &b, &ids[i], NULL), "add_goals (one goal)");
+  }
+  uint32_t ran = 0;
+  for (;;) {
+    gk_event ev;
+    check(gk_worker_next_event(w, &ev), "next_event");
+    if (ev.kind == GK_EVENT_DONE) break;
+    if (ev.kind != GK_EVENT_RUN || ev.tag >= n) {
+      fprintf(stderr, "lock_bench: unexpected event %u in the DAG run\n", ev.kind);
+      exit(1);
+    }
+    check(gk_worker_report(w, ev.goal, GK_OUTCOME_BUILT), "report");
+    ran++;
+  }
+  double dt = (now_ns() - t0) / 1e9;
+  if (ran != n) {
+    fprintf(stderr, "lock_bench: ran %u goals of %u\n", ran, n);
+    exit(1);
+  }
+  check(gk_worker_free(w), "worker_free");
+  free(ids);
+  return dt;
+}
+
+/* The DAG through the batch calls: the whole request in one
+ * gk_worker_add_goals (the host writes its edges as GK_BATCH_GOAL
+ * references, CSR style), then gk_worker_next_events for up to 256 events
+ * and gk_worker_report_many for their outcomes. Returns seconds. */
+#define SCHED_BATCH 256
+static double sched_c_batch(uint32_t n, const uint32_t *e, size_t m) {
+  double t0 = now_ns();
+  gk_worker w;
+  check(gk_worker_new(NULL, &w), "worker_new");
+  uint32_t *kinds = malloc(sizeof(uint32_t) * n), *off = malloc(sizeof(uint32_t) * (n + 1));
+  uint64_t *tags = malloc(sizeof(uint64_t) * n);
+  gk_goal *deps = malloc(sizeof(gk_goal) * (m ? m : 1)), *ids = malloc(sizeof(gk_goal) * n);
+  size_t j = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    kinds[i] = GK_GOAL_PLAIN;
+    tags[i] = i;
+    off[i] = (uint32_t)j;
+    for (; j < m && e[2 * j] == i; j++) deps[j] = GK_BATCH_GOAL(e[2 * j + 1]);
+  }
+  off[n] = (uint32_t)j;
+  gk_goal_batch b = {.struct_size = sizeof(gk_goal_batch), .n_goals = n, .kinds = kinds,
+                     .tags = tags, .dep_offsets = off, .deps = deps};
+  gk_batch_error err;
+  check(gk_worker_add_goals(w, &b, ids, &err), "add_goals");
+  gk_event ev[SCHED_BATCH];
+  gk_report rep[SCHED_BATCH];
+  uint32_t ran = 0;
+  for (int done = 0; !done;) {
+    size_t k = 0, r = 0;
+    check(gk_worker_next_events(w, ev, SCHED_BATCH, &k), "next_events");
+    for (size_t i = 0; i < k; i++) {
+      if (ev[i].kind == GK_EVENT_RUN && ev[i].tag < n) {
+        rep[r].goal = ev[i].goal;
+        rep[r].outcome = GK_OUTCOME_BUILT;
+        r++;
+      } else if (ev[i].kind == GK_EVENT_DONE) {
+        done = 1;
+      } else {
+        fprintf(stderr, "lock_bench: unexpected event %u in the DAG run\n", ev[i].kind);
+        exit(1);
+      }
+    }
+    if (r) check(gk_worker_report_many(w, rep, r, &err), "report_many");
+    ran += (uint32_t)r;
+  }
+  double dt = (now_ns() - t0) / 1e9;
+  if (ran != n) {
+    fprintf(stderr, "lock_bench: ran %u goals of %u\n", ran, n);
+    exit(1);
+  }
+  check(gk_worker_free(w), "worker_free");
+  free(kinds);
+  free(off);
+  free(tags);
+  free(deps);
   free(ids);
   return dt;
 }
@@ -477,29 +583,42 @@ static double sched_flat(uint32_t n, const uint32_t *e, size_t m) {
   return dt;
 }
 
+/* The three C pull loops and the flat walk, in rounds: in each, one run of
+ * each, in an order that rotates from round to round. */
 static void schedule(uint32_t n, int rounds) {
   size_t m;
   uint32_t *e = make_edges(n, &m);
-  double *a = calloc((size_t)rounds, sizeof *a), *b = calloc((size_t)rounds, sizeof *b);
-  double *pe = calloc((size_t)rounds, sizeof *pe), es;
+  double *single = calloc((size_t)rounds, sizeof(double)), *flat = calloc((size_t)rounds, sizeof(double));
+  double *per_edge = calloc((size_t)rounds, sizeof(double)), *batch = calloc((size_t)rounds, sizeof(double));
+  double *flat2 = calloc((size_t)rounds, sizeof(double)), *flat3 = calloc((size_t)rounds, sizeof(double));
+  double *pe = calloc((size_t)rounds, sizeof(double)), es;
+  sched_c_batch(n, e, m); /* warm up */
   for (int r = 0; r < rounds; r++) {
-    if (r % 2 == 0) {
-      a[r] = n / sched_c(n, e, m, &es);
-      b[r] = n / sched_flat(n, e, m);
-    } else {
-      b[r] = n / sched_flat(n, e, m);
-      a[r] = n / sched_c(n, e, m, &es);
+    for (int k = 0; k < 4; k++) {
+      switch ((k + r) % 4) {
+      case 0: single[r] = n / sched_c_single(n, e, m); break;
+      case 1: flat[r] = n / sched_flat(n, e, m); break;
+      case 2: per_edge[r] = n / sched_c_per_edge(n, e, m, &es); pe[r] = es * 1e9 / (double)m; break;
+      case 3: batch[r] = n / sched_c_batch(n, e, m); break;
+      }
     }
-    pe[r] = es * 1e9 / (double)m;
+    /* Each figure's ratio pairs it with the flat walk of its own round. */
+    flat2[r] = flat[r];
+    flat3[r] = flat[r];
   }
   /* Throughput: more is better, so the ratio's spread is of goals/s too. */
-  result("schedule_100k_c", a, b, 0, rounds, "%.0f");
-  /* The cost of one add_dependency call (ns per edge), for when the loop
-   * adds each goal with its dependencies in one call. */
+  result("schedule_100k_c", single, flat, 0, rounds, "%.0f");
+  result("schedule_100k_c_per_edge", per_edge, flat2, 0, rounds, "%.0f");
+  result("schedule_100k_c_batch", batch, flat3, 0, rounds, "%.0f");
+  /* The cost of one add_dependency call (ns per edge) in the 7-call loop. */
   printf("INFO schedule_100k_c edges %zu per_edge_ns %.1f\n", m, quantile(pe, rounds, 0.5));
   fflush(stdout);
-  free(a);
-  free(b);
+  free(single);
+  free(flat);
+  free(flat2);
+  free(flat3);
+  free(per_edge);
+  free(batch);
   free(pe);
   free(e);
 }
@@ -529,6 +648,14 @@ static int serve(struct one *o, struct many *m) {
     if (sscanf(line, "raw_cycle %d", &n) == 1 && n > 0) {
       raw_cycle(o, n);
       printf("%.1f\n", (now_ns() - t0) / n);
+    } else if (sscanf(line, "raw_walk %d", &n) == 1 && n > 0) {
+      /* The flat walk of the benchmark DAG of n goals: ns per goal
+       * (the edges are made outside the measured time). */
+      size_t me;
+      uint32_t *e = make_edges((uint32_t)n, &me);
+      double dt = sched_flat((uint32_t)n, e, me);
+      free(e);
+      printf("%.1f\n", dt * 1e9 / n);
     } else if (sscanf(line, "raw_set %d", &n) == 1 && n > 0) {
       raw_set(m, n);
       printf("%.1f\n", (now_ns() - t0) / n / SET);

@@ -178,6 +178,7 @@ unsafe fn opt_array<'a, T>(
 
 /// The `[a, b)` range of goal `i` in a CSR offsets array, checked against
 /// the previous offset and the flat array's length `total`.
+#[inline(always)]
 fn range(
     off: &[u32],
     i: usize,
@@ -185,18 +186,24 @@ fn range(
     field: BatchField,
 ) -> std::result::Result<(u32, u32), BatchError> {
     let (a, b) = (off[i], off[i + 1]);
-    if i == 0 && a != 0 {
-        let e = Error::InvalidArgument(format!("the first offset must be 0, not {a}"));
-        return Err(BatchError::offset(0, 0, field, e));
-    }
-    if b < a || b > total {
-        let e = Error::InvalidArgument(format!(
-            "offset {b} is outside {a}..={total} (the previous offset .. the last offset): \
-             offsets never decrease"
-        ));
-        return Err(BatchError::offset(i + 1, i, field, e));
+    if (i == 0 && a != 0) || b < a || b > total {
+        return Err(range_error(a, b, i, total, field));
     }
     Ok((a, b))
+}
+
+#[cold]
+#[inline(never)]
+fn range_error(a: u32, b: u32, i: usize, total: u32, field: BatchField) -> BatchError {
+    if i == 0 && a != 0 {
+        let e = Error::InvalidArgument(format!("the first offset must be 0, not {a}"));
+        return BatchError::offset(0, 0, field, e);
+    }
+    let e = Error::InvalidArgument(format!(
+        "offset {b} is outside {a}..={total} (the previous offset .. the last offset): \
+         offsets never decrease"
+    ));
+    BatchError::offset(i + 1, i, field, e)
 }
 
 /// Where the outputs come from.
@@ -348,7 +355,9 @@ unsafe fn read_batch<'a>(
             NewGoal::normalized(GoalKind::Plain, BuildMode::Normal, tag, Vec::new(), &[])
         };
         goals.push(goal);
-        first = BatchError::first(first, bad);
+        if bad.is_some() {
+            first = BatchError::first(first, bad);
+        }
     }
     if let Outputs::Packed(bytes) = outputs {
         if in_step && cursor != bytes.len() {

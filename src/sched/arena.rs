@@ -514,6 +514,19 @@ impl Arena {
         false
     }
 
+    /// A goal just pushed (ready, no dependency counted, not queued) waits
+    /// for `n > 0` dependencies: one step instead of `n` [`Arena::add_pending`].
+    #[inline]
+    pub(crate) fn set_new_pending(&mut self, g: u32, n: u32) {
+        debug_assert!(n > 0 && self.pending[g as usize] == 0);
+        debug_assert!(matches!(self.goals[g as usize].phase, Phase::Ready));
+        self.pending[g as usize] = n;
+        // Ready owns nothing: overwriting it drops nothing.
+        self.goals[g as usize].phase = Phase::WaitingDeps;
+        self.counts[GoalState::Ready as usize] -= 1;
+        self.counts[GoalState::WaitingDeps as usize] += 1;
+    }
+
     /// `g` gets one more unfinished dependency (it must be ready or waiting
     /// for dependencies).
     #[inline]

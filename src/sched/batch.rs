@@ -370,7 +370,15 @@ impl Worker {
         // Paths of the batch's new goals -> their batch index (built only
         // when the batch has goals that lock outputs).
         let mut by_path: HashMap<&StorePath, u32> = HashMap::new();
+        let limit_new = (NONE as usize).saturating_sub(base);
         for (i, g) in goals.iter().enumerate() {
+            if g.kind == GoalKind::Plain && new < limit_new {
+                // The common case: a plain goal is always new.
+                slot.push(Slot::New);
+                index.push((base + new) as u32);
+                new += 1;
+                continue;
+            }
             let (s, at, err) = self.resolve(i, g, goals, &index, &by_path, base + new);
             if s == Slot::New {
                 if err.is_none() && g.kind != GoalKind::Plain {
@@ -390,6 +398,9 @@ impl Worker {
         // Pass 2: the dependencies of the goals before the first bad one.
         let limit = first.as_ref().map_or(n, |e| e.owner);
         for (i, g) in goals.iter().enumerate().take(limit.min(n)) {
+            if self.deps_fine(i, g, &index, &slot) {
+                continue;
+            }
             if let Some(e) = self.check_deps(i, g, &index, &slot) {
                 first = BatchError::first(first, Some(e));
                 break;
@@ -472,6 +483,22 @@ impl Worker {
         new(None)
     }
 
+    /// Pass 2's common case, decided without building an error: every
+    /// dependency of new goal `i` names another goal of this worker or of
+    /// the batch. `false` sends the goal to [`Worker::check_deps`].
+    #[inline(always)]
+    fn deps_fine(&self, i: usize, g: &NewGoal<'_>, index: &[u32], slot: &[Slot]) -> bool {
+        if slot[i] != Slot::New {
+            return g.deps.is_empty();
+        }
+        let at = index[i];
+        let len = self.arena.len() as u32;
+        g.deps.iter().all(|&d| match d.batch_index() {
+            Some(k) => index.get(k as usize).is_some_and(|&t| t != at),
+            None => d.worker() == self.serial && d.index() < len,
+        })
+    }
+
     /// Pass 2 for goal `i`: each dependency names a goal of this worker or
     /// of the batch, not the goal itself, and the goal can still take
     /// dependencies (a shared goal that has started cannot).
@@ -543,10 +570,14 @@ impl Worker {
     }
 
     /// Adds the validated batch: cannot fail. The goals first (so that
-    /// batch references may point forward), then the edges.
+    /// batch references may point forward), then the edges. A new goal is
+    /// queued as ready only once its dependencies are known (none
+    /// unfinished), and a new goal that waits gets its dependency count in
+    /// one step.
     fn commit_goals(&mut self, goals: &mut [NewGoal<'_>], new: usize, ids: &mut [GoalId]) {
         let edges: usize = goals.iter().map(|g| g.deps.len()).sum();
-        self.reserve(new, edges);
+        self.arena.reserve(new, edges);
+        self.ready.reserve(new);
         let index = std::mem::take(&mut self.batch.index);
         let slot = std::mem::take(&mut self.batch.slot);
         let base = self.arena.len() as u32;
@@ -556,7 +587,6 @@ impl Worker {
                     let outputs = std::mem::take(&mut g.outputs);
                     let at = self.arena.push(g.kind, g.mode, outputs, g.tag);
                     debug_assert_eq!(at, Some(index[i]));
-                    self.ready.push_back(index[i]);
                 }
                 Slot::Existing | Slot::Same => self.share(index[i], g.mode),
             }
@@ -571,25 +601,74 @@ impl Worker {
         } else {
             for (i, g) in goals.iter().enumerate() {
                 let at = index[i];
+                if slot[i] != Slot::New || at < base {
+                    self.add_shared_deps(at, g.deps, &index);
+                    continue;
+                }
+                // A new goal: ready, nothing pending, not queued yet.
+                let mut pending = 0;
+                let mut failed = false;
                 for &d in g.deps {
-                    if self.arena.is_finished(at) {
-                        break; // it ended dependency-failed: the rest is moot
-                    }
                     let from = match d.batch_index() {
                         Some(k) => index[k as usize],
                         None => d.index(),
                     };
                     if self.arena.is_finished(from) {
-                        self.dependency_finished(at, from);
+                        if !self.succeeded(from) {
+                            failed = true;
+                            break;
+                        }
                     } else {
                         self.arena.add_edge(from, at);
-                        self.arena.add_pending(at);
+                        pending += 1;
                     }
+                }
+                if failed {
+                    // Its edges so far stay (a finished goal's counter never
+                    // reaches 0); it ends dependency-failed now.
+                    self.finish(at, Outcome::DependencyFailed, true);
+                } else if self.arena.is_finished(at) {
+                    // Ended by an earlier goal's failure (a cascade).
+                } else if pending > 0 {
+                    self.arena.set_new_pending(at, pending);
+                } else {
+                    self.ready.push_back(at);
                 }
             }
         }
         self.batch.index = index;
         self.batch.slot = slot;
+    }
+
+    /// `true` if finished goal `d` succeeded.
+    #[inline]
+    fn succeeded(&self, d: u32) -> bool {
+        self.arena.goals[d as usize]
+            .phase
+            .outcome()
+            .is_some_and(|o| o.is_success())
+    }
+
+    /// The dependencies of a goal that was there before the batch (or is
+    /// an earlier goal of it): as [`Worker::add_dependency`] adds them.
+    #[cold]
+    #[inline(never)]
+    fn add_shared_deps(&mut self, at: u32, deps: &[GoalId], index: &[u32]) {
+        for &d in deps {
+            if self.arena.is_finished(at) {
+                break; // it ended dependency-failed: the rest is moot
+            }
+            let from = match d.batch_index() {
+                Some(k) => index[k as usize],
+                None => d.index(),
+            };
+            if self.arena.is_finished(from) {
+                self.dependency_finished(at, from);
+            } else {
+                self.arena.add_edge(from, at);
+                self.arena.add_pending(at);
+            }
+        }
     }
 
     /// Fills `out` (cleared first) with up to `max` events, in order, in

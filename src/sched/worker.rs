@@ -727,9 +727,12 @@ impl Worker {
         if self.fork_gen != crate::lock::process_generation() {
             return; // a fork child: the parent's locks are not ours to release
         }
-        for i in 0..self.arena.len() as u32 {
-            if !self.arena.goals[i as usize].phase.is_done() {
-                self.finish_one(i, Outcome::Cancelled, false, false);
+        // Every goal finished (a request run to the end): nothing to walk.
+        if self.arena.unfinished() > 0 {
+            for i in 0..self.arena.len() as u32 {
+                if !self.arena.goals[i as usize].phase.is_done() {
+                    self.finish_one(i, Outcome::Cancelled, false, false);
+                }
             }
         }
         for (_, set) in self.legacy.drain(..) {
