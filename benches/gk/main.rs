@@ -93,8 +93,16 @@ fn main() {
     if only.is_none_or(|o| o.contains("guile")) {
         eprintln!("== Guile benchmarks (with-path-locks vs raw C)");
         let exe = cbench::compile("lock_bench");
-        for (name, m) in guile::run(&store, &exe) {
-            measured.insert(name, m);
+        if only.is_none_or(|o| o.contains("lock") || o == "guile") {
+            for (name, m) in guile::run(&store, &exe) {
+                measured.insert(name, m);
+            }
+        }
+        if only.is_none_or(|o| o.contains("schedule") || o == "guile") {
+            eprintln!("== Guile scheduler (run-worker vs the flat walk in C)");
+            for (name, m) in guile::run_sched(&exe) {
+                measured.insert(name, m);
+            }
         }
     }
     if only.is_none_or(|o| o.contains("validity")) {

@@ -384,44 +384,63 @@ lock and slot it holds.  Closing a closed worker does nothing."
 ;;;
 
 (define-record-type <goal-spec>
-  (%make-goal-spec outputs kind kind-symbol mode dependencies data)
+  (%make-goal-spec outputs kind mode dependencies data)
   goal-spec?
   (outputs      goal-spec-outputs)               ;list of strings
-  (kind         goal-spec-kind)                  ;gk_goal_kind value
-  (kind-symbol  goal-spec-kind-symbol)           ;'build, 'substitute, 'plain
+  (kind         goal-spec-kind)                  ;'build, 'substitute, 'plain
   (mode         goal-spec-mode)                  ;gk_build_mode value
   (dependencies goal-spec-dependencies)          ;list of <goal>s and integers
   (data         goal-spec-data))                 ;the host's object
 
 (define %uint32-limit (expt 2 32))
 
+(define %kind-build (c-enum-value %gk-goal-kind 'build))
+(define %kind-substitute (c-enum-value %gk-goal-kind 'substitute))
+(define %kind-plain (c-enum-value %gk-goal-kind 'plain))
+(define %mode-normal (c-enum-value %gk-build-mode 'normal))
+
+(define-inlinable (kind->number kind origin)
+  "The gk_goal_kind of KIND, a symbol; the common kinds without a table."
+  (cond ((eq? kind 'plain) %kind-plain)
+        ((eq? kind 'build) %kind-build)
+        ((eq? kind 'substitute) %kind-substitute)
+        (else (symbol->value %gk-goal-kind kind "goal kind" origin))))
+
 (define (make-spec outputs kind mode dependencies data origin)
+  "Check the arguments of a goal specification; return it."
   (define (bad status fmt . args)
     (raise-goalkeeper-error status (apply format #f fmt args) origin))
   (unless (list? outputs)
     (bad 'invalid-argument "expected a list of store paths, got ~s" outputs))
-  (for-each (lambda (output)
-              (unless (string? output)
-                (bad 'invalid-argument "store path ~s is not a string" output))
-              (when (string-index output #\nul)
-                (bad 'invalid-path "store path ~s contains a NUL character"
-                     output)))
-            outputs)
+  (let check ((rest outputs))
+    (match rest
+      (() #t)
+      (((? string? output) . rest)
+       (when (string-index output #\nul)
+         (bad 'invalid-path "store path ~s contains a NUL character" output))
+       (check rest))
+      ((output . _)
+       (bad 'invalid-argument "store path ~s is not a string" output))))
   (unless (list? dependencies)
     (bad 'invalid-argument "dependencies ~s is not a list" dependencies))
-  (for-each (lambda (dependency)
-              (unless (or (%goal? dependency)
-                          (and (exact-integer? dependency)
-                               (<= 0 dependency)
-                               (< dependency %uint32-limit)))
-                (bad 'invalid-argument "dependency ~s is neither a goal nor \
-the index of a goal of the same batch" dependency)))
-            dependencies)
-  (%make-goal-spec outputs
-                   (symbol->value %gk-goal-kind kind "goal kind" origin)
-                   kind
-                   (symbol->value %gk-build-mode mode "build mode" origin)
+  (let check ((rest dependencies))
+    (match rest
+      (() #t)
+      ((dependency . rest)
+       (unless (or (and (exact-integer? dependency)
+                        (<= 0 dependency)
+                        (< dependency %uint32-limit))
+                   (%goal? dependency))
+         (bad 'invalid-argument "dependency ~s is neither a goal nor the \
+index of a goal of the same batch" dependency))
+       (check rest))))
+  (kind->number kind origin)                    ;checks it
+  (%make-goal-spec outputs kind
+                   (if (eq? mode 'normal)
+                       %mode-normal
+                       (symbol->value %gk-build-mode mode "build mode" origin))
                    dependencies data))
+
 
 (define* (goal-spec outputs #:key (kind 'build) (mode 'normal)
                     (dependencies '()) (data #f))
@@ -503,9 +522,17 @@ one of SPECS gives that goal (S9), which keeps its first data."
 (define-inlinable (align8 n)
   (* 8 (quotient (+ n 7) 8)))
 
-(define %batch-goal-base
-  ;; GK_BATCH_GOAL(0)
-  #xffffffff00000000)
+(define %batch-reference-high-offset
+  ;; Where the high half of a 64-bit integer is in memory.
+  (if (eq? (native-endianness) (endianness little)) 4 0))
+
+(define-inlinable (write-batch-reference! bv offset k)
+  "Store GK_BATCH_GOAL(K) at OFFSET in BV, as two 32-bit halves: the value
+itself, above 2^62, would be a bignum, allocated on every write."
+  (bytevector-u32-native-set! bv (+ offset %batch-reference-high-offset)
+                              #xffffffff)
+  (bytevector-u32-native-set! bv (- (+ offset 4) %batch-reference-high-offset)
+                              k))
 
 (define %batch-size (c-struct-size %gk-goal-batch))
 (define %batch-error-size (c-struct-size %gk-batch-error))
@@ -550,17 +577,18 @@ gk_worker_add_goals call; return the vector of their goals."
       (if (= i n)
           (values n-outputs n-deps strings)
           (let* ((spec (vector-ref specs i))
-                 (outputs (goal-spec-outputs spec))
-                 (deps (goal-spec-dependencies spec)))
-            (for-each (lambda (dependency)
-                        (when (%goal? dependency)
-                          (worker-goal worker dependency origin)))
-                      deps)
-            (loop (+ i 1) (+ n-outputs (length outputs))
-                  (+ n-deps (length deps))
-                  (if (null? outputs)
-                      strings
-                      (append-reverse outputs strings)))))))
+                 (outputs (goal-spec-outputs spec)))
+            (let deps ((rest (goal-spec-dependencies spec)) (n-deps n-deps))
+              (match rest
+                (()
+                 (loop (+ i 1) (+ n-outputs (length outputs)) n-deps
+                       (if (null? outputs)
+                           strings
+                           (append-reverse outputs strings))))
+                ((dependency . rest)
+                 (unless (exact-integer? dependency)
+                   (worker-goal worker dependency origin))
+                 (deps rest (+ n-deps 1)))))))))
   (when (>= n %uint32-limit)
     (raise-goalkeeper-error 'invalid-argument
                             (format #f "~a goals in one batch; at most ~a"
@@ -587,11 +615,10 @@ gk_worker_add_goals call; return the vector of their goals."
       (make-pointer (+ address offset)))
     (let fill ((i 0) (out 0) (dep 0))
       (when (< i n)
-        (let* ((spec (vector-ref specs i))
-               (outputs (goal-spec-outputs spec))
-               (deps (goal-spec-dependencies spec)))
+        (let ((spec (vector-ref specs i)))
           (bytevector-u32-native-set! bv (+ at-kinds (* 4 i))
-                                      (goal-spec-kind spec))
+                                      (kind->number (goal-spec-kind spec)
+                                                    origin))
           (bytevector-u32-native-set! bv (+ at-modes (* 4 i))
                                       (goal-spec-mode spec))
           (bytevector-u64-native-set! bv (+ at-tags (* 8 i)) (+ base-tag i))
@@ -599,17 +626,20 @@ gk_worker_add_goals call; return the vector of their goals."
             (bytevector-u32-native-set! bv (+ at-outoff (* 4 i)) out))
           (unless (zero? n-deps)
             (bytevector-u32-native-set! bv (+ at-depoff (* 4 i)) dep))
-          (let deps-loop ((deps deps) (dep dep))
-            (match deps
+          (let deps ((rest (goal-spec-dependencies spec)) (dep dep))
+            (match rest
               (()
-               (fill (+ i 1) (+ out (length outputs)) dep))
+               (fill (+ i 1)
+                     (if (zero? n-outputs)
+                         out
+                         (+ out (length (goal-spec-outputs spec))))
+                     dep))
               ((dependency . rest)
-               (bytevector-u64-native-set!
-                bv (+ at-deps (* 8 dep))
-                (if (exact-integer? dependency)
-                    (logior %batch-goal-base dependency)
-                    (goal-id dependency)))
-               (deps-loop rest (+ dep 1))))))))
+               (if (exact-integer? dependency)
+                   (write-batch-reference! bv (+ at-deps (* 8 dep)) dependency)
+                   (bytevector-u64-native-set! bv (+ at-deps (* 8 dep))
+                                               (goal-id dependency)))
+               (deps rest (+ dep 1))))))))
     (unless (zero? n-outputs)
       (bytevector-u32-native-set! bv (+ at-outoff (* 4 n)) n-outputs))
     (unless (zero? n-deps)
@@ -630,50 +660,53 @@ gk_worker_add_goals call; return the vector of their goals."
                               (pointer-at at-deps)))
     (let ((status (%gk-worker-add-goals handle (pointer-at 0)
                                         (pointer-at at-ids)
-                                        (pointer-at at-err)))
-          (ids    (make-vector n 0)))
-      (let copy ((i 0))
-        (when (< i n)
-          (vector-set! ids i (bytevector-u64-native-ref bv (+ at-ids (* 8 i))))
-          (copy (+ i 1))))
-      (give-back-batch-memory! memory)
+                                        (pointer-at at-err))))
       (unless (= status %gk-ok)
+        (give-back-batch-memory! memory)
         (status-error status origin))
       ;; New goals have the next indices of the worker, in order (the low
       ;; 32 bits of a goal id are its index); an entry with another id
-      ;; names a goal known already (S9).
+      ;; names a goal known already (S9): one of this batch, found among
+      ;; the earlier entries, or one of the worker, found by its tag.
       (ensure-objects! worker (+ base-tag n))
-      (let* ((objects (worker-objects worker))
-             (old     (worker-goal-count worker))
-             (fresh   (make-vector n #f))
-             (goals   (make-vector n #f)))
+      (let ((objects (worker-objects worker))
+            (old     (worker-goal-count worker))
+            (goals   (make-vector n #f)))
+        (define (id-at i)
+          (bytevector-u64-native-ref bv (+ at-ids (* 8 i))))
         (let loop ((i 0) (next old))
           (if (< i n)
-              (let* ((id    (vector-ref ids i))
-                     (index (logand id #xffffffff))
-                     (spec  (vector-ref specs i)))
+              (let* ((id    (id-at i))
+                     (index (logand id #xffffffff)))
                 (cond ((= index next)
-                       (let ((goal (make-goal worker id
-                                              (goal-spec-kind-symbol spec)
-                                              (goal-spec-outputs spec)
-                                              (goal-spec-data spec))))
+                       (let* ((spec (vector-ref specs i))
+                              (goal (make-goal worker id
+                                               (goal-spec-kind spec)
+                                               (goal-spec-outputs spec)
+                                               (goal-spec-data spec))))
                          (vector-set! objects (+ base-tag i) goal)
-                         (vector-set! fresh (- index old) goal)
                          (vector-set! goals i goal)
                          (loop (+ i 1) (+ next 1))))
                       ((and (>= index old) (< index next))
-                       (vector-set! goals i (vector-ref fresh (- index old)))
+                       (vector-set! goals i
+                                    (let find ((j 0))
+                                      (if (= (id-at j) id)
+                                          (vector-ref goals j)
+                                          (find (+ j 1)))))
                        (loop (+ i 1) next))
                       (else
                        (vector-set! goals i
                                     (or (id->goal worker id)
-                                        (raise-goalkeeper-error
-                                         'invariant-violation
-                                         (format #f "the worker returned \
+                                        (begin
+                                          (give-back-batch-memory! memory)
+                                          (raise-goalkeeper-error
+                                           'invariant-violation
+                                           (format #f "the worker returned \
 unknown goal ~a" id)
-                                         origin)))
+                                           origin))))
                        (loop (+ i 1) next))))
               (begin
+                (give-back-batch-memory! memory)
                 (set-worker-tag-count! worker (+ base-tag n))
                 (set-worker-goal-count! worker next))))
         goals))))
@@ -724,23 +757,27 @@ goals of WORKER."
               (c-enum-entries %gk-outcome))
     table))
 
-(define (number->outcome outcome)
+(define-inlinable (number->outcome outcome)
   (or (and (< outcome (vector-length %outcome-symbols))
            (vector-ref %outcome-symbols outcome))
       (outcome->symbol outcome)))
 
-(define (event-goal worker bv offset origin)
+(define (unknown-goal id origin)
+  (raise-goalkeeper-error 'invariant-violation
+                          (format #f "the worker returned unknown goal ~a" id)
+                          origin))
+
+(define-inlinable (event-goal worker bv offset origin)
   "The goal of the event at OFFSET in BV: from its tag, checked against
 its id."
-  (let* ((id   (bytevector-u64-native-ref bv (+ offset %event-goal)))
-         (goal (tag->goal worker
-                          (bytevector-u64-native-ref bv (+ offset %event-tag)))))
+  (let* ((id      (bytevector-u64-native-ref bv (+ offset %event-goal)))
+         (tag     (bytevector-u64-native-ref bv (+ offset %event-tag)))
+         (objects (worker-objects worker))
+         (goal    (and (< tag (vector-length objects))
+                       (vector-ref objects tag))))
     (if (and goal (= (goal-id goal) id))
         goal
-        (raise-goalkeeper-error 'invariant-violation
-                                (format #f "the worker returned unknown goal ~a"
-                                        id)
-                                origin))))
+        (unknown-goal id origin))))
 
 (define (event-at worker bv offset origin)
   "The event stored at OFFSET in BV, as a list: (run GOAL), (finished GOAL
@@ -831,8 +868,15 @@ the wait is left for the next call), and a (done) event is last."
   (map (lambda (symbol) (cons symbol (c-enum-value %gk-outcome symbol)))
        '(built substituted failed timed-out)))
 
-(define (reportable-outcome outcome origin)
+(define %outcome-built (c-enum-value %gk-outcome 'built))
+
+(define-inlinable (reportable-outcome outcome origin)
   "The number of OUTCOME, an outcome a host reports; raise otherwise."
+  (if (eq? outcome 'built)
+      %outcome-built
+      (other-reportable-outcome outcome origin)))
+
+(define (other-reportable-outcome outcome origin)
   (or (assq-ref %reportable outcome)
       (raise-goalkeeper-error
        'invalid-argument
@@ -1121,7 +1165,7 @@ PROCEDURE) pair" entry)
   256)
 
 (define* (run-worker worker proc
-                     #:key (on-finished (const #t)) (on-exit #f)
+                     #:key (on-finished #f) (on-exit #f)
                      (on-log #f) (watch '()))
   "Drive WORKER until every goal has finished, and return the list of
 (GOAL . OUTCOME) pairs in the order the goals finished.
@@ -1204,7 +1248,8 @@ must not reap its children itself."
 
   (define (finished! goal outcome)
     (set! results (cons (cons goal outcome) results))
-    (on-finished goal outcome))
+    (when on-finished
+      (on-finished goal outcome)))
 
   (define (send!)
     ;; Report the pending outcomes, then run the hooks of their goals.
@@ -1216,7 +1261,6 @@ must not reap its children itself."
         (let loop ((i 0))
           (when (< i n)
             (let ((goal (vector-ref pending i)))
-              (vector-set! pending i #f)
               (finished! goal
                          (number->outcome
                           (bytevector-u32-native-ref
