@@ -371,6 +371,69 @@ unsafe fn read_batch<'a>(
     Ok((goals, first))
 }
 
+/// The mode, tag and dependencies of `b` if it is one plain goal without
+/// outputs, with well-formed arrays; `None` sends it the general way (which
+/// also names any error).
+///
+/// # Safety
+/// As [`read_batch`].
+#[inline]
+unsafe fn one_plain_goal(b: &gk_goal_batch) -> Option<(BuildMode, u64, &[GoalId])> {
+    let aligned = |p: usize, a: usize| p.is_multiple_of(a);
+    if b.n_goals != 1
+        || b.kinds.is_null()
+        || !aligned(b.kinds as usize, 4)
+        || (!b.modes.is_null() && !aligned(b.modes as usize, 4))
+        || (!b.tags.is_null() && !aligned(b.tags as usize, 8))
+        || (!b.output_offsets.is_null() && !aligned(b.output_offsets as usize, 4))
+        || (!b.dep_offsets.is_null() && !aligned(b.dep_offsets as usize, 4))
+    {
+        return None;
+    }
+    // SAFETY: non-null and aligned; one element per the contract.
+    if unsafe { *b.kinds } != gk_goal_kind::GK_GOAL_PLAIN as u32 {
+        return None;
+    }
+    let mode = if b.modes.is_null() {
+        BuildMode::Normal
+    } else {
+        // SAFETY: as above.
+        gk_build_mode::parse(unsafe { *b.modes }).ok()?
+    };
+    let tag = if b.tags.is_null() {
+        0
+    } else {
+        // SAFETY: as above.
+        unsafe { *b.tags }
+    };
+    if !b.output_offsets.is_null() {
+        // SAFETY: two offsets per the contract.
+        let (a, z) = unsafe { (*b.output_offsets, *b.output_offsets.add(1)) };
+        if a != 0 || z != 0 {
+            return None;
+        }
+    }
+    if b.dep_offsets.is_null() {
+        return Some((mode, tag, &[]));
+    }
+    // SAFETY: two offsets per the contract.
+    let (a, z) = unsafe { (*b.dep_offsets, *b.dep_offsets.add(1)) };
+    if a != 0 || z > MAX_OUTPUTS {
+        return None;
+    }
+    if z == 0 {
+        return Some((mode, tag, &[]));
+    }
+    if b.deps.is_null() || !aligned(b.deps as usize, 8) {
+        return None;
+    }
+    // SAFETY: `z` ids per the contract (`dep_offsets[1]` is the array's
+    // length), aligned; `GoalId` is a transparent `u64`.
+    Some((mode, tag, unsafe {
+        std::slice::from_raw_parts(b.deps.cast::<GoalId>(), z as usize)
+    }))
+}
+
 /// Goal `i`'s outputs, strings `a..z`, sorted and deduplicated.
 ///
 /// # Safety
@@ -554,6 +617,15 @@ pub unsafe extern "C" fn gk_worker_add_goals(
         }
         // SAFETY: a whole gk_goal_batch, readable per the contract.
         let b = unsafe { &*batch };
+        // The host adding one goal at a time with its dependencies.
+        // SAFETY: as above.
+        if let Some((mode, tag, deps)) = unsafe { one_plain_goal(b) } {
+            let one = with_worker(t, w, |wk| Ok(wk.add_one_plain_goal(mode, tag, deps)))?;
+            if let Some(id) = one {
+                ids[0] = id?;
+                return Ok(());
+            }
+        }
         // SAFETY: forwarded from this function's contract.
         let (mut goals, parse_error) = unsafe { read_batch(b) }?;
         let r = with_worker(t, w, |wk| {

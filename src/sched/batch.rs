@@ -348,6 +348,58 @@ impl Worker {
         }
     }
 
+    /// The common single call of a host adding one goal at a time with its
+    /// dependencies (a batch of one plain goal without outputs whose
+    /// dependencies are goals of this worker): checked and added without
+    /// the batch machinery. `None` if it is not that case, or if anything
+    /// is amiss: the caller then goes through [`Worker::add_goals_into`],
+    /// which finds the same and names the error. Nothing is changed then.
+    #[inline]
+    pub(crate) fn add_one_plain_goal(
+        &mut self,
+        mode: BuildMode,
+        tag: u64,
+        deps: &[GoalId],
+    ) -> Option<Result<GoalId>> {
+        let len = self.arena.len() as u32;
+        let fine = len < NONE - 1
+            && deps
+                .iter()
+                .all(|&d| d.worker() == self.serial && d.index() < len);
+        if !fine || self.aborting {
+            return None;
+        }
+        if let Err(e) = self.begin() {
+            return Some(Err(e));
+        }
+        let at = match self.arena.push(GoalKind::Plain, mode, Vec::new(), tag) {
+            Some(at) => at,
+            None => return Some(self.end(Err(too_many_goals()))),
+        };
+        let mut pending = 0;
+        let mut failed = false;
+        for &d in deps {
+            let from = d.index();
+            if self.arena.is_finished(from) {
+                if !self.succeeded(from) {
+                    failed = true;
+                    break;
+                }
+            } else {
+                self.arena.add_edge(from, at);
+                pending += 1;
+            }
+        }
+        if failed {
+            self.finish(at, Outcome::DependencyFailed, true);
+        } else if pending > 0 {
+            self.arena.set_new_pending(at, pending);
+        } else {
+            self.ready.push_back(at);
+        }
+        Some(self.end(Ok(self.id(at))))
+    }
+
     /// Resolves every goal of the batch (new, or shared with an existing
     /// goal or an earlier goal of the batch) into the scratch, and returns
     /// the number of new goals; or the first bad element. Changes nothing.
