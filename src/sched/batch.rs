@@ -308,6 +308,13 @@ impl Worker {
         &mut self,
         goals: &mut [NewGoal<'_>],
     ) -> std::result::Result<Vec<GoalId>, BatchError> {
+        if let [g] = &goals[..] {
+            if g.kind == GoalKind::Plain && g.outputs.is_empty() {
+                if let Some(r) = self.add_one_plain_goal(g.mode, g.tag, g.deps) {
+                    return r.map(|id| vec![id]).map_err(BatchError::whole);
+                }
+            }
+        }
         let mut ids = vec![GoalId::from_raw(0); goals.len()];
         self.add_goals_into(goals, None, &mut ids)?;
         Ok(ids)
