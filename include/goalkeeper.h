@@ -1347,9 +1347,11 @@ const char *gk_outcome_name(uint32_t outcome);
  * The whole batch is checked before anything changes. On an error the
  * worker is unchanged, `ids_out` is zeroed, and `*err` (if `err` is not
  * NULL) names the first bad element; the message names it too
- * (`goals[3].deps[1]: ...`). The order: `err`, `ids_out` and `batch`
+ * (`goals[3].deps[1]: ...`). The order: `err`, `batch` and `ids_out`
  * themselves (`GK_ERROR_NULL_POINTER`, `GK_ERROR_INVALID_ARGUMENT` for
- * misalignment or a wrong `struct_size`); the batch as a whole
+ * misalignment), `struct_size` (`GK_ERROR_INVALID_ARGUMENT` unless it is
+ * `sizeof(gk_goal_batch)`: the caller was compiled against another
+ * header); the batch as a whole
  * (`GK_FIELD_NONE`: arrays, `outputs` and `outputs_packed`, trailing bytes
  * in `outputs_packed`); the worker handle (`GK_ERROR_STALE_HANDLE`); then
  * goal by goal, lowest index first: its kind, mode, output offset,
