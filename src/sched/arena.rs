@@ -49,7 +49,7 @@ pub(crate) struct Arena {
     csr_start: Vec<u32>,
     csr: Vec<u32>,
     /// Edges added since the last flush, `(from, to)`.
-    log: Vec<(u32, u32)>,
+    log: EdgeLog,
     /// Overflow lists: head per goal (for the goals that had one when it
     /// was last grown), links in `extra`.
     extra_head: Vec<u32>,
@@ -70,6 +70,74 @@ const EMPTY: &[StorePath] = &[];
 fn grow<T>(v: &mut Vec<T>) {
     let want = (v.capacity() * 4).max(256);
     v.reserve_exact(want - v.len());
+}
+
+/// Edges added since the last flush, in chunks that are never moved: a
+/// growing vector would copy itself into fresh memory at each regrowth.
+/// Chunks grow fourfold from 256 edges to 64 Ki edges (512 KiB).
+#[derive(Default)]
+struct EdgeLog {
+    /// Full chunks, oldest first.
+    full: Vec<Vec<(u32, u32)>>,
+    /// The chunk being filled.
+    cur: Vec<(u32, u32)>,
+    /// Edges in `full`.
+    full_len: usize,
+}
+
+impl EdgeLog {
+    const MAX_CHUNK: usize = 1 << 16;
+
+    #[inline(always)]
+    fn push(&mut self, e: (u32, u32)) {
+        if self.cur.len() == self.cur.capacity() {
+            self.next_chunk(0);
+        }
+        self.cur.push(e);
+    }
+
+    /// Retires the current chunk (if it holds anything) and starts one with
+    /// room for at least `room` edges.
+    #[cold]
+    #[inline(never)]
+    fn next_chunk(&mut self, room: usize) {
+        let cap = (self.cur.capacity() * 4)
+            .clamp(256, Self::MAX_CHUNK)
+            .max(room);
+        let old = std::mem::replace(&mut self.cur, Vec::with_capacity(cap));
+        if !old.is_empty() {
+            self.full_len += old.len();
+            self.full.push(old);
+        }
+    }
+
+    /// Makes room for `n` more edges without a regrowth.
+    fn reserve(&mut self, n: usize) {
+        if self.cur.capacity() - self.cur.len() < n {
+            self.next_chunk(n);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.full_len + self.cur.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.cur.is_empty() && self.full_len == 0
+    }
+
+    /// The chunks, oldest first.
+    fn chunks(&self) -> impl DoubleEndedIterator<Item = &[(u32, u32)]> + '_ {
+        self.full
+            .iter()
+            .map(Vec::as_slice)
+            .chain(std::iter::once(self.cur.as_slice()))
+    }
+
+    /// The edges, oldest first.
+    fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.chunks().flat_map(|c| c.iter().copied())
+    }
 }
 
 /// The dependency counter of a finished goal: far from 0, so the
@@ -181,9 +249,6 @@ impl Arena {
     /// dependents, visible to walks after the next [`Arena::flush`]).
     #[inline(always)]
     pub(crate) fn add_edge(&mut self, from: u32, to: u32) {
-        if self.log.len() == self.log.capacity() {
-            grow(&mut self.log);
-        }
         self.log.push((from, to));
     }
 
@@ -208,8 +273,8 @@ impl Arena {
         if self.extra_head.len() < self.goals.len() {
             self.extra_head.resize(self.goals.len(), NONE);
         }
-        for k in 0..self.log.len() {
-            let (from, to) = self.log[k];
+        let log = std::mem::take(&mut self.log);
+        for (from, to) in log.iter() {
             let head = &mut self.extra_head[from as usize];
             self.extra.push(Edge {
                 from,
@@ -218,7 +283,6 @@ impl Arena {
             });
             *head = (self.extra.len() - 1) as u32;
         }
-        self.log.clear();
     }
 
     /// Folds the log and the overflow lists into the compact form: a
@@ -233,23 +297,27 @@ impl Arena {
         let n = self.goals.len();
         // The new edges in the order they were added: the overflow lists'
         // (linked earlier), then the log's.
-        let mut new = std::mem::take(&mut self.log);
-        if !self.extra.is_empty() {
-            let mut all: Vec<(u32, u32)> = self.extra.iter().map(|e| (e.from, e.to)).collect();
-            all.append(&mut new);
-            new = all;
-            self.extra = Vec::new();
+        let log = std::mem::take(&mut self.log);
+        let extra = std::mem::take(&mut self.extra);
+        let linked: Vec<(u32, u32)> = if extra.is_empty() {
+            Vec::new()
+        } else {
             self.extra_head = Vec::new();
-        }
+            extra.iter().map(|e| (e.from, e.to)).collect()
+        };
+        let mut parts: Vec<&[(u32, u32)]> = vec![&linked];
+        parts.extend(log.chunks());
+        let total = linked.len() + log.len();
+        let new = || parts.iter().flat_map(|p| p.iter().copied());
         let bits = usize::BITS - n.max(1).leading_zeros();
         if bits <= 18 {
-            return self.compact_small(new);
+            return self.compact_small(&parts, total);
         }
         let shift = bits - 11;
         let ranges = (n >> shift) + 1;
         // Pass 1: the size of each range, then where it starts.
         let mut rstart = vec![0usize; ranges + 1];
-        for &(f, _) in &new {
+        for (f, _) in new() {
             rstart[(f as usize >> shift) + 1] += 1;
         }
         for r in 0..ranges {
@@ -257,14 +325,15 @@ impl Arena {
         }
         // Pass 2: partition by range (sequential reads, one sequential
         // write stream per range).
-        let mut part = vec![(0u32, 0u32); new.len()];
+        let mut part = vec![(0u32, 0u32); total];
         let mut fill = rstart[..ranges].to_vec();
-        for &e in &new {
+        for e in new() {
             let r = e.0 as usize >> shift;
             part[fill[r]] = e;
             fill[r] += 1;
         }
-        drop(new);
+        drop(parts);
+        drop((log, extra, linked));
         // Pass 3: per range, a counting sort into the final array, with the
         // old compact slices copied in front of each goal's new edges.
         let mut csr = vec![0u32; self.csr.len() + part.len()];
@@ -324,7 +393,7 @@ impl Arena {
     /// becomes the offsets. The new edges are scattered backwards from the
     /// end of each goal's slice (in reverse order, so they keep their
     /// order), then the old slice is copied in front of them.
-    fn compact_small(&mut self, new: Vec<(u32, u32)>) {
+    fn compact_small(&mut self, new: &[&[(u32, u32)]], total_new: usize) {
         let n = self.goals.len();
         // ends[i + 1]: first the number of dependents of goal i, then (after
         // the prefix sum) the end of its slice, then (after the scatter) its
@@ -333,18 +402,23 @@ impl Arena {
         for i in 0..n {
             ends[i + 1] = self.old_len(i);
         }
-        for &(f, _) in &new {
-            ends[f as usize + 1] += 1;
+        for part in new {
+            for &(f, _) in *part {
+                ends[f as usize + 1] += 1;
+            }
         }
         for i in 0..n {
             ends[i + 1] += ends[i];
         }
         let total = ends[n];
+        debug_assert_eq!(total as usize, self.csr.len() + total_new);
         let mut csr = vec![0u32; total as usize];
-        for &(f, t) in new.iter().rev() {
-            let c = &mut ends[f as usize + 1];
-            *c -= 1;
-            csr[*c as usize] = t;
+        for part in new.iter().rev() {
+            for &(f, t) in part.iter().rev() {
+                let c = &mut ends[f as usize + 1];
+                *c -= 1;
+                csr[*c as usize] = t;
+            }
         }
         for i in 0..n.min(self.csr_start.len().saturating_sub(1)) {
             let (a, z) = (self.csr_start[i] as usize, self.csr_start[i + 1] as usize);
