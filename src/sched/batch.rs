@@ -766,6 +766,10 @@ impl Worker {
         got.clear();
         let mut failed = None;
         while got.len() < max {
+            // The start of the drain's pipeline (see `Arena::prefetch_ahead`),
+            // one goal ahead: the goals this loop will start next.
+            let ready = &self.ready;
+            self.arena.prefetch_ahead(|k| ready.get(k + 1));
             match self.next_event_inner() {
                 Ok(Event::Wait { .. }) if !got.is_empty() => break,
                 Ok(ev) => {
@@ -854,7 +858,11 @@ impl Worker {
             let _ = self.end(Ok(()));
             return Err(e);
         }
-        for r in reports.iter_mut() {
+        for j in 0..reports.len() {
+            // The drain's pipeline over the reports themselves.
+            self.arena
+                .prefetch_ahead(|k| reports.get(j + k).map(|r| r.goal.index()));
+            let r = &mut reports[j];
             let i = r.goal.index();
             let outcome = self.checked_report(i, r.outcome);
             self.finish(i, outcome, false);
