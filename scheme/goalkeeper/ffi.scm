@@ -49,6 +49,7 @@
             scratch-out
             scratch-out-pointer
             scratch-input-pointer
+            scratch-paths
             scratch-c-string-pointer
             size-t-ref
             read-list
@@ -503,6 +504,55 @@ a pointer to the copy."
         (set-scratch-in-pointer! scratch (bytevector->pointer in))))
     (bytevector-copy! bv 0 (scratch-in scratch) 0 len)
     (scratch-in-pointer* scratch)))
+
+(define (scratch-in-room! scratch len)
+  "Make the input area of SCRATCH hold at least LEN bytes; return it."
+  (when (> len (bytevector-length (scratch-in scratch)))
+    (let ((in (make-bytevector (max len (* 2 (bytevector-length
+                                               (scratch-in scratch))))
+                               0)))
+      (set-scratch-in! scratch in)
+      (set-scratch-in-pointer! scratch (bytevector->pointer in))))
+  (scratch-in scratch))
+
+(define (scratch-paths scratch paths origin)
+  "Write PATHS, a non-empty list of strings, into the input area of SCRATCH
+in the packed form of 'pack-paths' (each encoded in UTF-8 and terminated
+by NUL), checking them as 'pack-paths' does; return two values, a pointer
+to it and its length.  ASCII paths, which store paths are, are encoded in
+one pass that also looks for NUL (about 130 ns for 60 characters, against
+about 600 ns for the checks, 'string-join' and 'string->utf8'); anything
+else goes through 'pack-paths'."
+  (define (slow)
+    (let ((packed (pack-paths paths origin)))
+      (values (scratch-input-pointer scratch packed)
+              (bytevector-length packed))))
+  (let size ((rest paths) (len 0))
+    (match rest
+      (()
+       (if (zero? len)
+           (slow)                                ;an empty list: its error
+           (let ((in (scratch-in-room! scratch len)))
+             (let copy ((rest paths) (at 0))
+               (match rest
+                 (()
+                  (values (scratch-in-pointer* scratch) at))
+                 ((path . rest)
+                  (let ((n (string-length path)))
+                    (let char ((i 0))
+                      (if (< i n)
+                          (let ((c (char->integer (string-ref path i))))
+                            (if (and (< 0 c) (< c 128))
+                                (begin
+                                  (bytevector-u8-set! in (+ at i) c)
+                                  (char (+ i 1)))
+                                (slow)))          ;NUL or not ASCII
+                          (begin
+                            (bytevector-u8-set! in (+ at n) 0)
+                            (copy rest (+ at n 1))))))))))))
+      (((? string? path) . rest)
+       (size rest (+ len (string-length path) 1)))
+      (_ (slow)))))                               ;not a list of strings
 
 (define (scratch-c-string-pointer scratch str)
   "Copy STR, encoded in UTF-8 and NUL-terminated, into the input area of

@@ -9,6 +9,7 @@
 ;;; your option) any later version.
 
 (define-module (goalkeeper locks)
+  #:use-module (srfi srfi-11)
   #:use-module (goalkeeper ffi)
   #:use-module (system foreign)
   #:use-module (rnrs bytevectors)
@@ -187,15 +188,26 @@ already holds one of PATHS, and for invalid arguments ('invalid-path,
   "Lock PATHS as 'lock-paths' does.  When GUARD? is true, register the lock
 set so that it is reported if it becomes garbage while held; that costs
 about 3 µs, so 'call-with-path-locks', which cannot leak, does not."
-  (let* ((packed   (pack-paths paths origin))
-         (backend* (backend->c backend origin))
-         (ms       (timeout->milliseconds wait? timeout origin))
-         (scratch  (take-scratch))
-         (status   (%gk-lockset-acquire-packed
-                    (scratch-input-pointer scratch packed)
-                    (bytevector-length packed)
-                    backend* ms
-                    (scratch-out-pointer scratch)))
+  (let* ((scratch  (take-scratch))
+         (status   (call-with-values
+                       (lambda ()
+                         ;; The checks, in the order of the arguments: the
+                         ;; scratch area goes back if one fails.
+                         (with-exception-handler
+                             (lambda (e)
+                               (give-back-scratch! scratch)
+                               (raise-exception e))
+                           (lambda ()
+                             (let-values (((pointer len)
+                                           (scratch-paths scratch paths origin)))
+                               (values pointer len
+                                       (backend->c backend origin)
+                                       (timeout->milliseconds wait? timeout
+                                                              origin))))))
+                     (lambda (pointer len backend* ms)
+                       (%gk-lockset-acquire-packed pointer len backend* ms
+                                                   (scratch-out-pointer
+                                                    scratch)))))
          (handle   (bytevector-u64-native-ref (scratch-out scratch) 0)))
     (give-back-scratch! scratch)
     (cond ((= status %gk-ok)

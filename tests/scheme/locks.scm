@@ -247,6 +247,22 @@
                      (lock-paths (list (string-append (path "a") "\0"
                                                       (path "b")))))))
 
+   (let ((names (list (path "ascii-then") (path "caf\xe9-\x3bb-1.0"))))
+     (test-equal "non-ASCII paths are encoded in UTF-8 and locked as given"
+       (sort names string<?)
+       (let ((lockset (lock-paths names)))
+         (let ((held (lockset-paths lockset)))
+           (lockset-release! lockset)
+           held)))
+     (test-assert "…their lock files are the UTF-8 names"
+       (file-exists? (lock-file (path "caf\xe9-\x3bb-1.0")))))
+
+   (test-equal "a NUL after ASCII characters in a second path is an invalid path"
+     'invalid-path
+     (error-status (lambda ()
+                     (lock-paths (list (path "fine")
+                                       (string-append (path "c") "\0x"))))))
+
    (test-equal "a non-string path is an invalid argument"
      'invalid-argument
      (error-status (lambda () (lock-paths (list (path "a") 42)))))
