@@ -27,8 +27,15 @@ fn src(name: &str) -> PathBuf {
 }
 
 /// Builds `name` from `sources`, runs it on a fresh store with `args`, and
-/// fails with its output unless it exits 0 within `limit`. Returns stdout.
-fn build_and_run(name: &str, sources: &[&str], args: &[&str], limit: Duration) -> String {
+/// fails with its output unless it exits 0 within `limit` and prints
+/// `expect`. Returns stdout.
+fn build_and_run(
+    name: &str,
+    sources: &[&str],
+    args: &[&str],
+    limit: Duration,
+    expect: &str,
+) -> String {
     let sources: Vec<PathBuf> = sources.iter().map(|s| src(s)).collect();
     let san = sanitizer();
     let mut extra: Vec<String> = vec!["-I".into(), root().join("tests/cxx").display().to_string()];
@@ -59,6 +66,22 @@ fn build_and_run(name: &str, sources: &[&str], args: &[&str], limit: Duration) -
     let out = run_bounded(&mut cmd, limit);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let sanitizer_report = san.is_some() && stderr.contains("Sanitizer");
+    let ok = out.status.success() && !sanitizer_report && stdout.contains(expect);
+    let detail = if ok {
+        format!("printed \"{expect}\"")
+    } else if !out.status.success() || sanitizer_report {
+        format!("{}", out.status)
+    } else {
+        format!("exited 0 without printing \"{expect}\"")
+    };
+    common::record_suite(
+        &format!("tests/cxx/{}", sources_display(&sources)),
+        ok,
+        u64::from(ok),
+        u64::from(!ok),
+        &detail,
+    );
     assert!(
         out.status.success(),
         "{exe_name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
@@ -71,27 +94,45 @@ fn build_and_run(name: &str, sources: &[&str], args: &[&str], limit: Duration) -
         );
     }
     println!("{stdout}");
+    assert!(
+        stdout.contains(expect),
+        "{exe_name} did not print {expect:?}:\n{stdout}"
+    );
     stdout
+}
+
+/// The program's main source file, for its line in `make check`.
+fn sources_display(sources: &[PathBuf]) -> String {
+    sources
+        .first()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Every C ABI function through goalkeeper.hpp, including the error paths.
 #[test]
 fn cxx_api() {
-    let out = build_and_run("api_test", &["api_test.cc"], &[], Duration::from_secs(60));
-    assert!(out.contains("api_test: all passed"), "{out}");
+    build_and_run(
+        "api_test",
+        &["api_test.cc"],
+        &[],
+        Duration::from_secs(60),
+        "api_test: all passed",
+    );
 }
 
 /// Old (POSIX fcntl, legacy_pathlocks.cc) and new (goalkeeper OFD) locks
 /// exclude each other, and each side survives the other's lock-file deletion.
 #[test]
 fn cxx_legacy_interop() {
-    let out = build_and_run(
+    build_and_run(
         "legacy_interop",
         &["legacy_interop.cc", "legacy_pathlocks.cc"],
         &[],
         Duration::from_secs(60),
+        "legacy_interop: all steps passed",
     );
-    assert!(out.contains("legacy_interop: all steps passed"), "{out}");
 }
 
 /// A miniature guix-daemon: one forked handler per connection, each running
@@ -100,13 +141,13 @@ fn cxx_legacy_interop() {
 /// exactly once, and no lock is held once every goal has finished.
 #[test]
 fn cxx_mini_daemon() {
-    let out = build_and_run(
+    build_and_run(
         "mini_daemon",
         &["mini_daemon.cc"],
         &["4"],
         Duration::from_secs(90),
+        "each output built exactly once",
     );
-    assert!(out.contains("each output built exactly once"), "{out}");
 }
 
 /// A store shared by old and new daemons: 3 goalkeeper clients and 2 legacy
@@ -115,25 +156,25 @@ fn cxx_mini_daemon() {
 /// legacy client (#31785) does not hang the goalkeeper clients (S3).
 #[test]
 fn cxx_mixed_store() {
-    let out = build_and_run(
+    build_and_run(
         "mixed_store",
         &["mixed_store.cc", "legacy_pathlocks.cc"],
         &[],
         Duration::from_secs(120),
+        "mixed_store: all phases passed",
     );
-    assert!(out.contains("mixed_store: all phases passed"), "{out}");
 }
 
 /// The README's C++ example builds with -Werror and runs.
 #[test]
 fn cxx_readme_example() {
-    let out = build_and_run(
+    build_and_run(
         "readme_example",
         &["readme_example.cc"],
         &[],
         Duration::from_secs(60),
+        "ccc-hello: built",
     );
-    assert!(out.contains("ccc-hello: built"), "{out}");
 }
 
 /// The drop-in for guix-daemon's PathLocks (goalkeeper-pathlocks.hh) used

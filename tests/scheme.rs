@@ -184,12 +184,20 @@ fn run_suite(name: &str, min_pass: u64, limit: Duration) -> Counts {
     let (out, counts) = run_suite_file(&suite, limit);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let counts = counts.unwrap_or_else(|| {
+    let display = format!("tests/scheme/{name}.scm");
+    let Some(counts) = counts else {
+        common::record_suite(
+            &display,
+            false,
+            0,
+            1,
+            &format!("no complete GK-SRFI64 line; {}", out.status),
+        );
         panic!(
             "suite {name} printed no complete GK-SRFI64 line ({}):\n{stdout}\n{stderr}",
             out.status
         )
-    });
+    };
     // Bypass the test harness's capture so the counts show in `make check`.
     for note in stdout.lines().filter(|l| l.starts_with("NOTE ")) {
         let _ = writeln!(std::io::stderr(), "scheme suite {name}: {}", &note[5..]);
@@ -198,6 +206,31 @@ fn run_suite(name: &str, min_pass: u64, limit: Duration) -> Counts {
         std::io::stderr(),
         "scheme suite {name}: {} passed, {} failed, {} unexpected passes, {} expected failures, {} skipped ({:.2} s)",
         counts.pass, counts.fail, counts.xpass, counts.xfail, counts.skip, counts.seconds
+    );
+    let ok =
+        out.status.success() && counts.fail == 0 && counts.xpass == 0 && counts.pass >= min_pass;
+    let mut detail = common::counts_detail(counts.pass, counts.fail);
+    for (n, what) in [
+        (counts.xpass, "unexpected passes"),
+        (counts.xfail, "expected failures"),
+        (counts.skip, "skipped"),
+    ] {
+        if n > 0 {
+            detail.push_str(&format!(", {n} {what}"));
+        }
+    }
+    if !out.status.success() && counts.fail == 0 {
+        detail.push_str(&format!("; {}", out.status));
+    }
+    if counts.pass < min_pass {
+        detail.push_str(&format!("; expected at least {min_pass} passes"));
+    }
+    common::record_suite(
+        &display,
+        ok,
+        counts.pass,
+        counts.fail + counts.xpass,
+        &detail,
     );
     assert!(
         out.status.success() && counts.fail == 0 && counts.xpass == 0,
