@@ -393,7 +393,7 @@ fn check_driver_prints_one_line_per_suite_and_the_failures() {
     let (code, out) = summarize(passing, dir.dir(), "0");
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("Total: 3 passed, 0 failed (1 suites, 0 failed)"),
+        out.contains("Total: 3 passed, 0 failed (1 suite, 0 failed)"),
         "{out}"
     );
     // A failed record fails the run even when its binary passed.
