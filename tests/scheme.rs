@@ -8,7 +8,7 @@
 //! Guile SRFI-64 file on its own exits 0 even when tests fail
 //! (doc/design.md#8-notes-for-test-writers), so this runner reads the counts and checks them, not only the
 //! exit status. Guile is required: without it these tests fail, they do not
-//! skip (`.ci/run` installs it).
+//! skip (`make check` and `.ci/run` install it: build-aux/deps).
 
 mod common;
 
@@ -47,7 +47,7 @@ fn guile_tools() -> (PathBuf, PathBuf) {
         _ => panic!(
             "Guile 3.0 is required for the Scheme test suites and was not found in PATH \
              (looked for guile/guile-3.0 and guild/guild-3.0).\n\
-             Install it (Debian: apt-get install guile-3.0 guile-3.0-dev; `.ci/run` does this). \
+             Install it (Debian: apt-get install guile-3.0 guile-3.0-dev; `make check` does this as root). \
              These suites do not skip silently."
         ),
     }
