@@ -8,7 +8,8 @@
 #   make soak       fault-injection soak (1000 multi-process runs) + 100,000 ABI fuzz cases
 #   make miri       the library's unit tests under Miri (nightly)
 #   make demo       run the #31785 demonstration (demo/31785.scm); ARGS=--legacy-hold
-#                   shows the invariant check catching the old daemon's lock lifetime
+#                   shows the invariant check catching the old daemon's lock lifetime,
+#                   ARGS=--exists-validity a waiter taking a half-built output
 #   make install    install under PREFIX (default /usr/local)
 #   make header     regenerate include/goalkeeper.h with cbindgen
 #   make bench      run the benchmarks (prints a table, writes target/bench/results.json)
@@ -94,8 +95,9 @@ bench-table:
 	$(CARGO) bench --bench gk -- --table
 
 # Guix bug #31785 replayed: three Guile clients, overlapping builds, max-jobs 1,
-# on a fresh temporary store, against the build tree and the release library
-# (pre-inst-env sets GOALKEEPER_LIBRARY).  The two-process lock hand-off of
+# on a fresh temporary store with its database (db.sqlite, written through
+# the libsqlite3 that the library links: no other package), against the
+# build tree and the release library (pre-inst-env sets GOALKEEPER_LIBRARY).  The two-process lock hand-off of
 # the first version is `cargo run --example handoff`.
 # The demo's library is built apart (target/demo), with the legacy-hold
 # feature that ARGS=--legacy-hold needs; the production library in
