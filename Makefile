@@ -97,8 +97,9 @@ bench-table:
 # Guix bug #31785 replayed: three Guile clients, overlapping builds, max-jobs 1,
 # on a fresh temporary store with its database (db.sqlite, written through
 # the libsqlite3 that the library links: no other package), against the
-# build tree and the release library (pre-inst-env sets GOALKEEPER_LIBRARY).  The two-process lock hand-off of
-# the first version is `cargo run --example handoff`.
+# build tree and the release library (pre-inst-env sets GOALKEEPER_LIBRARY).
+# The two-process lock hand-off of the first version is
+# `cargo run --example handoff`.
 # The demo's library is built apart (target/demo), with the legacy-hold
 # feature that ARGS=--legacy-hold needs; the production library in
 # target/release never has it.  The packages come first, then a new make,
