@@ -1,16 +1,23 @@
 # goalkeeper: build, test, install.
 #
-#   make            build the release library
-#   make check      run every test suite (Rust, C, C++, Scheme)
+#   make            build the release library (and its soname link
+#                   target/release/libgoalkeeper.so.0) and the Guile modules
+#   make check      run every test suite (Rust, C, C++, Scheme): one line per
+#                   suite, then the total; ARGS go to cargo test
 #   make check-sanitize  the C programs under valgrind, the C++ suites with AddressSanitizer
 #   make soak       fault-injection soak (1000 multi-process runs) + 100,000 ABI fuzz cases
 #   make miri       the library's unit tests under Miri (nightly)
 #   make demo       run the #31785 demonstration (demo/31785.scm); ARGS=--legacy-hold
-#                   shows the invariant check catching the old daemon's lock lifetime
+#                   shows the invariant check catching the old daemon's lock lifetime,
+#                   ARGS=--exists-validity a waiter taking a half-built output
 #   make install    install under PREFIX (default /usr/local)
 #   make header     regenerate include/goalkeeper.h with cbindgen
 #   make bench      run the benchmarks (prints a table, writes target/bench/results.json)
 #   make bench-table  render README.md's performance table from target/bench/results.json
+#
+# make demo, make check and make check-sanitize first install the system
+# packages they need (the list is build-aux/deps) with apt-get when run as
+# root, or say which command to run; ENSURE_DEPS=no skips that step.
 
 CARGO      ?= cargo
 PREFIX     ?= /usr/local
@@ -23,26 +30,34 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 RELEASE_LIB := target/release/libgoalkeeper.so
 
-.PHONY: all build check check-sanitize check-valgrind miri soak header demo install uninstall clean bench bench-table
+.PHONY: all build check check-sanitize check-valgrind miri soak header demo demo-run install uninstall clean bench bench-table
 
 all: build
 
+# The soname link lets a program linked with -lgoalkeeper against the build
+# tree start (./pre-inst-env sets LD_LIBRARY_PATH to target/release).
 build:
 	$(CARGO) build --release
+	ln -sf libgoalkeeper.so $(RELEASE_LIB).$(MAJOR)
 
+# build-aux/check runs `cargo test --no-fail-fast $(ARGS)` and prints one line
+# per suite (each test binary, SRFI-64 file, C and C++ program) and a total.
 check:
-	$(CARGO) test
+	@build-aux/ensure-deps check
+	@CARGO='$(CARGO)' build-aux/check $(ARGS)
 
 # The C++ programs of tests/cxx built with -fsanitize=address (ASan + LSan);
 # any report fails. The Rust library is not instrumented (see tests/cxx.rs).
 # The C programs run under valgrind memcheck (check-valgrind).
 check-sanitize: check-valgrind
+	@build-aux/ensure-deps check
 	GOALKEEPER_SANITIZE=address $(CARGO) test --test cxx
 
 # The C test programs (tests/c) under valgrind's memcheck: any invalid
 # access, use of uninitialised memory, or definite/indirect leak fails.
 VALGRIND_TESTS ?= c_abi_misuse c_abi_locks sched_c
 check-valgrind:
+	@build-aux/ensure-deps check
 	GOALKEEPER_VALGRIND=1 $(CARGO) test $(addprefix --test ,$(VALGRIND_TESTS)) -- --nocapture
 
 # The long fault-injection soak and ABI fuzz (issue 6; a short run of each is
@@ -80,15 +95,21 @@ bench-table:
 	$(CARGO) bench --bench gk -- --table
 
 # Guix bug #31785 replayed: three Guile clients, overlapping builds, max-jobs 1,
-# on a fresh temporary store, against the build tree and the release library
-# (pre-inst-env sets GOALKEEPER_LIBRARY).  The two-process lock hand-off of
-# the first version is `cargo run --example handoff`.
+# on a fresh temporary store with its database (db.sqlite, written through
+# the libsqlite3 that the library links: no other package), against the
+# build tree and the release library (pre-inst-env sets GOALKEEPER_LIBRARY).
+# The two-process lock hand-off of the first version is
+# `cargo run --example handoff`.
 # The demo's library is built apart (target/demo), with the legacy-hold
 # feature that ARGS=--legacy-hold needs; the production library in
-# target/release never has it.
+# target/release never has it.  The packages come first, then a new make,
+# which sees the guild they installed.
 DEMO_LIB := target/demo/release/libgoalkeeper.so
-demo: guile
-	@command -v $(GUILE) >/dev/null 2>&1 || { echo "make demo needs Guile 3.0 ($(GUILE) not found)"; exit 1; }
+demo:
+	@build-aux/ensure-deps demo
+	@$(MAKE) --no-print-directory demo-run
+
+demo-run: guile
 	$(CARGO) build --release --lib --features legacy-hold --target-dir target/demo
 	GOALKEEPER_LIBRARY=$(CURDIR)/$(DEMO_LIB) ./pre-inst-env $(GUILE) --no-auto-compile demo/31785.scm $(ARGS)
 

@@ -19,8 +19,27 @@
 ;;; worker (the scheduler of one client request, as in guix-daemon) through
 ;;; (goalkeeper) with max-jobs 1.  They build overlapping package graphs in
 ;;; one fresh temporary store; the builders are real /bin/sh processes
-;;; whose work is a short 'sleep', after which they write $out atomically.
-;;; B starts once A is building and C once B is busy, as in the report.
+;;; whose work is a short 'sleep'.  B starts once A is building and C once
+;;; B is busy, as in the report.
+;;;
+;;; The store has a database, as a real one does: var/guix/db/db.sqlite
+;;; beside it, with Guix's schema, created here and written as guix-daemon
+;;; writes it, through SQLite's C API (Guile's FFI on the libsqlite3 that
+;;; libgoalkeeper links).  A builder writes its output in place, so the
+;;; path exists, half-built, long before it is valid; once the builder
+;;; exited 0, its client registers the output in ValidPaths in one
+;;; transaction, as the daemon does, and only then reports the goal, which
+;;; releases its lock.  The workers' validity is that database
+;;; (#:store-database), so a goal waiting for another client's lock, which
+;;; re-checks validity every 0.2 s, sees the half-built output on disk but
+;;; not registered and keeps waiting: its worker's log record
+;;; 'on-disk-not-valid says so.  The first build (glibc) waits for that:
+;;; its builder, half-built, reads a fifo that this process writes once a
+;;; client reported the record, so that the case shows in every run,
+;;; without a timer.  At the end the demo checks that every output was
+;;; registered once and that no goal found an output valid before its
+;;; registration.  --exists-validity shows why: with "the path exists" as
+;;; validity, a waiter takes glibc while it is being written.
 ;;;
 ;;; Each client runs its worker with 'run-worker', which waits in one
 ;;; 'select' on the worker's descriptor, its builders' pidfds and, through
@@ -42,7 +61,7 @@
 ;;;
 ;;; Exit status: 0 success, 1 invariant violation (expected with
 ;;; --legacy-hold), 2 any other failure (timeout, builder failure, a check
-;;; that did not hold).
+;;; that did not hold, as expected with --exists-validity).
 ;;;
 ;;; Code:
 
@@ -73,6 +92,10 @@ goalkeeper, in a fresh temporary store.
 
   --legacy-hold    finished goals keep their locks, as in the C++ daemon;
                    the invariant check catches it and the demo exits 1
+  --exists-validity  the workers take \"the path exists\" as validity, the
+                   library's default without a store database: a waiter
+                   takes an output still being written as valid; the
+                   checks catch it and the demo exits 2
   --timeout=SECS   give up (and exit 2) after SECS seconds (default 60)
   --keep           keep the temporary store and print where it is
   --verbose        also print the workers' raw diagnostics
@@ -84,6 +107,8 @@ goalkeeper, in a fresh temporary store.
     (match args
       (() options)
       (("--legacy-hold" . rest) (loop rest (acons 'legacy-hold? #t options)))
+      (("--exists-validity" . rest)
+       (loop rest (acons 'exists-validity? #t options)))
       (("--keep" . rest) (loop rest (acons 'keep? #t options)))
       (("--verbose" . rest) (loop rest (acons 'verbose? #t options)))
       (("--help" . _) (usage (current-output-port)) (exit 0))
@@ -99,6 +124,7 @@ goalkeeper, in a fresh temporary store.
 
 (define (option key) (assq-ref %options key))
 (define %legacy-hold? (option 'legacy-hold?))
+(define %exists-validity? (option 'exists-validity?))
 
 
 ;;;
@@ -196,11 +222,27 @@ demo started."
 ;;; The temporary store.
 ;;;
 
-;; Set by 'main': the temporary directory, the store in it, and the log
-;; the builders append to.
+;; Set by 'main': the temporary directory, the store in it, the store's
+;; database (as /var/guix/db/db.sqlite is to /gnu/store), the log the
+;; builders append to, and the gate of the first build.
 (define %base #f)
 (define %store #f)
+(define %db-file #f)
 (define %builds-log #f)
+(define %gate-file #f)
+
+(define %gated
+  ;; The build whose builder stays half-built, its output on disk but not
+  ;; registered, until a waiting client's re-check has seen it: A builds it
+  ;; first, and B and C, started while A builds it, wait for its lock.
+  ;; Everything else takes its time ('sleep') without waiting for anyone.
+  "glibc-2.39")
+
+(define %recheck-interval
+  ;; How often, in seconds, a goal waiting for another client's lock asks
+  ;; the database whether its output became valid (the library's default
+  ;; is 1 s).
+  0.2)
 
 (define (fake-hash name)
   "A stable 32-character nix-base32 string for NAME, so that store file
@@ -233,6 +275,17 @@ names look like store file names."
 (define (path->name path)
   (or (hash-ref (force %path->name) path) (basename path)))
 
+(define (disk-usage path)
+  "The bytes of the regular files under PATH: the demo's stand-in for the
+size of its NAR serialisation, which the daemon registers."
+  (file-system-fold (const #t)
+                    (lambda (file stat total) (+ total (stat:size stat)))
+                    (lambda (dir stat total) total)
+                    (lambda (dir stat total) total)
+                    (lambda (file stat total) total)
+                    (lambda (file stat errno total) total)
+                    0 path lstat))
+
 (define (delete-file-recursively dir)
   (file-system-fold (const #t)
                     (lambda (file stat result)
@@ -246,25 +299,259 @@ names look like store file names."
 
 
 ;;;
+;;; The store's database: Guix's db.sqlite, written as guix-daemon writes
+;;; it, through SQLite's C API.  The library is the libsqlite3.so.0 that
+;;; libgoalkeeper links (see src/store_db.rs, "One SQLite per process"), so
+;;; in a client the writer below and the worker's read-only connection share
+;;; one SQLite, as they would inside guix-daemon; the demo needs no package
+;;; beyond those libgoalkeeper needs.
+;;;
+
+(define %libsqlite (delay (load-foreign-library "libsqlite3.so.0")))
+
+(define-syntax-rule (define-sqlite-function name c-name return (arg ...))
+  (define name
+    (let ((proc (delay (foreign-library-function (force %libsqlite) c-name
+                                                 #:return-type return
+                                                 #:arg-types (list arg ...)))))
+      (lambda args (apply (force proc) args)))))
+
+(define-sqlite-function %sqlite3-open-v2 "sqlite3_open_v2" int ('* '* int '*))
+(define-sqlite-function %sqlite3-close-v2 "sqlite3_close_v2" int ('*))
+(define-sqlite-function %sqlite3-errmsg "sqlite3_errmsg" '* ('*))
+(define-sqlite-function %sqlite3-busy-timeout "sqlite3_busy_timeout" int ('* int))
+(define-sqlite-function %sqlite3-exec "sqlite3_exec" int ('* '* '* '* '*))
+(define-sqlite-function %sqlite3-prepare-v2 "sqlite3_prepare_v2" int
+  ('* '* int '* '*))
+(define-sqlite-function %sqlite3-bind-text "sqlite3_bind_text" int
+  ('* int '* int '*))
+(define-sqlite-function %sqlite3-bind-int64 "sqlite3_bind_int64" int
+  ('* int int64))
+(define-sqlite-function %sqlite3-step "sqlite3_step" int ('*))
+(define-sqlite-function %sqlite3-column-int64 "sqlite3_column_int64" int64
+  ('* int))
+(define-sqlite-function %sqlite3-finalize "sqlite3_finalize" int ('*))
+
+;; From <sqlite3.h>.
+(define SQLITE_OK 0)
+(define SQLITE_ROW 100)
+(define SQLITE_DONE 101)
+(define SQLITE_OPEN_READWRITE #x02)
+(define SQLITE_OPEN_CREATE #x04)
+(define SQLITE_TRANSIENT (make-pointer (- (expt 2 64) 1)))  ;(void *) -1
+
+(define %guix-schema
+  ;; The tables of Guix's nix/libstore/schema.sql, schema version 7 (what
+  ;; guix-daemon creates in a new store).  A path is valid when it has a
+  ;; row in ValidPaths.
+  "create table if not exists ValidPaths (
+    id               integer primary key autoincrement not null,
+    path             text unique not null,
+    hash             text not null,
+    registrationTime integer not null,
+    deriver          text,
+    narSize          integer
+);
+create table if not exists Refs (
+    referrer  integer not null,
+    reference integer not null,
+    primary key (referrer, reference),
+    foreign key (referrer) references ValidPaths(id) on delete cascade,
+    foreign key (reference) references ValidPaths(id) on delete restrict
+);
+create index if not exists IndexReferrer on Refs(referrer);
+create index if not exists IndexReference on Refs(reference);
+create trigger if not exists DeleteSelfRefs before delete on ValidPaths
+  begin
+    delete from Refs where referrer = old.id and reference = old.id;
+  end;
+create table if not exists DerivationOutputs (
+    drv  integer not null,
+    id   text not null,
+    path text not null,
+    primary key (drv, id),
+    foreign key (drv) references ValidPaths(id) on delete cascade
+);
+create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
+create table if not exists FailedPaths (
+    path text primary key not null,
+    time integer not null
+);")
+
+(define (sqlite-error db file what)
+  (raise-exception
+   (make-exception-with-message
+    (format #f "~a: ~a: ~a" file what
+            (if (null-pointer? db)
+                "out of memory"
+                (pointer->string (%sqlite3-errmsg db)))))))
+
+(define* (sqlite-open file #:key create?)
+  "Open the database FILE for reading and writing, as guix-daemon does:
+foreign keys on, synchronous = normal, a busy timeout (the daemon's is an
+hour; here the demo's deadline bounds everything)."
+  (let* ((out    (make-bytevector (sizeof '*) 0))
+         (status (%sqlite3-open-v2 (string->pointer file "UTF-8")
+                                   (bytevector->pointer out)
+                                   (logior SQLITE_OPEN_READWRITE
+                                           (if create? SQLITE_OPEN_CREATE 0))
+                                   %null-pointer))
+         (db     (dereference-pointer (bytevector->pointer out))))
+    (unless (= status SQLITE_OK)
+      (let ((e (make-exception-with-message
+                (format #f "~a: cannot open the store database: ~a" file
+                        (if (null-pointer? db)
+                            "out of memory"
+                            (pointer->string (%sqlite3-errmsg db)))))))
+        (%sqlite3-close-v2 db)
+        (raise-exception e)))
+    (%sqlite3-busy-timeout db 60000)
+    (sqlite-exec db file "pragma foreign_keys = 1; pragma synchronous = normal;")
+    db))
+
+(define (sqlite-close db)
+  (%sqlite3-close-v2 db))
+
+(define (sqlite-exec db file sql)
+  (unless (= SQLITE_OK (%sqlite3-exec db (string->pointer sql "UTF-8")
+                                      %null-pointer %null-pointer
+                                      %null-pointer))
+    (sqlite-error db file sql)))
+
+(define (sqlite-run db file sql . parameters)
+  "Run the statement SQL with PARAMETERS (strings, integers, #f for NULL)
+bound to ?1, ?2, ...; return the first column of each row, as integers."
+  (let* ((out    (make-bytevector (sizeof '*) 0))
+         (status (%sqlite3-prepare-v2 db (string->pointer sql "UTF-8") -1
+                                      (bytevector->pointer out) %null-pointer))
+         (stmt   (dereference-pointer (bytevector->pointer out))))
+    (unless (= status SQLITE_OK)
+      (sqlite-error db file sql))
+    (dynamic-wind
+      (const #t)
+      (lambda ()
+        (let loop ((i 1) (parameters parameters))
+          (match parameters
+            (() #t)
+            ((p . rest)
+             (unless (= SQLITE_OK
+                        (cond ((string? p)
+                               (%sqlite3-bind-text stmt i
+                                                   (string->pointer p "UTF-8")
+                                                   -1 SQLITE_TRANSIENT))
+                              ((integer? p) (%sqlite3-bind-int64 stmt i p))
+                              (else SQLITE_OK)))        ;#f: NULL
+               (sqlite-error db file sql))
+             (loop (+ i 1) rest))))
+        (let loop ((rows '()))
+          (let ((status (%sqlite3-step stmt)))
+            (cond ((= status SQLITE_ROW)
+                   (loop (cons (%sqlite3-column-int64 stmt 0) rows)))
+                  ((= status SQLITE_DONE) (reverse rows))
+                  (else (sqlite-error db file sql))))))
+      (lambda () (%sqlite3-finalize stmt)))))
+
+(define (create-store-database! file)
+  "Create FILE, an empty store database with Guix's schema in WAL mode,
+and the 'schema' file beside it, as guix-daemon does for a new store."
+  (let ((db (sqlite-open file #:create? #t)))
+    (dynamic-wind
+      (const #t)
+      (lambda ()
+        (sqlite-exec db file "pragma main.journal_mode = wal;")
+        (sqlite-exec db file %guix-schema))
+      (lambda () (sqlite-close db)))
+    (call-with-output-file (string-append (dirname file) "/schema")
+      (cut display "7" <>))))
+
+(define (register-valid-path! db file path hash nar-size references
+                              before-commit)
+  "Register PATH, a store path just built, in the store database DB (open
+on FILE) as guix-daemon does when a build succeeded: in one transaction,
+its row in ValidPaths (HASH, the time, NAR-SIZE) and its references
+(REFERENCES, store paths that are valid already) in Refs.  BEFORE-COMMIT is
+called between the inserts and the commit: until it returns, no other
+connection can see PATH as valid."
+  (sqlite-exec db file "begin;")
+  (catch #t
+    (lambda ()
+      (sqlite-run db file "insert into ValidPaths (path, hash, registrationTime, \
+deriver, narSize) values (?1, ?2, ?3, ?4, ?5);"
+                  path hash (current-time) #f nar-size)
+      (for-each (lambda (reference)
+                  (sqlite-run db file "insert or replace into Refs (referrer, \
+reference) select r.id, d.id from ValidPaths r, ValidPaths d \
+where r.path = ?1 and d.path = ?2;"
+                              path reference))
+                references)
+      (before-commit)
+      (sqlite-exec db file "commit;"))
+    (lambda args
+      (false-if-exception (sqlite-exec db file "rollback;"))
+      (apply throw args))))
+
+(define (count-valid-paths file)
+  "The number of rows of ValidPaths in the store database FILE."
+  (let ((db (sqlite-open file)))
+    (dynamic-wind
+      (const #t)
+      (lambda ()
+        (match (sqlite-run db file "select count(*) from ValidPaths;")
+          ((n) n)))
+      (lambda () (sqlite-close db)))))
+
+
+;;;
 ;;; Builders: real child processes.
 ;;;
 
 (define %builder-script
-  ;; $1 out, $2 name, $3 seconds of work, $4 the builds log; then inputs.
+  ;; $1 out, $2 name, $3 seconds of work, $4 the builds log, $5 the gate
+  ;; (a fifo, or -); then the inputs.  It writes $out in place, as a build
+  ;; without a chroot does: $out exists, half-built and not valid, from the
+  ;; 'mkdir' on.  Its last line is the hash of what it wrote; the client
+  ;; registers $out in the store database once it has exited, as
+  ;; guix-daemon does.
   "set -e
-out=$1 name=$2 work=$3 log=$4
-shift 4
+out=$1 name=$2 work=$3 log=$4 gate=$5
+shift 5
 echo \"building $name\"
 for input in \"$@\"; do
-  test -e \"$input\" || { echo \"missing input: $input\"; exit 1; }
+  test -d \"$input/bin\" || { echo \"input not complete: $input\"; exit 1; }
 done
+rm -rf \"$out\"                  # an invalid leftover goes, as in the daemon
+mkdir -p \"$out/share/doc\"      # in place: $out exists, not valid, from here on
+echo \"$name\" > \"$out/share/doc/README\"
+if [ \"$gate\" != - ]; then      # half-built until a waiter has re-checked it
+  read -r go < \"$gate\" || { echo \"the demo went away\"; exit 1; }
+fi
 sleep \"$work\"                  # the build's work
-tmp=\"$out.tmp-$$\"
-{ echo \"$name\"; for input in \"$@\"; do echo \"input: $input\"; done; } > \"$tmp\"
-mv -f \"$tmp\" \"$out\"          # the output appears atomically
+for input in \"$@\"; do echo \"$input\"; done > \"$out/share/doc/inputs\"
+mkdir \"$out/bin\"
+printf '#!/bin/sh\\necho %s\\n' \"$name\" > \"$out/bin/$name\"
+chmod +x \"$out/bin/$name\"
 echo \"$out\" >> \"$log\"
-echo \"built $out\"
+hash=$(cat \"$out/share/doc/README\" \"$out/share/doc/inputs\" \"$out/bin/$name\" | sha256sum)
+echo \"sha256:${hash%% *}\"
 ")
+
+;; The gate of %GATED's builder: a fifo that the demo opens for reading and
+;; writing once the clients are forked, so that the builder's 'open' never
+;; blocks and its 'read' ends, at end of file, if the demo goes away; the
+;; demo writes "go" to it once a client's re-check has seen the output on
+;; disk but not registered.  The builder waits for that, not for a time.
+(define %gate #f)
+(define %gate-opened? #f)
+
+(define (open-gate-port!)
+  (set! %gate (fdes->outport (open-fdes %gate-file
+                                        (logior O_RDWR O_CLOEXEC)))))
+
+(define (open-gate!)
+  (when (and %gate (not %gate-opened?))
+    (set! %gate-opened? #t)
+    (display "go\n" %gate)
+    (force-output %gate)))
 
 (define (start-builder name)
   "Start the builder of NAME.  Return its pid and the read end of the pipe
@@ -288,6 +575,7 @@ that is its standard output and error: end of file there means it exited."
                (apply execl "/bin/sh" "sh" "-c" %builder-script "builder"
                       (store-path name) name
                       (number->string (package-work name)) %builds-log
+                      (if (equal? name %gated) %gate-file "-")
                       (map store-path (package-inputs name)))))
            (const #f))
          (primitive-_exit 127))
@@ -331,6 +619,8 @@ errors."
     (force-output to-demo))
 
   (define worker #f)
+  (define db #f)                                  ;its store database connection
+  (define valid-at (make-hash-table))             ;name -> µs found valid
   (define names (make-hash-table))                ;goal -> package name
   (define builders (make-hash-table))             ;goal -> <builder>
   (define worst-held-by-finished 0)
@@ -355,7 +645,15 @@ errors."
                (log-record-holder-pid record)
                (log-record-message record)))
         ('became-valid
+         (hash-set! valid-at (path->name (log-record-path record)) t)
          (send 'waited t (path->name (log-record-path record))
+               (log-record-duration record)
+               (log-record-message record)))
+        ('on-disk-not-valid
+         ;; A re-check found the output on disk but not registered in the
+         ;; database: another client is still building it.  The goal keeps
+         ;; waiting.
+         (send 'recheck t (path->name (log-record-path record))
                (log-record-duration record)
                (log-record-message record)))
         (kind
@@ -405,6 +703,26 @@ errors."
             (audit!)
             pid)))))
 
+  (define (register! builder)
+    ;; BUILDER exited 0: register its output as the daemon does, in one
+    ;; transaction.  Its 'built' message goes out before the commit, with
+    ;; the time taken then: no other client can find the output valid
+    ;; before that message is in the demo's pipe, nor before that time.
+    (let* ((name (builder-name builder))
+           (hash (builder-last-line builder)))
+      (unless (and hash (string-prefix? "sha256:" hash)
+                   (= (string-length hash) 71))
+        (raise-exception
+         (make-exception-with-message
+          (format #f "the builder of ~a ended without its hash (~s)" name
+                  hash))))
+      (register-valid-path! db %db-file (store-path name) hash
+                            (disk-usage (store-path name))
+                            (map store-path (package-inputs name))
+                            (lambda ()
+                              (send 'built (elapsed-us) name
+                                    (- (elapsed-us) (builder-start builder)))))))
+
   (define (exited! goal status)
     ;; GOAL's builder exited; its lock is still held.
     (let* ((builder (hashq-ref builders goal))
@@ -414,6 +732,8 @@ errors."
           (read-output! builder)
           (loop)))
       (hashq-remove! builders goal)
+      (when (eqv? code 0)
+        (register! builder))
       ;; Sent before run-worker reports the goal, which releases its lock:
       ;; another client cannot get the lock before this is in its pipe.
       (send 'release (elapsed-us) (builder-name builder)
@@ -427,7 +747,10 @@ errors."
     (let ((name (name-of goal)))
       (if (member name ran)
           (send 'reported (elapsed-us) name outcome)
-          (send 'finished (elapsed-us) name outcome))))
+          ;; When the worker found it valid: its log record's time if it
+          ;; was waiting, else now (just after).
+          (send 'finished (or (hash-ref valid-at name) (elapsed-us))
+                name outcome))))
 
   (define (stop-builders!)
     ;; run-worker killed and reaped the builders if it was interrupted;
@@ -447,7 +770,21 @@ errors."
       (send 'error (elapsed-us) "never told to start")
       (primitive-_exit 4)))
 
-  (set! worker (make-worker #:max-jobs 1 #:legacy-hold? %legacy-hold?))
+  ;; Its own connection to the store database, opened after the fork, as
+  ;; each guix-daemon process opens its own; its worker's validity is that
+  ;; database (read-only, through the library).
+  (with-exception-handler
+      (lambda (e)
+        (send 'error (elapsed-us) (describe-exception e))
+        (primitive-_exit 4))
+    (lambda ()
+      (set! db (sqlite-open %db-file))
+      (set! worker (apply make-worker #:max-jobs 1
+                          #:legacy-hold? %legacy-hold?
+                          #:recheck-interval %recheck-interval
+                          (if %exists-validity?
+                              '()           ;"the path exists": wrong here
+                              (list #:store-database %db-file))))))
   (let ((goals (fold (lambda (name goals)
                        (let ((goal (worker-add-goal!
                                     worker (list (store-path name))
@@ -475,6 +812,7 @@ errors."
                     'done)
                   #:unwind? #t)))
     (stop-builders!)
+    (sqlite-close db)
     (let ((audit (false-if-exception (worker-audit worker))))
       (define (field key) (and audit (assq-ref audit key)))
       (match result
@@ -602,6 +940,9 @@ clients started before, which the child must not keep open."
 
 ;; What the demo knows across clients.
 (define %released (make-hash-table))      ;name -> µs its holder released it
+(define %registered (make-hash-table))    ;name -> µs it was registered
+(define %found-valid '())                 ;(label name µs) of already-valid goals
+(define %rechecks '())                    ;(label name µs): on disk, not valid
 (define %waited (make-hash-table))        ;(label . name) -> seconds waited
 (define %built-by (make-hash-table))      ;name -> label
 (define %handoffs '())                    ;latencies in µs
@@ -695,23 +1036,37 @@ waited: waits overlap."
      (when (option 'verbose?)
        (say client t "log"
             (format #f "~a: ~a" kind (abbreviate-store-paths text)))))
+    (('built t name build-us)
+     ;; Its builder exited 0 and the client is registering its output: T
+     ;; was taken just before the commit.
+     (hash-set! %registered name t)
+     (hash-set! %built-by name label)
+     (set-client-built! client (+ 1 (client-built client)))
+     (say client t "built"
+          (format #f "~a in ~,2f s, registered in db.sqlite; goal finished, ~a"
+                  name (seconds build-us)
+                  (if %legacy-hold?
+                      (paint "1;31" "lock KEPT (legacy hold)")
+                      "lock released"))))
     (('release t name build-us code last-line)
      (hash-set! %released name t)
      (set-client-building! client #f)
-     (if (eqv? code 0)
-         (begin
-           (hash-set! %built-by name label)
-           (set-client-built! client (+ 1 (client-built client)))
-           (say client t "built"
-                (format #f "~a in ~,2f s; goal finished, ~a" name
-                        (seconds build-us)
-                        (if %legacy-hold?
-                            (paint "1;31" "lock KEPT (legacy hold)")
-                            "lock released"))))
-         (say client t "FAILED"
-              (format #f "~a: builder exited ~a: ~a" name code
-                      (or last-line "no output"))
-              "1;31")))
+     (unless (eqv? code 0)
+       (say client t "FAILED"
+            (format #f "~a: builder exited ~a: ~a" name code
+                    (or last-line "no output"))
+            "1;31")))
+    (('recheck t name waited text)
+     ;; The worker's record: its re-check found the output on disk but not
+     ;; registered, and the goal keeps waiting.
+     (set! %rechecks (cons (list label name t) %rechecks))
+     (say client t "re-check"
+          (format #f "~a exists on disk but is not registered in db.sqlite: \
+still being built, keep waiting" name))
+     (when (option 'verbose?)
+       (say client t "log" (abbreviate-store-paths text)))
+     (when (equal? name %gated)
+       (open-gate!)))
     (('reported t name outcome)
      (unless (eq? outcome 'built)
        (when (hash-ref %built-by name)         ;the builder said it built it
@@ -726,6 +1081,9 @@ waited: waits overlap."
        (match outcome
          ('already-valid
           (set-client-valid! client (+ 1 (client-valid client)))
+          (set! %found-valid (cons (list label name t) %found-valid))
+          (when (equal? name %gated)              ;see 'check-store'
+            (open-gate!))
           (let* ((by       (hash-ref %built-by name))
                  (released (hash-ref %released name))
                  (handoff  (and start released (>= released start)
@@ -741,13 +1099,19 @@ waited: waits overlap."
                   (cond (handoff "lock released")
                         (start "noticed while waiting")
                         (else "no lock taken"))
-                  (if by (format #f " (built by ~a" by) " (")
-                  (cond (handoff
-                         (format #f "; hand-off ~a, waited ~,2f s)"
-                                 (format-latency handoff) waited))
-                        (start
-                         (format #f "; waited ~,2f s)" waited))
-                        (else ")"))))))
+                  (match (filter-map
+                          identity
+                          (list (and by (format #f "built by ~a" by))
+                                (cond (handoff
+                                       (format #f "hand-off ~a, waited ~,2f s"
+                                               (format-latency handoff)
+                                               waited))
+                                      (start
+                                       (format #f "waited ~,2f s" waited))
+                                      (else #f))))
+                    (() "")
+                    (notes (string-append " (" (string-join notes "; ")
+                                          ")")))))))
          (_
           (set-client-failed! client (+ 1 (client-failed client)))
           (say client t "FAILED" (format #f "~a: ~a" name outcome)
@@ -948,7 +1312,49 @@ once every client before it is busy (has run, waited or ended)."
        (lockset
         (lockset-delete-on-release! lockset)
         (lockset-release! lockset)
-        '())))))
+        '()))
+     (check-database outputs))))
+
+(define (found-valid-before-registration)
+  "Return a list of problems: the goals that were found valid before their
+output was registered in the database (the time of the registration is
+taken just before its commit)."
+  (filter-map (match-lambda
+                ((label name t)
+                 (let ((registered (hash-ref %registered name)))
+                   (and (or (not registered) (< t registered))
+                        (format #f "~a found ~a valid at ~,3f s, before it \
+was registered~a" label name (seconds t)
+                                (if registered
+                                    (format #f " (at ~,3f s)"
+                                            (seconds registered))
+                                    ""))))))
+              (reverse %found-valid)))
+
+(define (check-database outputs)
+  "Return a list of problems with the store database after a normal run:
+every output registered, once; a re-check saw the output of %GATED on disk
+but not registered."
+  (define (database-error e)
+    (list (string-append "db.sqlite: " (describe-exception e))))
+  (with-exception-handler database-error
+    (lambda ()
+      (append
+       (filter-map (lambda (output)
+                     (and (not (store-path-valid? %db-file output))
+                          (format #f "~a is not registered in db.sqlite"
+                                  (path->name output))))
+                   outputs)
+       (let ((rows (count-valid-paths %db-file)))
+         (if (= rows (length outputs))
+             '()
+             (list (format #f "db.sqlite has ~a paths in ValidPaths, not ~a"
+                           rows (length outputs)))))
+       (if (any (lambda (recheck) (equal? %gated (second recheck))) %rechecks)
+           '()
+           (list (format #f "no re-check saw ~a on disk but not registered"
+                         %gated)))))
+    #:unwind? #t))
 
 (define (print-table clients)
   (define (row . cells)
@@ -984,8 +1390,13 @@ once every client before it is busy (has run, waited or ended)."
   (set! %base (mkdtemp (string-append (or (getenv "TMPDIR") "/tmp")
                                       "/gk-demo-XXXXXX")))
   (set! %store (string-append %base "/store"))
+  (set! %db-file (string-append %base "/var/guix/db/db.sqlite"))
   (set! %builds-log (string-append %base "/builds.log"))
+  (set! %gate-file (string-append %base "/gate"))
   (mkdir %store #o755)
+  (for-each (cut mkdir <> #o755)
+            (map (cut string-append %base <>) '("/var" "/var/guix" "/var/guix/db")))
+  (mknod %gate-file 'fifo #o600 0)
   (force %path->name)
   (dynamic-wind
     (const #t)
@@ -999,6 +1410,13 @@ once every client before it is busy (has run, waited or ended)."
 (define %interrupted? #f)
 
 (define (run-scenario)
+  (with-exception-handler
+      (lambda (e)
+        (loud (string-append "FAILED: cannot create the store database: "
+                             (describe-exception e)))
+        (finish 2))
+    (lambda ()
+      (create-store-database! %db-file)))
   (let ((timeout (option 'timeout)))
     (format #t "goalkeeper demo: Guix bug #31785, replayed~%")
     (format #t "  Three clients build overlapping package graphs in one store, each with
@@ -1009,13 +1427,26 @@ once every client before it is busy (has run, waited or ended)."
             (goalkeeper-version))
     (format #t "  store     ~a  (fresh and empty; OFD locks on PATH.lock~a)~%"
             %store (if (option 'keep?) "; kept afterwards" ""))
+    (format #t "  database  ~a  (Guix's schema, WAL; empty)~%" %db-file)
+    (format #t "  validity  ~a~%            a goal waiting for another \
+client's lock re-checks it every ~a s~%"
+            (if %exists-validity?
+                (paint "1;31" "--exists-validity: a path is valid when it \
+EXISTS (no #:store-database)")
+                "registered in db.sqlite's ValidPaths (#:store-database), \
+not \"exists\"")
+            %recheck-interval)
     (format #t "  mode      ~a~%"
             (if %legacy-hold?
                 (paint "1;31" "--legacy-hold: finished goals KEEP their locks, \
 as the C++ daemon's did")
                 "normal: a goal releases its locks when it finishes"))
-    (format #t "  builders  /bin/sh: check the inputs, 'sleep' 0.1-0.5 s as \
-the work, write $out, rename~%")
+    (format #t "  builders  /bin/sh: check the inputs, write $out in place, 'sleep' \
+0.1-0.5 s as the work,~%            finish $out, exit; the client then registers \
+$out in db.sqlite, in one~%            transaction, as guix-daemon does, and only \
+then releases its lock~%")
+    (format #t "            ~a's builder, half-built, waits on a fifo until a waiter's \
+re-check saw it~%" (short %gated))
     (for-each (match-lambda
                 ((label . wanted)
                  (format #t "  client ~a  guix build ~14a needs ~a~%"
@@ -1045,6 +1476,7 @@ event (a kernel wake-up, not a poll)~%~%")
                      (append clients (list client))))))
               '()
               %client-specs))
+      (open-gate-port!)                         ;after the forks: see %gate
       (start-next! %clients)
       ;; Interrupted: stop the clients and their builders, remove the
       ;; store, and go.
@@ -1090,9 +1522,12 @@ event (a kernel wake-up, not a poll)~%~%")
                                     (and (eq? 'done (client-result c))
                                          (eqv? 0 (client-status c))))
                                   %clients))
-               (problems   (if (and all-done? (not %legacy-hold?))
-                               (check-store)
-                               '())))
+               (problems   (append
+                            (if (and all-done? (not %legacy-hold?))
+                                (check-store)
+                                '())
+                            ;; However the run ended.
+                            (found-valid-before-registration))))
           (unless (null? handoffs)
             (format #t "  hand-offs   ~a locks passed between clients: release -> \
 waiter's event ~a median, ~a max~%"
@@ -1103,7 +1538,13 @@ waiter's event ~a median, ~a max~%"
           (when (and all-done? (null? problems) (not %legacy-hold?))
             (format #t "  outputs     ~a distinct, each built exactly once \
 (the builders' log); every lock is free~%"
-                    (length %packages)))
+                    (length %packages))
+            (format #t "  database    ~a paths in ValidPaths, each registered \
+before any client found it valid~%"
+                    (length %packages))
+            (format #t "              ~a re-check(s) found an output on disk \
+but not registered: the waiter kept waiting~%"
+                    (length %rechecks)))
           (for-each (lambda (problem) (loud (string-append "  PROBLEM: " problem)))
                     problems)
           (format #t "  ledger      ~a violation(s) reported by the workers' \
@@ -1129,6 +1570,11 @@ invariant checks~%" violations)
 but no invariant check caught it")
             (finish 2))
            (else
+            (when %exists-validity?
+              (loud "  With \"the path exists\" as validity, a goal took as valid an \
+output that")
+              (loud "  its builder was still writing: a real store needs \
+#:store-database."))
             (loud "  FAILED: see above")
             (finish 2))))))))
 

@@ -471,6 +471,15 @@ enum gk_log_kind
    * again.
    */
   GK_LOG_VALIDITY_UNKNOWN = 15,
+  /**
+   * `goal`, waiting for another process's lock, re-checked its outputs
+   * and found `path` on disk but not valid (not registered in the store
+   * database, or refused by the validity predicate): still being written
+   * in place, or left by a build that did not finish. It keeps waiting;
+   * `duration_ns` is how long it has waited so far. Written once when a
+   * wait starts seeing it, not at every re-check.
+   */
+  GK_LOG_ON_DISK_NOT_VALID = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -881,8 +890,9 @@ typedef struct {
   uint64_t time_ns;
   /**
    * How long the goal waited for the lock (`GK_LOG_HANDED_OVER`,
-   * `GK_LOG_BECAME_VALID`, some `GK_LOG_COULD_NOT_LOCK`), in
-   * nanoseconds; -1 when not applicable.
+   * `GK_LOG_BECAME_VALID`, some `GK_LOG_COULD_NOT_LOCK`) or has waited so
+   * far (`GK_LOG_ON_DISK_NOT_VALID`), in nanoseconds; -1 when not
+   * applicable.
    */
   int64_t duration_ns;
   /**

@@ -847,6 +847,9 @@ enum class LogKind : std::uint32_t {
   /// The store database could not say whether an output is valid; the goal
   /// was not finished as valid on it.
   validity_unknown = GK_LOG_VALIDITY_UNKNOWN,
+  /// A waiting goal's re-check found an output on disk but not valid (not
+  /// registered in the store database): still being built; it keeps waiting.
+  on_disk_not_valid = GK_LOG_ON_DISK_NOT_VALID,
 };
 
 /// The kind's name, e.g. "waits-foreign" (static storage).

@@ -48,15 +48,29 @@ fn section(name: &str, at_least: usize) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("not ok")).collect();
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    let plan = format!("1..{passed}");
+    let finished = stdout.lines().any(|l| l == plan);
+    let mut detail = common::counts_detail(passed as u64, failed.len() as u64);
+    if !finished {
+        detail.push_str(&format!("; plan not finished, {}", out.status));
+    } else if passed < at_least {
+        detail.push_str(&format!("; expected at least {at_least}"));
+    }
+    common::record_suite(
+        &format!("tests/c/locks_test.c {name}"),
+        out.status.success() && failed.is_empty() && finished && passed >= at_least,
+        passed as u64,
+        failed.len().max(usize::from(!out.status.success())) as u64,
+        &detail,
+    );
     assert!(
         out.status.success() && failed.is_empty(),
         "C ABI section '{name}' failed ({:?}):\n{}\n{stdout}\nstderr:\n{stderr}",
         out.status,
         failed.join("\n")
     );
-    let plan = format!("1..{passed}");
     assert!(
-        stdout.lines().any(|l| l == plan),
+        finished,
         "section '{name}' did not finish its plan:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(

@@ -27,9 +27,16 @@ fn src(name: &str) -> PathBuf {
 }
 
 /// Builds `name` from `sources`, runs it on a fresh store with `args`, and
-/// fails with its output unless it exits 0 within `limit`. Returns stdout.
-fn build_and_run(name: &str, sources: &[&str], args: &[&str], limit: Duration) -> String {
-    build_and_run_with(name, sources, args, limit, &[])
+/// fails with its output unless it exits 0 within `limit` and prints
+/// `expect`. Returns stdout.
+fn build_and_run(
+    name: &str,
+    sources: &[&str],
+    args: &[&str],
+    limit: Duration,
+    expect: &str,
+) -> String {
+    build_and_run_with(name, sources, args, limit, expect, &[])
 }
 
 /// [`build_and_run`] with extra linker arguments (e.g. `-lsqlite3`).
@@ -38,6 +45,7 @@ fn build_and_run_with(
     sources: &[&str],
     args: &[&str],
     limit: Duration,
+    expect: &str,
     libs: &[&str],
 ) -> String {
     let sources: Vec<PathBuf> = sources.iter().map(|s| src(s)).collect();
@@ -71,6 +79,22 @@ fn build_and_run_with(
     let out = run_bounded(&mut cmd, limit);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let sanitizer_report = san.is_some() && stderr.contains("Sanitizer");
+    let ok = out.status.success() && !sanitizer_report && stdout.contains(expect);
+    let detail = if ok {
+        format!("printed \"{expect}\"")
+    } else if !out.status.success() || sanitizer_report {
+        format!("{}", out.status)
+    } else {
+        format!("exited 0 without printing \"{expect}\"")
+    };
+    common::record_suite(
+        &format!("tests/cxx/{}", sources_display(&sources)),
+        ok,
+        u64::from(ok),
+        u64::from(!ok),
+        &detail,
+    );
     assert!(
         out.status.success(),
         "{exe_name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
@@ -83,14 +107,32 @@ fn build_and_run_with(
         );
     }
     println!("{stdout}");
+    assert!(
+        stdout.contains(expect),
+        "{exe_name} did not print {expect:?}:\n{stdout}"
+    );
     stdout
+}
+
+/// The program's main source file, for its line in `make check`.
+fn sources_display(sources: &[PathBuf]) -> String {
+    sources
+        .first()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Every C ABI function through goalkeeper.hpp, including the error paths.
 #[test]
 fn cxx_api() {
-    let out = build_and_run("api_test", &["api_test.cc"], &[], Duration::from_secs(60));
-    assert!(out.contains("api_test: all passed"), "{out}");
+    build_and_run(
+        "api_test",
+        &["api_test.cc"],
+        &[],
+        Duration::from_secs(60),
+        "api_test: all passed",
+    );
 }
 
 /// The store database through goalkeeper.hpp: StoreDb, store_path_valid()
@@ -98,27 +140,27 @@ fn cxx_api() {
 /// the file, with real SQLite files written through the system libsqlite3.
 #[test]
 fn cxx_store_db() {
-    let out = build_and_run_with(
+    build_and_run_with(
         "store_db_test",
         &["store_db_test.cc"],
         &[],
         Duration::from_secs(60),
+        "store_db_test: all passed",
         &["-lsqlite3"],
     );
-    assert!(out.contains("store_db_test: all passed"), "{out}");
 }
 
 /// Old (POSIX fcntl, legacy_pathlocks.cc) and new (goalkeeper OFD) locks
 /// exclude each other, and each side survives the other's lock-file deletion.
 #[test]
 fn cxx_legacy_interop() {
-    let out = build_and_run(
+    build_and_run(
         "legacy_interop",
         &["legacy_interop.cc", "legacy_pathlocks.cc"],
         &[],
         Duration::from_secs(60),
+        "legacy_interop: all steps passed",
     );
-    assert!(out.contains("legacy_interop: all steps passed"), "{out}");
 }
 
 /// A miniature guix-daemon: one forked handler per connection, each running
@@ -127,13 +169,13 @@ fn cxx_legacy_interop() {
 /// exactly once, and no lock is held once every goal has finished.
 #[test]
 fn cxx_mini_daemon() {
-    let out = build_and_run(
+    build_and_run(
         "mini_daemon",
         &["mini_daemon.cc"],
         &["4"],
         Duration::from_secs(90),
+        "each output built exactly once",
     );
-    assert!(out.contains("each output built exactly once"), "{out}");
 }
 
 /// A store shared by old and new daemons: 3 goalkeeper clients and 2 legacy
@@ -142,25 +184,25 @@ fn cxx_mini_daemon() {
 /// legacy client (#31785) does not hang the goalkeeper clients (S3).
 #[test]
 fn cxx_mixed_store() {
-    let out = build_and_run(
+    build_and_run(
         "mixed_store",
         &["mixed_store.cc", "legacy_pathlocks.cc"],
         &[],
         Duration::from_secs(120),
+        "mixed_store: all phases passed",
     );
-    assert!(out.contains("mixed_store: all phases passed"), "{out}");
 }
 
 /// The README's C++ example builds with -Werror and runs.
 #[test]
 fn cxx_readme_example() {
-    let out = build_and_run(
+    build_and_run(
         "readme_example",
         &["readme_example.cc"],
         &[],
         Duration::from_secs(60),
+        "ccc-hello: built",
     );
-    assert!(out.contains("ccc-hello: built"), "{out}");
 }
 
 /// The drop-in for guix-daemon's PathLocks (goalkeeper-pathlocks.hh) used
@@ -170,13 +212,13 @@ fn cxx_readme_example() {
 /// message once; the destructor's safety net; errors and self re-locks.
 #[test]
 fn cxx_pathlocks_dropin() {
-    let out = build_and_run(
+    build_and_run(
         "pathlocks_dropin",
         &["pathlocks_dropin.cc"],
         &[],
         Duration::from_secs(90),
+        "pathlocks_dropin: all passed",
     );
-    assert!(out.contains("pathlocks_dropin: all passed"), "{out}");
 }
 
 /// The drop-in PathLocks and the legacy (POSIX) PathLocks in separate
@@ -184,23 +226,23 @@ fn cxx_pathlocks_dropin() {
 /// deletion of a lock file, and a refused set holds nothing on either side.
 #[test]
 fn cxx_pathlocks_legacy() {
-    let out = build_and_run(
+    build_and_run(
         "pathlocks_legacy",
         &["pathlocks_legacy.cc", "legacy_pathlocks.cc"],
         &[],
         Duration::from_secs(90),
+        "pathlocks_legacy: all steps passed",
     );
-    assert!(out.contains("pathlocks_legacy: all steps passed"), "{out}");
 }
 
 /// The README's drop-in example builds with -Werror and runs.
 #[test]
 fn cxx_readme_pathlocks() {
-    let out = build_and_run(
+    build_and_run(
         "readme_pathlocks",
         &["readme_pathlocks.cc"],
         &[],
         Duration::from_secs(60),
+        "aaa-hello: built, 0 lock(s) held",
     );
-    assert!(out.contains("aaa-hello: built, 0 lock(s) held"), "{out}");
 }

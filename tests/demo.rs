@@ -2,7 +2,11 @@
 //! Guile client processes with their own workers, overlapping builds,
 //! max-jobs 1, real `/bin/sh` builders) against the library cargo just
 //! built, in both modes, and checks the lines that carry its story, so the
-//! demo cannot rot.
+//! demo cannot rot. Its store has a database (`db.sqlite`, Guix's schema):
+//! the clients register what their builders wrote in place, and the
+//! workers' validity is that database, so a waiter's re-check sees a
+//! half-built output and keeps waiting, and nothing is found valid before
+//! it was registered.
 //!
 //! The modules are loaded from source (`--no-auto-compile`, no compiled
 //! files): no shared compiled-module directory that another test binary
@@ -87,6 +91,17 @@ fn events<'a>(stdout: &'a str, verb: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// An event line's time (seconds since the demo started), client and the
+/// first word after the verb (the package name, without a trailing ':').
+fn parse_event(line: &str) -> (f64, &str, &str) {
+    let mut words = line.split_whitespace();
+    let time = words.next().and_then(|t| t.parse().ok()).expect("a time");
+    let who = words.next().expect("a client");
+    let _verb = words.next();
+    let name = words.next().unwrap_or("").trim_end_matches(':');
+    (time, who, name)
+}
+
 fn last_line(stdout: &str) -> &str {
     stdout
         .lines()
@@ -114,11 +129,91 @@ fn demo_runs_the_31785_scenario_and_no_finished_goal_holds_a_lock() {
     assert_eq!(events(&stdout, "start").len(), 3, "{context}");
     // 8 distinct outputs, 14 goals: whatever the interleaving, each output is
     // built once and the other 6 goals find their output already valid.
-    assert_eq!(events(&stdout, "built").len(), 8, "{context}");
+    let built = events(&stdout, "built");
+    assert_eq!(built.len(), 8, "{context}");
+    assert!(
+        built.iter().all(|l| l.contains("registered in db.sqlite")),
+        "{context}"
+    );
     let valid = events(&stdout, "valid");
     assert_eq!(valid.len(), 6, "{context}");
     assert!(
         valid.iter().all(|l| l.contains("already valid")),
+        "{context}"
+    );
+    // A `built` line's time is when its output was registered (taken just
+    // before the commit); a `valid` line's time is when the worker found the
+    // output valid (its log record's, for a goal that waited). Nothing was
+    // found valid before it was registered: with "the path exists" as
+    // validity, a waiter's re-check would have taken glibc while its builder
+    // was still writing it.
+    let registered: std::collections::HashMap<&str, f64> = built
+        .iter()
+        .map(|l| {
+            let (t, _, name) = parse_event(l);
+            (name, t)
+        })
+        .collect();
+    assert_eq!(registered.len(), 8, "each output once\n{context}");
+    for line in &valid {
+        let (t, who, name) = parse_event(line);
+        let reg = registered
+            .get(name)
+            .unwrap_or_else(|| panic!("{who} found {name} valid, never registered\n{context}"));
+        assert!(
+            t >= *reg,
+            "{who} found {name} valid at {t}, before its registration at {reg}\n{context}"
+        );
+    }
+    // The waiters' re-check saw glibc on disk but not registered, while A's
+    // builder was writing it (its builder waits for that), and kept
+    // waiting; the same client found it valid only after its registration.
+    let rechecks = events(&stdout, "re-check");
+    let glibc: Vec<_> = rechecks
+        .iter()
+        .filter(|l| {
+            l.contains(
+                "glibc-2.39 exists on disk but is not registered in db.sqlite: \
+                 still being built, keep waiting",
+            )
+        })
+        .collect();
+    assert!(
+        !glibc.is_empty(),
+        "no re-check saw glibc half-built\n{context}"
+    );
+    // The first of them came before glibc's registration: A's builder
+    // waited for it. (A later one may be stamped after the time taken
+    // before the commit, having queried just before the commit.)
+    let first = glibc
+        .iter()
+        .map(|l| parse_event(l).0)
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        first < registered["glibc-2.39"],
+        "the first re-check of glibc came after its registration\n{context}"
+    );
+    for line in &glibc {
+        let (_, who, _) = parse_event(line);
+        assert!(
+            valid.iter().any(|v| {
+                let (_, w, n) = parse_event(v);
+                w == who && n == "glibc-2.39"
+            }),
+            "{who} re-checked glibc but never found it valid\n{context}"
+        );
+    }
+    assert!(
+        stdout.contains(
+            "  database    8 paths in ValidPaths, each registered before any client found it valid"
+        ),
+        "{context}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "{} re-check(s) found an output on disk but not registered: the waiter kept waiting",
+            rechecks.len()
+        )),
         "{context}"
     );
     // B starts while A builds glibc (0.4 s of work): it waits for A's lock,
@@ -193,6 +288,50 @@ fn demo_with_legacy_hold_fails_loudly_on_the_invariant() {
     assert!(held >= 1, "{context}");
 }
 
+/// Why the database matters: with `--exists-validity` the workers take "the
+/// path exists" (the library's default without a database) as validity. A
+/// goal then takes glibc as valid while A's builder is still writing it (the
+/// builder waits, half-built, until some client has re-checked or taken
+/// it), before its registration; the demo's checks catch it and it exits 2.
+/// This is the run that the checks of the normal run must fail on.
+#[test]
+fn demo_with_exists_validity_takes_a_half_built_output_and_fails() {
+    let (out, stdout) = run_demo("exists", &["--exists-validity"]);
+    let context = format!(
+        "status {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{context}");
+    assert!(events(&stdout, "re-check").is_empty(), "{context}");
+    assert!(
+        stdout.contains("PROBLEM: no re-check saw glibc-2.39 on disk but not registered"),
+        "{context}"
+    );
+    let registered = events(&stdout, "built")
+        .iter()
+        .map(|l| parse_event(l))
+        .find(|(_, _, name)| *name == "glibc-2.39")
+        .map(|(t, _, _)| t)
+        .unwrap_or_else(|| panic!("A never registered glibc\n{context}"));
+    let early: Vec<_> = events(&stdout, "valid")
+        .into_iter()
+        .filter(|l| {
+            let (t, _, name) = parse_event(l);
+            name == "glibc-2.39" && t < registered
+        })
+        .collect();
+    assert!(!early.is_empty(), "nobody took glibc early\n{context}");
+    assert!(
+        stdout.contains("found glibc-2.39 valid at") && stdout.contains("before it was registered"),
+        "{context}"
+    );
+    assert!(
+        stdout.contains("a real store needs #:store-database"),
+        "{context}"
+    );
+}
+
 /// Every wait is bounded: a deadline that passes while A is still building
 /// makes the demo stop the clients and their builders, say so, exit 2 and
 /// remove its store (`run_demo` checks the latter), instead of hanging.
@@ -228,6 +367,10 @@ fn demo_uses_run_worker_hooks_and_log_records() {
         "#:watch",
         "#:on-log",
         "log-record-holder-pid",
+        // The validity is the store database, and the re-check the
+        // worker's own record.
+        "#:store-database %db-file",
+        "'on-disk-not-valid",
     ] {
         assert!(source.contains(wanted), "the demo no longer uses {wanted}");
     }
@@ -236,6 +379,7 @@ fn demo_uses_run_worker_hooks_and_log_records() {
         "regexp-exec",
         "worker-next-event",
         "(worker-log ",
+        "#:valid-path?",
     ] {
         assert!(!source.contains(unwanted), "the demo uses {unwanted} again");
     }

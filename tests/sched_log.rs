@@ -491,6 +491,10 @@ fn the_c_abi_hands_out_records_with_their_strings() {
         name(gk_log_kind::GK_LOG_VALIDITY_UNKNOWN as u32),
         "validity-unknown"
     );
-    assert_eq!((name(0), name(16)), ("unknown", "unknown"));
+    assert_eq!(
+        name(gk_log_kind::GK_LOG_ON_DISK_NOT_VALID as u32),
+        "on-disk-not-valid"
+    );
+    assert_eq!((name(0), name(17)), ("unknown", "unknown"));
     assert_eq!(gk_worker_free(h), GK_OK);
 }

@@ -283,6 +283,110 @@ fn garbage_database_during_a_foreign_wait_keeps_the_goal_waiting() {
     assert_eq!(next_non_wait(&mut w), Event::Done);
 }
 
+/// The re-check of a foreign wait while the lock's holder writes the output
+/// in place: the output exists but is not registered, so the goal keeps
+/// waiting, and says so once (an `on-disk-not-valid` record with the path,
+/// the database and how long it has waited), not at every re-check; nothing
+/// is said while the output is not on disk yet. Registered, the next
+/// re-check finishes it, the holder still holding.
+#[test]
+fn output_on_disk_but_unregistered_keeps_the_waiter_waiting() {
+    use goalkeeper::sched::LogKind;
+    let st = TempStore::new();
+    let out = st.path("out");
+    let dbp = db::create(st.dir(), "wal", &[]);
+    let mut w = worker_on(&dbp, 20);
+    let holder = Holder::start(&out, "ofd");
+    let g = add(&mut w, &out);
+    wait_until(&mut w, "two re-checks", |w| {
+        w.audit().validity_rechecks >= 2
+    });
+    let on_disk = |records: &[goalkeeper::sched::LogRecord]| {
+        records
+            .iter()
+            .filter(|r| r.kind == LogKind::OnDiskNotValid)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let before = w.take_log_records();
+    assert!(on_disk(&before).is_empty(), "not on disk yet: {before:#?}");
+    build_output(&out); // the holder's build, in place
+    let n = w.audit().validity_rechecks;
+    wait_until(&mut w, "five re-checks with the output on disk", |w| {
+        w.audit().validity_rechecks >= n + 5
+    });
+    assert_eq!((outcome(&w, g), w.audit().waiting_lock), (None, 1));
+    let records = w.take_log_records();
+    let seen = on_disk(&records);
+    assert_eq!(seen.len(), 1, "once, not at every re-check: {records:#?}");
+    let r = &seen[0];
+    assert_eq!(
+        (r.goal, r.path.as_deref()),
+        (Some(g), Some(Path::new(&out)))
+    );
+    assert!(
+        r.duration.is_some_and(|d| d >= Duration::from_millis(40)),
+        "{r:#?}"
+    );
+    for needle in [
+        out.as_str(),
+        s(&dbp),
+        "exists on disk but is not registered in",
+        "keeps waiting for its lock",
+    ] {
+        assert!(
+            r.message.contains(needle),
+            "{needle:?} not in {:?}",
+            r.message
+        );
+    }
+    db::register(&dbp, &out);
+    assert_eq!(
+        next_non_wait(&mut w),
+        Event::Finished {
+            goal: g,
+            outcome: Outcome::AlreadyValid
+        }
+    );
+    assert!(on_disk(&w.take_log_records()).is_empty());
+    drop(holder);
+    assert_eq!(next_non_wait(&mut w), Event::Done);
+}
+
+/// The same record with a host predicate as the validity: an output on disk
+/// that the predicate refuses; never with the default validity, for which
+/// being on disk is being valid.
+#[test]
+fn output_on_disk_refused_by_the_host_predicate_is_said_once() {
+    use goalkeeper::sched::LogKind;
+    let st = TempStore::new();
+    let out = st.path("out");
+    build_output(&out);
+    let holder = Holder::start(&out, "ofd");
+    let mut w = worker(20);
+    w.set_valid_path(Box::new(|_| false));
+    let g = add(&mut w, &out);
+    wait_until(&mut w, "three re-checks", |w| {
+        w.audit().validity_rechecks >= 3
+    });
+    let records = w.take_log_records();
+    let seen: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == LogKind::OnDiskNotValid)
+        .collect();
+    assert_eq!(seen.len(), 1, "{records:#?}");
+    assert_eq!(seen[0].goal, Some(g));
+    assert!(
+        seen[0]
+            .message
+            .contains("exists on disk but the host's validity predicate says it is not valid"),
+        "{:?}",
+        seen[0].message
+    );
+    w.cancel(g).unwrap();
+    drop(holder);
+}
+
 /// The re-check and the hand-over with a locked database: while the
 /// database is locked the goal keeps waiting; when the holder releases, the
 /// lock is handed over, the database still cannot answer, and the goal

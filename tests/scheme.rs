@@ -8,7 +8,7 @@
 //! Guile SRFI-64 file on its own exits 0 even when tests fail
 //! (doc/design.md#8-notes-for-test-writers), so this runner reads the counts and checks them, not only the
 //! exit status. Guile is required: without it these tests fail, they do not
-//! skip (`.ci/run` installs it).
+//! skip (`make check` and `.ci/run` install it: build-aux/deps).
 
 mod common;
 
@@ -48,7 +48,7 @@ fn guile_tools() -> (PathBuf, PathBuf) {
         _ => panic!(
             "Guile 3.0 is required for the Scheme test suites and was not found in PATH \
              (looked for guile/guile-3.0 and guild/guild-3.0).\n\
-             Install it (Debian: apt-get install guile-3.0 guile-3.0-dev; `.ci/run` does this). \
+             Install it (Debian: apt-get install guile-3.0 guile-3.0-dev; `make check` does this as root). \
              These suites do not skip silently."
         ),
     }
@@ -185,12 +185,20 @@ fn run_suite(name: &str, min_pass: u64, limit: Duration) -> Counts {
     let (out, counts) = run_suite_file(&suite, limit);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let counts = counts.unwrap_or_else(|| {
+    let display = format!("tests/scheme/{name}.scm");
+    let Some(counts) = counts else {
+        common::record_suite(
+            &display,
+            false,
+            0,
+            1,
+            &format!("no complete GK-SRFI64 line; {}", out.status),
+        );
         panic!(
             "suite {name} printed no complete GK-SRFI64 line ({}):\n{stdout}\n{stderr}",
             out.status
         )
-    });
+    };
     // Bypass the test harness's capture so the counts show in `make check`.
     for note in stdout.lines().filter(|l| l.starts_with("NOTE ")) {
         let _ = writeln!(std::io::stderr(), "scheme suite {name}: {}", &note[5..]);
@@ -199,6 +207,31 @@ fn run_suite(name: &str, min_pass: u64, limit: Duration) -> Counts {
         std::io::stderr(),
         "scheme suite {name}: {} passed, {} failed, {} unexpected passes, {} expected failures, {} skipped ({:.2} s)",
         counts.pass, counts.fail, counts.xpass, counts.xfail, counts.skip, counts.seconds
+    );
+    let ok =
+        out.status.success() && counts.fail == 0 && counts.xpass == 0 && counts.pass >= min_pass;
+    let mut detail = common::counts_detail(counts.pass, counts.fail);
+    for (n, what) in [
+        (counts.xpass, "unexpected passes"),
+        (counts.xfail, "expected failures"),
+        (counts.skip, "skipped"),
+    ] {
+        if n > 0 {
+            detail.push_str(&format!(", {n} {what}"));
+        }
+    }
+    if !out.status.success() && counts.fail == 0 {
+        detail.push_str(&format!("; {}", out.status));
+    }
+    if counts.pass < min_pass {
+        detail.push_str(&format!("; expected at least {min_pass} passes"));
+    }
+    common::record_suite(
+        &display,
+        ok,
+        counts.pass,
+        counts.fail + counts.xpass,
+        &detail,
     );
     assert!(
         out.status.success() && counts.fail == 0 && counts.xpass == 0,

@@ -190,7 +190,7 @@ pub fn run() -> Vec<(&'static str, Measured)> {
     // allocator's memory returned to the kernel and pays its page faults
     // again, while one after another 100k run does not.
     let (mut ratios, mut flat_ratios) = (vec![], vec![]);
-    for r in 0..5 {
+    for r in 0..7 {
         let (big, small) = if r % 2 == 0 {
             let b = run_child(1_000_000, "worker");
             (b, run_child(N, "worker"))
@@ -207,7 +207,7 @@ pub fn run() -> Vec<(&'static str, Measured)> {
         None,
         format!(
             "thread CPU time (CLOCK_THREAD_CPUTIME_ID) per goal of 1,000,000 goals over \
-             100,000, each run in a fresh process, 5 alternating pairs, the median of the \
+             100,000, each run in a fresh process, 7 alternating pairs, the median of the \
              per-pair ratios (wall time moved this figure from 28.6 to 17.4 for the same \
              binary with the load of this shared 2-CPU machine). The flat-array walk of the \
              same graphs scales ×{flat_scaling:.1} in this run: the DAG's edges are uniformly \

@@ -404,7 +404,8 @@ association list from field names to values, in declaration order."
   (mode-kept               12)
   (ledger-violation        13)
   (dropped                 14)
-  (validity-unknown        15))
+  (validity-unknown        15)
+  (on-disk-not-valid       16))
 
 (define-c-enum %gk-batch-field "gk_batch_field" "GK_FIELD_"
   (none            0)

@@ -1045,10 +1045,15 @@ first.  Each record has a kind, a symbol such as:
   'handed-over     its goal got the lock after waiting DURATION seconds;
   'became-valid    its goal, waiting DURATION seconds for a lock, found its
                    outputs valid and finished without running;
+  'on-disk-not-valid  its goal, waiting DURATION seconds so far for another
+                   process's lock, re-checked and found its path on disk
+                   but not registered in the store database (or refused by
+                   VALID-PATH?): still being built; it keeps waiting;
 
 and 'could-not-lock, 'release-failed, 'predicate-error, 'cached-failure,
 'not-valid-after-success, 'cancelled-by-failure, 'no-build-slots,
-'mode-kept, 'ledger-violation, 'dropped (older records were dropped).
+'mode-kept, 'ledger-violation, 'dropped (older records were dropped),
+'validity-unknown (the store database could not answer).
 'log-record-goal' and 'log-record-holder-goal' are goals of WORKER (or #f),
 'log-record-path' a store path (or #f), 'log-record-holder-pid' an integer
 (or #f), 'log-record-time' the time it was recorded in nanoseconds of

@@ -208,6 +208,13 @@ pub enum gk_log_kind {
     /// waiting). Also written once when a waiting goal's database answers
     /// again.
     GK_LOG_VALIDITY_UNKNOWN = 15,
+    /// `goal`, waiting for another process's lock, re-checked its outputs
+    /// and found `path` on disk but not valid (not registered in the store
+    /// database, or refused by the validity predicate): still being written
+    /// in place, or left by a build that did not finish. It keeps waiting;
+    /// `duration_ns` is how long it has waited so far. Written once when a
+    /// wait starts seeing it, not at every re-check.
+    GK_LOG_ON_DISK_NOT_VALID = 16,
 }
 
 /// Which part of a batch element a `gk_batch_error` names (see
@@ -308,6 +315,7 @@ c_mapping!(gk_log_kind, LogKind, "log kind", {
     GK_LOG_LEDGER_VIOLATION <=> [LogKind::LedgerViolation],
     GK_LOG_DROPPED <=> [LogKind::Dropped],
     GK_LOG_VALIDITY_UNKNOWN <=> [LogKind::ValidityUnknown],
+    GK_LOG_ON_DISK_NOT_VALID <=> [LogKind::OnDiskNotValid],
 });
 
 c_mapping!(gk_batch_field, BatchField, "batch field", {
@@ -360,6 +368,7 @@ mod tests {
             .map(|&k| gk_log_kind::from_rust(k) as u32)
             .collect();
         assert_eq!(numbers, (1..=LogKind::ALL.len() as u32).collect::<Vec<_>>());
-        assert!(gk_log_kind::parse(0).is_err() && gk_log_kind::parse(16).is_err());
+        assert!(gk_log_kind::parse(0).is_err());
+        assert!(gk_log_kind::parse(LogKind::ALL.len() as u32 + 1).is_err());
     }
 }

@@ -40,8 +40,9 @@ pub struct gk_log_record {
     /// between the processes of one machine).
     pub time_ns: u64,
     /// How long the goal waited for the lock (`GK_LOG_HANDED_OVER`,
-    /// `GK_LOG_BECAME_VALID`, some `GK_LOG_COULD_NOT_LOCK`), in
-    /// nanoseconds; -1 when not applicable.
+    /// `GK_LOG_BECAME_VALID`, some `GK_LOG_COULD_NOT_LOCK`) or has waited so
+    /// far (`GK_LOG_ON_DISK_NOT_VALID`), in nanoseconds; -1 when not
+    /// applicable.
     pub duration_ns: i64,
     /// The store path concerned (an output; its lock file is `path` + ".lock"),
     /// NUL-terminated, or NULL if none.

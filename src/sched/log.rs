@@ -68,11 +68,20 @@ pub enum LogKind {
     /// waiting). Also written, once, when a waiting goal's database answers
     /// again.
     ValidityUnknown,
+    /// A goal waiting for another process's lock re-checked its outputs and
+    /// found one on disk but not valid: not registered in the store
+    /// database (or refused by the host's validity predicate), because the
+    /// lock's holder is still writing it in place, or a build that did not
+    /// finish left it. The goal keeps waiting; the path is the output, the
+    /// duration how long it has waited so far. Written when a wait starts
+    /// seeing the output so, not at every re-check. Never with the default
+    /// validity ("the path exists").
+    OnDiskNotValid,
 }
 
 impl LogKind {
     /// Every kind, in declaration order.
-    pub const ALL: [LogKind; 15] = [
+    pub const ALL: [LogKind; 16] = [
         LogKind::WaitsForeign,
         LogKind::WaitsLocal,
         LogKind::HandedOver,
@@ -88,6 +97,7 @@ impl LogKind {
         LogKind::LedgerViolation,
         LogKind::Dropped,
         LogKind::ValidityUnknown,
+        LogKind::OnDiskNotValid,
     ];
 
     /// The kind's name, e.g. `"waits-foreign"`.
@@ -113,6 +123,7 @@ impl LogKind {
             LogKind::LedgerViolation => c"ledger-violation",
             LogKind::Dropped => c"dropped",
             LogKind::ValidityUnknown => c"validity-unknown",
+            LogKind::OnDiskNotValid => c"on-disk-not-valid",
         }
     }
 }
@@ -145,7 +156,8 @@ pub struct LogRecord {
     /// clock for every process of the machine).
     pub time_ns: u64,
     /// For hand-offs and goals that became valid while waiting: how long
-    /// the goal waited for the lock.
+    /// the goal waited for the lock; for [`LogKind::OnDiskNotValid`], how
+    /// long it has waited so far.
     pub duration: Option<Duration>,
     /// The human-readable line, as the text log gives it.
     pub message: String,

@@ -12,7 +12,7 @@ use super::goal::{BuildMode, Exec, GoalKind, GoalState, Outcome, Phase, WaitRef}
 use super::ids::GoalId;
 use super::log::{LogKind, LogRecord};
 use super::slots::SlotToken;
-use super::validity::{ask_all, Validity};
+use super::validity::{ask_all, Source, Validity};
 use super::waits::{describe_holder, ForeignWait};
 use super::worker::{state_name, Event, Worker};
 
@@ -262,6 +262,7 @@ impl Worker {
                     wait,
                     next_recheck,
                     unknown: None,
+                    on_disk: false,
                 });
                 self.arena
                     .set_phase(i, Phase::WaitingLock(WaitRef::Foreign(w)));
@@ -318,7 +319,21 @@ impl Worker {
                         self.finish(g, Outcome::AlreadyValid, true);
                         continue;
                     }
-                    Validity::Invalid(_) => None,
+                    Validity::Invalid(k) => {
+                        // An output on disk but not valid: being written in
+                        // place by the lock's holder (or left by a build that
+                        // did not finish). Say so when that starts.
+                        let on_disk = self.on_disk_but_not_valid(g, k);
+                        let was = self.waits.get(wi).is_some_and(|w| w.on_disk);
+                        if on_disk && !was {
+                            let waited = self.waits.get(wi).map(|w| w.wait.started().elapsed());
+                            self.log_on_disk_not_valid(g, k, waited);
+                        }
+                        if let Some(w) = self.waits.get_mut(wi) {
+                            w.on_disk = on_disk;
+                        }
+                        None
+                    }
                     Validity::Unknown { k, why } => Some((k, why)),
                 };
                 // Keep waiting; say so when the database's answer changes.
@@ -654,6 +669,41 @@ impl Worker {
         } else {
             self.validity(i)
         }
+    }
+
+    /// Whether output `k` of goal `i`, which the validity source says is not
+    /// valid, exists on disk all the same. Always `false` for the default
+    /// source, for which existing is being valid.
+    fn on_disk_but_not_valid(&self, i: u32, k: usize) -> bool {
+        !matches!(self.valid, Source::Exists)
+            && self
+                .arena
+                .outputs(i)
+                .get(k)
+                .is_some_and(|p| std::fs::symlink_metadata(p.as_path()).is_ok())
+    }
+
+    /// Logs that a re-check of waiting goal `i` found its output `k` on disk
+    /// but not valid (not registered in the store database, or refused by the
+    /// host's predicate), and that the goal keeps waiting for its lock.
+    fn log_on_disk_not_valid(&mut self, i: u32, k: usize, waited: Option<Duration>) {
+        let p = &self.arena.outputs(i)[k];
+        let why = match &self.valid {
+            Source::Database(db) => format!("is not registered in {}", db.path().display()),
+            _ => "the host's validity predicate says it is not valid".to_string(),
+        };
+        let line = format!(
+            "{}: re-check: {p} exists on disk but {why}: still being built, or left by a \
+             build that did not finish; not taken as valid, it keeps waiting for its lock",
+            self.name(i),
+        );
+        let mut rec = LogRecord::new(LogKind::OnDiskNotValid, line)
+            .goal(GoalId::new(self.serial, i))
+            .path(p);
+        if let Some(d) = waited {
+            rec = rec.duration(d);
+        }
+        self.log.push(rec);
     }
 
     /// Logs that the store database could not say whether output `k` of goal

@@ -74,6 +74,9 @@ pub(crate) struct ForeignWait {
     /// The store database's error at the last re-check, if it could not
     /// answer (logged once, not at every re-check, until it changes).
     pub(crate) unknown: Option<String>,
+    /// Whether the last re-check found the awaited output on disk but not
+    /// valid (logged once when that starts, not at every re-check).
+    pub(crate) on_disk: bool,
 }
 
 /// The table of foreign waits: a slab with a free list.

@@ -22,11 +22,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int failures;
+static int checks, failures;
 
 #define EXPECT(call, want)                                                     \
   do {                                                                         \
     gk_status got_ = (call);                                                   \
+    checks++;                                                                  \
     if (got_ != (want)) {                                                      \
       fprintf(stderr, "%s:%d: %s\n  got %s (%s), want %s\n", __FILE__,         \
               __LINE__, #call, gk_status_name(got_), gk_last_error_message(),  \
@@ -41,6 +42,7 @@ static int failures;
 
 #define CHECK(cond)                                                            \
   do {                                                                         \
+    checks++;                                                                  \
     if (!(cond)) {                                                             \
       fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
       failures++;                                                              \
@@ -306,9 +308,9 @@ int main(void) {
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", store);
   if (system(cmd) != 0) failures++;
   if (failures) {
-    fprintf(stderr, "abi_misuse: %d failures\n", failures);
+    fprintf(stderr, "abi_misuse: %d of %d checks failed\n", failures, checks);
     return 1;
   }
-  printf("abi_misuse: all checks passed\n");
+  printf("abi_misuse: all checks passed (%d checks)\n", checks);
   return 0;
 }

@@ -246,3 +246,48 @@ pub fn legacy_peer_exe() -> PathBuf {
     })
     .clone()
 }
+
+/// Records the result of one suite inside a test binary (an SRFI-64 file, a
+/// C or C++ program) for `make check`'s summary: `build-aux/check` sets
+/// `GOALKEEPER_CHECK_RESULTS` to a fresh directory and prints one line per
+/// record (`PASS: tests/scheme/locks.scm (70 passed)`) after the binary's
+/// own line. Without the variable (plain `cargo test`) nothing is written.
+/// Call it before asserting, so that a failing suite has its FAIL line.
+pub fn record_suite(name: &str, ok: bool, passed: u64, failed: u64, detail: &str) {
+    let Some(dir) = std::env::var_os("GOALKEEPER_CHECK_RESULTS") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let file: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // One `key=value` per line; the detail is the text in parentheses.
+    let text = format!(
+        "result={}\nname={name}\npassed={passed}\nfailed={failed}\ndetail={}\n",
+        if ok { "PASS" } else { "FAIL" },
+        detail.replace('\n', " ")
+    );
+    let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&tmp, text))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{file}.trs"))));
+    if let Err(e) = written {
+        panic!("recording the result of {name} in {}: {e}", dir.display());
+    }
+}
+
+/// "N passed[, N failed]" for a suite's line in `make check`.
+pub fn counts_detail(passed: u64, failed: u64) -> String {
+    if failed == 0 {
+        format!("{passed} passed")
+    } else {
+        format!("{passed} passed, {failed} failed")
+    }
+}
