@@ -32,7 +32,10 @@ use std::sync::Once;
 /// runs under the lock layer's process state). Unlike `std::sync::Mutex`, it
 /// can be left locked by one function (the `prepare` handler) and unlocked
 /// by another (the `parent` and `child` handlers); in the child, whose only
-/// thread is the one that forked, no waiter exists.
+/// thread is the one that forked, no waiter exists. Not `parking_lot`'s raw
+/// mutex either: its contended path parks threads in a process-wide table
+/// guarded by locks of its own, which the atfork handlers cannot hold, so a
+/// fork could leave the child's copy of that table locked.
 pub(crate) struct ForkMutex<T> {
     state: AtomicU32,
     data: UnsafeCell<T>,

@@ -232,9 +232,32 @@ fn lockset_abi_random_call_sequences_match_the_model() {
 
 #[test]
 fn worker_abi_random_call_sequences_keep_the_invariants() {
+    // The ledger's full sweep on every call, on top of the O(touched)
+    // checks. The library reads GOALKEEPER_DEBUG_SWEEP once, when it is
+    // loaded (before main), so setting it here would be too late: the test
+    // runs itself again in a child process that has it from the start.
+    if !goalkeeper::sched::debug_sweep_default() {
+        let name = "worker_abi_random_call_sequences_keep_the_invariants";
+        let out = common::run_bounded(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+                .env("GOALKEEPER_DEBUG_SWEEP", "1"),
+            std::time::Duration::from_secs(1800),
+        );
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "the fuzz run with the full sweep failed: {}",
+            out.status
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "the child ran no test"
+        );
+        return;
+    }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // The ledger's full sweep on every call, on top of the O(touched) checks.
-    std::env::set_var("GOALKEEPER_DEBUG_SWEEP", "1");
     let cases = std::env::var("GOALKEEPER_FUZZ_WORKER_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
