@@ -134,6 +134,14 @@ impl EdgeLog {
             .chain(std::iter::once(self.cur.as_slice()))
     }
 
+    /// The chunks, oldest first, to be changed in place.
+    fn chunks_mut(&mut self) -> impl Iterator<Item = &mut [(u32, u32)]> + '_ {
+        self.full
+            .iter_mut()
+            .map(Vec::as_mut_slice)
+            .chain(std::iter::once(self.cur.as_mut_slice()))
+    }
+
     /// The edges, oldest first.
     fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.chunks().flat_map(|c| c.iter().copied())
@@ -286,57 +294,73 @@ impl Arena {
     }
 
     /// Folds the log and the overflow lists into the compact form: a
-    /// counting sort by source, cache-blocked. The new edges are first
-    /// partitioned by ranges of sources (at most ~2048 ranges, so the write
-    /// streams stay in cache), then each range is sorted into its final
-    /// place with counters that fit in L1. No pass makes random accesses
-    /// over the whole arena. Up to 2^18 goals, a plain counting sort
+    /// counting sort by source, cache-blocked. Each piece of the new edges
+    /// (a log chunk, at most [`EdgeLog::MAX_CHUNK`] edges) is first sorted
+    /// in place by ranges of sources (at most 256 ranges; through one
+    /// scratch buffer of a chunk's size, so that no array of the size of all
+    /// the edges is allocated and faulted in), then each range is sorted
+    /// into its final place with counters that stay in cache, reading its
+    /// segment of every piece. No pass makes random accesses over the whole
+    /// arena. Up to 2^18 goals, a plain counting sort
     /// ([`Arena::compact_small`]).
     #[inline(never)]
     fn compact(&mut self) {
         let n = self.goals.len();
         // The new edges in the order they were added: the overflow lists'
         // (linked earlier), then the log's.
-        let log = std::mem::take(&mut self.log);
+        let mut log = std::mem::take(&mut self.log);
         let extra = std::mem::take(&mut self.extra);
-        let linked: Vec<(u32, u32)> = if extra.is_empty() {
+        let mut linked: Vec<(u32, u32)> = if extra.is_empty() {
             Vec::new()
         } else {
             self.extra_head = Vec::new();
             extra.iter().map(|e| (e.from, e.to)).collect()
         };
-        let mut parts: Vec<&[(u32, u32)]> = vec![&linked];
-        parts.extend(log.chunks());
+        drop(extra);
         let total = linked.len() + log.len();
-        let new = || parts.iter().flat_map(|p| p.iter().copied());
         let bits = usize::BITS - n.max(1).leading_zeros();
         if bits <= 18 {
+            let mut parts: Vec<&[(u32, u32)]> = vec![&linked];
+            parts.extend(log.chunks());
             return self.compact_small(&parts, total);
         }
-        let shift = bits - 11;
+        let shift = bits - 8;
         let ranges = (n >> shift) + 1;
-        // Pass 1: the size of each range, then where it starts.
-        let mut rstart = vec![0usize; ranges + 1];
-        for (f, _) in new() {
-            rstart[(f as usize >> shift) + 1] += 1;
+        let stride = ranges + 1;
+        let mut pieces: Vec<&mut [(u32, u32)]> = linked
+            .chunks_mut(EdgeLog::MAX_CHUNK)
+            .chain(
+                log.chunks_mut()
+                    .flat_map(|c| c.chunks_mut(EdgeLog::MAX_CHUNK)),
+            )
+            .collect();
+        // Pass 1: each piece sorted by range, stably; seg[p * stride + r] is
+        // where range r starts in piece p.
+        let mut seg = vec![0u32; pieces.len() * stride];
+        let biggest = pieces.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut tmp = vec![(0u32, 0u32); biggest];
+        for (p, piece) in pieces.iter_mut().enumerate() {
+            let cnt = &mut seg[p * stride..(p + 1) * stride];
+            for &(f, _) in piece.iter() {
+                cnt[(f as usize >> shift) + 1] += 1;
+            }
+            for r in 0..ranges {
+                cnt[r + 1] += cnt[r];
+            }
+            let mut fill = cnt[..ranges].to_vec();
+            for &e in piece.iter() {
+                let c = &mut fill[e.0 as usize >> shift];
+                tmp[*c as usize] = e;
+                *c += 1;
+            }
+            piece.copy_from_slice(&tmp[..piece.len()]);
         }
-        for r in 0..ranges {
-            rstart[r + 1] += rstart[r];
-        }
-        // Pass 2: partition by range (sequential reads, one sequential
-        // write stream per range).
-        let mut part = vec![(0u32, 0u32); total];
-        let mut fill = rstart[..ranges].to_vec();
-        for e in new() {
-            let r = e.0 as usize >> shift;
-            part[fill[r]] = e;
-            fill[r] += 1;
-        }
-        drop(parts);
-        drop((log, extra, linked));
-        // Pass 3: per range, a counting sort into the final array, with the
+        drop(tmp);
+        let segment =
+            |p: usize, r: usize| (seg[p * stride + r] as usize)..(seg[p * stride + r + 1] as usize);
+        // Pass 2: per range, a counting sort into the final array, with the
         // old compact slices copied in front of each goal's new edges.
-        let mut csr = vec![0u32; self.csr.len() + part.len()];
+        let mut csr = vec![0u32; self.csr.len() + total];
         let mut start = vec![0u32; n + 1];
         let mut local = vec![0u32; 1usize << shift];
         let mut at = 0u32;
@@ -354,9 +378,10 @@ impl Arena {
             } else {
                 local.fill(0);
             }
-            let edges = &part[rstart[r]..rstart[r + 1]];
-            for &(f, _) in edges {
-                local[f as usize - lo] += 1;
+            for (p, piece) in pieces.iter().enumerate() {
+                for &(f, _) in &piece[segment(p, r)] {
+                    local[f as usize - lo] += 1;
+                }
             }
             // local[k] becomes the fill cursor of goal lo + k.
             for (k, l) in local.iter_mut().enumerate() {
@@ -370,17 +395,17 @@ impl Arena {
                 if i + 1 >= self.csr_start.len() {
                     break; // goals added since the last compaction had none
                 }
-                {
-                    let (a, z) = (self.csr_start[i] as usize, self.csr_start[i + 1] as usize);
-                    let f = *l as usize;
-                    csr[f..f + (z - a)].copy_from_slice(&self.csr[a..z]);
-                    *l += (z - a) as u32;
-                }
+                let (a, z) = (self.csr_start[i] as usize, self.csr_start[i + 1] as usize);
+                let f = *l as usize;
+                csr[f..f + (z - a)].copy_from_slice(&self.csr[a..z]);
+                *l += (z - a) as u32;
             }
-            for &(f, t) in edges {
-                let c = &mut local[f as usize - lo];
-                csr[*c as usize] = t;
-                *c += 1;
+            for (p, piece) in pieces.iter().enumerate() {
+                for &(f, t) in &piece[segment(p, r)] {
+                    let c = &mut local[f as usize - lo];
+                    csr[*c as usize] = t;
+                    *c += 1;
+                }
             }
         }
         start[n] = at;
@@ -720,6 +745,11 @@ mod tests {
             }
             // Big batches fold into the compact form, small ones are linked.
             let edges = [200_000, 300_000, 50, 100_000][round];
+            if round == 3 {
+                // One log chunk bigger than a sorting piece (the blocked
+                // compaction, with the edges linked in round 2).
+                a.reserve(0, edges);
+            }
             for _ in 0..edges {
                 let (f, t) = (rnd(goals), rnd(goals));
                 a.add_edge(f, t);
