@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::lock::StorePath;
 
-use super::goal::{BuildMode, Goal, GoalKind, GoalState, Phase, NONE};
+use super::goal::{BuildMode, Goal, GoalKind, GoalState, Outcome, Phase, NONE};
 
 /// "`to` depends on `from`": a link of `from`'s overflow list.
 #[derive(Clone, Copy, Debug)]
@@ -163,6 +163,16 @@ fn prefetch<T>(p: *const T) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// [`Arena::finish_running_plain`] was called on a goal that was not a
+/// running plain goal: a bug. The state value is dropped (releasing
+/// whatever it owned) rather than leaked.
+#[cold]
+#[inline(never)]
+fn unreachable_finish(old: Phase) {
+    debug_assert!(false, "a plain goal finished from state {old:?}");
+    drop(old);
 }
 
 /// [`Arena::start`] was called on a goal that was not ready: a bug. The
@@ -526,6 +536,25 @@ impl Arena {
             self.done[i as usize / 64] |= 1 << (i % 64);
         }
         old
+    }
+
+    /// A running plain goal (its state value, `Running(Exec::Plain)`, owns
+    /// nothing) ends with `outcome`: [`Arena::set_phase`] for that one
+    /// case, with nothing to drop and its counters known. Any other state
+    /// (a caller's bug) takes the general way, which hands the old state
+    /// value to [`unreachable_finish`] to be dropped (released).
+    #[inline(always)]
+    pub(crate) fn finish_running_plain(&mut self, i: u32, outcome: Outcome) {
+        let p = &mut self.goals[i as usize].phase;
+        if !matches!(p, Phase::Running(super::goal::Exec::Plain)) {
+            let old = self.set_phase(i, Phase::Done(outcome));
+            return unreachable_finish(old);
+        }
+        *p = Phase::Done(outcome);
+        self.counts[GoalState::Running as usize] -= 1;
+        self.counts[GoalState::Finished as usize] += 1;
+        self.pending[i as usize] = DONE_PENDING;
+        self.done[i as usize / 64] |= 1 << (i % 64);
     }
 
     /// Software pipelining of the drain, where most accesses are random

@@ -80,6 +80,12 @@ impl Outcome {
         )
     }
 
+    /// `true` for the successes a host reports (built, substituted).
+    #[inline(always)]
+    pub(crate) fn is_reported_success(self) -> bool {
+        matches!(self, Outcome::Built | Outcome::Substituted)
+    }
+
     /// `true` for the failures that, without keep-going, cancel the rest.
     pub fn stops_the_worker(self) -> bool {
         matches!(

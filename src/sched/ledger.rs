@@ -140,16 +140,45 @@ impl Worker {
     /// registry lookup: `check_one` returns `None` for it).
     #[inline(always)]
     pub(super) fn ledger_clean(&self) -> bool {
+        self.ledger_quiet() && self.ledger.touched.iter().all(|&i| self.plain_and_clean(i))
+    }
+
+    /// The O(1) part of [`Worker::ledger_clean`]: nothing was noted, no
+    /// sweep is asked for, and the slot counters agree. With nothing
+    /// touched, the full check would find nothing exactly when this holds.
+    #[inline(always)]
+    pub(super) fn ledger_quiet(&self) -> bool {
         let used = self.slots.used();
         self.ledger.noted.is_none()
             && !self.ledger.sweep
             && used == self.slot_holders
             && used <= self.slots.capacity()
-            && self.ledger.touched.iter().all(|&i| {
-                let g = &self.arena.goals[i as usize];
-                g.kind == GoalKind::Plain
-                    && !matches!(g.phase, Phase::Running(Exec::Holding { .. }))
-            })
+    }
+
+    /// The per-goal part of [`Worker::ledger_clean`]: goal `i` is a plain
+    /// goal that holds no lock set, for which the full check has nothing
+    /// to look up.
+    #[inline(always)]
+    pub(super) fn plain_and_clean(&self, i: u32) -> bool {
+        let g = &self.arena.goals[i as usize];
+        g.kind == GoalKind::Plain && !matches!(g.phase, Phase::Running(Exec::Holding { .. }))
+    }
+
+    /// The end of a call whose fast path touched only goal `i` (or nothing,
+    /// `None`) and did not record it: the same verdict as
+    /// [`Worker::end`] with `touched` = that goal. The clean case is decided
+    /// inline; anything else records the goal and runs the full check.
+    #[inline(always)]
+    pub(super) fn end_fast<T>(&mut self, touched: Option<u32>, r: Result<T>) -> Result<T> {
+        if self.ledger_quiet() && touched.is_none_or(|i| self.plain_and_clean(i)) {
+            self.ledger.count_check();
+            return r;
+        }
+        self.ledger.begin();
+        if let Some(i) = touched {
+            self.ledger.touch(i);
+        }
+        self.end_full(r)
     }
 
     /// The full checks (see [`Worker::check_ledger`]).
@@ -334,8 +363,53 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::lock::{next_id, LockSet, StorePath};
     use crate::sched::{BuildMode, Event, Outcome, WorkerOptions};
+
+    /// The fast paths of the single calls (a plain goal added, an edge
+    /// between unfinished goals, a ready plain goal started, a running
+    /// plain goal reported successful) decide the ledger's clean case
+    /// inline; anything else must still get the full check's verdict. With
+    /// the slot counters made to disagree (forced), each of them reports
+    /// the violation, as the general path does.
+    #[test]
+    fn the_fast_paths_report_what_the_full_check_finds() {
+        let mut w = Worker::new(WorkerOptions::default()).unwrap();
+        let none: &[&str] = &[];
+        let add = |w: &mut Worker| w.add_goal(GoalKind::Plain, none, BuildMode::Normal);
+        let a = add(&mut w).unwrap();
+        let b = add(&mut w).unwrap();
+        let invariant = |r: Result<()>, what: &str| match r {
+            Err(Error::Invariant(m)) => assert!(m.contains("slots are in use"), "{what}: {m}"),
+            other => panic!("{what}: {other:?}"),
+        };
+        w.slot_holders += 1; // the test hook: a running goal would hold a slot
+        invariant(add(&mut w).map(drop), "add_goal");
+        invariant(w.add_dependency(b, a), "add_dependency");
+        invariant(w.next_event().map(drop), "next_event");
+        w.slot_holders -= 1;
+        // The event was kept for the next call.
+        let run_a = Event::Run {
+            goal: a,
+            kind: GoalKind::Plain,
+        };
+        assert_eq!(w.next_event().unwrap(), run_a);
+        w.slot_holders += 1;
+        invariant(w.report(a, Outcome::Built), "report");
+        w.slot_holders -= 1;
+        assert_eq!(w.audit().violations, 4);
+        // The calls took effect all the same (the ledger reports; it does
+        // not undo): a finished, b ready (its only dependency succeeded).
+        assert_eq!(w.result(a).unwrap().outcome, Some(Outcome::Built));
+        assert_eq!(
+            w.next_event().unwrap(),
+            Event::Run {
+                goal: b,
+                kind: GoalKind::Plain
+            }
+        );
+    }
 
     /// The ledger's inline fast path accepts only touched plain goals that
     /// hold no lock set. A plain goal that runs holding a lock set and a

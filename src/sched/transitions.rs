@@ -19,29 +19,40 @@ use super::worker::{state_name, Event, Worker};
 impl Worker {
     #[inline(always)]
     pub(super) fn next_event_inner(&mut self) -> Result<Event> {
-        // The hot path: no event queued, no foreign wait, and the front of
-        // the ready queue is a plain goal that is ready (no lock, no slot,
-        // no allocation), after skipping stale entries. Anything else is
-        // left to the general loop, which looks at everything in order.
-        if self.events.is_empty() && self.waits.len() == 0 {
-            while let Some(i) = self.ready.front() {
-                match self.arena.state(i) {
-                    GoalState::Ready if self.arena.goals[i as usize].kind == GoalKind::Plain => {
-                        self.ready.pop_front();
-                        self.arena.start(i, Exec::Plain);
-                        return Ok(Event::Run {
-                            goal: self.id(i),
-                            kind: GoalKind::Plain,
-                        });
-                    }
-                    GoalState::Ready => break,
-                    _ => {
-                        self.ready.pop_front(); // a stale queue entry
-                    }
+        if let Some(i) = self.start_ready_plain() {
+            return Ok(Event::Run {
+                goal: self.id(i),
+                kind: GoalKind::Plain,
+            });
+        }
+        self.next_event_general()
+    }
+
+    /// The hot path of [`Worker::next_event_inner`]: no event queued, no
+    /// foreign wait, and the front of the ready queue is a plain goal that
+    /// is ready (no lock, no slot, no allocation), after skipping stale
+    /// entries; it starts running, and its index is returned. Anything else
+    /// (`None`) is left to the general loop, which looks at everything in
+    /// order.
+    #[inline(always)]
+    pub(super) fn start_ready_plain(&mut self) -> Option<u32> {
+        if !(self.events.is_empty() && self.waits.len() == 0) {
+            return None;
+        }
+        while let Some(i) = self.ready.front() {
+            match self.arena.state(i) {
+                GoalState::Ready if self.arena.goals[i as usize].kind == GoalKind::Plain => {
+                    self.ready.pop_front();
+                    self.arena.start(i, Exec::Plain);
+                    return Some(i);
+                }
+                GoalState::Ready => break,
+                _ => {
+                    self.ready.pop_front(); // a stale queue entry
                 }
             }
         }
-        self.next_event_general()
+        None
     }
 
     /// [`Worker::next_event_inner`] for everything but its hot path.
@@ -531,19 +542,51 @@ impl Worker {
         if !self.local_waits.is_empty() {
             self.wake_local_waiters(i);
         }
-        let mut c = self.arena.dependents(i);
         if outcome.is_success() {
-            while let Some(d) = self.arena.next_dependent(&mut c) {
-                // Only the dense counters are touched here, not the goal records.
-                if self.arena.dependency_done(d) {
-                    self.ready.push_back(d);
-                }
-            }
-            let ready = &self.ready;
-            self.arena.prefetch_ahead(|k| ready.get(k));
+            self.wake_dependents(i);
         } else if cascade {
+            let c = self.arena.dependents(i);
             self.cascade_from(c);
         }
+    }
+
+    /// Goal `i` succeeded: each dependent whose last dependency it was
+    /// becomes ready. Only the dense counters are touched, not the goal
+    /// records; then the drain's pipeline asks for what comes next.
+    #[inline(always)]
+    fn wake_dependents(&mut self, i: u32) {
+        let mut c = self.arena.dependents(i);
+        while let Some(d) = self.arena.next_dependent(&mut c) {
+            if self.arena.dependency_done(d) {
+                self.ready.push_back(d);
+            }
+        }
+        let ready = &self.ready;
+        self.arena.prefetch_ahead(|k| ready.get(k));
+    }
+
+    /// `true` if goal `i` is a running plain goal (its state value owns
+    /// nothing) that no goal of this worker waits for: the case
+    /// [`Worker::finish_plain_success`] handles.
+    #[inline(always)]
+    pub(super) fn plain_running(&self, i: u32) -> bool {
+        let g = &self.arena.goals[i as usize];
+        g.kind == GoalKind::Plain
+            && matches!(g.phase, Phase::Running(Exec::Plain))
+            && self.local_waits.is_empty()
+    }
+
+    /// The terminal transition of a running plain goal reported successful
+    /// ([`Worker::plain_running`] holds): [`Worker::finish_one`]'s steps for
+    /// that case, which has nothing to release (`Exec::Plain`), no event
+    /// to make (the host reported it), no local waiter to wake, and no
+    /// cascade or abort (a success). The caller's ledger check covers `i`.
+    #[inline(always)]
+    pub(super) fn finish_plain_success(&mut self, i: u32, outcome: Outcome) {
+        debug_assert!(outcome.is_success() && self.plain_running(i));
+        self.arena.finish_running_plain(i, outcome);
+        self.stats.succeeded += 1;
+        self.wake_dependents(i);
     }
 
     /// The rest of [`Worker::finish_one`] for a goal that was waiting for a

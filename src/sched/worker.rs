@@ -356,6 +356,20 @@ impl Worker {
     /// validate, share or index.
     #[inline]
     fn add_plain_goal(&mut self, mode: BuildMode, tag: u64) -> Result<GoalId> {
+        // The common case: it touches no goal's resources (a cancelled one,
+        // after a failure without keep-going, goes the general way).
+        if !self.aborting && self.same_process() {
+            if let Some(i) = self.arena.push(GoalKind::Plain, mode, Vec::new(), tag) {
+                self.ready.push_back(i);
+                return self.end_fast(None, Ok(self.id(i)));
+            }
+        }
+        self.add_plain_goal_slow(mode, tag)
+    }
+
+    /// [`Worker::add_plain_goal`], every case.
+    #[inline(never)]
+    fn add_plain_goal_slow(&mut self, mode: BuildMode, tag: u64) -> Result<GoalId> {
         self.begin()?;
         let r = match self.arena.push(GoalKind::Plain, mode, Vec::new(), tag) {
             Some(i) => {
@@ -453,6 +467,29 @@ impl Worker {
     /// longer cycles are reported as [`Error::SchedulerDeadlock`] by
     /// [`Worker::next_event`]. Adding the same edge twice is harmless.
     pub fn add_dependency(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
+        // The common case, decided inline: two distinct goals of this
+        // worker, `goal` not started, `dep` not finished. It touches no
+        // goal's resources; the ledger's verdict is that of `end`.
+        if let (Some(g), Some(d)) = (self.index_fast(goal), self.index_fast(dep)) {
+            if g != d
+                && self.same_process()
+                && matches!(
+                    self.arena.goals[g as usize].phase,
+                    Phase::Ready | Phase::WaitingDeps
+                )
+                && !self.arena.is_finished(d)
+            {
+                self.arena.add_edge(d, g);
+                self.arena.add_pending(g);
+                return self.end_fast(None, Ok(()));
+            }
+        }
+        self.add_dependency_slow(goal, dep)
+    }
+
+    /// [`Worker::add_dependency`], every case.
+    #[inline(never)]
+    fn add_dependency_slow(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
         self.begin()?;
         let r = self.add_dependency_inner(goal, dep);
         self.end(r)
@@ -511,6 +548,22 @@ impl Worker {
     /// stuck goals), [`Error::Invariant`] (a ledger violation was found; the
     /// event is kept for the next call).
     pub fn next_event(&mut self) -> Result<Event> {
+        // The common case, decided inline: a ready plain goal starts.
+        if self.same_process() {
+            if let Some(i) = self.start_ready_plain() {
+                let ev = Event::Run {
+                    goal: self.id(i),
+                    kind: GoalKind::Plain,
+                };
+                return self.end_fast_event(i, ev);
+            }
+        }
+        self.next_event_slow()
+    }
+
+    /// [`Worker::next_event`], every case.
+    #[inline(never)]
+    fn next_event_slow(&mut self) -> Result<Event> {
         self.begin()?;
         let r = self.next_event_inner();
         self.end_event(r)
@@ -522,6 +575,21 @@ impl Worker {
     /// goal's locks are released (with deletion after a success) and its slot
     /// freed before any dependent is woken.
     pub fn report(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
+        // The common case, decided inline: a running plain goal of this
+        // worker reported successful (a plain goal's success is not
+        // checked: it has no outputs to lock).
+        if let Some(i) = self.index_fast(goal) {
+            if outcome.is_reported_success() && self.same_process() && self.plain_running(i) {
+                self.finish_plain_success(i, outcome);
+                return self.end_fast(Some(i), Ok(()));
+            }
+        }
+        self.report_slow(goal, outcome)
+    }
+
+    /// [`Worker::report`], every case.
+    #[inline(never)]
+    fn report_slow(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
         self.begin()?;
         let r = self.report_inner(goal, outcome);
         self.end(r)
@@ -775,6 +843,22 @@ impl Worker {
         Err(self.index_error(goal))
     }
 
+    /// [`Worker::index`] for the fast paths: `Some(index)` exactly when
+    /// `index` would return `Ok`, in one subtraction and one comparison (an
+    /// id of another worker, or 0, is at least 2^32 away from this
+    /// worker's first id).
+    #[inline(always)]
+    pub(super) fn index_fast(&self, goal: GoalId) -> Option<u32> {
+        let k = goal.raw().wrapping_sub((self.serial as u64) << 32);
+        (k < self.arena.len() as u64).then_some(k as u32)
+    }
+
+    /// `true` in the process that made the worker (see [`Worker::begin`]).
+    #[inline(always)]
+    pub(super) fn same_process(&self) -> bool {
+        self.fork_gen == crate::lock::process_generation()
+    }
+
     /// Why `goal` names no goal of this worker (see [`Worker::index`]).
     #[cold]
     #[inline(never)]
@@ -838,10 +922,29 @@ impl Worker {
             self.ledger.count_check();
             return r;
         }
+        self.end_full(r)
+    }
+
+    /// [`Worker::end`] when the ledger needs its full check.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn end_full<T>(&mut self, r: Result<T>) -> Result<T> {
         match self.check_ledger_full() {
             Ok(()) => r,
             Err(e) => Err(r.err().unwrap_or(e)),
         }
+    }
+
+    /// [`Worker::end_event`] for the fast path of [`Worker::next_event`],
+    /// which started goal `i` and did not record it.
+    #[inline(always)]
+    fn end_fast_event(&mut self, i: u32, ev: Event) -> Result<Event> {
+        if self.ledger_quiet() && self.plain_and_clean(i) {
+            self.ledger.count_check();
+            return Ok(ev);
+        }
+        self.ledger.begin();
+        self.end_event(Ok(ev))
     }
 
     #[inline(always)]
