@@ -26,6 +26,7 @@ macro_rules! c_mapping {
             /// The Rust value this C value stands for.
             #[deny(unreachable_patterns)]
             #[allow(dead_code)]
+            #[inline]
             pub(crate) fn to_rust(self) -> $rust {
                 match self { $($c::$cv => $($rv)+),+ }
             }
@@ -33,6 +34,7 @@ macro_rules! c_mapping {
             /// The C value that stands for a Rust value.
             #[deny(unreachable_patterns)]
             #[allow(dead_code)]
+            #[inline]
             pub(crate) fn from_rust(v: $rust) -> $c {
                 match v { $($($rv)+ => $c::$cv),+ }
             }
@@ -40,6 +42,7 @@ macro_rules! c_mapping {
             /// The C value for a number from C, or `None`.
             #[deny(unreachable_patterns)]
             #[allow(dead_code)]
+            #[inline]
             pub(crate) fn from_raw(v: u32) -> Option<$c> {
                 $(if v == $c::$cv as u32 { return Some($c::$cv); })+
                 None
@@ -48,13 +51,22 @@ macro_rules! c_mapping {
             /// The Rust value for a number from C, or an error naming the
             /// argument's C type and the values it accepts.
             #[allow(dead_code)]
+            #[inline]
             pub(crate) fn parse(v: u32) -> Result<$rust> {
-                Self::from_raw(v).map($c::to_rust).ok_or_else(|| {
-                    let known: Vec<String> = [$(format!("{} = {}", stringify!($cv), $c::$cv as u32)),+].into();
-                    Error::InvalidArgument(format!(
-                        "{} {v} is not a {} ({})", $what, stringify!($c), known.join(", ")
-                    ))
-                })
+                match Self::from_raw(v) {
+                    Some(c) => Ok(c.to_rust()),
+                    None => Err(Self::unknown(v)),
+                }
+            }
+
+            /// The error for a number from C that is none of these values.
+            #[cold]
+            #[inline(never)]
+            fn unknown(v: u32) -> Error {
+                let known: Vec<String> = [$(format!("{} = {}", stringify!($cv), $c::$cv as u32)),+].into();
+                Error::InvalidArgument(format!(
+                    "{} {v} is not a {} ({})", $what, stringify!($c), known.join(", ")
+                ))
             }
         }
     };

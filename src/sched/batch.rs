@@ -864,6 +864,14 @@ impl Worker {
                 .prefetch_ahead(|k| reports.get(j + k).map(|r| r.goal.index()));
             let r = &mut reports[j];
             let i = r.goal.index();
+            if r.outcome.is_reported_success() && self.plain_running(i) {
+                // As `Worker::report`'s fast path: the checks at the end
+                // of the call cover the goal.
+                self.finish_plain_success(i, r.outcome);
+                self.ledger.touch(i);
+                r.recorded = Some(r.outcome);
+                continue;
+            }
             let outcome = self.checked_report(i, r.outcome);
             self.finish(i, outcome, false);
             r.recorded = Some(outcome);
@@ -877,7 +885,9 @@ impl Worker {
     }
 
     /// The first bad report, if any (duplicates found with the scratch
-    /// bitset, which is cleared again: O(reports)).
+    /// bitset, which is cleared again: O(reports)). The common case is a
+    /// tight loop that builds no error; the first report it refuses is
+    /// looked at again by [`Worker::report_error`], which says why.
     fn validate_reports(&mut self, reports: &[Report]) -> Option<BatchError> {
         let words = self.arena.len().div_ceil(64);
         let mut marks = std::mem::take(&mut self.batch.marks);
@@ -887,34 +897,16 @@ impl Worker {
         let mut bad = None;
         let mut marked = 0;
         for (j, r) in reports.iter().enumerate() {
-            let i = match self.index(r.goal) {
-                Ok(i) => i,
-                Err(e) => {
-                    bad = Some(BatchError::new(j, 0, BatchField::Goal, e));
-                    break;
-                }
+            let fine = self.index_fast(r.goal).filter(|&i| {
+                reportable(r.outcome).is_ok()
+                    && matches!(self.arena.goals[i as usize].phase, Phase::Running(_))
+                    && marks[i as usize / 64] & (1u64 << (i % 64)) == 0
+            });
+            let Some(i) = fine else {
+                bad = Some(self.report_error(j, reports, &marks));
+                break;
             };
-            if let Err(e) = reportable(r.outcome) {
-                bad = Some(BatchError::new(j, 0, BatchField::Outcome, e));
-                break;
-            }
-            if !matches!(self.arena.goals[i as usize].phase, Phase::Running(_)) {
-                let e = self.not_running(i);
-                bad = Some(BatchError::new(j, 0, BatchField::Goal, e));
-                break;
-            }
-            let (w, b) = (i as usize / 64, 1u64 << (i % 64));
-            if marks[w] & b != 0 {
-                let first = reports[..j].iter().position(|x| x.goal == r.goal);
-                let e = Error::InvalidArgument(format!(
-                    "{} is reported twice in one batch (first as reports[{}])",
-                    self.name(i),
-                    first.unwrap_or_default()
-                ));
-                bad = Some(BatchError::new(j, 0, BatchField::Goal, e));
-                break;
-            }
-            marks[w] |= b;
+            marks[i as usize / 64] |= 1u64 << (i % 64);
             marked = j + 1;
         }
         for r in &reports[..marked] {
@@ -924,15 +916,51 @@ impl Worker {
         self.batch.marks = marks;
         bad
     }
+
+    /// Why report `j` is refused (see [`Worker::validate_reports`]; the
+    /// goals of the reports before it are set in `marks`): its goal is not
+    /// one of this worker's, its outcome is not one a host reports, its
+    /// goal is not running, or it was reported earlier in the batch.
+    #[cold]
+    #[inline(never)]
+    fn report_error(&self, j: usize, reports: &[Report], marks: &[u64]) -> BatchError {
+        let r = &reports[j];
+        let i = match self.index(r.goal) {
+            Ok(i) => i,
+            Err(e) => return BatchError::new(j, 0, BatchField::Goal, e),
+        };
+        if let Err(e) = reportable(r.outcome) {
+            return BatchError::new(j, 0, BatchField::Outcome, e);
+        }
+        if !matches!(self.arena.goals[i as usize].phase, Phase::Running(_)) {
+            let e = self.not_running(i);
+            return BatchError::new(j, 0, BatchField::Goal, e);
+        }
+        debug_assert!(marks[i as usize / 64] & (1u64 << (i % 64)) != 0);
+        let first = reports[..j].iter().position(|x| x.goal == r.goal);
+        let e = Error::InvalidArgument(format!(
+            "{} is reported twice in one batch (first as reports[{}])",
+            self.name(i),
+            first.unwrap_or_default()
+        ));
+        BatchError::new(j, 0, BatchField::Goal, e)
+    }
 }
 
 /// The outcomes a host reports.
+#[inline]
 fn reportable(outcome: Outcome) -> Result<()> {
     match outcome {
         Outcome::Built | Outcome::Substituted | Outcome::Failed | Outcome::TimedOut => Ok(()),
-        o => Err(Error::InvalidArgument(format!(
-            "only built, substituted, failed and timed-out can be reported, not {}",
-            o.name()
-        ))),
+        o => Err(not_reportable(o)),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn not_reportable(o: Outcome) -> Error {
+    Error::InvalidArgument(format!(
+        "only built, substituted, failed and timed-out can be reported, not {}",
+        o.name()
+    ))
 }
