@@ -434,6 +434,89 @@ unsafe fn one_plain_goal(b: &gk_goal_batch) -> Option<(BuildMode, u64, &[GoalId]
     }))
 }
 
+/// A batch of plain goals without outputs, whose arrays are well formed
+/// (see [`plain_batch`]).
+struct PlainBatch<'a> {
+    modes: Option<&'a [u32]>,
+    tags: Option<&'a [u64]>,
+    dep_off: Option<&'a [u32]>,
+    deps: &'a [GoalId],
+}
+
+impl PlainBatch<'_> {
+    /// Goal `i`'s mode (every mode was checked).
+    #[inline(always)]
+    fn mode(&self, i: usize) -> BuildMode {
+        self.modes.map_or(BuildMode::Normal, |m| {
+            gk_build_mode::parse(m[i]).unwrap_or(BuildMode::Normal)
+        })
+    }
+
+    /// Goal `i`'s dependencies (the offsets were checked).
+    #[inline(always)]
+    fn deps(&self, i: usize) -> &[GoalId] {
+        match self.dep_off {
+            Some(o) => &self.deps[o[i] as usize..o[i + 1] as usize],
+            None => &[],
+        }
+    }
+}
+
+/// `b` as a batch of plain goals without outputs (every kind
+/// `GK_GOAL_PLAIN`, every mode known, no outputs, dependency offsets from 0
+/// never decreasing), with aligned arrays; `None` sends it the general way
+/// (which also names any error).
+///
+/// # Safety
+/// As [`read_batch`].
+unsafe fn plain_batch(b: &gk_goal_batch) -> Option<PlainBatch<'_>> {
+    let n = b.n_goals as usize;
+    if n == 0 {
+        return None;
+    }
+    let (f, k) = (BatchField::Batch, "");
+    // SAFETY: the arrays are as this function's contract says (here and below).
+    let kinds = unsafe { opt_array(b.kinds, n, f, k) }.ok()??;
+    // SAFETY: as above.
+    let modes = unsafe { opt_array(b.modes, n, f, k) }.ok()?;
+    // SAFETY: as above.
+    let tags = unsafe { opt_array(b.tags, n, f, k) }.ok()?;
+    // SAFETY: as above.
+    let out_off = unsafe { opt_array(b.output_offsets, n + 1, f, k) }.ok()?;
+    // SAFETY: as above.
+    let dep_off = unsafe { opt_array(b.dep_offsets, n + 1, f, k) }.ok()?;
+    let plain = gk_goal_kind::GK_GOAL_PLAIN as u32;
+    if !kinds.iter().all(|&k| k == plain)
+        || !modes.is_none_or(|m| m.iter().all(|&m| gk_build_mode::from_raw(m).is_some()))
+        || !out_off.is_none_or(|o| o.iter().all(|&x| x == 0))
+    {
+        return None;
+    }
+    let mut deps: &[GoalId] = &[];
+    if let Some(o) = dep_off {
+        if o[0] != 0 || !o.windows(2).all(|w| w[0] <= w[1]) {
+            return None;
+        }
+        let total = o[n] as usize;
+        if total > 0 {
+            if b.deps.is_null()
+                || !(b.deps as usize).is_multiple_of(std::mem::align_of::<gk_goal>())
+            {
+                return None;
+            }
+            // SAFETY: `total` ids per the contract (the last offset is the
+            // array's length), aligned; `GoalId` is a transparent `u64`.
+            deps = unsafe { std::slice::from_raw_parts(b.deps.cast::<GoalId>(), total) };
+        }
+    }
+    Some(PlainBatch {
+        modes,
+        tags,
+        dep_off,
+        deps,
+    })
+}
+
 /// Goal `i`'s outputs, strings `a..z`, sorted and deduplicated.
 ///
 /// # Safety
@@ -624,6 +707,24 @@ pub unsafe extern "C" fn gk_worker_add_goals(
             if let Some(id) = one {
                 ids[0] = id?;
                 return Ok(());
+            }
+        }
+        // A request of plain goals without outputs, read in place.
+        // SAFETY: as above.
+        if let Some(p) = unsafe { plain_batch(b) } {
+            let r = with_worker(t, w, |wk| {
+                Ok(wk.add_plain_goals(
+                    b.n_goals as usize,
+                    |i| p.mode(i),
+                    |i| p.tags.map_or(0, |t| t[i]),
+                    |i| p.deps(i),
+                    ids,
+                ))
+            })?;
+            if let Some(r) = r {
+                // As the general way: the call's own errors (a fork child,
+                // the ledger's verdict) name the whole batch.
+                return r.map_err(|e| Fail::Element(BatchError::whole(e)));
             }
         }
         // SAFETY: forwarded from this function's contract.

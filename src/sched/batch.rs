@@ -407,6 +407,89 @@ impl Worker {
         Some(self.end(Ok(self.id(at))))
     }
 
+    /// [`Worker::add_goals`] for a batch of `n` plain goals without
+    /// outputs (the C layer's common batch, read in place): goal `i` has
+    /// mode `mode(i)`, tag `tag(i)` and dependencies `deps(i)`, each a goal
+    /// of this worker or [`GoalId::batch(k)`](GoalId::batch). Checked in one
+    /// tight pass and added as [`Worker::add_goals`] adds them, without a
+    /// per-goal record of the batch. `None` if anything is amiss (a
+    /// dependency that names no goal of the worker or of the batch, or the
+    /// goal itself), if the worker is aborting, or if the worker has no
+    /// room for `n` more goals: nothing is changed then, and the caller
+    /// goes the general way, which names the error.
+    pub(crate) fn add_plain_goals<'a>(
+        &mut self,
+        n: usize,
+        mode: impl Fn(usize) -> BuildMode,
+        tag: impl Fn(usize) -> u64,
+        deps: impl Fn(usize) -> &'a [GoalId],
+        ids: &mut [GoalId],
+    ) -> Option<Result<()>> {
+        let base = self.arena.len();
+        if self.aborting || n == 0 || ids.len() != n || n > (NONE as usize).saturating_sub(base) {
+            return None;
+        }
+        let (len, serial) = (base as u32, self.serial);
+        let mut edges = 0;
+        for i in 0..n {
+            let ds = deps(i);
+            edges += ds.len();
+            let fine = ds.iter().all(|&d| match d.batch_index() {
+                Some(k) => (k as usize) < n && k as usize != i,
+                None => d.worker() == serial && d.index() < len,
+            });
+            if !fine {
+                return None;
+            }
+        }
+        if let Err(e) = self.begin() {
+            return Some(Err(e));
+        }
+        self.arena.reserve(n, edges);
+        self.ready.reserve(n);
+        for (i, id) in ids.iter_mut().enumerate() {
+            // Room for n goals was checked above.
+            let at = self
+                .arena
+                .push(GoalKind::Plain, mode(i), Vec::new(), tag(i));
+            debug_assert_eq!(at, Some((base + i) as u32));
+            *id = self.id(at.unwrap_or(NONE));
+        }
+        for i in 0..n {
+            let at = (base + i) as u32;
+            // A new goal: ready, nothing pending, not queued yet.
+            let mut pending = 0;
+            let mut failed = false;
+            for &d in deps(i) {
+                let from = match d.batch_index() {
+                    Some(k) => len + k,
+                    None => d.index(),
+                };
+                if self.arena.is_finished(from) {
+                    if !self.succeeded(from) {
+                        failed = true;
+                        break;
+                    }
+                } else {
+                    self.arena.add_edge(from, at);
+                    pending += 1;
+                }
+            }
+            if failed {
+                // Its edges so far stay (a finished goal's counter never
+                // reaches 0); it ends dependency-failed now.
+                self.finish(at, Outcome::DependencyFailed, true);
+            } else if self.arena.is_finished(at) {
+                // Ended by an earlier goal's failure (a cascade).
+            } else if pending > 0 {
+                self.arena.set_new_pending(at, pending);
+            } else {
+                self.ready.push_back(at);
+            }
+        }
+        Some(self.end(Ok(())))
+    }
+
     /// Resolves every goal of the batch (new, or shared with an existing
     /// goal or an earlier goal of the batch) into the scratch, and returns
     /// the number of new goals; or the first bad element. Changes nothing.

@@ -240,6 +240,14 @@ pub(super) fn wop() -> impl Strategy<Value = WOp> {
             ptr_mostly_valid()
         )
             .prop_map(|(w, goals, packed, ids)| WOp::AddGoals { w, goals, packed, ids }),
+        // Batches of plain goals without outputs (the library reads them in
+        // place, the common request): well formed or with one bad element.
+        4 => (
+            wspec(),
+            proptest::collection::vec(crate::worker_batch::bgoal_plain(), 1..8),
+            ptr_mostly_valid()
+        )
+            .prop_map(|(w, goals, ids)| WOp::AddGoals { w, goals, packed: false, ids }),
         10 => (wspec(), prop_oneof![1 => Just(0usize), 20 => 1usize..6], ptr_mostly_valid())
             .prop_map(|(w, cap, events)| WOp::NextEvents { w, cap, events }),
         6 => (wspec(), proptest::collection::vec(crate::worker_batch::breport(), 0..4))

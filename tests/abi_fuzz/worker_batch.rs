@@ -60,6 +60,30 @@ pub(super) fn bgoal() -> impl Strategy<Value = BGoal> {
         })
 }
 
+/// A plain goal without outputs (now and then a bad kind or mode), whose
+/// dependencies are goals of the worker (or not) or of the batch (or
+/// beyond it, or itself): batches of them take the library's in-place way.
+pub(super) fn bgoal_plain() -> impl Strategy<Value = BGoal> {
+    (
+        prop_oneof![40 => Just(2u32), 1 => 3u32..9],
+        prop_oneof![40 => 0u32..3, 1 => 3u32..9],
+        proptest::collection::vec(
+            prop_oneof![
+                4 => gspec().prop_map(BDep::Goal),
+                4 => (0u32..8).prop_map(BDep::Batch),
+            ],
+            0..4,
+        ),
+    )
+        .prop_map(|(kind, mode, deps)| BGoal {
+            kind,
+            mode,
+            outputs: Vec::new(),
+            bad_path: None,
+            deps,
+        })
+}
+
 /// The model's verdict on a batch: the goals' resolutions, or the first
 /// bad element.
 enum Verdict {
