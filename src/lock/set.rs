@@ -211,14 +211,7 @@ impl LockSet {
 
     fn release_inner(&mut self, check: bool) -> Result<()> {
         let files = std::mem::take(&mut self.files);
-        let (id, delete) = (self.id, self.delete);
-        let mut check_err = None;
-        let r = release_locks(id, self.paths.iter().zip(files), delete, |st, p, f| {
-            if check && check_err.is_none() {
-                check_err = check_one(st, id, p, f).err();
-            }
-        });
-        check_err.map_or(r, Err)
+        release_locks(self.id, self.paths.iter().zip(files), self.delete, check)
     }
 
     /// Checks this set's ledger invariants (G6): the set belongs to this
@@ -240,31 +233,76 @@ impl LockSet {
 /// The checks of [`LockSet::check`] for path `p` of lock set `id`, with the
 /// process lock held.
 fn check_one(st: &State, id: u64, p: &StorePath, f: &LockFile) -> Result<()> {
-    match st.held.get(p) {
-        Some(o) if o.lockset == id => {}
-        Some(o) => {
-            return Err(Error::Invariant(format!(
-                "{p} is held by lock set {id} but the registry names {o}"
-            )))
+    let path_owner = st.held.get(p).copied();
+    let inode_owner = st.held_inodes.get(&f.key()).copied();
+    verdict(
+        id,
+        p,
+        f.fd(),
+        path_owner,
+        inode_owner,
+        st.fds.contains(f.fd()),
+    )
+}
+
+/// The verdict of the checks of path `p` of lock set `id`, from what the
+/// registry says: the owner of the path, the owner of its lock file's
+/// inode, and whether its descriptor `fd` is tracked as open.
+#[inline]
+fn verdict(
+    id: u64,
+    p: &StorePath,
+    fd: std::os::unix::io::RawFd,
+    path_owner: Option<Owner>,
+    inode_owner: Option<Owner>,
+    fd_open: bool,
+) -> Result<()> {
+    if path_owner.is_some_and(|o| o.lockset == id)
+        && inode_owner.is_some_and(|o| o.lockset == id)
+        && fd_open
+    {
+        return Ok(());
+    }
+    Err(violation(id, p, fd, path_owner, inode_owner))
+}
+
+/// The first failed check of [`verdict`], as an error.
+#[cold]
+#[inline(never)]
+fn violation(
+    id: u64,
+    p: &StorePath,
+    fd: std::os::unix::io::RawFd,
+    path_owner: Option<Owner>,
+    inode_owner: Option<Owner>,
+) -> Error {
+    Error::Invariant(match path_owner {
+        None => format!("{p} is held by lock set {id} but missing from the registry"),
+        Some(o) if o.lockset != id => {
+            format!("{p} is held by lock set {id} but the registry names {o}")
         }
-        None => {
-            return Err(Error::Invariant(format!(
-                "{p} is held by lock set {id} but missing from the registry"
-            )))
+        Some(_) if inode_owner.is_none_or(|o| o.lockset != id) => {
+            format!("{p}: the inode of its lock file is not registered to lock set {id}")
         }
+        Some(_) => format!("{p}: descriptor {fd} of lock set {id} is not open"),
+    })
+}
+
+/// Removes `key`'s entry from `map` if it names lock set `id`; returns the
+/// owner the entry named, if any (an entry of another owner stays).
+#[inline]
+fn take_if_mine<K: std::hash::Hash + Eq>(
+    map: &mut std::collections::HashMap<K, Owner, impl std::hash::BuildHasher>,
+    key: &K,
+    id: u64,
+) -> Option<Owner> {
+    match map.remove_entry(key) {
+        Some((k, o)) if o.lockset != id => {
+            map.insert(k, o);
+            Some(o)
+        }
+        found => found.map(|(_, o)| o),
     }
-    if st.held_inodes.get(&f.key()).is_none_or(|o| o.lockset != id) {
-        return Err(Error::Invariant(format!(
-            "{p}: the inode of its lock file is not registered to lock set {id}"
-        )));
-    }
-    if !st.fds.contains(f.fd()) {
-        return Err(Error::Invariant(format!(
-            "{p}: descriptor {} of lock set {id} is not open",
-            f.fd()
-        )));
-    }
-    Ok(())
 }
 
 impl Drop for LockSet {
@@ -277,42 +315,46 @@ impl Drop for LockSet {
 }
 
 /// Releases `locks` (path, lock) of lock set `id`, each together with its
-/// registry entries (path and inode) in one step under the process lock,
-/// after `before` (which may look at the registry: the release's check). So
-/// another thread never finds a lock released but still registered (a false
-/// "held by this process"), nor registered no more but still locked (a false
-/// "busy, another process"), and a deleted lock file's inode number, which
-/// the file system may reuse at once, is unregistered before it is freed.
-/// Every lock is released even when one fails; the first error is returned.
+/// registry entries (path and inode) in one step under the process lock.
+/// So another thread never finds a lock released but still registered (a
+/// false "held by this process"), nor registered no more but still locked
+/// (a false "busy, another process"), and a deleted lock file's inode
+/// number, which the file system may reuse at once, is unregistered before
+/// it is freed. With `check`, each path is checked in the same step
+/// ([`LockSet::check`]'s checks: its registry entries name this set, and
+/// its descriptor is tracked as open), from what the registry held when the
+/// step began. Every lock is released even when one fails; the first check
+/// error comes first, then the first release error.
 fn release_locks<'p>(
     id: u64,
     locks: impl IntoIterator<Item = (&'p StorePath, LockFile)>,
     delete: bool,
-    mut before: impl FnMut(&State, &StorePath, &LockFile),
+    check: bool,
 ) -> Result<()> {
     let mut first_err = None;
+    let mut check_err = None;
     for (p, f) in locks {
-        let key = f.key();
-        let r = STATE.with(|st| {
-            before(st, p, &f);
+        let (key, fd) = (f.key(), f.fd());
+        let (r, c) = STATE.with(|st| {
+            let fd_open = st.fds.contains(fd);
             let r = f.release_in(st, p, delete);
-            if let Some((k, o)) = st.held_inodes.remove_entry(&key) {
-                if o.lockset != id {
-                    st.held_inodes.insert(k, o);
-                }
-            }
-            if let Some((k, o)) = st.held.remove_entry(p) {
-                if o.lockset != id {
-                    st.held.insert(k, o);
-                }
-            }
-            r
+            let inode_owner = take_if_mine(&mut st.held_inodes, &key, id);
+            let path_owner = take_if_mine(&mut st.held, p, id);
+            let c = if check && check_err.is_none() {
+                verdict(id, p, fd, path_owner, inode_owner, fd_open).err()
+            } else {
+                None
+            };
+            (r, c)
         });
+        if c.is_some() {
+            check_err = c;
+        }
         if let Err(e) = r {
             first_err.get_or_insert(e);
         }
     }
-    first_err.map_or(Ok(()), Err)
+    check_err.or(first_err).map_or(Ok(()), Err)
 }
 
 /// One all-or-nothing pass: try-locks the paths in order, registering each
@@ -352,7 +394,7 @@ fn try_once(
         let locks = paths.iter().zip(got);
         let extra = in_hand.map(|(k, f)| (&paths[k], f));
         // L8: release 1..k-1, never deleting
-        let _ = release_locks(id, locks.chain(extra), false, |_, _, _| {});
+        let _ = release_locks(id, locks.chain(extra), false, false);
     };
     let mut got: Vec<LockFile> = Vec::with_capacity(paths.len());
     for (i, p) in paths.iter().enumerate() {
@@ -401,4 +443,59 @@ fn try_once(
         delete: false,
         generation: generation(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The C ABI's release checks each path in the step that releases it
+    /// ([`LockSet::check_and_release`]); its verdicts are those of
+    /// [`LockSet::check`], and every lock is released whatever the verdict.
+    /// The registry is corrupted by hand here, one way per case.
+    #[test]
+    #[cfg_attr(miri, ignore)] // OFD locks
+    fn check_and_release_gives_the_verdicts_of_check() {
+        let dir = std::env::temp_dir().join(format!("gk-set-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wants = [
+            None,
+            Some("missing from the registry"),
+            Some("but the registry names lock set"),
+            Some("the inode of its lock file is not registered"),
+            Some("is not open"),
+        ];
+        for (case, want) in wants.into_iter().enumerate() {
+            let p = StorePath::new(dir.join(format!("p{case}"))).unwrap();
+            let set = LockSet::try_acquire([p.as_path()], Backend::Ofd).unwrap();
+            let (key, fd) = (set.files[0].key(), set.files[0].fd());
+            let other = Owner::lockset(u64::MAX);
+            STATE.with(|st| match case {
+                1 => drop(st.held.remove(&p)),
+                2 => drop(st.held.insert(p.clone(), other)),
+                3 => drop(st.held_inodes.remove(&key)),
+                4 => st.fds.remove(fd),
+                _ => {}
+            });
+            let msg = |r: Result<()>| r.err().map(|e| e.to_string());
+            let (checked, released) = (msg(set.check()), msg(set.check_and_release()));
+            assert_eq!(checked, released, "case {case}");
+            match want {
+                None => assert_eq!(released, None),
+                Some(m) => assert!(
+                    released.as_deref().unwrap_or("").contains(m),
+                    "{released:?}"
+                ),
+            }
+            // Released: only a foreign entry (case 2) is left, and the
+            // kernel lock is free.
+            let left = STATE.with(|st| (st.held.remove(&p), st.held_inodes.contains_key(&key)));
+            assert_eq!(left, ((case == 2).then_some(other), false), "case {case}");
+            LockSet::try_acquire([p.as_path()], Backend::Ofd)
+                .unwrap()
+                .release()
+                .unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
