@@ -5,29 +5,39 @@
 use std::ffi::c_char;
 
 use crate::error::{Error, Result};
-use crate::lock::{normalize_paths, StorePath, PATH_MAX};
+use crate::lock::{normalize_paths, Paths, StorePath, PATH_MAX};
 
 const _: () = assert!(PATH_MAX.is_multiple_of(4));
 
 /// The largest number of paths accepted in one set.
 pub const MAX_SET_LEN: usize = 1 << 20;
 
-/// Reads a NUL-terminated string of at most `PATH_MAX` bytes.
+/// The length of the C string at `p`, or `PATH_MAX` if there is no NUL in
+/// its first `PATH_MAX` bytes: libc's `strnlen` (vectorised; it may read
+/// ahead of the NUL within the aligned block that holds it, never into
+/// another page, as every C string function does).
 ///
 /// # Safety
-/// `p` must be NULL or point to readable memory that holds a NUL within
-/// `PATH_MAX` bytes or extends for at least `PATH_MAX` bytes.
-pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result<&'a [u8]> {
-    if p.is_null() {
-        return Err(Error::NullPointer(what));
-    }
-    // A bounded scan in Rust rather than `libc::strnlen`: it never reads past
-    // the NUL (strnlen may, within a page), and Miri can check it. Four bytes
-    // per step, each read only if the ones before it were not NUL.
+/// `p` must point to a NUL within `PATH_MAX` readable bytes, or to
+/// `PATH_MAX` readable bytes.
+#[cfg(not(miri))]
+#[inline]
+unsafe fn bounded_len(p: *const c_char) -> usize {
+    // SAFETY: as this function's contract says.
+    unsafe { libc::strnlen(p, PATH_MAX) }
+}
+
+/// [`bounded_len`] under Miri, which checks every byte read: a scan that
+/// never reads past the NUL. Four bytes per step, each read only if the ones
+/// before it were not NUL.
+///
+/// # Safety
+/// As [`bounded_len`].
+#[cfg(miri)]
+unsafe fn bounded_len(p: *const c_char) -> usize {
     let mut n = 0;
-    // SAFETY: non-null; the caller guarantees a NUL within PATH_MAX bytes or
-    // PATH_MAX readable bytes, and the scan stops at the first NUL (PATH_MAX
-    // is a multiple of 4, so a step never starts past it).
+    // SAFETY: the scan stops at the first NUL, and PATH_MAX is a multiple
+    // of 4, so a step never starts past the readable bytes.
     unsafe {
         while n < PATH_MAX {
             if *p.add(n) == 0 {
@@ -48,6 +58,21 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result
             n += 4;
         }
     }
+    n
+}
+
+/// Reads a NUL-terminated string of at most `PATH_MAX` bytes.
+///
+/// # Safety
+/// `p` must be NULL or point to readable memory that holds a NUL within
+/// `PATH_MAX` bytes or extends for at least `PATH_MAX` bytes.
+pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result<&'a [u8]> {
+    if p.is_null() {
+        return Err(Error::NullPointer(what));
+    }
+    // SAFETY: non-null; the caller guarantees a NUL within PATH_MAX bytes or
+    // PATH_MAX readable bytes.
+    let n = unsafe { bounded_len(p) };
     if n >= PATH_MAX {
         return Err(Error::InvalidPath {
             path: format!("{what} (no NUL within PATH_MAX bytes)"),
@@ -98,11 +123,30 @@ pub(crate) unsafe fn path_array(paths: *const *const c_char, n: usize) -> Result
     normalize_paths(v)
 }
 
+/// [`path_array`] as a lock set's [`Paths`]: one path is kept inline (the
+/// common call allocates no vector for it).
+///
+/// # Safety
+/// As [`path_array`].
+pub(crate) unsafe fn path_set(paths: *const *const c_char, n: usize) -> Result<Paths> {
+    if n == 1
+        && !paths.is_null()
+        && (paths as usize).is_multiple_of(std::mem::align_of::<*const c_char>())
+    {
+        // SAFETY: non-null, aligned, one readable pointer per the contract.
+        let p = unsafe { *paths };
+        // SAFETY: as the caller guarantees.
+        return Ok(Paths::One(unsafe { store_path(p, "an element of paths") }?));
+    }
+    // SAFETY: as above.
+    Ok(unsafe { path_array(paths, n) }?.into())
+}
+
 /// Reads `len` bytes holding paths, each terminated by NUL.
 ///
 /// # Safety
 /// `buf` must be NULL or point to `len` readable bytes.
-pub(crate) unsafe fn packed_paths(buf: *const u8, len: usize) -> Result<Vec<StorePath>> {
+pub(crate) unsafe fn packed_paths(buf: *const u8, len: usize) -> Result<Paths> {
     if len == 0 {
         return Err(Error::InvalidArgument(
             "empty set of paths (len is 0)".into(),
@@ -123,11 +167,16 @@ pub(crate) unsafe fn packed_paths(buf: *const u8, len: usize) -> Result<Vec<Stor
             "the packed path list must end with a NUL byte".into(),
         ));
     }
-    let set = bytes[..len - 1]
+    let bytes = &bytes[..len - 1];
+    if !bytes.contains(&0) {
+        // One path (the common call), kept inline.
+        return Ok(Paths::One(StorePath::from_nul_free_bytes(bytes)?));
+    }
+    let set = bytes
         .split(|&b| b == 0)
         .map(StorePath::from_bytes)
         .collect::<Result<Vec<_>>>()?;
-    normalize_paths(set)
+    Ok(normalize_paths(set)?.into())
 }
 
 /// Checks an output pointer.

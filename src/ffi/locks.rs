@@ -10,20 +10,20 @@ use super::enums::gk_backend;
 use super::handle::HANDLES;
 use super::status::gk_status::{self, GK_OK};
 use crate::error::Result;
-use crate::lock::{self, LockSet, StorePath, WaitMode};
+use crate::lock::{self, LockSet, Paths, WaitMode};
 
 /// An opaque handle to a lock set held by this process. 0 is never a valid handle.
 #[allow(non_camel_case_types)]
 pub type gk_lockset = u64;
 
 fn acquire_into(
-    paths: Vec<StorePath>,
+    paths: Paths,
     backend: u32,
     wait: WaitMode,
     out: &mut gk_lockset,
 ) -> Result<gk_status> {
     let backend = gk_backend::parse(backend)?;
-    let set = LockSet::acquire_normalized(paths, backend, wait)?;
+    let set = LockSet::acquire_paths(paths, backend, wait)?;
     *out = HANDLES.with(|h| h.locksets.insert(set));
     Ok(GK_OK)
 }
@@ -45,7 +45,7 @@ unsafe fn acquire_array(
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
         // SAFETY: as above.
-        let paths = unsafe { args::path_array(paths, n_paths) }?;
+        let paths = unsafe { args::path_set(paths, n_paths) }?;
         acquire_into(paths, backend, wait, out)
     })
 }

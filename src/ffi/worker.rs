@@ -568,7 +568,7 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
             Ok(Vec::new())
         } else {
             // SAFETY: as above.
-            unsafe { args::packed_paths(outputs, len) }
+            unsafe { args::packed_paths(outputs, len) }.map(|p| p.into_vec())
         };
         add_goal(t, w, kind, paths, mode, tag, out)
     })

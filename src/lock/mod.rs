@@ -23,7 +23,7 @@ pub use set::{LockSet, WaitMode};
 #[allow(unused_imports)]
 pub(crate) use file::LockFile;
 #[allow(unused_imports)]
-pub(crate) use set::next_id;
+pub(crate) use set::{next_id, Paths};
 #[allow(unused_imports)]
 pub(crate) use wait::{LockWait, Notify};
 

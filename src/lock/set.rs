@@ -34,10 +34,102 @@ pub struct LockSet {
     backend: Backend,
     /// The paths, sorted; `files[i]` is the lock of `paths[i]` (two parallel
     /// vectors: the set keeps the vector of paths it was given).
-    paths: Vec<StorePath>,
-    files: Vec<LockFile>,
+    paths: Paths,
+    files: Files,
     delete: bool,
     generation: u64,
+}
+
+/// A vector with room for one element inline: a lock set of one path (the
+/// common call) keeps its path and its lock without heap allocations of
+/// their own. It derefs to a slice.
+#[derive(Debug, Default)]
+pub(crate) enum Inline<T> {
+    /// No element.
+    #[default]
+    Empty,
+    /// One element, inline.
+    One(T),
+    /// Any number, on the heap.
+    Many(Vec<T>),
+}
+
+/// The paths of a lock set, sorted and deduplicated.
+pub(crate) type Paths = Inline<StorePath>;
+
+/// The locks of a set, in path order.
+type Files = Inline<LockFile>;
+
+impl<T> Inline<T> {
+    /// An empty vector with room for `n` elements.
+    fn with_capacity(n: usize) -> Self {
+        if n <= 1 {
+            Inline::Empty
+        } else {
+            Inline::Many(Vec::with_capacity(n))
+        }
+    }
+
+    /// Appends `x`.
+    fn push(&mut self, x: T) {
+        match self {
+            Inline::Empty => *self = Inline::One(x),
+            Inline::One(_) => {
+                let Inline::One(first) = std::mem::take(self) else {
+                    unreachable!("matched above")
+                };
+                *self = Inline::Many(vec![first, x]);
+            }
+            Inline::Many(v) => v.push(x),
+        }
+    }
+
+    /// Drops the elements (as `Vec::clear`).
+    fn clear(&mut self) {
+        *self = Inline::Empty;
+    }
+
+    /// The elements as a vector (allocating for one inline element).
+    pub(crate) fn into_vec(self) -> Vec<T> {
+        match self {
+            Inline::Empty => Vec::new(),
+            Inline::One(x) => vec![x],
+            Inline::Many(v) => v,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Inline<T> {
+    type Target = [T];
+
+    #[inline]
+    fn deref(&self) -> &[T] {
+        match self {
+            Inline::Empty => &[],
+            Inline::One(x) => std::slice::from_ref(x),
+            Inline::Many(v) => v,
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Inline<T> {
+    fn from(v: Vec<T>) -> Self {
+        Inline::Many(v)
+    }
+}
+
+impl<T> IntoIterator for Inline<T> {
+    type Item = T;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<T>, std::vec::IntoIter<T>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let (one, many) = match self {
+            Inline::Empty => (None, Vec::new()),
+            Inline::One(x) => (Some(x), Vec::new()),
+            Inline::Many(v) => (None, v),
+        };
+        one.into_iter().chain(many)
+    }
 }
 
 /// How long an acquisition may wait.
@@ -80,6 +172,12 @@ impl LockSet {
         backend: Backend,
         wait: WaitMode,
     ) -> Result<LockSet> {
+        Self::acquire_paths(paths.into(), backend, wait)
+    }
+
+    /// [`LockSet::acquire_normalized`] for paths held in a [`Paths`] (the C
+    /// ABI passes a single path inline).
+    pub(crate) fn acquire_paths(paths: Paths, backend: Backend, wait: WaitMode) -> Result<LockSet> {
         let id = next_id();
         let owner = Owner::lockset(id);
         // Only a timeout reads the clock (a try or an unbounded wait does not
@@ -142,7 +240,10 @@ impl LockSet {
         backend: Backend,
         in_hand: Option<(usize, LockFile)>,
     ) -> Result<std::result::Result<LockSet, (Vec<StorePath>, usize)>> {
-        try_once(owner.lockset, owner, paths, backend, in_hand)
+        Ok(
+            try_once(owner.lockset, owner, paths.into(), backend, in_hand)?
+                .map_err(|(paths, k)| (paths.into_vec(), k)),
+        )
     }
 
     /// The set's process-unique id.
@@ -222,7 +323,7 @@ impl LockSet {
             return Err(Error::WrongProcess("this lock set"));
         }
         STATE.with(|st| {
-            for (p, f) in self.paths.iter().zip(&self.files) {
+            for (p, f) in self.paths.iter().zip(self.files.iter()) {
                 check_one(st, self.id, p, f)?;
             }
             Ok(())
@@ -370,10 +471,10 @@ fn release_locks<'p>(
 fn try_once(
     id: u64,
     owner: Owner,
-    paths: Vec<StorePath>,
+    paths: Paths,
     backend: Backend,
     mut in_hand: Option<(usize, LockFile)>,
-) -> Result<std::result::Result<LockSet, (Vec<StorePath>, usize)>> {
+) -> Result<std::result::Result<LockSet, (Paths, usize)>> {
     // G5's fast path, a path held by a set of this process (by name), is
     // checked for every path before anything is opened: in the first path's
     // critical section, or, with a lock in hand, in the section that
@@ -390,13 +491,13 @@ fn try_once(
     }
     // Releases what this pass holds (registered to `id`): paths 0..got.len()
     // and the lock in hand if it was not reached.
-    let unwind = |got: Vec<LockFile>, in_hand: Option<(usize, LockFile)>, paths: &[StorePath]| {
+    let unwind = |got: Files, in_hand: Option<(usize, LockFile)>, paths: &[StorePath]| {
         let locks = paths.iter().zip(got);
         let extra = in_hand.map(|(k, f)| (&paths[k], f));
         // L8: release 1..k-1, never deleting
         let _ = release_locks(id, locks.chain(extra), false, false);
     };
-    let mut got: Vec<LockFile> = Vec::with_capacity(paths.len());
+    let mut got = Files::with_capacity(paths.len());
     for (i, p) in paths.iter().enumerate() {
         if let Some((k, _)) = &in_hand {
             if *k == i {
