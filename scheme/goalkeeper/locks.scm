@@ -9,7 +9,6 @@
 ;;; your option) any later version.
 
 (define-module (goalkeeper locks)
-  #:use-module (srfi srfi-11)
   #:use-module (goalkeeper ffi)
   #:use-module (system foreign)
   #:use-module (rnrs bytevectors)
@@ -184,42 +183,43 @@ already holds one of PATHS, and for invalid arguments ('invalid-path,
 'invalid-argument) or system errors."
   (%lock-paths paths wait? timeout backend #t 'lock-paths))
 
+(define (acquire-handle paths wait? timeout backend origin)
+  "Lock PATHS as 'lock-paths' does, and return the library's handle of the
+lock set, or #f if a path is busy or TIMEOUT passed.  The arguments are
+checked in their order; an error raised on the way leaves this thread's
+scratch area with the caller that took it (the next call makes a fresh
+one), which spares every call an exception handler."
+  (let ((scratch (take-scratch)))
+    (call-with-values (lambda () (scratch-paths scratch paths origin))
+      (lambda (pointer len)
+        (let* ((backend* (backend->c backend origin))
+               (ms       (timeout->milliseconds wait? timeout origin))
+               (status   (%gk-lockset-acquire-packed
+                          pointer len backend* ms (scratch-out-pointer scratch)))
+               (handle   (bytevector-u64-native-ref (scratch-out scratch) 0)))
+          (give-back-scratch! scratch)
+          (cond ((= status %gk-ok) handle)
+                ((or (= status %gk-busy) (= status %gk-timed-out)) #f)
+                (else (status-error status origin))))))))
+
+(define (release-handle handle origin)
+  "Release the lock set HANDLE; a lock set inherited from the parent of a
+fork child is only forgotten.  Raise a &goalkeeper-error if a lock file
+could not be deleted (the locks are released even then)."
+  (let ((status (%gk-lockset-release handle)))
+    (unless (or (= status %gk-ok) (= status %gk-wrong-process))
+      (status-error status origin))))
+
 (define (%lock-paths paths wait? timeout backend guard? origin)
   "Lock PATHS as 'lock-paths' does.  When GUARD? is true, register the lock
-set so that it is reported if it becomes garbage while held; that costs
-about 3 µs, so 'call-with-path-locks', which cannot leak, does not."
-  (let* ((scratch  (take-scratch))
-         (status   (call-with-values
-                       (lambda ()
-                         ;; The checks, in the order of the arguments: the
-                         ;; scratch area goes back if one fails.
-                         (with-exception-handler
-                             (lambda (e)
-                               (give-back-scratch! scratch)
-                               (raise-exception e))
-                           (lambda ()
-                             (let-values (((pointer len)
-                                           (scratch-paths scratch paths origin)))
-                               (values pointer len
-                                       (backend->c backend origin)
-                                       (timeout->milliseconds wait? timeout
-                                                              origin))))))
-                     (lambda (pointer len backend* ms)
-                       (%gk-lockset-acquire-packed pointer len backend* ms
-                                                   (scratch-out-pointer
-                                                    scratch)))))
-         (handle   (bytevector-u64-native-ref (scratch-out scratch) 0)))
-    (give-back-scratch! scratch)
-    (cond ((= status %gk-ok)
-           (let ((lockset (%make-lockset (make-atomic-box handle)
-                                         paths backend #f)))
-             (when guard?
-               (%lockset-guardian lockset))
-             lockset))
-          ((or (= status %gk-busy) (= status %gk-timed-out))
-           #f)
-          (else
-           (status-error status origin)))))
+set so that it is reported if it becomes garbage while held (about 3 µs)."
+  (let ((handle (acquire-handle paths wait? timeout backend origin)))
+    (and handle
+         (let ((lockset (%make-lockset (make-atomic-box handle)
+                                       paths backend #f)))
+           (when guard?
+             (%lockset-guardian lockset))
+           lockset))))
 
 (define (lockset-release! lockset)
   "Release the locks of LOCKSET, deleting their lock files if
@@ -234,9 +234,7 @@ are released even then."
   (assert-lockset lockset 'lockset-release!)
   (let ((handle (take-lockset-handle! lockset)))
     (when handle
-      (let ((status (%gk-lockset-release handle)))
-        (unless (or (= status %gk-ok) (= status %gk-wrong-process))
-          (status-error status 'lockset-release!))))))
+      (release-handle handle 'lockset-release!))))
 
 (define* (lockset-delete-on-release! lockset #:optional (delete? #t))
   "Ask that releasing LOCKSET delete its lock files when DELETE? is true
@@ -282,29 +280,50 @@ Wait for the locks without limit, or for TIMEOUT seconds, after which raise
 a &goalkeeper-error with status 'timed-out.  When DELETE-ON-SUCCESS? is
 true, the lock files are deleted if THUNK returns normally (the paths are
 then valid).  BACKEND is as for 'lock-paths'."
-  (let ((lockset #f)
-        (success? #f))
+  ;; The extent owns its lock set, which nobody else sees: it is kept as
+  ;; the bare handle, in an atomic box (0: none held), so that leaving the
+  ;; extent releases it exactly once.  Without DELETE-ON-SUCCESS?, THUNK
+  ;; itself is the body: nothing is allocated to follow how it returned.
+  (define (timed-out)
+    (raise-goalkeeper-error
+     'timed-out
+     (format #f "could not lock ~s within ~a s" paths timeout)
+     'call-with-path-locks))
+  (let ((handle (make-atomic-box 0))
+        (success? (and delete-on-success? (make-atomic-box #f))))
     (dynamic-wind
       (lambda ()
-        (set! success? #f)
-        (set! lockset
-          (or (%lock-paths paths #t timeout backend #f 'call-with-path-locks)
-              (raise-goalkeeper-error
-               'timed-out
-               (format #f "could not lock ~s within ~a s" paths timeout)
-               'call-with-path-locks))))
+        (when success?
+          (atomic-box-set! success? #f))
+        (atomic-box-set! handle
+                         (or (acquire-handle paths #t timeout backend
+                                             'call-with-path-locks)
+                             (timed-out))))
+      (if success?
+          (lambda ()
+            (call-with-values thunk
+              (lambda results
+                (atomic-box-set! success? #t)
+                (apply values results))))
+          thunk)
       (lambda ()
-        (call-with-values thunk
-          (lambda results
-            (set! success? #t)
-            (apply values results))))
-      (lambda ()
-        (let ((held lockset))
-          (set! lockset #f)
-          (when (and held (not (lockset-released? held)))
-            (when (and success? delete-on-success?)
-              (lockset-delete-on-release! held))
-            (lockset-release! held)))))))
+        (let ((held (atomic-box-swap! handle 0)))
+          (unless (eqv? held 0)
+            (if (and success? (atomic-box-ref success?))
+                (release-deleting held)
+                (release-handle held 'call-with-path-locks))))))))
+
+(define (release-deleting handle)
+  "Release the lock set HANDLE, deleting its lock files.  The locks are
+released even if deletion cannot be asked for (then the error is raised
+after the release); in a fork child the lock set is only forgotten."
+  (let ((status (%gk-lockset-set-deletion handle 1)))
+    (if (or (= status %gk-ok) (= status %gk-wrong-process))
+        (release-handle handle 'call-with-path-locks)
+        (let ((message (last-error-message)))
+          (release-handle handle 'call-with-path-locks)
+          (raise-goalkeeper-error (status->symbol status) message
+                                  'call-with-path-locks)))))
 
 (define-syntax-rule (with-path-locks paths exp ...)
   "Evaluate EXP... with every store path in PATHS locked, releasing the

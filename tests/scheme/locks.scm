@@ -213,6 +213,36 @@
                              (with-path-locks (list (path "a")) 'never)))
              (path-locked-by-me? (path "a")))))
 
+   (let* ((tag (make-prompt-tag "re-enter"))
+          (entries 0)
+          (k (call-with-prompt tag
+               (lambda ()
+                 (with-path-locks (list (path "r"))
+                   (abort-to-prompt tag)
+                   (set! entries (+ entries 1))
+                   (held-path-count)))
+               (lambda (k) k)))
+          (left (nothing-held?))
+          ;; Re-enter the body through its (delimited) continuation.
+          (inside (k)))
+     (test-equal "with-path-locks takes the locks again when its body is re-entered"
+       '(#t 1 1 #t)
+       (list left entries inside (nothing-held?))))
+
+   (test-equal "a bad backend raises, and the next lock works"
+     '(invalid-argument #t)
+     (list (error-status (lambda ()
+                           (call-with-path-locks (list (path "s")) (const #t)
+                                                 #:backend 'nope)))
+           (with-path-locks (list (path "s")) (path-locked-by-me? (path "s")))))
+
+   (test-equal "so does a bad path after a good one"
+     '(invalid-path #t)
+     (list (error-status (lambda ()
+                           (call-with-path-locks (list (path "s") "relative")
+                                                 (const #t))))
+           (with-path-locks (list (path "s")) (path-locked-by-me? (path "s")))))
+
    (call-with-path-locks (list (path "g")) (const #t)
                          #:delete-on-success? #t)
    (test-assert "call-with-path-locks #:delete-on-success? deletes on return"
