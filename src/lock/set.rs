@@ -311,8 +311,14 @@ impl LockSet {
     }
 
     fn release_inner(&mut self, check: bool) -> Result<()> {
-        let files = std::mem::take(&mut self.files);
-        release_locks(self.id, self.paths.iter().zip(files), self.delete, check)
+        match (&self.paths, std::mem::take(&mut self.files)) {
+            // One path (the common call): the same step, without the loop.
+            (Inline::One(p), Inline::One(f)) => {
+                let (r, c) = release_one(self.id, p, f, self.delete, check);
+                c.map_or(r, Err)
+            }
+            (paths, files) => release_locks(self.id, paths.iter().zip(files), self.delete, check),
+        }
     }
 
     /// Checks this set's ledger invariants (G6): the set belongs to this
@@ -435,19 +441,7 @@ fn release_locks<'p>(
     let mut first_err = None;
     let mut check_err = None;
     for (p, f) in locks {
-        let (key, fd) = (f.key(), f.fd());
-        let (r, c) = STATE.with(|st| {
-            let fd_open = st.fds.contains(fd);
-            let r = f.release_in(st, p, delete);
-            let inode_owner = take_if_mine(&mut st.held_inodes, &key, id);
-            let path_owner = take_if_mine(&mut st.held, p, id);
-            let c = if check && check_err.is_none() {
-                verdict(id, p, fd, path_owner, inode_owner, fd_open).err()
-            } else {
-                None
-            };
-            (r, c)
-        });
+        let (r, c) = release_one(id, p, f, delete, check && check_err.is_none());
         if c.is_some() {
             check_err = c;
         }
@@ -456,6 +450,32 @@ fn release_locks<'p>(
         }
     }
     check_err.or(first_err).map_or(Ok(()), Err)
+}
+
+/// One step of [`release_locks`]: releases lock `f` of path `p` of lock set
+/// `id` and its registry entries under the process lock; returns the
+/// release's result and, with `check`, the check's error.
+#[inline]
+fn release_one(
+    id: u64,
+    p: &StorePath,
+    f: LockFile,
+    delete: bool,
+    check: bool,
+) -> (Result<()>, Option<Error>) {
+    let (key, fd) = (f.key(), f.fd());
+    STATE.with(|st| {
+        let fd_open = st.fds.contains(fd);
+        let r = f.release_in(st, p, delete);
+        let inode_owner = take_if_mine(&mut st.held_inodes, &key, id);
+        let path_owner = take_if_mine(&mut st.held, p, id);
+        let c = if check {
+            verdict(id, p, fd, path_owner, inode_owner, fd_open).err()
+        } else {
+            None
+        };
+        (r, c)
+    })
 }
 
 /// One all-or-nothing pass: try-locks the paths in order, registering each
@@ -475,6 +495,25 @@ fn try_once(
     backend: Backend,
     mut in_hand: Option<(usize, LockFile)>,
 ) -> Result<std::result::Result<LockSet, (Paths, usize)>> {
+    if let (Inline::One(p), None) = (&paths, &in_hand) {
+        // One path (the common call): the same pass, without the loop.
+        let got = match LockFile::try_registered(p, backend, owner, std::slice::from_ref(p))? {
+            Acquired::Locked(f) => f,
+            // Another set of this process (a pass of one path cannot hold
+            // it under another name).
+            Acquired::HeldHere(o, _) => return Err(o.held_error(p)),
+            Acquired::Busy => return Ok(Err((paths, 0))),
+        };
+        return Ok(Ok(LockSet {
+            id,
+            owner,
+            backend,
+            paths,
+            files: Inline::One(got),
+            delete: false,
+            generation: generation(),
+        }));
+    }
     // G5's fast path, a path held by a set of this process (by name), is
     // checked for every path before anything is opened: in the first path's
     // critical section, or, with a lock in hand, in the section that
