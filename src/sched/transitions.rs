@@ -544,6 +544,7 @@ impl Worker {
         }
         if outcome.is_success() {
             self.wake_dependents(i);
+            self.prefetch_from_ready_queue();
         } else if cascade {
             let c = self.arena.dependents(i);
             self.cascade_from(c);
@@ -552,7 +553,7 @@ impl Worker {
 
     /// Goal `i` succeeded: each dependent whose last dependency it was
     /// becomes ready. Only the dense counters are touched, not the goal
-    /// records; then the drain's pipeline asks for what comes next.
+    /// records.
     #[inline(always)]
     fn wake_dependents(&mut self, i: u32) {
         let mut c = self.arena.dependents(i);
@@ -561,6 +562,13 @@ impl Worker {
                 self.ready.push_back(d);
             }
         }
+    }
+
+    /// The drain's pipeline (see `Arena::prefetch_ahead`) over the ready
+    /// queue, which the single calls take their goals from next. (The batch
+    /// calls run it over what they start and report next.)
+    #[inline(always)]
+    pub(super) fn prefetch_from_ready_queue(&self) {
         let ready = &self.ready;
         self.arena.prefetch_ahead(|k| ready.get(k));
     }
@@ -580,7 +588,8 @@ impl Worker {
     /// ([`Worker::plain_running`] holds): [`Worker::finish_one`]'s steps for
     /// that case, which has nothing to release (`Exec::Plain`), no event
     /// to make (the host reported it), no local waiter to wake, and no
-    /// cascade or abort (a success). The caller's ledger check covers `i`.
+    /// cascade or abort (a success). The caller's ledger check covers `i`,
+    /// and the caller runs the drain's pipeline.
     #[inline(always)]
     pub(super) fn finish_plain_success(&mut self, i: u32, outcome: Outcome) {
         debug_assert!(outcome.is_success() && self.plain_running(i));

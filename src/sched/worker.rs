@@ -581,6 +581,7 @@ impl Worker {
         if let Some(i) = self.index_fast(goal) {
             if outcome.is_reported_success() && self.same_process() && self.plain_running(i) {
                 self.finish_plain_success(i, outcome);
+                self.prefetch_from_ready_queue();
                 return self.end_fast(Some(i), Ok(()));
             }
         }
