@@ -607,7 +607,10 @@ typedef int32_t (*gk_path_predicate)(void *data, const char *path);
  * valid; an id of another worker, or one never issued, gives
  * `GK_ERROR_STALE_HANDLE`. Messages and log lines name a goal by its index
  * in its worker ("goal 3"): the low 32 bits of its id (`id & 0xffffffff`);
- * the high 32 bits identify the worker.
+ * the high 32 bits identify the worker. A worker numbers its goals from 0
+ * in the order it makes them, so the goals a host adds to a worker one
+ * after another (each new, not shared: see `gk_worker_add_goal`) have
+ * consecutive ids: the k-th after the first has the first's id plus k.
  */
 typedef uint64_t gk_goal;
 

@@ -50,20 +50,59 @@ pub fn edges(n: u32) -> Vec<(u32, u32)> {
     v
 }
 
-/// Builds a worker holding the DAG (plain goals, no locks).
-pub fn build_worker(n: u32, edges: impl FnOnce(&mut dyn FnMut(u32, u32))) -> (Worker, Vec<GoalId>) {
+/// How the benchmark's host names a goal when it adds an edge.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ids {
+    /// It keeps every goal's id in a table indexed by its own goal number
+    /// and reads it for each edge (8 bytes per goal; at a million goals a
+    /// random read of an 8 MB table per edge).
+    Table,
+    /// It computes the id from its goal number: the goals of a worker are
+    /// numbered in the order they are added, so goal `k` of the request is
+    /// the first id plus `k` (as `GK_BATCH_GOAL(k)` names goal `k` of a
+    /// batch, and as the flat walk uses the edge list's numbers directly).
+    Dense,
+}
+
+/// Builds a worker holding the DAG (plain goals, no locks); returns it and
+/// the ids of the goals (made for `Ids::Table`, computed for `Ids::Dense`).
+pub fn build_worker(
+    n: u32,
+    ids_by: Ids,
+    edges: impl FnOnce(&mut dyn FnMut(u32, u32)),
+) -> (Worker, Vec<GoalId>) {
     let mut w = Worker::new(WorkerOptions::default()).expect("worker");
     let none: &[&str] = &[];
-    let ids: Vec<GoalId> = (0..n)
-        .map(|_| {
-            w.add_goal(GoalKind::Plain, none, BuildMode::Normal)
-                .expect("add_goal")
-        })
-        .collect();
-    edges(&mut |g, d| {
-        w.add_dependency(ids[g as usize], ids[d as usize])
-            .expect("add_dependency")
-    });
+    let ids: Vec<GoalId> = if ids_by == Ids::Table {
+        (0..n)
+            .map(|_| {
+                w.add_goal(GoalKind::Plain, none, BuildMode::Normal)
+                    .expect("add_goal")
+            })
+            .collect()
+    } else {
+        let first = w
+            .add_goal(GoalKind::Plain, none, BuildMode::Normal)
+            .expect("add_goal");
+        for k in 1..n {
+            let id = w
+                .add_goal(GoalKind::Plain, none, BuildMode::Normal)
+                .expect("add_goal");
+            debug_assert_eq!(id.raw(), first.raw() + k as u64);
+        }
+        vec![first]
+    };
+    match ids_by {
+        Ids::Table => edges(&mut |g, d| {
+            w.add_dependency(ids[g as usize], ids[d as usize])
+                .expect("add_dependency")
+        }),
+        Ids::Dense => {
+            let first = ids[0].raw();
+            let id = |k: u32| GoalId::from_raw(first + k as u64);
+            edges(&mut |g, d| w.add_dependency(id(g), id(d)).expect("add_dependency"))
+        }
+    }
     (w, ids)
 }
 
@@ -83,9 +122,9 @@ pub fn drain(w: &mut Worker) -> u32 {
 }
 
 /// Seconds to build and run the DAG through the worker, by `clock`.
-fn time_worker_by(n: u32, e: &[(u32, u32)], clock: fn() -> f64) -> f64 {
+fn time_worker_by(n: u32, e: &[(u32, u32)], ids: Ids, clock: fn() -> f64) -> f64 {
     let t = clock();
-    let (mut w, _) = build_worker(n, |f| e.iter().for_each(|&(g, d)| f(g, d)));
+    let (mut w, _) = build_worker(n, ids, |f| e.iter().for_each(|&(g, d)| f(g, d)));
     let ran = drain(&mut w);
     let dt = clock() - t;
     assert_eq!(ran, n);
@@ -102,7 +141,7 @@ fn wall_now() -> f64 {
 
 /// Wall-clock seconds to build and run the DAG through the worker.
 fn time_worker(n: u32, e: &[(u32, u32)]) -> f64 {
-    time_worker_by(n, e, wall_now)
+    time_worker_by(n, e, Ids::Table, wall_now)
 }
 
 /// Seconds to build the same DAG as flat arrays (CSR of dependents,
@@ -177,7 +216,8 @@ pub fn run() -> Vec<(&'static str, Measured)> {
             Some(&rate(&flat)),
             format!(
                 "{N} plain goals, {} edges, through Worker::add_goal/add_dependency/next_event/\
-                 report; construction included on both sides; wall time, {rounds} alternating \
+                 report, the host reading each dependency's id from its table of goal ids; \
+                 construction included on both sides; wall time, {rounds} alternating \
                  repetitions",
                 e.len()
             ),
@@ -188,32 +228,43 @@ pub fn run() -> Vec<(&'static str, Measured)> {
     // the long 1M runs far more often than the short 100k ones), each run in
     // a fresh process: in one process a 100k run after a 1M one finds the
     // allocator's memory returned to the kernel and pays its page faults
-    // again, while one after another 100k run does not.
-    let (mut ratios, mut flat_ratios) = (vec![], vec![]);
-    for r in 0..7 {
-        let (big, small) = if r % 2 == 0 {
-            let b = run_child(1_000_000, "worker");
-            (b, run_child(N, "worker"))
-        } else {
-            let s = run_child(N, "worker");
-            (run_child(1_000_000, "worker"), s)
-        };
-        ratios.push(big / small);
-        flat_ratios.push(run_child(1_000_000, "flat") / run_child(N, "flat"));
-    }
-    let flat_scaling = median(flat_ratios);
+    // again, while one after another 100k run does not. The host names
+    // dependencies by their number in its request (dense ids); the same
+    // pairs with the host's id table are measured for the note.
+    let pair = |what: &str, pairs: usize| {
+        let ratios: Vec<f64> = (0..pairs)
+            .map(|r| {
+                let (big, small) = if r % 2 == 0 {
+                    let b = run_child(1_000_000, what);
+                    (b, run_child(N, what))
+                } else {
+                    let s = run_child(N, what);
+                    (run_child(1_000_000, what), s)
+                };
+                big / small
+            })
+            .collect();
+        ratios
+    };
+    let ratios = pair("worker", 11);
+    let table_scaling = median(pair("worker-table", 7));
+    let flat_scaling = median(pair("flat", 7));
     let mut scaling = Measured::samples(
         &ratios,
         None,
         format!(
             "thread CPU time (CLOCK_THREAD_CPUTIME_ID) per goal of 1,000,000 goals over \
-             100,000, each run in a fresh process, 7 alternating pairs, the median of the \
+             100,000, each run in a fresh process, 11 alternating pairs, the median of the \
              per-pair ratios (wall time moved this figure from 28.6 to 17.4 for the same \
-             binary with the load of this shared 2-CPU machine). The flat-array walk of the \
-             same graphs scales ×{flat_scaling:.1} in this run: the DAG's edges are uniformly \
-             random, so at 1M goals most accesses leave the caches. The harness keeps the goal \
-             ids in a table read at random for every edge, as a host keeps its goals \
-             somewhere (8 MB at 1M goals)"
+             binary with the load of this shared 2-CPU machine). The host names each \
+             dependency by its number in the request: a worker numbers its goals in the order \
+             they are added, so goal k is the first id plus k (as GK_BATCH_GOAL(k) names goal \
+             k of a batch, and as the flat walk uses the edge list's numbers). A host that \
+             instead reads each dependency's id from a table of its own (8 MB at 1M goals, \
+             read at random for every edge, as schedule_100k_rust does) scales \
+             ×{table_scaling:.1} in this run (7 pairs). The flat-array walk of the same graphs scales \
+             ×{flat_scaling:.1}: the DAG's edges are uniformly random, so at 1M goals most \
+             accesses leave the caches"
         ),
     );
     scaling.baseline_value = Some(10.0);
@@ -235,15 +286,17 @@ fn run_child(n: u32, what: &str) -> f64 {
         .expect("seconds")
 }
 
-/// In a fresh process (`--sched-child N WHAT`): one run of the worker or of
-/// the flat walk over the benchmark DAG of N goals (the edge list is made
-/// first, untimed); prints its thread CPU seconds.
+/// In a fresh process (`--sched-child N WHAT`): one run of the worker (the
+/// host computing dependency ids, `worker`, or reading them from its table,
+/// `worker-table`) or of the flat walk over the benchmark DAG of N goals (the
+/// edge list is made first, untimed); prints its thread CPU seconds.
 pub fn sched_child(n: u32, what: &str) {
     let e = edges(n);
     let t = match what {
-        "worker" => time_worker_by(n, &e, cpu_now),
+        "worker" => time_worker_by(n, &e, Ids::Dense, cpu_now),
+        "worker-table" => time_worker_by(n, &e, Ids::Table, cpu_now),
         "flat" => time_flat_by(n, &e, cpu_now),
-        _ => panic!("--sched-child N worker|flat"),
+        _ => panic!("--sched-child N worker|worker-table|flat"),
     };
     println!("{t}");
 }
@@ -262,7 +315,7 @@ fn rss() -> u64 {
 /// resident, and prints the resident bytes per goal.
 pub fn memory_child(n: u32) {
     let before = rss();
-    let (w, ids) = build_worker(n, |f| for_each_edge(n, f));
+    let (w, ids) = build_worker(n, Ids::Table, |f| for_each_edge(n, f));
     drop(ids);
     let after = rss();
     black_box(&w);
@@ -312,7 +365,7 @@ pub fn detail(n: u32) {
     let (mut b, mut d, mut f) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
         let t0 = cpu_now();
-        let (mut w, _) = build_worker(n, |g| e.iter().for_each(|&(x, y)| g(x, y)));
+        let (mut w, _) = build_worker(n, Ids::Table, |g| e.iter().for_each(|&(x, y)| g(x, y)));
         let t1 = cpu_now();
         assert_eq!(drain(&mut w), n);
         let t2 = cpu_now();

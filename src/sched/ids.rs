@@ -37,7 +37,11 @@ impl GoalId {
         GoalId(raw)
     }
 
-    /// The index of the goal in its worker's arena (the `N` of "goal N" in logs).
+    /// The index of the goal in its worker's arena (the `N` of "goal N" in
+    /// logs). A worker numbers its goals from 0 in the order it makes them,
+    /// so the goals a host adds one after another (each new, not shared:
+    /// see [`Worker::add_goal`](super::Worker::add_goal)) have consecutive
+    /// ids: the k-th after the first has the first's raw id plus k.
     pub fn index(self) -> u32 {
         self.0 as u32
     }
