@@ -81,9 +81,16 @@ soak:
 # C ABI, and the flock lock cycle (file I/O needs -Zmiri-disable-isolation).
 # Miri implements neither OFD locks (fcntl F_OFD_SETLK) nor fork: a unit
 # test that needs them must be #[cfg_attr(miri, ignore)].
+# Tests whose sizes make them take minutes under Miri are scaled down or
+# ignored there (cfg!(miri)); the whole run takes a few minutes, and
+# MIRI_TIMEOUT turns a regression into a failure that says so instead of a
+# CI run that never ends.
 MIRIFLAGS ?= -Zmiri-disable-isolation
+MIRI_TIMEOUT ?= 1200
 miri:
-	MIRIFLAGS="$(MIRIFLAGS)" $(CARGO) +nightly miri test --lib
+	@MIRIFLAGS="$(MIRIFLAGS)" timeout $(MIRI_TIMEOUT) $(CARGO) +nightly miri test --lib; st=$$?; \
+	if [ $$st = 124 ]; then echo "make miri: not finished after $(MIRI_TIMEOUT) s; a test too big for Miri needs cfg!(miri) sizes"; fi; \
+	exit $$st
 
 header:
 	GOALKEEPER_UPDATE_HEADER=1 $(CARGO) test --test header
