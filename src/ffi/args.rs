@@ -136,7 +136,9 @@ pub(crate) unsafe fn path_set(paths: *const *const c_char, n: usize) -> Result<P
         // SAFETY: non-null, aligned, one readable pointer per the contract.
         let p = unsafe { *paths };
         // SAFETY: as the caller guarantees.
-        return Ok(Paths::One(unsafe { store_path(p, "an element of paths") }?));
+        return Ok(Paths::from_buf([unsafe {
+            store_path(p, "an element of paths")
+        }?]));
     }
     // SAFETY: as above.
     Ok(unsafe { path_array(paths, n) }?.into())
@@ -170,7 +172,7 @@ pub(crate) unsafe fn packed_paths(buf: *const u8, len: usize) -> Result<Paths> {
     let bytes = &bytes[..len - 1];
     if !bytes.contains(&0) {
         // One path (the common call), kept inline.
-        return Ok(Paths::One(StorePath::from_nul_free_bytes(bytes)?));
+        return Ok(Paths::from_buf([StorePath::from_nul_free_bytes(bytes)?]));
     }
     let set = bytes
         .split(|&b| b == 0)

@@ -1,5 +1,6 @@
 //! Lock sets: a sorted, deduplicated set of store paths, locked all or nothing.
 
+use smallvec::SmallVec;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -40,97 +41,12 @@ pub struct LockSet {
     generation: u64,
 }
 
-/// A vector with room for one element inline: a lock set of one path (the
-/// common call) keeps its path and its lock without heap allocations of
-/// their own. It derefs to a slice.
-#[derive(Debug, Default)]
-pub(crate) enum Inline<T> {
-    /// No element.
-    #[default]
-    Empty,
-    /// One element, inline.
-    One(T),
-    /// Any number, on the heap.
-    Many(Vec<T>),
-}
+/// The paths of a lock set, sorted and deduplicated. A set of one path (the
+/// common call) keeps its path inline, without a heap allocation.
+pub(crate) type Paths = SmallVec<[StorePath; 1]>;
 
-/// The paths of a lock set, sorted and deduplicated.
-pub(crate) type Paths = Inline<StorePath>;
-
-/// The locks of a set, in path order.
-type Files = Inline<LockFile>;
-
-impl<T> Inline<T> {
-    /// An empty vector with room for `n` elements.
-    fn with_capacity(n: usize) -> Self {
-        if n <= 1 {
-            Inline::Empty
-        } else {
-            Inline::Many(Vec::with_capacity(n))
-        }
-    }
-
-    /// Appends `x`.
-    fn push(&mut self, x: T) {
-        match self {
-            Inline::Empty => *self = Inline::One(x),
-            Inline::One(_) => {
-                let Inline::One(first) = std::mem::take(self) else {
-                    unreachable!("matched above")
-                };
-                *self = Inline::Many(vec![first, x]);
-            }
-            Inline::Many(v) => v.push(x),
-        }
-    }
-
-    /// Drops the elements (as `Vec::clear`).
-    fn clear(&mut self) {
-        *self = Inline::Empty;
-    }
-
-    /// The elements as a vector (allocating for one inline element).
-    pub(crate) fn into_vec(self) -> Vec<T> {
-        match self {
-            Inline::Empty => Vec::new(),
-            Inline::One(x) => vec![x],
-            Inline::Many(v) => v,
-        }
-    }
-}
-
-impl<T> std::ops::Deref for Inline<T> {
-    type Target = [T];
-
-    #[inline]
-    fn deref(&self) -> &[T] {
-        match self {
-            Inline::Empty => &[],
-            Inline::One(x) => std::slice::from_ref(x),
-            Inline::Many(v) => v,
-        }
-    }
-}
-
-impl<T> From<Vec<T>> for Inline<T> {
-    fn from(v: Vec<T>) -> Self {
-        Inline::Many(v)
-    }
-}
-
-impl<T> IntoIterator for Inline<T> {
-    type Item = T;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<T>, std::vec::IntoIter<T>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        let (one, many) = match self {
-            Inline::Empty => (None, Vec::new()),
-            Inline::One(x) => (Some(x), Vec::new()),
-            Inline::Many(v) => (None, v),
-        };
-        one.into_iter().chain(many)
-    }
-}
+/// The locks of a set, in path order (one inline, as [`Paths`]).
+type Files = SmallVec<[LockFile; 1]>;
 
 /// How long an acquisition may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,13 +227,19 @@ impl LockSet {
     }
 
     fn release_inner(&mut self, check: bool) -> Result<()> {
-        match (&self.paths, std::mem::take(&mut self.files)) {
+        let mut files = std::mem::take(&mut self.files);
+        match (&self.paths[..], files.pop()) {
             // One path (the common call): the same step, without the loop.
-            (Inline::One(p), Inline::One(f)) => {
+            ([p], Some(f)) if files.is_empty() => {
                 let (r, c) = release_one(self.id, p, f, self.delete, check);
                 c.map_or(r, Err)
             }
-            (paths, files) => release_locks(self.id, paths.iter().zip(files), self.delete, check),
+            (paths, last) => release_locks(
+                self.id,
+                paths.iter().zip(files.into_iter().chain(last)),
+                self.delete,
+                check,
+            ),
         }
     }
 
@@ -495,7 +417,7 @@ fn try_once(
     backend: Backend,
     mut in_hand: Option<(usize, LockFile)>,
 ) -> Result<std::result::Result<LockSet, (Paths, usize)>> {
-    if let (Inline::One(p), None) = (&paths, &in_hand) {
+    if let ([p], None) = (&paths[..], &in_hand) {
         // One path (the common call): the same pass, without the loop.
         let got = match LockFile::try_registered(p, backend, owner, std::slice::from_ref(p))? {
             Acquired::Locked(f) => f,
@@ -509,7 +431,7 @@ fn try_once(
             owner,
             backend,
             paths,
-            files: Inline::One(got),
+            files: Files::from_buf([got]),
             delete: false,
             generation: generation(),
         }));
