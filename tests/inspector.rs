@@ -566,14 +566,24 @@ fn diagnostics_reuse_a_recent_scan_but_find_a_new_holder() {
 /// seconds; subtracting it from `CLOCK_MONOTONIC` showed "blocked 5.8 s"
 /// for a waiter blocked 1 s. A waiter blocked for a known time must be
 /// reported within 0.5 s of it, by the library and by `goalkeeper locks`.
+///
+/// Each CPU's scheduler clock trails by its own amount (on this project's
+/// 2-CPU VM the two differ by more than a second), so the waiter runs on
+/// one CPU and the inspection on another, when there are two: reading
+/// "now" on the inspecting thread's CPU instead of the waiter's fails here.
 #[test]
 fn a_waiters_blocked_time_is_measured_on_the_schedulers_clock() {
+    let cpus = allowed_cpus();
     let s = TempStore::new();
     let lf = s.lock_file("aaa-held");
     let holder = Proc::spawn(Command::new(holder_exe()).arg("posix").arg(&lf));
     assert_eq!(holder.line(), "locked");
+    // The waiter inherits this thread's affinity: the first CPU.
+    pin_this_thread(cpus[0]);
     let t0 = Instant::now();
     let waiter = Proc::spawn(Command::new(holder_exe()).arg("posix-wait").arg(&lf));
+    // The inspection (here and in `goalkeeper locks`) on another CPU.
+    pin_this_thread(*cpus.last().unwrap());
     await_waiters(&lf, 1);
     let t1 = Instant::now();
     // The known time: the quantity under test, not a synchronisation.
@@ -856,4 +866,40 @@ fn locks_db_refuses_a_bad_database() {
         LIMIT,
     );
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity
+    // fills it for this thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    assert_eq!(
+        r,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` < CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    assert!(!cpus.is_empty());
+    cpus
+}
+
+/// Runs this thread (and the processes it starts from now on) on `cpu` only.
+fn pin_this_thread(cpu: usize) {
+    // SAFETY: as in `allowed_cpus`; `cpu` < CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(
+        r,
+        0,
+        "sched_setaffinity({cpu}): {}",
+        std::io::Error::last_os_error()
+    );
 }

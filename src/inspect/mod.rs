@@ -19,8 +19,10 @@
 //!   or F_OFD_SETLKW)` or `flock(fd, LOCK_EX)` on a descriptor of the file.
 //!   How long it has been blocked is the time since that thread last ran
 //!   (`se.exec_start` in `/proc/PID/task/TID/sched`), measured on the same
-//!   clock: the scheduler's, read through this thread's own `se.exec_start`
-//!   (the scheduler clock can be seconds away from `CLOCK_MONOTONIC`). A
+//!   clock: the scheduler clock of the CPU the waiter last ran on, read
+//!   through the `se.exec_start` of a short-lived thread pinned to that CPU
+//!   (each CPU's scheduler clock can be seconds away from `CLOCK_MONOTONIC`
+//!   and from the other CPUs' clocks). A
 //!   thread blocked in the kernel does not run, so this is the length of
 //!   the current wait, unless a signal interrupted and restarted it. The kernel records no wait start
 //!   time anywhere else; when these files are not readable the duration is

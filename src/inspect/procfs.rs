@@ -157,6 +157,9 @@ pub(super) fn inspect_fds(table: &FdTable, wanted: &BTreeSet<FileKey>) -> Scan {
             matched.entry(pid).or_default().push((fd, *key));
         }
     }
+    // Each CPU's scheduler clock, read once per scan ("now" for the waiters
+    // that last ran there).
+    let mut clocks = HashMap::new();
     for (pid, fds) in matched {
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
@@ -171,7 +174,7 @@ pub(super) fn inspect_fds(table: &FdTable, wanted: &BTreeSet<FileKey>) -> Scan {
             let Some(&(_, key)) = fds.iter().find(|(f, _)| *f == fd) else {
                 continue;
             };
-            let blocked_for = blocked_since(pid, tid);
+            let blocked_for = blocked_since(pid, tid, &mut clocks);
             scan.blocked.entry(key).or_default().push(Blocked {
                 pid,
                 kind,
@@ -214,18 +217,73 @@ fn blocked_lock_call(pid: u32, tid: u32) -> Option<(i32, LockKind)> {
 /// (`se.exec_start`). For a thread blocked in a lock call, that is how long
 /// it has been blocked.
 ///
-/// `se.exec_start` is the scheduler's clock (the run queue's
-/// `rq_clock_task`), not `CLOCK_MONOTONIC`: on some machines (VMs among
-/// them) the two differ by seconds, so subtracting it from
-/// `CLOCK_MONOTONIC` would be wrong by that much. "Now" is therefore read
-/// on the same clock: this thread's own `se.exec_start`, which the
-/// scheduler refreshes while it runs (at least every tick), read just
-/// after the other thread's. `CLOCK_MONOTONIC` is the fallback only when
-/// this thread's file cannot be read.
-fn blocked_since(pid: u32, tid: u32) -> Option<Duration> {
-    let then = exec_start(&format!("/proc/{pid}/task/{tid}/sched"))?;
-    let now = exec_start("/proc/thread-self/sched").unwrap_or_else(monotonic);
+/// `se.exec_start` is the scheduler's clock, not `CLOCK_MONOTONIC`: the run
+/// queue's `rq_clock_task`, which leaves out the time spent in interrupts
+/// and, in a VM, the time the host ran something else (steal time). So it
+/// trails `CLOCK_MONOTONIC` by seconds on some machines (12.7 s on one CPU
+/// of this project's 2-CPU VM, 13.9 s on the other), and each CPU's clock
+/// trails by its own amount. "Now" is therefore read on the clock of the
+/// CPU the thread last ran on (a blocked thread stays there until it
+/// wakes): the `se.exec_start` of a short-lived thread pinned to that CPU,
+/// which the scheduler sets when it puts that thread there
+/// ([`clock_of_cpu`], once per CPU and scan in `clocks`). When that cannot
+/// be done, this thread's own `se.exec_start`, which may be off by the
+/// difference between two CPUs' clocks; `CLOCK_MONOTONIC` only when that
+/// cannot be read either.
+fn blocked_since(
+    pid: u32,
+    tid: u32,
+    clocks: &mut HashMap<usize, Option<Duration>>,
+) -> Option<Duration> {
+    let task = format!("/proc/{pid}/task/{tid}");
+    let then = exec_start(&format!("{task}/sched"))?;
+    let now = last_cpu(&format!("{task}/stat"))
+        .and_then(|cpu| *clocks.entry(cpu).or_insert_with(|| clock_of_cpu(cpu)))
+        .or_else(|| exec_start("/proc/thread-self/sched"))
+        .unwrap_or_else(monotonic);
     Some(now.saturating_sub(then))
+}
+
+/// The CPU a thread last ran on: field 39 (`processor`) of its
+/// `/proc/PID/task/TID/stat`, counted after the command in parentheses
+/// (which may itself hold spaces and parentheses).
+fn last_cpu(stat_path: &str) -> Option<usize> {
+    let text = fs::read_to_string(stat_path).ok()?;
+    let after_comm = &text[text.rfind(')')? + 1..];
+    // Fields 3 (state) onwards; `processor` is field 39.
+    after_comm.split_whitespace().nth(39 - 3)?.parse().ok()
+}
+
+/// The scheduler clock of CPU `cpu` now, or `None` when this process may
+/// not run there: a thread is started, moved to `cpu` (`sched_setaffinity`
+/// on itself returns once it runs there, and the scheduler set its
+/// `se.exec_start` from that CPU's clock when it put it there), and reads
+/// its own `se.exec_start`. The caller's thread and its affinity are left
+/// alone.
+fn clock_of_cpu(cpu: usize) -> Option<Duration> {
+    if cfg!(miri) || cpu >= libc::CPU_SETSIZE as usize {
+        return None; // Miri has no sched_setaffinity
+    }
+    let pinned = move || {
+        // SAFETY: an all-zero cpu_set_t is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `cpu` < CPU_SETSIZE, checked above: CPU_SET writes inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: pid 0 is this (new) thread; `set` is a valid cpu_set_t of
+        // the size given.
+        let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+        if r != 0 {
+            return None; // not allowed there (a cpuset), or offline
+        }
+        exec_start("/proc/thread-self/sched")
+    };
+    std::thread::Builder::new()
+        .name("gk-cpu-clock".into())
+        .spawn(pinned)
+        .ok()?
+        .join()
+        .ok()
+        .flatten()
 }
 
 /// `se.exec_start` of a `/proc/.../sched` file, in the scheduler clock.
