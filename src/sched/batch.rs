@@ -457,35 +457,13 @@ impl Worker {
         }
         for i in 0..n {
             let at = (base + i) as u32;
-            // A new goal: ready, nothing pending, not queued yet.
-            let mut pending = 0;
-            let mut failed = false;
-            for &d in deps(i) {
-                let from = match d.batch_index() {
+            self.link_new_goal(
+                at,
+                deps(i).iter().map(|d| match d.batch_index() {
                     Some(k) => len + k,
                     None => d.index(),
-                };
-                if self.arena.is_finished(from) {
-                    if !self.succeeded(from) {
-                        failed = true;
-                        break;
-                    }
-                } else {
-                    self.arena.add_edge(from, at);
-                    pending += 1;
-                }
-            }
-            if failed {
-                // Its edges so far stay (a finished goal's counter never
-                // reaches 0); it ends dependency-failed now.
-                self.finish(at, Outcome::DependencyFailed, true);
-            } else if self.arena.is_finished(at) {
-                // Ended by an earlier goal's failure (a cascade).
-            } else if pending > 0 {
-                self.arena.set_new_pending(at, pending);
-            } else {
-                self.ready.push_back(at);
-            }
+                }),
+            );
         }
         Some(self.end(Ok(())))
     }
@@ -747,39 +725,45 @@ impl Worker {
                     self.add_shared_deps(at, g.deps, &index);
                     continue;
                 }
-                // A new goal: ready, nothing pending, not queued yet.
-                let mut pending = 0;
-                let mut failed = false;
-                for &d in g.deps {
-                    let from = match d.batch_index() {
+                self.link_new_goal(
+                    at,
+                    g.deps.iter().map(|d| match d.batch_index() {
                         Some(k) => index[k as usize],
                         None => d.index(),
-                    };
-                    if self.arena.is_finished(from) {
-                        if !self.succeeded(from) {
-                            failed = true;
-                            break;
-                        }
-                    } else {
-                        self.arena.add_edge(from, at);
-                        pending += 1;
-                    }
-                }
-                if failed {
-                    // Its edges so far stay (a finished goal's counter never
-                    // reaches 0); it ends dependency-failed now.
-                    self.finish(at, Outcome::DependencyFailed, true);
-                } else if self.arena.is_finished(at) {
-                    // Ended by an earlier goal's failure (a cascade).
-                } else if pending > 0 {
-                    self.arena.set_new_pending(at, pending);
-                } else {
-                    self.ready.push_back(at);
-                }
+                    }),
+                );
             }
         }
         self.batch.index = index;
         self.batch.slot = slot;
+    }
+
+    /// Links new goal `at` of a batch (ready, nothing pending, not queued
+    /// yet) to its dependencies, given as goal indices: an edge from each
+    /// unfinished one, counted. If one of them failed, `at` ends
+    /// dependency-failed at once (its edges so far stay: a finished goal's
+    /// counter never reaches 0). Otherwise it waits for its pending
+    /// dependencies, or is queued if there are none, unless an earlier
+    /// goal's failure already ended it (a cascade).
+    #[inline(always)]
+    fn link_new_goal(&mut self, at: u32, deps: impl Iterator<Item = u32>) {
+        let mut pending = 0;
+        for from in deps {
+            if !self.arena.is_finished(from) {
+                self.arena.add_edge(from, at);
+                pending += 1;
+            } else if !self.succeeded(from) {
+                self.finish(at, Outcome::DependencyFailed, true);
+                return;
+            }
+        }
+        if self.arena.is_finished(at) {
+            // Ended by an earlier goal's failure (a cascade).
+        } else if pending > 0 {
+            self.arena.set_new_pending(at, pending);
+        } else {
+            self.ready.push_back(at);
+        }
     }
 
     /// `true` if finished goal `d` succeeded.
