@@ -164,8 +164,13 @@ bool PathLocks::lockPaths(const std::set<std::string> &paths, const std::string 
         ++staleRetries;
         continue;
       }
+      // Observed only: the daemon does not look.
       if (st.st_nlink == 0)
-        ++unlinkedTaken; // observed only: the daemon does not look
+        ++unlinkedTaken;
+      struct stat name;
+      if (!S_ISREG(st.st_mode) ||
+          (lstat(lockPath.c_str(), &name) == 0 && S_ISLNK(name.st_mode)))
+        ++symlinkTaken;
       break;
     }
     fds.emplace_back(fd.release(), lockPath);

@@ -40,10 +40,12 @@
 // Where this differs from the daemon, and why:
 //   - No checkInterrupt(): the daemon's loops also stop on SIGINT (its
 //     interrupt flag); a spinning peer here can only be killed.
-//   - No debug() messages; instead two counters, staleRetries and
+//   - No debug() messages; instead three counters: staleRetries,
 //     unlinkedTaken (locks granted on an inode that fstat shows already
-//     unlinked, st_nlink == 0, which st_size let through). They only
-//     observe: no decision uses st_nlink.
+//     unlinked, st_nlink == 0, which st_size let through) and
+//     symlinkTaken (locks granted on something that is not a regular file,
+//     or through a name that is a symlink: the daemon's open follows
+//     symlinks). They only observe: no decision uses them.
 //   - unlock() after a failed token write: the daemon's loop stops at the
 //     throw, leaving that lock and the later ones held and in the set (as
 //     here), and also leaving the entries it already closed in its list, so
@@ -100,10 +102,13 @@ public:
   void setDeletion(bool deletePaths);
   bool empty() const { return fds.empty(); }
   /// Observation for the tests (no decision uses them): how often a lock
-  /// file turned out stale, and how many locks were granted on an inode
-  /// that was already unlinked yet empty (taken for a live lock).
+  /// file turned out stale, how many locks were granted on an inode
+  /// that was already unlinked yet empty (taken for a live lock), and how
+  /// many on a file reached through a symlink or not a regular file at all
+  /// (which excludes nobody who locks the path's real lock file).
   unsigned staleRetries = 0;
   unsigned unlinkedTaken = 0;
+  unsigned symlinkTaken = 0;
 
 private:
   std::vector<std::pair<int, std::string>> fds;

@@ -5,9 +5,13 @@
 // retries). It records every hold in an O_APPEND holder log, one write(2)
 // per line, CLOCK_MONOTONIC nanoseconds:
 //
-//   S PID PATH T [unlinked]   it holds PATH (the lock was granted on an
+//   S PID PATH T [unlinked] [symlink]
+//                             it holds PATH (the lock was granted on an
 //                             inode already unlinked but empty, which the
-//                             daemon takes for a live lock: "unlinked")
+//                             daemon takes for a live lock: "unlinked"; on
+//                             a file reached through a symlink, or not a
+//                             regular file, since the daemon's open follows
+//                             symlinks: "symlink")
 //   E PID PATH T              it is about to let PATH go
 //
 // Usage:
@@ -96,7 +100,7 @@ struct Hold {
 std::string lockOne(int log, Hold &h, const std::string &path, bool wait, bool once,
                     bool &got, bool &unlinked) {
   auto start = std::chrono::steady_clock::now();
-  unsigned before = h.locks->unlinkedTaken;
+  unsigned before = h.locks->unlinkedTaken, beforeSymlink = h.locks->symlinkTaken;
   got = false;
   for (;;) {
     if (h.locks->lockPaths({path}, "", wait)) {
@@ -108,9 +112,10 @@ std::string lockOne(int log, Hold &h, const std::string &path, bool wait, bool o
     pauseMs(1);
   }
   unlinked = h.locks->unlinkedTaken != before;
+  bool symlink = h.locks->symlinkTaken != beforeSymlink;
   h.path = path;
   logLine(log, "S " + std::to_string(getpid()) + " " + path + " " + std::to_string(monoNs()) +
-                   (unlinked ? " unlinked" : ""));
+                   (unlinked ? " unlinked" : "") + (symlink ? " symlink" : ""));
   auto us = std::chrono::duration_cast<std::chrono::microseconds>(
                 std::chrono::steady_clock::now() - start)
                 .count();
