@@ -7,63 +7,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use common::db::{create as create_db, insert as register};
 use common::TempStore;
 use goalkeeper::store_db::{self, DbErrorKind, StoreDb, StoreDbOptions};
 use rusqlite::Connection;
 
-/// `ValidPaths` as Guix's nix/libstore/schema.sql (schema version 7)
-/// creates it, with the table that refers to it.
-const GUIX_SCHEMA: &str = "
-create table if not exists ValidPaths (
-    id               integer primary key autoincrement not null,
-    path             text unique not null,
-    hash             text not null,
-    registrationTime integer not null,
-    deriver          text,
-    narSize          integer
-);
-create table if not exists Refs (
-    referrer  integer not null,
-    reference integer not null,
-    primary key (referrer, reference),
-    foreign key (referrer) references ValidPaths(id) on delete cascade,
-    foreign key (reference) references ValidPaths(id) on delete restrict
-);";
-
 const REPLY: Duration = Duration::from_secs(30);
-
-/// Creates `dir/db.sqlite` with the Guix schema in `journal_mode`, registers
-/// `paths`, and closes it (a WAL database is then checkpointed and its -wal
-/// file removed, as after a daemon's last connection).
-fn create_db(dir: &Path, journal_mode: &str, paths: &[&str]) -> PathBuf {
-    let db = dir.join("db.sqlite");
-    let c = Connection::open(&db).unwrap();
-    let mode: String = c
-        .query_row(&format!("pragma journal_mode = {journal_mode}"), [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(mode, journal_mode);
-    c.execute_batch(GUIX_SCHEMA).unwrap();
-    for p in paths {
-        register(&c, p);
-    }
-    drop(c);
-    db
-}
-
-fn register(c: &Connection, path: &str) {
-    c.execute(
-        "insert into ValidPaths (path, hash, registrationTime, narSize) values (?1, 'sha256:0', 1, 0)",
-        [path],
-    )
-    .unwrap();
-}
 
 /// Names and contents of the files in `dir` (the database must come out of
 /// a read byte for byte as it went in, with no file added).
