@@ -496,13 +496,7 @@ terminated by NUL."
   "Copy BV into the input area of SCRATCH, growing it if needed, and return
 a pointer to the copy."
   (let ((len (bytevector-length bv)))
-    (when (> len (bytevector-length (scratch-in scratch)))
-      (let ((in (make-bytevector (max len (* 2 (bytevector-length
-                                                 (scratch-in scratch))))
-                                 0)))
-        (set-scratch-in! scratch in)
-        (set-scratch-in-pointer! scratch (bytevector->pointer in))))
-    (bytevector-copy! bv 0 (scratch-in scratch) 0 len)
+    (bytevector-copy! bv 0 (scratch-in-room! scratch len) 0 len)
     (scratch-in-pointer* scratch)))
 
 (define (scratch-in-room! scratch len)
