@@ -160,13 +160,25 @@ pub(crate) fn call(f: impl FnOnce() -> Result<gk_status>) -> gk_status {
 #[inline(always)]
 pub(crate) fn call_tls(f: impl FnOnce(&ThreadState) -> Result<gk_status>) -> gk_status {
     let r = catch_unwind(AssertUnwindSafe(|| {
-        THREAD.with(|t| match f(t) {
+        // The body runs outside `LocalKey::with`, which is not inlined: its
+        // frame would stay live across the body's system calls, and the
+        // return out of every such frame is mispredicted after a system call
+        // (see `LockSet::acquire_paths`).
+        let t: *const ThreadState = THREAD.with(|t| t as *const ThreadState);
+        // SAFETY: `with` returned, so this thread's state is alive, and it is
+        // destroyed only by this thread's exit, which cannot happen during
+        // this call (a call from a destructor that runs after it panics in
+        // `with` above, which the boundary reports). Only shared references
+        // are made, as `with` makes them (the state's mutable parts are
+        // cells).
+        let t = unsafe { &*t };
+        match f(t) {
             Ok(status) => {
                 t.clear_message();
                 status
             }
             Err(e) => t.fail(&e),
-        })
+        }
     }));
     match r {
         Ok(status) => status,

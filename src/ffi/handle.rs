@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Hot};
 use crate::lifecycle::ForkMutex;
 use crate::lock::process_generation;
 use crate::lock::LockSet;
@@ -75,10 +75,26 @@ impl<T> HandleTable<T> {
         ((self.kind as u64) << 56) | ((slot.generation as u64) << 32) | index as u64
     }
 
-    fn slot_of(&self, handle: u64) -> Result<usize> {
-        let kind = (handle >> 56) as u8;
+    fn slot_of(&self, handle: u64) -> Hot<usize> {
         let generation = ((handle >> 32) as u32) & GEN_MAX;
         let index = handle as u32 as usize;
+        match self.slots.get(index) {
+            Some(s)
+                if (handle >> 56) as u8 == self.kind as u8
+                    && s.generation == generation
+                    && s.value.is_some() =>
+            {
+                Ok(index)
+            }
+            _ => Err(self.bad_handle(handle)),
+        }
+    }
+
+    /// Why `handle` names no live object of this table.
+    #[cold]
+    #[inline(never)]
+    fn bad_handle(&self, handle: u64) -> Box<Error> {
+        let kind = (handle >> 56) as u8;
         if kind != self.kind as u8 {
             let what = match kind {
                 k if k == Kind::LockSet as u8 => "a lock set handle",
@@ -86,31 +102,30 @@ impl<T> HandleTable<T> {
                 k if k == Kind::StoreDb as u8 => "a store database handle",
                 _ => "not a goalkeeper handle",
             };
-            return Err(Error::StaleHandle(format!(
+            return Box::new(Error::StaleHandle(format!(
                 "handle {handle:#018x} is {what}, not a {} handle",
                 self.kind
             )));
         }
-        match self.slots.get(index) {
-            Some(s) if s.generation == generation && s.value.is_some() => Ok(index),
-            Some(_) => Err(Error::StaleHandle(format!(
-                "{} handle {handle:#018x} is stale: it was released or freed",
-                self.kind
-            ))),
-            None => Err(Error::StaleHandle(format!(
-                "{} handle {handle:#018x} was never issued",
-                self.kind
-            ))),
-        }
+        // The slot exists but holds another generation or nothing.
+        Box::new(Error::StaleHandle(
+            match self.slots.get(handle as u32 as usize) {
+                Some(_) => format!(
+                    "{} handle {handle:#018x} is stale: it was released or freed",
+                    self.kind
+                ),
+                None => format!("{} handle {handle:#018x} was never issued", self.kind),
+            },
+        ))
     }
 
     /// The object named by `handle`. Objects inherited from the parent of a
     /// fork child are refused with [`Error::WrongProcess`].
-    pub(crate) fn get(&mut self, handle: u64) -> Result<&mut T> {
+    pub(crate) fn get(&mut self, handle: u64) -> Hot<&mut T> {
         let i = self.slot_of(handle)?;
         let (value, fork_gen) = self.slots[i].value.as_mut().expect("checked in slot_of");
         if *fork_gen != process_generation() {
-            return Err(Error::WrongProcess(kind_name(self.kind)));
+            return Err(Box::new(Error::WrongProcess(kind_name(self.kind))));
         }
         Ok(value)
     }
@@ -118,7 +133,7 @@ impl<T> HandleTable<T> {
     /// Removes and returns the object named by `handle`; the handle becomes
     /// stale. An object inherited from a fork parent is removed too (its
     /// descriptors were closed at fork), and reported as [`Error::WrongProcess`].
-    pub(crate) fn remove(&mut self, handle: u64) -> Result<T> {
+    pub(crate) fn remove(&mut self, handle: u64) -> Hot<T> {
         let i = self.slot_of(handle)?;
         let slot = &mut self.slots[i];
         let (value, fork_gen) = slot.value.take().expect("checked in slot_of");
@@ -129,7 +144,7 @@ impl<T> HandleTable<T> {
         } // else: retire the slot, so a handle is never reissued
         if fork_gen != process_generation() {
             drop(value);
-            return Err(Error::WrongProcess(kind_name(self.kind)));
+            return Err(Box::new(Error::WrongProcess(kind_name(self.kind))));
         }
         Ok(value)
     }
@@ -153,7 +168,7 @@ fn kind_name(k: Kind) -> &'static str {
 /// handler before the lock layer's own state (the lock order everywhere).
 pub(crate) struct Handles {
     /// Lock sets made through the C ABI.
-    pub(crate) locksets: HandleTable<LockSet>,
+    pub(crate) locksets: HandleTable<Box<LockSet>>,
     /// Scheduler workers (`gk_worker`).
     pub(crate) workers: HandleTable<std::sync::Arc<super::worker::WorkerCell>>,
     /// Store databases opened by hosts (`gk_store_db`).
@@ -195,11 +210,20 @@ mod tests {
         let a = t.insert(7);
         assert_eq!(*t.get(a).unwrap(), 7);
         assert_eq!(t.remove(a).unwrap(), 7);
-        assert!(matches!(t.get(a), Err(Error::StaleHandle(_))));
-        assert!(matches!(t.remove(a), Err(Error::StaleHandle(_))));
+        assert!(matches!(
+            t.get(a).map_err(|e| *e),
+            Err(Error::StaleHandle(_))
+        ));
+        assert!(matches!(
+            t.remove(a).map_err(|e| *e),
+            Err(Error::StaleHandle(_))
+        ));
         let b = t.insert(8);
         assert_ne!(a, b, "a reused slot gets a new generation");
-        assert!(matches!(t.get(a), Err(Error::StaleHandle(_))));
+        assert!(matches!(
+            t.get(a).map_err(|e| *e),
+            Err(Error::StaleHandle(_))
+        ));
         assert_eq!(*t.get(b).unwrap(), 8);
         assert_eq!(t.len(), 1);
     }
@@ -212,7 +236,10 @@ mod tests {
         let e = t.get(h).unwrap_err().to_string();
         assert!(e.contains("worker handle"), "{e}");
         for forged in [0, u64::MAX, (Kind::LockSet as u64) << 56 | 1 << 32 | 12345] {
-            assert!(matches!(t.get(forged), Err(Error::StaleHandle(_))));
+            assert!(matches!(
+                t.get(forged).map_err(|e| *e),
+                Err(Error::StaleHandle(_))
+            ));
         }
     }
 }

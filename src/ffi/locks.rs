@@ -16,6 +16,7 @@ use crate::lock::{self, LockSet, Paths, WaitMode};
 #[allow(non_camel_case_types)]
 pub type gk_lockset = u64;
 
+#[inline(always)]
 fn acquire_into(
     paths: Paths,
     backend: u32,
@@ -28,26 +29,29 @@ fn acquire_into(
     Ok(GK_OK)
 }
 
-/// The body shared by the three array entry points.
+/// The body shared by the three array entry points, run inside each one's
+/// own [`call`]: with a closure of its own, each entry point's panic
+/// boundary is inlined into it, so that the lock cycle runs in one stack
+/// frame of the library (see [`LockSet::acquire_paths`] on why frames that
+/// live across system calls are avoided).
 ///
 /// # Safety
 /// `paths` must point to `n_paths` NUL-terminated strings; `out` must be
 /// valid for writing.
+#[inline(always)]
 unsafe fn acquire_array(
     paths: *const *const c_char,
     n_paths: usize,
     backend: u32,
     wait: WaitMode,
     out: *mut gk_lockset,
-) -> gk_status {
-    call(|| {
-        // SAFETY: forwarded from the caller's contract.
-        let out = unsafe { args::out(out, "out") }?;
-        *out = 0;
-        // SAFETY: as above.
-        let paths = unsafe { args::path_set(paths, n_paths) }?;
-        acquire_into(paths, backend, wait, out)
-    })
+) -> Result<gk_status> {
+    // SAFETY: forwarded from the caller's contract.
+    let out = unsafe { args::out(out, "out") }?;
+    *out = 0;
+    // SAFETY: as above.
+    let paths = unsafe { args::path_set(paths, n_paths) }?;
+    acquire_into(paths, backend, wait, out)
 }
 
 /// Tries to lock every path in `paths[0..n_paths]` without blocking, all or
@@ -69,7 +73,7 @@ pub unsafe extern "C" fn gk_lockset_try_acquire(
     out: *mut gk_lockset,
 ) -> gk_status {
     // SAFETY: forwarded from this function's contract.
-    unsafe { acquire_array(paths, n_paths, backend, WaitMode::Try, out) }
+    call(|| unsafe { acquire_array(paths, n_paths, backend, WaitMode::Try, out) })
 }
 
 /// Locks every path in `paths[0..n_paths]`, blocking until all are held.
@@ -88,7 +92,7 @@ pub unsafe extern "C" fn gk_lockset_acquire(
     out: *mut gk_lockset,
 ) -> gk_status {
     // SAFETY: forwarded from this function's contract.
-    unsafe { acquire_array(paths, n_paths, backend, WaitMode::Forever, out) }
+    call(|| unsafe { acquire_array(paths, n_paths, backend, WaitMode::Forever, out) })
 }
 
 /// Like `gk_lockset_acquire`, but gives up after `timeout_ms` milliseconds
@@ -107,7 +111,7 @@ pub unsafe extern "C" fn gk_lockset_acquire_timeout(
     // Saturate: a timeout beyond i64::MAX ms is still a bounded wait.
     let wait = wait_mode(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
     // SAFETY: forwarded from this function's contract.
-    unsafe { acquire_array(paths, n_paths, backend, wait, out) }
+    call(|| unsafe { acquire_array(paths, n_paths, backend, wait, out) })
 }
 
 fn wait_mode(timeout_ms: i64) -> WaitMode {
@@ -166,8 +170,8 @@ pub extern "C" fn gk_lockset_set_deletion(set: gk_lockset, delete: bool) -> gk_s
 #[no_mangle]
 pub extern "C" fn gk_lockset_release(set: gk_lockset) -> gk_status {
     call(|| {
-        let s = HANDLES.with(|h| h.locksets.remove(set))?;
-        s.check_and_release()?;
+        let mut s = HANDLES.with(|h| h.locksets.remove(set))?;
+        s.check_and_release_in_place()?;
         Ok(GK_OK)
     })
 }

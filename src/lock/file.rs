@@ -7,7 +7,7 @@ use super::backend::Backend;
 use super::path::StorePath;
 use super::process::{self, generation, State, STATE};
 use super::registry::Owner;
-use crate::error::{Error, Result};
+use crate::error::{Error, Hot, Result};
 use crate::inspect::FileKey;
 use crate::lifecycle::ensure_installed;
 
@@ -115,6 +115,7 @@ impl LockFile {
     /// (G5's fast path, by name): they are checked at the start of the same
     /// critical section, before anything is opened, and the first one held
     /// is [`Error::HeldByThisProcess`].
+    #[inline(always)]
     pub(crate) fn try_registered(
         path: &StorePath,
         backend: Backend,
@@ -123,56 +124,60 @@ impl LockFile {
     ) -> Result<Acquired> {
         ensure_installed();
         for _ in 0..MAX_STALE_ATTEMPTS {
-            let attempt = STATE.with(|st| -> Result<Option<Acquired>> {
-                super::registry::check_free(st, free_first)?;
-                let (fd, dir_owner) = open_in(st, path)?;
-                let fail = |st: &mut State, op, e| {
-                    close_in(st, fd);
-                    Err(Error::from_io(path.lock_path(), op, e))
-                };
-                match backend.try_lock(fd) {
-                    Err(e) => fail(st, "lock", e),
-                    Ok(false) => {
-                        let key = match stat(fd) {
-                            Ok(s) => key_of(&s),
-                            Err(e) => return fail(st, "fstat", e),
-                        };
+            // Forced inline, as this function is (see `LockSet::acquire_paths`).
+            let attempt = STATE.with(
+                #[inline(always)]
+                |st| -> Result<Option<Acquired>> {
+                    super::registry::check_free(st, free_first)?;
+                    let (fd, dir_owner) = open_in(st, path)?;
+                    let fail = |st: &mut State, op, e| {
                         close_in(st, fd);
-                        Ok(Some(match st.held_inodes.get(&key) {
-                            Some(o) => Acquired::HeldHere(*o, key),
-                            None => Acquired::Busy,
-                        }))
-                    }
-                    Ok(true) => {
-                        let found = stat(fd)
-                            .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
-                            .and_then(|s| Ok((examine(path, &s, dir_owner)?, s)));
-                        match found {
-                            Ok((Found::Live, s)) => {
-                                let key = key_of(&s);
-                                st.held_inodes.insert(key, owner);
-                                st.held.insert(path.clone(), owner);
-                                Ok(Some(Acquired::Locked(LockFile {
-                                    fd,
-                                    backend,
-                                    generation: generation(),
-                                    key,
-                                })))
-                            }
-                            Ok((Found::Stale, _)) => {
-                                let _ = backend.unlock(fd);
-                                close_in(st, fd);
-                                Ok(None) // stale: re-open
-                            }
-                            Err(e) => {
-                                let _ = backend.unlock(fd);
-                                close_in(st, fd);
-                                Err(e)
+                        Err(Error::from_io(path.lock_path(), op, e))
+                    };
+                    match backend.try_lock(fd) {
+                        Err(e) => fail(st, "lock", e),
+                        Ok(false) => {
+                            let key = match stat(fd) {
+                                Ok(s) => key_of(&s),
+                                Err(e) => return fail(st, "fstat", e),
+                            };
+                            close_in(st, fd);
+                            Ok(Some(match st.held_inodes.get(&key) {
+                                Some(o) => Acquired::HeldHere(*o, key),
+                                None => Acquired::Busy,
+                            }))
+                        }
+                        Ok(true) => {
+                            let found = stat(fd)
+                                .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
+                                .and_then(|s| Ok((examine(path, &s, dir_owner)?, s)));
+                            match found {
+                                Ok((Found::Live, s)) => {
+                                    let key = key_of(&s);
+                                    st.held_inodes.insert(key, owner);
+                                    st.held.insert(path.clone(), owner);
+                                    Ok(Some(Acquired::Locked(LockFile {
+                                        fd,
+                                        backend,
+                                        generation: generation(),
+                                        key,
+                                    })))
+                                }
+                                Ok((Found::Stale, _)) => {
+                                    let _ = backend.unlock(fd);
+                                    close_in(st, fd);
+                                    Ok(None) // stale: re-open
+                                }
+                                Err(e) => {
+                                    let _ = backend.unlock(fd);
+                                    close_in(st, fd);
+                                    Err(e)
+                                }
                             }
                         }
                     }
-                }
-            })?;
+                },
+            )?;
             if let Some(a) = attempt {
                 return Ok(a);
             }
@@ -214,18 +219,14 @@ impl LockFile {
     /// The lock is always released, even when an error is returned; the error
     /// then says that the file could not be deleted, or not marked.
     pub(crate) fn release(self, path: &StorePath, delete: bool) -> Result<()> {
-        STATE.with(|st| self.release_in(st, path, delete))
+        Ok(STATE.with(|st| self.release_in(st, path, delete))?)
     }
 
     /// [`LockFile::release`], with the process lock already held: a caller
     /// can update the registry in the same step, so that no other thread
     /// sees the lock released but registered, or registered but released.
-    pub(crate) fn release_in(
-        mut self,
-        st: &mut State,
-        path: &StorePath,
-        delete: bool,
-    ) -> Result<()> {
+    #[inline(always)]
+    pub(crate) fn release_in(mut self, st: &mut State, path: &StorePath, delete: bool) -> Hot<()> {
         let fd = std::mem::replace(&mut self.fd, -1);
         if self.generation != generation() {
             // Inherited through fork: the atfork handler closed it already.
@@ -233,7 +234,7 @@ impl LockFile {
         }
         let mut result = Ok(());
         if delete {
-            result = delete_lock_file(fd, self.key, path);
+            result = delete_lock_file(fd, self.key, path).map_err(Box::new);
         }
         let _ = self.backend.unlock(fd);
         close_in(st, fd);
@@ -340,6 +341,7 @@ fn lock_blocking(backend: Backend, fd: RawFd) -> io::Result<()> {
     }
 }
 
+#[inline(always)]
 fn stat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: an all-zero `stat` is valid; fstat fills it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -452,6 +454,7 @@ pub(crate) fn open_lock_file(path: &StorePath) -> Result<(RawFd, libc::uid_t)> {
 }
 
 /// [`open_lock_file`], with the process lock already held.
+#[inline(always)]
 fn open_in(st: &mut State, path: &StorePath) -> Result<(RawFd, libc::uid_t)> {
     if let Some(e) = crate::fault::injected(crate::fault::Point::OpenNoSpace) {
         return Err(Error::from_io(path.lock_path(), "open", e));
@@ -477,6 +480,7 @@ pub(crate) fn close_fd(fd: RawFd) {
 }
 
 /// [`close_fd`], with the process lock already held.
+#[inline(always)]
 fn close_in(st: &mut State, fd: RawFd) {
     st.fds.remove(fd);
     // SAFETY: closing a descriptor this library opened and still owns.

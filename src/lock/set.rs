@@ -11,7 +11,7 @@ use super::path::{normalize_set, StorePath};
 use super::process::{generation, State, STATE};
 use super::registry::{check_free, Owner};
 use super::wait::LockWait;
-use crate::error::{Error, Result};
+use crate::error::{Error, Hot, Result};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -88,17 +88,56 @@ impl LockSet {
         backend: Backend,
         wait: WaitMode,
     ) -> Result<LockSet> {
-        Self::acquire_paths(paths.into(), backend, wait)
+        Self::acquire_paths(paths.into(), backend, wait).map(|set| *set)
     }
 
     /// [`LockSet::acquire_normalized`] for paths held in a [`Paths`] (the C
-    /// ABI passes a single path inline).
-    pub(crate) fn acquire_paths(paths: Paths, backend: Backend, wait: WaitMode) -> Result<LockSet> {
+    /// ABI passes a single path inline), boxed. The set is built in its box
+    /// and stays there: the C ABI's handle table keeps the box, so the set
+    /// is never copied on the way (a set is ~120 bytes).
+    ///
+    /// The uncontended pass is forced inline into the caller, down to the
+    /// system calls (`try_once`, `LockFile::try_registered`, `open_in`,
+    /// `Backend::try_lock`, and on release `release_one` and
+    /// `LockFile::release_in`), and the contended rest is out of line: so a
+    /// C ABI lock cycle runs in one stack frame of the library. On the
+    /// machines measured, the return out of every frame that was live across
+    /// a system call is mispredicted, ~7-10 ns each, and the cycle's five
+    /// system calls under six nested frames cost more than all the rest of
+    /// its bookkeeping (doc/design.md#7-measured-limits).
+    #[inline(always)]
+    pub(crate) fn acquire_paths(
+        paths: Paths,
+        backend: Backend,
+        wait: WaitMode,
+    ) -> Result<Box<LockSet>> {
         let id = next_id();
         let owner = Owner::lockset(id);
         // Only a timeout reads the clock (a try or an unbounded wait does not
         // need it; it is a measurable share of an uncontended lock cycle).
         let start = matches!(wait, WaitMode::Timeout(_)).then(Instant::now);
+        match try_once(id, owner, paths, backend, None)? {
+            Ok(set) => Ok(set),
+            Err((paths, k)) => Self::acquire_contended(id, paths, k, backend, wait, start),
+        }
+    }
+
+    /// The rest of [`LockSet::acquire_paths`] after its first pass found
+    /// path `k` busy: fails at once for a try; otherwise waits for that path
+    /// alone, holding nothing else (G2), and makes the next pass with it in
+    /// hand, until a pass takes every path or the deadline (from `start`)
+    /// passes. Out of line: the uncontended cycle never runs it.
+    #[cold]
+    #[inline(never)]
+    fn acquire_contended(
+        id: u64,
+        mut paths: Paths,
+        mut k: usize,
+        backend: Backend,
+        wait: WaitMode,
+        start: Option<Instant>,
+    ) -> Result<Box<LockSet>> {
+        let owner = Owner::lockset(id);
         // A deadline too far away for `Instant` to represent (e.g.
         // `Duration::MAX`) is no deadline at all: wait as long as it takes.
         let deadline = match (wait, start) {
@@ -109,38 +148,34 @@ impl LockSet {
             (WaitMode::Timeout(_), None) => WaitMode::Forever,
             (w, _) => w,
         };
-        let mut in_hand = None;
-        let mut paths = paths;
         loop {
-            match try_once(id, owner, paths, backend, in_hand.take())? {
-                Ok(set) => return Ok(set),
-                Err((returned, k)) => {
-                    paths = returned;
-                    let busy = &paths[k];
-                    let waited_ms = |_: ()| start.map_or(0, |s| s.elapsed().as_millis() as u64);
-                    in_hand = Some(match (wait, deadline) {
-                        (WaitMode::Try, _) => {
-                            return Err(Error::Busy {
+            let busy = &paths[k];
+            let waited_ms = |_: ()| start.map_or(0, |s| s.elapsed().as_millis() as u64);
+            let in_hand = match (wait, deadline) {
+                (WaitMode::Try, _) => {
+                    return Err(Error::Busy {
+                        path: busy.as_path().to_path_buf(),
+                    })
+                }
+                (WaitMode::Forever, _) => (k, LockFile::acquire_blocking(busy, backend)?),
+                (WaitMode::Timeout(_), Some(deadline)) => {
+                    let w = LockWait::spawn(busy.clone(), backend, None)?;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match w.wait_timeout(left) {
+                        Some(r) => (k, r?),
+                        None => {
+                            return Err(Error::TimedOut {
                                 path: busy.as_path().to_path_buf(),
+                                waited_ms: waited_ms(()),
                             })
                         }
-                        (WaitMode::Forever, _) => (k, LockFile::acquire_blocking(busy, backend)?),
-                        (WaitMode::Timeout(_), Some(deadline)) => {
-                            let w = LockWait::spawn(busy.clone(), backend, None)?;
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            match w.wait_timeout(left) {
-                                Some(r) => (k, r?),
-                                None => {
-                                    return Err(Error::TimedOut {
-                                        path: busy.as_path().to_path_buf(),
-                                        waited_ms: waited_ms(()),
-                                    })
-                                }
-                            }
-                        }
-                        (WaitMode::Timeout(_), None) => unreachable!("deadline set above"),
-                    });
+                    }
                 }
+                (WaitMode::Timeout(_), None) => unreachable!("deadline set above"),
+            };
+            match try_once(id, owner, paths, backend, Some(in_hand))? {
+                Ok(set) => return Ok(set),
+                Err((returned, busy)) => (paths, k) = (returned, busy),
             }
         }
     }
@@ -158,6 +193,7 @@ impl LockSet {
     ) -> Result<std::result::Result<LockSet, (Vec<StorePath>, usize)>> {
         Ok(
             try_once(owner.lockset, owner, paths.into(), backend, in_hand)?
+                .map(|set| *set)
                 .map_err(|(paths, k)| (paths.into_vec(), k)),
         )
     }
@@ -210,7 +246,7 @@ impl LockSet {
             self.files.clear(); // the atfork handler closed the descriptors
             return Err(Error::WrongProcess("this lock set"));
         }
-        self.release_inner(false)
+        Ok(self.release_inner(false)?)
     }
 
     /// [`LockSet::check`] and [`LockSet::release`] together, path by path,
@@ -219,28 +255,29 @@ impl LockSet {
     /// a check fails; the first check error comes first, then the first
     /// release error.
     pub fn check_and_release(mut self) -> Result<()> {
+        Ok(self.check_and_release_in_place()?)
+    }
+
+    /// [`LockSet::check_and_release`] for a set that stays where it is (the
+    /// C ABI's, in its box): it is left empty, and its drop does nothing.
+    #[inline(always)]
+    pub(crate) fn check_and_release_in_place(&mut self) -> Hot<()> {
         if self.generation != generation() {
             self.files.clear(); // the atfork handler closed the descriptors
-            return Err(Error::WrongProcess("this lock set"));
+            return Err(Box::new(Error::WrongProcess("this lock set")));
         }
         self.release_inner(true)
     }
 
-    fn release_inner(&mut self, check: bool) -> Result<()> {
-        let mut files = std::mem::take(&mut self.files);
-        match (&self.paths[..], files.pop()) {
+    #[inline(always)]
+    fn release_inner(&mut self, check: bool) -> Hot<()> {
+        if let ([p], 1) = (&self.paths[..], self.files.len()) {
             // One path (the common call): the same step, without the loop.
-            ([p], Some(f)) if files.is_empty() => {
-                let (r, c) = release_one(self.id, p, f, self.delete, check);
-                c.map_or(r, Err)
-            }
-            (paths, last) => release_locks(
-                self.id,
-                paths.iter().zip(files.into_iter().chain(last)),
-                self.delete,
-                check,
-            ),
+            let f = self.files.pop().expect("one lock");
+            return release_one(self.id, p, f, self.delete, check).map_err(|f| f.error);
         }
+        let files = std::mem::take(&mut self.files);
+        release_locks(self.id, self.paths.iter().zip(files), self.delete, check)
     }
 
     /// Checks this set's ledger invariants (G6): the set belongs to this
@@ -359,45 +396,62 @@ fn release_locks<'p>(
     locks: impl IntoIterator<Item = (&'p StorePath, LockFile)>,
     delete: bool,
     check: bool,
-) -> Result<()> {
+) -> Hot<()> {
     let mut first_err = None;
     let mut check_err = None;
     for (p, f) in locks {
-        let (r, c) = release_one(id, p, f, delete, check && check_err.is_none());
-        if c.is_some() {
-            check_err = c;
-        }
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
+        if let Err(fail) = release_one(id, p, f, delete, check && check_err.is_none()) {
+            if fail.check {
+                check_err = Some(fail.error);
+            } else {
+                first_err.get_or_insert(fail.error);
+            }
         }
     }
     check_err.or(first_err).map_or(Ok(()), Err)
 }
 
+/// What went wrong in one step of [`release_locks`]: its check
+/// (`check`), or else its release. Boxed, so that the common outcome, none,
+/// is one word.
+struct Failure {
+    error: Box<Error>,
+    check: bool,
+}
+
 /// One step of [`release_locks`]: releases lock `f` of path `p` of lock set
-/// `id` and its registry entries under the process lock; returns the
-/// release's result and, with `check`, the check's error.
-#[inline]
+/// `id` and its registry entries under the process lock; with `check`, a
+/// failed check is the error, before a failed release.
+#[inline(always)]
 fn release_one(
     id: u64,
     p: &StorePath,
     f: LockFile,
     delete: bool,
     check: bool,
-) -> (Result<()>, Option<Error>) {
+) -> std::result::Result<(), Failure> {
     let (key, fd) = (f.key(), f.fd());
-    STATE.with(|st| {
-        let fd_open = st.fds.contains(fd);
-        let r = f.release_in(st, p, delete);
-        let inode_owner = take_if_mine(&mut st.held_inodes, &key, id);
-        let path_owner = take_if_mine(&mut st.held, p, id);
-        let c = if check {
-            verdict(id, p, fd, path_owner, inode_owner, fd_open).err()
-        } else {
-            None
-        };
-        (r, c)
-    })
+    STATE.with(
+        #[inline(always)]
+        |st| {
+            let fd_open = st.fds.contains(fd);
+            let r = f.release_in(st, p, delete);
+            let inode_owner = take_if_mine(&mut st.held_inodes, &key, id);
+            let path_owner = take_if_mine(&mut st.held, p, id);
+            if check {
+                if let Err(e) = verdict(id, p, fd, path_owner, inode_owner, fd_open) {
+                    return Err(Failure {
+                        error: Box::new(e),
+                        check: true,
+                    });
+                }
+            }
+            r.map_err(|error| Failure {
+                error,
+                check: false,
+            })
+        },
+    )
 }
 
 /// One all-or-nothing pass: try-locks the paths in order, registering each
@@ -410,32 +464,60 @@ fn release_one(
 /// a path does not make it "held by this process" for other threads, and a
 /// blocking acquisition never fails because of such an attempt.
 #[allow(clippy::type_complexity)]
+#[inline(always)]
 fn try_once(
     id: u64,
     owner: Owner,
     paths: Paths,
     backend: Backend,
-    mut in_hand: Option<(usize, LockFile)>,
-) -> Result<std::result::Result<LockSet, (Paths, usize)>> {
-    if let ([p], None) = (&paths[..], &in_hand) {
-        // One path (the common call): the same pass, without the loop.
-        let got = match LockFile::try_registered(p, backend, owner, std::slice::from_ref(p))? {
-            Acquired::Locked(f) => f,
-            // Another set of this process (a pass of one path cannot hold
-            // it under another name).
-            Acquired::HeldHere(o, _) => return Err(o.held_error(p)),
-            Acquired::Busy => return Ok(Err((paths, 0))),
-        };
-        return Ok(Ok(LockSet {
-            id,
-            owner,
-            backend,
-            paths,
-            files: Files::from_buf([got]),
-            delete: false,
-            generation: generation(),
-        }));
+    in_hand: Option<(usize, LockFile)>,
+) -> Result<std::result::Result<Box<LockSet>, (Paths, usize)>> {
+    match (&paths[..], &in_hand) {
+        ([_], None) => try_single(id, owner, paths, backend),
+        _ => try_many(id, owner, paths, backend, in_hand),
     }
+}
+
+/// [`try_once`] for one path and no lock in hand (the common call), inline
+/// in its callers: no stack frame of its own stays live across the system
+/// calls it makes (see [`LockSet::acquire_paths`]).
+#[allow(clippy::type_complexity)]
+#[inline(always)]
+fn try_single(
+    id: u64,
+    owner: Owner,
+    paths: Paths,
+    backend: Backend,
+) -> Result<std::result::Result<Box<LockSet>, (Paths, usize)>> {
+    let p = &paths[0];
+    let got = match LockFile::try_registered(p, backend, owner, std::slice::from_ref(p))? {
+        Acquired::Locked(f) => f,
+        // Another set of this process (a pass of one path cannot hold
+        // it under another name).
+        Acquired::HeldHere(o, _) => return Err(o.held_error(p)),
+        Acquired::Busy => return Ok(Err((paths, 0))),
+    };
+    Ok(Ok(Box::new(LockSet {
+        id,
+        owner,
+        backend,
+        paths,
+        files: Files::from_buf([got]),
+        delete: false,
+        generation: generation(),
+    })))
+}
+
+/// [`try_once`] for several paths, or with a lock in hand.
+#[allow(clippy::type_complexity)]
+#[inline(never)]
+fn try_many(
+    id: u64,
+    owner: Owner,
+    paths: Paths,
+    backend: Backend,
+    mut in_hand: Option<(usize, LockFile)>,
+) -> Result<std::result::Result<Box<LockSet>, (Paths, usize)>> {
     // G5's fast path, a path held by a set of this process (by name), is
     // checked for every path before anything is opened: in the first path's
     // critical section, or, with a lock in hand, in the section that
@@ -496,7 +578,7 @@ fn try_once(
             }
         }
     }
-    Ok(Ok(LockSet {
+    Ok(Ok(Box::new(LockSet {
         id,
         owner,
         backend,
@@ -504,7 +586,7 @@ fn try_once(
         files: got,
         delete: false,
         generation: generation(),
-    }))
+    })))
 }
 
 #[cfg(test)]
