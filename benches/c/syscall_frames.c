@@ -11,6 +11,8 @@
  * (doc/design.md#where-an-uncontended-lock-cycles-time-goes); this program
  * measures what that is worth on the machine at hand.
  *
+ * `make bench` runs it; by hand:
+ *
  *   cc -O2 -o /tmp/syscall_frames benches/c/syscall_frames.c
  *   /tmp/syscall_frames /dev/shm
  *

@@ -105,6 +105,22 @@ fn info(out: &str, name: &str, key: &str) -> Option<f64> {
     })
 }
 
+/// Runs `benches/c/syscall_frames.c` in `store` and prints what it measured
+/// (no figure of the table: it explains the lock cycle's, see
+/// doc/design.md#where-an-uncontended-lock-cycles-time-goes).
+pub fn syscall_frames(store: &Path) {
+    let exe = compile("syscall_frames");
+    let o = Command::new(&exe)
+        .arg(store)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run syscall_frames");
+    assert!(o.status.success(), "syscall_frames failed");
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        eprintln!("  {line}");
+    }
+}
+
 /// Runs the lock benchmarks in `store`.
 pub fn run(store: &Path) -> Vec<(&'static str, Measured)> {
     let exe = compile("lock_bench");

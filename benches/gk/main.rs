@@ -89,6 +89,12 @@ fn main() {
         for (name, m) in cbench::run(&store) {
             measured.insert(name, m);
         }
+        if only.is_none_or(|o| o.contains("lock")) {
+            eprintln!(
+                "== what a frame live across a system call costs (benches/c/syscall_frames.c)"
+            );
+            cbench::syscall_frames(&store);
+        }
     }
     if only.is_none_or(|o| o.contains("guile")) {
         eprintln!("== Guile benchmarks (with-path-locks vs raw C)");
