@@ -642,4 +642,51 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A release of several paths releases every lock whatever fails, and
+    /// reports a failed check before a failed release: here path 0's
+    /// deletion fails (its lock file got a second link while held, so it is
+    /// not marked) and path 1's registry entry is gone. Without the broken
+    /// entry, the deletion's error is the one reported.
+    #[test]
+    #[cfg_attr(miri, ignore)] // OFD locks
+    fn a_failed_check_comes_before_a_failed_release_and_every_lock_is_released() {
+        let dir = std::env::temp_dir().join(format!("gk-set-unit-multi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for corrupt in [true, false] {
+            let paths: Vec<StorePath> = (0..3)
+                .map(|i| StorePath::new(dir.join(format!("m{i}"))).unwrap())
+                .collect();
+            let mut set =
+                LockSet::try_acquire(paths.iter().map(|p| p.as_path()), Backend::Ofd).unwrap();
+            set.set_deletion(true);
+            let keys: Vec<_> = set.files.iter().map(|f| f.key()).collect();
+            let extra = dir.join("second-link");
+            std::fs::hard_link(paths[0].lock_path(), &extra).unwrap();
+            if corrupt {
+                STATE.with(|st| st.held.remove(&paths[1]));
+            }
+            let e = set.check_and_release().unwrap_err();
+            if corrupt {
+                assert!(e.to_string().contains("missing from the registry"), "{e}");
+            } else {
+                assert!(matches!(e, Error::ForeignLockFile { .. }), "{e}");
+            }
+            // Unregistered (by name and by inode) and unlocked.
+            for (p, key) in paths.iter().zip(&keys) {
+                let left =
+                    STATE.with(|st| (st.held.contains_key(p), st.held_inodes.contains_key(key)));
+                assert_eq!(left, (false, false), "{p}");
+                LockSet::try_acquire([p.as_path()], Backend::Ofd)
+                    .unwrap()
+                    .release()
+                    .unwrap();
+            }
+            std::fs::remove_file(&extra).unwrap();
+            for p in &paths {
+                let _ = std::fs::remove_file(p.lock_path());
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
