@@ -105,32 +105,29 @@ fn info(out: &str, name: &str, key: &str) -> Option<f64> {
     })
 }
 
+/// Compiles `benches/c/NAME.c` and runs it on `store`; its standard output.
+fn run_c(name: &str, store: &Path) -> String {
+    let o = Command::new(compile(name))
+        .arg(store)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    assert!(o.status.success(), "{name} failed");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Runs `benches/c/syscall_frames.c` in `store` and prints what it measured
 /// (no figure of the table: it explains the lock cycle's, see
 /// doc/design.md#where-an-uncontended-lock-cycles-time-goes).
 pub fn syscall_frames(store: &Path) {
-    let exe = compile("syscall_frames");
-    let o = Command::new(&exe)
-        .arg(store)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run syscall_frames");
-    assert!(o.status.success(), "syscall_frames failed");
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
+    for line in run_c("syscall_frames", store).lines() {
         eprintln!("  {line}");
     }
 }
 
 /// Runs the lock benchmarks in `store`.
 pub fn run(store: &Path) -> Vec<(&'static str, Measured)> {
-    let exe = compile("lock_bench");
-    let o = Command::new(&exe)
-        .arg(store)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run lock_bench");
-    assert!(o.status.success(), "lock_bench failed");
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = run_c("lock_bench", store);
     let results = parse(&out);
     let lockset = |n: &str| results.iter().find(|r| r.name == n).map(|r| r.value);
     let mut v = Vec::new();
