@@ -184,16 +184,17 @@ impl LockSet {
     /// `paths` (sorted, deduplicated), with `in_hand` (index, lock) already
     /// granted by a [`LockWait`]. On contention, everything is released and
     /// `Ok(Err((paths, k)))` names the busy index; the paths are handed back.
+    /// The set comes in the box the goal keeps it in.
     #[allow(dead_code)] // used by the scheduler
+    #[allow(clippy::type_complexity)]
     pub(crate) fn try_for_owner(
         owner: Owner,
         paths: Vec<StorePath>,
         backend: Backend,
         in_hand: Option<(usize, LockFile)>,
-    ) -> Result<std::result::Result<LockSet, (Vec<StorePath>, usize)>> {
+    ) -> Result<std::result::Result<Box<LockSet>, (Vec<StorePath>, usize)>> {
         Ok(
             try_once(owner.lockset, owner, paths.into(), backend, in_hand)?
-                .map(|set| *set)
                 .map_err(|(paths, k)| (paths.into_vec(), k)),
         )
     }

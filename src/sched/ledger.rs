@@ -457,10 +457,8 @@ mod tests {
             .unwrap();
         let slot = w.slots.try_take(GoalKind::Build).unwrap();
         w.slot_holders += 1;
-        w.arena.goals[g.index() as usize].phase = Phase::Running(Exec::Holding {
-            locks: Box::new(set),
-            slot,
-        });
+        w.arena.goals[g.index() as usize].phase =
+            Phase::Running(Exec::Holding { locks: set, slot });
 
         // A call that touches another goal only: the slot counters still
         // agree, so it passes, as before.

@@ -176,7 +176,7 @@ impl Worker {
                 self.arena.set_phase(
                     i,
                     Phase::Running(Exec::Holding {
-                        locks: Box::new(set),
+                        locks: set,
                         slot: token,
                     }),
                 );
