@@ -45,7 +45,6 @@ struct NixStore {
 
 impl NixStore {
     fn new() -> NixStore {
-        require_nix();
         let root = std::env::temp_dir().join(format!(
             "gk-nix-{}-{}",
             std::process::id(),
@@ -60,7 +59,9 @@ impl NixStore {
             "sandbox = false\nbuild-users-group =\nsubstituters =\nbuild-poll-interval = 1\n",
         )
         .unwrap();
-        NixStore { root }
+        let nix = NixStore { root };
+        nix.require_nix();
+        nix
     }
 
     fn store(&self) -> PathBuf {
@@ -88,6 +89,24 @@ impl NixStore {
             .env("NIX_USER_CONF_FILES", "")
             .env("NIX_REMOTE", "");
         c
+    }
+
+    /// Fails (never skips) when Nix is not installed. Asked in this private
+    /// store's environment: with the default one, Nix 2.8 opens (and on a
+    /// fresh machine creates) /nix/var/nix/db, and the tests of this file
+    /// doing that at once made one of them fail on a new machine.
+    fn require_nix(&self) {
+        let ok = self
+            .command("nix-store")
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Nix"))
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "these tests run the real Nix, but `nix-store --version` did not run. Install Debian's \
+             nix-bin (Nix 2.8): `apt-get install -y nix-bin` (.ci/run does)"
+        );
     }
 
     /// Instantiates `derivation { name; builder = "/bin/sh"; args = [ "-c"
@@ -171,20 +190,6 @@ impl Drop for NixStore {
 fn nix_string(s: &str) -> String {
     assert!(!s.contains("${"), "no interpolation in {s:?}");
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// Fails (never skips) when Nix is not installed.
-fn require_nix() {
-    let ok = Command::new("nix-store")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Nix"))
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "these tests run the real Nix, but `nix-store --version` did not run. Install Debian's nix-bin \
-         (Nix 2.8): `apt-get install -y nix-bin` (.ci/run does)"
-    );
 }
 
 /// A running `nix-store --realise`.
