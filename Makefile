@@ -37,10 +37,10 @@ all: build
 # The soname link lets a program linked with -lgoalkeeper against the build
 # tree start (./pre-inst-env sets LD_LIBRARY_PATH to target/release).
 build:
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace
 	ln -sf libgoalkeeper.so $(RELEASE_LIB).$(MAJOR)
 
-# build-aux/check runs `cargo test --no-fail-fast $(ARGS)` and prints one line
+# build-aux/check runs `cargo test --workspace --no-fail-fast $(ARGS)` and prints one line
 # per suite (each test binary, SRFI-64 file, C and C++ program) and a total.
 check:
 	@build-aux/ensure-deps check

@@ -95,7 +95,8 @@ fn ensure_cdylib(release: bool) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--lib", "--quiet", "--features", "legacy-hold"])
+        cmd.args(["build", "-p", "goalkeeper", "--lib", "--quiet"])
+            .args(["--features", "legacy-hold"])
             .current_dir(root());
         if release {
             cmd.arg("--release");
@@ -105,9 +106,14 @@ fn ensure_cdylib(release: bool) {
     });
 }
 
-/// The repository root.
+/// The repository root (the workspace root: the test may belong to the
+/// `cli/` member, which includes this file too).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|d| d.join("include/goalkeeper.h").is_file())
+        .expect("the repository root above CARGO_MANIFEST_DIR")
+        .to_path_buf()
 }
 
 /// Where tests put the programs they compile.

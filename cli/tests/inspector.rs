@@ -3,6 +3,7 @@
 //! program's classic POSIX `fcntl` lock and by its `flock`, waiters blocked
 //! on them, free and stale lock files; checked in text and in `--json`.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
