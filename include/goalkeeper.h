@@ -546,6 +546,11 @@ typedef uint32_t gk_batch_field;
 #endif // __cplusplus
 
 /**
+ * An opaque handle to a lock wait (`gk_lock_wait_new`). 0 is never a valid handle.
+ */
+typedef uint64_t gk_lock_wait;
+
+/**
  * An opaque handle to a lock set held by this process. 0 is never a valid handle.
  */
 typedef uint64_t gk_lockset;
@@ -925,6 +930,79 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Starts waiting until the lock of every path in `paths[0..n_paths]` may
+ * be free, without taking any of them, and stores the new wait in `*out`.
+ *
+ * `gk_lock_wait_fd` gives a descriptor that becomes readable, and stays
+ * readable, once each path's lock was seen free since this call: its
+ * holder released it (or died), or deleted its lock file. Then retry the
+ * non-blocking acquisition (`gk_lockset_try_acquire`, or the daemon's
+ * `lockPaths(..., false)`); another process may have taken a lock first, in
+ * which case the retry finds it busy and the caller waits again. A wait
+ * that fails (an insecure store, a lock file that is not ours) becomes
+ * readable too, and the retry reports the error. The descriptor also
+ * becomes readable if the holder released and re-took a lock at once, so
+ * a wake-up means "retry", never "acquired".
+ *
+ * It holds nothing for the caller: a helper thread per path blocks in the
+ * kernel (`F_OFD_SETLKW` for `GK_BACKEND_OFD`, which conflicts with the
+ * POSIX `fcntl` locks of guix-daemon; `flock` for `GK_BACKEND_FLOCK`, as
+ * Nix), and releases a lock the moment it is granted. If the lock file
+ * does not exist, the thread creates it, as a locker would.
+ *
+ * The descriptor goes beside the caller's own in `poll()`/`select()`. To
+ * make the wait interruptible (Ctrl-C, a client hanging up), poll a
+ * self-pipe that the signal handler writes beside it:
+ *
+ * ```c
+ * gk_lockset set;
+ * gk_status s;
+ * while ((s = gk_lockset_try_acquire(paths, n, GK_BACKEND_OFD, &set)) == GK_BUSY) {
+ *     gk_lock_wait w;
+ *     int fd;
+ *     if (gk_lock_wait_new(paths, n, GK_BACKEND_OFD, &w) != GK_OK) break;
+ *     gk_lock_wait_fd(w, &fd);
+ *     struct pollfd p[2] = {{.fd = fd, .events = POLLIN},
+ *                           {.fd = self_pipe[0], .events = POLLIN}};
+ *     while (poll(p, 2, -1) < 0 && errno == EINTR) {}
+ *     gk_lock_wait_free(w);
+ *     if (p[1].revents & POLLIN) return INTERRUPTED; // nothing is held
+ * }                                                  // else: retry
+ * ```
+ *
+ * `GK_HELD_BY_THIS_PROCESS`: this process holds one of the paths (a wait
+ * for it would end only when this process releases it); nothing is
+ * started. Paths are checked as by `gk_lockset_try_acquire`. On any status
+ * but `GK_OK`, `*out` is 0. Free the wait with `gk_lock_wait_free`, fired or
+ * not.
+ *
+ * # Safety
+ * `paths` must point to `n_paths` NUL-terminated strings; `out` must be
+ * valid for writing.
+ */
+gk_status gk_lock_wait_new(const char *const *paths,
+                           size_t n_paths,
+                           uint32_t backend,
+                           gk_lock_wait *out);
+
+/**
+ * Stores in `*fd_out` the descriptor of `wait`: it becomes readable (and
+ * stays so; never read it) when the locks may be free. It belongs to the
+ * wait and is closed by `gk_lock_wait_free`; it is close-on-exec.
+ *
+ * # Safety
+ * `fd_out` must be valid for writing.
+ */
+gk_status gk_lock_wait_fd(gk_lock_wait wait, int32_t *fd_out);
+
+/**
+ * Frees `wait`, fired or not, and closes its descriptor; the handle becomes
+ * stale (a second free returns `GK_ERROR_STALE_HANDLE`). Threads still
+ * blocked are left to a later wait for the same path, which reuses them.
+ */
+gk_status gk_lock_wait_free(gk_lock_wait wait);
 
 /**
  * Tries to lock every path in `paths[0..n_paths]` without blocking, all or

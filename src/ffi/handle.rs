@@ -17,6 +17,7 @@ pub(crate) enum Kind {
     LockSet = 0x4c,
     Worker = 0x57,
     StoreDb = 0x44,
+    LockWait = 0x54,
 }
 
 impl fmt::Display for Kind {
@@ -25,6 +26,7 @@ impl fmt::Display for Kind {
             Kind::LockSet => "lock set",
             Kind::Worker => "worker",
             Kind::StoreDb => "store database",
+            Kind::LockWait => "lock wait",
         })
     }
 }
@@ -100,6 +102,7 @@ impl<T> HandleTable<T> {
                 k if k == Kind::LockSet as u8 => "a lock set handle",
                 k if k == Kind::Worker as u8 => "a worker handle",
                 k if k == Kind::StoreDb as u8 => "a store database handle",
+                k if k == Kind::LockWait as u8 => "a lock wait handle",
                 _ => "not a goalkeeper handle",
             };
             return Box::new(Error::StaleHandle(format!(
@@ -161,6 +164,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::LockSet => "this lock set handle",
         Kind::Worker => "this worker handle",
         Kind::StoreDb => "this store database handle",
+        Kind::LockWait => "this lock wait handle",
     }
 }
 
@@ -173,6 +177,8 @@ pub(crate) struct Handles {
     pub(crate) workers: HandleTable<std::sync::Arc<super::worker::WorkerCell>>,
     /// Store databases opened by hosts (`gk_store_db`).
     pub(crate) store_dbs: HandleTable<super::store_query::SharedDb>,
+    /// Lock waits (`gk_lock_wait`).
+    pub(crate) lock_waits: HandleTable<super::lock_wait::PathsWait>,
 }
 
 /// The process's handle tables.
@@ -180,6 +186,7 @@ pub(crate) static HANDLES: ForkMutex<Handles> = ForkMutex::new(Handles {
     locksets: HandleTable::new(Kind::LockSet),
     workers: HandleTable::new(Kind::Worker),
     store_dbs: HandleTable::new(Kind::StoreDb),
+    lock_waits: HandleTable::new(Kind::LockWait),
 });
 
 /// Before `fork(2)`: takes the handle table's mutex, first in the lock order

@@ -11,6 +11,7 @@ mod args;
 mod boundary;
 mod enums;
 pub(crate) mod handle;
+mod lock_wait;
 mod locks;
 mod noop;
 mod status;
@@ -24,6 +25,7 @@ mod worker_log;
 
 pub use enums::*;
 pub(crate) use handle::{after_fork_child, after_fork_parent, before_fork};
+pub use lock_wait::*;
 pub use locks::*;
 pub use noop::*;
 pub use status::gk_status;

@@ -13,7 +13,14 @@
 //! piling them up. A ghost that is granted the lock releases it at once; one
 //! that finds the lock file deleted by its holder stops there, without
 //! re-creating the file.
+//!
+//! A *probe* ([`LockWait::probe`]) waits the same way but hands nothing
+//! over: it only tells when the lock may be free. Granted the lock, its
+//! thread releases it at once, before it notifies; finding the lock file
+//! deleted by its holder ends it too (the holder released it), without
+//! re-creating the file. The C ABI's `gk_lock_wait` is made of probes.
 
+use std::cell::Cell;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,6 +43,8 @@ enum State {
 struct Inner {
     state: State,
     notify: Option<Notify>,
+    /// A probe: the lock is released, not handed over (see the module doc).
+    probe: bool,
 }
 
 /// What a wait shares with its thread.
@@ -51,10 +60,6 @@ pub(crate) struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn abandoned(&self) -> bool {
-        matches!(self.lock().state, State::Abandoned)
     }
 }
 
@@ -76,6 +81,22 @@ impl LockWait {
         backend: Backend,
         notify: Option<Notify>,
     ) -> Result<LockWait> {
+        Self::start(path, backend, notify, false)
+    }
+
+    /// A probe: calls `notify` once `path`'s lock was seen free (granted
+    /// and released at once, or its file deleted by its holder) or the wait
+    /// failed. It never hands the lock over.
+    pub(crate) fn probe(path: StorePath, backend: Backend, notify: Notify) -> Result<LockWait> {
+        Self::start(path, backend, Some(notify), true)
+    }
+
+    fn start(
+        path: StorePath,
+        backend: Backend,
+        notify: Option<Notify>,
+        probe: bool,
+    ) -> Result<LockWait> {
         let adopted = STATE.with(|st| {
             let gen = generation();
             let i = st
@@ -89,6 +110,7 @@ impl LockWait {
                 let mut inner = g.lock();
                 inner.state = State::Waiting;
                 inner.notify = notify.clone();
+                inner.probe = probe;
             }
             Some(g)
         });
@@ -103,6 +125,7 @@ impl LockWait {
             inner: Mutex::new(Inner {
                 state: State::Waiting,
                 notify,
+                probe,
             }),
             cond: Condvar::new(),
             path: path.clone(),
@@ -178,16 +201,29 @@ impl LockWait {
 }
 
 /// The wait thread: blocks for the lock, then hands it over, or releases it
-/// if the wait was abandoned meanwhile.
+/// if the wait was abandoned meanwhile or is a probe.
 fn run(s: Arc<Shared>) {
     loop {
-        let r = LockFile::acquire_blocking_unless(&s.path, s.backend, &|| s.abandoned());
+        // A probe stops before re-opening a file its holder deleted.
+        let (opened, deleted) = (Cell::new(false), Cell::new(false));
+        let r = LockFile::acquire_blocking_unless(&s.path, s.backend, &|| {
+            let inner = s.lock();
+            let seen = opened.replace(true) && inner.probe;
+            deleted.set(seen && matches!(inner.state, State::Waiting));
+            seen || matches!(inner.state, State::Abandoned)
+        });
         let mut again = false;
         let mut notify = None;
         let mut leftover = None;
+        let mut probed = None;
         STATE.with(|st| {
             let mut inner = s.lock();
             match (&inner.state, r) {
+                (State::Waiting, r) if inner.probe && (deleted.get() || !matches!(r, Ok(None))) => {
+                    inner.state = State::Taken;
+                    notify = inner.notify.clone();
+                    probed = Some(r);
+                }
                 // Abandoned at a stale file, and adopted again since: go on.
                 (State::Waiting, Ok(None)) => again = true,
                 (State::Waiting, r) => {
@@ -213,6 +249,8 @@ fn run(s: Arc<Shared>) {
             drop(unwanted);
             return;
         }
+        // A probe's lock is released before anyone is told it may be free.
+        drop(probed);
         s.cond.notify_all();
         if let Some(n) = notify {
             n();

@@ -1,0 +1,166 @@
+//! Lock waits an event loop can wait on (`gk_lock_wait`): a descriptor that
+//! becomes readable when the locks of some store paths may be free, for a
+//! daemon that retries a non-blocking lock from its `select()`/`poll()`
+//! loop instead of polling on a timer (G4).
+//!
+//! Each path gets a probe (`crate::lock::LockWait::probe`): a helper thread
+//! blocked in the kernel on its own descriptor, which releases the lock the
+//! moment it is granted and then counts the path as seen. The last path
+//! seen writes an eventfd. Nothing is held for the caller, so whoever
+//! retries first gets the lock; the caller's retry may lose that race, and
+//! then it waits again.
+
+use std::ffi::c_char;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::args;
+use super::boundary::call;
+use super::enums::gk_backend;
+use super::handle::HANDLES;
+use super::status::gk_status::{self, GK_OK};
+use crate::error::Error;
+use crate::lock::{self, LockWait, Notify};
+
+/// An opaque handle to a lock wait (`gk_lock_wait_new`). 0 is never a valid handle.
+#[allow(non_camel_case_types)]
+pub type gk_lock_wait = u64;
+
+/// A pending `gk_lock_wait`: one probe per path, and the eventfd the last
+/// one writes. Dropping it abandons the probes still blocked (a later wait
+/// for the same path adopts their threads).
+pub(crate) struct PathsWait {
+    _probes: Vec<LockWait>,
+    efd: Arc<OwnedFd>,
+}
+
+/// Starts waiting until the lock of every path in `paths[0..n_paths]` may
+/// be free, without taking any of them, and stores the new wait in `*out`.
+///
+/// `gk_lock_wait_fd` gives a descriptor that becomes readable, and stays
+/// readable, once each path's lock was seen free since this call: its
+/// holder released it (or died), or deleted its lock file. Then retry the
+/// non-blocking acquisition (`gk_lockset_try_acquire`, or the daemon's
+/// `lockPaths(..., false)`); another process may have taken a lock first, in
+/// which case the retry finds it busy and the caller waits again. A wait
+/// that fails (an insecure store, a lock file that is not ours) becomes
+/// readable too, and the retry reports the error. The descriptor also
+/// becomes readable if the holder released and re-took a lock at once, so
+/// a wake-up means "retry", never "acquired".
+///
+/// It holds nothing for the caller: a helper thread per path blocks in the
+/// kernel (`F_OFD_SETLKW` for `GK_BACKEND_OFD`, which conflicts with the
+/// POSIX `fcntl` locks of guix-daemon; `flock` for `GK_BACKEND_FLOCK`, as
+/// Nix), and releases a lock the moment it is granted. If the lock file
+/// does not exist, the thread creates it, as a locker would.
+///
+/// The descriptor goes beside the caller's own in `poll()`/`select()`. To
+/// make the wait interruptible (Ctrl-C, a client hanging up), poll a
+/// self-pipe that the signal handler writes beside it:
+///
+/// ```c
+/// gk_lockset set;
+/// gk_status s;
+/// while ((s = gk_lockset_try_acquire(paths, n, GK_BACKEND_OFD, &set)) == GK_BUSY) {
+///     gk_lock_wait w;
+///     int fd;
+///     if (gk_lock_wait_new(paths, n, GK_BACKEND_OFD, &w) != GK_OK) break;
+///     gk_lock_wait_fd(w, &fd);
+///     struct pollfd p[2] = {{.fd = fd, .events = POLLIN},
+///                           {.fd = self_pipe[0], .events = POLLIN}};
+///     while (poll(p, 2, -1) < 0 && errno == EINTR) {}
+///     gk_lock_wait_free(w);
+///     if (p[1].revents & POLLIN) return INTERRUPTED; // nothing is held
+/// }                                                  // else: retry
+/// ```
+///
+/// `GK_HELD_BY_THIS_PROCESS`: this process holds one of the paths (a wait
+/// for it would end only when this process releases it); nothing is
+/// started. Paths are checked as by `gk_lockset_try_acquire`. On any status
+/// but `GK_OK`, `*out` is 0. Free the wait with `gk_lock_wait_free`, fired or
+/// not.
+///
+/// # Safety
+/// `paths` must point to `n_paths` NUL-terminated strings; `out` must be
+/// valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_lock_wait_new(
+    paths: *const *const c_char,
+    n_paths: usize,
+    backend: u32,
+    out: *mut gk_lock_wait,
+) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        // SAFETY: as above.
+        let paths = unsafe { args::path_set(paths, n_paths) }?;
+        let backend = gk_backend::parse(backend)?;
+        for p in &paths {
+            if let Some(owner) = lock::owner_of(p) {
+                return Err(owner.held_error(p));
+            }
+        }
+        // SAFETY: eventfd takes no pointers.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Error::from_io("eventfd", "create a lock wait's eventfd", e));
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let left = AtomicUsize::new(paths.len());
+        let ring = efd.clone();
+        let notify: Notify = Arc::new(move || {
+            if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let one: u64 = 1;
+                // SAFETY: writes 8 bytes from a live u64 to a descriptor `ring` keeps open.
+                unsafe { libc::write(ring.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            }
+        });
+        let probes = paths
+            .into_iter()
+            .map(|p| LockWait::probe(p, backend, notify.clone()))
+            .collect::<crate::Result<Vec<_>>>()?;
+        let w = PathsWait {
+            _probes: probes,
+            efd,
+        };
+        *out = HANDLES.with(|h| h.lock_waits.insert(w));
+        Ok(GK_OK)
+    })
+}
+
+/// Stores in `*fd_out` the descriptor of `wait`: it becomes readable (and
+/// stays so; never read it) when the locks may be free. It belongs to the
+/// wait and is closed by `gk_lock_wait_free`; it is close-on-exec.
+///
+/// # Safety
+/// `fd_out` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_lock_wait_fd(wait: gk_lock_wait, fd_out: *mut i32) -> gk_status {
+    call(|| {
+        // SAFETY: forwarded from this function's contract.
+        let fd_out = unsafe { args::out(fd_out, "fd_out") }?;
+        HANDLES.with(|h| {
+            *fd_out = h.lock_waits.get(wait)?.efd.as_raw_fd();
+            Ok(GK_OK)
+        })
+    })
+}
+
+/// Frees `wait`, fired or not, and closes its descriptor; the handle becomes
+/// stale (a second free returns `GK_ERROR_STALE_HANDLE`). Threads still
+/// blocked are left to a later wait for the same path, which reuses them.
+#[no_mangle]
+pub extern "C" fn gk_lock_wait_free(wait: gk_lock_wait) -> gk_status {
+    call(|| {
+        let w = HANDLES.with(|h| h.lock_waits.remove(wait))?;
+        // Abandoning the probes takes the lock layer's state: outside the
+        // handle table's lock, as the lock order wants.
+        drop(w);
+        Ok(GK_OK)
+    })
+}
