@@ -74,7 +74,10 @@
 //! null, path text unique not null, hash text not null, registrationTime
 //! integer not null, deriver text, narSize integer, …)`; Nix adds `ultimate`,
 //! `sigs` and `ca`. Only `path` is read: `SELECT 1 FROM ValidPaths WHERE path
-//! = ?`, an index lookup (the column is `unique`).
+//! = ?`, an index lookup (the column is `unique`). Guix also has
+//! `FailedPaths (path text primary key, time integer)`, the outputs of
+//! failed builds under `--cache-failures`; [`StoreDb::failed_paths`] reads
+//! its `path` the same way (Nix 2.8 has no such table).
 
 use std::ffi::{c_int, c_void};
 use std::fmt;
@@ -88,6 +91,10 @@ use rusqlite::{ffi, Connection, ErrorCode, OpenFlags};
 
 /// The query, prepared once per connection (SQLite's statement cache).
 const QUERY: &str = "SELECT 1 FROM ValidPaths WHERE path = ?1";
+
+/// The failed-path query: Guix's `FailedPaths (path, time)`, where
+/// guix-daemon `--cache-failures` records the outputs of failed builds.
+const FAILED_QUERY: &str = "SELECT 1 FROM FailedPaths WHERE path = ?1";
 
 /// How often a snapshot read is retried when the database changed under it.
 const SNAPSHOT_ATTEMPTS: u32 = 5;
@@ -307,17 +314,36 @@ impl StoreDb {
         for p in &paths {
             self.check_store_path(p.as_ref())?;
         }
+        self.run(|c| each_exists(c, QUERY, &paths))
+    }
+
+    /// Whether each of `store_paths` is listed in `FailedPaths`: the
+    /// outputs of builds that failed while guix-daemon ran with
+    /// `--cache-failures` (until `guix gc --clear-failures`). One read
+    /// transaction, results in the order of `store_paths`. A database
+    /// without that table (Nix's: it dropped failure caching) lists no
+    /// path as failed.
+    pub fn failed_paths<I, P>(&mut self, store_paths: I) -> DbResult<Vec<bool>>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<Path>,
+    {
+        let paths: Vec<P> = store_paths.into_iter().collect();
+        for p in &paths {
+            self.check_store_path(p.as_ref())?;
+        }
         self.run(|c| {
-            let tx = c.unchecked_transaction()?;
-            let mut out = Vec::with_capacity(paths.len());
-            {
-                let mut st = tx.prepare_cached(QUERY)?;
-                for p in &paths {
-                    out.push(st.exists([text(p.as_ref().as_os_str().as_bytes())])?);
-                }
+            let table = c
+                .prepare_cached(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' \
+                     AND name = 'FailedPaths' COLLATE NOCASE",
+                )?
+                .exists([])?;
+            if table {
+                each_exists(c, FAILED_QUERY, &paths)
+            } else {
+                Ok(vec![false; paths.len()])
             }
-            tx.commit()?;
-            Ok(out)
         })
     }
 
@@ -582,6 +608,25 @@ impl StoreDb {
         };
         DbError::new(kind, &self.path, detail)
     }
+}
+
+/// Runs `query` (one `?1`, a store path) for each of `paths` in one read
+/// transaction: whether it returns a row.
+fn each_exists<P: AsRef<Path>>(
+    c: &Connection,
+    query: &str,
+    paths: &[P],
+) -> rusqlite::Result<Vec<bool>> {
+    let tx = c.unchecked_transaction()?;
+    let mut out = Vec::with_capacity(paths.len());
+    {
+        let mut st = tx.prepare_cached(query)?;
+        for p in paths {
+            out.push(st.exists([text(p.as_ref().as_os_str().as_bytes())])?);
+        }
+    }
+    tx.commit()?;
+    Ok(out)
 }
 
 /// A store path as an SQL text value, byte for byte (a file name need not

@@ -628,3 +628,35 @@ fn unprivileged_reader_of_a_wal_database() {
     assert_eq!(read_as_nobody(), "/gnu/store/old true\n/gnu/store/new true");
     w.finish();
 }
+
+/// Guix's `FailedPaths`, where guix-daemon `--cache-failures` lists the
+/// outputs of failed builds, is read like `ValidPaths`: exactly, in one
+/// transaction, with a live writer or none; a database without the table
+/// (Nix's) lists nothing as failed; a relative path is refused.
+#[test]
+fn failed_paths_reads_guix_failed_paths_and_nothing_elsewhere() {
+    let s = TempStore::new();
+    let db = create_db(s.dir(), "wal", &["/gnu/store/aaa-ok"]);
+    common::db::register_failed(&db, "/gnu/store/bbb-failed");
+    let mut sdb = StoreDb::open(&db).unwrap();
+    let ask = [
+        "/gnu/store/aaa-ok",
+        "/gnu/store/bbb-failed",
+        "/gnu/store/bbb-failed/",
+    ];
+    assert_eq!(sdb.failed_paths(ask).unwrap(), vec![false, true, false]);
+    assert_eq!(sdb.valid_paths(ask).unwrap(), vec![true, false, false]);
+    // A failure recorded while the reader keeps its connection is seen.
+    common::db::register_failed(&db, "/gnu/store/aaa-ok");
+    assert_eq!(sdb.failed_paths(["/gnu/store/aaa-ok"]).unwrap(), vec![true]);
+    assert!(sdb.failed_paths(["gnu/store/x"]).is_err());
+    // Nix's schema has no FailedPaths.
+    let n = TempStore::new();
+    let nix = n.dir().join("db.sqlite");
+    let c = rusqlite::Connection::open(&nix).unwrap();
+    c.execute_batch("create table ValidPaths (id integer primary key, path text unique not null)")
+        .unwrap();
+    drop(c);
+    let mut sdb = StoreDb::open(&nix).unwrap();
+    assert_eq!(sdb.failed_paths(["/nix/store/x"]).unwrap(), vec![false]);
+}

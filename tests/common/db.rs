@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-/// `ValidPaths` as Guix creates it, with the table that refers to it.
+/// `ValidPaths` as Guix creates it, with the table that refers to it, and
+/// `FailedPaths`.
 pub const GUIX_SCHEMA: &str = "
 create table if not exists ValidPaths (
     id               integer primary key autoincrement not null,
@@ -22,6 +23,10 @@ create table if not exists Refs (
     primary key (referrer, reference),
     foreign key (referrer) references ValidPaths(id) on delete cascade,
     foreign key (reference) references ValidPaths(id) on delete restrict
+);
+create table if not exists FailedPaths (
+    path text primary key not null,
+    time integer not null
 );";
 
 /// Creates `dir/db.sqlite` with the Guix schema in `journal_mode` ("wal",
@@ -60,6 +65,18 @@ pub fn register(db: &Path, path: &str) {
     let c = Connection::open(db).expect("open the store database");
     c.busy_timeout(std::time::Duration::from_secs(20)).unwrap();
     insert(&c, path);
+}
+
+/// Opens `db` and lists `path` in `FailedPaths`, as guix-daemon
+/// `--cache-failures` does when a build fails (`insert or ignore`).
+pub fn register_failed(db: &Path, path: &str) {
+    let c = Connection::open(db).expect("open the store database");
+    c.busy_timeout(std::time::Duration::from_secs(20)).unwrap();
+    c.execute(
+        "insert or ignore into FailedPaths (path, time) values (?1, 1)",
+        [path],
+    )
+    .expect("register a failed path");
 }
 
 /// The database file's bytes replaced in place (same inode, same size) by
