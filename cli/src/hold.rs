@@ -16,70 +16,42 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Duration;
 
 use goalkeeper::inspect;
 use goalkeeper::lock::{Backend, LockSet, StorePath, WaitMode};
 use goalkeeper::Error;
 
-use crate::args::{self, fail, usage, Failure};
+use crate::cli::{BackendArg, HoldArgs};
+use crate::{store_dir, Failure};
 
 /// Exit status when a lock is busy (`--no-wait`) or the wait timed out (sysexits' EX_TEMPFAIL).
 const EXIT_BUSY: u8 = 75;
+/// Exit status when goalkeeper itself fails before running the command (as
+/// timeout(1) and env(1) do: 1 could be the command's own).
+const EXIT_FAILED: u8 = 125;
 
-pub(crate) fn main(argv: &[OsString]) -> Result<u8, Failure> {
-    let mut store = None;
-    let mut backend = Backend::Ofd;
-    let mut wait = WaitMode::Forever;
-    let mut delete = false;
-    let mut paths = Vec::new();
-    let mut i = 0;
-    let mut command: Option<&[OsString]> = None;
-    while i < argv.len() {
-        if argv[i] == "--" {
-            command = Some(&argv[i + 1..]);
-            break;
-        } else if let Some(v) = args::value(argv, &mut i, "--store")? {
-            store = Some(v);
-        } else if let Some(v) = args::value(argv, &mut i, "--backend")? {
-            backend = match args::text("--backend", &v)?.as_str() {
-                "ofd" => Backend::Ofd,
-                "flock" => Backend::Flock,
-                _ => return Err(usage(format!("--backend must be ofd or flock, not {v:?}"))),
-            };
-        } else if let Some(v) = args::value(argv, &mut i, "--timeout")? {
-            let v = args::text("--timeout", &v)?;
-            let secs: f64 = v
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| usage(format!("--timeout needs seconds, not {v:?}")))?;
-            wait = WaitMode::Timeout(Duration::from_secs_f64(secs));
-        } else if argv[i] == "--no-wait" {
-            wait = WaitMode::Try;
-        } else if argv[i] == "--delete" {
-            delete = true;
-        } else if argv[i].as_bytes().starts_with(b"--") {
-            return Err(usage(format!("hold: unknown option {:?}", argv[i])));
-        } else {
-            paths.push(argv[i].clone());
-        }
-        i += 1;
-    }
-    let command = match command {
-        Some(c) if !c.is_empty() => c,
-        _ => return Err(usage("hold: expected `-- CMD [ARG...]` after the paths")),
+/// Runs `goalkeeper hold`; returns the exit status.
+pub fn main(args: &HoldArgs) -> Result<u8, Failure> {
+    let fail = |m: String| Failure::new(EXIT_FAILED, m);
+    let backend = match args.backend {
+        BackendArg::Ofd => Backend::Ofd,
+        BackendArg::Flock => Backend::Flock,
     };
-    if paths.is_empty() {
-        return Err(usage("hold: expected at least one store path"));
-    }
-    let store = args::store(store)?;
+    let wait = match (args.no_wait, args.timeout) {
+        (true, _) => WaitMode::Try,
+        (false, Some(t)) => WaitMode::Timeout(t),
+        (false, None) => WaitMode::Forever,
+    };
+    let store = store_dir(&args.store.store).map_err(|f| fail(f.message))?;
     let store =
         std::path::absolute(&store).map_err(|e| fail(format!("{}: {e}", store.display())))?;
-    let paths = paths
+    let paths = args
+        .paths
         .iter()
         .map(|p| resolve(&store, p))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    let command = &args.command;
 
     let set = match acquire(&paths, backend, wait) {
         Ok(set) => set,
@@ -95,7 +67,7 @@ pub(crate) fn main(argv: &[OsString]) -> Result<u8, Failure> {
     // the daemon deletes them after a build), and waiters move on to fresh
     // ones.
     let mut set = set;
-    if delete && status.as_ref().is_ok_and(|s| s.success()) {
+    if args.delete && status.as_ref().is_ok_and(|s| s.success()) {
         set.set_deletion(true);
     }
     if let Err(e) = set.release() {
@@ -121,20 +93,20 @@ pub(crate) fn main(argv: &[OsString]) -> Result<u8, Failure> {
 
 /// A store path argument: absolute and directly inside the store, or a name
 /// relative to it.
-fn resolve(store: &Path, p: &OsStr) -> Result<StorePath, Failure> {
+fn resolve(store: &Path, p: &OsStr) -> Result<StorePath, String> {
     let full = if p.as_bytes().starts_with(b"/") {
         PathBuf::from(p)
     } else {
         store.join(p)
     };
-    let sp = StorePath::new(&full).map_err(|e| fail(e.to_string()))?;
-    let dir = StorePath::new(store.join("x")).map_err(|e| fail(e.to_string()))?;
+    let sp = StorePath::new(&full).map_err(|e| e.to_string())?;
+    let dir = StorePath::new(store.join("x")).map_err(|e| e.to_string())?;
     if sp.store_dir() != dir.store_dir() {
-        return Err(fail(format!(
+        return Err(format!(
             "{} is not in the store {}",
             sp,
             dir.store_dir().display()
-        )));
+        ));
     }
     Ok(sp)
 }

@@ -1,124 +1,206 @@
-//! `goalkeeper locks --store DIR [--db FILE] [--json]`: every lock file in
-//! the store, whether it is held, free or stale, by whom, and who waits.
+//! `goalkeeper locks`: every lock file in the store, whether it is held,
+//! free or stale, by whom and for at most how long, and who waits.
 //!
 //! With `--db` (the store's database, e.g. `/var/guix/db/db.sqlite`), each
-//! lock file's store path is looked up in `ValidPaths`, in one read
-//! transaction: a lock held on a path that is already valid is flagged as a
-//! suspected leak, the symptom of Guix bug #31785 (a finished goal that
-//! still holds its lock, and every client waiting for that path waits until
-//! the holder exits).
+//! lock file's store path is looked up in `ValidPaths` and `FailedPaths`: a
+//! lock held on a path that is already valid, or whose build failed, is
+//! flagged as a suspected leak (a finished goal that kept its lock: Guix bug
+//! #31785, or guix-daemon's cached-failure return that skips its unlock).
+//! `--check` makes the exit status say whether anything is wrong.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use goalkeeper::inspect::{Inspector, LockInfo, LockKind, Party};
+use goalkeeper::inspect::{Inspector, LockKind, Party};
 use goalkeeper::lock::LOCK_SUFFIX;
 use goalkeeper::store_db::StoreDb;
+use serde::Serialize;
 
-use crate::args::{self, fail, usage, Failure};
-use crate::json::Json;
+use crate::cli::LocksArgs;
+use crate::held::{self, Bound};
+use crate::{store_dir, Failure};
 
-/// One lock file and what the kernel says about it.
+/// Exit status of `--check` when it found a problem.
+const EXIT_PROBLEM: u8 = 1;
+/// Exit status when the store or the database cannot be read.
+const EXIT_TROUBLE: u8 = 2;
+
+/// One lock file: what the file system and the kernel say about it. The
+/// JSON output is this, field for field.
+#[derive(Serialize)]
 struct Entry {
     name: String,
-    path: PathBuf,
+    path: String,
+    state: State,
+    kind: Option<&'static str>,
+    /// A deletion token (size != 0): a holder deleted it.
+    stale_token: bool,
     size: u64,
     inode: u64,
-    /// Why the file is not usable as a lock file (not a regular file), if so.
+    /// Why it is not usable as a lock file (not a regular file), if so.
     invalid: Option<String>,
-    info: LockInfo,
-    /// Whether its store path is registered in the store database (`None`
-    /// without `--db`).
+    holders: Vec<Holder>,
+    waiters: Vec<Waiter>,
+    unreadable_processes: usize,
+    /// Held through flock and through fcntl at once.
+    mixed_kinds: bool,
+    /// Registered in ValidPaths (`None` without `--db`).
     path_valid: Option<bool>,
+    /// Listed in FailedPaths (`None` without `--db`).
+    path_failed: Option<bool>,
+    /// Held while its path is valid or failed (`None` without `--db`).
+    leak_suspected: Option<bool>,
 }
 
-impl Entry {
-    /// `held` if a kernel lock is on it; otherwise `stale` if it carries the
-    /// deletion token (size != 0: a holder deleted it and it was left in the
-    /// directory), `invalid` if it is not a regular file, else `free`.
-    fn state(&self) -> &'static str {
-        if self.info.is_held() {
-            "held"
-        } else if self.invalid.is_some() {
-            "invalid"
-        } else if self.size != 0 {
-            "stale"
-        } else {
-            "free"
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum State {
+    Held,
+    Free,
+    Stale,
+    Invalid,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Held => "held",
+            State::Free => "free",
+            State::Stale => "stale",
+            State::Invalid => "invalid",
         }
-    }
-
-    /// The kind of the kernel lock on it, if held.
-    fn kind(&self) -> Option<&'static str> {
-        self.info.holders.first().map(|h| h.kind.name())
-    }
-
-    /// `Some(true)` when it is held while its store path is already valid:
-    /// the build finished, yet its lock was not released (#31785). `None`
-    /// without `--db`.
-    fn leak_suspected(&self) -> Option<bool> {
-        self.path_valid.map(|v| v && self.info.is_held())
-    }
-
-    /// `true` when it is held at once through `flock` and through a record
-    /// lock (POSIX or OFD). Linux does not make those exclude each other, so
-    /// two processes each believe they hold the path: the store is used by
-    /// two lock protocols (say Nix's flock and guix-daemon's fcntl).
-    fn mixed_kinds(&self) -> bool {
-        let kinds = || self.info.holders.iter().map(|h| h.kind);
-        kinds().any(|k| k == LockKind::Flock)
-            && kinds().any(|k| matches!(k, LockKind::Posix | LockKind::Ofd))
     }
 }
 
-pub(crate) fn main(argv: &[std::ffi::OsString]) -> Result<u8, Failure> {
-    let mut store = None;
-    let mut db_file = None;
-    let mut json = false;
-    let mut i = 0;
-    while i < argv.len() {
-        if let Some(v) = args::value(argv, &mut i, "--store")? {
-            store = Some(v);
-        } else if let Some(v) = args::value(argv, &mut i, "--db")? {
-            db_file = Some(std::path::PathBuf::from(v));
-        } else if argv[i] == "--json" {
-            json = true;
-        } else {
-            return Err(usage(format!("locks: unexpected argument {:?}", argv[i])));
-        }
-        i += 1;
+/// A process and its lock, as both holders and waiters have them.
+#[derive(Serialize)]
+struct Process {
+    pid: Option<u32>,
+    command: Option<String>,
+    kind: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Serialize)]
+struct Holder {
+    #[serde(flatten)]
+    process: Process,
+    /// An upper bound on how long it has held the lock (see `held.rs`).
+    held_at_most_ms: Option<f64>,
+    /// What the bound comes from.
+    held_bound: Option<Bound>,
+}
+
+#[derive(Serialize)]
+struct Waiter {
+    #[serde(flatten)]
+    process: Process,
+    /// How long it has been blocked, when `/proc` tells.
+    blocked_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    total: usize,
+    held: usize,
+    free: usize,
+    stale: usize,
+    invalid: usize,
+    waiters: usize,
+    mixed_kinds: usize,
+    leaks_suspected: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Check {
+    ok: bool,
+    problems: Vec<String>,
+    max_wait_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    store: String,
+    db: Option<String>,
+    locks: Vec<Entry>,
+    summary: Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check: Option<Check>,
+}
+
+fn process(p: &Party) -> Process {
+    Process {
+        pid: p.pid,
+        command: p.command.clone(),
+        kind: p.kind.name(),
+        mode: if p.write { "write" } else { "read" },
     }
-    let store = args::store(store)?;
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs `goalkeeper locks`; returns the exit status.
+pub fn main(args: &LocksArgs) -> Result<u8, Failure> {
+    let trouble = |m: String| Failure::new(EXIT_TROUBLE, m);
+    let store = store_dir(&args.store.store).map_err(|f| trouble(f.message))?;
     // Opened before the store is read: a wrong --db is an error at once.
-    let db = match &db_file {
-        Some(f) => Some(open_db(f)?),
+    let mut db = match &args.db {
+        Some(f) => {
+            // A relative name is taken from the current directory, as a
+            // shell user expects; the library itself wants an absolute one.
+            let abs = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            Some(StoreDb::open(&abs).map_err(|e| trouble(format!("--db: {e}")))?)
+        }
         None => None,
     };
-    let mut entries = collect(&store)?;
-    if let Some(mut db) = db {
-        mark_validity(&store, &mut db, &mut entries)?;
+    let mut entries = collect(&store).map_err(trouble)?;
+    if let Some(db) = &mut db {
+        mark_in_db(&store, db, &mut entries).map_err(trouble)?;
     }
-    let db_name = db_file.as_deref();
-    if json {
-        print!("{}", to_json(&store, db_name, &entries).render());
+    let check = args.check.then(|| check(&entries, args));
+    let count = |s: State| entries.iter().filter(|e| e.state == s).count();
+    let summary = Summary {
+        total: entries.len(),
+        held: count(State::Held),
+        free: count(State::Free),
+        stale: count(State::Stale),
+        invalid: count(State::Invalid),
+        waiters: entries.iter().map(|e| e.waiters.len()).sum(),
+        mixed_kinds: entries.iter().filter(|e| e.mixed_kinds).count(),
+        leaks_suspected: db.as_ref().map(|_| {
+            entries
+                .iter()
+                .filter(|e| e.leak_suspected == Some(true))
+                .count()
+        }),
+    };
+    let report = Report {
+        store: store.to_string_lossy().into_owned(),
+        db: args.db.as_ref().map(|d| d.to_string_lossy().into_owned()),
+        locks: entries,
+        summary,
+        check,
+    };
+    if args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| trouble(e.to_string()))?;
+        println!("{text}");
     } else {
-        print!("{}", to_text(&store, db_name, &entries));
+        print!("{}", text(&report));
     }
-    Ok(0)
-}
-
-/// Opens the store database, or a failure naming the file and what is wrong.
-fn open_db(file: &Path) -> Result<StoreDb, Failure> {
-    // A relative name is taken from the current directory, as a shell user
-    // expects; the library itself wants an absolute one.
-    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
-    StoreDb::open(&abs).map_err(|e| fail(format!("--db: {e}")))
+    Ok(match &report.check {
+        Some(c) if !c.ok => EXIT_PROBLEM,
+        _ => 0,
+    })
 }
 
 /// Looks up every lock file's store path (`<store>/<name without .lock>`)
-/// in `ValidPaths`, from one read transaction.
-fn mark_validity(store: &Path, db: &mut StoreDb, entries: &mut [Entry]) -> Result<(), Failure> {
+/// in `ValidPaths` and `FailedPaths`.
+fn mark_in_db(store: &Path, db: &mut StoreDb, entries: &mut [Entry]) -> Result<(), String> {
     // The store path as the daemon registers it: absolute, with the store
     // directory as given (not resolved: /gnu/store may be a symlink, and the
     // database names paths under /gnu/store).
@@ -127,17 +209,18 @@ fn mark_validity(store: &Path, db: &mut StoreDb, entries: &mut [Entry]) -> Resul
         .iter()
         .map(|e| dir.join(&e.name[..e.name.len() - LOCK_SUFFIX.len()]))
         .collect();
-    let valid = db
-        .valid_paths(&paths)
-        .map_err(|e| fail(format!("--db: {e}")))?;
-    for (e, v) in entries.iter_mut().zip(valid) {
+    let valid = db.valid_paths(&paths).map_err(|e| format!("--db: {e}"))?;
+    let failed = db.failed_paths(&paths).map_err(|e| format!("--db: {e}"))?;
+    for ((e, v), f) in entries.iter_mut().zip(valid).zip(failed) {
         e.path_valid = Some(v);
+        e.path_failed = Some(f);
+        e.leak_suspected = Some((v || f) && e.state == State::Held);
     }
     Ok(())
 }
 
-fn collect(store: &Path) -> Result<Vec<Entry>, Failure> {
-    let dir = fs::read_dir(store).map_err(|e| fail(format!("{}: {e}", store.display())))?;
+fn collect(store: &Path) -> Result<Vec<Entry>, String> {
+    let dir = fs::read_dir(store).map_err(|e| format!("{}: {e}", store.display()))?;
     let mut files: Vec<(String, PathBuf)> = dir
         .flatten()
         .filter_map(|e| {
@@ -147,8 +230,7 @@ fn collect(store: &Path) -> Result<Vec<Entry>, Failure> {
         })
         .collect();
     files.sort();
-    let mut inspector =
-        Inspector::new().map_err(|e| fail(format!("cannot read /proc/locks: {e}")))?;
+    let mut inspector = Inspector::new().map_err(|e| format!("cannot read /proc/locks: {e}"))?;
     let infos = inspector.inspect_many(files.iter().map(|(_, p)| p.as_path()));
     let mut out = Vec::new();
     for ((name, path), info) in files.into_iter().zip(infos) {
@@ -156,6 +238,7 @@ fn collect(store: &Path) -> Result<Vec<Entry>, Failure> {
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
+        let info = info.unwrap_or_default();
         let invalid = (!meta.file_type().is_file()).then(|| {
             if meta.file_type().is_symlink() {
                 "a symbolic link (goalkeeper refuses to follow it)".to_string()
@@ -163,20 +246,106 @@ fn collect(store: &Path) -> Result<Vec<Entry>, Failure> {
                 "not a regular file".to_string()
             }
         });
+        let state = if info.is_held() {
+            State::Held
+        } else if invalid.is_some() {
+            State::Invalid
+        } else if meta.size() != 0 {
+            State::Stale
+        } else {
+            State::Free
+        };
+        let kinds = || info.holders.iter().map(|h| h.kind);
+        let mixed_kinds = kinds().any(|k| k == LockKind::Flock)
+            && kinds().any(|k| matches!(k, LockKind::Posix | LockKind::Ofd));
+        let file_age = if info.is_held() {
+            held::file_age(&path)
+        } else {
+            None
+        };
         out.push(Entry {
             name,
-            path,
+            path: path.to_string_lossy().into_owned(),
+            state,
+            kind: info.holders.first().map(|h| h.kind.name()),
+            stale_token: meta.size() != 0,
             size: meta.size(),
             inode: meta.ino(),
             invalid,
-            info: info.unwrap_or_default(),
+            holders: info
+                .holders
+                .iter()
+                .map(|h| {
+                    let bound = held::held_at_most(file_age, h.kind, h.pid);
+                    Holder {
+                        process: process(h),
+                        held_at_most_ms: bound.map(|(d, _)| ms(d)),
+                        held_bound: bound.map(|(_, b)| b),
+                    }
+                })
+                .collect(),
+            waiters: info
+                .waiters
+                .iter()
+                .map(|w| Waiter {
+                    process: process(w),
+                    blocked_ms: w.blocked_for.map(ms),
+                })
+                .collect(),
+            unreadable_processes: info.unreadable,
+            mixed_kinds,
             path_valid: None,
+            path_failed: None,
+            leak_suspected: None,
         });
     }
     Ok(out)
 }
 
-fn who(p: &Party) -> (String, String) {
+/// `--check`: what is wrong, one line each.
+fn check(entries: &[Entry], args: &LocksArgs) -> Check {
+    let mut problems = Vec::new();
+    for e in entries {
+        if e.leak_suspected == Some(true) {
+            let why = if e.path_valid == Some(true) {
+                "already valid"
+            } else {
+                "failed"
+            };
+            problems.push(format!(
+                "{}: held by {} on a path that is {why}: a leak is suspected",
+                e.name,
+                holders(e)
+            ));
+        }
+        if e.mixed_kinds {
+            problems.push(format!(
+                "{}: held through flock and fcntl at once (two lock protocols in one store)",
+                e.name
+            ));
+        }
+        if let Some(max) = args.max_wait {
+            for w in &e.waiters {
+                if w.blocked_ms.is_some_and(|b| b > ms(max)) {
+                    let (pid, _) = who(&w.process);
+                    problems.push(format!(
+                        "{}: pid {pid} blocked {} (more than --max-wait {})",
+                        e.name,
+                        human(w.blocked_ms.unwrap_or(0.0) / 1e3),
+                        human(max.as_secs_f64())
+                    ));
+                }
+            }
+        }
+    }
+    Check {
+        ok: problems.is_empty(),
+        problems,
+        max_wait_s: args.max_wait.map(|d| d.as_secs_f64()),
+    }
+}
+
+fn who(p: &Process) -> (String, String) {
     let pid = p.pid.map_or("?".to_string(), |p| p.to_string());
     // One line per entry: control characters (newlines in arguments) become spaces.
     let cmd = p
@@ -189,11 +358,17 @@ fn who(p: &Party) -> (String, String) {
     (pid, cmd)
 }
 
-fn blocked(p: &Party) -> String {
-    match p.blocked_for {
-        Some(d) => format!("blocked {}", human(d.as_secs_f64())),
-        None => "blocked for ? (not exposed by /proc)".to_string(),
-    }
+/// "pid 12 (cmd), pid 13 (cmd)".
+fn holders(e: &Entry) -> String {
+    let v: Vec<String> = e
+        .holders
+        .iter()
+        .map(|h| {
+            let (pid, cmd) = who(&h.process);
+            format!("pid {pid} ({cmd})")
+        })
+        .collect();
+    v.join(", ")
 }
 
 fn human(secs: f64) -> String {
@@ -203,270 +378,243 @@ fn human(secs: f64) -> String {
         format!("{:.1} ms", secs * 1e3)
     } else if secs < 120.0 {
         format!("{secs:.1} s")
-    } else {
+    } else if secs < 2.0 * 3600.0 {
         format!("{:.1} min", secs / 60.0)
+    } else {
+        format!("{:.1} h", secs / 3600.0)
     }
 }
 
-fn to_text(store: &Path, db: Option<&Path>, entries: &[Entry]) -> String {
+fn text(r: &Report) -> String {
     let mut s = String::new();
-    let width = entries
+    let with_db = r.db.is_some();
+    let width = r
+        .locks
         .iter()
         .map(|e| e.name.len())
         .max()
         .unwrap_or(4)
         .max(9);
-    // With --db, a VALID column: is the lock file's store path registered?
-    let valid_col = |e: Option<&Entry>| match (db, e.and_then(|e| e.path_valid)) {
-        (None, _) => String::new(),
-        (Some(_), Some(true)) => format!("{:<5}  ", "yes"),
-        (Some(_), Some(false)) => format!("{:<5}  ", "no"),
-        (Some(_), None) => format!("{:<5}  ", ""),
+    let pad = "";
+    // With --db, a VALID column: is the lock file's store path registered
+    // (yes), listed as failed (failed), or neither (no)?
+    let valid_col = |e: Option<&Entry>| match (with_db, e) {
+        (false, _) => String::new(),
+        (true, None) => format!("{pad:<6}  "),
+        (true, Some(e)) => {
+            let v = match (e.path_valid, e.path_failed) {
+                (Some(true), _) => "yes",
+                (_, Some(true)) => "failed",
+                _ => "no",
+            };
+            format!("{v:<6}  ")
+        }
     };
-    s.push_str(&format!(
-        "{:<width$}  {:<7}  {}{:<5}  {:>7}  COMMAND\n",
+    let _ = writeln!(
+        s,
+        "{:<width$}  {:<7}  {}{:<5}  {:>7}  {:<9}  COMMAND",
         "LOCK FILE",
         "STATE",
-        if db.is_some() { "VALID  " } else { "" },
+        if with_db { "VALID   " } else { "" },
         "KIND",
-        "PID"
-    ));
-    let mut counts = [0usize; 4];
-    let mut waiters = 0;
+        "PID",
+        "HELD FOR",
+    );
     let mut unreadable = 0;
-    let mut mixed = 0;
-    let mut leaks = 0;
-    for e in entries {
-        let state = e.state();
-        counts[match state {
-            "held" => 0,
-            "free" => 1,
-            "stale" => 2,
-            _ => 3,
-        }] += 1;
-        match e.info.holders.first() {
-            Some(_) => {
-                for (n, h) in e.info.holders.iter().enumerate() {
-                    let (pid, cmd) = who(h);
-                    let (name, st, vc) = if n == 0 {
-                        (e.name.as_str(), state, valid_col(Some(e)))
-                    } else {
-                        ("", "", valid_col(None))
-                    };
-                    s.push_str(&format!(
-                        "{name:<width$}  {st:<7}  {vc}{:<5}  {pid:>7}  {cmd}\n",
-                        h.kind.name()
-                    ));
+    let mut bounds: Vec<Bound> = Vec::new();
+    for e in &r.locks {
+        let state = e.state.name();
+        for (n, h) in e.holders.iter().enumerate() {
+            let (pid, cmd) = who(&h.process);
+            let (name, st, vc) = if n == 0 {
+                (e.name.as_str(), state, valid_col(Some(e)))
+            } else {
+                ("", "", valid_col(None))
+            };
+            let held = match h.held_at_most_ms {
+                Some(ms) => format!("≤ {}", human(ms / 1e3)),
+                None => "?".to_string(),
+            };
+            if let Some(b) = h.held_bound {
+                if !bounds.contains(&b) {
+                    bounds.push(b);
                 }
             }
-            None => {
-                let note = match (&e.invalid, state) {
-                    (Some(why), _) => why.clone(),
-                    (None, "stale") => format!(
-                        "deletion token present (size {}): left by a holder that deleted it",
-                        e.size
-                    ),
-                    _ => String::new(),
-                };
-                s.push_str(&format!(
-                    "{:<width$}  {state:<7}  {}{:<5}  {:>7}  {note}\n",
-                    e.name,
-                    valid_col(Some(e)),
-                    "-",
-                    "-"
-                ));
-            }
+            let _ = writeln!(
+                s,
+                "{name:<width$}  {st:<7}  {vc}{:<5}  {pid:>7}  {held:<9}  {cmd}",
+                h.process.kind
+            );
         }
-        if e.leak_suspected() == Some(true) {
-            leaks += 1;
-            let holders: Vec<String> = e
-                .info
-                .holders
-                .iter()
-                .map(|h| {
-                    let (pid, cmd) = who(h);
-                    format!("pid {pid} ({cmd})")
-                })
-                .collect();
-            let pad = "";
-            s.push_str(&format!(
-                "{pad:<width$}  LEAK SUSPECTED: this path is already valid (registered in the \
-                 store database),\n\
+        if e.holders.is_empty() {
+            let note = match (&e.invalid, e.state) {
+                (Some(why), _) => why.clone(),
+                (None, State::Stale) => format!(
+                    "deletion token present (size {}): left by a holder that deleted it",
+                    e.size
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "{:<width$}  {state:<7}  {}{:<5}  {:>7}  {:<9}  {note}",
+                e.name,
+                valid_col(Some(e)),
+                "-",
+                "-",
+                "-"
+            );
+        }
+        if e.leak_suspected == Some(true) {
+            let (what, should) = if e.path_valid == Some(true) {
+                (
+                    "this path is already valid (registered in the store database)",
+                    "A build that has finished should have released it (the symptom of Guix bug #31785)",
+                )
+            } else {
+                (
+                    "this path's build failed (listed in the store database's FailedPaths)",
+                    "A goal that stopped at a failed build should have released it (a cached failure \
+                     under guix-daemon --cache-failures)",
+                )
+            };
+            let _ = write!(
+                s,
+                "{pad:<width$}  LEAK SUSPECTED: {what},\n\
                  {pad:<width$}  yet its lock is still held by {}.\n\
-                 {pad:<width$}  A build that has finished should have released it (the symptom \
-                 of Guix bug #31785);\n\
+                 {pad:<width$}  {should};\n\
                  {pad:<width$}  clients waiting for this path wait until that process exits or \
                  releases the lock.\n",
-                holders.join(", "),
-            ));
+                holders(e),
+            );
         }
-        if e.mixed_kinds() {
-            mixed += 1;
-            s.push_str(&format!(
-                "{:<width$}  WARNING: held through flock AND through fcntl record locks at once. \
-                 These do not exclude each other,\n{:<width$}  so both holders think they own the \
+        if e.mixed_kinds {
+            let _ = writeln!(
+                s,
+                "{pad:<width$}  WARNING: held through flock AND through fcntl record locks at once. \
+                 These do not exclude each other,\n{pad:<width$}  so both holders think they own the \
                  path: this store is used with two lock protocols (e.g. Nix's flock and \
-                 guix-daemon's fcntl).\n",
-                "", ""
-            ));
+                 guix-daemon's fcntl)."
+            );
         }
-        if e.info.is_held() && e.size != 0 {
-            s.push_str(&format!(
-                "{:<width$}  (deletion token present: being deleted by its holder)\n",
-                ""
-            ));
+        if e.state == State::Held && e.size != 0 {
+            let _ = writeln!(
+                s,
+                "{pad:<width$}  (deletion token present: being deleted by its holder)"
+            );
         }
-        for w in &e.info.waiters {
-            waiters += 1;
-            let (pid, cmd) = who(w);
-            s.push_str(&format!(
-                "{:<width$}  {:<7}  {}{:<5}  {pid:>7}  {cmd}  [{}]\n",
+        for w in &e.waiters {
+            let (pid, cmd) = who(&w.process);
+            let blocked = match w.blocked_ms {
+                Some(ms) => format!("blocked {}", human(ms / 1e3)),
+                None => "blocked for ? (not exposed by /proc)".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "{:<width$}  {:<7}  {}{:<5}  {pid:>7}  {:<9}  {cmd}  [{blocked}]",
                 "  waiter",
                 "",
                 valid_col(None),
-                w.kind.name(),
-                blocked(w)
-            ));
+                w.process.kind,
+                ""
+            );
         }
-        if e.info
+        let unidentified = e
             .holders
             .iter()
-            .chain(&e.info.waiters)
-            .any(|p| p.pid.is_none())
-        {
-            unreadable = unreadable.max(e.info.unreadable);
+            .map(|h| &h.process)
+            .chain(e.waiters.iter().map(|w| &w.process))
+            .any(|p| p.pid.is_none());
+        if unidentified {
+            unreadable = unreadable.max(e.unreadable_processes);
         }
     }
-    s.push_str(&format!(
-        "{}: {} lock files: {} held, {} free, {} stale{}; {} waiting\n",
-        store.display(),
-        entries.len(),
-        counts[0],
-        counts[1],
-        counts[2],
-        if counts[3] > 0 {
-            format!(", {} invalid", counts[3])
+    let m = &r.summary;
+    let _ = writeln!(
+        s,
+        "{}: {} lock files: {} held, {} free, {} stale{}; {} waiting",
+        r.store,
+        m.total,
+        m.held,
+        m.free,
+        m.stale,
+        if m.invalid > 0 {
+            format!(", {} invalid", m.invalid)
         } else {
             String::new()
         },
-        waiters
-    ));
-    if mixed > 0 {
-        s.push_str(&format!(
-            "WARNING: {mixed} lock file(s) held through two kinds of lock at once (flock and \
-             fcntl); use one lock backend per store\n"
-        ));
+        m.waiters
+    );
+    if !bounds.is_empty() {
+        let words: Vec<&str> = bounds.iter().map(|b| b.words()).collect();
+        let _ = writeln!(
+            s,
+            "HELD FOR is an upper bound ({}): the kernel does not record when a lock was granted",
+            words.join("; or ")
+        );
     }
-    if let Some(db) = db {
-        if leaks > 0 {
-            s.push_str(&format!(
-                "WARNING: {leaks} lock(s) held on paths that are already valid in {}: finished \
+    if m.mixed_kinds > 0 {
+        let _ = writeln!(
+            s,
+            "WARNING: {} lock file(s) held through two kinds of lock at once (flock and \
+             fcntl); use one lock backend per store",
+            m.mixed_kinds
+        );
+    }
+    if let Some(db) = &r.db {
+        let held_on = |valid: bool| {
+            r.locks
+                .iter()
+                .filter(|e| e.leak_suspected == Some(true) && (e.path_valid == Some(true)) == valid)
+                .count()
+        };
+        let (valid, failed) = (held_on(true), held_on(false));
+        if valid > 0 {
+            let _ = writeln!(
+                s,
+                "WARNING: {valid} lock(s) held on paths that are already valid in {db}: finished \
                  builds that kept their locks (Guix bug #31785; see LEAK SUSPECTED above). Clients \
-                 waiting for those paths wait until the holding process exits.\n",
-                db.display()
-            ));
-        } else {
-            s.push_str(&format!(
-                "no lock is held on a path that is already valid in {}\n",
-                db.display()
-            ));
+                 waiting for those paths wait until the holding process exits."
+            );
+        }
+        if failed > 0 {
+            let _ = writeln!(
+                s,
+                "WARNING: {failed} lock(s) held on paths whose build failed (FailedPaths in {db}): \
+                 goals that stopped at a failure and kept their locks (see LEAK SUSPECTED above). \
+                 Clients waiting for those paths wait until the holding process exits."
+            );
+        }
+        if valid + failed == 0 {
+            let _ = writeln!(
+                s,
+                "no lock is held on a path that is already valid or failed in {db}"
+            );
         }
     }
     if unreadable > 0 {
-        s.push_str(&format!(
-            "some holders or waiters could not be identified: {unreadable} processes were not readable (run as root to see them)\n"
-        ));
+        let _ = writeln!(
+            s,
+            "some holders or waiters could not be identified: {unreadable} processes were not \
+             readable (run as root to see them)"
+        );
     }
-    s
-}
-
-fn party_json(p: &Party, waiter: bool) -> Json {
-    let mut v = vec![
-        ("pid", Json::from(p.pid)),
-        ("command", Json::from(p.command.clone())),
-        ("kind", Json::Str(p.kind.name().into())),
-        (
-            "mode",
-            Json::Str(if p.write { "write" } else { "read" }.into()),
-        ),
-    ];
-    if waiter {
-        v.push((
-            "blocked_ms",
-            p.blocked_for
-                .map_or(Json::Null, |d| Json::Num(d.as_secs_f64() * 1e3)),
-        ));
+    if let Some(c) = &r.check {
+        if r.db.is_none() {
+            let _ = writeln!(
+                s,
+                "check: no --db, so locks outliving their builds were not looked for"
+            );
+        }
+        if c.ok {
+            let _ = writeln!(s, "check: OK");
+        } else {
+            for p in &c.problems {
+                let _ = writeln!(s, "check: PROBLEM: {p}");
+            }
+            let _ = writeln!(s, "check: {} problem(s)", c.problems.len());
+        }
     }
-    Json::Obj(v)
-}
-
-fn to_json(store: &Path, db: Option<&Path>, entries: &[Entry]) -> Json {
-    let opt_bool = |v: Option<bool>| v.map_or(Json::Null, Json::Bool);
-    let locks = entries
-        .iter()
-        .map(|e| {
-            Json::Obj(vec![
-                ("name", Json::Str(e.name.clone())),
-                ("path", Json::Str(e.path.to_string_lossy().into_owned())),
-                ("state", Json::Str(e.state().into())),
-                ("kind", e.kind().map_or(Json::Null, |k| Json::Str(k.into()))),
-                ("stale_token", Json::Bool(e.size != 0)),
-                ("size", Json::Int(e.size as i64)),
-                ("inode", Json::Int(e.inode as i64)),
-                ("invalid", Json::from(e.invalid.clone())),
-                (
-                    "holders",
-                    Json::Arr(
-                        e.info
-                            .holders
-                            .iter()
-                            .map(|p| party_json(p, false))
-                            .collect(),
-                    ),
-                ),
-                (
-                    "waiters",
-                    Json::Arr(e.info.waiters.iter().map(|p| party_json(p, true)).collect()),
-                ),
-                ("unreadable_processes", Json::Int(e.info.unreadable as i64)),
-                ("mixed_kinds", Json::Bool(e.mixed_kinds())),
-                ("path_valid", opt_bool(e.path_valid)),
-                ("leak_suspected", opt_bool(e.leak_suspected())),
-            ])
-        })
-        .collect();
-    let count = |st: &str| Json::Int(entries.iter().filter(|e| e.state() == st).count() as i64);
-    let leaks = db.map(|_| {
-        entries
-            .iter()
-            .filter(|e| e.leak_suspected() == Some(true))
-            .count() as i64
-    });
-    Json::Obj(vec![
-        ("store", Json::Str(store.to_string_lossy().into_owned())),
-        (
-            "db",
-            Json::from(db.map(|d| d.to_string_lossy().into_owned())),
-        ),
-        ("locks", Json::Arr(locks)),
-        (
-            "summary",
-            Json::Obj(vec![
-                ("total", Json::Int(entries.len() as i64)),
-                ("held", count("held")),
-                ("free", count("free")),
-                ("stale", count("stale")),
-                ("invalid", count("invalid")),
-                (
-                    "waiters",
-                    Json::Int(entries.iter().map(|e| e.info.waiters.len()).sum::<usize>() as i64),
-                ),
-                (
-                    "mixed_kinds",
-                    Json::Int(entries.iter().filter(|e| e.mixed_kinds()).count() as i64),
-                ),
-                ("leaks_suspected", leaks.map_or(Json::Null, Json::Int)),
-            ]),
-        ),
-    ])
+    // Empty last columns leave trailing blanks.
+    s.lines().map(|l| l.trim_end().to_string() + "\n").collect()
 }
