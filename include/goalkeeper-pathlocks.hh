@@ -1,24 +1,26 @@
 /*
  * goalkeeper-pathlocks.hh: a drop-in for guix-daemon's PathLocks
- * (nix/libstore/pathlocks.hh), implemented on goalkeeper's C ABI.
+ * (nix/libstore/pathlocks.hh), implemented on goalkeeper's C ABI, with what
+ * the daemon needs to end Guix bug #31785: locks owned by goals and
+ * released when the goal finishes, and lock waits its select() loop can
+ * wait on. doc/migrating-guix-daemon.md (in goalkeeper's source tree)
+ * walks through every edit of the daemon.
  *
- * Header-only C++17 (it also compiles as C++20); link with -lgoalkeeper
- * (`pkg-config --cflags --libs goalkeeper`). The daemon migrates its store
- * path locks with two declarations in namespace nix, where pathlocks.hh
- * declared the class and pathIsLockedByMe():
+ * Header-only C++17; link with -lgoalkeeper (`pkg-config --cflags --libs
+ * goalkeeper`). In pathlocks.hh, the include goes at the top, outside any
+ * namespace, and two declarations replace the class and pathIsLockedByMe()
+ * inside namespace nix:
  *
  *     #include <goalkeeper-pathlocks.hh>
+ *     namespace nix {
  *     typedef goalkeeper::compat::PathLocks PathLocks;
  *     using goalkeeper::compat::pathIsLockedByMe;
+ *     }
  *
  * pathIsLockedByMe() must move together with the class: guix-daemon's own
  * version looks in the set of lock files its PathLocks took, which this
- * class never fills, and DerivationGoal::tryToBuild asks it before
- * lockPaths() so that a goal whose outputs another goal of the same process
- * holds waits for that goal instead of hitting the self-lock error.
- * openLockFile(), lockFile() and deleteLockFile() stay: they serve the GC
- * lock, the build-user pool and the temporary roots, which are not store
- * path locks.
+ * class never fills. openLockFile(), lockFile() and deleteLockFile() stay:
+ * they serve the GC lock, the build-user pool and the temporary roots.
  *
  * What stays as in guix-daemon (the same signatures over std::set<std::string>):
  *
@@ -26,106 +28,98 @@
  *     a busy path makes it return false, holding nothing. With `wait`, the
  *     first time it finds a path busy it prints `waitMsg` (unless empty),
  *     once, then blocks until it holds every path.
- *   - A path this process already holds (through any PathLocks, a
- *     goalkeeper::LockSet or a goalkeeper scheduler goal) is never locked
- *     again and never waited for: lockPaths() throws goalkeeper::error with
- *     status errc::held_by_this_process, whose what() contains guix-daemon's
- *     words "deadlock: trying to re-acquire self-held lock". It is a
- *     programming error of the caller, like guix-daemon's Error; it is not
- *     contention, so it is not the `false` of a busy path.
- *   - setDeletion(true) makes unlock() delete the lock files. The flag
- *     belongs to the object and survives unlock() and later lockPaths()
- *     calls, as in guix-daemon.
- *   - unlock() on an object that holds nothing does nothing. In a fork
- *     child that inherited a PathLocks, unlock() and the destructor only
- *     forget the parent's locks (the child never held them, as with POSIX
- *     locks); the parent keeps them.
- *   - The lock files are guix-daemon's (P.lock, whole-file record locks);
+ *   - A path this process already holds is never locked again and never
+ *     waited for: lockPaths() throws goalkeeper::error with status
+ *     errc::held_by_this_process, whose what() contains guix-daemon's words
+ *     "deadlock: trying to re-acquire self-held lock".
+ *   - setDeletion(true) makes unlock() delete the lock files; the flag
+ *     belongs to the object and survives unlock() and later lockPaths().
+ *   - unlock() on an object that holds nothing does nothing; so does the
+ *     destructor. A fork child's inherited object never touches its
+ *     parent's locks.
+ *   - The lock files are guix-daemon's (P.lock, whole-file record locks):
  *     goalkeeper's OFD locks and guix-daemon's POSIX fcntl locks exclude
- *     each other, so old and new daemons can share a store during the
- *     migration, and either side survives the other's deletion of a lock
- *     file (README, "Lock-file protocol").
+ *     each other, so old and new daemons can share a store.
  *
  * What is defined where guix-daemon asserts or leaves it open:
  *
  *   - lockPaths() on an object that already holds locks throws
- *     goalkeeper::error (errc::invalid_state) and keeps what it holds
- *     (guix-daemon: assert(fds.empty())).
- *   - lockPaths() with an empty set returns true and holds nothing.
- *   - Errors are goalkeeper::error (a std::system_error; code() is in the
- *     goalkeeper category, what() names the path). set_error_hook() lets
- *     the daemon translate them into its own type (nix::Error), so that
- *     its `catch (Error &)` sites keep reporting lock failures to the
- *     client instead of ending the connection.
- *   - unlock() releases every lock even when it throws: an exception then
- *     means a lock file could not be deleted (it stays, unlocked).
- *   - Not copyable (a copy would release the same locks twice); movable.
+ *     errc::invalid_state and keeps what it holds; with an empty set it
+ *     returns true and holds nothing.
+ *   - Errors are goalkeeper::error, passed through the error hook first
+ *     (below), so that the daemon can throw its own nix::Error instead.
+ *   - unlock() releases every lock even when it throws (a lock file could
+ *     not be deleted; it stays, unlocked).
+ *   - While lockPaths() waits, it never holds one path while blocking on
+ *     another (it gives back what it took and blocks on the busy path
+ *     alone), so a waiter cannot be part of a cycle of waits.
+ *   - Not copyable; movable.
  *
- * The one behavioural change: a PathLocks destroyed while it still holds
- * locks reports it through goalkeeper's safety net
- * (goalkeeper::set_safety_net_handler; default: one line on stderr), then
- * releases them as guix-daemon's destructor does (deleting the lock files
- * if setDeletion(true) was called). Release explicitly with unlock(): in
- * guix-daemon a lock lived as long as the object holding it, and goal
- * objects outlive their work, which is Guix bug #31785. The scoped uses in
- * local-store.cc (addToStore, addTextToStore, importPath: lock, check
- * validity, write, setDeletion(true), end of scope) should call unlock()
- * before the end of the scope, or each of them is reported.
+ * Lock lifetime follows the goal (G1). In guix-daemon a lock lived as long
+ * as the object holding it, and goal objects outlive their work: a goal
+ * that finished on a path that forgot unlock() kept its locks until the
+ * whole request ended, and other clients waited for them (#31785; today
+ * the --cache-failures path still does it). Here:
  *
- * Waiting for several paths (G2): guix-daemon locks the sorted paths one
- * by one and, in wait mode, blocks on a busy path while HOLDING the paths
- * before it. This class never holds one lock while blocking on another:
- * on contention it gives back what it took, blocks on the busy path alone
- * and then tries the whole set again (goalkeeper's gk_lockset_acquire).
- * When lockPaths() returns, the caller sees the same result as with
- * guix-daemon: true with every path held, false (no wait) with none held,
- * or an exception with none held (guix-daemon could throw while holding
- * the first paths, which its destructor released later). What changes is
- * only what happens while it waits: other processes can use the paths
- * this call does not hold yet, instead of queueing behind a waiter, and a
- * waiter cannot be part of a cycle of waits (with peers that do not sort,
- * or with a self-held path further down the list). Neither version queues
- * waiters fairly: a waiter can be overtaken on a path it does not hold, in
- * guix-daemon on the paths after the busy one, here on any of them.
+ *   - A GoalScope around a goal's work() makes that goal the owner of every
+ *     PathLocks that takes locks on this thread meanwhile.
+ *   - goalFinished(goal, name), called when the goal finishes
+ *     (Goal::amDone, before its waiters are told), releases every lock the
+ *     goal still holds, deleting the lock files where setDeletion(true) was
+ *     called, and reports each, naming the goal (set_goal_report_sink;
+ *     default: one line on stderr). That report is the only one: it is the
+ *     #31785 shape, a lock still held after its owner finished.
+ *   - Everything else is quiet: a lock released by unlock(), by the end of
+ *     its scope (local-store.cc's addTextToStore, addToStoreFromDump,
+ *     importPath), by stack unwinding, or by the destructor of a goal whose
+ *     work was abandoned (a client that hung up). A PathLocks whose locks
+ *     were released at its goal's end holds nothing afterwards.
  *
- * Hooks (process-wide, atomic; set them once at start-up):
+ * Waiting from the daemon's select() loop (G4): when lockPaths(paths, "",
+ * false) returns false, lockWait() gives a goalkeeper::LockWait whose fd()
+ * becomes readable when those paths' locks may be free (released, or their
+ * lock files deleted), whoever holds them (an old guix-daemon's POSIX locks
+ * included). The goal retries then, instead of after pollInterval (5 s).
  *
- *   - set_wait_message_sink(): where the wait message goes. Default: the
- *     message and a newline on stderr, flushed. guix-daemon printed it with
- *     printMsg(lvlError, waitMsg), which the daemon routes to the client:
- *         set_wait_message_sink([](const std::string &m) { printMsg(lvlError, m); });
+ * Hooks (process-wide, atomic; set them once at start-up, e.g. in
+ * pathlocks.cc):
+ *
  *   - set_error_hook(): sees every goalkeeper::error before it is thrown
- *     and may throw the daemon's own exception instead:
+ *     and may throw the daemon's own type, so that nix-daemon.cc's
+ *     catch (Error &) answers the client (an insecure store, a lock file
+ *     that is not ours):
  *         set_error_hook([](const goalkeeper::error &e) { throw Error(e.what()); });
- *   - set_interrupt_check(): a blocking lockPaths() calls it before it
- *     locks and, while it waits, every `period` (default 100 ms); whatever
- *     it throws ends the wait, holding nothing. guix-daemon's lockPaths()
- *     called checkInterrupt(), and its blocking F_SETLKW returned on the
- *     daemon's SIGINT/SIGPOLL; goalkeeper's blocking wait restarts after
- *     signals, so without this hook a client that hangs up leaves the
- *     daemon child waiting until the lock is free. With it, the wait is a
- *     series of bounded waits (gk_lockset_acquire_timeout); an interrupted
- *     one leaves goalkeeper's helper thread blocked on the busy path until
- *     that path is free, when it takes the lock and drops it at once (the
- *     next wait for the same path reuses that thread):
+ *   - set_wait_message_sink(): where lockPaths()'s wait message goes.
+ *     Default: stderr. guix-daemon printed it with printMsg(lvlError, ...).
+ *   - set_interrupt_check(): a blocking lockPaths() calls it while it waits
+ *     (every 100 ms by default); whatever it throws ends the wait, holding
+ *     nothing. guix-daemon's F_SETLKW returned on the daemon's SIGPOLL;
+ *     goalkeeper's wait restarts after signals, so set
  *         set_interrupt_check([] { checkInterrupt(); });
+ *   - set_goal_report_sink(): where goalFinished()'s reports go.
  *
  * Thread safety: like guix-daemon's, one object is not safe to use from
- * two threads at once; different objects are (the library's registry is).
+ * two threads at once; different objects are. The current goal of a
+ * GoalScope is per thread.
  */
 
 #ifndef GOALKEEPER_PATHLOCKS_HH
 #define GOALKEEPER_PATHLOCKS_HH
 
+#include "goalkeeper.hpp"
+
+#if defined(__cplusplus) && __cplusplus >= 201703L
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <mutex>
 #include <set>
 #include <string>
 #include <utility>
-
-#include "goalkeeper.hpp"
+#include <vector>
 
 namespace goalkeeper {
 namespace compat {
@@ -133,8 +127,9 @@ namespace compat {
 /// guix-daemon's PathSet: a sorted set of absolute store paths.
 typedef std::set<std::string> PathSet;
 
-/// Receives the wait message of a lockPaths() that has to wait. It may
-/// throw; lockPaths() then throws it, holding nothing.
+/// Receives a line of text: lockPaths()'s wait message, goalFinished()'s
+/// report. A wait-message sink may throw; lockPaths() then throws it,
+/// holding nothing. A report sink must not throw.
 using wait_message_sink = void (*)(const std::string &message);
 
 /// Sees every goalkeeper::error before PathLocks or pathIsLockedByMe()
@@ -146,16 +141,23 @@ using error_hook = void (*)(const goalkeeper::error &e);
 /// stop the wait, throw (nothing is held then).
 using interrupt_check = void (*)();
 
+class PathLocks;
+
 namespace detail {
 
-inline void wait_message_to_stderr(const std::string &message) {
+inline void line_to_stderr(const std::string &message) {
   std::fwrite(message.data(), 1, message.size(), stderr);
   std::fputc('\n', stderr);
   std::fflush(stderr);
 }
 
 inline std::atomic<wait_message_sink> &wait_sink() noexcept {
-  static std::atomic<wait_message_sink> sink{&wait_message_to_stderr};
+  static std::atomic<wait_message_sink> sink{&line_to_stderr};
+  return sink;
+}
+
+inline std::atomic<wait_message_sink> &report_sink() noexcept {
+  static std::atomic<wait_message_sink> sink{&line_to_stderr};
   return sink;
 }
 
@@ -196,12 +198,35 @@ inline std::string join(const PathSet &paths) {
   return s;
 }
 
+/// The goal whose work runs on this thread (GoalScope), or nullptr.
+inline const void *&current_goal() noexcept {
+  thread_local const void *goal = nullptr;
+  return goal;
+}
+
+/// Every PathLocks that holds locks for a goal, with its goal.
+struct Owned {
+  std::mutex mutex;
+  std::vector<std::pair<const void *, PathLocks *>> locks;
+};
+
+inline Owned &owned() noexcept {
+  static Owned o;
+  return o;
+}
+
 } // namespace detail
 
 /// Replaces the wait-message sink (default: the message and a newline on
 /// stderr); nullptr silences it. Returns the previous one.
 inline wait_message_sink set_wait_message_sink(wait_message_sink sink) noexcept {
   return detail::wait_sink().exchange(sink);
+}
+
+/// Replaces where goalFinished() reports a goal that finished holding locks
+/// (default: one line on stderr); nullptr silences it. Returns the previous one.
+inline wait_message_sink set_goal_report_sink(wait_message_sink sink) noexcept {
+  return detail::report_sink().exchange(sink);
 }
 
 /// Replaces the error hook (default: none); nullptr removes it. Returns the
@@ -240,8 +265,24 @@ inline bool pathIsLockedByMe(const std::string &path) {
   });
 }
 
+/// Makes `goal` (any address that names the goal, e.g. the Goal object)
+/// the owner of every PathLocks that takes locks on this thread while this
+/// object lives: put one around a goal's work(). Nests (restores the
+/// previous goal).
+class GoalScope {
+public:
+  explicit GoalScope(const void *goal) noexcept
+      : previous_(std::exchange(detail::current_goal(), goal)) {}
+  GoalScope(const GoalScope &) = delete;
+  GoalScope &operator=(const GoalScope &) = delete;
+  ~GoalScope() { detail::current_goal() = previous_; }
+
+private:
+  const void *previous_;
+};
+
 /// guix-daemon's PathLocks over goalkeeper lock sets (see the top of this
-/// file for what is kept, what is defined, and the one change).
+/// file for what is kept, what is defined, and what changes).
 class PathLocks {
 public:
   /// Holds nothing; deletion off.
@@ -255,40 +296,36 @@ public:
   PathLocks(const PathLocks &) = delete;
   PathLocks &operator=(const PathLocks &) = delete;
 
-  /// Takes over `other`'s locks and deletion flag; `other` holds nothing.
-  PathLocks(PathLocks &&other) noexcept
-      : handle_(std::exchange(other.handle_, 0)), paths_(std::move(other.paths_)),
-        deletePaths_(other.deletePaths_) {
-    other.paths_.clear();
-  }
+  /// Takes over `other`'s locks, owner and deletion flag; `other` holds nothing.
+  PathLocks(PathLocks &&other) noexcept { take(other); }
 
-  /// Releases what this object holds (reported, as by the destructor), then
-  /// takes over `other`'s locks and deletion flag.
+  /// Releases what this object holds (quietly, as the destructor), then
+  /// takes over `other`'s locks, owner and deletion flag.
   PathLocks &operator=(PathLocks &&other) noexcept {
     if (this != &other) {
-      safety_net_release();
-      handle_ = std::exchange(other.handle_, 0);
-      paths_ = std::move(other.paths_);
-      other.paths_.clear();
-      deletePaths_ = other.deletePaths_;
+      release_quietly();
+      take(other);
     }
     return *this;
   }
 
-  /// Releases locks still held, honouring setDeletion(), and reports that
-  /// through goalkeeper's safety net: release explicitly with unlock().
-  ~PathLocks() { safety_net_release(); }
+  /// Releases locks still held, honouring setDeletion(), as guix-daemon's
+  /// destructor does. Quiet: scopes, stack unwinding and abandoned goals
+  /// end this way; a goal that finished holding locks is reported by
+  /// goalFinished() instead, which released them already.
+  ~PathLocks() { release_quietly(); }
 
   /// Locks every path of `paths`, in sorted order, all or nothing.
   ///
   /// Without `wait`: false when another process holds one of them (nothing
-  /// is held then). With `wait`: prints `waitMsg` once if it has to wait,
-  /// then blocks until all are held, never holding one while blocking on
-  /// another. Throws goalkeeper::error (through the error hook), holding
-  /// nothing new: errc::held_by_this_process for a path this process
-  /// already holds ("deadlock: trying to re-acquire self-held lock"),
-  /// errc::invalid_state if this object already holds locks,
-  /// errc::invalid_path for a relative or malformed path, and the
+  /// is held then; lockWait() gives a wait for them). With `wait`: prints
+  /// `waitMsg` once if it has to wait, then blocks until all are held,
+  /// never holding one while blocking on another. Inside a GoalScope, the
+  /// locks belong to that goal. Throws goalkeeper::error (through the
+  /// error hook), holding nothing new: errc::held_by_this_process for a
+  /// path this process already holds ("deadlock: trying to re-acquire
+  /// self-held lock"), errc::invalid_state if this object already holds
+  /// locks, errc::invalid_path for a relative or malformed path, and the
   /// library's other errors (permissions, symlinks, insecure store, ...).
   bool lockPaths(const PathSet &paths, const std::string &waitMsg = "", bool wait = true) {
     return detail::translating([&] { return lock_paths(paths, waitMsg, wait); });
@@ -308,6 +345,17 @@ public:
 
   // -- Not in guix-daemon's class -------------------------------------------
 
+  /// A wait for the paths of the last lockPaths(paths, waitMsg, false) that
+  /// returned false: its fd() becomes readable when their locks may be free
+  /// (then call lockPaths() again; it may find them busy again). Empty (no
+  /// descriptor) when the last lockPaths() did not return false. Throws as
+  /// lockPaths().
+  [[nodiscard]] goalkeeper::LockWait lockWait() const {
+    if (busy_.empty())
+      return {};
+    return detail::translating([&] { return goalkeeper::LockWait(busy_); });
+  }
+
   /// The paths held (empty when nothing is held).
   [[nodiscard]] const PathSet &paths() const noexcept { return paths_; }
 
@@ -319,6 +367,8 @@ public:
   [[nodiscard]] gk_lockset handle() const noexcept { return handle_; }
 
 private:
+  friend std::size_t goalFinished(const void *goal, const std::string &name) noexcept;
+
   bool lock_paths(const PathSet &paths, const std::string &waitMsg, bool wait) {
     static const char *const function = "PathLocks::lockPaths";
     if (handle_ != 0)
@@ -326,6 +376,7 @@ private:
                               "this PathLocks already holds " + detail::join(paths_) +
                                   "; unlock() it before locking " + detail::join(paths) +
                                   " (guix-daemon asserts here)");
+    busy_.clear();
     if (paths.empty())
       return true;
     // Every allocation happens before the locks are taken, so nothing can
@@ -338,8 +389,10 @@ private:
     gk_lockset h = 0;
     gk_status s = gk_lockset_try_acquire(c.data(), c.size(), GK_BACKEND_OFD, &h);
     if (s == GK_BUSY) {
-      if (!wait)
+      if (!wait) {
+        busy_.swap(copy);
         return false;
+      }
       if (!waitMsg.empty())
         if (wait_message_sink sink = detail::wait_sink().load())
           sink(waitMsg);
@@ -350,6 +403,16 @@ private:
                               std::string("deadlock: trying to re-acquire self-held lock: ") +
                                   gk_last_error_message());
     goalkeeper::detail::check(s, function);
+    if (const void *goal = detail::current_goal()) {
+      try {
+        std::lock_guard<std::mutex> g(detail::owned().mutex);
+        detail::owned().locks.emplace_back(goal, this);
+      } catch (...) {
+        (void)gk_lockset_release(h); // out of memory: hold nothing
+        throw;
+      }
+      owner_ = goal;
+    }
     handle_ = h;
     paths_.swap(copy);
     return true;
@@ -371,9 +434,37 @@ private:
     }
   }
 
+  /// Forgets the owner (under the registry's mutex).
+  void disown() noexcept {
+    if (!owner_)
+      return;
+    std::lock_guard<std::mutex> g(detail::owned().mutex);
+    auto &v = detail::owned().locks;
+    v.erase(std::remove(v.begin(), v.end(), std::make_pair(owner_, this)), v.end());
+    owner_ = nullptr;
+  }
+
+  void take(PathLocks &other) noexcept {
+    handle_ = std::exchange(other.handle_, 0);
+    paths_ = std::move(other.paths_);
+    other.paths_.clear();
+    busy_ = std::move(other.busy_);
+    other.busy_.clear();
+    deletePaths_ = other.deletePaths_;
+    owner_ = std::exchange(other.owner_, nullptr);
+    if (owner_) {
+      std::lock_guard<std::mutex> g(detail::owned().mutex);
+      for (auto &e : detail::owned().locks)
+        if (e.second == &other)
+          e.second = this;
+    }
+  }
+
   void release() {
+    busy_.clear();
     if (handle_ == 0)
       return;
+    disown();
     gk_lockset h = std::exchange(handle_, 0);
     paths_.clear();
     gk_status d = GK_OK;
@@ -395,41 +486,65 @@ private:
                               dmsg + " (the locks were released; their lock files were kept)");
   }
 
-  void safety_net_release() noexcept {
-    if (handle_ == 0)
-      return;
-    gk_lockset h = handle_;
-    gk_status c = gk_lockset_check(h);
-    if (c == GK_ERROR_WRONG_PROCESS || c == GK_ERROR_STALE_HANDLE) {
-      handle_ = 0; // a fork child's copy, or a set that no longer exists
-      paths_.clear();
-      return;
-    }
-    try {
-      std::string held = "it held " + detail::join(paths_) +
-                         (deletePaths_ ? "; its lock files are deleted (setDeletion)"
-                                       : "; its lock files are kept");
-      goalkeeper::detail::report_safety_net("PathLocks", h, held.c_str());
-    } catch (...) {
-      goalkeeper::detail::report_safety_net("PathLocks", h, "it held locks");
-    }
+  /// release() that reports nothing and never throws (the destructor).
+  void release_quietly() noexcept {
     try {
       release();
-    } catch (const std::exception &e) {
-      goalkeeper::detail::report_safety_net("PathLocks", h, e.what());
     } catch (...) {
-      goalkeeper::detail::report_safety_net("PathLocks", h, "release failed");
+      // The locks are released; a lock file that could not be deleted
+      // stays, unlocked, as with guix-daemon's destructor.
     }
-    handle_ = 0;
-    paths_.clear();
   }
 
   gk_lockset handle_ = 0;
   PathSet paths_;
+  PathSet busy_;
   bool deletePaths_ = false;
+  const void *owner_ = nullptr;
 };
+
+/// The goal `goal` (as given to GoalScope) has finished: call it before
+/// its waiters are told (Goal::amDone). Every lock a PathLocks of that goal
+/// still holds is released now, deleting the lock files where
+/// setDeletion(true) was called, and reported through the goal report sink
+/// with the goal's `name`: a lock still held when its goal finishes is the
+/// #31785 shape. Returns how many PathLocks it released (0 when the goal
+/// released everything itself). Never throws.
+inline std::size_t goalFinished(const void *goal, const std::string &name) noexcept {
+  std::vector<PathLocks *> left;
+  {
+    std::lock_guard<std::mutex> g(detail::owned().mutex);
+    for (auto &e : detail::owned().locks)
+      if (e.first == goal)
+        try {
+          left.push_back(e.second);
+        } catch (...) {
+          // Out of memory: this one is released by its destructor.
+        }
+  }
+  for (PathLocks *l : left) {
+    try {
+      std::string what = "goalkeeper: " + name + " finished holding the lock on " +
+                         detail::join(l->paths_) + "; released it now, before its waiters were "
+                         "told (" + (l->deletePaths_ ? "lock files deleted" : "lock files kept") +
+                         "): a lock must be released when its goal finishes (Guix bug #31785)";
+      try {
+        l->release();
+      } catch (const std::exception &e) {
+        what += "; releasing it: ";
+        what += e.what();
+      }
+      if (wait_message_sink sink = detail::report_sink().load())
+        sink(what);
+    } catch (...) {
+      l->release_quietly();
+    }
+  }
+  return left.size();
+}
 
 } // namespace compat
 } // namespace goalkeeper
 
+#endif /* C++17 */
 #endif /* GOALKEEPER_PATHLOCKS_HH */

@@ -5,9 +5,13 @@
  * other host):
  *
  *   - goalkeeper::error, a std::system_error whose code() is in the
- *     goalkeeper error category (goalkeeper::errc mirrors gk_status) and
- *     whose what() carries the library's message (gk_last_error_message);
+ *     goalkeeper error category (goalkeeper::errc mirrors gk_status; codes
+ *     compare equal to the std::errc conditions that fit, e.g.
+ *     std::errc::permission_denied) and whose what() carries the library's
+ *     message (gk_last_error_message) and the status's name;
  *   - move-only owners: goalkeeper::LockSet (a set of store path locks),
+ *     goalkeeper::LockWait (a descriptor for the host's poll loop that
+ *     becomes readable when busy locks may be free),
  *     goalkeeper::Worker (the goal scheduler, driven by a pull loop:
  *     next_event() / report(), or their batched forms add_goals(),
  *     next_events() / report_many(), with fd() for the host's poll loop;
@@ -27,7 +31,8 @@
  * G1-G7 and the items S3, S9 cited below are defined in doc/design.md in
  * goalkeeper's source tree).
  * The destructors release too, but only as a safety net, and they report
- * it (see set_safety_net_handler). Why: in guix-daemon, a PathLocks object
+ * it (see set_safety_net_handler), unless the object is destroyed by stack
+ * unwinding: releasing on an exception is what RAII is for. Why: in guix-daemon, a PathLocks object
  * releases its locks in its destructor, so a lock lives as long as the
  * object that holds it, and goal objects outlive their work (kept alive by
  * shared pointers from other goals and from the worker). A goal that had
@@ -45,6 +50,10 @@
 
 #ifndef GOALKEEPER_HPP
 #define GOALKEEPER_HPP
+
+#if !defined(__cplusplus) || __cplusplus < 201703L
+#error "goalkeeper.hpp needs C++17 or later (compile with -std=c++17); C callers include goalkeeper.h"
+#else
 
 #include <atomic>
 #include <chrono>
@@ -109,13 +118,71 @@ namespace detail {
 class category_impl final : public std::error_category {
 public:
   const char *name() const noexcept override { return "goalkeeper"; }
+
+  /// What the status means, in words (status_name() gives its C name).
   std::string message(int value) const override {
-    return gk_status_name(static_cast<std::int32_t>(value));
+    switch (static_cast<errc>(value)) {
+    case errc::ok: return "success";
+    case errc::busy: return "the lock is held by another process";
+    case errc::held_by_this_process: return "the lock is already held by this process";
+    case errc::timed_out: return "the wait timed out";
+    case errc::null_pointer: return "a required pointer is null";
+    case errc::invalid_path: return "invalid store path";
+    case errc::invalid_argument: return "invalid argument";
+    case errc::stale_handle: return "the handle was released, freed or never issued";
+    case errc::wrong_process: return "the handle belongs to the parent of this fork child";
+    case errc::buffer_too_small: return "the output buffer is too small";
+    case errc::invalid_state: return "not allowed in the object's current state";
+    case errc::io: return "input/output error";
+    case errc::permission_denied: return "permission denied";
+    case errc::symlink: return "the lock file is a symbolic link";
+    case errc::name_too_long: return "file name too long";
+    case errc::no_space: return "no space left on device";
+    case errc::deadlock: return "the kernel reported a lock deadlock";
+    case errc::stale_lock_file: return "the lock file kept being deleted under us";
+    case errc::insecure_store: return "the store directory is writable by others without the sticky bit";
+    case errc::foreign_lock_file: return "the lock file is not one goalkeeper may use";
+    case errc::store_db_missing: return "the store database does not exist";
+    case errc::store_db_not_sqlite: return "the store database is not an SQLite database";
+    case errc::store_db_no_valid_paths: return "the store database has no ValidPaths table";
+    case errc::store_db_locked: return "the store database stayed locked by a writer";
+    case errc::store_db_unreadable: return "the store database cannot be read";
+    case errc::store_db: return "store database error";
+    case errc::invariant_violation: return "a ledger invariant does not hold";
+    case errc::scheduler_deadlock: return "the scheduler cannot progress";
+    case errc::panic: return "internal error in goalkeeper";
+    }
+    return "unknown goalkeeper status " + std::to_string(value);
+  }
+
+  /// The portable condition (std::errc) a status stands for, where one fits:
+  /// `e == std::errc::permission_denied` works on a goalkeeper error code.
+  std::error_condition default_error_condition(int value) const noexcept override {
+    switch (static_cast<errc>(value)) {
+    case errc::busy: return std::errc::resource_unavailable_try_again;
+    case errc::held_by_this_process:
+    case errc::deadlock: return std::errc::resource_deadlock_would_occur;
+    case errc::timed_out: return std::errc::timed_out;
+    case errc::null_pointer:
+    case errc::invalid_path:
+    case errc::invalid_argument: return std::errc::invalid_argument;
+    case errc::stale_handle: return std::errc::bad_file_descriptor;
+    case errc::buffer_too_small: return std::errc::result_out_of_range;
+    case errc::io: return std::errc::io_error;
+    case errc::permission_denied: return std::errc::permission_denied;
+    case errc::symlink: return std::errc::too_many_symbolic_link_levels;
+    case errc::name_too_long: return std::errc::filename_too_long;
+    case errc::no_space: return std::errc::no_space_on_device;
+    case errc::store_db_missing: return std::errc::no_such_file_or_directory;
+    case errc::store_db_locked: return std::errc::device_or_resource_busy;
+    default: return std::error_condition(value, *this);
+    }
   }
 };
 } // namespace detail
 
-/// The goalkeeper error category: its messages are the status names.
+/// The goalkeeper error category: message() says what a status means, and
+/// codes compare equal to the std::errc conditions that fit them.
 [[nodiscard]] inline const std::error_category &error_category() noexcept {
   static const detail::category_impl category;
   return category;
@@ -138,10 +205,11 @@ public:
 class error : public std::system_error {
 public:
   error(errc status, const std::string &function, std::string message)
-      : std::system_error(make_error_code(status),
-                          function + ": " + message + " [" +
-                              status_name(status) + "]"),
-        message_(std::move(message)) {}
+      : std::system_error(make_error_code(status)), message_(std::move(message)),
+        what_(function + ": " + message_ + " [" + status_name(status) + "]") {}
+
+  /// "<function>: <message> [<STATUS>]", the status named once.
+  const char *what() const noexcept override { return what_.c_str(); }
 
   /// The status, as an errc.
   [[nodiscard]] errc status() const noexcept {
@@ -155,6 +223,7 @@ public:
 
 private:
   std::string message_;
+  std::string what_;
 };
 
 namespace detail {
@@ -428,6 +497,9 @@ public:
 
   /// Closes the database; throws errc::stale_handle when already closed.
   void close() {
+    if (handle_ == 0)
+      throw error(errc::stale_handle, "goalkeeper::StoreDb::close",
+                  "this store database was already closed (or moved from)");
     gk_store_db h = std::exchange(handle_, 0);
     detail::check(gk_store_db_free(h), "gk_store_db_free");
   }
@@ -580,8 +652,12 @@ public:
   /// Releases every lock (deleting the lock files if asked) and empties
   /// this object. The locks are released even when it throws: errc::no_space
   /// or errc::io then mean a lock file could not be deleted. Releasing an
-  /// empty (moved-from or released) set throws errc::stale_handle.
+  /// empty (moved-from or released) set throws errc::stale_handle, "already
+  /// released".
   void release() {
+    if (handle_ == 0)
+      throw error(errc::stale_handle, "goalkeeper::LockSet::release",
+                  "this lock set was already released (or moved from, or never held)");
     gk_lockset h = std::exchange(handle_, 0);
     detail::check(gk_lockset_release(h), "gk_lockset_release");
   }
@@ -624,7 +700,9 @@ private:
       return;
     gk_status s = gk_lockset_release(h);
     // A stale handle or a fork parent's set: this object held nothing here.
-    if (s == GK_ERROR_STALE_HANDLE || s == GK_ERROR_WRONG_PROCESS)
+    // Stack unwinding is what RAII is for: not a lost lock.
+    if (s == GK_ERROR_STALE_HANDLE || s == GK_ERROR_WRONG_PROCESS ||
+        std::uncaught_exceptions() > 0)
       return;
     detail::report_safety_net("lock set", h,
                               s == GK_OK ? "its locks were released"
@@ -634,6 +712,83 @@ private:
   gk_lockset handle_ = 0;
 };
 
+
+// ---------------------------------------------------------------------------
+// LockWait
+
+/// A wait, for an event loop, until the locks of some store paths may be
+/// free (gk_lock_wait): fd() becomes readable, and stays readable, once each
+/// path's lock was seen free since the wait began (its holder released it
+/// or deleted its lock file). It holds nothing: then retry the non-blocking
+/// acquisition (LockSet::try_acquire, or PathLocks::lockPaths(..., false));
+/// if another process was quicker, wait again. Works whoever holds the
+/// locks: guix-daemon (POSIX locks) and goalkeeper with Backend::ofd, Nix
+/// with Backend::flock.
+///
+/// Move-only; the destructor frees the wait (fired or not; nothing to
+/// report, since it holds nothing). An empty LockWait (default, moved-from)
+/// has no descriptor.
+class [[nodiscard]] LockWait {
+public:
+  /// Waits for nothing; fd() is -1.
+  LockWait() noexcept = default;
+
+  /// Starts waiting for `paths`. Throws errc::held_by_this_process if this
+  /// process holds one of them (the wait would never end), and the path
+  /// errors of LockSet::try_acquire.
+  template <class Range,
+            std::enable_if_t<detail::is_path_range<Range>::value, int> = 0>
+  explicit LockWait(const Range &paths, Backend backend = Backend::ofd) {
+    detail::c_paths p(paths, "gk_lock_wait_new");
+    detail::check(gk_lock_wait_new(p.data(), p.size(),
+                                   static_cast<std::uint32_t>(backend), &handle_),
+                  "gk_lock_wait_new");
+    std::int32_t fd = -1;
+    gk_status s = gk_lock_wait_fd(handle_, &fd);
+    if (s != GK_OK) {
+      (void)gk_lock_wait_free(std::exchange(handle_, 0));
+      detail::check(s, "gk_lock_wait_fd");
+    }
+    fd_ = fd;
+  }
+  explicit LockWait(std::initializer_list<std::string_view> paths,
+                    Backend backend = Backend::ofd)
+      : LockWait(std::vector<std::string_view>(paths), backend) {}
+
+  LockWait(const LockWait &) = delete;
+  LockWait &operator=(const LockWait &) = delete;
+  LockWait(LockWait &&other) noexcept
+      : handle_(std::exchange(other.handle_, 0)), fd_(std::exchange(other.fd_, -1)) {}
+  LockWait &operator=(LockWait &&other) noexcept {
+    if (this != &other) {
+      free_quietly();
+      handle_ = std::exchange(other.handle_, 0);
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  ~LockWait() { free_quietly(); }
+
+  /// The descriptor to poll for reading (-1 when empty). It belongs to the
+  /// wait; never read or close it.
+  [[nodiscard]] int fd() const noexcept { return fd_; }
+
+  /// The raw handle (0 when empty); still owned by this object.
+  [[nodiscard]] gk_lock_wait handle() const noexcept { return handle_; }
+
+  /// Whether this object waits for something.
+  explicit operator bool() const noexcept { return handle_ != 0; }
+
+private:
+  void free_quietly() noexcept {
+    if (handle_ != 0)
+      (void)gk_lock_wait_free(std::exchange(handle_, 0));
+    fd_ = -1;
+  }
+
+  gk_lock_wait handle_ = 0;
+  int fd_ = -1;
+};
 
 // ---------------------------------------------------------------------------
 // Worker: the goal scheduler, driven by a pull loop
@@ -1117,6 +1272,9 @@ public:
   /// Frees the worker. Unfinished goals are cancelled and everything they
   /// hold is released. Throws errc::stale_handle when already closed.
   void close() {
+    if (handle_ == 0)
+      throw error(errc::stale_handle, "goalkeeper::Worker::close",
+                  "this worker was already closed (or moved from)");
     gk_worker h = std::exchange(handle_, 0);
     detail::check(gk_worker_free(h), "gk_worker_free");
   }
@@ -1385,7 +1543,9 @@ private:
     gk_audit a{};
     bool audited = gk_worker_audit(h, &a) == GK_OK;
     gk_status s = gk_worker_free(h);
-    if (s == GK_ERROR_STALE_HANDLE || s == GK_ERROR_WRONG_PROCESS)
+    // Stack unwinding abandons the worker's goals on purpose: not reported.
+    if (s == GK_ERROR_STALE_HANDLE || s == GK_ERROR_WRONG_PROCESS ||
+        std::uncaught_exceptions() > 0)
       return;
     if (s != GK_OK) {
       detail::report_safety_net("worker", h, gk_last_error_message());
@@ -1422,4 +1582,5 @@ template <> struct hash<goalkeeper::Goal> {
 };
 } // namespace std
 
+#endif /* C++17 */
 #endif /* GOALKEEPER_HPP */

@@ -246,3 +246,57 @@ fn cxx_readme_pathlocks() {
         "aaa-hello: built, 0 lock(s) held",
     );
 }
+
+/// A pre-C++17 compiler meets one clear #error in each C++ header, not a
+/// hundred errors from inside them.
+#[test]
+fn cxx_headers_need_cxx17_and_say_so() {
+    let target = "x86_64-unknown-linux-gnu";
+    let tool = cc::Build::new()
+        .cpp(true)
+        .target(target)
+        .host(target)
+        .opt_level(0)
+        .cargo_metadata(false)
+        .get_compiler();
+    let mut failures = Vec::new();
+    for header in ["goalkeeper.hpp", "goalkeeper-pathlocks.hh"] {
+        for std in ["-std=c++11", "-std=c++14"] {
+            let out = tool
+                .to_command()
+                .args([std, "-fsyntax-only", "-x", "c++", "-I"])
+                .arg(root().join("include"))
+                .arg("-")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin
+                        .take()
+                        .expect("stdin")
+                        .write_all(format!("#include <{header}>\n").as_bytes())?;
+                    c.wait_with_output()
+                })
+                .expect("run the C++ compiler");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let errors = stderr.lines().filter(|l| l.contains(": error:")).count();
+            if out.status.success() || errors != 1 || !stderr.contains("needs C++17") {
+                failures.push(format!("{header} with {std}: {errors} errors:\n{stderr}"));
+            }
+        }
+    }
+    common::record_suite(
+        "tests/cxx.rs: the C++ headers under C++11 and C++14",
+        failures.is_empty(),
+        4 - failures.len() as u64,
+        failures.len() as u64,
+        "one #error each",
+    );
+    assert!(
+        failures.is_empty(),
+        "want one #error naming C++17:\n{}",
+        failures.join("\n")
+    );
+}

@@ -65,9 +65,29 @@ void test_versions_and_errors() {
         "unknown status");
   std::error_code ec = gk::errc::timed_out;
   CHECK(ec.category().name() == std::string("goalkeeper"), "category name");
-  CHECK(ec.message() == "GK_TIMED_OUT", "message %s", ec.message().c_str());
+  CHECK(ec.message() == "the wait timed out", "message() is text: %s", ec.message().c_str());
   CHECK(ec == gk::make_error_code(gk::errc::timed_out) && ec != gk::errc::busy,
         "comparisons");
+  // Portable conditions where one fits; none where none does.
+  CHECK(gk::make_error_code(gk::errc::permission_denied) == std::errc::permission_denied &&
+            ec == std::errc::timed_out &&
+            gk::make_error_code(gk::errc::busy) == std::errc::resource_unavailable_try_again &&
+            gk::make_error_code(gk::errc::held_by_this_process) ==
+                std::errc::resource_deadlock_would_occur &&
+            gk::make_error_code(gk::errc::no_space) == std::errc::no_space_on_device &&
+            gk::make_error_code(gk::errc::invalid_path) == std::errc::invalid_argument,
+        "codes compare equal to the std::errc conditions that fit");
+  CHECK(gk::make_error_code(gk::errc::permission_denied) != std::errc::no_space_on_device &&
+            gk::make_error_code(gk::errc::insecure_store) != std::errc::permission_denied &&
+            gk::make_error_code(gk::errc::insecure_store).default_error_condition().category() ==
+                gk::error_category(),
+        "and to no other");
+  for (int v : {0, 1, 2, 3, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 23, 24, 25, 26, 27, 28, 30,
+                31, 40, 41, 42, 43, 44, 45, 99}) {
+    std::string m = gk::error_category().message(v);
+    CHECK(!m.empty() && m.find("GK_") == std::string::npos && m.find("unknown") == std::string::npos,
+          "status %d has a message in words: '%s'", v, m.c_str());
+  }
   // The thread-local message follows the last call.
   (void)gk::held_count();
   CHECK(gk::last_error_message().empty(), "cleared after a success");
@@ -77,6 +97,8 @@ void test_versions_and_errors() {
   CHECK(w.find("relative/x") != std::string::npos, "message names the path: %s", w.c_str());
   CHECK(w.find("gk_path_is_locked_by_me") != std::string::npos, "names the function");
   CHECK(w.find("[GK_ERROR_INVALID_PATH]") != std::string::npos, "names the status");
+  CHECK(w.find("GK_ERROR_INVALID_PATH") == w.rfind("GK_ERROR_INVALID_PATH"),
+        "names it once: %s", w.c_str());
   CHECK(!gk::last_error_message().empty(), "set after a failure");
   log("versions and errors ok: goalkeeper %s ABI %u", std::string(gk::version()).c_str(),
       gk::abi_version());
@@ -146,7 +168,9 @@ void test_error_paths() {
   gk::LockSet s = gk::LockSet::acquire({a});
   gk_lockset h = s.handle();
   s.release();
-  expect_error(gk::errc::stale_handle, [&] { s.release(); }, "double release (wrapper)");
+  std::string twice = expect_error(gk::errc::stale_handle, [&] { s.release(); },
+                                   "double release (wrapper)");
+  CHECK(twice.find("already released") != std::string::npos, "says so: %s", twice.c_str());
   expect_error(gk::errc::stale_handle, [&] { gk::LockSet::adopt(h).release(); },
                "double release of the raw handle");
   gk::LockSet stale = gk::LockSet::adopt(h);
@@ -324,6 +348,24 @@ void test_fork_child() {
   log("fork child ok");
 }
 
+void test_lock_wait() {
+  const std::string a = sp("aaaa-wait");
+  gk::LockWait none;
+  CHECK(!none && none.fd() == -1, "an empty wait has no descriptor");
+  gk::LockSet s = gk::LockSet::acquire({a});
+  std::string w = expect_error(gk::errc::held_by_this_process, [&] { gk::LockWait x({a}); },
+                               "a wait for a path this process holds");
+  CHECK(w.find(a) != std::string::npos, "names the path: %s", w.c_str());
+  s.release();
+  gk::LockWait free_now({a});
+  pollfd pfd{free_now.fd(), POLLIN, 0};
+  CHECK(free_now && poll(&pfd, 1, 10000) == 1, "a free path: readable");
+  gk::LockWait moved = std::move(free_now);
+  CHECK(!free_now && moved.fd() == pfd.fd, "moves carry the wait");
+  expect_error(gk::errc::invalid_path, [] { gk::LockWait x({"relative"}); }, "relative path");
+  log("lock wait ok");
+}
+
 void test_safety_net() {
   auto previous = gk::set_safety_net_handler(&count_safety_net);
   const std::string a = sp("aaaa-net"), b = sp("bbbb-net");
@@ -344,6 +386,20 @@ void test_safety_net() {
     released.release();
   }
   CHECK(g_safety_net_calls == 2, "an explicit release leaves nothing to the destructor");
+  // Stack unwinding releases quietly: that is what RAII is for.
+  bool caught = false;
+  try {
+    gk::LockSet held = gk::LockSet::acquire({a});
+    gk::Worker w;
+    (void)w.add_goal(gk::GoalKind::build, {b});
+    (void)w.next_event(); // the goal runs, holding b
+    throw std::runtime_error("a build error");
+  } catch (const std::runtime_error &) {
+    caught = true;
+  }
+  CHECK(caught && !gk::is_locked_by_me(a) && !gk::is_locked_by_me(b),
+        "unwinding released the set and the worker's goal");
+  CHECK(g_safety_net_calls == 2, "and reported nothing (%d)", g_safety_net_calls);
   gk::set_safety_net_handler(previous);
   log("safety net ok");
 }
@@ -932,6 +988,7 @@ int main(int argc, char **argv) {
   test_timeout_and_busy();
   test_fork_child();
   test_safety_net();
+  test_lock_wait();
   test_worker_basics();
   test_worker_failures_and_predicates();
   test_worker_foreign_wait_and_safety_net();

@@ -16,8 +16,14 @@
 //              nothing while it blocks (G2: the earlier path stays free);
 //   stderr     the default wait-message sink: the message and a newline on
 //              stderr, once; nothing when it does not have to wait;
-//   net        a destructor that still holds locks reports it through the
-//              safety net, then releases (honouring setDeletion);
+//   quiet      destructors release quietly (honouring setDeletion): scope
+//              ends, stack unwinding, abandoned goals are not leaks;
+//   goal end   a GoalScope makes a goal own the locks taken in it;
+//              goalFinished() releases and reports those it still holds
+//              (the has-become-valid and cached-failure paths without
+//              unlock()), naming the goal; tidy goals are not reported;
+//   lock wait  lockWait() after a busy no-wait lockPaths() gives a
+//              descriptor that fires when the other process releases;
 //   errors     relative / NUL paths, self re-locks (through PathLocks and
 //              goalkeeper::LockSet; wait mode never blocks on itself),
 //              lockPaths on a holding object, the error hook;
@@ -392,34 +398,156 @@ void test_default_sink() {
   log("stderr ok: the default sink printed the message once, with a newline");
 }
 
-void test_safety_net() {
+// Goal-end reports (set_goal_report_sink).
+std::vector<std::string> g_reports;
+void record_report(const std::string &m) { g_reports.push_back(m); }
+
+void test_quiet_destructor() {
   auto previous = gk::set_safety_net_handler(&record_net);
+  auto previous_sink = gk::compat::set_goal_report_sink(&record_report);
   const std::string p = sp("ffff-net"), q = sp("ffff-net-del");
   {
-    PathLocks forgotten({p});
+    PathLocks scoped({p}); // local-store.cc's shape: lock, work, end of scope
     CHECK(pathIsLockedByMe(p), "held");
-  } // reported, released, lock file kept
-  CHECK(g_net_calls == 1 && g_net_what == "PathLocks", "reported once (%d, %s)", g_net_calls,
-        g_net_what.c_str());
-  CHECK(g_net_detail.find(p) != std::string::npos, "the report names the path: %s",
-        g_net_detail.c_str());
+  }
   CHECK(!pathIsLockedByMe(p) && exists(p + ".lock"), "released, lock file kept");
   CHECK(other_process_can_lock({p}, true), "free for another process");
   {
-    PathLocks forgotten({q});
-    forgotten.setDeletion(true);
-  } // reported, released with deletion, as guix-daemon's destructor unlock()s
-  CHECK(g_net_calls == 2 && g_net_detail.find("deleted") != std::string::npos,
-        "reported with deletion: %s", g_net_detail.c_str());
-  CHECK(!pathIsLockedByMe(q) && !exists(q + ".lock"), "released and deleted");
-  {
-    PathLocks explicit_release({p});
-    explicit_release.unlock();
-    PathLocks never_locked;
+    PathLocks scoped({q});
+    scoped.setDeletion(true);
   }
-  CHECK(g_net_calls == 2, "explicit unlock() and empty objects are not reported");
+  CHECK(!pathIsLockedByMe(q) && !exists(q + ".lock"), "released and deleted, as guix-daemon");
+  bool caught = false;
+  try {
+    PathLocks unwound({p});
+    throw std::runtime_error("a build error");
+  } catch (const std::runtime_error &) {
+    caught = true;
+  }
+  CHECK(caught && !pathIsLockedByMe(p), "stack unwinding released it");
+  {
+    gk::compat::GoalScope scope(&caught); // a goal abandoned, never finished
+    PathLocks of_abandoned_goal({p});
+  }
+  CHECK(!pathIsLockedByMe(p), "an abandoned goal's lock is released by its destructor");
+  CHECK(g_net_calls == 0 && g_reports.empty(),
+        "none of these is a leak: nothing reported (%d, %zu)", g_net_calls, g_reports.size());
   gk::set_safety_net_handler(previous);
-  log("net ok: a destructor holding locks reports, then releases (deletion honoured)");
+  gk::compat::set_goal_report_sink(previous_sink);
+  log("quiet ok: scope ends, deletion on destruction, unwinding, abandoned goals: no report");
+}
+
+// A goal as in build.cc: an object whose output locks are a member, run
+// inside a GoalScope, ending with goalFinished() (Goal::amDone).
+struct Goal {
+  std::string name;
+  PathLocks outputLocks;
+  void finish() { gk::compat::goalFinished(this, name); }
+};
+
+void test_goal_end() {
+  auto previous_sink = gk::compat::set_goal_report_sink(&record_report);
+  g_reports.clear();
+  const std::string p = sp("gggg-beaten"), q = sp("gggg-cached"), r = sp("gggg-scoped");
+
+  // "Someone beat us to it" without unlock() (Guix commit 78da6951787 reverted).
+  auto beaten = std::make_shared<Goal>();
+  beaten->name = "building of `gggg-beaten.drv'";
+  {
+    gk::compat::GoalScope scope(beaten.get());
+    CHECK(beaten->outputLocks.lockPaths({p}, "", false), "locks its output");
+    beaten->outputLocks.setDeletion(true);
+    PathLocks inner({r}); // a scoped lock inside the goal's work: released at its end
+  }
+  CHECK(pathIsLockedByMe(p) && !pathIsLockedByMe(r), "the goal holds its output lock");
+  beaten->finish();
+  CHECK(!pathIsLockedByMe(p) && !exists(p + ".lock"),
+        "goalFinished released it with deletion, while the goal object lives on");
+  CHECK(g_reports.size() == 1, "reported once (%zu)", g_reports.size());
+  CHECK(g_reports[0].find(beaten->name) != std::string::npos &&
+            g_reports[0].find(p) != std::string::npos &&
+            g_reports[0].find("deleted") != std::string::npos,
+        "the report names the goal, the path and the deletion: %s", g_reports[0].c_str());
+  CHECK(beaten->outputLocks.empty(), "the PathLocks holds nothing now");
+  beaten->outputLocks.unlock(); // quiet, no error
+  beaten.reset();
+  CHECK(g_reports.size() == 1, "its later unlock() and destructor are quiet");
+
+  // --cache-failures: the output failed before; the goal returns without unlock().
+  Goal cached{"building of `gggg-cached.drv'", {}};
+  {
+    gk::compat::GoalScope scope(&cached);
+    CHECK(cached.outputLocks.lockPaths({q}, "", false), "locks its output");
+  }
+  PathLocks moved(std::move(cached.outputLocks)); // ownership follows a move
+  cached.finish();
+  CHECK(!pathIsLockedByMe(q) && exists(q + ".lock") && other_process_can_lock({q}),
+        "released (lock file kept: no setDeletion) and free for another process");
+  CHECK(g_reports.size() == 2 && g_reports[1].find("gggg-cached") != std::string::npos &&
+            g_reports[1].find("kept") != std::string::npos,
+        "reported: %s", g_reports.back().c_str());
+  CHECK(moved.empty(), "the moved-to object holds nothing");
+
+  // A goal that unlocks itself: nothing to do, nothing reported.
+  Goal tidy{"building of `gggg-tidy.drv'", {}};
+  PathLocks outside({r}); // no scope: nobody's
+  {
+    gk::compat::GoalScope scope(&tidy);
+    CHECK(tidy.outputLocks.lockPaths({p}, "", false), "locks");
+    {
+      gk::compat::GoalScope nested(&cached);
+    }
+    tidy.outputLocks.setDeletion(true);
+    tidy.outputLocks.unlock();
+    CHECK(tidy.outputLocks.lockPaths({q}, "", false), "locks again (nested scope restored)");
+    tidy.outputLocks.unlock();
+  }
+  CHECK(gk::compat::goalFinished(&tidy, tidy.name) == 0, "nothing left to release");
+  CHECK(gk::compat::goalFinished(&cached, cached.name) == 0, "a goal finished twice: nothing");
+  CHECK(pathIsLockedByMe(r), "a lock taken outside any goal belongs to no goal");
+  outside.unlock();
+  CHECK(g_reports.size() == 2, "no report for goals that released their locks");
+  gk::compat::set_goal_report_sink(previous_sink);
+  log("goal end ok: a finished goal's forgotten locks are released at once, reported by "
+      "name; tidy goals are not reported");
+}
+
+void test_lock_wait() {
+  const std::string p = sp("jjjj-wait"), q = sp("jjjj-free");
+  Bus up, down;
+  pid_t other = fork();
+  CHECK(other >= 0, "fork");
+  if (other == 0) {
+    up.keep_write();
+    down.keep_read();
+    PathLocks held;
+    CHECK(held.lockPaths({p}, "", false), "child locks p");
+    up.send("holding");
+    auto cmd = down.next(clock::now() + kLimit);
+    CHECK(cmd && *cmd == "release", "no release");
+    held.setDeletion(true);
+    held.unlock();
+    _exit(0);
+  }
+  up.keep_read();
+  down.keep_write();
+  up.wait_for([](const std::string &l) { return l == "holding"; }, kLimit, "holding");
+  PathLocks pl;
+  CHECK(!pl.lockWait(), "no wait before a failed lockPaths");
+  CHECK(!pl.lockPaths({p, q}, "", false), "busy");
+  gk::LockWait w = pl.lockWait();
+  CHECK(w && w.fd() >= 0, "a wait for the busy set");
+  pollfd pfd{w.fd(), POLLIN, 0};
+  CHECK(poll(&pfd, 1, 100) == 0, "not readable while the other process holds p");
+  CHECK(other_process_can_lock({q}), "the wait holds nothing");
+  down.send("release");
+  CHECK(poll(&pfd, 1, static_cast<int>(kLimit.count())) == 1, "readable after the release");
+  CHECK(exited_ok(wait_child(other, kLimit, "holder")), "holder");
+  CHECK(pl.lockPaths({p, q}, "", false), "the retry locks both");
+  CHECK(!pl.lockWait(), "no wait after a successful lockPaths");
+  pl.setDeletion(true);
+  pl.unlock();
+  log("lock wait ok: lockWait()'s descriptor fires when the other process releases");
 }
 
 struct DaemonError : std::runtime_error {
@@ -629,7 +757,9 @@ int main(int argc, char **argv) {
     test_busy_holds_nothing();
     test_wait_mode();
     test_default_sink();
-    test_safety_net();
+    test_quiet_destructor();
+    test_goal_end();
+    test_lock_wait();
     test_errors();
     test_misc();
     test_interrupt(); // last: it leaves a helper thread behind
