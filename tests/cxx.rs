@@ -300,3 +300,20 @@ fn cxx_headers_need_cxx17_and_say_so() {
         failures.join("\n")
     );
 }
+
+/// A model of guix-daemon's worker (shared_ptr goals, a top-level list,
+/// waitForAWhile and a select() loop, the has-become-valid path without
+/// unlock()) running Guix's store-deadlock scenario, scaled down, as three
+/// processes: the old loop polls for every contended lock and deadlocks
+/// without the unlock; the migrated loop (goalkeeper-pathlocks.hh) finishes,
+/// never wakes on a timer, and names each goal that finished holding a lock.
+#[test]
+fn cxx_daemon_model() {
+    build_and_run(
+        "daemon_model",
+        &["daemon_model.cc", "legacy_pathlocks.cc"],
+        &[],
+        Duration::from_secs(120),
+        "daemon_model: all passed",
+    );
+}
