@@ -198,7 +198,7 @@ fn cxx_mixed_store() {
 fn cxx_readme_example() {
     build_and_run(
         "readme_example",
-        &["readme_example.cc"],
+        &["../../examples/hello.cc"],
         &[],
         Duration::from_secs(60),
         "ccc-hello: built",

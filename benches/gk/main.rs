@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench gk               run everything, print the table,
 //!                                      write target/bench/results.json
-//! cargo bench --bench gk -- --table    render README.md's performance table
+//! cargo bench --bench gk -- --table    render doc/performance.md's table
 //!                                      from target/bench/results.json
 //! ```
 //!
@@ -218,7 +218,7 @@ fn fs_type(p: &Path) -> String {
         .map_or("unknown fs".into(), |(_, t)| t)
 }
 
-/// Replaces the table between the markers in README.md with one rendered
+/// Replaces the table between the markers in doc/performance.md with one rendered
 /// from target/bench/results.json.
 fn write_table() {
     let dir = out_dir();
@@ -228,15 +228,15 @@ fn write_table() {
     let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("results.json");
     let context = std::fs::read_to_string(dir.join("context.txt")).unwrap_or_default();
     let table = report::markdown(&rows, context.trim());
-    let readme = root().join("README.md");
-    let old = std::fs::read_to_string(&readme).expect("README.md");
+    let page = root().join("doc/performance.md");
+    let old = std::fs::read_to_string(&page).expect("doc/performance.md");
     let (Some(b), Some(e)) = (old.find(BEGIN), old.find(END)) else {
-        panic!("README.md lacks the markers {BEGIN} … {END}");
+        panic!("doc/performance.md lacks the markers {BEGIN} … {END}");
     };
     let new = format!("{}{BEGIN}\n{table}{}", &old[..b], &old[e..]);
-    std::fs::write(&readme, new).expect("write README.md");
+    std::fs::write(&page, new).expect("write doc/performance.md");
     eprintln!(
-        "README.md: performance table updated from {}",
+        "doc/performance.md: performance table updated from {}",
         path.display()
     );
 }

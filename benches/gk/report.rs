@@ -253,7 +253,7 @@ fn ratio(v: &Value) -> String {
     v.as_f64().map_or("—".into(), |x| format!("{x:.2}"))
 }
 
-/// The Markdown table for the README, from the rows of `results.json`.
+/// The Markdown table of doc/performance.md, from the rows of `results.json`.
 pub fn markdown(rows: &[Value], context: &str) -> String {
     let mut s = String::new();
     s.push_str(

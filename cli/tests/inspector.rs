@@ -1208,3 +1208,54 @@ fn locks_check_exits_non_zero_on_a_leak_or_a_long_wait() {
     assert_eq!(o.status.code(), Some(2));
     drop((waiter, holder, leak));
 }
+
+/// The README's operator example (`examples/operator.sh`, shown verbatim by
+/// README.md: tests/readme.rs) runs as written, in a temporary store
+/// instead of /tmp/gk-store: every command is accepted (no usage error),
+/// the build holds its locks while `locks` looks, the waiter runs after
+/// it, and the JSON lists both lock files, free at the end. (Whether the
+/// waiter is already blocked when `locks` looks depends on the script's
+/// `sleep 1`, so the check's status is not asserted here.)
+#[test]
+fn the_readme_operator_example_runs() {
+    let s = TempStore::new();
+    let script = std::fs::read_to_string(root().join("examples/operator.sh"))
+        .unwrap()
+        .replace("/tmp/gk-store", s.dir().to_str().unwrap());
+    let bin = Path::new(env!("CARGO_BIN_EXE_goalkeeper"))
+        .parent()
+        .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = run_bounded(
+        Command::new("bash")
+            .args(["-c", &script])
+            .env("PATH", path)
+            .env_remove("NIX_STORE_DIR"),
+        LIMIT,
+    );
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(!err.contains("Usage:") && !err.contains("error:"), "{err}");
+    let table = out
+        .lines()
+        .skip_while(|l| !l.starts_with("LOCK FILE"))
+        .take(6)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        table.contains("aaa-hello.lock      held") && table.contains("bbb-hello-doc.lock  held"),
+        "{out}"
+    );
+    assert!(out.contains("check: exit status "), "{out}");
+    assert!(out.contains("got aaa-hello after the build"), "{out}");
+    assert!(
+        out.ends_with(
+            "      \"name\": \"aaa-hello.lock\",\n      \"state\": \"free\",\n      \
+             \"name\": \"bbb-hello-doc.lock\",\n      \"state\": \"free\",\n"
+        ),
+        "{out}"
+    );
+}

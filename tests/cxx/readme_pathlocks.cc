@@ -13,7 +13,7 @@ using goalkeeper::compat::pathIsLockedByMe;        //   instead of its pathIsLoc
 
 int main(int argc, char **argv) try {
   using namespace nix;
-  std::string store = argc > 1 ? argv[1] : "/tmp/gk-store"; // must exist, mode 0700 or 1777
+  std::string store = argc > 1 ? argv[1] : "/tmp/gk-store"; // must exist; see README "Store directories"
   PathSet outputs = {store + "/aaa-hello", store + "/aaa-hello-doc"};
   PathLocks outputLocks;                            // DerivationGoal::tryToBuild, reduced:
   for (auto &o : outputs)
