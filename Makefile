@@ -10,10 +10,14 @@
 #   make demo       run the #31785 demonstration (demo/31785.scm); ARGS=--legacy-hold
 #                   shows the invariant check catching the old daemon's lock lifetime,
 #                   ARGS=--exists-validity a waiter taking a half-built output
-#   make install    install under PREFIX (default /usr/local)
+#   make check-install  install into a temporary prefix and build and run the
+#                   README's examples from it (C, C++ with pkg-config and CMake, Guile, the CLI)
+#   make install    install under PREFIX (default /usr/local): bin/goalkeeper and its
+#                   man pages, the library, headers, goalkeeper.pc, the CMake package,
+#                   the Guile modules (see below); make uninstall removes them
 #   make header     regenerate include/goalkeeper.h with cbindgen
 #   make bench      run the benchmarks (prints a table, writes target/bench/results.json)
-#   make bench-table  render README.md's performance table from target/bench/results.json
+#   make bench-table  write doc/performance.md's table from target/bench/results.json
 #
 # make demo, make check and make check-sanitize first install the system
 # packages they need (the list is build-aux/deps) with apt-get when run as
@@ -21,16 +25,20 @@
 
 CARGO      ?= cargo
 PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
+MANDIR     ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+CMAKEDIR   ?= $(LIBDIR)/cmake/goalkeeper
 DESTDIR    ?=
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
+MINOR   := $(word 2,$(subst ., ,$(VERSION)))
 RELEASE_LIB := target/release/libgoalkeeper.so
 
-.PHONY: all build check check-sanitize check-valgrind miri soak header demo demo-run install uninstall clean bench bench-table
+.PHONY: all build man check check-install check-sanitize check-valgrind miri soak header demo demo-run install uninstall clean bench bench-table
 
 all: build
 
@@ -39,6 +47,12 @@ all: build
 build:
 	$(CARGO) build --release --workspace
 	ln -sf libgoalkeeper.so $(RELEASE_LIB).$(MAJOR)
+
+# The man pages, made by the goalkeeper command from its own definitions.
+MAN_PAGES_DIR = target/man
+man: build
+	rm -rf $(MAN_PAGES_DIR) && mkdir -p $(MAN_PAGES_DIR)
+	target/release/goalkeeper man-pages $(MAN_PAGES_DIR)
 
 # build-aux/check runs `cargo test --workspace --no-fail-fast $(ARGS)` and prints one line
 # per suite (each test binary, SRFI-64 file, C and C++ program) and a total.
@@ -107,35 +121,70 @@ bench-table:
 # build tree and the release library (pre-inst-env sets GOALKEEPER_LIBRARY).
 # The two-process lock hand-off of the first version is
 # `cargo run --example handoff`.
-# The demo's library is built apart (target/demo), with the legacy-hold
-# feature that ARGS=--legacy-hold needs; the production library in
-# target/release never has it.  The packages come first, then a new make,
-# which sees the guild they installed.
+# The demo runs against the release library that 'make' builds, so that
+# ./pre-inst-env works after it as after 'make'.  Only ARGS=--legacy-hold
+# builds a library apart (target/demo), with the legacy-hold feature it
+# needs: the production library in target/release never has it.  The
+# packages come first, then a new make, which sees the guild they installed.
 DEMO_LIB := target/demo/release/libgoalkeeper.so
 demo:
 	@build-aux/ensure-deps demo
 	@$(MAKE) --no-print-directory demo-run
 
-demo-run: guile
+demo-run: build guile
+ifneq ($(filter --legacy-hold,$(ARGS)),)
 	$(CARGO) build --release --lib --features legacy-hold --target-dir target/demo
 	GOALKEEPER_LIBRARY=$(CURDIR)/$(DEMO_LIB) ./pre-inst-env $(GUILE) --no-auto-compile demo/31785.scm $(ARGS)
+else
+	./pre-inst-env $(GUILE) --no-auto-compile demo/31785.scm $(ARGS)
+endif
 
-install: build
-	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+# Installed: bin/goalkeeper and its man pages; the library with its soname
+# links; the headers; goalkeeper.pc (no rpath: run ldconfig, or see the
+# note printed); the CMake package (find_package(goalkeeper) gives the
+# imported target goalkeeper::goalkeeper); the Guile modules (install-guile,
+# below). Paths in goalkeeper.pc and the CMake package are PREFIX's, not
+# DESTDIR's.
+SUBST = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+  -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+  -e 's|@MAJOR@|$(MAJOR)|g' -e 's|@MINOR@|$(MINOR)|g'
+install: build man
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(LIBDIR) \
+	  $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(CMAKEDIR)
+	install -m 0755 target/release/goalkeeper $(DESTDIR)$(BINDIR)/goalkeeper
+	install -m 0644 $(MAN_PAGES_DIR)/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0755 $(RELEASE_LIB) $(DESTDIR)$(LIBDIR)/libgoalkeeper.so.$(VERSION)
 	ln -sf libgoalkeeper.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libgoalkeeper.so.$(MAJOR)
 	ln -sf libgoalkeeper.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libgoalkeeper.so
-	install -m 0644 include/goalkeeper.h $(DESTDIR)$(INCLUDEDIR)/goalkeeper.h
-	install -m 0644 include/goalkeeper.hpp include/goalkeeper-pathlocks.hh $(DESTDIR)$(INCLUDEDIR)/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
-	    goalkeeper.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/goalkeeper.pc
+	install -m 0644 include/goalkeeper.h include/goalkeeper.hpp include/goalkeeper-pathlocks.hh \
+	  $(DESTDIR)$(INCLUDEDIR)/
+	$(SUBST) goalkeeper.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/goalkeeper.pc
+	$(SUBST) build-aux/goalkeeperConfig.cmake.in > $(DESTDIR)$(CMAKEDIR)/goalkeeperConfig.cmake
+	$(SUBST) build-aux/goalkeeperConfigVersion.cmake.in > $(DESTDIR)$(CMAKEDIR)/goalkeeperConfigVersion.cmake
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
+	@if [ -z "$(DESTDIR)" ] && ! ldconfig -p 2>/dev/null | grep -q " => $(LIBDIR)/libgoalkeeper.so.$(MAJOR)$$"; then \
+	  echo "note: $(LIBDIR) is not in the dynamic linker's cache: run programs linked with"; \
+	  echo "  -lgoalkeeper with LD_LIBRARY_PATH=$(LIBDIR), or link them with -Wl,-rpath,$(LIBDIR)"; \
+	  echo "  (CMake adds that rpath by itself; root can also add $(LIBDIR) to /etc/ld.so.conf.d/)"; \
+	fi
+
+# Installs into a temporary prefix and uses it as each kind of user would:
+# C with pkg-config, C++ with pkg-config and CMake, Guile with the printed
+# variables and (staged) under Guile's own prefix, the command, man -l, the
+# README's examples; then make uninstall (build-aux/check-install).
+check-install: build
+	@build-aux/ensure-deps check
+	build-aux/check-install
 
 uninstall:
-	rm -f $(DESTDIR)$(LIBDIR)/libgoalkeeper.so $(DESTDIR)$(LIBDIR)/libgoalkeeper.so.$(MAJOR) \
+	rm -f $(DESTDIR)$(BINDIR)/goalkeeper \
+	      $(addprefix $(DESTDIR)$(MANDIR)/man1/,goalkeeper.1 goalkeeper-locks.1 goalkeeper-hold.1) \
+	      $(DESTDIR)$(LIBDIR)/libgoalkeeper.so $(DESTDIR)$(LIBDIR)/libgoalkeeper.so.$(MAJOR) \
 	      $(DESTDIR)$(LIBDIR)/libgoalkeeper.so.$(VERSION) $(DESTDIR)$(INCLUDEDIR)/goalkeeper.h \
 	      $(DESTDIR)$(INCLUDEDIR)/goalkeeper.hpp $(DESTDIR)$(INCLUDEDIR)/goalkeeper-pathlocks.hh \
-	      $(DESTDIR)$(PKGCONFIGDIR)/goalkeeper.pc
+	      $(DESTDIR)$(PKGCONFIGDIR)/goalkeeper.pc $(DESTDIR)$(CMAKEDIR)/goalkeeperConfig.cmake \
+	      $(DESTDIR)$(CMAKEDIR)/goalkeeperConfigVersion.cmake
+	-rmdir $(DESTDIR)$(CMAKEDIR) 2>/dev/null
 
 clean:
 	$(CARGO) clean
@@ -143,18 +192,26 @@ clean:
 # ---------------------------------------------------------------------------
 # Guile bindings (scheme/).  'make' compiles the modules into target/guile and
 # writes pre-inst-env and the build tree's (goalkeeper config); 'make install'
-# installs the .scm files under Guile's site directory and the .go files
-# under its site-ccache directory.  Under a PREFIX other than Guile's own,
-# the same layout is used below PREFIX (then add it to GUILE_LOAD_PATH and
-# GUILE_LOAD_COMPILED_PATH); GUILE_SITE_DIR and GUILE_SITE_CCACHE_DIR
-# override both.  Without guild, the bindings are skipped with a note.
+# installs the .scm files and the compiled .go files where Guile looks for
+# them.  When PREFIX is Guile's own (pkg-config guile-3.0's prefix: /usr on
+# Debian), those are pkg-config's sitedir and siteccachedir, which Guile
+# searches by default.  Under another PREFIX (/usr/local, $HOME/.local) the
+# same layout is used below PREFIX and LIBDIR, and 'make install' prints the
+# GUILE_LOAD_PATH and GUILE_LOAD_COMPILED_PATH to set.  GUILE_SITE_DIR and
+# GUILE_SITE_CCACHE_DIR override both.  Without guild, the bindings are
+# skipped with a note.
 
 GUILE ?= guile
 GUILD ?= guild
 GUILD_WARNINGS = -Wunbound-variable -Warity-mismatch -Wformat
-GUILE_PREFIX = $(shell $(GUILE) -c "(display (assq-ref %guile-build-info 'prefix))" 2>/dev/null)
-GUILE_SITE_DIR ?= $(patsubst $(GUILE_PREFIX)/%,$(PREFIX)/%,$(shell $(GUILE) -c '(display (%site-dir))' 2>/dev/null))
-GUILE_SITE_CCACHE_DIR ?= $(patsubst $(GUILE_PREFIX)/%,$(PREFIX)/%,$(shell $(GUILE) -c '(display (%site-ccache-dir))' 2>/dev/null))
+GUILE_PKG_PREFIX := $(shell pkg-config --variable=prefix guile-3.0 2>/dev/null)
+ifeq ($(PREFIX),$(GUILE_PKG_PREFIX))
+GUILE_SITE_DIR ?= $(shell pkg-config --variable=sitedir guile-3.0)
+GUILE_SITE_CCACHE_DIR ?= $(shell pkg-config --variable=siteccachedir guile-3.0)
+else
+GUILE_SITE_DIR ?= $(PREFIX)/share/guile/site/3.0
+GUILE_SITE_CCACHE_DIR ?= $(LIBDIR)/guile/3.0/site-ccache
+endif
 
 GUILE_MODULES = goalkeeper.scm goalkeeper/abi.scm goalkeeper/ffi.scm goalkeeper/locks.scm \
   goalkeeper/scheduler.scm goalkeeper/store-db.scm
@@ -205,28 +262,32 @@ pre-inst-env: pre-inst-env.in Makefile
 	sed -e 's|@abs_top_srcdir@|$(CURDIR)|' -e 's|@RELEASE_LIB@|$(RELEASE_LIB)|' $< > $@
 	chmod +x $@
 
+GUILE_SUBDIRS = $(sort $(filter-out .,$(dir $(GUILE_MODULES)))) goalkeeper/
 install-guile: guile
 	install -d $(GUILE_INSTALL_STAGE)/goalkeeper \
-	  $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper
+	  $(addprefix $(DESTDIR)$(GUILE_SITE_DIR)/,$(GUILE_SUBDIRS)) \
+	  $(addprefix $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/,$(GUILE_SUBDIRS))
 	sed -e 's|@GOALKEEPER_LIBRARY@|$(LIBDIR)/libgoalkeeper.so.$(MAJOR)|' \
 	  scheme/goalkeeper/config.scm.in > $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm
 	GUILE_AUTO_COMPILE=0 $(GUILD) compile $(GUILD_WARNINGS) \
 	  -o $(GUILE_INSTALL_STAGE)/goalkeeper/config.go $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm
-	install -m 0644 scheme/goalkeeper.scm $(DESTDIR)$(GUILE_SITE_DIR)/
-	install -m 0644 scheme/goalkeeper/abi.scm scheme/goalkeeper/ffi.scm scheme/goalkeeper/locks.scm \
-	  scheme/goalkeeper/scheduler.scm scheme/goalkeeper/store-db.scm \
-	  $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm \
-	  $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/
-	install -m 0644 $(GUILE_GO_DIR)/goalkeeper.go $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/
-	install -m 0644 $(GUILE_GO_DIR)/goalkeeper/abi.go $(GUILE_GO_DIR)/goalkeeper/ffi.go \
-	  $(GUILE_GO_DIR)/goalkeeper/locks.go $(GUILE_GO_DIR)/goalkeeper/scheduler.go \
-	  $(GUILE_GO_DIR)/goalkeeper/store-db.go $(GUILE_INSTALL_STAGE)/goalkeeper/config.go \
-	  $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/
+	for m in $(GUILE_MODULES); do \
+	  install -m 0644 scheme/$$m $(DESTDIR)$(GUILE_SITE_DIR)/$$m && \
+	  install -m 0644 $(GUILE_GO_DIR)/$${m%.scm}.go $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/$${m%.scm}.go \
+	  || exit 1; \
+	done
+	install -m 0644 $(GUILE_INSTALL_STAGE)/goalkeeper/config.scm $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/
+	install -m 0644 $(GUILE_INSTALL_STAGE)/goalkeeper/config.go $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/
+	@if [ -z "$(DESTDIR)" ] && ! $(GUILE) -c '(exit (and (member "$(GUILE_SITE_DIR)" %load-path) (member "$(GUILE_SITE_CCACHE_DIR)" %load-compiled-path) #t))' 2>/dev/null; then \
+	  echo "note: $(GUILE) does not look in $(GUILE_SITE_DIR) by default; to use (goalkeeper), set:"; \
+	  echo '  export GUILE_LOAD_PATH="$(GUILE_SITE_DIR)$${GUILE_LOAD_PATH:+:$$GUILE_LOAD_PATH}"'; \
+	  echo '  export GUILE_LOAD_COMPILED_PATH="$(GUILE_SITE_CCACHE_DIR)$${GUILE_LOAD_COMPILED_PATH:+:$$GUILE_LOAD_COMPILED_PATH}"'; \
+	  echo "  (or install with PREFIX=$(GUILE_PKG_PREFIX), Guile's own prefix)"; \
+	fi
 
 uninstall-guile:
-	rm -f $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper.scm $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper.go
-	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper/,abi.scm ffi.scm locks.scm scheduler.scm store-db.scm config.scm)
-	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper/,abi.go ffi.go locks.go scheduler.go store-db.go config.go)
+	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_DIR)/,$(GUILE_MODULES) goalkeeper/config.scm)
+	rm -f $(addprefix $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/,$(GUILE_MODULES:.scm=.go) goalkeeper/config.go)
 	-rmdir $(DESTDIR)$(GUILE_SITE_DIR)/goalkeeper $(DESTDIR)$(GUILE_SITE_CCACHE_DIR)/goalkeeper 2>/dev/null
 
 # For scripts: the two install directories, separated by a space.
