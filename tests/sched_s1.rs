@@ -138,12 +138,15 @@ fn child(p: usize, store: &str, legacy: bool, build_log: &str) -> i32 {
                 // The builder: some work, then the output appears atomically.
                 std::thread::sleep(Duration::from_millis(3));
                 sched_support::build_output(&out);
+                // One line, one write(2) on an O_APPEND descriptor, so that
+                // the three processes' lines never tear (`writeln!` on a
+                // `File` makes one write per formatted piece).
                 let mut f = std::fs::OpenOptions::new()
                     .append(true)
                     .create(true)
                     .open(build_log)
                     .unwrap();
-                writeln!(f, "{p} {out}").unwrap();
+                f.write_all(format!("{p} {out}\n").as_bytes()).unwrap();
                 match w.report(goal, Outcome::Built) {
                     Ok(()) => {}
                     Err(e @ Error::Invariant(_)) => {
