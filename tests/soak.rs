@@ -46,6 +46,9 @@
 //!   that the chaos replaced by a symlink (`S ... symlink`) are counted
 //!   apart too: guix-daemon's open follows the symlink and locks its
 //!   target, which excludes nobody (goalkeeper refuses such a lock file);
+//!   and so are overlaps with a hold of the legacy daemon whose lock file
+//!   such a peer deleted under it when it let go (`E ... deleted-under`):
+//!   a newcomer then locks a fresh lock file, as with any deletion;
 //! * **built at most once**: each output is moved into the store at most
 //!   once (`W` lines);
 //! * **no lost outputs**: every goal a surviving client saw succeed has its
@@ -1250,6 +1253,10 @@ enum Taken {
     /// regular file (`symlink`): the chaos replaced the lock file by a
     /// symlink, which guix-daemon's open follows and goalkeeper refuses.
     Symlink,
+    /// The chaos's legacy hold, whose lock file a legacy peer that locked
+    /// through a symlink deleted under it (`E ... deleted-under`): it
+    /// excluded nobody from then on, at an instant the log does not know.
+    DeletedUnder,
 }
 
 /// The holder log: intervals per path must not overlap, outside the crash
@@ -1285,7 +1292,10 @@ fn check_holder_log(run: &Run, clients: &[ClientProc], t: &mut Totals) {
                 open.insert((pid.to_string(), path.to_string()), (at, how));
             }
             "E" => {
-                if let Some((s, u)) = open.remove(&(pid.to_string(), path.to_string())) {
+                if let Some((s, mut u)) = open.remove(&(pid.to_string(), path.to_string())) {
+                    if f.get(4) == Some(&"deleted-under") {
+                        u = Taken::DeletedUnder;
+                    }
                     intervals.entry(path.to_string()).or_default().push((
                         s,
                         at,
@@ -1357,6 +1367,11 @@ fn count_overlaps(run: &Run, path: &str, mut iv: Vec<Interval>, t: &mut Totals) 
             } else if a.3 == Taken::Symlink || b.3 == Taken::Symlink {
                 t.note(
                     "overlaps with a legacy lock taken through a symlink (guix-daemon follows it)",
+                    1,
+                );
+            } else if a.3 == Taken::DeletedUnder || b.3 == Taken::DeletedUnder {
+                t.note(
+                    "overlaps with a legacy hold whose lock file a symlink-following peer deleted",
                     1,
                 );
             } else {
@@ -1614,6 +1629,10 @@ fn chaos_step(
                 }
                 Chaos::Symlink(_) => {
                     sleep(ms / 2);
+                    // The hold ends at the rename, which unlinks this inode
+                    // (as at the unlink of LegacyDelete).
+                    append_line(log, &format!("E {me} {shown} {}", mono_ns()));
+                    ended = true;
                     let tmp = lock.with_extension("chaos-symlink");
                     let _ = std::os::unix::fs::symlink("/dev/null", &tmp);
                     let _ = std::fs::rename(&tmp, &lock);
@@ -1629,7 +1648,16 @@ fn chaos_step(
                 }
             };
             if !ended {
-                append_line(log, &format!("E {me} {shown} {}", mono_ns()));
+                // A legacy peer that locked /dev/null through a symlink the
+                // chaos left may have deleted "its" lock file, this inode,
+                // under the hold: from then on a newcomer locks a fresh
+                // P.lock, and the hold excluded nobody.
+                // SAFETY: an all-zero stat is valid; valid out pointer.
+                let mut now: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: our descriptor, a valid out pointer.
+                unsafe { libc::fstat(fd, &mut now) };
+                let mark = if now.st_nlink == 0 { " deleted-under" } else { "" };
+                append_line(log, &format!("E {me} {shown} {}{mark}", mono_ns()));
             }
             close(fd); // POSIX lock released
             if matches!(what, Chaos::Symlink(_)) {
