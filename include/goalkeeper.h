@@ -1125,13 +1125,6 @@ gk_status gk_held_paths(char *buf, size_t cap, size_t *len_out);
 gk_status gk_held_count(size_t *out);
 
 /**
- * Does nothing and returns `GK_OK`: no argument, no check, no panic
- * boundary. It exists so that benchmarks can measure the bare cost of a
- * call into the shared library, as the baseline for the checked calls.
- */
-gk_status gk_noop(void);
-
-/**
  * Opens the store database at `db_path` (absolute, e.g.
  * `/var/guix/db/db.sqlite`) read-only and checks that it is an SQLite
  * database with table `ValidPaths`. `busy_timeout_ms` is how long a query

@@ -249,17 +249,3 @@ fn tag_note(tag: u64) -> String {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The result type of the lock cycle's internal steps: the error in a box.
-///
-/// An [`Error`] is 56 bytes, so every `Result<T, Error>` is at least that
-/// big and is passed through memory; boxed, `Ok(())` is one word, returned
-/// in a register. The handle table and the release steps use it; `?`
-/// converts both ways.
-pub(crate) type Hot<T> = std::result::Result<T, Box<Error>>;
-
-impl From<Box<Error>> for Error {
-    fn from(e: Box<Error>) -> Error {
-        *e
-    }
-}

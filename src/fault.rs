@@ -1,8 +1,10 @@
-//! Test-only fault injection. In release builds (`debug_assertions` off) every
-//! hook is a constant `None` and compiles away.
+//! Test-only fault injection, behind the `fault-injection` cargo feature,
+//! which the test suites, the soak and the ABI fuzzer enable and production
+//! builds (`make`, `make install`) leave off. Without it this module is
+//! private and every hook is a constant `None` that compiles away.
 //!
-//! In debug builds a fault is armed for the whole process by
-//! [`arm`], or for a process tree through the environment variable
+//! With it, a fault is armed for the whole process by
+//! `arm`, or for a process tree through the environment variable
 //! `GOALKEEPER_FAULTS`, a comma-separated list of point names
 //! (`token-write-enospc`, `mark-truncate-eio`, `lock-wait-edeadlk`,
 //! `open-enospc`, `finish-deletion-erofs`, `crash-before-unlink`,
@@ -19,6 +21,8 @@
 //! `crash-after-mark` (unlinked and marked, still locked).
 
 use std::io;
+#[cfg(feature = "fault-injection")]
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// Where a fault can be injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +57,7 @@ pub enum Point {
     MarkTruncate = 128,
 }
 
+#[cfg(feature = "fault-injection")]
 impl Point {
     /// Every point with its `GOALKEEPER_FAULTS` name.
     pub const ALL: [(Point, &'static str); 8] = [
@@ -85,122 +90,98 @@ impl Point {
             .map_or("?", |(_, n)| n)
     }
 
-    #[cfg(debug_assertions)]
     fn slot(self) -> usize {
         (self as u32).trailing_zeros() as usize
     }
 }
 
-#[cfg(debug_assertions)]
-mod imp {
-    use super::Point;
-    use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-    use std::sync::Once;
-
-    static ARMED: AtomicU32 = AtomicU32::new(0);
-    /// Per point: the percentage of occasions on which it fires.
-    static PERCENT: [AtomicU8; Point::ALL.len()] = [const { AtomicU8::new(100) }; Point::ALL.len()];
-    static RNG: AtomicU64 = AtomicU64::new(0);
-    static ENV: Once = Once::new();
-
-    pub(super) fn parse_env() {
-        ENV.call_once(|| {
-            // SAFETY: getpid has no preconditions.
-            let pid = unsafe { libc::getpid() } as u64;
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            RNG.store((pid << 32 ^ t) | 1, Ordering::Relaxed);
-            if let Ok(v) = std::env::var("GOALKEEPER_FAULTS") {
-                for item in v.split(',') {
-                    let (name, pct) = match item.trim().split_once(':') {
-                        Some((n, p)) => (n, p.trim().parse::<u8>().unwrap_or(100).min(100)),
-                        None => (item.trim(), 100),
-                    };
-                    for (p, n) in Point::ALL {
-                        if name == n {
-                            PERCENT[p.slot()].store(pct, Ordering::Relaxed);
-                            ARMED.fetch_or(p as u32, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-        });
-    }
-
-    /// A xorshift step: cheap, lock-free, good enough to pick occasions.
-    fn roll() -> u64 {
-        let mut x = RNG.load(Ordering::Relaxed);
-        loop {
-            let mut y = x;
-            y ^= y << 13;
-            y ^= y >> 7;
-            y ^= y << 17;
-            match RNG.compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return y,
-                Err(now) => x = now,
-            }
-        }
-    }
-
-    pub(super) fn armed(p: Point) -> bool {
-        parse_env();
-        if ARMED.load(Ordering::Relaxed) & p as u32 == 0 {
-            return false;
-        }
-        let pct = PERCENT[p.slot()].load(Ordering::Relaxed) as u64;
-        pct >= 100 || roll() % 100 < pct
-    }
-
-    pub(super) fn arm(p: Point, on: bool) {
-        parse_env();
-        if on {
-            PERCENT[p.slot()].store(100, Ordering::Relaxed);
-            ARMED.fetch_or(p as u32, Ordering::Relaxed);
-        } else {
-            ARMED.fetch_and(!(p as u32), Ordering::Relaxed);
-        }
-    }
-}
+/// The armed points (one bit each), their percentages, and the random
+/// state that picks occasions for a percentage below 100.
+#[cfg(feature = "fault-injection")]
+static ARMED: AtomicU32 = AtomicU32::new(0);
+#[cfg(feature = "fault-injection")]
+static PERCENT: [AtomicU8; 8] = [const { AtomicU8::new(100) }; 8];
+#[cfg(feature = "fault-injection")]
+static RNG: AtomicU64 = AtomicU64::new(1);
 
 /// One-time initialisation at load time (see `crate::lifecycle`): parses
 /// `GOALKEEPER_FAULTS` before any thread could fork in the middle of it.
+#[cfg(feature = "fault-injection")]
 pub(crate) fn init() {
-    #[cfg(debug_assertions)]
-    imp::parse_env();
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    RNG.store((pid << 32 ^ t) | 1, Ordering::Relaxed);
+    let Ok(v) = std::env::var("GOALKEEPER_FAULTS") else {
+        return;
+    };
+    for item in v.split(',') {
+        let (name, pct) = match item.trim().split_once(':') {
+            Some((n, p)) => (n, p.trim().parse::<u8>().unwrap_or(100).min(100)),
+            None => (item.trim(), 100),
+        };
+        for (p, n) in Point::ALL {
+            if name == n {
+                PERCENT[p.slot()].store(pct, Ordering::Relaxed);
+                ARMED.fetch_or(p as u32, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Whether fault `p` fires now: armed, and picked at random with its
+/// percentage (a xorshift step: cheap, lock-free, good enough to pick
+/// occasions).
+#[cfg(feature = "fault-injection")]
+fn fires(p: Point) -> bool {
+    if ARMED.load(Ordering::Relaxed) & p as u32 == 0 {
+        return false;
+    }
+    let pct = PERCENT[p.slot()].load(Ordering::Relaxed) as u64;
+    let roll = RNG
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mut x| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Some(x)
+        })
+        .unwrap_or(1);
+    pct >= 100 || roll % 100 < pct
 }
 
 /// The error to inject at `p`, if that fault is armed.
-#[inline(always)]
 pub(crate) fn injected(p: Point) -> Option<io::Error> {
-    #[cfg(debug_assertions)]
-    if imp::armed(p) {
+    #[cfg(feature = "fault-injection")]
+    if fires(p) {
         return Some(io::Error::from_raw_os_error(match p {
             Point::TokenWrite | Point::OpenNoSpace => libc::ENOSPC,
             Point::LockWaitDeadlock => libc::EDEADLK,
             Point::FinishDeletion => libc::EROFS,
-            Point::MarkTruncate => libc::EIO,
-            Point::CrashBeforeUnlink | Point::CrashAfterUnlink | Point::CrashAfterMark => libc::EIO,
+            _ => libc::EIO,
         }));
     }
     let _ = p;
     None
 }
 
-/// Arms or disarms fault `p` in this process (debug builds only; a no-op in
-/// release builds).
+/// Arms or disarms fault `p` in this process.
+#[cfg(feature = "fault-injection")]
 pub fn arm(p: Point, on: bool) {
-    #[cfg(debug_assertions)]
-    imp::arm(p, on);
-    let _ = (p, on);
+    if on {
+        PERCENT[p.slot()].store(100, Ordering::Relaxed);
+        ARMED.fetch_or(p as u32, Ordering::Relaxed);
+    } else {
+        ARMED.fetch_and(!(p as u32), Ordering::Relaxed);
+    }
 }
 
-/// Kills this process with `SIGKILL` at crash point `p`, if it is armed
-/// (debug builds only), as a `kill -9` arriving at exactly that moment would.
-#[inline(always)]
+/// Kills this process with `SIGKILL` at crash point `p`, if it is armed,
+/// as a `kill -9` arriving at exactly that moment would.
 pub(crate) fn crash_point(p: Point) {
-    #[cfg(debug_assertions)]
-    if imp::armed(p) {
+    #[cfg(feature = "fault-injection")]
+    if fires(p) {
         // SAFETY: raise has no memory preconditions; SIGKILL cannot be caught.
         unsafe { libc::raise(libc::SIGKILL) };
     }

@@ -201,7 +201,7 @@ impl Drop for StoreDb {
     /// `fork(2)` (its inode table and mutexes are the parent's), so a
     /// connection inherited from the parent is left alone (leaked) there.
     fn drop(&mut self) {
-        if std::process::id() != self.pid {
+        if crate::base::pid() != self.pid {
             std::mem::forget(self.live.take());
         }
     }
@@ -269,7 +269,7 @@ impl StoreDb {
             options,
             live: None,
             snapshot_reads: 0,
-            pid: std::process::id(),
+            pid: crate::base::pid(),
         };
         // Fail now, not at the first query, on a wrong path or file.
         db.run(|_| Ok(()))?;

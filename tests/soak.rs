@@ -1656,7 +1656,11 @@ fn chaos_step(
                 let mut now: libc::stat = unsafe { std::mem::zeroed() };
                 // SAFETY: our descriptor, a valid out pointer.
                 unsafe { libc::fstat(fd, &mut now) };
-                let mark = if now.st_nlink == 0 { " deleted-under" } else { "" };
+                let mark = if now.st_nlink == 0 {
+                    " deleted-under"
+                } else {
+                    ""
+                };
                 append_line(log, &format!("E {me} {shown} {}{mark}", mono_ns()));
             }
             close(fd); // POSIX lock released

@@ -27,6 +27,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Exported only by a library built with the `noop` cargo feature (the one
+ * benches/gk builds for this program), so the header does not declare it. */
+gk_status gk_noop(void);
+
 static double now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

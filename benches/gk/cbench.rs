@@ -1,4 +1,5 @@
-//! Builds and runs the C benchmark program against the release library.
+//! Builds and runs the C benchmark program against the release library
+//! (built with the `noop` feature).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -6,15 +7,25 @@ use std::process::Command;
 use crate::report::Measured;
 use crate::{root, target_dir};
 
-/// The release library's directory, with the soname link programs need.
+/// The directory of the benchmarks' library, with the soname link programs
+/// need: the release library with the `noop` feature (which only adds the
+/// export `gk_noop`, the baseline of `boundary_call_ns`), built once per run
+/// apart from the production library in target/release, which never has it.
 fn release_lib_dir() -> PathBuf {
-    let dir = target_dir().join("release");
-    let so = dir.join("libgoalkeeper.so");
-    assert!(
-        so.exists(),
-        "{} missing: run `cargo build --release` (make bench does)",
-        so.display()
-    );
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let target = target_dir().join("bench-lib");
+    BUILT.call_once(|| {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "goalkeeper", "--release", "--lib", "--quiet"])
+            .args(["--features", "noop"])
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(root())
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "cargo build --release --features noop failed");
+    });
+    let dir = target.join("release");
     let link = dir.join(format!(
         "libgoalkeeper.so.{}",
         env!("CARGO_PKG_VERSION_MAJOR")

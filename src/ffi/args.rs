@@ -5,58 +5,23 @@
 use std::ffi::c_char;
 
 use crate::error::{Error, Result};
-use crate::lock::{normalize_paths, Paths, StorePath, PATH_MAX};
-
-const _: () = assert!(PATH_MAX.is_multiple_of(4));
+use crate::lock::{normalize_paths, StorePath, PATH_MAX};
 
 /// The largest number of paths accepted in one set.
 pub const MAX_SET_LEN: usize = 1 << 20;
 
 /// The length of the C string at `p`, or `PATH_MAX` if there is no NUL in
-/// its first `PATH_MAX` bytes: libc's `strnlen` (vectorised; it may read
-/// ahead of the NUL within the aligned block that holds it, never into
-/// another page, as every C string function does).
+/// its first `PATH_MAX` bytes. It reads byte by byte and never past the NUL
+/// (Miri checks every byte read).
 ///
 /// # Safety
 /// `p` must point to a NUL within `PATH_MAX` readable bytes, or to
 /// `PATH_MAX` readable bytes.
-#[cfg(not(miri))]
-#[inline]
-unsafe fn bounded_len(p: *const c_char) -> usize {
-    // SAFETY: as this function's contract says.
-    unsafe { libc::strnlen(p, PATH_MAX) }
-}
-
-/// [`bounded_len`] under Miri, which checks every byte read: a scan that
-/// never reads past the NUL. Four bytes per step, each read only if the ones
-/// before it were not NUL.
-///
-/// # Safety
-/// As [`bounded_len`].
-#[cfg(miri)]
 unsafe fn bounded_len(p: *const c_char) -> usize {
     let mut n = 0;
-    // SAFETY: the scan stops at the first NUL, and PATH_MAX is a multiple
-    // of 4, so a step never starts past the readable bytes.
-    unsafe {
-        while n < PATH_MAX {
-            if *p.add(n) == 0 {
-                break;
-            }
-            if *p.add(n + 1) == 0 {
-                n += 1;
-                break;
-            }
-            if *p.add(n + 2) == 0 {
-                n += 2;
-                break;
-            }
-            if *p.add(n + 3) == 0 {
-                n += 3;
-                break;
-            }
-            n += 4;
-        }
+    // SAFETY: the scan stops at the first NUL, within PATH_MAX bytes.
+    while n < PATH_MAX && unsafe { *p.add(n) } != 0 {
+        n += 1;
     }
     n
 }
@@ -89,7 +54,7 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result
 /// As [`c_bytes`].
 pub(crate) unsafe fn store_path(p: *const c_char, what: &'static str) -> Result<StorePath> {
     // SAFETY: forwarded.
-    StorePath::from_nul_free_bytes(unsafe { c_bytes(p, what) }?)
+    StorePath::from_bytes(unsafe { c_bytes(p, what) }?)
 }
 
 /// Reads an array of `n` C strings into a sorted, deduplicated set.
@@ -123,32 +88,11 @@ pub(crate) unsafe fn path_array(paths: *const *const c_char, n: usize) -> Result
     normalize_paths(v)
 }
 
-/// [`path_array`] as a lock set's [`Paths`]: one path is kept inline (the
-/// common call allocates no vector for it).
-///
-/// # Safety
-/// As [`path_array`].
-pub(crate) unsafe fn path_set(paths: *const *const c_char, n: usize) -> Result<Paths> {
-    if n == 1
-        && !paths.is_null()
-        && (paths as usize).is_multiple_of(std::mem::align_of::<*const c_char>())
-    {
-        // SAFETY: non-null, aligned, one readable pointer per the contract.
-        let p = unsafe { *paths };
-        // SAFETY: as the caller guarantees.
-        return Ok(Paths::from_buf([unsafe {
-            store_path(p, "an element of paths")
-        }?]));
-    }
-    // SAFETY: as above.
-    Ok(unsafe { path_array(paths, n) }?.into())
-}
-
 /// Reads `len` bytes holding paths, each terminated by NUL.
 ///
 /// # Safety
 /// `buf` must be NULL or point to `len` readable bytes.
-pub(crate) unsafe fn packed_paths(buf: *const u8, len: usize) -> Result<Paths> {
+pub(crate) unsafe fn packed_paths(buf: *const u8, len: usize) -> Result<Vec<StorePath>> {
     if len == 0 {
         return Err(Error::InvalidArgument(
             "empty set of paths (len is 0)".into(),
@@ -169,16 +113,11 @@ pub(crate) unsafe fn packed_paths(buf: *const u8, len: usize) -> Result<Paths> {
             "the packed path list must end with a NUL byte".into(),
         ));
     }
-    let bytes = &bytes[..len - 1];
-    if !bytes.contains(&0) {
-        // One path (the common call), kept inline.
-        return Ok(Paths::from_buf([StorePath::from_nul_free_bytes(bytes)?]));
-    }
-    let set = bytes
+    let set = bytes[..len - 1]
         .split(|&b| b == 0)
         .map(StorePath::from_bytes)
         .collect::<Result<Vec<_>>>()?;
-    Ok(normalize_paths(set)?.into())
+    normalize_paths(set)
 }
 
 /// Checks an output pointer.

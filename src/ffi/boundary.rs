@@ -15,15 +15,12 @@ use std::cell::{Cell, RefCell};
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::status::gk_status;
-use super::worker::WorkerCell;
 use crate::error::{Error, Result};
 
-/// Everything the C boundary keeps per thread, in one thread-local (in a
-/// shared library every thread-local access is a call to `__tls_get_addr`,
-/// so a call makes one, and passes the reference on).
+/// Everything the C boundary keeps per thread, in one thread-local, whose
+/// reference every exported function's body gets from [`call`].
 pub(crate) struct ThreadState {
     /// The last message, NUL-terminated (empty before the first one).
     /// Reused, so clearing it does not allocate.
@@ -34,11 +31,6 @@ pub(crate) struct ThreadState {
     /// The lock file whose holders the last message should name, once it is
     /// read (see the module documentation).
     holder_of: RefCell<Option<PathBuf>>,
-    /// The worker this thread used last, so that repeated calls on one
-    /// worker (the pull loop) skip the global handle table and its lock, and
-    /// use the cached reference for the call without touching its
-    /// reference count (see `ffi::worker`).
-    pub(super) worker: RefCell<Option<(u64, Arc<WorkerCell>)>>,
 }
 
 thread_local! {
@@ -47,7 +39,6 @@ thread_local! {
             message: RefCell::new(Vec::new()),
             has_message: Cell::new(false),
             holder_of: RefCell::new(None),
-            worker: RefCell::new(None),
         }
     };
 }
@@ -55,7 +46,6 @@ thread_local! {
 impl ThreadState {
     /// A number that identifies this thread among the live threads (the
     /// address of its state).
-    #[inline(always)]
     pub(super) fn token(&self) -> usize {
         self as *const ThreadState as usize
     }
@@ -70,16 +60,10 @@ impl ThreadState {
         self.has_message.set(true);
     }
 
-    #[inline(always)]
     fn clear_message(&self) {
-        if self.has_message.get() {
-            self.clear_message_now();
+        if !self.has_message.get() {
+            return;
         }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn clear_message_now(&self) {
         *self.holder_of.borrow_mut() = None;
         let mut l = self.message.borrow_mut();
         l.clear();
@@ -88,8 +72,6 @@ impl ThreadState {
     }
 
     /// Records `e` as the last error and returns its status.
-    #[cold]
-    #[inline(never)]
     fn fail(&self, e: &Error) -> gk_status {
         self.set_message(&e.to_string());
         if let Some(f) = lock_file_of(e) {
@@ -99,9 +81,11 @@ impl ThreadState {
     }
 }
 
-/// Stores `msg` as this thread's last error message (NULs are replaced).
+/// Stores `msg` as this thread's last error message (NULs are replaced),
+/// unless the thread's state is already gone (a call from a thread-local
+/// destructor at thread exit).
 pub(crate) fn set_message(msg: &str) {
-    THREAD.with(|t| t.set_message(msg));
+    let _ = THREAD.try_with(|t| t.set_message(msg));
 }
 
 /// Pointer to this thread's last message; valid until the next goalkeeper
@@ -146,39 +130,18 @@ fn lock_file_of(e: &Error) -> Option<PathBuf> {
     Some(PathBuf::from(f))
 }
 
-/// Runs an exported function's body: catches panics, maps errors to
-/// statuses, and keeps the thread-local message in step.
-#[inline(always)]
-pub(crate) fn call(f: impl FnOnce() -> Result<gk_status>) -> gk_status {
-    call_tls(|_| f())
-}
-
-/// [`call`] for a body that uses this thread's [`ThreadState`] (the
-/// worker functions): the body gets the reference, so the call makes one
-/// thread-local access in all. The body's `Result` is turned into a status
-/// inside the panic boundary, so only a status crosses it.
-#[inline(always)]
-pub(crate) fn call_tls(f: impl FnOnce(&ThreadState) -> Result<gk_status>) -> gk_status {
+/// Runs an exported function's body with this thread's [`ThreadState`]:
+/// catches panics, maps errors to statuses, and keeps the thread-local
+/// message in step. Only a status crosses the boundary.
+pub(crate) fn call(f: impl FnOnce(&ThreadState) -> Result<gk_status>) -> gk_status {
     let r = catch_unwind(AssertUnwindSafe(|| {
-        // The body runs outside `LocalKey::with`, which is not inlined: its
-        // frame would stay live across the body's system calls, and the
-        // return out of every such frame is mispredicted after a system call
-        // (see `LockSet::acquire_paths`).
-        let t: *const ThreadState = THREAD.with(|t| t as *const ThreadState);
-        // SAFETY: `with` returned, so this thread's state is alive, and it is
-        // destroyed only by this thread's exit, which cannot happen during
-        // this call (a call from a destructor that runs after it panics in
-        // `with` above, which the boundary reports). Only shared references
-        // are made, as `with` makes them (the state's mutable parts are
-        // cells).
-        let t = unsafe { &*t };
-        match f(t) {
+        THREAD.with(|t| match f(t) {
             Ok(status) => {
                 t.clear_message();
                 status
             }
             Err(e) => t.fail(&e),
-        }
+        })
     }));
     match r {
         Ok(status) => status,
@@ -187,8 +150,6 @@ pub(crate) fn call_tls(f: impl FnOnce(&ThreadState) -> Result<gk_status>) -> gk_
 }
 
 /// A panic caught at the boundary becomes `GK_ERROR_PANIC` with a message.
-#[cold]
-#[inline(never)]
 fn panicked(panic: Box<dyn std::any::Any + Send>) -> gk_status {
     let what = panic
         .downcast_ref::<&str>()

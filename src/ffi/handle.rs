@@ -2,13 +2,16 @@
 //! the library. A handle is `kind << 56 | generation << 32 | index`, so a
 //! released, forged, or wrong-kind handle is detected and answered with
 //! `GK_ERROR_STALE_HANDLE`; it never dereferences freed memory.
+//!
+//! [`HandleTable`] is generic: each kind of object keeps its own table, a
+//! `base::ForkMutex` static in the module of that kind (`locks`, `worker`,
+//! `store_query`, `lock_wait`), and `ffi::before_fork` takes them in a
+//! fixed order.
 
 use std::fmt;
 
-use crate::error::{Error, Hot};
-use crate::lifecycle::ForkMutex;
-use crate::lock::process_generation;
-use crate::lock::LockSet;
+use crate::base::generation as process_generation;
+use crate::error::{Error, Result};
 
 /// What kind of object a handle names (the top byte of the handle).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +47,6 @@ pub(crate) struct HandleTable<T> {
     kind: Kind,
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
-    live: usize,
 }
 
 impl<T> HandleTable<T> {
@@ -54,7 +56,6 @@ impl<T> HandleTable<T> {
             kind,
             slots: Vec::new(),
             free: Vec::new(),
-            live: 0,
         }
     }
 
@@ -73,11 +74,10 @@ impl<T> HandleTable<T> {
         };
         let slot = &mut self.slots[index as usize];
         slot.value = Some((value, fork_gen));
-        self.live += 1;
         ((self.kind as u64) << 56) | ((slot.generation as u64) << 32) | index as u64
     }
 
-    fn slot_of(&self, handle: u64) -> Hot<usize> {
+    fn slot_of(&self, handle: u64) -> Result<usize> {
         let generation = ((handle >> 32) as u32) & GEN_MAX;
         let index = handle as u32 as usize;
         match self.slots.get(index) {
@@ -93,9 +93,7 @@ impl<T> HandleTable<T> {
     }
 
     /// Why `handle` names no live object of this table.
-    #[cold]
-    #[inline(never)]
-    fn bad_handle(&self, handle: u64) -> Box<Error> {
+    fn bad_handle(&self, handle: u64) -> Error {
         let kind = (handle >> 56) as u8;
         if kind != self.kind as u8 {
             let what = match kind {
@@ -105,30 +103,28 @@ impl<T> HandleTable<T> {
                 k if k == Kind::LockWait as u8 => "a lock wait handle",
                 _ => "not a goalkeeper handle",
             };
-            return Box::new(Error::StaleHandle(format!(
+            return Error::StaleHandle(format!(
                 "handle {handle:#018x} is {what}, not a {} handle",
                 self.kind
-            )));
+            ));
         }
         // The slot exists but holds another generation or nothing.
-        Box::new(Error::StaleHandle(
-            match self.slots.get(handle as u32 as usize) {
-                Some(_) => format!(
-                    "{} handle {handle:#018x} is stale: it was released or freed",
-                    self.kind
-                ),
-                None => format!("{} handle {handle:#018x} was never issued", self.kind),
-            },
-        ))
+        Error::StaleHandle(match self.slots.get(handle as u32 as usize) {
+            Some(_) => format!(
+                "{} handle {handle:#018x} is stale: it was released or freed",
+                self.kind
+            ),
+            None => format!("{} handle {handle:#018x} was never issued", self.kind),
+        })
     }
 
     /// The object named by `handle`. Objects inherited from the parent of a
     /// fork child are refused with [`Error::WrongProcess`].
-    pub(crate) fn get(&mut self, handle: u64) -> Hot<&mut T> {
+    pub(crate) fn get(&mut self, handle: u64) -> Result<&mut T> {
         let i = self.slot_of(handle)?;
         let (value, fork_gen) = self.slots[i].value.as_mut().expect("checked in slot_of");
         if *fork_gen != process_generation() {
-            return Err(Box::new(Error::WrongProcess(kind_name(self.kind))));
+            return Err(Error::WrongProcess(kind_name(self.kind)));
         }
         Ok(value)
     }
@@ -136,26 +132,25 @@ impl<T> HandleTable<T> {
     /// Removes and returns the object named by `handle`; the handle becomes
     /// stale. An object inherited from a fork parent is removed too (its
     /// descriptors were closed at fork), and reported as [`Error::WrongProcess`].
-    pub(crate) fn remove(&mut self, handle: u64) -> Hot<T> {
+    pub(crate) fn remove(&mut self, handle: u64) -> Result<T> {
         let i = self.slot_of(handle)?;
         let slot = &mut self.slots[i];
         let (value, fork_gen) = slot.value.take().expect("checked in slot_of");
-        self.live -= 1;
         if slot.generation < GEN_MAX {
             slot.generation += 1;
             self.free.push(i as u32);
         } // else: retire the slot, so a handle is never reissued
         if fork_gen != process_generation() {
             drop(value);
-            return Err(Box::new(Error::WrongProcess(kind_name(self.kind))));
+            return Err(Error::WrongProcess(kind_name(self.kind)));
         }
         Ok(value)
     }
 
     /// Number of live objects.
-    #[allow(dead_code)]
-    pub(crate) fn len(&self) -> usize {
-        self.live
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.value.is_some()).count()
     }
 }
 
@@ -168,45 +163,6 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-/// All handle tables. One mutex guards them, taken by the atfork `prepare`
-/// handler before the lock layer's own state (the lock order everywhere).
-pub(crate) struct Handles {
-    /// Lock sets made through the C ABI.
-    pub(crate) locksets: HandleTable<Box<LockSet>>,
-    /// Scheduler workers (`gk_worker`).
-    pub(crate) workers: HandleTable<std::sync::Arc<super::worker::WorkerCell>>,
-    /// Store databases opened by hosts (`gk_store_db`).
-    pub(crate) store_dbs: HandleTable<super::store_query::SharedDb>,
-    /// Lock waits (`gk_lock_wait`).
-    pub(crate) lock_waits: HandleTable<super::lock_wait::PathsWait>,
-}
-
-/// The process's handle tables.
-pub(crate) static HANDLES: ForkMutex<Handles> = ForkMutex::new(Handles {
-    locksets: HandleTable::new(Kind::LockSet),
-    workers: HandleTable::new(Kind::Worker),
-    store_dbs: HandleTable::new(Kind::StoreDb),
-    lock_waits: HandleTable::new(Kind::LockWait),
-});
-
-/// Before `fork(2)`: takes the handle table's mutex, first in the lock order
-/// (see `crate::lifecycle`).
-pub(crate) fn before_fork() {
-    HANDLES.lock_for_fork();
-}
-
-/// In the parent after `fork(2)`.
-pub(crate) fn after_fork_parent() {
-    HANDLES.unlock_after_fork();
-}
-
-/// In the child after `fork(2)`. The tables are kept: every object in them
-/// records the fork generation it was made in, so the child's calls refuse
-/// the parent's objects (`GK_ERROR_WRONG_PROCESS`).
-pub(crate) fn after_fork_child() {
-    HANDLES.unlock_after_fork();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,20 +173,11 @@ mod tests {
         let a = t.insert(7);
         assert_eq!(*t.get(a).unwrap(), 7);
         assert_eq!(t.remove(a).unwrap(), 7);
-        assert!(matches!(
-            t.get(a).map_err(|e| *e),
-            Err(Error::StaleHandle(_))
-        ));
-        assert!(matches!(
-            t.remove(a).map_err(|e| *e),
-            Err(Error::StaleHandle(_))
-        ));
+        assert!(matches!(t.get(a), Err(Error::StaleHandle(_))));
+        assert!(matches!(t.remove(a), Err(Error::StaleHandle(_))));
         let b = t.insert(8);
         assert_ne!(a, b, "a reused slot gets a new generation");
-        assert!(matches!(
-            t.get(a).map_err(|e| *e),
-            Err(Error::StaleHandle(_))
-        ));
+        assert!(matches!(t.get(a), Err(Error::StaleHandle(_))));
         assert_eq!(*t.get(b).unwrap(), 8);
         assert_eq!(t.len(), 1);
     }
@@ -243,10 +190,7 @@ mod tests {
         let e = t.get(h).unwrap_err().to_string();
         assert!(e.contains("worker handle"), "{e}");
         for forged in [0, u64::MAX, (Kind::LockSet as u64) << 56 | 1 << 32 | 12345] {
-            assert!(matches!(
-                t.get(forged).map_err(|e| *e),
-                Err(Error::StaleHandle(_))
-            ));
+            assert!(matches!(t.get(forged), Err(Error::StaleHandle(_))));
         }
     }
 }

@@ -18,14 +18,20 @@ use std::sync::Arc;
 use super::args;
 use super::boundary::call;
 use super::enums::gk_backend;
-use super::handle::HANDLES;
+use super::handle::{HandleTable, Kind};
 use super::status::gk_status::{self, GK_OK};
-use crate::error::Error;
+use crate::base::ForkMutex;
+use crate::error::{Error, Result};
 use crate::lock::{self, LockWait, Notify};
 
 /// An opaque handle to a lock wait (`gk_lock_wait_new`). 0 is never a valid handle.
 #[allow(non_camel_case_types)]
 pub type gk_lock_wait = u64;
+
+/// The lock waits made through the C ABI (last in the lock order of the
+/// handle tables: see `ffi::before_fork`).
+pub(super) static LOCK_WAITS: ForkMutex<HandleTable<PathsWait>> =
+    ForkMutex::new(HandleTable::new(Kind::LockWait));
 
 /// A pending `gk_lock_wait`: one probe per path, and the eventfd the last
 /// one writes. Dropping it abandons the probes still blocked (a later wait
@@ -91,12 +97,12 @@ pub unsafe extern "C" fn gk_lock_wait_new(
     backend: u32,
     out: *mut gk_lock_wait,
 ) -> gk_status {
-    call(|| {
+    call(|_| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
         // SAFETY: as above.
-        let paths = unsafe { args::path_set(paths, n_paths) }?;
+        let paths = unsafe { args::path_array(paths, n_paths) }?;
         let backend = gk_backend::parse(backend)?;
         for p in &paths {
             if let Some(owner) = lock::owner_of(p) {
@@ -123,12 +129,12 @@ pub unsafe extern "C" fn gk_lock_wait_new(
         let probes = paths
             .into_iter()
             .map(|p| LockWait::probe(p, backend, notify.clone()))
-            .collect::<crate::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let w = PathsWait {
             _probes: probes,
             efd,
         };
-        *out = HANDLES.with(|h| h.lock_waits.insert(w));
+        *out = LOCK_WAITS.with(|h| h.insert(w));
         Ok(GK_OK)
     })
 }
@@ -141,11 +147,11 @@ pub unsafe extern "C" fn gk_lock_wait_new(
 /// `fd_out` must be valid for writing.
 #[no_mangle]
 pub unsafe extern "C" fn gk_lock_wait_fd(wait: gk_lock_wait, fd_out: *mut i32) -> gk_status {
-    call(|| {
+    call(|_| {
         // SAFETY: forwarded from this function's contract.
         let fd_out = unsafe { args::out(fd_out, "fd_out") }?;
-        HANDLES.with(|h| {
-            *fd_out = h.lock_waits.get(wait)?.efd.as_raw_fd();
+        LOCK_WAITS.with(|h| {
+            *fd_out = h.get(wait)?.efd.as_raw_fd();
             Ok(GK_OK)
         })
     })
@@ -156,10 +162,10 @@ pub unsafe extern "C" fn gk_lock_wait_fd(wait: gk_lock_wait, fd_out: *mut i32) -
 /// blocked are left to a later wait for the same path, which reuses them.
 #[no_mangle]
 pub extern "C" fn gk_lock_wait_free(wait: gk_lock_wait) -> gk_status {
-    call(|| {
-        let w = HANDLES.with(|h| h.lock_waits.remove(wait))?;
-        // Abandoning the probes takes the lock layer's state: outside the
-        // handle table's lock, as the lock order wants.
+    call(|_| {
+        let w = LOCK_WAITS.with(|h| h.remove(wait))?;
+        // Abandoning the probes takes the list of abandoned waits: outside
+        // the handle table's lock.
         drop(w);
         Ok(GK_OK)
     })

@@ -7,51 +7,35 @@ use std::time::Duration;
 use super::args;
 use super::boundary::call;
 use super::enums::gk_backend;
-use super::handle::HANDLES;
+use super::handle::{HandleTable, Kind};
 use super::status::gk_status::{self, GK_OK};
+use crate::base::ForkMutex;
 use crate::error::Result;
-use crate::lock::{self, LockSet, Paths, WaitMode};
+use crate::lock::{self, LockSet, StorePath, WaitMode};
 
 /// An opaque handle to a lock set held by this process. 0 is never a valid handle.
 #[allow(non_camel_case_types)]
 pub type gk_lockset = u64;
 
-#[inline(always)]
-fn acquire_into(
-    paths: Paths,
+/// The lock sets taken through the C ABI (after the workers in the lock
+/// order of the handle tables: see `ffi::before_fork`).
+pub(super) static LOCKSETS: ForkMutex<HandleTable<LockSet>> =
+    ForkMutex::new(HandleTable::new(Kind::LockSet));
+
+/// The one core of the acquisitions: `paths` (read by the entry point,
+/// validated, sorted, deduplicated) locked as `wait` allows; the new
+/// handle in `*out`.
+fn acquire(
+    paths: Result<Vec<StorePath>>,
     backend: u32,
     wait: WaitMode,
     out: &mut gk_lockset,
 ) -> Result<gk_status> {
-    let backend = gk_backend::parse(backend)?;
-    let set = LockSet::acquire_paths(paths, backend, wait)?;
-    *out = HANDLES.with(|h| h.locksets.insert(set));
-    Ok(GK_OK)
-}
-
-/// The body shared by the three array entry points, run inside each one's
-/// own [`call`]: with a closure of its own, each entry point's panic
-/// boundary is inlined into it, so that the lock cycle runs in one stack
-/// frame of the library (see [`LockSet::acquire_paths`] on why frames that
-/// live across system calls are avoided).
-///
-/// # Safety
-/// `paths` must point to `n_paths` NUL-terminated strings; `out` must be
-/// valid for writing.
-#[inline(always)]
-unsafe fn acquire_array(
-    paths: *const *const c_char,
-    n_paths: usize,
-    backend: u32,
-    wait: WaitMode,
-    out: *mut gk_lockset,
-) -> Result<gk_status> {
-    // SAFETY: forwarded from the caller's contract.
-    let out = unsafe { args::out(out, "out") }?;
     *out = 0;
-    // SAFETY: as above.
-    let paths = unsafe { args::path_set(paths, n_paths) }?;
-    acquire_into(paths, backend, wait, out)
+    let paths = paths?;
+    let set = LockSet::acquire_normalized(paths, gk_backend::parse(backend)?, wait)?;
+    *out = LOCKSETS.with(|h| h.insert(set));
+    Ok(GK_OK)
 }
 
 /// Tries to lock every path in `paths[0..n_paths]` without blocking, all or
@@ -73,7 +57,7 @@ pub unsafe extern "C" fn gk_lockset_try_acquire(
     out: *mut gk_lockset,
 ) -> gk_status {
     // SAFETY: forwarded from this function's contract.
-    call(|| unsafe { acquire_array(paths, n_paths, backend, WaitMode::Try, out) })
+    unsafe { acquire_array(paths, n_paths, backend, WaitMode::Try, out) }
 }
 
 /// Locks every path in `paths[0..n_paths]`, blocking until all are held.
@@ -92,7 +76,7 @@ pub unsafe extern "C" fn gk_lockset_acquire(
     out: *mut gk_lockset,
 ) -> gk_status {
     // SAFETY: forwarded from this function's contract.
-    call(|| unsafe { acquire_array(paths, n_paths, backend, WaitMode::Forever, out) })
+    unsafe { acquire_array(paths, n_paths, backend, WaitMode::Forever, out) }
 }
 
 /// Like `gk_lockset_acquire`, but gives up after `timeout_ms` milliseconds
@@ -111,7 +95,31 @@ pub unsafe extern "C" fn gk_lockset_acquire_timeout(
     // Saturate: a timeout beyond i64::MAX ms is still a bounded wait.
     let wait = wait_mode(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
     // SAFETY: forwarded from this function's contract.
-    call(|| unsafe { acquire_array(paths, n_paths, backend, wait, out) })
+    unsafe { acquire_array(paths, n_paths, backend, wait, out) }
+}
+
+/// [`acquire`] for the entry points that take an array of C strings.
+///
+/// # Safety
+/// As `gk_lockset_try_acquire`.
+unsafe fn acquire_array(
+    paths: *const *const c_char,
+    n_paths: usize,
+    backend: u32,
+    wait: WaitMode,
+    out: *mut gk_lockset,
+) -> gk_status {
+    call(|_| {
+        // SAFETY: forwarded from the caller's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        // SAFETY: as above.
+        acquire(
+            unsafe { args::path_array(paths, n_paths) },
+            backend,
+            wait,
+            out,
+        )
+    })
 }
 
 fn wait_mode(timeout_ms: i64) -> WaitMode {
@@ -138,13 +146,12 @@ pub unsafe extern "C" fn gk_lockset_acquire_packed(
     timeout_ms: i64,
     out: *mut gk_lockset,
 ) -> gk_status {
-    call(|| {
+    call(|_| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        *out = 0;
         // SAFETY: as above.
-        let paths = unsafe { args::packed_paths(buf, len) }?;
-        acquire_into(paths, backend, wait_mode(timeout_ms), out)
+        let paths = unsafe { args::packed_paths(buf, len) };
+        acquire(paths, backend, wait_mode(timeout_ms), out)
     })
 }
 
@@ -152,9 +159,9 @@ pub unsafe extern "C" fn gk_lockset_acquire_packed(
 /// allowed once the paths are valid. The default is false.
 #[no_mangle]
 pub extern "C" fn gk_lockset_set_deletion(set: gk_lockset, delete: bool) -> gk_status {
-    call(|| {
-        HANDLES.with(|h| {
-            let s = h.locksets.get(set)?;
+    call(|_| {
+        LOCKSETS.with(|h| {
+            let s = h.get(set)?;
             s.check()?;
             s.set_deletion(delete);
             Ok(GK_OK)
@@ -169,9 +176,8 @@ pub extern "C" fn gk_lockset_set_deletion(set: gk_lockset, delete: bool) -> gk_s
 /// handle returns `GK_ERROR_STALE_HANDLE`.
 #[no_mangle]
 pub extern "C" fn gk_lockset_release(set: gk_lockset) -> gk_status {
-    call(|| {
-        let mut s = HANDLES.with(|h| h.locksets.remove(set))?;
-        s.check_and_release_in_place()?;
+    call(|_| {
+        LOCKSETS.with(|h| h.remove(set))?.check_and_release()?;
         Ok(GK_OK)
     })
 }
@@ -180,10 +186,9 @@ pub extern "C" fn gk_lockset_release(set: gk_lockset) -> gk_status {
 /// each path is registered to it, and each descriptor is open.
 #[no_mangle]
 pub extern "C" fn gk_lockset_check(set: gk_lockset) -> gk_status {
-    call(|| {
-        HANDLES
-            .with(|h| h.locksets.get(set)?.check())
-            .map(|()| GK_OK)
+    call(|_| {
+        LOCKSETS.with(|h| h.get(set)?.check())?;
+        Ok(GK_OK)
     })
 }
 
@@ -201,9 +206,9 @@ pub unsafe extern "C" fn gk_lockset_paths(
     cap: usize,
     len_out: *mut usize,
 ) -> gk_status {
-    call(|| {
-        HANDLES.with(|h| {
-            let s = h.locksets.get(set)?;
+    call(|_| {
+        LOCKSETS.with(|h| {
+            let s = h.get(set)?;
             s.check()?;
             let items = s.paths().map(|p| p.as_path().as_os_str().as_bytes());
             // SAFETY: forwarded from this function's contract.
@@ -220,7 +225,7 @@ pub unsafe extern "C" fn gk_lockset_paths(
 /// `path` must be a NUL-terminated string; `out` valid for writing.
 #[no_mangle]
 pub unsafe extern "C" fn gk_path_is_locked_by_me(path: *const c_char, out: *mut bool) -> gk_status {
-    call(|| {
+    call(|_| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         // SAFETY: as above.
@@ -241,7 +246,7 @@ pub unsafe extern "C" fn gk_held_paths(
     cap: usize,
     len_out: *mut usize,
 ) -> gk_status {
-    call(|| {
+    call(|_| {
         let held = lock::held_paths();
         let items = held.iter().map(|(p, _)| p.as_os_str().as_bytes());
         // SAFETY: forwarded from this function's contract.
@@ -256,7 +261,7 @@ pub unsafe extern "C" fn gk_held_paths(
 /// `out` must be valid for writing.
 #[no_mangle]
 pub unsafe extern "C" fn gk_held_count(out: *mut usize) -> gk_status {
-    call(|| {
+    call(|_| {
         // SAFETY: forwarded from this function's contract.
         *unsafe { args::out(out, "out") }? = lock::held_count();
         Ok(GK_OK)

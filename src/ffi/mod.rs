@@ -10,9 +10,10 @@
 mod args;
 mod boundary;
 mod enums;
-pub(crate) mod handle;
+mod handle;
 mod lock_wait;
 mod locks;
+#[cfg(feature = "noop")]
 mod noop;
 mod status;
 mod store_query;
@@ -24,9 +25,9 @@ mod worker_batch;
 mod worker_log;
 
 pub use enums::*;
-pub(crate) use handle::{after_fork_child, after_fork_parent, before_fork};
 pub use lock_wait::*;
 pub use locks::*;
+#[cfg(feature = "noop")]
 pub use noop::*;
 pub use status::gk_status;
 pub use store_query::*;
@@ -34,3 +35,24 @@ pub use version::*;
 pub use worker::*;
 pub use worker_batch::*;
 pub use worker_log::*;
+
+/// Before `fork(2)`: takes every handle table's mutex, in the lock order of
+/// the tables (workers, lock sets, store databases, lock waits), all before
+/// the lock layer's state (see `crate::lifecycle`).
+pub(crate) fn before_fork() {
+    worker::WORKERS.lock_for_fork();
+    locks::LOCKSETS.lock_for_fork();
+    store_query::STORE_DBS.lock_for_fork();
+    lock_wait::LOCK_WAITS.lock_for_fork();
+}
+
+/// After `fork(2)`, in the parent and in the child: releases them. The
+/// tables are kept: every object in them records the fork generation it was
+/// made in, so the child's calls refuse the parent's objects
+/// (`GK_ERROR_WRONG_PROCESS`).
+pub(crate) fn after_fork() {
+    lock_wait::LOCK_WAITS.unlock_after_fork();
+    store_query::STORE_DBS.unlock_after_fork();
+    locks::LOCKSETS.unlock_after_fork();
+    worker::WORKERS.unlock_after_fork();
+}

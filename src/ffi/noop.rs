@@ -1,5 +1,7 @@
 //! An empty export, the baseline for measuring the cost of crossing the C
-//! boundary (`boundary_call_ns` in `make bench`).
+//! boundary (`boundary_call_ns` in `make bench`). Compiled only with the
+//! `noop` cargo feature, which the benchmarks' library enables: production
+//! builds do not export it, and the header does not declare it.
 
 use super::status::gk_status;
 

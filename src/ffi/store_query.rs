@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use super::args;
 use super::boundary::call;
-use super::handle::HANDLES;
+use super::handle::{HandleTable, Kind};
 use super::status::gk_status::{self, GK_OK};
+use crate::base::ForkMutex;
 use crate::error::{Error, Result};
 use crate::store_db::{self, StoreDb, StoreDbOptions};
 
@@ -37,8 +38,11 @@ use crate::store_db::{self, StoreDb, StoreDbOptions};
 #[allow(non_camel_case_types)]
 pub type gk_store_db = u64;
 
-/// A store database in the handle table.
-pub(crate) type SharedDb = Arc<Mutex<StoreDb>>;
+/// The store databases opened through the C ABI (last in the lock order of
+/// the handle tables: see `ffi::before_fork`). A query holds the database's
+/// own mutex, not the table's.
+pub(super) static STORE_DBS: ForkMutex<HandleTable<Arc<Mutex<StoreDb>>>> =
+    ForkMutex::new(HandleTable::new(Kind::StoreDb));
 
 /// The most paths `gk_store_db_valid_paths` takes in one call.
 const MAX_QUERY_PATHS: usize = args::MAX_SET_LEN;
@@ -54,7 +58,7 @@ unsafe fn path_arg<'a>(p: *const c_char, what: &'static str) -> Result<&'a Path>
 }
 
 fn with_db<R>(db: gk_store_db, f: impl FnOnce(&mut StoreDb) -> Result<R>) -> Result<R> {
-    let shared = HANDLES.with(|h| h.store_dbs.get(db).map(|d| d.clone()))?;
+    let shared = STORE_DBS.with(|h| h.get(db).map(|d| d.clone()))?;
     let mut guard = shared.lock().map_err(|_| {
         Error::Invariant(format!(
             "store database handle {db:#x} was left inconsistent by an internal error; free it"
@@ -83,7 +87,7 @@ pub unsafe extern "C" fn gk_store_db_open(
     busy_timeout_ms: u32,
     out: *mut gk_store_db,
 ) -> gk_status {
-    call(|| {
+    call(|_| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
@@ -94,7 +98,7 @@ pub unsafe extern "C" fn gk_store_db_open(
             options.busy_timeout = Duration::from_millis(busy_timeout_ms.into());
         }
         let db = StoreDb::with_options(path, options)?;
-        *out = HANDLES.with(|h| h.store_dbs.insert(Arc::new(Mutex::new(db))));
+        *out = STORE_DBS.with(|h| h.insert(Arc::new(Mutex::new(db))));
         Ok(GK_OK)
     })
 }
@@ -114,7 +118,7 @@ pub unsafe extern "C" fn gk_store_db_is_valid(
     store_path: *const c_char,
     valid: *mut bool,
 ) -> gk_status {
-    call(|| {
+    call(|_| {
         // SAFETY: forwarded from this function's contract.
         let valid = unsafe { args::out(valid, "valid") }?;
         *valid = false;
@@ -141,7 +145,7 @@ pub unsafe extern "C" fn gk_store_db_valid_paths(
     n_paths: usize,
     valid: *mut bool,
 ) -> gk_status {
-    call(|| {
+    call(|_| {
         if valid.is_null() {
             return Err(Error::NullPointer("valid"));
         }
@@ -183,8 +187,8 @@ pub unsafe extern "C" fn gk_store_db_valid_paths(
 /// another thread finishes first (the connection is closed after it).
 #[no_mangle]
 pub extern "C" fn gk_store_db_free(db: gk_store_db) -> gk_status {
-    call(|| {
-        HANDLES.with(|h| h.store_dbs.remove(db))?;
+    call(|_| {
+        STORE_DBS.with(|h| h.remove(db))?;
         Ok(GK_OK)
     })
 }
@@ -205,7 +209,7 @@ pub unsafe extern "C" fn gk_store_path_valid(
     store_path: *const c_char,
     valid: *mut bool,
 ) -> gk_status {
-    call(|| {
+    call(|_| {
         // SAFETY: forwarded from this function's contract.
         let valid = unsafe { args::out(valid, "valid") }?;
         *valid = false;

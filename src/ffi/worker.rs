@@ -1,13 +1,12 @@
 //! The scheduler half of the C ABI: workers, goals, the pull loop.
 //!
-//! A worker is stored in the handle table as an `Arc<WorkerCell>`. A call
-//! finds it in the calling thread's cache (the worker the thread used last,
-//! used by reference) or clones the `Arc` out of the table (holding the
-//! table's lock only for that), then locks the worker itself, so the host's
-//! predicates run with no goalkeeper-wide lock held and may call back into
-//! goalkeeper (e.g. `gk_path_is_locked_by_me`, or another worker). A
-//! predicate that calls back into its *own* worker gets
-//! `GK_ERROR_INVALID_STATE`, never a deadlock.
+//! A worker is stored in its handle table as an `Arc<WorkerCell>`. A call
+//! clones the `Arc` out of the table (holding the table's lock only for
+//! that), then locks the worker itself, so the host's predicates run with
+//! no goalkeeper-wide lock held and may call back into goalkeeper (e.g.
+//! `gk_path_is_locked_by_me`, or another worker). A predicate that calls
+//! back into its *own* worker gets `GK_ERROR_INVALID_STATE`, never a
+//! deadlock.
 
 use std::ffi::{c_char, c_void, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -17,15 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::args;
-use super::boundary::{call, call_tls, ThreadState};
+use super::boundary::{call, ThreadState};
 use super::enums::{
     gk_backend, gk_build_mode, gk_event_kind, gk_goal_kind, gk_goal_state, gk_outcome,
 };
-use super::handle::HANDLES;
+use super::handle::{HandleTable, Kind};
 use super::status::gk_status::{self, GK_OK};
+use crate::base::ForkMutex;
 use crate::error::{Error, Result};
 use crate::lock::StorePath;
-use crate::sched::{Audit, Event, GoalId, PathPredicate, Worker, WorkerOptions};
+use crate::sched::{Audit, Event, GoalId, NewGoal, PathPredicate, Worker, WorkerOptions};
 
 /// An opaque handle to a worker (a scheduler for one client request).
 /// 0 is never a valid handle.
@@ -161,6 +161,11 @@ impl PathPredicate for CPredicate {
     }
 }
 
+/// The workers made through the C ABI (first in the lock order of the
+/// handle tables: see `ffi::before_fork`).
+pub(super) static WORKERS: ForkMutex<HandleTable<Arc<WorkerCell>>> =
+    ForkMutex::new(HandleTable::new(Kind::Worker));
+
 /// A worker in the handle table.
 pub(crate) struct WorkerCell {
     /// The thread currently inside a call on this worker (0: none; see
@@ -168,8 +173,6 @@ pub(crate) struct WorkerCell {
     in_call: AtomicUsize,
     /// Cleared (under the worker's mutex) by `gk_worker_free`.
     alive: AtomicBool,
-    /// The fork generation the worker was made in.
-    fork_gen: u64,
     worker: Mutex<Worker>,
     /// The strings of the records last taken by `gk_worker_take_log_records`
     /// (see `worker_log.rs`); locked only with `worker` held.
@@ -178,7 +181,6 @@ pub(crate) struct WorkerCell {
 
 /// Runs `f` on the worker named by `w`, without holding the handle table's
 /// lock (see [`with_worker_cell`]).
-#[inline(always)]
 pub(super) fn with_worker<R>(
     t: &ThreadState,
     w: gk_worker,
@@ -187,63 +189,17 @@ pub(super) fn with_worker<R>(
     with_worker_cell(t, w, |_, wk| f(wk))
 }
 
-/// Runs `f` on the worker named by `w` and its cell, without holding the
-/// handle table's lock.
-///
-/// The pull loop's repeated calls on one worker find it in this thread's
-/// cache (if it is still alive and of this process; both are checked again
-/// under the worker's mutex) and use the cached reference for the call,
-/// borrowed, without touching its reference count. A call made meanwhile
-/// from inside a predicate shares that borrow: on the same worker it is
-/// refused (`GK_ERROR_INVALID_STATE`), on another worker it takes the slow
-/// path, which then leaves the cache alone, and `gk_worker_free` cannot
-/// clear a borrowed cache, which then names the worker in call, whose own
-/// freeing is refused.
-#[inline(always)]
+/// Runs `f` on the worker named by `w` and its cell, with the worker's
+/// mutex held but not the handle table's (which refuses stale, forged,
+/// freed and wrong-kind handles, and a fork parent's workers), marking the
+/// worker as in a call of this thread, so that its predicates cannot call
+/// back into it.
 pub(super) fn with_worker_cell<R>(
     t: &ThreadState,
     w: gk_worker,
     f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
 ) -> Result<R> {
-    if let Ok(cache) = t.worker.try_borrow() {
-        if let Some((h, cell)) = &*cache {
-            if *h == w
-                && cell.alive.load(Ordering::Acquire)
-                && cell.fork_gen == crate::lock::process_generation()
-            {
-                return enter(t, w, cell, f);
-            }
-        }
-    }
-    with_worker_slow(t, w, f)
-}
-
-/// [`with_worker_cell`] for a worker that is not in this thread's cache:
-/// from the handle table (which refuses stale, forged, freed and wrong-kind
-/// handles, and a fork parent's workers), then cached when the cache is not
-/// in use.
-#[inline(never)]
-fn with_worker_slow<R>(
-    t: &ThreadState,
-    w: gk_worker,
-    f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
-) -> Result<R> {
-    let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
-    if let Ok(mut cache) = t.worker.try_borrow_mut() {
-        *cache = Some((w, cell.clone()));
-    }
-    enter(t, w, &cell, f)
-}
-
-/// Runs `f` with the worker's mutex held, marking the worker as in a call
-/// of this thread (so that its predicates cannot call back into it).
-#[inline(always)]
-fn enter<R>(
-    t: &ThreadState,
-    w: gk_worker,
-    cell: &WorkerCell,
-    f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
-) -> Result<R> {
+    let cell = WORKERS.with(|h| h.get(w).map(|c| c.clone()))?;
     let me = t.token();
     if cell.in_call.load(Ordering::Acquire) == me {
         return Err(called_from_predicate(w));
@@ -260,11 +216,9 @@ fn enter<R>(
     }
     cell.in_call.store(me, Ordering::Release);
     let _leave = Leave(&cell.in_call);
-    f(cell, &mut guard)
+    f(&cell, &mut guard)
 }
 
-#[cold]
-#[inline(never)]
 fn called_from_predicate(w: gk_worker) -> Error {
     Error::InvalidState(format!(
         "worker {w:#x} was called from inside one of its own predicates; \
@@ -272,16 +226,12 @@ fn called_from_predicate(w: gk_worker) -> Error {
     ))
 }
 
-#[cold]
-#[inline(never)]
 fn poisoned(w: gk_worker) -> Error {
     Error::Invariant(format!(
         "worker {w:#x} was left inconsistent by an internal error; free it"
     ))
 }
 
-#[cold]
-#[inline(never)]
 fn freed(w: gk_worker) -> Error {
     Error::StaleHandle(format!("worker handle {w:#018x} is stale: it was freed"))
 }
@@ -296,7 +246,6 @@ pub(super) const NO_EVENT: gk_event = gk_event {
     timeout_ms: -1,
 };
 
-#[inline(always)]
 pub(super) fn event_to_c(ev: Event, w: &Worker) -> gk_event {
     let mut out = NO_EVENT;
     match ev {
@@ -337,7 +286,7 @@ pub unsafe extern "C" fn gk_worker_new(
     opts: *const gk_worker_options,
     out: *mut gk_worker,
 ) -> gk_status {
-    call(|| {
+    call(|_| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
@@ -361,11 +310,10 @@ pub unsafe extern "C" fn gk_worker_new(
         let cell = Arc::new(WorkerCell {
             in_call: AtomicUsize::new(0),
             alive: AtomicBool::new(true),
-            fork_gen: crate::lock::process_generation(),
             worker: Mutex::new(w),
             log_text: Mutex::new(Vec::new()),
         });
-        *out = HANDLES.with(|h| h.workers.insert(cell));
+        *out = WORKERS.with(|h| h.insert(cell));
         Ok(GK_OK)
     })
 }
@@ -375,25 +323,17 @@ pub unsafe extern "C" fn gk_worker_new(
 /// handle goes stale; a second free gives `GK_ERROR_STALE_HANDLE`.
 #[no_mangle]
 pub extern "C" fn gk_worker_free(w: gk_worker) -> gk_status {
-    call_tls(|t| {
-        let cell = HANDLES.with(|h| h.workers.get(w).map(|c| c.clone()))?;
+    call(|t| {
+        let cell = WORKERS.with(|h| h.get(w).map(|c| c.clone()))?;
         if cell.in_call.load(Ordering::Acquire) == t.token() {
             return Err(Error::InvalidState(
                 "a predicate must not free its own worker".into(),
             ));
         }
-        let cell = HANDLES.with(|h| h.workers.remove(w))?;
+        let cell = WORKERS.with(|h| h.remove(w))?;
         let mut g = cell.worker.lock().unwrap_or_else(|e| e.into_inner());
         cell.alive.store(false, Ordering::Release);
         g.abandon();
-        drop(g);
-        // Borrowed only by a call in progress on another worker (this one's
-        // predicate freeing a third): then the cache names that worker.
-        if let Ok(mut cache) = t.worker.try_borrow_mut() {
-            if cache.as_ref().is_some_and(|(h, _)| *h == w) {
-                *cache = None;
-            }
-        }
         Ok(GK_OK)
     })
 }
@@ -432,7 +372,7 @@ pub extern "C" fn gk_worker_set_valid_path(
     f: gk_path_predicate,
     data: *mut c_void,
 ) -> gk_status {
-    call_tls(|t| set_predicate(t, w, f, data, true))
+    call(|t| set_predicate(t, w, f, data, true))
 }
 
 /// Takes the worker's validity from the store database at `db_path`
@@ -461,7 +401,7 @@ pub unsafe extern "C" fn gk_worker_set_store_database(
     w: gk_worker,
     db_path: *const c_char,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         let path = if db_path.is_null() {
             None
         } else {
@@ -488,7 +428,7 @@ pub extern "C" fn gk_worker_set_cached_failure(
     f: gk_path_predicate,
     data: *mut c_void,
 ) -> gk_status {
-    call_tls(|t| set_predicate(t, w, f, data, false))
+    call(|t| set_predicate(t, w, f, data, false))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -504,7 +444,8 @@ fn add_goal(
     let kind = gk_goal_kind::parse(kind)?;
     let mode = gk_build_mode::parse(mode)?;
     let paths = paths?;
-    let id = with_worker(t, w, |wk| wk.add_goal_normalized(kind, paths, mode, tag))?;
+    let goal = NewGoal::normalized(kind, mode, tag, paths, &[]);
+    let id = with_worker(t, w, |wk| wk.add_goal_normalized(goal))?;
     *out = id.raw();
     Ok(GK_OK)
 }
@@ -534,7 +475,7 @@ pub unsafe extern "C" fn gk_worker_add_goal(
     tag: u64,
     out: *mut gk_goal,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
@@ -563,7 +504,7 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
     tag: u64,
     out: *mut gk_goal,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
@@ -571,7 +512,7 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
             Ok(Vec::new())
         } else {
             // SAFETY: as above.
-            unsafe { args::packed_paths(outputs, len) }.map(|p| p.into_vec())
+            unsafe { args::packed_paths(outputs, len) }
         };
         add_goal(t, w, kind, paths, mode, tag, out)
     })
@@ -582,7 +523,7 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
 /// dependency-failed (a FINISHED event follows).
 #[no_mangle]
 pub extern "C" fn gk_worker_add_dependency(w: gk_worker, goal: gk_goal, dep: gk_goal) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         with_worker(t, w, |wk| {
             wk.add_dependency(GoalId::from_raw(goal), GoalId::from_raw(dep))
         })?;
@@ -599,7 +540,7 @@ pub extern "C" fn gk_worker_add_dependency(w: gk_worker, goal: gk_goal, dep: gk_
 /// `out` must be valid for writing.
 #[no_mangle]
 pub unsafe extern "C" fn gk_worker_next_event(w: gk_worker, out: *mut gk_event) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = NO_EVENT;
@@ -615,7 +556,7 @@ pub unsafe extern "C" fn gk_worker_next_event(w: gk_worker, out: *mut gk_event) 
 /// is woken.
 #[no_mangle]
 pub extern "C" fn gk_worker_report(w: gk_worker, goal: gk_goal, outcome: u32) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         let o = gk_outcome::parse(outcome)?.ok_or_else(|| {
             Error::InvalidArgument("GK_OUTCOME_NONE is not an outcome to report".into())
         })?;
@@ -629,7 +570,7 @@ pub extern "C" fn gk_worker_report(w: gk_worker, goal: gk_goal, outcome: u32) ->
 /// has finished.
 #[no_mangle]
 pub extern "C" fn gk_worker_cancel(w: gk_worker, goal: gk_goal) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         with_worker(t, w, |wk| wk.cancel(GoalId::from_raw(goal)))?;
         Ok(GK_OK)
     })
@@ -646,7 +587,7 @@ pub unsafe extern "C" fn gk_worker_goal_result(
     goal: gk_goal,
     out: *mut gk_goal_result,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         let r = with_worker(t, w, |wk| {
@@ -675,7 +616,7 @@ pub unsafe extern "C" fn gk_worker_goal_tag(
     goal: gk_goal,
     out: *mut u64,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
@@ -698,7 +639,7 @@ pub unsafe extern "C" fn gk_worker_goal_outputs(
     cap: usize,
     len_out: *mut usize,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         with_worker(t, w, |wk| {
             let id = GoalId::from_raw(goal);
             wk.check_goal(id)?;
@@ -811,7 +752,7 @@ impl From<Audit> for gk_audit {
 /// `out` must be valid for writing.
 #[no_mangle]
 pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut gk_audit) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = with_worker(t, w, |wk| Ok(wk.audit()))?.into();
@@ -825,7 +766,7 @@ pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut gk_audit) -> gk
 /// `out` must be valid for writing.
 #[no_mangle]
 pub unsafe extern "C" fn gk_worker_fd(w: gk_worker, out: *mut i32) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = with_worker(t, w, |wk| {
@@ -849,7 +790,7 @@ pub unsafe extern "C" fn gk_worker_take_log(
     cap: usize,
     len_out: *mut usize,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         with_worker(t, w, |wk| {
             wk.check()?;
             let lines = wk.log_lines();

@@ -12,7 +12,7 @@
 use std::ffi::c_char;
 
 use super::args;
-use super::boundary::{call_tls, ThreadState};
+use super::boundary::{call, ThreadState};
 use super::enums::{gk_batch_field, gk_build_mode, gk_goal_kind, gk_outcome};
 use super::status::gk_status::{self, GK_OK};
 use super::worker::{event_to_c, gk_event, gk_goal, gk_worker, with_worker};
@@ -122,7 +122,7 @@ fn batch_call(
     err: *mut gk_batch_error,
     body: impl FnOnce(&ThreadState) -> std::result::Result<(), Fail>,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         let mut err = if err.is_null() {
             None
         } else {
@@ -371,152 +371,6 @@ unsafe fn read_batch<'a>(
     Ok((goals, first))
 }
 
-/// The mode, tag and dependencies of `b` if it is one plain goal without
-/// outputs, with well-formed arrays; `None` sends it the general way (which
-/// also names any error).
-///
-/// # Safety
-/// As [`read_batch`].
-#[inline]
-unsafe fn one_plain_goal(b: &gk_goal_batch) -> Option<(BuildMode, u64, &[GoalId])> {
-    let aligned = |p: usize, a: usize| p.is_multiple_of(a);
-    if b.n_goals != 1
-        || b.kinds.is_null()
-        || !aligned(b.kinds as usize, 4)
-        || (!b.modes.is_null() && !aligned(b.modes as usize, 4))
-        || (!b.tags.is_null() && !aligned(b.tags as usize, 8))
-        || (!b.output_offsets.is_null() && !aligned(b.output_offsets as usize, 4))
-        || (!b.dep_offsets.is_null() && !aligned(b.dep_offsets as usize, 4))
-    {
-        return None;
-    }
-    // SAFETY: non-null and aligned; one element per the contract.
-    if unsafe { *b.kinds } != gk_goal_kind::GK_GOAL_PLAIN as u32 {
-        return None;
-    }
-    let mode = if b.modes.is_null() {
-        BuildMode::Normal
-    } else {
-        // SAFETY: as above.
-        gk_build_mode::parse(unsafe { *b.modes }).ok()?
-    };
-    let tag = if b.tags.is_null() {
-        0
-    } else {
-        // SAFETY: as above.
-        unsafe { *b.tags }
-    };
-    if !b.output_offsets.is_null() {
-        // SAFETY: two offsets per the contract.
-        let (a, z) = unsafe { (*b.output_offsets, *b.output_offsets.add(1)) };
-        if a != 0 || z != 0 {
-            return None;
-        }
-    }
-    if b.dep_offsets.is_null() {
-        return Some((mode, tag, &[]));
-    }
-    // SAFETY: two offsets per the contract.
-    let (a, z) = unsafe { (*b.dep_offsets, *b.dep_offsets.add(1)) };
-    if a != 0 || z > MAX_OUTPUTS {
-        return None;
-    }
-    if z == 0 {
-        return Some((mode, tag, &[]));
-    }
-    if b.deps.is_null() || !aligned(b.deps as usize, 8) {
-        return None;
-    }
-    // SAFETY: `z` ids per the contract (`dep_offsets[1]` is the array's
-    // length), aligned; `GoalId` is a transparent `u64`.
-    Some((mode, tag, unsafe {
-        std::slice::from_raw_parts(b.deps.cast::<GoalId>(), z as usize)
-    }))
-}
-
-/// A batch of plain goals without outputs, whose arrays are well formed
-/// (see [`plain_batch`]).
-struct PlainBatch<'a> {
-    modes: Option<&'a [u32]>,
-    tags: Option<&'a [u64]>,
-    dep_off: Option<&'a [u32]>,
-    deps: &'a [GoalId],
-}
-
-impl PlainBatch<'_> {
-    /// Goal `i`'s mode (every mode was checked).
-    #[inline(always)]
-    fn mode(&self, i: usize) -> BuildMode {
-        self.modes.map_or(BuildMode::Normal, |m| {
-            gk_build_mode::parse(m[i]).unwrap_or(BuildMode::Normal)
-        })
-    }
-
-    /// Goal `i`'s dependencies (the offsets were checked).
-    #[inline(always)]
-    fn deps(&self, i: usize) -> &[GoalId] {
-        match self.dep_off {
-            Some(o) => &self.deps[o[i] as usize..o[i + 1] as usize],
-            None => &[],
-        }
-    }
-}
-
-/// `b` as a batch of plain goals without outputs (every kind
-/// `GK_GOAL_PLAIN`, every mode known, no outputs, dependency offsets from 0
-/// never decreasing), with aligned arrays; `None` sends it the general way
-/// (which also names any error).
-///
-/// # Safety
-/// As [`read_batch`].
-unsafe fn plain_batch(b: &gk_goal_batch) -> Option<PlainBatch<'_>> {
-    let n = b.n_goals as usize;
-    if n == 0 {
-        return None;
-    }
-    let (f, k) = (BatchField::Batch, "");
-    // SAFETY: the arrays are as this function's contract says (here and below).
-    let kinds = unsafe { opt_array(b.kinds, n, f, k) }.ok()??;
-    // SAFETY: as above.
-    let modes = unsafe { opt_array(b.modes, n, f, k) }.ok()?;
-    // SAFETY: as above.
-    let tags = unsafe { opt_array(b.tags, n, f, k) }.ok()?;
-    // SAFETY: as above.
-    let out_off = unsafe { opt_array(b.output_offsets, n + 1, f, k) }.ok()?;
-    // SAFETY: as above.
-    let dep_off = unsafe { opt_array(b.dep_offsets, n + 1, f, k) }.ok()?;
-    let plain = gk_goal_kind::GK_GOAL_PLAIN as u32;
-    if !kinds.iter().all(|&k| k == plain)
-        || !modes.is_none_or(|m| m.iter().all(|&m| gk_build_mode::from_raw(m).is_some()))
-        || !out_off.is_none_or(|o| o.iter().all(|&x| x == 0))
-    {
-        return None;
-    }
-    let mut deps: &[GoalId] = &[];
-    if let Some(o) = dep_off {
-        if o[0] != 0 || !o.windows(2).all(|w| w[0] <= w[1]) {
-            return None;
-        }
-        let total = o[n] as usize;
-        if total > 0 {
-            if b.deps.is_null()
-                || !(b.deps as usize).is_multiple_of(std::mem::align_of::<gk_goal>())
-            {
-                return None;
-            }
-            // SAFETY: `total` ids per the contract (the last offset is the
-            // array's length), aligned; `GoalId` is a transparent `u64`.
-            deps = unsafe { std::slice::from_raw_parts(b.deps.cast::<GoalId>(), total) };
-        }
-    }
-    Some(PlainBatch {
-        modes,
-        tags,
-        dep_off,
-        deps,
-    })
-}
-
 /// Goal `i`'s outputs, strings `a..z`, sorted and deduplicated.
 ///
 /// # Safety
@@ -700,33 +554,6 @@ pub unsafe extern "C" fn gk_worker_add_goals(
         }
         // SAFETY: a whole gk_goal_batch, readable per the contract.
         let b = unsafe { &*batch };
-        // The host adding one goal at a time with its dependencies.
-        // SAFETY: as above.
-        if let Some((mode, tag, deps)) = unsafe { one_plain_goal(b) } {
-            let one = with_worker(t, w, |wk| Ok(wk.add_one_plain_goal(mode, tag, deps)))?;
-            if let Some(id) = one {
-                ids[0] = id?;
-                return Ok(());
-            }
-        }
-        // A request of plain goals without outputs, read in place.
-        // SAFETY: as above.
-        if let Some(p) = unsafe { plain_batch(b) } {
-            let r = with_worker(t, w, |wk| {
-                Ok(wk.add_plain_goals(
-                    b.n_goals as usize,
-                    |i| p.mode(i),
-                    |i| p.tags.map_or(0, |t| t[i]),
-                    |i| p.deps(i),
-                    ids,
-                ))
-            })?;
-            if let Some(r) = r {
-                // As the general way: the call's own errors (a fork child,
-                // the ledger's verdict) name the whole batch.
-                return r.map_err(|e| Fail::Element(BatchError::whole(e)));
-            }
-        }
         // SAFETY: forwarded from this function's contract.
         let (mut goals, parse_error) = unsafe { read_batch(b) }?;
         let r = with_worker(t, w, |wk| {
@@ -783,7 +610,7 @@ pub unsafe extern "C" fn gk_worker_next_events(
     cap: usize,
     n_out: *mut usize,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         // SAFETY: forwarded from this function's contract.
         let n_out = unsafe { args::out(n_out, "n_out") }?;
         *n_out = 0;

@@ -12,7 +12,7 @@ use std::ffi::c_char;
 use std::os::unix::ffi::OsStrExt;
 
 use super::args;
-use super::boundary::call_tls;
+use super::boundary::call;
 use super::enums::gk_log_kind;
 use super::status::gk_status::{self, GK_OK};
 use super::worker::{gk_goal, gk_worker, with_worker_cell};
@@ -153,7 +153,7 @@ pub unsafe extern "C" fn gk_worker_take_log_records(
     cap: usize,
     n_out: *mut usize,
 ) -> gk_status {
-    call_tls(|t| {
+    call(|t| {
         // SAFETY: forwarded from this function's contract.
         let n_out = unsafe { args::out(n_out, "n_out") }?;
         *n_out = 0;

@@ -21,7 +21,6 @@ pub enum Backend {
 impl Backend {
     /// Tries to take the exclusive lock without blocking: `Ok(false)` when
     /// another open file description holds it.
-    #[inline(always)]
     pub(crate) fn try_lock(self, fd: RawFd) -> io::Result<bool> {
         let r = match self {
             Backend::Ofd => ofd(fd, libc::F_OFD_SETLK, libc::F_WRLCK),
@@ -50,7 +49,6 @@ impl Backend {
     }
 
     /// Drops the lock held through `fd`.
-    #[inline(always)]
     pub(crate) fn unlock(self, fd: RawFd) -> io::Result<()> {
         match self {
             Backend::Ofd => ofd(fd, libc::F_OFD_SETLK, libc::F_UNLCK),
@@ -67,7 +65,6 @@ impl Backend {
     }
 }
 
-#[inline(always)]
 fn ofd(fd: RawFd, cmd: libc::c_int, ty: libc::c_int) -> io::Result<()> {
     // SAFETY: an all-zero `flock` is a valid value of this plain C struct.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };

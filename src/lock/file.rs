@@ -5,11 +5,12 @@ use std::os::unix::io::RawFd;
 
 use super::backend::Backend;
 use super::path::StorePath;
-use super::process::{self, generation, State, STATE};
-use super::registry::Owner;
-use crate::error::{Error, Hot, Result};
+use super::process::{State, STATE};
+use super::registry::{Owner, Registry};
+use crate::base::generation;
+use crate::error::{Error, Result};
+use crate::fault::{crash_point, injected, Point};
 use crate::inspect::FileKey;
-use crate::lifecycle::ensure_installed;
 
 /// How many times a lock file may turn out stale (deleted by its previous
 /// holder) in a row before acquisition reports an error instead of spinning.
@@ -72,31 +73,17 @@ impl LockFile {
             if cancelled() {
                 return Ok(None);
             }
-            let (fd, dir_owner) = open_lock_file(path)?;
-            if let Err(e) = lock_blocking(backend, fd) {
-                close_fd(fd);
-                return Err(Error::from_io(path.lock_path(), "lock", e));
-            }
-            let found = stat(fd)
-                .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
-                .and_then(|st| Ok((examine(path, &st, dir_owner)?, st)));
-            match found {
-                Ok((Found::Live, st)) => {
-                    return Ok(Some(LockFile {
-                        fd,
-                        backend,
-                        generation: generation(),
-                        key: key_of(&st),
-                    }))
-                }
-                Ok((Found::Stale, _)) => {
-                    let _ = backend.unlock(fd);
-                    close_fd(fd);
-                }
-                Err(e) => {
-                    let _ = backend.unlock(fd);
-                    close_fd(fd);
-                    return Err(e);
+            // Opened under the process lock, so that a concurrent fork
+            // either sees the descriptor tracked or does not inherit it.
+            let (fd, dir_owner) = STATE.with(|st| open_in(st, path))?;
+            let granted = lock_blocking(backend, fd)
+                .map_err(|e| Error::from_io(path.lock_path(), "lock", e))
+                .and_then(|()| check_granted(path, fd, backend, dir_owner));
+            match granted {
+                Ok(Some(key)) => return Ok(Some(LockFile::new(fd, backend, key))),
+                r => {
+                    STATE.with(|st| st.registry.close(fd));
+                    r?; // stale: open it again
                 }
             }
         }
@@ -115,69 +102,35 @@ impl LockFile {
     /// (G5's fast path, by name): they are checked at the start of the same
     /// critical section, before anything is opened, and the first one held
     /// is [`Error::HeldByThisProcess`].
-    #[inline(always)]
     pub(crate) fn try_registered(
         path: &StorePath,
         backend: Backend,
         owner: Owner,
         free_first: &[StorePath],
     ) -> Result<Acquired> {
-        ensure_installed();
         for _ in 0..MAX_STALE_ATTEMPTS {
-            // Forced inline, as this function is (see `LockSet::acquire_paths`).
-            let attempt = STATE.with(
-                #[inline(always)]
-                |st| -> Result<Option<Acquired>> {
-                    super::registry::check_free(st, free_first)?;
-                    let (fd, dir_owner) = open_in(st, path)?;
-                    let fail = |st: &mut State, op, e| {
-                        close_in(st, fd);
-                        Err(Error::from_io(path.lock_path(), op, e))
-                    };
-                    match backend.try_lock(fd) {
-                        Err(e) => fail(st, "lock", e),
-                        Ok(false) => {
-                            let key = match stat(fd) {
-                                Ok(s) => key_of(&s),
-                                Err(e) => return fail(st, "fstat", e),
-                            };
-                            close_in(st, fd);
-                            Ok(Some(match st.held_inodes.get(&key) {
-                                Some(o) => Acquired::HeldHere(*o, key),
-                                None => Acquired::Busy,
-                            }))
+            let attempt = STATE.with(|st| -> Result<Option<Acquired>> {
+                st.registry.check_free(free_first)?;
+                let (fd, dir_owner) = open_in(st, path)?;
+                let got = match backend.try_lock(fd) {
+                    Err(e) => Err(Error::from_io(path.lock_path(), "lock", e)),
+                    Ok(false) => stat(fd)
+                        .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
+                        .map(|s| match st.registry.owner_of_inode(key_of(&s)) {
+                            Some(o) => Some(Acquired::HeldHere(o, key_of(&s))),
+                            None => Some(Acquired::Busy),
+                        }),
+                    Ok(true) => match check_granted(path, fd, backend, dir_owner) {
+                        Ok(Some(key)) => {
+                            st.registry.register(path, key, owner);
+                            return Ok(Some(Acquired::Locked(LockFile::new(fd, backend, key))));
                         }
-                        Ok(true) => {
-                            let found = stat(fd)
-                                .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
-                                .and_then(|s| Ok((examine(path, &s, dir_owner)?, s)));
-                            match found {
-                                Ok((Found::Live, s)) => {
-                                    let key = key_of(&s);
-                                    st.held_inodes.insert(key, owner);
-                                    st.held.insert(path.clone(), owner);
-                                    Ok(Some(Acquired::Locked(LockFile {
-                                        fd,
-                                        backend,
-                                        generation: generation(),
-                                        key,
-                                    })))
-                                }
-                                Ok((Found::Stale, _)) => {
-                                    let _ = backend.unlock(fd);
-                                    close_in(st, fd);
-                                    Ok(None) // stale: re-open
-                                }
-                                Err(e) => {
-                                    let _ = backend.unlock(fd);
-                                    close_in(st, fd);
-                                    Err(e)
-                                }
-                            }
-                        }
-                    }
-                },
-            )?;
+                        r => r.map(|_| None), // stale: open it again
+                    },
+                };
+                st.registry.close(fd);
+                got
+            })?;
             if let Some(a) = attempt {
                 return Ok(a);
             }
@@ -185,12 +138,21 @@ impl LockFile {
         Err(stale_exhausted(path))
     }
 
+    fn new(fd: RawFd, backend: Backend, key: FileKey) -> LockFile {
+        LockFile {
+            fd,
+            backend,
+            generation: generation(),
+            key,
+        }
+    }
+
     /// The identity of the locked inode.
     pub(crate) fn key(&self) -> FileKey {
         self.key
     }
 
-    /// The descriptor (for tests and diagnostics).
+    /// The descriptor (for the registry's checks).
     pub(crate) fn fd(&self) -> RawFd {
         self.fd
     }
@@ -219,25 +181,30 @@ impl LockFile {
     /// The lock is always released, even when an error is returned; the error
     /// then says that the file could not be deleted, or not marked.
     pub(crate) fn release(self, path: &StorePath, delete: bool) -> Result<()> {
-        Ok(STATE.with(|st| self.release_in(st, path, delete))?)
+        STATE.with(|st| self.release_in(&mut st.registry, path, delete))
     }
 
     /// [`LockFile::release`], with the process lock already held: a caller
     /// can update the registry in the same step, so that no other thread
     /// sees the lock released but registered, or registered but released.
-    #[inline(always)]
-    pub(crate) fn release_in(mut self, st: &mut State, path: &StorePath, delete: bool) -> Hot<()> {
+    pub(crate) fn release_in(
+        mut self,
+        registry: &mut Registry,
+        path: &StorePath,
+        delete: bool,
+    ) -> Result<()> {
         let fd = std::mem::replace(&mut self.fd, -1);
         if self.generation != generation() {
             // Inherited through fork: the atfork handler closed it already.
             return Ok(());
         }
-        let mut result = Ok(());
-        if delete {
-            result = delete_lock_file(fd, self.key, path).map_err(Box::new);
-        }
+        let result = if delete {
+            delete_lock_file(fd, self.key, path)
+        } else {
+            Ok(())
+        };
         let _ = self.backend.unlock(fd);
-        close_in(st, fd);
+        registry.close(fd);
         result
     }
 }
@@ -246,13 +213,12 @@ impl Drop for LockFile {
     fn drop(&mut self) {
         if self.fd >= 0 && self.generation == generation() {
             let _ = self.backend.unlock(self.fd);
-            close_fd(self.fd);
+            STATE.with(|st| st.registry.close(self.fd));
         }
     }
 }
 
 fn delete_lock_file(fd: RawFd, key: FileKey, path: &StorePath) -> Result<()> {
-    use crate::fault::{crash_point, Point};
     crash_point(Point::CrashBeforeUnlink);
     // Unlink the name only if it still names the inode we hold: never remove
     // a file someone else put there. A name that is gone or names another
@@ -302,7 +268,7 @@ fn delete_lock_file(fd: RawFd, key: FileKey, path: &StorePath) -> Result<()> {
 /// fails. The inode is the one this process locked and found to be a lock
 /// file at acquisition (regular, one link, an expected owner; L11).
 fn mark_deleted(fd: RawFd, path: &StorePath) -> Result<()> {
-    let written = match crate::fault::injected(crate::fault::Point::TokenWrite) {
+    let written = match injected(Point::TokenWrite) {
         Some(_) => false,
         None => loop {
             // SAFETY: writing one byte from a static buffer to an fd we own.
@@ -318,7 +284,7 @@ fn mark_deleted(fd: RawFd, path: &StorePath) -> Result<()> {
     }
     // Extending a file needs no data block, so this works where the write
     // failed for want of space.
-    let e = match crate::fault::injected(crate::fault::Point::MarkTruncate) {
+    let e = match injected(Point::MarkTruncate) {
         Some(e) => e,
         // SAFETY: plain syscall on an fd we own.
         None if unsafe { libc::ftruncate(fd, 1) } == 0 => return Ok(()),
@@ -341,7 +307,6 @@ fn lock_blocking(backend: Backend, fd: RawFd) -> io::Result<()> {
     }
 }
 
-#[inline(always)]
 fn stat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: an all-zero `stat` is valid; fstat fills it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -352,24 +317,36 @@ fn stat(fd: RawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// What a file whose lock was just granted turned out to be.
-enum Found {
-    /// A live lock file.
-    Live,
-    /// Deleted by its previous holder (unlinked, or marked non-empty): close
-    /// it and open the path again.
-    Stale,
+/// Judges a file whose lock was just granted on `fd`, from its `fstat`:
+/// the inode's key if it is a live lock file; `None` if it is stale
+/// (deleted by its previous holder: open the path again), and an error for
+/// a file we may not use. Unless live, the lock is released again (the
+/// caller closes the descriptor).
+///
+/// An unlinked file is stale. A linked one must be a lock file we may use
+/// (L11: regular, one link, owned by this process's effective user or by the
+/// store directory's owner, `dir_owner`; anything else is refused without a
+/// write). A linked lock file that is not empty carries the deletion token:
+/// stale, and its deletion is finished.
+fn check_granted(
+    path: &StorePath,
+    fd: RawFd,
+    backend: Backend,
+    dir_owner: libc::uid_t,
+) -> Result<Option<FileKey>> {
+    let verdict = stat(fd)
+        .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
+        .and_then(|st| examine(path, &st, dir_owner).map(|live| live.then(|| key_of(&st))));
+    if !matches!(verdict, Ok(Some(_))) {
+        let _ = backend.unlock(fd);
+    }
+    verdict
 }
 
-/// Judges a file whose lock was just granted, from its `fstat`. An unlinked
-/// file is stale. A linked one must be a lock file we may use (L11: regular,
-/// one link, owned by this process's effective user or by the store
-/// directory's owner; anything else is refused without a write). A linked
-/// lock file that is not empty carries the deletion token: stale, and its
-/// deletion is finished.
-fn examine(path: &StorePath, st: &libc::stat, dir_owner: libc::uid_t) -> Result<Found> {
+/// Whether the locked file `st` is a live lock file (see [`check_granted`]).
+fn examine(path: &StorePath, st: &libc::stat, dir_owner: libc::uid_t) -> Result<bool> {
     if st.st_nlink == 0 {
-        return Ok(Found::Stale);
+        return Ok(false);
     }
     let refuse = |reason: String| {
         Err(Error::ForeignLockFile {
@@ -399,9 +376,9 @@ fn examine(path: &StorePath, st: &libc::stat, dir_owner: libc::uid_t) -> Result<
     }
     if st.st_size != 0 {
         finish_interrupted_deletion(path, st);
-        return Ok(Found::Stale);
+        return Ok(false);
     }
-    Ok(Found::Live)
+    Ok(true)
 }
 
 /// A lock file that is still linked but carries the deletion token was left
@@ -421,7 +398,7 @@ fn finish_interrupted_deletion(path: &StorePath, locked: &libc::stat) {
         Ok(now) if key_of(&now) == key_of(locked) => {}
         _ => return,
     }
-    if crate::fault::injected(crate::fault::Point::FinishDeletion).is_some() {
+    if injected(Point::FinishDeletion).is_some() {
         return;
     }
     // SAFETY: unlinking a NUL-terminated path whose lock we hold.
@@ -444,22 +421,13 @@ fn key_of(st: &libc::stat) -> FileKey {
 
 /// Opens (creating if needed) `path.lock` with `O_RDWR|O_CREAT|O_CLOEXEC|O_NOFOLLOW`,
 /// mode 0600, after checking the store directory, and tracks the descriptor
-/// so that fork children close it. Returns the descriptor and the store
-/// directory's owner.
-pub(crate) fn open_lock_file(path: &StorePath) -> Result<(RawFd, libc::uid_t)> {
-    ensure_installed();
-    // Open under the process lock so that a concurrent fork either sees the
-    // descriptor tracked or does not inherit it at all.
-    STATE.with(|st| open_in(st, path))
-}
-
-/// [`open_lock_file`], with the process lock already held.
-#[inline(always)]
+/// so that fork children close it (the caller holds the process lock).
+/// Returns the descriptor and the store directory's owner.
 fn open_in(st: &mut State, path: &StorePath) -> Result<(RawFd, libc::uid_t)> {
-    if let Some(e) = crate::fault::injected(crate::fault::Point::OpenNoSpace) {
+    if let Some(e) = injected(Point::OpenNoSpace) {
         return Err(Error::from_io(path.lock_path(), "open", e));
     }
-    let dir_owner = super::store_dir::check_cached(st, path)?;
+    let dir_owner = st.dirs.check(path)?;
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     // SAFETY: the path is NUL-terminated; mode is passed as the variadic argument.
     let fd = unsafe { libc::open(path.lock_cstr().as_ptr(), flags, 0o600 as libc::c_uint) };
@@ -470,21 +438,8 @@ fn open_in(st: &mut State, path: &StorePath) -> Result<(RawFd, libc::uid_t)> {
             io::Error::last_os_error(),
         ));
     }
-    process::track_fd(st, fd);
+    st.registry.track(fd);
     Ok((fd, dir_owner))
-}
-
-/// Untracks and closes a lock descriptor.
-pub(crate) fn close_fd(fd: RawFd) {
-    STATE.with(|st| close_in(st, fd));
-}
-
-/// [`close_fd`], with the process lock already held.
-#[inline(always)]
-fn close_in(st: &mut State, fd: RawFd) {
-    st.fds.remove(fd);
-    // SAFETY: closing a descriptor this library opened and still owns.
-    unsafe { libc::close(fd) };
 }
 
 fn stale_exhausted(path: &StorePath) -> Error {

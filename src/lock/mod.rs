@@ -1,42 +1,65 @@
 //! Store path locks, following the lock-file protocol of the Guix/Nix daemon.
 //!
 //! For store path `P` the lock file is `P.lock`. See [`LockSet`] for the
-//! all-or-nothing set, [`Backend`] for the kernel mechanisms, and
-//! [`registry`] for the in-process view (G5).
+//! all-or-nothing set, [`Backend`] for the kernel mechanisms, and the
+//! registry functions ([`is_held_by_me`], [`held_paths`]) for the
+//! in-process view (G5).
+//!
+//! The modules, bottom up: `path` (store paths and their lock-file names),
+//! `backend` (the kernel calls), `registry` (the `Registry` of held locks
+//! and open lock descriptors, which owns its maps), `store_dir` (the store
+//! directory check), `process` (the one mutex over the registry and the
+//! checked directories, and the public questions to the registry), `file`
+//! (one lock file: take, judge, release, delete), `wait` (a blocking wait
+//! on a helper thread, and the list of abandoned ones) and `set` (the
+//! all-or-nothing lock set).
+//!
+//! The scheduler (`crate::sched`) builds on a small contract, the
+//! `pub(crate)` items below: a goal's locks are taken by one pass,
+//! [`LockSet::try_for_owner`], whose owner tag is the goal's id; a busy lock
+//! is waited for by a `LockWait`, whose granted `LockFile` the next pass
+//! takes in hand; `held_where` and [`owner_of`] answer the ledger.
 
 mod backend;
 mod file;
 mod path;
 mod process;
-pub mod registry;
+mod registry;
 mod set;
-pub mod store_dir;
+mod store_dir;
 mod wait;
 
 pub use backend::Backend;
 pub use file::MAX_STALE_ATTEMPTS;
 pub use path::{normalize_paths, normalize_set, StorePath, LOCK_SUFFIX, PATH_MAX};
-pub use registry::{held_count, held_paths, is_held_by_me, owner_of, Owner};
+pub use process::{held_count, held_paths, is_held_by_me, open_descriptor_count, owner_of};
+pub use registry::Owner;
 pub use set::{LockSet, WaitMode};
 
-// Used by the scheduler (src/sched), which builds on the lock layer's internals.
-#[allow(unused_imports)]
 pub(crate) use file::LockFile;
-#[allow(unused_imports)]
-pub(crate) use set::{next_id, Paths};
-#[allow(unused_imports)]
+pub(crate) use process::held_where;
+pub(crate) use set::next_id;
 pub(crate) use wait::{LockWait, Notify};
 
-/// The number of lock descriptors this process has open, including those of
-/// wait threads (for tests and the audit).
-pub fn open_descriptor_count() -> usize {
-    process::STATE.with(|st| st.fds.len())
+/// Before `fork(2)`: takes the lock layer's mutexes (the process state, then
+/// the abandoned waits), after the C ABI's handle tables (see
+/// `crate::lifecycle`).
+pub(crate) fn before_fork() {
+    process::STATE.lock_for_fork();
+    wait::GHOSTS.lock_for_fork();
 }
 
-/// This process's pid as the lock layer sees it (refreshed after `fork`).
-pub fn pid() -> u32 {
-    process::pid()
+/// In the parent after `fork(2)`: releases them.
+pub(crate) fn after_fork_parent() {
+    wait::GHOSTS.unlock_after_fork();
+    process::STATE.unlock_after_fork();
 }
 
-pub(crate) use process::generation as process_generation;
-pub(crate) use process::{after_fork_child, after_fork_parent, before_fork, init_process};
+/// In the child after `fork(2)`: closes the inherited lock descriptors and
+/// forgets the parent's locks (`process::after_fork_child`), then releases
+/// the mutexes. The abandoned waits' threads do not exist in the child;
+/// their list is kept as it is (see `wait::GHOSTS`).
+pub(crate) fn after_fork_child() {
+    wait::GHOSTS.unlock_after_fork();
+    process::after_fork_child();
+}

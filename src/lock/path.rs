@@ -15,7 +15,7 @@ pub const LOCK_SUFFIX: &str = ".lock";
 pub const PATH_MAX: usize = libc::PATH_MAX as usize;
 
 /// A validated, normalised absolute store path, with its lock-file name
-/// precomputed (the lock hot path does no allocation for it).
+/// precomputed.
 ///
 /// Normalisation collapses repeated slashes and drops a trailing slash, so
 /// `/s//x/` and `/s/x` name the same lock. `.` and `..` components, NUL
@@ -26,16 +26,9 @@ pub const PATH_MAX: usize = libc::PATH_MAX as usize;
 /// in which guix-daemon's `PathLocks` takes a `PathSet`: `/s/wb` sorts before
 /// `/s/wb-doc`, although `wb-doc.lock` sorts before `wb.lock`.
 ///
-/// A path also carries, computed once when it is made, the length of its
-/// store directory and a hash of its bytes: the in-process registry and the
-/// store-directory cache, which the lock cycle consults for every path, then
-/// never scan or hash the path again. `Hash` writes that hash only.
-///
 /// The bytes are shared, not copied, by clones: the registry's entry for a
-/// held path is a clone of its lock set's path, so the lock cycle makes one
-/// allocation per path, and the registry finds its own entry by address
-/// before it compares bytes.
-#[derive(Clone)]
+/// held path is a clone of its lock set's path.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct StorePath {
     /// `P.lock` followed by NUL; the store path is the prefix without the
     /// suffix. Never empty, no NUL before the last byte.
@@ -43,73 +36,6 @@ pub struct StorePath {
     /// The length of the store directory: the bytes before the last `/`
     /// (1 for a path directly under `/`).
     dir_len: u32,
-    /// A hash of the store path's bytes ([`hash_bytes`]).
-    hash: u64,
-}
-
-impl PartialEq for StorePath {
-    #[inline]
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && (Arc::ptr_eq(&self.lock, &other.lock) || self.lock == other.lock)
-    }
-}
-
-impl Eq for StorePath {}
-
-impl std::hash::Hash for StorePath {
-    #[inline]
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-/// The lock-file name of store path `path` (`path` without NUL), with its
-/// terminating NUL: `P.lock\0`, in one shared allocation of exactly that
-/// size (`Arc::from(Vec)` would allocate a second time and copy).
-#[inline]
-fn lock_name(path: &[u8]) -> Arc<[u8]> {
-    let n = path.len();
-    let mut a = Arc::<[u8]>::new_uninit_slice(n + LOCK_SUFFIX.len() + 1);
-    let dst = Arc::get_mut(&mut a).expect("a new Arc is unique");
-    // SAFETY: `dst` has room for `path`, the suffix and the NUL, and is a new
-    // allocation that overlaps neither source.
-    unsafe {
-        let to = dst.as_mut_ptr().cast::<u8>();
-        std::ptr::copy_nonoverlapping(path.as_ptr(), to, n);
-        std::ptr::copy_nonoverlapping(LOCK_SUFFIX.as_ptr(), to.add(n), LOCK_SUFFIX.len());
-        to.add(n + LOCK_SUFFIX.len()).write(0);
-    }
-    // SAFETY: the block above wrote every byte.
-    unsafe { a.assume_init() }
-}
-
-/// The first occurrence of `byte` in `s` (libc's `memchr`, vectorised).
-#[inline]
-fn find(s: &[u8], byte: u8) -> Option<usize> {
-    // SAFETY: `s` is valid for `s.len()` bytes; memchr reads no further.
-    let p = unsafe { libc::memchr(s.as_ptr().cast(), byte as libc::c_int, s.len()) };
-    (!p.is_null()).then(|| p as usize - s.as_ptr() as usize)
-}
-
-/// A 64-bit hash of `bytes`, a word at a time (an FxHash-style multiply and
-/// rotate, then a final mix). Only this process's own tables use it.
-fn hash_bytes(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h = bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-        h = (h.rotate_left(5) ^ v).wrapping_mul(K);
-    }
-    let rest = words.remainder();
-    if !rest.is_empty() {
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^ (h >> 33)
 }
 
 impl StorePath {
@@ -120,62 +46,6 @@ impl StorePath {
 
     /// Validates and normalises a path given as raw bytes (no NUL terminator).
     pub fn from_bytes(bytes: &[u8]) -> Result<StorePath> {
-        match Self::from_normal_bytes(bytes, false) {
-            Some(p) => Ok(p),
-            None => Self::from_bytes_general(bytes),
-        }
-    }
-
-    /// [`StorePath::from_bytes`] for bytes known to hold no NUL (a C string
-    /// measured up to its terminator): the fast path skips that scan.
-    pub(crate) fn from_nul_free_bytes(bytes: &[u8]) -> Result<StorePath> {
-        debug_assert!(!bytes.contains(&0));
-        match Self::from_normal_bytes(bytes, true) {
-            Some(p) => Ok(p),
-            None => Self::from_bytes_general(bytes),
-        }
-    }
-
-    /// The common case of [`StorePath::from_bytes`], in one pass: a path that
-    /// is already normal (absolute, not the root, no NUL, no empty, `.` or
-    /// `..` component, no trailing slash, short enough) is copied as it is.
-    /// `None` sends anything else to the general code, which normalises it
-    /// or says why it is refused.
-    #[inline]
-    fn from_normal_bytes(bytes: &[u8], nul_free: bool) -> Option<StorePath> {
-        let n = bytes.len();
-        if n < 2
-            || bytes[0] != b'/'
-            || bytes[n - 1] == b'/'
-            || n + LOCK_SUFFIX.len() + 1 > PATH_MAX
-            || (!nul_free && find(bytes, 0).is_some())
-        {
-            return None;
-        }
-        // Each component, from after one slash to the next.
-        let mut slash = 0;
-        loop {
-            let rest = &bytes[slash + 1..];
-            let end = find(rest, b'/');
-            let comp = &rest[..end.unwrap_or(rest.len())];
-            if comp.is_empty() || comp == b"." || comp == b".." {
-                return None;
-            }
-            match end {
-                Some(k) => slash += 1 + k,
-                None => break,
-            }
-        }
-        // `bytes` has no NUL (checked above), nor has the suffix.
-        let lock = lock_name(bytes);
-        Some(StorePath {
-            lock,
-            dir_len: slash.max(1) as u32,
-            hash: hash_bytes(bytes),
-        })
-    }
-
-    fn from_bytes_general(bytes: &[u8]) -> Result<StorePath> {
         let refuse = |reason| Error::InvalidPath {
             path: String::from_utf8_lossy(bytes).into_owned(),
             reason,
@@ -201,16 +71,14 @@ impl StorePath {
             return Err(refuse("is the root directory"));
         }
         let dir_len = out.iter().rposition(|&c| c == b'/').unwrap_or(0).max(1) as u32;
-        let hash = hash_bytes(&out);
-        if out.len() + LOCK_SUFFIX.len() + 1 > PATH_MAX {
+        out.extend_from_slice(LOCK_SUFFIX.as_bytes());
+        out.push(0);
+        if out.len() > PATH_MAX {
             return Err(refuse("its lock file name would exceed PATH_MAX"));
         }
-        // NULs were refused above.
-        let lock = lock_name(&out);
         Ok(StorePath {
-            lock,
+            lock: out.into(),
             dir_len,
-            hash,
         })
     }
 
@@ -222,8 +90,7 @@ impl StorePath {
 
     /// The lock file `P.lock`, as a C string ready for `open(2)`.
     pub fn lock_cstr(&self) -> &CStr {
-        // SAFETY: `lock` ends with its only NUL (see `lock_name`'s callers).
-        unsafe { CStr::from_bytes_with_nul_unchecked(&self.lock) }
+        CStr::from_bytes_with_nul(&self.lock).expect("one NUL, at the end")
     }
 
     /// The lock file `P.lock`.
@@ -231,9 +98,8 @@ impl StorePath {
         Path::new(OsStr::from_bytes(&self.lock[..self.lock.len() - 1]))
     }
 
-    /// The store directory as bytes, without parsing path components: the
-    /// lock file name up to its last `/` (`/` itself for a path in `/`).
-    #[inline]
+    /// The store directory as bytes: the lock file name up to its last `/`
+    /// (`/` itself for a path in `/`).
     pub(crate) fn store_dir_bytes(&self) -> &[u8] {
         &self.lock[..self.dir_len as usize]
     }
@@ -316,38 +182,8 @@ mod tests {
         assert_eq!(StorePath::new("/a/b/c").unwrap().store_dir_bytes(), b"/a/b");
     }
 
-    /// The one-pass fast path agrees with the general code on every short
-    /// string over an alphabet of the interesting bytes: same path, same
-    /// store directory and hash, or handed over to the general code.
     #[test]
-    fn the_fast_path_agrees_with_the_general_code() {
-        let alphabet = [b'/', b'.', b'a', 0u8];
-        // Every string up to 7 bytes (21,845 of them); 5 under Miri, where
-        // the 7-byte sweep takes minutes. Each also after prefixes that move
-        // it across the 8-byte words of the hash.
-        let (longest, min_fast) = if cfg!(miri) { (5u32, 10) } else { (7, 100) };
-        let prefixes: [&[u8]; 4] = [b"", b"/aaaaaa", b"/aaaaaaa", b"/aaaaaaaaaaaaa"];
-        let mut fast = 0;
-        for prefix in prefixes {
-            for len in 0..=longest {
-                for mut k in 0..4usize.pow(len) {
-                    let mut v = prefix.to_vec();
-                    for _ in 0..len {
-                        v.push(alphabet[k % 4]);
-                        k /= 4;
-                    }
-                    let general = StorePath::from_bytes_general(&v);
-                    if let Some(p) = StorePath::from_normal_bytes(&v, false) {
-                        fast += 1;
-                        let g =
-                            general.expect("the fast path accepts only what the general one does");
-                        assert_eq!(p.lock, g.lock, "{v:?}");
-                        assert_eq!((p.dir_len, p.hash), (g.dir_len, g.hash), "{v:?}");
-                    }
-                }
-            }
-        }
-        assert!(fast > min_fast, "{fast}");
+    fn equal_after_normalisation() {
         let p = StorePath::new("/gnu/store/abc-hello-2.12").unwrap();
         assert_eq!(p.store_dir_bytes(), b"/gnu/store");
         assert_eq!(p, StorePath::new("/gnu//store/abc-hello-2.12/").unwrap());

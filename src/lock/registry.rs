@@ -1,14 +1,24 @@
-//! The in-process registry: which store paths this process holds, and who
-//! holds each (G5). A second acquisition inside the process is reported as
+//! The in-process registry: which store paths this process holds, who holds
+//! each, and which lock descriptors it has open (G5, G6). A second
+//! acquisition inside the process is reported as
 //! [`Error::HeldByThisProcess`], never silently granted (the POSIX-lock
 //! trap) and never left to block on itself (the flock/OFD trap).
+//!
+//! [`Registry`] owns the maps; nothing else touches them. It lives in the
+//! lock layer's process state (`process::STATE`), so every change
+//! happens under the same mutex as the kernel operation it records: a lock
+//! is registered in the step that takes it and unregistered in the step that
+//! releases it, and no other thread ever sees the two disagree.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::hash::BuildHasherDefault;
+use std::os::unix::io::RawFd;
 
 use super::path::StorePath;
-use super::process::{State, STATE};
 use crate::error::{Error, Result};
+use crate::inspect::FileKey;
 
 /// Who holds a lock inside this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,6 +39,15 @@ impl Owner {
             tag: 0,
         }
     }
+
+    /// The error for a path this owner already holds.
+    pub(crate) fn held_error(&self, path: &StorePath) -> Error {
+        Error::HeldByThisProcess {
+            path: path.as_path().to_path_buf(),
+            lockset: self.lockset,
+            tag: self.tag,
+        }
+    }
 }
 
 impl fmt::Display for Owner {
@@ -41,63 +60,288 @@ impl fmt::Display for Owner {
     }
 }
 
-impl Owner {
-    /// The error for a path this owner already holds.
-    pub(crate) fn held_error(&self, path: &StorePath) -> Error {
-        Error::HeldByThisProcess {
-            path: path.as_path().to_path_buf(),
-            lockset: self.lockset,
-            tag: self.tag,
+/// The registry of the locks this process holds, and of its open lock
+/// descriptors (including those of wait threads, which hold no registered
+/// lock until they hand it over).
+///
+/// Invariant: a path and the inode of its lock file are registered to the
+/// same owner from the moment the kernel grants the lock until it is
+/// released, and the lock's descriptor is open meanwhile.
+pub(crate) struct Registry {
+    /// Store paths held by this process, and who holds them.
+    held: Map<StorePath, Owner>,
+    /// The inodes of the lock files behind `held`, so that the same file
+    /// reached through another name is recognised as held by this process.
+    held_inodes: Map<FileKey, Owner>,
+    /// Every open lock descriptor of this process.
+    fds: HashSet<RawFd, Hasher>,
+}
+
+/// The registry's hasher (the standard one, built without a random key so
+/// that the registry can be made in a `static`).
+type Hasher = BuildHasherDefault<DefaultHasher>;
+type Map<K, V> = HashMap<K, V, Hasher>;
+
+impl Registry {
+    /// An empty registry.
+    pub(crate) const fn new() -> Registry {
+        Registry {
+            held: HashMap::with_hasher(BuildHasherDefault::new()),
+            held_inodes: HashMap::with_hasher(BuildHasherDefault::new()),
+            fds: HashSet::with_hasher(BuildHasherDefault::new()),
         }
     }
-}
 
-/// Fails with [`Error::HeldByThisProcess`] if any of `paths` is held in this process.
-pub(crate) fn check_free(st: &State, paths: &[StorePath]) -> Result<()> {
-    for p in paths {
-        if let Some(owner) = st.held.get(p) {
-            return Err(owner.held_error(p));
-        }
+    /// Records that `owner` holds `path`, whose lock file is inode `key`.
+    pub(crate) fn register(&mut self, path: &StorePath, key: FileKey, owner: Owner) {
+        self.held_inodes.insert(key, owner);
+        self.held.insert(path.clone(), owner);
     }
-    Ok(())
-}
 
-/// Who in this process holds `path`, if anyone.
-pub fn owner_of(path: &StorePath) -> Option<Owner> {
-    STATE.with(|st| st.held.get(path).copied())
-}
+    /// Unregisters lock set `id`'s lock on `path` (inode `key`, descriptor
+    /// `fd`, which the caller has just closed; `fd_was_open` says whether it
+    /// was tracked before): each entry goes if it names `id`, and one of
+    /// another owner stays. Returns the verdict of [`Registry::check`] on
+    /// what was registered before.
+    pub(crate) fn take_if_mine(
+        &mut self,
+        id: u64,
+        path: &StorePath,
+        (key, fd): (FileKey, RawFd),
+        fd_was_open: bool,
+    ) -> Result<()> {
+        let path_owner = take(&mut self.held, path, id);
+        let inode_owner = take(&mut self.held_inodes, &key, id);
+        verdict(id, path, fd, path_owner, inode_owner, fd_was_open)
+    }
 
-/// `true` if this process holds the lock on `path`.
-pub fn is_held_by_me(path: &StorePath) -> bool {
-    owner_of(path).is_some()
-}
+    /// The ledger's checks on path `path` of lock set `id` (G6): the path
+    /// and its lock file's inode `key` are registered to the set, and its
+    /// descriptor `fd` is open.
+    pub(crate) fn check(&self, id: u64, path: &StorePath, key: FileKey, fd: RawFd) -> Result<()> {
+        let path_owner = self.held.get(path).copied();
+        let inode_owner = self.held_inodes.get(&key).copied();
+        verdict(
+            id,
+            path,
+            fd,
+            path_owner,
+            inode_owner,
+            self.fds.contains(&fd),
+        )
+    }
 
-/// Every store path this process holds, sorted, with its owner.
-pub fn held_paths() -> Vec<(PathBuf, Owner)> {
-    let mut v: Vec<(PathBuf, Owner)> = STATE.with(|st| {
-        st.held
-            .iter()
-            .map(|(p, o)| (p.as_path().to_path_buf(), *o))
-            .collect()
-    });
-    v.sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
-    v
-}
+    /// Fails with [`Error::HeldByThisProcess`] if any of `paths` is held in
+    /// this process.
+    pub(crate) fn check_free(&self, paths: &[StorePath]) -> Result<()> {
+        for p in paths {
+            if let Some(owner) = self.held.get(p) {
+                return Err(owner.held_error(p));
+            }
+        }
+        Ok(())
+    }
 
-/// Every store path held by an owner that `select` accepts, with its owner
-/// (the scheduler selects its own goals' locks by their tags, for its audit
-/// and full ledger sweep).
-pub(crate) fn held_where(select: impl Fn(&Owner) -> bool) -> Vec<(StorePath, Owner)> {
-    STATE.with(|st| {
-        st.held
+    /// Who in this process holds `path`, if anyone.
+    pub(crate) fn owner_of(&self, path: &StorePath) -> Option<Owner> {
+        self.held.get(path).copied()
+    }
+
+    /// Every held path whose owner `select` accepts, with its owner.
+    pub(crate) fn held_where(&self, select: impl Fn(&Owner) -> bool) -> Vec<(StorePath, Owner)> {
+        self.held
             .iter()
             .filter(|(_, o)| select(o))
             .map(|(p, o)| (p.clone(), *o))
             .collect()
-    })
+    }
+
+    /// Number of held paths.
+    pub(crate) fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Number of open lock descriptors.
+    pub(crate) fn open_count(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// Who in this process holds the lock file with inode `key`, if anyone.
+    pub(crate) fn owner_of_inode(&self, key: FileKey) -> Option<Owner> {
+        self.held_inodes.get(&key).copied()
+    }
+
+    /// Records `fd` as an open lock descriptor.
+    pub(crate) fn track(&mut self, fd: RawFd) {
+        self.fds.insert(fd);
+    }
+
+    /// Whether `fd` is recorded as an open lock descriptor.
+    pub(crate) fn is_open(&self, fd: RawFd) -> bool {
+        self.fds.contains(&fd)
+    }
+
+    /// Untracks and closes a lock descriptor.
+    pub(crate) fn close(&mut self, fd: RawFd) {
+        self.fds.remove(&fd);
+        // SAFETY: closing a descriptor this library opened and still owns.
+        unsafe { libc::close(fd) };
+    }
+
+    /// In a fork child: closes every inherited lock descriptor (without
+    /// unlocking: the parent still holds the locks through its own reference
+    /// to the open file descriptions) and forgets what the parent held.
+    pub(crate) fn forget_after_fork(&mut self) {
+        for &fd in &self.fds {
+            // SAFETY: closing an inherited descriptor number that this
+            // library opened; no unlock, since the parent still holds the lock.
+            unsafe { libc::close(fd) };
+        }
+        self.fds.clear();
+        self.held.clear();
+        self.held_inodes.clear();
+    }
 }
 
-/// Number of store paths this process holds.
-pub fn held_count() -> usize {
-    STATE.with(|st| st.held.len())
+/// Removes `key`'s entry from `map` if it names lock set `id`; returns the
+/// owner the entry named, if any (an entry of another owner stays).
+fn take<K: std::hash::Hash + Eq>(map: &mut Map<K, Owner>, key: &K, id: u64) -> Option<Owner> {
+    match map.get(key).copied() {
+        Some(o) if o.lockset == id => map.remove(key),
+        found => found,
+    }
+}
+
+/// The verdict of the checks of path `p` of lock set `id`, from what the
+/// registry says: the owner of the path, the owner of its lock file's
+/// inode, and whether its descriptor is open.
+fn verdict(
+    id: u64,
+    p: &StorePath,
+    fd: RawFd,
+    path_owner: Option<Owner>,
+    inode_owner: Option<Owner>,
+    fd_open: bool,
+) -> Result<()> {
+    let mine = |o: Option<Owner>| o.is_some_and(|o| o.lockset == id);
+    Err(Error::Invariant(match path_owner {
+        _ if mine(path_owner) && mine(inode_owner) && fd_open => return Ok(()),
+        None => format!("{p} is held by lock set {id} but missing from the registry"),
+        Some(o) if o.lockset != id => {
+            format!("{p} is held by lock set {id} but the registry names {o}")
+        }
+        Some(_) if !mine(inode_owner) => {
+            format!("{p}: the inode of its lock file is not registered to lock set {id}")
+        }
+        Some(_) => format!("{p}: descriptor {fd} of lock set {id} is not open"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::process::STATE;
+    use crate::lock::{Backend, LockSet};
+
+    /// The C ABI's release checks each path in the step that releases it
+    /// ([`LockSet::check_and_release`]); its verdicts are those of
+    /// [`LockSet::check`], and every lock is released whatever the verdict.
+    /// The registry is corrupted by hand here, one way per case.
+    #[test]
+    #[cfg_attr(miri, ignore)] // OFD locks
+    fn check_and_release_gives_the_verdicts_of_check() {
+        let dir = std::env::temp_dir().join(format!("gk-set-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wants = [
+            None,
+            Some("missing from the registry"),
+            Some("but the registry names lock set"),
+            Some("the inode of its lock file is not registered"),
+            Some("is not open"),
+        ];
+        for (case, want) in wants.into_iter().enumerate() {
+            let p = StorePath::new(dir.join(format!("p{case}"))).unwrap();
+            let set = LockSet::try_acquire([p.as_path()], Backend::Ofd).unwrap();
+            let (key, fd) = set.lock_files()[0];
+            let other = Owner::lockset(u64::MAX);
+            STATE.with(|st| match case {
+                1 => drop(st.registry.held.remove(&p)),
+                2 => drop(st.registry.held.insert(p.clone(), other)),
+                3 => drop(st.registry.held_inodes.remove(&key)),
+                4 => drop(st.registry.fds.remove(&fd)),
+                _ => {}
+            });
+            let msg = |r: Result<()>| r.err().map(|e| e.to_string());
+            let (checked, released) = (msg(set.check()), msg(set.check_and_release()));
+            assert_eq!(checked, released, "case {case}");
+            match want {
+                None => assert_eq!(released, None),
+                Some(m) => assert!(
+                    released.as_deref().unwrap_or("").contains(m),
+                    "{released:?}"
+                ),
+            }
+            // Released: only a foreign entry (case 2) is left, and the
+            // kernel lock is free.
+            let left = STATE.with(|st| {
+                let r = &mut st.registry;
+                (r.held.remove(&p), r.held_inodes.contains_key(&key))
+            });
+            assert_eq!(left, ((case == 2).then_some(other), false), "case {case}");
+            LockSet::try_acquire([p.as_path()], Backend::Ofd)
+                .unwrap()
+                .release()
+                .unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A release of several paths releases every lock whatever fails, and
+    /// reports a failed check before a failed release: here path 0's
+    /// deletion fails (its lock file got a second link while held, so it is
+    /// not marked) and path 1's registry entry is gone. Without the broken
+    /// entry, the deletion's error is the one reported.
+    #[test]
+    #[cfg_attr(miri, ignore)] // OFD locks
+    fn a_failed_check_comes_before_a_failed_release_and_every_lock_is_released() {
+        let dir = std::env::temp_dir().join(format!("gk-set-unit-multi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for corrupt in [true, false] {
+            let paths: Vec<StorePath> = (0..3)
+                .map(|i| StorePath::new(dir.join(format!("m{i}"))).unwrap())
+                .collect();
+            let mut set =
+                LockSet::try_acquire(paths.iter().map(|p| p.as_path()), Backend::Ofd).unwrap();
+            set.set_deletion(true);
+            let keys: Vec<_> = set.lock_files().into_iter().map(|(k, _)| k).collect();
+            let extra = dir.join("second-link");
+            std::fs::hard_link(paths[0].lock_path(), &extra).unwrap();
+            if corrupt {
+                STATE.with(|st| st.registry.held.remove(&paths[1]));
+            }
+            let e = set.check_and_release().unwrap_err();
+            if corrupt {
+                assert!(e.to_string().contains("missing from the registry"), "{e}");
+            } else {
+                assert!(matches!(e, Error::ForeignLockFile { .. }), "{e}");
+            }
+            // Unregistered (by name and by inode) and unlocked.
+            for (p, key) in paths.iter().zip(&keys) {
+                let left = STATE.with(|st| {
+                    let r = &st.registry;
+                    (r.held.contains_key(p), r.held_inodes.contains_key(key))
+                });
+                assert_eq!(left, (false, false), "{p}");
+                LockSet::try_acquire([p.as_path()], Backend::Ofd)
+                    .unwrap()
+                    .release()
+                    .unwrap();
+            }
+            std::fs::remove_file(&extra).unwrap();
+            for p in &paths {
+                let _ = std::fs::remove_file(p.lock_path());
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

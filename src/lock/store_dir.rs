@@ -11,7 +11,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::path::StorePath;
-use super::process::State;
 use crate::error::{Error, Result};
 
 /// How many checked directories are remembered. A daemon locks in one
@@ -20,30 +19,36 @@ use crate::error::{Error, Result};
 /// every open) without limit.
 pub(crate) const CHECKED_DIRS_CACHED: usize = 16;
 
-/// Checks `dir` once per process (while it stays among the last
-/// [`CHECKED_DIRS_CACHED`] directories checked); successful checks are
-/// cached in `st`, with the directory's owner. Returns the owner: a lock
-/// file must belong to it or to this process's effective user (L11).
-pub(crate) fn check_cached(st: &mut State, path: &StorePath) -> Result<libc::uid_t> {
-    let dir = path.store_dir_bytes();
-    if let Some((_, owner)) = st.checked_dirs.iter().find(|(d, _)| d.as_slice() == dir) {
-        return Ok(*owner);
+/// The store directories checked and found safe (the last
+/// [`CHECKED_DIRS_CACHED`]), each with its owner's uid.
+pub(crate) struct CheckedDirs(Vec<(Vec<u8>, libc::uid_t)>);
+
+impl CheckedDirs {
+    /// No directory checked yet.
+    pub(crate) const fn new() -> CheckedDirs {
+        CheckedDirs(Vec::new())
     }
-    let owner = check_owner(path.store_dir())?;
-    if st.checked_dirs.len() >= CHECKED_DIRS_CACHED {
-        st.checked_dirs.remove(0);
+
+    /// Checks the store directory of `path` once per process (while it
+    /// stays among the last [`CHECKED_DIRS_CACHED`] directories checked).
+    /// Returns its owner: a lock file must belong to it or to this process's
+    /// effective user (L11).
+    pub(crate) fn check(&mut self, path: &StorePath) -> Result<libc::uid_t> {
+        let dir = path.store_dir_bytes();
+        if let Some((_, owner)) = self.0.iter().find(|(d, _)| d.as_slice() == dir) {
+            return Ok(*owner);
+        }
+        let owner = check_owner(path.store_dir())?;
+        if self.0.len() >= CHECKED_DIRS_CACHED {
+            self.0.remove(0);
+        }
+        self.0.push((dir.to_vec(), owner));
+        Ok(owner)
     }
-    st.checked_dirs.push((dir.to_vec(), owner));
-    Ok(owner)
 }
 
 /// Checks the permissions of `dir` (following symlinks, as `open` does for
-/// directories on the way).
-pub fn check(dir: &Path) -> Result<()> {
-    check_owner(dir).map(|_| ())
-}
-
-/// [`check`], returning the directory's owner.
+/// directories on the way); returns the directory's owner.
 fn check_owner(dir: &Path) -> Result<libc::uid_t> {
     let meta =
         std::fs::metadata(dir).map_err(|e| Error::from_io(dir, "stat store directory", e))?;
@@ -67,7 +72,6 @@ fn check_owner(dir: &Path) -> Result<libc::uid_t> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::process::STATE;
 
     /// Found by the long ABI fuzz: every directory ever locked in stayed in
     /// this cache, which every lock-file open scans; after 100,000 cases
@@ -76,18 +80,17 @@ mod tests {
     #[test]
     fn store_dir_cache_stays_bounded_across_many_directories() {
         let base = std::env::temp_dir().join(format!("gk-dircache-{}", std::process::id()));
+        let mut dirs = CheckedDirs::new();
         for i in 0..3 * CHECKED_DIRS_CACHED {
             let dir = base.join(format!("s{i}"));
             std::fs::create_dir_all(&dir).unwrap();
             let p = StorePath::new(dir.join("x")).unwrap();
-            STATE.with(|st| {
-                check_cached(st, &p).unwrap();
-                assert!(st.checked_dirs.len() <= CHECKED_DIRS_CACHED);
-                assert!(st
-                    .checked_dirs
-                    .iter()
-                    .any(|(d, _)| d.as_slice() == p.store_dir_bytes()));
-            });
+            dirs.check(&p).unwrap();
+            assert!(dirs.0.len() <= CHECKED_DIRS_CACHED);
+            assert!(dirs
+                .0
+                .iter()
+                .any(|(d, _)| d.as_slice() == p.store_dir_bytes()));
         }
         std::fs::remove_dir_all(&base).unwrap();
     }

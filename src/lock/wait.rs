@@ -7,7 +7,7 @@
 //!
 //! A thread blocked in the kernel cannot be called back, so a wait that is
 //! abandoned (timeout, cancellation, the waiting goal became valid) leaves
-//! its thread behind, blocked. Such a *ghost* is kept in the process state
+//! its thread behind, blocked. Such a *ghost* is kept in a list ([`GHOSTS`])
 //! and adopted by the next wait for the same path and backend, so repeated
 //! timeouts on one path reuse one thread and one descriptor instead of
 //! piling them up. A ghost that is granted the lock releases it at once; one
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::file::LockFile;
 use super::path::StorePath;
-use super::process::{generation, STATE};
+use crate::base::{generation, ForkMutex};
 use crate::error::{Error, Result};
 
 /// Called from the wait thread when the wait ends (e.g. writes an eventfd).
@@ -63,15 +63,22 @@ impl Shared {
     }
 }
 
+/// Abandoned waits whose threads are still blocked in the kernel, for a
+/// later wait on the same path to adopt. A wait's state changes under this
+/// mutex, so that a wait is adopted only while it is abandoned and blocked.
+/// In a fork child the list also holds the parent's, untouched: never
+/// adopted (their fork generation differs), never dropped (no destructors,
+/// such as the hosts' notifiers, run in a fork child), and still reachable,
+/// so not a leak (memcheck called a forgotten list "definitely lost" in
+/// every such child).
+pub(crate) static GHOSTS: ForkMutex<Vec<Arc<Shared>>> = ForkMutex::new(Vec::new());
+
 /// A pending wait for the lock of one store path.
-#[allow(dead_code)] // the scheduler uses all of it; lock sets only part
 pub(crate) struct LockWait {
     shared: Arc<Shared>,
-    path: StorePath,
     started: Instant,
 }
 
-#[allow(dead_code)]
 impl LockWait {
     /// Waits until `path`'s lock is granted, then calls `notify`: on a new
     /// thread, or on the thread of an abandoned wait for the same path that
@@ -97,15 +104,14 @@ impl LockWait {
         notify: Option<Notify>,
         probe: bool,
     ) -> Result<LockWait> {
-        let adopted = STATE.with(|st| {
+        let adopted = GHOSTS.with(|ghosts| {
             let gen = generation();
-            let i = st
-                .ghosts
+            let i = ghosts
                 .iter()
                 .position(|g| g.generation == gen && g.backend == backend && g.path == path)?;
-            let g = st.ghosts.swap_remove(i);
+            let g = ghosts.swap_remove(i);
             {
-                // Entries are removed (under STATE) before their thread
+                // Entries are removed (under GHOSTS) before their thread
                 // ends, so this one is still abandoned and blocked.
                 let mut inner = g.lock();
                 inner.state = State::Waiting;
@@ -117,7 +123,6 @@ impl LockWait {
         if let Some(shared) = adopted {
             return Ok(LockWait {
                 shared,
-                path,
                 started: Instant::now(),
             });
         }
@@ -140,14 +145,8 @@ impl LockWait {
             .map_err(|e| Error::from_io(path.lock_path(), "spawn lock wait thread", e))?;
         Ok(LockWait {
             shared,
-            path,
             started: Instant::now(),
         })
-    }
-
-    /// The path waited for.
-    pub(crate) fn path(&self) -> &StorePath {
-        &self.path
     }
 
     /// When the wait began.
@@ -216,7 +215,7 @@ fn run(s: Arc<Shared>) {
         let mut notify = None;
         let mut leftover = None;
         let mut probed = None;
-        STATE.with(|st| {
+        GHOSTS.with(|ghosts| {
             let mut inner = s.lock();
             match (&inner.state, r) {
                 (State::Waiting, r) if inner.probe && (deleted.get() || !matches!(r, Ok(None))) => {
@@ -231,11 +230,10 @@ fn run(s: Arc<Shared>) {
                     notify = inner.notify.clone();
                 }
                 (_, r) => {
-                    let ghost = st
-                        .ghosts
+                    let ghost = ghosts
                         .iter()
                         .position(|g| Arc::ptr_eq(g, &s))
-                        .map(|i| st.ghosts.swap_remove(i));
+                        .map(|i| ghosts.swap_remove(i));
                     leftover = Some((ghost, r));
                 }
             }
@@ -266,12 +264,12 @@ impl Drop for LockWait {
             // its mutex may have been held at the fork. Touch nothing.
             return;
         }
-        let (old, notify) = STATE.with(|st| {
+        let (old, notify) = GHOSTS.with(|ghosts| {
             let mut inner = self.shared.lock();
             let old = std::mem::replace(&mut inner.state, State::Abandoned);
             if matches!(old, State::Waiting) {
                 // Still blocked in the kernel: keep it for adoption.
-                st.ghosts.push(self.shared.clone());
+                ghosts.push(self.shared.clone());
             }
             (old, inner.notify.take())
         });

@@ -1,15 +1,12 @@
-//! What a goal is: its kind, mode, outcome, and its state value.
-//!
-//! The state value ([`Phase`]) *owns* the goal's execution resources: a
-//! running goal's lock set and slot token live inside [`Phase::Running`].
-//! Leaving that state moves them out, and the only code that does so is the
-//! terminal transition, which releases them: entering a terminal state *is*
-//! the release (G1). Results ([`Goal::outcome`]) live beside the state and
-//! outlive it.
+//! The scheduler's plain values: what a goal is (its kind and mode), how it
+//! ended, where it is, and the events a worker hands to its host. The state
+//! value that owns a goal's resources is `graph::Phase`.
 
-use crate::lock::LockSet;
+use std::os::unix::io::RawFd;
+use std::time::Duration;
 
-use super::slots::SlotToken;
+use super::ids::GoalId;
+use crate::error::{Error, Result};
 
 /// What a goal does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,10 +77,17 @@ impl Outcome {
         )
     }
 
-    /// `true` for the successes a host reports (built, substituted).
-    #[inline(always)]
-    pub(crate) fn is_reported_success(self) -> bool {
-        matches!(self, Outcome::Built | Outcome::Substituted)
+    /// Whether a host may report this outcome (built, substituted, failed,
+    /// timed out); [`Error::InvalidArgument`] for the others, which only the
+    /// worker decides.
+    pub(crate) fn reportable(self) -> Result<()> {
+        match self {
+            Outcome::Built | Outcome::Substituted | Outcome::Failed | Outcome::TimedOut => Ok(()),
+            o => Err(Error::InvalidArgument(format!(
+                "only built, substituted, failed and timed-out can be reported, not {}",
+                o.name()
+            ))),
+        }
     }
 
     /// `true` for the failures that, without keep-going, cancel the rest.
@@ -141,93 +145,79 @@ pub enum GoalState {
 impl GoalState {
     /// Number of states (for counters).
     pub(crate) const COUNT: usize = 6;
-}
 
-/// What a waiting-for-a-lock goal waits on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WaitRef {
-    /// A kernel wait on a helper thread: index into the foreign-wait table.
-    Foreign(u32),
-    /// The completion of another goal of this worker (its arena index).
-    Local(u32),
-}
-
-/// What a running goal holds. A build or substitute goal runs holding all
-/// of its output locks and a build slot; a plain goal holds nothing. There
-/// is no third shape (a goal running with locks but no slot, or the
-/// reverse), so none can be built by mistake. Only the terminal transition
-/// takes the resources out of the running state, and it releases them.
-#[derive(Debug)]
-pub(crate) enum Exec {
-    /// A plain goal: no lock, no slot.
-    Plain,
-    /// A build or substitute goal's resources.
-    Holding {
-        /// Its output locks, all of them (G2).
-        locks: Box<LockSet>,
-        /// Its build slot.
-        slot: SlotToken,
-    },
-}
-
-/// A goal's state value, owning whatever the goal holds.
-#[derive(Debug)]
-pub(crate) enum Phase {
-    WaitingDeps,
-    Ready,
-    WaitingSlot,
-    WaitingLock(WaitRef),
-    Running(Exec),
-    /// Finished, with how it ended: a finished goal carries its outcome and
-    /// nothing else.
-    Done(Outcome),
-}
-
-impl Phase {
-    pub(crate) fn state(&self) -> GoalState {
+    /// The state's name in messages.
+    pub(crate) fn describe(self) -> &'static str {
         match self {
-            Phase::WaitingDeps => GoalState::WaitingDeps,
-            Phase::Ready => GoalState::Ready,
-            Phase::WaitingSlot => GoalState::WaitingSlot,
-            Phase::WaitingLock(_) => GoalState::WaitingLock,
-            Phase::Running(_) => GoalState::Running,
-            Phase::Done(_) => GoalState::Finished,
+            GoalState::WaitingDeps => "waiting for dependencies",
+            GoalState::Ready => "ready",
+            GoalState::WaitingSlot => "waiting for a build slot",
+            GoalState::WaitingLock => "waiting for a lock",
+            GoalState::Running => "running",
+            GoalState::Finished => "finished",
         }
     }
+}
 
-    /// How the goal ended, once it has.
-    pub(crate) fn outcome(&self) -> Option<Outcome> {
+impl GoalKind {
+    /// The kind's rule for the number of outputs: a build has at least one,
+    /// a substitute exactly one, a plain goal any number.
+    pub(crate) fn check_output_count(self, n: usize) -> Result<()> {
         match self {
-            Phase::Done(o) => Some(*o),
+            GoalKind::Build if n == 0 => Err(Error::InvalidArgument(
+                "a build goal needs at least one output".into(),
+            )),
+            GoalKind::Substitute if n != 1 => Err(Error::InvalidArgument(format!(
+                "a substitute goal has exactly one output, not {n}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What the host should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Run goal `goal`: its dependencies succeeded, its slot is taken, its
+    /// output locks are held, and its outputs were re-checked and are not
+    /// valid (or the mode is check). Report the outcome with
+    /// [`Worker::report`](super::Worker::report). Plain goals hold no lock
+    /// and no slot.
+    Run {
+        /// The goal to run.
+        goal: GoalId,
+        /// Its kind.
+        kind: GoalKind,
+    },
+    /// Goal `goal` finished without running (already valid, dependency
+    /// failed, cached failure, cancelled by a failure, could not start).
+    Finished {
+        /// The goal.
+        goal: GoalId,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// Nothing to do now: poll `fd` for reading (it becomes readable when a
+    /// foreign lock wait may have ended) together with your builders, for at
+    /// most `timeout` (`None`: no limit), then ask again.
+    Wait {
+        /// The worker's eventfd.
+        fd: RawFd,
+        /// When validity re-checks are due.
+        timeout: Option<Duration>,
+    },
+    /// Every goal has finished.
+    Done,
+}
+
+impl Event {
+    /// The goal the event names (`Run`, `Finished`).
+    pub(crate) fn goal(&self) -> Option<GoalId> {
+        match self {
+            Event::Run { goal, .. } | Event::Finished { goal, .. } => Some(*goal),
             _ => None,
         }
     }
-
-    /// `true` once the goal has finished.
-    pub(crate) fn is_done(&self) -> bool {
-        matches!(self, Phase::Done(_))
-    }
-}
-
-/// Sentinel for "no index" in the u32 links below.
-pub(crate) const NONE: u32 = u32::MAX;
-
-/// One goal in the arena. Kept small (32 bytes, half a cache line, never
-/// straddling one): the dependency counters and dependents live in the
-/// arena's dense arrays, the outputs in a side table. The host's tag is
-/// here because every event that names the goal carries it, and the
-/// record is the line the event already reads.
-#[derive(Debug)]
-pub(crate) struct Goal {
-    pub(crate) phase: Phase,
-    /// The host's data for this goal (`gk_event.tag`), given when it was
-    /// added; a goal shared by a second request for the same outputs (S9)
-    /// keeps its first tag.
-    pub(crate) tag: u64,
-    /// Index into the outputs table, or [`NONE`] for a goal without outputs.
-    pub(crate) outputs: u32,
-    pub(crate) kind: GoalKind,
-    pub(crate) mode: BuildMode,
 }
 
 /// What the host can learn about a goal, at any time (results outlive execution).
@@ -243,15 +233,4 @@ pub struct GoalResult {
     pub mode: BuildMode,
     /// Its output paths, sorted.
     pub outputs: Vec<std::path::PathBuf>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn goal_records_stay_compact() {
-        assert!(std::mem::size_of::<Phase>() <= 16);
-        assert!(std::mem::size_of::<Goal>() <= 32);
-    }
 }

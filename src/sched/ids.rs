@@ -10,6 +10,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::error::{Error, Result};
+
 /// Identifies one goal of one worker. Only meaningful with that worker.
 /// `repr(transparent)`: an array of `u64` goal ids from C is an array of
 /// `GoalId`s.
@@ -60,9 +62,27 @@ impl GoalId {
     }
 
     /// `Some(k)` if this id is [`GoalId::batch(k)`](GoalId::batch).
-    #[inline(always)]
     pub fn batch_index(self) -> Option<u32> {
         (self.worker() == BATCH_SERIAL).then_some(self.index())
+    }
+
+    /// The index of this id in worker `serial`, which has `len` goals, or
+    /// [`Error::StaleHandle`] for an id of another worker, a forged one, or
+    /// one out of range (the serial is never 0, so the id 0 is refused too).
+    pub(crate) fn index_in(self, serial: u32, len: usize) -> Result<u32> {
+        if self.worker() == serial && (self.index() as usize) < len {
+            return Ok(self.index());
+        }
+        Err(Error::StaleHandle(if self.0 == 0 {
+            "goal id 0 is never valid".into()
+        } else if self.worker() != serial {
+            format!(
+                "goal id {:#x} does not belong to this worker (worker {serial})",
+                self.0
+            )
+        } else {
+            format!("goal id {:#x} was never issued by this worker", self.0)
+        }))
     }
 }
 

@@ -13,13 +13,13 @@
 
 use std::sync::OnceLock;
 
-use crate::error::{Error, Result};
-use crate::lock::registry::{held_where, Owner};
-
-use super::goal::{Exec, GoalKind, GoalState, Phase};
+use super::goal::{GoalKind, GoalState};
+use super::graph::{Exec, Graph, Phase};
 use super::ids::GoalId;
-use super::log::{LogKind, LogRecord};
-use super::worker::{state_name, Worker};
+use super::log::{Log, LogKind, LogRecord};
+use super::slots::Slots;
+use crate::error::{Error, Result};
+use crate::lock::{held_where, owner_of, Owner, StorePath};
 
 /// A worker's counts, from [`Worker::audit`] (in C, `gk_worker_audit`
 /// copies them into a `gk_audit`). `locks_held` and
@@ -66,12 +66,22 @@ pub struct Audit {
     pub violations: u64,
 }
 
-/// Whether `GOALKEEPER_DEBUG_SWEEP` asks for a full sweep per call (read once).
+/// Whether `GOALKEEPER_DEBUG_SWEEP` asks for a full sweep per call (read
+/// once, at load time: see `crate::lifecycle`).
 pub(crate) fn sweep_from_env() -> bool {
     static SWEEP: OnceLock<bool> = OnceLock::new();
     *SWEEP.get_or_init(|| {
         std::env::var("GOALKEEPER_DEBUG_SWEEP").is_ok_and(|v| !v.is_empty() && v != "0")
     })
+}
+
+/// Counters for the audit.
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    pub(crate) handoffs: u64,
+    pub(crate) validity_rechecks: u64,
 }
 
 /// The ledger's own state: what the current call touched, and counters.
@@ -95,21 +105,14 @@ impl Ledger {
         }
     }
 
-    #[inline(always)]
+    /// A call begins: nothing touched yet.
     pub(crate) fn begin(&mut self) {
         self.touched.clear();
     }
 
     /// Records that the current call changed goal `i`'s resources.
-    #[inline]
     pub(crate) fn touch(&mut self, i: u32) {
         self.touched.push(i);
-    }
-
-    /// Counts a check that found nothing (the inline clean case).
-    #[inline(always)]
-    pub(crate) fn count_check(&mut self) {
-        self.checks += 1;
     }
 
     /// Records a violation found during a transition (reported at the end of the call).
@@ -121,260 +124,184 @@ impl Ledger {
     pub(crate) fn set_sweep(&mut self, on: bool) {
         self.sweep = on;
     }
-}
 
-impl Worker {
-    /// The checks for the current call (G6) are made at its end, in two
-    /// steps: the common case is decided inline ([`Worker::ledger_clean`]):
-    /// nothing was noted, no sweep is asked for, the slot counters agree,
-    /// and every touched goal is a plain goal that holds no lock set, for
-    /// which the full check has nothing to look up. Any other case, and
-    /// every touched goal of it, goes through the full check
-    /// ([`Worker::check_ledger_full`]), whose first violation is returned as
-    /// [`Error::Invariant`] and logged.
-    ///
-    /// `true` when the full check would find nothing, decided without it:
-    /// exactly the cases in which [`Worker::check_ledger_full`] looks at
-    /// nothing but the O(1) counters and, per touched goal, its kind and
-    /// state (a plain goal that is not running with `Exec::Holding` needs no
-    /// registry lookup: `check_one` returns `None` for it).
-    #[inline(always)]
-    pub(super) fn ledger_clean(&self) -> bool {
-        self.ledger_quiet() && self.ledger.touched.iter().all(|&i| self.plain_and_clean(i))
+    /// The checks at the end of a call (G6): a violation a transition noted;
+    /// the slot counters (O(1)); each goal the call touched (O(its
+    /// outputs)); and, with the sweep on, every goal and every registry
+    /// entry of the worker (`serial`). The first violation found is logged
+    /// and returned as [`Error::Invariant`].
+    pub(crate) fn end(
+        &mut self,
+        graph: &Graph,
+        slots: &Slots,
+        serial: u32,
+        log: &mut Log,
+    ) -> Result<()> {
+        self.checks += 1;
+        let used = slots.used();
+        let found = self
+            .noted
+            .take()
+            .or_else(|| {
+                (used != slots.holders() || used > slots.capacity()).then(|| {
+                    format!(
+                        "{used} slots are in use but {} running goals hold a slot (max_jobs {})",
+                        slots.holders(),
+                        slots.max_jobs()
+                    )
+                })
+            })
+            .or_else(|| {
+                self.touched
+                    .iter()
+                    .find_map(|&i| check_goal(graph, serial, i))
+            })
+            .or_else(|| self.sweep.then(|| sweep(graph, slots, serial)).flatten());
+        let Some(m) = found else {
+            return Ok(());
+        };
+        self.violations += 1;
+        log.push(LogRecord::new(
+            LogKind::LedgerViolation,
+            format!("ledger violation: {m}"),
+        ));
+        Err(Error::Invariant(m))
     }
 
-    /// The O(1) part of [`Worker::ledger_clean`]: nothing was noted, no
-    /// sweep is asked for, and the slot counters agree. With nothing
-    /// touched, the full check would find nothing exactly when this holds.
-    #[inline(always)]
-    pub(super) fn ledger_quiet(&self) -> bool {
-        let used = self.slots.used();
-        self.ledger.noted.is_none()
-            && !self.ledger.sweep
-            && used == self.slot_holders
-            && used <= self.slots.capacity()
-    }
-
-    /// The per-goal part of [`Worker::ledger_clean`]: goal `i` is a plain
-    /// goal that holds no lock set, for which the full check has nothing
-    /// to look up.
-    #[inline(always)]
-    pub(super) fn plain_and_clean(&self, i: u32) -> bool {
-        let g = &self.arena.goals[i as usize];
-        g.kind == GoalKind::Plain && !matches!(g.phase, Phase::Running(Exec::Holding { .. }))
-    }
-
-    /// The end of a call whose fast path touched only goal `i` (or nothing,
-    /// `None`) and did not record it: the same verdict as
-    /// [`Worker::end`] with `touched` = that goal. The clean case is decided
-    /// inline; anything else records the goal and runs the full check.
-    #[inline(always)]
-    pub(super) fn end_fast<T>(&mut self, touched: Option<u32>, r: Result<T>) -> Result<T> {
-        if self.ledger_quiet() && touched.is_none_or(|i| self.plain_and_clean(i)) {
-            self.ledger.count_check();
-            return r;
-        }
-        self.ledger.begin();
-        if let Some(i) = touched {
-            self.ledger.touch(i);
-        }
-        self.end_full(r)
-    }
-
-    /// The full checks (see [`Worker::check_ledger`]).
-    #[cold]
-    #[inline(never)]
-    pub(super) fn check_ledger_full(&mut self) -> Result<()> {
-        self.ledger.checks += 1;
-        let mut found = self.ledger.noted.take();
-        let used = self.slots.used();
-        if found.is_none() && (used != self.slot_holders || used > self.slots.capacity()) {
-            found = Some(format!(
-                "{used} slots are in use but {} running goals hold a slot (max_jobs {})",
-                self.slot_holders,
-                self.slots.max_jobs()
-            ));
-        }
-        if found.is_none() {
-            let touched = std::mem::take(&mut self.ledger.touched);
-            for &i in &touched {
-                if let Some(m) = self.check_one(i) {
-                    found = Some(m);
-                    break;
-                }
-            }
-            self.ledger.touched = touched;
-        }
-        if found.is_none() && self.ledger.sweep {
-            found = self.sweep();
-        }
-        match found {
-            None => Ok(()),
-            Some(m) => {
-                self.ledger.violations += 1;
-                self.log.push(LogRecord::new(
-                    LogKind::LedgerViolation,
-                    format!("ledger violation: {m}"),
-                ));
-                Err(Error::Invariant(m))
-            }
-        }
-    }
-
-    /// The checks on one goal: O(its outputs).
-    fn check_one(&self, i: u32) -> Option<String> {
-        let g = &self.arena.goals[i as usize];
-        let id = self.id(i);
-        match &g.phase {
-            Phase::Running(Exec::Holding { locks, .. }) => {
-                let o = locks.owner();
-                if o.tag != id.raw() {
-                    return Some(format!(
-                        "{} runs with a lock set registered to {o}",
-                        self.name(i)
-                    ));
-                }
-                if locks.len() != self.arena.outputs(i).len() {
-                    return Some(format!(
-                        "{} holds {} locks for {} outputs",
-                        self.name(i),
-                        locks.len(),
-                        self.arena.outputs(i).len()
-                    ));
-                }
-                if let Err(e) = locks.check() {
-                    return Some(format!("{}: {e}", self.name(i)));
-                }
-                None
-            }
-            Phase::Running(Exec::Plain) if g.kind != GoalKind::Plain => Some(format!(
-                "{} is running without its output locks and build slot",
-                self.name(i)
-            )),
-            Phase::Running(Exec::Plain) => None,
-            phase => {
-                if g.kind == GoalKind::Plain {
-                    return None;
-                }
-                for p in self.arena.outputs(i) {
-                    if let Some(o) = crate::lock::owner_of(p) {
-                        if o.tag == id.raw() {
-                            let state = match phase.outcome() {
-                                Some(out) => format!("finished ({out})"),
-                                None => state_name(phase.state()).to_string(),
-                            };
-                            return Some(format!(
-                                "{} is {state} but still holds the lock on {p} (lock set {}); \
-                                 a goal that is not running must hold no lock (G1, G2)",
-                                self.name(i),
-                                o.lockset
-                            ));
-                        }
-                    }
-                }
-                None
-            }
-        }
-    }
-
-    /// The full O(all) sweep.
-    fn sweep(&self) -> Option<String> {
-        let mut holders = 0u32;
-        for i in 0..self.arena.len() as u32 {
-            if let Phase::Running(Exec::Holding { .. }) = &self.arena.goals[i as usize].phase {
-                holders += 1;
-            }
-            if let Some(m) = self.check_one(i) {
-                return Some(m);
-            }
-        }
-        if holders != self.slot_holders {
-            return Some(format!(
-                "{holders} running goals hold slots, but the counter says {}",
-                self.slot_holders
-            ));
-        }
-        for (p, o) in self.held_by_my_goals() {
-            let id = GoalId::from_raw(o.tag);
-            let live =
-                self.index(id)
-                    .ok()
-                    .and_then(|i| match &self.arena.goals[i as usize].phase {
-                        Phase::Running(Exec::Holding { locks, .. }) => {
-                            Some(locks.id() == o.lockset)
-                        }
-                        _ => None,
-                    });
-            if live != Some(true) {
-                return Some(format!(
-                    "{p} is locked by {o}, which is not a running goal of this worker holding it"
-                ));
-            }
-        }
-        None
-    }
-
-    /// Every path the process's registry says a goal of this worker holds.
-    fn held_by_my_goals(&self) -> Vec<(crate::lock::StorePath, Owner)> {
-        let serial = self.serial;
-        held_where(|o| o.tag != 0 && GoalId::from_raw(o.tag).worker() == serial)
-    }
-
-    /// Turns the full sweep on or off for this worker (the default comes
-    /// from `GOALKEEPER_DEBUG_SWEEP`).
-    pub fn set_debug_sweep(&mut self, on: bool) {
-        self.ledger.set_sweep(on);
-    }
-
-    pub(super) fn audit_inner(&self) -> Audit {
-        let held = self.held_by_my_goals();
+    /// The worker's counts (see [`Audit`]): `foreign_waits` from its waits,
+    /// `stats` from its transitions, the locks from the process's registry.
+    pub(crate) fn audit(
+        &self,
+        graph: &Graph,
+        slots: &Slots,
+        serial: u32,
+        foreign_waits: usize,
+        stats: &Stats,
+    ) -> Audit {
+        let held = held_by_worker(serial);
         let by_finished = held
             .iter()
             .filter(|(_, o)| {
-                self.index(GoalId::from_raw(o.tag))
-                    .map(|i| self.arena.goals[i as usize].phase.is_done())
-                    .unwrap_or(true)
+                GoalId::from_raw(o.tag)
+                    .index_in(serial, graph.len())
+                    .is_ok_and(|i| graph.is_finished(i))
             })
             .count();
-        let c = |s| self.arena.count(s);
+        let c = |s| graph.count(s);
         Audit {
-            goals: self.arena.len() as u64,
+            goals: graph.len() as u64,
             waiting_deps: c(GoalState::WaitingDeps),
             ready: c(GoalState::Ready),
             waiting_slot: c(GoalState::WaitingSlot),
             waiting_lock: c(GoalState::WaitingLock),
             running: c(GoalState::Running),
             finished: c(GoalState::Finished),
-            succeeded: self.stats.succeeded,
-            failed: self.stats.failed,
+            succeeded: stats.succeeded,
+            failed: stats.failed,
             locks_held: held.len() as u64,
             locks_held_by_finished: by_finished as u64,
-            slots_used: self.slots.used() as u64,
-            max_jobs: self.slots.max_jobs() as u64,
-            foreign_waits: self.waits.len() as u64,
-            handoffs: self.stats.handoffs,
-            validity_rechecks: self.stats.validity_rechecks,
-            checks: self.ledger.checks,
-            violations: self.ledger.violations,
+            slots_used: slots.used() as u64,
+            max_jobs: slots.max_jobs() as u64,
+            foreign_waits: foreign_waits as u64,
+            handoffs: stats.handoffs,
+            validity_rechecks: stats.validity_rechecks,
+            checks: self.checks,
+            violations: self.violations,
         }
     }
+}
+
+/// The checks on goal `i` of worker `serial`: O(its outputs). A running
+/// build or substitute holds a lock set registered to it, one lock per
+/// output; a goal that is not running holds no lock (G1, G2).
+fn check_goal(graph: &Graph, serial: u32, i: u32) -> Option<String> {
+    let g = graph.goal(i);
+    let id = GoalId::new(serial, i).raw();
+    let name = graph.name(i);
+    match &g.phase {
+        Phase::Running(Exec::Holding { locks, .. }) => {
+            let (o, n) = (locks.owner(), graph.outputs(i).len());
+            if o.tag != id {
+                return Some(format!("{name} runs with a lock set registered to {o}"));
+            }
+            if locks.len() != n {
+                return Some(format!(
+                    "{name} holds {} locks for {n} outputs",
+                    locks.len()
+                ));
+            }
+            locks.check().err().map(|e| format!("{name}: {e}"))
+        }
+        Phase::Running(Exec::Plain) if g.kind != GoalKind::Plain => Some(format!(
+            "{name} is running without its output locks and build slot"
+        )),
+        _ if g.kind == GoalKind::Plain => None,
+        Phase::Running(Exec::Plain) => None,
+        phase => graph.outputs(i).iter().find_map(|p| {
+            let o = owner_of(p).filter(|o| o.tag == id)?;
+            let state = match phase.outcome() {
+                Some(out) => format!("finished ({out})"),
+                None => phase.state().describe().to_string(),
+            };
+            Some(format!(
+                "{name} is {state} but still holds the lock on {p} (lock set {}); a goal \
+                 that is not running must hold no lock (G1, G2)",
+                o.lockset
+            ))
+        }),
+    }
+}
+
+/// The full O(all) sweep: every goal, the slot holders, and every registry
+/// entry of the worker.
+fn sweep(graph: &Graph, slots: &Slots, serial: u32) -> Option<String> {
+    let mut holders = 0u32;
+    for i in 0..graph.len() as u32 {
+        if let Phase::Running(Exec::Holding { .. }) = &graph.goal(i).phase {
+            holders += 1;
+        }
+        if let Some(m) = check_goal(graph, serial, i) {
+            return Some(m);
+        }
+    }
+    if holders != slots.holders() {
+        return Some(format!(
+            "{holders} running goals hold slots, but the counter says {}",
+            slots.holders()
+        ));
+    }
+    held_by_worker(serial).into_iter().find_map(|(p, o)| {
+        let live = GoalId::from_raw(o.tag)
+            .index_in(serial, graph.len())
+            .ok()
+            .and_then(|i| match &graph.goal(i).phase {
+                Phase::Running(Exec::Holding { locks, .. }) => Some(locks.id() == o.lockset),
+                _ => None,
+            });
+        (live != Some(true)).then(|| {
+            format!("{p} is locked by {o}, which is not a running goal of this worker holding it")
+        })
+    })
+}
+
+/// Every path the process's registry says a goal of worker `serial` holds.
+fn held_by_worker(serial: u32) -> Vec<(StorePath, Owner)> {
+    held_where(|o| o.tag != 0 && GoalId::from_raw(o.tag).worker() == serial)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
-    use crate::lock::{next_id, LockSet, StorePath};
-    use crate::sched::{BuildMode, Event, Outcome, WorkerOptions};
+    use crate::lock::{next_id, LockSet};
+    use crate::sched::goal::{BuildMode, Event, Outcome};
+    use crate::sched::worker::{Worker, WorkerOptions};
 
-    /// The fast paths of the single calls (a plain goal added, an edge
-    /// between unfinished goals, a ready plain goal started, a running
-    /// plain goal reported successful) decide the ledger's clean case
-    /// inline; anything else must still get the full check's verdict. With
-    /// the slot counters made to disagree (forced), each of them reports
-    /// the violation, as the general path does.
+    /// Every single call (a plain goal added, an edge between unfinished
+    /// goals, a ready plain goal started, a running plain goal reported
+    /// successful) ends with the ledger's checks: with the slot counters
+    /// made to disagree (forced), each of them reports the violation.
     #[test]
-    fn the_fast_paths_report_what_the_full_check_finds() {
+    fn every_call_reports_what_the_ledger_finds() {
         let mut w = Worker::new(WorkerOptions::default()).unwrap();
         let none: &[&str] = &[];
         let add = |w: &mut Worker| w.add_goal(GoalKind::Plain, none, BuildMode::Normal);
@@ -384,20 +311,20 @@ mod tests {
             Err(Error::Invariant(m)) => assert!(m.contains("slots are in use"), "{what}: {m}"),
             other => panic!("{what}: {other:?}"),
         };
-        w.slot_holders += 1; // the test hook: a running goal would hold a slot
+        w.slots.skew_holders(1); // the test hook: a running goal would hold a slot
         invariant(add(&mut w).map(drop), "add_goal");
         invariant(w.add_dependency(b, a), "add_dependency");
         invariant(w.next_event().map(drop), "next_event");
-        w.slot_holders -= 1;
+        w.slots.skew_holders(-1);
         // The event was kept for the next call.
         let run_a = Event::Run {
             goal: a,
             kind: GoalKind::Plain,
         };
         assert_eq!(w.next_event().unwrap(), run_a);
-        w.slot_holders += 1;
+        w.slots.skew_holders(1);
         invariant(w.report(a, Outcome::Built), "report");
-        w.slot_holders -= 1;
+        w.slots.skew_holders(-1);
         assert_eq!(w.audit().violations, 4);
         // The calls took effect all the same (the ledger reports; it does
         // not undo): a finished, b ready (its only dependency succeeded).
@@ -411,10 +338,9 @@ mod tests {
         );
     }
 
-    /// The ledger's inline fast path accepts only touched plain goals that
-    /// hold no lock set. A plain goal that runs holding a lock set and a
-    /// slot (which no transition makes; forced here) must still be
-    /// reported, by the full check, at the next call that touches it.
+    /// A plain goal that runs holding a lock set and a slot (which no
+    /// transition makes; forced here) is reported at the next call that
+    /// touches it.
     #[test]
     fn a_touched_plain_goal_holding_locks_is_still_reported() {
         let dir = std::env::temp_dir().join(format!(
@@ -456,9 +382,10 @@ mod tests {
             .unwrap()
             .unwrap();
         let slot = w.slots.try_take(GoalKind::Build).unwrap();
-        w.slot_holders += 1;
-        w.arena.goals[g.index() as usize].phase =
-            Phase::Running(Exec::Holding { locks: set, slot });
+        w.slots.skew_holders(1);
+        let locks = Box::new(set);
+        w.graph
+            .set_phase(g.index(), Phase::Running(Exec::Holding { locks, slot }));
 
         // A call that touches another goal only: the slot counters still
         // agree, so it passes, as before.

@@ -201,25 +201,27 @@ impl LogRecord {
     }
 
     /// About store path `p`.
-    pub(crate) fn path(mut self, p: &StorePath) -> LogRecord {
+    pub(crate) fn path(&mut self, p: &StorePath) -> &mut LogRecord {
         self.path = Some(p.as_path().to_path_buf());
         self
     }
 
     /// Held by process `pid` (if known) and goal `goal` (if one).
-    pub(crate) fn holder(mut self, pid: Option<u32>, goal: Option<GoalId>) -> LogRecord {
+    pub(crate) fn holder(&mut self, pid: Option<u32>, goal: Option<GoalId>) -> &mut LogRecord {
         self.holder_pid = pid;
         self.holder_goal = goal;
         self
     }
 
     /// Lasting (or having waited) `d`.
-    pub(crate) fn duration(mut self, d: Duration) -> LogRecord {
+    pub(crate) fn duration(&mut self, d: Duration) -> &mut LogRecord {
         self.duration = Some(d);
         self
     }
 }
 
+/// The log: at most [`LOG_CAP`] records, and how many older ones were
+/// dropped to keep it so.
 #[derive(Default)]
 pub(crate) struct Log {
     records: VecDeque<LogRecord>,
@@ -227,12 +229,15 @@ pub(crate) struct Log {
 }
 
 impl Log {
-    pub(crate) fn push(&mut self, record: LogRecord) {
+    /// Appends `record` (dropping the oldest if the log is full); returns
+    /// it, to be completed.
+    pub(crate) fn push(&mut self, record: LogRecord) -> &mut LogRecord {
         if self.records.len() >= LOG_CAP {
             self.records.pop_front();
             self.dropped += 1;
         }
         self.records.push_back(record);
+        self.records.back_mut().expect("just pushed")
     }
 
     /// Puts the note about dropped records in front, if any were dropped.

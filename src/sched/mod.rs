@@ -1,19 +1,17 @@
 //! The goal scheduler: a [`Worker`] per client request, driven by the host
 //! through a pull API, whose goals release their locks when they finish.
 //!
-//! * [`ids`]: goal ids (worker serial + arena index).
-//! * `goal`: kinds, modes, outcomes, and the goal state value that owns the
-//!   goal's lock set and slot (entering a terminal state *is* the release).
-//! * `arena`: goals in a flat vector, dependents in an edge pool.
-//! * `slots`: build slots with Guix semantics and explicit tokens.
-//! * `waits`: foreign lock waits on helper threads, and the worker's eventfd.
-//! * `validity`: where validity comes from (the store database, a host
-//!   predicate, or "the path exists"), and the host's cached-failure predicate.
-//! * `transitions`: the life cycle of a goal.
-//! * `ledger`: invariant checks at every call (G6), and the audit.
-//! * `worker`: the pull API.
-//! * `batch`: the batched calls (many goals, events or reports per call,
-//!   all or nothing).
+//! The modules, bottom up: `ids` (goal ids: worker serial + index), `goal`
+//! (kinds, modes, outcomes, states, events), `log` (the diagnostics log),
+//! `slots` (build slots with Guix semantics and explicit tokens), `graph`
+//! (the goals, their state values, which own their lock sets and slots,
+//! their dependencies and outputs), `validity` (where validity comes from:
+//! the store database, a host predicate, or "the path exists"), `waits`
+//! (lock waits on helper threads and on goals of the worker, and the
+//! eventfd), `ledger` (the checks at every call, G6, and the audit),
+//! `batch` (the calls' inputs and their validation, all or nothing),
+//! `worker` (the facade: the pull API) and `transitions` (the life cycle
+//! of a goal). No module names one above it.
 //!
 //! A goal goes: waiting for dependencies -> ready -> (take a slot) -> (try
 //! all output locks, sorted, all or nothing) -> (re-check validity) -> run.
@@ -30,13 +28,12 @@
 //! it fails, while waiting it keeps waiting, and a reported success is
 //! recorded as failed; the log names the database file and the error.
 
-mod arena;
 mod batch;
 mod goal;
+mod graph;
 pub mod ids;
 mod ledger;
 mod log;
-mod ring;
 mod slots;
 mod transitions;
 mod validity;
@@ -44,15 +41,12 @@ mod waits;
 mod worker;
 
 pub use batch::{BatchError, BatchField, NewGoal, Report};
-pub use goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome};
+pub use goal::{BuildMode, Event, GoalKind, GoalResult, GoalState, Outcome};
 pub use ids::GoalId;
 pub use ledger::Audit;
 pub use log::{monotonic_ns, LogKind, LogRecord};
-pub use waits::foreign_holder_hint;
-pub use worker::{Event, Worker, WorkerOptions};
+pub use worker::{Worker, WorkerOptions};
 
-/// One-time initialisation at load time (see `crate::lifecycle`): reads
-/// `GOALKEEPER_DEBUG_SWEEP` before any thread could fork in the middle of it.
 /// Whether new workers sweep every goal and registry entry at every call
 /// (on top of the O(touched) checks): `GOALKEEPER_DEBUG_SWEEP=1` in the
 /// environment when the library was loaded. A worker can still change it
@@ -61,7 +55,10 @@ pub fn debug_sweep_default() -> bool {
     ledger::sweep_from_env()
 }
 
+/// One-time initialisation at load time (see `crate::lifecycle`): reads
+/// `GOALKEEPER_DEBUG_SWEEP` before any thread could fork in the middle of it.
 pub(crate) fn init() {
     let _ = ledger::sweep_from_env();
 }
+
 pub(crate) use validity::PathPredicate;

@@ -15,17 +15,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::lock::{LockWait, Notify, Owner, StorePath};
+use crate::lock::{Backend, LockWait, Notify, Owner, StorePath};
 
 use super::ids::GoalId;
 
 /// The worker's eventfd. The notify closures of wait threads share it, so
 /// it stays open until the last thread that might write it is gone (a
 /// descriptor number is never written after the worker closed it).
-pub(crate) struct EventFd(Arc<OwnedFd>);
+struct EventFd(Arc<OwnedFd>);
 
 impl EventFd {
-    pub(crate) fn new() -> Result<EventFd> {
+    fn new() -> Result<EventFd> {
         // SAFETY: eventfd takes no pointers.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -39,12 +39,12 @@ impl EventFd {
         Ok(EventFd(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
+    fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
 
     /// A callback for a wait thread: makes the eventfd readable.
-    pub(crate) fn notifier(&self) -> Notify {
+    fn notifier(&self) -> Notify {
         let fd = self.0.clone();
         Arc::new(move || {
             let one: u64 = 1;
@@ -54,7 +54,7 @@ impl EventFd {
     }
 
     /// Resets the eventfd; `true` if some wait thread wrote it since the last drain.
-    pub(crate) fn drain(&self) -> bool {
+    fn drain(&self) -> bool {
         let mut v: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64; the descriptor is non-blocking.
         let n = unsafe { libc::read(self.fd(), (&mut v as *mut u64).cast(), 8) };
@@ -64,7 +64,7 @@ impl EventFd {
 
 /// One goal waiting in the kernel for one of its output locks.
 pub(crate) struct ForeignWait {
-    /// The waiting goal's arena index.
+    /// The waiting goal's index.
     pub(crate) goal: u32,
     /// The index of the awaited path in the goal's sorted outputs.
     pub(crate) k: usize,
@@ -79,77 +79,134 @@ pub(crate) struct ForeignWait {
     pub(crate) on_disk: bool,
 }
 
-/// The table of foreign waits: a slab with a free list.
-#[derive(Default)]
-pub(crate) struct ForeignWaits {
-    slots: Vec<Option<ForeignWait>>,
+/// The waits of one worker's goals for locks, holding nothing (G2): kernel
+/// waits on helper threads (a slab with a free list), waits for another
+/// goal of the worker to finish, and the eventfd the threads write.
+pub(crate) struct Waits {
+    efd: EventFd,
+    foreign: Vec<Option<ForeignWait>>,
     free: Vec<u32>,
     live: usize,
+    /// (holder, waiter): the waiter waits for the completion of the holder,
+    /// a goal of this worker holding one of its locks.
+    local: Vec<(u32, u32)>,
 }
 
-impl ForeignWaits {
-    pub(crate) fn insert(&mut self, w: ForeignWait) -> u32 {
+impl Waits {
+    pub(crate) fn new() -> Result<Waits> {
+        Ok(Waits {
+            efd: EventFd::new()?,
+            foreign: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            local: Vec::new(),
+        })
+    }
+
+    /// The eventfd: readable when a kernel wait may have ended.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.efd.fd()
+    }
+
+    /// Starts a kernel wait for `path` on a helper thread, whose end makes
+    /// the eventfd readable; returns its index.
+    pub(crate) fn start_foreign(
+        &mut self,
+        (goal, k, path): (u32, usize, StorePath),
+        backend: Backend,
+        next_recheck: Option<Instant>,
+    ) -> Result<u32> {
+        let wait = LockWait::spawn(path, backend, Some(self.efd.notifier()))?;
+        let w = ForeignWait {
+            goal,
+            k,
+            wait,
+            next_recheck,
+            unknown: None,
+            on_disk: false,
+        };
         self.live += 1;
-        match self.free.pop() {
+        Ok(match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = Some(w);
+                self.foreign[i as usize] = Some(w);
                 i
             }
             None => {
-                self.slots.push(Some(w));
-                (self.slots.len() - 1) as u32
+                self.foreign.push(Some(w));
+                (self.foreign.len() - 1) as u32
             }
-        }
+        })
     }
 
-    /// Removes a wait. Dropping the returned value abandons the kernel wait:
-    /// the thread releases the lock the moment it gets it.
-    pub(crate) fn remove(&mut self, i: u32) -> Option<ForeignWait> {
-        let w = self.slots.get_mut(i as usize)?.take()?;
+    /// Removes a kernel wait. Dropping the returned value abandons it: the
+    /// thread releases the lock the moment it gets it.
+    pub(crate) fn remove_foreign(&mut self, i: u32) -> Option<ForeignWait> {
+        let w = self.foreign.get_mut(i as usize)?.take()?;
         self.live -= 1;
         self.free.push(i);
         Some(w)
     }
 
-    pub(crate) fn get(&self, i: u32) -> Option<&ForeignWait> {
-        self.slots.get(i as usize)?.as_ref()
+    pub(crate) fn foreign(&self, i: u32) -> Option<&ForeignWait> {
+        self.foreign.get(i as usize)?.as_ref()
     }
 
-    pub(crate) fn get_mut(&mut self, i: u32) -> Option<&mut ForeignWait> {
-        self.slots.get_mut(i as usize)?.as_mut()
+    pub(crate) fn foreign_mut(&mut self, i: u32) -> Option<&mut ForeignWait> {
+        self.foreign.get_mut(i as usize)?.as_mut()
     }
 
-    pub(crate) fn len(&self) -> usize {
+    /// Number of kernel waits.
+    pub(crate) fn foreign_count(&self) -> usize {
         self.live
     }
 
-    /// Indices of the live waits, appended to `out`.
-    pub(crate) fn live_indices(&self, out: &mut Vec<u32>) {
-        out.extend(
-            self.slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.is_some())
-                .map(|(i, _)| i as u32),
-        );
+    /// Indices of the kernel waits.
+    pub(crate) fn foreign_indices(&self) -> Vec<u32> {
+        (0..self.foreign.len() as u32)
+            .filter(|&i| self.foreign[i as usize].is_some())
+            .collect()
     }
 
     /// The earliest re-check deadline.
     pub(crate) fn earliest_recheck(&self) -> Option<Instant> {
-        self.slots
+        self.foreign
             .iter()
             .flatten()
             .filter_map(|w| w.next_recheck)
             .min()
     }
-}
 
-/// Who in another process holds `path`'s lock, if it can be told (pids and
-/// commands from `/proc/locks`, see [`crate::inspect`]); `None` makes
-/// the log say just "another process". Asked once per foreign wait, never
-/// on the hot path.
-pub fn foreign_holder_hint(path: &StorePath) -> Option<String> {
-    crate::inspect::describe_holders(path.lock_path())
+    /// Resets the eventfd; `true` if some wait thread wrote it since the
+    /// last drain. No system call while there is no kernel wait.
+    pub(crate) fn drain(&self) -> bool {
+        self.live > 0 && self.efd.drain()
+    }
+
+    /// Goal `waiter` waits for goal `holder` of this worker to finish.
+    pub(crate) fn add_local(&mut self, holder: u32, waiter: u32) {
+        self.local.push((holder, waiter));
+    }
+
+    /// Goal `waiter` no longer waits for `holder`.
+    pub(crate) fn remove_local(&mut self, holder: u32, waiter: u32) {
+        self.local.retain(|&w| w != (holder, waiter));
+    }
+
+    /// Goal `holder` finished: the goals that waited for it, which wait no
+    /// more.
+    pub(crate) fn take_local_waiters(&mut self, holder: u32) -> Vec<u32> {
+        if self.local.is_empty() {
+            return Vec::new();
+        }
+        let (woken, rest) = self.local.iter().partition(|&&(h, _)| h == holder);
+        self.local = rest;
+        woken.into_iter().map(|(_, w): (u32, u32)| w).collect()
+    }
+
+    /// The goals some goal of this worker waits for.
+    pub(crate) fn local_holders(&self) -> impl Iterator<Item = u32> + '_ {
+        self.local.iter().map(|&(h, _)| h)
+    }
 }
 
 /// Who holds a lock a goal waits for, for the diagnostics log.
@@ -165,7 +222,7 @@ pub(crate) struct Holder {
 
 /// Describes who holds a lock a goal waits for.
 pub(crate) fn describe_holder(path: &StorePath, owner: Option<Owner>, worker: u32) -> Holder {
-    let me = Some(std::process::id());
+    let me = Some(crate::base::pid());
     match owner {
         Some(o) if o.tag != 0 => {
             let g = GoalId::from_raw(o.tag);

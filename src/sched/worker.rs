@@ -1,7 +1,18 @@
-//! The worker: one per client request. It owns its goals in an arena and is
-//! driven by the host through a pull API: add goals and dependencies, ask for
-//! the next event, report outcomes, cancel. It never blocks and never calls
-//! back except through the host's predicates, on the calling thread.
+//! The worker: one per client request, and the facade of the scheduler. It
+//! owns its goals and is driven by the host through a pull API: add goals
+//! and dependencies, ask for the next event, report outcomes, cancel. It
+//! never blocks and never calls back except through the host's predicates,
+//! on the calling thread.
+//!
+//! A worker is made of components, each keeping its own invariants: the
+//! goal graph (`graph`: states, dependencies, outputs), the ready queue and
+//! the queue of events not yet handed out, the build slots and the goals
+//! waiting for one (`slots`), the lock waits (`waits`), the validity source
+//! (`validity`), and the books (`ledger`, `log`, the stats). The life cycle
+//! of a goal, which moves it between them, is in `transitions`. Every call
+//! that can change the worker goes through [`Worker::call`], the one place
+//! where a call's ledger check begins and ends; a single call is a batch of
+//! one.
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
@@ -9,20 +20,19 @@ use std::os::unix::io::RawFd;
 use std::path::Path;
 use std::time::Duration;
 
+use super::batch::{self, BatchError, NewGoal, Report, Scratch};
+use super::goal::{BuildMode, Event, GoalKind, GoalResult, Outcome};
+use super::graph::Graph;
+use super::ids::{next_worker_serial, GoalId};
+use super::ledger::{Audit, Ledger, Stats};
+use super::log::{Log, LogKind, LogRecord};
+use super::slots::Slots;
+use super::validity::{FnPredicate, PathPredicate, Source};
+use super::waits::Waits;
+use crate::base::generation;
 use crate::error::{Error, Result};
 use crate::lock::{normalize_set, Backend, LockSet, StorePath};
 use crate::store_db::StoreDb;
-
-use super::arena::Arena;
-use super::batch::BatchScratch;
-use super::goal::{BuildMode, GoalKind, GoalResult, GoalState, Outcome, Phase};
-use super::ids::{next_worker_serial, GoalId};
-use super::ledger::{Audit, Ledger};
-use super::log::{Log, LogKind, LogRecord};
-use super::ring::Ring;
-use super::slots::Slots;
-use super::validity::{FnPredicate, PathPredicate, Source, Validity};
-use super::waits::{EventFd, ForeignWaits};
 
 /// How a worker schedules.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,95 +92,42 @@ impl Default for WorkerOptions {
     }
 }
 
-/// What the host should do next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// Run goal `goal`: its dependencies succeeded, its slot is taken, its
-    /// output locks are held, and its outputs were re-checked and are not
-    /// valid (or the mode is check). Report the outcome with
-    /// [`Worker::report`]. Plain goals hold no lock and no slot.
-    Run {
-        /// The goal to run.
-        goal: GoalId,
-        /// Its kind.
-        kind: GoalKind,
-    },
-    /// Goal `goal` finished without running (already valid, dependency
-    /// failed, cached failure, cancelled by a failure, could not start).
-    Finished {
-        /// The goal.
-        goal: GoalId,
-        /// How it ended.
-        outcome: Outcome,
-    },
-    /// Nothing to do now: poll `fd` for reading (it becomes readable when a
-    /// foreign lock wait may have ended) together with your builders, for at
-    /// most `timeout` (`None`: no limit), then ask again.
-    Wait {
-        /// The worker's eventfd.
-        fd: RawFd,
-        /// When validity re-checks are due.
-        timeout: Option<Duration>,
-    },
-    /// Every goal has finished.
-    Done,
-}
-
-impl Event {
-    pub(crate) fn goal_index(&self) -> Option<u32> {
-        match self {
-            Event::Run { goal, .. } | Event::Finished { goal, .. } => Some(goal.index()),
-            _ => None,
-        }
-    }
-}
-
-/// Counters for the audit.
-#[derive(Default, Debug)]
-pub(crate) struct Stats {
-    pub(crate) succeeded: u64,
-    pub(crate) failed: u64,
-    pub(crate) handoffs: u64,
-    pub(crate) validity_rechecks: u64,
-}
-
 /// A scheduler for one client request. See the module docs and
 /// doc/design.md#6-the-workers-pull-loop for the pull loop.
 pub struct Worker {
     pub(super) serial: u32,
     pub(super) opts: WorkerOptions,
-    pub(super) fork_gen: u64,
-    pub(super) arena: Arena,
-    pub(super) ready: Ring,
-    pub(super) slot_queue: VecDeque<u32>,
+    /// The fork generation the worker was made in: a fork child's calls
+    /// are refused, and it never touches the parent's locks.
+    fork_gen: u64,
+    /// A failure without keep-going happened: every goal that was not
+    /// running was cancelled, and goals added since end cancelled at once.
+    pub(super) aborting: bool,
+    pub(super) graph: Graph,
+    /// Goals to try, in order; an entry of a goal that has left the ready
+    /// state since is skipped when met.
+    pub(super) ready: VecDeque<u32>,
+    /// Events the transitions made, not yet handed out.
     pub(super) events: VecDeque<Event>,
     pub(super) slots: Slots,
-    /// Running goals that hold a slot token (checked against `slots.used()`).
-    pub(super) slot_holders: u32,
-    pub(super) waits: ForeignWaits,
-    /// (holder, waiter): waiter waits for the completion of holder, a goal of
-    /// this worker holding one of its locks.
-    pub(super) local_waits: Vec<(u32, u32)>,
-    /// `legacy_hold` only: lock sets kept by finished goals.
-    pub(super) legacy: Vec<(u32, LockSet)>,
-    pub(super) efd: EventFd,
+    pub(super) waits: Waits,
+    /// Where validity answers come from.
     pub(super) valid: Source,
+    /// The host's cached-failure predicate.
     pub(super) cached: Option<Box<dyn PathPredicate>>,
     pub(super) ledger: Ledger,
-    pub(super) log: Log,
-    pub(super) aborting: bool,
     pub(super) stats: Stats,
-    pub(super) cascade: Vec<u32>,
-    pub(super) scratch: Vec<u32>,
-    /// Scratch memory of the batch calls.
-    pub(super) batch: BatchScratch,
+    pub(super) log: Log,
+    /// `legacy_hold` only: lock sets kept by finished goals.
+    pub(super) legacy: Vec<LockSet>,
+    scratch: Scratch,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("serial", &self.serial)
-            .field("goals", &self.arena.len())
+            .field("goals", &self.graph.len())
             .field("opts", &self.opts)
             .finish_non_exhaustive()
     }
@@ -184,25 +141,19 @@ impl Worker {
             serial: next_worker_serial(),
             slots: Slots::new(opts.max_jobs),
             opts,
-            fork_gen: crate::lock::process_generation(),
-            arena: Arena::default(),
-            ready: Ring::default(),
-            slot_queue: VecDeque::new(),
+            fork_gen: generation(),
+            aborting: false,
+            graph: Graph::default(),
+            ready: VecDeque::new(),
             events: VecDeque::new(),
-            slot_holders: 0,
-            waits: ForeignWaits::default(),
-            local_waits: Vec::new(),
-            legacy: Vec::new(),
-            efd: EventFd::new()?,
+            waits: Waits::new()?,
             valid: Source::Exists,
             cached: None,
             ledger: Ledger::new(),
-            log: Log::default(),
-            aborting: false,
             stats: Stats::default(),
-            cascade: Vec::new(),
-            scratch: Vec::new(),
-            batch: BatchScratch::default(),
+            log: Log::default(),
+            legacy: Vec::new(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -285,6 +236,28 @@ impl Worker {
         self.cached = p;
     }
 
+    /// Runs one call of the host that can change the worker (G6): refuses
+    /// a fork child's call (the parent's locks are not its to touch), runs
+    /// `op`, then the ledger checks what `op` touched and the slot
+    /// counters. The call's own error comes first.
+    fn call<T, E: From<Error>>(
+        &mut self,
+        op: impl FnOnce(&mut Worker) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        if self.fork_gen != generation() {
+            return Err(Error::WrongProcess("worker").into());
+        }
+        self.ledger.begin();
+        let r = op(self);
+        let verdict = self
+            .ledger
+            .end(&self.graph, &self.slots, self.serial, &mut self.log);
+        match verdict {
+            Err(e) if r.is_ok() => Err(e.into()),
+            _ => r,
+        }
+    }
+
     /// Adds a goal. Build goals need at least one output, substitute goals
     /// exactly one, plain goals any number (recorded only: a plain goal locks
     /// nothing, takes no slot and is never shared).
@@ -322,142 +295,129 @@ impl Worker {
         mode: BuildMode,
         tag: u64,
     ) -> Result<GoalId> {
-        if outputs.is_empty() && kind == GoalKind::Plain {
-            return self.add_plain_goal(mode, tag);
-        }
-        self.begin()?;
-        let r = if outputs.is_empty() {
-            Ok(Vec::new())
-        } else {
-            normalize_set(outputs)
-        }
-        .and_then(|paths| self.add_goal_inner(kind, paths, mode, tag));
-        self.end(r)
-    }
-
-    /// [`Worker::add_goal_tagged`] for paths already normalised (sorted,
-    /// deduplicated).
-    pub(crate) fn add_goal_normalized(
-        &mut self,
-        kind: GoalKind,
-        paths: Vec<StorePath>,
-        mode: BuildMode,
-        tag: u64,
-    ) -> Result<GoalId> {
-        if paths.is_empty() && kind == GoalKind::Plain {
-            return self.add_plain_goal(mode, tag);
-        }
-        self.begin()?;
-        let r = self.add_goal_inner(kind, paths, mode, tag);
-        self.end(r)
-    }
-
-    /// [`Worker::add_goal`] for a plain goal without outputs: nothing to
-    /// validate, share or index.
-    #[inline]
-    fn add_plain_goal(&mut self, mode: BuildMode, tag: u64) -> Result<GoalId> {
-        // The common case: it touches no goal's resources (a cancelled one,
-        // after a failure without keep-going, goes the general way).
-        if !self.aborting && self.same_process() {
-            if let Some(i) = self.arena.push(GoalKind::Plain, mode, Vec::new(), tag) {
-                self.ready.push_back(i);
-                return self.end_fast(None, Ok(self.id(i)));
-            }
-        }
-        self.add_plain_goal_slow(mode, tag)
-    }
-
-    /// [`Worker::add_plain_goal`], every case.
-    #[inline(never)]
-    fn add_plain_goal_slow(&mut self, mode: BuildMode, tag: u64) -> Result<GoalId> {
-        self.begin()?;
-        let r = match self.arena.push(GoalKind::Plain, mode, Vec::new(), tag) {
-            Some(i) => {
-                self.ready.push_back(i);
-                if self.aborting {
-                    self.finish(i, Outcome::Cancelled, true);
-                }
-                Ok(self.id(i))
-            }
-            None => Err(too_many_goals()),
+        let outputs = match outputs {
+            [] => Vec::new(),
+            _ => normalize_set(outputs)?,
         };
-        self.end(r)
+        self.add_goal_normalized(NewGoal::normalized(kind, mode, tag, outputs, &[]))
     }
 
-    fn add_goal_inner(
+    /// [`Worker::add_goal_tagged`] for a goal read into its batch form: a
+    /// batch of one.
+    pub(crate) fn add_goal_normalized(&mut self, goal: NewGoal<'_>) -> Result<GoalId> {
+        let mut id = [GoalId::from_raw(0)];
+        self.add_goals_into(&mut [goal], None, &mut id)
+            .map_err(BatchError::into_single)?;
+        Ok(id[0])
+    }
+
+    /// Adds many goals, with their outputs and dependencies, in one call,
+    /// all or nothing; returns their ids, in order.
+    ///
+    /// Each goal is as for [`Worker::add_goal_tagged`] (the same outputs
+    /// again, in the worker or earlier in the batch, give the same goal,
+    /// which keeps its first tag: S9) followed by
+    /// [`Worker::add_dependency`] for each of its dependencies: a goal id of
+    /// this worker or [`GoalId::batch(k)`](GoalId::batch), goal `k` of this
+    /// batch (all the batch's goals exist before any edge is added, so `k`
+    /// may come later). A dependency that already failed ends the goal
+    /// `DependencyFailed` (a `Finished` event); a cycle is reported by
+    /// [`Worker::next_event`], as always.
+    ///
+    /// The whole batch is validated first; the first bad element (lowest
+    /// index; for one goal: kind, mode, outputs, then its dependencies in
+    /// order) is returned as a [`BatchError`] and nothing is changed.
+    pub fn add_goals(
         &mut self,
-        kind: GoalKind,
-        paths: Vec<StorePath>,
-        mode: BuildMode,
-        tag: u64,
-    ) -> Result<GoalId> {
-        check_output_count(kind, paths.len())?;
-        if kind != GoalKind::Plain {
-            if let Some(g) = self.arena.goal_of_path(&paths[0]) {
-                let goal = &self.arena.goals[g as usize];
-                if goal.kind == kind && self.arena.outputs(g) == paths.as_slice() {
-                    self.share(g, mode);
-                    return Ok(self.id(g));
-                }
+        goals: &mut [NewGoal<'_>],
+    ) -> std::result::Result<Vec<GoalId>, BatchError> {
+        let mut ids = vec![GoalId::from_raw(0); goals.len()];
+        self.add_goals_into(goals, None, &mut ids)?;
+        Ok(ids)
+    }
+
+    /// The core of every way of adding goals: [`Worker::add_goals`] writing
+    /// the ids into `ids` (as long as `goals`, zeroed on an error).
+    /// `parse_error` is the first element the caller could not even read
+    /// (the C layer's kinds, modes, offsets and paths); its goal is given
+    /// as a placeholder (a plain goal without outputs or dependencies), and
+    /// it is reported unless an earlier element is bad.
+    pub(crate) fn add_goals_into(
+        &mut self,
+        goals: &mut [NewGoal<'_>],
+        parse_error: Option<BatchError>,
+        ids: &mut [GoalId],
+    ) -> std::result::Result<(), BatchError> {
+        ids.fill(GoalId::from_raw(0));
+        self.call(|w| {
+            let mut scratch = std::mem::take(&mut w.scratch);
+            let bad = batch::validate_goals(&w.graph, w.serial, goals, parse_error, &mut scratch);
+            if bad.is_none() {
+                w.commit_goals(goals, &scratch, ids);
             }
-            for p in &paths {
-                if let Some(g) = self.arena.goal_of_path(p) {
-                    return Err(self.overlap_error(p, g));
+            w.scratch = scratch;
+            bad.map_or(Ok(()), Err)
+        })
+    }
+
+    /// Adds a validated batch: cannot fail. The goals first (queued as
+    /// ready), so that batch references may point forward, then their
+    /// dependencies, as [`Worker::add_dependency`] adds them. After a failure
+    /// without keep-going, new goals end cancelled at once and take no
+    /// dependencies.
+    fn commit_goals(&mut self, goals: &mut [NewGoal<'_>], scratch: &Scratch, ids: &mut [GoalId]) {
+        let edges = goals.iter().map(|g| g.deps.len()).sum();
+        self.graph.reserve(goals.len(), edges);
+        for ((g, r), id) in goals.iter_mut().zip(&scratch.resolved).zip(ids.iter_mut()) {
+            if r.new {
+                let outputs = std::mem::take(&mut g.outputs);
+                let at = self.graph.push(g.kind, g.mode, outputs, g.tag);
+                debug_assert_eq!(at, Some(r.at));
+                self.ready.push_back(r.at);
+                if self.aborting {
+                    self.finish(r.at, Outcome::Cancelled, true);
                 }
+            } else {
+                self.share(r.at, g.mode);
             }
+            *id = self.id(r.at);
         }
-        let i = self
-            .arena
-            .push(kind, mode, paths, tag)
-            .ok_or_else(too_many_goals)?;
-        self.ready.push_back(i);
         if self.aborting {
-            self.finish(i, Outcome::Cancelled, true);
+            return;
         }
-        Ok(self.id(i))
+        for (g, r) in goals.iter().zip(&scratch.resolved) {
+            for &d in g.deps {
+                if self.graph.is_finished(r.at) {
+                    break; // it ended dependency-failed: the rest is moot
+                }
+                self.depend(r.at, batch::dep_index(d, &scratch.resolved));
+            }
+        }
     }
 
     /// Goal `g` is requested again (S9) in `mode`: a stronger mode is
     /// adopted if it has not started; otherwise the log says it keeps its own.
-    pub(super) fn share(&mut self, g: u32, mode: BuildMode) {
-        let goal = &self.arena.goals[g as usize];
-        let started = !matches!(goal.phase, Phase::Ready | Phase::WaitingDeps);
-        if mode > goal.mode && !started {
-            self.arena.goals[g as usize].mode = mode;
-        } else if mode != goal.mode {
+    fn share(&mut self, g: u32, mode: BuildMode) {
+        let kept = self.graph.goal(g).mode;
+        if mode > kept && batch::can_take_deps(&self.graph, g) {
+            self.graph.set_mode(g, mode);
+        } else if mode != kept {
             let line = format!(
-                "{} was requested again in mode {mode:?}; it keeps mode {:?}",
-                self.name(g),
-                goal.mode
+                "{} was requested again in mode {mode:?}; it keeps mode {kept:?}",
+                self.graph.name(g),
             );
-            let rec = LogRecord::new(LogKind::ModeKept, line).goal(self.id(g));
-            self.log.push(rec);
+            self.record(LogKind::ModeKept, g, None, line);
         }
     }
 
-    /// `p`, an output of a new goal, is already an output of goal `g`, which
-    /// is not the same goal (another output set, or another kind).
-    #[cold]
-    pub(super) fn overlap_error(&self, p: &StorePath, g: u32) -> Error {
-        Error::InvalidArgument(format!(
-            "{p} is already an output of {} ({:?} of {}); goals must not share \
-             outputs partly, and the same outputs must be requested with the same kind",
-            self.name(g),
-            self.arena.goals[g as usize].kind,
-            self.describe_outputs(g)
-        ))
-    }
-
     /// The host's tag of `goal` (see [`Worker::add_goal_tagged`]).
-    #[inline]
     pub fn tag(&self, goal: GoalId) -> Result<u64> {
-        Ok(self.arena.goals[self.index(goal)? as usize].tag)
+        Ok(self.graph.goal(self.index(goal)?).tag)
     }
 
     /// The kind and the tag of `goal`, from one read of its record.
-    #[inline]
     pub(crate) fn kind_and_tag(&self, goal: GoalId) -> Result<(GoalKind, u64)> {
-        let g = &self.arena.goals[self.index(goal)? as usize];
+        let g = self.graph.goal(self.index(goal)?);
         Ok((g.kind, g.tag))
     }
 
@@ -467,79 +427,23 @@ impl Worker {
     /// longer cycles are reported as [`Error::SchedulerDeadlock`] by
     /// [`Worker::next_event`]. Adding the same edge twice is harmless.
     pub fn add_dependency(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
-        // The common case, decided inline: two distinct goals of this
-        // worker, `goal` not started, `dep` not finished. It touches no
-        // goal's resources; the ledger's verdict is that of `end`.
-        if let (Some(g), Some(d)) = (self.index_fast(goal), self.index_fast(dep)) {
-            if g != d
-                && self.same_process()
-                && matches!(
-                    self.arena.goals[g as usize].phase,
-                    Phase::Ready | Phase::WaitingDeps
-                )
-                && !self.arena.is_finished(d)
-            {
-                self.arena.add_edge(d, g);
-                self.arena.add_pending(g);
-                return self.end_fast(None, Ok(()));
+        self.call(|w| {
+            let (g, d) = (w.index(goal)?, w.index(dep)?);
+            let name = w.graph.name(g);
+            if g == d {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} cannot depend on itself"
+                )));
             }
-        }
-        self.add_dependency_slow(goal, dep)
-    }
-
-    /// [`Worker::add_dependency`], every case.
-    #[inline(never)]
-    fn add_dependency_slow(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
-        self.begin()?;
-        let r = self.add_dependency_inner(goal, dep);
-        self.end(r)
-    }
-
-    #[inline(always)]
-    fn add_dependency_inner(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
-        let (g, d) = (self.index(goal)?, self.index(dep)?);
-        if g == d
-            || !matches!(
-                self.arena.goals[g as usize].phase,
-                Phase::Ready | Phase::WaitingDeps
-            )
-        {
-            return Err(self.dependency_refused(g, d));
-        }
-        // The dependency's record (a likely cache miss) is read only once it
-        // has finished.
-        if self.arena.is_finished(d) {
-            self.dependency_finished(g, d);
-        } else {
-            self.arena.add_edge(d, g);
-            self.arena.add_pending(g);
-        }
-        Ok(())
-    }
-
-    /// Why `g` cannot depend on `d` (itself, or `g` has started).
-    #[cold]
-    #[inline(never)]
-    fn dependency_refused(&self, g: u32, d: u32) -> Error {
-        if g == d {
-            return Error::InvalidArgument(format!("{} cannot depend on itself", self.name(g)));
-        }
-        Error::InvalidState(format!(
-            "{} is {}; dependencies can only be added before it starts",
-            self.name(g),
-            state_name(self.arena.goals[g as usize].phase.state())
-        ))
-    }
-
-    /// `g` is made to depend on `d`, which has finished: nothing to wait
-    /// for after a success; otherwise `g` ends `DependencyFailed`.
-    #[cold]
-    #[inline(never)]
-    pub(super) fn dependency_finished(&mut self, g: u32, d: u32) {
-        match self.arena.goals[d as usize].phase.outcome() {
-            Some(o) if o.is_success() => {}
-            _ => self.finish(g, Outcome::DependencyFailed, true),
-        }
+            if !batch::can_take_deps(&w.graph, g) {
+                return Err(Error::InvalidState(format!(
+                    "{name} is {}; dependencies can only be added before it starts",
+                    w.graph.state(g).describe()
+                )));
+            }
+            w.depend(g, d);
+            Ok(())
+        })
     }
 
     /// The next thing for the host to do. Never blocks. Errors:
@@ -548,25 +452,84 @@ impl Worker {
     /// stuck goals), [`Error::Invariant`] (a ledger violation was found; the
     /// event is kept for the next call).
     pub fn next_event(&mut self) -> Result<Event> {
-        // The common case, decided inline: a ready plain goal starts.
-        if self.same_process() {
-            if let Some(i) = self.start_ready_plain() {
-                let ev = Event::Run {
-                    goal: self.id(i),
-                    kind: GoalKind::Plain,
-                };
-                return self.end_fast_event(i, ev);
-            }
-        }
-        self.next_event_slow()
+        let mut event = Event::Done;
+        self.next_events_with(1, |_, ev| event = ev)?;
+        Ok(event)
     }
 
-    /// [`Worker::next_event`], every case.
-    #[inline(never)]
-    fn next_event_slow(&mut self) -> Result<Event> {
-        self.begin()?;
-        let r = self.next_event_inner();
-        self.end_event(r)
+    /// Fills `out` (cleared first) with up to `max` events, in order, in
+    /// one call; returns how many. It stops after a `Wait` or `Done`, so
+    /// either is the last event; and a `Wait` comes only alone: when the
+    /// call has gathered other events, it stops before it instead (the host
+    /// acts on them, then asks again), so a `Wait` always means "nothing to
+    /// do until the fd is readable or the timeout expires".
+    ///
+    /// Errors as for [`Worker::next_event`], with two refinements: a
+    /// deadlock found after some events were gathered is returned by the
+    /// next call (this one returns what it has); a ledger violation puts
+    /// the gathered events back, in order, for the next call, and `out` is
+    /// left empty.
+    pub fn next_events(&mut self, out: &mut Vec<Event>, max: usize) -> Result<usize> {
+        out.clear();
+        self.next_events_with(max, |_, ev| out.push(ev))
+    }
+
+    /// The core of [`Worker::next_events`] and [`Worker::next_event`]:
+    /// hands each event to `sink` with the worker (for the host's tag and
+    /// the goal's kind), unless the call fails.
+    pub(crate) fn next_events_with(
+        &mut self,
+        max: usize,
+        mut sink: impl FnMut(&Worker, Event),
+    ) -> Result<usize> {
+        if max == 0 {
+            return Err(Error::InvalidArgument(
+                "room for at least one event is needed (the capacity is 0)".into(),
+            ));
+        }
+        let r = self.call(|w| w.gather(max));
+        let got = std::mem::take(&mut self.scratch.events);
+        if r.is_ok() {
+            got.iter().for_each(|&ev| sink(self, ev));
+        } else {
+            // A ledger violation after the events were gathered: they go
+            // back, in order, for the next call.
+            for &ev in got.iter().rev().filter(|ev| ev.goal().is_some()) {
+                self.events.push_front(ev);
+            }
+        }
+        self.scratch.events = got;
+        r
+    }
+
+    /// Gathers up to `max` events into the scratch (see
+    /// [`Worker::next_events`]), touching each event's goal for the ledger.
+    fn gather(&mut self, max: usize) -> Result<usize> {
+        let mut got = std::mem::take(&mut self.scratch.events);
+        got.clear();
+        let r = loop {
+            if got.len() == max {
+                break Ok(());
+            }
+            match self.step() {
+                Ok(Event::Wait { .. }) if !got.is_empty() => break Ok(()),
+                Ok(ev) => {
+                    if let Some(g) = ev.goal() {
+                        self.ledger.touch(g.index());
+                    }
+                    got.push(ev);
+                    if matches!(ev, Event::Wait { .. } | Event::Done) {
+                        break Ok(());
+                    }
+                }
+                // Returned by the next call, which finds it again.
+                Err(_) if !got.is_empty() => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        let n = got.len();
+        self.scratch.events = got;
+        r.map(|()| n)
     }
 
     /// Reports how a goal that was `Run` ended: `Built`, `Substituted`,
@@ -575,93 +538,52 @@ impl Worker {
     /// goal's locks are released (with deletion after a success) and its slot
     /// freed before any dependent is woken.
     pub fn report(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
-        // The common case, decided inline: a running plain goal of this
-        // worker reported successful (a plain goal's success is not
-        // checked: it has no outputs to lock).
-        if let Some(i) = self.index_fast(goal) {
-            if outcome.is_reported_success() && self.same_process() && self.plain_running(i) {
-                self.finish_plain_success(i, outcome);
-                self.prefetch_from_ready_queue();
-                return self.end_fast(Some(i), Ok(()));
+        self.report_many_checked(&mut [Report::new(goal, outcome)], None)
+            .map_err(BatchError::into_single)
+    }
+
+    /// Reports many goals that were `Run`, in one call, all or nothing; on
+    /// success each report's `recorded` is the outcome recorded for its
+    /// goal (failed if a success had an output that is not valid).
+    ///
+    /// The whole batch is validated first: each goal is a goal of this
+    /// worker that is running, each outcome one a host reports (built,
+    /// substituted, failed, timed out), and no goal appears twice. The first
+    /// bad report is returned as a [`BatchError`] and nothing is changed.
+    /// Then the reports are made in order, each exactly as
+    /// [`Worker::report`] would (a failure without keep-going cancels the
+    /// goals that are not running; the running goals of the batch are still
+    /// reported).
+    pub fn report_many(&mut self, reports: &mut [Report]) -> std::result::Result<(), BatchError> {
+        self.report_many_checked(reports, None)
+    }
+
+    /// The core of [`Worker::report_many`] and [`Worker::report`]:
+    /// `parse_error` is the first report whose outcome number the C layer
+    /// could not read; it is reported unless an earlier report is bad (the
+    /// reports from it on are not looked at).
+    pub(crate) fn report_many_checked(
+        &mut self,
+        reports: &mut [Report],
+        parse_error: Option<BatchError>,
+    ) -> std::result::Result<(), BatchError> {
+        self.call(|w| {
+            let limit = parse_error.as_ref().map_or(reports.len(), |e| e.index);
+            let checked = &reports[..limit.min(reports.len())];
+            let bad = batch::validate_reports(&w.graph, w.serial, checked, &mut w.scratch);
+            if let Some(e) = bad.or(parse_error) {
+                return Err(e);
             }
-        }
-        self.report_slow(goal, outcome)
-    }
-
-    /// [`Worker::report`], every case.
-    #[inline(never)]
-    fn report_slow(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
-        self.begin()?;
-        let r = self.report_inner(goal, outcome);
-        self.end(r)
-    }
-
-    #[inline(always)]
-    fn report_inner(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
-        let i = self.index(goal)?;
-        if !matches!(
-            outcome,
-            Outcome::Built | Outcome::Substituted | Outcome::Failed | Outcome::TimedOut
-        ) {
-            return Err(not_reportable(outcome));
-        }
-        if !matches!(self.arena.goals[i as usize].phase, Phase::Running(_)) {
-            return Err(self.not_running(i));
-        }
-        let outcome = self.checked_report(i, outcome);
-        self.finish(i, outcome, false);
-        Ok(())
-    }
-
-    /// The outcome to record for a report of `outcome` for running goal
-    /// `i`: a success of a goal with outputs is checked.
-    #[inline(always)]
-    pub(super) fn checked_report(&mut self, i: u32, outcome: Outcome) -> Outcome {
-        if outcome.is_success() && self.arena.goals[i as usize].kind != GoalKind::Plain {
-            self.checked_success(i, outcome)
-        } else {
-            outcome
-        }
-    }
-
-    /// A reported success of goal `i`, checked: `Failed` if an output is
-    /// not valid (the log says why).
-    #[inline(never)]
-    fn checked_success(&mut self, i: u32, outcome: Outcome) -> Outcome {
-        match self.validity(i) {
-            Validity::Valid => outcome,
-            Validity::Invalid(k) => {
-                let p = &self.arena.outputs(i)[k];
-                let line = format!(
-                    "{}: the builder reported success but {p} is not valid; recorded as failed",
-                    self.name(i)
-                );
-                let rec = LogRecord::new(LogKind::NotValidAfterSuccess, line)
-                    .goal(GoalId::new(self.serial, i))
-                    .path(p);
-                self.log.push(rec);
-                Outcome::Failed
+            for r in reports.iter_mut() {
+                // A reported goal is running until this call ends it, and
+                // nothing else ends it: the outcome recorded is this one.
+                let i = r.goal.index();
+                let outcome = w.checked_report(i, r.outcome);
+                w.finish(i, outcome, false);
+                r.recorded = Some(outcome);
             }
-            Validity::Unknown { k, why } => {
-                self.log_unknown(
-                    i,
-                    k,
-                    &why,
-                    "the builder reported success; recorded as failed",
-                );
-                Outcome::Failed
-            }
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    pub(super) fn not_running(&self, i: u32) -> Error {
-        Error::InvalidState(format!(
-            "{} is {}, not running; only running goals can be reported",
-            self.name(i),
-            state_name(self.arena.goals[i as usize].phase.state())
-        ))
+            Ok(())
+        })
     }
 
     /// Cancels a goal that has not finished (a running goal: the host stopped
@@ -669,29 +591,28 @@ impl Worker {
     /// `DependencyFailed` (reported as `Finished` events). The cancelled goal
     /// itself gets no event.
     pub fn cancel(&mut self, goal: GoalId) -> Result<()> {
-        self.begin()?;
-        let r = self.index(goal).and_then(|i| {
-            if self.arena.goals[i as usize].phase.is_done() {
-                let line = format!("{} has already finished", self.name(i));
+        self.call(|w| {
+            let i = w.index(goal)?;
+            if w.graph.is_finished(i) {
+                let line = format!("{} has already finished", w.graph.name(i));
                 return Err(Error::InvalidState(line));
             }
-            self.finish(i, Outcome::Cancelled, false);
+            w.finish(i, Outcome::Cancelled, false);
             Ok(())
-        });
-        self.end(r)
+        })
     }
 
     /// State, outcome, kind, mode and outputs of a goal, at any time.
     pub fn result(&self, goal: GoalId) -> Result<GoalResult> {
         let i = self.index(goal)?;
-        let g = &self.arena.goals[i as usize];
+        let g = self.graph.goal(i);
         Ok(GoalResult {
-            state: self.arena.state(i),
+            state: self.graph.state(i),
             outcome: g.phase.outcome(),
             kind: g.kind,
             mode: g.mode,
             outputs: self
-                .arena
+                .graph
                 .outputs(i)
                 .iter()
                 .map(|p| p.as_path().to_path_buf())
@@ -699,34 +620,36 @@ impl Worker {
         })
     }
 
-    /// The kind of a goal.
-    pub fn kind_of(&self, goal: GoalId) -> Result<GoalKind> {
-        Ok(self.arena.goals[self.index(goal)? as usize].kind)
-    }
-
     /// The outputs of a goal, sorted.
     pub fn outputs(&self, goal: GoalId) -> Result<&[StorePath]> {
-        Ok(self.arena.outputs(self.index(goal)?))
+        Ok(self.graph.outputs(self.index(goal)?))
     }
 
     /// Runs the ledger checks on `goal` (and the slot counters), as every
     /// mutating call does on what it touched.
     pub fn check_goal(&mut self, goal: GoalId) -> Result<()> {
-        self.begin()?;
-        let r = self.index(goal).map(|i| self.ledger.touch(i));
-        self.end(r)
+        self.call(|w| {
+            let i = w.index(goal)?;
+            w.ledger.touch(i);
+            Ok(())
+        })
     }
 
     /// Runs the ledger checks that concern no goal in particular (slot
     /// counters; everything with `GOALKEEPER_DEBUG_SWEEP=1`).
     pub fn check(&mut self) -> Result<()> {
-        self.begin()?;
-        self.end(Ok(()))
+        self.call(|_| Ok(()))
+    }
+
+    /// Turns the full sweep on or off for this worker (the default comes
+    /// from `GOALKEEPER_DEBUG_SWEEP`).
+    pub fn set_debug_sweep(&mut self, on: bool) {
+        self.ledger.set_sweep(on);
     }
 
     /// The worker's eventfd: readable when a foreign lock wait may have ended.
     pub fn fd(&self) -> RawFd {
-        self.efd.fd()
+        self.waits.fd()
     }
 
     /// Takes the diagnostics log as text (who waits for which lock, held by
@@ -761,31 +684,34 @@ impl Worker {
     /// process's lock registry, not from the worker's own bookkeeping), slots,
     /// waits and ledger counters.
     pub fn audit(&self) -> Audit {
-        self.audit_inner()
+        let waits = self.waits.foreign_count();
+        self.ledger
+            .audit(&self.graph, &self.slots, self.serial, waits, &self.stats)
     }
 
     /// Makes room for `goals` more goals and `edges` more dependencies, so
     /// that a host that knows the size of its request builds the graph
     /// without regrowing (and copying) the worker's arrays.
     pub fn reserve(&mut self, goals: usize, edges: usize) {
-        self.arena.reserve(goals, edges);
+        self.graph.reserve(goals, edges);
         self.ready.reserve(goals);
     }
 
     /// Number of goals.
     pub fn len(&self) -> usize {
-        self.arena.len()
+        self.graph.len()
     }
 
     /// `true` if no goal was added.
     pub fn is_empty(&self) -> bool {
-        self.arena.len() == 0
+        self.graph.len() == 0
     }
 
     /// Approximate heap bytes of the goal records and edges (for memory budgets).
     pub fn approx_bytes(&self) -> usize {
-        self.arena.approx_bytes()
-            + (self.ready.capacity() + self.slot_queue.capacity()) * 4
+        self.graph.approx_bytes()
+            + self.ready.capacity() * 4
+            + self.slots.approx_bytes()
             + self.events.capacity() * std::mem::size_of::<Event>()
     }
 
@@ -793,273 +719,55 @@ impl Worker {
     /// worker holds, including `legacy_hold` lock sets (the host abandons its
     /// goals: G1). Idempotent; `Drop` does it too.
     pub fn abandon(&mut self) {
-        if self.fork_gen != crate::lock::process_generation() {
+        if self.fork_gen != generation() {
             return; // a fork child: the parent's locks are not ours to release
         }
-        // Every goal finished (a request run to the end): nothing to walk.
-        if self.arena.unfinished() > 0 {
-            for i in 0..self.arena.len() as u32 {
-                if !self.arena.goals[i as usize].phase.is_done() {
-                    self.finish_one(i, Outcome::Cancelled, false, false);
-                }
+        for i in 0..self.graph.len() as u32 {
+            if self.graph.unfinished() == 0 {
+                break;
+            }
+            if !self.graph.is_finished(i) {
+                self.finish_one(i, Outcome::Cancelled, false, false);
             }
         }
-        for (_, set) in self.legacy.drain(..) {
+        for set in self.legacy.drain(..) {
             let _ = set.release();
         }
         self.events.clear();
     }
 
-    // ---- helpers shared by the other modules ----
-
-    /// `legacy_hold` (feature `legacy-hold` only): keeps a finished goal's
-    /// lock set instead of releasing it, on purpose, and returns `None`;
-    /// otherwise hands it back for release.
-    pub(super) fn keep_for_legacy_hold(
-        &mut self,
-        i: u32,
-        locks: Box<LockSet>,
-    ) -> Option<Box<LockSet>> {
-        #[cfg(feature = "legacy-hold")]
-        if self.opts.legacy_hold {
-            self.legacy.push((i, *locks)); // the #31785 bug, on purpose
-            return None;
-        }
-        let _ = i;
-        Some(locks)
-    }
-
+    /// The id of goal `i`.
     pub(super) fn id(&self, i: u32) -> GoalId {
         GoalId::new(self.serial, i)
     }
 
-    /// The arena index of `goal`, or [`Error::StaleHandle`] for an id of
-    /// another worker, a forged one, or one out of range.
-    #[inline(always)]
+    /// The index of `goal`, or [`Error::StaleHandle`] for an id of another
+    /// worker, a forged one, or one out of range.
     pub(super) fn index(&self, goal: GoalId) -> Result<u32> {
-        // The serial is never 0, so this also refuses the id 0.
-        if goal.worker() == self.serial && (goal.index() as usize) < self.arena.len() {
-            return Ok(goal.index());
-        }
-        Err(self.index_error(goal))
+        goal.index_in(self.serial, self.graph.len())
     }
 
-    /// [`Worker::index`] for the fast paths: `Some(index)` exactly when
-    /// `index` would return `Ok`, in one subtraction and one comparison (an
-    /// id of another worker, or 0, is at least 2^32 away from this
-    /// worker's first id).
-    #[inline(always)]
-    pub(super) fn index_fast(&self, goal: GoalId) -> Option<u32> {
-        let k = goal.raw().wrapping_sub((self.serial as u64) << 32);
-        (k < self.arena.len() as u64).then_some(k as u32)
-    }
-
-    /// `true` in the process that made the worker (see [`Worker::begin`]).
-    #[inline(always)]
-    pub(super) fn same_process(&self) -> bool {
-        self.fork_gen == crate::lock::process_generation()
-    }
-
-    /// Why `goal` names no goal of this worker (see [`Worker::index`]).
-    #[cold]
-    #[inline(never)]
-    fn index_error(&self, goal: GoalId) -> Error {
-        if goal.raw() == 0 {
-            return Error::StaleHandle("goal id 0 is never valid".into());
+    /// Logs `message` of `kind` about goal `i` (and its output `output`,
+    /// when given); returns the record, to be completed.
+    pub(super) fn record(
+        &mut self,
+        kind: LogKind,
+        i: u32,
+        output: Option<usize>,
+        message: String,
+    ) -> &mut LogRecord {
+        let rec = self
+            .log
+            .push(LogRecord::new(kind, message).goal(self.id(i)));
+        if let Some(p) = output.and_then(|k| self.graph.outputs(i).get(k)) {
+            rec.path(p);
         }
-        if goal.worker() != self.serial {
-            return Error::StaleHandle(format!(
-                "goal id {:#x} does not belong to this worker (worker {})",
-                goal.raw(),
-                self.serial
-            ));
-        }
-        Error::StaleHandle(format!(
-            "goal id {:#x} was never issued by this worker",
-            goal.raw()
-        ))
-    }
-
-    /// The goal of this worker that `owner` (a lock set's owner) is, if any.
-    pub(super) fn own_goal(&self, owner: &crate::lock::Owner) -> Option<u32> {
-        if owner.tag == 0 {
-            return None;
-        }
-        self.index(GoalId::from_raw(owner.tag)).ok()
-    }
-
-    /// Goal `i` as messages name it: `goal 3 (…-glibc-2.39)`, by its index
-    /// and its first output (see [`GoalName`]).
-    pub(super) fn name(&self, i: u32) -> GoalName<'_> {
-        GoalName {
-            index: i,
-            first_output: self.arena.outputs(i).first(),
-        }
-    }
-
-    pub(super) fn describe_outputs(&self, i: u32) -> String {
-        let outs = self.arena.outputs(i);
-        match outs.len() {
-            0 => "no outputs".into(),
-            1 => outs[0].to_string(),
-            n => format!("{} and {} more", outs[0], n - 1),
-        }
-    }
-
-    #[inline(always)]
-    pub(super) fn begin(&mut self) -> Result<()> {
-        if self.fork_gen != crate::lock::process_generation() {
-            return Err(Error::WrongProcess("worker"));
-        }
-        self.ledger.begin();
-        Ok(())
-    }
-
-    /// Ends a boundary call: the ledger checks what the call touched; the
-    /// call's own error comes first.
-    #[inline(always)]
-    pub(super) fn end<T>(&mut self, r: Result<T>) -> Result<T> {
-        if self.ledger_clean() {
-            self.ledger.count_check();
-            return r;
-        }
-        self.end_full(r)
-    }
-
-    /// [`Worker::end`] when the ledger needs its full check.
-    #[cold]
-    #[inline(never)]
-    pub(super) fn end_full<T>(&mut self, r: Result<T>) -> Result<T> {
-        match self.check_ledger_full() {
-            Ok(()) => r,
-            Err(e) => Err(r.err().unwrap_or(e)),
-        }
-    }
-
-    /// [`Worker::end_event`] for the fast path of [`Worker::next_event`],
-    /// which started goal `i` and did not record it.
-    #[inline(always)]
-    fn end_fast_event(&mut self, i: u32, ev: Event) -> Result<Event> {
-        if self.ledger_quiet() && self.plain_and_clean(i) {
-            self.ledger.count_check();
-            return Ok(ev);
-        }
-        self.ledger.begin();
-        self.end_event(Ok(ev))
-    }
-
-    #[inline(always)]
-    fn end_event(&mut self, r: Result<Event>) -> Result<Event> {
-        if let Ok(ev) = &r {
-            if let Some(i) = ev.goal_index() {
-                self.ledger.touch(i);
-            }
-        }
-        if self.ledger_clean() {
-            self.ledger.count_check();
-            return r;
-        }
-        self.end_event_full(r)
-    }
-
-    /// [`Worker::end_event`] when the ledger needs its full check.
-    #[cold]
-    #[inline(never)]
-    fn end_event_full(&mut self, r: Result<Event>) -> Result<Event> {
-        match (r, self.check_ledger_full()) {
-            (r, Ok(())) => r,
-            (Ok(ev), Err(e)) => {
-                if ev.goal_index().is_some() {
-                    self.events.push_front(ev); // not lost: the next call returns it
-                }
-                Err(e)
-            }
-            (Err(e), Err(_)) => Err(e),
-        }
+        rec
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
         self.abandon();
-    }
-}
-
-/// How messages name a goal: its index in the worker and its first output's
-/// file name, with a store hash elided (`goal 3 (…-glibc-2.39)`); a goal
-/// without outputs is just `goal 3`. Formatting allocates nothing until the
-/// message is written.
-pub(crate) struct GoalName<'a> {
-    index: u32,
-    first_output: Option<&'a StorePath>,
-}
-
-impl std::fmt::Display for GoalName<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "goal {}", self.index)?;
-        if let Some(p) = self.first_output {
-            let base = p
-                .as_path()
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy();
-            write!(f, " ({})", elide_store_hash(&base))?;
-        }
-        Ok(())
-    }
-}
-
-/// `abc…xyz-glibc-2.39` -> `…-glibc-2.39` when the part before the first
-/// `-` looks like a store hash (at least 16 letters and digits); anything
-/// else unchanged.
-fn elide_store_hash(base: &str) -> std::borrow::Cow<'_, str> {
-    match base.split_once('-') {
-        Some((hash, rest))
-            if hash.len() >= 16
-                && !rest.is_empty()
-                && hash.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-        {
-            format!("…-{rest}").into()
-        }
-        _ => base.into(),
-    }
-}
-
-#[cold]
-fn not_reportable(outcome: Outcome) -> Error {
-    Error::InvalidArgument(format!(
-        "only built, substituted, failed and timed-out can be reported, not {}",
-        outcome.name()
-    ))
-}
-
-/// The kind's rule for the number of outputs: a build has at least one, a
-/// substitute exactly one, a plain goal any number.
-pub(super) fn check_output_count(kind: GoalKind, n: usize) -> Result<()> {
-    match kind {
-        GoalKind::Build if n == 0 => Err(Error::InvalidArgument(
-            "a build goal needs at least one output".into(),
-        )),
-        GoalKind::Substitute if n != 1 => Err(Error::InvalidArgument(format!(
-            "a substitute goal has exactly one output, not {n}"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-#[cold]
-pub(super) fn too_many_goals() -> Error {
-    Error::InvalidArgument("too many goals in one worker".into())
-}
-
-/// A state's name for messages.
-pub(crate) fn state_name(s: GoalState) -> &'static str {
-    match s {
-        GoalState::WaitingDeps => "waiting for dependencies",
-        GoalState::Ready => "ready",
-        GoalState::WaitingSlot => "waiting for a build slot",
-        GoalState::WaitingLock => "waiting for a lock",
-        GoalState::Running => "running",
-        GoalState::Finished => "finished",
     }
 }

@@ -88,15 +88,16 @@ pub fn lib_dir() -> PathBuf {
 /// Builds `libgoalkeeper.so` once per test binary. `cargo test` builds only
 /// the rlib for integration tests, so without this a fresh clone has no
 /// shared library, and after a change the programs would load a stale one.
-/// It is built with the `legacy-hold` feature, as `cargo test` builds the
-/// rlib (the same features, so the two builds do not undo each other), so
-/// that the C, C++ and Guile suites can show the ledger catching it.
+/// It is built with the test-only features (`legacy-hold`,
+/// `fault-injection`), as `cargo test` builds the rlib (the same features,
+/// so the two builds do not undo each other), so that the C, C++ and Guile
+/// suites can show the ledger catching a finished goal's kept lock.
 fn ensure_cdylib(release: bool) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "-p", "goalkeeper", "--lib", "--quiet"])
-            .args(["--features", "legacy-hold"])
+            .args(["--features", "legacy-hold,fault-injection"])
             .current_dir(root());
         if release {
             cmd.arg("--release");

@@ -1,0 +1,596 @@
+//! The goal graph of one worker: the goals in a flat vector indexed by
+//! `u32`, each goal's state value, its unfinished dependencies and its
+//! dependents, its outputs, and the output-path index that shares one goal
+//! between requests for the same outputs (S9).
+//!
+//! The state value ([`Phase`]) *owns* the goal's execution resources: a
+//! running goal's lock set and slot token live inside [`Phase::Running`].
+//! Leaving that state moves them out, and the only code that does so is the
+//! terminal transition, which releases them: entering a terminal state *is*
+//! the release (G1).
+
+use std::collections::{HashMap, VecDeque};
+
+use super::goal::{BuildMode, GoalKind, GoalState, Outcome};
+use super::slots::SlotToken;
+use crate::lock::{LockSet, StorePath};
+
+/// What a waiting-for-a-lock goal waits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitRef {
+    /// A kernel wait on a helper thread: index into the foreign-wait table.
+    Foreign(u32),
+    /// The completion of another goal of this worker (its index).
+    Local(u32),
+}
+
+/// What a running goal holds. A build or substitute goal runs holding all
+/// of its output locks and a build slot; a plain goal holds nothing. There
+/// is no third shape (a goal running with locks but no slot, or the
+/// reverse), so none can be built by mistake. Only the terminal transition
+/// takes the resources out of the running state, and it releases them.
+#[derive(Debug)]
+pub(crate) enum Exec {
+    /// A plain goal: no lock, no slot.
+    Plain,
+    /// A build or substitute goal's resources.
+    Holding {
+        /// Its output locks, all of them (G2).
+        locks: Box<LockSet>,
+        /// Its build slot.
+        slot: SlotToken,
+    },
+}
+
+/// A goal's state value, owning whatever the goal holds.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    WaitingDeps,
+    Ready,
+    WaitingSlot,
+    WaitingLock(WaitRef),
+    Running(Exec),
+    /// Finished, with how it ended: a finished goal carries its outcome and
+    /// nothing else.
+    Done(Outcome),
+}
+
+impl Phase {
+    /// The public view of the state value.
+    pub(crate) fn state(&self) -> GoalState {
+        match self {
+            Phase::WaitingDeps => GoalState::WaitingDeps,
+            Phase::Ready => GoalState::Ready,
+            Phase::WaitingSlot => GoalState::WaitingSlot,
+            Phase::WaitingLock(_) => GoalState::WaitingLock,
+            Phase::Running(_) => GoalState::Running,
+            Phase::Done(_) => GoalState::Finished,
+        }
+    }
+
+    /// How the goal ended, once it has.
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        match self {
+            Phase::Done(o) => Some(*o),
+            _ => None,
+        }
+    }
+}
+
+/// Sentinel for "no index".
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// One goal. Kept small (32 bytes): the dependency counters and dependents
+/// live in the graph's dense arrays, the outputs in a side table. The host's
+/// tag is here because every event that names the goal carries it.
+#[derive(Debug)]
+pub(crate) struct Goal {
+    pub(crate) phase: Phase,
+    /// The host's data for this goal (`gk_event.tag`), given when it was
+    /// added; a goal shared by a second request for the same outputs (S9)
+    /// keeps its first tag.
+    pub(crate) tag: u64,
+    /// Index into the outputs table, or [`NONE`] for a goal without outputs.
+    outputs: u32,
+    pub(crate) kind: GoalKind,
+    pub(crate) mode: BuildMode,
+}
+
+/// A finished goal's dependency counter: far from 0, so the decrements of
+/// its remaining edges never make it look ready, and its high bit says
+/// "finished" without a look at the goal's record (no goal waits for 2^31
+/// dependencies: their edges alone would fill 16 GiB).
+const FINISHED: u32 = u32::MAX;
+
+/// A cursor over one goal's dependents (see [`Graph::dependents`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DepCursor {
+    k: u32,
+    end: u32,
+    extra: u32,
+}
+
+/// "`to` depends on `from`", linked into `from`'s list of new edges.
+#[derive(Clone, Copy, Debug)]
+struct Edge {
+    to: u32,
+    next: u32,
+}
+
+/// The goals of one worker.
+///
+/// Dependents are kept in a compact form (CSR: one contiguous slice per
+/// goal) and a log of edges added since. Adding an edge appends to the log;
+/// before a walk of dependents the log is flushed: folded into the compact
+/// form by a counting sort when it has grown to an eighth of it, else linked
+/// into per-goal lists of new edges, so that each edge moves O(1) times on
+/// average, whatever the order of additions and walks. Finishing a goal
+/// reads its slice and the dense dependency counters of its dependents, not
+/// their records.
+#[derive(Default)]
+pub(crate) struct Graph {
+    goals: Vec<Goal>,
+    /// Unfinished dependencies per goal, with [`FINISHED`] once finished.
+    pending: Vec<u32>,
+    /// Goal `i`'s compacted dependents are `csr[csr_start[i]..csr_start[i + 1]]`
+    /// (goals added after the last compaction have none there).
+    csr_start: Vec<u32>,
+    csr: Vec<u32>,
+    /// Edges added since the last flush, `(from, to)`.
+    log: Vec<(u32, u32)>,
+    /// Lists of new edges: head per goal, links in `extra`.
+    extra_head: Vec<u32>,
+    extra: Vec<Edge>,
+    outputs: Vec<Box<[StorePath]>>,
+    /// Output path -> the build or substitute goal that locks it.
+    by_path: HashMap<StorePath, u32>,
+    /// Goals per state, kept by [`Graph::set_phase`] and the counters.
+    counts: [u64; GoalState::COUNT],
+}
+
+impl Graph {
+    /// Adds a goal in state `Ready` (no dependencies yet, not queued);
+    /// returns its index, or `None` if the graph is full.
+    pub(crate) fn push(
+        &mut self,
+        kind: GoalKind,
+        mode: BuildMode,
+        outputs: Vec<StorePath>,
+        tag: u64,
+    ) -> Option<u32> {
+        let index = u32::try_from(self.goals.len()).ok().filter(|&i| i < NONE)?;
+        let outputs = if outputs.is_empty() {
+            NONE
+        } else {
+            if kind != GoalKind::Plain {
+                for p in &outputs {
+                    self.by_path.insert(p.clone(), index);
+                }
+            }
+            self.outputs.push(outputs.into_boxed_slice());
+            (self.outputs.len() - 1) as u32
+        };
+        self.goals.push(Goal {
+            phase: Phase::Ready,
+            tag,
+            outputs,
+            kind,
+            mode,
+        });
+        self.pending.push(0);
+        self.counts[GoalState::Ready as usize] += 1;
+        Some(index)
+    }
+
+    /// Makes room for `goals` more goals and `edges` more edges.
+    pub(crate) fn reserve(&mut self, goals: usize, edges: usize) {
+        self.goals.reserve(goals);
+        self.pending.reserve(goals);
+        self.log.reserve(edges);
+    }
+
+    /// Goal `i`.
+    pub(crate) fn goal(&self, i: u32) -> &Goal {
+        &self.goals[i as usize]
+    }
+
+    /// Goal `i` is requested again in a stronger `mode` before it started.
+    pub(crate) fn set_mode(&mut self, i: u32, mode: BuildMode) {
+        self.goals[i as usize].mode = mode;
+    }
+
+    /// The goal that locks `path`, if any.
+    pub(crate) fn goal_of_path(&self, path: &StorePath) -> Option<u32> {
+        self.by_path.get(path).copied()
+    }
+
+    /// The outputs of goal `i`, sorted.
+    pub(crate) fn outputs(&self, i: u32) -> &[StorePath] {
+        match self.goals[i as usize].outputs {
+            NONE => &[],
+            o => &self.outputs[o as usize],
+        }
+    }
+
+    /// Goal `i` as messages name it (see [`GoalName`]).
+    pub(crate) fn name(&self, i: u32) -> GoalName<'_> {
+        GoalName {
+            index: i,
+            first_output: self.outputs(i).first(),
+        }
+    }
+
+    /// Goal `i`'s outputs in a few words.
+    pub(crate) fn describe_outputs(&self, i: u32) -> String {
+        let outs = self.outputs(i);
+        match outs.len() {
+            0 => "no outputs".into(),
+            1 => outs[0].to_string(),
+            n => format!("{} and {} more", outs[0], n - 1),
+        }
+    }
+
+    /// Records that `to` depends on `from`, unfinished: an edge (visible to
+    /// walks after the next flush) and one more pending dependency of `to`,
+    /// which must be ready or waiting for dependencies.
+    pub(crate) fn add_edge(&mut self, from: u32, to: u32) {
+        self.log.push((from, to));
+        let p = &mut self.pending[to as usize];
+        if *p == 0 {
+            // Ready (its record says Ready, or WaitingDeps after its last
+            // dependency finished). Neither owns anything.
+            let rec = &mut self.goals[to as usize].phase;
+            if matches!(rec, Phase::Ready) {
+                *rec = Phase::WaitingDeps;
+            }
+            self.counts[GoalState::Ready as usize] -= 1;
+            self.counts[GoalState::WaitingDeps as usize] += 1;
+        }
+        *p += 1;
+    }
+
+    /// Makes every edge visible to [`Graph::dependents`].
+    fn flush(&mut self) {
+        if self.log.is_empty() {
+            return;
+        }
+        if (self.log.len() + self.extra.len()) * 8 >= self.csr.len() + self.goals.len() + 64 {
+            return self.compact();
+        }
+        self.extra_head.resize(self.goals.len(), NONE);
+        for (from, to) in std::mem::take(&mut self.log) {
+            let head = &mut self.extra_head[from as usize];
+            self.extra.push(Edge { to, next: *head });
+            *head = (self.extra.len() - 1) as u32;
+        }
+    }
+
+    /// Folds the log and the lists of new edges into the compact form, by a
+    /// counting sort: each goal's old slice first, then its new edges in
+    /// the order they were added (the order in which a finishing goal
+    /// wakes its dependents).
+    fn compact(&mut self) {
+        let n = self.goals.len();
+        let mut new: Vec<(u32, u32)> = Vec::with_capacity(self.extra.len() + self.log.len());
+        // The linked edges (added before the log's), in the order added: a
+        // list is linked newest first.
+        for from in 0..self.extra_head.len() {
+            let start = new.len();
+            let mut e = self.extra_head[from];
+            while e != NONE {
+                new.push((from as u32, self.extra[e as usize].to));
+                e = self.extra[e as usize].next;
+            }
+            new[start..].reverse();
+        }
+        new.append(&mut self.log);
+        self.extra = Vec::new();
+        self.extra_head = Vec::new();
+        // start[i + 1]: first the number of dependents of goal i, then
+        // (prefix sums) where its slice starts, advanced as it is filled.
+        let mut start = vec![0u32; n + 1];
+        for i in 0..n {
+            start[i + 1] = self.old_len(i);
+        }
+        for &(f, _) in &new {
+            start[f as usize + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut csr = vec![0u32; start[n] as usize];
+        let mut fill = start.clone();
+        for (i, w) in self.csr_start.windows(2).enumerate() {
+            let old = &self.csr[w[0] as usize..w[1] as usize];
+            let f = fill[i] as usize;
+            csr[f..f + old.len()].copy_from_slice(old);
+            fill[i] += old.len() as u32;
+        }
+        for (f, t) in new {
+            csr[fill[f as usize] as usize] = t;
+            fill[f as usize] += 1;
+        }
+        self.csr = csr;
+        self.csr_start = start;
+    }
+
+    fn old_len(&self, i: usize) -> u32 {
+        if i + 1 < self.csr_start.len() {
+            self.csr_start[i + 1] - self.csr_start[i]
+        } else {
+            0
+        }
+    }
+
+    /// A cursor over goal `i`'s dependents (use [`Graph::next_dependent`]);
+    /// flushes the log first, so that every edge is seen.
+    pub(crate) fn dependents(&mut self, i: u32) -> DepCursor {
+        self.flush();
+        let i = i as usize;
+        let (k, end) = if i + 1 < self.csr_start.len() {
+            (self.csr_start[i], self.csr_start[i + 1])
+        } else {
+            (0, 0)
+        };
+        let extra = self.extra_head.get(i).copied().unwrap_or(NONE);
+        DepCursor { k, end, extra }
+    }
+
+    /// The next dependent, or `None` at the end.
+    pub(crate) fn next_dependent(&self, c: &mut DepCursor) -> Option<u32> {
+        if c.k < c.end {
+            c.k += 1;
+            return Some(self.csr[c.k as usize - 1]);
+        }
+        let e = self.extra.get(c.extra as usize)?;
+        c.extra = e.next;
+        Some(e.to)
+    }
+
+    /// Replaces goal `i`'s state value, keeping the counters right, and
+    /// returns the old one (with whatever it owned).
+    pub(crate) fn set_phase(&mut self, i: u32, phase: Phase) -> Phase {
+        let new = phase.state();
+        let old_state = self.state(i);
+        let old = std::mem::replace(&mut self.goals[i as usize].phase, phase);
+        self.counts[old_state as usize] -= 1;
+        self.counts[new as usize] += 1;
+        if new == GoalState::Finished {
+            // Decrements from late edges can never make a finished goal "ready".
+            self.pending[i as usize] = FINISHED;
+        }
+        old
+    }
+
+    /// Goal `i`'s state. A goal whose last dependency finished is *ready*
+    /// although its record still says "waiting for dependencies": waking it
+    /// only touches the dense counter array, not the goal record; the record
+    /// is updated when the goal is taken from the queue.
+    pub(crate) fn state(&self, i: u32) -> GoalState {
+        match self.goals[i as usize].phase {
+            Phase::WaitingDeps if self.pending[i as usize] == 0 => GoalState::Ready,
+            ref p => p.state(),
+        }
+    }
+
+    /// `true` once goal `i` has finished (from the dense counters, not the
+    /// goal's record).
+    pub(crate) fn is_finished(&self, i: u32) -> bool {
+        self.pending[i as usize] >= 1 << 31
+    }
+
+    /// `true` if goal `i` finished with success.
+    pub(crate) fn succeeded(&self, i: u32) -> bool {
+        self.goals[i as usize]
+            .phase
+            .outcome()
+            .is_some_and(|o| o.is_success())
+    }
+
+    /// One dependency of `d` finished with success; `true` if `d` is now
+    /// ready. `d` waits for dependencies or has finished (its counter then
+    /// never reaches 0).
+    pub(crate) fn dependency_done(&mut self, d: u32) -> bool {
+        let p = &mut self.pending[d as usize];
+        *p -= 1;
+        if *p == 0 {
+            self.counts[GoalState::WaitingDeps as usize] -= 1;
+            self.counts[GoalState::Ready as usize] += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Hints to the processor to load what the goals next in `ready` will
+    /// need when they finish: the record and counter of the goal 3 ahead,
+    /// the slice of dependents of the goal 1 ahead, and the counters of the
+    /// next goal's dependents. Most of these accesses are random across the
+    /// graph; at a million goals, without the hints, each is a cache miss
+    /// on the path of every call (`schedule_1m_scaling`). Nothing changes.
+    pub(crate) fn prefetch(&self, ready: &VecDeque<u32>) {
+        #[cfg(target_arch = "x86_64")]
+        fn hint<T>(p: *const T) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: a prefetch has no architectural effect and never faults.
+            unsafe { _mm_prefetch(p.cast::<i8>(), _MM_HINT_T0) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        fn hint<T>(_: *const T) {}
+        if let Some(&j) = ready.get(3) {
+            hint(self.goals.as_ptr().wrapping_add(j as usize));
+            hint(self.pending.as_ptr().wrapping_add(j as usize));
+            hint(self.csr_start.as_ptr().wrapping_add(j as usize));
+        }
+        if let Some(&a) = ready.get(1).and_then(|&j| self.csr_start.get(j as usize)) {
+            hint(self.csr.as_ptr().wrapping_add(a as usize));
+        }
+        if let Some(&j) = ready.front() {
+            let j = j as usize;
+            if j + 1 < self.csr_start.len() {
+                let (a, z) = (self.csr_start[j] as usize, self.csr_start[j + 1] as usize);
+                for &d in self.csr.get(a..z).unwrap_or_default() {
+                    hint(self.pending.as_ptr().wrapping_add(d as usize));
+                }
+            }
+        }
+    }
+
+    /// Goals in `state`.
+    pub(crate) fn count(&self, state: GoalState) -> u64 {
+        self.counts[state as usize]
+    }
+
+    /// Number of goals.
+    pub(crate) fn len(&self) -> usize {
+        self.goals.len()
+    }
+
+    /// Number of goals that have not finished.
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.goals.len() as u64 - self.count(GoalState::Finished)
+    }
+
+    /// Bytes used by the graph's own storage (for the memory budget).
+    pub(crate) fn approx_bytes(&self) -> usize {
+        self.goals.capacity() * std::mem::size_of::<Goal>()
+            + (self.pending.capacity()
+                + self.extra_head.capacity()
+                + self.csr_start.capacity()
+                + self.csr.capacity())
+                * 4
+            + (self.log.capacity() + self.extra.capacity()) * 8
+            + self.outputs.capacity() * std::mem::size_of::<Box<[StorePath]>>()
+    }
+}
+
+/// How messages name a goal: its index in the worker and its first output's
+/// file name, with a store hash elided (`goal 3 (…-glibc-2.39)`); a goal
+/// without outputs is just `goal 3`. Formatting allocates nothing until the
+/// message is written.
+pub(crate) struct GoalName<'a> {
+    index: u32,
+    first_output: Option<&'a StorePath>,
+}
+
+impl std::fmt::Display for GoalName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "goal {}", self.index)?;
+        if let Some(p) = self.first_output {
+            let base = p
+                .as_path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            // `abc…xyz-glibc-2.39` -> `…-glibc-2.39` when the part before
+            // the first `-` looks like a store hash (at least 16 letters
+            // and digits).
+            match base.split_once('-') {
+                Some((hash, rest))
+                    if hash.len() >= 16
+                        && !rest.is_empty()
+                        && hash.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+                {
+                    write!(f, " (…-{rest})")?
+                }
+                _ => write!(f, " ({base})")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goal_records_stay_compact() {
+        assert!(std::mem::size_of::<Phase>() <= 16);
+        assert!(std::mem::size_of::<Goal>() <= 32);
+    }
+
+    fn deps(g: &mut Graph, i: u32) -> Vec<u32> {
+        let mut c = g.dependents(i);
+        let mut v = Vec::new();
+        while let Some(d) = g.next_dependent(&mut c) {
+            v.push(d);
+        }
+        v
+    }
+
+    fn plain(g: &mut Graph) -> u32 {
+        g.push(GoalKind::Plain, BuildMode::Normal, Vec::new(), 0)
+            .unwrap()
+    }
+
+    /// Dependents survive compactions and later additions, keep the order
+    /// in which their edges were added (the order in which a finishing goal
+    /// wakes them), and walks between additions see every edge, whether it
+    /// was folded into the compact form or linked.
+    #[test]
+    fn dependents_survive_compaction_and_later_additions() {
+        let mut g = Graph::default();
+        for _ in 0..200 {
+            plain(&mut g);
+        }
+        for i in 1..200 {
+            g.add_edge(0, i);
+            if i > 1 {
+                g.add_edge(i - 1, i);
+            }
+        }
+        assert_eq!(deps(&mut g, 0), (1..200).collect::<Vec<u32>>());
+        assert!(g.extra.is_empty() && g.log.is_empty(), "compacted");
+        plain(&mut g);
+        g.add_edge(0, 200);
+        g.add_edge(200, 5);
+        assert_eq!(deps(&mut g, 200), vec![5]);
+        assert!(!g.extra.is_empty(), "two edges are linked, not compacted");
+        assert_eq!(deps(&mut g, 0), (1..=200).collect::<Vec<u32>>());
+        assert_eq!(deps(&mut g, 3), vec![4]);
+        assert_eq!(deps(&mut g, 199), Vec::<u32>::new());
+        for _ in 0..100 {
+            g.add_edge(7, 9);
+        }
+        assert_eq!(deps(&mut g, 7).len(), 101);
+        assert_eq!(deps(&mut g, 0), (1..=200).collect::<Vec<u32>>());
+        assert_eq!(deps(&mut g, 200), vec![5]);
+    }
+
+    /// Random additions and walks against a plain model, across flushes
+    /// that each fold or link.
+    #[test]
+    fn every_edge_is_walked_in_the_order_added() {
+        let (n, rounds) = if cfg!(miri) { (300u32, 3) } else { (20_000, 6) };
+        let mut g = Graph::default();
+        let mut model: Vec<Vec<u32>> = Vec::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rnd = |m: u32| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m as u64) as u32
+        };
+        for round in 0..rounds {
+            let goals = n / rounds * (round + 1);
+            while g.len() < goals as usize {
+                plain(&mut g);
+                model.push(Vec::new());
+            }
+            // Big batches fold into the compact form, small ones are linked.
+            let edges = if round % 2 == 0 { 3 * n } else { 20 };
+            for _ in 0..edges {
+                let (f, t) = (rnd(goals), rnd(goals));
+                g.add_edge(f, t);
+                model[f as usize].push(t);
+            }
+            for i in (0..goals).step_by(7) {
+                assert_eq!(
+                    deps(&mut g, i),
+                    model[i as usize],
+                    "round {round}, goal {i}"
+                );
+            }
+        }
+    }
+}
