@@ -5,6 +5,9 @@
 #   make check      run every test suite (Rust, C, C++, Scheme): one line per
 #                   suite, then the total; ARGS go to cargo test
 #   make check-sanitize  the C programs under valgrind, the C++ suites with AddressSanitizer
+#   make check-guix-daemon GUIX_SRC=DIR  goalkeeper inside the real guix-daemon (as root):
+#                   builds it migrated and unmodified from a Guix checkout, runs the
+#                   scenarios of doc/migrating-guix-daemon.md; RUNS=N, BASELINES=yes
 #   make soak       fault-injection soak (1000 multi-process runs) + 100,000 ABI fuzz cases
 #   make miri       the library's unit tests under Miri (nightly)
 #   make demo       run the #31785 demonstration (demo/31785.scm); ARGS=--legacy-hold
@@ -38,7 +41,7 @@ MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 MINOR   := $(word 2,$(subst ., ,$(VERSION)))
 RELEASE_LIB := target/release/libgoalkeeper.so
 
-.PHONY: all build man check check-install check-sanitize check-valgrind miri soak header demo demo-run install uninstall clean bench bench-table
+.PHONY: all build man check check-install check-sanitize check-valgrind check-guix-daemon miri soak header demo demo-run install uninstall clean bench bench-table
 
 all: build
 
@@ -66,6 +69,15 @@ check:
 check-sanitize: check-valgrind
 	@build-aux/ensure-deps check
 	GOALKEEPER_SANITIZE=address $(CARGO) test --test cxx
+
+# guix-daemon migrated to goalkeeper (build-aux/guix-daemon-edit) and
+# unmodified, built from GUIX_SRC (a Guix checkout, or any tree with nix/)
+# with the harness in GUIX_DAEMON_HARNESS (default ../shared/guix-daemon),
+# then the scenarios and their checks (build-aux/check-guix-daemon). Without
+# GUIX_SRC it says it skipped, and why.
+check-guix-daemon:
+	@GUIX_SRC='$(GUIX_SRC)' RUNS='$(RUNS)' BASELINES='$(BASELINES)' \
+	  GUIX_DAEMON_HARNESS='$(GUIX_DAEMON_HARNESS)' MAKE='$(MAKE)' build-aux/check-guix-daemon
 
 # The C test programs (tests/c) under valgrind's memcheck: any invalid
 # access, use of uninitialised memory, or definite/indirect leak fails.
