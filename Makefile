@@ -90,8 +90,9 @@ check-valgrind:
 # part of `make check`). ARGS go to the soak (tests/soak.rs): --runs N or
 # --duration SECS|Nm, --jobs J, --seed HEX, --run-seed HEX (default: --runs
 # 1000); FUZZ_CASES and FUZZ_WORKER_CASES set the ABI fuzz cases (lock
-# sets, workers; the store database functions get a quarter of FUZZ_CASES). Debug build: the fault hooks
-# (ENOSPC, crash inside a release) exist only there.
+# sets, workers; the store database functions get a quarter of FUZZ_CASES). The fault hooks
+# (ENOSPC, crash inside a release) exist only with the fault-injection feature,
+# which the tests' build enables and the release library never has.
 FUZZ_CASES ?= 100000
 FUZZ_WORKER_CASES ?= 20000
 soak:

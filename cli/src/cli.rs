@@ -70,7 +70,9 @@ pub struct Store {
 /// ValidPaths), or whose build failed (FailedPaths, guix-daemon
 /// --cache-failures), is a suspected leak: a goal that finished and kept
 /// its lock, as in Guix bug #31785. Clients waiting for that path wait
-/// until the holder exits.
+/// until the holder exits. A daemon registers a build's outputs (or its
+/// failure) a moment before it releases their locks, so one look can catch
+/// that instant; a leak persists, so alert on one seen twice.
 ///
 /// --check turns the listing into a monitoring check: the exit status is 1
 /// when a leak is suspected, a lock file is held through flock and fcntl at
