@@ -1125,6 +1125,46 @@ gk_status gk_held_paths(char *buf, size_t cap, size_t *len_out);
 gk_status gk_held_count(size_t *out);
 
 /**
+ * Starts a builder: runs `argv[0]` (looked up in `PATH` when it has no
+ * `/`) with the arguments `argv[0..argc]` and the host's environment, as a
+ * child process that cannot outlive the host, and stores its pid in
+ * `*pid_out`. The host reaps it with `waitpid` as any child.
+ *
+ * The child is the leader of a process group of its own (its pid), so
+ * `kill(-pid, SIGKILL)` stops it and what it started; it gets `SIGKILL`
+ * when the thread that called `gk_spawn` exits (`PR_SET_PDEATHSIG`; the
+ * child checks that this thread had not exited already), so call it from
+ * the thread that waits for the builder; its standard input, output and
+ * error are duplicates of `stdin_fd`, `stdout_fd` and `stderr_fd` (-1: the
+ * host's own 0, 1 or 2; give a builder `/dev/null` rather than a terminal,
+ * which it cannot read from its own process group); every other descriptor
+ * of the host is closed at `exec`; its signal mask is empty and `SIGPIPE`
+ * is at its default. Nothing of the host's language runs in the child
+ * between `fork` and `exec`.
+ *
+ * The call returns once the child has run `exec`: a program that cannot be
+ * run is an error here (`GK_ERROR_IO`, `GK_ERROR_PERMISSION_DENIED`, with
+ * the program and the system's reason), not a child that exits 127.
+ * `GK_ERROR_NULL_POINTER` for a NULL `argv`, string or `pid_out`;
+ * `GK_ERROR_INVALID_ARGUMENT` for `argc` 0 or above 65536, an empty
+ * program name or a descriptor that is neither open nor -1.
+ *
+ * When the host is killed by `SIGKILL`, the kernel releases its locks a
+ * moment before it kills the builder, and the builder's own children are
+ * not killed (doc/design.md, "Builders die with their host").
+ *
+ * # Safety
+ * `argv` must be NULL or point to `argc` readable pointers, each NULL or a
+ * NUL-terminated string; `pid_out` must be NULL or valid for writing.
+ */
+gk_status gk_spawn(const char *const *argv,
+                   size_t argc,
+                   int32_t stdin_fd,
+                   int32_t stdout_fd,
+                   int32_t stderr_fd,
+                   int32_t *pid_out);
+
+/**
  * Opens the store database at `db_path` (absolute, e.g.
  * `/var/guix/db/db.sqlite`) read-only and checks that it is an SQLite
  * database with table `ValidPaths`. `busy_timeout_ms` is how long a query

@@ -15,6 +15,7 @@ mod lock_wait;
 mod locks;
 #[cfg(feature = "noop")]
 mod noop;
+mod spawn;
 mod status;
 mod store_query;
 #[cfg(test)]
@@ -29,6 +30,7 @@ pub use lock_wait::*;
 pub use locks::*;
 #[cfg(feature = "noop")]
 pub use noop::*;
+pub use spawn::*;
 pub use status::gk_status;
 pub use store_query::*;
 pub use version::*;
