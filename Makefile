@@ -227,7 +227,7 @@ GUILE_SITE_CCACHE_DIR ?= $(LIBDIR)/guile/3.0/site-ccache
 endif
 
 GUILE_MODULES = goalkeeper.scm goalkeeper/abi.scm goalkeeper/ffi.scm goalkeeper/locks.scm \
-  goalkeeper/scheduler.scm goalkeeper/store-db.scm
+  goalkeeper/scheduler.scm goalkeeper/store-db.scm goalkeeper/supervisor.scm
 GUILE_GO_DIR = target/guile
 GUILE_GO = $(GUILE_MODULES:%.scm=$(GUILE_GO_DIR)/%.go) $(GUILE_GO_DIR)/goalkeeper/config.go
 GUILE_INSTALL_STAGE = target/guile-install
@@ -264,7 +264,8 @@ $(GUILE_GO_DIR)/goalkeeper/ffi.go: $(GUILE_GO_DIR)/goalkeeper/abi.go
 $(GUILE_GO_DIR)/goalkeeper/locks.go: $(GUILE_GO_DIR)/goalkeeper/ffi.go
 $(GUILE_GO_DIR)/goalkeeper/scheduler.go: $(GUILE_GO_DIR)/goalkeeper/locks.go
 $(GUILE_GO_DIR)/goalkeeper/store-db.go: $(GUILE_GO_DIR)/goalkeeper/ffi.go
-$(GUILE_GO_DIR)/goalkeeper.go: $(GUILE_GO_DIR)/goalkeeper/scheduler.go \
+$(GUILE_GO_DIR)/goalkeeper/supervisor.go: $(GUILE_GO_DIR)/goalkeeper/scheduler.go
+$(GUILE_GO_DIR)/goalkeeper.go: $(GUILE_GO_DIR)/goalkeeper/supervisor.go \
   $(GUILE_GO_DIR)/goalkeeper/store-db.go
 
 # The build tree's configuration: the library 'make' builds.

@@ -21,7 +21,8 @@
   (define %public-modules
     '((goalkeeper locks)
       (goalkeeper scheduler)
-      (goalkeeper store-db)))
+      (goalkeeper store-db)
+      (goalkeeper supervisor)))
 
   (for-each (let ((interface (module-public-interface (current-module))))
               (lambda (name)

@@ -15,6 +15,7 @@
 ;;; outside the measured time.
 
 (use-modules (goalkeeper scheduler)
+             (goalkeeper supervisor)
              (ice-9 binary-ports)
              (ice-9 format)
              (ice-9 match)

@@ -57,9 +57,7 @@
             log-record-holder-goal
             log-record-time
             log-record-duration
-            log-record-message
-
-            run-worker))
+            log-record-message))
 
 ;;; Commentary:
 ;;;
@@ -843,20 +841,20 @@ the wait is left for the next call), and a (done) event is last."
     (raise-goalkeeper-error 'invalid-argument
                             (format #f "max ~s is not a positive integer" max)
                             'worker-next-events))
+  ;; An error leaves the batch memory with this call (the next call makes
+  ;; a fresh one), which spares every call an exception handler.
   (let* ((handle (live-worker worker 'worker-next-events))
          (memory (take-batch-memory (+ (* max %event-size) 8))))
-    (with-exception-handler
-        (lambda (e)
-          (give-back-batch-memory! memory)
-          (raise-exception e))
-      (lambda ()
-        (let* ((n (fill-events! handle memory max 'worker-next-events))
-               (events (map (lambda (i)
-                              (event-at worker (car memory) (* i %event-size)
-                                        'worker-next-events))
-                            (iota n))))
-          (give-back-batch-memory! memory)
-          events)))))
+    (let loop ((i (- (fill-events! handle memory max 'worker-next-events) 1))
+               (events '()))
+      (if (< i 0)
+          (begin
+            (give-back-batch-memory! memory)
+            events)
+          (loop (- i 1)
+                (cons (event-at worker (car memory) (* i %event-size)
+                                'worker-next-events)
+                      events))))))
 
 (define %report-size (c-struct-size %gk-report))
 (define %report-goal (c-struct-field-offset %gk-report 'goal))
@@ -903,37 +901,36 @@ success whose outputs are not valid is recorded 'failed)."
          (n      (length reports))
          (memory (take-batch-memory (+ (* n %report-size) %batch-error-size)))
          (bv     (car memory)))
-    (with-exception-handler
-        (lambda (e)
-          (give-back-batch-memory! memory)
-          (raise-exception e))
-      (lambda ()
-        (let loop ((reports reports) (i 0))
-          (match reports
-            (() #t)
-            (((goal . outcome) . rest)
-             (let ((at (* i %report-size)))
-               (bytevector-u64-native-set!
-                bv (+ at %report-goal)
-                (worker-goal worker goal 'worker-report-many!))
-               (bytevector-u32-native-set!
-                bv (+ at %report-outcome)
-                (symbol->value %gk-outcome outcome "outcome"
-                               'worker-report-many!)))
-             (loop rest (+ i 1)))
-            (_
-             (raise-goalkeeper-error
-              'invalid-argument
-              (format #f "~s is not a (GOAL . OUTCOME) pair" (car reports))
-              'worker-report-many!))))
-        (send-reports! handle memory n 'worker-report-many!)
-        (let ((recorded (map (lambda (i)
-                               (number->outcome
-                                (bytevector-u32-native-ref
-                                 bv (+ (* i %report-size) %report-recorded))))
-                             (iota n))))
-          (give-back-batch-memory! memory)
-          recorded)))))
+    ;; An error leaves the batch memory with this call, as in
+    ;; 'worker-next-events'.
+    (let loop ((reports reports) (i 0))
+      (match reports
+        (() #t)
+        (((goal . outcome) . rest)
+         (let ((at (* i %report-size)))
+           (bytevector-u64-native-set!
+            bv (+ at %report-goal)
+            (worker-goal worker goal 'worker-report-many!))
+           (bytevector-u32-native-set!
+            bv (+ at %report-outcome)
+            (reportable-outcome outcome 'worker-report-many!)))
+         (loop rest (+ i 1)))
+        (_
+         (raise-goalkeeper-error
+          'invalid-argument
+          (format #f "~s is not a (GOAL . OUTCOME) pair" (car reports))
+          'worker-report-many!))))
+    (send-reports! handle memory n 'worker-report-many!)
+    (let loop ((i (- n 1)) (recorded '()))
+      (if (< i 0)
+          (begin
+            (give-back-batch-memory! memory)
+            recorded)
+          (loop (- i 1)
+                (cons (number->outcome
+                       (bytevector-u32-native-ref
+                        bv (+ (* i %report-size) %report-recorded)))
+                      recorded))))))
 
 (define (worker-report! worker goal outcome)
   "Report how GOAL, which WORKER said to run, ended: OUTCOME is 'built,
@@ -1099,374 +1096,5 @@ CLOCK_MONOTONIC (one clock for every process of the machine),
             (reverse acc)
             (loop acc))))))
 
-
-;;;
-;;; Driving the pull loop.
-;;;
-
-(define (outcome-of-status status)
-  (if (and (status:exit-val status) (zero? (status:exit-val status)))
-      'built
-      'failed))
-
-(define %pidfd-open
-  ;; Linux's pidfd_open(2) (5.3 and later), through syscall(2): a
-  ;; descriptor that becomes readable when the process exits.  It lets
-  ;; 'run-worker' wait for builders with 'select', without a SIGCHLD
-  ;; handler: a Scheme signal handler starts Guile's signal-delivery
-  ;; thread, and with it running, a child forked by the host's procedure
-  ;; can deadlock in Guile 3.0.8 (seen here: a builder stuck on the symbol
-  ;; table lock).
-  (delay
-    (and (not (string-prefix? "alpha" %host-type)) ;another syscall number
-         (let ((syscall (false-if-exception
-                         (foreign-library-function
-                          #f "syscall"
-                          #:return-type long
-                          #:arg-types (list long int unsigned-int)))))
-           (and syscall
-                (lambda (pid)
-                  (let ((fd (syscall 434 pid 0)))  ;SYS_pidfd_open
-                    (and (>= fd 0) fd))))))))
-
-(define (process-descriptor pid)
-  "Return a descriptor readable when child process PID exits, or #f if the
-kernel cannot give one (then 'run-worker' re-checks its children every
-%fallback-poll seconds)."
-  (let ((open (force %pidfd-open)))
-    (and open (open pid))))
-
-(define %fallback-poll
-  ;; Without pidfd_open only: how long 'run-worker' waits before looking
-  ;; at its children again.
-  0.05)
-
-(define (check-watch watch)
-  "Check WATCH, a list of (PORT-OR-FD . PROCEDURE) pairs, for 'run-worker';
-return it."
-  (unless (list? watch)
-    (raise-goalkeeper-error
-     'invalid-argument
-     (format #f "#:watch gave ~s, not a list of (PORT-OR-FD . PROCEDURE) pairs"
-             watch)
-     'run-worker))
-  (for-each (lambda (entry)
-              (match entry
-                (((or (? port?)
-                      (? (lambda (fd) (and (exact-integer? fd) (>= fd 0)))))
-                  . (? procedure?))
-                 #t)
-                (_
-                 (raise-goalkeeper-error
-                  'invalid-argument
-                  (format #f "#:watch entry ~s is not a (PORT-OR-FD . \
-PROCEDURE) pair" entry)
-                  'run-worker))))
-            watch)
-  watch)
-
-(define %run-batch
-  ;; Events asked for, and reports sent, per call into the library.
-  256)
-
-(define* (run-worker worker proc
-                     #:key (on-finished #f) (on-exit #f)
-                     (on-log #f) (watch '()))
-  "Drive WORKER until every goal has finished, and return the list of
-(GOAL . OUTCOME) pairs in the order the goals finished.
-
-PROC is called as (PROC GOAL) for each goal WORKER says to run, with the
-goal's output locks held and a build slot taken.  It returns either an
-outcome ('built, 'substituted, 'failed or 'timed-out), or the PID of a
-child process it started: the goal is then reported when that process
-exits, 'built if it exited with status 0 and 'failed otherwise.  Several
-goals run at once up to the worker's max-jobs.
-
-The loop is batched: the events come up to 256 per call into the library
-('worker-next-events'), and the outcomes PROC returns for the goals of one
-batch are reported together after the batch, with those of the children
-that exited meanwhile ('worker-report-many!'), so that a goal costs a few
-hundred nanoseconds of bookkeeping, not several calls.  Goals started in the
-same batch are run even if one of them fails.
-
-The host may also pass:
-
-  #:on-finished  called as (ON-FINISHED GOAL OUTCOME) when a goal finishes,
-                 whichever way, after its locks were released;
-  #:on-exit      called as (ON-EXIT GOAL STATUS) when the child process
-                 running GOAL has exited, STATUS being its wait status,
-                 before the goal is reported (its locks are still held);
-                 it returns the outcome to report;
-  #:on-log       called as (ON-LOG RECORD) for each record of the worker's
-                 diagnostics log (see 'worker-log-records'), as soon as the
-                 step that made it returns: who waits for whose lock,
-                 hand-offs, goals that became valid while waiting;
-  #:watch        descriptors to wait on in the same 'select' as the
-                 worker's: a list of (PORT-OR-FD . PROCEDURE) pairs, or a
-                 procedure of no arguments returning such a list, asked
-                 before each wait (for descriptors that come and go, such
-                 as builders' output pipes).  When PORT-OR-FD is readable,
-                 PROCEDURE is called with it; then the worker is asked for
-                 its next event.
-
-While waiting, 'run-worker' blocks in 'select' on the worker's file
-descriptor, on one descriptor per running child (pidfd_open), and on the
-watched descriptors, so it neither polls nor installs a signal handler;
-only on kernels without pidfd_open (before Linux 5.3) does it look at its
-children every 50 ms.  If PROC or a hook raises, or control leaves
-'run-worker' otherwise, the outcomes already returned are reported (or, if
-that fails, their goals cancelled), the goal being started and the goals of
-the current batch not yet started are cancelled, and the child processes
-still running are killed with SIGKILL and reaped and their goals
-cancelled: their locks are released before the exception goes on.  PROC
-must not reap its children itself."
-  (define handle (live-worker worker 'run-worker))
-  (define cap %run-batch)
-  (define running '())                            ;list of (PID GOAL FD)
-  (define starting #f)                            ;the goal PROC is starting
-  (define results '())
-
-  ;; The events of the current batch, and where the loop is in them.
-  (define events (make-bytevector (+ (* cap %event-size) 8) 0))
-  (define events-memory (cons events (pointer-address
-                                      (bytevector->pointer events))))
-  (define batch-size 0)
-  (define batch-next 0)                          ;the next event to act on
-
-  ;; The reports not sent yet: their goals, and the gk_report array.
-  (define reports (make-bytevector (+ (* cap %report-size) %batch-error-size)
-                                   0))
-  (define reports-memory (cons reports (pointer-address
-                                        (bytevector->pointer reports))))
-  (define pending (make-vector cap #f))
-  (define n-pending 0)
-
-  (define watched
-    ;; A thunk returning the current (PORT-OR-FD . PROCEDURE) list.
-    (match watch
-      ((? procedure?) (lambda () (check-watch (watch))))
-      (_ (check-watch watch) (const watch))))
-
-  (define (flush-log!)
-    (when on-log
-      (for-each on-log (worker-log-records worker))))
-
-  (define (finished! goal outcome)
-    (set! results (cons (cons goal outcome) results))
-    (when on-finished
-      (on-finished goal outcome)))
-
-  (define (send!)
-    ;; Report the pending outcomes, then run the hooks of their goals.
-    (unless (zero? n-pending)
-      (let ((n n-pending))
-        (send-reports! handle reports-memory n 'run-worker)
-        (set! n-pending 0)
-        (flush-log!)
-        (let loop ((i 0))
-          (when (< i n)
-            (let ((goal (vector-ref pending i)))
-              (finished! goal
-                         (number->outcome
-                          (bytevector-u32-native-ref
-                           reports (+ (* i %report-size) %report-recorded))))
-              (loop (+ i 1))))))))
-
-  (define (report! goal outcome)
-    ;; Queue the report of GOAL; OUTCOME is checked now.
-    (let ((number (reportable-outcome outcome 'run-worker)))
-      (when (= n-pending cap)
-        (send!))
-      (let ((at (* n-pending %report-size)))
-        (bytevector-u64-native-set! reports (+ at %report-goal) (goal-id goal))
-        (bytevector-u32-native-set! reports (+ at %report-outcome) number)
-        (vector-set! pending n-pending goal)
-        (set! n-pending (+ n-pending 1)))))
-
-  (define (exited! goal status)
-    (report! goal (if on-exit
-                      (on-exit goal status)
-                      (outcome-of-status status))))
-
-  (define (forget! entry)
-    (set! running (delq entry running))
-    (match entry
-      ((_ _ fd) (when fd (false-if-exception (close-fdes fd))))))
-
-  (define (reap!)
-    ;; Report every tracked child that has exited.  A child leaves the
-    ;; list before its goal is reported, so that 'abandon!' never signals a
-    ;; reaped (perhaps reused) PID if the report raises; the goal is then
-    ;; 'starting', so that 'abandon!' cancels it.
-    (for-each (match-lambda
-                ((and entry (pid goal _))
-                 (match (waitpid pid WNOHANG)
-                   ((0 . _) #t)
-                   ((_ . status)
-                    (forget! entry)
-                    (set! starting goal)
-                    (exited! goal status)
-                    (set! starting #f)))))
-              running))
-
-  (define (track! goal pid)
-    ;; GOAL runs as child process PID.
-    (match (catch 'system-error
-             (lambda () (waitpid pid WNOHANG))
-             (const #f))
-      (#f
-       (worker-report! worker goal 'failed)
-       (set! starting #f)
-       (raise-goalkeeper-error
-        'invalid-argument
-        (format #f "the procedure run for ~s returned ~a, which is not a \
-child process of this process" goal pid)
-        'run-worker))
-      ((0 . _)
-       (set! running (cons (list pid goal (process-descriptor pid))
-                           running))
-       (set! starting #f))
-      ((_ . status)                             ;it exited already
-       (exited! goal status)
-       (set! starting #f))))
-
-  (define (run! goal)
-    (set! starting goal)
-    (match (proc goal)
-      ((? exact-integer? pid)
-       (track! goal pid))
-      ((? symbol? outcome)
-       (report! goal outcome)
-       (set! starting #f))
-      (other
-       (worker-report! worker goal 'failed)
-       (set! starting #f)
-       (raise-goalkeeper-error
-        'invalid-argument
-        (format #f "the procedure run for ~s returned ~s, which is \
-neither an outcome nor a process id" goal other)
-        'run-worker))))
-
-  (define (wait! fd timeout)
-    ;; Block until FD, a child's descriptor or a watched one is readable,
-    ;; or TIMEOUT; then call the procedures of the watched ones.
-    (let* ((children (filter-map third running))
-           (extra    (watched))
-           (timeout  (if (any (lambda (entry) (not (third entry))) running)
-                         (min (or timeout %fallback-poll) %fallback-poll)
-                         timeout))
-           (ready    (catch 'system-error
-                       (lambda ()
-                         (let ((read (cons fd (append children
-                                                      (map car extra)))))
-                           (first
-                            (if timeout
-                                (let ((seconds (inexact->exact
-                                                (floor timeout))))
-                                  (select read '() '() seconds
-                                          (inexact->exact
-                                           (round (* 1e6 (- timeout
-                                                            seconds))))))
-                                (select read '() '())))))
-                       (lambda args
-                         (if (= EINTR (system-error-errno args))
-                             '()
-                             (apply throw args))))))
-      (for-each (match-lambda
-                  ((port-or-fd . procedure)
-                   (when (memv port-or-fd ready)
-                     (procedure port-or-fd))))
-                extra)))
-
-  (define (abandon!)
-    ;; Control is leaving abnormally: report what was decided, stop what
-    ;; is still running, and cancel the goals, which releases their locks.
-    (unless (worker-closed? worker)
-      (unless (zero? n-pending)
-        (let ((goals (list-head (vector->list pending) n-pending)))
-          (unless (false-if-exception
-                   (begin (send-reports! handle reports-memory n-pending
-                                         'run-worker)
-                          #t))
-            (for-each (lambda (goal)
-                        (false-if-exception (worker-cancel! worker goal)))
-                      goals))
-          (set! n-pending 0)))
-      (when starting
-        (false-if-exception (worker-cancel! worker starting)))
-      ;; The goals of this batch that PROC was not given yet.
-      (let loop ((i batch-next))
-        (when (< i batch-size)
-          (let ((at (* i %event-size)))
-            (when (= %run (bytevector-u32-native-ref events (+ at %event-kind)))
-              (false-if-exception
-               (worker-cancel! worker (event-goal worker events at
-                                                  'run-worker)))))
-          (loop (+ i 1)))))
-    (set! batch-size 0)
-    (for-each (match-lambda
-                ((and entry (pid goal _))
-                 (false-if-exception (kill pid SIGKILL))
-                 (false-if-exception (waitpid pid))
-                 (forget! entry)
-                 (unless (worker-closed? worker)
-                   (false-if-exception (worker-cancel! worker goal)))))
-              running))
-
-  (define (step!)
-    ;; One batch of events; #t once the worker is done.
-    (reap!)
-    (send!)
-    (set! batch-size 0)
-    (set! batch-next 0)
-    (let ((n (fill-events! handle events-memory cap 'run-worker)))
-      (set! batch-size n)
-      (flush-log!)
-      (let loop ()
-        (if (= batch-next batch-size)
-            (begin
-              (set! batch-size 0)
-              #f)
-            (let* ((at   (* batch-next %event-size))
-                   (kind (bytevector-u32-native-ref events (+ at %event-kind))))
-              (set! batch-next (+ batch-next 1))
-              (cond ((= kind %run)
-                     (run! (event-goal worker events at 'run-worker))
-                     (loop))
-                    ((= kind %finished)
-                     (finished! (event-goal worker events at 'run-worker)
-                                (number->outcome
-                                 (bytevector-u32-native-ref
-                                  events (+ at %event-outcome))))
-                     (loop))
-                    ((= kind %wait)         ;always alone in its batch
-                     (let ((timeout-ms (bytevector-s64-native-ref
-                                        events (+ at %event-timeout))))
-                       (set! batch-size 0)
-                       (wait! (bytevector-s32-native-ref events (+ at %event-fd))
-                              (and (>= timeout-ms 0) (/ timeout-ms 1000.)))
-                       #f))
-                    ((= kind %done)
-                     (set! batch-size 0)
-                     #t)
-                    (else
-                     (raise-goalkeeper-error
-                      'invalid-state
-                      (format #f "unknown event kind ~a" kind)
-                      'run-worker))))))))
-
-  (let ((completed? #f))
-    (dynamic-wind
-      (const #t)
-      (lambda ()
-        (let loop ()
-          (if (step!)
-              (begin
-                (set! completed? #t)
-                (reverse results))
-              (loop))))
-      (lambda ()
-        (unless completed?
-          (abandon!))))))
 
 ;;; scheduler.scm ends here
