@@ -25,6 +25,7 @@ const MODULES: &[&str] = &[
     "scheme/goalkeeper/locks.scm",
     "scheme/goalkeeper/scheduler.scm",
     "scheme/goalkeeper/store-db.scm",
+    "scheme/goalkeeper/supervisor.scm",
     "scheme/goalkeeper.scm",
     "tests/scheme/support/gk-test.scm",
 ];
@@ -290,6 +291,13 @@ fn scheme_abi_declarations() {
 #[test]
 fn scheme_store_db() {
     run_suite("store-db", 40, Duration::from_secs(120));
+}
+
+/// Builders that die with their host: `spawn-builder`, and real host
+/// processes sent SIGTERM, SIGKILL and SIGINT during a build.
+#[test]
+fn scheme_supervisor() {
+    run_suite("supervisor", 30, Duration::from_secs(120));
 }
 
 #[test]
