@@ -1125,6 +1125,47 @@ gk_status gk_held_paths(char *buf, size_t cap, size_t *len_out);
 gk_status gk_held_count(size_t *out);
 
 /**
+ * Starts watching SIGINT, SIGTERM and SIGHUP, and stores in `*fd_out` a
+ * descriptor that becomes readable (and stays so) once one of them is
+ * caught; `gk_signal_watch_caught` says which.
+ *
+ * Until the matching `gk_signal_watch_stop`, each of these signals whose
+ * action is the default when the outermost watch starts is caught instead
+ * of ending the process; a signal the host handles or ignores is left
+ * alone. Watches nest, from any threads, and share the descriptor, which
+ * belongs to the library (never read or close it). A fork child inherits
+ * no watch: a signal there takes its default action.
+ *
+ * This is for a host that must stop its builders and release their locks
+ * before it ends: it waits on the descriptor beside its others, and when
+ * a signal was caught it kills and reaps its builders, releases their
+ * goals' locks and calls `gk_signal_watch_stop`, which then ends the
+ * process as the signal would have.
+ *
+ * # Safety
+ * `fd_out` must be NULL or valid for writing.
+ */
+gk_status gk_signal_watch_start(int32_t *fd_out);
+
+/**
+ * Stores in `*signal_out` the first signal caught since the outermost
+ * watch started (`SIGINT`, `SIGTERM` or `SIGHUP`), or 0.
+ *
+ * # Safety
+ * `signal_out` must be NULL or valid for writing.
+ */
+gk_status gk_signal_watch_caught(int32_t *signal_out);
+
+/**
+ * Ends a watch started by `gk_signal_watch_start`. The outermost one gives
+ * the watched signals their default action back (those whose handler is
+ * still the library's) and, if one of them was caught, sends it to the
+ * process again: the process then ends as that signal ends it.
+ * `GK_ERROR_INVALID_STATE` if no watch of this process is running.
+ */
+gk_status gk_signal_watch_stop(void);
+
+/**
  * Starts a builder: runs `argv[0]` (looked up in `PATH` when it has no
  * `/`) with the arguments `argv[0..argc]` and the host's environment, as a
  * child process that cannot outlive the host, and stores its pid in

@@ -15,6 +15,7 @@ mod lock_wait;
 mod locks;
 #[cfg(feature = "noop")]
 mod noop;
+mod signal_watch;
 mod spawn;
 mod status;
 mod store_query;
@@ -30,6 +31,7 @@ pub use lock_wait::*;
 pub use locks::*;
 #[cfg(feature = "noop")]
 pub use noop::*;
+pub use signal_watch::*;
 pub use spawn::*;
 pub use status::gk_status;
 pub use store_query::*;

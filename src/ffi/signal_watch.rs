@@ -1,0 +1,276 @@
+//! Catching the signals that end a host, so that it can stop its builders
+//! and release their locks first: `gk_signal_watch_start`,
+//! `gk_signal_watch_caught`, `gk_signal_watch_stop`.
+//!
+//! The handler is C-level and async-signal-safe: it records the signal and
+//! makes an eventfd readable. A Guile host could install a Scheme handler
+//! instead, but that starts Guile 3.0.8's signal-delivery thread, and a
+//! child that the host forks while that thread runs Scheme can deadlock on
+//! a lock the thread held (seen here: a forked builder stuck on the symbol
+//! table's mutex), so the Guile `run-worker` uses this.
+
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
+
+use super::args;
+use super::boundary::call;
+use super::status::gk_status::{self, GK_OK};
+use crate::error::Error;
+
+/// The signals watched: those that end a process by default and that a user
+/// or a service manager sends to stop it.
+const SIGNALS: [c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// The first signal caught since the outermost watch started (0: none).
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+/// The eventfd the handler makes readable.
+static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The process whose watch the handler serves: in a fork child, which
+/// inherits the handler, a signal takes its default action.
+static OWNER: AtomicI32 = AtomicI32::new(0);
+
+/// The nesting of watches, and which signals have our handler.
+struct Watches {
+    pid: libc::pid_t,
+    depth: usize,
+    installed: [bool; 3],
+}
+
+static WATCHES: Mutex<Watches> = Mutex::new(Watches {
+    pid: 0,
+    depth: 0,
+    installed: [false; 3],
+});
+
+extern "C" fn on_signal(signal: c_int) {
+    // SAFETY: only async-signal-safe calls; errno is kept for the code the
+    // signal interrupted.
+    unsafe {
+        let errno = *libc::__errno_location();
+        if libc::getpid() != OWNER.load(Ordering::SeqCst) {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        } else {
+            let _ = CAUGHT.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+            let one: u64 = 1;
+            libc::write(
+                EVENT_FD.load(Ordering::SeqCst),
+                (&one as *const u64).cast(),
+                8,
+            );
+        }
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// The library's handler, as `sigaction` stores it.
+fn handler() -> libc::sighandler_t {
+    on_signal as extern "C" fn(c_int) as libc::sighandler_t
+}
+
+/// The handler `signal` has now.
+fn current_handler(signal: c_int) -> libc::sighandler_t {
+    // SAFETY: a zeroed sigaction is valid; a NULL new action only queries.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old);
+        old.sa_sigaction
+    }
+}
+
+fn set_handler(signal: c_int, handler: libc::sighandler_t) {
+    // SAFETY: a zeroed sigaction with a handler, flags and a mask is valid.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        for s in SIGNALS {
+            libc::sigaddset(&mut action.sa_mask, s);
+        }
+        libc::sigaction(signal, &action, std::ptr::null_mut());
+    }
+}
+
+/// Starts watching SIGINT, SIGTERM and SIGHUP, and stores in `*fd_out` a
+/// descriptor that becomes readable (and stays so) once one of them is
+/// caught; `gk_signal_watch_caught` says which.
+///
+/// Until the matching `gk_signal_watch_stop`, each of these signals whose
+/// action is the default when the outermost watch starts is caught instead
+/// of ending the process; a signal the host handles or ignores is left
+/// alone. Watches nest, from any threads, and share the descriptor, which
+/// belongs to the library (never read or close it). A fork child inherits
+/// no watch: a signal there takes its default action.
+///
+/// This is for a host that must stop its builders and release their locks
+/// before it ends: it waits on the descriptor beside its others, and when
+/// a signal was caught it kills and reaps its builders, releases their
+/// goals' locks and calls `gk_signal_watch_stop`, which then ends the
+/// process as the signal would have.
+///
+/// # Safety
+/// `fd_out` must be NULL or valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_signal_watch_start(fd_out: *mut i32) -> gk_status {
+    call(|_| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(fd_out, "fd_out") }?;
+        *out = -1;
+        let mut w = WATCHES
+            .lock()
+            .map_err(|_| Error::Invariant("the signal watch state is poisoned".into()))?;
+        // SAFETY: getpid takes no argument.
+        let pid = unsafe { libc::getpid() };
+        if w.pid != pid {
+            // A new process (or a fork child of a watching one).
+            *w = Watches {
+                pid,
+                depth: 0,
+                installed: [false; 3],
+            };
+            // SAFETY: eventfd takes no pointer.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if fd < 0 {
+                return Err(Error::from_io(
+                    "eventfd",
+                    "create",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            EVENT_FD.store(fd, Ordering::SeqCst);
+        }
+        if w.depth == 0 {
+            let mut count = [0u8; 8];
+            // SAFETY: reading 8 bytes into `count` from our eventfd; it may
+            // be empty (EAGAIN).
+            unsafe {
+                libc::read(
+                    EVENT_FD.load(Ordering::SeqCst),
+                    count.as_mut_ptr().cast(),
+                    8,
+                )
+            };
+            CAUGHT.store(0, Ordering::SeqCst);
+            OWNER.store(pid, Ordering::SeqCst);
+            for (i, &signal) in SIGNALS.iter().enumerate() {
+                w.installed[i] = current_handler(signal) == libc::SIG_DFL;
+                if w.installed[i] {
+                    set_handler(signal, handler());
+                }
+            }
+        }
+        w.depth += 1;
+        *out = EVENT_FD.load(Ordering::SeqCst);
+        Ok(GK_OK)
+    })
+}
+
+/// Stores in `*signal_out` the first signal caught since the outermost
+/// watch started (`SIGINT`, `SIGTERM` or `SIGHUP`), or 0.
+///
+/// # Safety
+/// `signal_out` must be NULL or valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn gk_signal_watch_caught(signal_out: *mut i32) -> gk_status {
+    call(|_| {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { args::out(signal_out, "signal_out") }?;
+        *out = CAUGHT.load(Ordering::SeqCst);
+        Ok(GK_OK)
+    })
+}
+
+/// Ends a watch started by `gk_signal_watch_start`. The outermost one gives
+/// the watched signals their default action back (those whose handler is
+/// still the library's) and, if one of them was caught, sends it to the
+/// process again: the process then ends as that signal ends it.
+/// `GK_ERROR_INVALID_STATE` if no watch of this process is running.
+#[no_mangle]
+pub extern "C" fn gk_signal_watch_stop() -> gk_status {
+    call(|_| {
+        let mut w = WATCHES
+            .lock()
+            .map_err(|_| Error::Invariant("the signal watch state is poisoned".into()))?;
+        // SAFETY: getpid takes no argument.
+        let pid = unsafe { libc::getpid() };
+        if w.pid != pid || w.depth == 0 {
+            return Err(Error::InvalidState(
+                "gk_signal_watch_stop without a running gk_signal_watch_start".into(),
+            ));
+        }
+        w.depth -= 1;
+        if w.depth > 0 {
+            return Ok(GK_OK);
+        }
+        let mut ours = [false; 3];
+        for (i, &signal) in SIGNALS.iter().enumerate() {
+            if w.installed[i] && current_handler(signal) == handler() {
+                set_handler(signal, libc::SIG_DFL);
+                ours[i] = true;
+            }
+        }
+        w.installed = [false; 3];
+        drop(w);
+        let caught = CAUGHT.swap(0, Ordering::SeqCst);
+        if let Some(i) = SIGNALS.iter().position(|&s| s == caught) {
+            if ours[i] {
+                // SAFETY: kill takes no pointer; the default action ends the
+                // process here.
+                unsafe { libc::kill(pid, caught) };
+            }
+        }
+        Ok(GK_OK)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gk_status::*;
+
+    /// One test, as the watch is process-wide (the real signals are
+    /// tests/scheme/supervisor.scm's, sent to host processes).
+    #[test]
+    #[cfg_attr(miri, ignore)] // sigaction, eventfd
+    fn watches_nest_take_default_signals_and_give_them_back() {
+        // SAFETY: NULL is refused; the others are valid out-parameters.
+        unsafe {
+            assert_eq!(
+                gk_signal_watch_start(std::ptr::null_mut()),
+                GK_ERROR_NULL_POINTER
+            );
+            assert_eq!(
+                gk_signal_watch_caught(std::ptr::null_mut()),
+                GK_ERROR_NULL_POINTER
+            );
+        }
+        assert_eq!(gk_signal_watch_stop(), GK_ERROR_INVALID_STATE);
+        set_handler(libc::SIGHUP, libc::SIG_IGN);
+        let (mut fd, mut fd2, mut caught) = (-1, -1, -1);
+        // SAFETY: valid out-parameters.
+        unsafe {
+            assert_eq!(gk_signal_watch_start(&mut fd), GK_OK);
+            assert_eq!(gk_signal_watch_start(&mut fd2), GK_OK);
+            assert_eq!(gk_signal_watch_caught(&mut caught), GK_OK);
+        }
+        assert!(fd >= 0 && fd == fd2, "{fd} {fd2}");
+        assert_eq!(caught, 0);
+        assert_eq!(current_handler(libc::SIGTERM), handler());
+        assert_eq!(current_handler(libc::SIGINT), handler());
+        assert_eq!(
+            current_handler(libc::SIGHUP),
+            libc::SIG_IGN,
+            "ignored: left alone"
+        );
+        assert_eq!(gk_signal_watch_stop(), GK_OK);
+        assert_eq!(current_handler(libc::SIGTERM), handler(), "still nested");
+        assert_eq!(gk_signal_watch_stop(), GK_OK);
+        assert_eq!(current_handler(libc::SIGTERM), libc::SIG_DFL);
+        assert_eq!(current_handler(libc::SIGINT), libc::SIG_DFL);
+        assert_eq!(current_handler(libc::SIGHUP), libc::SIG_IGN);
+        assert_eq!(gk_signal_watch_stop(), GK_ERROR_INVALID_STATE);
+        set_handler(libc::SIGHUP, libc::SIG_DFL);
+    }
+}
