@@ -14,9 +14,7 @@
   #:use-module (system foreign)
   #:use-module (system foreign-library)
   #:use-module (rnrs bytevectors)
-  #:use-module (ice-9 atomic)
   #:use-module (ice-9 match)
-  #:use-module (ice-9 threads)
   #:use-module (srfi srfi-1)
   #:export (run-worker
             spawn-builder))
@@ -182,82 +180,44 @@ group or was started otherwise."
 
 
 ;;;
-;;; Signals.  While a 'run-worker' runs, SIGINT, SIGTERM and SIGHUP, when
-;;; they would otherwise terminate the process (their action is the
-;;; default), interrupt every running 'run-worker': each stops its builders,
-;;; reaps them and cancels their goals, which releases their locks; then the
-;;; signal is raised again with its default action.  A signal the host
-;;; handles or ignores is left to the host (a handler that raises an
-;;; exception stops 'run-worker' as any exception does).
+;;; Signals.  While a 'run-worker' runs, SIGINT, SIGTERM and SIGHUP, if their
+;;; action is the default, are caught by the library (a C handler, not a
+;;; Scheme one, which would start Guile's signal-delivery thread: a child
+;;; forked while that thread runs Scheme can deadlock).  Every running
+;;; 'run-worker' then stops its builders, reaps them and cancels their goals,
+;;; which releases their locks; the last one to leave gives the signal its
+;;; default action back and raises it again, which ends the process.  A
+;;; signal the host handles or ignores is left to the host (a handler that
+;;; raises an exception stops 'run-worker' as any exception does).
 ;;;
 
-(define %signals (list SIGINT SIGTERM SIGHUP))
+(define-goalkeeper-procedure (%gk-signal-watch-start fd-out)
+  "gk_signal_watch_start" int32 ('*))
+(define-goalkeeper-procedure (%gk-signal-watch-caught signal-out)
+  "gk_signal_watch_caught" int32 ('*))
+(define-goalkeeper-procedure (%gk-signal-watch-stop)
+  "gk_signal_watch_stop" int32 ())
 
-(define %interrupt-lock (make-mutex))
+(define (start-signal-watch!)
+  "Start a signal watch; return its descriptor."
+  (let ((out (make-bytevector 4 0)))
+    (check-status (%gk-signal-watch-start (bytevector->pointer out))
+                  'run-worker)
+    (bytevector-s32-native-ref out 0)))
 
-;; Guarded by %INTERRUPT-LOCK, taken with asyncs blocked (the handler takes
-;; it too): the running 'run-worker's, as (THREAD . INTERRUPT) pairs,
-;; INTERRUPT being a thunk to run in THREAD; the signals whose handler is
-;; ours, and the thread it runs in.
-(define %interruptible '())
-(define %handled-signals '())
-(define %handler-thread #f)
-
-(define %caught-signal
-  ;; The signal caught, or #f; read without the lock, once per step.
-  (make-atomic-box #f))
-
-(define-syntax-rule (with-interrupt-lock body ...)
-  (call-with-blocked-asyncs
-   (lambda () (with-mutex %interrupt-lock body ...))))
+(define %caught-out
+  ;; Where gk_signal_watch_caught writes, per thread.
+  (make-thread-local-fluid #f))
 
 (define (caught-signal)
-  (atomic-box-ref %caught-signal))
-
-(define (on-signal signal)
-  (atomic-box-compare-and-swap! %caught-signal #f signal)
-  (for-each (match-lambda
-              ((thread . interrupt) (system-async-mark interrupt thread)))
-            (with-interrupt-lock %interruptible)))
-
-(define (enter-interruptible! interrupt)
-  "Make INTERRUPT run in this thread when one of %SIGNALS is caught.  The
-first 'run-worker' takes the signals whose action is the default."
-  (with-interrupt-lock
-   (set! %interruptible (acons (current-thread) interrupt %interruptible))
-   (when (null? (cdr %interruptible))
-     (atomic-box-set! %caught-signal #f)
-     (set! %handler-thread (current-thread))
-     (set! %handled-signals
-       (filter (lambda (signal) (eqv? (car (sigaction signal)) SIG_DFL))
-               %signals))
-     (for-each (lambda (signal) (sigaction signal on-signal 0))
-               %handled-signals))))
-
-(define (leave-interruptible!)
-  "Leave the set of interruptible 'run-worker's.  The last one gives the
-signals their default action back and, if one was caught, raises it again:
-the process ends there."
-  (let ((signal
-         (with-interrupt-lock
-          (set! %interruptible (alist-delete (current-thread) %interruptible
-                                             eq?))
-          (cond ((null? %interruptible)
-                 (for-each (lambda (signal) (sigaction signal SIG_DFL))
-                           %handled-signals)
-                 (set! %handler-thread #f)
-                 (let ((signal (atomic-box-ref %caught-signal)))
-                   (and (memv signal %handled-signals) signal)))
-                ((eq? %handler-thread (current-thread))
-                 ;; Hand the handler over to a thread that stays.
-                 (set! %handler-thread (caar %interruptible))
-                 (for-each (lambda (signal)
-                             (sigaction signal on-signal 0 %handler-thread))
-                           %handled-signals)
-                 #f)
-                (else #f)))))
-    (when signal
-      (kill (getpid) signal))))
+  "The signal the watch caught, or #f."
+  (let ((out (or (fluid-ref %caught-out)
+                 (let ((bv (make-bytevector 4 0)))
+                   (fluid-set! %caught-out (cons bv (bytevector->pointer bv)))
+                   (fluid-ref %caught-out)))))
+    (check-status (%gk-signal-watch-caught (cdr out)) 'run-worker)
+    (let ((signal (bytevector-s32-native-ref (car out) 0)))
+      (and (not (zero? signal)) signal))))
 
 
 ;;;
@@ -328,9 +288,7 @@ children itself."
   (define batch '())                              ;the batch's events left
   (define pending '())                            ;(GOAL . OUTCOME), newest first
   (define results '())
-  (define prompt (make-prompt-tag "run-worker"))
-  (define active? #t)                             ;inside the prompt
-  (define unwinding? #f)
+  (define signal-fd #f)                           ;the signal watch's
 
   (define watched
     ;; A thunk returning the current (PORT-OR-FD . PROCEDURE) list.
@@ -339,11 +297,13 @@ children itself."
       (_ (check-watch watch) (const watch))))
 
   (define (check-signal!)
-    ;; Leave for the prompt if a signal was caught; the async that the
-    ;; handler marks runs this, and so does the loop, since an async that
-    ;; runs inside a continuation barrier (a validity predicate) cannot.
-    (when (and active? (not unwinding?) (caught-signal))
-      (abort-to-prompt prompt)))
+    (let ((signal (caught-signal)))
+      (when signal
+        (raise-goalkeeper-error
+         'interrupted
+         (format #f "interrupted by signal ~a: the builders are stopped and \
+their goals cancelled" signal)
+         'run-worker))))
 
   (define (flush-log!)
     (when on-log
@@ -448,11 +408,11 @@ neither an outcome nor a process id" goal other)
            (timeout (if (any (lambda (entry) (not (third entry))) running)
                         (min (or timeout %fallback-poll) %fallback-poll)
                         timeout))
-           (read    (cons fd (append (filter-map third running)
-                                     (map car extra))))
+           (read    (cons* fd signal-fd
+                           (append (filter-map third running)
+                                   (map car extra))))
            (ready   (catch 'system-error
                       (lambda ()
-                        (check-signal!)
                         (first
                          (if timeout
                              (let ((seconds (inexact->exact (floor timeout))))
@@ -476,7 +436,6 @@ neither an outcome nor a process id" goal other)
     ;; locks.  Signals wait until this is done.
     (define (cancel! goal)
       (false-if-exception (worker-cancel! worker goal)))
-    (set! unwinding? #t)
     (for-each (match-lambda ((pid _ _) (kill-group! pid))) running)
     (for-each (match-lambda
                 ((pid _ _)
@@ -521,33 +480,22 @@ neither an outcome nor a process id" goal other)
     (raise-goalkeeper-error 'stale-handle "the worker was closed"
                             'run-worker))
   (let ((completed? #f))
-    (call-with-prompt prompt
+    (dynamic-wind
       (lambda ()
-        (dynamic-wind
-          (lambda ()
-            (enter-interruptible! check-signal!))
-          (lambda ()
-            (let loop ()
-              (if (step!)
-                  (begin
-                    (set! completed? #t)
-                    (reverse results))
-                  (loop))))
-          (lambda ()
-            (call-with-blocked-asyncs
-             (lambda ()
-               (set! active? #f)
-               (unless completed?
-                 (abandon!))))
-            (leave-interruptible!))))
-      (lambda (k)
-        ;; Another thread's 'run-worker' is still stopping its builders;
-        ;; the last one raises the signal again.
-        (raise-goalkeeper-error
-         'interrupted
-         (format #f "interrupted by signal ~a; the builders were stopped \
-and their goals cancelled" (caught-signal))
-         'run-worker)))))
+        (set! signal-fd (start-signal-watch!)))
+      (lambda ()
+        (let loop ()
+          (if (step!)
+              (begin
+                (set! completed? #t)
+                (reverse results))
+              (loop))))
+      (lambda ()
+        (unless completed?
+          (call-with-blocked-asyncs abandon!))
+        ;; The last watch raises a caught signal again: the process ends
+        ;; here, its builders gone and its locks released.
+        (check-status (%gk-signal-watch-stop) 'run-worker)))))
 
 (define (check-watch watch)
   "Check WATCH, a list of (PORT-OR-FD . PROCEDURE) pairs, for 'run-worker';
