@@ -293,6 +293,14 @@ fn scheme_store_db() {
     run_suite("store-db", 40, Duration::from_secs(120));
 }
 
+/// Interruptible waits: a real SIGINT to a Guile process (a script, the
+/// REPL) blocked on a lock another process holds runs its handler and ends
+/// the wait holding nothing.
+#[test]
+fn scheme_interrupt() {
+    run_suite("interrupt", 28, Duration::from_secs(120));
+}
+
 /// Builders that die with their host: `spawn-builder`, and real host
 /// processes sent SIGTERM, SIGKILL and SIGINT during a build.
 #[test]

@@ -55,6 +55,9 @@
             read-list
 
             %gk-lockset-acquire-packed
+            %gk-lock-wait-new
+            %gk-lock-wait-fd
+            %gk-lock-wait-free
             %gk-lockset-set-deletion
             %gk-lockset-release
             %gk-lockset-check
@@ -588,6 +591,12 @@ convention: first probe the size, then fetch, retrying if the list grew."
 (define-goalkeeper-procedure (%gk-lockset-acquire-packed buf len backend
                                                          timeout-ms out)
   "gk_lockset_acquire_packed" int32 ('* size_t uint32 int64 '*))
+(define-goalkeeper-procedure (%gk-lock-wait-new paths n-paths backend out)
+  "gk_lock_wait_new" int32 ('* size_t uint32 '*))
+(define-goalkeeper-procedure (%gk-lock-wait-fd wait fd-out)
+  "gk_lock_wait_fd" int32 (uint64 '*))
+(define-goalkeeper-procedure (%gk-lock-wait-free wait)
+  "gk_lock_wait_free" int32 (uint64))
 (define-goalkeeper-procedure (%gk-lockset-set-deletion set delete?)
   "gk_lockset_set_deletion" int32 (uint64 uint8))
 (define-goalkeeper-procedure (%gk-lockset-release set)

@@ -173,7 +173,9 @@ P.lock in the same directory.
 When WAIT? is true (the default), wait until every path can be locked,
 holding none of them while waiting; when TIMEOUT is a number of seconds,
 return #f if that time passed first.  When WAIT? is #f, try once and return
-#f if another process holds one of the paths.
+#f if another process holds one of the paths.  While waiting, signal
+handlers and other asyncs run: one that raises an exception (the REPL's
+Ctrl-C handler does) ends the wait, holding nothing, as it ends 'sleep'.
 
 BACKEND is 'ofd (the default, which excludes the C++ guix-daemon's locks)
 or 'flock (for stores shared with Nix); never mix them on one store.
@@ -183,9 +185,9 @@ already holds one of PATHS, and for invalid arguments ('invalid-path,
 'invalid-argument) or system errors."
   (%lock-paths paths wait? timeout backend #t 'lock-paths))
 
-(define (acquire-handle paths wait? timeout backend origin)
-  "Lock PATHS as 'lock-paths' does, and return the library's handle of the
-lock set, or #f if a path is busy or TIMEOUT passed.  The arguments are
+(define (try-handle paths backend origin)
+  "Try once to lock PATHS as 'lock-paths' does, and return the library's
+handle of the lock set, or #f if a path is busy.  The arguments are
 checked in their order; an error raised on the way leaves this thread's
 scratch area with the caller that took it (the next call makes a fresh
 one), which spares every call an exception handler."
@@ -193,14 +195,86 @@ one), which spares every call an exception handler."
     (call-with-values (lambda () (scratch-paths scratch paths origin))
       (lambda (pointer len)
         (let* ((backend* (backend->c backend origin))
-               (ms       (timeout->milliseconds wait? timeout origin))
                (status   (%gk-lockset-acquire-packed
-                          pointer len backend* ms (scratch-out-pointer scratch)))
+                          pointer len backend* 0 (scratch-out-pointer scratch)))
                (handle   (bytevector-u64-native-ref (scratch-out scratch) 0)))
           (give-back-scratch! scratch)
           (cond ((= status %gk-ok) handle)
                 ((or (= status %gk-busy) (= status %gk-timed-out)) #f)
                 (else (status-error status origin))))))))
+
+(define (wait-until-free paths backend seconds origin)
+  "Block until the locks of PATHS, which another process holds, may be
+free (released, or their lock files deleted), or for at most SECONDS (#f:
+no limit), holding nothing.  The wait is a 'select' on the descriptor of a
+gk_lock_wait, so asyncs run meanwhile; the wait is freed however control
+leaves."
+  (define (check status)
+    (unless (= status %gk-ok)
+      (status-error status origin)))
+  (let ((wait 0))
+    (dynamic-wind
+      (const #t)
+      (lambda ()
+        (let ((pointers (map (lambda (path) (string->pointer path "UTF-8"))
+                             paths))
+              (out      (make-bytevector 8 0)))
+          (call-with-blocked-asyncs       ;an async must find it in WAIT
+           (lambda ()
+             (let ((array (make-bytevector (* (length paths) (sizeof '*)) 0)))
+               (for-each (lambda (i pointer)
+                           (bytevector-uint-set! array (* i (sizeof '*))
+                                                 (pointer-address pointer)
+                                                 (native-endianness)
+                                                 (sizeof '*)))
+                         (iota (length pointers)) pointers)
+               (check (%gk-lock-wait-new (bytevector->pointer array)
+                                         (length pointers)
+                                         (backend->c backend origin)
+                                         (bytevector->pointer out)))
+               (set! wait (bytevector-u64-native-ref out 0)))))
+          (check (%gk-lock-wait-fd wait (bytevector->pointer out)))
+          (let ((fd (bytevector-s32-native-ref out 0)))
+            (catch 'system-error
+              (lambda ()
+                (if seconds
+                    (let ((whole (inexact->exact (floor seconds))))
+                      (select (list fd) '() '() whole
+                              (inexact->exact
+                               (round (* 1e6 (- seconds whole))))))
+                    (select (list fd) '() '())))
+              (lambda args
+                ;; A signal: its handler ran and returned; the caller
+                ;; tries again.
+                (unless (= EINTR (system-error-errno args))
+                  (apply throw args)))))))
+      (lambda ()
+        (unless (zero? wait)
+          (%gk-lock-wait-free wait)
+          (set! wait 0))))))
+
+(define (acquire-handle paths wait? timeout backend origin)
+  "Lock PATHS as 'lock-paths' does, and return the library's handle of the
+lock set, or #f if a path is busy or TIMEOUT passed: try; if a path is
+busy, wait until the locks may be free (see 'wait-until-free'), and try
+again, until the deadline."
+  (define ms (timeout->milliseconds wait? timeout origin)) ;checks TIMEOUT
+  (define deadline
+    (and (positive? ms)
+         (+ (get-internal-real-time)
+            (* timeout internal-time-units-per-second))))
+  (let retry ()
+    (or (try-handle paths backend origin)
+        (and (not (zero? ms))
+             (let ((left (and deadline
+                              (/ (- deadline (get-internal-real-time))
+                                 internal-time-units-per-second))))
+               (and (or (not left) (positive? left))
+                    (begin
+                      (wait-until-free paths backend
+                                       (and left (exact->inexact left))
+                                       origin)
+                      (retry))))))))
 
 (define (release-handle handle origin)
   "Release the lock set HANDLE; a lock set inherited from the parent of a
@@ -277,7 +351,8 @@ non-locally in any other way (continuations, 'abort-to-prompt'); they are
 taken again if THUNK's continuation is re-entered.
 
 Wait for the locks without limit, or for TIMEOUT seconds, after which raise
-a &goalkeeper-error with status 'timed-out.  When DELETE-ON-SUCCESS? is
+a &goalkeeper-error with status 'timed-out; signal handlers run meanwhile,
+as for 'lock-paths'.  When DELETE-ON-SUCCESS? is
 true, the lock files are deleted if THUNK returns normally (the paths are
 then valid).  BACKEND is as for 'lock-paths'."
   ;; The extent owns its lock set, which nobody else sees: it is kept as
