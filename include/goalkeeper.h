@@ -1192,7 +1192,7 @@ gk_status gk_signal_watch_stop(void);
  *
  * When the host is killed by `SIGKILL`, the kernel releases its locks a
  * moment before it kills the builder, and the builder's own children are
- * not killed (doc/design.md, "Builders die with their host").
+ * not killed (doc/design.md#builders-die-with-their-host).
  *
  * # Safety
  * `argv` must be NULL or point to `argc` readable pointers, each NULL or a

@@ -34,7 +34,7 @@
 ;;; reaps the builder before its goal's locks are released, whichever way
 ;;; the goal ends: normal exit (what the builder left running), an
 ;;; exception, or SIGINT, SIGTERM or SIGHUP, which then take their usual
-;;; effect.  doc/design.md ("Builders die with their host") says what
+;;; effect.  doc/design.md#builders-die-with-their-host says what
 ;;; remains when the host is killed by SIGKILL.
 ;;;
 ;;; Code:

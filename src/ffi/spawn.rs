@@ -18,7 +18,7 @@
 //!   descriptor of the host), an empty signal mask and `SIGPIPE` at its
 //!   default.
 //!
-//! What remains (doc/design.md, "Builders die with their host"): when the
+//! What remains (doc/design.md#builders-die-with-their-host): when the
 //! host is killed by `SIGKILL`, the kernel closes its descriptors, which
 //! releases its locks, before it sends the builder `PR_SET_PDEATHSIG`; and
 //! the builder's own children get no such signal.
@@ -125,7 +125,7 @@ fn in_child(host: libc::pid_t) -> io::Result<()> {
 ///
 /// When the host is killed by `SIGKILL`, the kernel releases its locks a
 /// moment before it kills the builder, and the builder's own children are
-/// not killed (doc/design.md, "Builders die with their host").
+/// not killed (doc/design.md#builders-die-with-their-host).
 ///
 /// # Safety
 /// `argv` must be NULL or point to `argc` readable pointers, each NULL or a
