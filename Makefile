@@ -11,8 +11,7 @@
 #   make soak       fault-injection soak (1000 multi-process runs) + 100,000 ABI fuzz cases
 #   make miri       the library's unit tests under Miri (nightly)
 #   make demo       run the #31785 demonstration (demo/31785.scm); ARGS=--legacy-hold
-#                   shows the invariant check catching the old daemon's lock lifetime,
-#                   ARGS=--exists-validity a waiter taking a half-built output
+#                   shows the invariant check catching the old daemon's lock lifetime
 #   make check-install  install into a temporary prefix and build and run the
 #                   README's examples from it (C, C++ with pkg-config and CMake, Guile, the CLI)
 #   make install    install under PREFIX (default /usr/local): bin/goalkeeper and its
