@@ -205,19 +205,12 @@ group or was started otherwise."
                   'run-worker)
     (bytevector-s32-native-ref out 0)))
 
-(define %caught-out
-  ;; Where gk_signal_watch_caught writes, per thread.
-  (make-thread-local-fluid #f))
-
-(define (caught-signal)
-  "The signal the watch caught, or #f."
-  (let ((out (or (fluid-ref %caught-out)
-                 (let ((bv (make-bytevector 4 0)))
-                   (fluid-set! %caught-out (cons bv (bytevector->pointer bv)))
-                   (fluid-ref %caught-out)))))
-    (check-status (%gk-signal-watch-caught (cdr out)) 'run-worker)
-    (let ((signal (bytevector-s32-native-ref (car out) 0)))
-      (and (not (zero? signal)) signal))))
+(define (caught-signal out)
+  "The signal the watch caught, or #f; OUT is a 4-byte bytevector."
+  (check-status (%gk-signal-watch-caught (bytevector->pointer out))
+                'run-worker)
+  (let ((signal (bytevector-s32-native-ref out 0)))
+    (and (not (zero? signal)) signal)))
 
 
 ;;;
@@ -296,8 +289,12 @@ children itself."
       ((? procedure?) (lambda () (check-watch (watch))))
       (_ (check-watch watch) (const watch))))
 
+  (define steps 0)
+
   (define (check-signal!)
-    (let ((signal (caught-signal)))
+    ;; Asked when the watch's descriptor was readable, and every 64 steps
+    ;; (a call costs a few hundred nanoseconds, as much as a step).
+    (let ((signal (caught-signal (make-bytevector 4 0))))
       (when signal
         (raise-goalkeeper-error
          'interrupted
@@ -424,6 +421,8 @@ neither an outcome nor a process id" goal other)
                         (if (= EINTR (system-error-errno args))
                             '()
                             (apply throw args))))))
+      (when (or (null? ready) (memv signal-fd ready))
+        (check-signal!))
       (for-each (match-lambda
                   ((port-or-fd . procedure)
                    (when (memv port-or-fd ready)
@@ -460,7 +459,9 @@ neither an outcome nor a process id" goal other)
 
   (define (step!)
     ;; One batch of events; #t once the worker is done.
-    (check-signal!)
+    (set! steps (+ steps 1))
+    (when (zero? (logand steps 63))
+      (check-signal!))
     (reap!)
     (send!)
     (set! batch (worker-next-events worker %run-batch))
