@@ -78,8 +78,9 @@
 ;;;   (done)                    every goal has finished.
 ;;;
 ;;; A goal's locks are released when it finishes, whichever way, before any
-;;; waiter is woken (Guix bug #31785).  'run-worker' drives that loop with a
-;;; Scheme procedure per goal, which may start child processes.
+;;; waiter is woken (Guix bug #31785).  'run-worker', in (goalkeeper
+;;; supervisor), drives that loop with a Scheme procedure per goal, which
+;;; may start builder processes.
 ;;;
 ;;; Code:
 
