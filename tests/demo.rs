@@ -271,9 +271,9 @@ fn demo_with_legacy_hold_fails_loudly_on_the_invariant() {
     let violations = events(&stdout, "VIOLATION");
     assert!(!violations.is_empty(), "{context}");
     assert!(
-        violations.iter().all(|l| l.contains(
-            "worker-report-many! raised &goalkeeper-error 'invariant-violation"
-        )),
+        violations.iter().all(
+            |l| l.contains("worker-report-many! raised &goalkeeper-error 'invariant-violation")
+        ),
         "{context}"
     );
     assert!(
@@ -326,7 +326,10 @@ fn demo_uses_run_worker_hooks_and_log_records() {
     let source = std::fs::read_to_string(common::root().join("demo/31785.scm"))
         .expect("read demo/31785.scm");
     let lines = source.lines().count();
-    assert!(lines <= 600, "demo/31785.scm has {lines} lines; at most 600");
+    assert!(
+        lines <= 600,
+        "demo/31785.scm has {lines} lines; at most 600"
+    );
     for wanted in [
         "(run-worker ",
         "(spawn-builder",
