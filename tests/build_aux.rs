@@ -411,3 +411,22 @@ fn check_driver_prints_one_line_per_suite_and_the_failures() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("error[E0425]"), "{out}");
 }
+
+/// The test helper's bound covers the output too: a child that exits while a
+/// process it left behind keeps its stdout open fails with a message within
+/// the limit, instead of hanging on an end of file (how a deadlocked forked
+/// builder once showed up).
+#[test]
+fn run_bounded_fails_on_an_output_a_leftover_process_keeps_open() {
+    let r = std::panic::catch_unwind(|| {
+        run_bounded(
+            Command::new("sh").args(["-c", "sleep 5 & echo parent done"]),
+            Duration::from_secs(1),
+        )
+    });
+    let msg = match r {
+        Ok(out) => panic!("no failure: {out:?}"),
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(msg.contains("a process it left behind holds it"), "{msg}");
+}

@@ -161,6 +161,9 @@ pub fn compile(name: &str, sources: &[PathBuf], cpp: bool, extra: &[&str]) -> Pa
 }
 
 /// Runs `cmd` with a hard time limit; a hang becomes a failure with a message.
+/// The limit covers the child's output too: a process the child left behind
+/// that keeps its stdout or stderr open is a failure that says so, not a wait
+/// for an end of file that never comes.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> std::process::Output {
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -168,26 +171,45 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> std::process::Output {
         .spawn()
         .expect("spawn");
     let start = Instant::now();
-    // Drain pipes on threads so a chatty child cannot block on a full pipe.
-    let mut so = child.stdout.take().expect("stdout");
-    let mut se = child.stderr.take().expect("stderr");
-    let t1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut so, &mut v).ok();
-        v
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut se, &mut v).ok();
-        v
-    });
+    // Drain pipes on threads so a chatty child cannot block on a full pipe;
+    // each sends what it read once its pipe reaches end of file.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            pipe.read_to_end(&mut v).ok();
+            let _ = tx.send(v);
+        });
+        rx
+    };
+    let so = drain(Box::new(child.stdout.take().expect("stdout")));
+    let se = drain(Box::new(child.stderr.take().expect("stderr")));
+    // What a pipe gave, or None if it is still open when the limit is up.
+    let collect = |rx: &std::sync::mpsc::Receiver<Vec<u8>>| -> Option<Vec<u8>> {
+        let left = limit.saturating_sub(start.elapsed());
+        rx.recv_timeout(left.max(Duration::from_secs(1))).ok()
+    };
+    let text = |v: &Option<Vec<u8>>| match v {
+        Some(v) => String::from_utf8_lossy(v).into_owned(),
+        None => "[still open]".to_string(),
+    };
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            return std::process::Output {
-                status,
-                stdout: t1.join().unwrap(),
-                stderr: t2.join().unwrap(),
-            };
+            match (collect(&so), collect(&se)) {
+                (Some(stdout), Some(stderr)) => {
+                    return std::process::Output {
+                        status,
+                        stdout,
+                        stderr,
+                    }
+                }
+                (stdout, stderr) => panic!(
+                    "{cmd:?} exited ({status}), but its output stayed open after {limit:?}: \
+                     a process it left behind holds it\nstdout:\n{}\nstderr:\n{}",
+                    text(&stdout),
+                    text(&stderr)
+                ),
+            }
         }
         if start.elapsed() > limit {
             let _ = child.kill();
@@ -195,8 +217,8 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> std::process::Output {
             panic!(
                 "{:?} did not finish within {limit:?} (killed)\nstdout:\n{}\nstderr:\n{}",
                 cmd,
-                String::from_utf8_lossy(&t1.join().unwrap()),
-                String::from_utf8_lossy(&t2.join().unwrap())
+                text(&collect(&so)),
+                text(&collect(&se))
             );
         }
         // Bounded polling of a child's exit status; not used for synchronisation.
