@@ -247,6 +247,10 @@ mod tests {
             );
         }
         assert_eq!(gk_signal_watch_stop(), GK_ERROR_INVALID_STATE);
+        // What the test inherited is not known (a shell's background job
+        // ignores SIGINT): set each disposition the test relies on.
+        set_handler(libc::SIGINT, libc::SIG_DFL);
+        set_handler(libc::SIGTERM, libc::SIG_DFL);
         set_handler(libc::SIGHUP, libc::SIG_IGN);
         let (mut fd, mut fd2, mut caught) = (-1, -1, -1);
         // SAFETY: valid out-parameters.
