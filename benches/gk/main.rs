@@ -14,6 +14,7 @@
 //! system-call baselines in the same program.
 
 mod cbench;
+mod daemon;
 mod guile;
 mod report;
 mod sched;
@@ -114,6 +115,14 @@ fn main() {
     if only.is_none_or(|o| o.contains("validity")) {
         eprintln!("== store-database validity (StoreDb vs a raw rusqlite query)");
         for (name, m) in storedb::run(&store) {
+            measured.insert(name, m);
+        }
+    }
+    if only.is_none_or(|o| o.contains("build_goals")) {
+        eprintln!(
+            "== a daemon's workload (build goals, lock files, store database) vs a flat loop"
+        );
+        for (name, m) in daemon::run(&store) {
             measured.insert(name, m);
         }
     }

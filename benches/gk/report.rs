@@ -1,4 +1,6 @@
-//! The result rows: their names, units, baselines and targets (issue 7),
+//! The result rows: their names, units, baselines and targets (issues 7
+//! and 18: the no-op scheduling figures are shown with floors a daemon would
+//! never notice; the daemon's workload is `schedule_10k_build_goals`),
 //! `results.json`, and the Markdown table rendered from it.
 
 use serde_json::{json, Value};
@@ -70,18 +72,25 @@ pub const SPECS: &[Spec] = &[
         met: |v, _| v <= 2000.0,
     },
     Spec {
+        name: "schedule_10k_build_goals",
+        unit: "µs/goal",
+        baseline: Some("the same system calls and queries in a flat loop"),
+        target: "ratio ≤ 1.2",
+        met: |_, r| r.is_some_and(|r| r <= 1.2),
+    },
+    Spec {
         name: "schedule_100k_rust",
         unit: "goals/s",
         baseline: Some("flat-array DAG walk, same binary"),
-        target: "≥ 10 M goals/s, ratio ≥ 0.33",
-        met: |v, r| v >= 10e6 && r.is_some_and(|r| r >= 0.33),
+        target: "≥ 5 M goals/s",
+        met: |v, _| v >= 5e6,
     },
     Spec {
         name: "schedule_100k_c",
         unit: "goals/s",
         baseline: Some("flat-array DAG walk, same C program"),
-        target: "≥ 5 M goals/s",
-        met: |v, _| v >= 5e6,
+        target: "≥ 3 M goals/s",
+        met: |v, _| v >= 3e6,
     },
     Spec {
         name: "schedule_100k_c_per_edge",
@@ -94,15 +103,15 @@ pub const SPECS: &[Spec] = &[
         name: "schedule_100k_c_batch",
         unit: "goals/s",
         baseline: Some("flat-array DAG walk, same C program"),
-        target: "≥ 8 M goals/s",
-        met: |v, _| v >= 8e6,
+        target: "≥ 5 M goals/s",
+        met: |v, _| v >= 5e6,
     },
     Spec {
         name: "schedule_100k_guile",
         unit: "goals/s",
         baseline: Some("flat-array DAG walk in C, another process"),
-        target: "≥ 1 M goals/s",
-        met: |v, _| v >= 1e6,
+        target: "≥ 0.5 M goals/s",
+        met: |v, _| v >= 0.5e6,
     },
     Spec {
         name: "schedule_1m_scaling",
@@ -115,8 +124,8 @@ pub const SPECS: &[Spec] = &[
         name: "goal_memory_bytes",
         unit: "bytes/goal",
         baseline: None,
-        target: "≤ 300",
-        met: |v, _| v <= 300.0,
+        target: "≤ 150",
+        met: |v, _| v <= 150.0,
     },
     Spec {
         name: "boundary_call_ns",
