@@ -680,7 +680,8 @@ typedef struct {
 } gk_goal_result;
 
 /**
- * A worker's counts (see `gk_worker_audit`). `locks_held` and
+ * A worker's counts (see `gk_worker_audit`; in Rust, `Worker::audit`,
+ * which returns this very struct, whose layout is C's). `locks_held` and
  * `locks_held_by_finished` come from the process's lock registry, not from
  * the worker's own books; `locks_held_by_finished` must always be 0 (G1).
  */

@@ -23,14 +23,23 @@ pub(crate) enum Kind {
     LockWait = 0x54,
 }
 
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::LockSet, Kind::Worker, Kind::StoreDb, Kind::LockWait];
+
+    /// The kind's name, and how a fork child's refused handle of it is named.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::LockSet => ("lock set", "this lock set handle"),
+            Kind::Worker => ("worker", "this worker handle"),
+            Kind::StoreDb => ("store database", "this store database handle"),
+            Kind::LockWait => ("lock wait", "this lock wait handle"),
+        }
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::LockSet => "lock set",
-            Kind::Worker => "worker",
-            Kind::StoreDb => "store database",
-            Kind::LockWait => "lock wait",
-        })
+        f.write_str(self.names().0)
     }
 }
 
@@ -96,12 +105,9 @@ impl<T> HandleTable<T> {
     fn bad_handle(&self, handle: u64) -> Error {
         let kind = (handle >> 56) as u8;
         if kind != self.kind as u8 {
-            let what = match kind {
-                k if k == Kind::LockSet as u8 => "a lock set handle",
-                k if k == Kind::Worker as u8 => "a worker handle",
-                k if k == Kind::StoreDb as u8 => "a store database handle",
-                k if k == Kind::LockWait as u8 => "a lock wait handle",
-                _ => "not a goalkeeper handle",
+            let what = match Kind::ALL.iter().find(|k| **k as u8 == kind) {
+                Some(k) => format!("a {k} handle"),
+                None => "not a goalkeeper handle".into(),
             };
             return Error::StaleHandle(format!(
                 "handle {handle:#018x} is {what}, not a {} handle",
@@ -124,7 +130,7 @@ impl<T> HandleTable<T> {
         let i = self.slot_of(handle)?;
         let (value, fork_gen) = self.slots[i].value.as_mut().expect("checked in slot_of");
         if *fork_gen != process_generation() {
-            return Err(Error::WrongProcess(kind_name(self.kind)));
+            return Err(Error::WrongProcess(self.kind.names().1));
         }
         Ok(value)
     }
@@ -142,7 +148,7 @@ impl<T> HandleTable<T> {
         } // else: retire the slot, so a handle is never reissued
         if fork_gen != process_generation() {
             drop(value);
-            return Err(Error::WrongProcess(kind_name(self.kind)));
+            return Err(Error::WrongProcess(self.kind.names().1));
         }
         Ok(value)
     }
@@ -151,15 +157,6 @@ impl<T> HandleTable<T> {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.value.is_some()).count()
-    }
-}
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::LockSet => "this lock set handle",
-        Kind::Worker => "this worker handle",
-        Kind::StoreDb => "this store database handle",
-        Kind::LockWait => "this lock wait handle",
     }
 }
 

@@ -80,78 +80,67 @@ pub enum gk_status {
     GK_ERROR_PANIC = 99,
 }
 
-impl gk_status {
-    /// Every status, for `gk_status_name` and tests.
-    pub(crate) const ALL: [gk_status; 29] = [
-        gk_status::GK_OK,
-        gk_status::GK_BUSY,
-        gk_status::GK_HELD_BY_THIS_PROCESS,
-        gk_status::GK_TIMED_OUT,
-        gk_status::GK_ERROR_NULL_POINTER,
-        gk_status::GK_ERROR_INVALID_PATH,
-        gk_status::GK_ERROR_INVALID_ARGUMENT,
-        gk_status::GK_ERROR_STALE_HANDLE,
-        gk_status::GK_ERROR_WRONG_PROCESS,
-        gk_status::GK_ERROR_BUFFER_TOO_SMALL,
-        gk_status::GK_ERROR_INVALID_STATE,
-        gk_status::GK_ERROR_IO,
-        gk_status::GK_ERROR_PERMISSION_DENIED,
-        gk_status::GK_ERROR_SYMLINK,
-        gk_status::GK_ERROR_NAME_TOO_LONG,
-        gk_status::GK_ERROR_NO_SPACE,
-        gk_status::GK_ERROR_DEADLOCK,
-        gk_status::GK_ERROR_STALE_LOCK_FILE,
-        gk_status::GK_ERROR_INSECURE_STORE,
-        gk_status::GK_ERROR_FOREIGN_LOCK_FILE,
-        gk_status::GK_ERROR_STORE_DB_MISSING,
-        gk_status::GK_ERROR_STORE_DB_NOT_SQLITE,
-        gk_status::GK_ERROR_STORE_DB_NO_VALID_PATHS,
-        gk_status::GK_ERROR_STORE_DB_LOCKED,
-        gk_status::GK_ERROR_STORE_DB_UNREADABLE,
-        gk_status::GK_ERROR_STORE_DB,
-        gk_status::GK_ERROR_INVARIANT_VIOLATION,
-        gk_status::GK_ERROR_SCHEDULER_DEADLOCK,
-        gk_status::GK_ERROR_PANIC,
-    ];
+/// Writes `gk_status::ALL` and `gk_status::name_c` from one list of the
+/// enumerators.
+macro_rules! names {
+    ($($s:ident),+ $(,)?) => {
+        impl gk_status {
+            /// Every status, for `gk_status_name` and tests.
+            pub(crate) const ALL: &[gk_status] = &[$(gk_status::$s),+];
 
+            /// The enumerator's name as a C string.
+            pub fn name_c(self) -> &'static std::ffi::CStr {
+                match self {
+                    $(gk_status::$s => const {
+                        match std::ffi::CStr::from_bytes_with_nul(
+                            concat!(stringify!($s), "\0").as_bytes(),
+                        ) {
+                            Ok(c) => c,
+                            Err(_) => panic!("a NUL in a status name"),
+                        }
+                    },)+
+                }
+            }
+        }
+    };
+}
+
+names!(
+    GK_OK,
+    GK_BUSY,
+    GK_HELD_BY_THIS_PROCESS,
+    GK_TIMED_OUT,
+    GK_ERROR_NULL_POINTER,
+    GK_ERROR_INVALID_PATH,
+    GK_ERROR_INVALID_ARGUMENT,
+    GK_ERROR_STALE_HANDLE,
+    GK_ERROR_WRONG_PROCESS,
+    GK_ERROR_BUFFER_TOO_SMALL,
+    GK_ERROR_INVALID_STATE,
+    GK_ERROR_IO,
+    GK_ERROR_PERMISSION_DENIED,
+    GK_ERROR_SYMLINK,
+    GK_ERROR_NAME_TOO_LONG,
+    GK_ERROR_NO_SPACE,
+    GK_ERROR_DEADLOCK,
+    GK_ERROR_STALE_LOCK_FILE,
+    GK_ERROR_INSECURE_STORE,
+    GK_ERROR_FOREIGN_LOCK_FILE,
+    GK_ERROR_STORE_DB_MISSING,
+    GK_ERROR_STORE_DB_NOT_SQLITE,
+    GK_ERROR_STORE_DB_NO_VALID_PATHS,
+    GK_ERROR_STORE_DB_LOCKED,
+    GK_ERROR_STORE_DB_UNREADABLE,
+    GK_ERROR_STORE_DB,
+    GK_ERROR_INVARIANT_VIOLATION,
+    GK_ERROR_SCHEDULER_DEADLOCK,
+    GK_ERROR_PANIC,
+);
+
+impl gk_status {
     /// The enumerator's name, e.g. `"GK_BUSY"`.
     pub fn name(self) -> &'static str {
         self.name_c().to_str().unwrap_or("GK_?")
-    }
-
-    /// The enumerator's name as a C string.
-    pub fn name_c(self) -> &'static std::ffi::CStr {
-        match self {
-            gk_status::GK_OK => c"GK_OK",
-            gk_status::GK_BUSY => c"GK_BUSY",
-            gk_status::GK_HELD_BY_THIS_PROCESS => c"GK_HELD_BY_THIS_PROCESS",
-            gk_status::GK_TIMED_OUT => c"GK_TIMED_OUT",
-            gk_status::GK_ERROR_NULL_POINTER => c"GK_ERROR_NULL_POINTER",
-            gk_status::GK_ERROR_INVALID_PATH => c"GK_ERROR_INVALID_PATH",
-            gk_status::GK_ERROR_INVALID_ARGUMENT => c"GK_ERROR_INVALID_ARGUMENT",
-            gk_status::GK_ERROR_STALE_HANDLE => c"GK_ERROR_STALE_HANDLE",
-            gk_status::GK_ERROR_WRONG_PROCESS => c"GK_ERROR_WRONG_PROCESS",
-            gk_status::GK_ERROR_BUFFER_TOO_SMALL => c"GK_ERROR_BUFFER_TOO_SMALL",
-            gk_status::GK_ERROR_INVALID_STATE => c"GK_ERROR_INVALID_STATE",
-            gk_status::GK_ERROR_IO => c"GK_ERROR_IO",
-            gk_status::GK_ERROR_PERMISSION_DENIED => c"GK_ERROR_PERMISSION_DENIED",
-            gk_status::GK_ERROR_SYMLINK => c"GK_ERROR_SYMLINK",
-            gk_status::GK_ERROR_NAME_TOO_LONG => c"GK_ERROR_NAME_TOO_LONG",
-            gk_status::GK_ERROR_NO_SPACE => c"GK_ERROR_NO_SPACE",
-            gk_status::GK_ERROR_DEADLOCK => c"GK_ERROR_DEADLOCK",
-            gk_status::GK_ERROR_STALE_LOCK_FILE => c"GK_ERROR_STALE_LOCK_FILE",
-            gk_status::GK_ERROR_INSECURE_STORE => c"GK_ERROR_INSECURE_STORE",
-            gk_status::GK_ERROR_FOREIGN_LOCK_FILE => c"GK_ERROR_FOREIGN_LOCK_FILE",
-            gk_status::GK_ERROR_STORE_DB_MISSING => c"GK_ERROR_STORE_DB_MISSING",
-            gk_status::GK_ERROR_STORE_DB_NOT_SQLITE => c"GK_ERROR_STORE_DB_NOT_SQLITE",
-            gk_status::GK_ERROR_STORE_DB_NO_VALID_PATHS => c"GK_ERROR_STORE_DB_NO_VALID_PATHS",
-            gk_status::GK_ERROR_STORE_DB_LOCKED => c"GK_ERROR_STORE_DB_LOCKED",
-            gk_status::GK_ERROR_STORE_DB_UNREADABLE => c"GK_ERROR_STORE_DB_UNREADABLE",
-            gk_status::GK_ERROR_STORE_DB => c"GK_ERROR_STORE_DB",
-            gk_status::GK_ERROR_INVARIANT_VIOLATION => c"GK_ERROR_INVARIANT_VIOLATION",
-            gk_status::GK_ERROR_SCHEDULER_DEADLOCK => c"GK_ERROR_SCHEDULER_DEADLOCK",
-            gk_status::GK_ERROR_PANIC => c"GK_ERROR_PANIC",
-        }
     }
 
     /// The status for an integer from C, if it is one.

@@ -652,98 +652,9 @@ pub unsafe extern "C" fn gk_worker_goal_outputs(
     })
 }
 
-/// A worker's counts (see `gk_worker_audit`). `locks_held` and
-/// `locks_held_by_finished` come from the process's lock registry, not from
-/// the worker's own books; `locks_held_by_finished` must always be 0 (G1).
-#[allow(non_camel_case_types)]
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct gk_audit {
-    /// Goals in the worker.
-    pub goals: u64,
-    /// Goals waiting for dependencies.
-    pub waiting_deps: u64,
-    /// Goals ready to be tried.
-    pub ready: u64,
-    /// Goals waiting for a build slot.
-    pub waiting_slot: u64,
-    /// Goals waiting for a lock.
-    pub waiting_lock: u64,
-    /// Goals running.
-    pub running: u64,
-    /// Goals finished.
-    pub finished: u64,
-    /// Goals finished with success (built, substituted, already valid).
-    pub succeeded: u64,
-    /// Goals finished otherwise (failed, timed out, cached failure,
-    /// dependency failed, cancelled).
-    pub failed: u64,
-    /// Store paths whose locks the process's registry says this worker's goals hold.
-    pub locks_held: u64,
-    /// Of those, the ones held by goals that have finished (must be 0: G1).
-    pub locks_held_by_finished: u64,
-    /// Slots in use.
-    pub slots_used: u64,
-    /// The worker's `max_jobs`.
-    pub max_jobs: u64,
-    /// Goals waiting on a lock in the kernel (foreign waits).
-    pub foreign_waits: u64,
-    /// Locks handed over by wait threads so far.
-    pub handoffs: u64,
-    /// Validity re-checks made while waiting for foreign locks.
-    pub validity_rechecks: u64,
-    /// Ledger checks run (one per boundary call).
-    pub checks: u64,
-    /// Ledger violations found.
-    pub violations: u64,
-}
-
-impl From<Audit> for gk_audit {
-    fn from(a: Audit) -> gk_audit {
-        // Taken apart field by field, so that a count added to the
-        // scheduler's Audit without its C field does not compile.
-        let Audit {
-            goals,
-            waiting_deps,
-            ready,
-            waiting_slot,
-            waiting_lock,
-            running,
-            finished,
-            succeeded,
-            failed,
-            locks_held,
-            locks_held_by_finished,
-            slots_used,
-            max_jobs,
-            foreign_waits,
-            handoffs,
-            validity_rechecks,
-            checks,
-            violations,
-        } = a;
-        gk_audit {
-            goals,
-            waiting_deps,
-            ready,
-            waiting_slot,
-            waiting_lock,
-            running,
-            finished,
-            succeeded,
-            failed,
-            locks_held,
-            locks_held_by_finished,
-            slots_used,
-            max_jobs,
-            foreign_waits,
-            handoffs,
-            validity_rechecks,
-            checks,
-            violations,
-        }
-    }
-}
+/// A worker's counts: the scheduler's [`Audit`], whose layout is C's
+/// (`gk_audit` in the header).
+pub use crate::sched::Audit as gk_audit;
 
 /// Stores the worker's counts in `*out` (see `gk_audit`). The audit reports
 /// violations in its counts; it does not fail because of them.
@@ -751,11 +662,11 @@ impl From<Audit> for gk_audit {
 /// # Safety
 /// `out` must be valid for writing.
 #[no_mangle]
-pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut gk_audit) -> gk_status {
+pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut Audit) -> gk_status {
     call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        *out = with_worker(t, w, |wk| Ok(wk.audit()))?.into();
+        *out = with_worker(t, w, |wk| Ok(wk.audit()))?;
         Ok(GK_OK)
     })
 }

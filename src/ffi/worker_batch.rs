@@ -17,7 +17,7 @@ use super::enums::{gk_batch_field, gk_build_mode, gk_goal_kind, gk_outcome};
 use super::status::gk_status::{self, GK_OK};
 use super::worker::{event_to_c, gk_event, gk_goal, gk_worker, with_worker};
 use crate::error::Error;
-use crate::lock::{normalize_paths, StorePath, PATH_MAX};
+use crate::lock::{StorePath, PATH_MAX};
 use crate::sched::{BatchError, BatchField, BuildMode, GoalId, GoalKind, NewGoal, Report};
 
 /// The largest number of outputs one goal of a batch may have (as for a
@@ -350,7 +350,7 @@ unsafe fn read_batch<'a>(
         }
         let goal = if readable {
             let deps = if bad.is_none() { deps } else { &[] };
-            NewGoal::normalized(kind, mode, tag, paths, deps)
+            NewGoal::in_callers_order(kind, mode, tag, paths, deps)
         } else {
             NewGoal::normalized(GoalKind::Plain, BuildMode::Normal, tag, Vec::new(), &[])
         };
@@ -371,7 +371,7 @@ unsafe fn read_batch<'a>(
     Ok((goals, first))
 }
 
-/// Goal `i`'s outputs, strings `a..z`, sorted and deduplicated.
+/// Goal `i`'s outputs, strings `a..z`, validated, in the caller's order.
 ///
 /// # Safety
 /// As [`read_batch`].
@@ -431,42 +431,7 @@ unsafe fn read_outputs(
             }
         }
     }
-    if let Some(e) = bad {
-        return Err(e);
-    }
-    normalize_paths(v).map_err(|e| BatchError::new(i, 0, BatchField::Output, e))
-}
-
-/// The place, in the caller's order, of goal `i`'s output `p` (the
-/// scheduler names outputs in sorted order).
-///
-/// # Safety
-/// As [`read_batch`]; the batch was read successfully up to goal `i`.
-unsafe fn caller_position(b: &gk_goal_batch, i: usize, p: &StorePath) -> Option<usize> {
-    // SAFETY: as in `read_batch`.
-    let off = unsafe {
-        opt_array(
-            b.output_offsets,
-            b.n_goals as usize + 1,
-            BatchField::Batch,
-            "",
-        )
-    }
-    .ok()
-    .flatten()?;
-    let (a, z) = (off[i] as usize, off[i + 1] as usize);
-    let same = |bytes: &[u8]| StorePath::from_bytes(bytes).is_ok_and(|q| &q == p);
-    if !b.outputs.is_null() {
-        return (a..z).position(|k| {
-            // SAFETY: read successfully by `read_batch` already.
-            let s = unsafe { *b.outputs.add(k) };
-            // SAFETY: as above.
-            unsafe { args::c_bytes(s, "") }.is_ok_and(same)
-        });
-    }
-    // SAFETY: as in `read_batch`.
-    let bytes = unsafe { std::slice::from_raw_parts(b.outputs_packed, b.outputs_packed_len) };
-    bytes.split(|&c| c == 0).skip(a).take(z - a).position(same)
+    bad.map_or(Ok(v), Err)
 }
 
 /// Adds many goals, with their outputs and dependencies, in one call: all
@@ -557,34 +522,10 @@ pub unsafe extern "C" fn gk_worker_add_goals(
         // SAFETY: forwarded from this function's contract.
         let (mut goals, parse_error) = unsafe { read_batch(b) }?;
         let r = with_worker(t, w, |wk| {
-            Ok(match wk.add_goals_into(&mut goals, parse_error, ids) {
-                Ok(()) => Ok(()),
-                Err(mut e) => {
-                    // The scheduler names outputs in sorted order; the
-                    // caller wants its own.
-                    if e.names_sorted_output() {
-                        if let Some(p) = goals[e.index].outputs().get(e.sub) {
-                            // SAFETY: as above.
-                            if let Some(k) = unsafe { caller_position(b, e.index, p) } {
-                                e = BatchError::new(e.index, k, e.field, unwrap_batch(e.error));
-                            }
-                        }
-                    }
-                    Err(e)
-                }
-            })
+            Ok(wk.add_goals_into(&mut goals, parse_error, ids))
         })?;
         r.map_err(Fail::Element)
     })
-}
-
-/// The error inside an [`Error::InBatch`] (to be wrapped again with
-/// another element name).
-fn unwrap_batch(e: Error) -> Error {
-    match e {
-        Error::InBatch { source, .. } => *source,
-        e => e,
-    }
 }
 
 /// Fills `events[0 .. *n_out)` with the next events, in order, `1 <= *n_out

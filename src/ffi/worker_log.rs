@@ -68,65 +68,45 @@ fn until_nul(s: &[u8]) -> &[u8] {
 /// Copies the records' strings into `text` (replacing what it held) and
 /// returns the C records pointing into it.
 fn to_c(records: &[LogRecord], text: &mut Vec<u8>) -> Vec<gk_log_record> {
-    let bytes = |r: &LogRecord| {
-        (
-            r.path
-                .as_ref()
-                .map(|p| until_nul(p.as_os_str().as_bytes()).len()),
-            until_nul(r.message.as_bytes()).len(),
-        )
+    text.clear();
+    // Each string's (offset, length) in `text`, which it ends with a NUL.
+    let put = |text: &mut Vec<u8>, s: &[u8]| {
+        let (at, s) = (text.len(), until_nul(s));
+        text.extend_from_slice(s);
+        text.push(0);
+        (at, s.len())
     };
-    let needed: usize = records
+    let at: Vec<_> = records
         .iter()
         .map(|r| {
-            let (p, m) = bytes(r);
-            p.map_or(0, |p| p + 1) + m + 1
+            let path = r.path.as_ref().map(|p| put(text, p.as_os_str().as_bytes()));
+            (path, put(text, r.message.as_bytes()))
         })
-        .sum();
-    let mut buf = Vec::with_capacity(needed);
-    // (offset of path, offset of message) in `buf`.
-    let mut at = Vec::with_capacity(records.len());
-    for r in records {
-        let path = r.path.as_ref().map(|p| {
-            let o = buf.len();
-            buf.extend_from_slice(until_nul(p.as_os_str().as_bytes()));
-            buf.push(0);
-            o
-        });
-        let o = buf.len();
-        buf.extend_from_slice(until_nul(r.message.as_bytes()));
-        buf.push(0);
-        at.push((path, o));
-    }
-    debug_assert_eq!(buf.len(), needed);
-    // The buffer is complete: it is not written again, so the pointers into
-    // it stay valid while `text` holds it.
-    *text = buf;
+        .collect();
+    // The text is complete: it is not written again, so the pointers into
+    // it stay valid while the worker's cell holds it.
     let base = text.as_ptr();
     records
         .iter()
         .zip(at)
-        .map(|(r, (p, m))| {
-            let (plen, mlen) = bytes(r);
-            gk_log_record {
-                kind: gk_log_kind::from_rust(r.kind) as u32,
-                holder_pid: r
-                    .holder_pid
-                    .and_then(|p| i32::try_from(p).ok())
-                    .unwrap_or(-1),
-                goal: r.goal.map_or(0, |g| g.raw()),
-                holder_goal: r.holder_goal.map_or(0, |g| g.raw()),
-                time_ns: r.time_ns,
-                duration_ns: r
-                    .duration
-                    .map_or(-1, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
-                // SAFETY: the offset is within `text`, which was just built.
-                path: p.map_or(std::ptr::null(), |o| unsafe { base.add(o) }.cast()),
-                path_len: plen.unwrap_or(0),
-                // SAFETY: as above.
-                message: unsafe { base.add(m) }.cast(),
-                message_len: mlen,
-            }
+        .map(|(r, (path, (m, message_len)))| gk_log_record {
+            kind: gk_log_kind::from_rust(r.kind) as u32,
+            holder_pid: r
+                .holder_pid
+                .and_then(|p| i32::try_from(p).ok())
+                .unwrap_or(-1),
+            goal: r.goal.map_or(0, |g| g.raw()),
+            holder_goal: r.holder_goal.map_or(0, |g| g.raw()),
+            time_ns: r.time_ns,
+            duration_ns: r
+                .duration
+                .map_or(-1, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            // SAFETY: the offset is within `text`, which was just built.
+            path: path.map_or(std::ptr::null(), |(o, _)| unsafe { base.add(o) }.cast()),
+            path_len: path.map_or(0, |(_, len)| len),
+            // SAFETY: as above.
+            message: unsafe { base.add(m) }.cast(),
+            message_len,
         })
         .collect()
 }

@@ -25,6 +25,9 @@ pub struct NewGoal<'a> {
     pub(super) tag: u64,
     /// Sorted and deduplicated.
     pub(super) outputs: Vec<StorePath>,
+    /// For each output, its place in the caller's array, when the caller
+    /// gave them in another order (the C layer); errors name that place.
+    pub(super) places: Vec<u32>,
     pub(super) deps: &'a [GoalId],
 }
 
@@ -61,8 +64,34 @@ impl<'a> NewGoal<'a> {
             mode,
             tag,
             outputs,
+            places: Vec::new(),
             deps,
         }
+    }
+
+    /// A goal whose outputs are given in the caller's order (the C layer),
+    /// each validated: they are sorted and deduplicated here, and errors
+    /// name an output by its first place in that order.
+    pub(crate) fn in_callers_order(
+        kind: GoalKind,
+        mode: BuildMode,
+        tag: u64,
+        given: Vec<StorePath>,
+        deps: &'a [GoalId],
+    ) -> NewGoal<'a> {
+        let mut places: Vec<u32> = (0..given.len() as u32).collect();
+        places.sort_by(|&a, &b| given[a as usize].cmp(&given[b as usize]).then(a.cmp(&b)));
+        places.dedup_by(|a, b| given[*a as usize] == given[*b as usize]);
+        let outputs = places.iter().map(|&k| given[k as usize].clone()).collect();
+        NewGoal {
+            places,
+            ..NewGoal::normalized(kind, mode, tag, outputs, deps)
+        }
+    }
+
+    /// The place of sorted output `j` in the caller's array.
+    fn place(&self, j: usize) -> usize {
+        self.places.get(j).map_or(j, |&k| k as usize)
     }
 
     /// The outputs, sorted and deduplicated.
@@ -150,9 +179,6 @@ pub struct BatchError {
     /// The goal (or report) whose check found it, for the validation order
     /// (an offset `index` belongs to goal `index - 1`).
     owner: usize,
-    /// `sub` is an output's place in the goal's sorted output set (the C
-    /// layer gives the caller's place instead).
-    sorted_output: bool,
 }
 
 impl BatchError {
@@ -169,20 +195,7 @@ impl BatchError {
             field,
             error,
             owner: index,
-            sorted_output: false,
         }
-    }
-
-    /// The same error, whose `sub` is an output's place in the goal's
-    /// sorted outputs ([`NewGoal::outputs`]).
-    fn of_sorted_output(mut self) -> BatchError {
-        self.sorted_output = true;
-        self
-    }
-
-    /// `true` if `sub` is an output's place in the goal's sorted outputs.
-    pub(crate) fn names_sorted_output(&self) -> bool {
-        self.sorted_output
     }
 
     /// An error about offset `index` of an offsets array, found checking
@@ -411,9 +424,12 @@ fn resolve(
         } else {
             continue;
         };
-        return new(Some(
-            BatchError::new(i, j, BatchField::Output, err).of_sorted_output(),
-        ));
+        return new(Some(BatchError::new(
+            i,
+            g.place(j),
+            BatchField::Output,
+            err,
+        )));
     }
     new(None)
 }

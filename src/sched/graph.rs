@@ -449,18 +449,6 @@ impl Graph {
     pub(crate) fn unfinished(&self) -> u64 {
         self.goals.len() as u64 - self.count(GoalState::Finished)
     }
-
-    /// Bytes used by the graph's own storage (for the memory budget).
-    pub(crate) fn approx_bytes(&self) -> usize {
-        self.goals.capacity() * std::mem::size_of::<Goal>()
-            + (self.pending.capacity()
-                + self.extra_head.capacity()
-                + self.csr_start.capacity()
-                + self.csr.capacity())
-                * 4
-            + (self.log.capacity() + self.extra.capacity()) * 8
-            + self.outputs.capacity() * std::mem::size_of::<Box<[StorePath]>>()
-    }
 }
 
 /// How messages name a goal: its index in the worker and its first output's

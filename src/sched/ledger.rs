@@ -21,10 +21,11 @@ use super::slots::Slots;
 use crate::error::{Error, Result};
 use crate::lock::{held_where, owner_of, Owner, StorePath};
 
-/// A worker's counts, from [`Worker::audit`] (in C, `gk_worker_audit`
-/// copies them into a `gk_audit`). `locks_held` and
+/// A worker's counts (see `gk_worker_audit`; in Rust, `Worker::audit`,
+/// which returns this very struct, whose layout is C's). `locks_held` and
 /// `locks_held_by_finished` come from the process's lock registry, not from
 /// the worker's own books; `locks_held_by_finished` must always be 0 (G1).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Audit {
     /// Goals in the worker.

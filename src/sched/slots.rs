@@ -129,11 +129,6 @@ impl Slots {
         None
     }
 
-    /// Heap bytes of the waiting queue.
-    pub(crate) fn approx_bytes(&self) -> usize {
-        self.waiting.capacity() * 4
-    }
-
     /// The test hook for the ledger's tests: a running goal would hold a
     /// slot (`+1`), or no longer (`-1`).
     #[cfg(test)]

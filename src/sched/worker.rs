@@ -707,14 +707,6 @@ impl Worker {
         self.graph.len() == 0
     }
 
-    /// Approximate heap bytes of the goal records and edges (for memory budgets).
-    pub fn approx_bytes(&self) -> usize {
-        self.graph.approx_bytes()
-            + self.ready.capacity() * 4
-            + self.slots.approx_bytes()
-            + self.events.capacity() * std::mem::size_of::<Event>()
-    }
-
     /// Cancels every goal that has not finished and releases everything the
     /// worker holds, including `legacy_hold` lock sets (the host abandons its
     /// goals: G1). Idempotent; `Drop` does it too.
