@@ -120,6 +120,57 @@ pub(crate) unsafe fn packed_paths(buf: *const u8, len: usize) -> Result<Vec<Stor
     normalize_paths(set)
 }
 
+/// Checks `n` elements at `p` before they become a slice: `p` must not be
+/// NULL, must be aligned for `T`, and `n` elements must fit in memory.
+/// `n` 0 passes without a look at `p` (`Ok(false)`: nothing to read).
+pub(crate) fn check_array<T>(p: *const T, n: usize, what: &'static str) -> Result<bool> {
+    if n == 0 {
+        return Ok(false);
+    }
+    if p.is_null() {
+        return Err(Error::NullPointer(what));
+    }
+    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return Err(Error::InvalidArgument(format!("{what} is not aligned")));
+    }
+    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: {n} elements do not fit in memory"
+        )));
+    }
+    Ok(true)
+}
+
+/// `n` elements at `p`, checked by [`check_array`].
+///
+/// # Safety
+/// Unless `n` is 0, `p` must be NULL or valid for `n` reads of `T`.
+pub(crate) unsafe fn array<'a, T>(p: *const T, n: usize, what: &'static str) -> Result<&'a [T]> {
+    Ok(if check_array(p, n, what)? {
+        // SAFETY: non-null, aligned, and readable per the contract.
+        unsafe { std::slice::from_raw_parts(p, n) }
+    } else {
+        &[]
+    })
+}
+
+/// [`array`] for writing.
+///
+/// # Safety
+/// Unless `n` is 0, `p` must be NULL or valid for `n` reads and writes of `T`.
+pub(crate) unsafe fn array_mut<'a, T>(
+    p: *mut T,
+    n: usize,
+    what: &'static str,
+) -> Result<&'a mut [T]> {
+    Ok(if check_array(p, n, what)? {
+        // SAFETY: non-null, aligned, and writable per the contract.
+        unsafe { std::slice::from_raw_parts_mut(p, n) }
+    } else {
+        &mut []
+    })
+}
+
 /// Checks an output pointer.
 ///
 /// # Safety

@@ -163,15 +163,8 @@ pub unsafe extern "C" fn gk_store_db_valid_paths(
         // bools (bool has alignment 1).
         let out = unsafe { std::slice::from_raw_parts_mut(valid, n_paths) };
         out.fill(false);
-        if paths.is_null() {
-            return Err(Error::NullPointer("paths"));
-        }
-        if !(paths as usize).is_multiple_of(std::mem::align_of::<*const c_char>()) {
-            return Err(Error::InvalidArgument("paths is not aligned".into()));
-        }
-        // SAFETY: non-null, aligned, and the caller guarantees `n_paths` pointers.
-        let ptrs = unsafe { std::slice::from_raw_parts(paths, n_paths) };
-        let list = ptrs
+        // SAFETY: the caller guarantees `n_paths` pointers.
+        let list = unsafe { args::array(paths, n_paths, "paths") }?
             .iter()
             // SAFETY: each element is guaranteed by the caller.
             .map(|&p| unsafe { path_arg(p, "an element of paths") })

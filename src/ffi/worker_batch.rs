@@ -18,7 +18,7 @@ use super::status::gk_status::{self, GK_OK};
 use super::worker::{event_to_c, gk_event, gk_goal, gk_worker, with_worker};
 use crate::error::Error;
 use crate::lock::{StorePath, PATH_MAX};
-use crate::sched::{BatchError, BatchField, BuildMode, GoalId, GoalKind, NewGoal, Report};
+use crate::sched::{Bad, BatchError, BatchField, BuildMode, GoalId, GoalKind, NewGoal, Report};
 
 /// The largest number of outputs one goal of a batch may have (as for a
 /// lock set: `MAX_SET_LEN`).
@@ -164,46 +164,32 @@ unsafe fn opt_array<'a, T>(
     if p.is_null() {
         return Ok(None);
     }
-    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
-        let e = Error::InvalidArgument(format!("{what} is not aligned"));
-        return Err(BatchError::new(0, 0, field, e));
-    }
-    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
-        let e = Error::InvalidArgument(format!("{what} is implausibly large"));
-        return Err(BatchError::new(0, 0, field, e));
-    }
-    // SAFETY: non-null, aligned, and `n` readable elements per the contract.
-    Ok(Some(unsafe { std::slice::from_raw_parts(p, n) }))
+    // SAFETY: as this function's contract says.
+    let a = unsafe { args::array(p, n, what) };
+    a.map(Some).map_err(|e| BatchError::new(0, 0, field, e))
 }
 
 /// The `[a, b)` range of goal `i` in a CSR offsets array, checked against
 /// the previous offset and the flat array's length `total`.
-#[inline(always)]
 fn range(
     off: &[u32],
     i: usize,
     total: u32,
     field: BatchField,
-) -> std::result::Result<(u32, u32), BatchError> {
+) -> std::result::Result<(u32, u32), Box<BatchError>> {
     let (a, b) = (off[i], off[i + 1]);
-    if (i == 0 && a != 0) || b < a || b > total {
-        return Err(range_error(a, b, i, total, field));
-    }
-    Ok((a, b))
-}
-
-#[cold]
-#[inline(never)]
-fn range_error(a: u32, b: u32, i: usize, total: u32, field: BatchField) -> BatchError {
     if i == 0 && a != 0 {
         let e = Error::InvalidArgument(format!("the first offset must be 0, not {a}"));
-        return BatchError::offset(0, 0, field, e);
+        return Err(Box::new(BatchError::offset(0, 0, field, e)));
     }
-    let e = Error::InvalidArgument(format!(
-        "offset {b} is outside {a}..={total} (the previous offset .. the last offset): \
-         offsets never decrease"
-    ));
-    BatchError::offset(i + 1, i, field, e)
+    if b < a || b > total {
+        let e = Error::InvalidArgument(format!(
+            "offset {b} is outside {a}..={total} (the previous offset .. the last offset): \
+             offsets never decrease"
+        ));
+        return Err(Box::new(BatchError::offset(i + 1, i, field, e)));
+    }
+    Ok((a, b))
 }
 
 /// Where the outputs come from.
@@ -222,7 +208,7 @@ enum Outputs<'a> {
 /// The arrays of `b` must be as `gk_goal_batch` describes.
 unsafe fn read_batch<'a>(
     b: &'a gk_goal_batch,
-) -> std::result::Result<(Vec<NewGoal<'a>>, Option<BatchError>), BatchError> {
+) -> std::result::Result<(Vec<NewGoal<'a>>, Bad), BatchError> {
     let n = b.n_goals as usize;
     if n == 0 {
         return Ok((Vec::new(), None));
@@ -276,23 +262,23 @@ unsafe fn read_batch<'a>(
         return Err(whole(Error::InvalidArgument("deps is not aligned".into())));
     }
     let mut goals = Vec::with_capacity(n);
-    let mut first: Option<BatchError> = None;
+    let mut first: Bad = None;
     // The packed walk: where goal i's outputs start, and whether it is still
     // in step (after a malformed string, later goals' outputs are unknown).
     let mut cursor = 0usize;
     let mut in_step = true;
     for i in 0..n {
         let tag = tags.map_or(0, |t| t[i]);
-        let mut bad: Option<BatchError> = None;
+        let mut bad: Bad = None;
         let kind = gk_goal_kind::parse(kinds[i]).unwrap_or_else(|e| {
-            bad = Some(BatchError::new(i, 0, BatchField::Kind, e));
+            bad = BatchError::new(i, 0, BatchField::Kind, e).bad();
             GoalKind::Plain
         });
         let mode = match modes.map(|m| gk_build_mode::parse(m[i])) {
             None => BuildMode::Normal,
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                bad = bad.or(Some(BatchError::new(i, 0, BatchField::Mode, e)));
+                bad = bad.or(BatchError::new(i, 0, BatchField::Mode, e).bad());
                 BuildMode::Normal
             }
         };
@@ -308,12 +294,8 @@ unsafe fn read_batch<'a>(
                         "goal {i} has {} outputs; at most {MAX_OUTPUTS} are accepted",
                         z - a
                     ));
-                    bad = bad.or(Some(BatchError::offset(
-                        i + 1,
-                        i,
-                        BatchField::OutputOffsets,
-                        e,
-                    )));
+                    let e = BatchError::offset(i + 1, i, BatchField::OutputOffsets, e);
+                    bad = bad.or(e.bad());
                     in_step = false;
                 }
                 Ok((a, z)) => {
@@ -333,7 +315,7 @@ unsafe fn read_batch<'a>(
                 Ok((a, z)) if z == a => {}
                 Ok(_) if b.deps.is_null() => {
                     let e = Error::NullPointer("deps");
-                    bad = bad.or(Some(BatchError::new(i, 0, BatchField::Dependency, e)));
+                    bad = bad.or(BatchError::new(i, 0, BatchField::Dependency, e).bad());
                 }
                 Ok((a, z)) => {
                     // SAFETY: `deps` has `dep_total >= z` elements (the
@@ -382,7 +364,7 @@ unsafe fn read_outputs(
     z: u32,
     cursor: &mut usize,
     in_step: &mut bool,
-) -> std::result::Result<Vec<StorePath>, BatchError> {
+) -> std::result::Result<Vec<StorePath>, Box<BatchError>> {
     if a == z {
         return Ok(Vec::new());
     }
@@ -391,7 +373,7 @@ unsafe fn read_outputs(
     // outputs, to stay in step for the next goals.
     let mut bad = None;
     for j in 0..(z - a) as usize {
-        let at = |e: Error| BatchError::new(i, j, BatchField::Output, e);
+        let at = |e: Error| Box::new(BatchError::new(i, j, BatchField::Output, e));
         match outputs {
             Outputs::None => unreachable!("outputs with no outputs"),
             Outputs::Strings(p) => {
@@ -495,19 +477,9 @@ pub unsafe extern "C" fn gk_worker_add_goals(
                 std::ptr::addr_of!((*batch).n_goals).read() as usize,
             )
         };
-        let ids: &mut [GoalId] = if n == 0 {
-            &mut []
-        } else {
-            if ids_out.is_null() {
-                return Err(Error::NullPointer("ids_out").into());
-            }
-            if !(ids_out as usize).is_multiple_of(std::mem::align_of::<gk_goal>()) {
-                return Err(Error::InvalidArgument("ids_out is not aligned".into()).into());
-            }
-            // SAFETY: non-null, aligned, `n` writable ids per the contract;
-            // `GoalId` is a transparent `u64`.
-            unsafe { std::slice::from_raw_parts_mut(ids_out.cast::<GoalId>(), n) }
-        };
+        // SAFETY: `n` writable ids per the contract; `GoalId` is a
+        // transparent `u64`.
+        let ids = unsafe { args::array_mut(ids_out.cast::<GoalId>(), n, "ids_out") }?;
         ids.iter_mut().for_each(|id| *id = GoalId::from_raw(0));
         if size as usize != std::mem::size_of::<gk_goal_batch>() {
             return Err(Error::InvalidArgument(format!(
@@ -560,17 +532,7 @@ pub unsafe extern "C" fn gk_worker_next_events(
                 "cap is 0: room for at least one event is needed".into(),
             ));
         }
-        if events.is_null() {
-            return Err(Error::NullPointer("events"));
-        }
-        if !(events as usize).is_multiple_of(std::mem::align_of::<gk_event>()) {
-            return Err(Error::InvalidArgument("events is not aligned".into()));
-        }
-        if cap > isize::MAX as usize / std::mem::size_of::<gk_event>() {
-            return Err(Error::InvalidArgument(format!(
-                "cap {cap} is more events than fit in memory"
-            )));
-        }
+        args::check_array(events, cap, "events")?;
         let mut n = 0;
         with_worker(t, w, |wk| {
             wk.next_events_with(cap, |wk, ev| {
@@ -612,24 +574,8 @@ pub unsafe extern "C" fn gk_worker_report_many(
     err: *mut gk_batch_error,
 ) -> gk_status {
     batch_call(err, |t| {
-        let reports: &mut [gk_report] = if n == 0 {
-            &mut []
-        } else {
-            if reports.is_null() {
-                return Err(Error::NullPointer("reports").into());
-            }
-            if !(reports as usize).is_multiple_of(std::mem::align_of::<gk_report>()) {
-                return Err(Error::InvalidArgument("reports is not aligned".into()).into());
-            }
-            if n > isize::MAX as usize / std::mem::size_of::<gk_report>() {
-                return Err(Error::InvalidArgument(format!(
-                    "n {n} is more reports than fit in memory"
-                ))
-                .into());
-            }
-            // SAFETY: non-null, aligned, `n` elements per the contract.
-            unsafe { std::slice::from_raw_parts_mut(reports, n) }
-        };
+        // SAFETY: forwarded from this function's contract.
+        let reports = unsafe { args::array_mut(reports, n, "reports") }?;
         let mut parse_error = None;
         let mut reps = Vec::with_capacity(n);
         for (j, r) in reports.iter_mut().enumerate() {
@@ -648,11 +594,9 @@ pub unsafe extern "C" fn gk_worker_report_many(
                 Err(e) => parse_error = Some(BatchError::new(j, 0, BatchField::Outcome, e)),
             }
         }
-        let r = with_worker(
-            t,
-            w,
-            |wk| Ok(wk.report_many_checked(&mut reps, parse_error)),
-        )?;
+        let r = with_worker(t, w, |wk| {
+            Ok(wk.report_many_checked(&mut reps, parse_error.map(Box::new)))
+        })?;
         r?;
         for (c, r) in reports.iter_mut().zip(&reps) {
             c.recorded = gk_outcome::from_rust(r.recorded) as u32;

@@ -16,7 +16,7 @@ use super::boundary::call;
 use super::enums::gk_log_kind;
 use super::status::gk_status::{self, GK_OK};
 use super::worker::{gk_goal, gk_worker, with_worker_cell};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::sched::LogRecord;
 
 /// One entry of a worker's diagnostics log (see
@@ -55,10 +55,6 @@ pub struct gk_log_record {
     /// The length of `message` in bytes, without the NUL.
     pub message_len: usize,
 }
-
-/// The largest `cap` accepted: more records than could fit in memory is a
-/// caller's bug, not a request.
-const MAX_CAP: usize = isize::MAX as usize / std::mem::size_of::<gk_log_record>();
 
 /// `s` up to its first NUL byte (a C string cannot carry one).
 fn until_nul(s: &[u8]) -> &[u8] {
@@ -137,19 +133,7 @@ pub unsafe extern "C" fn gk_worker_take_log_records(
         // SAFETY: forwarded from this function's contract.
         let n_out = unsafe { args::out(n_out, "n_out") }?;
         *n_out = 0;
-        if cap > 0 {
-            if out.is_null() {
-                return Err(Error::NullPointer("out"));
-            }
-            if !(out as usize).is_multiple_of(std::mem::align_of::<gk_log_record>()) {
-                return Err(Error::InvalidArgument("out is not aligned".into()));
-            }
-            if cap > MAX_CAP {
-                return Err(Error::InvalidArgument(format!(
-                    "cap {cap} is more records than fit in memory"
-                )));
-            }
-        }
+        args::check_array(out, cap, "out")?;
         let n = with_worker_cell(t, w, |cell, wk| -> Result<usize> {
             wk.check()?;
             if cap == 0 {

@@ -123,11 +123,6 @@ impl Inspector {
         Ok(i)
     }
 
-    /// The kernel entries this inspector works from.
-    pub fn kernel_locks(&self) -> &[KernelLock] {
-        &self.locks
-    }
-
     /// Inspects several lock files at once, sharing one descriptor scan.
     /// A file that cannot be `stat`ed (e.g. it vanished) gets the error.
     pub fn inspect_many<'p>(

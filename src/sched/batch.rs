@@ -9,7 +9,9 @@
 //! sub-element) and leaves the worker exactly as it was: no goal, edge,
 //! event, log record or counter is added.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use super::goal::{BuildMode, Event, GoalKind, Outcome};
 use super::graph::{Graph, Phase, NONE};
@@ -79,6 +81,9 @@ impl<'a> NewGoal<'a> {
         given: Vec<StorePath>,
         deps: &'a [GoalId],
     ) -> NewGoal<'a> {
+        if given.len() < 2 {
+            return NewGoal::normalized(kind, mode, tag, given, deps);
+        }
         let mut places: Vec<u32> = (0..given.len() as u32).collect();
         places.sort_by(|&a, &b| given[a as usize].cmp(&given[b as usize]).then(a.cmp(&b)));
         places.dedup_by(|a, b| given[*a as usize] == given[*b as usize]);
@@ -228,8 +233,15 @@ impl BatchError {
         (self.owner, phase, self.sub)
     }
 
+    /// The error, boxed: what the validation passes around (a `BatchError`
+    /// is a hundred bytes, and most validations find none).
+    pub(crate) fn bad(self) -> Bad {
+        Some(Box::new(self))
+    }
+
     /// The earlier of two errors, in validation order.
-    pub(crate) fn first(a: Option<BatchError>, b: Option<BatchError>) -> Option<BatchError> {
+    #[inline]
+    pub(crate) fn first(a: Bad, b: Bad) -> Bad {
         match (a, b) {
             (Some(a), Some(b)) => Some(if b.rank() < a.rank() { b } else { a }),
             (a, b) => a.or(b),
@@ -269,6 +281,9 @@ impl BatchError {
         }
     }
 }
+
+/// A batch's first bad element so far, if any (see [`BatchError::bad`]).
+pub(crate) type Bad = Option<Box<BatchError>>;
 
 /// How goal `k` of a batch resolves: goal `at` of the worker, `new` (the
 /// commit pushes it) or shared with an existing goal, or with an earlier
@@ -331,9 +346,9 @@ pub(crate) fn validate_goals(
     graph: &Graph,
     serial: u32,
     goals: &[NewGoal<'_>],
-    parse_error: Option<BatchError>,
+    parse_error: Bad,
     scratch: &mut Scratch,
-) -> Option<BatchError> {
+) -> Bad {
     let resolved = &mut scratch.resolved;
     resolved.clear();
     // Pass 1, goal by goal: the output rules and sharing. Every goal is
@@ -342,7 +357,8 @@ pub(crate) fn validate_goals(
     let mut first = parse_error;
     let mut next = graph.len();
     // The outputs of the batch's new goals that lock them -> their goal.
-    let mut by_path: HashMap<&StorePath, usize> = HashMap::new();
+    let mut by_path: HashMap<&StorePath, usize, BuildHasherDefault<DefaultHasher>> =
+        HashMap::default();
     for (i, g) in goals.iter().enumerate() {
         let (r, err) = resolve(graph, i, g, goals, resolved, &by_path, next);
         if r.new {
@@ -358,7 +374,7 @@ pub(crate) fn validate_goals(
     let limit = first.as_ref().map_or(goals.len(), |e| e.owner);
     for (i, g) in goals.iter().enumerate().take(limit) {
         if let Some(e) = check_deps(graph, serial, i, g, resolved) {
-            return BatchError::first(first, Some(e));
+            return BatchError::first(first, e.bad());
         }
     }
     first
@@ -372,13 +388,13 @@ fn resolve(
     g: &NewGoal<'_>,
     goals: &[NewGoal<'_>],
     resolved: &[Resolved],
-    by_path: &HashMap<&StorePath, usize>,
+    by_path: &HashMap<&StorePath, usize, BuildHasherDefault<DefaultHasher>>,
     next: usize,
-) -> (Resolved, Option<BatchError>) {
+) -> (Resolved, Bad) {
     let at = u32::try_from(next).ok().filter(|&a| a < NONE);
-    let new = |err: Option<BatchError>| {
-        let full = || BatchError::new(i, 0, BatchField::Batch, too_many_goals());
-        let err = err.or_else(|| at.is_none().then(full));
+    let new = |err: Bad| {
+        let full = || BatchError::new(i, 0, BatchField::Batch, too_many_goals()).bad();
+        let err = err.or_else(|| at.is_none().then(full).flatten());
         (
             Resolved {
                 at: at.unwrap_or(NONE),
@@ -391,7 +407,7 @@ fn resolve(
         return new(None);
     }
     if let Err(e) = g.kind.check_output_count(g.outputs.len()) {
-        return new(Some(BatchError::new(i, 0, BatchField::Output, e)));
+        return new(BatchError::new(i, 0, BatchField::Output, e).bad());
     }
     // The same outputs as an existing goal, or as an earlier goal of the batch.
     if let Some(e) = graph.goal_of_path(&g.outputs[0]) {
@@ -424,12 +440,7 @@ fn resolve(
         } else {
             continue;
         };
-        return new(Some(BatchError::new(
-            i,
-            g.place(j),
-            BatchField::Output,
-            err,
-        )));
+        return new(BatchError::new(i, g.place(j), BatchField::Output, err).bad());
     }
     new(None)
 }
@@ -523,41 +534,31 @@ pub(crate) fn validate_reports(
     serial: u32,
     reports: &[Report],
     scratch: &mut Scratch,
-) -> Option<BatchError> {
+) -> Bad {
     let marks = &mut scratch.marks;
-    marks.resize(marks.len().max(graph.len().div_ceil(64)), 0);
+    if reports.len() > 1 && marks.len() < graph.len().div_ceil(64) {
+        marks.resize(graph.len().div_ceil(64), 0);
+    }
+    // A batch of one cannot name a goal twice.
+    let twice = |marks: &[u64], i: u32| {
+        reports.len() > 1 && marks[i as usize / 64] & (1u64 << (i % 64)) != 0
+    };
     let mut bad = None;
     let mut marked = 0;
     for (j, r) in reports.iter().enumerate() {
-        let e = |field, e| Some(BatchError::new(j, 0, field, e));
-        let i = match r.goal.index_in(serial, graph.len()) {
-            Ok(i) => i,
-            Err(err) => {
-                bad = e(BatchField::Goal, err);
-                break;
-            }
+        let fine = r.goal.index_in(serial, graph.len()).ok().filter(|&i| {
+            r.outcome.reportable().is_ok()
+                && matches!(graph.goal(i).phase, Phase::Running(_))
+                && !twice(marks, i)
+        });
+        let Some(i) = fine else {
+            bad = report_error(graph, serial, reports, j).bad();
+            break;
         };
-        if let Err(err) = r.outcome.reportable() {
-            bad = e(BatchField::Outcome, err);
-            break;
+        if reports.len() > 1 {
+            marks[i as usize / 64] |= 1u64 << (i % 64);
+            marked = j + 1;
         }
-        if !matches!(graph.goal(i).phase, Phase::Running(_)) {
-            bad = e(BatchField::Goal, not_running(graph, i));
-            break;
-        }
-        let (w, bit) = (i as usize / 64, 1u64 << (i % 64));
-        if marks[w] & bit != 0 {
-            let first = reports[..j].iter().position(|x| x.goal == r.goal);
-            let err = Error::InvalidArgument(format!(
-                "{} is reported twice in one batch (first as reports[{}])",
-                graph.name(i),
-                first.unwrap_or_default()
-            ));
-            bad = e(BatchField::Goal, err);
-            break;
-        }
-        marks[w] |= bit;
-        marked = j + 1;
     }
     for r in &reports[..marked] {
         let i = r.goal.index() as usize;
@@ -566,11 +567,31 @@ pub(crate) fn validate_reports(
     bad
 }
 
-/// The error for a report of goal `i`, which is not running.
-fn not_running(graph: &Graph, i: u32) -> Error {
-    Error::InvalidState(format!(
-        "{} is {}, not running; only running goals can be reported",
-        graph.name(i),
-        graph.state(i).describe()
-    ))
+/// Why report `j` is refused (see [`validate_reports`]): its goal is not
+/// one of this worker's, its outcome is not one a host reports, its goal
+/// is not running, or it was reported earlier in the batch.
+#[cold]
+fn report_error(graph: &Graph, serial: u32, reports: &[Report], j: usize) -> BatchError {
+    let r = &reports[j];
+    let (field, error) = match r.goal.index_in(serial, graph.len()) {
+        Err(e) => (BatchField::Goal, e),
+        Ok(_) if r.outcome.reportable().is_err() => {
+            (BatchField::Outcome, r.outcome.reportable().unwrap_err())
+        }
+        Ok(i) if !matches!(graph.goal(i).phase, Phase::Running(_)) => {
+            let (name, state) = (graph.name(i), graph.state(i).describe());
+            let e = format!("{name} is {state}, not running; only running goals can be reported");
+            (BatchField::Goal, Error::InvalidState(e))
+        }
+        Ok(i) => {
+            let first = reports[..j].iter().position(|x| x.goal == r.goal);
+            let e = Error::InvalidArgument(format!(
+                "{} is reported twice in one batch (first as reports[{}])",
+                graph.name(i),
+                first.unwrap_or_default()
+            ));
+            (BatchField::Goal, e)
+        }
+    };
+    BatchError::new(j, 0, field, error)
 }

@@ -130,7 +130,10 @@ impl Ledger {
     /// the slot counters (O(1)); each goal the call touched (O(its
     /// outputs)); and, with the sweep on, every goal and every registry
     /// entry of the worker (`serial`). The first violation found is logged
-    /// and returned as [`Error::Invariant`].
+    /// and returned as [`Error::Invariant`]. A call that touched only plain
+    /// goals, with nothing noted and the slot counters right, has nothing
+    /// to look up: that screen is all it costs.
+    #[inline]
     pub(crate) fn end(
         &mut self,
         graph: &Graph,
@@ -140,33 +143,47 @@ impl Ledger {
     ) -> Result<()> {
         self.checks += 1;
         let used = slots.used();
-        let found = self
+        let nothing_to_look_up = self.noted.is_none()
+            && !self.sweep
+            && used == slots.holders()
+            && used <= slots.capacity()
+            && self.touched.iter().all(|&i| nothing_to_check(graph, i));
+        if nothing_to_look_up {
+            return Ok(());
+        }
+        self.look_up(graph, slots, serial, log)
+    }
+
+    /// The checks of [`Ledger::end`] that look things up.
+    fn look_up(&mut self, graph: &Graph, slots: &Slots, serial: u32, log: &mut Log) -> Result<()> {
+        let Some(m) = self
             .noted
             .take()
-            .or_else(|| {
-                (used != slots.holders() || used > slots.capacity()).then(|| {
-                    format!(
-                        "{used} slots are in use but {} running goals hold a slot (max_jobs {})",
-                        slots.holders(),
-                        slots.max_jobs()
-                    )
-                })
-            })
-            .or_else(|| {
-                self.touched
-                    .iter()
-                    .find_map(|&i| check_goal(graph, serial, i))
-            })
-            .or_else(|| self.sweep.then(|| sweep(graph, slots, serial)).flatten());
-        let Some(m) = found else {
+            .or_else(|| self.violation(graph, slots, serial))
+        else {
             return Ok(());
         };
         self.violations += 1;
-        log.push(LogRecord::new(
-            LogKind::LedgerViolation,
-            format!("ledger violation: {m}"),
-        ));
+        let line = format!("ledger violation: {m}");
+        log.push(LogRecord::new(LogKind::LedgerViolation, line));
         Err(Error::Invariant(m))
+    }
+
+    /// The first violation of the checks of [`Ledger::end`] after a noted one.
+    fn violation(&self, graph: &Graph, slots: &Slots, serial: u32) -> Option<String> {
+        let used = slots.used();
+        if used != slots.holders() || used > slots.capacity() {
+            return Some(format!(
+                "{used} slots are in use but {} running goals hold a slot (max_jobs {})",
+                slots.holders(),
+                slots.max_jobs()
+            ));
+        }
+        let touched = self
+            .touched
+            .iter()
+            .find_map(|&i| check_goal(graph, serial, i));
+        touched.or_else(|| self.sweep.then(|| sweep(graph, slots, serial)).flatten())
     }
 
     /// The worker's counts (see [`Audit`]): `foreign_waits` from its waits,
@@ -216,27 +233,31 @@ impl Ledger {
 /// build or substitute holds a lock set registered to it, one lock per
 /// output; a goal that is not running holds no lock (G1, G2).
 fn check_goal(graph: &Graph, serial: u32, i: u32) -> Option<String> {
+    if nothing_to_check(graph, i) {
+        return None;
+    }
     let g = graph.goal(i);
     let id = GoalId::new(serial, i).raw();
-    let name = graph.name(i);
+    let name = || graph.name(i);
     match &g.phase {
         Phase::Running(Exec::Holding { locks, .. }) => {
             let (o, n) = (locks.owner(), graph.outputs(i).len());
             if o.tag != id {
-                return Some(format!("{name} runs with a lock set registered to {o}"));
+                return Some(format!("{} runs with a lock set registered to {o}", name()));
             }
             if locks.len() != n {
                 return Some(format!(
-                    "{name} holds {} locks for {n} outputs",
+                    "{} holds {} locks for {n} outputs",
+                    name(),
                     locks.len()
                 ));
             }
-            locks.check().err().map(|e| format!("{name}: {e}"))
+            locks.check().err().map(|e| format!("{}: {e}", name()))
         }
         Phase::Running(Exec::Plain) if g.kind != GoalKind::Plain => Some(format!(
-            "{name} is running without its output locks and build slot"
+            "{} is running without its output locks and build slot",
+            name()
         )),
-        _ if g.kind == GoalKind::Plain => None,
         Phase::Running(Exec::Plain) => None,
         phase => graph.outputs(i).iter().find_map(|p| {
             let o = owner_of(p).filter(|o| o.tag == id)?;
@@ -245,12 +266,21 @@ fn check_goal(graph: &Graph, serial: u32, i: u32) -> Option<String> {
                 None => phase.state().describe().to_string(),
             };
             Some(format!(
-                "{name} is {state} but still holds the lock on {p} (lock set {}); a goal \
-                 that is not running must hold no lock (G1, G2)",
+                "{} is {state} but still holds the lock on {p} (lock set {}); a goal that is \
+                 not running must hold no lock (G1, G2)",
+                name(),
                 o.lockset
             ))
         }),
     }
+}
+
+/// Whether goal `i` holds nothing the checks could look up: a plain goal,
+/// whose state owns no lock set (a plain goal never has one, which the
+/// checks see if it does).
+fn nothing_to_check(graph: &Graph, i: u32) -> bool {
+    let g = graph.goal(i);
+    g.kind == GoalKind::Plain && !matches!(g.phase, Phase::Running(Exec::Holding { .. }))
 }
 
 /// The full O(all) sweep: every goal, the slot holders, and every registry

@@ -61,4 +61,5 @@ pub(crate) fn init() {
     let _ = ledger::sweep_from_env();
 }
 
+pub(crate) use batch::Bad;
 pub(crate) use validity::PathPredicate;

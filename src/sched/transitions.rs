@@ -47,7 +47,6 @@ impl Worker {
                 }
                 break;
             };
-            self.graph.prefetch(&self.ready);
             if self.graph.state(i) != GoalState::Ready {
                 continue; // a stale queue entry
             }
@@ -61,10 +60,9 @@ impl Worker {
             }
             self.start(i);
         }
-        if self.waits.foreign_count() > 0
-            || self.graph.count(GoalState::Running) > 0
-            || self.has_progressing_local_wait()
-        {
+        // A goal waiting for another goal of this worker waits for a
+        // running goal: only running goals hold locks (G2).
+        if self.waits.foreign_count() > 0 || self.graph.count(GoalState::Running) > 0 {
             let now = Instant::now();
             let timeout = self.waits.earliest_recheck().map(|t| {
                 t.saturating_duration_since(now)
@@ -79,19 +77,6 @@ impl Worker {
             return Err(self.deadlock_error());
         }
         Ok(Event::Done)
-    }
-
-    /// Whether a goal waits for another goal of this worker that can still
-    /// make progress. Only reachable when a holder is itself waiting; it
-    /// then shows up as running or foreign-waiting, so this is a safety net.
-    fn has_progressing_local_wait(&self) -> bool {
-        self.graph.count(GoalState::WaitingLock) > 0
-            && self.waits.local_holders().any(|h| {
-                !matches!(
-                    self.graph.goal(h).phase,
-                    Phase::Done(_) | Phase::WaitingDeps
-                )
-            })
     }
 
     /// A build or substitute goal taken from the ready queue: already valid

@@ -194,18 +194,18 @@ impl Waits {
 
     /// Goal `holder` finished: the goals that waited for it, which wait no
     /// more.
+    #[inline]
     pub(crate) fn take_local_waiters(&mut self, holder: u32) -> Vec<u32> {
         if self.local.is_empty() {
             return Vec::new();
         }
+        self.take_local_waiters_of(holder)
+    }
+
+    fn take_local_waiters_of(&mut self, holder: u32) -> Vec<u32> {
         let (woken, rest) = self.local.iter().partition(|&&(h, _)| h == holder);
         self.local = rest;
         woken.into_iter().map(|(_, w): (u32, u32)| w).collect()
-    }
-
-    /// The goals some goal of this worker waits for.
-    pub(crate) fn local_holders(&self) -> impl Iterator<Item = u32> + '_ {
-        self.local.iter().map(|&(h, _)| h)
     }
 }
 

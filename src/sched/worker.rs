@@ -20,8 +20,8 @@ use std::os::unix::io::RawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use super::batch::{self, BatchError, NewGoal, Report, Scratch};
-use super::goal::{BuildMode, Event, GoalKind, GoalResult, Outcome};
+use super::batch::{self, Bad, BatchError, NewGoal, Report, Resolved, Scratch};
+use super::goal::{BuildMode, Event, GoalKind, GoalResult, GoalState, Outcome};
 use super::graph::Graph;
 use super::ids::{next_worker_serial, GoalId};
 use super::ledger::{Audit, Ledger, Stats};
@@ -345,52 +345,60 @@ impl Worker {
     pub(crate) fn add_goals_into(
         &mut self,
         goals: &mut [NewGoal<'_>],
-        parse_error: Option<BatchError>,
+        parse_error: Bad,
         ids: &mut [GoalId],
     ) -> std::result::Result<(), BatchError> {
-        ids.fill(GoalId::from_raw(0));
-        self.call(|w| {
-            let mut scratch = std::mem::take(&mut w.scratch);
-            let bad = batch::validate_goals(&w.graph, w.serial, goals, parse_error, &mut scratch);
-            if bad.is_none() {
-                w.commit_goals(goals, &scratch, ids);
+        let r = self.call(|w| {
+            let bad = batch::validate_goals(&w.graph, w.serial, goals, parse_error, &mut w.scratch);
+            if let Some(b) = bad {
+                return Err(*b);
             }
-            w.scratch = scratch;
-            bad.map_or(Ok(()), Err)
-        })
+            let resolved = std::mem::take(&mut w.scratch.resolved);
+            w.commit_goals(goals, &resolved, ids);
+            w.scratch.resolved = resolved;
+            Ok(())
+        });
+        if r.is_err() {
+            ids.fill(GoalId::from_raw(0));
+        }
+        r
     }
 
-    /// Adds a validated batch: cannot fail. The goals first (queued as
-    /// ready), so that batch references may point forward, then their
-    /// dependencies, as [`Worker::add_dependency`] adds them. After a failure
-    /// without keep-going, new goals end cancelled at once and take no
-    /// dependencies.
-    fn commit_goals(&mut self, goals: &mut [NewGoal<'_>], scratch: &Scratch, ids: &mut [GoalId]) {
-        let edges = goals.iter().map(|g| g.deps.len()).sum();
-        self.graph.reserve(goals.len(), edges);
-        for ((g, r), id) in goals.iter_mut().zip(&scratch.resolved).zip(ids.iter_mut()) {
+    /// Adds a validated batch: cannot fail. The goals first, so that batch
+    /// references may point forward, then their dependencies, as
+    /// [`Worker::add_dependency`] adds them; then the new goals that are
+    /// ready are queued, in order. After a failure without keep-going, new
+    /// goals take no dependencies and end cancelled at once.
+    fn commit_goals(
+        &mut self,
+        goals: &mut [NewGoal<'_>],
+        resolved: &[Resolved],
+        ids: &mut [GoalId],
+    ) {
+        for ((g, r), id) in goals.iter_mut().zip(resolved).zip(ids.iter_mut()) {
             if r.new {
                 let outputs = std::mem::take(&mut g.outputs);
                 let at = self.graph.push(g.kind, g.mode, outputs, g.tag);
                 debug_assert_eq!(at, Some(r.at));
-                self.ready.push_back(r.at);
-                if self.aborting {
-                    self.finish(r.at, Outcome::Cancelled, true);
-                }
             } else {
                 self.share(r.at, g.mode);
             }
             *id = self.id(r.at);
         }
-        if self.aborting {
-            return;
-        }
-        for (g, r) in goals.iter().zip(&scratch.resolved) {
+        let aborting = self.aborting;
+        for (g, r) in goals.iter().zip(resolved).filter(|_| !aborting) {
             for &d in g.deps {
                 if self.graph.is_finished(r.at) {
                     break; // it ended dependency-failed: the rest is moot
                 }
-                self.depend(r.at, batch::dep_index(d, &scratch.resolved));
+                self.depend(r.at, batch::dep_index(d, resolved));
+            }
+        }
+        for r in resolved.iter().filter(|r| r.new) {
+            if aborting {
+                self.finish(r.at, Outcome::Cancelled, true);
+            } else if self.graph.state(r.at) == GoalState::Ready {
+                self.ready.push_back(r.at);
             }
         }
     }
@@ -429,21 +437,25 @@ impl Worker {
     pub fn add_dependency(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
         self.call(|w| {
             let (g, d) = (w.index(goal)?, w.index(dep)?);
-            let name = w.graph.name(g);
-            if g == d {
-                return Err(Error::InvalidArgument(format!(
-                    "{name} cannot depend on itself"
-                )));
-            }
-            if !batch::can_take_deps(&w.graph, g) {
-                return Err(Error::InvalidState(format!(
-                    "{name} is {}; dependencies can only be added before it starts",
-                    w.graph.state(g).describe()
-                )));
+            if g == d || !batch::can_take_deps(&w.graph, g) {
+                return Err(w.dependency_refused(g, d));
             }
             w.depend(g, d);
             Ok(())
         })
+    }
+
+    /// Why goal `g` cannot depend on goal `d`: itself, or `g` has started.
+    #[cold]
+    fn dependency_refused(&self, g: u32, d: u32) -> Error {
+        let name = self.graph.name(g);
+        if g == d {
+            return Error::InvalidArgument(format!("{name} cannot depend on itself"));
+        }
+        let state = self.graph.state(g).describe();
+        Error::InvalidState(format!(
+            "{name} is {state}; dependencies can only be added before it starts"
+        ))
     }
 
     /// The next thing for the host to do. Never blocks. Errors:
@@ -487,8 +499,9 @@ impl Worker {
                 "room for at least one event is needed (the capacity is 0)".into(),
             ));
         }
-        let r = self.call(|w| w.gather(max));
-        let got = std::mem::take(&mut self.scratch.events);
+        let mut got = std::mem::take(&mut self.scratch.events);
+        got.clear();
+        let r = self.call(|w| w.gather(max, &mut got));
         if r.is_ok() {
             got.iter().for_each(|&ev| sink(self, ev));
         } else {
@@ -502,34 +515,27 @@ impl Worker {
         r
     }
 
-    /// Gathers up to `max` events into the scratch (see
-    /// [`Worker::next_events`]), touching each event's goal for the ledger.
-    fn gather(&mut self, max: usize) -> Result<usize> {
-        let mut got = std::mem::take(&mut self.scratch.events);
-        got.clear();
-        let r = loop {
-            if got.len() == max {
-                break Ok(());
-            }
+    /// Gathers up to `max` events into `got` (see [`Worker::next_events`]),
+    /// touching each event's goal for the ledger.
+    fn gather(&mut self, max: usize, got: &mut Vec<Event>) -> Result<usize> {
+        while got.len() < max {
             match self.step() {
-                Ok(Event::Wait { .. }) if !got.is_empty() => break Ok(()),
+                Ok(Event::Wait { .. }) if !got.is_empty() => break,
                 Ok(ev) => {
                     if let Some(g) = ev.goal() {
                         self.ledger.touch(g.index());
                     }
                     got.push(ev);
                     if matches!(ev, Event::Wait { .. } | Event::Done) {
-                        break Ok(());
+                        break;
                     }
                 }
                 // Returned by the next call, which finds it again.
-                Err(_) if !got.is_empty() => break Ok(()),
-                Err(e) => break Err(e),
+                Err(_) if !got.is_empty() => break,
+                Err(e) => return Err(e),
             }
-        };
-        let n = got.len();
-        self.scratch.events = got;
-        r.map(|()| n)
+        }
+        Ok(got.len())
     }
 
     /// Reports how a goal that was `Run` ended: `Built`, `Substituted`,
@@ -565,14 +571,14 @@ impl Worker {
     pub(crate) fn report_many_checked(
         &mut self,
         reports: &mut [Report],
-        parse_error: Option<BatchError>,
+        parse_error: Bad,
     ) -> std::result::Result<(), BatchError> {
         self.call(|w| {
             let limit = parse_error.as_ref().map_or(reports.len(), |e| e.index);
             let checked = &reports[..limit.min(reports.len())];
             let bad = batch::validate_reports(&w.graph, w.serial, checked, &mut w.scratch);
             if let Some(e) = bad.or(parse_error) {
-                return Err(e);
+                return Err(*e);
             }
             for r in reports.iter_mut() {
                 // A reported goal is running until this call ends it, and
