@@ -48,6 +48,7 @@ pub(crate) fn before_fork() {
     locks::LOCKSETS.lock_for_fork();
     store_query::STORE_DBS.lock_for_fork();
     lock_wait::LOCK_WAITS.lock_for_fork();
+    signal_watch::WATCHES.lock_for_fork();
 }
 
 /// After `fork(2)`, in the parent and in the child: releases them. The
@@ -55,6 +56,7 @@ pub(crate) fn before_fork() {
 /// made in, so the child's calls refuse the parent's objects
 /// (`GK_ERROR_WRONG_PROCESS`).
 pub(crate) fn after_fork() {
+    signal_watch::WATCHES.unlock_after_fork();
     lock_wait::LOCK_WAITS.unlock_after_fork();
     store_query::STORE_DBS.unlock_after_fork();
     locks::LOCKSETS.unlock_after_fork();

@@ -11,11 +11,11 @@
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Mutex;
 
 use super::args;
 use super::boundary::call;
 use super::status::gk_status::{self, GK_OK};
+use crate::base::ForkMutex;
 use crate::error::Error;
 
 /// The signals watched: those that end a process by default and that a user
@@ -31,13 +31,16 @@ static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 static OWNER: AtomicI32 = AtomicI32::new(0);
 
 /// The nesting of watches, and which signals have our handler.
-struct Watches {
+pub(super) struct Watches {
     pid: libc::pid_t,
     depth: usize,
     installed: [bool; 3],
 }
 
-static WATCHES: Mutex<Watches> = Mutex::new(Watches {
+/// Locked by `ffi::before_fork` (last of the ffi tables), so that a fork
+/// while another thread starts or stops a watch leaves the child a usable
+/// state (which it then resets: its pid is another).
+pub(super) static WATCHES: ForkMutex<Watches> = ForkMutex::new(Watches {
     pid: 0,
     depth: 0,
     installed: [false; 3],
@@ -118,53 +121,56 @@ pub unsafe extern "C" fn gk_signal_watch_start(fd_out: *mut i32) -> gk_status {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(fd_out, "fd_out") }?;
         *out = -1;
-        let mut w = WATCHES
-            .lock()
-            .map_err(|_| Error::Invariant("the signal watch state is poisoned".into()))?;
-        // SAFETY: getpid takes no argument.
-        let pid = unsafe { libc::getpid() };
-        if w.pid != pid {
-            // A new process (or a fork child of a watching one).
-            *w = Watches {
-                pid,
-                depth: 0,
-                installed: [false; 3],
-            };
-            // SAFETY: eventfd takes no pointer.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-            if fd < 0 {
-                return Err(Error::from_io(
-                    "eventfd",
-                    "create",
-                    std::io::Error::last_os_error(),
-                ));
-            }
-            EVENT_FD.store(fd, Ordering::SeqCst);
-        }
-        if w.depth == 0 {
-            let mut count = [0u8; 8];
-            // SAFETY: reading 8 bytes into `count` from our eventfd; it may
-            // be empty (EAGAIN).
-            unsafe {
-                libc::read(
-                    EVENT_FD.load(Ordering::SeqCst),
-                    count.as_mut_ptr().cast(),
-                    8,
-                )
-            };
-            CAUGHT.store(0, Ordering::SeqCst);
-            OWNER.store(pid, Ordering::SeqCst);
-            for (i, &signal) in SIGNALS.iter().enumerate() {
-                w.installed[i] = current_handler(signal) == libc::SIG_DFL;
-                if w.installed[i] {
-                    set_handler(signal, handler());
-                }
-            }
-        }
-        w.depth += 1;
-        *out = EVENT_FD.load(Ordering::SeqCst);
+        *out = WATCHES.with(start)?;
         Ok(GK_OK)
     })
+}
+
+/// The body of `gk_signal_watch_start`, with the watches locked: returns the
+/// descriptor.
+fn start(w: &mut Watches) -> Result<i32, Error> {
+    // SAFETY: getpid takes no argument.
+    let pid = unsafe { libc::getpid() };
+    if w.pid != pid {
+        // A new process (or a fork child of a watching one).
+        *w = Watches {
+            pid,
+            depth: 0,
+            installed: [false; 3],
+        };
+        // SAFETY: eventfd takes no pointer.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(Error::from_io(
+                "eventfd",
+                "create",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        EVENT_FD.store(fd, Ordering::SeqCst);
+    }
+    if w.depth == 0 {
+        let mut count = [0u8; 8];
+        // SAFETY: reading 8 bytes into `count` from our eventfd; it may
+        // be empty (EAGAIN).
+        unsafe {
+            libc::read(
+                EVENT_FD.load(Ordering::SeqCst),
+                count.as_mut_ptr().cast(),
+                8,
+            )
+        };
+        CAUGHT.store(0, Ordering::SeqCst);
+        OWNER.store(pid, Ordering::SeqCst);
+        for (i, &signal) in SIGNALS.iter().enumerate() {
+            w.installed[i] = current_handler(signal) == libc::SIG_DFL;
+            if w.installed[i] {
+                set_handler(signal, handler());
+            }
+        }
+    }
+    w.depth += 1;
+    Ok(EVENT_FD.load(Ordering::SeqCst))
 }
 
 /// Stores in `*signal_out` the first signal caught since the outermost
@@ -190,29 +196,31 @@ pub unsafe extern "C" fn gk_signal_watch_caught(signal_out: *mut i32) -> gk_stat
 #[no_mangle]
 pub extern "C" fn gk_signal_watch_stop() -> gk_status {
     call(|_| {
-        let mut w = WATCHES
-            .lock()
-            .map_err(|_| Error::Invariant("the signal watch state is poisoned".into()))?;
         // SAFETY: getpid takes no argument.
         let pid = unsafe { libc::getpid() };
-        if w.pid != pid || w.depth == 0 {
-            return Err(Error::InvalidState(
-                "gk_signal_watch_stop without a running gk_signal_watch_start".into(),
-            ));
-        }
-        w.depth -= 1;
-        if w.depth > 0 {
-            return Ok(GK_OK);
-        }
-        let mut ours = [false; 3];
-        for (i, &signal) in SIGNALS.iter().enumerate() {
-            if w.installed[i] && current_handler(signal) == handler() {
-                set_handler(signal, libc::SIG_DFL);
-                ours[i] = true;
+        let ours = WATCHES.with(|w| {
+            if w.pid != pid || w.depth == 0 {
+                return Err(Error::InvalidState(
+                    "gk_signal_watch_stop without a running gk_signal_watch_start".into(),
+                ));
             }
-        }
-        w.installed = [false; 3];
-        drop(w);
+            w.depth -= 1;
+            let mut ours = [false; 3];
+            if w.depth > 0 {
+                return Ok(None);
+            }
+            for (i, &signal) in SIGNALS.iter().enumerate() {
+                if w.installed[i] && current_handler(signal) == handler() {
+                    set_handler(signal, libc::SIG_DFL);
+                    ours[i] = true;
+                }
+            }
+            w.installed = [false; 3];
+            Ok(Some(ours))
+        })?;
+        let Some(ours) = ours else {
+            return Ok(GK_OK);
+        };
         let caught = CAUGHT.swap(0, Ordering::SeqCst);
         if let Some(i) = SIGNALS.iter().position(|&s| s == caught) {
             if ours[i] {
