@@ -80,7 +80,8 @@ far, newest first; return them, or 'timeout after TIMEOUT seconds."
               lines))
 
 (define (wait-for-builders port n)
-  "Wait until N builders said \"started\"; return their pids."
+  "Wait until N builders said \"started\"; return them, each as its pid and
+start time (see 'running?')."
   (match (read-until port
                      (lambda (lines)
                        (and (= n (length (builder-pids lines)))
@@ -89,7 +90,8 @@ far, newest first; return them, or 'timeout after TIMEOUT seconds."
                                         lines))))
                      20)
     ('timeout '())
-    (lines (builder-pids lines))))
+    (lines (map (lambda (pid) (cons pid (process-start pid)))
+                (builder-pids lines)))))
 
 (define (wait-for-eof port)
   "Read PORT to its end (every process that could write to it is gone);
@@ -97,13 +99,32 @@ return the lines, or 'timeout."
   (read-until port (lambda (lines) (and (pair? lines) (eq? 'eof (car lines))))
               20))
 
-(define (running? pid)
-  "Whether process PID exists and is not a zombie."
+(define (process-stat pid)
+  "The fields of /proc/PID/stat after the command, or #f if there is no
+process PID."
   (match (false-if-exception
           (call-with-input-file (format #f "/proc/~a/stat" pid) read-line))
     (#f #f)
-    (stat (let ((state (string-ref stat (+ 2 (string-rindex stat #\))))))
-            (not (memv state '(#\Z #\X)))))))
+    (stat (string-tokenize (substring stat (+ 1 (string-rindex stat #\))))))))
+
+(define (process-start pid)
+  "When process PID started (clock ticks since boot), or #f if it is gone."
+  (match (process-stat pid)
+    (#f #f)
+    (fields (list-ref fields 19))))
+
+(define (running? process)
+  "Whether PROCESS, a pid and a start time from 'wait-for-builders', still
+runs: a process of that pid exists, is not a zombie, and started then.  The
+start time tells a reused pid apart (pid_max is 32768 here, and the test
+suites start processes by the thousand)."
+  (match process
+    ((pid . start)
+     (match (process-stat pid)
+       (#f #f)
+       ((state . fields)
+        (and (equal? start (list-ref fields 18))
+             (not (member state '("Z" "X")))))))))
 
 (define (file-size file)
   (if (file-exists? file) (stat:size (stat file)) 0))
