@@ -310,7 +310,7 @@ fn scheme_supervisor() {
 
 #[test]
 fn scheme_library_loading() {
-    run_suite("library", 12, Duration::from_secs(120));
+    run_suite("library", 13, Duration::from_secs(120));
 }
 
 /// The driver must turn a failing SRFI-64 assertion into a failing exit

@@ -305,23 +305,26 @@ from.  Raise a &goalkeeper-error if it cannot be found."
 (define (library-procedure name return-type arg-types)
   "Return a procedure calling NAME in libgoalkeeper.  When NAME is missing
 from the library (an older libgoalkeeper), return a procedure that raises a
-&goalkeeper-error when called, so that only its callers fail."
+&goalkeeper-error when called, so that only its callers fail.  Only the
+linker's \"not found\" is taken for a missing symbol: any other exception
+raised meanwhile (an async's, such as Ctrl-C) goes on as it is."
   (let ((lib (library)))
-    (with-exception-handler
-        (lambda (e)
-          (lambda args
-            (raise-goalkeeper-error
-             'missing-symbol
-             (format #f "~a is not exported by ~a (libgoalkeeper ~a, ABI ~a): \
-the library is older than these bindings"
-                     name (library-file lib) (library-version lib)
-                     (library-abi lib))
-             (string->symbol name))))
+    (catch 'misc-error
       (lambda ()
         (foreign-library-function (library-foreign lib) name
                                   #:return-type return-type
                                   #:arg-types arg-types))
-      #:unwind? #t)))
+      (lambda (key subr . rest)
+        (unless (equal? subr "dlsym")
+          (apply throw key subr rest))
+        (lambda args
+          (raise-goalkeeper-error
+           'missing-symbol
+           (format #f "~a is not exported by ~a (libgoalkeeper ~a, ABI ~a): \
+the library is older than these bindings"
+                   name (library-file lib) (library-version lib)
+                   (library-abi lib))
+           (string->symbol name)))))))
 
 (define-syntax define-goalkeeper-procedure
   (lambda (s)

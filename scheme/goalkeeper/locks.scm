@@ -183,7 +183,13 @@ or 'flock (for stores shared with Nix); never mix them on one store.
 Raise a &goalkeeper-error with status 'held-by-this-process if this process
 already holds one of PATHS, and for invalid arguments ('invalid-path,
 'invalid-argument) or system errors."
-  (%lock-paths paths wait? timeout backend #t 'lock-paths))
+  (let ((lockset #f))
+    (acquire! paths wait? timeout backend 'lock-paths
+              (lambda (handle)
+                (set! lockset (%make-lockset (make-atomic-box handle)
+                                             paths backend #f))
+                (%lockset-guardian lockset)))
+    lockset))
 
 (define (try-handle paths backend origin)
   "Try once to lock PATHS as 'lock-paths' does, and return the library's
@@ -249,22 +255,33 @@ leaves."
                 (unless (= EINTR (system-error-errno args))
                   (apply throw args)))))))
       (lambda ()
-        (unless (zero? wait)
-          (%gk-lock-wait-free wait)
-          (set! wait 0))))))
+        (call-with-blocked-asyncs       ;an async must not skip the free
+         (lambda ()
+           (unless (zero? wait)
+             (%gk-lock-wait-free wait)
+             (set! wait 0))))))))
 
-(define (acquire-handle paths wait? timeout backend origin)
-  "Lock PATHS as 'lock-paths' does, and return the library's handle of the
-lock set, or #f if a path is busy or TIMEOUT passed: try; if a path is
-busy, wait until the locks may be free (see 'wait-until-free'), and try
-again, until the deadline."
+(define (acquire! paths wait? timeout backend origin keep!)
+  "Lock PATHS as 'lock-paths' does and call (KEEP! HANDLE) with the
+library's handle of the lock set; return #f, without calling KEEP!, if a
+path is busy or TIMEOUT passed.  Try; if a path is busy, wait until the
+locks may be free (see 'wait-until-free'), and try again, until the
+deadline.  Asyncs run while it waits, never between a successful try and
+KEEP!: an async's exception (Ctrl-C) then leaves the handle with its
+owner, or no lock taken at all."
   (define ms (timeout->milliseconds wait? timeout origin)) ;checks TIMEOUT
   (define deadline
     (and (positive? ms)
          (+ (get-internal-real-time)
             (* timeout internal-time-units-per-second))))
+  (define (try!)
+    (call-with-blocked-asyncs
+     (lambda ()
+       (let ((handle (try-handle paths backend origin)))
+         (and handle
+              (begin (keep! handle) #t))))))
   (let retry ()
-    (or (try-handle paths backend origin)
+    (or (try!)
         (and (not (zero? ms))
              (let ((left (and deadline
                               (/ (- deadline (get-internal-real-time))
@@ -284,17 +301,6 @@ could not be deleted (the locks are released even then)."
     (unless (or (= status %gk-ok) (= status %gk-wrong-process))
       (status-error status origin))))
 
-(define (%lock-paths paths wait? timeout backend guard? origin)
-  "Lock PATHS as 'lock-paths' does.  When GUARD? is true, register the lock
-set so that it is reported if it becomes garbage while held (about 3 µs)."
-  (let ((handle (acquire-handle paths wait? timeout backend origin)))
-    (and handle
-         (let ((lockset (%make-lockset (make-atomic-box handle)
-                                       paths backend #f)))
-           (when guard?
-             (%lockset-guardian lockset))
-           lockset))))
-
 (define (lockset-release! lockset)
   "Release the locks of LOCKSET, deleting their lock files if
 'lockset-delete-on-release!' asked for it.  Releasing a lock set that was
@@ -306,9 +312,12 @@ there only marks it released.
 Raise a &goalkeeper-error if a lock file could not be deleted; the locks
 are released even then."
   (assert-lockset lockset 'lockset-release!)
-  (let ((handle (take-lockset-handle! lockset)))
-    (when handle
-      (release-handle handle 'lockset-release!))))
+  ;; No async between marking it released and releasing it.
+  (call-with-blocked-asyncs
+   (lambda ()
+     (let ((handle (take-lockset-handle! lockset)))
+       (when handle
+         (release-handle handle 'lockset-release!))))))
 
 (define* (lockset-delete-on-release! lockset #:optional (delete? #t))
   "Ask that releasing LOCKSET delete its lock files when DELETE? is true
@@ -370,10 +379,9 @@ then valid).  BACKEND is as for 'lock-paths'."
       (lambda ()
         (when success?
           (atomic-box-set! success? #f))
-        (atomic-box-set! handle
-                         (or (acquire-handle paths #t timeout backend
-                                             'call-with-path-locks)
-                             (timed-out))))
+        (unless (acquire! paths #t timeout backend 'call-with-path-locks
+                          (lambda (held) (atomic-box-set! handle held)))
+          (timed-out)))
       (if success?
           (lambda ()
             (call-with-values thunk
@@ -382,11 +390,13 @@ then valid).  BACKEND is as for 'lock-paths'."
                 (apply values results))))
           thunk)
       (lambda ()
-        (let ((held (atomic-box-swap! handle 0)))
-          (unless (eqv? held 0)
-            (if (and success? (atomic-box-ref success?))
-                (release-deleting held)
-                (release-handle held 'call-with-path-locks))))))))
+        (call-with-blocked-asyncs     ;no async between the swap and the release
+         (lambda ()
+           (let ((held (atomic-box-swap! handle 0)))
+             (unless (eqv? held 0)
+               (if (and success? (atomic-box-ref success?))
+                   (release-deleting held)
+                   (release-handle held 'call-with-path-locks))))))))))
 
 (define (release-deleting handle)
   "Release the lock set HANDLE, deleting its lock files.  The locks are

@@ -236,6 +236,14 @@ docstring, and the number of procedures checked."
         (and (string-contains message "gk_lockset_acquire_packed")
              (string-contains message "0.0.1-fake")))))
 
+   (test-equal "an error other than a missing symbol while binding a function is raised as it is"
+     'wrong-type-arg                    ;e.g. an async's exception (Ctrl-C)
+     (catch #t
+       (lambda ()
+         ((@@ (goalkeeper ffi) library-procedure) "gk_version" '* '(no-such-type))
+         'taken-for-a-missing-symbol)
+       (lambda (key . _) key)))
+
    ;; The lookup order: GOALKEEPER_LIBRARY, then the path substituted
    ;; into (goalkeeper config), then the dynamic linker.
    (let ((configured (make-config-directory directory "configured"
