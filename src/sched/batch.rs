@@ -360,15 +360,26 @@ pub(crate) fn validate_goals(
     let mut by_path: HashMap<&StorePath, usize, BuildHasherDefault<DefaultHasher>> =
         HashMap::default();
     for (i, g) in goals.iter().enumerate() {
-        let (r, err) = resolve(graph, i, g, goals, resolved, &by_path, next);
-        if r.new {
-            next += 1;
-            if err.is_none() && g.kind != GoalKind::Plain {
-                by_path.extend(g.outputs.iter().map(|p| (p, i)));
+        let (shared, mut err) = resolve(graph, i, g, goals, resolved, &by_path);
+        let at = match shared {
+            Some(at) => at,
+            None => {
+                let at = u32::try_from(next).ok().filter(|&a| a < NONE);
+                next += 1;
+                if at.is_none() && err.is_none() {
+                    err = BatchError::new(i, 0, BatchField::Batch, too_many_goals()).bad();
+                }
+                if err.is_none() && g.kind != GoalKind::Plain {
+                    by_path.extend(g.outputs.iter().map(|p| (p, i)));
+                }
+                at.unwrap_or(NONE)
             }
+        };
+        let new = shared.is_none();
+        resolved.push(Resolved { at, new });
+        if err.is_some() {
+            first = BatchError::first(first, err);
         }
-        resolved.push(r);
-        first = BatchError::first(first, err);
     }
     // Pass 2: the dependencies of the goals before the first bad one.
     let limit = first.as_ref().map_or(goals.len(), |e| e.owner);
@@ -380,8 +391,9 @@ pub(crate) fn validate_goals(
     first
 }
 
-/// Pass 1 for goal `i`: how it resolves (`next`: the index a new goal
-/// would get), and its error if any.
+/// Pass 1 for goal `i`: the goal it shares (the same outputs as an
+/// existing goal, or as an earlier goal of the batch: S9), or `None` for a
+/// new goal; and its error if any.
 fn resolve(
     graph: &Graph,
     i: usize,
@@ -389,40 +401,20 @@ fn resolve(
     goals: &[NewGoal<'_>],
     resolved: &[Resolved],
     by_path: &HashMap<&StorePath, usize, BuildHasherDefault<DefaultHasher>>,
-    next: usize,
-) -> (Resolved, Bad) {
-    let at = u32::try_from(next).ok().filter(|&a| a < NONE);
-    let new = |err: Bad| {
-        let full = || BatchError::new(i, 0, BatchField::Batch, too_many_goals()).bad();
-        let err = err.or_else(|| at.is_none().then(full).flatten());
-        (
-            Resolved {
-                at: at.unwrap_or(NONE),
-                new: true,
-            },
-            err,
-        )
-    };
+) -> (Option<u32>, Bad) {
     if g.kind == GoalKind::Plain {
-        return new(None);
+        return (None, None);
     }
     if let Err(e) = g.kind.check_output_count(g.outputs.len()) {
-        return new(BatchError::new(i, 0, BatchField::Output, e).bad());
+        return (None, BatchError::new(i, 0, BatchField::Output, e).bad());
     }
-    // The same outputs as an existing goal, or as an earlier goal of the batch.
     if let Some(e) = graph.goal_of_path(&g.outputs[0]) {
         if graph.goal(e).kind == g.kind && graph.outputs(e) == g.outputs.as_slice() {
-            return (Resolved { at: e, new: false }, None);
+            return (Some(e), None);
         }
     } else if let Some(&k) = by_path.get(&g.outputs[0]) {
         if goals[k].kind == g.kind && goals[k].outputs == g.outputs {
-            return (
-                Resolved {
-                    at: resolved[k].at,
-                    new: false,
-                },
-                None,
-            );
+            return (Some(resolved[k].at), None);
         }
     }
     for (j, p) in g.outputs.iter().enumerate() {
@@ -440,9 +432,12 @@ fn resolve(
         } else {
             continue;
         };
-        return new(BatchError::new(i, g.place(j), BatchField::Output, err).bad());
+        return (
+            None,
+            BatchError::new(i, g.place(j), BatchField::Output, err).bad(),
+        );
     }
-    new(None)
+    (None, None)
 }
 
 /// `p`, an output of a new goal, is already an output of goal `g`, which is
