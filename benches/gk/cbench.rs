@@ -116,9 +116,19 @@ fn info(out: &str, name: &str, key: &str) -> Option<f64> {
     })
 }
 
+/// A command that runs a C program of [`compile`] on the benchmarks'
+/// library. `cargo bench` puts target/release, the production library
+/// without `gk_noop`, on `LD_LIBRARY_PATH`, which the dynamic loader
+/// searches before a program's runpath.
+pub fn command(exe: &Path) -> Command {
+    let mut c = Command::new(exe);
+    c.env("LD_LIBRARY_PATH", release_lib_dir());
+    c
+}
+
 /// Compiles `benches/c/NAME.c` and runs it on `store`; its standard output.
 fn run_c(name: &str, store: &Path) -> String {
-    let o = Command::new(compile(name))
+    let o = command(&compile(name))
         .arg(store)
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -89,7 +89,7 @@ fn measure(store: &Path, lock_bench: &Path) -> Result<Vec<(&'static str, Measure
             .stderr(log),
     )
     .map_err(|e| format!("cannot run {guile}: {e}"))?;
-    let mut c = Server::start(Command::new(lock_bench).arg(store).arg("--serve"))
+    let mut c = Server::start(crate::cbench::command(lock_bench).arg(store).arg("--serve"))
         .map_err(|e| e.to_string())?;
     let guile_err = |e: String| {
         format!(
@@ -183,8 +183,12 @@ fn measure_sched(lock_bench: &Path) -> Result<Vec<(&'static str, Measured)>, Str
     )
     .map_err(|e| format!("cannot run {guile}: {e}"))?;
     let scratch = target_dir().join("bench");
-    let mut c = Server::start(Command::new(lock_bench).arg(&scratch).arg("--serve"))
-        .map_err(|e| e.to_string())?;
+    let mut c = Server::start(
+        crate::cbench::command(lock_bench)
+            .arg(&scratch)
+            .arg("--serve"),
+    )
+    .map_err(|e| e.to_string())?;
     let guile_err = |e: String| format!("{e} (see {})", log_path.display());
     // Warm up (the first run also compiles and loads the modules).
     g.ask("sched").map_err(guile_err)?;
