@@ -10,13 +10,13 @@
 //! is registered in the step that takes it and unregistered in the step that
 //! releases it, and no other thread ever sees the two disagree.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasherDefault;
 use std::os::unix::io::RawFd;
 
 use super::path::StorePath;
+use crate::base::KeyHasher;
 use crate::error::{Error, Result};
 use crate::inspect::FileKey;
 
@@ -79,7 +79,7 @@ pub(crate) struct Registry {
 
 /// The registry's hasher (the standard one, built without a random key so
 /// that the registry can be made in a `static`).
-type Hasher = BuildHasherDefault<DefaultHasher>;
+type Hasher = BuildHasherDefault<KeyHasher>;
 type Map<K, V> = HashMap<K, V, Hasher>;
 
 impl Registry {
@@ -206,10 +206,11 @@ impl Registry {
 /// Removes `key`'s entry from `map` if it names lock set `id`; returns the
 /// owner the entry named, if any (an entry of another owner stays).
 fn take<K: std::hash::Hash + Eq>(map: &mut Map<K, Owner>, key: &K, id: u64) -> Option<Owner> {
-    match map.get(key).copied() {
-        Some(o) if o.lockset == id => map.remove(key),
-        found => found,
+    let (k, o) = map.remove_entry(key)?;
+    if o.lockset != id {
+        map.insert(k, o);
     }
+    Some(o)
 }
 
 /// The verdict of the checks of path `p` of lock set `id`, from what the

@@ -9,13 +9,10 @@
 //! sub-element) and leaves the worker exactly as it was: no goal, edge,
 //! event, log record or counter is added.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
-
 use super::goal::{BuildMode, Event, GoalKind, Outcome};
 use super::graph::{Graph, Phase, NONE};
 use super::ids::GoalId;
+use crate::base::KeyMap;
 use crate::error::{Error, Result};
 use crate::lock::{normalize_set, StorePath};
 
@@ -357,8 +354,7 @@ pub(crate) fn validate_goals(
     let mut first = parse_error;
     let mut next = graph.len();
     // The outputs of the batch's new goals that lock them -> their goal.
-    let mut by_path: HashMap<&StorePath, usize, BuildHasherDefault<DefaultHasher>> =
-        HashMap::default();
+    let mut by_path: KeyMap<&StorePath, usize> = KeyMap::default();
     for (i, g) in goals.iter().enumerate() {
         let (shared, mut err) = resolve(graph, i, g, goals, resolved, &by_path);
         let at = match shared {
@@ -400,7 +396,7 @@ fn resolve(
     g: &NewGoal<'_>,
     goals: &[NewGoal<'_>],
     resolved: &[Resolved],
-    by_path: &HashMap<&StorePath, usize, BuildHasherDefault<DefaultHasher>>,
+    by_path: &KeyMap<&StorePath, usize>,
 ) -> (Option<u32>, Bad) {
     if g.kind == GoalKind::Plain {
         return (None, None);
