@@ -36,7 +36,7 @@ use crate::sched::edges;
 /// Goals per request.
 const N: u32 = 10_000;
 /// Repetitions (each side once per repetition, in alternating order).
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 /// `StoreDb`'s query.
 const QUERY: &str = "SELECT 1 FROM ValidPaths WHERE path = ?1";
 /// The builder's registration.
