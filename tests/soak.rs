@@ -46,9 +46,10 @@
 //!   that the chaos replaced by a symlink (`S ... symlink`) are counted
 //!   apart too: guix-daemon's open follows the symlink and locks its
 //!   target, which excludes nobody (goalkeeper refuses such a lock file);
-//!   and so are overlaps with a hold of the legacy daemon whose lock file
-//!   such a peer deleted under it when it let go (`E ... deleted-under`):
-//!   a newcomer then locks a fresh lock file, as with any deletion;
+//!   and so are overlaps with a hold (the legacy daemon's or a client's)
+//!   whose lock file such a peer deleted under it when it let go (`E ...
+//!   deleted-under`), by a holder that began after that peer's release: it
+//!   locked a fresh lock file, as after any deletion;
 //! * **built at most once**: each output is moved into the store at most
 //!   once (`W` lines);
 //! * **no lost outputs**: every goal a surviving client saw succeed has its
@@ -276,6 +277,17 @@ mod client {
         pidfd: RawFd,
         deadline: Instant,
         tmps: Vec<PathBuf>,
+        /// The inode of each output's lock file when the goal was run.
+        locks: Vec<Option<(u64, u64)>>,
+    }
+
+    /// The device and inode `P.lock` names now, if it exists.
+    fn lock_inode(output: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut lock = output.as_os_str().to_owned();
+        lock.push(".lock");
+        let m = std::fs::symlink_metadata(lock).ok()?;
+        Some((m.dev(), m.ino()))
     }
 
     extern "C" fn on_usr1(_: libc::c_int) {}
@@ -390,11 +402,15 @@ mod client {
                     *counts.entry("builder failures").or_default() += 1;
                 }
                 let t = mono_ns();
-                for o in outs {
-                    append_line(
-                        log,
-                        &format!("E {pid} {} {t}", spec.store.join(o).display()),
-                    );
+                for (o, held) in outs.iter().zip(&r.locks) {
+                    // A legacy peer that locked a symlink the chaos left and
+                    // then deleted "its" lock file, ours, leaves a lock file
+                    // of another inode or none: from that unlink on, a
+                    // newcomer locks a fresh lock file.
+                    let path = spec.store.join(o);
+                    let gone = held.is_some() && lock_inode(&path) != *held;
+                    let mark = if gone { " deleted-under" } else { "" };
+                    append_line(log, &format!("E {pid} {} {t}{mark}", path.display()));
                 }
                 // A crash inside report() (a crash point of a release) can only
                 // happen after this line: a lower bound for the death of
@@ -458,6 +474,10 @@ mod client {
                             &format!("S {pid} {} {t}", spec.store.join(o).display()),
                         );
                     }
+                    let locks = outs
+                        .iter()
+                        .map(|o| lock_inode(&spec.store.join(o)))
+                        .collect();
                     let tmps: Vec<PathBuf> = (0..outs.len())
                         .map(|k| spec.scratch.join(format!("tmp-{pid}-{g}-{k}")))
                         .collect();
@@ -490,6 +510,7 @@ mod client {
                         pidfd,
                         deadline: Instant::now() + spec.build_timeout,
                         tmps,
+                        locks,
                     });
                 }
                 Event::Finished { goal, outcome } => {
@@ -1253,9 +1274,9 @@ enum Taken {
     /// regular file (`symlink`): the chaos replaced the lock file by a
     /// symlink, which guix-daemon's open follows and goalkeeper refuses.
     Symlink,
-    /// The chaos's legacy hold, whose lock file a legacy peer that locked
-    /// through a symlink deleted under it (`E ... deleted-under`): it
-    /// excluded nobody from then on, at an instant the log does not know.
+    /// A hold (the chaos's legacy hold, or a client's) whose lock file a
+    /// legacy peer that locked through a symlink deleted under it (`E ...
+    /// deleted-under`): it excluded nobody from that peer's release on.
     DeletedUnder,
 }
 
@@ -1347,6 +1368,17 @@ fn check_holder_log(run: &Run, clients: &[ClientProc], t: &mut Totals) {
     }
 }
 
+/// Whether hold `a`'s lock file was deleted under it (`E ... deleted-under`)
+/// by a legacy peer that held this path through a symlink (its release
+/// unlinks the path), and `b` began after that release, inside `a`: `b`
+/// then locked a fresh lock file.
+fn deleted_under_before(iv: &[Interval], a: &Interval, b: &Interval) -> bool {
+    a.3 == Taken::DeletedUnder
+        && iv
+            .iter()
+            .any(|s| s.3 == Taken::Symlink && a.0 <= s.1 && s.1 <= b.0)
+}
+
 /// Counts the overlapping pairs of holder intervals on `path`: in the crash
 /// window when one of the two is a legacy peer's lock on an unlinked inode;
 /// apart when one is a legacy peer's lock through a symlink (which excludes
@@ -1369,9 +1401,9 @@ fn count_overlaps(run: &Run, path: &str, mut iv: Vec<Interval>, t: &mut Totals) 
                     "overlaps with a legacy lock taken through a symlink (guix-daemon follows it)",
                     1,
                 );
-            } else if a.3 == Taken::DeletedUnder || b.3 == Taken::DeletedUnder {
+            } else if deleted_under_before(&iv, a, b) || deleted_under_before(&iv, b, a) {
                 t.note(
-                    "overlaps with a legacy hold whose lock file a symlink-following peer deleted",
+                    "overlaps with a hold whose lock file a symlink-following peer deleted",
                     1,
                 );
             } else {
