@@ -259,8 +259,8 @@ pub enum gk_batch_field {
 
 impl gk_event_kind {
     /// The C value for a number, or `None` (events are only ever written by
-    /// the library, so there is no Rust counterpart to map).
-    #[allow(dead_code)]
+    /// the library, so there is no Rust counterpart to map; the tests read them).
+    #[cfg(test)]
     pub(crate) fn from_raw(v: u32) -> Option<gk_event_kind> {
         [
             gk_event_kind::GK_EVENT_RUN,
