@@ -132,41 +132,6 @@ impl<T> ForkMutex<T> {
     }
 }
 
-/// The hasher of the crate's maps of its own keys (held store paths,
-/// inodes, descriptors, a worker's outputs): one multiply-rotate step per 8
-/// bytes. The keys are the process's own, not chosen by an adversary, so
-/// SipHash's resistance to flooding buys nothing, and hashing a store path
-/// with it cost an uncontended lock cycle a fifth of its instructions.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            self.write_u64(u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.write_u64(u64::from_le_bytes(last));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-/// A map keyed by the crate's own keys, with [`KeyHasher`].
-pub(crate) type KeyMap<K, V> =
-    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
-
 /// This process's pid (0 until [`init`] ran at load time).
 static PID: AtomicU32 = AtomicU32::new(0);
 

@@ -95,9 +95,7 @@ impl StorePath {
 
     /// The lock file `P.lock`, as a C string ready for `open(2)`.
     pub fn lock_cstr(&self) -> &CStr {
-        // SAFETY: `from_bytes` refuses a path with a NUL and ends the lock
-        // file name with exactly one (no O(n) scan on every `open`).
-        unsafe { CStr::from_bytes_with_nul_unchecked(&self.lock) }
+        CStr::from_bytes_with_nul(&self.lock).expect("one NUL, at the end")
     }
 
     /// The lock file `P.lock`.

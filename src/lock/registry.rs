@@ -10,13 +10,13 @@
 //! is registered in the step that takes it and unregistered in the step that
 //! releases it, and no other thread ever sees the two disagree.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasherDefault;
 use std::os::unix::io::RawFd;
 
 use super::path::StorePath;
-use crate::base::KeyHasher;
 use crate::error::{Error, Result};
 use crate::inspect::FileKey;
 
@@ -79,7 +79,7 @@ pub(crate) struct Registry {
 
 /// The registry's hasher (the standard one, built without a random key so
 /// that the registry can be made in a `static`).
-type Hasher = BuildHasherDefault<KeyHasher>;
+type Hasher = BuildHasherDefault<DefaultHasher>;
 type Map<K, V> = HashMap<K, V, Hasher>;
 
 impl Registry {

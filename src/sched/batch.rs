@@ -9,10 +9,11 @@
 //! sub-element) and leaves the worker exactly as it was: no goal, edge,
 //! event, log record or counter is added.
 
+use std::collections::HashMap;
+
 use super::goal::{BuildMode, Event, GoalKind, Outcome};
 use super::graph::{Graph, Phase, NONE};
 use super::ids::GoalId;
-use crate::base::KeyMap;
 use crate::error::{Error, Result};
 use crate::lock::{normalize_set, StorePath};
 
@@ -354,7 +355,7 @@ pub(crate) fn validate_goals(
     let mut first = parse_error;
     let mut next = graph.len();
     // The outputs of the batch's new goals that lock them -> their goal.
-    let mut by_path: KeyMap<&StorePath, usize> = KeyMap::default();
+    let mut by_path: HashMap<&StorePath, usize> = HashMap::new();
     for (i, g) in goals.iter().enumerate() {
         let (shared, mut err) = resolve(graph, i, g, goals, resolved, &by_path);
         let at = match shared {
@@ -396,7 +397,7 @@ fn resolve(
     g: &NewGoal<'_>,
     goals: &[NewGoal<'_>],
     resolved: &[Resolved],
-    by_path: &KeyMap<&StorePath, usize>,
+    by_path: &HashMap<&StorePath, usize>,
 ) -> (Option<u32>, Bad) {
     if g.kind == GoalKind::Plain {
         return (None, None);

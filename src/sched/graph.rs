@@ -9,9 +9,10 @@
 //! terminal transition, which releases them: entering a terminal state *is*
 //! the release (G1).
 
+use std::collections::HashMap;
+
 use super::goal::{BuildMode, GoalKind, GoalState, Outcome};
 use super::slots::SlotToken;
-use crate::base::KeyMap;
 use crate::lock::{LockSet, StorePath};
 
 /// What a waiting-for-a-lock goal waits on.
@@ -145,7 +146,7 @@ pub(crate) struct Graph {
     extra: Vec<Edge>,
     outputs: Vec<Box<[StorePath]>>,
     /// Output path -> the build or substitute goal that locks it.
-    by_path: KeyMap<StorePath, u32>,
+    by_path: HashMap<StorePath, u32>,
     /// Goals per state, kept by [`Graph::set_phase`] and the counters.
     counts: [u64; GoalState::COUNT],
 }
