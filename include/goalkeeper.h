@@ -38,8 +38,13 @@
  * 2: goals carry the host's tag (`gk_worker_add_goal` and
  * `gk_worker_add_goal_packed` take it; `gk_event` carries it, its fields
  * reordered to 40 bytes without padding); the batch calls.
+ *
+ * 3: `gk_noop` is no longer exported (only the benchmarks' build has it);
+ * new calls `gk_lock_wait_new`/`_fd`/`_free`, `gk_spawn` and
+ * `gk_signal_watch_start`/`_caught`/`_stop`; the log kind
+ * `GK_LOG_ON_DISK_NOT_VALID`. No type's layout changed.
  */
-#define GK_ABI_VERSION 2
+#define GK_ABI_VERSION 3
 
 /**
  * The result of every goalkeeper call.

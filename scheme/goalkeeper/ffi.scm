@@ -117,7 +117,7 @@
 
 (define %goalkeeper-abi-version
   ;; The ABI version these bindings were written for (GK_ABI_VERSION).
-  2)
+  3)
 
 
 ;;;

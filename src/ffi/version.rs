@@ -12,7 +12,12 @@ use super::status::gk_status;
 /// 2: goals carry the host's tag (`gk_worker_add_goal` and
 /// `gk_worker_add_goal_packed` take it; `gk_event` carries it, its fields
 /// reordered to 40 bytes without padding); the batch calls.
-pub const GK_ABI_VERSION: u32 = 2;
+///
+/// 3: `gk_noop` is no longer exported (only the benchmarks' build has it);
+/// new calls `gk_lock_wait_new`/`_fd`/`_free`, `gk_spawn` and
+/// `gk_signal_watch_start`/`_caught`/`_stop`; the log kind
+/// `GK_LOG_ON_DISK_NOT_VALID`. No type's layout changed.
+pub const GK_ABI_VERSION: u32 = 3;
 
 /// The library version, e.g. `"0.1.0"`. The string is static.
 #[no_mangle]
