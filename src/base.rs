@@ -56,7 +56,10 @@ impl<T> ForkMutex<T> {
         }
     }
 
-    fn lock(&self) {
+    /// Locks the mutex without a guard: for [`ForkMutex::with`], and for a
+    /// `before_fork` hook, which [`ForkMutex::unlock_after_fork`] pairs in
+    /// both parent and child.
+    pub(crate) fn lock_for_fork(&self) {
         if self
             .state
             .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
@@ -82,7 +85,10 @@ impl<T> ForkMutex<T> {
         }
     }
 
-    fn unlock(&self) {
+    /// Unlocks what [`ForkMutex::lock_for_fork`] locked (at the end of
+    /// [`ForkMutex::with`]; after a fork, in the parent or in the child,
+    /// whose only thread is the one that forked).
+    pub(crate) fn unlock_after_fork(&self) {
         if self.state.swap(0, Ordering::Release) == 2 {
             // SAFETY: a futex wake on a live, aligned u32; no memory is passed.
             unsafe {
@@ -101,25 +107,13 @@ impl<T> ForkMutex<T> {
         struct Unlock<'a, T>(&'a ForkMutex<T>);
         impl<T> Drop for Unlock<'_, T> {
             fn drop(&mut self) {
-                self.0.unlock();
+                self.0.unlock_after_fork();
             }
         }
-        self.lock();
+        self.lock_for_fork();
         let _unlock = Unlock(self);
         // SAFETY: the mutex is held, so this is the only reference to `data`.
         f(unsafe { &mut *self.data.get() })
-    }
-
-    /// Locks the mutex without a guard: for a `before_fork` hook only, which
-    /// [`ForkMutex::unlock_after_fork`] pairs in both parent and child.
-    pub(crate) fn lock_for_fork(&self) {
-        self.lock();
-    }
-
-    /// Unlocks what [`ForkMutex::lock_for_fork`] locked (after a fork, in
-    /// the parent or in the child, whose only thread is the one that forked).
-    pub(crate) fn unlock_after_fork(&self) {
-        self.unlock();
     }
 
     /// The guarded data, for an `after_fork_child` hook, which holds the

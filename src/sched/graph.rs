@@ -18,8 +18,9 @@ use crate::lock::{LockSet, StorePath};
 /// What a waiting-for-a-lock goal waits on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WaitRef {
-    /// A kernel wait on a helper thread: index into the foreign-wait table.
-    Foreign(u32),
+    /// A kernel wait on a helper thread (the goal's entry in the worker's
+    /// foreign waits).
+    Foreign,
     /// The completion of another goal of this worker (its index).
     Local(u32),
 }

@@ -73,13 +73,7 @@ impl GoalId {
         if self.worker() == serial && (self.index() as usize) < len {
             return Ok(self.index());
         }
-        Err(self.not_in(serial))
-    }
-
-    /// Why this id names no goal of worker `serial` (see [`GoalId::index_in`]).
-    #[cold]
-    fn not_in(self, serial: u32) -> Error {
-        Error::StaleHandle(if self.0 == 0 {
+        Err(Error::StaleHandle(if self.0 == 0 {
             "goal id 0 is never valid".into()
         } else if self.worker() != serial {
             format!(
@@ -88,7 +82,7 @@ impl GoalId {
             )
         } else {
             format!("goal id {:#x} was never issued by this worker", self.0)
-        })
+        }))
     }
 }
 

@@ -128,12 +128,10 @@ impl Ledger {
 
     /// The checks at the end of a call (G6): a violation a transition noted;
     /// the slot counters (O(1)); each goal the call touched (O(its
-    /// outputs)); and, with the sweep on, every goal and every registry
-    /// entry of the worker (`serial`). The first violation found is logged
-    /// and returned as [`Error::Invariant`]. A call that touched only plain
-    /// goals, with nothing noted and the slot counters right, has nothing
-    /// to look up: that screen is all it costs.
-    #[inline]
+    /// outputs); a plain goal holding nothing is not looked up); and, with
+    /// the sweep on, every goal and every registry entry of the worker
+    /// (`serial`). The first violation found is logged and returned as
+    /// [`Error::Invariant`].
     pub(crate) fn end(
         &mut self,
         graph: &Graph,
@@ -143,47 +141,27 @@ impl Ledger {
     ) -> Result<()> {
         self.checks += 1;
         let used = slots.used();
-        let nothing_to_look_up = self.noted.is_none()
-            && !self.sweep
-            && used == slots.holders()
-            && used <= slots.capacity()
-            && self.touched.iter().all(|&i| nothing_to_check(graph, i));
-        if nothing_to_look_up {
-            return Ok(());
-        }
-        self.look_up(graph, slots, serial, log)
-    }
-
-    /// The checks of [`Ledger::end`] that look things up.
-    fn look_up(&mut self, graph: &Graph, slots: &Slots, serial: u32, log: &mut Log) -> Result<()> {
-        let Some(m) = self
-            .noted
-            .take()
-            .or_else(|| self.violation(graph, slots, serial))
-        else {
+        let m = self.noted.take().or_else(|| {
+            if used != slots.holders() || used > slots.capacity() {
+                return Some(format!(
+                    "{used} slots are in use but {} running goals hold a slot (max_jobs {})",
+                    slots.holders(),
+                    slots.max_jobs()
+                ));
+            }
+            let m = self
+                .touched
+                .iter()
+                .find_map(|&i| check_goal(graph, serial, i));
+            m.or_else(|| self.sweep.then(|| sweep(graph, slots, serial)).flatten())
+        });
+        let Some(m) = m else {
             return Ok(());
         };
         self.violations += 1;
         let line = format!("ledger violation: {m}");
         log.push(LogRecord::new(LogKind::LedgerViolation, line));
         Err(Error::Invariant(m))
-    }
-
-    /// The first violation of the checks of [`Ledger::end`] after a noted one.
-    fn violation(&self, graph: &Graph, slots: &Slots, serial: u32) -> Option<String> {
-        let used = slots.used();
-        if used != slots.holders() || used > slots.capacity() {
-            return Some(format!(
-                "{used} slots are in use but {} running goals hold a slot (max_jobs {})",
-                slots.holders(),
-                slots.max_jobs()
-            ));
-        }
-        let touched = self
-            .touched
-            .iter()
-            .find_map(|&i| check_goal(graph, serial, i));
-        touched.or_else(|| self.sweep.then(|| sweep(graph, slots, serial)).flatten())
     }
 
     /// The worker's counts (see [`Audit`]): `foreign_waits` from its waits,

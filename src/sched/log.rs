@@ -240,26 +240,20 @@ impl Log {
         self.records.back_mut().expect("just pushed")
     }
 
-    /// Puts the note about dropped records in front, if any were dropped.
-    fn flush_dropped(&mut self) {
-        if self.dropped > 0 {
-            let n = std::mem::take(&mut self.dropped);
-            self.records.push_front(LogRecord::new(
-                LogKind::Dropped,
-                format!("({n} older log lines were dropped)"),
-            ));
-        }
-    }
-
     /// The records so far, oldest first; the log is emptied.
     pub(crate) fn take(&mut self) -> Vec<LogRecord> {
-        self.flush_dropped();
-        self.records.drain(..).collect()
+        self.take_up_to(usize::MAX)
     }
 
-    /// At most `n` records, oldest first; the rest stay.
+    /// At most `n` records, oldest first (after the note about dropped
+    /// records, if any were dropped); the rest stay.
     pub(crate) fn take_up_to(&mut self, n: usize) -> Vec<LogRecord> {
-        self.flush_dropped();
+        if self.dropped > 0 {
+            let n = std::mem::take(&mut self.dropped);
+            let line = format!("({n} older log lines were dropped)");
+            self.records
+                .push_front(LogRecord::new(LogKind::Dropped, line));
+        }
         let n = n.min(self.records.len());
         self.records.drain(..n).collect()
     }

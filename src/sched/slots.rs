@@ -105,26 +105,16 @@ impl Slots {
         self.waiting.push_back(i);
     }
 
-    /// The goals waiting for a slot, to be woken in order: removes and
-    /// returns the first one for which `still_waiting` holds (the others
-    /// are stale entries).
-    pub(crate) fn next_waiter(&mut self, still_waiting: impl Fn(u32) -> bool) -> Option<u32> {
-        while let Some(w) = self.waiting.pop_front() {
-            if still_waiting(w) {
-                return Some(w);
-            }
-        }
-        None
-    }
-
-    /// The first goal waiting for a slot (stale entries skipped and
-    /// dropped), without removing it.
-    pub(crate) fn first_waiter(&mut self, still_waiting: impl Fn(u32) -> bool) -> Option<u32> {
+    /// Removes and returns the first goal waiting for a slot, if a slot is
+    /// free for it. `waiting` gives a goal's kind while it still waits for
+    /// a slot; the entries of goals that left that state are dropped.
+    pub(crate) fn next_waiter(&mut self, waiting: impl Fn(u32) -> Option<GoalKind>) -> Option<u32> {
         while let Some(&w) = self.waiting.front() {
-            if still_waiting(w) {
-                return Some(w);
-            }
-            self.waiting.pop_front();
+            match waiting(w) {
+                Some(kind) if !self.free_for(kind) => return None,
+                Some(_) => return self.waiting.pop_front(),
+                None => self.waiting.pop_front(),
+            };
         }
         None
     }

@@ -12,7 +12,7 @@ use super::ids::GoalId;
 use super::log::{LogKind, LogRecord};
 use super::slots::SlotToken;
 use super::validity::{ask_all, Source, Validity};
-use super::waits::{describe_holder, ForeignWait};
+use super::waits::ForeignWait;
 use super::worker::Worker;
 use crate::error::{Error, Result};
 use crate::lock::{next_id, LockFile, LockSet, Owner, StorePath};
@@ -35,14 +35,14 @@ impl Worker {
                 }
                 return Ok(ev);
             }
-            if self.waits.foreign_count() > 0 {
+            if !self.waits.foreign.is_empty() {
                 self.poll_foreign_waits();
                 if !self.events.is_empty() {
                     continue;
                 }
             }
             let Some(i) = self.ready.pop_front() else {
-                if self.wake_slot_waiter() {
+                if self.wake_slot_waiter(false) {
                     continue;
                 }
                 break;
@@ -62,7 +62,7 @@ impl Worker {
         }
         // A goal waiting for another goal of this worker waits for a
         // running goal: only running goals hold locks (G2).
-        if self.waits.foreign_count() > 0 || self.graph.count(GoalState::Running) > 0 {
+        if !self.waits.foreign.is_empty() || self.graph.count(GoalState::Running) > 0 {
             let now = Instant::now();
             let timeout = self.waits.earliest_recheck().map(|t| {
                 t.saturating_duration_since(now)
@@ -194,24 +194,49 @@ impl Worker {
     /// `owner` when it is held in this process) on a helper thread; the
     /// goal holds nothing meanwhile.
     fn wait_foreign(&mut self, i: u32, k: usize, path: StorePath, owner: Option<Owner>) {
-        let who = describe_holder(&path, owner, self.serial);
+        // Who holds it: the text, the holding process when known (this
+        // process for its own lock sets and goals; for another process, the
+        // lowest pid `/proc` names), and the holding goal of this process.
+        let me = Some(crate::base::pid());
+        let (who, pid, goal) = match owner {
+            Some(o) if o.tag != 0 => {
+                let g = GoalId::from_raw(o.tag);
+                let whose = match g.worker() {
+                    w if w == self.serial => "this worker".to_string(),
+                    w => format!("worker {w} in this process"),
+                };
+                (
+                    format!("{g} of {whose} (lock set {})", o.lockset),
+                    me,
+                    Some(g),
+                )
+            }
+            Some(o) => (format!("lock set {} in this process", o.lockset), me, None),
+            None => match crate::inspect::describe_holders_and_pids(path.lock_path()) {
+                Some((who, pids)) => (
+                    format!("another process ({who})"),
+                    pids.first().copied(),
+                    None,
+                ),
+                None => ("another process".to_string(), None, None),
+            },
+        };
         let line = format!(
-            "{} waits for {}, held by {}",
+            "{} waits for {}, held by {who}",
             self.graph.name(i),
             path.lock_path().display(),
-            who.text
         );
         self.record(LogKind::WaitsForeign, i, Some(k), line)
-            .holder(who.pid, who.goal);
+            .holder(pid, goal);
         let next_recheck = (self.graph.goal(i).mode != BuildMode::Check)
             .then(|| Instant::now() + self.opts.recheck_interval);
         match self
             .waits
             .start_foreign((i, k, path), self.opts.backend, next_recheck)
         {
-            Ok(w) => {
+            Ok(()) => {
                 self.graph
-                    .set_phase(i, Phase::WaitingLock(WaitRef::Foreign(w)));
+                    .set_phase(i, Phase::WaitingLock(WaitRef::Foreign));
             }
             Err(e) => {
                 let line = format!("{} could not wait for its lock: {e}", self.graph.name(i));
@@ -231,31 +256,32 @@ impl Worker {
         if !fired && !due {
             return;
         }
-        for wi in self.waits.foreign_indices() {
-            let Some(w) = self.waits.foreign(wi) else {
+        let goals: Vec<u32> = self.waits.foreign.iter().map(|w| w.goal).collect();
+        for g in goals {
+            let Some(w) = self.waits.foreign_mut(g) else {
                 continue; // finished by an earlier step of this loop
             };
             let recheck = w.next_recheck.is_some_and(|t| t <= now);
             if fired || recheck {
                 if let Some(r) = w.wait.poll() {
-                    let w = self.waits.remove_foreign(wi).expect("present");
+                    let w = self.waits.remove_foreign(g).expect("present");
                     self.handoff(w, r);
                     continue;
                 }
             }
             if recheck {
-                self.recheck(wi, now);
+                self.recheck(g, now);
             }
         }
     }
 
-    /// A validity re-check of the goal of kernel wait `wi` (S3): valid now,
+    /// A validity re-check of goal `g`, waiting in the kernel (S3): valid now,
     /// it finishes without the lock; otherwise it keeps waiting, and the
     /// log says when an output appears on disk without being valid, or
     /// when the store database's answer changes.
-    fn recheck(&mut self, wi: u32, now: Instant) {
-        let w = self.waits.foreign(wi).expect("present");
-        let (g, waited_k, waited) = (w.goal, w.k, w.wait.started().elapsed());
+    fn recheck(&mut self, g: u32, now: Instant) {
+        let w = self.waits.foreign_mut(g).expect("present");
+        let (waited_k, waited) = (w.k, w.wait.started().elapsed());
         self.stats.validity_rechecks += 1;
         let unknown = match self.validity(g) {
             Validity::Valid => {
@@ -271,19 +297,36 @@ impl Worker {
             Validity::Invalid(k) => {
                 // An output on disk but not valid: being written in place by
                 // the lock's holder (or left by a build that did not finish).
-                // Say so when that starts.
-                let on_disk = self.on_disk_but_not_valid(g, k);
-                let w = self.waits.foreign_mut(wi).expect("present");
+                // Say so when that starts (never with the default source,
+                // for which existing is being valid).
+                let p = &self.graph.outputs(g)[k];
+                let on_disk = !matches!(self.valid, Source::Exists)
+                    && std::fs::symlink_metadata(p.as_path()).is_ok();
+                let w = self.waits.foreign_mut(g).expect("present");
                 let starts = on_disk && !w.on_disk;
                 w.on_disk = on_disk;
                 if starts {
-                    self.log_on_disk_not_valid(g, k, waited);
+                    let why = match &self.valid {
+                        Source::Database(db) => {
+                            format!("is not registered in {}", db.path().display())
+                        }
+                        _ => "the host's validity predicate says it is not valid".to_string(),
+                    };
+                    let line = format!(
+                        "{}: re-check: {} exists on disk but {why}: still being built, or left \
+                         by a build that did not finish; not taken as valid, it keeps waiting \
+                         for its lock",
+                        self.graph.name(g),
+                        self.graph.outputs(g)[k]
+                    );
+                    self.record(LogKind::OnDiskNotValid, g, Some(k), line)
+                        .duration(waited);
                 }
                 None
             }
             Validity::Unknown { k, why } => Some((k, why)),
         };
-        let w = self.waits.foreign_mut(wi).expect("present");
+        let w = self.waits.foreign_mut(g).expect("present");
         let before = std::mem::replace(&mut w.unknown, unknown.as_ref().map(|u| u.1.clone()));
         w.next_recheck = Some(now + self.opts.recheck_interval);
         // Keep waiting; say so when the database's answer changes.
@@ -366,20 +409,22 @@ impl Worker {
         }
     }
 
-    /// S5: a slot is free but goals wait for one (the goal woken for it
-    /// ended before taking it, e.g. cancelled): wake the first, if it can
-    /// use it.
-    fn wake_slot_waiter(&mut self) -> bool {
-        let waiting = |w: u32| matches!(self.graph.goal(w).phase, Phase::WaitingSlot);
-        let Some(w) = self.slots.first_waiter(waiting) else {
+    /// S5: wakes the first goal waiting for a slot, if one is free for it
+    /// (given back, or left unused by the goal woken for it, e.g. cancelled),
+    /// to the front of the ready queue (`front`) or to its back.
+    fn wake_slot_waiter(&mut self, front: bool) -> bool {
+        let graph = &self.graph;
+        let waiting =
+            |w| matches!(graph.goal(w).phase, Phase::WaitingSlot).then(|| graph.goal(w).kind);
+        let Some(w) = self.slots.next_waiter(waiting) else {
             return false;
         };
-        if !self.slots.free_for(self.graph.goal(w).kind) {
-            return false;
-        }
-        self.slots.next_waiter(|_| true);
         self.graph.set_phase(w, Phase::Ready);
-        self.ready.push_back(w);
+        if front {
+            self.ready.push_front(w);
+        } else {
+            self.ready.push_back(w);
+        }
         true
     }
 
@@ -390,11 +435,7 @@ impl Worker {
             self.ledger
                 .note("a slot was given back while none was in use".into());
         }
-        let waiting = |w: u32| matches!(self.graph.goal(w).phase, Phase::WaitingSlot);
-        if let Some(w) = self.slots.next_waiter(waiting) {
-            self.graph.set_phase(w, Phase::Ready);
-            self.ready.push_front(w);
-        }
+        self.wake_slot_waiter(true);
     }
 
     /// Goal `g` (not started) waits for goal `d`: an edge while `d` has not
@@ -446,7 +487,7 @@ impl Worker {
         match old {
             Phase::Running(exec) => self.release(i, exec, outcome.is_success()),
             // Abandons the kernel wait: its thread releases the lock as soon as it gets it.
-            Phase::WaitingLock(WaitRef::Foreign(w)) => drop(self.waits.remove_foreign(w)),
+            Phase::WaitingLock(WaitRef::Foreign) => drop(self.waits.remove_foreign(i)),
             Phase::WaitingLock(WaitRef::Local(h)) => self.waits.remove_local(h, i),
             Phase::Done(first) => {
                 let line = format!(
@@ -567,36 +608,6 @@ impl Worker {
         } else {
             self.validity(i)
         }
-    }
-
-    /// Whether output `k` of goal `i`, which the validity source says is not
-    /// valid, exists on disk all the same. Always `false` for the default
-    /// source, for which existing is being valid.
-    fn on_disk_but_not_valid(&self, i: u32, k: usize) -> bool {
-        !matches!(self.valid, Source::Exists)
-            && self
-                .graph
-                .outputs(i)
-                .get(k)
-                .is_some_and(|p| std::fs::symlink_metadata(p.as_path()).is_ok())
-    }
-
-    /// Logs that a re-check of waiting goal `i` found its output `k` on disk
-    /// but not valid (not registered in the store database, or refused by the
-    /// host's predicate), and that the goal keeps waiting for its lock.
-    fn log_on_disk_not_valid(&mut self, i: u32, k: usize, waited: Duration) {
-        let why = match &self.valid {
-            Source::Database(db) => format!("is not registered in {}", db.path().display()),
-            _ => "the host's validity predicate says it is not valid".to_string(),
-        };
-        let line = format!(
-            "{}: re-check: {} exists on disk but {why}: still being built, or left by a \
-             build that did not finish; not taken as valid, it keeps waiting for its lock",
-            self.graph.name(i),
-            self.graph.outputs(i)[k]
-        );
-        self.record(LogKind::OnDiskNotValid, i, Some(k), line)
-            .duration(waited);
     }
 
     /// Logs that the store database could not say whether output `k` of goal

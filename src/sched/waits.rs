@@ -15,52 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::lock::{Backend, LockWait, Notify, Owner, StorePath};
-
-use super::ids::GoalId;
-
-/// The worker's eventfd. The notify closures of wait threads share it, so
-/// it stays open until the last thread that might write it is gone (a
-/// descriptor number is never written after the worker closed it).
-struct EventFd(Arc<OwnedFd>);
-
-impl EventFd {
-    fn new() -> Result<EventFd> {
-        // SAFETY: eventfd takes no pointers.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::from_io(
-                "eventfd",
-                "create worker eventfd",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(EventFd(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
-    }
-
-    fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-
-    /// A callback for a wait thread: makes the eventfd readable.
-    fn notifier(&self) -> Notify {
-        let fd = self.0.clone();
-        Arc::new(move || {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to a descriptor kept open by `fd`.
-            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        })
-    }
-
-    /// Resets the eventfd; `true` if some wait thread wrote it since the last drain.
-    fn drain(&self) -> bool {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64; the descriptor is non-blocking.
-        let n = unsafe { libc::read(self.fd(), (&mut v as *mut u64).cast(), 8) };
-        n == 8 && v > 0
-    }
-}
+use crate::lock::{Backend, LockWait, Notify, StorePath};
 
 /// One goal waiting in the kernel for one of its output locks.
 pub(crate) struct ForeignWait {
@@ -80,13 +35,14 @@ pub(crate) struct ForeignWait {
 }
 
 /// The waits of one worker's goals for locks, holding nothing (G2): kernel
-/// waits on helper threads (a slab with a free list), waits for another
-/// goal of the worker to finish, and the eventfd the threads write.
+/// waits on helper threads (at most one per goal), waits for another goal
+/// of the worker to finish, and the eventfd the threads write. The notify
+/// closures of wait threads share the eventfd, so it stays open until the
+/// last thread that might write it is gone (a descriptor number is never
+/// written after the worker closed it).
 pub(crate) struct Waits {
-    efd: EventFd,
-    foreign: Vec<Option<ForeignWait>>,
-    free: Vec<u32>,
-    live: usize,
+    efd: Arc<OwnedFd>,
+    pub(crate) foreign: Vec<ForeignWait>,
     /// (holder, waiter): the waiter waits for the completion of the holder,
     /// a goal of this worker holding one of its locks.
     local: Vec<(u32, u32)>,
@@ -94,92 +50,77 @@ pub(crate) struct Waits {
 
 impl Waits {
     pub(crate) fn new() -> Result<Waits> {
+        // SAFETY: eventfd takes no pointers.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Error::from_io("eventfd", "create worker eventfd", e));
+        }
         Ok(Waits {
-            efd: EventFd::new()?,
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            efd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
             foreign: Vec::new(),
-            free: Vec::new(),
-            live: 0,
             local: Vec::new(),
         })
     }
 
     /// The eventfd: readable when a kernel wait may have ended.
     pub(crate) fn fd(&self) -> RawFd {
-        self.efd.fd()
+        self.efd.as_raw_fd()
     }
 
-    /// Starts a kernel wait for `path` on a helper thread, whose end makes
-    /// the eventfd readable; returns its index.
+    /// Starts a kernel wait for `path` (output `k` of `goal`) on a helper
+    /// thread, whose end makes the eventfd readable.
     pub(crate) fn start_foreign(
         &mut self,
         (goal, k, path): (u32, usize, StorePath),
         backend: Backend,
         next_recheck: Option<Instant>,
-    ) -> Result<u32> {
-        let wait = LockWait::spawn(path, backend, Some(self.efd.notifier()))?;
-        let w = ForeignWait {
+    ) -> Result<()> {
+        let fd = self.efd.clone();
+        let notify: Notify = Arc::new(move || {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to a descriptor kept open by `fd`.
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        });
+        self.foreign.push(ForeignWait {
             goal,
             k,
-            wait,
+            wait: LockWait::spawn(path, backend, Some(notify))?,
             next_recheck,
             unknown: None,
             on_disk: false,
-        };
-        self.live += 1;
-        Ok(match self.free.pop() {
-            Some(i) => {
-                self.foreign[i as usize] = Some(w);
-                i
-            }
-            None => {
-                self.foreign.push(Some(w));
-                (self.foreign.len() - 1) as u32
-            }
-        })
+        });
+        Ok(())
     }
 
-    /// Removes a kernel wait. Dropping the returned value abandons it: the
-    /// thread releases the lock the moment it gets it.
-    pub(crate) fn remove_foreign(&mut self, i: u32) -> Option<ForeignWait> {
-        let w = self.foreign.get_mut(i as usize)?.take()?;
-        self.live -= 1;
-        self.free.push(i);
-        Some(w)
+    /// Removes goal `g`'s kernel wait. Dropping the returned value abandons
+    /// it: the thread releases the lock the moment it gets it.
+    pub(crate) fn remove_foreign(&mut self, g: u32) -> Option<ForeignWait> {
+        let at = self.foreign.iter().position(|w| w.goal == g)?;
+        Some(self.foreign.swap_remove(at))
     }
 
-    pub(crate) fn foreign(&self, i: u32) -> Option<&ForeignWait> {
-        self.foreign.get(i as usize)?.as_ref()
-    }
-
-    pub(crate) fn foreign_mut(&mut self, i: u32) -> Option<&mut ForeignWait> {
-        self.foreign.get_mut(i as usize)?.as_mut()
-    }
-
-    /// Number of kernel waits.
-    pub(crate) fn foreign_count(&self) -> usize {
-        self.live
-    }
-
-    /// Indices of the kernel waits.
-    pub(crate) fn foreign_indices(&self) -> Vec<u32> {
-        (0..self.foreign.len() as u32)
-            .filter(|&i| self.foreign[i as usize].is_some())
-            .collect()
+    /// Goal `g`'s kernel wait.
+    pub(crate) fn foreign_mut(&mut self, g: u32) -> Option<&mut ForeignWait> {
+        self.foreign.iter_mut().find(|w| w.goal == g)
     }
 
     /// The earliest re-check deadline.
     pub(crate) fn earliest_recheck(&self) -> Option<Instant> {
-        self.foreign
-            .iter()
-            .flatten()
-            .filter_map(|w| w.next_recheck)
-            .min()
+        self.foreign.iter().filter_map(|w| w.next_recheck).min()
     }
 
     /// Resets the eventfd; `true` if some wait thread wrote it since the
     /// last drain. No system call while there is no kernel wait.
     pub(crate) fn drain(&self) -> bool {
-        self.live > 0 && self.efd.drain()
+        if self.foreign.is_empty() {
+            return false;
+        }
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; the descriptor is non-blocking.
+        let n = unsafe { libc::read(self.fd(), (&mut v as *mut u64).cast(), 8) };
+        n == 8 && v > 0
     }
 
     /// Goal `waiter` waits for goal `holder` of this worker to finish.
@@ -194,69 +135,12 @@ impl Waits {
 
     /// Goal `holder` finished: the goals that waited for it, which wait no
     /// more.
-    #[inline]
     pub(crate) fn take_local_waiters(&mut self, holder: u32) -> Vec<u32> {
         if self.local.is_empty() {
             return Vec::new();
         }
-        self.take_local_waiters_of(holder)
-    }
-
-    fn take_local_waiters_of(&mut self, holder: u32) -> Vec<u32> {
         let (woken, rest) = self.local.iter().partition(|&&(h, _)| h == holder);
         self.local = rest;
         woken.into_iter().map(|(_, w): (u32, u32)| w).collect()
-    }
-}
-
-/// Who holds a lock a goal waits for, for the diagnostics log.
-pub(crate) struct Holder {
-    /// "goal 3 of this worker (lock set 7)", "another process (pid 42 …)".
-    pub(crate) text: String,
-    /// The holding process, when known: this process for its own lock sets
-    /// and goals; for another process, the lowest pid `/proc` names.
-    pub(crate) pid: Option<u32>,
-    /// The holding goal, when it is a goal of this process.
-    pub(crate) goal: Option<GoalId>,
-}
-
-/// Describes who holds a lock a goal waits for.
-pub(crate) fn describe_holder(path: &StorePath, owner: Option<Owner>, worker: u32) -> Holder {
-    let me = Some(crate::base::pid());
-    match owner {
-        Some(o) if o.tag != 0 => {
-            let g = GoalId::from_raw(o.tag);
-            let text = if g.worker() == worker {
-                format!("{g} of this worker (lock set {})", o.lockset)
-            } else {
-                format!(
-                    "{g} of worker {} in this process (lock set {})",
-                    g.worker(),
-                    o.lockset
-                )
-            };
-            Holder {
-                text,
-                pid: me,
-                goal: Some(g),
-            }
-        }
-        Some(o) => Holder {
-            text: format!("lock set {} in this process", o.lockset),
-            pid: me,
-            goal: None,
-        },
-        None => match crate::inspect::describe_holders_and_pids(path.lock_path()) {
-            Some((who, pids)) => Holder {
-                text: format!("another process ({who})"),
-                pid: pids.first().copied(),
-                goal: None,
-            },
-            None => Holder {
-                text: "another process".to_string(),
-                pid: None,
-                goal: None,
-            },
-        },
     }
 }

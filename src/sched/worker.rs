@@ -20,7 +20,7 @@ use std::os::unix::io::RawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use super::batch::{self, Bad, BatchError, NewGoal, Report, Resolved, Scratch};
+use super::batch::{self, Bad, BatchError, NewGoal, Report, Scratch};
 use super::goal::{BuildMode, Event, GoalKind, GoalResult, GoalState, Outcome};
 use super::graph::Graph;
 use super::ids::{next_worker_serial, GoalId};
@@ -31,7 +31,7 @@ use super::validity::{FnPredicate, PathPredicate, Source};
 use super::waits::Waits;
 use crate::base::generation;
 use crate::error::{Error, Result};
-use crate::lock::{normalize_set, Backend, LockSet, StorePath};
+use crate::lock::{Backend, LockSet, StorePath};
 use crate::store_db::StoreDb;
 
 /// How a worker schedules.
@@ -295,11 +295,7 @@ impl Worker {
         mode: BuildMode,
         tag: u64,
     ) -> Result<GoalId> {
-        let outputs = match outputs {
-            [] => Vec::new(),
-            _ => normalize_set(outputs)?,
-        };
-        self.add_goal_normalized(NewGoal::normalized(kind, mode, tag, outputs, &[]))
+        self.add_goal_normalized(NewGoal::new(kind, outputs)?.mode(mode).tag(tag))
     }
 
     /// [`Worker::add_goal_tagged`] for a goal read into its batch form: a
@@ -353,8 +349,50 @@ impl Worker {
             if let Some(b) = bad {
                 return Err(*b);
             }
+            // The goals first, so that batch references may point forward,
+            // then their dependencies, as `add_dependency` adds them; then
+            // the new goals that are ready are queued, in order. After a
+            // failure without keep-going, new goals take no dependencies
+            // and end cancelled at once.
             let resolved = std::mem::take(&mut w.scratch.resolved);
-            w.commit_goals(goals, &resolved, ids);
+            for ((g, r), id) in goals.iter_mut().zip(&resolved).zip(ids.iter_mut()) {
+                if r.new {
+                    let outputs = std::mem::take(&mut g.outputs);
+                    let at = w.graph.push(g.kind, g.mode, outputs, g.tag);
+                    debug_assert_eq!(at, Some(r.at));
+                } else {
+                    // Requested again (S9): a stronger mode is adopted if it
+                    // has not started; otherwise the log says it keeps its own.
+                    let kept = w.graph.goal(r.at).mode;
+                    if g.mode > kept && batch::can_take_deps(&w.graph, r.at) {
+                        w.graph.set_mode(r.at, g.mode);
+                    } else if g.mode != kept {
+                        let line = format!(
+                            "{} was requested again in mode {:?}; it keeps mode {kept:?}",
+                            w.graph.name(r.at),
+                            g.mode
+                        );
+                        w.record(LogKind::ModeKept, r.at, None, line);
+                    }
+                }
+                *id = w.id(r.at);
+            }
+            let aborting = w.aborting;
+            for (g, r) in goals.iter().zip(&resolved).filter(|_| !aborting) {
+                for &d in g.deps {
+                    if w.graph.is_finished(r.at) {
+                        break; // it ended dependency-failed: the rest is moot
+                    }
+                    w.depend(r.at, batch::dep_index(d, &resolved));
+                }
+            }
+            for r in resolved.iter().filter(|r| r.new) {
+                if aborting {
+                    w.finish(r.at, Outcome::Cancelled, true);
+                } else if w.graph.state(r.at) == GoalState::Ready {
+                    w.ready.push_back(r.at);
+                }
+            }
             w.scratch.resolved = resolved;
             Ok(())
         });
@@ -362,60 +400,6 @@ impl Worker {
             ids.fill(GoalId::from_raw(0));
         }
         r
-    }
-
-    /// Adds a validated batch: cannot fail. The goals first, so that batch
-    /// references may point forward, then their dependencies, as
-    /// [`Worker::add_dependency`] adds them; then the new goals that are
-    /// ready are queued, in order. After a failure without keep-going, new
-    /// goals take no dependencies and end cancelled at once.
-    fn commit_goals(
-        &mut self,
-        goals: &mut [NewGoal<'_>],
-        resolved: &[Resolved],
-        ids: &mut [GoalId],
-    ) {
-        for ((g, r), id) in goals.iter_mut().zip(resolved).zip(ids.iter_mut()) {
-            if r.new {
-                let outputs = std::mem::take(&mut g.outputs);
-                let at = self.graph.push(g.kind, g.mode, outputs, g.tag);
-                debug_assert_eq!(at, Some(r.at));
-            } else {
-                self.share(r.at, g.mode);
-            }
-            *id = self.id(r.at);
-        }
-        let aborting = self.aborting;
-        for (g, r) in goals.iter().zip(resolved).filter(|_| !aborting) {
-            for &d in g.deps {
-                if self.graph.is_finished(r.at) {
-                    break; // it ended dependency-failed: the rest is moot
-                }
-                self.depend(r.at, batch::dep_index(d, resolved));
-            }
-        }
-        for r in resolved.iter().filter(|r| r.new) {
-            if aborting {
-                self.finish(r.at, Outcome::Cancelled, true);
-            } else if self.graph.state(r.at) == GoalState::Ready {
-                self.ready.push_back(r.at);
-            }
-        }
-    }
-
-    /// Goal `g` is requested again (S9) in `mode`: a stronger mode is
-    /// adopted if it has not started; otherwise the log says it keeps its own.
-    fn share(&mut self, g: u32, mode: BuildMode) {
-        let kept = self.graph.goal(g).mode;
-        if mode > kept && batch::can_take_deps(&self.graph, g) {
-            self.graph.set_mode(g, mode);
-        } else if mode != kept {
-            let line = format!(
-                "{} was requested again in mode {mode:?}; it keeps mode {kept:?}",
-                self.graph.name(g),
-            );
-            self.record(LogKind::ModeKept, g, None, line);
-        }
     }
 
     /// The host's tag of `goal` (see [`Worker::add_goal_tagged`]).
@@ -437,25 +421,21 @@ impl Worker {
     pub fn add_dependency(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
         self.call(|w| {
             let (g, d) = (w.index(goal)?, w.index(dep)?);
-            if g == d || !batch::can_take_deps(&w.graph, g) {
-                return Err(w.dependency_refused(g, d));
+            let name = w.graph.name(g);
+            if g == d {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} cannot depend on itself"
+                )));
+            }
+            if !batch::can_take_deps(&w.graph, g) {
+                let state = w.graph.state(g).describe();
+                return Err(Error::InvalidState(format!(
+                    "{name} is {state}; dependencies can only be added before it starts"
+                )));
             }
             w.depend(g, d);
             Ok(())
         })
-    }
-
-    /// Why goal `g` cannot depend on goal `d`: itself, or `g` has started.
-    #[cold]
-    fn dependency_refused(&self, g: u32, d: u32) -> Error {
-        let name = self.graph.name(g);
-        if g == d {
-            return Error::InvalidArgument(format!("{name} cannot depend on itself"));
-        }
-        let state = self.graph.state(g).describe();
-        Error::InvalidState(format!(
-            "{name} is {state}; dependencies can only be added before it starts"
-        ))
     }
 
     /// The next thing for the host to do. Never blocks. Errors:
@@ -501,7 +481,28 @@ impl Worker {
         }
         let mut got = std::mem::take(&mut self.scratch.events);
         got.clear();
-        let r = self.call(|w| w.gather(max, &mut got));
+        // Gathers up to `max` events (see `next_events`), touching each
+        // event's goal for the ledger.
+        let r = self.call(|w| {
+            while got.len() < max {
+                match w.step() {
+                    Ok(Event::Wait { .. }) if !got.is_empty() => break,
+                    Ok(ev) => {
+                        if let Some(g) = ev.goal() {
+                            w.ledger.touch(g.index());
+                        }
+                        got.push(ev);
+                        if matches!(ev, Event::Wait { .. } | Event::Done) {
+                            break;
+                        }
+                    }
+                    // Returned by the next call, which finds it again.
+                    Err(_) if !got.is_empty() => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(got.len())
+        });
         if r.is_ok() {
             got.iter().for_each(|&ev| sink(self, ev));
         } else {
@@ -513,29 +514,6 @@ impl Worker {
         }
         self.scratch.events = got;
         r
-    }
-
-    /// Gathers up to `max` events into `got` (see [`Worker::next_events`]),
-    /// touching each event's goal for the ledger.
-    fn gather(&mut self, max: usize, got: &mut Vec<Event>) -> Result<usize> {
-        while got.len() < max {
-            match self.step() {
-                Ok(Event::Wait { .. }) if !got.is_empty() => break,
-                Ok(ev) => {
-                    if let Some(g) = ev.goal() {
-                        self.ledger.touch(g.index());
-                    }
-                    got.push(ev);
-                    if matches!(ev, Event::Wait { .. } | Event::Done) {
-                        break;
-                    }
-                }
-                // Returned by the next call, which finds it again.
-                Err(_) if !got.is_empty() => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(got.len())
     }
 
     /// Reports how a goal that was `Run` ended: `Built`, `Substituted`,
@@ -690,7 +668,7 @@ impl Worker {
     /// process's lock registry, not from the worker's own bookkeeping), slots,
     /// waits and ledger counters.
     pub fn audit(&self) -> Audit {
-        let waits = self.waits.foreign_count();
+        let waits = self.waits.foreign.len();
         self.ledger
             .audit(&self.graph, &self.slots, self.serial, waits, &self.stats)
     }
