@@ -362,7 +362,13 @@ pub(crate) fn validate_goals(
                 let at = u32::try_from(next).ok().filter(|&a| a < NONE);
                 next += 1;
                 if at.is_none() && err.is_none() {
-                    err = BatchError::new(i, 0, BatchField::Batch, too_many_goals()).bad();
+                    err = BatchError::new(
+                        i,
+                        0,
+                        BatchField::Batch,
+                        Error::InvalidArgument("too many goals in one worker".into()),
+                    )
+                    .bad();
                 }
                 if err.is_none() && g.kind != GoalKind::Plain {
                     by_path.extend(g.outputs.iter().map(|p| (p, i)));
@@ -403,20 +409,29 @@ fn resolve(
     if let Err(e) = g.kind.check_output_count(g.outputs.len()) {
         return (None, BatchError::new(i, 0, BatchField::Output, e).bad());
     }
-    if let Some(e) = graph.goal_of_path(&g.outputs[0]) {
-        if graph.goal(e).kind == g.kind && graph.outputs(e) == g.outputs.as_slice() {
-            return (Some(e), None);
-        }
-    } else if let Some(&k) = by_path.get(&g.outputs[0]) {
-        if goals[k].kind == g.kind && goals[k].outputs == g.outputs {
-            return (Some(resolved[k].at), None);
-        }
-    }
+    // The same outputs and kind as a goal of the worker or an earlier goal
+    // of the batch share it; any other overlap is refused.
     for (j, p) in g.outputs.iter().enumerate() {
         let err = if let Some(e) = graph.goal_of_path(p) {
-            overlap_error(graph, p, e)
+            if j == 0 && graph.goal(e).kind == g.kind && graph.outputs(e) == g.outputs.as_slice() {
+                return (Some(e), None);
+            }
+            let outs = graph.outputs(e);
+            let outs = match outs.len() {
+                1 => outs[0].to_string(),
+                n => format!("{} and {} more", outs[0], n - 1),
+            };
+            Error::InvalidArgument(format!(
+                "{p} is already an output of {} ({:?} of {outs}); goals must not share outputs \
+                 partly, and the same outputs must be requested with the same kind",
+                graph.name(e),
+                graph.goal(e).kind,
+            ))
         } else if let Some(&k) = by_path.get(p) {
             let other = &goals[k];
+            if j == 0 && other.kind == g.kind && other.outputs == g.outputs {
+                return (Some(resolved[k].at), None);
+            }
             Error::InvalidArgument(format!(
                 "{p} is already an output of goals[{k}] of this batch ({:?} of {} outputs); \
                  goals must not share outputs partly, and the same outputs must be requested \
@@ -433,23 +448,6 @@ fn resolve(
         );
     }
     (None, None)
-}
-
-/// `p`, an output of a new goal, is already an output of goal `g`, which is
-/// not the same goal (another output set, or another kind).
-fn overlap_error(graph: &Graph, p: &StorePath, g: u32) -> Error {
-    Error::InvalidArgument(format!(
-        "{p} is already an output of {} ({:?} of {}); goals must not share outputs partly, \
-         and the same outputs must be requested with the same kind",
-        graph.name(g),
-        graph.goal(g).kind,
-        graph.describe_outputs(g)
-    ))
-}
-
-/// The error for a worker that has no room for another goal.
-pub(crate) fn too_many_goals() -> Error {
-    Error::InvalidArgument("too many goals in one worker".into())
 }
 
 /// Pass 2 for goal `i`: each dependency names a goal of this worker or of

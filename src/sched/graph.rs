@@ -228,16 +228,6 @@ impl Graph {
         }
     }
 
-    /// Goal `i`'s outputs in a few words.
-    pub(crate) fn describe_outputs(&self, i: u32) -> String {
-        let outs = self.outputs(i);
-        match outs.len() {
-            0 => "no outputs".into(),
-            1 => outs[0].to_string(),
-            n => format!("{} and {} more", outs[0], n - 1),
-        }
-    }
-
     /// Records that `to` depends on `from`, unfinished: an edge (visible to
     /// walks after the next flush) and one more pending dependency of `to`,
     /// which must be ready or waiting for dependencies.

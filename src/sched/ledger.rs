@@ -76,36 +76,28 @@ pub(crate) fn sweep_from_env() -> bool {
     })
 }
 
-/// Counters for the audit.
-#[derive(Default, Debug)]
-pub(crate) struct Stats {
+/// The ledger's own state: what the current call touched, a violation a
+/// transition noted, and the counters of the audit.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    touched: Vec<u32>,
+    sweep: bool,
+    noted: Option<String>,
+    checks: u64,
+    violations: u64,
     pub(crate) succeeded: u64,
     pub(crate) failed: u64,
     pub(crate) handoffs: u64,
     pub(crate) validity_rechecks: u64,
 }
 
-/// The ledger's own state: what the current call touched, and counters.
-#[derive(Debug)]
-pub(crate) struct Ledger {
-    touched: Vec<u32>,
-    sweep: bool,
-    checks: u64,
-    violations: u64,
-    noted: Option<String>,
-}
-
 impl Ledger {
     pub(crate) fn new() -> Ledger {
         Ledger {
-            touched: Vec::new(),
             sweep: sweep_from_env(),
-            checks: 0,
-            violations: 0,
-            noted: None,
+            ..Ledger::default()
         }
     }
-
     /// A call begins: nothing touched yet.
     pub(crate) fn begin(&mut self) {
         self.touched.clear();
@@ -165,14 +157,13 @@ impl Ledger {
     }
 
     /// The worker's counts (see [`Audit`]): `foreign_waits` from its waits,
-    /// `stats` from its transitions, the locks from the process's registry.
+    /// the locks from the process's registry.
     pub(crate) fn audit(
         &self,
         graph: &Graph,
         slots: &Slots,
         serial: u32,
         foreign_waits: usize,
-        stats: &Stats,
     ) -> Audit {
         let held = held_by_worker(serial);
         let by_finished = held
@@ -192,15 +183,15 @@ impl Ledger {
             waiting_lock: c(GoalState::WaitingLock),
             running: c(GoalState::Running),
             finished: c(GoalState::Finished),
-            succeeded: stats.succeeded,
-            failed: stats.failed,
+            succeeded: self.succeeded,
+            failed: self.failed,
             locks_held: held.len() as u64,
             locks_held_by_finished: by_finished as u64,
             slots_used: slots.used() as u64,
             max_jobs: slots.max_jobs() as u64,
             foreign_waits: foreign_waits as u64,
-            handoffs: stats.handoffs,
-            validity_rechecks: stats.validity_rechecks,
+            handoffs: self.handoffs,
+            validity_rechecks: self.validity_rechecks,
             checks: self.checks,
             violations: self.violations,
         }

@@ -282,7 +282,7 @@ impl Worker {
     fn recheck(&mut self, g: u32, now: Instant) {
         let w = self.waits.foreign_mut(g).expect("present");
         let (waited_k, waited) = (w.k, w.wait.started().elapsed());
-        self.stats.validity_rechecks += 1;
+        self.ledger.validity_rechecks += 1;
         let unknown = match self.validity(g) {
             Validity::Valid => {
                 let line = format!(
@@ -351,7 +351,7 @@ impl Worker {
         let ForeignWait {
             goal: g, k, wait, ..
         } = w;
-        self.stats.handoffs += 1;
+        self.ledger.handoffs += 1;
         let waited = wait.started().elapsed();
         drop(wait);
         // Out of the wait state (its table entry is gone); nothing is held yet.
@@ -479,9 +479,9 @@ impl Worker {
     ) -> Vec<u32> {
         let old = self.graph.set_phase(i, Phase::Done(outcome));
         if outcome.is_success() {
-            self.stats.succeeded += 1;
+            self.ledger.succeeded += 1;
         } else {
-            self.stats.failed += 1;
+            self.ledger.failed += 1;
         }
         self.ledger.touch(i);
         match old {

@@ -8,7 +8,7 @@
 //! goal graph (`graph`: states, dependencies, outputs), the ready queue and
 //! the queue of events not yet handed out, the build slots and the goals
 //! waiting for one (`slots`), the lock waits (`waits`), the validity source
-//! (`validity`), and the books (`ledger`, `log`, the stats). The life cycle
+//! (`validity`), and the books (`ledger`, with the counters, and `log`). The life cycle
 //! of a goal, which moves it between them, is in `transitions`. Every call
 //! that can change the worker goes through [`Worker::call`], the one place
 //! where a call's ledger check begins and ends; a single call is a batch of
@@ -24,7 +24,7 @@ use super::batch::{self, Bad, BatchError, NewGoal, Report, Scratch};
 use super::goal::{BuildMode, Event, GoalKind, GoalResult, GoalState, Outcome};
 use super::graph::Graph;
 use super::ids::{next_worker_serial, GoalId};
-use super::ledger::{Audit, Ledger, Stats};
+use super::ledger::{Audit, Ledger};
 use super::log::{Log, LogKind, LogRecord};
 use super::slots::Slots;
 use super::validity::{FnPredicate, PathPredicate, Source};
@@ -116,7 +116,6 @@ pub struct Worker {
     /// The host's cached-failure predicate.
     pub(super) cached: Option<Box<dyn PathPredicate>>,
     pub(super) ledger: Ledger,
-    pub(super) stats: Stats,
     pub(super) log: Log,
     /// `legacy_hold` only: lock sets kept by finished goals.
     pub(super) legacy: Vec<LockSet>,
@@ -150,7 +149,6 @@ impl Worker {
             valid: Source::Exists,
             cached: None,
             ledger: Ledger::new(),
-            stats: Stats::default(),
             log: Log::default(),
             legacy: Vec::new(),
             scratch: Scratch::default(),
@@ -670,7 +668,7 @@ impl Worker {
     pub fn audit(&self) -> Audit {
         let waits = self.waits.foreign.len();
         self.ledger
-            .audit(&self.graph, &self.slots, self.serial, waits, &self.stats)
+            .audit(&self.graph, &self.slots, self.serial, waits)
     }
 
     /// Makes room for `goals` more goals and `edges` more dependencies, so
