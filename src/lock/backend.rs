@@ -36,15 +36,20 @@ impl Backend {
         }
     }
 
-    /// Blocks until the exclusive lock is taken. May fail with `EINTR`; the
-    /// caller decides whether to retry.
+    /// Blocks until the exclusive lock is taken, retrying on `EINTR` (L6).
     pub(crate) fn lock_wait(self, fd: RawFd) -> io::Result<()> {
         if let Some(e) = crate::fault::injected(crate::fault::Point::LockWaitDeadlock) {
             return Err(e);
         }
-        match self {
-            Backend::Ofd => ofd(fd, libc::F_OFD_SETLKW, libc::F_WRLCK),
-            Backend::Flock => flock(fd, libc::LOCK_EX),
+        loop {
+            let r = match self {
+                Backend::Ofd => ofd(fd, libc::F_OFD_SETLKW, libc::F_WRLCK),
+                Backend::Flock => flock(fd, libc::LOCK_EX),
+            };
+            match r {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => return r,
+            }
         }
     }
 
@@ -67,13 +72,12 @@ impl Backend {
 
 fn ofd(fd: RawFd, cmd: libc::c_int, ty: libc::c_int) -> io::Result<()> {
     // SAFETY: an all-zero `flock` is a valid value of this plain C struct.
+    // Zero `l_start` and `l_len` are the whole file; OFD commands require
+    // `l_pid` 0.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = ty as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 0; // whole file
-    fl.l_pid = 0; // required by OFD commands
-                  // SAFETY: `fl` is a valid, initialised struct flock that outlives the call.
+    // SAFETY: `fl` is a valid, initialised struct flock that outlives the call.
     if unsafe { libc::fcntl(fd, cmd, &mut fl as *mut libc::flock) } == -1 {
         Err(io::Error::last_os_error())
     } else {

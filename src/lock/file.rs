@@ -55,16 +55,13 @@ impl LockFile {
     /// this process (the scheduler's wait threads rely on that). A caller
     /// that must not wait for its own process checks first, as a lock set
     /// pass does ([`LockFile::try_registered`] reports such a lock).
-    pub(crate) fn acquire_blocking(path: &StorePath, backend: Backend) -> Result<Self> {
-        Ok(Self::acquire_blocking_unless(path, backend, &|| false)?.expect("never cancelled"))
-    }
-
-    /// [`LockFile::acquire_blocking`] for a wait that may be abandoned:
-    /// before opening the file, and again before re-opening it after the
-    /// previous holder deleted it, `cancelled` is asked, and `Ok(None)` is
-    /// the answer if it says so. A wait nobody wants any more thus never
-    /// creates a lock file (nor re-creates one its holder just deleted).
-    pub(crate) fn acquire_blocking_unless(
+    ///
+    /// A wait may be abandoned: before opening the file, and again before
+    /// re-opening it after the previous holder deleted it, `cancelled` is
+    /// asked, and `Ok(None)` is the answer if it says so. A wait nobody wants
+    /// any more thus never creates a lock file (nor re-creates one its holder
+    /// just deleted).
+    pub(crate) fn acquire_blocking(
         path: &StorePath,
         backend: Backend,
         cancelled: &dyn Fn() -> bool,
@@ -76,7 +73,8 @@ impl LockFile {
             // Opened under the process lock, so that a concurrent fork
             // either sees the descriptor tracked or does not inherit it.
             let (fd, dir_owner) = STATE.with(|st| open_in(st, path))?;
-            let granted = lock_blocking(backend, fd)
+            let granted = backend
+                .lock_wait(fd)
                 .map_err(|e| Error::from_io(path.lock_path(), "lock", e))
                 .and_then(|()| check_granted(path, fd, backend, dir_owner));
             match granted {
@@ -116,9 +114,10 @@ impl LockFile {
                     Err(e) => Err(Error::from_io(path.lock_path(), "lock", e)),
                     Ok(false) => stat(fd)
                         .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
-                        .map(|s| match st.registry.owner_of_inode(key_of(&s)) {
-                            Some(o) => Some(Acquired::HeldHere(o, key_of(&s))),
-                            None => Some(Acquired::Busy),
+                        .map(|s| {
+                            let key = FileKey::of_stat(&s);
+                            let held = st.registry.owner_of_inode(key);
+                            Some(held.map_or(Acquired::Busy, |o| Acquired::HeldHere(o, key)))
                         }),
                     Ok(true) => match check_granted(path, fd, backend, dir_owner) {
                         Ok(Some(key)) => {
@@ -224,8 +223,8 @@ fn delete_lock_file(fd: RawFd, key: FileKey, path: &StorePath) -> Result<()> {
     // a file someone else put there. A name that is gone or names another
     // file no longer leads to our inode, which is then marked all the same
     // for whoever is blocked on it.
-    match lstat(path) {
-        Ok(now) if key_of(&now) == key => {
+    match std::fs::symlink_metadata(path.lock_path()) {
+        Ok(now) if FileKey::of_metadata(&now) == key => {
             // SAFETY: the path is a valid NUL-terminated string.
             if unsafe { libc::unlink(path.lock_cstr().as_ptr()) } == -1 {
                 let e = io::Error::last_os_error();
@@ -298,15 +297,6 @@ fn mark_deleted(fd: RawFd, path: &StorePath) -> Result<()> {
     ))
 }
 
-fn lock_blocking(backend: Backend, fd: RawFd) -> io::Result<()> {
-    loop {
-        match backend.lock_wait(fd) {
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue, // L6
-            r => return r,
-        }
-    }
-}
-
 fn stat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: an all-zero `stat` is valid; fstat fills it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -334,19 +324,19 @@ fn check_granted(
     backend: Backend,
     dir_owner: libc::uid_t,
 ) -> Result<Option<FileKey>> {
-    let verdict = stat(fd)
-        .map_err(|e| Error::from_io(path.lock_path(), "fstat", e))
-        .and_then(|st| examine(path, &st, dir_owner).map(|live| live.then(|| key_of(&st))));
+    let verdict = examine(path, fd, dir_owner);
     if !matches!(verdict, Ok(Some(_))) {
         let _ = backend.unlock(fd);
     }
     verdict
 }
 
-/// Whether the locked file `st` is a live lock file (see [`check_granted`]).
-fn examine(path: &StorePath, st: &libc::stat, dir_owner: libc::uid_t) -> Result<bool> {
+/// The key of the locked file `fd` if it is a live lock file (see
+/// [`check_granted`]).
+fn examine(path: &StorePath, fd: RawFd, dir_owner: libc::uid_t) -> Result<Option<FileKey>> {
+    let st = stat(fd).map_err(|e| Error::from_io(path.lock_path(), "fstat", e))?;
     if st.st_nlink == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     let refuse = |reason: String| {
         Err(Error::ForeignLockFile {
@@ -375,10 +365,10 @@ fn examine(path: &StorePath, st: &libc::stat, dir_owner: libc::uid_t) -> Result<
         }
     }
     if st.st_size != 0 {
-        finish_interrupted_deletion(path, st);
-        return Ok(false);
+        finish_interrupted_deletion(path, FileKey::of_stat(&st));
+        return Ok(None);
     }
-    Ok(true)
+    Ok(Some(FileKey::of_stat(&st)))
 }
 
 /// A lock file that is still linked but carries the deletion token was left
@@ -390,12 +380,9 @@ fn examine(path: &StorePath, st: &libc::stat, dir_owner: libc::uid_t) -> Result<
 /// file instead of finding this one stale for ever (G7). The path is
 /// unlinked only if it still names the locked inode. If the unlink fails
 /// (e.g. a read-only store), the bounded retry reports the file.
-fn finish_interrupted_deletion(path: &StorePath, locked: &libc::stat) {
-    if locked.st_nlink == 0 || locked.st_size == 0 {
-        return;
-    }
-    match lstat(path) {
-        Ok(now) if key_of(&now) == key_of(locked) => {}
+fn finish_interrupted_deletion(path: &StorePath, locked: FileKey) {
+    match std::fs::symlink_metadata(path.lock_path()) {
+        Ok(now) if FileKey::of_metadata(&now) == locked => {}
         _ => return,
     }
     if injected(Point::FinishDeletion).is_some() {
@@ -403,20 +390,6 @@ fn finish_interrupted_deletion(path: &StorePath, locked: &libc::stat) {
     }
     // SAFETY: unlinking a NUL-terminated path whose lock we hold.
     unsafe { libc::unlink(path.lock_cstr().as_ptr()) };
-}
-
-fn lstat(path: &StorePath) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero stat is valid; lstat fills it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a valid out-pointer.
-    if unsafe { libc::lstat(path.lock_cstr().as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
-}
-
-fn key_of(st: &libc::stat) -> FileKey {
-    FileKey::of_stat(st)
 }
 
 /// Opens (creating if needed) `path.lock` with `O_RDWR|O_CREAT|O_CLOEXEC|O_NOFOLLOW`,

@@ -103,15 +103,11 @@ impl StorePath {
         Path::new(OsStr::from_bytes(&self.lock[..self.lock.len() - 1]))
     }
 
-    /// The store directory as bytes: the lock file name up to its last `/`
-    /// (`/` itself for a path in `/`).
-    pub(crate) fn store_dir_bytes(&self) -> &[u8] {
-        &self.lock[..self.dir_len as usize]
-    }
-
-    /// The directory holding the path and its lock file (the store directory).
+    /// The directory holding the path and its lock file (the store
+    /// directory): the lock file name up to its last `/` (`/` itself for a
+    /// path in `/`).
     pub fn store_dir(&self) -> &Path {
-        self.as_path().parent().unwrap_or(Path::new("/"))
+        Path::new(OsStr::from_bytes(&self.lock[..self.dir_len as usize]))
     }
 }
 
@@ -182,15 +178,16 @@ mod tests {
         assert_eq!(p.as_path(), Path::new("/s/x"));
         assert_eq!(p.lock_path(), Path::new("/s/x.lock"));
         assert_eq!(p.store_dir(), Path::new("/s"));
-        assert_eq!(p.store_dir_bytes(), b"/s");
-        assert_eq!(StorePath::new("/top").unwrap().store_dir_bytes(), b"/");
-        assert_eq!(StorePath::new("/a/b/c").unwrap().store_dir_bytes(), b"/a/b");
+        assert_eq!(p.store_dir().as_os_str().as_bytes(), b"/s");
+        let dir = |p: &str| StorePath::new(p).unwrap().store_dir().to_path_buf();
+        assert_eq!(dir("/top").as_os_str().as_bytes(), b"/");
+        assert_eq!(dir("/a/b/c").as_os_str().as_bytes(), b"/a/b");
     }
 
     #[test]
     fn equal_after_normalisation() {
         let p = StorePath::new("/gnu/store/abc-hello-2.12").unwrap();
-        assert_eq!(p.store_dir_bytes(), b"/gnu/store");
+        assert_eq!(p.store_dir().as_os_str().as_bytes(), b"/gnu/store");
         assert_eq!(p, StorePath::new("/gnu//store/abc-hello-2.12/").unwrap());
         assert_ne!(p, StorePath::new("/gnu/store/abc-hello-2.13").unwrap());
     }

@@ -98,37 +98,42 @@ impl Registry {
         self.held.insert(path.clone(), owner);
     }
 
-    /// Unregisters lock set `id`'s lock on `path` (inode `key`, descriptor
-    /// `fd`, which the caller has just closed; `fd_was_open` says whether it
-    /// was tracked before): each entry goes if it names `id`, and one of
-    /// another owner stays. Returns the verdict of [`Registry::check`] on
-    /// what was registered before.
-    pub(crate) fn take_if_mine(
+    /// The ledger's checks on path `path` of lock set `id` (G6): the path
+    /// and its lock file's inode `key` are registered to the set, and its
+    /// descriptor `fd` is open. With `take`, the lock's entries are also
+    /// unregistered (the caller releases it in the same step): each goes if
+    /// it names `id`, and one of another owner stays; the verdict is on what
+    /// was registered before.
+    pub(crate) fn check(
         &mut self,
         id: u64,
         path: &StorePath,
         (key, fd): (FileKey, RawFd),
-        fd_was_open: bool,
+        take: bool,
     ) -> Result<()> {
-        let path_owner = take(&mut self.held, path, id);
-        let inode_owner = take(&mut self.held_inodes, &key, id);
-        verdict(id, path, fd, path_owner, inode_owner, fd_was_open)
-    }
-
-    /// The ledger's checks on path `path` of lock set `id` (G6): the path
-    /// and its lock file's inode `key` are registered to the set, and its
-    /// descriptor `fd` is open.
-    pub(crate) fn check(&self, id: u64, path: &StorePath, key: FileKey, fd: RawFd) -> Result<()> {
-        let path_owner = self.held.get(path).copied();
-        let inode_owner = self.held_inodes.get(&key).copied();
-        verdict(
-            id,
-            path,
-            fd,
-            path_owner,
-            inode_owner,
-            self.fds.contains(&fd),
-        )
+        let (path_owner, inode_owner) = if take {
+            (
+                take_mine(&mut self.held, path, id),
+                take_mine(&mut self.held_inodes, &key, id),
+            )
+        } else {
+            (
+                self.held.get(path).copied(),
+                self.held_inodes.get(&key).copied(),
+            )
+        };
+        let mine = |o: Option<Owner>| o.is_some_and(|o| o.lockset == id);
+        Err(Error::Invariant(match path_owner {
+            _ if mine(path_owner) && mine(inode_owner) && self.fds.contains(&fd) => return Ok(()),
+            None => format!("{path} is held by lock set {id} but missing from the registry"),
+            Some(o) if o.lockset != id => {
+                format!("{path} is held by lock set {id} but the registry names {o}")
+            }
+            Some(_) if !mine(inode_owner) => {
+                format!("{path}: the inode of its lock file is not registered to lock set {id}")
+            }
+            Some(_) => format!("{path}: descriptor {fd} of lock set {id} is not open"),
+        }))
     }
 
     /// Fails with [`Error::HeldByThisProcess`] if any of `paths` is held in
@@ -176,11 +181,6 @@ impl Registry {
         self.fds.insert(fd);
     }
 
-    /// Whether `fd` is recorded as an open lock descriptor.
-    pub(crate) fn is_open(&self, fd: RawFd) -> bool {
-        self.fds.contains(&fd)
-    }
-
     /// Untracks and closes a lock descriptor.
     pub(crate) fn close(&mut self, fd: RawFd) {
         self.fds.remove(&fd);
@@ -205,37 +205,12 @@ impl Registry {
 
 /// Removes `key`'s entry from `map` if it names lock set `id`; returns the
 /// owner the entry named, if any (an entry of another owner stays).
-fn take<K: std::hash::Hash + Eq>(map: &mut Map<K, Owner>, key: &K, id: u64) -> Option<Owner> {
+fn take_mine<K: std::hash::Hash + Eq>(map: &mut Map<K, Owner>, key: &K, id: u64) -> Option<Owner> {
     let (k, o) = map.remove_entry(key)?;
     if o.lockset != id {
         map.insert(k, o);
     }
     Some(o)
-}
-
-/// The verdict of the checks of path `p` of lock set `id`, from what the
-/// registry says: the owner of the path, the owner of its lock file's
-/// inode, and whether its descriptor is open.
-fn verdict(
-    id: u64,
-    p: &StorePath,
-    fd: RawFd,
-    path_owner: Option<Owner>,
-    inode_owner: Option<Owner>,
-    fd_open: bool,
-) -> Result<()> {
-    let mine = |o: Option<Owner>| o.is_some_and(|o| o.lockset == id);
-    Err(Error::Invariant(match path_owner {
-        _ if mine(path_owner) && mine(inode_owner) && fd_open => return Ok(()),
-        None => format!("{p} is held by lock set {id} but missing from the registry"),
-        Some(o) if o.lockset != id => {
-            format!("{p} is held by lock set {id} but the registry names {o}")
-        }
-        Some(_) if !mine(inode_owner) => {
-            format!("{p}: the inode of its lock file is not registered to lock set {id}")
-        }
-        Some(_) => format!("{p}: descriptor {fd} of lock set {id} is not open"),
-    }))
 }
 
 #[cfg(test)]

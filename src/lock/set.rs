@@ -98,7 +98,7 @@ impl LockSet {
             WaitMode::Timeout(d) => start.checked_add(d),
             _ => None,
         };
-        let mut pass = try_pass(owner, paths, backend, None)?;
+        let mut pass = Self::try_for_owner(owner, paths, backend, None)?;
         loop {
             let (paths, k) = match pass {
                 Ok(set) => return Ok(set),
@@ -124,22 +124,88 @@ impl LockSet {
                         }
                     }
                 }
-                _ => LockFile::acquire_blocking(busy, backend)?,
+                _ => LockFile::acquire_blocking(busy, backend, &|| false)?.expect("not cancelled"),
             };
-            pass = try_pass(owner, paths, backend, Some((k, in_hand)))?;
+            pass = Self::try_for_owner(owner, paths, backend, Some((k, in_hand)))?;
         }
     }
 
-    /// One non-blocking pass over `paths` (sorted, deduplicated) for
-    /// `owner`, with `in_hand` (index, lock) already granted by a
-    /// [`LockWait`]: how the scheduler takes a goal's output locks.
+    /// One all-or-nothing, non-blocking pass over `paths` (sorted,
+    /// deduplicated) for `owner`: how the scheduler takes a goal's output
+    /// locks. Try-locks the paths in order, registering each lock (path and
+    /// inode) to `owner` at the moment the kernel grants it, so that the
+    /// registry names exactly what this process holds (G5, G6). A lock
+    /// `in_hand` (index, lock), granted by a [`LockWait`], is registered
+    /// first. On the first busy path `k`, releases what the pass holds and
+    /// returns `Ok(Err((paths, k)))`.
+    ///
+    /// Paths are not reserved before they are locked: a thread that merely
+    /// tries a path does not make it "held by this process" for other
+    /// threads, and a blocking acquisition never fails because of such an
+    /// attempt.
     pub(crate) fn try_for_owner(
         owner: Owner,
         paths: Vec<StorePath>,
         backend: Backend,
-        in_hand: Option<(usize, LockFile)>,
+        mut in_hand: Option<(usize, LockFile)>,
     ) -> Result<Pass> {
-        try_pass(owner, paths, backend, in_hand)
+        let id = owner.lockset;
+        // G5's fast path, a path held by a set of this process (by name), is
+        // checked for every path before anything is opened: in the first path's
+        // critical section, or, with a lock in hand, in the section that
+        // registers it (we hold its kernel lock, so no other set of ours can).
+        let mut check_first: &[StorePath] = &paths;
+        if let Some((k, f)) = &in_hand {
+            STATE.with(|st| {
+                st.registry.check_free(&paths)?;
+                st.registry.register(&paths[*k], f.key(), owner);
+                Ok::<_, Error>(())
+            })?;
+            check_first = &[];
+        }
+        let mut got = Vec::with_capacity(paths.len());
+        for (i, p) in paths.iter().enumerate() {
+            if in_hand.as_ref().is_some_and(|(k, _)| *k == i) {
+                got.push(in_hand.take().expect("checked").1);
+                continue;
+            }
+            let failure = match LockFile::try_registered(p, backend, owner, check_first) {
+                Ok(Acquired::Locked(f)) => {
+                    got.push(f);
+                    check_first = &[];
+                    continue;
+                }
+                Ok(Acquired::Busy) => Ok(i),
+                Ok(Acquired::HeldHere(o, key)) if o.lockset == id => {
+                    // This very pass holds the same file under another name (a
+                    // store directory reached through a link). Waiting for it
+                    // would wait for ourselves (G5).
+                    let j = got
+                        .iter()
+                        .position(|f| f.key() == key)
+                        .or(in_hand.as_ref().map(|(k, _)| *k))
+                        .unwrap_or(i);
+                    let msg = format!("{} and {} name the same lock file", paths[j], paths[i]);
+                    Err(Error::InvalidArgument(msg))
+                }
+                Ok(Acquired::HeldHere(o, _)) => Err(o.held_error(p)),
+                Err(e) => Err(e),
+            };
+            // L8: release what this pass holds (never deleting): the paths
+            // before `i`, and the lock in hand if it was not reached.
+            let extra = in_hand.take().map(|(k, f)| (&paths[k], f));
+            let _ = release_locks(id, paths.iter().zip(got).chain(extra), false, false);
+            return failure.map(|k| Err((paths, k)));
+        }
+        Ok(Ok(LockSet {
+            id,
+            owner,
+            backend,
+            paths,
+            files: got,
+            delete: false,
+            generation: generation(),
+        }))
     }
 
     /// The set's process-unique id.
@@ -215,7 +281,7 @@ impl LockSet {
         }
         STATE.with(|st| {
             for (p, f) in self.paths.iter().zip(&self.files) {
-                st.registry.check(self.id, p, f.key(), f.fd())?;
+                st.registry.check(self.id, p, (f.key(), f.fd()), false)?;
             }
             Ok(())
         })
@@ -256,14 +322,9 @@ fn release_locks<'p>(
 ) -> Result<()> {
     let (mut check_err, mut release_err) = (None, None);
     for (p, f) in locks {
-        let (key, fd) = (f.key(), f.fd());
         let (released, checked) = STATE.with(|st| {
-            let was_open = st.registry.is_open(fd);
-            let released = f.release_in(&mut st.registry, p, delete);
-            (
-                released,
-                st.registry.take_if_mine(id, p, (key, fd), was_open),
-            )
+            let checked = st.registry.check(id, p, (f.key(), f.fd()), true);
+            (f.release_in(&mut st.registry, p, delete), checked)
         });
         if check && check_err.is_none() {
             check_err = checked.err();
@@ -273,79 +334,4 @@ fn release_locks<'p>(
         }
     }
     check_err.or(release_err).map_or(Ok(()), Err)
-}
-
-/// One all-or-nothing pass: try-locks the paths in order, registering each
-/// lock (path and inode) to `owner` at the moment the kernel grants it, so
-/// that the registry names exactly what this process holds (G5, G6). A lock
-/// `in_hand` (index, lock), granted by a blocking wait, is registered first.
-/// On the first busy path `k`, releases what the pass holds and returns
-/// `Ok(Err((paths, k)))`.
-///
-/// Paths are not reserved before they are locked: a thread that merely tries
-/// a path does not make it "held by this process" for other threads, and a
-/// blocking acquisition never fails because of such an attempt.
-fn try_pass(
-    owner: Owner,
-    paths: Vec<StorePath>,
-    backend: Backend,
-    mut in_hand: Option<(usize, LockFile)>,
-) -> Result<Pass> {
-    let id = owner.lockset;
-    // G5's fast path, a path held by a set of this process (by name), is
-    // checked for every path before anything is opened: in the first path's
-    // critical section, or, with a lock in hand, in the section that
-    // registers it (we hold its kernel lock, so no other set of ours can).
-    let mut check_first: &[StorePath] = &paths;
-    if let Some((k, f)) = &in_hand {
-        STATE.with(|st| {
-            st.registry.check_free(&paths)?;
-            st.registry.register(&paths[*k], f.key(), owner);
-            Ok::<_, Error>(())
-        })?;
-        check_first = &[];
-    }
-    let mut got = Vec::with_capacity(paths.len());
-    for (i, p) in paths.iter().enumerate() {
-        if in_hand.as_ref().is_some_and(|(k, _)| *k == i) {
-            got.push(in_hand.take().expect("checked").1);
-            continue;
-        }
-        let failure = match LockFile::try_registered(p, backend, owner, check_first) {
-            Ok(Acquired::Locked(f)) => {
-                got.push(f);
-                check_first = &[];
-                continue;
-            }
-            Ok(Acquired::Busy) => Ok(i),
-            Ok(Acquired::HeldHere(o, key)) if o.lockset == id => {
-                // This very pass holds the same file under another name (a
-                // store directory reached through a link). Waiting for it
-                // would wait for ourselves (G5).
-                let j = got
-                    .iter()
-                    .position(|f| f.key() == key)
-                    .or(in_hand.as_ref().map(|(k, _)| *k))
-                    .unwrap_or(i);
-                let msg = format!("{} and {} name the same lock file", paths[j], paths[i]);
-                Err(Error::InvalidArgument(msg))
-            }
-            Ok(Acquired::HeldHere(o, _)) => Err(o.held_error(p)),
-            Err(e) => Err(e),
-        };
-        // L8: release what this pass holds (never deleting): the paths
-        // before `i`, and the lock in hand if it was not reached.
-        let extra = in_hand.take().map(|(k, f)| (&paths[k], f));
-        let _ = release_locks(id, paths.iter().zip(got).chain(extra), false, false);
-        return failure.map(|k| Err((paths, k)));
-    }
-    Ok(Ok(LockSet {
-        id,
-        owner,
-        backend,
-        paths,
-        files: got,
-        delete: false,
-        generation: generation(),
-    }))
 }

@@ -8,7 +8,7 @@
 //! are accepted, while `0775` or `0777` are refused.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::path::StorePath;
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ pub(crate) const CHECKED_DIRS_CACHED: usize = 16;
 
 /// The store directories checked and found safe (the last
 /// [`CHECKED_DIRS_CACHED`]), each with its owner's uid.
-pub(crate) struct CheckedDirs(Vec<(Vec<u8>, libc::uid_t)>);
+pub(crate) struct CheckedDirs(Vec<(PathBuf, libc::uid_t)>);
 
 impl CheckedDirs {
     /// No directory checked yet.
@@ -34,15 +34,19 @@ impl CheckedDirs {
     /// Returns its owner: a lock file must belong to it or to this process's
     /// effective user (L11).
     pub(crate) fn check(&mut self, path: &StorePath) -> Result<libc::uid_t> {
-        let dir = path.store_dir_bytes();
-        if let Some((_, owner)) = self.0.iter().find(|(d, _)| d.as_slice() == dir) {
+        let dir = path.store_dir();
+        if let Some((_, owner)) = self
+            .0
+            .iter()
+            .find(|(d, _)| d.as_os_str() == dir.as_os_str())
+        {
             return Ok(*owner);
         }
-        let owner = check_owner(path.store_dir())?;
+        let owner = check_owner(dir)?;
         if self.0.len() >= CHECKED_DIRS_CACHED {
             self.0.remove(0);
         }
-        self.0.push((dir.to_vec(), owner));
+        self.0.push((dir.to_path_buf(), owner));
         Ok(owner)
     }
 }
@@ -87,10 +91,7 @@ mod tests {
             let p = StorePath::new(dir.join("x")).unwrap();
             dirs.check(&p).unwrap();
             assert!(dirs.0.len() <= CHECKED_DIRS_CACHED);
-            assert!(dirs
-                .0
-                .iter()
-                .any(|(d, _)| d.as_slice() == p.store_dir_bytes()));
+            assert!(dirs.0.iter().any(|(d, _)| d == p.store_dir()));
         }
         std::fs::remove_dir_all(&base).unwrap();
     }

@@ -120,29 +120,29 @@ impl LockWait {
             }
             Some(g)
         });
-        if let Some(shared) = adopted {
-            return Ok(LockWait {
-                shared,
-                started: Instant::now(),
-            });
-        }
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                state: State::Waiting,
-                notify,
-                probe,
-            }),
-            cond: Condvar::new(),
-            path: path.clone(),
-            backend,
-            generation: generation(),
-        });
-        let s2 = shared.clone();
-        std::thread::Builder::new()
-            .name("gk-lockwait".into())
-            .stack_size(64 * 1024)
-            .spawn(move || run(s2))
-            .map_err(|e| Error::from_io(path.lock_path(), "spawn lock wait thread", e))?;
+        let shared = match adopted {
+            Some(shared) => shared,
+            None => {
+                let shared = Arc::new(Shared {
+                    inner: Mutex::new(Inner {
+                        state: State::Waiting,
+                        notify,
+                        probe,
+                    }),
+                    cond: Condvar::new(),
+                    path: path.clone(),
+                    backend,
+                    generation: generation(),
+                });
+                let s2 = shared.clone();
+                std::thread::Builder::new()
+                    .name("gk-lockwait".into())
+                    .stack_size(64 * 1024)
+                    .spawn(move || run(s2))
+                    .map_err(|e| Error::from_io(path.lock_path(), "spawn lock wait thread", e))?;
+                shared
+            }
+        };
         Ok(LockWait {
             shared,
             started: Instant::now(),
@@ -162,31 +162,13 @@ impl LockWait {
     /// Waits up to `timeout` for the outcome. A timeout too long for
     /// `Instant` to represent waits without limit.
     pub(crate) fn wait_timeout(&self, timeout: Duration) -> Option<Result<LockFile>> {
-        let deadline = Instant::now().checked_add(timeout);
-        let mut inner = self.shared.lock();
-        loop {
-            if let Some(r) = Self::take(&mut inner.state) {
-                return Some(r);
-            }
-            inner = match deadline {
-                None => self
-                    .shared
-                    .cond
-                    .wait(inner)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return None;
-                    }
-                    self.shared
-                        .cond
-                        .wait_timeout(inner, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-        }
+        let inner = self.shared.lock();
+        let (mut inner, _) = self
+            .shared
+            .cond
+            .wait_timeout_while(inner, timeout, |i| !matches!(i.state, State::Done(_)))
+            .unwrap_or_else(|e| e.into_inner());
+        Self::take(&mut inner.state)
     }
 
     fn take(st: &mut State) -> Option<Result<LockFile>> {
@@ -205,50 +187,42 @@ fn run(s: Arc<Shared>) {
     loop {
         // A probe stops before re-opening a file its holder deleted.
         let (opened, deleted) = (Cell::new(false), Cell::new(false));
-        let r = LockFile::acquire_blocking_unless(&s.path, s.backend, &|| {
+        let r = LockFile::acquire_blocking(&s.path, s.backend, &|| {
             let inner = s.lock();
             let seen = opened.replace(true) && inner.probe;
             deleted.set(seen && matches!(inner.state, State::Waiting));
             seen || matches!(inner.state, State::Abandoned)
         });
-        let mut again = false;
-        let mut notify = None;
-        let mut leftover = None;
-        let mut probed = None;
-        GHOSTS.with(|ghosts| {
+        // Out of the locks: whom to tell, and a lock nobody wants (a
+        // probe's, or an abandoned wait's), if the wait has ended.
+        let ended = GHOSTS.with(|ghosts| {
             let mut inner = s.lock();
             match (&inner.state, r) {
                 (State::Waiting, r) if inner.probe && (deleted.get() || !matches!(r, Ok(None))) => {
                     inner.state = State::Taken;
-                    notify = inner.notify.clone();
-                    probed = Some(r);
+                    Some((inner.notify.clone(), Some(r)))
                 }
                 // Abandoned at a stale file, and adopted again since: go on.
-                (State::Waiting, Ok(None)) => again = true,
+                (State::Waiting, Ok(None)) => None,
                 (State::Waiting, r) => {
                     inner.state = State::Done(r.map(|f| f.expect("not cancelled")));
-                    notify = inner.notify.clone();
+                    Some((inner.notify.clone(), None))
                 }
                 (_, r) => {
-                    let ghost = ghosts
-                        .iter()
-                        .position(|g| Arc::ptr_eq(g, &s))
-                        .map(|i| ghosts.swap_remove(i));
-                    leftover = Some((ghost, r));
+                    if let Some(i) = ghosts.iter().position(|g| Arc::ptr_eq(g, &s)) {
+                        ghosts.swap_remove(i);
+                    }
+                    Some((None, Some(r)))
                 }
             }
         });
-        if again {
+        let Some((notify, unwanted)) = ended else {
             continue;
-        }
-        if let Some(unwanted) = leftover {
-            // Nobody wants it: releasing a granted lock takes the process
-            // lock, so it happens out here.
-            drop(unwanted);
-            return;
-        }
-        // A probe's lock is released before anyone is told it may be free.
-        drop(probed);
+        };
+        // Releasing a granted lock takes the process lock, so it happens out
+        // here, and a probe's lock is released before anyone is told it may
+        // be free.
+        drop(unwanted);
         s.cond.notify_all();
         if let Some(n) = notify {
             n();
