@@ -80,7 +80,6 @@
 //! its `path` the same way (Nix 2.8 has no such table).
 
 use std::ffi::{c_int, c_void};
-use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -96,13 +95,18 @@ const QUERY: &str = "SELECT 1 FROM ValidPaths WHERE path = ?1";
 /// guix-daemon `--cache-failures` records the outputs of failed builds.
 const FAILED_QUERY: &str = "SELECT 1 FROM FailedPaths WHERE path = ?1";
 
+/// Whether the database has table `?1`.
+const TABLE_QUERY: &str = "SELECT 1 FROM sqlite_master WHERE type = 'table' \
+                           AND name = ?1 COLLATE NOCASE";
+
 /// How often a snapshot read is retried when the database changed under it.
 const SNAPSHOT_ATTEMPTS: u32 = 5;
 
 pub use crate::error::DbErrorKind;
 
 /// An error of the store database. Its message always names the database file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("store database {}: {detail}", path.display())]
 pub struct DbError {
     kind: DbErrorKind,
     path: PathBuf,
@@ -133,14 +137,6 @@ impl DbError {
         &self.detail
     }
 }
-
-impl fmt::Display for DbError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "store database {}: {}", self.path.display(), self.detail)
-    }
-}
-
-impl std::error::Error for DbError {}
 
 impl From<DbError> for crate::error::Error {
     fn from(e: DbError) -> crate::error::Error {
@@ -178,6 +174,7 @@ impl Default for StoreDbOptions {
 /// Holds at most one SQLite connection (and its prepared statement), opened
 /// read-only; see the module documentation for how it reads while the daemon
 /// writes. Not `Sync`: use one per thread (the scheduler's worker owns one).
+#[derive(Debug)]
 pub struct StoreDb {
     /// The path as given (for messages).
     path: PathBuf,
@@ -207,16 +204,6 @@ impl Drop for StoreDb {
     }
 }
 
-impl fmt::Debug for StoreDb {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreDb")
-            .field("path", &self.path)
-            .field("options", &self.options)
-            .field("connected", &self.live.is_some())
-            .finish()
-    }
-}
-
 /// The state of the database file when a snapshot read begins.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct FileId {
@@ -225,17 +212,6 @@ struct FileId {
     size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
-}
-
-/// A connection that is not cached: a snapshot of a quiescent WAL database.
-struct Snapshot {
-    conn: Connection,
-    before: FileId,
-}
-
-enum Connected {
-    Live(Connection),
-    Snapshot(Snapshot),
 }
 
 impl StoreDb {
@@ -310,11 +286,7 @@ impl StoreDb {
         I: IntoIterator<Item = P>,
         P: AsRef<Path>,
     {
-        let paths: Vec<P> = store_paths.into_iter().collect();
-        for p in &paths {
-            self.check_store_path(p.as_ref())?;
-        }
-        self.run(|c| each_exists(c, QUERY, &paths))
+        self.each_listed(QUERY, None, store_paths)
     }
 
     /// Whether each of `store_paths` is listed in `FailedPaths`: the
@@ -328,22 +300,41 @@ impl StoreDb {
         I: IntoIterator<Item = P>,
         P: AsRef<Path>,
     {
+        self.each_listed(FAILED_QUERY, Some("FailedPaths"), store_paths)
+    }
+
+    /// Runs `query` (one `?1`, a store path) for each of `store_paths` in one
+    /// read transaction: whether it returns a row. A database without the
+    /// table `optional` names lists none of them.
+    fn each_listed<I, P>(
+        &mut self,
+        query: &str,
+        optional: Option<&str>,
+        store_paths: I,
+    ) -> DbResult<Vec<bool>>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<Path>,
+    {
         let paths: Vec<P> = store_paths.into_iter().collect();
         for p in &paths {
             self.check_store_path(p.as_ref())?;
         }
         self.run(|c| {
-            let table = c
-                .prepare_cached(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' \
-                     AND name = 'FailedPaths' COLLATE NOCASE",
-                )?
-                .exists([])?;
-            if table {
-                each_exists(c, FAILED_QUERY, &paths)
-            } else {
-                Ok(vec![false; paths.len()])
+            let tx = c.unchecked_transaction()?;
+            if let Some(table) = optional {
+                if !tx.prepare_cached(TABLE_QUERY)?.exists([table])? {
+                    return Ok(vec![false; paths.len()]);
+                }
             }
+            let mut st = tx.prepare_cached(query)?;
+            let out = paths
+                .iter()
+                .map(|p| st.exists([text(p.as_ref().as_os_str().as_bytes())]))
+                .collect::<rusqlite::Result<Vec<bool>>>()?;
+            drop(st);
+            tx.commit()?;
+            Ok(out)
         })
     }
 
@@ -365,37 +356,36 @@ impl StoreDb {
     /// Runs `f` on a connection: the cached one, a new cached one, or a
     /// checked snapshot.
     fn run<T>(&mut self, f: impl Fn(&Connection) -> rusqlite::Result<T>) -> DbResult<T> {
-        if let Some(c) = &self.live {
-            return match f(c) {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    let e = self.sqlite_error(e, "query");
-                    if e.kind != DbErrorKind::Locked {
-                        // Reconnect next time (the file may have been replaced).
-                        self.live = None;
-                    }
-                    Err(e)
-                }
-            };
-        }
         for _ in 0..SNAPSHOT_ATTEMPTS {
-            match self.connect()? {
-                Connected::Live(c) => {
-                    let v = f(&c).map_err(|e| self.sqlite_error(e, "query"));
-                    if v.is_ok() {
-                        self.live = Some(c);
-                    }
-                    return v;
+            let cached = self.live.is_some();
+            let (conn, snapshot) = match self.live.take() {
+                Some(c) => (c, None),
+                None => self.connect()?,
+            };
+            let op = if snapshot.is_some() {
+                "snapshot query"
+            } else {
+                "query"
+            };
+            let v = f(&conn).map_err(|e| self.sqlite_error(e, op));
+            let Some(before) = snapshot else {
+                // After an error, reconnect next time (the file may have
+                // been replaced), unless a cached connection met a writer.
+                if v.as_ref()
+                    .err()
+                    .is_none_or(|e| cached && e.kind == DbErrorKind::Locked)
+                {
+                    self.live = Some(conn);
                 }
-                Connected::Snapshot(s) => {
-                    let v = f(&s.conn).map_err(|e| self.sqlite_error(e, "snapshot query"));
-                    drop(s.conn);
-                    if self.still_quiescent(&s.before)? {
-                        self.snapshot_reads += 1;
-                        return v;
-                    }
-                    // A daemon opened (or wrote) the database meanwhile: ask again.
-                }
+                return v;
+            };
+            drop(conn);
+            // A snapshot counts only if no process opened the database
+            // meanwhile (no `-wal` file) and the file is unchanged; else a
+            // daemon opened (or wrote) it: ask again.
+            if !self.wal_file_exists()? && self.file_id()? == before {
+                self.snapshot_reads += 1;
+                return v;
             }
         }
         Err(DbError::new(
@@ -408,8 +398,10 @@ impl StoreDb {
         ))
     }
 
-    /// Opens a connection suited to the database's current state.
-    fn connect(&self) -> DbResult<Connected> {
+    /// Opens a connection suited to the database's current state: one to
+    /// cache, or a snapshot of a quiescent WAL database, with the file's
+    /// state when it was opened.
+    fn connect(&self) -> DbResult<(Connection, Option<FileId>)> {
         let before = self.file_id()?;
         if !self.wal_file_exists()? {
             // No -wal file: a rollback-journal database, or a WAL database
@@ -419,7 +411,7 @@ impl StoreDb {
             let header = self.header(&conn)?;
             if header[18] == 2 && header[19] == 2 {
                 self.check_schema(&conn)?;
-                return Ok(Connected::Snapshot(Snapshot { conn, before }));
+                return Ok((conn, Some(before)));
             }
             drop(conn);
         }
@@ -428,7 +420,7 @@ impl StoreDb {
             .map_err(|e| self.sqlite_error(e, "setting the busy timeout"))?;
         conn.set_prepared_statement_cache_capacity(4);
         self.check_schema(&conn)?;
-        Ok(Connected::Live(conn))
+        Ok((conn, None))
     }
 
     fn open_uri(&self, params: &str) -> DbResult<Connection> {
@@ -502,30 +494,25 @@ impl StoreDb {
 
     /// Checks that the database has `ValidPaths(path)`.
     fn check_schema(&self, conn: &Connection) -> DbResult<()> {
-        let table: bool = conn
-            .prepare(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' \
-                 AND name = 'ValidPaths' COLLATE NOCASE",
-            )
-            .and_then(|mut s| s.exists([]))
-            .map_err(|e| self.sqlite_error(e, "reading the schema"))?;
-        if !table {
-            return Err(DbError::new(
-                DbErrorKind::NoValidPaths,
-                &self.path,
-                "has no table ValidPaths: not a Nix or Guix store database",
-            ));
-        }
-        let column: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('ValidPaths') WHERE name = 'path'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(|e| self.sqlite_error(e, "reading the schema"))?;
-        if !column {
-            return Err(DbError::new(
-                DbErrorKind::NoValidPaths,
-                &self.path,
-                "table ValidPaths has no column path: not a Nix or Guix store database",
-            ));
+        let checks = [
+            (TABLE_QUERY, "has no table ValidPaths"),
+            (
+                "SELECT 1 FROM pragma_table_info(?1) WHERE name = 'path'",
+                "table ValidPaths has no column path",
+            ),
+        ];
+        for (query, missing) in checks {
+            let found = conn
+                .prepare(query)
+                .and_then(|mut s| s.exists(["ValidPaths"]))
+                .map_err(|e| self.sqlite_error(e, "reading the schema"))?;
+            if !found {
+                return Err(DbError::new(
+                    DbErrorKind::NoValidPaths,
+                    &self.path,
+                    format!("{missing}: not a Nix or Guix store database"),
+                ));
+            }
         }
         Ok(())
     }
@@ -553,28 +540,18 @@ impl StoreDb {
         })
     }
 
-    fn wal_path(&self) -> PathBuf {
-        let mut p = self.real.clone().into_os_string();
-        p.push("-wal");
-        PathBuf::from(p)
-    }
-
     fn wal_file_exists(&self) -> DbResult<bool> {
-        match std::fs::symlink_metadata(self.wal_path()) {
+        let mut wal = self.real.clone().into_os_string();
+        wal.push("-wal");
+        match std::fs::symlink_metadata(&wal) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(DbError::new(
                 DbErrorKind::Unreadable,
                 &self.path,
-                format!("stat of {}: {e}", self.wal_path().display()),
+                format!("stat of {}: {e}", Path::new(&wal).display()),
             )),
         }
-    }
-
-    /// After a snapshot read: no process opened the database meanwhile (no
-    /// `-wal` file) and the file is unchanged.
-    fn still_quiescent(&self, before: &FileId) -> DbResult<bool> {
-        Ok(!self.wal_file_exists()? && self.file_id()? == *before)
     }
 
     fn sqlite_error(&self, e: rusqlite::Error, op: &str) -> DbError {
@@ -608,25 +585,6 @@ impl StoreDb {
         };
         DbError::new(kind, &self.path, detail)
     }
-}
-
-/// Runs `query` (one `?1`, a store path) for each of `paths` in one read
-/// transaction: whether it returns a row.
-fn each_exists<P: AsRef<Path>>(
-    c: &Connection,
-    query: &str,
-    paths: &[P],
-) -> rusqlite::Result<Vec<bool>> {
-    let tx = c.unchecked_transaction()?;
-    let mut out = Vec::with_capacity(paths.len());
-    {
-        let mut st = tx.prepare_cached(query)?;
-        for p in paths {
-            out.push(st.exists([text(p.as_ref().as_os_str().as_bytes())])?);
-        }
-    }
-    tx.commit()?;
-    Ok(out)
 }
 
 /// A store path as an SQL text value, byte for byte (a file name need not

@@ -31,15 +31,6 @@ impl LockKind {
             LockKind::Other => "other",
         }
     }
-
-    fn from_proc(word: &str) -> LockKind {
-        match word {
-            "POSIX" => LockKind::Posix,
-            "OFDLCK" => LockKind::Ofd,
-            "FLOCK" => LockKind::Flock,
-            _ => LockKind::Other,
-        }
-    }
 }
 
 impl fmt::Display for LockKind {
@@ -83,7 +74,12 @@ impl KernelLock {
         if waiter {
             word = words.next()?;
         }
-        let kind = LockKind::from_proc(word);
+        let kind = match word {
+            "POSIX" => LockKind::Posix,
+            "OFDLCK" => LockKind::Ofd,
+            "FLOCK" => LockKind::Flock,
+            _ => LockKind::Other,
+        };
         let rest: Vec<&str> = words.collect();
         // The device:inode field is the only `x:y:z` word; the pid and the
         // access type come just before it.

@@ -41,14 +41,4 @@ impl FileKey {
             ino,
         }
     }
-
-    /// The device's major number.
-    pub fn major(&self) -> u32 {
-        libc::major(self.dev)
-    }
-
-    /// The device's minor number.
-    pub fn minor(&self) -> u32 {
-        libc::minor(self.dev)
-    }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -51,10 +50,6 @@ pub fn command_of(pid: u32) -> Option<String> {
     Some(format!("[{}]", comm.trim_end()))
 }
 
-fn is_denied(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
-}
-
 /// How long the diagnostics helpers reuse a descriptor table (they rescan
 /// sooner for a holder the table lacks).
 pub const SCAN_REUSE: Duration = Duration::from_secs(2);
@@ -94,7 +89,7 @@ pub(super) fn list_fds(wanted: Option<&BTreeSet<FileKey>>) -> FdTable {
         let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
             Ok(d) => d,
             Err(e) => {
-                if is_denied(&e) {
+                if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
                     table.unreadable += 1;
                 }
                 continue; // vanished, or a permission problem

@@ -185,17 +185,12 @@ impl Inspector {
         // Rescan when there is no recent table, or when it lacks the holder
         // of a file that a full scan has not already failed to explain
         // (a holder that appeared since; not one we may not read).
-        let (scan, rescan) = match recent {
-            Some(t) => {
-                let scan = inspect_fds(t, &needed);
-                let rescan = needed
-                    .iter()
-                    .any(|k| !self.resolved_by(k, &scan) && !t.misses.contains(k));
-                (scan, rescan)
-            }
-            None => (Scan::default(), true),
-        };
-        self.scan = Some(if rescan {
+        let reused = recent.and_then(|t| {
+            let scan = inspect_fds(t, &needed);
+            let explained = |k| self.resolved_by(k, &scan) || t.misses.contains(k);
+            needed.iter().all(explained).then_some(scan)
+        });
+        self.scan = Some(reused.unwrap_or_else(|| {
             let mut table = list_fds(None);
             let scan = inspect_fds(&table, &needed);
             table.misses = needed
@@ -207,9 +202,7 @@ impl Inspector {
                 *c = Some(table);
             }
             scan
-        } else {
-            scan
-        });
+        }));
     }
 
     /// `true` if `scan` accounts for every OFD holder of `key`.
@@ -227,20 +220,29 @@ impl Inspector {
 
     fn info_for(&mut self, key: FileKey) -> LockInfo {
         let mut info = LockInfo::default();
-        let entries: Vec<KernelLock> = self
+        let entries: Vec<&KernelLock> = self
             .by_file
             .get(&key)
-            .map(|ix| ix.iter().map(|&i| self.locks[i].clone()).collect())
+            .map(|ix| ix.iter().map(|&i| &self.locks[i]).collect())
             .unwrap_or_default();
-        let empty_fds = Vec::new();
-        let empty_blocked = Vec::new();
-        let (fds, blocked, unreadable) = match &self.scan {
-            Some(s) => (
-                s.fds.get(&key).unwrap_or(&empty_fds).clone(),
-                s.blocked.get(&key).unwrap_or(&empty_blocked).clone(),
-                s.unreadable,
-            ),
-            None => (Vec::new(), Vec::new(), 0),
+        let scan = self.scan.as_ref();
+        let fds = scan.and_then(|s| s.fds.get(&key)).map_or(&[][..], |v| v);
+        let mut pool = scan
+            .and_then(|s| s.blocked.get(&key))
+            .cloned()
+            .unwrap_or_default();
+        let commands = &mut self.commands;
+        let mut party = |kind, write, pid: Option<u32>| Party {
+            kind,
+            write,
+            pid,
+            command: pid.and_then(|pid| {
+                commands
+                    .entry(pid)
+                    .or_insert_with(|| command_of(pid))
+                    .clone()
+            }),
+            blocked_for: None,
         };
         let mut unresolved = false;
         // Holders. POSIX and flock entries name their pid. OFD entries
@@ -250,7 +252,7 @@ impl Inspector {
         let mut ofd_groups: BTreeMap<(LockKind, bool), usize> = BTreeMap::new();
         for l in entries.iter().filter(|l| !l.waiter) {
             match l.pid {
-                Some(pid) => info.holders.push(self.party(l, pid)),
+                Some(_) => info.holders.push(party(l.kind, l.write, l.pid)),
                 None => *ofd_groups.entry((l.kind, l.write)).or_default() += 1,
             }
         }
@@ -264,81 +266,34 @@ impl Inspector {
                 })
                 .map(|f| f.pid)
                 .collect();
-            let template = KernelLock {
-                id: 0,
-                kind,
-                write,
-                pid: None,
-                major: key.major(),
-                minor: key.minor(),
-                inode: key.ino,
-                waiter: false,
-            };
             if pids.is_empty() {
                 unresolved = true;
                 for _ in 0..count {
-                    info.holders.push(Party {
-                        kind,
-                        write,
-                        pid: None,
-                        command: None,
-                        blocked_for: None,
-                    });
+                    info.holders.push(party(kind, write, None));
                 }
             }
             for pid in pids {
-                info.holders.push(self.party(&template, pid));
+                info.holders.push(party(kind, write, Some(pid)));
             }
         }
         // Waiters: match each `->` entry with a thread found blocked on the
         // file, by pid when the kernel gives it, else by kind.
-        let mut pool = blocked;
         for l in entries.iter().filter(|l| l.waiter) {
             let found = pool
                 .iter()
-                .position(|b| b.kind == l.kind && (l.pid.is_none() || l.pid == Some(b.pid)));
-            let (pid, blocked_for) = match found {
-                Some(i) => {
-                    let b = pool.remove(i);
-                    (Some(b.pid), b.blocked_for)
-                }
-                None => (l.pid, None),
-            };
-            if pid.is_none() {
-                unresolved = true;
-            }
-            let mut p = match pid {
-                Some(pid) => self.party(l, pid),
-                None => Party {
-                    kind: l.kind,
-                    write: l.write,
-                    pid: None,
-                    command: None,
-                    blocked_for: None,
-                },
-            };
-            p.blocked_for = blocked_for;
-            info.waiters.push(p);
+                .position(|b| b.kind == l.kind && (l.pid.is_none() || l.pid == Some(b.pid)))
+                .map(|i| pool.remove(i));
+            let pid = found.as_ref().map_or(l.pid, |b| Some(b.pid));
+            unresolved |= pid.is_none();
+            info.waiters.push(Party {
+                blocked_for: found.and_then(|b| b.blocked_for),
+                ..party(l.kind, l.write, pid)
+            });
         }
         if unresolved {
-            info.unreadable = unreadable;
+            info.unreadable = scan.map_or(0, |s| s.unreadable);
         }
         info
-    }
-
-    fn party(&mut self, l: &KernelLock, pid: u32) -> Party {
-        let command = self
-            .commands
-            .entry(pid)
-            .or_insert_with(|| command_of(pid))
-            .clone();
-        Party {
-            kind: l.kind,
-            write: l.write,
-            pid: Some(pid),
-            command,
-            blocked_for: None,
-        }
     }
 }
 
@@ -401,8 +356,8 @@ mod tests {
             kind,
             write: true,
             pid,
-            major: k.major(),
-            minor: k.minor(),
+            major: libc::major(k.dev),
+            minor: libc::minor(k.dev),
             inode: k.ino,
             waiter,
         };
@@ -413,7 +368,7 @@ mod tests {
             entry(kb, LockKind::Ofd, None, false),
             // Same inode, another device: not b's.
             KernelLock {
-                minor: kb.minor().wrapping_add(1),
+                minor: libc::minor(kb.dev).wrapping_add(1),
                 ..entry(kb, LockKind::Flock, Some(u32::MAX - 3), false)
             },
         ]);
