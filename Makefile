@@ -9,7 +9,7 @@
 #                   builds it migrated and unmodified from a Guix checkout, runs the
 #                   scenarios of doc/migrating-guix-daemon.md; RUNS=N, BASELINES=yes
 #   make soak       fault-injection soak (1000 multi-process runs) + 100,000 ABI fuzz cases
-#   make miri       the library's unit tests under Miri (nightly)
+#   make miri       the library's unit tests and tests/c_abi_boundary.rs under Miri (nightly)
 #   make demo       run the #31785 demonstration (demo/31785.scm); ARGS=--legacy-hold
 #                   shows the invariant check catching the old daemon's lock lifetime
 #   make check-install  install into a temporary prefix and build and run the
@@ -101,12 +101,13 @@ soak:
 	@grep '^abi_fuzz' target/soak-fuzz.log | cut -c1-300
 	$(CARGO) test --test soak -- $(if $(ARGS),$(ARGS),--runs 1000) --fuzz-summary target/soak-fuzz.log
 
-# The library's unit tests under Miri (nightly toolchain with the miri and
-# rust-src components): the handle table, argument checking, string and
-# array conversion, the panic boundary, a worker over plain goals through the
+# The library's unit tests and tests/c_abi_boundary.rs under Miri (nightly
+# toolchain with the miri and rust-src components): the handle table,
+# argument checking, string and array conversion, the panic boundary, every
+# exported function's argument checks, a worker over plain goals through the
 # C ABI, and the flock lock cycle (file I/O needs -Zmiri-disable-isolation).
-# Miri implements neither OFD locks (fcntl F_OFD_SETLK) nor fork: a unit
-# test that needs them must be #[cfg_attr(miri, ignore)].
+# Miri implements neither OFD locks (fcntl F_OFD_SETLK) nor fork: a test
+# that needs them must be #[cfg_attr(miri, ignore)].
 # Tests whose sizes make them take minutes under Miri are scaled down or
 # ignored there (cfg!(miri)); the whole run takes a few minutes, and
 # MIRI_TIMEOUT turns a regression into a failure that says so instead of a
@@ -114,7 +115,7 @@ soak:
 MIRIFLAGS ?= -Zmiri-disable-isolation
 MIRI_TIMEOUT ?= 1200
 miri:
-	@MIRIFLAGS="$(MIRIFLAGS)" timeout $(MIRI_TIMEOUT) $(CARGO) +nightly miri test --lib; st=$$?; \
+	@MIRIFLAGS="$(MIRIFLAGS)" timeout $(MIRI_TIMEOUT) $(CARGO) +nightly miri test --lib --test c_abi_boundary; st=$$?; \
 	if [ $$st = 124 ]; then echo "make miri: not finished after $(MIRI_TIMEOUT) s; a test too big for Miri needs cfg!(miri) sizes"; fi; \
 	exit $$st
 

@@ -161,3 +161,43 @@ fn panicked(panic: Box<dyn std::any::Any + Send>) -> gk_status {
     ));
     gk_status::GK_ERROR_PANIC
 }
+
+/// The boundary itself (the exported functions are tested through the C
+/// ABI in tests/c_abi_boundary.rs); Miri runs these too (`make miri`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gk_status::*;
+
+    fn message() -> String {
+        // SAFETY: the library promises a valid NUL-terminated string.
+        unsafe { std::ffi::CStr::from_ptr(message_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_gk_error_panic_with_a_message() {
+        let s = call(|_| panic!("boom {}", 42));
+        assert_eq!(s, GK_ERROR_PANIC);
+        assert!(message().contains("boom 42"), "{}", message());
+        let s = call(|_| std::panic::panic_any(7u8));
+        assert_eq!(s, GK_ERROR_PANIC);
+        assert!(message().contains("unknown panic"), "{}", message());
+        assert_eq!(call(|_| Ok(GK_OK)), GK_OK);
+        assert_eq!(message(), "", "success clears the message");
+    }
+
+    #[test]
+    fn messages_are_nul_terminated_and_never_contain_nul() {
+        let s = call(|_| Err(Error::InvalidArgument("a\0b".into())));
+        assert_eq!(s, GK_ERROR_INVALID_ARGUMENT);
+        assert_eq!(message(), "invalid argument: a?b");
+        // The message is per thread.
+        std::thread::spawn(|| assert_eq!(message(), ""))
+            .join()
+            .unwrap();
+        assert_eq!(call(|_| Ok(GK_BUSY)), GK_BUSY);
+        assert_eq!(message(), "");
+    }
+}

@@ -19,8 +19,6 @@ mod signal_watch;
 mod spawn;
 mod status;
 mod store_query;
-#[cfg(test)]
-mod tests;
 mod version;
 mod worker;
 mod worker_batch;

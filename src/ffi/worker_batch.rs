@@ -623,23 +623,3 @@ pub unsafe extern "C" fn gk_worker_report_many(
         Ok(())
     })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layouts_are_as_documented() {
-        assert_eq!(std::mem::size_of::<gk_goal_batch>(), 80);
-        assert_eq!(std::mem::size_of::<gk_batch_error>(), 24);
-        assert_eq!(std::mem::size_of::<gk_report>(), 16);
-        assert_eq!(std::mem::size_of::<gk_event>(), 40);
-    }
-
-    #[test]
-    fn batch_goal_references_never_name_a_goal() {
-        let r = GoalId::from_raw(0xffff_ffff_0000_0003);
-        assert_eq!(r.batch_index(), Some(3));
-        let _: gk_status = gk_status::GK_OK;
-    }
-}

@@ -1,9 +1,11 @@
-//! Unit tests of the C boundary that need no file locks, so that they run
-//! under Miri too (`make miri`): the panic boundary and the thread-local
-//! message, argument checking of every exported function up to the point
-//! where it would make a system call, stale and forged handles, status and
-//! outcome names, reading `gk_worker_options` with any byte in its `bool`s,
-//! and a worker driven through the C ABI over plain goals (no lock files).
+//! The C boundary through the exported functions, with no file locks but
+//! the flock backend's, so that it runs under Miri too (`make miri` runs
+//! this file with the library's unit tests): argument checking of every
+//! exported function up to the point where it would make a system call,
+//! stale and forged handles, status and outcome names, reading
+//! `gk_worker_options` with any byte in its `bool`s, a worker driven
+//! through the C ABI over plain goals (no lock files), the flock lock
+//! cycle, and `gk_spawn`'s and the signal watch's argument checks.
 //!
 //! Miri checks every read and write these make for undefined behaviour; the
 //! unterminated path of exactly `PATH_MAX` bytes, for instance, fails under
@@ -11,11 +13,9 @@
 
 use std::ffi::{c_char, CStr};
 
-use super::boundary::call;
-use super::*;
-use crate::error::Error;
-use crate::lock::PATH_MAX;
-use gk_status::*;
+use goalkeeper::ffi::gk_status::*;
+use goalkeeper::ffi::*;
+use goalkeeper::lock::PATH_MAX;
 
 /// A byte buffer aligned for any argument type, so that `+ 1` is misaligned.
 #[repr(C, align(8))]
@@ -26,31 +26,6 @@ fn message() -> String {
     unsafe { CStr::from_ptr(gk_last_error_message()) }
         .to_string_lossy()
         .into_owned()
-}
-
-#[test]
-fn a_panic_becomes_gk_error_panic_with_a_message() {
-    let s = call(|_| panic!("boom {}", 42));
-    assert_eq!(s, GK_ERROR_PANIC);
-    assert!(message().contains("boom 42"), "{}", message());
-    let s = call(|_| std::panic::panic_any(7u8));
-    assert_eq!(s, GK_ERROR_PANIC);
-    assert!(message().contains("unknown panic"), "{}", message());
-    assert_eq!(call(|_| Ok(GK_OK)), GK_OK);
-    assert_eq!(message(), "", "success clears the message");
-}
-
-#[test]
-fn messages_are_nul_terminated_and_never_contain_nul() {
-    let s = call(|_| Err(Error::InvalidArgument("a\0b".into())));
-    assert_eq!(s, GK_ERROR_INVALID_ARGUMENT);
-    assert_eq!(message(), "invalid argument: a?b");
-    // The message is per thread.
-    std::thread::spawn(|| assert_eq!(message(), ""))
-        .join()
-        .unwrap();
-    assert_eq!(call(|_| Ok(GK_BUSY)), GK_BUSY);
-    assert_eq!(message(), "");
 }
 
 #[test]
@@ -320,7 +295,7 @@ fn a_worker_runs_plain_goals_through_the_c_abi() {
         let mut r = std::mem::zeroed::<gk_goal_result>();
         assert_eq!(gk_worker_goal_result(w, b, &mut r), GK_OK);
         assert_eq!(r.outcome, 1);
-        let mut a_audit = std::mem::zeroed::<super::gk_audit>();
+        let mut a_audit = std::mem::zeroed::<gk_audit>();
         assert_eq!(gk_worker_audit(w, &mut a_audit), GK_OK);
         assert_eq!((a_audit.goals, a_audit.violations), (2, 0));
         let mut len = 0;
@@ -503,14 +478,12 @@ fn flock_lock_cycle_through_the_c_abi() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Calls into goalkeeper from inside a predicate. The pull loop's calls use
-/// the thread's cached worker by reference (not a counted clone), so a
-/// nested call must neither replace nor clear that reference under the
-/// outer call. A validity predicate of worker A calls worker B, frees worker
-/// C, then calls and tries to free A itself: B answers, C is freed (stale
-/// from then on), and A refuses both with `GK_ERROR_INVALID_STATE`. Run
-/// once with A in this thread's cache before the outer call (the borrowed
-/// fast path) and once with B there (the slow path); A and B keep working.
+/// Calls into goalkeeper from inside a predicate: a nested call must not
+/// disturb the outer call's worker. A validity predicate of worker A calls
+/// worker B, frees worker C, then calls and tries to free A itself: B
+/// answers, C is freed (stale from then on), and A refuses both with
+/// `GK_ERROR_INVALID_STATE`. Run once with A the last worker this thread
+/// called before the outer call, and once with B; A and B keep working.
 #[test]
 fn a_predicate_may_call_and_free_other_workers_but_not_its_own() {
     use std::ffi::c_void;
@@ -689,4 +662,128 @@ fn store_db_arguments_are_refused_before_sqlite_is_reached() {
         );
     }
     assert_eq!(gk_worker_free(w), GK_OK);
+}
+
+#[test]
+fn layouts_are_as_documented() {
+    assert_eq!(std::mem::size_of::<gk_goal_batch>(), 80);
+    assert_eq!(std::mem::size_of::<gk_batch_error>(), 24);
+    assert_eq!(std::mem::size_of::<gk_report>(), 16);
+    assert_eq!(std::mem::size_of::<gk_event>(), 40);
+}
+
+#[test]
+fn batch_goal_references_never_name_a_goal() {
+    let r = goalkeeper::sched::GoalId::from_raw(0xffff_ffff_0000_0003);
+    assert_eq!(r.batch_index(), Some(3));
+}
+
+fn spawn(argv: &[*const c_char], fds: [i32; 3]) -> (gk_status, i32) {
+    let mut pid = 0;
+    // SAFETY: `argv` holds `argv.len()` pointers; `pid` is writable.
+    let s = unsafe { gk_spawn(argv.as_ptr(), argv.len(), fds[0], fds[1], fds[2], &mut pid) };
+    (s, pid)
+}
+
+#[test]
+fn spawn_arguments_are_errors_before_any_fork() {
+    let sh = c"/bin/sh".as_ptr();
+    // SAFETY: a NULL argv and a NULL pid_out are refused before use.
+    let s = unsafe { gk_spawn(std::ptr::null(), 1, -1, -1, -1, &mut 0) };
+    assert_eq!(s, GK_ERROR_NULL_POINTER);
+    // SAFETY: as above.
+    let s = unsafe { gk_spawn([sh].as_ptr(), 1, -1, -1, -1, std::ptr::null_mut()) };
+    assert_eq!(s, GK_ERROR_NULL_POINTER);
+    assert_eq!(spawn(&[], [-1; 3]), (GK_ERROR_INVALID_ARGUMENT, -1));
+    assert_eq!(
+        spawn(&[sh, std::ptr::null()], [-1; 3]),
+        (GK_ERROR_NULL_POINTER, -1)
+    );
+    assert_eq!(
+        spawn(&[c"".as_ptr()], [-1; 3]),
+        (GK_ERROR_INVALID_ARGUMENT, -1)
+    );
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // fork and exec
+fn a_builder_runs_and_a_missing_program_or_descriptor_is_an_error_here() {
+    let sh = c"/bin/sh".as_ptr();
+    for fds in [[-2, -1, -1], [-1, i32::MAX, -1], [-1, -1, i32::MIN]] {
+        assert_eq!(spawn(&[sh], fds), (GK_ERROR_INVALID_ARGUMENT, -1));
+    }
+    let argv = [sh, c"-c".as_ptr(), c"exit 7".as_ptr()];
+    let (s, pid) = spawn(&argv, [-1; 3]);
+    assert_eq!(s, GK_OK);
+    let mut status = 0;
+    // SAFETY: `pid` is our child; `status` is writable.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(libc::WEXITSTATUS(status), 7);
+    let (s, pid) = spawn(&[c"/nonexistent/program".as_ptr()], [-1; 3]);
+    assert_eq!((s, pid), (GK_ERROR_IO, -1));
+}
+
+/// The handler `signal` has now.
+fn current_handler(signal: i32) -> libc::sighandler_t {
+    // SAFETY: a zeroed sigaction is valid; a NULL new action only queries.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old);
+        old.sa_sigaction
+    }
+}
+
+fn set_handler(signal: i32, handler: libc::sighandler_t) {
+    // SAFETY: SIG_DFL and SIG_IGN are valid dispositions.
+    unsafe { libc::signal(signal, handler) };
+}
+
+/// One test, as the watch is process-wide (the real signals are
+/// tests/scheme/supervisor.scm's, sent to host processes).
+#[test]
+#[cfg_attr(miri, ignore)] // sigaction, eventfd
+fn watches_nest_take_default_signals_and_give_them_back() {
+    // SAFETY: NULL is refused; the others are valid out-parameters.
+    unsafe {
+        assert_eq!(
+            gk_signal_watch_start(std::ptr::null_mut()),
+            GK_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            gk_signal_watch_caught(std::ptr::null_mut()),
+            GK_ERROR_NULL_POINTER
+        );
+    }
+    assert_eq!(gk_signal_watch_stop(), GK_ERROR_INVALID_STATE);
+    // What the test inherited is not known (a shell's background job
+    // ignores SIGINT): set each disposition the test relies on.
+    set_handler(libc::SIGINT, libc::SIG_DFL);
+    set_handler(libc::SIGTERM, libc::SIG_DFL);
+    set_handler(libc::SIGHUP, libc::SIG_IGN);
+    let (mut fd, mut fd2, mut caught) = (-1, -1, -1);
+    // SAFETY: valid out-parameters.
+    unsafe {
+        assert_eq!(gk_signal_watch_start(&mut fd), GK_OK);
+        assert_eq!(gk_signal_watch_start(&mut fd2), GK_OK);
+        assert_eq!(gk_signal_watch_caught(&mut caught), GK_OK);
+    }
+    assert!(fd >= 0 && fd == fd2, "{fd} {fd2}");
+    assert_eq!(caught, 0);
+    // The library's handler: the one function the watch installed.
+    let handler = current_handler(libc::SIGTERM);
+    assert!(handler != libc::SIG_DFL && handler != libc::SIG_IGN);
+    assert_eq!(current_handler(libc::SIGINT), handler);
+    assert_eq!(
+        current_handler(libc::SIGHUP),
+        libc::SIG_IGN,
+        "ignored: left alone"
+    );
+    assert_eq!(gk_signal_watch_stop(), GK_OK);
+    assert_eq!(current_handler(libc::SIGTERM), handler, "still nested");
+    assert_eq!(gk_signal_watch_stop(), GK_OK);
+    assert_eq!(current_handler(libc::SIGTERM), libc::SIG_DFL);
+    assert_eq!(current_handler(libc::SIGINT), libc::SIG_DFL);
+    assert_eq!(current_handler(libc::SIGHUP), libc::SIG_IGN);
+    assert_eq!(gk_signal_watch_stop(), GK_ERROR_INVALID_STATE);
+    set_handler(libc::SIGHUP, libc::SIG_DFL);
 }
