@@ -2,7 +2,9 @@
 //! output buffers. Nothing here trusts a pointer it has not checked for NULL,
 //! and no string is read past `PATH_MAX` bytes.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::lock::{normalize_paths, StorePath, PATH_MAX};
@@ -46,6 +48,15 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result
     }
     // SAFETY: `n` bytes before the NUL are readable, as just measured.
     Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), n) })
+}
+
+/// Reads a file name (any bytes but NUL, at most `PATH_MAX`).
+///
+/// # Safety
+/// As [`c_bytes`].
+pub(crate) unsafe fn path<'a>(p: *const c_char, what: &'static str) -> Result<&'a Path> {
+    // SAFETY: forwarded.
+    Ok(Path::new(OsStr::from_bytes(unsafe { c_bytes(p, what) }?)))
 }
 
 /// Reads one store path.

@@ -131,14 +131,14 @@ fn lock_file_of(e: &Error) -> Option<PathBuf> {
 }
 
 /// Runs an exported function's body with this thread's [`ThreadState`]:
-/// catches panics, maps errors to statuses, and keeps the thread-local
-/// message in step. Only a status crosses the boundary.
-pub(crate) fn call(f: impl FnOnce(&ThreadState) -> Result<gk_status>) -> gk_status {
+/// catches panics, maps errors to statuses (success is `GK_OK`), and keeps
+/// the thread-local message in step. Only a status crosses the boundary.
+pub(crate) fn call(f: impl FnOnce(&ThreadState) -> Result<()>) -> gk_status {
     let r = catch_unwind(AssertUnwindSafe(|| {
         THREAD.with(|t| match f(t) {
-            Ok(status) => {
+            Ok(()) => {
                 t.clear_message();
-                status
+                gk_status::GK_OK
             }
             Err(e) => t.fail(&e),
         })
@@ -184,7 +184,7 @@ mod tests {
         let s = call(|_| std::panic::panic_any(7u8));
         assert_eq!(s, GK_ERROR_PANIC);
         assert!(message().contains("unknown panic"), "{}", message());
-        assert_eq!(call(|_| Ok(GK_OK)), GK_OK);
+        assert_eq!(call(|_| Ok(())), GK_OK);
         assert_eq!(message(), "", "success clears the message");
     }
 
@@ -197,7 +197,7 @@ mod tests {
         std::thread::spawn(|| assert_eq!(message(), ""))
             .join()
             .unwrap();
-        assert_eq!(call(|_| Ok(GK_BUSY)), GK_BUSY);
+        assert_eq!(call(|_| Ok(())), GK_OK);
         assert_eq!(message(), "");
     }
 }

@@ -19,7 +19,7 @@ use super::args;
 use super::boundary::call;
 use super::enums::gk_backend;
 use super::handle::{HandleTable, Kind};
-use super::status::gk_status::{self, GK_OK};
+use super::status::gk_status;
 use crate::base::ForkMutex;
 use crate::error::{Error, Result};
 use crate::lock::{self, LockWait, Notify};
@@ -135,7 +135,7 @@ pub unsafe extern "C" fn gk_lock_wait_new(
             efd,
         };
         *out = LOCK_WAITS.with(|h| h.insert(w));
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -152,7 +152,7 @@ pub unsafe extern "C" fn gk_lock_wait_fd(wait: gk_lock_wait, fd_out: *mut i32) -
         let fd_out = unsafe { args::out(fd_out, "fd_out") }?;
         LOCK_WAITS.with(|h| {
             *fd_out = h.get(wait)?.efd.as_raw_fd();
-            Ok(GK_OK)
+            Ok(())
         })
     })
 }
@@ -167,6 +167,6 @@ pub extern "C" fn gk_lock_wait_free(wait: gk_lock_wait) -> gk_status {
         // Abandoning the probes takes the list of abandoned waits: outside
         // the handle table's lock.
         drop(w);
-        Ok(GK_OK)
+        Ok(())
     })
 }

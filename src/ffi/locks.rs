@@ -8,7 +8,7 @@ use super::args;
 use super::boundary::call;
 use super::enums::gk_backend;
 use super::handle::{HandleTable, Kind};
-use super::status::gk_status::{self, GK_OK};
+use super::status::gk_status;
 use crate::base::ForkMutex;
 use crate::error::Result;
 use crate::lock::{self, LockSet, StorePath, WaitMode};
@@ -22,20 +22,27 @@ pub type gk_lockset = u64;
 pub(super) static LOCKSETS: ForkMutex<HandleTable<LockSet>> =
     ForkMutex::new(HandleTable::new(Kind::LockSet));
 
-/// The one core of the acquisitions: `paths` (read by the entry point,
-/// validated, sorted, deduplicated) locked as `wait` allows; the new
-/// handle in `*out`.
-fn acquire(
-    paths: Result<Vec<StorePath>>,
+/// The one core of the acquisitions: the paths that `read` reads from the
+/// entry point's arguments (validated, sorted, deduplicated), locked as
+/// `wait` allows; the new handle in `*out`, 0 on any error.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing.
+unsafe fn acquire(
+    read: impl FnOnce() -> Result<Vec<StorePath>>,
     backend: u32,
     wait: WaitMode,
-    out: &mut gk_lockset,
-) -> Result<gk_status> {
-    *out = 0;
-    let paths = paths?;
-    let set = LockSet::acquire_normalized(paths, gk_backend::parse(backend)?, wait)?;
-    *out = LOCKSETS.with(|h| h.insert(set));
-    Ok(GK_OK)
+    out: *mut gk_lockset,
+) -> gk_status {
+    call(|_| {
+        // SAFETY: forwarded from the caller's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        let paths = read();
+        let set = LockSet::acquire_normalized(paths?, gk_backend::parse(backend)?, wait)?;
+        *out = LOCKSETS.with(|h| h.insert(set));
+        Ok(())
+    })
 }
 
 /// Tries to lock every path in `paths[0..n_paths]` without blocking, all or
@@ -56,8 +63,10 @@ pub unsafe extern "C" fn gk_lockset_try_acquire(
     backend: u32,
     out: *mut gk_lockset,
 ) -> gk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { acquire_array(paths, n_paths, backend, WaitMode::Try, out) }
+    // SAFETY: forwarded from this function's contract (twice).
+    let read = || unsafe { args::path_array(paths, n_paths) };
+    // SAFETY: as above.
+    unsafe { acquire(read, backend, WaitMode::Try, out) }
 }
 
 /// Locks every path in `paths[0..n_paths]`, blocking until all are held.
@@ -75,8 +84,10 @@ pub unsafe extern "C" fn gk_lockset_acquire(
     backend: u32,
     out: *mut gk_lockset,
 ) -> gk_status {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { acquire_array(paths, n_paths, backend, WaitMode::Forever, out) }
+    // SAFETY: forwarded from this function's contract (twice).
+    let read = || unsafe { args::path_array(paths, n_paths) };
+    // SAFETY: as above.
+    unsafe { acquire(read, backend, WaitMode::Forever, out) }
 }
 
 /// Like `gk_lockset_acquire`, but gives up after `timeout_ms` milliseconds
@@ -94,32 +105,10 @@ pub unsafe extern "C" fn gk_lockset_acquire_timeout(
 ) -> gk_status {
     // Saturate: a timeout beyond i64::MAX ms is still a bounded wait.
     let wait = wait_mode(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
-    // SAFETY: forwarded from this function's contract.
-    unsafe { acquire_array(paths, n_paths, backend, wait, out) }
-}
-
-/// [`acquire`] for the entry points that take an array of C strings.
-///
-/// # Safety
-/// As `gk_lockset_try_acquire`.
-unsafe fn acquire_array(
-    paths: *const *const c_char,
-    n_paths: usize,
-    backend: u32,
-    wait: WaitMode,
-    out: *mut gk_lockset,
-) -> gk_status {
-    call(|_| {
-        // SAFETY: forwarded from the caller's contract.
-        let out = unsafe { args::out(out, "out") }?;
-        // SAFETY: as above.
-        acquire(
-            unsafe { args::path_array(paths, n_paths) },
-            backend,
-            wait,
-            out,
-        )
-    })
+    // SAFETY: forwarded from this function's contract (twice).
+    let read = || unsafe { args::path_array(paths, n_paths) };
+    // SAFETY: as above.
+    unsafe { acquire(read, backend, wait, out) }
 }
 
 fn wait_mode(timeout_ms: i64) -> WaitMode {
@@ -146,13 +135,10 @@ pub unsafe extern "C" fn gk_lockset_acquire_packed(
     timeout_ms: i64,
     out: *mut gk_lockset,
 ) -> gk_status {
-    call(|_| {
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { args::out(out, "out") }?;
-        // SAFETY: as above.
-        let paths = unsafe { args::packed_paths(buf, len) };
-        acquire(paths, backend, wait_mode(timeout_ms), out)
-    })
+    // SAFETY: forwarded from this function's contract (twice).
+    let read = || unsafe { args::packed_paths(buf, len) };
+    // SAFETY: as above.
+    unsafe { acquire(read, backend, wait_mode(timeout_ms), out) }
 }
 
 /// Asks that releasing `set` delete its lock files (`delete` true), which is
@@ -164,7 +150,7 @@ pub extern "C" fn gk_lockset_set_deletion(set: gk_lockset, delete: bool) -> gk_s
             let s = h.get(set)?;
             s.check()?;
             s.set_deletion(delete);
-            Ok(GK_OK)
+            Ok(())
         })
     })
 }
@@ -176,20 +162,14 @@ pub extern "C" fn gk_lockset_set_deletion(set: gk_lockset, delete: bool) -> gk_s
 /// handle returns `GK_ERROR_STALE_HANDLE`.
 #[no_mangle]
 pub extern "C" fn gk_lockset_release(set: gk_lockset) -> gk_status {
-    call(|_| {
-        LOCKSETS.with(|h| h.remove(set))?.check_and_release()?;
-        Ok(GK_OK)
-    })
+    call(|_| LOCKSETS.with(|h| h.remove(set))?.check_and_release())
 }
 
 /// Checks the ledger invariants of `set` (G6): it belongs to this process,
 /// each path is registered to it, and each descriptor is open.
 #[no_mangle]
 pub extern "C" fn gk_lockset_check(set: gk_lockset) -> gk_status {
-    call(|_| {
-        LOCKSETS.with(|h| h.get(set)?.check())?;
-        Ok(GK_OK)
-    })
+    call(|_| LOCKSETS.with(|h| h.get(set)?.check()))
 }
 
 /// Writes the paths of `set`, sorted, each NUL-terminated, into
@@ -212,8 +192,7 @@ pub unsafe extern "C" fn gk_lockset_paths(
             s.check()?;
             let items = s.paths().map(|p| p.as_path().as_os_str().as_bytes());
             // SAFETY: forwarded from this function's contract.
-            unsafe { args::write_list(buf, cap, len_out, items) }?;
-            Ok(GK_OK)
+            unsafe { args::write_list(buf, cap, len_out, items) }
         })
     })
 }
@@ -231,7 +210,7 @@ pub unsafe extern "C" fn gk_path_is_locked_by_me(path: *const c_char, out: *mut 
         // SAFETY: as above.
         let p = unsafe { args::store_path(path, "path") }?;
         *out = lock::is_held_by_me(&p);
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -250,8 +229,7 @@ pub unsafe extern "C" fn gk_held_paths(
         let held = lock::held_paths();
         let items = held.iter().map(|(p, _)| p.as_os_str().as_bytes());
         // SAFETY: forwarded from this function's contract.
-        unsafe { args::write_list(buf, cap, len_out, items) }?;
-        Ok(GK_OK)
+        unsafe { args::write_list(buf, cap, len_out, items) }
     })
 }
 
@@ -264,6 +242,6 @@ pub unsafe extern "C" fn gk_held_count(out: *mut usize) -> gk_status {
     call(|_| {
         // SAFETY: forwarded from this function's contract.
         *unsafe { args::out(out, "out") }? = lock::held_count();
-        Ok(GK_OK)
+        Ok(())
     })
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::args;
 use super::boundary::call;
-use super::status::gk_status::{self, GK_OK};
+use super::status::gk_status;
 use crate::base::ForkMutex;
 use crate::error::Error;
 
@@ -122,7 +122,7 @@ pub unsafe extern "C" fn gk_signal_watch_start(fd_out: *mut i32) -> gk_status {
         let out = unsafe { args::out(fd_out, "fd_out") }?;
         *out = -1;
         *out = WATCHES.with(start)?;
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -184,7 +184,7 @@ pub unsafe extern "C" fn gk_signal_watch_caught(signal_out: *mut i32) -> gk_stat
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(signal_out, "signal_out") }?;
         *out = CAUGHT.load(Ordering::SeqCst);
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -219,7 +219,7 @@ pub extern "C" fn gk_signal_watch_stop() -> gk_status {
             Ok(Some(ours))
         })?;
         let Some(ours) = ours else {
-            return Ok(GK_OK);
+            return Ok(());
         };
         let caught = CAUGHT.swap(0, Ordering::SeqCst);
         if let Some(i) = SIGNALS.iter().position(|&s| s == caught) {
@@ -229,6 +229,6 @@ pub extern "C" fn gk_signal_watch_stop() -> gk_status {
                 unsafe { libc::kill(pid, caught) };
             }
         }
-        Ok(GK_OK)
+        Ok(())
     })
 }

@@ -32,7 +32,7 @@ use std::process::{Command, Stdio};
 
 use super::args;
 use super::boundary::call;
-use super::status::gk_status::{self, GK_OK};
+use super::status::gk_status;
 use crate::error::{Error, Result};
 
 /// The most arguments `gk_spawn` takes (the kernel's own limit is on their
@@ -181,6 +181,6 @@ pub unsafe extern "C" fn gk_spawn(
             .map_err(|e| Error::from_io(program, "spawn", e))?;
         *pid_out = child.id() as i32;
         // Dropping `child` neither waits for it nor kills it.
-        Ok(GK_OK)
+        Ok(())
     })
 }

@@ -19,8 +19,7 @@
 //! refused (`GK_ERROR_WRONG_PROCESS`): an SQLite connection must not cross
 //! a `fork(2)`.
 
-use std::ffi::{c_char, OsStr};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::c_char;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +27,7 @@ use std::time::Duration;
 use super::args;
 use super::boundary::call;
 use super::handle::{HandleTable, Kind};
-use super::status::gk_status::{self, GK_OK};
+use super::status::gk_status;
 use crate::base::ForkMutex;
 use crate::error::{Error, Result};
 use crate::store_db::{self, StoreDb, StoreDbOptions};
@@ -46,16 +45,6 @@ pub(super) static STORE_DBS: ForkMutex<HandleTable<Arc<Mutex<StoreDb>>>> =
 
 /// The most paths `gk_store_db_valid_paths` takes in one call.
 const MAX_QUERY_PATHS: usize = args::MAX_SET_LEN;
-
-/// A path argument as a `Path` (any bytes but NUL, at most `PATH_MAX`).
-///
-/// # Safety
-/// As [`args::c_bytes`].
-unsafe fn path_arg<'a>(p: *const c_char, what: &'static str) -> Result<&'a Path> {
-    // SAFETY: forwarded.
-    let bytes = unsafe { args::c_bytes(p, what) }?;
-    Ok(Path::new(OsStr::from_bytes(bytes)))
-}
 
 fn with_db<R>(db: gk_store_db, f: impl FnOnce(&mut StoreDb) -> Result<R>) -> Result<R> {
     let shared = STORE_DBS.with(|h| h.get(db).map(|d| d.clone()))?;
@@ -92,14 +81,14 @@ pub unsafe extern "C" fn gk_store_db_open(
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
         // SAFETY: as above.
-        let path = unsafe { path_arg(db_path, "db_path") }?;
+        let path = unsafe { args::path(db_path, "db_path") }?;
         let mut options = StoreDbOptions::default();
         if busy_timeout_ms != 0 {
             options.busy_timeout = Duration::from_millis(busy_timeout_ms.into());
         }
         let db = StoreDb::with_options(path, options)?;
         *out = STORE_DBS.with(|h| h.insert(Arc::new(Mutex::new(db))));
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -123,9 +112,9 @@ pub unsafe extern "C" fn gk_store_db_is_valid(
         let valid = unsafe { args::out(valid, "valid") }?;
         *valid = false;
         // SAFETY: as above.
-        let path = unsafe { path_arg(store_path, "store_path") }?;
+        let path = unsafe { args::path(store_path, "store_path") }?;
         *valid = with_db(db, |d| Ok(d.is_valid(path)?))?;
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -167,11 +156,11 @@ pub unsafe extern "C" fn gk_store_db_valid_paths(
         let list = unsafe { args::array(paths, n_paths, "paths") }?
             .iter()
             // SAFETY: each element is guaranteed by the caller.
-            .map(|&p| unsafe { path_arg(p, "an element of paths") })
+            .map(|&p| unsafe { args::path(p, "an element of paths") })
             .collect::<Result<Vec<&Path>>>()?;
         let answers = with_db(db, |d| Ok(d.valid_paths(&list)?))?;
         out.copy_from_slice(&answers);
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -180,10 +169,7 @@ pub unsafe extern "C" fn gk_store_db_valid_paths(
 /// another thread finishes first (the connection is closed after it).
 #[no_mangle]
 pub extern "C" fn gk_store_db_free(db: gk_store_db) -> gk_status {
-    call(|_| {
-        STORE_DBS.with(|h| h.remove(db))?;
-        Ok(GK_OK)
-    })
+    call(|_| STORE_DBS.with(|h| h.remove(db)).map(drop))
 }
 
 /// One query without a handle: opens the store database at `db_path`
@@ -207,10 +193,10 @@ pub unsafe extern "C" fn gk_store_path_valid(
         let valid = unsafe { args::out(valid, "valid") }?;
         *valid = false;
         // SAFETY: as above.
-        let db = unsafe { path_arg(db_path, "db_path") }?;
+        let db = unsafe { args::path(db_path, "db_path") }?;
         // SAFETY: as above.
-        let path = unsafe { path_arg(store_path, "store_path") }?;
+        let path = unsafe { args::path(store_path, "store_path") }?;
         *valid = store_db::is_valid(db, path)?;
-        Ok(GK_OK)
+        Ok(())
     })
 }

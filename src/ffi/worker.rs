@@ -8,9 +8,8 @@
 //! back into its *own* worker gets `GK_ERROR_INVALID_STATE`, never a
 //! deadlock.
 
-use std::ffi::{c_char, c_void, OsStr};
+use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +20,7 @@ use super::enums::{
     gk_backend, gk_build_mode, gk_event_kind, gk_goal_kind, gk_goal_state, gk_outcome,
 };
 use super::handle::{HandleTable, Kind};
-use super::status::gk_status::{self, GK_OK};
+use super::status::gk_status;
 use crate::base::ForkMutex;
 use crate::error::{Error, Result};
 use crate::lock::StorePath;
@@ -179,22 +178,12 @@ pub(crate) struct WorkerCell {
     pub(super) log_text: Mutex<Vec<u8>>,
 }
 
-/// Runs `f` on the worker named by `w`, without holding the handle table's
-/// lock (see [`with_worker_cell`]).
-pub(super) fn with_worker<R>(
-    t: &ThreadState,
-    w: gk_worker,
-    f: impl FnOnce(&mut Worker) -> Result<R>,
-) -> Result<R> {
-    with_worker_cell(t, w, |_, wk| f(wk))
-}
-
 /// Runs `f` on the worker named by `w` and its cell, with the worker's
 /// mutex held but not the handle table's (which refuses stale, forged,
 /// freed and wrong-kind handles, and a fork parent's workers), marking the
 /// worker as in a call of this thread, so that its predicates cannot call
 /// back into it.
-pub(super) fn with_worker_cell<R>(
+pub(super) fn with_worker<R>(
     t: &ThreadState,
     w: gk_worker,
     f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
@@ -202,11 +191,20 @@ pub(super) fn with_worker_cell<R>(
     let cell = WORKERS.with(|h| h.get(w).map(|c| c.clone()))?;
     let me = t.token();
     if cell.in_call.load(Ordering::Acquire) == me {
-        return Err(called_from_predicate(w));
+        return Err(Error::InvalidState(format!(
+            "worker {w:#x} was called from inside one of its own predicates; \
+             a predicate must not call back into its worker"
+        )));
     }
-    let mut guard = cell.worker.lock().map_err(|_| poisoned(w))?;
+    let mut guard = cell.worker.lock().map_err(|_| {
+        Error::Invariant(format!(
+            "worker {w:#x} was left inconsistent by an internal error; free it"
+        ))
+    })?;
     if !cell.alive.load(Ordering::Acquire) {
-        return Err(freed(w));
+        return Err(Error::StaleHandle(format!(
+            "worker handle {w:#018x} is stale: it was freed"
+        )));
     }
     struct Leave<'a>(&'a AtomicUsize);
     impl Drop for Leave<'_> {
@@ -217,23 +215,6 @@ pub(super) fn with_worker_cell<R>(
     cell.in_call.store(me, Ordering::Release);
     let _leave = Leave(&cell.in_call);
     f(&cell, &mut guard)
-}
-
-fn called_from_predicate(w: gk_worker) -> Error {
-    Error::InvalidState(format!(
-        "worker {w:#x} was called from inside one of its own predicates; \
-         a predicate must not call back into its worker"
-    ))
-}
-
-fn poisoned(w: gk_worker) -> Error {
-    Error::Invariant(format!(
-        "worker {w:#x} was left inconsistent by an internal error; free it"
-    ))
-}
-
-fn freed(w: gk_worker) -> Error {
-    Error::StaleHandle(format!("worker handle {w:#018x} is stale: it was freed"))
 }
 
 pub(super) const NO_EVENT: gk_event = gk_event {
@@ -314,7 +295,7 @@ pub unsafe extern "C" fn gk_worker_new(
             log_text: Mutex::new(Vec::new()),
         });
         *out = WORKERS.with(|h| h.insert(cell));
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -334,7 +315,7 @@ pub extern "C" fn gk_worker_free(w: gk_worker) -> gk_status {
         let mut g = cell.worker.lock().unwrap_or_else(|e| e.into_inner());
         cell.alive.store(false, Ordering::Release);
         g.abandon();
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -344,7 +325,7 @@ fn set_predicate(
     f: gk_path_predicate,
     data: *mut c_void,
     valid: bool,
-) -> Result<gk_status> {
+) -> Result<()> {
     let p: Option<Box<dyn PathPredicate>> = f.map(|f| {
         Box::new(CPredicate {
             f,
@@ -352,14 +333,13 @@ fn set_predicate(
             buf: Vec::new(),
         }) as Box<dyn PathPredicate>
     });
-    with_worker(t, w, |wk| {
+    with_worker(t, w, |_, wk| {
         if valid {
             wk.set_valid_predicate(p);
         } else {
             wk.set_cached_predicate(p);
         }
-        wk.check()?;
-        Ok(GK_OK)
+        wk.check()
     })
 }
 
@@ -406,16 +386,14 @@ pub unsafe extern "C" fn gk_worker_set_store_database(
             None
         } else {
             // SAFETY: non-null, and NUL-terminated per this function's contract.
-            let bytes = unsafe { args::c_bytes(db_path, "db_path") }?;
-            Some(Path::new(OsStr::from_bytes(bytes)))
+            Some(unsafe { args::path(db_path, "db_path") }?)
         };
-        with_worker(t, w, |wk| {
+        with_worker(t, w, |_, wk| {
             match path {
                 Some(p) => wk.set_store_database(p)?,
                 None => wk.reset_validity(),
             }
-            wk.check()?;
-            Ok(GK_OK)
+            wk.check()
         })
     })
 }
@@ -440,14 +418,14 @@ fn add_goal(
     mode: u32,
     tag: u64,
     out: &mut gk_goal,
-) -> Result<gk_status> {
+) -> Result<()> {
     let kind = gk_goal_kind::parse(kind)?;
     let mode = gk_build_mode::parse(mode)?;
     let paths = paths?;
     let goal = NewGoal::normalized(kind, mode, tag, paths, &[]);
-    let id = with_worker(t, w, |wk| wk.add_goal_normalized(goal))?;
+    let id = with_worker(t, w, |_, wk| wk.add_goal_normalized(goal))?;
     *out = id.raw();
-    Ok(GK_OK)
+    Ok(())
 }
 
 /// Adds a goal with outputs `outputs[0..n_outputs]` (build: at least one;
@@ -524,10 +502,9 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
 #[no_mangle]
 pub extern "C" fn gk_worker_add_dependency(w: gk_worker, goal: gk_goal, dep: gk_goal) -> gk_status {
     call(|t| {
-        with_worker(t, w, |wk| {
+        with_worker(t, w, |_, wk| {
             wk.add_dependency(GoalId::from_raw(goal), GoalId::from_raw(dep))
-        })?;
-        Ok(GK_OK)
+        })
     })
 }
 
@@ -544,8 +521,8 @@ pub unsafe extern "C" fn gk_worker_next_event(w: gk_worker, out: *mut gk_event) 
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = NO_EVENT;
-        *out = with_worker(t, w, |wk| wk.next_event().map(|ev| event_to_c(ev, wk)))?;
-        Ok(GK_OK)
+        *out = with_worker(t, w, |_, wk| wk.next_event().map(|ev| event_to_c(ev, wk)))?;
+        Ok(())
     })
 }
 
@@ -560,8 +537,7 @@ pub extern "C" fn gk_worker_report(w: gk_worker, goal: gk_goal, outcome: u32) ->
         let o = gk_outcome::parse(outcome)?.ok_or_else(|| {
             Error::InvalidArgument("GK_OUTCOME_NONE is not an outcome to report".into())
         })?;
-        with_worker(t, w, |wk| wk.report(GoalId::from_raw(goal), o))?;
-        Ok(GK_OK)
+        with_worker(t, w, |_, wk| wk.report(GoalId::from_raw(goal), o))
     })
 }
 
@@ -570,10 +546,7 @@ pub extern "C" fn gk_worker_report(w: gk_worker, goal: gk_goal, outcome: u32) ->
 /// has finished.
 #[no_mangle]
 pub extern "C" fn gk_worker_cancel(w: gk_worker, goal: gk_goal) -> gk_status {
-    call(|t| {
-        with_worker(t, w, |wk| wk.cancel(GoalId::from_raw(goal)))?;
-        Ok(GK_OK)
-    })
+    call(|t| with_worker(t, w, |_, wk| wk.cancel(GoalId::from_raw(goal))))
 }
 
 /// Stores a goal's state, outcome, kind and mode in `*out` (results outlive
@@ -590,7 +563,7 @@ pub unsafe extern "C" fn gk_worker_goal_result(
     call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        let r = with_worker(t, w, |wk| {
+        let r = with_worker(t, w, |_, wk| {
             let id = GoalId::from_raw(goal);
             wk.check_goal(id)?;
             wk.result(id)
@@ -601,7 +574,7 @@ pub unsafe extern "C" fn gk_worker_goal_result(
             kind: gk_goal_kind::from_rust(r.kind) as u32,
             mode: gk_build_mode::from_rust(r.mode) as u32,
         };
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -620,8 +593,8 @@ pub unsafe extern "C" fn gk_worker_goal_tag(
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
         *out = 0;
-        *out = with_worker(t, w, |wk| wk.tag(GoalId::from_raw(goal)))?;
-        Ok(GK_OK)
+        *out = with_worker(t, w, |_, wk| wk.tag(GoalId::from_raw(goal)))?;
+        Ok(())
     })
 }
 
@@ -640,15 +613,14 @@ pub unsafe extern "C" fn gk_worker_goal_outputs(
     len_out: *mut usize,
 ) -> gk_status {
     call(|t| {
-        with_worker(t, w, |wk| {
+        with_worker(t, w, |_, wk| {
             let id = GoalId::from_raw(goal);
             wk.check_goal(id)?;
             let outs = wk.outputs(id)?;
             let items = outs.iter().map(|p| p.as_path().as_os_str().as_bytes());
             // SAFETY: forwarded from this function's contract.
             unsafe { args::write_list(buf, cap, len_out, items) }
-        })?;
-        Ok(GK_OK)
+        })
     })
 }
 
@@ -666,8 +638,8 @@ pub unsafe extern "C" fn gk_worker_audit(w: gk_worker, out: *mut Audit) -> gk_st
     call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        *out = with_worker(t, w, |wk| Ok(wk.audit()))?;
-        Ok(GK_OK)
+        *out = with_worker(t, w, |_, wk| Ok(wk.audit()))?;
+        Ok(())
     })
 }
 
@@ -680,11 +652,11 @@ pub unsafe extern "C" fn gk_worker_fd(w: gk_worker, out: *mut i32) -> gk_status 
     call(|t| {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { args::out(out, "out") }?;
-        *out = with_worker(t, w, |wk| {
+        *out = with_worker(t, w, |_, wk| {
             wk.check()?;
             Ok(wk.fd())
         })?;
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -702,7 +674,7 @@ pub unsafe extern "C" fn gk_worker_take_log(
     len_out: *mut usize,
 ) -> gk_status {
     call(|t| {
-        with_worker(t, w, |wk| {
+        with_worker(t, w, |_, wk| {
             wk.check()?;
             let lines = wk.log_lines();
             let items = lines.iter().map(|l| {
@@ -714,8 +686,7 @@ pub unsafe extern "C" fn gk_worker_take_log(
             unsafe { args::write_list(buf, cap, len_out, items) }?;
             wk.take_log();
             Ok(())
-        })?;
-        Ok(GK_OK)
+        })
     })
 }
 

@@ -14,9 +14,9 @@ use std::ffi::c_char;
 use super::args;
 use super::boundary::{call, ThreadState};
 use super::enums::{gk_batch_field, gk_build_mode, gk_goal_kind, gk_outcome};
-use super::status::gk_status::{self, GK_OK};
+use super::status::gk_status;
 use super::worker::{event_to_c, gk_event, gk_goal, gk_worker, with_worker};
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::lock::{StorePath, PATH_MAX};
 use crate::sched::{Bad, BatchError, BatchField, BuildMode, GoalId, GoalKind, NewGoal, Report};
 
@@ -98,29 +98,12 @@ pub struct gk_report {
     pub recorded: u32,
 }
 
-/// A failed batch call: an element of the batch, or the call itself (a
-/// pointer argument, the worker handle).
-enum Fail {
-    Call(Error),
-    Element(BatchError),
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Fail {
-        Fail::Call(e)
-    }
-}
-
-impl From<BatchError> for Fail {
-    fn from(e: BatchError) -> Fail {
-        Fail::Element(e)
-    }
-}
-
-/// Runs a batch call's body; writes `*err` (if given) and returns the status.
+/// Runs a batch call's body, which fails as a call (`Err`: a pointer
+/// argument, the worker handle) or for an element of the batch
+/// (`Ok(Err)`); writes `*err` (if given) and returns the status.
 fn batch_call(
     err: *mut gk_batch_error,
-    body: impl FnOnce(&ThreadState) -> std::result::Result<(), Fail>,
+    body: impl FnOnce(&ThreadState) -> Result<std::result::Result<(), BatchError>>,
 ) -> gk_status {
     call(|t| {
         let mut err = if err.is_null() {
@@ -132,21 +115,18 @@ fn batch_call(
         if let Some(e) = err.as_deref_mut() {
             *e = gk_batch_error::default();
         }
-        match body(t) {
-            Ok(()) => Ok(GK_OK),
-            Err(Fail::Call(e)) => Err(e),
-            Err(Fail::Element(b)) => {
-                if let Some(e) = err {
-                    *e = gk_batch_error {
-                        index: b.index,
-                        sub: b.sub,
-                        field: gk_batch_field::from_rust(b.field) as u32,
-                        reserved: 0,
-                    };
-                }
-                Err(b.error)
-            }
+        let Err(b) = body(t)? else {
+            return Ok(());
+        };
+        if let Some(e) = err {
+            *e = gk_batch_error {
+                index: b.index,
+                sub: b.sub,
+                field: gk_batch_field::from_rust(b.field) as u32,
+                reserved: 0,
+            };
         }
+        Err(b.error)
     })
 }
 
@@ -483,10 +463,10 @@ pub unsafe extern "C" fn gk_worker_add_goals(
 ) -> gk_status {
     batch_call(err, |t| {
         if batch.is_null() {
-            return Err(Error::NullPointer("batch").into());
+            return Err(Error::NullPointer("batch"));
         }
         if !(batch as usize).is_multiple_of(std::mem::align_of::<gk_goal_batch>()) {
-            return Err(Error::InvalidArgument("batch is not aligned".into()).into());
+            return Err(Error::InvalidArgument("batch is not aligned".into()));
         }
         // SAFETY: non-null and aligned; `struct_size` and `n_goals` lead
         // every version of the struct, readable per the contract.
@@ -505,17 +485,18 @@ pub unsafe extern "C" fn gk_worker_add_goals(
                 "batch->struct_size is {size}, not sizeof(gk_goal_batch) = {}: the caller was \
                  compiled against another goalkeeper.h",
                 std::mem::size_of::<gk_goal_batch>()
-            ))
-            .into());
+            )));
         }
         // SAFETY: a whole gk_goal_batch, readable per the contract.
         let b = unsafe { &*batch };
         // SAFETY: forwarded from this function's contract.
-        let (mut goals, parse_error) = unsafe { read_batch(b) }?;
-        let r = with_worker(t, w, |wk| {
+        let (mut goals, parse_error) = match unsafe { read_batch(b) } {
+            Ok(read) => read,
+            Err(e) => return Ok(Err(e)),
+        };
+        with_worker(t, w, |_, wk| {
             Ok(wk.add_goals_into(goals.as_mut_slice(), parse_error, ids))
-        })?;
-        r.map_err(Fail::Element)
+        })
     })
 }
 
@@ -553,7 +534,7 @@ pub unsafe extern "C" fn gk_worker_next_events(
         }
         args::check_array(events, cap, "events")?;
         let mut n = 0;
-        with_worker(t, w, |wk| {
+        with_worker(t, w, |_, wk| {
             wk.next_events_with(cap, |wk, ev| {
                 // SAFETY: `n < cap` (the worker hands out at most `cap`
                 // events), and `events` is valid for `cap` writes.
@@ -562,7 +543,7 @@ pub unsafe extern "C" fn gk_worker_next_events(
             })
         })?;
         *n_out = n;
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
@@ -613,13 +594,14 @@ pub unsafe extern "C" fn gk_worker_report_many(
                 Err(e) => parse_error = Some(BatchError::new(j, 0, BatchField::Outcome, e)),
             }
         }
-        let r = with_worker(t, w, |wk| {
+        let r = with_worker(t, w, |_, wk| {
             Ok(wk.report_many_checked(&mut reps, parse_error.map(Box::new)))
         })?;
-        r?;
-        for (c, r) in reports.iter_mut().zip(&reps) {
-            c.recorded = gk_outcome::from_rust(r.recorded) as u32;
+        if r.is_ok() {
+            for (c, r) in reports.iter_mut().zip(&reps) {
+                c.recorded = gk_outcome::from_rust(r.recorded) as u32;
+            }
         }
-        Ok(())
+        Ok(r)
     })
 }

@@ -14,8 +14,8 @@ use std::os::unix::ffi::OsStrExt;
 use super::args;
 use super::boundary::call;
 use super::enums::gk_log_kind;
-use super::status::gk_status::{self, GK_OK};
-use super::worker::{gk_goal, gk_worker, with_worker_cell};
+use super::status::gk_status;
+use super::worker::{gk_goal, gk_worker, with_worker};
 use crate::error::Result;
 use crate::sched::LogRecord;
 
@@ -134,7 +134,7 @@ pub unsafe extern "C" fn gk_worker_take_log_records(
         let n_out = unsafe { args::out(n_out, "n_out") }?;
         *n_out = 0;
         args::check_array(out, cap, "out")?;
-        let n = with_worker_cell(t, w, |cell, wk| -> Result<usize> {
+        let n = with_worker(t, w, |cell, wk| -> Result<usize> {
             wk.check()?;
             if cap == 0 {
                 return Ok(0);
@@ -150,7 +150,7 @@ pub unsafe extern "C" fn gk_worker_take_log_records(
             Ok(c.len())
         })?;
         *n_out = n;
-        Ok(GK_OK)
+        Ok(())
     })
 }
 
