@@ -50,7 +50,7 @@ extern "C" fn load_time_init() {
     assert_eq!(rc, 0, "pthread_atfork failed");
     #[cfg(feature = "fault-injection")]
     crate::fault::init();
-    crate::sched::init();
+    crate::sched::debug_sweep_default();
 }
 
 #[used]

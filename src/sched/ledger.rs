@@ -202,10 +202,12 @@ impl Ledger {
 /// build or substitute holds a lock set registered to it, one lock per
 /// output; a goal that is not running holds no lock (G1, G2).
 fn check_goal(graph: &Graph, serial: u32, i: u32) -> Option<String> {
-    if nothing_to_check(graph, i) {
+    // A plain goal holding nothing has nothing to look up (a plain goal
+    // never has a lock set, which the checks see if it does).
+    let g = graph.goal(i);
+    if g.kind == GoalKind::Plain && !matches!(g.phase, Phase::Running(Exec::Holding { .. })) {
         return None;
     }
-    let g = graph.goal(i);
     let id = GoalId::new(serial, i).raw();
     let name = || graph.name(i);
     match &g.phase {
@@ -242,14 +244,6 @@ fn check_goal(graph: &Graph, serial: u32, i: u32) -> Option<String> {
             ))
         }),
     }
-}
-
-/// Whether goal `i` holds nothing the checks could look up: a plain goal,
-/// whose state owns no lock set (a plain goal never has one, which the
-/// checks see if it does).
-fn nothing_to_check(graph: &Graph, i: u32) -> bool {
-    let g = graph.goal(i);
-    g.kind == GoalKind::Plain && !matches!(g.phase, Phase::Running(Exec::Holding { .. }))
 }
 
 /// The full O(all) sweep: every goal, the slot holders, and every registry

@@ -9,8 +9,6 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::lock::StorePath;
-
 use super::ids::GoalId;
 
 /// At most this many records are kept; older ones are dropped and counted.
@@ -192,31 +190,6 @@ impl LogRecord {
             duration: None,
             message,
         }
-    }
-
-    /// About goal `g`.
-    pub(crate) fn goal(mut self, g: GoalId) -> LogRecord {
-        self.goal = Some(g);
-        self
-    }
-
-    /// About store path `p`.
-    pub(crate) fn path(&mut self, p: &StorePath) -> &mut LogRecord {
-        self.path = Some(p.as_path().to_path_buf());
-        self
-    }
-
-    /// Held by process `pid` (if known) and goal `goal` (if one).
-    pub(crate) fn holder(&mut self, pid: Option<u32>, goal: Option<GoalId>) -> &mut LogRecord {
-        self.holder_pid = pid;
-        self.holder_goal = goal;
-        self
-    }
-
-    /// Lasting (or having waited) `d`.
-    pub(crate) fn duration(&mut self, d: Duration) -> &mut LogRecord {
-        self.duration = Some(d);
-        self
     }
 }
 

@@ -49,16 +49,11 @@ pub use worker::{Worker, WorkerOptions};
 
 /// Whether new workers sweep every goal and registry entry at every call
 /// (on top of the O(touched) checks): `GOALKEEPER_DEBUG_SWEEP=1` in the
-/// environment when the library was loaded. A worker can still change it
-/// (`Worker::set_debug_sweep`).
+/// environment when the library was loaded (read then, at load time, by
+/// `crate::lifecycle`, before any thread could fork in the middle of it).
+/// A worker can still change it (`Worker::set_debug_sweep`).
 pub fn debug_sweep_default() -> bool {
     ledger::sweep_from_env()
-}
-
-/// One-time initialisation at load time (see `crate::lifecycle`): reads
-/// `GOALKEEPER_DEBUG_SWEEP` before any thread could fork in the middle of it.
-pub(crate) fn init() {
-    let _ = ledger::sweep_from_env();
 }
 
 pub(crate) use batch::Bad;

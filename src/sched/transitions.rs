@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use super::goal::{BuildMode, Event, GoalKind, GoalState, Outcome};
 use super::graph::{Exec, Phase, WaitRef};
 use super::ids::GoalId;
-use super::log::{LogKind, LogRecord};
+use super::log::LogKind;
 use super::slots::SlotToken;
-use super::validity::{ask_all, Source, Validity};
+use super::validity::{Source, Validity};
 use super::waits::ForeignWait;
 use super::worker::Worker;
 use crate::error::{Error, Result};
@@ -86,7 +86,7 @@ impl Worker {
             Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
             // The check before locking only saves taking locks for valid
             // outputs: the check under the locks decides (or the goal waits).
-            Validity::Unknown { k, why } => {
+            Validity::Unknown(k, why) => {
                 self.log_unknown(i, k, &why, "it goes on to take its locks");
                 self.try_run(i, None);
             }
@@ -129,7 +129,7 @@ impl Worker {
                 self.ledger.touch(i);
                 match self.validity_unless_check(i) {
                     Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
-                    Validity::Unknown { k, why } => {
+                    Validity::Unknown(k, why) => {
                         self.log_unknown(i, k, &why, "failed without running it");
                         self.finish(i, Outcome::Failed, true);
                     }
@@ -166,9 +166,9 @@ impl Worker {
                             outs[k].lock_path().display(),
                             self.graph.name(h)
                         );
-                        let holder = (Some(crate::base::pid()), Some(self.id(h)));
-                        self.record(LogKind::WaitsLocal, i, Some(k), line)
-                            .holder(holder.0, holder.1);
+                        let holder_goal = Some(self.id(h));
+                        let rec = self.record(LogKind::WaitsLocal, i, Some(k), line);
+                        (rec.holder_pid, rec.holder_goal) = (Some(crate::base::pid()), holder_goal);
                         self.graph
                             .set_phase(i, Phase::WaitingLock(WaitRef::Local(h)));
                         self.waits.add_local(h, i);
@@ -226,8 +226,8 @@ impl Worker {
             self.graph.name(i),
             path.lock_path().display(),
         );
-        self.record(LogKind::WaitsForeign, i, Some(k), line)
-            .holder(pid, goal);
+        let rec = self.record(LogKind::WaitsForeign, i, Some(k), line);
+        (rec.holder_pid, rec.holder_goal) = (pid, goal);
         let next_recheck = (self.graph.goal(i).mode != BuildMode::Check)
             .then(|| Instant::now() + self.opts.recheck_interval);
         match self
@@ -291,7 +291,7 @@ impl Worker {
                     self.graph.name(g)
                 );
                 self.record(LogKind::BecameValid, g, Some(waited_k), line)
-                    .duration(waited);
+                    .duration = Some(waited);
                 return self.finish(g, Outcome::AlreadyValid, true);
             }
             Validity::Invalid(k) => {
@@ -320,11 +320,11 @@ impl Worker {
                         self.graph.outputs(g)[k]
                     );
                     self.record(LogKind::OnDiskNotValid, g, Some(k), line)
-                        .duration(waited);
+                        .duration = Some(waited);
                 }
                 None
             }
-            Validity::Unknown { k, why } => Some((k, why)),
+            Validity::Unknown(k, why) => Some((k, why)),
         };
         let w = self.waits.foreign_mut(g).expect("present");
         let before = std::mem::replace(&mut w.unknown, unknown.as_ref().map(|u| u.1.clone()));
@@ -365,7 +365,7 @@ impl Worker {
             Err(e) => {
                 let line = format!("{} failed waiting for its lock: {e}", self.graph.name(g));
                 self.record(LogKind::CouldNotLock, g, Some(k), line)
-                    .duration(waited);
+                    .duration = Some(waited);
                 return self.finish(g, Outcome::Failed, true);
             }
             Ok(lock) => lock,
@@ -380,13 +380,12 @@ impl Worker {
             Validity::Invalid(_) => {}
             Validity::Valid => {
                 let line = format!("{got} and its outputs are valid now; finished without running");
-                self.record(LogKind::BecameValid, g, Some(k), line)
-                    .duration(waited);
+                self.record(LogKind::BecameValid, g, Some(k), line).duration = Some(waited);
                 // Valid now: deleting the lock file is allowed.
                 self.release_handed_over(g, k, lock, true);
                 return self.finish(g, Outcome::AlreadyValid, true);
             }
-            Validity::Unknown { k: bad, why } => {
+            Validity::Unknown(bad, why) => {
                 // Not known to be valid: the lock file stays.
                 self.release_handed_over(g, k, lock, false);
                 let then = "got its lock handed over, gave it back and failed without running";
@@ -394,8 +393,7 @@ impl Worker {
                 return self.finish(g, Outcome::Failed, true);
             }
         }
-        self.record(LogKind::HandedOver, g, Some(k), got)
-            .duration(waited);
+        self.record(LogKind::HandedOver, g, Some(k), got).duration = Some(waited);
         self.try_run(g, Some((k, lock)));
     }
 
@@ -579,7 +577,7 @@ impl Worker {
                 self.record(LogKind::NotValidAfterSuccess, i, Some(k), line);
                 Outcome::Failed
             }
-            Validity::Unknown { k, why } => {
+            Validity::Unknown(k, why) => {
                 let then = "the builder reported success; recorded as failed";
                 self.log_unknown(i, k, &why, then);
                 Outcome::Failed
@@ -587,17 +585,36 @@ impl Worker {
         }
     }
 
-    /// What the validity source says about goal `i`'s outputs. A host
-    /// predicate's error is logged (and counts as "not valid").
+    /// What the validity source says about goal `i`'s outputs, asked in
+    /// order, up to the first that is not valid or cannot be answered for.
+    /// A host predicate's error is logged (and counts as "not valid").
     pub(super) fn validity(&mut self, i: u32) -> Validity {
-        let id = self.id(i);
-        let Worker {
-            valid, graph, log, ..
-        } = self;
-        ask_all(valid, graph.outputs(i), &mut |p, line| {
-            log.push(LogRecord::new(LogKind::PredicateError, line).goal(id))
-                .path(p);
-        })
+        let n = self.graph.outputs(i).len();
+        if n == 0 {
+            return Validity::Invalid(0);
+        }
+        for k in 0..n {
+            let p = &self.graph.outputs(i)[k];
+            let valid = match &mut self.valid {
+                Source::Exists => std::fs::symlink_metadata(p.as_path()).is_ok(),
+                Source::Host(pred) => match pred.ask(p) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let line = format!("validity predicate failed on {p}: {e}; taken as no");
+                        self.record(LogKind::PredicateError, i, Some(k), line);
+                        false
+                    }
+                },
+                Source::Database(db) => match db.is_valid(p.as_path()) {
+                    Ok(v) => v,
+                    Err(e) => return Validity::Unknown(k, e.to_string()),
+                },
+            };
+            if !valid {
+                return Validity::Invalid(k);
+            }
+        }
+        Validity::Valid
     }
 
     /// [`Worker::validity`], except in check mode, where outputs are rebuilt
@@ -653,39 +670,32 @@ impl Worker {
 
     /// The error for "goals remain but nothing can progress", naming them.
     fn deadlock_error(&mut self) -> Error {
-        let mut blockers: HashMap<u32, Vec<u32>> = HashMap::new();
-        for j in 0..self.graph.len() as u32 {
-            if self.graph.is_finished(j) {
-                continue;
-            }
+        let stuck: Vec<u32> = (0..self.graph.len() as u32)
+            .filter(|&j| !self.graph.is_finished(j))
+            .collect();
+        // What each stuck goal waits for: the stuck goals it depends on.
+        let mut blockers: HashMap<u32, Vec<String>> = HashMap::new();
+        for &j in &stuck {
             let mut c = self.graph.dependents(j);
             while let Some(d) = self.graph.next_dependent(&mut c) {
-                blockers.entry(d).or_default().push(j);
+                let name = self.graph.name(j).to_string();
+                blockers.entry(d).or_default().push(name);
             }
         }
-        let mut parts = Vec::new();
-        let mut total = 0;
-        for j in 0..self.graph.len() as u32 {
-            if self.graph.is_finished(j) {
-                continue;
-            }
-            total += 1;
-            if parts.len() >= 20 {
-                continue;
-            }
-            let (name, state) = (self.graph.name(j), self.graph.state(j).describe());
-            let mut s = format!("{name} ({state})");
-            if let Some(b) = blockers.get(&j) {
-                let names: Vec<String> =
-                    b.iter().map(|&x| self.graph.name(x).to_string()).collect();
-                s.push_str(&format!(" waits for {}", names.join(", ")));
-            }
-            parts.push(s);
-        }
-        let more = if total > parts.len() {
-            format!("; and {} more", total - parts.len())
-        } else {
-            String::new()
+        let parts: Vec<String> = stuck
+            .iter()
+            .take(20)
+            .map(|&j| {
+                let (name, state) = (self.graph.name(j), self.graph.state(j).describe());
+                match blockers.get(&j) {
+                    Some(b) => format!("{name} ({state}) waits for {}", b.join(", ")),
+                    None => format!("{name} ({state})"),
+                }
+            })
+            .collect();
+        let more = match stuck.len() - parts.len() {
+            0 => String::new(),
+            n => format!("; and {n} more"),
         };
         Error::SchedulerDeadlock(format!("{}{more} (a dependency cycle?)", parts.join("; ")))
     }

@@ -66,53 +66,8 @@ pub(crate) enum Validity {
     /// Output `k` (an index into the goal's sorted outputs) is not valid, or
     /// the goal has no outputs.
     Invalid(usize),
-    /// The store database could not answer for output `k`; `why` names the
-    /// database file and the error. Never to be taken as valid.
-    Unknown {
-        /// The output asked about.
-        k: usize,
-        /// The database error, with the file name.
-        why: String,
-    },
-}
-
-/// Asks `source` about `outputs`, in order, stopping at the first output
-/// that is not valid or cannot be answered for. A host predicate's error is
-/// given to `log` (with the path) and counts as "not valid".
-pub(crate) fn ask_all(
-    source: &mut Source,
-    outputs: &[StorePath],
-    log: &mut impl FnMut(&StorePath, String),
-) -> Validity {
-    if outputs.is_empty() {
-        return Validity::Invalid(0);
-    }
-    for (k, p) in outputs.iter().enumerate() {
-        let ok = match source {
-            Source::Exists => std::fs::symlink_metadata(p.as_path()).is_ok(),
-            Source::Host(pred) => match pred.ask(p) {
-                Ok(v) => v,
-                Err(e) => {
-                    log(
-                        p,
-                        format!("validity predicate failed on {p}: {e}; taken as no"),
-                    );
-                    false
-                }
-            },
-            Source::Database(db) => match db.is_valid(p.as_path()) {
-                Ok(v) => v,
-                Err(e) => {
-                    return Validity::Unknown {
-                        k,
-                        why: e.to_string(),
-                    }
-                }
-            },
-        };
-        if !ok {
-            return Validity::Invalid(k);
-        }
-    }
-    Validity::Valid
+    /// The store database could not answer for output `k` (the first
+    /// field); the second names the database file and the error. Never to
+    /// be taken as valid.
+    Unknown(usize, String),
 }

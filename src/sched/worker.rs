@@ -697,9 +697,6 @@ impl Worker {
             return; // a fork child: the parent's locks are not ours to release
         }
         for i in 0..self.graph.len() as u32 {
-            if self.graph.unfinished() == 0 {
-                break;
-            }
             if !self.graph.is_finished(i) {
                 self.finish_one(i, Outcome::Cancelled, false, false);
             }
@@ -730,13 +727,12 @@ impl Worker {
         output: Option<usize>,
         message: String,
     ) -> &mut LogRecord {
-        let rec = self
-            .log
-            .push(LogRecord::new(kind, message).goal(self.id(i)));
-        if let Some(p) = output.and_then(|k| self.graph.outputs(i).get(k)) {
-            rec.path(p);
-        }
-        rec
+        let path = output.and_then(|k| self.graph.outputs(i).get(k));
+        self.log.push(LogRecord {
+            goal: Some(self.id(i)),
+            path: path.map(|p| p.as_path().to_path_buf()),
+            ..LogRecord::new(kind, message)
+        })
     }
 }
 
