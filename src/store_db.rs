@@ -204,15 +204,9 @@ impl Drop for StoreDb {
     }
 }
 
-/// The state of the database file when a snapshot read begins.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
+/// The state of the database file when a snapshot read begins: device,
+/// inode, size, and modification and change times (seconds, nanoseconds).
+type FileId = (u64, u64, u64, (i64, i64), (i64, i64));
 
 impl StoreDb {
     /// Opens the store database at `path` (absolute) with default options,
@@ -531,13 +525,13 @@ impl StoreDb {
                 "is not a regular file",
             ));
         }
-        Ok(FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
+        Ok((
+            m.dev(),
+            m.ino(),
+            m.size(),
+            (m.mtime(), m.mtime_nsec()),
+            (m.ctime(), m.ctime_nsec()),
+        ))
     }
 
     fn wal_file_exists(&self) -> DbResult<bool> {

@@ -107,7 +107,10 @@ impl KernelLock {
 
     /// The locked file's identity.
     pub fn file(&self) -> FileKey {
-        FileKey::from_parts(self.major, self.minor, self.inode)
+        FileKey {
+            dev: libc::makedev(self.major, self.minor),
+            ino: self.inode,
+        }
     }
 }
 
@@ -132,17 +135,14 @@ pub fn read_proc_locks() -> io::Result<Vec<KernelLock>> {
 /// The union, as multisets, of two readings of the lock list (entries
 /// compared without their ordinal, which differs between readings).
 fn merge_reads(first: Vec<KernelLock>, second: Vec<KernelLock>) -> Vec<KernelLock> {
-    let mut seen: HashMap<(LockKind, bool, Option<u32>, FileKey, bool), usize> = HashMap::new();
+    let key = |l: &KernelLock| (l.kind, l.write, l.pid, l.file(), l.waiter);
+    let mut seen = HashMap::new();
     for l in &first {
-        *seen
-            .entry((l.kind, l.write, l.pid, l.file(), l.waiter))
-            .or_default() += 1;
+        *seen.entry(key(l)).or_default() += 1;
     }
     let mut out = first;
     for l in second {
-        let n = seen
-            .entry((l.kind, l.write, l.pid, l.file(), l.waiter))
-            .or_default();
+        let n: &mut usize = seen.entry(key(&l)).or_default();
         if *n == 0 {
             out.push(l);
         } else {

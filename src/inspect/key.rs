@@ -32,13 +32,4 @@ impl FileKey {
             ino: meta.ino(),
         }
     }
-
-    /// The key of a file as `/proc/locks` names it: device major and minor
-    /// numbers and the inode.
-    pub fn from_parts(major: u32, minor: u32, ino: u64) -> FileKey {
-        FileKey {
-            dev: libc::makedev(major, minor),
-            ino,
-        }
-    }
 }

@@ -85,8 +85,8 @@ impl LockInfo {
 /// can then be inspected against them.
 #[derive(Debug)]
 pub struct Inspector {
-    locks: Vec<KernelLock>,
-    by_file: HashMap<FileKey, Vec<usize>>,
+    /// The kernel's entries, by locked file.
+    by_file: HashMap<FileKey, Vec<KernelLock>>,
     scan: Option<Scan>,
     commands: HashMap<u32, Option<String>>,
     /// Reuse a recent descriptor table (see [`SCAN_REUSE`]).
@@ -101,12 +101,11 @@ impl Inspector {
 
     /// An inspector over an already parsed lock list (for tests).
     pub fn from_locks(locks: Vec<KernelLock>) -> Inspector {
-        let mut by_file: HashMap<FileKey, Vec<usize>> = HashMap::new();
-        for (i, l) in locks.iter().enumerate() {
-            by_file.entry(l.file()).or_default().push(i);
+        let mut by_file: HashMap<FileKey, Vec<KernelLock>> = HashMap::new();
+        for l in locks {
+            by_file.entry(l.file()).or_default().push(l);
         }
         Inspector {
-            locks,
             by_file,
             scan: None,
             commands: HashMap::new(),
@@ -160,12 +159,9 @@ impl Inspector {
             .iter()
             .copied()
             .filter(|k| {
-                self.by_file.get(k).is_some_and(|ix| {
-                    ix.iter().any(|&i| {
-                        let l = &self.locks[i];
-                        l.pid.is_none() || l.waiter
-                    })
-                })
+                self.by_file
+                    .get(k)
+                    .is_some_and(|v| v.iter().any(|l| l.pid.is_none() || l.waiter))
             })
             .collect();
         if needed.is_empty() {
@@ -207,10 +203,10 @@ impl Inspector {
 
     /// `true` if `scan` accounts for every OFD holder of `key`.
     fn resolved_by(&self, key: &FileKey, scan: &Scan) -> bool {
-        let ofd_held = self.by_file.get(key).is_some_and(|ix| {
-            ix.iter()
-                .any(|&i| !self.locks[i].waiter && self.locks[i].pid.is_none())
-        });
+        let ofd_held = self
+            .by_file
+            .get(key)
+            .is_some_and(|v| v.iter().any(|l| !l.waiter && l.pid.is_none()));
         !ofd_held
             || scan.fds.get(key).is_some_and(|fds| {
                 fds.iter()
@@ -220,11 +216,7 @@ impl Inspector {
 
     fn info_for(&mut self, key: FileKey) -> LockInfo {
         let mut info = LockInfo::default();
-        let entries: Vec<&KernelLock> = self
-            .by_file
-            .get(&key)
-            .map(|ix| ix.iter().map(|&i| &self.locks[i]).collect())
-            .unwrap_or_default();
+        let entries = self.by_file.get(&key).map_or(&[][..], |v| v);
         let scan = self.scan.as_ref();
         let fds = scan.and_then(|s| s.fds.get(&key)).map_or(&[][..], |v| v);
         let mut pool = scan
@@ -307,10 +299,7 @@ pub fn lock_info(lock_file: &Path) -> io::Result<LockInfo> {
 /// none could be identified. Never fails. May reuse a recent descriptor
 /// table ([`Inspector::with_recent_scan`]).
 pub fn holder_pids(lock_file: &Path) -> Vec<u32> {
-    Inspector::with_recent_scan()
-        .and_then(|mut i| i.inspect(lock_file))
-        .map(|i| i.holder_pids())
-        .unwrap_or_default()
+    describe_holders_and_pids(lock_file).map_or(Vec::new(), |(_, pids)| pids)
 }
 
 /// A short description of who holds `lock_file`, for "waiting for lock"

@@ -5,8 +5,7 @@ use std::os::unix::io::RawFd;
 
 use super::backend::Backend;
 use super::path::StorePath;
-use super::process::{State, STATE};
-use super::registry::{Owner, Registry};
+use super::registry::{Owner, Registry, State, STATE};
 use crate::base::generation;
 use crate::error::{Error, Result};
 use crate::fault::{crash_point, injected, Point};
@@ -76,14 +75,13 @@ impl LockFile {
             let granted = backend
                 .lock_wait(fd)
                 .map_err(|e| Error::from_io(path.lock_path(), "lock", e))
-                .and_then(|()| check_granted(path, fd, backend, dir_owner));
-            match granted {
-                Ok(Some(key)) => return Ok(Some(LockFile::new(fd, backend, key))),
-                r => {
-                    STATE.with(|st| st.registry.close(fd));
-                    r?; // stale: open it again
-                }
+                .and_then(|()| check_granted(path, fd, dir_owner));
+            if let Ok(Some(key)) = granted {
+                return Ok(Some(LockFile::new(fd, backend, key)));
             }
+            let _ = backend.unlock(fd);
+            STATE.with(|st| st.registry.close(fd));
+            granted?; // stale: open it again
         }
         Err(stale_exhausted(path))
     }
@@ -119,12 +117,15 @@ impl LockFile {
                             let held = st.registry.owner_of_inode(key);
                             Some(held.map_or(Acquired::Busy, |o| Acquired::HeldHere(o, key)))
                         }),
-                    Ok(true) => match check_granted(path, fd, backend, dir_owner) {
+                    Ok(true) => match check_granted(path, fd, dir_owner) {
                         Ok(Some(key)) => {
                             st.registry.register(path, key, owner);
                             return Ok(Some(Acquired::Locked(LockFile::new(fd, backend, key))));
                         }
-                        r => r.map(|_| None), // stale: open it again
+                        r => {
+                            let _ = backend.unlock(fd);
+                            r.map(|_| None) // stale: open it again
+                        }
                     },
                 };
                 st.registry.close(fd);
@@ -310,30 +311,15 @@ fn stat(fd: RawFd) -> io::Result<libc::stat> {
 /// Judges a file whose lock was just granted on `fd`, from its `fstat`:
 /// the inode's key if it is a live lock file; `None` if it is stale
 /// (deleted by its previous holder: open the path again), and an error for
-/// a file we may not use. Unless live, the lock is released again (the
-/// caller closes the descriptor).
+/// a file we may not use. Unless it is live, the caller unlocks and closes
+/// the descriptor.
 ///
 /// An unlinked file is stale. A linked one must be a lock file we may use
 /// (L11: regular, one link, owned by this process's effective user or by the
 /// store directory's owner, `dir_owner`; anything else is refused without a
 /// write). A linked lock file that is not empty carries the deletion token:
 /// stale, and its deletion is finished.
-fn check_granted(
-    path: &StorePath,
-    fd: RawFd,
-    backend: Backend,
-    dir_owner: libc::uid_t,
-) -> Result<Option<FileKey>> {
-    let verdict = examine(path, fd, dir_owner);
-    if !matches!(verdict, Ok(Some(_))) {
-        let _ = backend.unlock(fd);
-    }
-    verdict
-}
-
-/// The key of the locked file `fd` if it is a live lock file (see
-/// [`check_granted`]).
-fn examine(path: &StorePath, fd: RawFd, dir_owner: libc::uid_t) -> Result<Option<FileKey>> {
+fn check_granted(path: &StorePath, fd: RawFd, dir_owner: libc::uid_t) -> Result<Option<FileKey>> {
     let st = stat(fd).map_err(|e| Error::from_io(path.lock_path(), "fstat", e))?;
     if st.st_nlink == 0 {
         return Ok(None);

@@ -4,19 +4,32 @@
 //! [`Error::HeldByThisProcess`], never silently granted (the POSIX-lock
 //! trap) and never left to block on itself (the flock/OFD trap).
 //!
-//! [`Registry`] owns the maps; nothing else touches them. It lives in the
-//! lock layer's process state (`process::STATE`), so every change
-//! happens under the same mutex as the kernel operation it records: a lock
-//! is registered in the step that takes it and unregistered in the step that
-//! releases it, and no other thread ever sees the two disagree.
+//! [`Registry`] owns the maps; nothing outside this module touches them. It
+//! lives in the lock layer's process-wide state, [`STATE`], one mutex that
+//! survives `fork(2)` correctly, with the store directories found safe; so
+//! every change happens under the same mutex as the kernel operation it
+//! records: a lock is registered in the step that takes it and unregistered
+//! in the step that releases it, and no other thread ever sees the two
+//! disagree. The public questions to the registry are answered here too.
+//!
+//! A fork child inherits its parent's open file descriptions, and with them
+//! OFD and `flock` locks, which would then outlive a `kill -9` of the parent.
+//! The atfork child handler therefore closes every inherited lock
+//! descriptor (without unlocking: the parent still holds them) and clears
+//! the registry; the fork generation (`crate::base`), bumped before, tells
+//! the child's copies of the parent's lock objects that they are foreign,
+//! so they never touch those descriptor numbers again (G7, L5).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasherDefault;
 use std::os::unix::io::RawFd;
+use std::path::PathBuf;
 
 use super::path::StorePath;
+use super::store_dir::CheckedDirs;
+use crate::base::ForkMutex;
 use crate::error::{Error, Result};
 use crate::inspect::FileKey;
 
@@ -147,30 +160,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Who in this process holds `path`, if anyone.
-    pub(crate) fn owner_of(&self, path: &StorePath) -> Option<Owner> {
-        self.held.get(path).copied()
-    }
-
-    /// Every held path whose owner `select` accepts, with its owner.
-    pub(crate) fn held_where(&self, select: impl Fn(&Owner) -> bool) -> Vec<(StorePath, Owner)> {
-        self.held
-            .iter()
-            .filter(|(_, o)| select(o))
-            .map(|(p, o)| (p.clone(), *o))
-            .collect()
-    }
-
-    /// Number of held paths.
-    pub(crate) fn held_count(&self) -> usize {
-        self.held.len()
-    }
-
-    /// Number of open lock descriptors.
-    pub(crate) fn open_count(&self) -> usize {
-        self.fds.len()
-    }
-
     /// Who in this process holds the lock file with inode `key`, if anyone.
     pub(crate) fn owner_of_inode(&self, key: FileKey) -> Option<Owner> {
         self.held_inodes.get(&key).copied()
@@ -187,20 +176,6 @@ impl Registry {
         // SAFETY: closing a descriptor this library opened and still owns.
         unsafe { libc::close(fd) };
     }
-
-    /// In a fork child: closes every inherited lock descriptor (without
-    /// unlocking: the parent still holds the locks through its own reference
-    /// to the open file descriptions) and forgets what the parent held.
-    pub(crate) fn forget_after_fork(&mut self) {
-        for &fd in &self.fds {
-            // SAFETY: closing an inherited descriptor number that this
-            // library opened; no unlock, since the parent still holds the lock.
-            unsafe { libc::close(fd) };
-        }
-        self.fds.clear();
-        self.held.clear();
-        self.held_inodes.clear();
-    }
 }
 
 /// Removes `key`'s entry from `map` if it names lock set `id`; returns the
@@ -213,10 +188,83 @@ fn take_mine<K: std::hash::Hash + Eq>(map: &mut Map<K, Owner>, key: &K, id: u64)
     Some(o)
 }
 
+/// What [`STATE`] guards.
+pub(crate) struct State {
+    /// The locks this process holds, and its open lock descriptors.
+    pub(crate) registry: Registry,
+    /// The store directories checked and found safe.
+    pub(crate) dirs: CheckedDirs,
+}
+
+/// The lock layer's process state, second in the lock order (after the C
+/// ABI's handle tables: see `crate::lifecycle`).
+pub(crate) static STATE: ForkMutex<State> = ForkMutex::new(State {
+    registry: Registry::new(),
+    dirs: CheckedDirs::new(),
+});
+
+/// In the child after `fork(2)`: closes every inherited lock descriptor
+/// (without unlocking: the parent still holds the locks through its own
+/// reference to the open file descriptions) and forgets what the parent
+/// held, then releases the mutex.
+pub(crate) fn after_fork_child() {
+    // SAFETY: `before_fork` locked STATE in the thread that forked, which is
+    // the only thread of the child, so this is the only reference.
+    let r = unsafe { &mut (*STATE.data_ptr()).registry };
+    for &fd in &r.fds {
+        // SAFETY: closing an inherited descriptor number that this library
+        // opened; no unlock, since the parent still holds the lock.
+        unsafe { libc::close(fd) };
+    }
+    r.fds.clear();
+    r.held.clear();
+    r.held_inodes.clear();
+    STATE.unlock_after_fork();
+}
+
+/// Who in this process holds `path`, if anyone.
+pub fn owner_of(path: &StorePath) -> Option<Owner> {
+    STATE.with(|st| st.registry.held.get(path).copied())
+}
+
+/// `true` if this process holds the lock on `path`.
+pub fn is_held_by_me(path: &StorePath) -> bool {
+    owner_of(path).is_some()
+}
+
+/// Every store path this process holds, sorted, with its owner.
+pub fn held_paths() -> Vec<(PathBuf, Owner)> {
+    let mut v = held_where(|_| true);
+    v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    v.into_iter()
+        .map(|(p, o)| (p.as_path().to_path_buf(), o))
+        .collect()
+}
+
+/// Every store path held by an owner that `select` accepts, with its owner
+/// (the scheduler selects its own goals' locks by their tags, for its audit
+/// and full ledger sweep).
+pub(crate) fn held_where(select: impl Fn(&Owner) -> bool) -> Vec<(StorePath, Owner)> {
+    STATE.with(|st| {
+        let held = st.registry.held.iter().filter(|(_, o)| select(o));
+        held.map(|(p, o)| (p.clone(), *o)).collect()
+    })
+}
+
+/// Number of store paths this process holds.
+pub fn held_count() -> usize {
+    STATE.with(|st| st.registry.held.len())
+}
+
+/// The number of lock descriptors this process has open, including those of
+/// wait threads (for tests and the audit).
+pub fn open_descriptor_count() -> usize {
+    STATE.with(|st| st.registry.fds.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::process::STATE;
     use crate::lock::{Backend, LockSet};
 
     /// The C ABI's release checks each path in the step that releases it

@@ -8,7 +8,7 @@
 //! are accepted, while `0775` or `0777` are refused.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::path::StorePath;
 use crate::error::{Error, Result};
@@ -35,42 +35,32 @@ impl CheckedDirs {
     /// effective user (L11).
     pub(crate) fn check(&mut self, path: &StorePath) -> Result<libc::uid_t> {
         let dir = path.store_dir();
-        if let Some((_, owner)) = self
-            .0
-            .iter()
-            .find(|(d, _)| d.as_os_str() == dir.as_os_str())
-        {
+        if let Some((_, owner)) = self.0.iter().find(|(d, _)| d == dir) {
             return Ok(*owner);
         }
-        let owner = check_owner(dir)?;
+        // Following symlinks, as `open` does for directories on the way.
+        let meta =
+            std::fs::metadata(dir).map_err(|e| Error::from_io(dir, "stat store directory", e))?;
+        if !meta.is_dir() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                op: "stat store directory",
+                source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            });
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(Error::InsecureStore {
+                dir: dir.to_path_buf(),
+                mode,
+            });
+        }
         if self.0.len() >= CHECKED_DIRS_CACHED {
             self.0.remove(0);
         }
-        self.0.push((dir.to_path_buf(), owner));
-        Ok(owner)
+        self.0.push((dir.to_path_buf(), meta.uid()));
+        Ok(meta.uid())
     }
-}
-
-/// Checks the permissions of `dir` (following symlinks, as `open` does for
-/// directories on the way); returns the directory's owner.
-fn check_owner(dir: &Path) -> Result<libc::uid_t> {
-    let meta =
-        std::fs::metadata(dir).map_err(|e| Error::from_io(dir, "stat store directory", e))?;
-    if !meta.is_dir() {
-        return Err(Error::Io {
-            path: dir.to_path_buf(),
-            op: "stat store directory",
-            source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-        return Err(Error::InsecureStore {
-            dir: dir.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(meta.uid())
 }
 
 #[cfg(test)]
