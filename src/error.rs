@@ -223,22 +223,6 @@ pub enum DbErrorKind {
     Sqlite,
 }
 
-impl DbErrorKind {
-    /// A short, stable name (for logs and bindings).
-    pub fn name(self) -> &'static str {
-        match self {
-            DbErrorKind::RelativePath => "relative-path",
-            DbErrorKind::Missing => "missing",
-            DbErrorKind::NotAFile => "not-a-file",
-            DbErrorKind::NotSqlite => "not-sqlite",
-            DbErrorKind::NoValidPaths => "no-valid-paths-table",
-            DbErrorKind::Locked => "locked",
-            DbErrorKind::Unreadable => "unreadable",
-            DbErrorKind::Sqlite => "sqlite",
-        }
-    }
-}
-
 fn tag_note(tag: u64) -> String {
     if tag == 0 {
         String::new()

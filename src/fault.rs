@@ -22,7 +22,7 @@
 
 use std::io;
 #[cfg(feature = "fault-injection")]
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Where a fault can be injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,12 +95,10 @@ impl Point {
     }
 }
 
-/// The armed points (one bit each), their percentages, and the random
-/// state that picks occasions for a percentage below 100.
+/// How often each point fires, in percent (0: it is not armed), and the
+/// random state that picks occasions for a percentage below 100.
 #[cfg(feature = "fault-injection")]
-static ARMED: AtomicU32 = AtomicU32::new(0);
-#[cfg(feature = "fault-injection")]
-static PERCENT: [AtomicU8; 8] = [const { AtomicU8::new(100) }; 8];
+static PERCENT: [AtomicU8; 8] = [const { AtomicU8::new(0) }; 8];
 #[cfg(feature = "fault-injection")]
 static RNG: AtomicU64 = AtomicU64::new(1);
 
@@ -125,7 +123,6 @@ pub(crate) fn init() {
         for (p, n) in Point::ALL {
             if name == n {
                 PERCENT[p.slot()].store(pct, Ordering::Relaxed);
-                ARMED.fetch_or(p as u32, Ordering::Relaxed);
             }
         }
     }
@@ -136,10 +133,10 @@ pub(crate) fn init() {
 /// occasions).
 #[cfg(feature = "fault-injection")]
 fn fires(p: Point) -> bool {
-    if ARMED.load(Ordering::Relaxed) & p as u32 == 0 {
+    let pct = PERCENT[p.slot()].load(Ordering::Relaxed) as u64;
+    if pct == 0 {
         return false;
     }
-    let pct = PERCENT[p.slot()].load(Ordering::Relaxed) as u64;
     let roll = RNG
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mut x| {
             x ^= x << 13;
@@ -169,12 +166,7 @@ pub(crate) fn injected(p: Point) -> Option<io::Error> {
 /// Arms or disarms fault `p` in this process.
 #[cfg(feature = "fault-injection")]
 pub fn arm(p: Point, on: bool) {
-    if on {
-        PERCENT[p.slot()].store(100, Ordering::Relaxed);
-        ARMED.fetch_or(p as u32, Ordering::Relaxed);
-    } else {
-        ARMED.fetch_and(!(p as u32), Ordering::Relaxed);
-    }
+    PERCENT[p.slot()].store(if on { 100 } else { 0 }, Ordering::Relaxed);
 }
 
 /// Kills this process with `SIGKILL` at crash point `p`, if it is armed,

@@ -50,6 +50,11 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result
     Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), n) })
 }
 
+/// `s` up to its first NUL byte (a C string cannot carry one).
+pub(crate) fn until_nul(s: &[u8]) -> &[u8] {
+    &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())]
+}
+
 /// Reads a file name (any bytes but NUL, at most `PATH_MAX`).
 ///
 /// # Safety

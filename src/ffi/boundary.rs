@@ -50,25 +50,15 @@ impl ThreadState {
         self as *const ThreadState as usize
     }
 
-    /// Stores `msg` as this thread's last error message (NULs are replaced).
+    /// Stores `msg` as this thread's last error message (NULs are
+    /// replaced); `""` clears it.
     fn set_message(&self, msg: &str) {
         *self.holder_of.borrow_mut() = None;
         let mut l = self.message.borrow_mut();
         l.clear();
         l.extend(msg.bytes().map(|b| if b == 0 { b'?' } else { b }));
         l.push(0);
-        self.has_message.set(true);
-    }
-
-    fn clear_message(&self) {
-        if !self.has_message.get() {
-            return;
-        }
-        *self.holder_of.borrow_mut() = None;
-        let mut l = self.message.borrow_mut();
-        l.clear();
-        l.push(0);
-        self.has_message.set(false);
+        self.has_message.set(!msg.is_empty());
     }
 
     /// Records `e` as the last error and returns its status.
@@ -79,13 +69,6 @@ impl ThreadState {
         }
         gk_status::from(e)
     }
-}
-
-/// Stores `msg` as this thread's last error message (NULs are replaced),
-/// unless the thread's state is already gone (a call from a thread-local
-/// destructor at thread exit).
-pub(crate) fn set_message(msg: &str) {
-    let _ = THREAD.try_with(|t| t.set_message(msg));
 }
 
 /// Pointer to this thread's last message; valid until the next goalkeeper
@@ -137,7 +120,9 @@ pub(crate) fn call(f: impl FnOnce(&ThreadState) -> Result<()>) -> gk_status {
     let r = catch_unwind(AssertUnwindSafe(|| {
         THREAD.with(|t| match f(t) {
             Ok(()) => {
-                t.clear_message();
+                if t.has_message.get() {
+                    t.set_message("");
+                }
                 gk_status::GK_OK
             }
             Err(e) => t.fail(&e),
@@ -156,9 +141,10 @@ fn panicked(panic: Box<dyn std::any::Any + Send>) -> gk_status {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    set_message(&format!(
-        "internal error in goalkeeper (caught panic: {what}); please report it"
-    ));
+    let msg = format!("internal error in goalkeeper (caught panic: {what}); please report it");
+    // Unless the thread's state is already gone (a call from a thread-local
+    // destructor at thread exit).
+    let _ = THREAD.try_with(|t| t.set_message(&msg));
     gk_status::GK_ERROR_PANIC
 }
 

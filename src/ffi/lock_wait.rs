@@ -11,7 +11,7 @@
 //! then it waits again.
 
 use std::ffi::c_char;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -39,6 +39,29 @@ pub(super) static LOCK_WAITS: ForkMutex<HandleTable<PathsWait>> =
 pub(crate) struct PathsWait {
     _probes: Vec<LockWait>,
     efd: Arc<OwnedFd>,
+}
+
+/// A new eventfd, close-on-exec and non-blocking; `op` names the
+/// operation in an error.
+pub(super) fn eventfd(op: &'static str) -> Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(Error::from_io(
+            "eventfd",
+            op,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes the eventfd `fd` readable (async-signal-safe).
+pub(super) fn ring(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64.
+    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
 }
 
 /// Starts waiting until the lock of every path in `paths[0..n_paths]` may
@@ -109,21 +132,12 @@ pub unsafe extern "C" fn gk_lock_wait_new(
                 return Err(owner.held_error(p));
             }
         }
-        // SAFETY: eventfd takes no pointers.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(Error::from_io("eventfd", "create a lock wait's eventfd", e));
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let efd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let efd = Arc::new(eventfd("create a lock wait's eventfd")?);
         let left = AtomicUsize::new(paths.len());
-        let ring = efd.clone();
+        let kept = efd.clone();
         let notify: Notify = Arc::new(move || {
             if left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let one: u64 = 1;
-                // SAFETY: writes 8 bytes from a live u64 to a descriptor `ring` keeps open.
-                unsafe { libc::write(ring.as_raw_fd(), (&one as *const u64).cast(), 8) };
+                ring(kept.as_raw_fd());
             }
         });
         let probes = paths

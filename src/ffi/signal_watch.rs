@@ -10,10 +10,12 @@
 //! table's mutex), so the Guile `run-worker` uses this.
 
 use std::ffi::c_int;
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::args;
 use super::boundary::call;
+use super::lock_wait::{eventfd, ring};
 use super::status::gk_status;
 use crate::base::ForkMutex;
 use crate::error::Error;
@@ -56,12 +58,7 @@ extern "C" fn on_signal(signal: c_int) {
             libc::raise(signal);
         } else {
             let _ = CAUGHT.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
-            let one: u64 = 1;
-            libc::write(
-                EVENT_FD.load(Ordering::SeqCst),
-                (&one as *const u64).cast(),
-                8,
-            );
+            ring(EVENT_FD.load(Ordering::SeqCst));
         }
         *libc::__errno_location() = errno;
     }
@@ -138,16 +135,7 @@ fn start(w: &mut Watches) -> Result<i32, Error> {
             depth: 0,
             installed: [false; 3],
         };
-        // SAFETY: eventfd takes no pointer.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::from_io(
-                "eventfd",
-                "create",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        EVENT_FD.store(fd, Ordering::SeqCst);
+        EVENT_FD.store(eventfd("create")?.into_raw_fd(), Ordering::SeqCst);
     }
     if w.depth == 0 {
         let mut count = [0u8; 8];

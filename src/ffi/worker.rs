@@ -677,11 +677,8 @@ pub unsafe extern "C" fn gk_worker_take_log(
         with_worker(t, w, |_, wk| {
             wk.check()?;
             let lines = wk.log_lines();
-            let items = lines.iter().map(|l| {
-                let b = l.as_bytes();
-                // NULs cannot appear in log lines we write, but never emit one.
-                &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
-            });
+            // NULs cannot appear in log lines we write, but never emit one.
+            let items = lines.iter().map(|l| args::until_nul(l.as_bytes()));
             // SAFETY: forwarded from this function's contract.
             unsafe { args::write_list(buf, cap, len_out, items) }?;
             wk.take_log();

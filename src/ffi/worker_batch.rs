@@ -174,8 +174,7 @@ fn range(
 
 /// Where the outputs come from.
 enum Outputs<'a> {
-    None,
-    Strings(*const *const c_char),
+    Strings(&'a [*const c_char]),
     Packed(&'a [u8]),
 }
 
@@ -225,7 +224,7 @@ unsafe fn read_batch<'a>(
     let out_total = out_off.map_or(0, |o| o[n]);
     let dep_total = dep_off.map_or(0, |o| o[n]);
     let outputs = if out_total == 0 {
-        Outputs::None
+        Outputs::Strings(&[])
     } else {
         match (b.outputs.is_null(), b.outputs_packed.is_null()) {
             (false, false) => {
@@ -235,12 +234,9 @@ unsafe fn read_batch<'a>(
             }
             (true, true) => return Err(whole(Error::NullPointer("outputs and outputs_packed"))),
             (false, true) => {
-                if !(b.outputs as usize).is_multiple_of(std::mem::align_of::<*const c_char>()) {
-                    return Err(whole(Error::InvalidArgument(
-                        "outputs is not aligned".into(),
-                    )));
-                }
-                Outputs::Strings(b.outputs)
+                // SAFETY: `output_offsets[n_goals]` pointers (the contract).
+                let strings = unsafe { args::array(b.outputs, out_total as usize, "outputs") };
+                Outputs::Strings(strings.map_err(whole)?)
             }
             (true, false) => {
                 let len = b.outputs_packed_len;
@@ -254,9 +250,14 @@ unsafe fn read_batch<'a>(
             }
         }
     };
-    if dep_total > 0 && !(b.deps as usize).is_multiple_of(std::mem::align_of::<gk_goal>()) {
-        return Err(whole(Error::InvalidArgument("deps is not aligned".into())));
-    }
+    let all_deps = if b.deps.is_null() {
+        None // refused with the first goal that has dependencies
+    } else {
+        // SAFETY: `dep_offsets[n_goals]` ids (the contract); `GoalId` is a
+        // transparent `u64`.
+        let deps = unsafe { args::array(b.deps.cast::<GoalId>(), dep_total as usize, "deps") };
+        Some(deps.map_err(whole)?)
+    };
     let mut first: Bad = None;
     // The packed walk: where goal i's outputs start, and whether it is still
     // in step (after a malformed string, later goals' outputs are unknown).
@@ -308,21 +309,13 @@ unsafe fn read_batch<'a>(
             match range(off, i, dep_total, BatchField::DepOffsets) {
                 Err(e) => bad = bad.or(Some(e)),
                 Ok((a, z)) if z == a => {}
-                Ok(_) if b.deps.is_null() => {
-                    let e = Error::NullPointer("deps");
-                    bad = bad.or(BatchError::new(i, 0, BatchField::Dependency, e).bad());
-                }
-                Ok((a, z)) => {
-                    // SAFETY: `deps` has `dep_total >= z` elements (the
-                    // contract), aligned (checked), and `GoalId` is a
-                    // transparent `u64`.
-                    deps = unsafe {
-                        std::slice::from_raw_parts(
-                            b.deps.add(a as usize).cast::<GoalId>(),
-                            (z - a) as usize,
-                        )
-                    };
-                }
+                Ok((a, z)) => match all_deps {
+                    Some(all) => deps = &all[a as usize..z as usize],
+                    None => {
+                        let e = Error::NullPointer("deps");
+                        bad = bad.or(BatchError::new(i, 0, BatchField::Dependency, e).bad());
+                    }
+                },
             }
         }
         let goal = if readable {
@@ -374,14 +367,10 @@ unsafe fn read_outputs(
     for j in 0..(z - a) as usize {
         let at = |e: Error| Box::new(BatchError::new(i, j, BatchField::Output, e));
         match outputs {
-            Outputs::None => unreachable!("outputs with no outputs"),
             Outputs::Strings(p) => {
-                // SAFETY: `outputs` has `output_offsets[n_goals] >= z`
-                // elements, each a NUL-terminated string (the contract).
-                let s = unsafe { *p.add(a as usize + j) };
-                // SAFETY: as above.
-                let parsed =
-                    unsafe { args::c_bytes(s, "an output") }.and_then(StorePath::from_bytes);
+                // SAFETY: each a NUL-terminated string (the contract).
+                let parsed = unsafe { args::c_bytes(p[a as usize + j], "an output") }
+                    .and_then(StorePath::from_bytes);
                 match parsed {
                     Ok(path) => v.push(path),
                     Err(e) => return Err(at(e)),

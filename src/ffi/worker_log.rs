@@ -56,18 +56,13 @@ pub struct gk_log_record {
     pub message_len: usize,
 }
 
-/// `s` up to its first NUL byte (a C string cannot carry one).
-fn until_nul(s: &[u8]) -> &[u8] {
-    &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())]
-}
-
 /// Copies the records' strings into `text` (replacing what it held) and
 /// returns the C records pointing into it.
 fn to_c(records: &[LogRecord], text: &mut Vec<u8>) -> Vec<gk_log_record> {
     text.clear();
     // Each string's (offset, length) in `text`, which it ends with a NUL.
     let put = |text: &mut Vec<u8>, s: &[u8]| {
-        let (at, s) = (text.len(), until_nul(s));
+        let (at, s) = (text.len(), args::until_nul(s));
         text.extend_from_slice(s);
         text.push(0);
         (at, s.len())
