@@ -26,7 +26,6 @@ macro_rules! c_mapping {
             /// The Rust value this C value stands for.
             #[deny(unreachable_patterns)]
             #[allow(dead_code)]
-            #[inline]
             pub(crate) fn to_rust(self) -> $rust {
                 match self { $($c::$cv => $($rv)+),+ }
             }
@@ -34,7 +33,6 @@ macro_rules! c_mapping {
             /// The C value that stands for a Rust value.
             #[deny(unreachable_patterns)]
             #[allow(dead_code)]
-            #[inline]
             pub(crate) fn from_rust(v: $rust) -> $c {
                 match v { $($($rv)+ => $c::$cv),+ }
             }
@@ -42,7 +40,6 @@ macro_rules! c_mapping {
             /// The C value for a number from C, or `None`.
             #[deny(unreachable_patterns)]
             #[allow(dead_code)]
-            #[inline]
             pub(crate) fn from_raw(v: u32) -> Option<$c> {
                 $(if v == $c::$cv as u32 { return Some($c::$cv); })+
                 None
@@ -51,7 +48,6 @@ macro_rules! c_mapping {
             /// The Rust value for a number from C, or an error naming the
             /// argument's C type and the values it accepts.
             #[allow(dead_code)]
-            #[inline]
             pub(crate) fn parse(v: u32) -> Result<$rust> {
                 match Self::from_raw(v) {
                     Some(c) => Ok(c.to_rust()),

@@ -176,11 +176,7 @@ pub unsafe extern "C" fn gk_lock_wait_fd(wait: gk_lock_wait, fd_out: *mut i32) -
 /// blocked are left to a later wait for the same path, which reuses them.
 #[no_mangle]
 pub extern "C" fn gk_lock_wait_free(wait: gk_lock_wait) -> gk_status {
-    call(|_| {
-        let w = LOCK_WAITS.with(|h| h.remove(wait))?;
-        // Abandoning the probes takes the list of abandoned waits: outside
-        // the handle table's lock.
-        drop(w);
-        Ok(())
-    })
+    // Abandoning the probes takes the list of abandoned waits: outside the
+    // handle table's lock.
+    call(|_| LOCK_WAITS.with(|h| h.remove(wait)).map(drop))
 }

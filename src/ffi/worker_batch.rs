@@ -178,22 +178,6 @@ enum Outputs<'a> {
     Packed(&'a [u8]),
 }
 
-/// The goals read from a batch, in place for a batch of one (a host that
-/// adds its goals one at a time), which then costs no allocation.
-enum Goals<'a> {
-    One([NewGoal<'a>; 1]),
-    Many(Vec<NewGoal<'a>>),
-}
-
-impl<'a> Goals<'a> {
-    fn as_mut_slice(&mut self) -> &mut [NewGoal<'a>] {
-        match self {
-            Goals::One(g) => g,
-            Goals::Many(v) => v,
-        }
-    }
-}
-
 /// Reads the batch: the goals (a placeholder, a plain goal without outputs
 /// or dependencies, for a goal that cannot be read), and the first element
 /// that cannot be read. A whole-batch error (NULL arrays, misalignment,
@@ -203,10 +187,10 @@ impl<'a> Goals<'a> {
 /// The arrays of `b` must be as `gk_goal_batch` describes.
 unsafe fn read_batch<'a>(
     b: &'a gk_goal_batch,
-) -> std::result::Result<(Goals<'a>, Bad), BatchError> {
+) -> std::result::Result<(Vec<NewGoal<'a>>, Bad), BatchError> {
     let n = b.n_goals as usize;
     if n == 0 {
-        return Ok((Goals::Many(Vec::new()), None));
+        return Ok((Vec::new(), None));
     }
     let whole = |e: Error| BatchError::whole(e);
     // SAFETY: the arrays are as this function's contract says (here and below).
@@ -263,7 +247,7 @@ unsafe fn read_batch<'a>(
     // in step (after a malformed string, later goals' outputs are unknown).
     let mut cursor = 0usize;
     let mut in_step = true;
-    let mut read_goal = |i: usize| {
+    let read_goal = |i: usize| {
         let tag = tags.map_or(0, |t| t[i]);
         let mut bad: Bad = None;
         let kind = gk_goal_kind::parse(kinds[i]).unwrap_or_else(|e| {
@@ -329,10 +313,7 @@ unsafe fn read_batch<'a>(
         }
         goal
     };
-    let goals = match n {
-        1 => Goals::One([read_goal(0)]),
-        _ => Goals::Many((0..n).map(read_goal).collect()),
-    };
+    let goals = (0..n).map(read_goal).collect();
     if let Outputs::Packed(bytes) = outputs {
         if in_step && cursor != bytes.len() {
             let e = Error::InvalidArgument(format!(
@@ -484,7 +465,7 @@ pub unsafe extern "C" fn gk_worker_add_goals(
             Err(e) => return Ok(Err(e)),
         };
         with_worker(t, w, |_, wk| {
-            Ok(wk.add_goals_into(goals.as_mut_slice(), parse_error, ids))
+            Ok(wk.add_goals_into(&mut goals, parse_error, ids))
         })
     })
 }
