@@ -228,11 +228,11 @@ impl Worker {
         );
         let rec = self.record(LogKind::WaitsForeign, i, Some(k), line);
         (rec.holder_pid, rec.holder_goal) = (pid, goal);
-        let next_recheck = (self.graph.goal(i).mode != BuildMode::Check)
-            .then(|| Instant::now() + self.opts.recheck_interval);
+        let recheck =
+            (self.graph.goal(i).mode != BuildMode::Check).then_some(self.opts.recheck_interval);
         match self
             .waits
-            .start_foreign((i, k, path), self.opts.backend, next_recheck)
+            .start_foreign((i, k, path), self.opts.backend, recheck)
         {
             Ok(()) => {
                 self.graph

@@ -12,7 +12,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::lock::{Backend, LockWait, Notify, StorePath};
@@ -70,12 +70,14 @@ impl Waits {
     }
 
     /// Starts a kernel wait for `path` (output `k` of `goal`) on a helper
-    /// thread, whose end makes the eventfd readable.
+    /// thread, whose end makes the eventfd readable. Its first validity
+    /// re-check is due `recheck_after` after the wait began (so a goal
+    /// found valid by a re-check has waited at least that long).
     pub(crate) fn start_foreign(
         &mut self,
         (goal, k, path): (u32, usize, StorePath),
         backend: Backend,
-        next_recheck: Option<Instant>,
+        recheck_after: Option<Duration>,
     ) -> Result<()> {
         let fd = self.efd.clone();
         let notify: Notify = Arc::new(move || {
@@ -83,10 +85,12 @@ impl Waits {
             // SAFETY: writes 8 bytes from a live u64 to a descriptor kept open by `fd`.
             unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
         });
+        let wait = LockWait::spawn(path, backend, Some(notify))?;
+        let next_recheck = recheck_after.map(|d| wait.started() + d);
         self.foreign.push(ForeignWait {
             goal,
             k,
-            wait: LockWait::spawn(path, backend, Some(notify))?,
+            wait,
             next_recheck,
             unknown: None,
             on_disk: false,
