@@ -356,11 +356,7 @@ impl StoreDb {
                 Some(c) => (c, None),
                 None => self.connect()?,
             };
-            let op = if snapshot.is_some() {
-                "snapshot query"
-            } else {
-                "query"
-            };
+            let op = snapshot.map_or("query", |_| "snapshot query");
             let v = f(&conn).map_err(|e| self.sqlite_error(e, op));
             let Some(before) = snapshot else {
                 // After an error, reconnect next time (the file may have

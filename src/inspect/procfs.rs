@@ -96,11 +96,7 @@ pub(super) fn list_fds(wanted: Option<&BTreeSet<FileKey>>) -> FdTable {
             }
         };
         for fd_ent in fds.flatten() {
-            let Some(fd) = fd_ent
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
+            let Ok(fd) = fd_ent.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
             let Ok(meta) = fs::metadata(fd_ent.path()) else {
