@@ -12,23 +12,9 @@ use crate::lock::{normalize_paths, StorePath, PATH_MAX};
 /// The largest number of paths accepted in one set.
 pub const MAX_SET_LEN: usize = 1 << 20;
 
-/// The length of the C string at `p`, or `PATH_MAX` if there is no NUL in
-/// its first `PATH_MAX` bytes. It reads byte by byte and never past the NUL
-/// (Miri checks every byte read).
-///
-/// # Safety
-/// `p` must point to a NUL within `PATH_MAX` readable bytes, or to
-/// `PATH_MAX` readable bytes.
-unsafe fn bounded_len(p: *const c_char) -> usize {
-    let mut n = 0;
-    // SAFETY: the scan stops at the first NUL, within PATH_MAX bytes.
-    while n < PATH_MAX && unsafe { *p.add(n) } != 0 {
-        n += 1;
-    }
-    n
-}
-
-/// Reads a NUL-terminated string of at most `PATH_MAX` bytes.
+/// Reads a NUL-terminated string of at most `PATH_MAX` bytes. It reads
+/// byte by byte and never past the NUL or the first `PATH_MAX` bytes (Miri
+/// checks every byte read).
 ///
 /// # Safety
 /// `p` must be NULL or point to readable memory that holds a NUL within
@@ -37,9 +23,12 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char, what: &'static str) -> Result
     if p.is_null() {
         return Err(Error::NullPointer(what));
     }
-    // SAFETY: non-null; the caller guarantees a NUL within PATH_MAX bytes or
-    // PATH_MAX readable bytes.
-    let n = unsafe { bounded_len(p) };
+    let mut n = 0;
+    // SAFETY: non-null; the scan stops at the first NUL, within PATH_MAX
+    // bytes, which the caller guarantees readable.
+    while n < PATH_MAX && unsafe { *p.add(n) } != 0 {
+        n += 1;
+    }
     if n >= PATH_MAX {
         return Err(Error::InvalidPath {
             path: format!("{what} (no NUL within PATH_MAX bytes)"),

@@ -64,8 +64,11 @@ impl ThreadState {
     /// Records `e` as the last error and returns its status.
     fn fail(&self, e: &Error) -> gk_status {
         self.set_message(&e.to_string());
-        if let Some(f) = lock_file_of(e) {
-            *self.holder_of.borrow_mut() = Some(f);
+        // A contention error: the holders of its lock file, when asked.
+        if let Error::Busy { path } | Error::TimedOut { path, .. } = e {
+            let mut f = path.clone().into_os_string();
+            f.push(crate::lock::LOCK_SUFFIX);
+            *self.holder_of.borrow_mut() = Some(PathBuf::from(f));
         }
         gk_status::from(e)
     }
@@ -100,17 +103,6 @@ pub(crate) fn message_ptr() -> *const c_char {
             l.as_ptr().cast()
         }
     })
-}
-
-/// The lock file of a contention error's path.
-fn lock_file_of(e: &Error) -> Option<PathBuf> {
-    let path = match e {
-        Error::Busy { path } | Error::TimedOut { path, .. } => path,
-        _ => return None,
-    };
-    let mut f = path.clone().into_os_string();
-    f.push(crate::lock::LOCK_SUFFIX);
-    Some(PathBuf::from(f))
 }
 
 /// Runs an exported function's body with this thread's [`ThreadState`]:

@@ -38,7 +38,6 @@ macro_rules! c_mapping {
             }
 
             /// The C value for a number from C, or `None`.
-            #[deny(unreachable_patterns)]
             #[allow(dead_code)]
             pub(crate) fn from_raw(v: u32) -> Option<$c> {
                 $(if v == $c::$cv as u32 { return Some($c::$cv); })+
@@ -251,6 +250,16 @@ pub enum gk_batch_field {
     GK_FIELD_GOAL = 7,
     /// `reports[index].outcome`.
     GK_FIELD_OUTCOME = 8,
+}
+
+impl gk_outcome {
+    /// A reported outcome from C (`gk_worker_report`, `gk_report`): a
+    /// `gk_outcome` other than `GK_OUTCOME_NONE`.
+    pub(crate) fn parse_reported(v: u32) -> Result<Outcome> {
+        gk_outcome::parse(v)?.ok_or_else(|| {
+            Error::InvalidArgument("GK_OUTCOME_NONE is not an outcome to report".into())
+        })
+    }
 }
 
 c_mapping!(gk_backend, Backend, "backend", {

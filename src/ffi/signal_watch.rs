@@ -28,13 +28,13 @@ const SIGNALS: [c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 static CAUGHT: AtomicI32 = AtomicI32::new(0);
 /// The eventfd the handler makes readable.
 static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
-/// The process whose watch the handler serves: in a fork child, which
-/// inherits the handler, a signal takes its default action.
+/// The process whose watches `WATCHES` counts and the handler serves: in a
+/// fork child, which inherits the handler, a signal takes its default
+/// action.
 static OWNER: AtomicI32 = AtomicI32::new(0);
 
-/// The nesting of watches, and which signals have our handler.
+/// The nesting of the owner's watches, and which signals have our handler.
 pub(super) struct Watches {
-    pid: libc::pid_t,
     depth: usize,
     installed: [bool; 3],
 }
@@ -43,7 +43,6 @@ pub(super) struct Watches {
 /// while another thread starts or stops a watch leaves the child a usable
 /// state (which it then resets: its pid is another).
 pub(super) static WATCHES: ForkMutex<Watches> = ForkMutex::new(Watches {
-    pid: 0,
     depth: 0,
     installed: [false; 3],
 });
@@ -128,26 +127,17 @@ pub unsafe extern "C" fn gk_signal_watch_start(fd_out: *mut i32) -> gk_status {
 fn start(w: &mut Watches) -> Result<i32, Error> {
     // SAFETY: getpid takes no argument.
     let pid = unsafe { libc::getpid() };
-    if w.pid != pid {
+    if OWNER.load(Ordering::SeqCst) != pid {
         // A new process (or a fork child of a watching one).
-        *w = Watches {
-            pid,
-            depth: 0,
-            installed: [false; 3],
-        };
+        w.depth = 0;
         EVENT_FD.store(eventfd("create")?.into_raw_fd(), Ordering::SeqCst);
     }
     if w.depth == 0 {
+        let fd = EVENT_FD.load(Ordering::SeqCst);
         let mut count = [0u8; 8];
         // SAFETY: reading 8 bytes into `count` from our eventfd; it may
         // be empty (EAGAIN).
-        unsafe {
-            libc::read(
-                EVENT_FD.load(Ordering::SeqCst),
-                count.as_mut_ptr().cast(),
-                8,
-            )
-        };
+        unsafe { libc::read(fd, count.as_mut_ptr().cast(), 8) };
         CAUGHT.store(0, Ordering::SeqCst);
         OWNER.store(pid, Ordering::SeqCst);
         for (i, &signal) in SIGNALS.iter().enumerate() {
@@ -187,7 +177,7 @@ pub extern "C" fn gk_signal_watch_stop() -> gk_status {
         // SAFETY: getpid takes no argument.
         let pid = unsafe { libc::getpid() };
         let ours = WATCHES.with(|w| {
-            if w.pid != pid || w.depth == 0 {
+            if OWNER.load(Ordering::SeqCst) != pid || w.depth == 0 {
                 return Err(Error::InvalidState(
                     "gk_signal_watch_stop without a running gk_signal_watch_start".into(),
                 ));

@@ -409,23 +409,32 @@ pub extern "C" fn gk_worker_set_cached_failure(
     call(|t| set_predicate(t, w, f, data, false))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_goal(
-    t: &ThreadState,
+/// The one core of `gk_worker_add_goal` and `gk_worker_add_goal_packed`:
+/// the outputs that `read` reads from the entry point's arguments
+/// (validated, sorted, deduplicated), as a goal of `kind` and `mode`; its
+/// id in `*out`, 0 on any error.
+///
+/// # Safety
+/// `out` must be NULL or valid for writing.
+unsafe fn add_goal(
     w: gk_worker,
     kind: u32,
-    paths: Result<Vec<StorePath>>,
+    read: impl FnOnce() -> Result<Vec<StorePath>>,
     mode: u32,
     tag: u64,
-    out: &mut gk_goal,
-) -> Result<()> {
-    let kind = gk_goal_kind::parse(kind)?;
-    let mode = gk_build_mode::parse(mode)?;
-    let paths = paths?;
-    let goal = NewGoal::normalized(kind, mode, tag, paths, &[]);
-    let id = with_worker(t, w, |_, wk| wk.add_goal_normalized(goal))?;
-    *out = id.raw();
-    Ok(())
+    out: *mut gk_goal,
+) -> gk_status {
+    call(|t| {
+        // SAFETY: forwarded from the caller's contract.
+        let out = unsafe { args::out(out, "out") }?;
+        *out = 0;
+        let paths = read();
+        let kind = gk_goal_kind::parse(kind)?;
+        let mode = gk_build_mode::parse(mode)?;
+        let goal = NewGoal::normalized(kind, mode, tag, paths?, &[]);
+        *out = with_worker(t, w, |_, wk| wk.add_goal_normalized(goal))?.raw();
+        Ok(())
+    })
 }
 
 /// Adds a goal with outputs `outputs[0..n_outputs]` (build: at least one;
@@ -453,18 +462,13 @@ pub unsafe extern "C" fn gk_worker_add_goal(
     tag: u64,
     out: *mut gk_goal,
 ) -> gk_status {
-    call(|t| {
+    let read = || match n_outputs {
+        0 => Ok(Vec::new()),
         // SAFETY: forwarded from this function's contract.
-        let out = unsafe { args::out(out, "out") }?;
-        *out = 0;
-        let paths = if n_outputs == 0 {
-            Ok(Vec::new())
-        } else {
-            // SAFETY: as above.
-            unsafe { args::path_array(outputs, n_outputs) }
-        };
-        add_goal(t, w, kind, paths, mode, tag, out)
-    })
+        n => unsafe { args::path_array(outputs, n) },
+    };
+    // SAFETY: as above.
+    unsafe { add_goal(w, kind, read, mode, tag, out) }
 }
 
 /// Like `gk_worker_add_goal`, with the outputs packed in `outputs[0..len]`,
@@ -482,18 +486,13 @@ pub unsafe extern "C" fn gk_worker_add_goal_packed(
     tag: u64,
     out: *mut gk_goal,
 ) -> gk_status {
-    call(|t| {
+    let read = || match len {
+        0 => Ok(Vec::new()),
         // SAFETY: forwarded from this function's contract.
-        let out = unsafe { args::out(out, "out") }?;
-        *out = 0;
-        let paths = if len == 0 {
-            Ok(Vec::new())
-        } else {
-            // SAFETY: as above.
-            unsafe { args::packed_paths(outputs, len) }
-        };
-        add_goal(t, w, kind, paths, mode, tag, out)
-    })
+        n => unsafe { args::packed_paths(outputs, n) },
+    };
+    // SAFETY: as above.
+    unsafe { add_goal(w, kind, read, mode, tag, out) }
 }
 
 /// Makes `goal` wait for `dep`. `goal` must not have started
@@ -534,9 +533,7 @@ pub unsafe extern "C" fn gk_worker_next_event(w: gk_worker, out: *mut gk_event) 
 #[no_mangle]
 pub extern "C" fn gk_worker_report(w: gk_worker, goal: gk_goal, outcome: u32) -> gk_status {
     call(|t| {
-        let o = gk_outcome::parse(outcome)?.ok_or_else(|| {
-            Error::InvalidArgument("GK_OUTCOME_NONE is not an outcome to report".into())
-        })?;
+        let o = gk_outcome::parse_reported(outcome)?;
         with_worker(t, w, |_, wk| wk.report(GoalId::from_raw(goal), o))
     })
 }

@@ -553,14 +553,8 @@ pub unsafe extern "C" fn gk_worker_report_many(
             if parse_error.is_some() {
                 continue;
             }
-            match gk_outcome::parse(r.outcome) {
-                Ok(Some(o)) => reps.push(Report::new(GoalId::from_raw(r.goal), o)),
-                Ok(None) => {
-                    let e = Error::InvalidArgument(
-                        "GK_OUTCOME_NONE is not an outcome to report".into(),
-                    );
-                    parse_error = Some(BatchError::new(j, 0, BatchField::Outcome, e));
-                }
+            match gk_outcome::parse_reported(r.outcome) {
+                Ok(o) => reps.push(Report::new(GoalId::from_raw(r.goal), o)),
                 Err(e) => parse_error = Some(BatchError::new(j, 0, BatchField::Outcome, e)),
             }
         }
