@@ -336,3 +336,77 @@ fn g4_g5_two_workers_of_one_process_hand_over_event_driven() {
     );
     assert_eq!(b.next_event().unwrap(), Event::Done);
 }
+
+/// Two goals wait in the kernel for locks that two other processes hold,
+/// and both holders release before the host asks again, so both wait
+/// threads hold their locks when `next_event` runs. Each goal takes its
+/// locks in the call that tells the host it runs, never in a call that
+/// returns the other goal's event: after every call, this process holds
+/// exactly the outputs of the goals the host was told run (the ABI fuzzer
+/// found a call that returned one goal's event while the other, its `Run`
+/// still queued, already held its lock).
+#[test]
+fn a_goal_takes_its_locks_in_the_call_that_says_it_runs() {
+    let s = TempStore::new();
+    let (a, b) = (s.path("a"), s.path("b"));
+    let mut holders = [Holder::start(&a, "ofd"), Holder::start(&b, "ofd")];
+    let mut w = worker(2, Duration::from_secs(60));
+    let ga = w
+        .add_goal(GoalKind::Build, &[&a], BuildMode::Normal)
+        .unwrap();
+    let gb = w
+        .add_goal(GoalKind::Build, &[&b], BuildMode::Normal)
+        .unwrap();
+    assert!(matches!(w.next_event().unwrap(), Event::Wait { .. }));
+    assert!(matches!(w.next_event().unwrap(), Event::Wait { .. }));
+    holders.iter_mut().for_each(Holder::release);
+    // Both wait threads hold their locks now, or soon (nobody else can).
+    let start = Instant::now();
+    while ![&a, &b]
+        .iter()
+        .all(|p| kernel_lock_granted(&format!("{p}.lock")))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the wait threads got no lock"
+        );
+        std::thread::yield_now();
+    }
+    let mut told = Vec::new();
+    while told.len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "told {told:?}");
+        match w.next_event().unwrap() {
+            Event::Run { goal, .. } => told.push(goal),
+            Event::Wait { fd, timeout } => {
+                poll_fd(fd, timeout, Duration::from_secs(1));
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        for (g, p) in [(ga, &a), (gb, &b)] {
+            assert_eq!(
+                held(p),
+                told.contains(&g),
+                "{p} after telling the host {told:?}"
+            );
+        }
+    }
+    for g in told {
+        w.report(g, Outcome::Failed).unwrap();
+    }
+}
+
+/// Whether `/proc/locks` lists a granted lock on the file at `path`.
+fn kernel_lock_granted(path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    let dev = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(m.dev()),
+        libc::minor(m.dev()),
+        m.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    locks
+        .lines()
+        .any(|l| !l.contains("->") && l.split_whitespace().nth(5) == Some(dev.as_str()))
+}

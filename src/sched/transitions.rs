@@ -262,15 +262,18 @@ impl Worker {
                 continue; // finished by an earlier step of this loop
             };
             let recheck = w.next_recheck.is_some_and(|t| t <= now);
-            if fired || recheck {
-                if let Some(r) = w.wait.poll() {
-                    let w = self.waits.remove_foreign(g).expect("present");
-                    self.handoff(w, r);
-                    continue;
-                }
-            }
-            if recheck {
+            if let Some(r) = (fired || recheck).then(|| w.wait.poll()).flatten() {
+                let w = self.waits.remove_foreign(g).expect("present");
+                self.handoff(w, r);
+            } else if recheck {
                 self.recheck(g, now);
+            }
+            // One goal's news per step: a goal takes its locks in the call
+            // that tells the host it runs, never in an earlier one that
+            // returns another goal's event. The rest wait for the next step.
+            if !self.events.is_empty() {
+                self.waits.unseen = fired;
+                return;
             }
         }
     }

@@ -46,6 +46,9 @@ pub(crate) struct Waits {
     /// (holder, waiter): the waiter waits for the completion of the holder,
     /// a goal of this worker holding one of its locks.
     local: Vec<(u32, u32)>,
+    /// The eventfd fired, but a step stopped after one goal's news before
+    /// looking at every kernel wait: the next drain says so again.
+    pub(crate) unseen: bool,
 }
 
 impl Waits {
@@ -61,6 +64,7 @@ impl Waits {
             efd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
             foreign: Vec::new(),
             local: Vec::new(),
+            unseen: false,
         })
     }
 
@@ -116,15 +120,16 @@ impl Waits {
     }
 
     /// Resets the eventfd; `true` if some wait thread wrote it since the
-    /// last drain. No system call while there is no kernel wait.
-    pub(crate) fn drain(&self) -> bool {
+    /// last drain, or a step has not looked at every wait since it fired.
+    /// No system call while there is no kernel wait.
+    pub(crate) fn drain(&mut self) -> bool {
         if self.foreign.is_empty() {
             return false;
         }
         let mut v: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64; the descriptor is non-blocking.
         let n = unsafe { libc::read(self.fd(), (&mut v as *mut u64).cast(), 8) };
-        n == 8 && v > 0
+        std::mem::take(&mut self.unseen) || (n == 8 && v > 0)
     }
 
     /// Goal `waiter` waits for goal `holder` of this worker to finish.
