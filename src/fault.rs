@@ -59,7 +59,8 @@ pub enum Point {
 
 #[cfg(feature = "fault-injection")]
 impl Point {
-    /// Every point with its `GOALKEEPER_FAULTS` name.
+    /// Every point with its `GOALKEEPER_FAULTS` name, in the order of their
+    /// bits.
     pub const ALL: [(Point, &'static str); 8] = [
         (Point::TokenWrite, "token-write-enospc"),
         (Point::LockWaitDeadlock, "lock-wait-edeadlk"),
@@ -84,10 +85,7 @@ impl Point {
 
     /// The point's `GOALKEEPER_FAULTS` name.
     pub fn name(self) -> &'static str {
-        Point::ALL
-            .iter()
-            .find(|(p, _)| *p == self)
-            .map_or("?", |(_, n)| n)
+        Point::ALL[self.slot()].1
     }
 
     fn slot(self) -> usize {

@@ -176,17 +176,12 @@ pub(crate) unsafe fn array_mut<'a, T>(
     })
 }
 
-/// Checks an output pointer.
+/// Checks an output pointer (as [`check_array`] checks one element).
 ///
 /// # Safety
 /// `p` must be NULL or valid for writing one `T`.
 pub(crate) unsafe fn out<'a, T>(p: *mut T, what: &'static str) -> Result<&'a mut T> {
-    if p.is_null() {
-        return Err(Error::NullPointer(what));
-    }
-    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
-        return Err(Error::InvalidArgument(format!("{what} is not aligned")));
-    }
+    check_array(p, 1, what)?;
     // SAFETY: non-null and aligned; validity for writes is the caller's guarantee.
     Ok(unsafe { &mut *p })
 }

@@ -273,9 +273,7 @@ pub unsafe extern "C" fn gk_worker_new(
         *out = 0;
         let mut o = WorkerOptions::default();
         if !opts.is_null() {
-            if !(opts as usize).is_multiple_of(std::mem::align_of::<gk_worker_options>()) {
-                return Err(Error::InvalidArgument("opts is not aligned".into()));
-            }
+            args::check_array(opts, 1, "opts")?;
             // SAFETY: non-null and aligned; readable per the contract. Read
             // through the byte-typed mirror so any byte in a bool is defined.
             let raw = unsafe { std::ptr::read(opts.cast::<RawOptions>()) };

@@ -254,14 +254,13 @@ unsafe fn read_batch<'a>(
             bad = BatchError::new(i, 0, BatchField::Kind, e).bad();
             GoalKind::Plain
         });
-        let mode = match modes.map(|m| gk_build_mode::parse(m[i])) {
-            None => BuildMode::Normal,
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                bad = bad.or(BatchError::new(i, 0, BatchField::Mode, e).bad());
-                BuildMode::Normal
-            }
-        };
+        // No modes: all GK_MODE_NORMAL (0).
+        let mode = gk_build_mode::parse(modes.map_or(0, |m| m[i])).unwrap_or_else(|e| {
+            bad = bad
+                .take()
+                .or(BatchError::new(i, 0, BatchField::Mode, e).bad());
+            BuildMode::Normal
+        });
         let mut paths = Vec::new();
         if let Some(off) = out_off {
             match range(off, i, out_total, BatchField::OutputOffsets) {
@@ -338,9 +337,6 @@ unsafe fn read_outputs(
     cursor: &mut usize,
     in_step: &mut bool,
 ) -> std::result::Result<Vec<StorePath>, Box<BatchError>> {
-    if a == z {
-        return Ok(Vec::new());
-    }
     let mut v = Vec::with_capacity((z - a) as usize);
     // The first bad output; the packed walk goes on over the goal's other
     // outputs, to stay in step for the next goals.
@@ -350,12 +346,8 @@ unsafe fn read_outputs(
         match outputs {
             Outputs::Strings(p) => {
                 // SAFETY: each a NUL-terminated string (the contract).
-                let parsed = unsafe { args::c_bytes(p[a as usize + j], "an output") }
-                    .and_then(StorePath::from_bytes);
-                match parsed {
-                    Ok(path) => v.push(path),
-                    Err(e) => return Err(at(e)),
-                }
+                let parsed = unsafe { args::c_bytes(p[a as usize + j], "an output") };
+                v.push(parsed.and_then(StorePath::from_bytes).map_err(at)?);
             }
             Outputs::Packed(bytes) => {
                 if !*in_step {
@@ -375,9 +367,7 @@ unsafe fn read_outputs(
                 *cursor += len + 1;
                 match StorePath::from_bytes(&rest[..len]) {
                     Ok(path) => v.push(path),
-                    Err(e) => {
-                        bad = bad.or(Some(at(e)));
-                    }
+                    Err(e) => bad = bad.or(Some(at(e))),
                 }
             }
         }
@@ -432,12 +422,7 @@ pub unsafe extern "C" fn gk_worker_add_goals(
     err: *mut gk_batch_error,
 ) -> gk_status {
     batch_call(err, |t| {
-        if batch.is_null() {
-            return Err(Error::NullPointer("batch"));
-        }
-        if !(batch as usize).is_multiple_of(std::mem::align_of::<gk_goal_batch>()) {
-            return Err(Error::InvalidArgument("batch is not aligned".into()));
-        }
+        args::check_array(batch, 1, "batch")?;
         // SAFETY: non-null and aligned; `struct_size` and `n_goals` lead
         // every version of the struct, readable per the contract.
         let (size, n) = unsafe {
