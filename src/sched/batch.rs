@@ -524,46 +524,62 @@ pub(crate) fn validate_reports(
     scratch: &mut Scratch,
 ) -> Bad {
     let marks = &mut scratch.marks;
-    // A batch of one cannot name a goal twice.
-    let many = reports.len() > 1;
-    if many && marks.len() < graph.len().div_ceil(64) {
+    if reports.len() > 1 && marks.len() < graph.len().div_ceil(64) {
         marks.resize(graph.len().div_ceil(64), 0);
     }
+    // A batch of one cannot name a goal twice.
+    let twice = |marks: &[u64], i: u32| {
+        reports.len() > 1 && marks[i as usize / 64] & (1u64 << (i % 64)) != 0
+    };
     let mut bad = None;
     let mut marked = 0;
     for (j, r) in reports.iter().enumerate() {
-        let (field, error) = match (r.goal.index_in(serial, graph.len()), r.outcome.reportable()) {
-            (Err(e), _) => (BatchField::Goal, e),
-            (Ok(_), Err(e)) => (BatchField::Outcome, e),
-            (Ok(i), _) if !matches!(graph.goal(i).phase, Phase::Running(_)) => {
-                let (name, state) = (graph.name(i), graph.state(i).describe());
-                let e =
-                    format!("{name} is {state}, not running; only running goals can be reported");
-                (BatchField::Goal, Error::InvalidState(e))
-            }
-            (Ok(i), _) if many && marks[i as usize / 64] & (1u64 << (i % 64)) != 0 => {
-                let first = reports[..j].iter().position(|x| x.goal == r.goal);
-                let e = Error::InvalidArgument(format!(
-                    "{} is reported twice in one batch (first as reports[{}])",
-                    graph.name(i),
-                    first.unwrap_or_default()
-                ));
-                (BatchField::Goal, e)
-            }
-            (Ok(i), _) => {
-                if many {
-                    marks[i as usize / 64] |= 1u64 << (i % 64);
-                    marked = j + 1;
-                }
-                continue;
-            }
+        let fine = r.goal.index_in(serial, graph.len()).ok().filter(|&i| {
+            r.outcome.reportable().is_ok()
+                && matches!(graph.goal(i).phase, Phase::Running(_))
+                && !twice(marks, i)
+        });
+        let Some(i) = fine else {
+            bad = report_error(graph, serial, reports, j).bad();
+            break;
         };
-        bad = BatchError::new(j, 0, field, error).bad();
-        break;
+        if reports.len() > 1 {
+            marks[i as usize / 64] |= 1u64 << (i % 64);
+            marked = j + 1;
+        }
     }
     for r in &reports[..marked] {
         let i = r.goal.index() as usize;
         marks[i / 64] &= !(1u64 << (i % 64));
     }
     bad
+}
+
+/// Why report `j` is refused (see [`validate_reports`]): its goal is not
+/// one of this worker's, its outcome is not one a host reports, its goal
+/// is not running, or it was reported earlier in the batch.
+#[cold]
+fn report_error(graph: &Graph, serial: u32, reports: &[Report], j: usize) -> BatchError {
+    let r = &reports[j];
+    let (field, error) = match r.goal.index_in(serial, graph.len()) {
+        Err(e) => (BatchField::Goal, e),
+        Ok(_) if r.outcome.reportable().is_err() => {
+            (BatchField::Outcome, r.outcome.reportable().unwrap_err())
+        }
+        Ok(i) if !matches!(graph.goal(i).phase, Phase::Running(_)) => {
+            let (name, state) = (graph.name(i), graph.state(i).describe());
+            let e = format!("{name} is {state}, not running; only running goals can be reported");
+            (BatchField::Goal, Error::InvalidState(e))
+        }
+        Ok(i) => {
+            let first = reports[..j].iter().position(|x| x.goal == r.goal);
+            let e = Error::InvalidArgument(format!(
+                "{} is reported twice in one batch (first as reports[{}])",
+                graph.name(i),
+                first.unwrap_or_default()
+            ));
+            (BatchField::Goal, e)
+        }
+    };
+    BatchError::new(j, 0, field, error)
 }

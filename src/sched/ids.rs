@@ -73,7 +73,14 @@ impl GoalId {
         if self.worker() == serial && (self.index() as usize) < len {
             return Ok(self.index());
         }
-        Err(Error::StaleHandle(if self.0 == 0 {
+        Err(self.not_in(serial))
+    }
+
+    /// Why this id names no goal of worker `serial` (see [`GoalId::index_in`]):
+    /// out of line, so that the check itself stays small enough to inline.
+    #[cold]
+    fn not_in(self, serial: u32) -> Error {
+        Error::StaleHandle(if self.0 == 0 {
             "goal id 0 is never valid".into()
         } else if self.worker() != serial {
             format!(
@@ -82,7 +89,7 @@ impl GoalId {
             )
         } else {
             format!("goal id {:#x} was never issued by this worker", self.0)
-        }))
+        })
     }
 }
 

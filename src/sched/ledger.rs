@@ -120,10 +120,12 @@ impl Ledger {
 
     /// The checks at the end of a call (G6): a violation a transition noted;
     /// the slot counters (O(1)); each goal the call touched (O(its
-    /// outputs); a plain goal holding nothing is not looked up); and, with
-    /// the sweep on, every goal and every registry entry of the worker
-    /// (`serial`). The first violation found is logged and returned as
-    /// [`Error::Invariant`].
+    /// outputs)); and, with the sweep on, every goal and every registry
+    /// entry of the worker (`serial`). The first violation found is logged
+    /// and returned as [`Error::Invariant`]. A call that touched only plain
+    /// goals, with nothing noted and the slot counters right, has nothing
+    /// to look up: that screen is all it costs.
+    #[inline]
     pub(crate) fn end(
         &mut self,
         graph: &Graph,
@@ -132,6 +134,20 @@ impl Ledger {
         log: &mut Log,
     ) -> Result<()> {
         self.checks += 1;
+        let used = slots.used();
+        let nothing_to_look_up = self.noted.is_none()
+            && !self.sweep
+            && used == slots.holders()
+            && used <= slots.capacity()
+            && self.touched.iter().all(|&i| nothing_to_check(graph, i));
+        if nothing_to_look_up {
+            return Ok(());
+        }
+        self.look_up(graph, slots, serial, log)
+    }
+
+    /// The checks of [`Ledger::end`] that look things up.
+    fn look_up(&mut self, graph: &Graph, slots: &Slots, serial: u32, log: &mut Log) -> Result<()> {
         let used = slots.used();
         let m = self.noted.take().or_else(|| {
             if used != slots.holders() || used > slots.capacity() {
@@ -202,12 +218,10 @@ impl Ledger {
 /// build or substitute holds a lock set registered to it, one lock per
 /// output; a goal that is not running holds no lock (G1, G2).
 fn check_goal(graph: &Graph, serial: u32, i: u32) -> Option<String> {
-    // A plain goal holding nothing has nothing to look up (a plain goal
-    // never has a lock set, which the checks see if it does).
-    let g = graph.goal(i);
-    if g.kind == GoalKind::Plain && !matches!(g.phase, Phase::Running(Exec::Holding { .. })) {
+    if nothing_to_check(graph, i) {
         return None;
     }
+    let g = graph.goal(i);
     let id = GoalId::new(serial, i).raw();
     let name = || graph.name(i);
     match &g.phase {
@@ -244,6 +258,14 @@ fn check_goal(graph: &Graph, serial: u32, i: u32) -> Option<String> {
             ))
         }),
     }
+}
+
+/// Whether goal `i` holds nothing the checks could look up: a plain goal,
+/// whose state owns no lock set (a plain goal never has one, which the
+/// checks see if it does).
+fn nothing_to_check(graph: &Graph, i: u32) -> bool {
+    let g = graph.goal(i);
+    g.kind == GoalKind::Plain && !matches!(g.phase, Phase::Running(Exec::Holding { .. }))
 }
 
 /// The full O(all) sweep: every goal, the slot holders, and every registry

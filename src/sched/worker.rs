@@ -419,17 +419,15 @@ impl Worker {
     pub fn add_dependency(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
         self.call(|w| {
             let (g, d) = (w.index(goal)?, w.index(dep)?);
-            let name = w.graph.name(g);
-            if g == d {
-                return Err(Error::InvalidArgument(format!(
-                    "{name} cannot depend on itself"
-                )));
-            }
-            if !batch::can_take_deps(&w.graph, g) {
-                let state = w.graph.state(g).describe();
-                return Err(Error::InvalidState(format!(
-                    "{name} is {state}; dependencies can only be added before it starts"
-                )));
+            if g == d || !batch::can_take_deps(&w.graph, g) {
+                let (name, state) = (w.graph.name(g), w.graph.state(g).describe());
+                return Err(if g == d {
+                    Error::InvalidArgument(format!("{name} cannot depend on itself"))
+                } else {
+                    Error::InvalidState(format!(
+                        "{name} is {state}; dependencies can only be added before it starts"
+                    ))
+                });
             }
             w.depend(g, d);
             Ok(())
