@@ -92,11 +92,6 @@ impl<'a> NewGoal<'a> {
         }
     }
 
-    /// The place of sorted output `j` in the caller's array.
-    fn place(&self, j: usize) -> usize {
-        self.places.get(j).map_or(j, |&k| k as usize)
-    }
-
     /// The outputs, sorted and deduplicated.
     pub fn outputs(&self) -> &[StorePath] {
         &self.outputs
@@ -325,15 +320,6 @@ impl Report {
     }
 }
 
-/// The goal a dependency of a batch names: a goal of the worker, or goal
-/// `k` of the batch (as resolved).
-pub(crate) fn dep_index(d: GoalId, resolved: &[Resolved]) -> u32 {
-    match d.batch_index() {
-        Some(k) => resolved[k as usize].at,
-        None => d.index(),
-    }
-}
-
 /// Validates a batch of goals for worker `serial`, whose goals are `graph`:
 /// resolves every goal into `scratch.resolved` and returns the first bad
 /// element, in the documented order, with `parse_error` (the first element
@@ -442,9 +428,11 @@ fn resolve(
         } else {
             continue;
         };
+        // The output's place in the caller's array (the C layer's order).
+        let place = g.places.get(j).map_or(j, |&k| k as usize);
         return (
             None,
-            BatchError::new(i, g.place(j), BatchField::Output, err).bad(),
+            BatchError::new(i, place, BatchField::Output, err).bad(),
         );
     }
     (None, None)

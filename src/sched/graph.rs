@@ -392,14 +392,6 @@ impl Graph {
         self.done[i as usize / 64] & (1 << (i % 64)) != 0
     }
 
-    /// `true` if goal `i` finished with success.
-    pub(crate) fn succeeded(&self, i: u32) -> bool {
-        self.goals[i as usize]
-            .phase
-            .outcome()
-            .is_some_and(|o| o.is_success())
-    }
-
     /// One dependency of `d` finished with success; `true` if `d` is now
     /// ready. `d` waits for dependencies or has finished (its counter then
     /// never reaches 0).

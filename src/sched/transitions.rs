@@ -445,7 +445,13 @@ impl Worker {
     pub(super) fn depend(&mut self, g: u32, d: u32) {
         if !self.graph.is_finished(d) {
             self.graph.add_edge(d, g);
-        } else if !self.graph.succeeded(d) {
+        } else if !self
+            .graph
+            .goal(d)
+            .phase
+            .outcome()
+            .is_some_and(Outcome::is_success)
+        {
             self.finish(g, Outcome::DependencyFailed, true);
         }
     }
@@ -455,10 +461,10 @@ impl Worker {
     /// dependents `DependencyFailed`, and without keep-going cancels every
     /// goal that is not running.
     pub(super) fn finish(&mut self, i: u32, outcome: Outcome, emit: bool) {
-        let mut failed = self.finish_one(i, outcome, emit, true);
+        let mut failed = self.finish_one(i, outcome, emit);
         while let Some(d) = failed.pop() {
             if !self.graph.is_finished(d) {
-                let more = self.finish_one(d, Outcome::DependencyFailed, true, true);
+                let more = self.finish_one(d, Outcome::DependencyFailed, true);
                 failed.extend(more);
             }
         }
@@ -469,15 +475,9 @@ impl Worker {
 
     /// The terminal transition of one goal (G1): the state value, and with
     /// it the lock set and slot token, is taken out and released here,
-    /// before anyone is woken. Returns, after a failure with `cascade`, the
-    /// dependents that are to end dependency-failed.
-    pub(super) fn finish_one(
-        &mut self,
-        i: u32,
-        outcome: Outcome,
-        emit: bool,
-        cascade: bool,
-    ) -> Vec<u32> {
+    /// before anyone is woken. Returns, after a failure, its unfinished
+    /// dependents (which `finish` ends dependency-failed).
+    pub(super) fn finish_one(&mut self, i: u32, outcome: Outcome, emit: bool) -> Vec<u32> {
         let old = self.graph.set_phase(i, Phase::Done(outcome));
         if outcome.is_success() {
             self.ledger.succeeded += 1;
@@ -512,16 +512,14 @@ impl Worker {
             self.ready.push_front(w);
         }
         let mut failed = Vec::new();
-        if outcome.is_success() || cascade {
-            let mut c = self.graph.dependents(i);
-            while let Some(d) = self.graph.next_dependent(&mut c) {
-                if !outcome.is_success() {
-                    if !self.graph.is_finished(d) {
-                        failed.push(d);
-                    }
-                } else if self.graph.dependency_done(d) {
-                    self.ready.push_back(d);
+        let mut c = self.graph.dependents(i);
+        while let Some(d) = self.graph.next_dependent(&mut c) {
+            if !outcome.is_success() {
+                if !self.graph.is_finished(d) {
+                    failed.push(d);
                 }
+            } else if self.graph.dependency_done(d) {
+                self.ready.push_back(d);
             }
         }
         failed
@@ -551,7 +549,7 @@ impl Worker {
         let mut n = 0;
         for j in 0..self.graph.len() as u32 {
             if !matches!(self.graph.goal(j).phase, Phase::Done(_) | Phase::Running(_)) {
-                self.finish_one(j, Outcome::Cancelled, true, false);
+                self.finish_one(j, Outcome::Cancelled, true);
                 n += 1;
             }
         }

@@ -381,7 +381,11 @@ impl Worker {
                     if w.graph.is_finished(r.at) {
                         break; // it ended dependency-failed: the rest is moot
                     }
-                    w.depend(r.at, batch::dep_index(d, &resolved));
+                    // A batch reference names goal `k` of the batch, as resolved.
+                    let d = d
+                        .batch_index()
+                        .map_or(d.index(), |k| resolved[k as usize].at);
+                    w.depend(r.at, d);
                 }
             }
             for r in resolved.iter().filter(|r| r.new) {
@@ -696,7 +700,7 @@ impl Worker {
         }
         for i in 0..self.graph.len() as u32 {
             if !self.graph.is_finished(i) {
-                self.finish_one(i, Outcome::Cancelled, false, false);
+                self.finish_one(i, Outcome::Cancelled, false);
             }
         }
         for set in self.legacy.drain(..) {
