@@ -137,8 +137,11 @@ suites start processes by the thousand)."
 (define %writer
   ;; A builder that writes its output without end, with a process of its
   ;; group that writes it later unless it is stopped; it says "started"
-  ;; once both run.
-  "(sleep 2; echo late-write >> \"$1\") &
+  ;; once both run.  The late write comes 10 s after the start, long after
+  ;; the host is signalled even on a loaded machine (a host that took
+  ;; longer to stop its builder would have written it while it still held
+  ;; the lock), and well within 'wait-for-eof''s 20 s.
+  "(sleep 10; echo late-write >> \"$1\") &
 i=0; while :; do
   echo x >> \"$1\"; i=$((i + 1)); if [ $i = 100 ]; then echo started; fi
 done")
@@ -182,10 +185,13 @@ died of it" SIGTERM (status:term-sig (cdr (waitpid host))))
 
    (let ((out (path "sigkill")))
      ;; The kernel kills the builder (PR_SET_PDEATHSIG); the sleep it waits
-     ;; for outlives it, but the write after the sleep is the builder's.
+     ;; for outlives it, but the write after the sleep is the builder's.  5 s
+     ;; is long enough for the test to kill the host after "started" on a
+     ;; loaded machine, and short enough for 'wait-for-eof' (the orphaned
+     ;; sleep holds the pipe until it ends).
      (call-with-values
          (lambda ()
-           (start-host "echo started; sleep 1; echo late-write >> \"$1\""
+           (start-host "echo started; sleep 5; echo late-write >> \"$1\""
                        (list out)))
        (lambda (host port)
          (match (wait-for-builders port 1)
