@@ -81,7 +81,9 @@ pub(crate) fn sweep_from_env() -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     touched: Vec<u32>,
-    sweep: bool,
+    /// The full sweep at every call (tests; the default comes from the
+    /// environment).
+    pub(crate) sweep: bool,
     noted: Option<String>,
     checks: u64,
     violations: u64,
@@ -111,11 +113,6 @@ impl Ledger {
     /// Records a violation found during a transition (reported at the end of the call).
     pub(crate) fn note(&mut self, msg: String) {
         self.noted.get_or_insert(msg);
-    }
-
-    /// Turns the full sweep on or off (tests; the default comes from the environment).
-    pub(crate) fn set_sweep(&mut self, on: bool) {
-        self.sweep = on;
     }
 
     /// The checks at the end of a call (G6): a violation a transition noted;

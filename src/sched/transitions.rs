@@ -21,10 +21,10 @@ impl Worker {
     /// One step of the pull loop: the next event. In order: an event a
     /// transition queued; the kernel waits, when the eventfd fired or a
     /// re-check is due; the next ready goal (a plain goal runs at once, a
-    /// build or substitute goal is started, see [`Worker::start`]); a goal
-    /// waiting for a slot that is free. With none of these, `Wait` while
-    /// something runs or is waited for, `Done` once every goal finished,
-    /// and otherwise a deadlock (G3).
+    /// build or substitute goal goes on to its slot and locks, see
+    /// [`Worker::try_run`]); a goal waiting for a slot that is free. With
+    /// none of these, `Wait` while something runs or is waited for, `Done`
+    /// once every goal finished, and otherwise a deadlock (G3).
     pub(super) fn step(&mut self) -> Result<Event> {
         loop {
             if let Some(ev) = self.events.pop_front() {
@@ -58,7 +58,18 @@ impl Worker {
                     kind,
                 });
             }
-            self.start(i);
+            // A build or substitute goal: already valid (finished), or on to
+            // its slot and locks. The check before locking only saves taking
+            // locks for valid outputs: the check under them decides (or the
+            // goal waits).
+            match self.validity_unless_check(i) {
+                Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
+                Validity::Unknown(k, why) => {
+                    self.log_unknown(i, k, &why, "it goes on to take its locks");
+                    self.try_run(i, None);
+                }
+                Validity::Invalid(_) => self.try_run(i, None),
+            }
         }
         // A goal waiting for another goal of this worker waits for a
         // running goal: only running goals hold locks (G2).
@@ -77,21 +88,6 @@ impl Worker {
             return Err(self.deadlock_error());
         }
         Ok(Event::Done)
-    }
-
-    /// A build or substitute goal taken from the ready queue: already valid
-    /// (finished), or on to its slot and locks.
-    fn start(&mut self, i: u32) {
-        match self.validity_unless_check(i) {
-            Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
-            // The check before locking only saves taking locks for valid
-            // outputs: the check under the locks decides (or the goal waits).
-            Validity::Unknown(k, why) => {
-                self.log_unknown(i, k, &why, "it goes on to take its locks");
-                self.try_run(i, None);
-            }
-            Validity::Invalid(_) => self.try_run(i, None),
-        }
     }
 
     /// Takes a slot, then all output locks (sorted, all or nothing; `in_hand`

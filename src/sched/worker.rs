@@ -628,7 +628,7 @@ impl Worker {
     /// Turns the full sweep on or off for this worker (the default comes
     /// from `GOALKEEPER_DEBUG_SWEEP`).
     pub fn set_debug_sweep(&mut self, on: bool) {
-        self.ledger.set_sweep(on);
+        self.ledger.sweep = on;
     }
 
     /// The worker's eventfd: readable when a foreign lock wait may have ended.
