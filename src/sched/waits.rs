@@ -144,6 +144,7 @@ impl Waits {
 
     /// Goal `holder` finished: the goals that waited for it, which wait no
     /// more.
+    #[inline]
     pub(crate) fn take_local_waiters(&mut self, holder: u32) -> Vec<u32> {
         if self.local.is_empty() {
             return Vec::new();
