@@ -224,8 +224,8 @@ fn delete_lock_file(fd: RawFd, key: FileKey, path: &StorePath) -> Result<()> {
     // a file someone else put there. A name that is gone or names another
     // file no longer leads to our inode, which is then marked all the same
     // for whoever is blocked on it.
-    match std::fs::symlink_metadata(path.lock_path()) {
-        Ok(now) if FileKey::of_metadata(&now) == key => {
+    match key_at(path) {
+        Ok(now) if now == key => {
             // SAFETY: the path is a valid NUL-terminated string.
             if unsafe { libc::unlink(path.lock_cstr().as_ptr()) } == -1 {
                 let e = io::Error::last_os_error();
@@ -367,8 +367,8 @@ fn check_granted(path: &StorePath, fd: RawFd, dir_owner: libc::uid_t) -> Result<
 /// unlinked only if it still names the locked inode. If the unlink fails
 /// (e.g. a read-only store), the bounded retry reports the file.
 fn finish_interrupted_deletion(path: &StorePath, locked: FileKey) {
-    match std::fs::symlink_metadata(path.lock_path()) {
-        Ok(now) if FileKey::of_metadata(&now) == locked => {}
+    match key_at(path) {
+        Ok(now) if now == locked => {}
         _ => return,
     }
     if injected(Point::FinishDeletion).is_some() {
@@ -376,6 +376,20 @@ fn finish_interrupted_deletion(path: &StorePath, locked: FileKey) {
     }
     // SAFETY: unlinking a NUL-terminated path whose lock we hold.
     unsafe { libc::unlink(path.lock_cstr().as_ptr()) };
+}
+
+/// The key of the file that `path.lock` names now, without following a
+/// link. Read with lstat(2), as a held lock's key is read with fstat(2):
+/// both sides of the comparison come from the same `struct stat` (under
+/// Miri, std's metadata and libc's stat disagree on the inode).
+fn key_at(path: &StorePath) -> io::Result<FileKey> {
+    // SAFETY: an all-zero stat is a valid value; lstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a live stat buffer.
+    if unsafe { libc::lstat(path.lock_cstr().as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(FileKey::of_stat(&st))
 }
 
 /// Opens (creating if needed) `path.lock` with `O_RDWR|O_CREAT|O_CLOEXEC|O_NOFOLLOW`,
