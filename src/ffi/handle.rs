@@ -71,16 +71,13 @@ impl<T> HandleTable<T> {
     /// Stores `value` and returns its new handle.
     pub(crate) fn insert(&mut self, value: T) -> u64 {
         let fork_gen = process_generation();
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot {
-                    generation: 1,
-                    value: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot {
+                generation: 1,
+                value: None,
+            });
+            (self.slots.len() - 1) as u32
+        });
         let slot = &mut self.slots[index as usize];
         slot.value = Some((value, fork_gen));
         ((self.kind as u64) << 56) | ((slot.generation as u64) << 32) | index as u64

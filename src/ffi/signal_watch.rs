@@ -176,36 +176,36 @@ pub extern "C" fn gk_signal_watch_stop() -> gk_status {
     call(|_| {
         // SAFETY: getpid takes no argument.
         let pid = unsafe { libc::getpid() };
-        let ours = WATCHES.with(|w| {
+        // The signal to send again (0: none).
+        let resend = WATCHES.with(|w| {
             if OWNER.load(Ordering::SeqCst) != pid || w.depth == 0 {
                 return Err(Error::InvalidState(
                     "gk_signal_watch_stop without a running gk_signal_watch_start".into(),
                 ));
             }
             w.depth -= 1;
-            let mut ours = [false; 3];
             if w.depth > 0 {
-                return Ok(None);
+                return Ok(0);
             }
+            // `installed` becomes: still our handler, given back its default.
             for (i, &signal) in SIGNALS.iter().enumerate() {
-                if w.installed[i] && current_handler(signal) == handler() {
+                w.installed[i] = w.installed[i] && current_handler(signal) == handler();
+                if w.installed[i] {
                     set_handler(signal, libc::SIG_DFL);
-                    ours[i] = true;
                 }
             }
+            let caught = CAUGHT.swap(0, Ordering::SeqCst);
+            let ours = SIGNALS
+                .iter()
+                .zip(w.installed)
+                .any(|(&s, o)| o && s == caught);
             w.installed = [false; 3];
-            Ok(Some(ours))
+            Ok(if ours { caught } else { 0 })
         })?;
-        let Some(ours) = ours else {
-            return Ok(());
-        };
-        let caught = CAUGHT.swap(0, Ordering::SeqCst);
-        if let Some(i) = SIGNALS.iter().position(|&s| s == caught) {
-            if ours[i] {
-                // SAFETY: kill takes no pointer; the default action ends the
-                // process here.
-                unsafe { libc::kill(pid, caught) };
-            }
+        if resend != 0 {
+            // SAFETY: kill takes no pointer; the default action ends the
+            // process here.
+            unsafe { libc::kill(pid, resend) };
         }
         Ok(())
     })

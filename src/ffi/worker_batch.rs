@@ -301,8 +301,8 @@ unsafe fn read_batch<'a>(
                 },
             }
         }
+        // `deps` stays empty after an error in them.
         let goal = if readable {
-            let deps = if bad.is_none() { deps } else { &[] };
             NewGoal::in_callers_order(kind, mode, tag, paths, deps)
         } else {
             NewGoal::normalized(GoalKind::Plain, BuildMode::Normal, tag, Vec::new(), &[])
