@@ -80,11 +80,9 @@ pub(crate) unsafe fn path_array(paths: *const *const c_char, n: usize) -> Result
             "n_paths is {n}; at most {MAX_SET_LEN} paths fit in one set"
         )));
     }
-    if !(paths as usize).is_multiple_of(std::mem::align_of::<*const c_char>()) {
-        return Err(Error::InvalidArgument("paths is not aligned".into()));
-    }
-    // SAFETY: non-null, aligned, and the caller guarantees `n` readable pointers.
-    let ptrs = unsafe { std::slice::from_raw_parts(paths, n) };
+    // SAFETY: the caller guarantees `n` readable pointers (alignment is
+    // checked there).
+    let ptrs = unsafe { array(paths, n, "paths") }?;
     let mut v = Vec::with_capacity(n);
     for &p in ptrs {
         // SAFETY: each element is guaranteed by the caller.

@@ -106,15 +106,14 @@ fn batch_call(
     body: impl FnOnce(&ThreadState) -> Result<std::result::Result<(), BatchError>>,
 ) -> gk_status {
     call(|t| {
-        let mut err = if err.is_null() {
+        let err = if err.is_null() {
             None
         } else {
             // SAFETY: non-null; valid for writing per the callers' contracts.
-            Some(unsafe { args::out(err, "err") }?)
-        };
-        if let Some(e) = err.as_deref_mut() {
+            let e = unsafe { args::out(err, "err") }?;
             *e = gk_batch_error::default();
-        }
+            Some(e)
+        };
         let Err(b) = body(t)? else {
             return Ok(());
         };

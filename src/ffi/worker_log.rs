@@ -136,13 +136,12 @@ pub unsafe extern "C" fn gk_worker_take_log_records(
             }
             let records = wk.take_log_records_up_to(cap);
             let mut text = cell.log_text.lock().unwrap_or_else(|e| e.into_inner());
-            let c = to_c(&records, &mut text);
-            for (i, r) in c.iter().enumerate() {
+            for (i, r) in to_c(&records, &mut text).into_iter().enumerate() {
                 // SAFETY: `out` is non-null, aligned and valid for `cap`
                 // writes (the contract); `i < records.len() <= cap`.
-                unsafe { out.add(i).write(*r) };
+                unsafe { out.add(i).write(r) };
             }
-            Ok(c.len())
+            Ok(records.len())
         })?;
         *n_out = n;
         Ok(())
