@@ -79,9 +79,6 @@ impl<'a> NewGoal<'a> {
         given: Vec<StorePath>,
         deps: &'a [GoalId],
     ) -> NewGoal<'a> {
-        if given.len() < 2 {
-            return NewGoal::normalized(kind, mode, tag, given, deps);
-        }
         let mut places: Vec<u32> = (0..given.len() as u32).collect();
         places.sort_by(|&a, &b| given[a as usize].cmp(&given[b as usize]).then(a.cmp(&b)));
         places.dedup_by(|a, b| given[*a as usize] == given[*b as usize]);
