@@ -8,8 +8,6 @@
 //! `store_query`, `lock_wait`), and `ffi::before_fork` takes them in a
 //! fixed order.
 
-use std::fmt;
-
 use crate::base::generation as process_generation;
 use crate::error::{Error, Result};
 
@@ -34,12 +32,6 @@ impl Kind {
             Kind::StoreDb => ("store database", "this store database handle"),
             Kind::LockWait => ("lock wait", "this lock wait handle"),
         }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.names().0)
     }
 }
 
@@ -100,24 +92,21 @@ impl<T> HandleTable<T> {
 
     /// Why `handle` names no live object of this table.
     fn bad_handle(&self, handle: u64) -> Error {
+        let name = self.kind.names().0;
         let kind = (handle >> 56) as u8;
         if kind != self.kind as u8 {
             let what = match Kind::ALL.iter().find(|k| **k as u8 == kind) {
-                Some(k) => format!("a {k} handle"),
+                Some(k) => format!("a {} handle", k.names().0),
                 None => "not a goalkeeper handle".into(),
             };
             return Error::StaleHandle(format!(
-                "handle {handle:#018x} is {what}, not a {} handle",
-                self.kind
+                "handle {handle:#018x} is {what}, not a {name} handle"
             ));
         }
         // The slot exists but holds another generation or nothing.
         Error::StaleHandle(match self.slots.get(handle as u32 as usize) {
-            Some(_) => format!(
-                "{} handle {handle:#018x} is stale: it was released or freed",
-                self.kind
-            ),
-            None => format!("{} handle {handle:#018x} was never issued", self.kind),
+            Some(_) => format!("{name} handle {handle:#018x} is stale: it was released or freed"),
+            None => format!("{name} handle {handle:#018x} was never issued"),
         })
     }
 
