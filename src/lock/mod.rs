@@ -14,7 +14,7 @@
 //! thread, and the list of abandoned ones) and `set` (the all-or-nothing
 //! lock set).
 //!
-//! The scheduler (`crate::sched`) builds on a small contract, the
+//! The scheduler, the layer above, builds on a small contract, the
 //! `pub(crate)` items below: a goal's locks are taken by one pass,
 //! [`LockSet::try_for_owner`], whose owner tag is the goal's id; a busy lock
 //! is waited for by a `LockWait`, whose granted `LockFile` the next pass
