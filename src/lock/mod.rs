@@ -16,7 +16,7 @@
 //!
 //! The scheduler, the layer above, builds on a small contract, the
 //! `pub(crate)` items below: a goal's locks are taken by one pass,
-//! [`LockSet::try_for_owner`], whose owner tag is the goal's id; a busy lock
+//! `LockSet::try_for_owner`, whose owner tag is the goal's id; a busy lock
 //! is waited for by a `LockWait`, whose granted `LockFile` the next pass
 //! takes in hand; `held_where` and [`owner_of`] answer the ledger.
 
