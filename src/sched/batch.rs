@@ -502,6 +502,7 @@ pub(crate) fn can_take_deps(graph: &Graph, g: u32) -> bool {
 /// `graph`: each names a running goal of the worker, once, with an outcome
 /// a host reports. Returns the first bad report; changes nothing (the
 /// scratch bitset that finds duplicates is cleared again: O(reports)).
+#[inline]
 pub(crate) fn validate_reports(
     graph: &Graph,
     serial: u32,

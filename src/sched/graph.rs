@@ -102,17 +102,10 @@ pub(crate) struct Goal {
 /// its remaining edges never make it look ready.
 const FINISHED: u32 = u32::MAX;
 
-/// A cursor over one goal's dependents (see [`Graph::dependents`]).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct DepCursor {
-    k: u32,
-    end: u32,
-    extra: u32,
-}
-
 /// "`to` depends on `from`", linked into `from`'s list of new edges.
 #[derive(Clone, Copy, Debug)]
 struct Edge {
+    from: u32,
     to: u32,
     next: u32,
 }
@@ -249,60 +242,56 @@ impl Graph {
         self.counts[GoalState::WaitingDeps as usize] += 1;
     }
 
-    /// Makes every edge visible to [`Graph::dependents`].
+    /// Makes every edge visible to [`Graph::dependents`]: folds them into
+    /// the compact form when the new ones have grown to an eighth of it,
+    /// else links the logged ones into per-goal lists of new edges.
+    #[inline(never)]
     fn flush(&mut self) {
-        if self.log.is_empty() {
-            return;
-        }
         if (self.log.len() + self.extra.len()) * 8 >= self.csr.len() + self.goals.len() + 64 {
             return self.compact();
         }
         self.extra_head.resize(self.goals.len(), NONE);
         for (from, to) in std::mem::take(&mut self.log) {
-            let head = &mut self.extra_head[from as usize];
-            self.extra.push(Edge { to, next: *head });
-            *head = (self.extra.len() - 1) as u32;
+            let next =
+                std::mem::replace(&mut self.extra_head[from as usize], self.extra.len() as u32);
+            self.extra.push(Edge { from, to, next });
         }
     }
 
-    /// Folds the lists of new edges and the log into the compact form, by a
+    /// Folds the linked edges and the log into the compact form, by a
     /// counting sort: each goal's old slice first, then its new edges in
     /// the order they were added (the order in which a finishing goal
     /// wakes its dependents).
     fn compact(&mut self) {
         let n = self.goals.len();
+        let new = || {
+            self.extra
+                .iter()
+                .map(|e| (e.from, e.to))
+                .chain(self.log.iter().copied())
+        };
         // start[i + 1]: first the number of dependents of goal i, then
         // (prefix sums) where slice i + 1 starts.
         let mut start = vec![0u32; n + 1];
-        for i in 0..n {
-            start[i + 1] = self.old(i).len() as u32 + self.linked(i).count() as u32;
+        for (i, w) in self.csr_start.windows(2).enumerate() {
+            start[i + 1] = w[1] - w[0];
         }
-        for &(f, _) in &self.log {
-            start[f as usize + 1] += 1;
-        }
+        new().for_each(|(f, _)| start[f as usize + 1] += 1);
         for i in 0..n {
             start[i + 1] += start[i];
         }
         // start[i] serves as goal i's cursor while the slices are written:
-        // its old slice, its linked edges (a list is newest first, so they
-        // are written from the back), then its logged ones.
+        // its old slice, then its new edges.
         let mut csr = vec![0u32; start[n] as usize];
-        for (i, cursor) in start[..n].iter_mut().enumerate() {
-            let (mut at, old) = (*cursor as usize, self.old(i));
-            if !old.is_empty() {
-                csr[at..at + old.len()].copy_from_slice(old);
-            }
-            at += old.len() + self.linked(i).count();
-            *cursor = at as u32;
-            for to in self.linked(i) {
-                at -= 1;
-                csr[at] = to;
-            }
+        for (i, w) in self.csr_start.windows(2).enumerate() {
+            let (at, old) = (start[i] as usize, &self.csr[w[0] as usize..w[1] as usize]);
+            csr[at..at + old.len()].copy_from_slice(old);
+            start[i] += old.len() as u32;
         }
-        for &(f, t) in &self.log {
+        new().for_each(|(f, t)| {
             csr[start[f as usize] as usize] = t;
             start[f as usize] += 1;
-        }
+        });
         // Each cursor now stands where the next slice starts.
         start.copy_within(0..n, 1);
         start[0] = 0;
@@ -313,53 +302,52 @@ impl Graph {
         self.csr_start = start;
     }
 
-    /// Goal `i`'s slice of the compact form.
-    fn old(&self, i: usize) -> &[u32] {
-        match self.csr_start.get(i..i + 2) {
+    /// Hands `f` goal `i`'s dependents, in the order their edges were added
+    /// (the log is flushed first, so that every edge is seen): after a
+    /// `success` of `i`, each one whose last pending dependency it was, now
+    /// ready; otherwise each one that has not finished.
+    #[inline]
+    pub(crate) fn dependents(&mut self, i: u32, success: bool, mut f: impl FnMut(u32)) {
+        if !self.log.is_empty() {
+            self.flush();
+        }
+        let i = i as usize;
+        let old = match self.csr_start.get(i..i + 2) {
             Some(&[a, b]) => &self.csr[a as usize..b as usize],
             _ => &[],
-        }
-    }
-
-    /// Goal `i`'s list of new edges, newest first.
-    fn linked(&self, i: usize) -> impl Iterator<Item = u32> + '_ {
-        let mut e = self.extra_head.get(i).copied().unwrap_or(NONE);
-        std::iter::from_fn(move || {
-            let edge = self.extra.get(e as usize)?;
-            e = edge.next;
-            Some(edge.to)
-        })
-    }
-
-    /// A cursor over goal `i`'s dependents (use [`Graph::next_dependent`]);
-    /// flushes the log first, so that every edge is seen.
-    pub(crate) fn dependents(&mut self, i: u32) -> DepCursor {
-        self.flush();
-        let i = i as usize;
-        let (k, end) = if i + 1 < self.csr_start.len() {
-            (self.csr_start[i], self.csr_start[i + 1])
-        } else {
-            (0, 0)
         };
-        let extra = self.extra_head.get(i).copied().unwrap_or(NONE);
-        DepCursor { k, end, extra }
-    }
-
-    /// The next dependent, or `None` at the end.
-    #[inline]
-    pub(crate) fn next_dependent(&self, c: &mut DepCursor) -> Option<u32> {
-        if c.k < c.end {
-            c.k += 1;
-            return Some(self.csr[c.k as usize - 1]);
+        let (mut old, mut e) = (old.iter(), self.extra_head.get(i).copied().unwrap_or(NONE));
+        loop {
+            let d = match old.next() {
+                Some(&d) => d,
+                None => match self.extra.get(e as usize) {
+                    Some(edge) => {
+                        e = edge.next;
+                        edge.to
+                    }
+                    None => return,
+                },
+            };
+            if !success {
+                if !bit(&self.done, d) {
+                    f(d);
+                }
+                continue;
+            }
+            // A finished goal's counter is far from 0: it never looks ready.
+            let p = &mut self.pending[d as usize];
+            *p -= 1;
+            if *p == 0 {
+                self.counts[GoalState::WaitingDeps as usize] -= 1;
+                self.counts[GoalState::Ready as usize] += 1;
+                f(d);
+            }
         }
-        let e = self.extra.get(c.extra as usize)?;
-        c.extra = e.next;
-        Some(e.to)
     }
 
     /// Replaces goal `i`'s state value, keeping the counters right, and
     /// returns the old one (with whatever it owned).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set_phase(&mut self, i: u32, phase: Phase) -> Phase {
         let new = phase.state();
         let old_state = self.state(i);
@@ -378,6 +366,7 @@ impl Graph {
     /// although its record still says "waiting for dependencies": waking it
     /// only touches the dense counter array, not the goal record; the record
     /// is updated when the goal is taken from the queue.
+    #[inline]
     pub(crate) fn state(&self, i: u32) -> GoalState {
         match self.goals[i as usize].phase {
             Phase::WaitingDeps if self.pending[i as usize] == 0 => GoalState::Ready,
@@ -389,22 +378,7 @@ impl Graph {
     /// goal's record).
     #[inline]
     pub(crate) fn is_finished(&self, i: u32) -> bool {
-        self.done[i as usize / 64] & (1 << (i % 64)) != 0
-    }
-
-    /// One dependency of `d` finished with success; `true` if `d` is now
-    /// ready. `d` waits for dependencies or has finished (its counter then
-    /// never reaches 0).
-    #[inline]
-    pub(crate) fn dependency_done(&mut self, d: u32) -> bool {
-        let p = &mut self.pending[d as usize];
-        *p -= 1;
-        if *p == 0 {
-            self.counts[GoalState::WaitingDeps as usize] -= 1;
-            self.counts[GoalState::Ready as usize] += 1;
-            return true;
-        }
-        false
+        bit(&self.done, i)
     }
 
     /// Goals in `state`.
@@ -421,6 +395,11 @@ impl Graph {
     pub(crate) fn unfinished(&self) -> u64 {
         self.goals.len() as u64 - self.count(GoalState::Finished)
     }
+}
+
+/// Bit `i` of `set`.
+fn bit(set: &[u64], i: u32) -> bool {
+    set[i as usize / 64] & (1 << (i % 64)) != 0
 }
 
 /// How messages name a goal: its index in the worker and its first output's
@@ -470,11 +449,8 @@ mod tests {
     }
 
     fn deps(g: &mut Graph, i: u32) -> Vec<u32> {
-        let mut c = g.dependents(i);
         let mut v = Vec::new();
-        while let Some(d) = g.next_dependent(&mut c) {
-            v.push(d);
-        }
+        g.dependents(i, false, |d| v.push(d));
         v
     }
 

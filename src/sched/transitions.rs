@@ -45,7 +45,7 @@ impl Worker {
                 if self.wake_slot_waiter(false) {
                     continue;
                 }
-                break;
+                return self.idle();
             };
             if self.graph.state(i) != GoalState::Ready {
                 continue; // a stale queue entry
@@ -58,19 +58,29 @@ impl Worker {
                     kind,
                 });
             }
-            // A build or substitute goal: already valid (finished), or on to
-            // its slot and locks. The check before locking only saves taking
-            // locks for valid outputs: the check under them decides (or the
-            // goal waits).
-            match self.validity_unless_check(i) {
-                Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
-                Validity::Unknown(k, why) => {
-                    self.log_unknown(i, k, &why, "it goes on to take its locks");
-                    self.try_run(i, None);
-                }
-                Validity::Invalid(_) => self.try_run(i, None),
-            }
+            self.start(i);
         }
+    }
+
+    /// Starts ready build or substitute goal `i`: already valid (finished),
+    /// or on to its slot and locks. The check before locking only saves
+    /// taking locks for valid outputs: the check under them decides (or the
+    /// goal waits).
+    #[inline(never)]
+    fn start(&mut self, i: u32) {
+        match self.validity_unless_check(i) {
+            Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
+            Validity::Unknown(k, why) => {
+                self.log_unknown(i, k, &why, "it goes on to take its locks");
+                self.try_run(i, None);
+            }
+            Validity::Invalid(_) => self.try_run(i, None),
+        }
+    }
+
+    /// The step's answer when nothing is ready (see [`Worker::step`]).
+    #[inline(never)]
+    fn idle(&mut self) -> Result<Event> {
         // A goal waiting for another goal of this worker waits for a
         // running goal: only running goals hold locks (G2).
         if !self.waits.foreign.is_empty() || self.graph.count(GoalState::Running) > 0 {
@@ -243,6 +253,7 @@ impl Worker {
     }
 
     /// Looks at the kernel waits, if the eventfd fired or a re-check is due.
+    #[inline(never)]
     fn poll_foreign_waits(&mut self) {
         // Drain first, then poll: a wait that ends after the poll writes the
         // eventfd after the drain, so it is never missed.
@@ -507,17 +518,11 @@ impl Worker {
             self.graph.set_phase(w, Phase::Ready);
             self.ready.push_front(w);
         }
-        let mut failed = Vec::new();
-        let mut c = self.graph.dependents(i);
-        while let Some(d) = self.graph.next_dependent(&mut c) {
-            if !outcome.is_success() {
-                if !self.graph.is_finished(d) {
-                    failed.push(d);
-                }
-            } else if self.graph.dependency_done(d) {
-                self.ready.push_back(d);
-            }
-        }
+        let (mut failed, ready, success) = (Vec::new(), &mut self.ready, outcome.is_success());
+        self.graph.dependents(i, success, |d| match success {
+            true => ready.push_back(d),
+            false => failed.push(d),
+        });
         failed
     }
 
@@ -673,11 +678,9 @@ impl Worker {
         // What each stuck goal waits for: the stuck goals it depends on.
         let mut blockers: HashMap<u32, Vec<String>> = HashMap::new();
         for &j in &stuck {
-            let mut c = self.graph.dependents(j);
-            while let Some(d) = self.graph.next_dependent(&mut c) {
-                let name = self.graph.name(j).to_string();
-                blockers.entry(d).or_default().push(name);
-            }
+            let name = self.graph.name(j).to_string();
+            let add = |d| blockers.entry(d).or_default().push(name.clone());
+            self.graph.dependents(j, false, add);
         }
         let parts: Vec<String> = stuck
             .iter()

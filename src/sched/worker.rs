@@ -479,40 +479,44 @@ impl Worker {
                 "room for at least one event is needed (the capacity is 0)".into(),
             ));
         }
-        let mut got = std::mem::take(&mut self.scratch.events);
-        got.clear();
         // Gathers up to `max` events (see `next_events`), touching each
         // event's goal for the ledger.
+        self.scratch.events.clear();
         let r = self.call(|w| {
-            while got.len() < max {
-                match w.step() {
-                    Ok(Event::Wait { .. }) if !got.is_empty() => break,
-                    Ok(ev) => {
-                        if let Some(g) = ev.goal() {
-                            w.ledger.touch(g.index());
-                        }
-                        got.push(ev);
-                        if matches!(ev, Event::Wait { .. } | Event::Done) {
-                            break;
-                        }
-                    }
-                    // Returned by the next call, which finds it again.
-                    Err(_) if !got.is_empty() => break,
-                    Err(e) => return Err(e),
+            while w.scratch.events.len() < max {
+                let ev = match w.step() {
+                    // An error is returned by the next call, which finds it again.
+                    Ok(Event::Wait { .. }) | Err(_) if !w.scratch.events.is_empty() => break,
+                    r => r?,
+                };
+                if let Some(g) = ev.goal() {
+                    w.ledger.touch(g.index());
+                }
+                w.scratch.events.push(ev);
+                if matches!(ev, Event::Wait { .. } | Event::Done) {
+                    break;
                 }
             }
-            Ok(got.len())
+            Ok(w.scratch.events.len())
         });
+        let me = &*self;
         if r.is_ok() {
-            got.iter().for_each(|&ev| sink(self, ev));
+            for &ev in &me.scratch.events {
+                sink(me, ev);
+            }
         } else {
             // A ledger violation after the events were gathered: they go
             // back, in order, for the next call.
-            for &ev in got.iter().rev().filter(|ev| ev.goal().is_some()) {
+            for &ev in self
+                .scratch
+                .events
+                .iter()
+                .rev()
+                .filter(|ev| ev.goal().is_some())
+            {
                 self.events.push_front(ev);
             }
         }
-        self.scratch.events = got;
         r
     }
 
