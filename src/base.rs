@@ -103,6 +103,7 @@ impl<T> ForkMutex<T> {
     }
 
     /// Runs `f` with the mutex held. `f` must not call back into this mutex.
+    #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         struct Unlock<'a, T>(&'a ForkMutex<T>);
         impl<T> Drop for Unlock<'_, T> {

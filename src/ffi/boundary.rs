@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use super::status::gk_status;
 use crate::error::{Error, Result};
+use crate::sched::NewGoal;
 
 /// Everything the C boundary keeps per thread, in one thread-local, whose
 /// reference every exported function's body gets from [`call`].
@@ -31,6 +32,9 @@ pub(crate) struct ThreadState {
     /// The lock file whose holders the last message should name, once it is
     /// read (see the module documentation).
     holder_of: RefCell<Option<PathBuf>>,
+    /// The goals of this thread's last `gk_worker_add_goals`, emptied: their
+    /// memory, for the next call's (see `worker_batch.rs`).
+    pub(super) goals: Cell<Vec<NewGoal<'static>>>,
 }
 
 thread_local! {
@@ -39,6 +43,7 @@ thread_local! {
             message: RefCell::new(Vec::new()),
             has_message: Cell::new(false),
             holder_of: RefCell::new(None),
+            goals: Cell::new(Vec::new()),
         }
     };
 }
@@ -62,15 +67,15 @@ impl ThreadState {
     }
 
     /// Records `e` as the last error and returns its status.
-    fn fail(&self, e: &Error) -> gk_status {
+    fn fail(&self, e: Error) -> gk_status {
         self.set_message(&e.to_string());
         // A contention error: the holders of its lock file, when asked.
-        if let Error::Busy { path } | Error::TimedOut { path, .. } = e {
+        if let Error::Busy { path } | Error::TimedOut { path, .. } = &e {
             let mut f = path.clone().into_os_string();
             f.push(crate::lock::LOCK_SUFFIX);
             *self.holder_of.borrow_mut() = Some(PathBuf::from(f));
         }
-        gk_status::from(e)
+        gk_status::from(&e)
     }
 }
 
@@ -79,7 +84,7 @@ impl ThreadState {
 /// is asked for after the call that found it busy.
 pub(crate) fn message_ptr() -> *const c_char {
     THREAD.with(|t| {
-        if let Some(lock_file) = t.holder_of.borrow_mut().take() {
+        if let Some(lock_file) = t.holder_of.take() {
             // The inspector reads /proc and is not expected to panic; if it
             // did, the message goes without the holder rather than unwinding
             // into C.
@@ -87,14 +92,9 @@ pub(crate) fn message_ptr() -> *const c_char {
                 .ok()
                 .flatten()
                 .unwrap_or_else(|| "a process the kernel does not show now".into());
-            let mut l = t.message.borrow_mut();
-            l.pop(); // the NUL
-            l.extend(
-                format!("; held by {who}")
-                    .bytes()
-                    .map(|b| if b == 0 { b'?' } else { b }),
-            );
-            l.push(0);
+            let mut said = String::from_utf8_lossy(&t.message.borrow()).into_owned();
+            said.pop(); // the NUL
+            t.set_message(&format!("{said}; held by {who}"));
         }
         let l = t.message.borrow();
         if l.is_empty() {
@@ -117,7 +117,7 @@ pub(crate) fn call(f: impl FnOnce(&ThreadState) -> Result<()>) -> gk_status {
                 }
                 gk_status::GK_OK
             }
-            Err(e) => t.fail(&e),
+            Err(e) => t.fail(e),
         })
     }));
     match r {

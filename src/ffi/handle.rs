@@ -75,15 +75,13 @@ impl<T> HandleTable<T> {
         ((self.kind as u64) << 56) | ((slot.generation as u64) << 32) | index as u64
     }
 
+    /// The index of the live slot `handle` names: its top 32 bits are the
+    /// table's kind and the slot's generation.
     fn slot_of(&self, handle: u64) -> Result<usize> {
-        let generation = ((handle >> 32) as u32) & GEN_MAX;
         let index = handle as u32 as usize;
+        let kind = (self.kind as u32) << GEN_BITS;
         match self.slots.get(index) {
-            Some(s)
-                if (handle >> 56) as u8 == self.kind as u8
-                    && s.generation == generation
-                    && s.value.is_some() =>
-            {
+            Some(s) if (handle >> 32) as u32 == kind | s.generation && s.value.is_some() => {
                 Ok(index)
             }
             _ => Err(self.bad_handle(handle)),
@@ -91,6 +89,7 @@ impl<T> HandleTable<T> {
     }
 
     /// Why `handle` names no live object of this table.
+    #[cold]
     fn bad_handle(&self, handle: u64) -> Error {
         let name = self.kind.names().0;
         let kind = (handle >> 56) as u8;
@@ -112,13 +111,13 @@ impl<T> HandleTable<T> {
 
     /// The object named by `handle`. Objects inherited from the parent of a
     /// fork child are refused with [`Error::WrongProcess`].
+    #[inline]
     pub(crate) fn get(&mut self, handle: u64) -> Result<&mut T> {
         let i = self.slot_of(handle)?;
-        let (value, fork_gen) = self.slots[i].value.as_mut().expect("checked in slot_of");
-        if *fork_gen != process_generation() {
-            return Err(Error::WrongProcess(self.kind.names().1));
+        match &mut self.slots[i].value {
+            Some((value, fork_gen)) if *fork_gen == process_generation() => Ok(value),
+            _ => Err(Error::WrongProcess(self.kind.names().1)),
         }
-        Ok(value)
     }
 
     /// Removes and returns the object named by `handle`; the handle becomes
@@ -133,7 +132,6 @@ impl<T> HandleTable<T> {
             self.free.push(i as u32);
         } // else: retire the slot, so a handle is never reissued
         if fork_gen != process_generation() {
-            drop(value);
             return Err(Error::WrongProcess(self.kind.names().1));
         }
         Ok(value)

@@ -227,6 +227,7 @@ pub(super) const NO_EVENT: gk_event = gk_event {
     timeout_ms: -1,
 };
 
+#[inline]
 pub(super) fn event_to_c(ev: Event, w: &Worker) -> gk_event {
     let mut out = NO_EVENT;
     match ev {
@@ -303,13 +304,13 @@ pub unsafe extern "C" fn gk_worker_new(
 #[no_mangle]
 pub extern "C" fn gk_worker_free(w: gk_worker) -> gk_status {
     call(|t| {
-        let cell = WORKERS.with(|h| h.get(w).map(|c| c.clone()))?;
-        if cell.in_call.load(Ordering::Acquire) == t.token() {
-            return Err(Error::InvalidState(
-                "a predicate must not free its own worker".into(),
-            ));
-        }
-        let cell = WORKERS.with(|h| h.remove(w))?;
+        let cell = WORKERS.with(|h| {
+            if h.get(w)?.in_call.load(Ordering::Acquire) == t.token() {
+                let e = "a predicate must not free its own worker";
+                return Err(Error::InvalidState(e.into()));
+            }
+            h.remove(w)
+        })?;
         let mut g = cell.worker.lock().unwrap_or_else(|e| e.into_inner());
         cell.alive.store(false, Ordering::Release);
         g.abandon();
@@ -429,7 +430,7 @@ unsafe fn add_goal(
         let paths = read();
         let kind = gk_goal_kind::parse(kind)?;
         let mode = gk_build_mode::parse(mode)?;
-        let goal = NewGoal::normalized(kind, mode, tag, paths?, &[]);
+        let goal = NewGoal::in_callers_order(kind, mode, tag, paths?, &[]);
         *out = with_worker(t, w, |_, wk| wk.add_goal_normalized(goal))?.raw();
         Ok(())
     })

@@ -149,26 +149,39 @@ unsafe fn opt_array<'a, T>(
 }
 
 /// The `[a, b)` range of goal `i` in a CSR offsets array, checked against
-/// the previous offset and the flat array's length `total`.
+/// the previous offset, the flat array's length `total`, and `max`
+/// elements per goal.
+#[inline]
 fn range(
     off: &[u32],
     i: usize,
     total: u32,
+    max: u32,
     field: BatchField,
 ) -> std::result::Result<(u32, u32), Box<BatchError>> {
     let (a, b) = (off[i], off[i + 1]);
-    if i == 0 && a != 0 {
-        let e = Error::InvalidArgument(format!("the first offset must be 0, not {a}"));
-        return Err(Box::new(BatchError::offset(0, 0, field, e)));
-    }
-    if b < a || b > total {
-        let e = Error::InvalidArgument(format!(
-            "offset {b} is outside {a}..={total} (the previous offset .. the last offset): \
-             offsets never decrease"
-        ));
-        return Err(Box::new(BatchError::offset(i + 1, i, field, e)));
+    if (i == 0 && a != 0) || b < a || b > total || b - a > max {
+        return Err(bad_range(a, b, i, total, max, field));
     }
     Ok((a, b))
+}
+
+/// Why [`range`] refused goal `i`'s offsets `a` and `b`.
+#[cold]
+fn bad_range(a: u32, b: u32, i: usize, total: u32, max: u32, field: BatchField) -> Box<BatchError> {
+    let at_start = i == 0 && a != 0;
+    let e = Error::InvalidArgument(if at_start {
+        format!("the first offset must be 0, not {a}")
+    } else if b < a || b > total {
+        format!(
+            "offset {b} is outside {a}..={total} (the previous offset .. the last offset): \
+             offsets never decrease"
+        )
+    } else {
+        format!("goal {i} has {} outputs; at most {max} are accepted", b - a)
+    });
+    let index = if at_start { 0 } else { i + 1 };
+    Box::new(BatchError::offset(index, i, field, e))
 }
 
 /// Where the outputs come from.
@@ -177,19 +190,20 @@ enum Outputs<'a> {
     Packed(&'a [u8]),
 }
 
-/// Reads the batch: the goals (a placeholder, a plain goal without outputs
-/// or dependencies, for a goal that cannot be read), and the first element
-/// that cannot be read. A whole-batch error (NULL arrays, misalignment,
-/// inconsistent outputs) is returned at once.
+/// Reads the batch into `goals` (a placeholder, a plain goal without
+/// outputs or dependencies, for a goal that cannot be read), and returns the
+/// first element that cannot be read. A whole-batch error (NULL arrays,
+/// misalignment, inconsistent outputs) is returned at once.
 ///
 /// # Safety
 /// The arrays of `b` must be as `gk_goal_batch` describes.
 unsafe fn read_batch<'a>(
     b: &'a gk_goal_batch,
-) -> std::result::Result<(Vec<NewGoal<'a>>, Bad), BatchError> {
+    goals: &mut Vec<NewGoal<'a>>,
+) -> std::result::Result<Bad, BatchError> {
     let n = b.n_goals as usize;
     if n == 0 {
-        return Ok((Vec::new(), None));
+        return Ok(None);
     }
     let whole = |e: Error| BatchError::whole(e);
     // SAFETY: the arrays are as this function's contract says (here and below).
@@ -246,7 +260,7 @@ unsafe fn read_batch<'a>(
     // in step (after a malformed string, later goals' outputs are unknown).
     let mut cursor = 0usize;
     let mut in_step = true;
-    let read_goal = |i: usize| {
+    let mut read_goal = |i: usize| {
         let tag = tags.map_or(0, |t| t[i]);
         let mut bad: Bad = None;
         let kind = gk_goal_kind::parse(kinds[i]).unwrap_or_else(|e| {
@@ -262,18 +276,9 @@ unsafe fn read_batch<'a>(
         });
         let mut paths = Vec::new();
         if let Some(off) = out_off {
-            match range(off, i, out_total, BatchField::OutputOffsets) {
+            match range(off, i, out_total, MAX_OUTPUTS, BatchField::OutputOffsets) {
                 Err(e) => {
                     bad = bad.or(Some(e));
-                    in_step = false;
-                }
-                Ok((a, z)) if z - a > MAX_OUTPUTS => {
-                    let e = Error::InvalidArgument(format!(
-                        "goal {i} has {} outputs; at most {MAX_OUTPUTS} are accepted",
-                        z - a
-                    ));
-                    let e = BatchError::offset(i + 1, i, BatchField::OutputOffsets, e);
-                    bad = bad.or(e.bad());
                     in_step = false;
                 }
                 Ok((a, z)) => {
@@ -288,7 +293,7 @@ unsafe fn read_batch<'a>(
         let readable = bad.is_none();
         let mut deps: &[GoalId] = &[];
         if let Some(off) = dep_off {
-            match range(off, i, dep_total, BatchField::DepOffsets) {
+            match range(off, i, dep_total, u32::MAX, BatchField::DepOffsets) {
                 Err(e) => bad = bad.or(Some(e)),
                 Ok((a, z)) if z == a => {}
                 Ok((a, z)) => match all_deps {
@@ -301,17 +306,15 @@ unsafe fn read_batch<'a>(
             }
         }
         // `deps` stays empty after an error in them.
-        let goal = if readable {
-            NewGoal::in_callers_order(kind, mode, tag, paths, deps)
-        } else {
-            NewGoal::normalized(GoalKind::Plain, BuildMode::Normal, tag, Vec::new(), &[])
+        let (kind, mode, paths, deps) = match readable {
+            true => (kind, mode, paths, deps),
+            false => (GoalKind::Plain, BuildMode::Normal, Vec::new(), &[][..]),
         };
-        if bad.is_some() {
-            first = BatchError::first(first.take(), bad);
-        }
-        goal
+        first = first.take().or(bad); // goals are read in validation order
+        NewGoal::in_callers_order(kind, mode, tag, paths, deps)
     };
-    let goals = (0..n).map(read_goal).collect();
+    goals.reserve(n);
+    (0..n).for_each(|i| goals.push(read_goal(i)));
     if let Outputs::Packed(bytes) = outputs {
         if in_step && cursor != bytes.len() {
             let e = Error::InvalidArgument(format!(
@@ -321,7 +324,17 @@ unsafe fn read_batch<'a>(
             return Err(whole(e));
         }
     }
-    Ok((goals, first))
+    Ok(first)
+}
+
+/// `goals`, emptied, for goals of another lifetime: the memory of the
+/// last call's goals, so that a call with as many goals allocates none.
+fn recycle<'b>(goals: Vec<NewGoal<'_>>) -> Vec<NewGoal<'b>> {
+    let mut goals = std::mem::ManuallyDrop::new(goals);
+    goals.clear();
+    // SAFETY: an empty vector's memory, from the global allocator, for
+    // elements of the same layout (only the lifetime differs).
+    unsafe { Vec::from_raw_parts(goals.as_mut_ptr().cast(), 0, goals.capacity()) }
 }
 
 /// Goal `i`'s outputs, strings `a..z`, validated, in the caller's order.
@@ -443,14 +456,17 @@ pub unsafe extern "C" fn gk_worker_add_goals(
         }
         // SAFETY: a whole gk_goal_batch, readable per the contract.
         let b = unsafe { &*batch };
+        let mut goals = recycle(t.goals.take());
         // SAFETY: forwarded from this function's contract.
-        let (mut goals, parse_error) = match unsafe { read_batch(b) } {
+        let parse_error = match unsafe { read_batch(b, &mut goals) } {
             Ok(read) => read,
             Err(e) => return Ok(Err(e)),
         };
-        with_worker(t, w, |_, wk| {
+        let r = with_worker(t, w, |_, wk| {
             Ok(wk.add_goals_into(&mut goals, parse_error, ids))
-        })
+        });
+        t.goals.set(recycle(goals));
+        r
     })
 }
 

@@ -41,51 +41,38 @@ impl<'a> NewGoal<'a> {
         } else {
             normalize_set(outputs)?
         };
-        Ok(NewGoal::normalized(
-            kind,
-            BuildMode::Normal,
-            0,
-            outputs,
-            &[],
-        ))
+        let goal = NewGoal::in_callers_order(kind, BuildMode::Normal, 0, outputs, &[]);
+        Ok(goal)
     }
 
-    /// A goal whose outputs are already normalised (sorted, deduplicated):
-    /// what the C layer reads a goal into.
-    pub(crate) fn normalized(
+    /// A goal of `kind` and `mode` with the host's `tag`, waiting for
+    /// `deps`, producing `outputs` (validated paths) given in the caller's
+    /// order: they are sorted and deduplicated here, and when that order is
+    /// not already the sorted one, errors name an output by its first place
+    /// in it (the C layer's arrays).
+    #[inline]
+    pub(crate) fn in_callers_order(
         kind: GoalKind,
         mode: BuildMode,
         tag: u64,
-        outputs: Vec<StorePath>,
+        mut outputs: Vec<StorePath>,
         deps: &'a [GoalId],
     ) -> NewGoal<'a> {
+        let mut places = Vec::new();
+        if !outputs.is_sorted_by(|a, b| a < b) {
+            places = (0..outputs.len() as u32).collect();
+            let at = |k: &u32| &outputs[*k as usize];
+            places.sort_by(|a, b| at(a).cmp(at(b)).then(a.cmp(b)));
+            places.dedup_by(|a, b| at(a) == at(b));
+            outputs = places.iter().map(|k| at(k).clone()).collect();
+        }
         NewGoal {
             kind,
             mode,
             tag,
             outputs,
-            places: Vec::new(),
-            deps,
-        }
-    }
-
-    /// A goal whose outputs are given in the caller's order (the C layer),
-    /// each validated: they are sorted and deduplicated here, and errors
-    /// name an output by its first place in that order.
-    pub(crate) fn in_callers_order(
-        kind: GoalKind,
-        mode: BuildMode,
-        tag: u64,
-        given: Vec<StorePath>,
-        deps: &'a [GoalId],
-    ) -> NewGoal<'a> {
-        let mut places: Vec<u32> = (0..given.len() as u32).collect();
-        places.sort_by(|&a, &b| given[a as usize].cmp(&given[b as usize]).then(a.cmp(&b)));
-        places.dedup_by(|a, b| given[*a as usize] == given[*b as usize]);
-        let outputs = places.iter().map(|&k| given[k as usize].clone()).collect();
-        NewGoal {
             places,
-            ..NewGoal::normalized(kind, mode, tag, outputs, deps)
+            deps,
         }
     }
 
