@@ -9,7 +9,8 @@
 //! sub-element) and leaves the worker exactly as it was: no goal, edge,
 //! event, log record or counter is added.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::BTreeMap;
 
 use super::goal::{BuildMode, Event, GoalKind, Outcome};
 use super::graph::{Graph, Phase, NONE};
@@ -29,12 +30,17 @@ pub struct NewGoal<'a> {
     /// gave them in another order (the C layer); errors name that place.
     pub(super) places: Vec<u32>,
     pub(super) deps: &'a [GoalId],
+    /// The goal it resolves to, set by validation: an existing one (the
+    /// same outputs again: S9), or a new one (an index past the graph's
+    /// end: the first goal of the batch that resolves to it is pushed).
+    pub(super) at: Cell<u32>,
 }
 
 impl<'a> NewGoal<'a> {
     /// A goal of `kind` producing `outputs` (normalised: sorted,
     /// deduplicated; an invalid path is an error), in normal mode, with tag
     /// 0 and no dependencies.
+    #[inline]
     pub fn new<P: AsRef<std::ffi::OsStr>>(kind: GoalKind, outputs: &[P]) -> Result<NewGoal<'a>> {
         let outputs = if outputs.is_empty() {
             Vec::new()
@@ -73,6 +79,7 @@ impl<'a> NewGoal<'a> {
             outputs,
             places,
             deps,
+            at: Cell::new(NONE),
         }
     }
 
@@ -257,23 +264,19 @@ impl From<Error> for BatchError {
     }
 }
 
+impl From<Error> for Box<BatchError> {
+    /// The same, boxed (what a call that validates passes around).
+    fn from(e: Error) -> Box<BatchError> {
+        Box::new(BatchError::whole(e))
+    }
+}
+
 /// A batch's first bad element so far, if any (see [`BatchError::bad`]).
 pub(crate) type Bad = Option<Box<BatchError>>;
-
-/// How goal `k` of a batch resolves: goal `at` of the worker, `new` (the
-/// commit pushes it) or shared with an existing goal, or with an earlier
-/// goal of the batch, for the same outputs (S9).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Resolved {
-    pub(crate) at: u32,
-    pub(crate) new: bool,
-}
 
 /// Reusable memory of the calls, so that a batch of one allocates nothing.
 #[derive(Default, Debug)]
 pub(crate) struct Scratch {
-    /// Per goal of an `add_goals` batch, as validated.
-    pub(crate) resolved: Vec<Resolved>,
     /// One bit per goal of the worker: reported in this batch (cleared
     /// again before the call returns).
     marks: Vec<u64>,
@@ -305,49 +308,38 @@ impl Report {
 }
 
 /// Validates a batch of goals for worker `serial`, whose goals are `graph`:
-/// resolves every goal into `scratch.resolved` and returns the first bad
-/// element, in the documented order, with `parse_error` (the first element
-/// the caller could not even read) among them. Changes nothing.
+/// resolves every goal (sets its `at`) and returns the first bad element,
+/// in the documented order, with `parse_error` (the first element the
+/// caller could not even read) among them. Changes nothing else.
 pub(crate) fn validate_goals(
     graph: &Graph,
     serial: u32,
     goals: &[NewGoal<'_>],
     parse_error: Bad,
-    scratch: &mut Scratch,
 ) -> Bad {
-    let resolved = &mut scratch.resolved;
-    resolved.clear();
     // Pass 1, goal by goal: the output rules and sharing. Every goal is
     // resolved, also after an error, so that pass 2 knows what the batch
     // references of earlier goals stand for.
     let mut first = parse_error;
     let mut next = graph.len();
-    // The outputs of the batch's new goals that lock them -> their goal.
-    let mut by_path: HashMap<&StorePath, usize> = HashMap::new();
+    // The outputs of the batch's new goals that lock them -> their goal
+    // (made for the first such goal).
+    let mut by_path: Option<BTreeMap<&StorePath, usize>> = None;
     for (i, g) in goals.iter().enumerate() {
-        let (shared, mut err) = resolve(graph, i, g, goals, resolved, &by_path);
-        let at = match shared {
-            Some(at) => at,
-            None => {
-                let at = u32::try_from(next).ok().filter(|&a| a < NONE);
-                next += 1;
-                if at.is_none() && err.is_none() {
-                    err = BatchError::new(
-                        i,
-                        0,
-                        BatchField::Batch,
-                        Error::InvalidArgument("too many goals in one worker".into()),
-                    )
-                    .bad();
-                }
-                if err.is_none() && g.kind != GoalKind::Plain {
-                    by_path.extend(g.outputs.iter().map(|p| (p, i)));
-                }
-                at.unwrap_or(NONE)
+        let (shared, mut err) = resolve(graph, i, g, goals, by_path.as_ref());
+        let at = shared.unwrap_or(next.min(NONE as usize) as u32);
+        if shared.is_none() {
+            next += 1;
+            if at == NONE && err.is_none() {
+                let e = Error::InvalidArgument("too many goals in one worker".into());
+                err = BatchError::new(i, 0, BatchField::Batch, e).bad();
             }
-        };
-        let new = shared.is_none();
-        resolved.push(Resolved { at, new });
+            if err.is_none() && g.kind != GoalKind::Plain {
+                let map = by_path.get_or_insert_with(BTreeMap::new);
+                map.extend(g.outputs.iter().map(|p| (p, i)));
+            }
+        }
+        g.at.set(at);
         if err.is_some() {
             first = BatchError::first(first, err);
         }
@@ -355,7 +347,7 @@ pub(crate) fn validate_goals(
     // Pass 2: the dependencies of the goals before the first bad one.
     let limit = first.as_ref().map_or(goals.len(), |e| e.owner);
     for (i, g) in goals.iter().enumerate().take(limit) {
-        if let Some(e) = check_deps(graph, serial, i, g, resolved) {
+        if let Some(e) = check_deps(graph, serial, i, g, goals) {
             return BatchError::first(first, e.bad());
         }
     }
@@ -370,8 +362,7 @@ fn resolve(
     i: usize,
     g: &NewGoal<'_>,
     goals: &[NewGoal<'_>],
-    resolved: &[Resolved],
-    by_path: &HashMap<&StorePath, usize>,
+    by_path: Option<&BTreeMap<&StorePath, usize>>,
 ) -> (Option<u32>, Bad) {
     if g.kind == GoalKind::Plain {
         return (None, None);
@@ -397,10 +388,10 @@ fn resolve(
                 graph.name(e),
                 graph.goal(e).kind,
             ))
-        } else if let Some(&k) = by_path.get(p) {
+        } else if let Some(&k) = by_path.and_then(|m| m.get(p)) {
             let other = &goals[k];
             if j == 0 && other.kind == g.kind && other.outputs == g.outputs {
-                return (Some(resolved[k].at), None);
+                return (Some(other.at.get()), None);
             }
             Error::InvalidArgument(format!(
                 "{p} is already an output of goals[{k}] of this batch ({:?} of {} outputs); \
@@ -430,12 +421,12 @@ fn check_deps(
     serial: u32,
     i: usize,
     g: &NewGoal<'_>,
-    resolved: &[Resolved],
+    goals: &[NewGoal<'_>],
 ) -> Option<BatchError> {
     if g.deps.is_empty() {
         return None;
     }
-    let at = resolved[i].at;
+    let at = g.at.get();
     if (at as usize) < graph.len() && !can_take_deps(graph, at) {
         let err = Error::InvalidState(format!(
             "this goal is {} (the same outputs), which is {}; dependencies can only be \
@@ -447,12 +438,12 @@ fn check_deps(
     }
     for (j, &d) in g.deps.iter().enumerate() {
         let target = match d.batch_index() {
-            Some(k) => match resolved.get(k as usize) {
-                Some(r) => r.at,
+            Some(k) => match goals.get(k as usize) {
+                Some(r) => r.at.get(),
                 None => {
                     let e = Error::InvalidArgument(format!(
                         "GK_BATCH_GOAL({k}) refers to goal {k} of a batch of {}",
-                        resolved.len()
+                        goals.len()
                     ));
                     return Some(BatchError::new(i, j, BatchField::Dependency, e));
                 }

@@ -146,25 +146,29 @@ pub(crate) struct Graph {
 }
 
 impl Graph {
-    /// Adds a goal in state `Ready` (no dependencies yet, not queued);
-    /// returns its index, or `None` if the graph is full.
+    /// Adds a goal in state `Ready` (no dependencies yet, not queued),
+    /// taking its `outputs`; returns its index, which the caller has
+    /// checked is below [`NONE`].
+    #[inline]
     pub(crate) fn push(
         &mut self,
         kind: GoalKind,
         mode: BuildMode,
-        outputs: Vec<StorePath>,
+        outputs: &mut Vec<StorePath>,
         tag: u64,
-    ) -> Option<u32> {
-        let index = u32::try_from(self.goals.len()).ok().filter(|&i| i < NONE)?;
+    ) -> u32 {
+        let index = self.goals.len() as u32;
+        debug_assert!(index < NONE);
         let outputs = if outputs.is_empty() {
             NONE
         } else {
             if kind != GoalKind::Plain {
-                for p in &outputs {
+                for p in outputs.iter() {
                     self.by_path.insert(p.clone(), index);
                 }
             }
-            self.outputs.push(outputs.into_boxed_slice());
+            self.outputs
+                .push(std::mem::take(outputs).into_boxed_slice());
             (self.outputs.len() - 1) as u32
         };
         self.goals.push(Goal {
@@ -175,11 +179,11 @@ impl Graph {
             mode,
         });
         self.pending.push(0);
-        if index % 64 == 0 {
+        if index.is_multiple_of(64) {
             self.done.push(0);
         }
         self.counts[GoalState::Ready as usize] += 1;
-        Some(index)
+        index
     }
 
     /// Makes room for `goals` more goals and `edges` more edges.
@@ -455,8 +459,7 @@ mod tests {
     }
 
     fn plain(g: &mut Graph) -> u32 {
-        g.push(GoalKind::Plain, BuildMode::Normal, Vec::new(), 0)
-            .unwrap()
+        g.push(GoalKind::Plain, BuildMode::Normal, &mut Vec::new(), 0)
     }
 
     /// Dependents survive compactions and later additions, keep the order

@@ -448,19 +448,23 @@ impl Worker {
 
     /// Goal `g` (not started) waits for goal `d`: an edge while `d` has not
     /// finished; nothing after its success; after its failure `g` ends
-    /// dependency-failed.
-    pub(super) fn depend(&mut self, g: u32, d: u32) {
+    /// dependency-failed, and the result is `true` (`g` takes no more).
+    #[inline]
+    pub(super) fn depend(&mut self, g: u32, d: u32) -> bool {
         if !self.graph.is_finished(d) {
             self.graph.add_edge(d, g);
-        } else if !self
+            return false;
+        }
+        let failed = !self
             .graph
             .goal(d)
             .phase
             .outcome()
-            .is_some_and(Outcome::is_success)
-        {
+            .is_some_and(Outcome::is_success);
+        if failed {
             self.finish(g, Outcome::DependencyFailed, true);
         }
+        failed
     }
 
     /// Ends goal `i` with `outcome` (`emit`: with a `Finished` event):

@@ -298,11 +298,15 @@ impl Worker {
 
     /// [`Worker::add_goal_tagged`] for a goal read into its batch form: a
     /// batch of one.
-    pub(crate) fn add_goal_normalized(&mut self, goal: NewGoal<'_>) -> Result<GoalId> {
-        let mut id = [GoalId::from_raw(0)];
-        self.add_goals_into(&mut [goal], None, &mut id)
+    pub(crate) fn add_goal_normalized(&mut self, mut goal: NewGoal<'_>) -> Result<GoalId> {
+        let mut id = GoalId::from_raw(0);
+        let (goals, ids) = (
+            std::slice::from_mut(&mut goal),
+            std::slice::from_mut(&mut id),
+        );
+        self.add_goals_into(goals, None, ids)
             .map_err(BatchError::into_single)?;
-        Ok(id[0])
+        Ok(id)
     }
 
     /// Adds many goals, with their outputs and dependencies, in one call,
@@ -343,65 +347,66 @@ impl Worker {
         ids: &mut [GoalId],
     ) -> std::result::Result<(), BatchError> {
         let r = self.call(|w| {
-            let bad = batch::validate_goals(&w.graph, w.serial, goals, parse_error, &mut w.scratch);
-            if let Some(b) = bad {
-                return Err(*b);
+            if let Some(b) = batch::validate_goals(&w.graph, w.serial, goals, parse_error) {
+                return Err(b);
             }
             // The goals first, so that batch references may point forward,
             // then their dependencies, as `add_dependency` adds them; then
             // the new goals that are ready are queued, in order. After a
             // failure without keep-going, new goals take no dependencies
             // and end cancelled at once.
-            let resolved = std::mem::take(&mut w.scratch.resolved);
-            for ((g, r), id) in goals.iter_mut().zip(&resolved).zip(ids.iter_mut()) {
-                if r.new {
-                    let outputs = std::mem::take(&mut g.outputs);
-                    let at = w.graph.push(g.kind, g.mode, outputs, g.tag);
-                    debug_assert_eq!(at, Some(r.at));
+            let first = w.graph.len() as u32;
+            for (g, id) in goals.iter_mut().zip(ids.iter_mut()) {
+                let at = g.at.get();
+                if at as usize == w.graph.len() {
+                    w.graph.push(g.kind, g.mode, &mut g.outputs, g.tag);
                 } else {
                     // Requested again (S9): a stronger mode is adopted if it
                     // has not started; otherwise the log says it keeps its own.
-                    let kept = w.graph.goal(r.at).mode;
-                    if g.mode > kept && batch::can_take_deps(&w.graph, r.at) {
-                        w.graph.set_mode(r.at, g.mode);
+                    let kept = w.graph.goal(at).mode;
+                    if g.mode > kept && batch::can_take_deps(&w.graph, at) {
+                        w.graph.set_mode(at, g.mode);
                     } else if g.mode != kept {
                         let line = format!(
                             "{} was requested again in mode {:?}; it keeps mode {kept:?}",
-                            w.graph.name(r.at),
+                            w.graph.name(at),
                             g.mode
                         );
-                        w.record(LogKind::ModeKept, r.at, None, line);
+                        w.record(LogKind::ModeKept, at, None, line);
                     }
                 }
-                *id = w.id(r.at);
+                *id = w.id(at);
             }
             let aborting = w.aborting;
-            for (g, r) in goals.iter().zip(&resolved).filter(|_| !aborting) {
+            for g in goals.iter().filter(|_| !aborting) {
+                let at = g.at.get();
+                if w.graph.is_finished(at) {
+                    continue; // shared with an earlier goal of the batch, which ended
+                }
                 for &d in g.deps {
-                    if w.graph.is_finished(r.at) {
-                        break; // it ended dependency-failed: the rest is moot
-                    }
                     // A batch reference names goal `k` of the batch, as resolved.
                     let d = d
                         .batch_index()
-                        .map_or(d.index(), |k| resolved[k as usize].at);
-                    w.depend(r.at, d);
+                        .map_or(d.index(), |k| goals[k as usize].at.get());
+                    if w.depend(at, d) {
+                        break; // it ended dependency-failed: the rest is moot
+                    }
                 }
             }
-            for r in resolved.iter().filter(|r| r.new) {
+            // The new goals, which have the next indexes, in order.
+            for at in first..w.graph.len() as u32 {
                 if aborting {
-                    w.finish(r.at, Outcome::Cancelled, true);
-                } else if w.graph.state(r.at) == GoalState::Ready {
-                    w.ready.push_back(r.at);
+                    w.finish(at, Outcome::Cancelled, true);
+                } else if w.graph.state(at) == GoalState::Ready {
+                    w.ready.push_back(at);
                 }
             }
-            w.scratch.resolved = resolved;
             Ok(())
         });
-        if r.is_err() {
+        r.map_err(|b| {
             ids.fill(GoalId::from_raw(0));
-        }
-        r
+            *b
+        })
     }
 
     /// The host's tag of `goal` (see [`Worker::add_goal_tagged`]).
