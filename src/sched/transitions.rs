@@ -25,6 +25,7 @@ impl Worker {
     /// [`Worker::try_run`]); a goal waiting for a slot that is free. With
     /// none of these, `Wait` while something runs or is waited for, `Done`
     /// once every goal finished, and otherwise a deadlock (G3).
+    #[inline(always)]
     pub(super) fn step(&mut self) -> Result<Event> {
         loop {
             if let Some(ev) = self.events.pop_front() {
