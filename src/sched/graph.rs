@@ -102,14 +102,6 @@ pub(crate) struct Goal {
 /// its remaining edges never make it look ready.
 const FINISHED: u32 = u32::MAX;
 
-/// "`to` depends on `from`", linked into `from`'s list of new edges.
-#[derive(Clone, Copy, Debug)]
-struct Edge {
-    from: u32,
-    to: u32,
-    next: u32,
-}
-
 /// The goals of one worker.
 ///
 /// Dependents are kept in a compact form (CSR: one contiguous slice per
@@ -135,9 +127,11 @@ pub(crate) struct Graph {
     csr: Vec<u32>,
     /// Edges added since the last flush, `(from, to)`.
     log: Vec<(u32, u32)>,
-    /// Lists of new edges: head per goal, links in `extra`.
+    /// Lists of new edges, `(from, to)` in the order added: the head of
+    /// each goal's list (its newest edge), and each edge's next one.
     extra_head: Vec<u32>,
-    extra: Vec<Edge>,
+    extra: Vec<(u32, u32)>,
+    extra_next: Vec<u32>,
     outputs: Vec<Box<[StorePath]>>,
     /// Output path -> the build or substitute goal that locks it.
     by_path: HashMap<StorePath, u32>,
@@ -256,9 +250,10 @@ impl Graph {
         }
         self.extra_head.resize(self.goals.len(), NONE);
         for (from, to) in std::mem::take(&mut self.log) {
-            let next =
-                std::mem::replace(&mut self.extra_head[from as usize], self.extra.len() as u32);
-            self.extra.push(Edge { from, to, next });
+            let head = &mut self.extra_head[from as usize];
+            self.extra_next
+                .push(std::mem::replace(head, self.extra.len() as u32));
+            self.extra.push((from, to));
         }
     }
 
@@ -268,21 +263,19 @@ impl Graph {
     /// wakes its dependents).
     fn compact(&mut self) {
         let n = self.goals.len();
-        let new = || {
-            self.extra
-                .iter()
-                .map(|e| (e.from, e.to))
-                .chain(self.log.iter().copied())
-        };
         // start[i + 1]: first the number of dependents of goal i, then
         // (prefix sums) where slice i + 1 starts.
         let mut start = vec![0u32; n + 1];
         for (i, w) in self.csr_start.windows(2).enumerate() {
             start[i + 1] = w[1] - w[0];
         }
-        new().for_each(|(f, _)| start[f as usize + 1] += 1);
-        for i in 0..n {
-            start[i + 1] += start[i];
+        for new in [&self.extra, &self.log] {
+            new.iter().for_each(|&(f, _)| start[f as usize + 1] += 1);
+        }
+        let mut sum = 0;
+        for s in start.iter_mut() {
+            sum += *s;
+            *s = sum;
         }
         // start[i] serves as goal i's cursor while the slices are written:
         // its old slice, then its new edges.
@@ -292,15 +285,18 @@ impl Graph {
             csr[at..at + old.len()].copy_from_slice(old);
             start[i] += old.len() as u32;
         }
-        new().for_each(|(f, t)| {
-            csr[start[f as usize] as usize] = t;
-            start[f as usize] += 1;
-        });
+        for new in [&self.extra, &self.log] {
+            for &(f, t) in new.iter() {
+                csr[start[f as usize] as usize] = t;
+                start[f as usize] += 1;
+            }
+        }
         // Each cursor now stands where the next slice starts.
         start.copy_within(0..n, 1);
         start[0] = 0;
         self.log.clear();
         self.extra = Vec::new();
+        self.extra_next = Vec::new();
         self.extra_head = Vec::new();
         self.csr = csr;
         self.csr_start = start;
@@ -325,9 +321,9 @@ impl Graph {
             let d = match old.next() {
                 Some(&d) => d,
                 None => match self.extra.get(e as usize) {
-                    Some(edge) => {
-                        e = edge.next;
-                        edge.to
+                    Some(&(_, to)) => {
+                        e = self.extra_next[e as usize];
+                        to
                     }
                     None => return,
                 },
