@@ -664,6 +664,61 @@ fn store_db_arguments_are_refused_before_sqlite_is_reached() {
     assert_eq!(gk_worker_free(w), GK_OK);
 }
 
+/// `gk_worker_add_goals` keeps the memory of a thread's last batch for the
+/// next one (the goals borrow each call's arrays): batches of any size,
+/// refused ones included, follow each other on one thread (Miri checks the
+/// reuse: `make miri`).
+#[test]
+fn batches_of_any_size_follow_each_other_on_one_thread() {
+    const BATCH_GOAL: u64 = 0xffff_ffff_0000_0000;
+    unsafe {
+        let mut w = 0;
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
+        let mut added = Vec::new();
+        for (n, ok) in [(3u32, true), (1, true), (2, false), (4, true), (1, true)] {
+            let kinds = vec![2u32; n as usize];
+            let tags: Vec<u64> = (0..n as u64).collect();
+            // Goal k depends on goal k - 1 of its batch; a refused batch's
+            // last goal names a goal beyond the batch.
+            let mut deps: Vec<u64> = (1..n as u64).map(|k| BATCH_GOAL | (k - 1)).collect();
+            if !ok {
+                deps.push(BATCH_GOAL | 99);
+            }
+            let mut offsets: Vec<u32> = (0..n).map(|k| k.saturating_sub(1)).collect();
+            offsets.push(deps.len() as u32);
+            let batch = gk_goal_batch {
+                struct_size: std::mem::size_of::<gk_goal_batch>() as u32,
+                n_goals: n,
+                kinds: kinds.as_ptr(),
+                modes: std::ptr::null(),
+                tags: tags.as_ptr(),
+                output_offsets: std::ptr::null(),
+                outputs: std::ptr::null(),
+                outputs_packed: std::ptr::null(),
+                outputs_packed_len: 0,
+                dep_offsets: offsets.as_ptr(),
+                deps: deps.as_ptr(),
+            };
+            let mut ids = vec![7u64; n as usize];
+            let mut err = std::mem::zeroed::<gk_batch_error>();
+            let s = gk_worker_add_goals(w, &batch, ids.as_mut_ptr(), &mut err);
+            if ok {
+                assert_eq!(s, GK_OK, "{}", message());
+                assert!(ids.iter().all(|&id| id != 0 && !added.contains(&id)));
+                added.extend(ids);
+            } else {
+                assert_eq!(s, GK_ERROR_INVALID_ARGUMENT, "{}", message());
+                assert_eq!((err.index, err.field), (n as usize - 1, 5));
+                assert!(ids.iter().all(|&id| id == 0), "ids_out is zeroed");
+            }
+        }
+        let mut au = std::mem::zeroed::<gk_audit>();
+        assert_eq!(gk_worker_audit(w, &mut au), GK_OK);
+        assert_eq!(au.goals as usize, added.len());
+        assert_eq!(gk_worker_free(w), GK_OK);
+    }
+}
+
 #[test]
 fn layouts_are_as_documented() {
     assert_eq!(std::mem::size_of::<gk_goal_batch>(), 80);

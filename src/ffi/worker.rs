@@ -183,6 +183,7 @@ pub(crate) struct WorkerCell {
 /// freed and wrong-kind handles, and a fork parent's workers), marking the
 /// worker as in a call of this thread, so that its predicates cannot call
 /// back into it.
+#[inline]
 pub(super) fn with_worker<R>(
     t: &ThreadState,
     w: gk_worker,
