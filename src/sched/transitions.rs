@@ -450,18 +450,14 @@ impl Worker {
     /// Goal `g` (not started) waits for goal `d`: an edge while `d` has not
     /// finished; nothing after its success; after its failure `g` ends
     /// dependency-failed, and the result is `true` (`g` takes no more).
-    #[inline]
+    #[inline(always)]
     pub(super) fn depend(&mut self, g: u32, d: u32) -> bool {
         if !self.graph.is_finished(d) {
             self.graph.add_edge(d, g);
             return false;
         }
-        let failed = !self
-            .graph
-            .goal(d)
-            .phase
-            .outcome()
-            .is_some_and(Outcome::is_success);
+        let ended = self.graph.goal(d).phase.outcome();
+        let failed = !ended.is_some_and(Outcome::is_success);
         if failed {
             self.finish(g, Outcome::DependencyFailed, true);
         }

@@ -298,13 +298,11 @@ impl Worker {
 
     /// [`Worker::add_goal_tagged`] for a goal read into its batch form: a
     /// batch of one.
+    #[inline]
     pub(crate) fn add_goal_normalized(&mut self, mut goal: NewGoal<'_>) -> Result<GoalId> {
         let mut id = GoalId::from_raw(0);
-        let (goals, ids) = (
-            std::slice::from_mut(&mut goal),
-            std::slice::from_mut(&mut id),
-        );
-        self.add_goals_into(goals, None, ids)
+        let goals = std::slice::from_mut(&mut goal);
+        self.add_goals_into(goals, None, std::slice::from_mut(&mut id))
             .map_err(BatchError::into_single)?;
         Ok(id)
     }
@@ -426,21 +424,22 @@ impl Worker {
     /// longer cycles are reported as [`Error::SchedulerDeadlock`] by
     /// [`Worker::next_event`]. Adding the same edge twice is harmless.
     pub fn add_dependency(&mut self, goal: GoalId, dep: GoalId) -> Result<()> {
-        self.call(|w| {
+        self.call(|w| -> std::result::Result<(), Box<Error>> {
             let (g, d) = (w.index(goal)?, w.index(dep)?);
             if g == d || !batch::can_take_deps(&w.graph, g) {
                 let (name, state) = (w.graph.name(g), w.graph.state(g).describe());
-                return Err(if g == d {
+                return Err(Box::new(if g == d {
                     Error::InvalidArgument(format!("{name} cannot depend on itself"))
                 } else {
                     Error::InvalidState(format!(
                         "{name} is {state}; dependencies can only be added before it starts"
                     ))
-                });
+                }));
             }
             w.depend(g, d);
             Ok(())
         })
+        .map_err(|e| *e)
     }
 
     /// The next thing for the host to do. Never blocks. Errors:
