@@ -87,8 +87,8 @@ pub(crate) struct Ledger {
     noted: Option<String>,
     checks: u64,
     violations: u64,
+    /// Goals finished with success (the others of the finished failed).
     pub(crate) succeeded: u64,
-    pub(crate) failed: u64,
     pub(crate) handoffs: u64,
     pub(crate) validity_rechecks: u64,
 }
@@ -197,7 +197,7 @@ impl Ledger {
             running: c(GoalState::Running),
             finished: c(GoalState::Finished),
             succeeded: self.succeeded,
-            failed: self.failed,
+            failed: c(GoalState::Finished).saturating_sub(self.succeeded),
             locks_held: held.len() as u64,
             locks_held_by_finished: by_finished as u64,
             slots_used: slots.used() as u64,

@@ -469,11 +469,11 @@ impl Worker {
     /// dependents `DependencyFailed`, and without keep-going cancels every
     /// goal that is not running.
     pub(super) fn finish(&mut self, i: u32, outcome: Outcome, emit: bool) {
-        let mut failed = self.finish_one(i, outcome, emit);
+        let mut failed = Vec::new();
+        self.finish_one(i, outcome, emit, &mut failed);
         while let Some(d) = failed.pop() {
             if !self.graph.is_finished(d) {
-                let more = self.finish_one(d, Outcome::DependencyFailed, true);
-                failed.extend(more);
+                self.finish_one(d, Outcome::DependencyFailed, true, &mut failed);
             }
         }
         if outcome.stops_the_worker() && !self.opts.keep_going && !self.aborting {
@@ -483,18 +483,22 @@ impl Worker {
 
     /// The terminal transition of one goal (G1): the state value, and with
     /// it the lock set and slot token, is taken out and released here,
-    /// before anyone is woken. Returns, after a failure, its unfinished
-    /// dependents (which `finish` ends dependency-failed).
-    pub(super) fn finish_one(&mut self, i: u32, outcome: Outcome, emit: bool) -> Vec<u32> {
+    /// before anyone is woken. After a failure, its unfinished dependents
+    /// go onto `failed` (which `finish` ends dependency-failed).
+    pub(super) fn finish_one(
+        &mut self,
+        i: u32,
+        outcome: Outcome,
+        emit: bool,
+        failed: &mut Vec<u32>,
+    ) {
         let old = self.graph.set_phase(i, Phase::Done(outcome));
-        if outcome.is_success() {
-            self.ledger.succeeded += 1;
-        } else {
-            self.ledger.failed += 1;
-        }
+        self.ledger.succeeded += u64::from(outcome.is_success());
         self.ledger.touch(i);
         match old {
-            Phase::Running(exec) => self.release(i, exec, outcome.is_success()),
+            Phase::Running(Exec::Holding { locks, slot }) => {
+                self.release(i, *locks, slot, outcome.is_success())
+            }
             // Abandons the kernel wait: its thread releases the lock as soon as it gets it.
             Phase::WaitingLock(WaitRef::Foreign) => drop(self.waits.remove_foreign(i)),
             Phase::WaitingLock(WaitRef::Local(h)) => self.waits.remove_local(h, i),
@@ -505,7 +509,7 @@ impl Worker {
                 );
                 self.ledger.note(line);
             }
-            Phase::WaitingDeps | Phase::Ready | Phase::WaitingSlot => {}
+            Phase::WaitingDeps | Phase::Ready | Phase::WaitingSlot | Phase::Running(_) => {}
         }
         if emit {
             self.events.push_back(Event::Finished {
@@ -519,24 +523,21 @@ impl Worker {
             self.graph.set_phase(w, Phase::Ready);
             self.ready.push_front(w);
         }
-        let (mut failed, ready, success) = (Vec::new(), &mut self.ready, outcome.is_success());
+        let (ready, success) = (&mut self.ready, outcome.is_success());
         self.graph.dependents(i, success, |d| match success {
             true => ready.push_back(d),
             false => failed.push(d),
         });
-        failed
     }
 
-    /// Releases what a running goal held: nothing for a plain goal; a
-    /// build or substitute goal's lock set (deleting the lock files after a
+    /// Releases what a running build or substitute goal held (a plain goal
+    /// holds nothing): its lock set (deleting the lock files after a
     /// success: the outputs were checked valid) and its slot.
-    fn release(&mut self, i: u32, exec: Exec, success: bool) {
-        let Exec::Holding { mut locks, slot } = exec else {
-            return;
-        };
+    #[inline(never)]
+    fn release(&mut self, i: u32, mut locks: LockSet, slot: SlotToken, success: bool) {
         locks.set_deletion(success);
         if cfg!(feature = "legacy-hold") && self.opts.legacy_hold {
-            self.legacy.push(*locks); // the #31785 bug, on purpose
+            self.legacy.push(locks); // the #31785 bug, on purpose
         } else if let Err(e) = locks.release() {
             let line = format!("{}: releasing its locks: {e}", self.graph.name(i));
             self.record(LogKind::ReleaseFailed, i, None, line);
@@ -551,7 +552,7 @@ impl Worker {
         let mut n = 0;
         for j in 0..self.graph.len() as u32 {
             if !matches!(self.graph.goal(j).phase, Phase::Done(_) | Phase::Running(_)) {
-                self.finish_one(j, Outcome::Cancelled, true);
+                self.finish_one(j, Outcome::Cancelled, true, &mut Vec::new());
                 n += 1;
             }
         }

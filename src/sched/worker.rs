@@ -708,7 +708,7 @@ impl Worker {
         }
         for i in 0..self.graph.len() as u32 {
             if !self.graph.is_finished(i) {
-                self.finish_one(i, Outcome::Cancelled, false);
+                self.finish_one(i, Outcome::Cancelled, false, &mut Vec::new());
             }
         }
         for set in self.legacy.drain(..) {
