@@ -58,7 +58,6 @@ pub(crate) enum Phase {
 
 impl Phase {
     /// The public view of the state value.
-    #[inline]
     pub(crate) fn state(&self) -> GoalState {
         match self {
             Phase::WaitingDeps => GoalState::WaitingDeps,
@@ -243,7 +242,6 @@ impl Graph {
     /// Makes every edge visible to [`Graph::dependents`]: folds them into
     /// the compact form when the new ones have grown to an eighth of it,
     /// else links the logged ones into per-goal lists of new edges.
-    #[inline(never)]
     fn flush(&mut self) {
         if (self.log.len() + self.extra.len()) * 8 >= self.csr.len() + self.goals.len() + 64 {
             return self.compact();
@@ -366,7 +364,6 @@ impl Graph {
     /// although its record still says "waiting for dependencies": waking it
     /// only touches the dense counter array, not the goal record; the record
     /// is updated when the goal is taken from the queue.
-    #[inline]
     pub(crate) fn state(&self, i: u32) -> GoalState {
         match self.goals[i as usize].phase {
             Phase::WaitingDeps if self.pending[i as usize] == 0 => GoalState::Ready,

@@ -67,7 +67,6 @@ impl Worker {
     /// or on to its slot and locks. The check before locking only saves
     /// taking locks for valid outputs: the check under them decides (or the
     /// goal waits).
-    #[inline(never)]
     fn start(&mut self, i: u32) {
         match self.validity_unless_check(i) {
             Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
@@ -80,7 +79,6 @@ impl Worker {
     }
 
     /// The step's answer when nothing is ready (see [`Worker::step`]).
-    #[inline(never)]
     fn idle(&mut self) -> Result<Event> {
         // A goal waiting for another goal of this worker waits for a
         // running goal: only running goals hold locks (G2).
@@ -254,7 +252,6 @@ impl Worker {
     }
 
     /// Looks at the kernel waits, if the eventfd fired or a re-check is due.
-    #[inline(never)]
     fn poll_foreign_waits(&mut self) {
         // Drain first, then poll: a wait that ends after the poll writes the
         // eventfd after the drain, so it is never missed.
@@ -468,9 +465,20 @@ impl Worker {
     /// releases what it holds, then wakes its dependents; a failure ends the
     /// dependents `DependencyFailed`, and without keep-going cancels every
     /// goal that is not running.
+    #[inline]
     pub(super) fn finish(&mut self, i: u32, outcome: Outcome, emit: bool) {
         let mut failed = Vec::new();
         self.finish_one(i, outcome, emit, &mut failed);
+        if !outcome.is_success() {
+            self.fail(i, outcome, failed);
+        }
+    }
+
+    /// The rest of [`Worker::finish`] after goal `i` failed: its unfinished
+    /// dependents (`failed`) end dependency-failed, and without keep-going
+    /// the goals that are not running are cancelled.
+    #[inline(never)]
+    fn fail(&mut self, i: u32, outcome: Outcome, mut failed: Vec<u32>) {
         while let Some(d) = failed.pop() {
             if !self.graph.is_finished(d) {
                 self.finish_one(d, Outcome::DependencyFailed, true, &mut failed);
@@ -533,7 +541,6 @@ impl Worker {
     /// Releases what a running build or substitute goal held (a plain goal
     /// holds nothing): its lock set (deleting the lock files after a
     /// success: the outputs were checked valid) and its slot.
-    #[inline(never)]
     fn release(&mut self, i: u32, mut locks: LockSet, slot: SlotToken, success: bool) {
         locks.set_deletion(success);
         if cfg!(feature = "legacy-hold") && self.opts.legacy_hold {
