@@ -465,7 +465,7 @@ impl Worker {
     /// releases what it holds, then wakes its dependents; a failure ends the
     /// dependents `DependencyFailed`, and without keep-going cancels every
     /// goal that is not running.
-    #[inline]
+    #[inline(never)]
     pub(super) fn finish(&mut self, i: u32, outcome: Outcome, emit: bool) {
         let mut failed = Vec::new();
         self.finish_one(i, outcome, emit, &mut failed);
