@@ -354,6 +354,7 @@ impl Worker {
             // failure without keep-going, new goals take no dependencies
             // and end cancelled at once.
             let first = w.graph.len() as u32;
+            w.graph.reserve(goals.len(), 0);
             for (g, id) in goals.iter_mut().zip(ids.iter_mut()) {
                 let at = g.at.get();
                 if at as usize == w.graph.len() {
