@@ -664,10 +664,10 @@ fn store_db_arguments_are_refused_before_sqlite_is_reached() {
     assert_eq!(gk_worker_free(w), GK_OK);
 }
 
-/// `gk_worker_add_goals` keeps the memory of a thread's last batch for the
-/// next one (the goals borrow each call's arrays): batches of any size,
-/// refused ones included, follow each other on one thread (Miri checks the
-/// reuse: `make miri`).
+/// `gk_worker_add_goals` keeps the memory of a thread's last batch (up to
+/// 64 goals) for the next one (the goals borrow each call's arrays):
+/// batches of any size, refused ones and one larger than that included,
+/// follow each other on one thread (Miri checks the reuse: `make miri`).
 #[test]
 fn batches_of_any_size_follow_each_other_on_one_thread() {
     const BATCH_GOAL: u64 = 0xffff_ffff_0000_0000;
@@ -675,7 +675,7 @@ fn batches_of_any_size_follow_each_other_on_one_thread() {
         let mut w = 0;
         assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
         let mut added = Vec::new();
-        for (n, ok) in [(3u32, true), (1, true), (2, false), (4, true), (1, true)] {
+        for (n, ok) in [(3u32, true), (1, true), (2, false), (100, true), (1, true)] {
             let kinds = vec![2u32; n as usize];
             let tags: Vec<u64> = (0..n as u64).collect();
             // Goal k depends on goal k - 1 of its batch; a refused batch's

@@ -327,11 +327,17 @@ unsafe fn read_batch<'a>(
     Ok(first)
 }
 
+/// How many goals' memory a thread keeps between `gk_worker_add_goals`
+/// calls (80 bytes each): calls of up to as many goals allocate none, and a
+/// thread that once added a large batch does not keep its memory.
+const KEPT_GOALS: usize = 64;
+
 /// `goals`, emptied, for goals of another lifetime: the memory of the
-/// last call's goals, so that a call with as many goals allocates none.
+/// last call's goals (at most [`KEPT_GOALS`] of them), for the next call's.
 fn recycle<'b>(goals: Vec<NewGoal<'_>>) -> Vec<NewGoal<'b>> {
     let mut goals = std::mem::ManuallyDrop::new(goals);
     goals.clear();
+    goals.shrink_to(KEPT_GOALS);
     // SAFETY: an empty vector's memory, from the global allocator, for
     // elements of the same layout (only the lifetime differs).
     unsafe { Vec::from_raw_parts(goals.as_mut_ptr().cast(), 0, goals.capacity()) }
