@@ -320,8 +320,7 @@ pub(crate) fn validate_goals(
     // Pass 1, goal by goal: the output rules and sharing. Every goal is
     // resolved, also after an error, so that pass 2 knows what the batch
     // references of earlier goals stand for.
-    let mut first = parse_error;
-    let mut next = graph.len();
+    let (mut first, mut next, mut edges) = (parse_error, graph.len(), 0);
     // The outputs of the batch's new goals that lock them -> their goal
     // (made for the first such goal).
     let mut by_path: Option<BTreeMap<&StorePath, usize>> = None;
@@ -340,13 +339,15 @@ pub(crate) fn validate_goals(
             }
         }
         g.at.set(at);
+        edges += g.deps.len();
         if err.is_some() {
             first = BatchError::first(first, err);
         }
     }
-    // Pass 2: the dependencies of the goals before the first bad one.
+    // Pass 2 (if there are any): the dependencies of the goals before the
+    // first bad one.
     let limit = first.as_ref().map_or(goals.len(), |e| e.owner);
-    for (i, g) in goals.iter().enumerate().take(limit) {
+    for (i, g) in goals.iter().enumerate().take(limit).filter(|_| edges > 0) {
         if let Some(e) = check_deps(graph, serial, i, g, goals) {
             return BatchError::first(first, e.bad());
         }
