@@ -149,8 +149,7 @@ impl Waits {
         if self.local.is_empty() {
             return Vec::new();
         }
-        let (woken, rest) = self.local.iter().partition(|&&(h, _)| h == holder);
-        self.local = rest;
-        woken.into_iter().map(|(_, w): (u32, u32)| w).collect()
+        let woken = self.local.extract_if(.., |&mut (h, _)| h == holder);
+        woken.map(|(_, w)| w).collect()
     }
 }

@@ -487,7 +487,7 @@ impl Worker {
         // Gathers up to `max` events (see `next_events`), touching each
         // event's goal for the ledger.
         self.scratch.events.clear();
-        let r = self.call(|w| {
+        let r = self.call(|w| -> std::result::Result<usize, Box<Error>> {
             while w.scratch.events.len() < max {
                 let ev = match w.step() {
                     // An error is returned by the next call, which finds it again.
@@ -522,7 +522,7 @@ impl Worker {
                 self.events.push_front(ev);
             }
         }
-        r
+        r.map_err(|e| *e)
     }
 
     /// Reports how a goal that was `Run` ended: `Built`, `Substituted`,
@@ -560,12 +560,12 @@ impl Worker {
         reports: &mut [Report],
         parse_error: Bad,
     ) -> std::result::Result<(), BatchError> {
-        self.call(|w| {
+        self.call(|w| -> std::result::Result<(), Box<BatchError>> {
             let limit = parse_error.as_ref().map_or(reports.len(), |e| e.index);
             let checked = &reports[..limit.min(reports.len())];
             let bad = batch::validate_reports(&w.graph, w.serial, checked, &mut w.scratch);
             if let Some(e) = bad.or(parse_error) {
-                return Err(*e);
+                return Err(e);
             }
             for r in reports.iter_mut() {
                 // A reported goal is running until this call ends it, and
@@ -577,6 +577,7 @@ impl Worker {
             }
             Ok(())
         })
+        .map_err(|e| *e)
     }
 
     /// Cancels a goal that has not finished (a running goal: the host stopped
