@@ -59,22 +59,18 @@ impl Worker {
                     kind,
                 });
             }
-            self.start(i);
-        }
-    }
-
-    /// Starts ready build or substitute goal `i`: already valid (finished),
-    /// or on to its slot and locks. The check before locking only saves
-    /// taking locks for valid outputs: the check under them decides (or the
-    /// goal waits).
-    fn start(&mut self, i: u32) {
-        match self.validity_unless_check(i) {
-            Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
-            Validity::Unknown(k, why) => {
-                self.log_unknown(i, k, &why, "it goes on to take its locks");
-                self.try_run(i, None);
+            // A build or substitute goal: already valid (finished), or on to
+            // its slot and locks. The check before locking only saves taking
+            // locks for valid outputs: the check under them decides (or the
+            // goal waits).
+            match self.validity_unless_check(i) {
+                Validity::Valid => self.finish(i, Outcome::AlreadyValid, true),
+                Validity::Unknown(k, why) => {
+                    self.log_unknown(i, k, &why, "it goes on to take its locks");
+                    self.try_run(i, None);
+                }
+                Validity::Invalid(_) => self.try_run(i, None),
             }
-            Validity::Invalid(_) => self.try_run(i, None),
         }
     }
 

@@ -530,6 +530,7 @@ impl Worker {
     /// valid, the goal is recorded as `Failed` (and the log says why). The
     /// goal's locks are released (with deletion after a success) and its slot
     /// freed before any dependent is woken.
+    #[inline]
     pub fn report(&mut self, goal: GoalId, outcome: Outcome) -> Result<()> {
         self.report_many_checked(&mut [Report::new(goal, outcome)], None)
             .map_err(BatchError::into_single)
