@@ -664,10 +664,10 @@ fn store_db_arguments_are_refused_before_sqlite_is_reached() {
     assert_eq!(gk_worker_free(w), GK_OK);
 }
 
-/// `gk_worker_add_goals` keeps the memory of a thread's last batch (up to
-/// 64 goals) for the next one (the goals borrow each call's arrays):
-/// batches of any size, refused ones and one larger than that included,
-/// follow each other on one thread (Miri checks the reuse: `make miri`).
+/// `gk_worker_add_goals` keeps the memory of a thread's last batch for the
+/// next one (the goals borrow each call's arrays): batches of any size,
+/// refused ones and smaller ones after a larger one included, follow each
+/// other on one thread (Miri checks the reuse: `make miri`).
 #[test]
 fn batches_of_any_size_follow_each_other_on_one_thread() {
     const BATCH_GOAL: u64 = 0xffff_ffff_0000_0000;
