@@ -1536,6 +1536,9 @@ const char *gk_outcome_name(uint32_t outcome);
  *
  * The ledger checks, once, every goal the call finished (G6).
  *
+ * A thread keeps the working memory of its largest batch (about 80 bytes
+ * a goal) for its later calls, and frees it when it exits.
+ *
  * # Safety
  * `batch` must point to a readable `gk_goal_batch` whose arrays are as it
  * describes; `ids_out` must be valid for `n_goals` writes; `err` must be
