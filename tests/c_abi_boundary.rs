@@ -666,8 +666,9 @@ fn store_db_arguments_are_refused_before_sqlite_is_reached() {
 
 /// `gk_worker_add_goals` keeps the memory of a thread's last batch for the
 /// next one (the goals borrow each call's arrays): batches of any size,
-/// refused ones and smaller ones after a larger one included, follow each
-/// other on one thread (Miri checks the reuse: `make miri`).
+/// refused ones (one refused as a whole after its goals were read) and
+/// smaller ones after a larger one included, follow each other on one
+/// thread (Miri checks the reuse: `make miri`).
 #[test]
 fn batches_of_any_size_follow_each_other_on_one_thread() {
     const BATCH_GOAL: u64 = 0xffff_ffff_0000_0000;
@@ -710,6 +711,34 @@ fn batches_of_any_size_follow_each_other_on_one_thread() {
                 assert_eq!(s, GK_ERROR_INVALID_ARGUMENT, "{}", message());
                 assert_eq!((err.index, err.field), (n as usize - 1, 5));
                 assert!(ids.iter().all(|&id| id == 0), "ids_out is zeroed");
+            }
+        }
+        // A batch refused as a whole after its goals were read (bytes after
+        // the last packed output), then the same batch without them.
+        let packed = b"/tmp/gk-store/aaaa-out\0/x\0";
+        let (kinds, offsets) = ([2u32], [0u32, 1]);
+        for (len, want) in [
+            (packed.len(), GK_ERROR_INVALID_ARGUMENT),
+            (packed.len() - 3, GK_OK),
+        ] {
+            let batch = gk_goal_batch {
+                struct_size: std::mem::size_of::<gk_goal_batch>() as u32,
+                n_goals: 1,
+                kinds: kinds.as_ptr(),
+                modes: std::ptr::null(),
+                tags: std::ptr::null(),
+                output_offsets: offsets.as_ptr(),
+                outputs: std::ptr::null(),
+                outputs_packed: packed.as_ptr(),
+                outputs_packed_len: len,
+                dep_offsets: std::ptr::null(),
+                deps: std::ptr::null(),
+            };
+            let mut id = 7u64;
+            let s = gk_worker_add_goals(w, &batch, &mut id, std::ptr::null_mut());
+            assert_eq!(s, want, "{}", message());
+            if s == GK_OK {
+                added.push(id);
             }
         }
         let mut au = std::mem::zeroed::<gk_audit>();

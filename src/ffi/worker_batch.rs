@@ -465,13 +465,12 @@ pub unsafe extern "C" fn gk_worker_add_goals(
         let b = unsafe { &*batch };
         let mut goals = recycle(t.goals.take());
         // SAFETY: forwarded from this function's contract.
-        let parse_error = match unsafe { read_batch(b, &mut goals) } {
-            Ok(read) => read,
-            Err(e) => return Ok(Err(e)),
+        let r = match unsafe { read_batch(b, &mut goals) } {
+            Ok(parse_error) => with_worker(t, w, |_, wk| {
+                Ok(wk.add_goals_into(&mut goals, parse_error, ids))
+            }),
+            Err(e) => Ok(Err(e)),
         };
-        let r = with_worker(t, w, |_, wk| {
-            Ok(wk.add_goals_into(&mut goals, parse_error, ids))
-        });
         t.goals.set(recycle(goals));
         r
     })
