@@ -1796,11 +1796,6 @@ fn main() {
     let Some(cfg) = parse_args(&args) else {
         return;
     };
-    if !cfg!(debug_assertions) {
-        println!(
-            "soak: note: a release build has no fault hook (no ENOSPC, no crash inside a release)"
-        );
-    }
     let exe = std::env::current_exe().unwrap();
     let peer_exe = common::legacy_peer_exe();
     let started = Instant::now();

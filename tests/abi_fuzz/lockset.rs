@@ -656,7 +656,7 @@ fn run_op(m: &mut Model, st: &mut Stats, op: &Op) -> Result<(), TestCaseError> {
                 Some(set) => {
                     // Unlink first, then mark: the file is gone whether or
                     // not the mark (token, then ftruncate) succeeded.
-                    let fails = set.delete && m.enospc && m.truncate_eio && cfg!(debug_assertions);
+                    let fails = set.delete && m.enospc && m.truncate_eio;
                     let want = if fails { GK_ERROR_IO } else { GK_OK };
                     expect(st, &format!("release {h:#x}"), got, want)?;
                     for p in &set.paths {

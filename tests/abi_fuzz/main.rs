@@ -8,7 +8,8 @@
 //! `NAME_MAX`); contention from a "foreign" holder (a second open file
 //! description holding both an OFD lock and a `flock`, as another process
 //! would); timeouts; `fork` children that must not believe they hold their
-//! parent's locks; and ENOSPC on the deletion token (debug builds).
+//! parent's locks; and ENOSPC on the deletion token (the `fault-injection`
+//! feature).
 //!
 //! A reference model, written independently of the library, predicts the
 //! status of every call. After every step the test checks, against the
