@@ -4,8 +4,9 @@
 //! exported function up to the point where it would make a system call,
 //! stale and forged handles, status and outcome names, reading
 //! `gk_worker_options` with any byte in its `bool`s, a worker driven
-//! through the C ABI over plain goals (no lock files), the flock lock
-//! cycle, and `gk_spawn`'s and the signal watch's argument checks.
+//! through the C ABI over plain goals (no lock files), calls and a free
+//! from other threads waiting for a worker's call in progress, the flock
+//! lock cycle, and `gk_spawn`'s and the signal watch's argument checks.
 //!
 //! Miri checks every read and write these make for undefined behaviour; the
 //! unterminated path of exactly `PATH_MAX` bytes, for instance, fails under
@@ -572,6 +573,133 @@ fn a_predicate_may_call_and_free_other_workers_but_not_its_own() {
             assert_eq!(gk_worker_audit(a, &mut au), GK_ERROR_STALE_HANDLE);
         }
     }
+}
+
+/// Calls from other threads on a worker that is inside a call wait for it,
+/// and so does a free: while thread A's call is inside a validity
+/// predicate, thread B calls `gk_worker_audit` and thread C
+/// `gk_worker_free` on the same worker. Each of them finds the worker's
+/// mutex held and waits for it holding a reference to the worker, not the
+/// handle table's lock; on Linux the test lets the predicate return only
+/// once both are asleep, so both take that path (under Miri, which has no
+/// `/proc`, they race A instead). Then A's call ends normally, the free
+/// succeeds once, B's audit succeeds if it came first and otherwise finds
+/// the handle stale, and the handle is stale from then on.
+#[test]
+fn other_threads_wait_for_a_call_in_progress_and_a_free_after_it() {
+    use std::ffi::c_void;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::time::{Duration, Instant};
+    const BOUND: Duration = Duration::from_secs(60);
+    struct Ctx {
+        inside: Sender<()>,
+        go: Receiver<()>,
+    }
+    unsafe extern "C" fn pred(data: *mut c_void, _path: *const c_char) -> i32 {
+        // SAFETY: `data` is the test's `Ctx`, used only by this thread now.
+        let ctx = unsafe { &*data.cast::<Ctx>() };
+        ctx.inside.send(()).unwrap();
+        ctx.go
+            .recv_timeout(BOUND)
+            .expect("the test lets the predicate return");
+        1 // valid: the goal ends already-valid
+    }
+    /// Waits until thread `tid` of this process sleeps: in a futex wait for
+    /// the worker's mutex (or, when another test of this file holds a
+    /// handle table's lock at that moment, briefly for that lock; the
+    /// thread then races A, and the assertions below allow either order).
+    fn asleep(tid: i32) {
+        if cfg!(miri) {
+            return;
+        }
+        let stat = format!("/proc/self/task/{tid}/stat");
+        let t0 = Instant::now();
+        loop {
+            let s = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the command's closing parenthesis.
+            if s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('S'))
+            {
+                return;
+            }
+            assert!(t0.elapsed() < BOUND, "thread {tid} never waited: {s}");
+            std::thread::yield_now();
+        }
+    }
+    fn tid() -> i32 {
+        if cfg!(miri) {
+            return 0;
+        }
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() }
+    }
+    let (inside_tx, inside) = channel();
+    let (go, go_rx) = channel();
+    let ctx = Box::new(Ctx {
+        inside: inside_tx,
+        go: go_rx,
+    });
+    let mut w = 0;
+    let mut g = 0;
+    let out = b"/gk-unit-test-store/aaa-wait\0";
+    let outs = [out.as_ptr().cast::<c_char>()];
+    // SAFETY: valid out pointers; `ctx` outlives the worker's calls.
+    unsafe {
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
+        let data: *const Ctx = &*ctx;
+        assert_eq!(
+            gk_worker_set_valid_path(w, Some(pred), data as *mut c_void),
+            GK_OK
+        );
+        assert_eq!(
+            gk_worker_add_goal(w, 0, outs.as_ptr(), 1, 0, 0, &mut g),
+            GK_OK
+        );
+    }
+    let (done, results) = channel::<(char, gk_status, u32)>();
+    let spawn = |who: char, f: fn(gk_worker) -> (gk_status, u32)| {
+        let (done, (tid_tx, tid_rx)) = (done.clone(), channel());
+        std::thread::spawn(move || {
+            tid_tx.send(tid()).unwrap();
+            let (st, what) = f(w);
+            done.send((who, st, what)).unwrap();
+        });
+        tid_rx.recv_timeout(BOUND).expect("thread started")
+    };
+    spawn('A', |w| {
+        // SAFETY: a zeroed gk_event is valid; the out pointer is live.
+        let mut ev = unsafe { std::mem::zeroed::<gk_event>() };
+        // SAFETY: as above.
+        let st = unsafe { gk_worker_next_event(w, &mut ev) };
+        (st, ev.kind * 10 + ev.outcome)
+    });
+    inside
+        .recv_timeout(BOUND)
+        .expect("A's call reaches the predicate");
+    asleep(spawn('B', |w| {
+        // SAFETY: a zeroed gk_audit is valid; the out pointer is live.
+        let mut au = unsafe { std::mem::zeroed::<gk_audit>() };
+        // SAFETY: as above.
+        (unsafe { gk_worker_audit(w, &mut au) }, 0)
+    }));
+    asleep(spawn('C', |w| (gk_worker_free(w), 0)));
+    go.send(()).unwrap();
+    let mut got: Vec<(char, gk_status, u32)> = (0..3)
+        .map(|_| results.recv_timeout(BOUND).expect("every thread returns"))
+        .collect();
+    got.sort_by_key(|r| r.0);
+    assert_eq!(got[0], ('A', GK_OK, 23), "A: finished, already valid");
+    assert!(matches!(got[1].1, GK_OK | GK_ERROR_STALE_HANDLE), "{got:?}");
+    assert_eq!(got[2], ('C', GK_OK, 0), "C's free");
+    // SAFETY: a zeroed gk_audit is valid; the out pointer is live.
+    let mut au = unsafe { std::mem::zeroed::<gk_audit>() };
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { gk_worker_audit(w, &mut au) },
+        GK_ERROR_STALE_HANDLE
+    );
+    assert_eq!(gk_worker_free(w), GK_ERROR_STALE_HANDLE);
+    drop(ctx);
 }
 
 #[test]
