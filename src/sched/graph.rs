@@ -101,6 +101,10 @@ pub(crate) struct Goal {
 /// its remaining edges never make it look ready.
 const FINISHED: u32 = u32::MAX;
 
+/// The goals of one block of the edge log: the counting sort of one block
+/// writes the cursors of 4,096 goals (16 KiB) and their slices.
+const BLOCK: u32 = 4096;
+
 /// The goals of one worker.
 ///
 /// Dependents are kept in a compact form (CSR: one contiguous slice per
@@ -108,9 +112,13 @@ const FINISHED: u32 = u32::MAX;
 /// before a walk of dependents the log is flushed: folded into the compact
 /// form by a counting sort when it has grown to an eighth of it, else linked
 /// into per-goal lists of new edges, so that each edge moves O(1) times on
-/// average, whatever the order of additions and walks. Finishing a goal
-/// reads its slice and the dense dependency counters of its dependents, not
-/// their records.
+/// average, whatever the order of additions and walks. The log keeps the
+/// edges of each block of [`BLOCK`] consecutive goals apart, so that the
+/// counting sort writes one block's slices at a time, which stay in the
+/// caches (from one log, it wrote at random: at a million goals, five
+/// cache misses a goal in a 2 MB cache, cachegrind). Finishing a goal
+/// reads its slice and the dense dependency counters of its dependents,
+/// not their records.
 #[derive(Default)]
 pub(crate) struct Graph {
     goals: Vec<Goal>,
@@ -124,8 +132,11 @@ pub(crate) struct Graph {
     /// (goals added after the last compaction have none there).
     csr_start: Vec<u32>,
     csr: Vec<u32>,
-    /// Edges added since the last flush, `(from, to)`.
-    log: Vec<(u32, u32)>,
+    /// Edges added since the last flush, `(from, to)`, in the order added,
+    /// in one list per block of [`BLOCK`] goals `from` (its dependencies).
+    log: Vec<Vec<(u32, u32)>>,
+    /// How many edges `log` holds.
+    logged: usize,
     /// Lists of new edges, `(from, to)` in the order added: the head of
     /// each goal's list (its newest edge), and each edge's next one.
     extra_head: Vec<u32>,
@@ -183,7 +194,13 @@ impl Graph {
     pub(crate) fn reserve(&mut self, goals: usize, edges: usize) {
         self.goals.reserve(goals);
         self.pending.reserve(goals);
-        self.log.reserve(edges);
+        if edges > 0 {
+            // Room in each block for its share of the edges, as if even.
+            let blocks = (self.goals.len() + goals).div_ceil(BLOCK as usize);
+            self.add_blocks(blocks.max(self.log.len()).max(1));
+            let share = edges / self.log.len();
+            self.log.iter_mut().for_each(|b| b.reserve(share));
+        }
     }
 
     /// Goal `i`.
@@ -221,9 +238,14 @@ impl Graph {
     /// Records that `to` depends on `from`, unfinished: an edge (visible to
     /// walks after the next flush) and one more pending dependency of `to`,
     /// which must be ready or waiting for dependencies.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add_edge(&mut self, from: u32, to: u32) {
-        self.log.push((from, to));
+        let block = (from / BLOCK) as usize;
+        if block >= self.log.len() {
+            self.add_blocks(block + 1);
+        }
+        self.log[block].push((from, to));
+        self.logged += 1;
         let p = &mut self.pending[to as usize];
         *p += 1;
         if *p > 1 {
@@ -239,20 +261,30 @@ impl Graph {
         self.counts[GoalState::WaitingDeps as usize] += 1;
     }
 
+    /// Makes the log `blocks` blocks long, each new block with room for
+    /// four dependents a goal (so that a block seldom grows, and copies,
+    /// while edges are added: memory not written to stays virtual).
+    #[cold]
+    fn add_blocks(&mut self, blocks: usize) {
+        let room = 4 * BLOCK as usize;
+        self.log.resize_with(blocks, || Vec::with_capacity(room));
+    }
+
     /// Makes every edge visible to [`Graph::dependents`]: folds them into
     /// the compact form when the new ones have grown to an eighth of it,
     /// else links the logged ones into per-goal lists of new edges.
     fn flush(&mut self) {
-        if (self.log.len() + self.extra.len()) * 8 >= self.csr.len() + self.goals.len() + 64 {
+        if (self.logged + self.extra.len()) * 8 >= self.csr.len() + self.goals.len() + 64 {
             return self.compact();
         }
         self.extra_head.resize(self.goals.len(), NONE);
-        for (from, to) in std::mem::take(&mut self.log) {
+        for (from, to) in self.log.iter_mut().flat_map(|b| b.drain(..)) {
             let head = &mut self.extra_head[from as usize];
             self.extra_next
                 .push(std::mem::replace(head, self.extra.len() as u32));
             self.extra.push((from, to));
         }
+        self.logged = 0;
     }
 
     /// Folds the linked edges and the log into the compact form, by a
@@ -267,7 +299,7 @@ impl Graph {
         for (i, w) in self.csr_start.windows(2).enumerate() {
             start[i + 1] = w[1] - w[0];
         }
-        for new in [&self.extra, &self.log] {
+        for new in std::iter::once(&self.extra).chain(&self.log) {
             new.iter().for_each(|&(f, _)| start[f as usize + 1] += 1);
         }
         let mut sum = 0;
@@ -283,7 +315,7 @@ impl Graph {
             csr[at..at + old.len()].copy_from_slice(old);
             start[i] += old.len() as u32;
         }
-        for new in [&self.extra, &self.log] {
+        for new in std::iter::once(&self.extra).chain(&self.log) {
             for &(f, t) in new.iter() {
                 csr[start[f as usize] as usize] = t;
                 start[f as usize] += 1;
@@ -292,7 +324,8 @@ impl Graph {
         // Each cursor now stands where the next slice starts.
         start.copy_within(0..n, 1);
         start[0] = 0;
-        self.log.clear();
+        self.log.iter_mut().for_each(Vec::clear);
+        self.logged = 0;
         self.extra = Vec::new();
         self.extra_next = Vec::new();
         self.extra_head = Vec::new();
@@ -306,7 +339,7 @@ impl Graph {
     /// ready; otherwise each one that has not finished.
     #[inline]
     pub(crate) fn dependents(&mut self, i: u32, success: bool, mut f: impl FnMut(u32)) {
-        if !self.log.is_empty() {
+        if self.logged != 0 {
             self.flush();
         }
         let i = i as usize;
@@ -472,7 +505,7 @@ mod tests {
             }
         }
         assert_eq!(deps(&mut g, 0), (1..200).collect::<Vec<u32>>());
-        assert!(g.extra.is_empty() && g.log.is_empty(), "compacted");
+        assert!(g.extra.is_empty() && g.logged == 0, "compacted");
         plain(&mut g);
         g.add_edge(0, 200);
         g.add_edge(200, 5);
@@ -490,10 +523,15 @@ mod tests {
     }
 
     /// Random additions and walks against a plain model, across flushes
-    /// that each fold or link.
+    /// that each fold or link, with edges in several blocks of the log, and
+    /// room reserved ahead for some of them.
     #[test]
     fn every_edge_is_walked_in_the_order_added() {
-        let (n, rounds) = if cfg!(miri) { (300u32, 3) } else { (20_000, 6) };
+        let (n, rounds, per_goal) = if cfg!(miri) {
+            (BLOCK + 300, 3, 1)
+        } else {
+            (20_000, 6, 3)
+        };
         let mut g = Graph::default();
         let mut model: Vec<Vec<u32>> = Vec::new();
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -510,7 +548,10 @@ mod tests {
                 model.push(Vec::new());
             }
             // Big batches fold into the compact form, small ones are linked.
-            let edges = if round % 2 == 0 { 3 * n } else { 20 };
+            let edges = if round % 2 == 0 { per_goal * n } else { 20 };
+            if round == 2 {
+                g.reserve(0, edges as usize);
+            }
             for _ in 0..edges {
                 let (f, t) = (rnd(goals), rnd(goals));
                 g.add_edge(f, t);
