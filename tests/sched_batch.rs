@@ -27,6 +27,13 @@ fn opts(max_jobs: u32, keep_going: bool) -> WorkerOptions {
     }
 }
 
+/// A batch under construction may be shared between threads: `NewGoal` is
+/// `Send` and `Sync` (the worker keeps its own resolution of a batch).
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<NewGoal<'static>>();
+};
+
 fn plain<'a>() -> NewGoal<'a> {
     let none: [&str; 0] = [];
     NewGoal::new(GoalKind::Plain, &none).unwrap()

@@ -9,7 +9,6 @@
 //! sub-element) and leaves the worker exactly as it was: no goal, edge,
 //! event, log record or counter is added.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use super::goal::{BuildMode, Event, GoalKind, Outcome};
@@ -30,10 +29,6 @@ pub struct NewGoal<'a> {
     /// gave them in another order (the C layer); errors name that place.
     pub(super) places: Vec<u32>,
     pub(super) deps: &'a [GoalId],
-    /// The goal it resolves to, set by validation: an existing one (the
-    /// same outputs again: S9), or a new one (an index past the graph's
-    /// end: the first goal of the batch that resolves to it is pushed).
-    pub(super) at: Cell<u32>,
 }
 
 impl<'a> NewGoal<'a> {
@@ -79,7 +74,6 @@ impl<'a> NewGoal<'a> {
             outputs,
             places,
             deps,
-            at: Cell::new(NONE),
         }
     }
 
@@ -282,6 +276,10 @@ pub(crate) struct Scratch {
     marks: Vec<u64>,
     /// The events gathered by `next_events`, checked before they are handed out.
     pub(crate) events: Vec<Event>,
+    /// The goal each goal of the batch being added resolves to (see
+    /// [`validate_goals`]), apart from the goals, so that resolving a batch
+    /// reference reads 4 bytes a goal (in the caches), not a goal's record.
+    pub(crate) at: Vec<u32>,
 }
 
 /// A report for [`Worker::report_many`](super::Worker::report_many).
@@ -308,14 +306,18 @@ impl Report {
 }
 
 /// Validates a batch of goals for worker `serial`, whose goals are `graph`:
-/// resolves every goal (sets its `at`) and returns the first bad element,
-/// in the documented order, with `parse_error` (the first element the
-/// caller could not even read) among them. Changes nothing else.
+/// resolves every goal to the goal it stands for, `at[i]` for goal `i` (an
+/// existing one: the same outputs again, S9; or a new one, an index past
+/// the graph's end, pushed by the first goal of the batch that resolves to
+/// it), and returns the first bad element, in the documented order, with
+/// `parse_error` (the first element the caller could not even read) among
+/// them. Changes nothing else.
 pub(crate) fn validate_goals(
     graph: &Graph,
     serial: u32,
     goals: &[NewGoal<'_>],
     parse_error: Bad,
+    at: &mut Vec<u32>,
 ) -> Bad {
     // Pass 1, goal by goal: the output rules and sharing. Every goal is
     // resolved, also after an error, so that pass 2 knows what the batch
@@ -324,12 +326,13 @@ pub(crate) fn validate_goals(
     // The outputs of the batch's new goals that lock them -> their goal
     // (made for the first such goal).
     let mut by_path: Option<BTreeMap<&StorePath, usize>> = None;
+    at.clear();
     for (i, g) in goals.iter().enumerate() {
-        let (shared, mut err) = resolve(graph, i, g, goals, by_path.as_ref());
-        let at = shared.unwrap_or(next.min(NONE as usize) as u32);
+        let (shared, mut err) = resolve(graph, i, g, goals, at, by_path.as_ref());
+        let here = shared.unwrap_or(next.min(NONE as usize) as u32);
         if shared.is_none() {
             next += 1;
-            if at == NONE && err.is_none() {
+            if here == NONE && err.is_none() {
                 let e = Error::InvalidArgument("too many goals in one worker".into());
                 err = BatchError::new(i, 0, BatchField::Batch, e).bad();
             }
@@ -338,7 +341,7 @@ pub(crate) fn validate_goals(
                 map.extend(g.outputs.iter().map(|p| (p, i)));
             }
         }
-        g.at.set(at);
+        at.push(here);
         edges += g.deps.len();
         if err.is_some() {
             first = BatchError::first(first, err);
@@ -348,7 +351,7 @@ pub(crate) fn validate_goals(
     // first bad one.
     let limit = first.as_ref().map_or(goals.len(), |e| e.owner);
     for (i, g) in goals.iter().enumerate().take(limit).filter(|_| edges > 0) {
-        if let Some(e) = check_deps(graph, serial, i, g, goals) {
+        if let Some(e) = check_deps(graph, serial, i, g, at) {
             return BatchError::first(first, e.bad());
         }
     }
@@ -356,13 +359,14 @@ pub(crate) fn validate_goals(
 }
 
 /// Pass 1 for goal `i`: the goal it shares (the same outputs as an
-/// existing goal, or as an earlier goal of the batch: S9), or `None` for a
-/// new goal; and its error if any.
+/// existing goal, or as an earlier goal of the batch, which resolved to
+/// `at[k]`: S9), or `None` for a new goal; and its error if any.
 fn resolve(
     graph: &Graph,
     i: usize,
     g: &NewGoal<'_>,
     goals: &[NewGoal<'_>],
+    at: &[u32],
     by_path: Option<&BTreeMap<&StorePath, usize>>,
 ) -> (Option<u32>, Bad) {
     if g.kind == GoalKind::Plain {
@@ -392,7 +396,7 @@ fn resolve(
         } else if let Some(&k) = by_path.and_then(|m| m.get(p)) {
             let other = &goals[k];
             if j == 0 && other.kind == g.kind && other.outputs == g.outputs {
-                return (Some(other.at.get()), None);
+                return (Some(at[k]), None);
             }
             Error::InvalidArgument(format!(
                 "{p} is already an output of goals[{k}] of this batch ({:?} of {} outputs); \
@@ -415,19 +419,20 @@ fn resolve(
 }
 
 /// Pass 2 for goal `i`: each dependency names a goal of this worker or of
-/// the batch, not the goal itself, and the goal can still take
-/// dependencies (a shared goal that has started cannot).
+/// the batch (goal `k` of the batch resolved to `at[k]`), not the goal
+/// itself, and the goal can still take dependencies (a shared goal that
+/// has started cannot).
 fn check_deps(
     graph: &Graph,
     serial: u32,
     i: usize,
     g: &NewGoal<'_>,
-    goals: &[NewGoal<'_>],
+    resolved: &[u32],
 ) -> Option<BatchError> {
     if g.deps.is_empty() {
         return None;
     }
-    let at = g.at.get();
+    let at = resolved[i];
     if (at as usize) < graph.len() && !can_take_deps(graph, at) {
         let err = Error::InvalidState(format!(
             "this goal is {} (the same outputs), which is {}; dependencies can only be \
@@ -439,12 +444,12 @@ fn check_deps(
     }
     for (j, &d) in g.deps.iter().enumerate() {
         let target = match d.batch_index() {
-            Some(k) => match goals.get(k as usize) {
-                Some(r) => r.at.get(),
+            Some(k) => match resolved.get(k as usize) {
+                Some(&r) => r,
                 None => {
                     let e = Error::InvalidArgument(format!(
                         "GK_BATCH_GOAL({k}) refers to goal {k} of a batch of {}",
-                        goals.len()
+                        resolved.len()
                     ));
                     return Some(BatchError::new(i, j, BatchField::Dependency, e));
                 }

@@ -345,67 +345,73 @@ impl Worker {
         ids: &mut [GoalId],
     ) -> std::result::Result<(), BatchError> {
         let r = self.call(|w| {
-            if let Some(b) = batch::validate_goals(&w.graph, w.serial, goals, parse_error) {
-                return Err(b);
+            let at = &mut w.scratch.at;
+            let bad = batch::validate_goals(&w.graph, w.serial, goals, parse_error, at);
+            if bad.is_none() {
+                w.add_resolved(goals, ids);
             }
-            // The goals first, so that batch references may point forward,
-            // then their dependencies, as `add_dependency` adds them; then
-            // the new goals that are ready are queued, in order. After a
-            // failure without keep-going, new goals take no dependencies
-            // and end cancelled at once.
-            let first = w.graph.len() as u32;
-            w.graph.reserve(goals.len(), 0);
-            for (g, id) in goals.iter_mut().zip(ids.iter_mut()) {
-                let at = g.at.get();
-                if at as usize == w.graph.len() {
-                    w.graph.push(g.kind, g.mode, &mut g.outputs, g.tag);
-                } else {
-                    // Requested again (S9): a stronger mode is adopted if it
-                    // has not started; otherwise the log says it keeps its own.
-                    let kept = w.graph.goal(at).mode;
-                    if g.mode > kept && batch::can_take_deps(&w.graph, at) {
-                        w.graph.set_mode(at, g.mode);
-                    } else if g.mode != kept {
-                        let line = format!(
-                            "{} was requested again in mode {:?}; it keeps mode {kept:?}",
-                            w.graph.name(at),
-                            g.mode
-                        );
-                        w.record(LogKind::ModeKept, at, None, line);
-                    }
-                }
-                *id = w.id(at);
-            }
-            let aborting = w.aborting;
-            for g in goals.iter().filter(|_| !aborting) {
-                let at = g.at.get();
-                if w.graph.is_finished(at) {
-                    continue; // shared with an earlier goal of the batch, which ended
-                }
-                for &d in g.deps {
-                    // A batch reference names goal `k` of the batch, as resolved.
-                    let d = d
-                        .batch_index()
-                        .map_or(d.index(), |k| goals[k as usize].at.get());
-                    if w.depend(at, d) {
-                        break; // it ended dependency-failed: the rest is moot
-                    }
-                }
-            }
-            // The new goals, which have the next indexes, in order.
-            for at in first..w.graph.len() as u32 {
-                if aborting {
-                    w.finish(at, Outcome::Cancelled, true);
-                } else if w.graph.state(at) == GoalState::Ready {
-                    w.ready.push_back(at);
-                }
-            }
-            Ok(())
+            bad.map_or(Ok(()), Err)
         });
         r.map_err(|b| {
             ids.fill(GoalId::from_raw(0));
             *b
         })
+    }
+
+    /// The rest of [`Worker::add_goals_into`] for a valid batch whose goal
+    /// `k` resolved to goal `scratch.at[k]`: the goals first, so that batch
+    /// references may point forward, then their dependencies, as
+    /// `add_dependency` adds them; then the new goals that are ready are
+    /// queued, in order. After a failure without keep-going, new goals take
+    /// no dependencies and end cancelled at once.
+    fn add_resolved(&mut self, goals: &mut [NewGoal<'_>], ids: &mut [GoalId]) {
+        let first = self.graph.len() as u32;
+        self.graph.reserve(goals.len(), 0);
+        for (k, (g, id)) in goals.iter_mut().zip(ids.iter_mut()).enumerate() {
+            let i = self.scratch.at[k];
+            if i as usize == self.graph.len() {
+                self.graph.push(g.kind, g.mode, &mut g.outputs, g.tag);
+            } else {
+                // Requested again (S9): a stronger mode is adopted if it
+                // has not started; otherwise the log says it keeps its own.
+                let kept = self.graph.goal(i).mode;
+                if g.mode > kept && batch::can_take_deps(&self.graph, i) {
+                    self.graph.set_mode(i, g.mode);
+                } else if g.mode != kept {
+                    let line = format!(
+                        "{} was requested again in mode {:?}; it keeps mode {kept:?}",
+                        self.graph.name(i),
+                        g.mode
+                    );
+                    self.record(LogKind::ModeKept, i, None, line);
+                }
+            }
+            *id = self.id(i);
+        }
+        let aborting = self.aborting;
+        for (k, g) in goals.iter().enumerate().filter(|_| !aborting) {
+            let i = self.scratch.at[k];
+            if self.graph.is_finished(i) {
+                continue; // shared with an earlier goal of the batch, which ended
+            }
+            for &d in g.deps {
+                // A batch reference names goal `k` of the batch, as resolved.
+                let d = d
+                    .batch_index()
+                    .map_or(d.index(), |k| self.scratch.at[k as usize]);
+                if self.depend(i, d) {
+                    break; // it ended dependency-failed: the rest is moot
+                }
+            }
+        }
+        // The new goals, which have the next indexes, in order.
+        for i in first..self.graph.len() as u32 {
+            if aborting {
+                self.finish(i, Outcome::Cancelled, true);
+            } else if self.graph.state(i) == GoalState::Ready {
+                self.ready.push_back(i);
+            }
+        }
     }
 
     /// The host's tag of `goal` (see [`Worker::add_goal_tagged`]).
