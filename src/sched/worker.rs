@@ -692,7 +692,10 @@ impl Worker {
 
     /// Makes room for `goals` more goals and `edges` more dependencies, so
     /// that a host that knows the size of its request builds the graph
-    /// without regrowing (and copying) the worker's arrays.
+    /// without regrowing (and copying) the worker's arrays. The room for
+    /// dependencies is spread evenly over the goals they may name (in
+    /// blocks of 4,096): a request whose dependencies gather on a few goals
+    /// still regrows the room of those goals' block.
     pub fn reserve(&mut self, goals: usize, edges: usize) {
         self.graph.reserve(goals, edges);
         self.ready.reserve(goals);
