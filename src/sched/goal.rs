@@ -124,7 +124,7 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// Where a goal is in its life (the public view of [`Phase`]).
+/// Where a goal is in its life (the public view of the worker's internal state value, `Phase`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GoalState {
     /// Some dependency has not finished.
