@@ -70,7 +70,6 @@ macro_rules! c_mapping {
 /// Which kernel lock a store uses. Pass one of these as a `uint32_t backend`.
 /// Never mix backends on one store: `flock` and `fcntl` locks do not exclude
 /// each other on Linux.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum gk_backend {
@@ -81,7 +80,6 @@ pub enum gk_backend {
 }
 
 /// What a goal does. Pass as a `uint32_t kind`.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum gk_goal_kind {
@@ -94,7 +92,6 @@ pub enum gk_goal_kind {
 }
 
 /// How a build treats outputs that are already valid. Pass as a `uint32_t mode`.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum gk_build_mode {
@@ -107,7 +104,6 @@ pub enum gk_build_mode {
 }
 
 /// How a goal ended. Pass as a `uint32_t outcome`.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum gk_outcome {
@@ -132,7 +128,6 @@ pub enum gk_outcome {
 }
 
 /// The kind of a `gk_event`.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum gk_event_kind {
@@ -149,7 +144,6 @@ pub enum gk_event_kind {
 }
 
 /// Where a goal is in its life.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum gk_goal_state {
@@ -168,7 +162,6 @@ pub enum gk_goal_state {
 }
 
 /// The kind of a `gk_log_record`: what a diagnostics log entry reports.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum gk_log_kind {
@@ -226,7 +219,6 @@ pub enum gk_log_kind {
 
 /// Which part of a batch element a `gk_batch_error` names (see
 /// `gk_worker_add_goals` and `gk_worker_report_many`).
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum gk_batch_field {

@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
 use crate::lock::{self, LockWait, Notify};
 
 /// An opaque handle to a lock wait (`gk_lock_wait_new`). 0 is never a valid handle.
-#[allow(non_camel_case_types)]
 pub type gk_lock_wait = u64;
 
 /// The lock waits made through the C ABI (last in the lock order of the

@@ -14,7 +14,6 @@ use crate::error::Result;
 use crate::lock::{self, LockSet, StorePath, WaitMode};
 
 /// An opaque handle to a lock set held by this process. 0 is never a valid handle.
-#[allow(non_camel_case_types)]
 pub type gk_lockset = u64;
 
 /// The lock sets taken through the C ABI (after the workers in the lock

@@ -7,6 +7,9 @@
 //! `uint64_t` handles, never by pointers; every pointer, length, string and
 //! handle is checked.
 
+// The C names (`gk_worker`, `gk_status`, ...) are lower case, as C's are.
+#![allow(non_camel_case_types)]
+
 mod args;
 mod boundary;
 mod enums;

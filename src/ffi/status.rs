@@ -8,7 +8,6 @@ use crate::error::{DbErrorKind, Error};
 /// `GK_TIMED_OUT` are expected outcomes of contention, not faults. Every
 /// other value is an error; `gk_last_error_message()` then says what
 /// happened, naming the path, handle or goal concerned.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum gk_status {

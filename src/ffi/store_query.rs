@@ -34,7 +34,6 @@ use crate::store_db::{self, StoreDb, StoreDbOptions};
 
 /// An opaque handle to a store database opened read-only by
 /// `gk_store_db_open`. 0 is never a valid handle.
-#[allow(non_camel_case_types)]
 pub type gk_store_db = u64;
 
 /// The store databases opened through the C ABI (last in the lock order of

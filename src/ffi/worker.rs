@@ -28,7 +28,6 @@ use crate::sched::{Audit, Event, GoalId, NewGoal, PathPredicate, Worker, WorkerO
 
 /// An opaque handle to a worker (a scheduler for one client request).
 /// 0 is never a valid handle.
-#[allow(non_camel_case_types)]
 pub type gk_worker = u64;
 
 /// A goal id, only meaningful with the worker that issued it. 0 is never
@@ -39,12 +38,10 @@ pub type gk_worker = u64;
 /// in the order it makes them, so the goals a host adds to a worker one
 /// after another (each new, not shared: see `gk_worker_add_goal`) have
 /// consecutive ids: the k-th after the first has the first's id plus k.
-#[allow(non_camel_case_types)]
 pub type gk_goal = u64;
 
 /// Options for `gk_worker_new`. Pass NULL for the defaults (max_jobs 1,
 /// no keep-going, OFD backend, 1000 ms re-check, no legacy hold).
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct gk_worker_options {
@@ -82,7 +79,6 @@ const _: () =
 
 /// An event from `gk_worker_next_event` (or one of `gk_worker_next_events`).
 /// 40 bytes, without padding.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct gk_event {
@@ -108,7 +104,6 @@ pub struct gk_event {
 const _: () = assert!(std::mem::size_of::<gk_event>() == 40);
 
 /// What `gk_worker_goal_result` reports.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct gk_goal_result {
@@ -126,7 +121,6 @@ pub struct gk_goal_result {
 /// during the call. Return 1 for yes, 0 for no, a negative value for an error
 /// (treated as no and logged). It is called only on the thread that called
 /// into the worker, and may call goalkeeper (not its own worker).
-#[allow(non_camel_case_types)]
 pub type gk_path_predicate =
     Option<unsafe extern "C" fn(data: *mut c_void, path: *const c_char) -> i32>;
 

@@ -29,7 +29,6 @@ const MAX_OUTPUTS: u32 = 1 << 20;
 /// elements `offsets[i]` to `offsets[i + 1] - 1` of a flat array
 /// (`offsets[0]` is 0, the offsets never decrease, and `offsets[n_goals]`
 /// is the flat array's length). 80 bytes.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct gk_goal_batch {
@@ -67,7 +66,6 @@ pub struct gk_goal_batch {
 /// Which element of a batch was refused (`gk_worker_add_goals`,
 /// `gk_worker_report_many`); the status and `gk_last_error_message()` say
 /// why. Zeroed on `GK_OK`. 24 bytes.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct gk_batch_error {
@@ -84,7 +82,6 @@ pub struct gk_batch_error {
 }
 
 /// One report for `gk_worker_report_many`. 16 bytes.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct gk_report {

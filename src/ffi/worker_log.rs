@@ -23,7 +23,6 @@ use crate::sched::LogRecord;
 /// `gk_worker_take_log_records`). The strings belong to the worker: they
 /// stay valid until the next `gk_worker_take_log_records` call on the same
 /// worker, or `gk_worker_free`.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct gk_log_record {
