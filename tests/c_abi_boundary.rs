@@ -702,6 +702,128 @@ fn other_threads_wait_for_a_call_in_progress_and_a_free_after_it() {
     drop(ctx);
 }
 
+/// A worker freed by another thread is refused to the thread that called
+/// it last (whose next call finds it without the handle table), and a new
+/// worker in its slot is not confused with it.
+#[test]
+fn a_worker_freed_by_another_thread_is_stale_for_the_thread_that_called_it_last() {
+    // SAFETY: (all calls below) a zeroed gk_audit and gk_event are valid;
+    // the out pointers are live.
+    unsafe {
+        let mut au = std::mem::zeroed::<gk_audit>();
+        let mut ev = std::mem::zeroed::<gk_event>();
+        let mut w = 0;
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
+        assert_eq!(gk_worker_audit(w, &mut au), GK_OK);
+        let freed = std::thread::spawn(move || gk_worker_free(w));
+        assert_eq!(freed.join().unwrap(), GK_OK);
+        assert_eq!(gk_worker_audit(w, &mut au), GK_ERROR_STALE_HANDLE);
+        assert!(message().contains("stale"), "{}", message());
+        assert_eq!(gk_worker_next_event(w, &mut ev), GK_ERROR_STALE_HANDLE);
+        assert_eq!(gk_worker_free(w), GK_ERROR_STALE_HANDLE);
+        let mut w2 = 0;
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w2), GK_OK);
+        assert_ne!(w2, w, "a slot's next worker has another handle");
+        assert_eq!(gk_worker_audit(w2, &mut au), GK_OK);
+        assert_eq!(gk_worker_audit(w, &mut au), GK_ERROR_STALE_HANDLE);
+        assert_eq!(gk_worker_next_event(w2, &mut ev), GK_OK);
+        assert_eq!(ev.kind, 4, "done: w2 has no goals");
+        assert_eq!(gk_worker_free(w2), GK_OK);
+        assert_eq!(gk_worker_audit(w2, &mut au), GK_ERROR_STALE_HANDLE);
+    }
+}
+
+/// A fork child's calls on its parent's worker answer
+/// `GK_ERROR_WRONG_PROCESS`, even when the forking thread called that
+/// worker last and another thread of the parent was inside a call on it
+/// (holding its mutex, which stays held in the child) at the fork: the
+/// child never waits for that mutex.
+#[test]
+#[cfg_attr(miri, ignore)] // fork
+fn a_fork_child_is_refused_its_parents_worker_without_waiting_for_it() {
+    use std::ffi::c_void;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::time::Duration;
+    const BOUND: Duration = Duration::from_secs(60);
+    struct Ctx {
+        inside: Sender<()>,
+        go: Receiver<()>,
+    }
+    unsafe extern "C" fn pred(data: *mut c_void, _path: *const c_char) -> i32 {
+        // SAFETY: `data` is the test's `Ctx`, used only by this thread now.
+        let ctx = unsafe { &*data.cast::<Ctx>() };
+        ctx.inside.send(()).unwrap();
+        // Longer than the test waits for the child, which then says why.
+        ctx.go
+            .recv_timeout(2 * BOUND)
+            .expect("the test lets it return");
+        1
+    }
+    let (inside_tx, inside) = channel();
+    let (go, go_rx) = channel();
+    let ctx = Box::new(Ctx {
+        inside: inside_tx,
+        go: go_rx,
+    });
+    let (mut w, mut g) = (0, 0);
+    let outs = [c"/gk-unit-test-store/aaa-fork".as_ptr()];
+    // SAFETY: valid out pointers; `ctx` outlives the worker's calls.
+    unsafe {
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
+        let data: *const Ctx = &*ctx;
+        let pred_data = data as *mut c_void;
+        assert_eq!(gk_worker_set_valid_path(w, Some(pred), pred_data), GK_OK);
+        assert_eq!(
+            gk_worker_add_goal(w, 0, outs.as_ptr(), 1, 0, 0, &mut g),
+            GK_OK
+        );
+    }
+    let a = std::thread::spawn(move || {
+        // SAFETY: a zeroed gk_event is valid; the out pointer is live.
+        let mut ev = unsafe { std::mem::zeroed::<gk_event>() };
+        // SAFETY: as above.
+        (unsafe { gk_worker_next_event(w, &mut ev) }, ev.kind)
+    });
+    inside
+        .recv_timeout(BOUND)
+        .expect("A's call reaches the predicate");
+    let mut fds = [0; 2];
+    // SAFETY: (fork and what follows) `fds` has room for two descriptors;
+    // the child only calls goalkeeper, writes and exits.
+    let (n, statuses, st) = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let mut au = std::mem::zeroed::<gk_audit>();
+            let got = [gk_worker_audit(w, &mut au), gk_worker_free(w)].map(|s| s as u8);
+            libc::write(fds[1], got.as_ptr().cast(), 2);
+            libc::_exit(0);
+        }
+        libc::close(fds[1]);
+        let mut p = libc::pollfd {
+            fd: fds[0],
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut got = [0u8; 2];
+        let n = match libc::poll(&mut p, 1, BOUND.as_millis() as i32) {
+            1 => libc::read(fds[0], got.as_mut_ptr().cast(), 2),
+            _ => libc::kill(pid, libc::SIGKILL) as isize - 1,
+        };
+        libc::close(fds[0]);
+        let mut st = 0;
+        assert_eq!(libc::waitpid(pid, &mut st, 0), pid);
+        (n, got, st)
+    };
+    go.send(()).unwrap();
+    assert_eq!(a.join().unwrap(), (GK_OK, 2), "A: finished, in the parent");
+    assert_eq!(n, 2, "the child answered within {BOUND:?} (status {st:#x})");
+    let wrong = GK_ERROR_WRONG_PROCESS as u8;
+    assert_eq!(statuses, [wrong, wrong], "the child's audit and free");
+    assert_eq!(gk_worker_free(w), GK_OK, "the parent still owns it");
+}
+
 #[test]
 fn store_db_arguments_are_refused_before_sqlite_is_reached() {
     let mut out: gk_store_db = 7;

@@ -2,15 +2,17 @@
 //!
 //! A worker is stored in its handle table as an `Arc<WorkerCell>`. A call
 //! clones the `Arc` out of the table (holding the table's lock only for
-//! that), then locks the worker itself, so the host's predicates run with
-//! no goalkeeper-wide lock held and may call back into goalkeeper (e.g.
-//! `gk_path_is_locked_by_me`, or another worker). A predicate that calls
-//! back into its *own* worker gets `GK_ERROR_INVALID_STATE`, never a
-//! deadlock.
+//! that), or takes it from the thread's last call (on the same worker, in
+//! the same process), then locks the worker itself, so the host's
+//! predicates run with no goalkeeper-wide lock held and may call back into
+//! goalkeeper (e.g. `gk_path_is_locked_by_me`, or another worker). A
+//! predicate that calls back into its *own* worker gets
+//! `GK_ERROR_INVALID_STATE`, never a deadlock.
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use super::enums::{
 };
 use super::handle::{HandleTable, Kind};
 use super::status::gk_status;
-use crate::base::ForkMutex;
+use crate::base::{generation, ForkMutex};
 use crate::error::{Error, Result};
 use crate::lock::StorePath;
 use crate::sched::{Audit, Event, GoalId, NewGoal, PathPredicate, Worker, WorkerOptions};
@@ -159,31 +161,43 @@ impl PathPredicate for CPredicate {
 pub(super) static WORKERS: ForkMutex<HandleTable<Arc<WorkerCell>>> =
     ForkMutex::new(HandleTable::new(Kind::Worker));
 
+thread_local! {
+    /// The worker this thread called last: its handle, the fork generation
+    /// of the call, and its cell. A call on it again skips the handle table,
+    /// whose lock and reference count are four of a call's six atomic
+    /// instructions (the worker's mutex is the other two); a freed worker
+    /// is still refused, by its emptied cell.
+    static LAST: Cell<Option<(gk_worker, u64, Arc<WorkerCell>)>> = const { Cell::new(None) };
+}
+
 /// A worker in the handle table.
 pub(crate) struct WorkerCell {
     /// The thread currently inside a call on this worker (0: none; see
     /// [`ThreadState::token`]).
     in_call: AtomicUsize,
-    /// Cleared (under the worker's mutex) by `gk_worker_free`.
-    alive: AtomicBool,
-    worker: Mutex<Worker>,
-    /// The strings of the records last taken by `gk_worker_take_log_records`
-    /// (see `worker_log.rs`); locked only with `worker` held.
-    pub(super) log_text: Mutex<Vec<u8>>,
+    /// The worker, and the strings of the records last taken by
+    /// `gk_worker_take_log_records` (see `worker_log.rs`); both taken (and
+    /// dropped) by `gk_worker_free`.
+    worker: Mutex<Option<(Worker, Vec<u8>)>>,
 }
 
-/// Runs `f` on the worker named by `w` and its cell, with the worker's
-/// mutex held but not the handle table's (which refuses stale, forged,
-/// freed and wrong-kind handles, and a fork parent's workers), marking the
-/// worker as in a call of this thread, so that its predicates cannot call
-/// back into it.
+/// Runs `f` on the worker named by `w` (and its log strings), with the
+/// worker's mutex held but not the handle table's (which refuses stale,
+/// forged, freed and wrong-kind handles, and a fork parent's workers; a
+/// handle found in [`LAST`] passed it before, and a freed worker's emptied
+/// cell refuses it), marking the worker as in a call of this thread, so
+/// that its predicates cannot call back into it.
 #[inline]
 pub(super) fn with_worker<R>(
     t: &ThreadState,
     w: gk_worker,
-    f: impl FnOnce(&WorkerCell, &mut Worker) -> Result<R>,
+    f: impl FnOnce(&mut Vec<u8>, &mut Worker) -> Result<R>,
 ) -> Result<R> {
-    let cell = WORKERS.with(|h| h.get(w).map(|c| c.clone()))?;
+    let fork_gen = generation();
+    let cell = match LAST.try_with(Cell::take) {
+        Ok(Some((h, g, cell))) if h == w && g == fork_gen => cell,
+        _ => WORKERS.with(|h| h.get(w).map(|c| c.clone()))?,
+    };
     let me = t.token();
     if cell.in_call.load(Ordering::Acquire) == me {
         return Err(Error::InvalidState(format!(
@@ -196,11 +210,11 @@ pub(super) fn with_worker<R>(
             "worker {w:#x} was left inconsistent by an internal error; free it"
         ))
     })?;
-    if !cell.alive.load(Ordering::Acquire) {
+    let Some((wk, log_text)) = guard.as_mut() else {
         return Err(Error::StaleHandle(format!(
             "worker handle {w:#018x} is stale: it was freed"
         )));
-    }
+    };
     struct Leave<'a>(&'a AtomicUsize);
     impl Drop for Leave<'_> {
         fn drop(&mut self) {
@@ -208,8 +222,11 @@ pub(super) fn with_worker<R>(
         }
     }
     cell.in_call.store(me, Ordering::Release);
-    let _leave = Leave(&cell.in_call);
-    f(&cell, &mut guard)
+    let leave = Leave(&cell.in_call);
+    let r = f(log_text, wk);
+    drop((leave, guard));
+    let _ = LAST.try_with(|l| l.set(Some((w, fork_gen, cell))));
+    r
 }
 
 pub(super) const NO_EVENT: gk_event = gk_event {
@@ -287,9 +304,7 @@ pub unsafe extern "C" fn gk_worker_new(
         let w = Worker::new(o)?;
         let cell = Arc::new(WorkerCell {
             in_call: AtomicUsize::new(0),
-            alive: AtomicBool::new(true),
-            worker: Mutex::new(w),
-            log_text: Mutex::new(Vec::new()),
+            worker: Mutex::new(Some((w, Vec::new()))),
         });
         *out = WORKERS.with(|h| h.insert(cell));
         Ok(())
@@ -309,9 +324,8 @@ pub extern "C" fn gk_worker_free(w: gk_worker) -> gk_status {
             }
             h.remove(w)
         })?;
-        let mut g = cell.worker.lock().unwrap_or_else(|e| e.into_inner());
-        cell.alive.store(false, Ordering::Release);
-        g.abandon();
+        // Dropped under the mutex: dropping a worker abandons its goals.
+        drop(cell.worker.lock().unwrap_or_else(|e| e.into_inner()).take());
         Ok(())
     })
 }

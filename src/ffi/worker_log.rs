@@ -128,14 +128,13 @@ pub unsafe extern "C" fn gk_worker_take_log_records(
         let n_out = unsafe { args::out(n_out, "n_out") }?;
         *n_out = 0;
         args::check_array(out, cap, "out")?;
-        let n = with_worker(t, w, |cell, wk| -> Result<usize> {
+        let n = with_worker(t, w, |text, wk| -> Result<usize> {
             wk.check()?;
             if cap == 0 {
                 return Ok(0);
             }
             let records = wk.take_log_records_up_to(cap);
-            let mut text = cell.log_text.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, r) in to_c(&records, &mut text).into_iter().enumerate() {
+            for (i, r) in to_c(&records, text).into_iter().enumerate() {
                 // SAFETY: `out` is non-null, aligned and valid for `cap`
                 // writes (the contract); `i < records.len() <= cap`.
                 unsafe { out.add(i).write(r) };
