@@ -5,8 +5,10 @@
 //! stale and forged handles, status and outcome names, reading
 //! `gk_worker_options` with any byte in its `bool`s, a worker driven
 //! through the C ABI over plain goals (no lock files), calls and a free
-//! from other threads waiting for a worker's call in progress, the flock
-//! lock cycle, and `gk_spawn`'s and the signal watch's argument checks.
+//! from other threads waiting for a worker's call in progress, a worker
+//! freed by another thread (and, outside Miri, used by a fork child), the
+//! flock lock cycle, and `gk_spawn`'s and the signal watch's argument
+//! checks.
 //!
 //! Miri checks every read and write these make for undefined behaviour; the
 //! unterminated path of exactly `PATH_MAX` bytes, for instance, fails under
