@@ -14,7 +14,10 @@
 //! unterminated path of exactly `PATH_MAX` bytes, for instance, fails under
 //! Miri if the library reads one byte past it.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_void, CStr};
+use std::rc::Rc;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::Duration;
 
 use goalkeeper::ffi::gk_status::*;
 use goalkeeper::ffi::*;
@@ -489,7 +492,6 @@ fn flock_lock_cycle_through_the_c_abi() {
 /// called before the outer call, and once with B; A and B keep working.
 #[test]
 fn a_predicate_may_call_and_free_other_workers_but_not_its_own() {
-    use std::ffi::c_void;
     type Seen = [gk_status; 5];
     struct Ctx {
         a: u64,
@@ -577,6 +579,50 @@ fn a_predicate_may_call_and_free_other_workers_but_not_its_own() {
     }
 }
 
+/// How long a parked predicate (see [`parked_worker`]) waits to be let
+/// go: longer than its tests wait for anything else, so that a failing test
+/// says why before the predicate gives up.
+const PARK_BOUND: Duration = Duration::from_secs(120);
+
+/// What a parking predicate shares with its test.
+struct Park {
+    inside: Sender<()>,
+    go: Receiver<()>,
+}
+
+/// A validity predicate that says it was asked (`inside`), then waits to
+/// be let go (`go`) and answers "valid".
+unsafe extern "C" fn park(data: *mut c_void, _path: *const c_char) -> i32 {
+    // SAFETY: `data` is the test's `Park`, used only by this thread now.
+    let p = unsafe { &*data.cast::<Park>() };
+    p.inside.send(()).unwrap();
+    p.go.recv_timeout(PARK_BOUND)
+        .expect("the test lets the predicate return");
+    1 // valid: the goal ends already-valid
+}
+
+/// A worker with one goal (output `out`) whose validity predicate parks the
+/// thread that asks it: that thread's call (its `next_event`) stays inside
+/// the worker, holding its mutex, until the test sends on the returned
+/// `Sender`; the `Receiver` hears when it got there. The `Park` must
+/// outlive the worker's calls. (An `Rc`, not a `Box`: moving a `Box` out
+/// of this function would invalidate the pointer the predicate holds.)
+fn parked_worker(out: &CStr) -> (gk_worker, Rc<Park>, Receiver<()>, Sender<()>) {
+    let ((inside, inside_rx), (go_tx, go)) = (channel(), channel());
+    let park_ctx = Rc::new(Park { inside, go });
+    let (mut w, mut g) = (0, 0);
+    let outs = [out.as_ptr()];
+    // SAFETY: valid out pointers; the caller keeps `park_ctx` alive.
+    unsafe {
+        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
+        let data = Rc::as_ptr(&park_ctx).cast_mut().cast::<c_void>();
+        assert_eq!(gk_worker_set_valid_path(w, Some(park), data), GK_OK);
+        let s = gk_worker_add_goal(w, 0, outs.as_ptr(), 1, 0, 0, &mut g);
+        assert_eq!(s, GK_OK);
+    }
+    (w, park_ctx, inside_rx, go_tx)
+}
+
 /// Calls from other threads on a worker that is inside a call wait for it,
 /// and so does a free: while thread A's call is inside a validity
 /// predicate, thread B calls `gk_worker_audit` and thread C
@@ -589,23 +635,8 @@ fn a_predicate_may_call_and_free_other_workers_but_not_its_own() {
 /// the handle stale, and the handle is stale from then on.
 #[test]
 fn other_threads_wait_for_a_call_in_progress_and_a_free_after_it() {
-    use std::ffi::c_void;
-    use std::sync::mpsc::{channel, Receiver, Sender};
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     const BOUND: Duration = Duration::from_secs(60);
-    struct Ctx {
-        inside: Sender<()>,
-        go: Receiver<()>,
-    }
-    unsafe extern "C" fn pred(data: *mut c_void, _path: *const c_char) -> i32 {
-        // SAFETY: `data` is the test's `Ctx`, used only by this thread now.
-        let ctx = unsafe { &*data.cast::<Ctx>() };
-        ctx.inside.send(()).unwrap();
-        ctx.go
-            .recv_timeout(BOUND)
-            .expect("the test lets the predicate return");
-        1 // valid: the goal ends already-valid
-    }
     /// Waits until thread `tid` of this process sleeps: in a futex wait for
     /// the worker's mutex (or, when another test of this file holds a
     /// handle table's lock at that moment, briefly for that lock; the
@@ -635,29 +666,7 @@ fn other_threads_wait_for_a_call_in_progress_and_a_free_after_it() {
         // SAFETY: gettid has no preconditions.
         unsafe { libc::gettid() }
     }
-    let (inside_tx, inside) = channel();
-    let (go, go_rx) = channel();
-    let ctx = Box::new(Ctx {
-        inside: inside_tx,
-        go: go_rx,
-    });
-    let mut w = 0;
-    let mut g = 0;
-    let out = b"/gk-unit-test-store/aaa-wait\0";
-    let outs = [out.as_ptr().cast::<c_char>()];
-    // SAFETY: valid out pointers; `ctx` outlives the worker's calls.
-    unsafe {
-        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
-        let data: *const Ctx = &*ctx;
-        assert_eq!(
-            gk_worker_set_valid_path(w, Some(pred), data as *mut c_void),
-            GK_OK
-        );
-        assert_eq!(
-            gk_worker_add_goal(w, 0, outs.as_ptr(), 1, 0, 0, &mut g),
-            GK_OK
-        );
-    }
+    let (w, ctx, inside, go) = parked_worker(c"/gk-unit-test-store/aaa-wait");
     let (done, results) = channel::<(char, gk_status, u32)>();
     let spawn = |who: char, f: fn(gk_worker) -> (gk_status, u32)| {
         let (done, (tid_tx, tid_rx)) = (done.clone(), channel());
@@ -743,43 +752,8 @@ fn a_worker_freed_by_another_thread_is_stale_for_the_thread_that_called_it_last(
 #[test]
 #[cfg_attr(miri, ignore)] // fork
 fn a_fork_child_is_refused_its_parents_worker_without_waiting_for_it() {
-    use std::ffi::c_void;
-    use std::sync::mpsc::{channel, Receiver, Sender};
-    use std::time::Duration;
     const BOUND: Duration = Duration::from_secs(60);
-    struct Ctx {
-        inside: Sender<()>,
-        go: Receiver<()>,
-    }
-    unsafe extern "C" fn pred(data: *mut c_void, _path: *const c_char) -> i32 {
-        // SAFETY: `data` is the test's `Ctx`, used only by this thread now.
-        let ctx = unsafe { &*data.cast::<Ctx>() };
-        ctx.inside.send(()).unwrap();
-        // Longer than the test waits for the child, which then says why.
-        ctx.go
-            .recv_timeout(2 * BOUND)
-            .expect("the test lets it return");
-        1
-    }
-    let (inside_tx, inside) = channel();
-    let (go, go_rx) = channel();
-    let ctx = Box::new(Ctx {
-        inside: inside_tx,
-        go: go_rx,
-    });
-    let (mut w, mut g) = (0, 0);
-    let outs = [c"/gk-unit-test-store/aaa-fork".as_ptr()];
-    // SAFETY: valid out pointers; `ctx` outlives the worker's calls.
-    unsafe {
-        assert_eq!(gk_worker_new(std::ptr::null(), &mut w), GK_OK);
-        let data: *const Ctx = &*ctx;
-        let pred_data = data as *mut c_void;
-        assert_eq!(gk_worker_set_valid_path(w, Some(pred), pred_data), GK_OK);
-        assert_eq!(
-            gk_worker_add_goal(w, 0, outs.as_ptr(), 1, 0, 0, &mut g),
-            GK_OK
-        );
-    }
+    let (w, ctx, inside, go) = parked_worker(c"/gk-unit-test-store/aaa-fork");
     let a = std::thread::spawn(move || {
         // SAFETY: a zeroed gk_event is valid; the out pointer is live.
         let mut ev = unsafe { std::mem::zeroed::<gk_event>() };
@@ -824,6 +798,7 @@ fn a_fork_child_is_refused_its_parents_worker_without_waiting_for_it() {
     let wrong = GK_ERROR_WRONG_PROCESS as u8;
     assert_eq!(statuses, [wrong, wrong], "the child's audit and free");
     assert_eq!(gk_worker_free(w), GK_OK, "the parent still owns it");
+    drop(ctx);
 }
 
 #[test]
